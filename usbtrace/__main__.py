@@ -1,0 +1,3 @@
+from usbtrace.cli import main
+
+main()

@@ -1,0 +1,160 @@
+"""The ``usbtrace`` command line.
+
+Every error a user can cause ends in one line on stderr and a non-zero exit,
+never a traceback: ``UsbtraceError`` and its subclasses carry messages meant
+for the user.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from usbtrace.errors import UsbtraceError
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_DB = "usbtrace.db"
+
+
+def friendly(func: F) -> F:
+    """Turn our errors (and a few of the OS's) into one line and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UsbtraceError as e:
+            click.echo(f"usbtrace: error: {e}", err=True)
+            sys.exit(2)
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"usbtrace: error: {where}{e.strerror or e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("usbtrace: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="usbtrace")
+def main() -> None:
+    """Log, decode, store and replay USB mass-storage traffic."""
+
+
+db_option = click.option("--db", default=DEFAULT_DB, show_default=True,
+                         help="SQLite file, or a SQLAlchemy URL (postgresql://...).")
+
+
+# ---- record -------------------------------------------------------------------------
+
+
+@main.command()
+@db_option
+@click.option("--image", type=click.Path(dir_okay=False), help="Disk image file (created at "
+              "--size if missing); default: a stick in memory.")
+@click.option("--size", default="64M", show_default=True, help="Stick size: 64M, 1G, ...")
+@click.option("--workload", default="raw", show_default=True, help="What to run on the stick.")
+@click.option("--speed", type=click.Choice(["full", "high", "super"]), default="super",
+              show_default=True, help="Bus speed of the simulated stick.")
+@click.option("--no-lower", is_flag=True, help="Do not trace at the URB level (under usbstor).")
+@click.option("--no-upper", is_flag=True, help="Do not trace READ/WRITE (above disk).")
+@click.option("--lossy", is_flag=True, help="Drop (and count) records rather than wait when "
+              "the writer falls behind.")
+@friendly
+def record(db: str, image: str | None, size: str, workload: str, speed: str, no_lower: bool,
+           no_upper: bool, lossy: bool) -> None:
+    """Run a workload on the simulated stick with the tracer in the stack."""
+    from usbtrace.recording import RecordOptions
+    from usbtrace.recording import record as run
+
+    positions = tuple(p for p, off in (("lower", no_lower), ("upper", no_upper)) if not off)
+    summary = run(RecordOptions(db=db, image=image, size=size, workload=workload, speed=speed,
+                                positions=positions, lossy=lossy))
+    r = summary.workload
+    click.echo(f"session {summary.session_id}: workload '{workload}' on a simulated "
+               f"{size} stick ({speed} speed)")
+    for note in r.notes:
+        click.echo(f"  {note}")
+    click.echo(f"  SCSI commands  {summary.commands}")
+    click.echo(f"  records        {summary.records} ({summary.dropped} dropped)")
+    click.echo(f"  written        {summary.bytes_written} bytes")
+    click.echo(f"  read           {summary.bytes_read} bytes")
+    click.echo(f"  bus time       {summary.bus_seconds * 1000:.3f} ms (virtual clock)")
+    click.echo(f"  wall time      {summary.wall_seconds:.2f} s")
+    click.echo(f"  database       {summary.database}")
+    if not r.ok:
+        for m in r.mismatches:
+            click.echo(f"usbtrace: data check failed: {m}", err=True)
+        sys.exit(1)
+    click.echo("  data check     read back equals written")
+
+
+# ---- sessions and query -------------------------------------------------------------------
+
+
+@main.command()
+@db_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@friendly
+def sessions(db: str, fmt: str) -> None:
+    """List the sessions in a database."""
+    from usbtrace.store.database import Database
+
+    database = Database(db, create=False, readonly=True)
+    columns, rows = database.query(
+        "SELECT id, source, source_name, started_at, record_count, command_count, "
+        "dropped_count, malformed_count, complete FROM sessions ORDER BY id")
+    click.echo(render(columns, rows, fmt), nl=False)
+
+
+@main.command()
+@click.argument("sql")
+@db_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@friendly
+def query(sql: str, db: str, fmt: str) -> None:
+    """Run one read-only SQL statement."""
+    from usbtrace.store.database import Database
+
+    database = Database(db, create=False, readonly=True)
+    columns, rows = database.query(sql)
+    click.echo(render(columns, rows, fmt), nl=False)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        b = bytes(value)
+        return b[:32].hex() + ("..." if len(b) > 32 else "")
+    return value
+
+
+def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
+    rows = [[_cell(v) for v in row] for row in rows]
+    if fmt == "json":
+        return json.dumps([dict(zip(columns, row)) for row in rows], indent=1) + "\n"
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return out.getvalue()
+    text = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in text]
+    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Decoding stages: sans-I/O, fed records, returning records."""

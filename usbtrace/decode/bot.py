@@ -1,0 +1,180 @@
+"""Stage 2: Bulk-Only Transport exchanges -> SCSI commands.
+
+Per device (bus, address), a command starts at a valid CBW on a bulk OUT
+endpoint, collects its data phase, and ends at the CSW whose tag matches.
+The signature decides what a transfer is, never its length alone: a 31-byte
+data-in reply is data, and OUT data that the command still expects is data
+even if it happens to look like a CBW.  Robust to what real captures hold:
+
+* a new CBW while a command still waits for its CSW: the old one ends with
+  status ``missing``; so does one open when a Bulk-Only reset arrives or the
+  capture ends;
+* stalls (the data phase ends, the CSW follows after CLEAR_FEATURE);
+* truncated payloads (``data_truncated``), short data and residues as sent;
+* CHECK CONDITION followed by REQUEST SENSE: the sense key, ASC and ASCQ are
+  copied onto the failed command.
+
+Sans-I/O: ``feed(exchange)`` returns the commands it finished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from usbtrace.decode.pairing import Exchange
+from usbtrace.records import BULK, CONTROL
+from usbtrace.storage import bot, scsi
+from usbtrace.storage.scsi import CdbInfo, Sense
+from usbtrace.usb.urb import USBD_STATUS_STALL_PID
+
+STATUS_NAMES = bot.CSW_STATUS_NAMES
+
+
+@dataclass(slots=True)
+class ScsiCommand:
+    seq: int
+    bus: int | None
+    device: int | None
+    lun: int
+    tag: int
+    cdb: bytes
+    info: CdbInfo
+    data_direction: str  # "in", "out", "none"
+    expected_length: int
+    submitted_at: float | None
+    irp_id: int
+    cbw_seq: int
+    residue: int | None = None
+    status: str = "missing"
+    sense: Sense | None = None
+    completed_at: float | None = None
+    data_parts: list[bytes] = field(default_factory=list)
+    data_length: int = 0
+    data_truncated: bool = False
+    data_stalled: bool = False
+    csw_seq: int | None = None
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.data_parts)
+
+
+@dataclass(slots=True)
+class _DeviceState:
+    command: ScsiCommand | None = None
+    awaiting_sense: ScsiCommand | None = None
+
+
+class BotDecoder:
+    def __init__(self) -> None:
+        self._devices: dict[tuple[int | None, int | None], _DeviceState] = {}
+        self._seq = 0
+        self.orphans = 0  # CSWs or data with no command (capture started mid-command)
+
+    def feed(self, x: Exchange) -> list[ScsiCommand]:
+        first = x.first
+        kind = first.transfer_type
+        if kind == BULK:
+            return self._bulk(x)
+        if kind == CONTROL and first.setup and len(first.setup) >= 2:
+            setup = first.setup
+            # Bulk-Only Mass Storage Reset: an open command will never see its CSW
+            if setup[0] == 0x21 and setup[1] == 0xFF:
+                state = self._devices.get((first.bus, first.device))
+                if state is not None and state.command is not None:
+                    out = self._end(state, state.command)
+                    state.command = None
+                    return out
+        return []
+
+    def _bulk(self, x: Exchange) -> list[ScsiCommand]:
+        first = x.first
+        key = (first.bus, first.device)
+        state = self._devices.get(key)
+        if state is None:
+            state = self._devices[key] = _DeviceState()
+        cmd = state.command
+        data = x.data
+        stalled = x.complete is not None and x.complete.urb_status == USBD_STATUS_STALL_PID
+        out: list[ScsiCommand] = []
+        if not x.direction_in:
+            wants_out = (cmd is not None and cmd.data_direction == "out"
+                         and cmd.data_length < cmd.expected_length and cmd.csw_seq is None)
+            if not wants_out and len(data) == bot.CBW_LENGTH:
+                cbw = bot.parse_cbw(data)
+                if cbw is not None:
+                    if cmd is not None:
+                        out += self._end(state, cmd)
+                    state.command = self._start(x, cbw)
+                    return out
+            if cmd is not None and cmd.data_direction == "out":
+                self._add_data(cmd, x, stalled)
+            elif data:
+                self.orphans += 1
+            return out
+        # IN
+        if len(data) == bot.CSW_LENGTH:
+            csw = bot.parse_csw(data)
+            if csw is not None and (cmd is None or csw.tag == cmd.tag):
+                if cmd is None:
+                    self.orphans += 1
+                    return out
+                cmd.residue = csw.residue
+                cmd.status = STATUS_NAMES.get(csw.status, f"0x{csw.status:02x}")
+                cmd.completed_at = x.completed_at
+                cmd.csw_seq = x.seq
+                state.command = None
+                return self._end(state, cmd)
+        if cmd is not None and cmd.data_direction == "in":
+            self._add_data(cmd, x, stalled)
+        elif data:
+            self.orphans += 1
+        return out
+
+    def _start(self, x: Exchange, cbw: bot.Cbw) -> ScsiCommand:
+        self._seq += 1
+        first = x.first
+        direction = "none" if cbw.data_transfer_length == 0 else ("in" if cbw.data_in else "out")
+        return ScsiCommand(
+            self._seq, first.bus, first.device, cbw.lun & 0x0F, cbw.tag, cbw.cdb,
+            scsi.decode_cdb(cbw.cdb), direction, cbw.data_transfer_length,
+            x.submitted_at if x.submitted_at is not None else x.completed_at, x.irp_id, x.seq,
+        )
+
+    @staticmethod
+    def _add_data(cmd: ScsiCommand, x: Exchange, stalled: bool) -> None:
+        data = x.data
+        if data:
+            cmd.data_parts.append(data)
+        actual = x.actual_length
+        cmd.data_length += actual if actual is not None else len(data)
+        cmd.data_truncated |= x.truncated
+        cmd.data_stalled |= stalled
+
+    def _end(self, state: _DeviceState, cmd: ScsiCommand) -> list[ScsiCommand]:
+        """Emit ``cmd``, holding a CHECK CONDITION back until its REQUEST SENSE."""
+        out: list[ScsiCommand] = []
+        held = state.awaiting_sense
+        if held is not None:
+            state.awaiting_sense = None
+            if cmd.info.opcode == scsi.REQUEST_SENSE and cmd.status == "good":
+                held.sense = scsi.parse_sense(cmd.data)
+            out.append(held)
+        if cmd.info.opcode == scsi.REQUEST_SENSE and cmd.status == "good" and cmd.data:
+            cmd.sense = scsi.parse_sense(cmd.data)
+        if cmd.status == "check_condition":
+            state.awaiting_sense = cmd
+        else:
+            out.append(cmd)
+        return out
+
+    def flush(self) -> list[ScsiCommand]:
+        out: list[ScsiCommand] = []
+        for state in self._devices.values():
+            if state.command is not None:
+                out += self._end(state, state.command)
+                state.command = None
+            if state.awaiting_sense is not None:
+                out.append(state.awaiting_sense)
+                state.awaiting_sense = None
+        return sorted(out, key=lambda c: c.seq)

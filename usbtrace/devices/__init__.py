@@ -1,0 +1,1 @@
+"""Device backends beneath the bus driver: simulated stick, hardware, replay."""

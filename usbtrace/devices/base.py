@@ -1,0 +1,48 @@
+"""What the bus driver asks of a USB device backend.
+
+A backend performs one transfer at a time and says how it ended: a USBD
+status, the bytes moved, and how long it took on the bus.  The bus driver
+turns that into a delayed completion on the kernel's clock.  IN transfers fill
+the caller's buffer in place, as pyusb's ``read`` into an array does, so no
+payload is copied on the way up.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import NamedTuple
+
+from usbtrace.usb.speed import Speed
+
+
+class TransferResult(NamedTuple):
+    status: int  # USBD status
+    actual: int  # bytes moved
+    duration_ns: int
+
+
+class DeviceBackend(ABC):
+    """One USB device as the bus sees it."""
+
+    speed: Speed
+    connected: bool = True
+
+    @abstractmethod
+    def control(self, setup: bytes, buffer: bytearray | memoryview) -> TransferResult:
+        """A control transfer: SETUP, then IN into ``buffer`` or OUT from it."""
+
+    @abstractmethod
+    def bulk_out(self, endpoint: int, data: bytearray | memoryview) -> TransferResult: ...
+
+    @abstractmethod
+    def bulk_in(self, endpoint: int, buffer: bytearray | memoryview) -> TransferResult: ...
+
+    @abstractmethod
+    def clear_halt(self, endpoint: int) -> TransferResult:
+        """CLEAR_FEATURE(ENDPOINT_HALT) on ``endpoint`` (and the host's toggle reset)."""
+
+    def reset_port(self) -> None:
+        """A bus reset of the device's port."""
+
+    def close(self) -> None:
+        """Release whatever the backend holds (files, handles)."""

@@ -1,0 +1,415 @@
+"""The simulated USB flash drive: descriptors, control requests, Bulk-Only Transport.
+
+Layers, bottom up: a :class:`~usbtrace.devices.scsi_target.ScsiTarget` over a
+disk image per LUN; :class:`BulkOnlyDevice`, the device side of BOT 1.0 as a
+state machine (``BOT_TRANSITIONS``) that checks each CBW for validity and
+meaning (§6.2) and resolves the host/device expectation cases (§6.7); and
+:class:`SimulatedStick`, the USB device with its chapter-9 requests and its
+fault injection (stalls, disconnect mid-transfer).
+
+The stick's VID:PID is 1209:0001, the pid.codes identifier reserved for tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from usbtrace.devices.base import DeviceBackend, TransferResult
+from usbtrace.devices.image import DiskImage
+from usbtrace.devices.scsi_target import IN, NONE, OUT, Identity, Plan, ScsiTarget
+from usbtrace.storage import bot, scsi
+from usbtrace.storage.scsi import Sense
+from usbtrace.usb import descriptors as d
+from usbtrace.usb import setup as std
+from usbtrace.usb.speed import SPEEDS, Speed
+from usbtrace.usb.urb import (
+    USBD_STATUS_DEVICE_GONE,
+    USBD_STATUS_STALL_PID,
+    USBD_STATUS_SUCCESS,
+    USBD_STATUS_TIMEOUT,
+)
+
+VID, PID = 0x1209, 0x0001
+BULK_IN, BULK_OUT = 0x81, 0x02
+
+# BOT device states and the events that move them (BOT 1.0 §5.3, §6)
+BOT_TRANSITIONS: dict[tuple[str, str], str] = {
+    ("command", "cbw_data_in"): "data_in",
+    ("command", "cbw_data_out"): "data_out",
+    ("command", "cbw_no_data"): "status",
+    ("command", "cbw_invalid"): "reset_needed",
+    ("data_in", "data_done"): "status",
+    ("data_out", "data_done"): "status",
+    ("status", "csw_sent"): "command",
+    ("command", "reset"): "command",
+    ("data_in", "reset"): "command",
+    ("data_out", "reset"): "command",
+    ("status", "reset"): "command",
+    ("reset_needed", "reset"): "command",
+}
+
+
+class BulkOnlyDevice:
+    """The device side of Bulk-Only Transport for one interface."""
+
+    def __init__(self, luns: list[ScsiTarget], max_packet: int) -> None:
+        self.luns = luns
+        self.max_packet = max_packet
+        self.state = "command"
+        self.halted: set[int] = set()
+        self.history: list[str] = []  # cases seen, for tests and logs
+        self._csw = b""
+        self._in_data: memoryview | bytes = b""
+        self._in_pos = 0
+        self._out_expected = 0
+        self._out_buffer = bytearray()
+        self._out_plan: Plan | None = None
+        self._out_len = 0
+        self._tag = 0
+        self._lun = 0
+        self._residue = 0
+        self._status = 0
+
+    def _move(self, event: str) -> None:
+        self.state = BOT_TRANSITIONS[(self.state, event)]
+
+    def _finish(self, residue: int, status: int) -> None:
+        self._csw = bot.build_csw(self._tag, residue, status)
+
+    # ---- bulk OUT: CBW or data-out ---------------------------------------------------
+
+    def bulk_out(self, data: bytes | bytearray | memoryview) -> int:
+        """Take an OUT transfer; returns a USBD status."""
+        if BULK_OUT in self.halted or self.state == "reset_needed":
+            return USBD_STATUS_STALL_PID
+        if self.state == "command":
+            self._command(data)
+            return USBD_STATUS_SUCCESS
+        if self.state == "data_out":
+            self._out_buffer += data
+            if len(self._out_buffer) >= self._out_expected:
+                self._complete_out()
+            return USBD_STATUS_SUCCESS
+        # OUT data while the device wants to send: a phase error; stall the pipe.
+        self.halted.add(BULK_OUT)
+        return USBD_STATUS_STALL_PID
+
+    def _command(self, data: bytes | bytearray | memoryview) -> None:
+        cbw = bot.parse_cbw(data)
+        if cbw is None:
+            # §6.6.1: not valid -> stall both pipes until Reset Recovery
+            self.history.append("invalid_cbw")
+            self.halted.update((BULK_IN, BULK_OUT))
+            self._move("cbw_invalid")
+            return
+        self._tag = cbw.tag
+        self._lun = cbw.lun if cbw.lun < len(self.luns) else 0
+        host_len = cbw.data_transfer_length
+        host_dir = NONE if host_len == 0 else (IN if cbw.data_in else OUT)
+        if not bot.cbw_meaningful(cbw, len(self.luns) - 1):
+            self.history.append("not_meaningful")
+            plan = Plan(NONE, sense=Sense(scsi.ILLEGAL_REQUEST,
+                                          0x25 if cbw.lun >= len(self.luns) else 0x24, 0))
+            if cbw.lun < len(self.luns):
+                self.luns[cbw.lun].sense = plan.sense  # type: ignore[assignment]
+        else:
+            plan = self.luns[cbw.lun].plan(cbw.cdb)
+        dev_dir = plan.direction if plan.length else NONE
+        dev_len = plan.length
+        status = bot.CSW_STATUS_PASSED if plan.good else bot.CSW_STATUS_FAILED
+
+        if host_dir == NONE:
+            if dev_dir == NONE:  # case 1
+                self._case(1, 0, status, "cbw_no_data")
+            else:  # cases 2, 3
+                self._case(2 if dev_dir == IN else 3, 0, bot.CSW_STATUS_PHASE_ERROR, "cbw_no_data")
+        elif host_dir == IN:
+            if dev_dir == NONE:  # case 4: stall IN, report everything as residue
+                self.halted.add(BULK_IN)
+                self._case(4, host_len, status, "cbw_no_data")
+            elif dev_dir == IN:
+                assert plan.data is not None
+                if dev_len <= host_len:  # cases 5, 6
+                    self._in_data, self._in_pos = plan.data, 0
+                    self._case(6 if dev_len == host_len else 5, host_len - dev_len, status,
+                               "cbw_data_in")
+                else:  # case 7: send what the host wants, then phase error
+                    self._in_data, self._in_pos = plan.data[:host_len], 0
+                    self._case(7, 0, bot.CSW_STATUS_PHASE_ERROR, "cbw_data_in")
+            else:  # case 8
+                self.halted.add(BULK_IN)
+                self._case(8, 0, bot.CSW_STATUS_PHASE_ERROR, "cbw_no_data")
+        else:  # host OUT
+            if dev_dir == NONE:  # case 9: stall OUT
+                self.halted.add(BULK_OUT)
+                self._case(9, host_len, status, "cbw_no_data")
+            elif dev_dir == IN:  # case 10
+                self.halted.add(BULK_OUT)
+                self._case(10, 0, bot.CSW_STATUS_PHASE_ERROR, "cbw_no_data")
+            else:  # cases 11, 12, 13: receive the host's bytes
+                self._out_expected = host_len
+                self._out_buffer = bytearray()
+                self._out_plan = plan
+                self._out_len = dev_len
+                case = 12 if dev_len == host_len else (11 if dev_len < host_len else 13)
+                self._case(case, max(host_len - dev_len, 0), status, "cbw_data_out")
+
+    def _case(self, case: int, residue: int, status: int, event: str) -> None:
+        self.history.append(f"case{case}")
+        self._residue, self._status = residue, status
+        self._move(event)
+        if event == "cbw_no_data":
+            self._finish(residue, status)
+
+    def _complete_out(self) -> None:
+        plan = self._out_plan
+        assert plan is not None and plan.sink is not None
+        status = self._status
+        if self._out_len <= self._out_expected:
+            sense = plan.sink(memoryview(self._out_buffer)[: self._out_len])
+            if sense is not None:
+                status = bot.CSW_STATUS_FAILED
+                self.luns[self._lun].sense = sense
+        else:
+            status = bot.CSW_STATUS_PHASE_ERROR
+        self._out_plan = None
+        self._out_buffer = bytearray()
+        self._finish(self._residue, status)
+        self._move("data_done")
+
+    # ---- bulk IN: data-in or CSW -----------------------------------------------------
+
+    def bulk_in(self, buffer: bytearray | memoryview) -> tuple[int, int]:
+        """Fill ``buffer``; returns (USBD status, bytes)."""
+        if BULK_IN in self.halted or self.state == "reset_needed":
+            return USBD_STATUS_STALL_PID, 0
+        state = self.state
+        if state == "data_in":
+            data, pos = self._in_data, self._in_pos
+            n = min(len(buffer), len(data) - pos)
+            buffer[:n] = data[pos : pos + n]
+            self._in_pos = pos + n
+            if self._in_pos >= len(data):
+                self._in_data = b""
+                self._finish(self._residue, self._status)
+                self._move("data_done")
+            return USBD_STATUS_SUCCESS, n
+        if state == "status":
+            csw = self._csw
+            n = min(len(buffer), len(csw))
+            buffer[:n] = csw[:n]
+            self._move("csw_sent")
+            return USBD_STATUS_SUCCESS, n
+        # Nothing to send: the device NAKs until the host gives up.
+        return USBD_STATUS_TIMEOUT, 0
+
+    def clear_halt(self, endpoint: int) -> None:
+        self.halted.discard(endpoint)
+
+    def reset(self) -> None:
+        """Bulk-Only Mass Storage Reset (§3.1): ready for a CBW; halts stay (§5.3.4)."""
+        self.history.append("reset")
+        self._in_data = b""
+        self._out_plan = None
+        self._move("reset")
+
+
+@dataclass
+class UsbFaults:
+    """Faults of the USB side: stalls and disconnects."""
+
+    stall_next: dict[int, int] = field(default_factory=dict)  # endpoint -> how many
+    disconnect_after_bytes: int | None = None  # unplug once this many bulk bytes moved
+    bulk_bytes: int = 0
+
+
+class SimulatedStick(DeviceBackend):
+    """A USB flash drive: one configuration, one BOT interface, two bulk endpoints."""
+
+    def __init__(
+        self,
+        image: DiskImage,
+        speed: str = "super",
+        identity: Identity | None = None,
+        luns: int = 1,
+    ) -> None:
+        if speed not in SPEEDS:
+            raise ValueError(f"speed must be one of {', '.join(SPEEDS)}")
+        self.speed: Speed = SPEEDS[speed]
+        self.image = image
+        self.identity = identity or Identity()
+        self.targets = [ScsiTarget(image, self.identity) for _ in range(luns)]
+        self.bot = BulkOnlyDevice(self.targets, self.speed.bulk_max_packet)
+        self.faults = UsbFaults()
+        self.address = 0
+        self.configuration = 0
+        self.connected = True
+        self.on_disconnect: Callable[[], None] | None = None
+        self.strings = {1: "usbtrace", 2: self.identity.product, 3: self.identity.serial}
+
+    # ---- descriptors -------------------------------------------------------------------
+
+    def device_descriptor(self) -> bytes:
+        return d.DeviceDescriptor.build(dict(
+            bcdUSB=self.speed.bcd_usb, bDeviceClass=0, bDeviceSubClass=0, bDeviceProtocol=0,
+            bMaxPacketSize0=9 if self.speed.name == "super" else 64,
+            idVendor=VID, idProduct=PID, bcdDevice=0x0100,
+            iManufacturer=1, iProduct=2, iSerialNumber=3, bNumConfigurations=1,
+        ))
+
+    def configuration_descriptor(self) -> bytes:
+        mps = self.speed.bulk_max_packet
+        ss = self.speed.name == "super"
+        interface = d.InterfaceDescriptor.build(dict(
+            bInterfaceNumber=0, bAlternateSetting=0, bNumEndpoints=2,
+            bInterfaceClass=0x08, bInterfaceSubClass=0x06, bInterfaceProtocol=0x50,
+            iInterface=0,
+        ))
+        body = interface
+        for address in (BULK_IN, BULK_OUT):
+            body += d.EndpointDescriptor.build(dict(
+                bEndpointAddress=address, bmAttributes=2, wMaxPacketSize=mps, bInterval=0))
+            if ss:
+                body += d.SuperSpeedEndpointCompanionDescriptor.build(dict(
+                    bMaxBurst=15, bmAttributes=0, wBytesPerInterval=0))
+        header = d.ConfigurationDescriptor.build(dict(
+            bDescriptorType=d.CONFIGURATION, wTotalLength=9 + len(body), bNumInterfaces=1,
+            bConfigurationValue=1, iConfiguration=0, bmAttributes=0x80, bMaxPower=50,
+        ))
+        return header + body
+
+    def bos_descriptor(self) -> bytes:
+        usb2 = bytes([7, d.DEVICE_CAPABILITY, 2]) + (0x02).to_bytes(4, "little")
+        ss = bytes([10, d.DEVICE_CAPABILITY, 3, 0, 0x0E, 0x00, 1, 10, 0xFF, 0x07])
+        caps = usb2 + ss
+        return d.BosDescriptor.build(dict(wTotalLength=5 + len(caps), bNumDeviceCaps=2)) + caps
+
+    def _get_descriptor(self, value: int, index: int) -> bytes | None:
+        kind, idx = value >> 8, value & 0xFF
+        if kind == d.DEVICE:
+            return self.device_descriptor()
+        if kind == d.CONFIGURATION and idx == 0:
+            return self.configuration_descriptor()
+        if kind == d.STRING:
+            if idx == 0:
+                return d.build_langids(0x0409)
+            text = self.strings.get(idx)
+            return d.build_string(text) if text is not None else None
+        if kind == d.DEVICE_QUALIFIER and self.speed.name == "high":
+            return d.DeviceQualifierDescriptor.build(dict(
+                bcdUSB=0x0200, bDeviceClass=0, bDeviceSubClass=0, bDeviceProtocol=0,
+                bMaxPacketSize0=64, bNumConfigurations=1, bReserved=0))
+        if kind == d.BOS and self.speed.bcd_usb >= 0x0210:
+            return self.bos_descriptor()
+        return None  # STALL: a full-speed-only device has no qualifier, etc.
+
+    # ---- DeviceBackend -------------------------------------------------------------------
+
+    def _gone(self) -> TransferResult:
+        return TransferResult(USBD_STATUS_DEVICE_GONE, 0, self.speed.latency_ns)
+
+    def control(self, setup: bytes, buffer: bytearray | memoryview) -> TransferResult:
+        if not self.connected:
+            return self._gone()
+        bm, req, value, index, length = std.SETUP.unpack(setup)
+        kind, recipient = (bm >> 5) & 3, bm & 0x1F
+        reply: bytes | None = b""
+        if kind == 0:
+            if req == std.GET_DESCRIPTOR:
+                reply = self._get_descriptor(value, index)
+            elif req == std.SET_ADDRESS:
+                self.address = value & 0x7F
+            elif req == std.SET_CONFIGURATION:
+                if value not in (0, 1):
+                    reply = None
+                self.configuration = value
+            elif req == std.GET_CONFIGURATION:
+                reply = bytes([self.configuration])
+            elif req == std.GET_STATUS:
+                halted = recipient == 2 and index in self.bot.halted
+                reply = bytes([1 if halted else 0, 0])
+            elif req == std.CLEAR_FEATURE and recipient == 2 and value == std.ENDPOINT_HALT:
+                self.bot.clear_halt(index & 0xFF)
+            elif req == std.SET_FEATURE and recipient == 2 and value == std.ENDPOINT_HALT:
+                self.bot.halted.add(index & 0xFF)
+            elif req in (std.GET_INTERFACE,):
+                reply = b"\0"
+            elif req in (std.SET_INTERFACE, std.SET_SEL, std.SET_ISOCH_DELAY,
+                         std.SET_FEATURE, std.CLEAR_FEATURE):
+                pass
+            else:
+                reply = None
+        elif kind == 1 and recipient == 1 and index == 0:
+            if req == std.BULK_ONLY_MASS_STORAGE_RESET and length == 0 and value == 0:
+                self.bot.reset()
+            elif req == std.GET_MAX_LUN and length == 1:
+                reply = bytes([len(self.targets) - 1])
+            else:
+                reply = None
+        else:
+            reply = None
+        if reply is None:
+            return TransferResult(USBD_STATUS_STALL_PID, 0, self.speed.latency_ns)
+        if bm & 0x80:
+            n = min(len(reply), length, len(buffer))
+            buffer[:n] = reply[:n]
+        else:
+            n = length
+        return TransferResult(USBD_STATUS_SUCCESS, n, self.speed.transfer_ns(n))
+
+    def _bulk_fault(self, endpoint: int, length: int) -> TransferResult | None:
+        faults = self.faults
+        if faults.stall_next.get(endpoint):
+            faults.stall_next[endpoint] -= 1
+            self.bot.halted.add(endpoint)
+        limit = faults.disconnect_after_bytes
+        if limit is not None and faults.bulk_bytes + length > limit:
+            self.unplug()
+            return self._gone()
+        faults.bulk_bytes += length
+        return None
+
+    def bulk_out(self, endpoint: int, data: bytearray | memoryview) -> TransferResult:
+        if not self.connected:
+            return self._gone()
+        if endpoint != BULK_OUT:
+            return TransferResult(USBD_STATUS_STALL_PID, 0, self.speed.latency_ns)
+        fault = self._bulk_fault(endpoint, len(data))
+        if fault is not None:
+            return fault
+        status = self.bot.bulk_out(data)
+        n = len(data) if status == USBD_STATUS_SUCCESS else 0
+        return TransferResult(status, n, self.speed.transfer_ns(n))
+
+    def bulk_in(self, endpoint: int, buffer: bytearray | memoryview) -> TransferResult:
+        if not self.connected:
+            return self._gone()
+        if endpoint != BULK_IN:
+            return TransferResult(USBD_STATUS_STALL_PID, 0, self.speed.latency_ns)
+        fault = self._bulk_fault(endpoint, len(buffer))
+        if fault is not None:
+            return fault
+        status, n = self.bot.bulk_in(buffer)
+        return TransferResult(status, n, self.speed.transfer_ns(n))
+
+    def clear_halt(self, endpoint: int) -> TransferResult:
+        setup = std.build_setup(0x02, std.CLEAR_FEATURE, std.ENDPOINT_HALT, endpoint, 0)
+        return self.control(setup, bytearray())
+
+    def reset_port(self) -> None:
+        self.address = 0
+        self.configuration = 0
+        self.bot.halted.clear()
+        if self.bot.state != "command":
+            self.bot.reset()
+
+    def unplug(self) -> None:
+        """Pull the stick out: every transfer from now on fails with DEVICE_GONE."""
+        if self.connected:
+            self.connected = False
+            if self.on_disconnect is not None:
+                self.on_disconnect()
+
+    def close(self) -> None:
+        self.image.close()

@@ -1,0 +1,422 @@
+"""Disk class driver (disk.sys with classpnp): READ/WRITE become SRBs.
+
+The FDO sits on a LUN PDO of usbstor.  At start it asks the adapter for its
+maximum transfer length (IOCTL_STORAGE_QUERY_PROPERTY), checks the unit is
+ready, reads the capacity (READ CAPACITY(10), or (16) past 2 TiB) and the
+write-protect bit (MODE SENSE(6)).  A READ or WRITE is checked (sector
+aligned, inside the disk), split at the maximum transfer length, and each
+piece is an associated IRP of the caller's IRP carrying one SRB with a
+READ(10)/WRITE(10) CDB (READ(16)/WRITE(16) beyond 32-bit LBAs), sent as
+IRP_MJ_SCSI.  Transient failures (UNIT ATTENTION, becoming ready) are retried
+as classpnp does; the first final error becomes the caller's status.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from usbtrace.storage import ioctl as io
+from usbtrace.storage import scsi
+from usbtrace.storage.ntstatus import sense_to_ntstatus
+from usbtrace.storage.srb import (
+    SRB_FLAGS_DATA_IN,
+    SRB_FLAGS_DATA_OUT,
+    SRB_STATUS_AUTOSENSE_VALID,
+    Srb,
+)
+from usbtrace.wdm.device import (
+    DO_DEVICE_INITIALIZING,
+    DO_DIRECT_IO,
+    DO_POWER_PAGABLE,
+    FILE_DEVICE_DISK,
+    DeviceObject,
+    DriverObject,
+    IoAttachDeviceToDeviceStack,
+    IoCreateDevice,
+    IoDeleteDevice,
+    IoDetachDevice,
+)
+from usbtrace.wdm.iomgr import (
+    IoCallDriver,
+    IoCompleteRequest,
+    IoForwardIrpSynchronously,
+    IoMarkIrpPending,
+    IoSetCompletionRoutine,
+    IoSetNextIrpStackLocation,
+    IoSkipCurrentIrpStackLocation,
+)
+from usbtrace.wdm.irp import (
+    IRP_MJ_CLEANUP,
+    IRP_MJ_CLOSE,
+    IRP_MJ_CREATE,
+    IRP_MJ_DEVICE_CONTROL,
+    IRP_MJ_FLUSH_BUFFERS,
+    IRP_MJ_PNP,
+    IRP_MJ_POWER,
+    IRP_MJ_READ,
+    IRP_MJ_SCSI,
+    IRP_MJ_SHUTDOWN,
+    IRP_MJ_SYSTEM_CONTROL,
+    IRP_MJ_WRITE,
+    IRP_MN_QUERY_REMOVE_DEVICE,
+    IRP_MN_REMOVE_DEVICE,
+    IRP_MN_START_DEVICE,
+    IRP_MN_SURPRISE_REMOVAL,
+    DeviceIoControlParameters,
+    IoAllocateIrp,
+    IoMakeAssociatedIrp,
+    Irp,
+    ScsiParameters,
+)
+from usbtrace.wdm.sched import KEvent
+from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
+
+STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
+STATUS_PENDING = NTSTATUS.STATUS_PENDING
+STATUS_MORE_PROCESSING_REQUIRED = NTSTATUS.STATUS_MORE_PROCESSING_REQUIRED.value
+MAX_RETRIES = 4
+RW10 = struct.Struct(">BBIBHB")
+RW16 = struct.Struct(">BBQIBB")
+
+
+@dataclass
+class DiskExtension:
+    fdo: DeviceObject
+    lower: DeviceObject
+    number: int
+    block_size: int = 512
+    block_count: int = 0
+    max_transfer: int = 0x10000
+    write_protected: bool = False
+    removed: bool = False
+    open_handles: int = 0
+    descriptor: Any = None
+    stats: dict[str, int] = field(default_factory=lambda: {"retries": 0})
+
+    @property
+    def size(self) -> int:
+        return self.block_size * self.block_count
+
+
+def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
+    driver.major_function[IRP_MJ_CREATE] = DiskCreateClose
+    driver.major_function[IRP_MJ_CLOSE] = DiskCreateClose
+    driver.major_function[IRP_MJ_CLEANUP] = DiskCreateClose
+    driver.major_function[IRP_MJ_READ] = DiskReadWrite
+    driver.major_function[IRP_MJ_WRITE] = DiskReadWrite
+    driver.major_function[IRP_MJ_DEVICE_CONTROL] = DiskDeviceControl
+    driver.major_function[IRP_MJ_FLUSH_BUFFERS] = DiskFlushBuffers
+    driver.major_function[IRP_MJ_SHUTDOWN] = DiskFlushBuffers
+    driver.major_function[IRP_MJ_PNP] = DiskDispatchPnp
+    driver.major_function[IRP_MJ_POWER] = DiskDispatchPassThrough
+    driver.major_function[IRP_MJ_SYSTEM_CONTROL] = DiskDispatchPassThrough
+    driver.driver_extension.add_device = DiskAddDevice
+    driver.driver_unload = DiskUnload
+    driver.driver_context = {"next_number": 0}
+    return STATUS_SUCCESS
+
+
+def DiskAddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N802
+    number = driver.driver_context["next_number"]
+    driver.driver_context["next_number"] += 1
+    name = f"\\Device\\Harddisk{number}\\DR{number}"
+    fdo = IoCreateDevice(driver, None, name, FILE_DEVICE_DISK)
+    lower = IoAttachDeviceToDeviceStack(fdo, pdo)
+    fdo.device_extension = DiskExtension(fdo, lower, number)
+    fdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
+    driver.kernel.IoCreateSymbolicLink(f"\\DosDevices\\PhysicalDrive{number}", name)
+    fdo.flags &= ~DO_DEVICE_INITIALIZING
+    return STATUS_SUCCESS
+
+
+def DiskUnload(driver: DriverObject) -> None:  # noqa: N802
+    driver.kernel.DbgPrint("disk: unloaded")
+
+
+def _complete(irp: Irp, status: int, information: Any = 0) -> int:
+    irp.io_status.status = status
+    irp.io_status.information = information
+    IoCompleteRequest(irp)
+    return status
+
+
+def DiskCreateClose(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    ext: DiskExtension = device.device_extension
+    major = irp.IoGetCurrentIrpStackLocation().major_function
+    if major == IRP_MJ_CREATE:
+        if ext.removed:
+            return _complete(irp, NTSTATUS.STATUS_DELETE_PENDING)
+        ext.open_handles += 1
+    elif major == IRP_MJ_CLOSE:
+        ext.open_handles = max(0, ext.open_handles - 1)
+    return _complete(irp, STATUS_SUCCESS)
+
+
+def DiskDispatchPassThrough(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    IoSkipCurrentIrpStackLocation(irp)
+    return IoCallDriver(device.device_extension.lower, irp)
+
+
+# ---------------------------------------------------------------------------------
+# Synchronous SRBs (start-up, flush, pass-through): ClassSendSrbSynchronous
+# ---------------------------------------------------------------------------------
+
+
+def ClassSendSrbSynchronous(ext: DiskExtension, srb: Srb) -> int:  # noqa: N802
+    """Send one SRB and wait; retry transient errors as classpnp does."""
+    sched = ext.fdo.driver_object.kernel.scheduler
+    for _attempt in range(MAX_RETRIES + 1):
+        irp = IoAllocateIrp(ext.lower.stack_size + 1)
+        IoSetNextIrpStackLocation(irp, ext.fdo)
+        loc = irp.IoGetNextIrpStackLocation()
+        loc.major_function = IRP_MJ_SCSI
+        loc.parameters = ScsiParameters(srb)
+        event = KEvent()
+
+        def done(device: DeviceObject | None, i: Irp, ctx: Any, event: KEvent = event) -> int:
+            event.KeSetEvent()
+            return STATUS_MORE_PROCESSING_REQUIRED
+
+        IoSetCompletionRoutine(irp, done, None)
+        if IoCallDriver(ext.lower, irp) == STATUS_PENDING:
+            sched.KeWaitForSingleObject(event, "SRB")
+        status = int(irp.io_status.status)
+        if NT_SUCCESS(status):
+            return status
+        sense = scsi.parse_sense(srb.sense_info_buffer) \
+            if srb.srb_status & SRB_STATUS_AUTOSENSE_VALID else None
+        _, retry = sense_to_ntstatus(sense) if sense else (status, False)
+        if not retry:
+            return status
+        ext.stats["retries"] += 1
+        srb.srb_status = 0
+    return status
+
+
+def DiskStartDevice(ext: DiskExtension) -> int:  # noqa: N802
+    # The adapter's limits, from the port driver below.
+    query = io.StoragePropertyQuery(io.StorageAdapterProperty)
+    irp = IoAllocateIrp(ext.lower.stack_size)
+    loc = irp.IoGetNextIrpStackLocation()
+    loc.major_function = IRP_MJ_DEVICE_CONTROL
+    loc.parameters = DeviceIoControlParameters(io.IOCTL_STORAGE_QUERY_PROPERTY)
+    irp.system_buffer = query
+    from usbtrace.wdm.pnp import send_irp_synchronously
+
+    if send_irp_synchronously(ext.fdo.driver_object.kernel, ext.lower, irp) == STATUS_SUCCESS:
+        ext.max_transfer = irp.system_buffer.MaximumTransferLength
+
+    tur = Srb(bytes(6), 0, 0)
+    ClassSendSrbSynchronous(ext, tur)  # a not-ready medium does not fail the start
+
+    data = bytearray(8)
+    rc = Srb(bytes([scsi.READ_CAPACITY_10]) + bytes(9), 8, SRB_FLAGS_DATA_IN, memoryview(data))
+    status = ClassSendSrbSynchronous(ext, rc)
+    if NT_SUCCESS(status):
+        last, ext.block_size = struct.unpack(">II", data)
+        if last == 0xFFFFFFFF:
+            data16 = bytearray(32)
+            cdb = struct.pack(">BBQIBB", scsi.SERVICE_ACTION_IN_16, scsi.SA_READ_CAPACITY_16,
+                              0, 32, 0, 0)
+            rc16 = Srb(cdb, 32, SRB_FLAGS_DATA_IN, memoryview(data16))
+            if NT_SUCCESS(ClassSendSrbSynchronous(ext, rc16)):
+                last, ext.block_size = struct.unpack_from(">QI", data16)
+        ext.block_count = last + 1
+
+    mode = bytearray(192)
+    ms = Srb(bytes([scsi.MODE_SENSE_6, 0, 0x3F, 0, 192, 0]), 192, SRB_FLAGS_DATA_IN,
+             memoryview(mode))
+    if NT_SUCCESS(ClassSendSrbSynchronous(ext, ms)) and ms.data_transfer_length >= 4:
+        ext.write_protected = bool(mode[2] & 0x80)
+    return STATUS_SUCCESS
+
+
+# ---------------------------------------------------------------------------------
+# PnP
+# ---------------------------------------------------------------------------------
+
+
+def DiskDispatchPnp(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    ext: DiskExtension = device.device_extension
+    minor = irp.IoGetCurrentIrpStackLocation().minor_function
+    if minor == IRP_MN_START_DEVICE:
+        status = IoForwardIrpSynchronously(ext.lower, irp)
+        if NT_SUCCESS(status):
+            status = DiskStartDevice(ext)
+        return _complete(irp, status)
+    if minor == IRP_MN_QUERY_REMOVE_DEVICE:
+        irp.io_status.status = STATUS_SUCCESS
+    elif minor == IRP_MN_SURPRISE_REMOVAL:
+        ext.removed = True
+        irp.io_status.status = STATUS_SUCCESS
+    elif minor == IRP_MN_REMOVE_DEVICE:
+        ext.removed = True
+        irp.io_status.status = STATUS_SUCCESS
+        IoSkipCurrentIrpStackLocation(irp)
+        status = IoCallDriver(ext.lower, irp)
+        IoDetachDevice(ext.lower)
+        IoDeleteDevice(device)
+        return status
+    IoSkipCurrentIrpStackLocation(irp)
+    return IoCallDriver(ext.lower, irp)
+
+
+# ---------------------------------------------------------------------------------
+# READ / WRITE
+# ---------------------------------------------------------------------------------
+
+
+def DiskReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    ext: DiskExtension = device.device_extension
+    loc = irp.stack[irp.current_location]
+    length, offset = loc.parameters.length, loc.parameters.byte_offset
+    bs = ext.block_size
+    if ext.removed:
+        return _complete(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
+    if offset % bs or length % bs or offset < 0:
+        return _complete(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+    if offset + length > ext.size:
+        return _complete(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+    if length == 0:
+        return _complete(irp, STATUS_SUCCESS)
+    write = loc.major_function == IRP_MJ_WRITE
+    if write and ext.write_protected:
+        return _complete(irp, NTSTATUS.STATUS_MEDIA_WRITE_PROTECTED)
+    buffer = irp.mdl_address
+    assert buffer is not None
+    view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+    chunk = ext.max_transfer - ext.max_transfer % bs
+    pieces = range(0, length, chunk)
+    irp.io_status.status = STATUS_SUCCESS
+    irp.io_status.information = 0
+    irp.irp_count = len(pieces)
+    IoMarkIrpPending(irp)
+    lower = ext.lower
+    stack_size = lower.stack_size + 1
+    flags = SRB_FLAGS_DATA_OUT if write else SRB_FLAGS_DATA_IN
+    for start in pieces:
+        n = min(chunk, length - start)
+        lba = (offset + start) // bs
+        blocks = n // bs
+        if lba + blocks > 0xFFFFFFFF:
+            cdb = RW16.pack(scsi.WRITE_16 if write else scsi.READ_16, 0, lba, blocks, 0, 0)
+        else:
+            cdb = RW10.pack(scsi.WRITE_10 if write else scsi.READ_10, 0, lba, 0, blocks, 0)
+        srb = Srb(cdb, n, flags, view[start : start + n])
+        assoc = IoMakeAssociatedIrp(irp, stack_size)
+        IoSetNextIrpStackLocation(assoc, device)
+        _send_transfer(lower, assoc, srb, 0)
+    return STATUS_PENDING
+
+
+def _send_transfer(lower: DeviceObject, assoc: Irp, srb: Srb, retries: int) -> None:
+    nxt = assoc.stack[assoc.current_location - 1]
+    nxt.major_function = IRP_MJ_SCSI
+    nxt.parameters = ScsiParameters(srb)
+    IoSetCompletionRoutine(assoc, DiskTransferCompletion, (srb, retries))
+    IoCallDriver(lower, assoc)
+
+
+def DiskTransferCompletion(device: DeviceObject | None, assoc: Irp, context: Any) -> int:  # noqa: N802
+    """One piece of a READ/WRITE finished: retry, or account it to the master IRP."""
+    srb, retries = context
+    master = assoc.master_irp
+    assert device is not None and master is not None
+    status = assoc.io_status.status
+    if not NT_SUCCESS(status) and retries < MAX_RETRIES:
+        sense = scsi.parse_sense(srb.sense_info_buffer) \
+            if srb.srb_status & SRB_STATUS_AUTOSENSE_VALID else None
+        if sense is not None and sense_to_ntstatus(sense)[1]:
+            ext: DiskExtension = device.device_extension
+            ext.stats["retries"] += 1
+            srb.srb_status = 0
+            assoc.io_status.status = STATUS_SUCCESS
+            _send_transfer(ext.lower, assoc, srb, retries + 1)
+            return STATUS_MORE_PROCESSING_REQUIRED
+    if NT_SUCCESS(status):
+        master.io_status.information += srb.data_transfer_length
+    elif NT_SUCCESS(master.io_status.status):
+        master.io_status.status = status
+    return STATUS_SUCCESS  # let the I/O manager count down the master
+
+
+# ---------------------------------------------------------------------------------
+# Device control
+# ---------------------------------------------------------------------------------
+
+
+def DiskFlushBuffers(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    ext: DiskExtension = device.device_extension
+    if ext.removed:
+        return _complete(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
+    srb = Srb(bytes([scsi.SYNCHRONIZE_CACHE_10]) + bytes(9), 0, 0)
+    return _complete(irp, ClassSendSrbSynchronous(ext, srb))
+
+
+def DiskDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    ext: DiskExtension = device.device_extension
+    params: DeviceIoControlParameters = irp.IoGetCurrentIrpStackLocation().parameters
+    code = params.io_control_code
+    if ext.removed:
+        return _complete(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
+    if code == io.IOCTL_DISK_GET_DRIVE_GEOMETRY:
+        if params.output_buffer_length < 24:
+            return _complete(irp, NTSTATUS.STATUS_BUFFER_TOO_SMALL)
+        heads, sectors = 255, 63
+        cylinders = ext.block_count // (heads * sectors)
+        irp.system_buffer = io.DiskGeometry(cylinders, io.RemovableMedia, heads, sectors,
+                                            ext.block_size)
+        return _complete(irp, STATUS_SUCCESS, 24)
+    if code == io.IOCTL_DISK_GET_LENGTH_INFO:
+        if params.output_buffer_length < 8:
+            return _complete(irp, NTSTATUS.STATUS_BUFFER_TOO_SMALL)
+        irp.system_buffer = ext.size
+        return _complete(irp, STATUS_SUCCESS, 8)
+    if code == io.IOCTL_STORAGE_QUERY_PROPERTY:
+        IoSkipCurrentIrpStackLocation(irp)
+        return IoCallDriver(ext.lower, irp)
+    if code == io.IOCTL_SCSI_PASS_THROUGH_DIRECT:
+        return _pass_through(ext, irp)
+    return _complete(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
+
+
+def _pass_through(ext: DiskExtension, irp: Irp) -> int:
+    sptd = irp.system_buffer
+    if not isinstance(sptd, io.ScsiPassThroughDirect) or not 1 <= len(sptd.Cdb) <= 16:
+        return _complete(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+    length = sptd.DataTransferLength
+    if length and (sptd.DataBuffer is None or len(sptd.DataBuffer) < length):
+        return _complete(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+    flags = 0
+    if length:
+        flags = SRB_FLAGS_DATA_IN if sptd.DataIn == io.SCSI_IOCTL_DATA_IN else SRB_FLAGS_DATA_OUT
+    buffer = memoryview(sptd.DataBuffer)[:length] if length and sptd.DataBuffer is not None \
+        else None
+    srb = Srb(bytes(sptd.Cdb), length, flags, buffer, lun=sptd.Lun)
+    srb.timeout_value = sptd.TimeOutValue
+    sched = ext.fdo.driver_object.kernel.scheduler
+    sub = IoAllocateIrp(ext.lower.stack_size + 1)
+    IoSetNextIrpStackLocation(sub, ext.fdo)
+    loc = sub.IoGetNextIrpStackLocation()
+    loc.major_function = IRP_MJ_SCSI
+    loc.parameters = ScsiParameters(srb)
+    event = KEvent()
+
+    def done(device: DeviceObject | None, i: Irp, ctx: Any) -> int:
+        event.KeSetEvent()
+        return STATUS_MORE_PROCESSING_REQUIRED
+
+    IoSetCompletionRoutine(sub, done, None)
+    if IoCallDriver(ext.lower, sub) == STATUS_PENDING:
+        sched.KeWaitForSingleObject(event, "pass-through")
+    status = int(sub.io_status.status)
+    # Pass-through reports SCSI status and sense to the caller instead of failing.
+    sptd.ScsiStatus = srb.scsi_status
+    sptd.DataTransferLength = srb.data_transfer_length
+    sptd.SenseInfo[:] = srb.sense_info_buffer
+    if status in (NTSTATUS.STATUS_DEVICE_NOT_CONNECTED, NTSTATUS.STATUS_IO_DEVICE_ERROR,
+                  NTSTATUS.STATUS_CANCELLED):
+        return _complete(irp, status)
+    return _complete(irp, STATUS_SUCCESS, srb.data_transfer_length)

@@ -1,0 +1,247 @@
+"""usbtrace, the logging filter driver.
+
+Built like the WDK's toaster filter: every MajorFunction slot points at one
+pass-through dispatch routine; AddDevice creates a filter device object and
+attaches it to the stack.  PnP installs the same driver as a LowerFilter of
+the mass-storage client driver (where it sees URBs, PnP and power IRPs) and as
+an UpperFilter of the disk class driver (where it sees READ/WRITE with byte
+offsets and the requesting handle).  Which one a device object is follows
+from where it attached: directly on a PDO is the lower position.
+
+For each IRP the filter records a submission when it passes down and a
+completion when its completion routine runs on the way back up; OUT payload
+is copied at submission, IN payload at completion.  Records go to the sink
+given in the driver's parameters (``kernel.registry["usbtrace"]``), which is
+a bounded queue drained by a writer thread: the filter never touches storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from usbtrace.records import COMPLETE, SUBMIT, Event
+from usbtrace.usb import urb as U
+from usbtrace.wdm.device import (
+    DO_BUFFERED_IO,
+    DO_DEVICE_INITIALIZING,
+    DO_DIRECT_IO,
+    DO_POWER_PAGABLE,
+    DeviceObject,
+    DriverObject,
+    IoAttachDeviceToDeviceStack,
+    IoCreateDevice,
+    IoDeleteDevice,
+    IoDetachDevice,
+)
+from usbtrace.wdm.iomgr import (
+    IoCallDriver,
+    IoCopyCurrentIrpStackLocationToNext,
+    IoMarkIrpPending,
+    IoSetCompletionRoutine,
+)
+from usbtrace.wdm.irp import (
+    IRP_MJ_INTERNAL_DEVICE_CONTROL,
+    IRP_MJ_MAXIMUM_FUNCTION,
+    IRP_MJ_PNP,
+    IRP_MJ_POWER,
+    IRP_MJ_READ,
+    IRP_MJ_WRITE,
+    IRP_MN_QUERY_INTERFACE,
+    IRP_MN_REMOVE_DEVICE,
+    Irp,
+    QueryInterfaceParameters,
+    describe_parameters,
+    minor_name,
+)
+from usbtrace.wdm.status import NTSTATUS
+
+STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS.value
+SUBMIT_URB = U.IOCTL_INTERNAL_USB_SUBMIT_URB
+
+BUS_INFO_INTERFACE = U.BUS_INFO_INTERFACE
+
+Sink = Callable[[Event], None]
+
+
+@dataclass
+class TracerExtension:
+    lower: DeviceObject
+    position: str  # "lower" (on the PDO: URB level) or "upper" (above the disk driver)
+    sink: Sink
+    clock: Callable[[], float]
+    bus: int | None = None
+    address: int | None = None
+    upper_payload: bool = False
+
+
+# ---------------------------------------------------------------------------------
+
+
+def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
+    for major in range(IRP_MJ_MAXIMUM_FUNCTION + 1):
+        driver.major_function[major] = TracerDispatchAny
+    driver.driver_extension.add_device = TracerAddDevice
+    driver.driver_unload = TracerUnload
+    parameters = driver.kernel.registry.get("usbtrace", {})
+    driver.driver_context = {
+        "sink": parameters.get("sink") or (lambda event: None),
+        "positions": set(parameters.get("positions", ("lower", "upper"))),
+        "upper_payload": bool(parameters.get("upper_payload", False)),
+    }
+    return STATUS_SUCCESS
+
+
+def TracerAddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N802
+    config = driver.driver_context
+    position = "lower" if pdo.attached_device is None else "upper"
+    if position not in config["positions"]:
+        return STATUS_SUCCESS  # switched off here: stay out of the stack
+    filter_do = IoCreateDevice(driver, None, None, pdo.device_type)
+    lower = IoAttachDeviceToDeviceStack(filter_do, pdo)
+    ext = TracerExtension(lower, position, config["sink"], driver.kernel.scheduler.now,
+                          upper_payload=config["upper_payload"])
+    filter_do.device_extension = ext
+    filter_do.flags |= lower.flags & (DO_BUFFERED_IO | DO_DIRECT_IO | DO_POWER_PAGABLE)
+    filter_do.device_type = lower.device_type
+    filter_do.characteristics = lower.characteristics
+    if position == "lower":
+        _query_bus_info(ext, filter_do)
+    filter_do.flags &= ~DO_DEVICE_INITIALIZING
+    return STATUS_SUCCESS
+
+
+def TracerUnload(driver: DriverObject) -> None:  # noqa: N802
+    driver.kernel.DbgPrint("usbtrace: unloaded")
+
+
+def _query_bus_info(ext: TracerExtension, device: DeviceObject) -> None:
+    from usbtrace.wdm.pnp import send_irp_synchronously
+
+    irp = Irp(ext.lower.stack_size)
+    loc = irp.IoGetNextIrpStackLocation()
+    loc.major_function = IRP_MJ_PNP
+    loc.minor_function = IRP_MN_QUERY_INTERFACE
+    loc.parameters = QueryInterfaceParameters(BUS_INFO_INTERFACE)
+    irp.io_status.status = NTSTATUS.STATUS_NOT_SUPPORTED
+    status = send_irp_synchronously(device.driver_object.kernel, ext.lower, irp)
+    info = irp.io_status.information
+    if status == STATUS_SUCCESS and isinstance(info, dict):
+        ext.bus, ext.address = info.get("bus"), info.get("address")
+
+
+# ---------------------------------------------------------------------------------
+# Dispatch and completion: record, pass down, record again on the way up
+# ---------------------------------------------------------------------------------
+
+
+def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    ext: TracerExtension = device.device_extension
+    loc = irp.stack[irp.current_location]
+    major = loc.major_function
+    event = _describe(ext, irp, loc, major, SUBMIT)
+    ext.sink(event)
+    IoCopyCurrentIrpStackLocationToNext(irp)
+    IoSetCompletionRoutine(irp, TracerCompletion, event, True, True, True)
+    if major == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE:
+        lower = ext.lower
+        status = IoCallDriver(lower, irp)
+        IoDetachDevice(lower)
+        IoDeleteDevice(device)
+        return status
+    return IoCallDriver(ext.lower, irp)
+
+
+def TracerCompletion(device: DeviceObject | None, irp: Irp, submitted: Event) -> int:  # noqa: N802
+    if irp.pending_returned:
+        IoMarkIrpPending(irp)
+    assert device is not None
+    ext: TracerExtension = device.device_extension
+    loc = irp.stack[irp.current_location]
+    event = _describe(ext, irp, loc, loc.major_function, COMPLETE)
+    event.parent_irp_id = submitted.parent_irp_id
+    ext.sink(event)
+    return STATUS_SUCCESS  # STATUS_CONTINUE_COMPLETION
+
+
+def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str) -> Event:
+    """Build the record for one pass of ``irp`` through the filter."""
+    params = loc.parameters
+    master = irp.master_irp
+    event = Event(kind, ext.clock(), irp.id, ext.position, major, loc.minor_function)
+    if master is not None:
+        event.parent_irp_id = master.id
+    done = kind == COMPLETE
+    if done:
+        event.status = irp.io_status.status
+        info = irp.io_status.information
+        if isinstance(info, int):
+            event.information = info
+    if major == IRP_MJ_INTERNAL_DEVICE_CONTROL:
+        ioctl = getattr(params, "io_control_code", None)
+        if ioctl is not None:
+            event.ioctl = ioctl
+        event.minor = None
+        if ioctl == SUBMIT_URB:
+            _describe_urb(ext, event, params.type3_input_buffer, done)
+        elif params is not None and hasattr(params, "srb"):
+            event.detail = "srb"
+    elif major == IRP_MJ_READ or major == IRP_MJ_WRITE:
+        event.minor = None
+        event.offset = params.byte_offset
+        event.length = params.length
+        file_object = loc.file_object
+        if file_object is not None:
+            event.file_object = file_object.id
+        if ext.upper_payload and irp.mdl_address is not None:
+            if major == IRP_MJ_WRITE and not done:
+                event.data = bytes(irp.mdl_address[: params.length])
+            elif major == IRP_MJ_READ and done and isinstance(event.information, int):
+                event.data = bytes(irp.mdl_address[: event.information])
+    elif major == IRP_MJ_PNP or major == IRP_MJ_POWER:
+        name = minor_name(major, loc.minor_function)
+        text = describe_parameters(params)
+        detail = f"{name} {text}" if text else name
+        if done and irp.io_status.information and not isinstance(irp.io_status.information, int):
+            detail = f"{detail} -> {_short(irp.io_status.information)}"
+        event.detail = detail
+    else:
+        event.minor = None
+        if params is not None and hasattr(params, "io_control_code"):
+            event.ioctl = params.io_control_code
+    return event
+
+
+def _describe_urb(ext: TracerExtension, event: Event, urb: U.Urb, done: bool) -> None:
+    event.urb_function = urb.function
+    event.bus = ext.bus
+    event.device = ext.address
+    event.endpoint = urb.endpoint
+    event.transfer_type = urb.transfer_type
+    event.setup = urb.setup_packet()
+    length = urb.transfer_buffer_length
+    event.length = length
+    if done:
+        event.urb_status = urb.status
+        if urb.direction_in and length:
+            buffer = urb.transfer_buffer
+            if buffer is not None:
+                event.data = bytes(buffer[:length])
+    else:
+        event.urb_status = U.USBD_STATUS_PENDING
+        if not urb.direction_in and length:
+            buffer = urb.transfer_buffer
+            if buffer is not None:
+                event.data = bytes(buffer[:length])
+    event.data_length = len(event.data)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        if value and isinstance(value[0], DeviceObject):
+            return f"{len(value)} device(s)"
+        return ", ".join(map(str, value))
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)

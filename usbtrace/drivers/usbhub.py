@@ -1,0 +1,578 @@
+"""USB bus driver: host controller, root hub, and a PDO per attached device.
+
+This plays the parts of usbport/usbxhci and usbhub together.  The hub FDO sits
+on a root-enumerated PDO and reports one child PDO per connected port.  A
+device's PDO takes URBs (IOCTL_INTERNAL_USB_SUBMIT_URB) and hands them to the
+host controller, which runs them on the device backend at the time the bus is
+free and raises its interrupt when each one is done; the ISR queues the DPC,
+and the DPC completes the IRPs at DISPATCH_LEVEL.  Pending URB IRPs carry a
+cancel routine.
+
+The hub's own enumeration (port reset, SET_ADDRESS, the first descriptor
+reads) happens before the PDO exists, below every filter, as in Windows.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from usbtrace.devices.base import DeviceBackend, TransferResult
+from usbtrace.usb import descriptors as d
+from usbtrace.usb import setup as std
+from usbtrace.usb import urb as U
+from usbtrace.wdm.device import (
+    DO_DEVICE_INITIALIZING,
+    DO_POWER_PAGABLE,
+    FILE_DEVICE_BUS_EXTENDER,
+    FILE_DEVICE_USB,
+    DeviceObject,
+    DriverObject,
+    IoAttachDeviceToDeviceStack,
+    IoCreateDevice,
+    IoDeleteDevice,
+    IoDetachDevice,
+)
+from usbtrace.wdm.iomgr import (
+    IoCallDriver,
+    IoCompleteRequest,
+    IoForwardIrpSynchronously,
+    IoMarkIrpPending,
+    IoSetCancelRoutine,
+    IoSkipCurrentIrpStackLocation,
+)
+from usbtrace.wdm.irp import (
+    IRP_MJ_INTERNAL_DEVICE_CONTROL,
+    IRP_MJ_PNP,
+    IRP_MJ_POWER,
+    IRP_MJ_SYSTEM_CONTROL,
+    IRP_MN_POWER_SEQUENCE,
+    IRP_MN_QUERY_CAPABILITIES,
+    IRP_MN_QUERY_DEVICE_RELATIONS,
+    IRP_MN_QUERY_DEVICE_TEXT,
+    IRP_MN_QUERY_ID,
+    IRP_MN_QUERY_INTERFACE,
+    IRP_MN_QUERY_REMOVE_DEVICE,
+    IRP_MN_REMOVE_DEVICE,
+    IRP_MN_START_DEVICE,
+    IRP_MN_SURPRISE_REMOVAL,
+    IRP_MN_WAIT_WAKE,
+    BusQueryCompatibleIDs,
+    BusQueryDeviceID,
+    BusQueryHardwareIDs,
+    BusQueryInstanceID,
+    BusRelations,
+    Irp,
+)
+from usbtrace.wdm.pnp import DeviceNode
+from usbtrace.wdm.sched import KDpc, KInterrupt
+from usbtrace.wdm.status import NTSTATUS
+
+STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
+STATUS_PENDING = NTSTATUS.STATUS_PENDING
+
+# USBD status -> the IRP's NTSTATUS, as usbport completes URB IRPs
+USBD_TO_NTSTATUS = {
+    U.USBD_STATUS_SUCCESS: NTSTATUS.STATUS_SUCCESS,
+    U.USBD_STATUS_CANCELED: NTSTATUS.STATUS_CANCELLED,
+    U.USBD_STATUS_DEVICE_GONE: NTSTATUS.STATUS_DEVICE_NOT_CONNECTED,
+    U.USBD_STATUS_TIMEOUT: NTSTATUS.STATUS_IO_TIMEOUT,
+    U.USBD_STATUS_INVALID_PARAMETER: NTSTATUS.STATUS_INVALID_PARAMETER,
+    U.USBD_STATUS_INVALID_URB_FUNCTION: NTSTATUS.STATUS_INVALID_PARAMETER,
+}
+
+
+@dataclass(eq=False)
+class Transfer:
+    """One URB in the host controller: queued, then run, then done."""
+
+    irp: Irp
+    urb: U.Urb
+    pdo: DeviceObject
+    run: Callable[[], TransferResult]
+    result: TransferResult | None = None
+    cancelled: bool = False
+
+
+@dataclass
+class HubFdoExtension:
+    lower: DeviceObject
+    fdo: DeviceObject
+    ports: list[DeviceBackend | None] = field(default_factory=list)
+    children: dict[int, DeviceObject] = field(default_factory=dict)  # port -> PDO
+    bus_number: int = 1
+    next_address: int = 1
+    busy_until_ns: int = 0
+    done: deque[Transfer] = field(default_factory=deque)
+    dpc_list: deque[Transfer] = field(default_factory=deque)
+    interrupt: KInterrupt | None = None
+    dpc: KDpc | None = None
+    started: bool = False
+
+
+@dataclass
+class UsbDevicePdoExtension:
+    hub: HubFdoExtension
+    port: int
+    backend: DeviceBackend
+    address: int
+    device_descriptor: Any
+    configuration: bytes
+    serial: str
+    product: str
+    present: bool = True
+    removed: bool = False
+    in_flight: list[Transfer] = field(default_factory=list)
+    pipes: dict[int, U.PipeInformation] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------
+# DriverEntry / AddDevice / DriverUnload
+# ---------------------------------------------------------------------------------
+
+
+def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
+    driver.major_function[IRP_MJ_PNP] = UsbhubDispatchPnp
+    driver.major_function[IRP_MJ_POWER] = UsbhubDispatchPower
+    driver.major_function[IRP_MJ_INTERNAL_DEVICE_CONTROL] = UsbhubDispatchInternalDeviceControl
+    driver.major_function[IRP_MJ_SYSTEM_CONTROL] = UsbhubDispatchSystemControl
+    driver.driver_extension.add_device = UsbhubAddDevice
+    driver.driver_unload = UsbhubUnload
+    parameters = driver.kernel.registry.get("usbhub", {})
+    driver.driver_context = {"ports": list(parameters.get("ports", []))}
+    return STATUS_SUCCESS
+
+
+def UsbhubAddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N802
+    fdo = IoCreateDevice(driver, None, None, FILE_DEVICE_USB)
+    lower = IoAttachDeviceToDeviceStack(fdo, pdo)
+    ext = HubFdoExtension(lower=lower, fdo=fdo, ports=driver.driver_context["ports"])
+    fdo.device_extension = ext
+    fdo.flags |= DO_POWER_PAGABLE
+    fdo.flags &= ~DO_DEVICE_INITIALIZING
+    return STATUS_SUCCESS
+
+
+def UsbhubUnload(driver: DriverObject) -> None:  # noqa: N802
+    driver.kernel.DbgPrint("usbhub: unloaded")
+
+
+def _is_fdo(device: DeviceObject) -> bool:
+    return isinstance(device.device_extension, HubFdoExtension)
+
+
+def _complete(irp: Irp, status: int, information: Any = 0) -> int:
+    irp.io_status.status = status
+    irp.io_status.information = information
+    IoCompleteRequest(irp)
+    return status
+
+
+# ---------------------------------------------------------------------------------
+# Port changes: what the hub's status-change interrupt would report
+# ---------------------------------------------------------------------------------
+
+
+def plug(hub_node: DeviceNode, backend: DeviceBackend) -> None:
+    """Connect ``backend`` to a free port and let PnP enumerate it."""
+    fdo = hub_node.pdo.attached_device
+    assert fdo is not None and _is_fdo(fdo)
+    ext: HubFdoExtension = fdo.device_extension
+    ext.ports.append(backend)
+    pnp = fdo.driver_object.kernel.pnp
+    assert pnp is not None
+    pnp.enumerate(hub_node)
+
+
+# ---------------------------------------------------------------------------------
+# PnP
+# ---------------------------------------------------------------------------------
+
+
+def UsbhubDispatchPnp(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    if _is_fdo(device):
+        return _fdo_pnp(device, irp)
+    return _pdo_pnp(device, irp)
+
+
+def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
+    ext: HubFdoExtension = fdo.device_extension
+    loc = irp.IoGetCurrentIrpStackLocation()
+    minor = loc.minor_function
+    if minor == IRP_MN_START_DEVICE:
+        status = IoForwardIrpSynchronously(ext.lower, irp)
+        if status == STATUS_SUCCESS:
+            ext.interrupt = KInterrupt(UsbhubInterruptService, ext)
+            ext.dpc = KDpc(UsbhubDpcForIsr, ext)
+            ext.started = True
+        return _complete(irp, status)
+    if minor == IRP_MN_QUERY_DEVICE_RELATIONS and loc.parameters.type == BusRelations:
+        relations = []
+        for port, backend in enumerate(ext.ports):
+            if backend is None or not backend.connected:
+                pdo = ext.children.pop(port, None)
+                if pdo is not None:
+                    pdo.device_extension.present = False
+                continue
+            pdo = ext.children.get(port)
+            if pdo is None:
+                pdo = _enumerate_port(fdo, ext, port, backend)
+                if pdo is None:
+                    continue
+                ext.children[port] = pdo
+            relations.append(pdo)
+        irp.io_status.status = STATUS_SUCCESS
+        irp.io_status.information = relations
+        IoSkipCurrentIrpStackLocation(irp)
+        return IoCallDriver(ext.lower, irp)
+    if minor == IRP_MN_REMOVE_DEVICE:
+        for pdo in list(ext.children.values()):
+            pdo.device_extension.present = False
+            if not pdo.deleted:
+                IoDeleteDevice(pdo)
+        ext.children.clear()
+        ext.started = False
+        irp.io_status.status = STATUS_SUCCESS
+        IoSkipCurrentIrpStackLocation(irp)
+        status = IoCallDriver(ext.lower, irp)
+        IoDetachDevice(ext.lower)
+        IoDeleteDevice(fdo)
+        return status
+    if minor in (IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_SURPRISE_REMOVAL):
+        irp.io_status.status = STATUS_SUCCESS
+    IoSkipCurrentIrpStackLocation(irp)
+    return IoCallDriver(ext.lower, irp)
+
+
+def _enumerate_port(fdo: DeviceObject, ext: HubFdoExtension, port: int,
+                    backend: DeviceBackend) -> DeviceObject | None:
+    """Reset the port, address the device and read what the IDs need."""
+    backend.reset_port()
+    buf = bytearray(64)
+    backend.control(std.build_setup(0x80, std.GET_DESCRIPTOR, d.DEVICE << 8, 0, 64), buf)
+    address = ext.next_address
+    ext.next_address += 1
+    backend.control(std.build_setup(0x00, std.SET_ADDRESS, address, 0, 0), bytearray())
+    buf = bytearray(18)
+    r = backend.control(std.build_setup(0x80, std.GET_DESCRIPTOR, d.DEVICE << 8, 0, 18), buf)
+    if r.status != U.USBD_STATUS_SUCCESS or r.actual < 18:
+        fdo.driver_object.kernel.DbgPrint("usbhub: port %d: device descriptor failed", port)
+        return None
+    device_descriptor = d.DeviceDescriptor.parse(bytes(buf))
+    head = bytearray(9)
+    backend.control(std.build_setup(0x80, std.GET_DESCRIPTOR, d.CONFIGURATION << 8, 0, 9), head)
+    total = int.from_bytes(head[2:4], "little")
+    config = bytearray(total)
+    backend.control(std.build_setup(0x80, std.GET_DESCRIPTOR, d.CONFIGURATION << 8, 0, total),
+                    config)
+
+    def string(index: int) -> str:
+        if not index:
+            return ""
+        sbuf = bytearray(255)
+        res = backend.control(
+            std.build_setup(0x80, std.GET_DESCRIPTOR, (d.STRING << 8) | index, 0x0409, 255), sbuf)
+        return d.decode_string(bytes(sbuf[: res.actual])) or ""
+
+    serial = string(device_descriptor.iSerialNumber)
+    product = string(device_descriptor.iProduct)
+    pdo = IoCreateDevice(fdo.driver_object, None, None, FILE_DEVICE_BUS_EXTENDER)
+    pdo.device_extension = UsbDevicePdoExtension(
+        hub=ext, port=port, backend=backend, address=address,
+        device_descriptor=device_descriptor, configuration=bytes(config), serial=serial,
+        product=product,
+    )
+    pdo.flags |= DO_POWER_PAGABLE
+    pdo.flags &= ~DO_DEVICE_INITIALIZING
+    return pdo
+
+
+def _first_interface(pdo_ext: UsbDevicePdoExtension) -> tuple[int, int, int]:
+    tree = d.configuration_tree(pdo_ext.configuration)
+    if not tree["interfaces"]:
+        return (0, 0, 0)
+    i = tree["interfaces"][0]["interface"]
+    return (i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol)
+
+
+def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
+    ext: UsbDevicePdoExtension = pdo.device_extension
+    loc = irp.IoGetCurrentIrpStackLocation()
+    minor = loc.minor_function
+    dd = ext.device_descriptor
+    vid_pid = f"USB\\VID_{dd.idVendor:04X}&PID_{dd.idProduct:04X}"
+    if minor == IRP_MN_QUERY_ID:
+        id_type = loc.parameters.id_type
+        cls, sub, prot = _first_interface(ext)
+        if id_type == BusQueryDeviceID:
+            return _complete(irp, STATUS_SUCCESS, vid_pid)
+        if id_type == BusQueryHardwareIDs:
+            return _complete(irp, STATUS_SUCCESS,
+                             [f"{vid_pid}&REV_{dd.bcdDevice:04X}", vid_pid])
+        if id_type == BusQueryCompatibleIDs:
+            return _complete(irp, STATUS_SUCCESS, [
+                f"USB\\Class_{cls:02X}&SubClass_{sub:02X}&Prot_{prot:02X}",
+                f"USB\\Class_{cls:02X}&SubClass_{sub:02X}",
+                f"USB\\Class_{cls:02X}",
+            ])
+        if id_type == BusQueryInstanceID:
+            return _complete(irp, STATUS_SUCCESS, ext.serial or f"{ext.hub.bus_number}&{ext.port}")
+        return _complete(irp, irp.io_status.status, irp.io_status.information)
+    if minor == IRP_MN_QUERY_DEVICE_TEXT:
+        return _complete(irp, STATUS_SUCCESS, ext.product)
+    if minor == IRP_MN_QUERY_INTERFACE:
+        if loc.parameters.interface_type == U.BUS_INFO_INTERFACE:
+            return _complete(irp, STATUS_SUCCESS, {
+                "bus": ext.hub.bus_number, "address": ext.address,
+                "speed": ext.backend.speed.name})
+        return _complete(irp, irp.io_status.status, irp.io_status.information)
+    if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_CAPABILITIES, IRP_MN_QUERY_REMOVE_DEVICE):
+        if minor == IRP_MN_START_DEVICE:
+            ext.removed = False
+        return _complete(irp, STATUS_SUCCESS)
+    if minor == IRP_MN_SURPRISE_REMOVAL:
+        ext.removed = True
+        _fail_in_flight(ext, U.USBD_STATUS_DEVICE_GONE)
+        return _complete(irp, STATUS_SUCCESS)
+    if minor == IRP_MN_REMOVE_DEVICE:
+        ext.removed = True
+        _fail_in_flight(ext, U.USBD_STATUS_DEVICE_GONE)
+        hub = ext.hub
+        if hub.children.get(ext.port) is pdo:
+            del hub.children[ext.port]
+        status = _complete(irp, STATUS_SUCCESS)
+        if not pdo.deleted:
+            IoDeleteDevice(pdo)
+        return status
+    if minor == IRP_MN_QUERY_DEVICE_RELATIONS:
+        return _complete(irp, irp.io_status.status, irp.io_status.information)
+    return _complete(irp, irp.io_status.status, irp.io_status.information)
+
+
+def UsbhubDispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    loc = irp.IoGetCurrentIrpStackLocation()
+    if _is_fdo(device):
+        IoSkipCurrentIrpStackLocation(irp)
+        return IoCallDriver(device.device_extension.lower, irp)
+    if loc.minor_function == IRP_MN_WAIT_WAKE:
+        return _complete(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
+    if loc.minor_function == IRP_MN_POWER_SEQUENCE:
+        return _complete(irp, NTSTATUS.STATUS_NOT_IMPLEMENTED)
+    return _complete(irp, STATUS_SUCCESS)
+
+
+def UsbhubDispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    if _is_fdo(device):
+        IoSkipCurrentIrpStackLocation(irp)
+        return IoCallDriver(device.device_extension.lower, irp)
+    return _complete(irp, irp.io_status.status)
+
+
+# ---------------------------------------------------------------------------------
+# URBs
+# ---------------------------------------------------------------------------------
+
+
+def UsbhubDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    loc = irp.IoGetCurrentIrpStackLocation()
+    if _is_fdo(device) or loc.parameters.io_control_code != U.IOCTL_INTERNAL_USB_SUBMIT_URB:
+        return _complete(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
+    ext: UsbDevicePdoExtension = device.device_extension
+    urb: U.Urb = loc.parameters.type3_input_buffer
+    if ext.removed or not ext.present or not ext.backend.connected:
+        urb.status = U.USBD_STATUS_DEVICE_GONE
+        return _complete(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
+    handler = URB_HANDLERS.get(urb.function)
+    if handler is None:
+        urb.status = U.USBD_STATUS_INVALID_URB_FUNCTION
+        return _complete(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+    run = handler(ext, urb)
+    if run is None:  # handled at once, no bus time
+        return _complete(irp, STATUS_SUCCESS if U.USBD_SUCCESS(urb.status)
+                         else NTSTATUS.STATUS_UNSUCCESSFUL)
+    if irp.cancel:
+        urb.status = U.USBD_STATUS_CANCELED
+        return _complete(irp, NTSTATUS.STATUS_CANCELLED)
+    transfer = Transfer(irp, urb, device, run)
+    IoMarkIrpPending(irp)
+    IoSetCancelRoutine(irp, UsbhubCancelUrb)
+    irp.tail[0] = transfer
+    ext.in_flight.append(transfer)
+    _host_controller_queue(ext.hub, transfer)
+    return STATUS_PENDING
+
+
+def _urb_bulk(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], TransferResult]:
+    backend = ext.backend
+    pipe = urb.pipe_handle
+    view = memoryview(urb.buffer)[: urb.length] if urb.length != len(urb.buffer) else urb.buffer
+    if pipe.endpoint_address & 0x80:
+        return lambda: backend.bulk_in(pipe.endpoint_address, view)
+    return lambda: backend.bulk_out(pipe.endpoint_address, view)
+
+
+def _urb_control(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], TransferResult]:
+    backend = ext.backend
+    return lambda: backend.control(urb.setup, urb.buffer)
+
+
+def _urb_select_configuration(ext: UsbDevicePdoExtension,
+                              urb: Any) -> Callable[[], TransferResult]:
+    backend = ext.backend
+
+    def run() -> TransferResult:
+        result = backend.control(urb.setup_packet(), bytearray())
+        if result.status == U.USBD_STATUS_SUCCESS and urb.configuration_descriptor:
+            tree = d.configuration_tree(urb.configuration_descriptor)
+            urb.interfaces = []
+            for entry in tree["interfaces"]:
+                i = entry["interface"]
+                info = U.InterfaceInformation(i.bInterfaceNumber, i.bAlternateSetting,
+                                              i.bInterfaceClass, i.bInterfaceSubClass,
+                                              i.bInterfaceProtocol)
+                for e in entry["endpoints"]:
+                    pipe = U.PipeInformation(e.bEndpointAddress, e.bmAttributes & 3,
+                                             e.wMaxPacketSize & 0x7FF, e.bInterval)
+                    info.pipes.append(pipe)
+                    ext.pipes[e.bEndpointAddress] = pipe
+                urb.interfaces.append(info)
+            urb.configuration_handle = ext
+        return result
+
+    return run
+
+
+def _urb_reset_pipe(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], TransferResult]:
+    backend = ext.backend
+    return lambda: backend.clear_halt(urb.pipe_handle.endpoint_address)
+
+
+def _urb_abort_pipe(ext: UsbDevicePdoExtension, urb: Any) -> None:
+    endpoint = urb.pipe_handle.endpoint_address
+    for transfer in list(ext.in_flight):
+        u = transfer.urb
+        if isinstance(u, U.UrbBulkOrInterruptTransfer) and u.endpoint == endpoint:
+            _cancel_transfer(ext, transfer)
+    urb.status = U.USBD_STATUS_SUCCESS
+    return None
+
+
+URB_HANDLERS: dict[int, Callable[[UsbDevicePdoExtension, Any], Any]] = {
+    U.URB_FUNCTION_BULK_OR_INTERRUPT_TRANSFER: _urb_bulk,
+    U.URB_FUNCTION_CONTROL_TRANSFER: _urb_control,
+    U.URB_FUNCTION_GET_DESCRIPTOR_FROM_DEVICE: _urb_control,
+    U.URB_FUNCTION_CLASS_INTERFACE: _urb_control,
+    U.URB_FUNCTION_CLASS_DEVICE: _urb_control,
+    U.URB_FUNCTION_VENDOR_DEVICE: _urb_control,
+    U.URB_FUNCTION_VENDOR_INTERFACE: _urb_control,
+    U.URB_FUNCTION_SELECT_CONFIGURATION: _urb_select_configuration,
+    U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL: _urb_reset_pipe,
+    U.URB_FUNCTION_SYNC_CLEAR_STALL: _urb_reset_pipe,
+    U.URB_FUNCTION_ABORT_PIPE: _urb_abort_pipe,
+}
+
+
+# ---------------------------------------------------------------------------------
+# The host controller: schedule, interrupt, ISR, DPC
+# ---------------------------------------------------------------------------------
+
+
+def _host_controller_queue(hub: HubFdoExtension, transfer: Transfer) -> None:
+    sched = hub.fdo.driver_object.kernel.scheduler
+    now = sched.now_ns()
+    start = hub.busy_until_ns if hub.busy_until_ns > now else now
+    hub.busy_until_ns = start
+    sched.schedule(start - now, _host_controller_run, hub, transfer)
+
+
+def _host_controller_run(hub: HubFdoExtension, transfer: Transfer) -> None:
+    """The controller executes the transfer on the bus, then interrupts when done."""
+    if transfer.cancelled:
+        return
+    result = transfer.run()
+    transfer.result = result
+    sched = hub.fdo.driver_object.kernel.scheduler
+    now = sched.now_ns()
+    hub.busy_until_ns = max(hub.busy_until_ns, now) + result.duration_ns
+    sched.schedule(hub.busy_until_ns - now, _host_controller_done, hub, transfer)
+
+
+def _host_controller_done(hub: HubFdoExtension, transfer: Transfer) -> None:
+    if transfer.cancelled:
+        return
+    hub.done.append(transfer)
+    assert hub.interrupt is not None
+    hub.fdo.driver_object.kernel.scheduler.interrupt(hub.interrupt)
+
+
+def UsbhubInterruptService(interrupt: KInterrupt, ext: HubFdoExtension) -> bool:  # noqa: N802
+    """ISR at DIRQL: take the controller's done list and defer the rest to the DPC."""
+    if not ext.done:
+        return False
+    ext.dpc_list.extend(ext.done)
+    ext.done.clear()
+    assert ext.dpc is not None
+    ext.fdo.driver_object.kernel.scheduler.KeInsertQueueDpc(ext.dpc)
+    return True
+
+
+def UsbhubDpcForIsr(dpc: KDpc, ext: HubFdoExtension) -> None:  # noqa: N802
+    """DPC at DISPATCH_LEVEL: finish each URB and complete its IRP."""
+    work = ext.dpc_list
+    while work:
+        transfer = work.popleft()
+        irp, urb = transfer.irp, transfer.urb
+        if IoSetCancelRoutine(irp, None) is None and irp.cancel:
+            continue  # the cancel routine owns it
+        pdo_ext: UsbDevicePdoExtension = transfer.pdo.device_extension
+        if transfer in pdo_ext.in_flight:
+            pdo_ext.in_flight.remove(transfer)
+        result = transfer.result
+        assert result is not None
+        status = result.status
+        if isinstance(urb, (U.UrbBulkOrInterruptTransfer, U.UrbControl)):
+            requested, urb.length = urb.length, result.actual
+            if (status == U.USBD_STATUS_SUCCESS and result.actual < requested
+                    and isinstance(urb, U.UrbBulkOrInterruptTransfer) and urb.direction_in
+                    and not urb.transfer_flags & U.USBD_SHORT_TRANSFER_OK):
+                status = U.USBD_STATUS_ERROR_SHORT_TRANSFER
+        urb.status = status
+        irp.io_status.status = USBD_TO_NTSTATUS.get(status, NTSTATUS.STATUS_UNSUCCESSFUL)
+        irp.io_status.information = 0
+        IoCompleteRequest(irp)
+
+
+def UsbhubCancelUrb(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
+    """Cancel routine for a pending URB IRP (runs at DISPATCH_LEVEL)."""
+    transfer: Transfer = irp.tail[0]
+    _cancel_transfer(device.device_extension, transfer, from_cancel_routine=True)
+
+
+def _cancel_transfer(ext: UsbDevicePdoExtension, transfer: Transfer,
+                     from_cancel_routine: bool = False) -> None:
+    if transfer.cancelled:
+        return
+    if not from_cancel_routine and IoSetCancelRoutine(transfer.irp, None) is None:
+        return  # being cancelled elsewhere
+    transfer.cancelled = True
+    if transfer in ext.in_flight:
+        ext.in_flight.remove(transfer)
+    if transfer in ext.hub.dpc_list:
+        ext.hub.dpc_list.remove(transfer)
+    transfer.urb.status = U.USBD_STATUS_CANCELED
+    transfer.irp.io_status.status = NTSTATUS.STATUS_CANCELLED
+    IoCompleteRequest(transfer.irp)
+
+
+def _fail_in_flight(ext: UsbDevicePdoExtension, usbd_status: int) -> None:
+    for transfer in list(ext.in_flight):
+        if IoSetCancelRoutine(transfer.irp, None) is None:
+            continue
+        transfer.cancelled = True
+        ext.in_flight.remove(transfer)
+        transfer.urb.status = usbd_status
+        transfer.irp.io_status.status = USBD_TO_NTSTATUS.get(usbd_status,
+                                                             NTSTATUS.STATUS_UNSUCCESSFUL)
+        IoCompleteRequest(transfer.irp)

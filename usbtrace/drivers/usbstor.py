@@ -1,0 +1,698 @@
+"""USB mass-storage client driver (usbstor): Bulk-Only Transport under SCSI.
+
+Split as Windows splits it (compare ReactOS ``drivers/usb/usbstor``):
+
+* the **FDO** sits on the USB device's PDO.  At IRP_MN_START_DEVICE it reads
+  the descriptors, selects the configuration, asks GET_MAX_LUN and sends an
+  INQUIRY to each LUN; it reports one child **PDO** per LUN as BusRelations.
+* each LUN **PDO** is the bottom of a disk stack.  IRP_MJ_SCSI arrives there
+  with an SRB; the driver queues it (Bulk-Only runs one command at a time)
+  and, when its turn comes, re-sends *that same IRP* down the USB stack three
+  times — CBW, data, CSW — each time as IOCTL_INTERNAL_USB_SUBMIT_URB with
+  ``USBSTOR_UrbCompletion``, which returns STATUS_MORE_PROCESSING_REQUIRED to
+  keep the IRP and start the next phase.  So every URB of a command carries
+  the SRB's IRP id.
+
+What happens after each phase is the table ``PHASE_TRANSITIONS``: a CHECK
+CONDITION is followed by an automatic REQUEST SENSE whose data becomes the
+NTSTATUS; a stalled data or status phase is cleared with
+SYNC_RESET_PIPE_AND_CLEAR_STALL (CLEAR_FEATURE(ENDPOINT_HALT) on the wire)
+and the CSW read again; an invalid CSW or a phase error leads to Reset
+Recovery (BOT §5.3.4: Bulk-Only Mass Storage Reset, then clear both halts).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from usbtrace.storage import bot, scsi
+from usbtrace.storage import ioctl as io
+from usbtrace.storage.ntstatus import sense_to_ntstatus
+from usbtrace.storage.srb import (
+    SCSISTAT_CHECK_CONDITION,
+    SRB_FLAGS_DATA_IN,
+    SRB_FUNCTION_EXECUTE_SCSI,
+    SRB_STATUS_ABORTED,
+    SRB_STATUS_AUTOSENSE_VALID,
+    SRB_STATUS_BUS_RESET,
+    SRB_STATUS_ERROR,
+    SRB_STATUS_NO_DEVICE,
+    SRB_STATUS_SUCCESS,
+    Srb,
+)
+from usbtrace.usb import descriptors as d
+from usbtrace.usb import setup as std
+from usbtrace.usb import urb as U
+from usbtrace.wdm.device import (
+    DO_DEVICE_INITIALIZING,
+    DO_DIRECT_IO,
+    DO_POWER_PAGABLE,
+    FILE_DEVICE_DISK,
+    FILE_DEVICE_MASS_STORAGE,
+    DeviceObject,
+    DriverObject,
+    IoAttachDeviceToDeviceStack,
+    IoCreateDevice,
+    IoDeleteDevice,
+    IoDetachDevice,
+)
+from usbtrace.wdm.iomgr import (
+    IoCallDriver,
+    IoCompleteRequest,
+    IoForwardIrpSynchronously,
+    IoMarkIrpPending,
+    IoSetCancelRoutine,
+    IoSetCompletionRoutine,
+    IoSetNextIrpStackLocation,
+    IoSkipCurrentIrpStackLocation,
+)
+from usbtrace.wdm.irp import (
+    IRP_MJ_CLEANUP,
+    IRP_MJ_CLOSE,
+    IRP_MJ_CREATE,
+    IRP_MJ_DEVICE_CONTROL,
+    IRP_MJ_INTERNAL_DEVICE_CONTROL,
+    IRP_MJ_PNP,
+    IRP_MJ_POWER,
+    IRP_MJ_SCSI,
+    IRP_MJ_SYSTEM_CONTROL,
+    IRP_MN_QUERY_CAPABILITIES,
+    IRP_MN_QUERY_DEVICE_RELATIONS,
+    IRP_MN_QUERY_DEVICE_TEXT,
+    IRP_MN_QUERY_ID,
+    IRP_MN_QUERY_REMOVE_DEVICE,
+    IRP_MN_REMOVE_DEVICE,
+    IRP_MN_START_DEVICE,
+    IRP_MN_SURPRISE_REMOVAL,
+    IRP_MN_WAIT_WAKE,
+    BusQueryCompatibleIDs,
+    BusQueryDeviceID,
+    BusQueryHardwareIDs,
+    BusQueryInstanceID,
+    BusRelations,
+    DeviceIoControlParameters,
+    IoAllocateIrp,
+    IoBuildDeviceIoControlRequest,
+    Irp,
+)
+from usbtrace.wdm.sched import KEvent
+from usbtrace.wdm.status import NTSTATUS
+
+STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
+STATUS_PENDING = NTSTATUS.STATUS_PENDING
+STATUS_MORE_PROCESSING_REQUIRED = NTSTATUS.STATUS_MORE_PROCESSING_REQUIRED.value
+MAXIMUM_TRANSFER_LENGTH = 0x10000  # what usbstor reports in its adapter descriptor
+
+# After each phase, the outcome picks the next phase.  Terminal phases:
+# "done" (the command finished: good or CHECK CONDITION), "recover" (Reset
+# Recovery, then fail), "gone" (device disconnected), "cancelled".
+PHASE_TRANSITIONS: dict[tuple[str, str], str] = {
+    ("cbw", "ok_data"): "data",
+    ("cbw", "ok_no_data"): "csw",
+    ("cbw", "stall"): "recover",  # §5.3.1: a CBW the device would not take
+    ("cbw", "error"): "recover",
+    ("data", "ok"): "csw",
+    ("data", "stall"): "clear_data",  # §6.7.2: clear the halt, then read the CSW
+    ("data", "error"): "recover",
+    ("clear_data", "ok"): "csw",
+    ("clear_data", "error"): "recover",
+    ("clear_data", "stall"): "recover",
+    ("csw", "good"): "done",
+    ("csw", "failed"): "done",
+    ("csw", "phase_error"): "recover",  # §6.6.2
+    ("csw", "invalid"): "recover",  # §6.3: not valid or not meaningful
+    ("csw", "stall"): "clear_csw",  # §5.3.3: clear, then try the CSW once more
+    ("csw", "error"): "recover",
+    ("clear_csw", "ok"): "csw_retry",
+    ("clear_csw", "error"): "recover",
+    ("clear_csw", "stall"): "recover",
+    ("csw_retry", "good"): "done",
+    ("csw_retry", "failed"): "done",
+    ("csw_retry", "phase_error"): "recover",
+    ("csw_retry", "invalid"): "recover",
+    ("csw_retry", "stall"): "recover",
+    ("csw_retry", "error"): "recover",
+    # Reset Recovery (§5.3.4) on its own IRP; every outcome moves on
+    ("reset", "ok"): "clear_in", ("reset", "stall"): "clear_in", ("reset", "error"): "clear_in",
+    ("clear_in", "ok"): "clear_out", ("clear_in", "stall"): "clear_out",
+    ("clear_in", "error"): "clear_out",
+    ("clear_out", "ok"): "recovered", ("clear_out", "stall"): "recovered",
+    ("clear_out", "error"): "recovered",
+}
+TERMINAL = frozenset({"done", "recover", "gone", "cancelled", "recovered"})
+
+
+@dataclass
+class FdoExtension:
+    fdo: DeviceObject
+    lower: DeviceObject
+    pdo: DeviceObject
+    device_descriptor: Any = None
+    configuration: bytes = b""
+    serial: str = ""
+    interface_number: int = 0
+    pipe_in: U.PipeInformation | None = None
+    pipe_out: U.PipeInformation | None = None
+    max_lun: int = 0
+    luns: list[DeviceObject] = field(default_factory=list)
+    tags: Any = field(default_factory=lambda: itertools.count(1))
+    queue: deque[tuple[Irp, Srb, Callable[[Request], None]]] = field(default_factory=deque)
+    active: Request | None = None
+    removed: bool = False
+    recoveries: int = 0
+
+
+@dataclass
+class PdoExtension:
+    fdo_ext: FdoExtension
+    lun: int
+    vendor: str
+    product: str
+    revision: str
+    removed: bool = False
+
+
+class Request:
+    """One SCSI command on the wire: the CBW, data and CSW phases on one IRP."""
+
+    __slots__ = ("irp", "srb", "fdo_ext", "on_done", "phase", "tag", "urb", "csw",
+                 "data_actual", "command_actual", "sensing", "status")
+
+    def __init__(self, fdo_ext: FdoExtension, irp: Irp, srb: Srb,
+                 on_done: Callable[[Request], None]) -> None:
+        self.irp = irp
+        self.srb = srb
+        self.fdo_ext = fdo_ext
+        self.on_done = on_done
+        self.phase = "cbw"
+        self.tag = 0
+        self.urb: U.Urb | None = None
+        self.csw = bytearray(bot.CSW_LENGTH)
+        self.data_actual = 0
+        self.command_actual = 0  # data moved by the command, kept while autosensing
+        self.sensing: Srb | None = None  # the REQUEST SENSE SRB, while autosensing
+        self.status: int = STATUS_SUCCESS
+
+
+# ---------------------------------------------------------------------------------
+# DriverEntry, AddDevice, DriverUnload
+# ---------------------------------------------------------------------------------
+
+
+def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
+    driver.major_function[IRP_MJ_CREATE] = USBSTOR_DispatchCreateClose
+    driver.major_function[IRP_MJ_CLOSE] = USBSTOR_DispatchCreateClose
+    driver.major_function[IRP_MJ_CLEANUP] = USBSTOR_DispatchCreateClose
+    driver.major_function[IRP_MJ_DEVICE_CONTROL] = USBSTOR_DispatchDeviceControl
+    driver.major_function[IRP_MJ_SCSI] = USBSTOR_DispatchScsi
+    driver.major_function[IRP_MJ_PNP] = USBSTOR_DispatchPnp
+    driver.major_function[IRP_MJ_POWER] = USBSTOR_DispatchPower
+    driver.major_function[IRP_MJ_SYSTEM_CONTROL] = USBSTOR_DispatchSystemControl
+    driver.driver_extension.add_device = USBSTOR_AddDevice
+    driver.driver_unload = USBSTOR_Unload
+    return STATUS_SUCCESS
+
+
+def USBSTOR_AddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N802
+    fdo = IoCreateDevice(driver, None, None, FILE_DEVICE_MASS_STORAGE)
+    lower = IoAttachDeviceToDeviceStack(fdo, pdo)
+    fdo.device_extension = FdoExtension(fdo=fdo, lower=lower, pdo=pdo)
+    fdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
+    fdo.flags &= ~DO_DEVICE_INITIALIZING
+    return STATUS_SUCCESS
+
+
+def USBSTOR_Unload(driver: DriverObject) -> None:  # noqa: N802
+    driver.kernel.DbgPrint("usbstor: unloaded")
+
+
+def _complete(irp: Irp, status: int, information: Any = 0) -> int:
+    irp.io_status.status = status
+    irp.io_status.information = information
+    IoCompleteRequest(irp)
+    return status
+
+
+def _is_fdo(device: DeviceObject) -> bool:
+    return isinstance(device.device_extension, FdoExtension)
+
+
+def USBSTOR_DispatchCreateClose(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    return _complete(irp, STATUS_SUCCESS)
+
+
+def USBSTOR_DispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    if _is_fdo(device):
+        IoSkipCurrentIrpStackLocation(irp)
+        return IoCallDriver(device.device_extension.lower, irp)
+    return _complete(irp, irp.io_status.status)
+
+
+def USBSTOR_DispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    if _is_fdo(device):
+        IoSkipCurrentIrpStackLocation(irp)
+        return IoCallDriver(device.device_extension.lower, irp)
+    if irp.IoGetCurrentIrpStackLocation().minor_function == IRP_MN_WAIT_WAKE:
+        return _complete(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
+    return _complete(irp, STATUS_SUCCESS)
+
+
+# ---------------------------------------------------------------------------------
+# PnP: the FDO starts the device and reports LUN PDOs
+# ---------------------------------------------------------------------------------
+
+
+def USBSTOR_DispatchPnp(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    if _is_fdo(device):
+        return _fdo_pnp(device, irp)
+    return _pdo_pnp(device, irp)
+
+
+def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
+    ext: FdoExtension = fdo.device_extension
+    loc = irp.IoGetCurrentIrpStackLocation()
+    minor = loc.minor_function
+    if minor == IRP_MN_START_DEVICE:
+        status = IoForwardIrpSynchronously(ext.lower, irp)
+        if status == STATUS_SUCCESS:
+            status = USBSTOR_StartDevice(ext)
+        return _complete(irp, status)
+    if minor == IRP_MN_QUERY_DEVICE_RELATIONS and loc.parameters.type == BusRelations:
+        irp.io_status.status = STATUS_SUCCESS
+        irp.io_status.information = [p for p in ext.luns if not p.deleted]
+    elif minor == IRP_MN_QUERY_REMOVE_DEVICE:
+        irp.io_status.status = STATUS_SUCCESS
+    elif minor == IRP_MN_SURPRISE_REMOVAL:
+        ext.removed = True
+        _fail_queue(ext, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
+        irp.io_status.status = STATUS_SUCCESS
+    elif minor == IRP_MN_REMOVE_DEVICE:
+        ext.removed = True
+        _fail_queue(ext, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
+        for pdo in ext.luns:
+            if not pdo.deleted:
+                IoDeleteDevice(pdo)
+        ext.luns.clear()
+        irp.io_status.status = STATUS_SUCCESS
+        IoSkipCurrentIrpStackLocation(irp)
+        status = IoCallDriver(ext.lower, irp)
+        IoDetachDevice(ext.lower)
+        IoDeleteDevice(fdo)
+        return status
+    IoSkipCurrentIrpStackLocation(irp)
+    return IoCallDriver(ext.lower, irp)
+
+
+def _submit_urb_sync(ext: FdoExtension, urb: U.Urb) -> int:
+    """Send one URB down and wait for it (PASSIVE_LEVEL, start-up only)."""
+    event = KEvent()
+    irp = IoBuildDeviceIoControlRequest(U.IOCTL_INTERNAL_USB_SUBMIT_URB, ext.lower, None, 0,
+                                        True, event, None, argument1=urb)
+    if IoCallDriver(ext.lower, irp) == STATUS_PENDING:
+        ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(event, "URB")
+    return int(irp.io_status.status)
+
+
+def _get_descriptor(ext: FdoExtension, kind: int, index: int, length: int,
+                    language: int = 0) -> bytes | None:
+    urb = U.urb_get_descriptor(kind, index, language, length)
+    if _submit_urb_sync(ext, urb) != STATUS_SUCCESS:
+        return None
+    return bytes(urb.buffer[: urb.length])
+
+
+def USBSTOR_StartDevice(ext: FdoExtension) -> int:  # noqa: N802
+    """Descriptors, configuration, GET_MAX_LUN and an INQUIRY per LUN."""
+    device = _get_descriptor(ext, d.DEVICE, 0, 18)
+    if device is None or len(device) < 18:
+        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
+    ext.device_descriptor = d.DeviceDescriptor.parse(device)
+    head = _get_descriptor(ext, d.CONFIGURATION, 0, 9)
+    if head is None or len(head) < 9:
+        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
+    total = int.from_bytes(head[2:4], "little")
+    configuration = _get_descriptor(ext, d.CONFIGURATION, 0, total)
+    if configuration is None:
+        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
+    ext.configuration = configuration
+    langids = _get_descriptor(ext, d.STRING, 0, 255)
+    language = int.from_bytes(langids[2:4], "little") if langids and len(langids) >= 4 else 0x0409
+    if ext.device_descriptor.iSerialNumber:
+        text = _get_descriptor(ext, d.STRING, ext.device_descriptor.iSerialNumber, 255, language)
+        ext.serial = (d.decode_string(text) if text else None) or ""
+
+    select = U.UrbSelectConfiguration(configuration)
+    if _submit_urb_sync(ext, select) != STATUS_SUCCESS:
+        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
+    for interface in select.interfaces:
+        if (interface.interface_class, interface.interface_subclass,
+                interface.interface_protocol) == (0x08, 0x06, 0x50):
+            ext.interface_number = interface.interface_number
+            for pipe in interface.pipes:
+                if pipe.pipe_type == U.UsbdPipeTypeBulk:
+                    if pipe.endpoint_address & 0x80:
+                        ext.pipe_in = pipe
+                    else:
+                        ext.pipe_out = pipe
+    if ext.pipe_in is None or ext.pipe_out is None:
+        return NTSTATUS.STATUS_NOT_SUPPORTED  # not Bulk-Only (CBI is not modelled)
+
+    get_max_lun = U.urb_class_interface(std.GET_MAX_LUN, 0, ext.interface_number, 1, True)
+    if _submit_urb_sync(ext, get_max_lun) == STATUS_SUCCESS and get_max_lun.length == 1:
+        ext.max_lun = min(get_max_lun.buffer[0], 15)
+    else:
+        ext.max_lun = 0  # §3.2: a device with one LUN may STALL this request
+
+    for lun in range(ext.max_lun + 1):
+        data = bytearray(36)
+        srb = Srb(bytes([scsi.INQUIRY, 0, 0, 0, 36, 0]), 36, SRB_FLAGS_DATA_IN, memoryview(data),
+                  lun=lun)
+        status = _execute_srb_sync(ext, srb)
+        if status != STATUS_SUCCESS:
+            return status
+        vendor = data[8:16].decode("ascii", "replace").strip()
+        product = data[16:32].decode("ascii", "replace").strip()
+        revision = data[32:36].decode("ascii", "replace").strip()
+        pdo = IoCreateDevice(ext.fdo.driver_object, None, None, FILE_DEVICE_DISK)
+        pdo.device_extension = PdoExtension(ext, lun, vendor, product, revision)
+        pdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
+        pdo.stack_size = ext.fdo.stack_size  # room to send SRB IRPs down the USB stack
+        pdo.flags &= ~DO_DEVICE_INITIALIZING
+        ext.luns.append(pdo)
+    return STATUS_SUCCESS
+
+
+def _execute_srb_sync(ext: FdoExtension, srb: Srb) -> int:
+    """Run one SRB on an IRP of the driver's own and wait (start-up INQUIRY)."""
+    irp = IoAllocateIrp(ext.lower.stack_size + 1)
+    IoSetNextIrpStackLocation(irp, ext.fdo)
+    event = KEvent()
+    result: list[int] = []
+
+    def finished(request: Request) -> None:
+        result.append(request.status)
+        event.KeSetEvent()
+
+    _start_or_queue(ext, irp, srb, finished)
+    ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(event, "INQUIRY")
+    return result[0]
+
+
+def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
+    ext: PdoExtension = pdo.device_extension
+    loc = irp.IoGetCurrentIrpStackLocation()
+    minor = loc.minor_function
+    ven = ext.vendor.replace(" ", "_")
+    prod = ext.product.replace(" ", "_")
+    rev = ext.revision.replace(" ", "_")
+    device_id = f"USBSTOR\\Disk&Ven_{ven}&Prod_{prod}&Rev_{rev}"
+    if minor == IRP_MN_QUERY_ID:
+        id_type = loc.parameters.id_type
+        if id_type == BusQueryDeviceID:
+            return _complete(irp, STATUS_SUCCESS, device_id)
+        if id_type == BusQueryHardwareIDs:
+            return _complete(irp, STATUS_SUCCESS, [
+                device_id, f"USBSTOR\\Disk{ven}{prod}", "USBSTOR\\Disk", "GenDisk"])
+        if id_type == BusQueryCompatibleIDs:
+            return _complete(irp, STATUS_SUCCESS, ["USBSTOR\\Disk", "USBSTOR\\RAW"])
+        if id_type == BusQueryInstanceID:
+            return _complete(irp, STATUS_SUCCESS, f"{ext.fdo_ext.serial or 'NOSERIAL'}&{ext.lun}")
+        return _complete(irp, irp.io_status.status, irp.io_status.information)
+    if minor == IRP_MN_QUERY_DEVICE_TEXT:
+        return _complete(irp, STATUS_SUCCESS, f"{ext.vendor} {ext.product} USB Device")
+    if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_CAPABILITIES, IRP_MN_QUERY_REMOVE_DEVICE,
+                 IRP_MN_SURPRISE_REMOVAL):
+        return _complete(irp, STATUS_SUCCESS)
+    if minor == IRP_MN_REMOVE_DEVICE:
+        ext.removed = True
+        status = _complete(irp, STATUS_SUCCESS)
+        if not pdo.deleted:
+            IoDeleteDevice(pdo)
+        if pdo in ext.fdo_ext.luns:
+            ext.fdo_ext.luns.remove(pdo)
+        return status
+    return _complete(irp, irp.io_status.status, irp.io_status.information)
+
+
+# ---------------------------------------------------------------------------------
+# Device control on a LUN PDO
+# ---------------------------------------------------------------------------------
+
+
+def USBSTOR_DispatchDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    if _is_fdo(device):
+        return _complete(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
+    ext: PdoExtension = device.device_extension
+    params: DeviceIoControlParameters = irp.IoGetCurrentIrpStackLocation().parameters
+    if params.io_control_code == io.IOCTL_STORAGE_QUERY_PROPERTY:
+        query = irp.system_buffer
+        if not isinstance(query, io.StoragePropertyQuery):
+            return _complete(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+        if query.PropertyId == io.StorageDeviceProperty:
+            irp.system_buffer = io.StorageDeviceDescriptor(
+                0x00, True, ext.vendor, ext.product, ext.revision, ext.fdo_ext.serial)
+            return _complete(irp, STATUS_SUCCESS, 1)
+        if query.PropertyId == io.StorageAdapterProperty:
+            irp.system_buffer = io.StorageAdapterDescriptor(
+                MAXIMUM_TRANSFER_LENGTH, MAXIMUM_TRANSFER_LENGTH // 4096 + 1)
+            return _complete(irp, STATUS_SUCCESS, 1)
+        return _complete(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
+    return _complete(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
+
+
+# ---------------------------------------------------------------------------------
+# IRP_MJ_SCSI: queue, then CBW -> data -> CSW on the SRB's own IRP
+# ---------------------------------------------------------------------------------
+
+
+def USBSTOR_DispatchScsi(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    if _is_fdo(device):
+        return _complete(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
+    ext: PdoExtension = device.device_extension
+    fdo_ext = ext.fdo_ext
+    srb: Srb = irp.IoGetCurrentIrpStackLocation().parameters.srb
+    if ext.removed or fdo_ext.removed:
+        srb.srb_status = SRB_STATUS_NO_DEVICE
+        return _complete(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
+    if srb.function != SRB_FUNCTION_EXECUTE_SCSI:
+        srb.srb_status = SRB_STATUS_SUCCESS
+        return _complete(irp, STATUS_SUCCESS)
+    srb.lun = ext.lun
+    IoMarkIrpPending(irp)
+    _start_or_queue(fdo_ext, irp, srb, _complete_srb_irp)
+    return STATUS_PENDING
+
+
+def _complete_srb_irp(request: Request) -> None:
+    _complete(request.irp, request.status, request.srb.data_transfer_length
+              if request.status == STATUS_SUCCESS or request.srb.srb_status & 0x3F ==
+              SRB_STATUS_SUCCESS else 0)
+
+
+def USBSTOR_CancelQueued(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
+    """Cancel routine for an SRB still waiting its turn."""
+    ext: PdoExtension = device.device_extension
+    queue = ext.fdo_ext.queue
+    for entry in list(queue):
+        if entry[0] is irp:
+            queue.remove(entry)
+            entry[1].srb_status = SRB_STATUS_ABORTED
+            _complete(irp, NTSTATUS.STATUS_CANCELLED)
+            return
+
+
+def _start_or_queue(ext: FdoExtension, irp: Irp, srb: Srb,
+                    on_done: Callable[[Request], None]) -> None:
+    if ext.active is not None:
+        IoSetCancelRoutine(irp, USBSTOR_CancelQueued)
+        ext.queue.append((irp, srb, on_done))
+        return
+    _start(ext, irp, srb, on_done)
+
+
+def _start_next(ext: FdoExtension) -> None:
+    ext.active = None
+    while ext.queue and ext.active is None:
+        irp, srb, on_done = ext.queue.popleft()
+        if IoSetCancelRoutine(irp, None) is None:
+            continue  # being cancelled
+        _start(ext, irp, srb, on_done)
+
+
+def _fail_queue(ext: FdoExtension, status: int) -> None:
+    while ext.queue:
+        irp, srb, on_done = ext.queue.popleft()
+        if IoSetCancelRoutine(irp, None) is None:
+            continue
+        srb.srb_status = SRB_STATUS_NO_DEVICE
+        request = Request(ext, irp, srb, on_done)
+        request.status = status
+        on_done(request)
+
+
+def _start(ext: FdoExtension, irp: Irp, srb: Srb, on_done: Callable[[Request], None]) -> None:
+    request = Request(ext, irp, srb, on_done)
+    ext.active = request
+    if ext.removed:
+        srb.srb_status = SRB_STATUS_NO_DEVICE
+        _finish(request, "gone")
+        return
+    _send_phase(request, "cbw")
+
+
+def _send_phase(request: Request, phase: str) -> None:
+    """Build the URB of ``phase`` and send it down on the request's IRP."""
+    request.phase = phase
+    ext = request.fdo_ext
+    srb = request.sensing or request.srb
+    if phase == "cbw":
+        request.tag = next(ext.tags)
+        cbw = bot.build_cbw(request.tag, srb.data_transfer_length, srb.data_in, srb.lun, srb.cdb)
+        urb: U.Urb = U.UrbBulkOrInterruptTransfer(ext.pipe_out, bytearray(cbw), len(cbw),
+                                                  U.USBD_TRANSFER_DIRECTION_OUT)  # type: ignore[arg-type]
+    elif phase == "data":
+        pipe = ext.pipe_in if srb.data_in else ext.pipe_out
+        flags = (U.USBD_TRANSFER_DIRECTION_IN | U.USBD_SHORT_TRANSFER_OK) if srb.data_in else 0
+        assert srb.data_buffer is not None
+        urb = U.UrbBulkOrInterruptTransfer(pipe, srb.data_buffer, srb.data_transfer_length,
+                                           flags)  # type: ignore[arg-type]
+    elif phase in ("csw", "csw_retry"):
+        urb = U.UrbBulkOrInterruptTransfer(ext.pipe_in, request.csw, bot.CSW_LENGTH,
+                                           U.USBD_TRANSFER_DIRECTION_IN |
+                                           U.USBD_SHORT_TRANSFER_OK)  # type: ignore[arg-type]
+    elif phase == "clear_data":
+        pipe = ext.pipe_in if srb.data_in else ext.pipe_out
+        urb = U.UrbPipeRequest(U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, pipe)  # type: ignore[arg-type]
+    elif phase == "clear_csw" or phase == "clear_in":
+        urb = U.UrbPipeRequest(U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, ext.pipe_in)  # type: ignore[arg-type]
+    elif phase == "clear_out":
+        urb = U.UrbPipeRequest(U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, ext.pipe_out)  # type: ignore[arg-type]
+    elif phase == "reset":
+        urb = U.urb_class_interface(std.BULK_ONLY_MASS_STORAGE_RESET, 0, ext.interface_number, 0,
+                                    False)
+    else:
+        raise AssertionError(phase)
+    request.urb = urb
+    irp = request.irp
+    loc = irp.IoGetNextIrpStackLocation()
+    loc.major_function = IRP_MJ_INTERNAL_DEVICE_CONTROL
+    loc.minor_function = 0
+    loc.parameters = DeviceIoControlParameters(U.IOCTL_INTERNAL_USB_SUBMIT_URB, 0, 0, urb)
+    IoSetCompletionRoutine(irp, USBSTOR_UrbCompletion, request, True, True, True)
+    IoCallDriver(ext.lower, irp)
+
+
+def _outcome(request: Request, irp: Irp) -> str:
+    urb = request.urb
+    assert urb is not None
+    status = urb.status
+    if status == U.USBD_STATUS_DEVICE_GONE or irp.io_status.status == \
+            NTSTATUS.STATUS_DEVICE_NOT_CONNECTED:
+        return "gone"
+    if irp.cancel or status == U.USBD_STATUS_CANCELED:
+        return "cancelled"
+    if status == U.USBD_STATUS_STALL_PID:
+        return "stall"
+    if not U.USBD_SUCCESS(status):
+        return "error"
+    phase = request.phase
+    if phase == "cbw":
+        srb = request.sensing or request.srb
+        return "ok_data" if srb.data_transfer_length else "ok_no_data"
+    if phase == "data":
+        request.data_actual = urb.transfer_buffer_length
+        return "ok"
+    if phase in ("csw", "csw_retry"):
+        return _check_csw(request, urb.transfer_buffer_length)
+    return "ok"
+
+
+def _check_csw(request: Request, length: int) -> str:
+    """§6.3: valid (13 bytes, signature, our tag) and meaningful (status, residue)."""
+    csw = bot.parse_csw(request.csw) if length == bot.CSW_LENGTH else None
+    if csw is None or csw.tag != request.tag:
+        return "invalid"
+    srb = request.sensing or request.srb
+    if csw.status == bot.CSW_STATUS_PHASE_ERROR:
+        return "phase_error"
+    if csw.status > bot.CSW_STATUS_PHASE_ERROR or csw.residue > srb.data_transfer_length:
+        return "invalid"
+    return "good" if csw.status == bot.CSW_STATUS_PASSED else "failed"
+
+
+def USBSTOR_UrbCompletion(device: DeviceObject | None, irp: Irp, request: Request) -> int:  # noqa: N802
+    """Completion routine for every phase: pick the next phase from the table."""
+    outcome = _outcome(request, irp)
+    if outcome in ("gone", "cancelled"):
+        nxt = outcome
+    else:
+        nxt = PHASE_TRANSITIONS.get((request.phase, outcome), "recover")
+    if nxt in TERMINAL:
+        _finish(request, nxt, outcome)
+    else:
+        _send_phase(request, nxt)
+    return STATUS_MORE_PROCESSING_REQUIRED
+
+
+def _finish(request: Request, terminal: str, outcome: str = "") -> None:
+    ext = request.fdo_ext
+    srb = request.srb
+    if terminal == "recovered":  # a Reset Recovery request ended
+        request.on_done(request)
+        return
+    if terminal == "done":
+        if request.sensing is None and outcome == "failed":
+            # CHECK CONDITION: keep the IRP and fetch the sense data (autosense)
+            request.command_actual = request.data_actual
+            request.data_actual = 0
+            request.sensing = Srb(bytes([scsi.REQUEST_SENSE, 0, 0, 0, 18, 0]), 18,
+                                  SRB_FLAGS_DATA_IN, memoryview(srb.sense_info_buffer),
+                                  lun=srb.lun)
+            _send_phase(request, "cbw")
+            return
+        if request.sensing is not None:
+            sense = None
+            if outcome == "good":
+                sense = scsi.parse_sense(srb.sense_info_buffer[: request.data_actual])
+            srb.srb_status = SRB_STATUS_ERROR | (SRB_STATUS_AUTOSENSE_VALID if sense else 0)
+            srb.scsi_status = SCSISTAT_CHECK_CONDITION
+            srb.data_transfer_length = request.command_actual
+            request.status, _ = sense_to_ntstatus(sense)
+        else:
+            srb.srb_status = SRB_STATUS_SUCCESS
+            srb.data_transfer_length = request.data_actual
+            request.status = STATUS_SUCCESS
+    elif terminal == "gone":
+        srb.srb_status = SRB_STATUS_NO_DEVICE
+        request.status = NTSTATUS.STATUS_DEVICE_NOT_CONNECTED
+        ext.removed = True
+    elif terminal in ("recover", "cancelled"):
+        srb.srb_status = SRB_STATUS_ABORTED if terminal == "cancelled" else SRB_STATUS_BUS_RESET
+        request.status = (NTSTATUS.STATUS_CANCELLED if terminal == "cancelled"
+                          else NTSTATUS.STATUS_IO_DEVICE_ERROR)
+        srb.data_transfer_length = 0
+        _reset_recovery(request)
+        return
+    request.on_done(request)
+    _start_next(ext)
+
+
+def _reset_recovery(failed: Request) -> None:
+    """§5.3.4 Reset Recovery on an IRP of the driver's own; then fail the command."""
+    ext = failed.fdo_ext
+    ext.recoveries += 1
+    irp = IoAllocateIrp(ext.lower.stack_size + 1)
+    IoSetNextIrpStackLocation(irp, ext.fdo)
+
+    def recovered(request: Request) -> None:
+        failed.on_done(failed)
+        _start_next(ext)
+
+    recovery = Request(ext, irp, failed.srb, recovered)
+    ext.active = recovery
+    _send_phase(recovery, "reset")
+

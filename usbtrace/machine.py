@@ -1,0 +1,112 @@
+"""One modelled Windows machine with a USB stick: drivers installed, PnP ready.
+
+The driver database is what the INF files would install:
+
+* ``usbhub`` for the root-enumerated host controller;
+* ``usbstor`` for ``USB\\Class_08&SubClass_06&Prot_50``, with ``usbtrace`` as
+  its LowerFilter;
+* ``disk`` for ``GenDisk``, with ``usbtrace`` as its UpperFilter.
+
+``start()`` lets PnP build both stacks; ``stop()`` tears them down and every
+driver unloads.  The tracer's parameters (where its records go, which
+positions are on) live in the registry the drivers read in DriverEntry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from types import TracebackType
+
+from usbtrace.devices.base import DeviceBackend
+from usbtrace.drivers import disk, tracer, usbhub, usbstor
+from usbtrace.records import Event
+from usbtrace.wdm.kernel import Kernel
+from usbtrace.wdm.pnp import DeviceNode, DriverDatabase, PnpManager, Service
+from usbtrace.wdm.root import create_root_pdo
+from usbtrace.wdm.win32 import Win32
+
+HOST_CONTROLLER_ID = "ROOT\\USB_HOST_CONTROLLER"
+DISK_PATH = "\\\\.\\PhysicalDrive0"
+POSITIONS = ("lower", "upper")
+
+
+class Machine:
+    def __init__(
+        self,
+        backend: DeviceBackend,
+        sink: Callable[[Event], None] | None = None,
+        positions: Iterable[str] = POSITIONS,
+        clock: str = "virtual",
+        upper_payload: bool = False,
+    ) -> None:
+        self.positions = tuple(positions)
+        for position in self.positions:
+            if position not in POSITIONS:
+                raise ValueError(f"tracer position must be one of {POSITIONS}, not {position!r}")
+        self.backend = backend
+        self.kernel = Kernel(clock)
+        self.kernel.registry["usbhub"] = {"ports": [backend]}
+        self.kernel.registry["usbtrace"] = {
+            "sink": sink, "positions": self.positions, "upper_payload": upper_payload,
+        }
+        database = DriverDatabase()
+        database.add_service(Service("usbhub", usbhub.DriverEntry), [HOST_CONTROLLER_ID])
+        database.add_service(
+            Service("usbstor", usbstor.DriverEntry,
+                    lower_filters=["usbtrace"] if "lower" in self.positions else []),
+            ["USB\\Class_08&SubClass_06&Prot_50", "USB\\Class_08&SubClass_06"],
+        )
+        database.add_service(
+            Service("disk", disk.DriverEntry,
+                    upper_filters=["usbtrace"] if "upper" in self.positions else []),
+            ["GenDisk"],
+        )
+        database.add_service(Service("usbtrace", tracer.DriverEntry))
+        self.pnp = PnpManager(self.kernel, database)
+        self.win32 = Win32(self.kernel)
+        self.root: DeviceNode | None = None
+        backend_hook = getattr(backend, "on_disconnect", "absent")
+        if backend_hook != "absent":
+            backend.on_disconnect = self._device_relations_changed  # type: ignore[attr-defined]
+
+    @property
+    def scheduler(self):  # type: ignore[no-untyped-def]
+        return self.kernel.scheduler
+
+    def start(self) -> Machine:
+        """Root-enumerate the host controller; PnP builds every stack beneath it."""
+        self.root = self.pnp.add_root(create_root_pdo(self.kernel, HOST_CONTROLLER_ID))
+        return self
+
+    def _device_relations_changed(self) -> None:
+        """IoInvalidateDeviceRelations: PnP re-enumerates the hub at PASSIVE_LEVEL."""
+        if self.root is None:
+            return
+        root = self.root
+
+        def rescan() -> None:
+            old = self.kernel.scheduler.irql
+            self.kernel.scheduler.irql = 0
+            try:
+                self.pnp.enumerate(root)
+            finally:
+                self.kernel.scheduler.irql = old
+
+        self.kernel.scheduler.schedule(0, rescan)
+
+    def disk_present(self) -> bool:
+        return self.kernel.lookup(DISK_PATH) is not None
+
+    def stop(self) -> None:
+        """Close what is open, then remove every device; drivers unload."""
+        for handle in list(self.win32.handles):
+            self.win32.CloseHandle(handle)
+        self.pnp.shutdown()
+        self.kernel.scheduler.run_until_idle()
+
+    def __enter__(self) -> Machine:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,89 @@
+"""A recording session: stick, stack, tracer and database, wired together.
+
+This is the one place that knows both the kernel model and the store; the
+CLI and the pytest fixtures call it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from usbtrace.devices.base import DeviceBackend
+from usbtrace.devices.image import DiskImage, parse_size
+from usbtrace.devices.simulated import SimulatedStick
+from usbtrace.machine import Machine
+from usbtrace.store.database import Database
+from usbtrace.store.writer import Recorder, SessionWriter, now_iso
+from usbtrace.workloads import WorkloadResult, get
+
+
+@dataclass
+class RecordOptions:
+    db: str = "usbtrace.db"
+    image: str | None = None
+    size: str = "64M"
+    workload: str = "raw"
+    speed: str = "super"
+    positions: tuple[str, ...] = ("lower", "upper")
+    lossy: bool = False
+    queue: int = 1 << 16
+
+
+@dataclass
+class RecordSummary:
+    session_id: int
+    database: str
+    commands: int
+    records: int
+    dropped: int
+    bytes_written: int
+    bytes_read: int
+    bus_seconds: float
+    wall_seconds: float
+    workload: WorkloadResult
+    notes: list[str] = field(default_factory=list)
+
+
+def open_image(options: RecordOptions) -> DiskImage:
+    size = parse_size(options.size)
+    if options.image:
+        return DiskImage.open(options.image, create_size=size)
+    return DiskImage.in_memory(size)
+
+
+def record(options: RecordOptions, backend: DeviceBackend | None = None,
+           source: str = "simulated") -> RecordSummary:
+    """Bring the stack up on the stick, run the workload, tear down, store it all."""
+    workload = get(options.workload)
+    database = Database(options.db)
+    own_backend = backend is None
+    if backend is None:
+        backend = SimulatedStick(open_image(options), speed=options.speed)
+    name = options.image or f"memory:{options.size}"
+    session_id = database.new_session(source, name, now_iso(), "virtual")
+    recorder = Recorder(SessionWriter(database, session_id), capacity=options.queue,
+                        lossy=options.lossy)
+    t0 = time.perf_counter()
+    machine = Machine(backend, sink=recorder, positions=options.positions)
+    try:
+        machine.start()
+        result = workload(machine)
+    finally:
+        machine.stop()
+        bus_seconds = machine.scheduler.now()
+        recorder.close()
+        if own_backend:
+            backend.close()
+    wall = time.perf_counter() - t0
+    writer = recorder.writer
+    summary = RecordSummary(session_id, database.target, writer.commands, writer.records,
+                            recorder.dropped, result.bytes_written, result.bytes_read,
+                            bus_seconds, wall, result)
+    database.close()
+    return summary
+
+
+def default_db() -> str:
+    return str(Path("usbtrace.db"))

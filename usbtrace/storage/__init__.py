@@ -1,0 +1,1 @@
+"""Mass storage: Bulk-Only Transport, SCSI commands and sense, SRBs, NTSTATUS mapping."""

@@ -1,0 +1,1 @@
+"""Storage of sessions in SQLite (or any SQLAlchemy database)."""

@@ -1,0 +1,139 @@
+"""Opening a usbtrace database: a SQLite file by default, any SQLAlchemy URL otherwise.
+
+A database is ours when it has the ``usbtrace_meta`` table with a schema
+version we read; an empty file becomes ours; anything else is refused with a
+message, never altered.  SQLite runs in WAL mode so readers never block the
+writer thread.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, insert, inspect, select, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError as SADatabaseError
+from sqlalchemy.exc import OperationalError
+
+from usbtrace.errors import DatabaseError
+from usbtrace.store.schema import SCHEMA_VERSION, Base, Meta, SessionRow
+
+_URL = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Database:
+    def __init__(self, target: str | Path, create: bool = True, readonly: bool = False) -> None:
+        target = str(target)
+        self.target = target
+        if _URL.match(target):
+            url = target
+            self.is_sqlite = target.startswith("sqlite")
+        else:
+            path = Path(target)
+            if path.is_dir():
+                raise DatabaseError(f"{path}: is a directory; give a database file name")
+            if not path.exists():
+                if not create:
+                    raise DatabaseError(f"{path}: no such database (run 'usbtrace record' or "
+                                        "'usbtrace import' first)")
+                if not path.parent.exists():
+                    raise DatabaseError(f"{path}: folder {path.parent} does not exist")
+            elif path.stat().st_size and not _looks_like_sqlite(path):
+                raise DatabaseError(f"{path}: not a usbtrace database (not SQLite)")
+            url = f"sqlite:///{path}"
+            self.is_sqlite = True
+        try:
+            self.engine: Engine = create_engine(
+                url, connect_args={"check_same_thread": False} if self.is_sqlite else {})
+        except Exception as e:  # bad URL, missing driver
+            raise DatabaseError(f"cannot open {target}: {e}") from None
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.readonly = readonly
+        self._check_or_create(create and not readonly)
+
+    def _check_or_create(self, create: bool) -> None:
+        try:
+            names = set(inspect(self.engine).get_table_names())
+        except (OperationalError, SADatabaseError, sqlite3.DatabaseError) as e:
+            raise DatabaseError(f"{self.target}: cannot read database: {e.orig}") from None
+        if "usbtrace_meta" in names:
+            with self.engine.connect() as conn:
+                row = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).first()
+            version = int(row[0]) if row else 0
+            if version != SCHEMA_VERSION:
+                raise DatabaseError(f"{self.target}: schema version {version}, this usbtrace "
+                                    f"reads version {SCHEMA_VERSION}")
+            return
+        if names:
+            raise DatabaseError(f"{self.target}: not a usbtrace database "
+                                f"(has tables {', '.join(sorted(names)[:5])})")
+        if not create:
+            raise DatabaseError(f"{self.target}: empty database, nothing recorded yet")
+        Base.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            conn.execute(insert(Meta), [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
+
+    def new_session(self, source: str, source_name: str, started_at: str, clock: str,
+                    linktype: int | None = None, file_sha256: str | None = None) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(insert(SessionRow).values(
+                source=source, source_name=source_name, started_at=started_at, clock=clock,
+                linktype=linktype, file_sha256=file_sha256, record_count=0, dropped_count=0,
+                malformed_count=0, command_count=0, complete=False))
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def find_import(self, sha256: str) -> int | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(SessionRow.id).where(
+                SessionRow.file_sha256 == sha256, SessionRow.complete.is_(True))).first()
+        return int(row[0]) if row else None
+
+    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one read-only statement; rows as tuples."""
+        if self.is_sqlite:
+            raw = self.engine.raw_connection()
+            try:
+                dbapi = raw.driver_connection
+                assert dbapi is not None
+                dbapi.execute("PRAGMA query_only=ON")
+                try:
+                    cursor = dbapi.execute(sql)
+                    columns = [c[0] for c in cursor.description or []]
+                    rows = cursor.fetchall()
+                except (sqlite3.Error, sqlite3.Warning) as e:
+                    raise DatabaseError(f"query failed: {e}") from None
+                finally:
+                    dbapi.execute("PRAGMA query_only=OFF")
+                return columns, rows
+            finally:
+                raw.close()
+        with self.engine.connect() as conn:
+            conn.execute(text("SET TRANSACTION READ ONLY"))
+            try:
+                result = conn.execute(text(sql))
+            except SADatabaseError as e:
+                raise DatabaseError(f"query failed: {e.orig}") from None
+            columns = list(result.keys())
+            rows = [tuple(r) for r in result]
+            conn.rollback()
+            return columns, rows
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _looks_like_sqlite(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(16) == b"SQLite format 3\0"

@@ -1,0 +1,156 @@
+"""The database users query: SQLAlchemy 2 models, one table per kind of row.
+
+Public names (documented in ``schemas/usbtrace.sql``, generated from these
+models and tested to match):
+
+* ``sessions``: one per recording or imported capture;
+* ``irps``: every IRP pass through a tracer position, submission and
+  completion merged (live sessions only);
+* ``urbs``: every USB transfer, with setup bytes and payload;
+* ``scsi_commands``: every Bulk-Only command: CBW, data and CSW joined;
+* ``devices``: what descriptors said about each device.
+
+IRP ids are text (``0xffffa00000002900``): kernel addresses and usbmon URB
+ids do not fit a signed 64-bit integer.  ``irps.seq`` and ``urbs.seq`` share one
+numbering within a session, so an URB joins its IRP pass on (session_id, seq),
+and a READ joins its SRBs and their URBs through ``parent_irp_id``.
+Timestamps are seconds from the session start; names are lower-case.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "usbtrace_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(32))  # simulated, hardware, usbmon, usbpcap
+    source_name: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[str] = mapped_column(String(40))  # ISO 8601, UTC
+    record_count: Mapped[int] = mapped_column(Integer, default=0)
+    dropped_count: Mapped[int] = mapped_column(Integer, default=0)
+    malformed_count: Mapped[int] = mapped_column(Integer, default=0)
+    command_count: Mapped[int] = mapped_column(Integer, default=0)
+    duration: Mapped[float | None] = mapped_column(Float)
+    clock: Mapped[str] = mapped_column(String(16), default="virtual")  # virtual, wall, capture
+    linktype: Mapped[int | None] = mapped_column(Integer)
+    file_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    notes: Mapped[str | None] = mapped_column(Text)
+
+
+class IrpRow(Base):
+    __tablename__ = "irps"
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    irp_id: Mapped[str] = mapped_column(String(20))
+    parent_irp_id: Mapped[str | None] = mapped_column(String(20))
+    position: Mapped[str] = mapped_column(String(8))  # lower, upper
+    major: Mapped[str] = mapped_column(String(32))
+    minor: Mapped[str | None] = mapped_column(String(40))
+    ioctl: Mapped[str | None] = mapped_column(String(48))
+    status: Mapped[str | None] = mapped_column(String(48))
+    information: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(Text)
+    offset: Mapped[int | None] = mapped_column(Integer)
+    length: Mapped[int | None] = mapped_column(Integer)
+    file_object: Mapped[int | None] = mapped_column(Integer)
+    submitted_at: Mapped[float | None] = mapped_column(Float)
+    completed_at: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_irps_irp", "session_id", "irp_id"),
+                      Index("ix_irps_parent", "session_id", "parent_irp_id"))
+
+
+class UrbRow(Base):
+    __tablename__ = "urbs"
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    irp_id: Mapped[str] = mapped_column(String(20))
+    record_number: Mapped[int | None] = mapped_column(Integer)  # in the capture file
+    submitted_at: Mapped[float | None] = mapped_column(Float)
+    completed_at: Mapped[float | None] = mapped_column(Float)
+    bus: Mapped[int | None] = mapped_column(Integer)
+    device: Mapped[int | None] = mapped_column(Integer)
+    endpoint: Mapped[int] = mapped_column(Integer)  # with the direction bit
+    transfer_type: Mapped[str] = mapped_column(String(12))
+    direction: Mapped[str] = mapped_column(String(3))  # in, out
+    urb_function: Mapped[str | None] = mapped_column(String(48))
+    status: Mapped[str | None] = mapped_column(String(48))
+    requested_length: Mapped[int | None] = mapped_column(Integer)
+    actual_length: Mapped[int | None] = mapped_column(Integer)
+    captured_length: Mapped[int] = mapped_column(Integer)
+    truncated: Mapped[bool] = mapped_column(Boolean)
+    setup: Mapped[bytes | None] = mapped_column(LargeBinary)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+    __table_args__ = (Index("ix_urbs_irp", "session_id", "irp_id"),)
+
+
+class ScsiCommandRow(Base):
+    __tablename__ = "scsi_commands"
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bus: Mapped[int | None] = mapped_column(Integer)
+    device: Mapped[int | None] = mapped_column(Integer)
+    lun: Mapped[int] = mapped_column(Integer)
+    tag: Mapped[int] = mapped_column(Integer)
+    opcode: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(40))
+    cdb: Mapped[bytes] = mapped_column(LargeBinary)
+    lba: Mapped[int | None] = mapped_column(Integer)
+    blocks: Mapped[int | None] = mapped_column(Integer)
+    data_direction: Mapped[str] = mapped_column(String(4))  # in, out, none
+    expected_length: Mapped[int] = mapped_column(Integer)
+    data_length: Mapped[int] = mapped_column(Integer)  # bytes the data phase moved
+    data_truncated: Mapped[bool] = mapped_column(Boolean)
+    residue: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # good, check_condition, phase_error, missing
+    sense_key: Mapped[str | None] = mapped_column(String(24))
+    asc: Mapped[int | None] = mapped_column(Integer)
+    ascq: Mapped[int | None] = mapped_column(Integer)
+    irp_id: Mapped[str] = mapped_column(String(20))
+    cbw_seq: Mapped[int] = mapped_column(Integer)  # urbs.seq of the CBW
+    csw_seq: Mapped[int | None] = mapped_column(Integer)
+    submitted_at: Mapped[float | None] = mapped_column(Float)
+    completed_at: Mapped[float | None] = mapped_column(Float)
+
+
+class DeviceRow(Base):
+    __tablename__ = "devices"
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    bus: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vid: Mapped[int | None] = mapped_column(Integer)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    device_class: Mapped[int | None] = mapped_column(Integer)
+    manufacturer: Mapped[str | None] = mapped_column(Text)
+    product: Mapped[str | None] = mapped_column(Text)
+    serial: Mapped[str | None] = mapped_column(Text)
+    mass_storage_interfaces: Mapped[str | None] = mapped_column(Text)  # e.g. "0" or "1,2"
+
+
+PUBLIC_TABLES = ("sessions", "irps", "urbs", "scsi_commands", "devices")

@@ -1,0 +1,244 @@
+"""Writing sessions: the decode pipeline feeding batched inserts.
+
+``SessionWriter`` takes events one at a time, runs the decoding stages
+(pairing, identity, Bulk-Only -> SCSI) and inserts rows in batches — one
+``executemany`` and one transaction per batch, as python-can's SQLite writer
+does.  ``Recorder`` is the tracer's sink: a bounded queue drained by a writer
+thread, so the I/O path only appends to a deque.  Lossless (the default)
+makes the producer wait when the queue is full; lossy drops the record and
+counts it in ``sessions.dropped_count`` — never silently.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import insert, update
+
+from usbtrace.decode.bot import BotDecoder, ScsiCommand
+from usbtrace.decode.identity import IdentityTracker
+from usbtrace.decode.pairing import Exchange, Pairer
+from usbtrace.records import TRANSFER_TYPE_NAMES, Event
+from usbtrace.storage.ioctl import IOCTL_NAMES
+from usbtrace.store.database import Database
+from usbtrace.store.schema import DeviceRow, IrpRow, ScsiCommandRow, SessionRow, UrbRow
+from usbtrace.usb.urb import URB_FUNCTION_NAMES, usbd_status_name
+from usbtrace.wdm.irp import MAJOR_NAMES, minor_name
+from usbtrace.wdm.status import status_name
+
+BATCH = 500
+
+
+def hex_id(value: int | None) -> str | None:
+    return None if value is None else f"0x{value & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def irp_row(session_id: int, x: Exchange) -> dict[str, Any]:
+    s, c = x.submit, x.complete
+    first = x.first
+    major = first.major if first.major is not None else -1
+    return {
+        "session_id": session_id, "seq": x.seq, "irp_id": hex_id(x.irp_id),
+        "parent_irp_id": hex_id(first.parent_irp_id), "position": x.position,
+        "major": MAJOR_NAMES.get(major, f"0x{major:02x}"),
+        "minor": minor_name(major, first.minor),
+        "ioctl": IOCTL_NAMES.get(first.ioctl, f"0x{first.ioctl:08x}")
+        if first.ioctl is not None else None,
+        "status": status_name(c.status) if c else None,
+        "information": c.information if c else None,
+        "detail": (c.detail if c and c.detail else first.detail),
+        "offset": first.offset, "length": first.length if first.offset is not None else None,
+        "file_object": first.file_object,
+        "submitted_at": s.ts if s else None, "completed_at": c.ts if c else None,
+    }
+
+
+def urb_row(session_id: int, x: Exchange) -> dict[str, Any]:
+    first = x.first
+    c = x.complete
+    data = x.data
+    function = first.urb_function
+    return {
+        "session_id": session_id, "seq": x.seq, "irp_id": hex_id(x.irp_id),
+        "record_number": first.record_number,
+        "submitted_at": x.submitted_at, "completed_at": x.completed_at,
+        "bus": first.bus, "device": first.device, "endpoint": first.endpoint,
+        "transfer_type": TRANSFER_TYPE_NAMES.get(first.transfer_type or 0, "unknown"),
+        "direction": "in" if x.direction_in else "out",
+        "urb_function": URB_FUNCTION_NAMES.get(function) if function is not None else None,
+        "status": usbd_status_name(c.urb_status) if c else None,
+        "requested_length": x.requested_length, "actual_length": x.actual_length,
+        "captured_length": len(data), "truncated": x.truncated,
+        "setup": first.setup, "data": data or None,
+    }
+
+
+def command_row(session_id: int, cmd: ScsiCommand) -> dict[str, Any]:
+    sense = cmd.sense
+    return {
+        "session_id": session_id, "seq": cmd.seq, "bus": cmd.bus, "device": cmd.device,
+        "lun": cmd.lun, "tag": cmd.tag, "opcode": cmd.info.opcode, "name": cmd.info.name,
+        "cdb": cmd.cdb, "lba": cmd.info.lba, "blocks": cmd.info.blocks,
+        "data_direction": cmd.data_direction, "expected_length": cmd.expected_length,
+        "data_length": cmd.data_length, "data_truncated": cmd.data_truncated,
+        "residue": cmd.residue, "status": cmd.status,
+        "sense_key": sense.key_name if sense else None,
+        "asc": sense.asc if sense else None, "ascq": sense.ascq if sense else None,
+        "irp_id": hex_id(cmd.irp_id), "cbw_seq": cmd.cbw_seq, "csw_seq": cmd.csw_seq,
+        "submitted_at": cmd.submitted_at, "completed_at": cmd.completed_at,
+    }
+
+
+class SessionWriter:
+    """Decode events and insert the rows of one session."""
+
+    def __init__(self, database: Database, session_id: int, batch: int = BATCH,
+                 command_hooks: list[Callable[[ScsiCommand], None]] | None = None) -> None:
+        self.database = database
+        self.session_id = session_id
+        self.batch = batch
+        self.pairer = Pairer()
+        self.bot = BotDecoder()
+        self.identity = IdentityTracker()
+        self.records = 0
+        self.commands = 0
+        self.last_ts = 0.0
+        self.command_hooks = command_hooks or []
+        self._irps: list[dict[str, Any]] = []
+        self._urbs: list[dict[str, Any]] = []
+        self._cmds: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def feed(self, event: Event) -> None:
+        self.records += 1
+        if event.ts > self.last_ts:
+            self.last_ts = event.ts
+        x = self.pairer.feed(event)
+        if x is not None:
+            self._exchange(x)
+
+    def _exchange(self, x: Exchange) -> None:
+        sid = self.session_id
+        if x.position != "capture":
+            self._irps.append(irp_row(sid, x))
+        if x.is_urb:
+            self._urbs.append(urb_row(sid, x))
+            self.identity.feed(x)
+            for cmd in self.bot.feed(x):
+                self._command(cmd)
+        if len(self._urbs) + len(self._irps) >= self.batch:
+            self.flush()
+
+    def _command(self, cmd: ScsiCommand) -> None:
+        self.commands += 1
+        self._cmds.append(command_row(self.session_id, cmd))
+        for hook in self.command_hooks:
+            hook(cmd)
+
+    def flush(self) -> None:
+        if not (self._irps or self._urbs or self._cmds):
+            return
+        with self._lock, self.database.engine.begin() as conn:
+            if self._irps:
+                conn.execute(insert(IrpRow), self._irps)
+            if self._urbs:
+                conn.execute(insert(UrbRow), self._urbs)
+            if self._cmds:
+                conn.execute(insert(ScsiCommandRow), self._cmds)
+        self._irps, self._urbs, self._cmds = [], [], []
+
+    def close(self, dropped: int = 0, malformed: int = 0, notes: str | None = None) -> None:
+        """Flush what the stages still hold and mark the session complete."""
+        for x in self.pairer.flush():
+            self._exchange(x)
+        for cmd in self.bot.flush():
+            self._command(cmd)
+        self.flush()
+        devices = [
+            {"session_id": self.session_id, "bus": i.bus, "device": i.device, "vid": i.vid,
+             "pid": i.pid, "device_class": i.device_class,
+             "manufacturer": i.text("manufacturer"), "product": i.text("product"),
+             "serial": i.text("serial"),
+             "mass_storage_interfaces": ",".join(map(str, i.mass_storage_interfaces)) or None}
+            for i in self.identity.devices.values()
+        ]
+        with self.database.engine.begin() as conn:
+            if devices:
+                conn.execute(insert(DeviceRow), devices)
+            conn.execute(update(SessionRow).where(SessionRow.id == self.session_id).values(
+                record_count=self.records, dropped_count=dropped, malformed_count=malformed,
+                command_count=self.commands, duration=self.last_ts, complete=True,
+                notes=notes))
+
+
+class Recorder:
+    """The tracer's sink: append to a bounded deque; a thread decodes and stores."""
+
+    def __init__(self, writer: SessionWriter, capacity: int = 1 << 16, lossy: bool = False,
+                 consume: Callable[[Event], None] | None = None) -> None:
+        if capacity < 1:
+            raise ValueError("queue capacity must be at least 1")
+        self.writer = writer
+        self.capacity = capacity
+        self.lossy = lossy
+        self.dropped = 0
+        self.waits = 0  # times a lossless producer had to wait
+        self._consume = consume or writer.feed
+        self._queue: deque[Event] = deque()
+        self._wake = threading.Event()
+        self._room = threading.Event()
+        self._stop = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="usbtrace-writer", daemon=True)
+        self._thread.start()
+
+    def __call__(self, event: Event) -> None:
+        queue = self._queue
+        if len(queue) >= self.capacity:
+            if self.lossy:
+                self.dropped += 1
+                return
+            self.waits += 1
+            while len(queue) >= self.capacity:
+                self._room.clear()
+                self._wake.set()
+                if self._error is not None:
+                    raise RuntimeError("the writer thread failed") from self._error
+                self._room.wait(0.05)
+        queue.append(event)
+        if len(queue) == 1 or len(queue) >= 256:
+            self._wake.set()
+
+    def _run(self) -> None:
+        queue = self._queue
+        consume = self._consume
+        try:
+            while True:
+                while queue:
+                    consume(queue.popleft())
+                    if len(queue) < self.capacity:
+                        self._room.set()
+                self._room.set()
+                if self._stop and not queue:
+                    return
+                self._wake.wait(0.05)
+                self._wake.clear()
+        except BaseException as e:  # surfaced on close(): never lose data silently
+            self._error = e
+            self._room.set()
+
+    def close(self, notes: str | None = None) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError(f"the writer thread failed: {self._error}") from self._error
+        self.writer.close(dropped=self.dropped, notes=notes)
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

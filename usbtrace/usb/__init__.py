@@ -1,0 +1,1 @@
+"""USB chapter 9: descriptors, setup packets, URBs and bus speeds."""

@@ -1,0 +1,313 @@
+"""USB request blocks (usb.h, usbdi.h): function codes, USBD status, URB objects.
+
+A client driver builds an URB and sends it down in an
+IRP_MJ_INTERNAL_DEVICE_CONTROL / IOCTL_INTERNAL_USB_SUBMIT_URB IRP.  Every
+control-type URB knows the SETUP packet the bus driver will put on the wire
+(``setup_packet``), so the bus driver, the tracer and pcap export all see the
+same eight bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from construct import Int16ul, Int32ul, Int64ul, Struct
+
+from usbtrace.usb import setup as std
+from usbtrace.wdm.irp import ctl_code
+
+FILE_DEVICE_USB = 0x22
+METHOD_NEITHER = 3
+IOCTL_INTERNAL_USB_SUBMIT_URB = ctl_code(FILE_DEVICE_USB, 0, METHOD_NEITHER, 0)  # 0x220003
+IOCTL_INTERNAL_USB_RESET_PORT = ctl_code(FILE_DEVICE_USB, 1, METHOD_NEITHER, 0)  # 0x220007
+IOCTL_INTERNAL_USB_GET_PORT_STATUS = ctl_code(FILE_DEVICE_USB, 4, METHOD_NEITHER, 0)
+IOCTL_INTERNAL_USB_CYCLE_PORT = ctl_code(FILE_DEVICE_USB, 7, METHOD_NEITHER, 0)
+
+# A private PnP interface (IRP_MN_QUERY_INTERFACE) through which the bus driver
+# tells a filter its device's bus number, address and speed: what USBPcap
+# learns from the hub, which a filter in the device stack cannot see.
+BUS_INFO_INTERFACE = "usbtrace.bus_info"
+
+# URB function codes (usb.h)
+URB_FUNCTION_SELECT_CONFIGURATION = 0x0000
+URB_FUNCTION_SELECT_INTERFACE = 0x0001
+URB_FUNCTION_ABORT_PIPE = 0x0002
+URB_FUNCTION_GET_CURRENT_FRAME_NUMBER = 0x0007
+URB_FUNCTION_CONTROL_TRANSFER = 0x0008
+URB_FUNCTION_BULK_OR_INTERRUPT_TRANSFER = 0x0009
+URB_FUNCTION_ISOCH_TRANSFER = 0x000A
+URB_FUNCTION_GET_DESCRIPTOR_FROM_DEVICE = 0x000B
+URB_FUNCTION_SET_DESCRIPTOR_TO_DEVICE = 0x000C
+URB_FUNCTION_SET_FEATURE_TO_DEVICE = 0x000D
+URB_FUNCTION_SET_FEATURE_TO_INTERFACE = 0x000E
+URB_FUNCTION_SET_FEATURE_TO_ENDPOINT = 0x000F
+URB_FUNCTION_CLEAR_FEATURE_TO_DEVICE = 0x0010
+URB_FUNCTION_CLEAR_FEATURE_TO_INTERFACE = 0x0011
+URB_FUNCTION_CLEAR_FEATURE_TO_ENDPOINT = 0x0012
+URB_FUNCTION_GET_STATUS_FROM_DEVICE = 0x0013
+URB_FUNCTION_GET_STATUS_FROM_INTERFACE = 0x0014
+URB_FUNCTION_GET_STATUS_FROM_ENDPOINT = 0x0015
+URB_FUNCTION_VENDOR_DEVICE = 0x0017
+URB_FUNCTION_VENDOR_INTERFACE = 0x0018
+URB_FUNCTION_VENDOR_ENDPOINT = 0x0019
+URB_FUNCTION_CLASS_DEVICE = 0x001A
+URB_FUNCTION_CLASS_INTERFACE = 0x001B
+URB_FUNCTION_CLASS_ENDPOINT = 0x001C
+URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL = 0x001E
+URB_FUNCTION_CLASS_OTHER = 0x001F
+URB_FUNCTION_VENDOR_OTHER = 0x0020
+URB_FUNCTION_GET_STATUS_FROM_OTHER = 0x0021
+URB_FUNCTION_CLEAR_FEATURE_TO_OTHER = 0x0022
+URB_FUNCTION_SET_FEATURE_TO_OTHER = 0x0023
+URB_FUNCTION_GET_DESCRIPTOR_FROM_ENDPOINT = 0x0024
+URB_FUNCTION_SET_DESCRIPTOR_TO_ENDPOINT = 0x0025
+URB_FUNCTION_GET_CONFIGURATION = 0x0026
+URB_FUNCTION_GET_INTERFACE = 0x0027
+URB_FUNCTION_GET_DESCRIPTOR_FROM_INTERFACE = 0x0028
+URB_FUNCTION_SET_DESCRIPTOR_TO_INTERFACE = 0x0029
+URB_FUNCTION_GET_MS_FEATURE_DESCRIPTOR = 0x002A
+URB_FUNCTION_SYNC_RESET_PIPE = 0x0030
+URB_FUNCTION_SYNC_CLEAR_STALL = 0x0031
+URB_FUNCTION_CONTROL_TRANSFER_EX = 0x0032
+
+URB_FUNCTION_NAMES = {
+    value: name[len("URB_FUNCTION_"):].lower()
+    for name, value in list(globals().items())
+    if name.startswith("URB_FUNCTION_") and isinstance(value, int)
+}
+
+# USBD status codes (usb.h)
+USBD_STATUS_SUCCESS = 0x00000000
+USBD_STATUS_PENDING = 0x40000000
+USBD_STATUS_CRC = 0xC0000001
+USBD_STATUS_BTSTUFF = 0xC0000002
+USBD_STATUS_DATA_TOGGLE_MISMATCH = 0xC0000003
+USBD_STATUS_STALL_PID = 0xC0000004
+USBD_STATUS_DEV_NOT_RESPONDING = 0xC0000005
+USBD_STATUS_PID_CHECK_FAILURE = 0xC0000006
+USBD_STATUS_UNEXPECTED_PID = 0xC0000007
+USBD_STATUS_DATA_OVERRUN = 0xC0000008
+USBD_STATUS_DATA_UNDERRUN = 0xC0000009
+USBD_STATUS_BUFFER_OVERRUN = 0xC000000C
+USBD_STATUS_BUFFER_UNDERRUN = 0xC000000D
+USBD_STATUS_NOT_ACCESSED = 0xC000000F
+USBD_STATUS_FIFO = 0xC0000010
+USBD_STATUS_XACT_ERROR = 0xC0000011
+USBD_STATUS_BABBLE_DETECTED = 0xC0000012
+USBD_STATUS_DATA_BUFFER_ERROR = 0xC0000013
+USBD_STATUS_ENDPOINT_HALTED = 0xC0000030
+USBD_STATUS_INVALID_URB_FUNCTION = 0x80000200
+USBD_STATUS_INVALID_PARAMETER = 0x80000300
+USBD_STATUS_ERROR_BUSY = 0x80000400
+USBD_STATUS_REQUEST_FAILED = 0x80000500
+USBD_STATUS_INVALID_PIPE_HANDLE = 0x80000600
+USBD_STATUS_NO_BANDWIDTH = 0x80000700
+USBD_STATUS_INTERNAL_HC_ERROR = 0x80000800
+USBD_STATUS_ERROR_SHORT_TRANSFER = 0x80000900
+USBD_STATUS_BAD_START_FRAME = 0xC0000A00
+USBD_STATUS_NOT_SUPPORTED = 0xC0000E00
+USBD_STATUS_TIMEOUT = 0xC0006000
+USBD_STATUS_DEVICE_GONE = 0xC0007000
+USBD_STATUS_CANCELED = 0xC0010000
+
+USBD_STATUS_NAMES = {
+    value: name[len("USBD_STATUS_"):].lower()
+    for name, value in list(globals().items())
+    if name.startswith("USBD_STATUS_") and isinstance(value, int)
+}
+
+
+def usbd_status_name(status: int | None) -> str | None:
+    if status is None:
+        return None
+    return USBD_STATUS_NAMES.get(status, f"0x{status:08x}")
+
+
+def USBD_SUCCESS(status: int) -> bool:  # noqa: N802
+    return (status >> 30) in (0, 1)
+
+
+# TransferFlags
+USBD_TRANSFER_DIRECTION_OUT = 0
+USBD_TRANSFER_DIRECTION_IN = 1
+USBD_SHORT_TRANSFER_OK = 2
+
+# USBD_PIPE_TYPE
+UsbdPipeTypeControl, UsbdPipeTypeIsochronous, UsbdPipeTypeBulk, UsbdPipeTypeInterrupt = 0, 1, 2, 3
+
+# _URB_HEADER (usb.h), 64-bit layout, as it starts every URB in memory
+UrbHeader = Struct(
+    "Length" / Int16ul,
+    "Function" / Int16ul,
+    "Status" / Int32ul,
+    "UsbdDeviceHandle" / Int64ul,
+    "UsbdFlags" / Int32ul,
+)
+
+
+@dataclass(slots=True, eq=False)
+class PipeInformation:
+    """USBD_PIPE_INFORMATION; the object itself is the PipeHandle."""
+
+    endpoint_address: int
+    pipe_type: int
+    maximum_packet_size: int
+    interval: int = 0
+    maximum_transfer_size: int = 0x10000
+
+
+@dataclass(slots=True, eq=False)
+class InterfaceInformation:
+    """USBD_INTERFACE_INFORMATION, filled in by the bus on SELECT_CONFIGURATION."""
+
+    interface_number: int
+    alternate_setting: int
+    interface_class: int = 0
+    interface_subclass: int = 0
+    interface_protocol: int = 0
+    pipes: list[PipeInformation] = field(default_factory=list)
+
+
+class Urb:
+    """Common URB header: function, status, and what the wire view needs."""
+
+    __slots__ = ("function", "status")
+    transfer_type = UsbdPipeTypeControl
+
+    def __init__(self, function: int) -> None:
+        self.function = function
+        self.status = USBD_STATUS_PENDING
+
+    # the wire view, used by the bus driver, the tracer and exporters
+    @property
+    def endpoint(self) -> int:
+        return 0x80 if self.direction_in else 0x00
+
+    @property
+    def direction_in(self) -> bool:
+        return False
+
+    def setup_packet(self) -> bytes | None:
+        return None
+
+    @property
+    def transfer_buffer(self) -> bytearray | memoryview | None:
+        return None
+
+    @property
+    def transfer_buffer_length(self) -> int:
+        return 0
+
+
+class UrbBulkOrInterruptTransfer(Urb):
+    __slots__ = ("pipe_handle", "transfer_flags", "buffer", "length")
+
+    def __init__(self, pipe: PipeInformation, buffer: bytearray | memoryview, length: int,
+                 transfer_flags: int) -> None:
+        super().__init__(URB_FUNCTION_BULK_OR_INTERRUPT_TRANSFER)
+        self.pipe_handle = pipe
+        self.transfer_flags = transfer_flags
+        self.buffer = buffer
+        self.length = length  # TransferBufferLength: requested, then actual
+
+    @property
+    def transfer_type(self) -> int:  # type: ignore[override]
+        return self.pipe_handle.pipe_type
+
+    @property
+    def endpoint(self) -> int:
+        return self.pipe_handle.endpoint_address
+
+    @property
+    def direction_in(self) -> bool:
+        return bool(self.pipe_handle.endpoint_address & 0x80)
+
+    @property
+    def transfer_buffer(self) -> bytearray | memoryview:
+        return self.buffer
+
+    @property
+    def transfer_buffer_length(self) -> int:
+        return self.length
+
+
+class UrbControl(Urb):
+    """Every control-pipe URB: it carries or implies a SETUP packet."""
+
+    __slots__ = ("buffer", "length", "setup", "pipe_handle")
+
+    def __init__(self, function: int, setup: bytes, buffer: bytearray | None = None,
+                 pipe: PipeInformation | None = None) -> None:
+        super().__init__(function)
+        self.setup = setup
+        self.buffer = buffer if buffer is not None else bytearray(std.SETUP.unpack(setup)[4])
+        self.length = std.SETUP.unpack(setup)[4]
+        self.pipe_handle = pipe
+
+    @property
+    def direction_in(self) -> bool:
+        return bool(self.setup[0] & 0x80)
+
+    def setup_packet(self) -> bytes:
+        return self.setup
+
+    @property
+    def transfer_buffer(self) -> bytearray:
+        return self.buffer
+
+    @property
+    def transfer_buffer_length(self) -> int:
+        return self.length
+
+
+def urb_get_descriptor(descriptor_type: int, index: int, language_id: int,
+                       length: int) -> UrbControl:
+    """UsbBuildGetDescriptorRequest: URB_FUNCTION_GET_DESCRIPTOR_FROM_DEVICE."""
+    setup = std.build_setup(0x80, std.GET_DESCRIPTOR, (descriptor_type << 8) | index,
+                            language_id, length)
+    return UrbControl(URB_FUNCTION_GET_DESCRIPTOR_FROM_DEVICE, setup)
+
+
+def urb_class_interface(request: int, value: int, interface: int, length: int,
+                        direction_in: bool, data: bytes = b"") -> UrbControl:
+    """UsbBuildVendorRequest with URB_FUNCTION_CLASS_INTERFACE."""
+    bm = (0x80 if direction_in else 0x00) | 0x20 | 0x01
+    setup = std.build_setup(bm, request, value, interface, length)
+    buffer = bytearray(data) if not direction_in else bytearray(length)
+    return UrbControl(URB_FUNCTION_CLASS_INTERFACE, setup, buffer)
+
+
+class UrbSelectConfiguration(Urb):
+    __slots__ = ("configuration_descriptor", "interfaces", "configuration_handle")
+
+    def __init__(self, configuration_descriptor: bytes | None) -> None:
+        super().__init__(URB_FUNCTION_SELECT_CONFIGURATION)
+        self.configuration_descriptor = configuration_descriptor
+        self.interfaces: list[InterfaceInformation] = []
+        self.configuration_handle: Any = None
+
+    def setup_packet(self) -> bytes:
+        value = self.configuration_descriptor[5] if self.configuration_descriptor else 0
+        return std.build_setup(0x00, std.SET_CONFIGURATION, value, 0, 0)
+
+
+class UrbPipeRequest(Urb):
+    """ABORT_PIPE, SYNC_RESET_PIPE_AND_CLEAR_STALL, SYNC_RESET_PIPE, SYNC_CLEAR_STALL."""
+
+    __slots__ = ("pipe_handle",)
+
+    def __init__(self, function: int, pipe: PipeInformation) -> None:
+        super().__init__(function)
+        self.pipe_handle = pipe
+
+    @property
+    def endpoint(self) -> int:
+        return self.pipe_handle.endpoint_address
+
+    def setup_packet(self) -> bytes | None:
+        if self.function in (URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL,
+                             URB_FUNCTION_SYNC_CLEAR_STALL):
+            return std.build_setup(0x02, std.CLEAR_FEATURE, std.ENDPOINT_HALT,
+                                   self.pipe_handle.endpoint_address, 0)
+        return None

@@ -1,0 +1,319 @@
+"""I/O request packets and their stack locations (wdm.h).
+
+An IRP carries one I/O stack location per device in the stack it is sent to.
+``IoCallDriver`` moves the current location one step down; completion walks
+back up.  Indices here are 0-based: ``current_location == stack_count`` means
+"no driver owns the IRP yet", as ``CurrentLocation == StackCount + 1`` does in
+Windows.
+
+Parameters are a per-major object rather than the C union, so that a log can
+print them; ``IoCopyCurrentIrpStackLocationToNext`` shares the object, which
+is safe because parameter objects are never mutated after the IRP is built.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from usbtrace.wdm.status import NTSTATUS
+
+if TYPE_CHECKING:
+    from usbtrace.wdm.device import DeviceObject, FileObject
+    from usbtrace.wdm.sched import KEvent
+
+# Major function codes (wdm.h)
+IRP_MJ_CREATE = 0x00
+IRP_MJ_CLOSE = 0x02
+IRP_MJ_READ = 0x03
+IRP_MJ_WRITE = 0x04
+IRP_MJ_FLUSH_BUFFERS = 0x09
+IRP_MJ_DEVICE_CONTROL = 0x0E
+IRP_MJ_INTERNAL_DEVICE_CONTROL = 0x0F
+IRP_MJ_SCSI = IRP_MJ_INTERNAL_DEVICE_CONTROL
+IRP_MJ_SHUTDOWN = 0x10
+IRP_MJ_CLEANUP = 0x12
+IRP_MJ_POWER = 0x16
+IRP_MJ_SYSTEM_CONTROL = 0x17
+IRP_MJ_PNP = 0x1B
+IRP_MJ_MAXIMUM_FUNCTION = 0x1B
+
+MAJOR_NAMES = {
+    0x00: "create", 0x01: "create_named_pipe", 0x02: "close", 0x03: "read", 0x04: "write",
+    0x05: "query_information", 0x06: "set_information", 0x07: "query_ea", 0x08: "set_ea",
+    0x09: "flush_buffers", 0x0A: "query_volume_information", 0x0B: "set_volume_information",
+    0x0C: "directory_control", 0x0D: "file_system_control", 0x0E: "device_control",
+    0x0F: "internal_device_control", 0x10: "shutdown", 0x11: "lock_control", 0x12: "cleanup",
+    0x13: "create_mailslot", 0x14: "query_security", 0x15: "set_security", 0x16: "power",
+    0x17: "system_control", 0x18: "device_change", 0x19: "query_quota", 0x1A: "set_quota",
+    0x1B: "pnp",
+}
+
+# PnP minor codes
+IRP_MN_START_DEVICE = 0x00
+IRP_MN_QUERY_REMOVE_DEVICE = 0x01
+IRP_MN_REMOVE_DEVICE = 0x02
+IRP_MN_CANCEL_REMOVE_DEVICE = 0x03
+IRP_MN_STOP_DEVICE = 0x04
+IRP_MN_QUERY_STOP_DEVICE = 0x05
+IRP_MN_QUERY_DEVICE_RELATIONS = 0x07
+IRP_MN_QUERY_INTERFACE = 0x08
+IRP_MN_QUERY_CAPABILITIES = 0x09
+IRP_MN_QUERY_DEVICE_TEXT = 0x0C
+IRP_MN_QUERY_ID = 0x13
+IRP_MN_QUERY_PNP_DEVICE_STATE = 0x14
+IRP_MN_SURPRISE_REMOVAL = 0x17
+
+PNP_MINOR_NAMES = {
+    0x00: "start_device", 0x01: "query_remove_device", 0x02: "remove_device",
+    0x03: "cancel_remove_device", 0x04: "stop_device", 0x05: "query_stop_device",
+    0x06: "cancel_stop_device", 0x07: "query_device_relations", 0x08: "query_interface",
+    0x09: "query_capabilities", 0x0A: "query_resources", 0x0B: "query_resource_requirements",
+    0x0C: "query_device_text", 0x0D: "filter_resource_requirements", 0x11: "eject",
+    0x13: "query_id", 0x14: "query_pnp_device_state", 0x15: "query_bus_information",
+    0x16: "device_usage_notification", 0x17: "surprise_removal",
+}
+
+# Power minor codes
+IRP_MN_WAIT_WAKE = 0x00
+IRP_MN_POWER_SEQUENCE = 0x01
+IRP_MN_SET_POWER = 0x02
+IRP_MN_QUERY_POWER = 0x03
+POWER_MINOR_NAMES = {0: "wait_wake", 1: "power_sequence", 2: "set_power", 3: "query_power"}
+
+# BUS_QUERY_ID_TYPE and DEVICE_RELATION_TYPE
+BusQueryDeviceID, BusQueryHardwareIDs, BusQueryCompatibleIDs, BusQueryInstanceID = 0, 1, 2, 3
+BusRelations, EjectionRelations, PowerRelations, RemovalRelations = 0, 1, 2, 3
+
+# Stack location Control bits
+SL_PENDING_RETURNED = 0x01
+SL_INVOKE_ON_CANCEL = 0x20
+SL_INVOKE_ON_SUCCESS = 0x40
+SL_INVOKE_ON_ERROR = 0x80
+
+CompletionRoutine = Callable[["DeviceObject | None", "Irp", Any], int]
+CancelRoutine = Callable[["DeviceObject", "Irp"], None]
+
+
+def minor_name(major: int, minor: int | None) -> str | None:
+    """Name of a minor code where the major gives it meaning (PnP, power)."""
+    if minor is None:
+        return None
+    if major == IRP_MJ_PNP:
+        return PNP_MINOR_NAMES.get(minor, f"0x{minor:02x}")
+    if major == IRP_MJ_POWER:
+        return POWER_MINOR_NAMES.get(minor, f"0x{minor:02x}")
+    return None
+
+
+# ---- Parameters, one shape per family of majors ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadWriteParameters:
+    length: int
+    byte_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIoControlParameters:
+    io_control_code: int
+    input_buffer_length: int = 0
+    output_buffer_length: int = 0
+    type3_input_buffer: Any = None  # for internal IOCTLs: Argument1 (the URB)
+
+
+@dataclass(frozen=True, slots=True)
+class ScsiParameters:
+    srb: Any  # usbtrace.storage.srb.Srb
+
+
+@dataclass(frozen=True, slots=True)
+class QueryIdParameters:
+    id_type: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryDeviceRelationsParameters:
+    type: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryInterfaceParameters:
+    interface_type: str  # the interface GUID; a name in this model
+
+
+@dataclass(frozen=True, slots=True)
+class PowerParameters:
+    type: str  # "system" or "device"
+    state: int  # PowerSystemWorking.. / PowerDeviceD0..
+
+
+@dataclass(frozen=True, slots=True)
+class CreateParameters:
+    desired_access: int
+    share_access: int
+
+
+class IoStackLocation:
+    """One driver's view of an IRP (IO_STACK_LOCATION)."""
+
+    __slots__ = (
+        "major_function", "minor_function", "flags", "control", "parameters",
+        "device_object", "file_object", "completion_routine", "context",
+    )
+
+    def __init__(self) -> None:
+        self.major_function = 0
+        self.minor_function = 0
+        self.flags = 0
+        self.control = 0
+        self.parameters: Any = None
+        self.device_object: DeviceObject | None = None
+        self.file_object: FileObject | None = None
+        self.completion_routine: CompletionRoutine | None = None
+        self.context: Any = None
+
+
+class IoStatusBlock:
+    __slots__ = ("status", "information")
+
+    def __init__(self) -> None:
+        self.status: int = NTSTATUS.STATUS_SUCCESS
+        self.information: Any = 0
+
+
+_irp_ids = itertools.count(0xFFFF_A000_0000_1000, 0x100)
+
+
+class Irp:
+    """An I/O request packet.
+
+    ``id`` stands in for the IRP's kernel address: unique while the IRP lives,
+    and the key by which the tracer pairs submission with completion.
+    """
+
+    __slots__ = (
+        "id", "stack", "stack_count", "current_location", "io_status", "system_buffer",
+        "mdl_address", "user_buffer", "flags", "cancel", "cancel_routine", "pending_returned",
+        "master_irp", "irp_count", "user_event", "user_iosb", "tail", "requestor_mode",
+        "completed", "freed", "user_callback",
+    )
+
+    def __init__(self, stack_size: int) -> None:
+        self.id = next(_irp_ids)
+        self.stack = [IoStackLocation() for _ in range(stack_size)]
+        self.stack_count = stack_size
+        self.current_location = stack_size
+        self.io_status = IoStatusBlock()
+        self.system_buffer: Any = None
+        self.mdl_address: bytearray | memoryview | None = None
+        self.user_buffer: Any = None
+        self.flags = 0
+        self.cancel = False
+        self.cancel_routine: CancelRoutine | None = None
+        self.pending_returned = False
+        self.master_irp: Irp | None = None
+        self.irp_count = 0  # for a master IRP: associated IRPs still outstanding
+        self.user_event: KEvent | None = None
+        self.user_iosb: IoStatusBlock | None = None
+        self.tail: list[Any] = [None, None, None, None]  # Tail.Overlay.DriverContext
+        self.requestor_mode = "kernel"
+        self.completed = False
+        self.freed = False
+        self.user_callback: Callable[[Irp], None] | None = None
+
+    # Accessors with the WDK's names, as methods of the IRP -----------------------
+
+    def IoGetCurrentIrpStackLocation(self) -> IoStackLocation:  # noqa: N802
+        return self.stack[self.current_location]
+
+    def IoGetNextIrpStackLocation(self) -> IoStackLocation:  # noqa: N802
+        return self.stack[self.current_location - 1]
+
+    def __repr__(self) -> str:
+        return f"<Irp {self.id:#x} loc={self.current_location}/{self.stack_count}>"
+
+
+def IoAllocateIrp(stack_size: int, charge_quota: bool = False) -> Irp:  # noqa: N802
+    """Allocate an IRP with ``stack_size`` stack locations."""
+    if stack_size < 1:
+        raise ValueError("an IRP needs at least one stack location")
+    return Irp(stack_size)
+
+
+def IoFreeIrp(irp: Irp) -> None:  # noqa: N802
+    """Release an IRP the caller allocated; freeing twice is a bug check, as in Windows."""
+    from usbtrace.wdm.sched import BugCheck
+
+    if irp.freed:
+        raise BugCheck("MULTIPLE_IRP_COMPLETE_REQUESTS", f"{irp!r} freed twice")
+    irp.freed = True
+
+
+def IoMakeAssociatedIrp(master: Irp, stack_size: int) -> Irp:  # noqa: N802
+    """An IRP whose completion counts down its master (IoMakeAssociatedIrp).
+
+    The caller sets ``master.irp_count`` to the number of associated IRPs; the
+    master completes when the last of them does.
+    """
+    irp = Irp(stack_size)
+    irp.master_irp = master
+    return irp
+
+
+def IoBuildDeviceIoControlRequest(  # noqa: N802
+    io_control_code: int,
+    device: DeviceObject,
+    input_buffer: Any,
+    output_buffer_length: int,
+    internal: bool,
+    event: KEvent | None,
+    iosb: IoStatusBlock | None,
+    argument1: Any = None,
+) -> Irp:
+    """Build a (internal) device-control IRP for ``device``'s stack.
+
+    For internal IOCTLs the URB (or other argument) travels as Argument1, as
+    usbhub expects for IOCTL_INTERNAL_USB_SUBMIT_URB.
+    """
+    irp = Irp(device.stack_size)
+    loc = irp.IoGetNextIrpStackLocation()
+    loc.major_function = IRP_MJ_INTERNAL_DEVICE_CONTROL if internal else IRP_MJ_DEVICE_CONTROL
+    in_len = len(input_buffer) if isinstance(input_buffer, (bytes, bytearray, memoryview)) else 0
+    loc.parameters = DeviceIoControlParameters(
+        io_control_code, in_len, output_buffer_length,
+        argument1 if internal else None,
+    )
+    irp.system_buffer = input_buffer
+    irp.user_event = event
+    irp.user_iosb = iosb
+    return irp
+
+
+_ID_TYPES = {0: "device_id", 1: "hardware_ids", 2: "compatible_ids", 3: "instance_id"}
+_RELATIONS = {0: "bus_relations", 1: "ejection_relations", 2: "power_relations",
+              3: "removal_relations", 4: "target_device_relation"}
+_DEVICE_POWER = {1: "D0", 2: "D1", 3: "D2", 4: "D3"}
+
+
+def describe_parameters(params: Any) -> str:
+    """A short text for PnP and power parameters, for logs."""
+    if isinstance(params, QueryIdParameters):
+        return _ID_TYPES.get(params.id_type, str(params.id_type))
+    if isinstance(params, QueryDeviceRelationsParameters):
+        return _RELATIONS.get(params.type, str(params.type))
+    if isinstance(params, PowerParameters):
+        state = _DEVICE_POWER.get(params.state, str(params.state)) if params.type == "device" \
+            else f"S{params.state - 1}"
+        return f"{params.type} {state}"
+    if isinstance(params, QueryInterfaceParameters):
+        return params.interface_type
+    return ""
+
+
+def ctl_code(device_type: int, function: int, method: int, access: int) -> int:
+    """CTL_CODE from devioctl.h."""
+    return (device_type << 16) | (access << 14) | (function << 2) | method

@@ -1,0 +1,196 @@
+"""A deterministic kernel scheduler: virtual clock, IRQL, interrupts and DPCs.
+
+There is one thread of kernel execution.  Hardware (a host controller)
+schedules an event for the moment a transfer would finish; when the clock
+reaches it, the interrupt's service routine runs at device IRQL and queues a
+DPC, and the DPC runs at DISPATCH_LEVEL once the ISR returns, which is where
+``IoCompleteRequest`` runs for URBs.  Waiting (``KeWaitForSingleObject``) is
+the only thing that advances time: the waiter runs events until its event is
+signalled.  Runs are therefore reproducible to the nanosecond, and latencies
+are those of the modelled bus, not of Python.
+
+For real hardware the clock can be the wall clock instead (``clock="wall"``);
+the ordering rules stay the same.
+
+IRQL is tracked and checked: waiting at DISPATCH_LEVEL or above, or calling a
+PASSIVE_LEVEL-only routine from a DPC, raises :class:`BugCheck` just as Driver
+Verifier would stop the machine.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+PASSIVE_LEVEL = 0
+APC_LEVEL = 1
+DISPATCH_LEVEL = 2
+DIRQL = 5  # the host controller's device IRQL
+
+IRQL_NAMES = {0: "PASSIVE_LEVEL", 1: "APC_LEVEL", 2: "DISPATCH_LEVEL", 5: "DIRQL"}
+
+
+class BugCheck(Exception):  # noqa: N818 - it is what Windows calls it
+    """A condition that would stop a Windows machine (a driver bug in the model)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+class Deadlock(Exception):  # noqa: N818
+    """A wait that nothing can ever satisfy: no event pending, object not signalled."""
+
+
+class KEvent:
+    """A notification event (KEVENT)."""
+
+    __slots__ = ("signaled",)
+
+    def __init__(self, signaled: bool = False) -> None:
+        self.signaled = signaled
+
+    def KeSetEvent(self) -> None:  # noqa: N802
+        self.signaled = True
+
+    def KeClearEvent(self) -> None:  # noqa: N802
+        self.signaled = False
+
+
+class KDpc:
+    """A deferred procedure call object: one routine, queued at most once at a time."""
+
+    __slots__ = ("routine", "context", "queued")
+
+    def __init__(self, routine: Callable[[KDpc, Any], None], context: Any = None) -> None:
+        self.routine = routine
+        self.context = context
+        self.queued = False
+
+
+class KInterrupt:
+    """A connected interrupt: its service routine runs at DIRQL."""
+
+    __slots__ = ("service_routine", "context", "irql", "count")
+
+    def __init__(self, service_routine: Callable[[KInterrupt, Any], bool], context: Any) -> None:
+        self.service_routine = service_routine
+        self.context = context
+        self.irql = DIRQL
+        self.count = 0
+
+
+class Scheduler:
+    """Virtual (or wall) clock, the IRQL of the running code, timers and the DPC queue."""
+
+    def __init__(self, clock: str = "virtual") -> None:
+        if clock not in ("virtual", "wall"):
+            raise ValueError(f"clock must be 'virtual' or 'wall', not {clock!r}")
+        self.clock = clock
+        self._now_ns = 0
+        self._t0 = time.monotonic_ns()
+        self.irql = PASSIVE_LEVEL
+        self._events: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._seq = 0
+        self._dpcs: deque[KDpc] = deque()
+
+    # ---- time ---------------------------------------------------------------------
+
+    def now_ns(self) -> int:
+        if self.clock == "wall":
+            return time.monotonic_ns() - self._t0
+        return self._now_ns
+
+    def now(self) -> float:
+        """Seconds since the scheduler started."""
+        return self.now_ns() / 1e9
+
+    # ---- IRQL ---------------------------------------------------------------------
+
+    def KeGetCurrentIrql(self) -> int:  # noqa: N802
+        return self.irql
+
+    def KeRaiseIrql(self, new_irql: int) -> int:  # noqa: N802
+        old = self.irql
+        if new_irql < old:
+            raise BugCheck("IRQL_NOT_GREATER_OR_EQUAL", f"raise from {old} to {new_irql}")
+        self.irql = new_irql
+        return old
+
+    def KeLowerIrql(self, old_irql: int) -> None:  # noqa: N802
+        if old_irql > self.irql:
+            raise BugCheck("IRQL_NOT_LESS_OR_EQUAL", f"lower from {self.irql} to {old_irql}")
+        self.irql = old_irql
+        if old_irql < DISPATCH_LEVEL and self._dpcs:
+            self._drain_dpcs()
+
+    def require_irql(self, maximum: int, what: str) -> None:
+        """Fail loudly where ``what`` runs above the IRQL it is allowed at."""
+        if self.irql > maximum:
+            raise BugCheck(
+                "IRQL_NOT_LESS_OR_EQUAL",
+                f"{what} called at {IRQL_NAMES.get(self.irql, self.irql)}, "
+                f"allowed at most {IRQL_NAMES.get(maximum, maximum)}",
+            )
+
+    # ---- events, interrupts, DPCs -------------------------------------------------
+
+    def schedule(self, delay_ns: int, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback(*args)`` when the clock has advanced by ``delay_ns``."""
+        self._seq += 1
+        heapq.heappush(self._events, (self.now_ns() + delay_ns, self._seq, callback, args))
+
+    def interrupt(self, interrupt: KInterrupt) -> None:
+        """Deliver an interrupt: ISR at DIRQL, then any DPC it queued at DISPATCH_LEVEL."""
+        old = self.KeRaiseIrql(interrupt.irql)
+        interrupt.count += 1
+        interrupt.service_routine(interrupt, interrupt.context)
+        self.KeLowerIrql(old)
+
+    def KeInsertQueueDpc(self, dpc: KDpc) -> bool:  # noqa: N802
+        if dpc.queued:
+            return False
+        dpc.queued = True
+        self._dpcs.append(dpc)
+        if self.irql < DISPATCH_LEVEL:
+            self._drain_dpcs()
+        return True
+
+    def _drain_dpcs(self) -> None:
+        old = self.KeRaiseIrql(DISPATCH_LEVEL)
+        dpcs = self._dpcs
+        while dpcs:
+            dpc = dpcs.popleft()
+            dpc.queued = False
+            dpc.routine(dpc, dpc.context)
+        self.irql = old
+
+    def run_one(self) -> bool:
+        """Run the earliest pending event; False when there is none."""
+        if not self._events:
+            return False
+        when, _, callback, args = heapq.heappop(self._events)
+        if self.clock == "virtual" and when > self._now_ns:
+            self._now_ns = when
+        callback(*args)
+        return True
+
+    def pending(self) -> int:
+        return len(self._events)
+
+    def KeWaitForSingleObject(self, event: KEvent, what: str = "wait") -> None:  # noqa: N802
+        """Block (by running the machine) until ``event`` is signalled."""
+        if event.signaled:
+            return
+        self.require_irql(APC_LEVEL, "KeWaitForSingleObject")
+        run_one = self.run_one
+        while not event.signaled:
+            if not run_one():
+                raise Deadlock(f"{what}: nothing left to run and the event was never signalled")
+
+    def run_until_idle(self) -> None:
+        while self.run_one():
+            pass

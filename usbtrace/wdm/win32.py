@@ -1,0 +1,195 @@
+"""The I/O manager's user-mode face: CreateFile, ReadFile, WriteFile, DeviceIoControl.
+
+Each call builds the IRP the I/O manager would (NtReadFile and friends): sent
+to the top of the device's stack, with the handle's file object in the stack
+location, the caller's buffer as the MDL (DO_DIRECT_IO) and an event to wait
+on.  Synchronous calls wait; overlapped ones return an :class:`Overlapped` at
+once, finished later by ``GetOverlappedResult``.  Failures raise
+:class:`NtStatusError` carrying the NTSTATUS.
+
+CloseHandle sends IRP_MJ_CLEANUP, then IRP_MJ_CLOSE, as the last handle to a
+file object goes away.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from usbtrace.errors import UsbtraceError
+from usbtrace.wdm.device import FileObject, IoGetAttachedDevice
+from usbtrace.wdm.iomgr import IoCallDriver, IoCancelIrp
+from usbtrace.wdm.irp import (
+    IRP_MJ_CLEANUP,
+    IRP_MJ_CLOSE,
+    IRP_MJ_CREATE,
+    IRP_MJ_DEVICE_CONTROL,
+    IRP_MJ_FLUSH_BUFFERS,
+    IRP_MJ_READ,
+    IRP_MJ_WRITE,
+    CreateParameters,
+    DeviceIoControlParameters,
+    IoStatusBlock,
+    Irp,
+    ReadWriteParameters,
+)
+from usbtrace.wdm.kernel import Kernel
+from usbtrace.wdm.sched import PASSIVE_LEVEL, KEvent
+from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
+
+GENERIC_READ = 0x80000000
+GENERIC_WRITE = 0x40000000
+FILE_SHARE_READ, FILE_SHARE_WRITE = 1, 2
+
+
+class NtStatusError(UsbtraceError):
+    def __init__(self, status: int, call: str) -> None:
+        try:
+            name = NTSTATUS(status).name
+        except ValueError:
+            name = f"0x{status:08X}"
+        super().__init__(f"{call} failed: {name}")
+        self.status = status
+
+
+@dataclass
+class Overlapped:
+    irp: Irp
+    event: KEvent
+    iosb: IoStatusBlock
+    call: str
+
+
+class Win32:
+    """Handles and the Win32 calls of one process on one kernel."""
+
+    _handles = itertools.count(4, 4)
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.handles: dict[int, FileObject] = {}
+
+    # ---- helpers -------------------------------------------------------------------
+
+    def _file(self, handle: int) -> FileObject:
+        file_object = self.handles.get(handle)
+        if file_object is None:
+            raise NtStatusError(NTSTATUS.STATUS_INVALID_HANDLE, "handle")
+        return file_object
+
+    def _send(self, file_object: FileObject, irp: Irp, call: str,
+              overlapped: bool = False) -> Overlapped | int:
+        self.kernel.scheduler.require_irql(PASSIVE_LEVEL, call)
+        top = IoGetAttachedDevice(file_object.device_object)
+        event = KEvent()
+        iosb = IoStatusBlock()
+        irp.user_event = event
+        irp.user_iosb = iosb
+        irp.requestor_mode = "user"
+        irp.IoGetNextIrpStackLocation().file_object = file_object
+        status = IoCallDriver(top, irp)
+        pending = Overlapped(irp, event, iosb, call)
+        if overlapped:
+            return pending
+        if status == NTSTATUS.STATUS_PENDING:
+            self.kernel.scheduler.KeWaitForSingleObject(event, call)
+        return self._result(pending)
+
+    def _result(self, pending: Overlapped) -> int:
+        status = pending.iosb.status if pending.irp.completed else pending.irp.io_status.status
+        if not NT_SUCCESS(status):
+            raise NtStatusError(status, pending.call)
+        info = pending.irp.io_status.information
+        return info if isinstance(info, int) else 0
+
+    def _irp(self, file_object: FileObject) -> Irp:
+        top = IoGetAttachedDevice(file_object.device_object)
+        return Irp(top.stack_size)
+
+    # ---- the calls -----------------------------------------------------------------
+
+    def CreateFile(self, path: str, access: int = GENERIC_READ | GENERIC_WRITE,  # noqa: N802
+                   share: int = FILE_SHARE_READ | FILE_SHARE_WRITE) -> int:
+        device = self.kernel.lookup(path)
+        if device is None:
+            raise NtStatusError(NTSTATUS.STATUS_NO_SUCH_DEVICE, f"CreateFile({path})")
+        file_object = FileObject(device, path)
+        irp = self._irp(file_object)
+        loc = irp.IoGetNextIrpStackLocation()
+        loc.major_function = IRP_MJ_CREATE
+        loc.parameters = CreateParameters(access, share)
+        self._send(file_object, irp, f"CreateFile({path})")
+        handle = next(self._handles)
+        self.handles[handle] = file_object
+        return handle
+
+    def _read_write(self, major: int, handle: int, buffer: bytearray | memoryview,
+                    offset: int, length: int | None, overlapped: bool, call: str) -> Any:
+        file_object = self._file(handle)
+        n = len(buffer) if length is None else length
+        if n > len(buffer):
+            raise NtStatusError(NTSTATUS.STATUS_INVALID_PARAMETER, call)
+        irp = self._irp(file_object)
+        irp.mdl_address = memoryview(buffer)[:n] if n != len(buffer) else buffer
+        loc = irp.IoGetNextIrpStackLocation()
+        loc.major_function = major
+        loc.parameters = ReadWriteParameters(n, offset)
+        return self._send(file_object, irp, call, overlapped)
+
+    def ReadFile(self, handle: int, buffer: bytearray | memoryview, offset: int,  # noqa: N802
+                 length: int | None = None, overlapped: bool = False) -> Any:
+        """Read into ``buffer`` at byte ``offset``; the count of bytes read."""
+        return self._read_write(IRP_MJ_READ, handle, buffer, offset, length, overlapped,
+                                "ReadFile")
+
+    def WriteFile(self, handle: int, data: bytes | bytearray | memoryview, offset: int,  # noqa: N802
+                  overlapped: bool = False) -> Any:
+        buffer = data if isinstance(data, (bytearray, memoryview)) else bytearray(data)
+        return self._read_write(IRP_MJ_WRITE, handle, buffer, offset, None, overlapped,
+                                "WriteFile")
+
+    def DeviceIoControl(self, handle: int, code: int, in_buffer: Any = None,  # noqa: N802
+                        out_length: int = 0, overlapped: bool = False) -> Any:
+        """Returns ``(bytes_returned, output)``; output is the system buffer."""
+        file_object = self._file(handle)
+        irp = self._irp(file_object)
+        loc = irp.IoGetNextIrpStackLocation()
+        loc.major_function = IRP_MJ_DEVICE_CONTROL
+        loc.parameters = DeviceIoControlParameters(code, 0, out_length)
+        irp.system_buffer = in_buffer
+        result = self._send(file_object, irp, f"DeviceIoControl(0x{code:X})", overlapped)
+        if overlapped:
+            return result
+        return result, irp.system_buffer
+
+    def FlushFileBuffers(self, handle: int) -> None:  # noqa: N802
+        file_object = self._file(handle)
+        irp = self._irp(file_object)
+        irp.IoGetNextIrpStackLocation().major_function = IRP_MJ_FLUSH_BUFFERS
+        self._send(file_object, irp, "FlushFileBuffers")
+
+    def GetOverlappedResult(self, handle: int, pending: Overlapped, wait: bool = True) -> int:  # noqa: N802
+        if not pending.event.signaled:
+            if not wait:
+                raise NtStatusError(NTSTATUS.STATUS_PENDING, pending.call)
+            self.kernel.scheduler.KeWaitForSingleObject(pending.event, pending.call)
+        return self._result(pending)
+
+    def CancelIoEx(self, handle: int, pending: Overlapped) -> bool:  # noqa: N802
+        self._file(handle)
+        if pending.irp.completed:
+            return False
+        return IoCancelIrp(pending.irp)
+
+    def CloseHandle(self, handle: int) -> None:  # noqa: N802
+        file_object = self._file(handle)
+        del self.handles[handle]
+        for major in (IRP_MJ_CLEANUP, IRP_MJ_CLOSE):
+            irp = self._irp(file_object)
+            irp.IoGetNextIrpStackLocation().major_function = major
+            try:
+                self._send(file_object, irp, "CloseHandle")
+            except NtStatusError:
+                pass  # a vanished device still lets the handle go
+        file_object.closed = True
