@@ -167,7 +167,9 @@ def DiskDispatchPassThrough(device: DeviceObject, irp: Irp) -> int:  # noqa: N80
 def ClassSendSrbSynchronous(ext: DiskExtension, srb: Srb) -> int:  # noqa: N802
     """Send one SRB and wait; retry transient errors as classpnp does."""
     sched = ext.fdo.driver_object.kernel.scheduler
+    length = srb.data_transfer_length
     for _attempt in range(MAX_RETRIES + 1):
+        srb.data_transfer_length = length
         irp = IoAllocateIrp(ext.lower.stack_size + 1)
         IoSetNextIrpStackLocation(irp, ext.fdo)
         loc = irp.IoGetNextIrpStackLocation()
@@ -307,21 +309,22 @@ def DiskReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         srb = Srb(cdb, n, flags, view[start : start + n])
         assoc = IoMakeAssociatedIrp(irp, stack_size)
         IoSetNextIrpStackLocation(assoc, device)
-        _send_transfer(lower, assoc, srb, 0)
+        _send_transfer(lower, assoc, srb, 0, n)
     return STATUS_PENDING
 
 
-def _send_transfer(lower: DeviceObject, assoc: Irp, srb: Srb, retries: int) -> None:
+def _send_transfer(lower: DeviceObject, assoc: Irp, srb: Srb, retries: int, length: int) -> None:
+    srb.data_transfer_length = length  # a retry starts from the full length again
     nxt = assoc.stack[assoc.current_location - 1]
     nxt.major_function = IRP_MJ_SCSI
     nxt.parameters = ScsiParameters(srb)
-    IoSetCompletionRoutine(assoc, DiskTransferCompletion, (srb, retries))
+    IoSetCompletionRoutine(assoc, DiskTransferCompletion, (srb, retries, length))
     IoCallDriver(lower, assoc)
 
 
 def DiskTransferCompletion(device: DeviceObject | None, assoc: Irp, context: Any) -> int:  # noqa: N802
     """One piece of a READ/WRITE finished: retry, or account it to the master IRP."""
-    srb, retries = context
+    srb, retries, length = context
     master = assoc.master_irp
     assert device is not None and master is not None
     status = assoc.io_status.status
@@ -333,7 +336,7 @@ def DiskTransferCompletion(device: DeviceObject | None, assoc: Irp, context: Any
             ext.stats["retries"] += 1
             srb.srb_status = 0
             assoc.io_status.status = STATUS_SUCCESS
-            _send_transfer(ext.lower, assoc, srb, retries + 1)
+            _send_transfer(ext.lower, assoc, srb, retries + 1, length)
             return STATUS_MORE_PROCESSING_REQUIRED
     if NT_SUCCESS(status):
         master.io_status.information += srb.data_transfer_length

@@ -314,6 +314,8 @@ class PnpManager:
     def _unload_if_idle(self, driver: DriverObject) -> None:
         if driver.device_objects or driver.name not in self.kernel.drivers:
             return
+        if driver.name == "\\Driver\\PnpManager":
+            return  # the root enumerator is part of the PnP manager, never unloaded
         if driver.driver_unload is not None:
             driver.driver_unload(driver)
         del self.kernel.drivers[driver.name]

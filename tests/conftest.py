@@ -1,0 +1,53 @@
+"""Shared fixtures: a started stack on a simulated stick, and leak checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from usbtrace.devices.image import DiskImage
+from usbtrace.devices.simulated import SimulatedStick
+from usbtrace.machine import Machine
+from usbtrace.records import Event
+
+CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "captures"
+
+
+def shared_capture(name: str) -> Path:
+    path = CAPTURES / name
+    if not path.exists():
+        pytest.skip(f"third-party capture {name} not found beside the repository "
+                    f"({CAPTURES}); see shared/captures/INDEX.md")
+    return path
+
+
+class Stack:
+    """A started machine with the events its tracer saw."""
+
+    def __init__(self, size: int = 8 << 20, speed: str = "super",
+                 positions: tuple[str, ...] = ("lower", "upper")) -> None:
+        self.events: list[Event] = []
+        self.stick = SimulatedStick(DiskImage.in_memory(size), speed=speed)
+        self.machine = Machine(self.stick, sink=self.events.append, positions=positions)
+        self.machine.start()
+        self.win32 = self.machine.win32
+
+    def open(self) -> int:
+        from usbtrace.machine import DISK_PATH
+
+        return self.win32.CreateFile(DISK_PATH)
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    s = Stack()
+    yield s
+    # a test that leaves an IRP in the host controller leaks it: fail loudly
+    pending = s.machine.scheduler.pending()
+    if s.machine.root is not None:
+        s.machine.stop()
+    assert pending == 0, f"{pending} kernel events still pending at the end of the test"
+    loaded = [n for n in s.machine.kernel.drivers if n != "\\Driver\\PnpManager"]
+    assert not loaded, f"drivers left loaded: {loaded}"

@@ -1,0 +1,119 @@
+"""End to end: `record` on the simulated stick, checked through the database."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from usbtrace.recording import RecordOptions, record
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[sqlite3.Connection, object]:
+    db = tmp_path_factory.mktemp("rec") / "t.db"
+    summary = record(RecordOptions(db=str(db), size="16M"))
+    return sqlite3.connect(db), summary
+
+
+def rows(conn: sqlite3.Connection, sql: str) -> list[tuple]:  # type: ignore[type-arg]
+    return conn.execute(sql).fetchall()
+
+
+def test_workload_data_read_back_equals_written(recorded) -> None:  # type: ignore[no-untyped-def]
+    _, summary = recorded
+    assert summary.workload.ok, summary.workload.mismatches
+    assert summary.bytes_read == 2 * summary.bytes_written > 0
+    assert summary.dropped == 0
+
+
+def test_pnp_start_up_sequence_in_order(recorded) -> None:  # type: ignore[no-untyped-def]
+    conn, _ = recorded
+    lower = rows(conn, "SELECT major, minor, detail FROM irps WHERE position='lower' "
+                       "AND major IN ('pnp','power') ORDER BY seq")
+    names = [(m, n) for m, n, _ in lower]
+    assert names[:4] == [("pnp", "start_device"), ("power", "query_power"),
+                         ("power", "set_power"), ("pnp", "query_device_relations")]
+    assert names[-1] == ("pnp", "remove_device")
+    assert ("pnp", "query_remove_device") in names
+    upper = [n for _, n, _ in rows(conn, "SELECT major, minor, detail FROM irps "
+                                          "WHERE position='upper' AND major='pnp' ORDER BY seq")]
+    assert upper[0] == "start_device" and upper[-1] == "remove_device"
+    # usbstor starts its device once START_DEVICE has come back up from the bus driver:
+    # its start-up URBs fall between that and the power-up
+    start, power = [r[0] for r in rows(conn, "SELECT seq FROM irps WHERE position='lower' AND "
+                                             "minor IN ('start_device', 'query_power') "
+                                             "ORDER BY seq LIMIT 2")]
+    urbs = conn.execute("SELECT urb_function FROM urbs WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                        (start, power)).fetchall()
+    functions = [u[0] for u in urbs]
+    assert functions[:6] == ["get_descriptor_from_device"] * 5 + ["select_configuration"]
+    assert functions[6] == "class_interface"  # GET_MAX_LUN
+
+
+def test_every_cbw_has_its_csw_with_the_same_tag(recorded) -> None:  # type: ignore[no-untyped-def]
+    conn, _ = recorded
+    cmds = rows(conn, "SELECT c.tag, c.status, u.data FROM scsi_commands c JOIN urbs u "
+                      "ON u.session_id = c.session_id AND u.seq = c.csw_seq")
+    assert cmds and all(status == "good" for _, status, _ in cmds)
+    for tag, _, csw in cmds:
+        assert csw[:4] == b"USBS" and int.from_bytes(csw[4:8], "little") == tag
+    assert rows(conn, "SELECT count(*) FROM scsi_commands WHERE csw_seq IS NULL") == [(0,)]
+
+
+def test_each_read_write_maps_to_srbs_whose_urbs_share_the_srb_irp(recorded) -> None:  # type: ignore[no-untyped-def]
+    conn, _ = recorded
+    requests = rows(conn, "SELECT irp_id, major, offset, length FROM irps WHERE position='upper'"
+                          " AND major IN ('read','write') AND status='status_success'")
+    assert len(requests) >= 10
+    for irp_id, major, offset, length in requests:
+        srbs = rows(conn, "SELECT DISTINCT irp_id FROM irps WHERE position='lower' "
+                          f"AND parent_irp_id='{irp_id}'")
+        assert len(srbs) == -(-length // 65536)  # split at the 64 KiB transfer limit
+        moved = 0
+        for (srb,) in srbs:
+            urbs = rows(conn, "SELECT u.direction, u.actual_length, u.data FROM urbs u "
+                              f"WHERE u.irp_id='{srb}' ORDER BY u.seq")
+            assert len(urbs) == 3  # CBW, data, CSW on one IRP
+            assert urbs[0][2][:4] == b"USBC" and urbs[2][2][:4] == b"USBS"
+            assert urbs[1][0] == ("in" if major == "read" else "out")
+            moved += urbs[1][1]
+        assert moved == length
+
+
+def test_irps_hold_pnp_power_and_urbs_with_parent_links(recorded) -> None:  # type: ignore[no-untyped-def]
+    conn, _ = recorded
+    majors = {m for (m,) in rows(conn, "SELECT DISTINCT major FROM irps")}
+    assert {"pnp", "power", "internal_device_control", "read", "write", "create",
+            "cleanup", "close", "device_control"} <= majors
+    linked = rows(conn, "SELECT count(*) FROM irps i JOIN irps p ON p.irp_id = i.parent_irp_id "
+                        "WHERE p.position='upper'")
+    assert linked[0][0] > 0
+    joined = rows(conn, "SELECT count(*) FROM irps i JOIN urbs u USING (session_id, seq) "
+                        "WHERE i.ioctl='ioctl_internal_usb_submit_urb'")
+    total = rows(conn, "SELECT count(*) FROM urbs")
+    assert joined == total
+
+
+def test_written_bytes_in_the_urbs_match_the_image(tmp_path: Path) -> None:
+    image = tmp_path / "stick.img"
+    db = tmp_path / "t.db"
+    record(RecordOptions(db=str(db), image=str(image), size="4M"))
+    conn = sqlite3.connect(db)
+    data = image.read_bytes()
+    writes = rows(conn, "SELECT c.lba, u.data FROM scsi_commands c JOIN urbs u ON "
+                        "u.session_id=c.session_id AND u.seq = c.cbw_seq + 1 "
+                        "WHERE c.name='write_10'")
+    assert writes
+    for lba, payload in writes:
+        assert data[lba * 512 : lba * 512 + len(payload)] == payload
+
+
+def test_record_is_deterministic(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    record(RecordOptions(db=str(a), size="4M"))
+    record(RecordOptions(db=str(b), size="4M"))
+    # IRP ids stand for kernel addresses and differ between runs; everything else repeats
+    q = "SELECT seq, submitted_at, completed_at, status, data FROM urbs ORDER BY seq"
+    assert rows(sqlite3.connect(a), q) == rows(sqlite3.connect(b), q)
