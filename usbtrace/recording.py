@@ -28,7 +28,7 @@ class RecordOptions:
     speed: str = "super"
     positions: tuple[str, ...] = ("lower", "upper")
     lossy: bool = False
-    queue: int = 1 << 16
+    queue: int = 64 << 20  # bytes of payload the tracer may queue
 
 
 @dataclass

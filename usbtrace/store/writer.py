@@ -11,13 +11,14 @@ counts it in ``sessions.dropped_count`` — never silently.
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import Connection, Table, insert, update
 
 from usbtrace.decode.bot import BotDecoder, ScsiCommand
 from usbtrace.decode.identity import IdentityTracker
@@ -93,6 +94,34 @@ def command_row(session_id: int, cmd: ScsiCommand) -> dict[str, Any]:
     }
 
 
+class BulkInsert:
+    """``executemany`` of plain tuples through the driver: the ORM's per-row work
+    costs more than SQLite's own insert for rows this size."""
+
+    def __init__(self, table: Table, paramstyle: str) -> None:
+        columns = [c.name for c in table.columns]
+        if paramstyle == "qmark":
+            marks = ", ".join("?" for _ in columns)
+        elif paramstyle == "numeric":
+            marks = ", ".join(f":{i + 1}" for i in range(len(columns)))
+        elif paramstyle == "named":
+            marks = ", ".join(f":{c}" for c in columns)
+        elif paramstyle == "pyformat":
+            marks = ", ".join(f"%({c})s" for c in columns)
+        else:  # format
+            marks = ", ".join("%s" for _ in columns)
+        self.named = paramstyle in ("named", "pyformat")
+        self.sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
+        self.pick = operator.itemgetter(*columns)
+
+    def __call__(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        if self.named:
+            conn.exec_driver_sql(self.sql, rows)  # type: ignore[arg-type]
+        else:
+            pick = self.pick
+            conn.exec_driver_sql(self.sql, [pick(r) for r in rows])
+
+
 class SessionWriter:
     """Decode events and insert the rows of one session."""
 
@@ -112,6 +141,10 @@ class SessionWriter:
         self._urbs: list[dict[str, Any]] = []
         self._cmds: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        paramstyle = database.engine.dialect.paramstyle
+        self._irp_insert = BulkInsert(IrpRow.__table__, paramstyle)  # type: ignore[arg-type]
+        self._urb_insert = BulkInsert(UrbRow.__table__, paramstyle)  # type: ignore[arg-type]
+        self._cmd_insert = BulkInsert(ScsiCommandRow.__table__, paramstyle)  # type: ignore[arg-type]
 
     def feed(self, event: Event) -> None:
         self.records += 1
@@ -143,12 +176,10 @@ class SessionWriter:
         if not (self._irps or self._urbs or self._cmds):
             return
         with self._lock, self.database.engine.begin() as conn:
-            if self._irps:
-                conn.execute(insert(IrpRow), self._irps)
-            if self._urbs:
-                conn.execute(insert(UrbRow), self._urbs)
-            if self._cmds:
-                conn.execute(insert(ScsiCommandRow), self._cmds)
+            for inserter, rows in ((self._irp_insert, self._irps), (self._urb_insert, self._urbs),
+                                   (self._cmd_insert, self._cmds)):
+                if rows:
+                    inserter(conn, rows)
         self._irps, self._urbs, self._cmds = [], [], []
 
     def close(self, dropped: int = 0, malformed: int = 0, notes: str | None = None) -> None:
@@ -176,12 +207,19 @@ class SessionWriter:
 
 
 class Recorder:
-    """The tracer's sink: append to a bounded deque; a thread decodes and stores."""
+    """The tracer's sink: append to a bounded deque; a thread decodes and stores.
 
-    def __init__(self, writer: SessionWriter, capacity: int = 1 << 16, lossy: bool = False,
+    The bound is memory, not a count: payloads are up to 64 KiB each, so
+    ``capacity`` is bytes of queued payload (plus a fixed cost per record).
+    Each counter has one writer thread, so no lock is needed on the hot path.
+    """
+
+    RECORD_COST = 256  # bytes charged per record on top of its payload
+
+    def __init__(self, writer: SessionWriter, capacity: int = 64 << 20, lossy: bool = False,
                  consume: Callable[[Event], None] | None = None) -> None:
-        if capacity < 1:
-            raise ValueError("queue capacity must be at least 1")
+        if capacity < self.RECORD_COST:
+            raise ValueError(f"queue capacity must be at least {self.RECORD_COST} bytes")
         self.writer = writer
         self.capacity = capacity
         self.lossy = lossy
@@ -189,6 +227,8 @@ class Recorder:
         self.waits = 0  # times a lossless producer had to wait
         self._consume = consume or writer.feed
         self._queue: deque[Event] = deque()
+        self._produced = 0  # bytes queued, written by the producer only
+        self._consumed = 0  # bytes taken, written by the writer thread only
         self._wake = threading.Event()
         self._room = threading.Event()
         self._stop = False
@@ -196,36 +236,45 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="usbtrace-writer", daemon=True)
         self._thread.start()
 
+    @property
+    def queued_bytes(self) -> int:
+        return self._produced - self._consumed
+
     def __call__(self, event: Event) -> None:
-        queue = self._queue
-        if len(queue) >= self.capacity:
+        cost = len(event.data) + self.RECORD_COST
+        if self._produced - self._consumed + cost > self.capacity:
             if self.lossy:
                 self.dropped += 1
                 return
             self.waits += 1
-            while len(queue) >= self.capacity:
+            while self._produced - self._consumed + cost > self.capacity and self._queue:
                 self._room.clear()
                 self._wake.set()
                 if self._error is not None:
                     raise RuntimeError("the writer thread failed") from self._error
                 self._room.wait(0.05)
-        queue.append(event)
-        if len(queue) == 1 or len(queue) >= 256:
+        self._produced += cost
+        self._queue.append(event)
+        if len(self._queue) >= 64:
             self._wake.set()
 
     def _run(self) -> None:
         queue = self._queue
         consume = self._consume
+        cost = self.RECORD_COST
         try:
             while True:
                 while queue:
-                    consume(queue.popleft())
-                    if len(queue) < self.capacity:
-                        self._room.set()
-                self._room.set()
+                    taken = 0
+                    for _ in range(min(len(queue), 1024)):
+                        event = queue.popleft()
+                        taken += len(event.data) + cost
+                        consume(event)
+                    self._consumed += taken
+                    self._room.set()
                 if self._stop and not queue:
                     return
-                self._wake.wait(0.05)
+                self._wake.wait(0.01)
                 self._wake.clear()
         except BaseException as e:  # surfaced on close(): never lose data silently
             self._error = e
