@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from usbtrace.devices.simulated import BULK_IN, BULK_OUT
-from usbtrace.records import COMPLETE, SUBMIT
+from usbtrace.records import SUBMIT
 from usbtrace.usb.urb import URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL
 from usbtrace.wdm.win32 import NtStatusError
 

@@ -67,7 +67,7 @@ def test_each_read_write_maps_to_srbs_whose_urbs_share_the_srb_irp(recorded) -> 
     requests = rows(conn, "SELECT irp_id, major, offset, length FROM irps WHERE position='upper'"
                           " AND major IN ('read','write') AND status='status_success'")
     assert len(requests) >= 10
-    for irp_id, major, offset, length in requests:
+    for irp_id, major, _offset, length in requests:
         srbs = rows(conn, "SELECT DISTINCT irp_id FROM irps WHERE position='lower' "
                           f"AND parent_irp_id='{irp_id}'")
         assert len(srbs) == -(-length // 65536)  # split at the 64 KiB transfer limit

@@ -17,7 +17,7 @@ from usbtrace.wdm.iomgr import (
     IoSetCompletionRoutine,
     IoSkipCurrentIrpStackLocation,
 )
-from usbtrace.wdm.irp import IRP_MJ_READ, Irp, IoMakeAssociatedIrp, ReadWriteParameters
+from usbtrace.wdm.irp import IRP_MJ_READ, IoMakeAssociatedIrp, Irp, ReadWriteParameters
 from usbtrace.wdm.kernel import Kernel
 from usbtrace.wdm.sched import DISPATCH_LEVEL, BugCheck, KEvent
 from usbtrace.wdm.status import NTSTATUS

@@ -15,7 +15,7 @@ from usbtrace.store.schema import SCHEMA_VERSION, Base
 def render() -> str:
     dialect = sqlite.dialect()
     parts = [
-        "-- usbtrace database schema, version %d (SQLite dialect)." % SCHEMA_VERSION,
+        f"-- usbtrace database schema, version {SCHEMA_VERSION} (SQLite dialect).",
         "-- Generated from usbtrace/store/schema.py by 'python -m usbtrace.store.ddl'.",
         "-- Timestamps are seconds from the session start; names are lower-case.",
         "",
