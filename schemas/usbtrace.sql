@@ -12,6 +12,7 @@ CREATE TABLE sessions (
 	malformed_count INTEGER NOT NULL, 
 	command_count INTEGER NOT NULL, 
 	duration FLOAT, 
+	time_origin FLOAT, 
 	clock VARCHAR(16) NOT NULL, 
 	linktype INTEGER, 
 	file_sha256 VARCHAR(64), 

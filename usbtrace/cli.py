@@ -13,6 +13,7 @@ import io
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -96,6 +97,86 @@ def record(db: str, image: str | None, size: str, workload: str, speed: str, no_
             click.echo(f"usbtrace: data check failed: {m}", err=True)
         sys.exit(1)
     click.echo("  data check     read back equals written")
+
+
+# ---- import ---------------------------------------------------------------------------
+
+
+@main.command(name="import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@db_option
+@click.option("--force", is_flag=True, help="Import again a file already in the database.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@friendly
+def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool) -> None:
+    """Import pcap/pcapng captures (Linux usbmon, Windows USBPcap): one session per file."""
+    from usbtrace.importing import import_capture
+    from usbtrace.store.database import Database
+
+    database = Database(db)
+    failed = 0
+    for path in files:
+        try:
+            size = path.stat().st_size if path.exists() and path.is_file() else 0
+            show = not quiet and size >= 4 << 20 and sys.stderr.isatty()
+            with click.progressbar(length=size, label=f"importing {path.name}", file=sys.stderr,
+                                   hidden=not show) as bar:
+                result = import_capture(database, path, progress=bar.update, force=force)
+        except UsbtraceError as e:
+            click.echo(f"usbtrace: error: {e}", err=True)
+            failed += 1
+            continue
+        if result.duplicate_of is not None:
+            click.echo(f"{path}: already imported as session {result.duplicate_of} "
+                       "(--force to import again)")
+            continue
+        click.echo(f"{path}: session {result.session_id}: {result.records} records, "
+                   f"{result.commands} SCSI commands, {len(result.malformed)} malformed "
+                   f"({result.seconds:.2f} s)")
+        for number, why in result.malformed[:5]:
+            click.echo(f"  record {number}: {why}", err=True)
+        if len(result.malformed) > 5:
+            click.echo(f"  ... {len(result.malformed) - 5} more in the session's notes", err=True)
+    if failed:
+        sys.exit(2)
+
+
+# ---- export ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("session", type=int)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The pcapng file to write.")
+@click.option("--linktype", type=click.Choice(["usbpcap", "usbmon"]), default=None,
+              help="Record format [default: usbmon for usbmon imports, else usbpcap].")
+@db_option
+@friendly
+def export(session: int, output: Path, linktype: str | None, db: str) -> None:
+    """Write a session's URBs as pcapng that Wireshark opens."""
+    import calendar
+    import time as _time
+
+    from usbtrace.capture.export import export as write
+    from usbtrace.store.database import Database
+
+    database = Database(db, create=False, readonly=True)
+    columns, rows = database.query(
+        f"SELECT source, started_at, time_origin FROM sessions WHERE id = {int(session)}")
+    if not rows:
+        raise UsbtraceError(f"no session {session} in {db} (see 'usbtrace sessions')")
+    source, started_at, origin = rows[0]
+    if origin is None:
+        origin = float(calendar.timegm(_time.strptime(started_at, "%Y-%m-%dT%H:%M:%SZ")))
+    kind = linktype or ("usbmon" if source == "usbmon" else "usbpcap")
+    columns, urb_rows = database.query(
+        f"SELECT * FROM urbs WHERE session_id = {int(session)} ORDER BY seq")
+    records = [dict(zip(columns, r)) for r in urb_rows]
+    if not output.parent.exists():
+        raise UsbtraceError(f"{output}: folder {output.parent} does not exist")
+    with open(output, "wb") as stream:
+        count = write(records, stream, kind, origin)
+    click.echo(f"{output}: {count} {kind} records from {len(records)} URBs of session {session}")
 
 
 # ---- sessions and query -------------------------------------------------------------------

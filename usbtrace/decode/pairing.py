@@ -1,7 +1,8 @@
 """Stage 1: pair each submission with its completion into one exchange.
 
-The key is the filter position and the IRP id (USBPcap: the IRP address;
-usbmon: the URB id).  An IRP that passes a filter several times in a row — the
+The key is the filter position, the IRP id (USBPcap: the IRP address;
+usbmon: the URB id) and the endpoint: QEMU's usbmon-format recordings give
+every URB the id 0, and the endpoint still tells their transfers apart.  An IRP that passes a filter several times in a row — the
 SRB IRP that usbstor re-sends for CBW, data and CSW — pairs once per pass,
 since a pass completes before the next begins.  A completion without a
 submission (a capture that started mid-transfer) still yields an exchange,
@@ -87,11 +88,11 @@ class Exchange:
 
 class Pairer:
     def __init__(self) -> None:
-        self._pending: dict[tuple[str, int], Exchange] = {}
+        self._pending: dict[tuple[str, int, int | None], Exchange] = {}
         self._seq = 0
 
     def feed(self, event: Event) -> Exchange | None:
-        key = (event.position, event.irp_id)
+        key = (event.position, event.irp_id, event.endpoint)
         if event.kind == SUBMIT:
             self._seq += 1
             stale = self._pending.get(key)

@@ -55,6 +55,7 @@ class SessionRow(Base):
     malformed_count: Mapped[int] = mapped_column(Integer, default=0)
     command_count: Mapped[int] = mapped_column(Integer, default=0)
     duration: Mapped[float | None] = mapped_column(Float)
+    time_origin: Mapped[float | None] = mapped_column(Float)  # epoch seconds of t=0 (captures)
     clock: Mapped[str] = mapped_column(String(16), default="virtual")  # virtual, wall, capture
     linktype: Mapped[int | None] = mapped_column(Integer)
     file_sha256: Mapped[str | None] = mapped_column(String(64), index=True)

@@ -182,7 +182,8 @@ class SessionWriter:
                     inserter(conn, rows)
         self._irps, self._urbs, self._cmds = [], [], []
 
-    def close(self, dropped: int = 0, malformed: int = 0, notes: str | None = None) -> None:
+    def close(self, dropped: int = 0, malformed: int = 0, notes: str | None = None,
+              time_origin: float | None = None) -> None:
         """Flush what the stages still hold and mark the session complete."""
         for x in self.pairer.flush():
             self._exchange(x)
@@ -203,7 +204,7 @@ class SessionWriter:
             conn.execute(update(SessionRow).where(SessionRow.id == self.session_id).values(
                 record_count=self.records, dropped_count=dropped, malformed_count=malformed,
                 command_count=self.commands, duration=self.last_ts, complete=True,
-                notes=notes))
+                notes=notes, time_origin=time_origin))
 
 
 class Recorder:

@@ -1,0 +1,57 @@
+"""Reading Wireshark's own decode of a capture, for field-by-field comparison."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+FIELDS = ["frame.number", "usbms.dCBWSignature", "usbms.dCSWSignature", "usbms.dCBWTag",
+          "scsi_sbc.opcode", "scsi.spc.opcode", "scsi_sbc.rdwr10.lba",
+          "scsi_sbc.rdwr10.xferlen", "usbms.dCSWStatus"]
+
+
+@dataclass
+class TsharkCommand:
+    frame: int
+    tag: int
+    opcode: int | None
+    lba: int | None
+    blocks: int | None
+    status: int | None = None  # None: no CSW seen
+
+
+def available() -> bool:
+    return shutil.which("tshark") is not None
+
+
+def _int(text: str) -> int | None:
+    text = text.split(",")[0].strip()
+    return int(text, 0) if text else None
+
+
+def scsi_commands(path: Path) -> list[TsharkCommand]:
+    args = ["tshark", "-r", str(path), "-Y", "usbms", "-T", "fields", "-E", "separator=\t",
+            "-E", "occurrence=f"]
+    for field in FIELDS:
+        args += ["-e", field]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    commands: list[TsharkCommand] = []
+    open_by_tag: dict[int, TsharkCommand] = {}
+    for line in out.splitlines():
+        cols = line.split("\t") + [""] * len(FIELDS)
+        frame, cbw, csw, tag, sbc, spc, lba, xfer, status = cols[: len(FIELDS)]
+        if cbw:
+            t = _int(tag)
+            assert t is not None
+            cmd = TsharkCommand(int(frame), t, _int(sbc) if sbc else _int(spc), _int(lba),
+                                _int(xfer))
+            commands.append(cmd)
+            open_by_tag[t] = cmd
+        elif csw:
+            t = _int(tag)
+            cmd_open = open_by_tag.pop(t, None) if t is not None else None
+            if cmd_open is not None:
+                cmd_open.status = _int(status)
+    return commands

@@ -1,0 +1,1 @@
+"""Capture files: pcap/pcapng containers, usbmon and USBPcap records."""

@@ -1,0 +1,286 @@
+"""pcap and pcapng containers: streaming readers and a pcapng writer.
+
+The container is told by its magic number, never by the file name:
+``a1b2c3d4`` / ``a1b23c4d`` (pcap, micro- or nanoseconds, either byte order) or
+``0a0d0d0a`` (a pcapng Section Header Block, whose byte-order magic
+``1a2b3c4d`` sets the order for the section).  pcapng sections may hold
+several interfaces, each with its own linktype and ``if_tsresol``; Enhanced,
+Simple and the obsolete Packet Blocks carry packets; other blocks are
+skipped.
+
+Framing uses precompiled ``struct`` formats (the hot path); the construct
+layouts below document the same headers after the specification
+(draft-ietf-opsawg-pcap, draft-ietf-opsawg-pcapng) and serve round-trip tests.
+Records stream from the file: memory stays flat whatever its size.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from construct import Bytes, Int16ul, Int32sl, Int32ul, Struct
+
+from usbtrace.errors import CaptureFormatError
+
+PCAP_MAGIC_US = 0xA1B2C3D4
+PCAP_MAGIC_NS = 0xA1B23C4D
+PCAPNG_SHB = 0x0A0D0D0A
+PCAPNG_BYTE_ORDER = 0x1A2B3C4D
+
+# pcap §4 File Header and §5 Packet Record (little-endian forms)
+PcapFileHeader = Struct(
+    "magic_number" / Int32ul,
+    "major_version" / Int16ul,
+    "minor_version" / Int16ul,
+    "reserved1" / Int32sl,
+    "reserved2" / Int32ul,
+    "snaplen" / Int32ul,
+    "linktype" / Int32ul,
+)
+PcapRecordHeader = Struct(
+    "ts_sec" / Int32ul,
+    "ts_frac" / Int32ul,
+    "caplen" / Int32ul,
+    "origlen" / Int32ul,
+)
+# pcapng §4.1 block header, §4.3 Enhanced Packet Block fixed part
+PcapngBlockHeader = Struct("block_type" / Int32ul, "block_total_length" / Int32ul)
+PcapngEnhancedPacket = Struct(
+    "interface_id" / Int32ul,
+    "timestamp_high" / Int32ul,
+    "timestamp_low" / Int32ul,
+    "captured_len" / Int32ul,
+    "original_len" / Int32ul,
+    "packet_data" / Bytes(lambda ctx: ctx.captured_len),
+)
+
+BT_IDB, BT_PB, BT_SPB, BT_EPB = 1, 2, 3, 6
+OPT_ENDOFOPT, OPT_IF_TSRESOL = 0, 9
+
+MAX_RECORD = 1 << 26  # a record larger than 64 MiB is corruption, not data
+
+
+@dataclass(slots=True)
+class Packet:
+    number: int  # record number in the file, from 1
+    ts: float  # seconds since the epoch
+    linktype: int
+    data: bytes
+    original_length: int
+    interface: int = 0
+    big_endian: bool = False
+
+
+class Container:
+    """What a file holds, learned from its first bytes."""
+
+    def __init__(self, kind: str, big_endian: bool, nanoseconds: bool = False,
+                 linktype: int | None = None, snaplen: int = 0) -> None:
+        self.kind = kind  # "pcap" or "pcapng"
+        self.big_endian = big_endian
+        self.nanoseconds = nanoseconds
+        self.linktype = linktype  # pcap: the one linktype; pcapng: the first interface's
+        self.snaplen = snaplen
+
+
+def detect(head: bytes) -> str:
+    """'pcap' or 'pcapng' from a file's first four bytes; raise otherwise."""
+    if len(head) < 4:
+        raise CaptureFormatError("file is too short to be a capture")
+    le = struct.unpack("<I", head[:4])[0]
+    be = struct.unpack(">I", head[:4])[0]
+    if le in (PCAP_MAGIC_US, PCAP_MAGIC_NS) or be in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
+        return "pcap"
+    if le == PCAPNG_SHB:
+        return "pcapng"
+    raise CaptureFormatError(f"not a pcap or pcapng file (magic {head[:4].hex()})")
+
+
+class CaptureReader:
+    """Iterate the packets of a pcap or pcapng stream.
+
+    ``malformed`` collects (record number, reason) for records that could not
+    be framed; framing stops at the first one, since nothing after a broken
+    length can be trusted.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.malformed: list[tuple[int, str]] = []
+        self.bytes_read = 0
+        head = stream.read(4)
+        self.kind = detect(head)
+        self._head = head
+        self.linktypes: dict[int, int] = {}
+
+    def _read(self, n: int) -> bytes:
+        data = self.stream.read(n)
+        self.bytes_read += len(data)
+        return data
+
+    def __iter__(self) -> Iterator[Packet]:
+        if self.kind == "pcap":
+            return self._pcap()
+        return self._pcapng()
+
+    # ---- pcap --------------------------------------------------------------------
+
+    def _pcap(self) -> Iterator[Packet]:
+        head = self._head + self._read(20)
+        self.bytes_read += 4
+        if len(head) < 24:
+            raise CaptureFormatError("pcap file header is truncated")
+        magic_le = struct.unpack("<I", head[:4])[0]
+        big = magic_le not in (PCAP_MAGIC_US, PCAP_MAGIC_NS)
+        order = ">" if big else "<"
+        magic, _, _, _, _, snaplen, linktype = struct.unpack(order + "IHHiIII", head)
+        nano = magic == PCAP_MAGIC_NS
+        linktype &= 0x0FFFFFFF  # the top bits carry FCS information
+        self.linktypes[0] = linktype
+        record = struct.Struct(order + "IIII")
+        scale = 1e-9 if nano else 1e-6
+        number = 0
+        read = self._read
+        while True:
+            header = read(16)
+            if not header:
+                return
+            number += 1
+            if len(header) < 16:
+                self.malformed.append((number, "record header cut short at end of file"))
+                return
+            sec, frac, caplen, origlen = record.unpack(header)
+            if caplen > MAX_RECORD:
+                self.malformed.append((number, f"record length {caplen} is impossible"))
+                return
+            data = read(caplen)
+            if len(data) < caplen:
+                self.malformed.append((number, "record data cut short at end of file"))
+                return
+            yield Packet(number, sec + frac * scale, linktype, data, origlen, 0, big)
+
+    # ---- pcapng ------------------------------------------------------------------
+
+    def _pcapng(self) -> Iterator[Packet]:
+        order = "<"
+        interfaces: list[tuple[int, float]] = []  # (linktype, seconds per tick)
+        number = 0
+        pending = self._head
+        self.bytes_read += 4
+        read = self._read
+        while True:
+            head = pending + read(8 - len(pending))
+            pending = b""
+            if not head:
+                return
+            if len(head) < 8:
+                self.malformed.append((number + 1, "block header cut short at end of file"))
+                return
+            block_type = struct.unpack("<I", head[:4])[0]
+            if block_type == PCAPNG_SHB:
+                bom = read(4)
+                if len(bom) < 4:
+                    self.malformed.append((number + 1, "section header cut short"))
+                    return
+                if struct.unpack("<I", bom)[0] == PCAPNG_BYTE_ORDER:
+                    order = "<"
+                elif struct.unpack(">I", bom)[0] == PCAPNG_BYTE_ORDER:
+                    order = ">"
+                else:
+                    raise CaptureFormatError("pcapng section header has a bad byte-order magic")
+                length = struct.unpack(order + "I", head[4:8])[0]
+                if length < 28 or length % 4 or length > MAX_RECORD:
+                    self.malformed.append((number + 1, f"section header length {length}"))
+                    return
+                body = read(length - 12)
+                interfaces = []  # interface ids restart in every section
+                continue
+            block_type, length = struct.unpack(order + "II", head)
+            if length < 12 or length % 4 or length > MAX_RECORD:
+                self.malformed.append((number + 1, f"block length {length} is impossible"))
+                return
+            body = read(length - 8)
+            if len(body) < length - 8:
+                self.malformed.append((number + 1, "block cut short at end of file"))
+                return
+            body = body[:-4]  # the trailing copy of the length
+            if block_type == BT_IDB:
+                linktype = struct.unpack_from(order + "H", body, 0)[0]
+                resolution = _tsresol(body[8:], order)
+                interfaces.append((linktype, resolution))
+                self.linktypes[len(self.linktypes)] = linktype
+            elif block_type == BT_EPB or block_type == BT_PB:
+                number += 1
+                if block_type == BT_EPB:
+                    iface, hi, lo, caplen, origlen = struct.unpack_from(order + "IIIII", body)
+                else:
+                    iface, _drops, hi, lo, caplen, origlen = struct.unpack_from(order + "HHIIII",
+                                                                                body)
+                if iface >= len(interfaces):
+                    self.malformed.append((number, f"packet names interface {iface}, "
+                                                   f"which the section does not describe"))
+                    continue
+                if 20 + caplen > len(body):
+                    self.malformed.append((number, "packet data longer than its block"))
+                    continue
+                linktype, tick = interfaces[iface]
+                data = body[20 : 20 + caplen]
+                yield Packet(number, ((hi << 32) | lo) * tick, linktype, data, origlen, iface,
+                             order == ">")
+            elif block_type == BT_SPB:
+                number += 1
+                if not interfaces:
+                    self.malformed.append((number, "simple packet before any interface"))
+                    continue
+                origlen = struct.unpack_from(order + "I", body)[0]
+                linktype, _ = interfaces[0]
+                yield Packet(number, 0.0, linktype, body[4 : 4 + origlen], origlen, 0,
+                             order == ">")
+            # other blocks (name resolution, statistics, custom) are skipped
+
+
+def _tsresol(options: bytes, order: str) -> float:
+    """Seconds per timestamp tick from an IDB's if_tsresol option (default 10^-6)."""
+    pos = 0
+    while pos + 4 <= len(options):
+        code, length = struct.unpack_from(order + "HH", options, pos)
+        if code == OPT_ENDOFOPT:
+            break
+        if code == OPT_IF_TSRESOL and length >= 1:
+            value = options[pos + 4]
+            return 2.0 ** -(value & 0x7F) if value & 0x80 else 10.0 ** -value
+        pos += 4 + length + (-length % 4)
+    return 1e-6
+
+
+# ---- writing pcapng ---------------------------------------------------------------
+
+
+class PcapngWriter:
+    """A pcapng file with one section and one interface (nanosecond timestamps)."""
+
+    def __init__(self, stream: BinaryIO, linktype: int, application: str = "usbtrace") -> None:
+        self.stream = stream
+        shb_options = _option(4, application.encode()) + _option(0, b"")
+        body = struct.pack("<IHHq", PCAPNG_BYTE_ORDER, 1, 0, -1) + shb_options
+        self._block(PCAPNG_SHB, body)
+        idb_options = _option(OPT_IF_TSRESOL, bytes([9])) + _option(0, b"")
+        self._block(BT_IDB, struct.pack("<HHI", linktype, 0, 0) + idb_options)
+
+    def _block(self, block_type: int, body: bytes) -> None:
+        body += b"\0" * (-len(body) % 4)
+        length = len(body) + 12
+        self.stream.write(struct.pack("<II", block_type, length) + body +
+                          struct.pack("<I", length))
+
+    def write(self, ts_ns: int, data: bytes, original_length: int | None = None) -> None:
+        original = len(data) if original_length is None else original_length
+        self._block(BT_EPB, struct.pack("<IIIII", 0, ts_ns >> 32, ts_ns & 0xFFFFFFFF,
+                                        len(data), original) + data)
+
+
+def _option(code: int, value: bytes) -> bytes:
+    return struct.pack("<HH", code, len(value)) + value + b"\0" * (-len(value) % 4)

@@ -1,0 +1,95 @@
+"""Capture file -> Events, whatever the container and the linktype.
+
+``LINKTYPES`` maps a linktype to the decoder of its records.  A record that
+cannot be decoded is counted with its record number and skipped; it never
+stops the rest of the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from usbtrace.capture import usbmon, usbpcap
+from usbtrace.capture.pcap import CaptureReader, Packet
+from usbtrace.errors import CaptureFormatError
+from usbtrace.records import Event
+
+LINKTYPE_NAMES = {
+    usbmon.LINKTYPE_USB_LINUX: "usbmon",
+    usbmon.LINKTYPE_USB_LINUX_MMAPPED: "usbmon",
+    usbpcap.LINKTYPE_USBPCAP: "usbpcap",
+}
+OTHER_LINKTYPES = {1: "Ethernet", 101: "raw IP", 113: "Linux cooked", 127: "802.11 radiotap",
+                   186: "USB (FreeBSD)", 188: "USB full/low speed (Ellisys)",
+                   288: "USB 2.0 packets", 293: "USB 2.0 low speed"}
+
+
+@dataclass
+class CaptureStats:
+    records: int = 0
+    events: int = 0
+    malformed: list[tuple[int, str]] = field(default_factory=list)
+    first_ts: float | None = None
+    linktype: int | None = None
+
+
+class Decoder:
+    """Route each packet to the decoder of its linktype."""
+
+    def __init__(self, stats: CaptureStats) -> None:
+        self.stats = stats
+        self.usbpcap = usbpcap.UsbpcapDecoder()
+
+    def decode(self, packet: Packet) -> list[Event]:
+        linktype = packet.linktype
+        if linktype in (usbmon.LINKTYPE_USB_LINUX, usbmon.LINKTYPE_USB_LINUX_MMAPPED):
+            return [usbmon.decode(packet)]
+        if linktype == usbpcap.LINKTYPE_USBPCAP:
+            return self.usbpcap.decode(packet)
+        name = OTHER_LINKTYPES.get(linktype, "unknown")
+        raise CaptureFormatError(
+            f"linktype {linktype} ({name}) is not USB traffic that usbtrace reads; "
+            "it reads 189 and 220 (Linux usbmon) and 249 (USBPcap)")
+
+
+def events(stream: BinaryIO, stats: CaptureStats,
+           progress: Callable[[int], None] | None = None) -> Iterator[Event]:
+    """Events of a capture, with times relative to its first record."""
+    reader = CaptureReader(stream)
+    decoder = Decoder(stats)
+    origin: float | None = None
+    last = 0
+    for packet in reader:
+        stats.records += 1
+        if stats.linktype is None:
+            stats.linktype = packet.linktype
+            if packet.linktype not in LINKTYPE_NAMES:
+                decoder.decode(packet)  # raises with the linktype's name
+        if origin is None:
+            origin = packet.ts
+            stats.first_ts = origin
+        try:
+            decoded = decoder.decode(packet)
+        except (usbmon.MalformedRecord, usbpcap.MalformedRecord, CaptureFormatError) as e:
+            stats.malformed.append((packet.number, str(e)))
+            continue
+        for event in decoded:
+            event.ts -= origin
+            stats.events += 1
+            yield event
+        if progress is not None and reader.bytes_read - last >= 1 << 20:
+            progress(reader.bytes_read - last)
+            last = reader.bytes_read
+    for event in decoder.usbpcap.flush():
+        event.ts -= origin or 0.0
+        yield event
+    stats.malformed.extend(reader.malformed)
+    if progress is not None:
+        progress(reader.bytes_read - last)
+
+
+def source_name(path: Path, linktype: int | None) -> str:
+    return LINKTYPE_NAMES.get(linktype or -1, "capture")

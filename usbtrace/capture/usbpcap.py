@@ -1,0 +1,137 @@
+"""Windows USBPcap records: LINKTYPE_USBPCAP (249), and writing them back.
+
+``USBPCAP_BUFFER_PACKET_HEADER`` (packed, little-endian, 27 bytes): header
+length, IRP id, USBD status, URB function, info (bit 0: the record travels
+PDO->FDO, i.e. it is a completion), bus, device, endpoint, transfer type,
+data length.  Control transfers add one byte, the stage (setup, data,
+status, complete); isochronous ones add start frame, packet count, error
+count and 12 bytes per packet.  The header length field says where data
+starts, so newer headers with more fields still read.
+
+USBPcap writes a control transfer as a SETUP-stage record (the 8 setup bytes)
+followed, for OUT data, by a DATA-stage record with the same IRP id; the
+reader merges them into one submission.  The requested length of an IN
+transfer is not in the format: it stays unknown.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from construct import Byte, Int16ul, Int32ul, Int64ul, Struct
+
+from usbtrace.capture.pcap import Packet
+from usbtrace.records import BULK, COMPLETE, CONTROL, INTERRUPT, ISOCHRONOUS, SUBMIT, Event
+
+LINKTYPE_USBPCAP = 249
+
+UsbpcapHeader = Struct(
+    "headerLen" / Int16ul,
+    "irpId" / Int64ul,
+    "status" / Int32ul,
+    "function" / Int16ul,
+    "info" / Byte,
+    "bus" / Int16ul,
+    "device" / Int16ul,
+    "endpoint" / Byte,
+    "transfer" / Byte,
+    "dataLength" / Int32ul,
+)
+HEADER = struct.Struct("<HQIHBHHBBI")  # 27 bytes
+
+USBPCAP_INFO_PDO_TO_FDO = 0x01
+TRANSFER_ISOCHRONOUS, TRANSFER_INTERRUPT, TRANSFER_CONTROL, TRANSFER_BULK = 0, 1, 2, 3
+TRANSFER_IRP_INFO, TRANSFER_UNKNOWN = 0xFE, 0xFF
+STAGE_SETUP, STAGE_DATA, STAGE_STATUS, STAGE_COMPLETE = 0, 1, 2, 3
+
+TO_RECORD = {TRANSFER_ISOCHRONOUS: ISOCHRONOUS, TRANSFER_INTERRUPT: INTERRUPT,
+             TRANSFER_CONTROL: CONTROL, TRANSFER_BULK: BULK}
+FROM_RECORD = {v: k for k, v in TO_RECORD.items()}
+
+
+class MalformedRecord(Exception):  # noqa: N818
+    pass
+
+
+class UsbpcapDecoder:
+    """Stateful: holds a control SETUP record until its DATA stage (if any) arrives."""
+
+    def __init__(self) -> None:
+        self._setup: dict[int, Event] = {}
+
+    def decode(self, packet: Packet) -> list[Event]:
+        data = packet.data
+        if len(data) < HEADER.size:
+            raise MalformedRecord(f"USBPcap header needs 27 bytes, record has {len(data)}")
+        (header_len, irp_id, status, function, info, bus, device, endpoint, transfer,
+         data_length) = HEADER.unpack_from(data)
+        if header_len < HEADER.size or header_len > len(data):
+            raise MalformedRecord(f"USBPcap header length {header_len} does not fit the record")
+        payload = data[header_len : header_len + data_length]
+        completion = bool(info & USBPCAP_INFO_PDO_TO_FDO)
+        stage = data[27] if transfer == TRANSFER_CONTROL and header_len >= 28 else None
+        held = self._setup.pop(irp_id, None)
+        if held is not None and not completion and transfer == TRANSFER_CONTROL \
+                and stage == STAGE_DATA:
+            held.data = bytes(payload)
+            held.data_length = len(payload)
+            return [held]
+        out = self.flush()  # SETUP stages with no DATA stage: plain submissions
+        if held is not None:
+            out.append(held)
+            out.sort(key=lambda e: e.record_number or 0)
+        if transfer == TRANSFER_CONTROL and stage == STAGE_STATUS:
+            return out  # the status stage adds nothing a log needs
+        kind = COMPLETE if completion else SUBMIT
+        event = Event(kind, packet.ts, irp_id, "capture", bus=bus, device=device,
+                      endpoint=endpoint, transfer_type=TO_RECORD.get(transfer, CONTROL),
+                      urb_function=function, record_number=packet.number, raw_status=status)
+        if completion:
+            event.urb_status = status
+            # an OUT completion carries no data, and USBPcap has no "actual length"
+            # field: how much went out is unknown, not zero
+            event.length = data_length if endpoint & 0x80 or transfer == TRANSFER_CONTROL \
+                else None
+            event.data = bytes(payload)
+            event.data_length = len(payload)
+        else:
+            event.urb_status = None
+            if transfer == TRANSFER_CONTROL and stage == STAGE_SETUP:
+                event.setup = bytes(payload[:8])
+                event.length = struct.unpack_from("<H", payload, 6)[0] if len(payload) >= 8 \
+                    else None
+                if len(payload) > 8:  # some versions put OUT data right after the setup
+                    event.data = bytes(payload[8:])
+                    event.data_length = len(event.data)
+                self._setup[irp_id] = event
+                return out
+            direction_in = bool(endpoint & 0x80)
+            if not direction_in:
+                event.data = bytes(payload)
+                event.data_length = len(payload)
+                event.length = data_length
+        if len(payload) < data_length:
+            event.data_length = data_length  # the capture was cut by the snapshot length
+        out.append(event)
+        return out
+
+    def flush(self) -> list[Event]:
+        held = list(self._setup.values())
+        self._setup.clear()
+        return held
+
+
+def encode(event: Event, stage: int | None = None, data: bytes | None = None) -> bytes:
+    """One USBPcap record for ``event`` (used by pcapng export)."""
+    payload = event.data if data is None else data
+    transfer = FROM_RECORD.get(event.transfer_type if event.transfer_type is not None else 0,
+                               TRANSFER_UNKNOWN)
+    info = USBPCAP_INFO_PDO_TO_FDO if event.kind == COMPLETE else 0
+    status = event.urb_status if event.urb_status is not None and event.kind == COMPLETE else 0
+    function = event.urb_function if event.urb_function is not None else 0
+    endpoint = event.endpoint if event.endpoint is not None else 0
+    extra = bytes([stage]) if transfer == TRANSFER_CONTROL and stage is not None else b""
+    header_len = HEADER.size + len(extra)
+    return HEADER.pack(header_len, event.irp_id & 0xFFFFFFFFFFFFFFFF, status & 0xFFFFFFFF,
+                       function, info, event.bus or 0, event.device or 0, endpoint, transfer,
+                       len(payload)) + extra + payload

@@ -1,0 +1,77 @@
+"""Import capture files as sessions: one session per file.
+
+A file already imported into the same database (same SHA-256) is reported
+and skipped.  Malformed records are counted and listed by record number in
+the session's notes; they never stop the rest of the import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from usbtrace.capture.reader import CaptureStats, events, source_name
+from usbtrace.errors import CaptureFormatError, InputError
+from usbtrace.store.database import Database
+from usbtrace.store.writer import SessionWriter
+
+MAX_LISTED = 20
+
+
+@dataclass
+class ImportResult:
+    path: Path
+    session_id: int | None
+    duplicate_of: int | None
+    records: int
+    commands: int
+    malformed: list[tuple[int, str]]
+    seconds: float
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def import_capture(database: Database, path: Path,
+                   progress: Callable[[int], None] | None = None,
+                   force: bool = False) -> ImportResult:
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory")
+    t0 = time.perf_counter()
+    digest = sha256_of(path)
+    existing = database.find_import(digest)
+    if existing is not None and not force:
+        return ImportResult(path, None, existing, 0, 0, [], 0.0)
+    stats = CaptureStats()
+    with open(path, "rb") as stream:
+        stream_events = events(stream, stats, progress)
+        try:
+            first = next(stream_events, None)  # the container and linktype are checked here
+        except CaptureFormatError as e:
+            raise CaptureFormatError(f"{path}: {e}") from None
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stats.first_ts or 0))
+        session_id = database.new_session(source_name(path, stats.linktype), str(path), started,
+                                          "capture", stats.linktype, digest)
+        writer = SessionWriter(database, session_id)
+        if first is not None:
+            writer.feed(first)
+            for event in stream_events:
+                writer.feed(event)
+    notes = None
+    if stats.malformed:
+        listed = "; ".join(f"record {n}: {why}" for n, why in stats.malformed[:MAX_LISTED])
+        more = len(stats.malformed) - MAX_LISTED
+        notes = f"malformed records: {listed}" + (f"; and {more} more" if more > 0 else "")
+    writer.close(malformed=len(stats.malformed), notes=notes, time_origin=stats.first_ts)
+    return ImportResult(path, session_id, None, stats.records, writer.commands,
+                        stats.malformed, time.perf_counter() - t0)
