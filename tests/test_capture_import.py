@@ -59,9 +59,10 @@ def test_scsi_commands_agree_with_wireshark(tmp_path: Path, name: str) -> None:
                 "SELECT tag, opcode, lba, blocks, status FROM scsi_commands ORDER BY seq")]
     theirs = [(c.tag, c.opcode, c.lba, c.blocks, c.status)
               for c in tshark.scsi_commands(shared_capture(name))]
+    frames = [c.frame for c in tshark.scsi_commands(shared_capture(name))]
     assert len(ours) == len(theirs) > 0
     for i, (a, b) in enumerate(zip(ours, theirs)):
-        assert a == b, f"command {i + 1} (tshark frame {tshark.scsi_commands(shared_capture(name))[i].frame}): {a} != {b}"
+        assert a == b, f"command {i + 1} (tshark frame {frames[i]}): {a} != {b}"
 
 
 def test_truncated_payload_is_recorded_not_hidden(tmp_path: Path) -> None:
@@ -187,7 +188,8 @@ def test_big_endian_nanosecond_pcap_reads_the_same(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "t.db")
     q = ("SELECT tag, opcode, lba, blocks, status, residue, data_length FROM scsi_commands "
          "WHERE session_id = ? ORDER BY seq")
-    assert conn.execute(q, (a.session_id,)).fetchall() == conn.execute(q, (b.session_id,)).fetchall()
+    assert conn.execute(q, (a.session_id,)).fetchall() == \
+        conn.execute(q, (b.session_id,)).fetchall()
 
 
 def test_pcapng_with_two_interfaces_and_tsresol(tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 
 The key is the filter position, the IRP id (USBPcap: the IRP address;
 usbmon: the URB id) and the endpoint: QEMU's usbmon-format recordings give
-every URB the id 0, and the endpoint still tells their transfers apart.  An IRP that passes a filter several times in a row — the
-SRB IRP that usbstor re-sends for CBW, data and CSW — pairs once per pass,
-since a pass completes before the next begins.  A completion without a
+every URB the id 0, and the endpoint still tells their transfers apart.  An
+IRP that passes a filter several times in a row — the SRB IRP that usbstor
+re-sends for CBW, data and CSW — pairs once per pass, since a pass completes
+before the next begins.  A completion without a
 submission (a capture that started mid-transfer) still yields an exchange,
 with no submission time; submissions never completed are flushed at the end.
 
