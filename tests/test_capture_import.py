@@ -231,3 +231,20 @@ def test_malformed_records_are_counted_and_the_rest_imported(tmp_path: Path) -> 
     assert result.records == len(packets)
     notes, = sqlite3.connect(tmp_path / "t.db").execute("SELECT notes FROM sessions").fetchone()
     assert "record 10" in notes
+
+
+def test_large_file_path_stores_from_a_second_process(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import usbtrace.importing as importing
+
+    name = "ajbanjara__usb_memory_stick.pcap"
+    db = Database(tmp_path / "t.db")
+    inline = import_capture(db, shared_capture(name))
+    monkeypatch.setattr(importing, "BACKGROUND_FROM", 0)
+    forked = import_capture(db, shared_capture(name), force=True)
+    conn = sqlite3.connect(tmp_path / "t.db")
+    for table in ("urbs", "scsi_commands"):
+        q = f"SELECT * FROM {table} WHERE session_id = ? ORDER BY seq"
+        a = [r[1:] for r in conn.execute(q, (inline.session_id,))]
+        b = [r[1:] for r in conn.execute(q, (forked.session_id,))]
+        assert a == b and a

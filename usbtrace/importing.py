@@ -8,6 +8,7 @@ the session's notes; they never stop the rest of the import.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from usbtrace.store.database import Database
 from usbtrace.store.writer import SessionWriter
 
 MAX_LISTED = 20
+BACKGROUND_FROM = 8 << 20  # bytes of capture
 
 
 @dataclass
@@ -62,7 +64,10 @@ def import_capture(database: Database, path: Path,
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stats.first_ts or 0))
         session_id = database.new_session(source_name(path, stats.linktype), str(path), started,
                                           "capture", stats.linktype, digest)
-        writer = SessionWriter(database, session_id)
+        # a large file is stored by a second process while this one decodes
+        background = path.stat().st_size >= BACKGROUND_FROM and database.is_sqlite \
+            and "fork" in multiprocessing.get_all_start_methods()
+        writer = SessionWriter(database, session_id, background=background)
         if first is not None:
             writer.feed(first)
             for event in stream_events:

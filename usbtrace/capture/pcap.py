@@ -107,17 +107,31 @@ class CaptureReader:
     length can be trusted.
     """
 
+    CHUNK = 1 << 22
+
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
         self.malformed: list[tuple[int, str]] = []
         self.bytes_read = 0
+        self._buffer = b""
+        self._pos = 0
         head = stream.read(4)
         self.kind = detect(head)
         self._head = head
         self.linktypes: dict[int, int] = {}
 
     def _read(self, n: int) -> bytes:
-        data = self.stream.read(n)
+        """``n`` bytes (fewer at the end of the file), served from a large buffer:
+        one system read per 4 MiB instead of two per record."""
+        pos = self._pos
+        end = pos + n
+        if end > len(self._buffer):
+            rest = self._buffer[pos:]
+            more = self.stream.read(max(self.CHUNK, n - len(rest)))
+            self._buffer = rest + more
+            pos, end = 0, n
+        data = self._buffer[pos:end]
+        self._pos = pos + len(data)
         self.bytes_read += len(data)
         return data
 
@@ -140,26 +154,36 @@ class CaptureReader:
         nano = magic == PCAP_MAGIC_NS
         linktype &= 0x0FFFFFFF  # the top bits carry FCS information
         self.linktypes[0] = linktype
-        record = struct.Struct(order + "IIII")
+        unpack = struct.Struct(order + "IIII").unpack_from
         scale = 1e-9 if nano else 1e-6
         number = 0
-        read = self._read
+        stream = self.stream
+        buf = self._buffer[self._pos :]  # what the header read left in the buffer
+        pos = 0
         while True:
-            header = read(16)
-            if not header:
-                return
+            if pos + 16 > len(buf):
+                buf = buf[pos:] + stream.read(self.CHUNK)
+                pos = 0
+                if not buf:
+                    return
+                if len(buf) < 16:
+                    self.malformed.append((number + 1, "record header cut short at end of file"))
+                    return
+            sec, frac, caplen, origlen = unpack(buf, pos)
             number += 1
-            if len(header) < 16:
-                self.malformed.append((number, "record header cut short at end of file"))
-                return
-            sec, frac, caplen, origlen = record.unpack(header)
             if caplen > MAX_RECORD:
                 self.malformed.append((number, f"record length {caplen} is impossible"))
                 return
-            data = read(caplen)
-            if len(data) < caplen:
-                self.malformed.append((number, "record data cut short at end of file"))
-                return
+            end = pos + 16 + caplen
+            if end > len(buf):
+                buf = buf[pos:] + stream.read(max(self.CHUNK, caplen + 16))
+                pos, end = 0, 16 + caplen
+                if end > len(buf):
+                    self.malformed.append((number, "record data cut short at end of file"))
+                    return
+            data = buf[pos + 16 : end]
+            self.bytes_read += end - pos
+            pos = end
             yield Packet(number, sec + frac * scale, linktype, data, origlen, 0, big)
 
     # ---- pcapng ------------------------------------------------------------------

@@ -60,29 +60,35 @@ def events(stream: BinaryIO, stats: CaptureStats,
     """Events of a capture, with times relative to its first record."""
     reader = CaptureReader(stream)
     decoder = Decoder(stats)
+    usbmon_types = (usbmon.LINKTYPE_USB_LINUX, usbmon.LINKTYPE_USB_LINUX_MMAPPED)
+    decode_usbmon = usbmon.decode
+    malformed = (usbmon.MalformedRecord, usbpcap.MalformedRecord, CaptureFormatError)
     origin: float | None = None
     last = 0
+    count = 0
     for packet in reader:
-        stats.records += 1
-        if stats.linktype is None:
-            stats.linktype = packet.linktype
-            if packet.linktype not in LINKTYPE_NAMES:
-                decoder.decode(packet)  # raises with the linktype's name
+        count += 1
         if origin is None:
             origin = packet.ts
             stats.first_ts = origin
+            stats.linktype = packet.linktype
+            if packet.linktype not in LINKTYPE_NAMES:
+                decoder.decode(packet)  # raises, naming the linktype
         try:
-            decoded = decoder.decode(packet)
-        except (usbmon.MalformedRecord, usbpcap.MalformedRecord, CaptureFormatError) as e:
+            if packet.linktype in usbmon_types:  # the common case, without a list
+                event = decode_usbmon(packet)
+                event.ts -= origin
+                yield event
+            else:
+                for event in decoder.decode(packet):
+                    event.ts -= origin
+                    yield event
+        except malformed as e:
             stats.malformed.append((packet.number, str(e)))
-            continue
-        for event in decoded:
-            event.ts -= origin
-            stats.events += 1
-            yield event
         if progress is not None and reader.bytes_read - last >= 1 << 20:
             progress(reader.bytes_read - last)
             last = reader.bytes_read
+    stats.records = count
     for event in decoder.usbpcap.flush():
         event.ts -= origin or 0.0
         yield event

@@ -70,47 +70,38 @@ class MalformedRecord(Exception):  # noqa: N818
 
 def decode(packet: Packet) -> Event:
     """One usbmon record as an :class:`Event`; raises MalformedRecord."""
+    data = packet.data
     mmapped = packet.linktype == LINKTYPE_USB_LINUX_MMAPPED
     size = 64 if mmapped else 48
-    data = packet.data
     if len(data) < size:
         raise MalformedRecord(f"usbmon header needs {size} bytes, record has {len(data)}")
-    big = packet.big_endian
-    (urb_id, kind, xfer, epnum, devnum, busnum, flag_setup, flag_data, ts_sec, ts_usec,
-     status, length, len_cap, setup) = (HEADER_BE if big else HEADER_LE).unpack_from(data)
-    if kind == 0x53:  # 'S'
-        event_kind = SUBMIT
-    elif kind in (0x43, 0x45):  # 'C', 'E'
-        event_kind = COMPLETE
-    else:
-        raise MalformedRecord(f"unknown usbmon event type 0x{kind:02x}")
+    (urb_id, kind, xfer, epnum, devnum, busnum, flag_setup, flag_data, _sec, _usec,
+     status, length, len_cap, setup) = (HEADER_BE if packet.big_endian else HEADER_LE
+                                        ).unpack_from(data)
     transfer_type = XFER_TYPES.get(xfer)
     if transfer_type is None:
         raise MalformedRecord(f"unknown usbmon transfer type {xfer}")
     offset = size
     if mmapped and transfer_type == ISOCHRONOUS:
-        ndesc = (MMAPPED_BE if big else MMAPPED_LE).unpack_from(data, 48)[3]
+        ndesc = (MMAPPED_BE if packet.big_endian else MMAPPED_LE).unpack_from(data, 48)[3]
         offset += 16 * ndesc
-    payload = data[offset:]
-    endpoint = epnum
-    direction_in = bool(epnum & 0x80)
-    event = Event(event_kind, packet.ts, urb_id, "capture", bus=busnum, device=devnum,
-                  endpoint=endpoint, transfer_type=transfer_type, length=length,
-                  record_number=packet.number, raw_status=status)
-    if event_kind == SUBMIT:
-        event.urb_status = U.USBD_STATUS_PENDING
+    payload = data[offset : offset + len_cap] if flag_data in DATA_PRESENT and len_cap else b""
+    direction_in = epnum & 0x80
+    if kind == 0x53:  # 'S'
         if transfer_type == CONTROL and flag_setup == 0:
-            event.setup = setup
-            direction_in = bool(setup[0] & 0x80)
-    else:
-        event.urb_status = ERRNO_TO_USBD.get(status, U.USBD_STATUS_REQUEST_FAILED)
-        if kind == 0x45:
-            event.detail = "submission error"
-    expects_data = (event_kind == SUBMIT) != direction_in
-    if flag_data in DATA_PRESENT and len_cap:
-        event.data = payload[:len_cap]
-    if expects_data and transfer_type != ISOCHRONOUS:
-        event.data_length = length
-    else:
-        event.data_length = len(event.data)
-    return event
+            direction_in = setup[0] & 0x80
+        else:
+            setup = None
+        expects_data = not direction_in and transfer_type != ISOCHRONOUS
+        return Event(SUBMIT, packet.ts, urb_id, "capture", None, None, None, None, None, None,
+                     None, None, busnum, devnum, epnum, transfer_type, U.USBD_STATUS_PENDING,
+                     length, setup, payload, length if expects_data else len(payload), None,
+                     None, packet.number, status)
+    if kind != 0x43 and kind != 0x45:  # 'C', 'E'
+        raise MalformedRecord(f"unknown usbmon event type 0x{kind:02x}")
+    expects_data = direction_in and transfer_type != ISOCHRONOUS
+    return Event(COMPLETE, packet.ts, urb_id, "capture", None, None, None, None, None, None,
+                 "submission error" if kind == 0x45 else None, None, busnum, devnum, epnum,
+                 transfer_type, ERRNO_TO_USBD.get(status, U.USBD_STATUS_REQUEST_FAILED),
+                 length, None, payload, length if expects_data else len(payload), None, None,
+                 packet.number, status)

@@ -14,77 +14,62 @@ Sans-I/O: ``feed(event)`` returns the exchanges it finished.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from usbtrace.records import COMPLETE, SUBMIT, Event
 
 
-@dataclass(slots=True)
 class Exchange:
-    """One request, submission and completion merged: a row of ``irps`` / ``urbs``."""
+    """One request, submission and completion merged: a row of ``irps`` / ``urbs``.
 
-    seq: int
-    irp_id: int
-    position: str
-    submit: Event | None
-    complete: Event | None
+    Everything a later stage asks is computed once, when the pair is sealed.
+    """
 
-    @property
-    def first(self) -> Event:
-        return self.submit or self.complete  # type: ignore[return-value]
+    __slots__ = ("seq", "irp_id", "position", "submit", "complete", "first", "is_urb",
+                 "direction_in", "submitted_at", "completed_at", "requested_length",
+                 "actual_length", "payload", "data", "truncated")
 
-    @property
-    def is_urb(self) -> bool:
-        return self.first.endpoint is not None
+    def __init__(self, seq: int, irp_id: int, position: str, submit: Event | None,
+                 complete: Event | None) -> None:
+        self.seq = seq
+        self.irp_id = irp_id
+        self.position = position
+        self.submit = submit
+        self.complete = complete
 
-    @property
-    def direction_in(self) -> bool:
-        endpoint = self.first.endpoint
+    def seal(self) -> Exchange:
+        submit, complete = self.submit, self.complete
+        first = submit or complete
+        assert first is not None
+        self.first = first
+        endpoint = first.endpoint
+        self.is_urb = endpoint is not None
         if endpoint is None:
-            return False
-        setup = self.first.setup
-        if endpoint & 0x7F == 0 and setup:
-            return bool(setup[0] & 0x80)
-        return bool(endpoint & 0x80)
-
-    @property
-    def submitted_at(self) -> float | None:
-        return self.submit.ts if self.submit else None
-
-    @property
-    def completed_at(self) -> float | None:
-        return self.complete.ts if self.complete else None
-
-    @property
-    def requested_length(self) -> int | None:
-        return self.submit.length if self.submit else None
-
-    @property
-    def actual_length(self) -> int | None:
-        return self.complete.length if self.complete else None
-
-    @property
-    def payload(self) -> Event | None:
-        """The event that carries the payload: submission for OUT, completion for IN."""
-        if self.direction_in:
-            return self.complete
-        return self.submit if self.submit is not None and self.submit.data else self.complete
-
-    @property
-    def data(self) -> bytes:
-        event = self.payload
-        return event.data if event is not None else b""
-
-    @property
-    def truncated(self) -> bool:
-        """Fewer payload bytes captured than the transfer moved."""
-        event = self.payload
-        if event is None:
-            return False
-        expected = event.data_length
-        if expected is None:
-            expected = self.actual_length if self.direction_in else self.requested_length
-        return expected is not None and len(event.data) < expected
+            direction_in = False
+        elif endpoint & 0x7F == 0 and first.setup:
+            direction_in = bool(first.setup[0] & 0x80)
+        else:
+            direction_in = bool(endpoint & 0x80)
+        self.direction_in = direction_in
+        self.submitted_at = submit.ts if submit is not None else None
+        self.completed_at = complete.ts if complete is not None else None
+        self.requested_length = submit.length if submit is not None else None
+        self.actual_length = complete.length if complete is not None else None
+        # the payload rides on the submission for OUT, on the completion for IN
+        if direction_in:
+            payload = complete
+        else:
+            payload = submit if submit is not None and submit.data else complete
+        self.payload = payload
+        if payload is None:
+            self.data = b""
+            self.truncated = False
+        else:
+            data = payload.data
+            self.data = data
+            expected = payload.data_length
+            if expected is None:
+                expected = self.actual_length if direction_in else self.requested_length
+            self.truncated = expected is not None and len(data) < expected
+        return self
 
 
 class Pairer:
@@ -99,18 +84,19 @@ class Pairer:
             stale = self._pending.get(key)
             exchange = Exchange(self._seq, event.irp_id, event.position, event, None)
             self._pending[key] = exchange
-            return stale  # a reused id whose completion never came: emit it as it is
+            # a reused id whose completion never came: emit it as it is
+            return stale.seal() if stale is not None else None
         if event.kind == COMPLETE:
             exchange = self._pending.pop(key, None)  # type: ignore[assignment]
             if exchange is None:
                 self._seq += 1
-                return Exchange(self._seq, event.irp_id, event.position, None, event)
+                return Exchange(self._seq, event.irp_id, event.position, None, event).seal()
             exchange.complete = event
-            return exchange
+            return exchange.seal()
         return None
 
     def flush(self) -> list[Exchange]:
         """Submissions never completed, in submission order."""
         left = sorted(self._pending.values(), key=lambda x: x.seq)
         self._pending.clear()
-        return left
+        return [x.seal() for x in left]

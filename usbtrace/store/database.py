@@ -29,7 +29,7 @@ def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
     # 64 KiB pages: a full-speed bulk payload fits one page instead of a chain of 16
     # overflow pages, which doubles the rate at which SQLite takes payloads.  It only
     # takes effect on a new, empty file.
-    cursor.execute("PRAGMA page_size=65536")
+    cursor.execute("PRAGMA page_size=4096")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")

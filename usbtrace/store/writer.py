@@ -11,7 +11,9 @@ counts it in ``sessions.dropped_count`` — never silently.
 
 from __future__ import annotations
 
+import multiprocessing
 import operator
+import os
 import threading
 import time
 from collections import deque
@@ -23,6 +25,7 @@ from sqlalchemy import Connection, Table, insert, update
 from usbtrace.decode.bot import BotDecoder, ScsiCommand
 from usbtrace.decode.identity import IdentityTracker
 from usbtrace.decode.pairing import Exchange, Pairer
+from usbtrace.errors import DatabaseError
 from usbtrace.records import TRANSFER_TYPE_NAMES, Event
 from usbtrace.storage.ioctl import IOCTL_NAMES
 from usbtrace.store.database import Database
@@ -31,7 +34,7 @@ from usbtrace.usb.urb import URB_FUNCTION_NAMES, usbd_status_name
 from usbtrace.wdm.irp import MAJOR_NAMES, minor_name
 from usbtrace.wdm.status import status_name
 
-BATCH = 500
+BATCH = 2000
 
 
 def hex_id(value: int | None) -> str | None:
@@ -58,24 +61,24 @@ def irp_row(session_id: int, x: Exchange) -> dict[str, Any]:
     }
 
 
-def urb_row(session_id: int, x: Exchange) -> dict[str, Any]:
+URB_COLUMNS = tuple(c.name for c in UrbRow.__table__.columns)
+
+
+def urb_row(session_id: int, x: Exchange) -> tuple[Any, ...]:
+    """A ``urbs`` row as a tuple in ``URB_COLUMNS`` order (the hot path of imports)."""
     first = x.first
     c = x.complete
     data = x.data
     function = first.urb_function
-    return {
-        "session_id": session_id, "seq": x.seq, "irp_id": hex_id(x.irp_id),
-        "record_number": first.record_number,
-        "submitted_at": x.submitted_at, "completed_at": x.completed_at,
-        "bus": first.bus, "device": first.device, "endpoint": first.endpoint,
-        "transfer_type": TRANSFER_TYPE_NAMES.get(first.transfer_type or 0, "unknown"),
-        "direction": "in" if x.direction_in else "out",
-        "urb_function": URB_FUNCTION_NAMES.get(function) if function is not None else None,
-        "status": usbd_status_name(c.urb_status) if c else None,
-        "requested_length": x.requested_length, "actual_length": x.actual_length,
-        "captured_length": len(data), "truncated": x.truncated,
-        "setup": first.setup, "data": data or None,
-    }
+    return (
+        session_id, x.seq, f"0x{x.irp_id & 0xFFFFFFFFFFFFFFFF:016x}", first.record_number,
+        x.submitted_at, x.completed_at, first.bus, first.device, first.endpoint,
+        TRANSFER_TYPE_NAMES.get(first.transfer_type or 0, "unknown"),
+        "in" if x.direction_in else "out",
+        URB_FUNCTION_NAMES.get(function) if function is not None else None,
+        usbd_status_name(c.urb_status) if c else None,
+        x.requested_length, x.actual_length, len(data), x.truncated, first.setup, data or None,
+    )
 
 
 def command_row(session_id: int, cmd: ScsiCommand) -> dict[str, Any]:
@@ -111,22 +114,89 @@ class BulkInsert:
         else:  # format
             marks = ", ".join("%s" for _ in columns)
         self.named = paramstyle in ("named", "pyformat")
+        self.columns = columns
         self.sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
         self.pick = operator.itemgetter(*columns)
 
-    def __call__(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+    def params(self, rows: list[dict[str, Any]]) -> list[Any]:
         if self.named:
-            conn.exec_driver_sql(self.sql, rows)  # type: ignore[arg-type]
-        else:
-            pick = self.pick
-            conn.exec_driver_sql(self.sql, [pick(r) for r in rows])
+            return rows
+        pick = self.pick
+        return [pick(r) for r in rows]
+
+    def execute(self, conn: Connection, params: list[Any]) -> None:
+        if self.named and params and isinstance(params[0], tuple):
+            params = [dict(zip(self.columns, p)) for p in params]
+        conn.exec_driver_sql(self.sql, params)  # type: ignore[arg-type]
+
+
+def bulk_inserts(database: Database) -> dict[str, BulkInsert]:
+    style = database.engine.dialect.paramstyle
+    return {row.__tablename__: BulkInsert(row.__table__, style)  # type: ignore[arg-type]
+            for row in (IrpRow, UrbRow, ScsiCommandRow)}
+
+
+def insert_batch(database: Database, bulk: dict[str, BulkInsert],
+                 batch: list[tuple[str, list[Any]]]) -> None:
+    """One transaction for one batch of rows of several tables."""
+    with database.engine.begin() as conn:
+        for name, params in batch:
+            bulk[name].execute(conn, params)
+
+
+def _inserter_main(target: str, channel: Any) -> None:
+    """The insert process: its own connection, batches in order, the first error back."""
+    error = None
+    try:
+        database = Database(target, create=False)
+        bulk = bulk_inserts(database)
+        while (batch := channel.recv()) is not None:
+            if error is None:
+                try:
+                    insert_batch(database, bulk, batch)
+                except Exception as e:
+                    error = f"{type(e).__name__}: {e}"
+        database.close()
+    except Exception as e:
+        error = error or f"{type(e).__name__}: {e}"
+    channel.send(error)
+    channel.close()
+    os._exit(0)  # skip finalizers: never touch the parent's inherited connections
+
+
+class ProcessInserter:
+    """Insert batches in a forked process, so storage runs beside decoding.
+
+    A thread would not help: the sqlite3 module binds every parameter under the
+    interpreter lock.  Batches are pickled through a pipe; a full pipe makes the
+    decoder wait, which bounds memory.
+    """
+
+    def __init__(self, database: Database) -> None:
+        context = multiprocessing.get_context("fork")
+        self._channel, child = context.Pipe()
+        self._process = context.Process(target=_inserter_main, args=(database.target, child),
+                                        daemon=True)
+        self._process.start()
+        child.close()
+
+    def put(self, batch: Any) -> None:
+        self._channel.send(batch)
+
+    def close(self) -> None:
+        self._channel.send(None)
+        error = self._channel.recv()
+        self._process.join()
+        if error is not None:
+            raise DatabaseError(f"storing rows failed: {error}")
 
 
 class SessionWriter:
     """Decode events and insert the rows of one session."""
 
     def __init__(self, database: Database, session_id: int, batch: int = BATCH,
-                 command_hooks: list[Callable[[ScsiCommand], None]] | None = None) -> None:
+                 command_hooks: list[Callable[[ScsiCommand], None]] | None = None,
+                 background: bool = False) -> None:
         self.database = database
         self.session_id = session_id
         self.batch = batch
@@ -140,11 +210,8 @@ class SessionWriter:
         self._irps: list[dict[str, Any]] = []
         self._urbs: list[dict[str, Any]] = []
         self._cmds: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        paramstyle = database.engine.dialect.paramstyle
-        self._irp_insert = BulkInsert(IrpRow.__table__, paramstyle)  # type: ignore[arg-type]
-        self._urb_insert = BulkInsert(UrbRow.__table__, paramstyle)  # type: ignore[arg-type]
-        self._cmd_insert = BulkInsert(ScsiCommandRow.__table__, paramstyle)  # type: ignore[arg-type]
+        self._bulk = bulk_inserts(database)
+        self._inserter = ProcessInserter(database) if background else None
 
     def feed(self, event: Event) -> None:
         self.records += 1
@@ -175,12 +242,14 @@ class SessionWriter:
     def flush(self) -> None:
         if not (self._irps or self._urbs or self._cmds):
             return
-        with self._lock, self.database.engine.begin() as conn:
-            for inserter, rows in ((self._irp_insert, self._irps), (self._urb_insert, self._urbs),
-                                   (self._cmd_insert, self._cmds)):
-                if rows:
-                    inserter(conn, rows)
+        batch = [(name, self._bulk[name].params(rows) if name != "urbs" else rows)
+                 for name, rows in (("irps", self._irps), ("urbs", self._urbs),
+                                    ("scsi_commands", self._cmds)) if rows]
         self._irps, self._urbs, self._cmds = [], [], []
+        if self._inserter is not None:
+            self._inserter.put(batch)
+        else:
+            insert_batch(self.database, self._bulk, batch)
 
     def close(self, dropped: int = 0, malformed: int = 0, notes: str | None = None,
               time_origin: float | None = None) -> None:
@@ -190,6 +259,8 @@ class SessionWriter:
         for cmd in self.bot.flush():
             self._command(cmd)
         self.flush()
+        if self._inserter is not None:
+            self._inserter.close()
         devices = [
             {"session_id": self.session_id, "bus": i.bus, "device": i.device, "vid": i.vid,
              "pid": i.pid, "device_class": i.device_class,
