@@ -5,7 +5,8 @@ with times shifted, to N records.  For each size, one run of each:
 
   floor     a bare Python loop framing the pcap records and unpacking each usbmon
             header with struct: no pairing, no decoding, no storage
-  usbtrace  `usbtrace import` into a fresh SQLite file (a subprocess; its peak RSS)
+  usbtrace  `usbtrace import` into a fresh SQLite file (a subprocess; its peak RSS),
+            with file attribution, and again with --no-files
   tshark    `tshark -T fields` decoding the SCSI fields the cross-check test uses
 
 Run:  python benchmarks/bench_import.py [--records 1000000] [--capture FILE]
@@ -72,13 +73,13 @@ def floor(path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run_import(path: Path, db: Path) -> tuple[float, int]:
+def run_import(path: Path, db: Path, *extra: str) -> tuple[float, int]:
     code = ("import resource, sys; from usbtrace.cli import main; "
-            "sys.argv = ['usbtrace', 'import', '-q', sys.argv[1], '--db', sys.argv[2]]\n"
+            "sys.argv = ['usbtrace', 'import', '-q', *sys.argv[1:]]\n"
             "try:\n main()\nexcept SystemExit:\n pass\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, str(path), str(db)],
+    proc = subprocess.run([sys.executable, "-c", code, str(path), "--db", str(db), *extra],
                           capture_output=True, text=True, check=True)
     elapsed = time.perf_counter() - t0
     return elapsed, int(proc.stderr.strip().splitlines()[-1])
@@ -113,10 +114,13 @@ def main() -> None:
             mb = path.stat().st_size / 1e6
             t_floor = floor(path)
             t_ours, rss_kb = run_import(path, Path(tmp) / f"{n}.db")
+            t_plain, _ = run_import(path, Path(tmp) / f"{n}-plain.db", "--no-files")
             t_tshark = run_tshark(path)
             print(f"{n:>9} records ({mb:.0f} MB):")
             print(f"  floor     {n / t_floor:>10,.0f}/s")
             print(f"  usbtrace  {n / t_ours:>10,.0f}/s   peak RSS {rss_kb / 1024:.0f} MiB")
+            print(f"  (without file attribution {n / t_plain:,.0f}/s: attribution costs "
+                  f"{(t_ours / t_plain - 1) * 100:.0f}%)")
             if t_tshark is not None:
                 print(f"  tshark    {n / t_tshark:>10,.0f}/s   usbtrace/tshark speed "
                       f"{t_tshark / t_ours:.2f}x")

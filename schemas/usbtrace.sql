@@ -43,6 +43,23 @@ CREATE TABLE devices (
 	FOREIGN KEY(session_id) REFERENCES sessions (id)
 );
 
+CREATE TABLE file_activity (
+	session_id INTEGER NOT NULL, 
+	id INTEGER NOT NULL, 
+	scsi_seq INTEGER NOT NULL, 
+	path TEXT, 
+	operation VARCHAR(12) NOT NULL, 
+	kind VARCHAR(20) NOT NULL, 
+	file_offset INTEGER, 
+	length INTEGER, 
+	lba INTEGER, 
+	command_offset INTEGER, 
+	detail TEXT, 
+	PRIMARY KEY (session_id, id), 
+	FOREIGN KEY(session_id) REFERENCES sessions (id)
+);
+CREATE INDEX ix_file_activity_path ON file_activity (session_id, path);
+
 CREATE TABLE irps (
 	session_id INTEGER NOT NULL, 
 	seq INTEGER NOT NULL, 

@@ -63,23 +63,29 @@ db_option = click.option("--db", default=DEFAULT_DB, show_default=True,
 @click.option("--image", type=click.Path(dir_okay=False), help="Disk image file (created at "
               "--size if missing); default: a stick in memory.")
 @click.option("--size", default="64M", show_default=True, help="Stick size: 64M, 1G, ...")
-@click.option("--workload", default="raw", show_default=True, help="What to run on the stick.")
+@click.option("--workload", type=click.Choice(["raw", "files"]), default="raw",
+              show_default=True, help="raw: blocks through the disk device; files: a FAT "
+              "file system on the stick, files copied, read, renamed, deleted.")
 @click.option("--speed", type=click.Choice(["full", "high", "super"]), default="super",
               show_default=True, help="Bus speed of the simulated stick.")
+@click.option("--fs", "fs", type=click.Choice(["fat12", "fat16", "fat32", "exfat"]),
+              default="fat16", show_default=True, help="File system of the files workload.")
+@click.option("--copy", multiple=True, type=click.Path(), help="Files or folders the files "
+              "workload copies to the stick (default: a built-in sample set).")
 @click.option("--no-lower", is_flag=True, help="Do not trace at the URB level (under usbstor).")
 @click.option("--no-upper", is_flag=True, help="Do not trace READ/WRITE (above disk).")
 @click.option("--lossy", is_flag=True, help="Drop (and count) records rather than wait when "
               "the writer falls behind.")
 @friendly
-def record(db: str, image: str | None, size: str, workload: str, speed: str, no_lower: bool,
-           no_upper: bool, lossy: bool) -> None:
+def record(db: str, image: str | None, size: str, workload: str, speed: str, fs: str,
+           copy: tuple[str, ...], no_lower: bool, no_upper: bool, lossy: bool) -> None:
     """Run a workload on the simulated stick with the tracer in the stack."""
     from usbtrace.recording import RecordOptions
     from usbtrace.recording import record as run
 
     positions = tuple(p for p, off in (("lower", no_lower), ("upper", no_upper)) if not off)
     summary = run(RecordOptions(db=db, image=image, size=size, workload=workload, speed=speed,
-                                positions=positions, lossy=lossy))
+                                positions=positions, lossy=lossy, fs=fs, copy=copy))
     r = summary.workload
     click.echo(f"session {summary.session_id}: workload '{workload}' on a simulated "
                f"{size} stick ({speed} speed)")
@@ -107,8 +113,13 @@ def record(db: str, image: str | None, size: str, workload: str, speed: str, no_
 @db_option
 @click.option("--force", is_flag=True, help="Import again a file already in the database.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--after", type=int, metavar="SESSION",
+              help="The captures continue SESSION's medium: start from the file-system "
+                   "metadata it saw (for captures that begin mid-session).")
+@click.option("--no-files", is_flag=True, help="Skip file-level attribution (file_activity).")
 @friendly
-def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool) -> None:
+def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool,
+            after: int | None, no_files: bool) -> None:
     """Import pcap/pcapng captures (Linux usbmon, Windows USBPcap): one session per file."""
     from usbtrace.importing import import_capture
     from usbtrace.store.database import Database
@@ -121,7 +132,8 @@ def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool) -> None:
             show = not quiet and size >= 4 << 20 and sys.stderr.isatty()
             with click.progressbar(length=size, label=f"importing {path.name}", file=sys.stderr,
                                    hidden=not show) as bar:
-                result = import_capture(database, path, progress=bar.update, force=force)
+                result = import_capture(database, path, progress=bar.update, force=force,
+                                        after=after, attribute_files=not no_files)
         except UsbtraceError as e:
             click.echo(f"usbtrace: error: {e}", err=True)
             failed += 1
@@ -177,6 +189,38 @@ def export(session: int, output: Path, linktype: str | None, db: str) -> None:
     with open(output, "wb") as stream:
         count = write(records, stream, kind, origin)
     click.echo(f"{output}: {count} {kind} records from {len(records)} URBs of session {session}")
+
+
+# ---- files ----------------------------------------------------------------------------
+
+
+@main.command(name="files")
+@click.argument("session", type=int)
+@db_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@friendly
+def files_(session: int, db: str, fmt: str) -> None:
+    """Per-file activity of a session: bytes read and written, and file events."""
+    from usbtrace.store.database import Database
+
+    database = Database(db, create=False, readonly=True)
+    if not database.session_exists(session):
+        raise UsbtraceError(f"no session {session} in {db} (see 'usbtrace sessions')")
+    columns, rows = database.query(
+        "SELECT path, "
+        "sum(CASE WHEN kind='data' AND operation='read' THEN length ELSE 0 END) AS bytes_read, "
+        "sum(CASE WHEN kind='data' AND operation='write' THEN length ELSE 0 END) "
+        "AS bytes_written, "
+        "group_concat(CASE WHEN kind='event' THEN operation END, ', ') AS events "
+        f"FROM file_activity WHERE session_id = {int(session)} AND path IS NOT NULL "
+        "AND kind IN ('data', 'event') GROUP BY path ORDER BY path")
+    _, other = database.query(
+        "SELECT kind, operation, sum(length) FROM file_activity "
+        f"WHERE session_id = {int(session)} AND kind NOT IN ('data', 'event', 'directory') "
+        "GROUP BY kind, operation ORDER BY kind, operation")
+    click.echo(render(columns, rows, fmt), nl=False)
+    if fmt == "table" and other:
+        click.echo("not file data: " + ", ".join(f"{kind} {op} {n} B" for kind, op, n in other))
 
 
 # ---- sessions and query -------------------------------------------------------------------

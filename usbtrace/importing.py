@@ -44,9 +44,14 @@ def sha256_of(path: Path) -> str:
 
 def import_capture(database: Database, path: Path,
                    progress: Callable[[int], None] | None = None,
-                   force: bool = False) -> ImportResult:
+                   force: bool = False, after: int | None = None,
+                   attribute_files: bool = True) -> ImportResult:
+    """Import one capture; ``after`` names an earlier session of the same medium whose
+    file-system metadata the new one continues (a capture that starts mid-session)."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if after is not None and not database.session_exists(after):
+        raise InputError(f"--after {after}: no such session")
     if path.is_dir():
         raise InputError(f"{path}: is a directory")
     t0 = time.perf_counter()
@@ -67,7 +72,10 @@ def import_capture(database: Database, path: Path,
         # a large file is stored by a second process while this one decodes
         background = path.stat().st_size >= BACKGROUND_FROM and database.is_sqlite \
             and "fork" in multiprocessing.get_all_start_methods()
-        writer = SessionWriter(database, session_id, background=background)
+        writer = SessionWriter(database, session_id, background=background,
+                               attribute_files=attribute_files)
+        if after is not None and writer.attributor is not None:
+            writer.attributor.warm(database.stored_commands(after))
         if first is not None:
             writer.feed(first)
             for event in stream_events:

@@ -27,6 +27,8 @@ class RecordOptions:
     workload: str = "raw"
     speed: str = "super"
     positions: tuple[str, ...] = ("lower", "upper")
+    fs: str = "fat16"  # for the files workload
+    copy: tuple[str, ...] = ()
     lossy: bool = False
     queue: int = 64 << 20  # bytes of payload the tracer may queue
 
@@ -69,7 +71,10 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
     machine = Machine(backend, sink=recorder, positions=options.positions)
     try:
         machine.start()
-        result = workload(machine)
+        if options.workload == "files":
+            result = workload(machine, fat=options.fs, copy=options.copy)
+        else:
+            result = workload(machine)
     finally:
         machine.stop()
         bus_seconds = machine.scheduler.now()

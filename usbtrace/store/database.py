@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,36 @@ class Database:
             rows = [tuple(r) for r in result]
             conn.rollback()
             return columns, rows
+
+    def session_exists(self, session_id: int) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(SessionRow.id).where(SessionRow.id == session_id)
+                                ).first() is not None
+
+    def stored_commands(self, session_id: int) -> Iterator[tuple[int, int, int | None,
+                                                                 int | None, bytes, str]]:
+        """A session's SCSI commands with their data phase, in order, as the
+        attributor takes them: (seq, opcode, lba, blocks, data, status)."""
+        sql = text(
+            "SELECT c.seq, c.opcode, c.lba, c.blocks, c.status, u.data FROM scsi_commands c "
+            "LEFT JOIN urbs u ON u.session_id = c.session_id AND u.seq > c.cbw_seq "
+            "AND u.seq < coalesce(c.csw_seq, c.cbw_seq + 1000000) AND u.bus IS c.bus "
+            "AND u.device IS c.device AND u.transfer_type = 'bulk' AND u.data IS NOT NULL "
+            "AND u.direction = (CASE c.data_direction WHEN 'in' THEN 'in' ELSE 'out' END) "
+            "WHERE c.session_id = :sid AND c.name IN ('read_6', 'read_10', 'read_12', "
+            "'read_16', 'write_6', 'write_10', 'write_12', 'write_16') ORDER BY c.seq, u.seq")
+        with self.engine.connect() as conn:
+            current: list[Any] | None = None
+            for seq, opcode, lba, blocks, status, data in conn.execute(sql, {"sid": session_id}):
+                if current is not None and current[0] != seq:
+                    yield tuple(current)  # type: ignore[misc]
+                    current = None
+                if current is None:
+                    current = [seq, opcode, lba, blocks, b"", status]
+                if data:
+                    current[4] += bytes(data)
+            if current is not None:
+                yield tuple(current)  # type: ignore[misc]
 
     def close(self) -> None:
         self.engine.dispose()

@@ -154,4 +154,23 @@ class DeviceRow(Base):
     mass_storage_interfaces: Mapped[str | None] = mapped_column(Text)  # e.g. "0" or "1,2"
 
 
-PUBLIC_TABLES = ("sessions", "irps", "urbs", "scsi_commands", "devices")
+class FileActivityRow(Base):
+    """Which file each block of a READ or WRITE belongs to, and file events."""
+
+    __tablename__ = "file_activity"
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scsi_seq: Mapped[int] = mapped_column(Integer)  # scsi_commands.seq
+    path: Mapped[str | None] = mapped_column(Text)
+    operation: Mapped[str] = mapped_column(String(12))  # read, write, created, deleted, ...
+    kind: Mapped[str] = mapped_column(String(20))  # data, directory, fat, boot_sector, ...
+    file_offset: Mapped[int | None] = mapped_column(Integer)
+    length: Mapped[int | None] = mapped_column(Integer)
+    lba: Mapped[int | None] = mapped_column(Integer)
+    command_offset: Mapped[int | None] = mapped_column(Integer)  # into the command's data
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_file_activity_path", "session_id", "path"),)
+
+
+PUBLIC_TABLES = ("sessions", "irps", "urbs", "scsi_commands", "devices", "file_activity")

@@ -26,10 +26,18 @@ from usbtrace.decode.bot import BotDecoder, ScsiCommand
 from usbtrace.decode.identity import IdentityTracker
 from usbtrace.decode.pairing import Exchange, Pairer
 from usbtrace.errors import DatabaseError
+from usbtrace.fs.shadow import Activity, Attributor
 from usbtrace.records import TRANSFER_TYPE_NAMES, Event
 from usbtrace.storage.ioctl import IOCTL_NAMES
 from usbtrace.store.database import Database
-from usbtrace.store.schema import DeviceRow, IrpRow, ScsiCommandRow, SessionRow, UrbRow
+from usbtrace.store.schema import (
+    DeviceRow,
+    FileActivityRow,
+    IrpRow,
+    ScsiCommandRow,
+    SessionRow,
+    UrbRow,
+)
 from usbtrace.usb.urb import URB_FUNCTION_NAMES, usbd_status_name
 from usbtrace.wdm.irp import MAJOR_NAMES, minor_name
 from usbtrace.wdm.status import status_name
@@ -133,7 +141,7 @@ class BulkInsert:
 def bulk_inserts(database: Database) -> dict[str, BulkInsert]:
     style = database.engine.dialect.paramstyle
     return {row.__tablename__: BulkInsert(row.__table__, style)  # type: ignore[arg-type]
-            for row in (IrpRow, UrbRow, ScsiCommandRow)}
+            for row in (IrpRow, UrbRow, ScsiCommandRow, FileActivityRow)}
 
 
 def insert_batch(database: Database, bulk: dict[str, BulkInsert],
@@ -196,7 +204,7 @@ class SessionWriter:
 
     def __init__(self, database: Database, session_id: int, batch: int = BATCH,
                  command_hooks: list[Callable[[ScsiCommand], None]] | None = None,
-                 background: bool = False) -> None:
+                 background: bool = False, attribute_files: bool = True) -> None:
         self.database = database
         self.session_id = session_id
         self.batch = batch
@@ -210,6 +218,9 @@ class SessionWriter:
         self._irps: list[dict[str, Any]] = []
         self._urbs: list[dict[str, Any]] = []
         self._cmds: list[dict[str, Any]] = []
+        self.attributor = Attributor() if attribute_files else None
+        self._files: list[tuple[Any, ...]] = []
+        self._activity_id = 0
         self._bulk = bulk_inserts(database)
         self._inserter = ProcessInserter(database) if background else None
 
@@ -236,16 +247,30 @@ class SessionWriter:
     def _command(self, cmd: ScsiCommand) -> None:
         self.commands += 1
         self._cmds.append(command_row(self.session_id, cmd))
+        if self.attributor is not None:
+            info = cmd.info
+            self._activity(self.attributor.feed(cmd.seq, info.opcode, info.lba, info.blocks,
+                                                cmd.data, cmd.status))
         for hook in self.command_hooks:
             hook(cmd)
 
+    def _activity(self, rows: list[Activity]) -> None:
+        sid = self.session_id
+        for row in rows:
+            self._activity_id += 1
+            self._files.append((sid, self._activity_id, row.scsi_seq, row.path, row.operation,
+                                row.kind, row.file_offset, row.length, row.lba,
+                                row.command_offset, row.detail))
+
     def flush(self) -> None:
-        if not (self._irps or self._urbs or self._cmds):
+        if not (self._irps or self._urbs or self._cmds or self._files):
             return
-        batch = [(name, self._bulk[name].params(rows) if name != "urbs" else rows)
+        batch = [(name, self._bulk[name].params(rows) if name in ("irps", "scsi_commands")
+                  else rows)
                  for name, rows in (("irps", self._irps), ("urbs", self._urbs),
-                                    ("scsi_commands", self._cmds)) if rows]
-        self._irps, self._urbs, self._cmds = [], [], []
+                                    ("scsi_commands", self._cmds), ("file_activity", self._files))
+                 if rows]
+        self._irps, self._urbs, self._cmds, self._files = [], [], [], []
         if self._inserter is not None:
             self._inserter.put(batch)
         else:
@@ -258,6 +283,8 @@ class SessionWriter:
             self._exchange(x)
         for cmd in self.bot.flush():
             self._command(cmd)
+        if self.attributor is not None:
+            self._activity(self.attributor.flush())
         self.flush()
         if self._inserter is not None:
             self._inserter.close()

@@ -1,6 +1,6 @@
-"""Workloads run from the top of the stack, through Win32 calls on the disk.
+"""The ``raw`` workload: blocks written and read back through the disk device.
 
-``raw`` writes known data at several offsets and sizes (one crossing the
+It writes known data at several offsets and sizes (one crossing the
 adapter's 64 KiB transfer limit, so it splits into several SRBs), reads it
 back synchronously and overlapped, asks the drive's geometry, its storage
 descriptor and an INQUIRY through SCSI pass-through, and checks every byte.
@@ -9,25 +9,11 @@ descriptor and an INQUIRY through SCSI pass-through, and checks every byte.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from usbtrace.errors import UsbtraceError
 from usbtrace.machine import DISK_PATH, Machine
 from usbtrace.storage import ioctl as io
 from usbtrace.wdm.win32 import NtStatusError
-
-
-@dataclass
-class WorkloadResult:
-    bytes_written: int = 0
-    bytes_read: int = 0
-    mismatches: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.mismatches
+from usbtrace.workloads.result import WorkloadResult
 
 
 def raw(machine: Machine, seed: int = 2026) -> WorkloadResult:
@@ -80,14 +66,3 @@ def raw(machine: Machine, seed: int = 2026) -> WorkloadResult:
         result.notes.append(f"misaligned read refused: {e}")
     w.CloseHandle(handle)
     return result
-
-
-WORKLOADS: dict[str, Callable[[Machine], WorkloadResult]] = {"raw": raw}
-
-
-def get(name: str) -> Callable[[Machine], WorkloadResult]:
-    try:
-        return WORKLOADS[name]
-    except KeyError:
-        raise UsbtraceError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}") \
-            from None
