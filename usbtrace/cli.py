@@ -191,6 +191,45 @@ def export(session: int, output: Path, linktype: str | None, db: str) -> None:
     click.echo(f"{output}: {count} {kind} records from {len(records)} URBs of session {session}")
 
 
+# ---- replay -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("source")
+@click.option("--mode", type=click.Choice(["device", "host"]), default="device",
+              show_default=True, help="device: the stack against the recorded device; "
+              "host: the recorded host against a target device.")
+@click.option("--against", metavar="IMAGE", help="Host mode: the disk image the target starts "
+              "from (a copy is used; default: blank, of the recorded capacity).")
+@click.option("--speed", type=float, default=None, help="Host mode: keep the recorded timing, "
+              "scaled (2 = twice as fast); default: as fast as possible.")
+@click.option("--max-gap", type=float, default=None, metavar="SECONDS",
+              help="With --speed: wait at most this long between commands.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the full report as JSON here ('-' for standard output).")
+@db_option
+def replay(source: str, mode: str, against: str | None, speed: float | None,
+           max_gap: float | None, json_path: Path | None, db: str) -> None:
+    """Replay a capture file or a session (N or session:N); exit 0 if identical,
+    1 on divergence, 2 on error."""
+    from usbtrace.replay.run import replay as run
+
+    try:
+        if speed is not None and speed <= 0:
+            raise UsbtraceError("--speed must be above 0")
+        report = run(source, mode, against, speed, max_gap, db)
+    except UsbtraceError as e:
+        click.echo(f"usbtrace: error: {e}", err=True)
+        sys.exit(2)
+    click.echo(report.text())
+    if json_path is not None:
+        if str(json_path) == "-":
+            click.echo(report.to_json())
+        else:
+            json_path.write_text(report.to_json() + "\n")
+    sys.exit(0 if report.identical else 1)
+
+
 # ---- files ----------------------------------------------------------------------------
 
 

@@ -1,0 +1,303 @@
+"""A device backend that plays the device's side of a recording.
+
+The replayer tells it which recorded command it is issuing (``expect``).  When
+the stack's CBW for that command arrives, the device checks it against the
+recorded CBW (CDB, direction, length, LUN), takes the OUT data and checks it,
+and answers with the recorded IN data and CSW (with the stack's tag: tags
+are the host's to choose).  Commands the stack sends of its own accord —
+start-up INQUIRY and READ CAPACITY, automatic REQUEST SENSE, retries — are
+answered from the recording too: the same CDB if it was recorded, else the
+same opcode, else TEST UNIT READY passes and anything else fails with
+ILLEGAL REQUEST.  Anything out of order (an OUT transfer where a CSW was due,
+a missing data phase) is a divergence.
+
+Control requests are answered from recorded control exchanges; descriptors a
+recording lacks (no enumeration captured) are made up from what it shows (the
+bulk endpoints it used, VID:PID if known) and the report says so.
+"""
+
+from __future__ import annotations
+
+from usbtrace.devices.base import DeviceBackend, TransferResult
+from usbtrace.replay.recording import Recording
+from usbtrace.replay.report import Divergence, Report, describe, first_difference
+from usbtrace.storage import bot, scsi
+from usbtrace.usb import descriptors as d
+from usbtrace.usb import setup as std
+from usbtrace.usb.speed import SPEEDS
+from usbtrace.usb.urb import (
+    USBD_STATUS_STALL_PID,
+    USBD_STATUS_SUCCESS,
+    USBD_STATUS_TIMEOUT,
+)
+
+STATUS_CODES = {"good": 0, "check_condition": 1, "phase_error": 2, "missing": 2}
+
+
+def _single_interface(config: bytes, entry: dict) -> bytes:  # type: ignore[type-arg]
+    """A configuration descriptor holding one interface (and its endpoints) of ``config``."""
+    i = entry["interface"]
+    pos, keep, out = 9, False, b""
+    while pos + 2 <= len(config):
+        length, kind = config[pos], config[pos + 1]
+        if length < 2:
+            break
+        if kind == d.INTERFACE:
+            keep = config[pos + 2] == i.bInterfaceNumber and config[pos + 3] == \
+                i.bAlternateSetting
+        if keep:
+            out += config[pos : pos + length]
+        pos += length
+    body = out
+    header = bytearray(config[:9])
+    header[2:4] = (9 + len(body)).to_bytes(2, "little")
+    header[4] = 1
+    return bytes(header) + body
+
+
+class ReplayedDevice(DeviceBackend):
+    def __init__(self, recording: Recording, report: Report, speed: str = "high") -> None:
+        self.recording = recording
+        self.report = report
+        self.speed = SPEEDS[speed]
+        self.connected = True
+        self.expected: int | None = None
+        self.served: set[int] = set()
+        self.truncated: list[int] = []  # replayed commands whose data the capture cut
+        self.in_ep = recording.endpoints.get("in", 0x81)
+        self.out_ep = recording.endpoints.get("out", 0x02)
+        self.state = "command"
+        self._tag = 0
+        self._in = b""
+        self._csw = b""
+        self._out_expected = 0
+        self._out = bytearray()
+        self._compare_out: tuple[int, bytes, bool] | None = None
+        self._stall_in_after_data = False
+        self.halted: set[int] = set()
+        self._by_cdb: dict[bytes, list[int]] = {}
+        for i, cmd in enumerate(recording.commands):
+            self._by_cdb.setdefault(bytes(cmd.cdb), []).append(i)
+        self._descriptors = self._collect_descriptors()
+
+    # ---- descriptors -------------------------------------------------------------------
+
+    def _collect_descriptors(self) -> dict[tuple[int, int, int], bytes]:
+        found: dict[tuple[int, int, int], bytes] = {}
+        for control in self.recording.controls:
+            setup = control.setup
+            if setup[0] == 0x80 and setup[1] == std.GET_DESCRIPTOR and control.data_in:
+                key = (setup[3], setup[2], int.from_bytes(setup[4:6], "little"))
+                if len(control.data_in) > len(found.get(key, b"")):
+                    found[key] = control.data_in
+        config = found.get((d.CONFIGURATION, 0, 0))
+        if config is not None and len(config) >= int.from_bytes(config[2:4], "little"):
+            tree = d.configuration_tree(config)
+            storage = [e for e in tree["interfaces"] if e["interface"].bInterfaceClass == 8]
+            if storage and len(tree["interfaces"]) > 1:
+                # a composite device: Windows puts usbccgp above it and gives each
+                # function its own PDO; the model presents the mass-storage one alone
+                self.report.notes.append("composite device: only its mass-storage interface "
+                                         "is presented to the stack")
+                found[(d.CONFIGURATION, 0, 0)] = _single_interface(config, storage[0])
+                config = found[(d.CONFIGURATION, 0, 0)]
+        if (d.DEVICE, 0, 0) not in found or config is None or \
+                len(config) < int.from_bytes(config[2:4], "little"):
+            self.report.notes.append("the recording has no full enumeration: descriptors "
+                                     "were made up from the bulk endpoints it used")
+            ident = next(iter(self.recording.identity.devices.values()), None)
+            vid = ident.vid if ident and ident.vid is not None else 0x1209
+            pid = ident.pid if ident and ident.pid is not None else 0x0001
+            found[(d.DEVICE, 0, 0)] = d.DeviceDescriptor.build(dict(
+                bcdUSB=0x0200, bDeviceClass=0, bDeviceSubClass=0, bDeviceProtocol=0,
+                bMaxPacketSize0=64, idVendor=vid, idProduct=pid, bcdDevice=0x0100,
+                iManufacturer=0, iProduct=0, iSerialNumber=0, bNumConfigurations=1))
+            body = d.InterfaceDescriptor.build(dict(
+                bInterfaceNumber=0, bAlternateSetting=0, bNumEndpoints=2, bInterfaceClass=8,
+                bInterfaceSubClass=6, bInterfaceProtocol=0x50, iInterface=0))
+            for ep in (self.in_ep, self.out_ep):
+                body += d.EndpointDescriptor.build(dict(bEndpointAddress=ep, bmAttributes=2,
+                                                        wMaxPacketSize=512, bInterval=0))
+            found[(d.CONFIGURATION, 0, 0)] = d.ConfigurationDescriptor.build(dict(
+                bDescriptorType=2, wTotalLength=9 + len(body), bNumInterfaces=1,
+                bConfigurationValue=1, iConfiguration=0, bmAttributes=0x80, bMaxPower=50)) + body
+        return found
+
+    def control(self, setup: bytes, buffer: bytearray | memoryview) -> TransferResult:
+        bm, req, value, index, length = std.SETUP.unpack(setup)
+        reply: bytes | None = b""
+        if bm == 0x80 and req == std.GET_DESCRIPTOR:
+            kind, idx = value >> 8, value & 0xFF
+            reply = self._descriptors.get((kind, idx, index))
+            if reply is None and kind == d.STRING:
+                reply = self._descriptors.get((kind, idx, 0x0409)) or \
+                    next((v for (k, i, _), v in self._descriptors.items()
+                          if k == kind and i == idx), None)
+        elif bm == 0xA1 and req == std.GET_MAX_LUN:
+            recorded = [c for c in self.recording.controls if c.setup[:2] == b"\xa1\xfe"]
+            reply = recorded[0].data_in if recorded and recorded[0].data_in else None
+        elif bm == 0x21 and req == std.BULK_ONLY_MASS_STORAGE_RESET:
+            self.state = "command"
+        elif bm == 0x02 and req == std.CLEAR_FEATURE:
+            self.halted.discard(index & 0xFF)
+        if reply is None:
+            return TransferResult(USBD_STATUS_STALL_PID, 0, self.speed.latency_ns)
+        n = min(len(reply), length, len(buffer)) if bm & 0x80 else length
+        if bm & 0x80:
+            buffer[:n] = reply[:n]
+        return TransferResult(USBD_STATUS_SUCCESS, n, self.speed.transfer_ns(n))
+
+    def clear_halt(self, endpoint: int) -> TransferResult:
+        self.halted.discard(endpoint)
+        return TransferResult(USBD_STATUS_SUCCESS, 0, self.speed.latency_ns)
+
+    # ---- Bulk-Only ---------------------------------------------------------------------
+
+    def expect(self, index: int | None) -> None:
+        self.expected = index
+
+    def _diverge(self, field: str, expected: object, actual: object, note: str = "",
+                 offset: int | None = None) -> None:
+        index = self.expected if self.expected is not None else -1
+        cmd = self.recording.commands[index] if index >= 0 else None
+        self.report.add(Divergence(index + 1, describe(cmd) if cmd else "(stack's own)",
+                                   field, expected, actual, note, offset))
+
+    def bulk_out(self, endpoint: int, data: bytearray | memoryview) -> TransferResult:
+        self.report.urbs += 1
+        ok = TransferResult(USBD_STATUS_SUCCESS, len(data), self.speed.transfer_ns(len(data)))
+        if endpoint in self.halted:
+            return TransferResult(USBD_STATUS_STALL_PID, 0, self.speed.latency_ns)
+        if self.state == "data_out":
+            self._out += data
+            if len(self._out) >= self._out_expected:
+                self._finish_out()
+            return ok
+        if self.state != "command":
+            self._diverge("sequence", f"the {self.state.replace('_', ' ')} phase",
+                          "an OUT transfer", "the stack skipped a Bulk-Only phase")
+            self.state = "command"
+        cbw = bot.parse_cbw(data)
+        if cbw is None:
+            self._diverge("cbw", "a valid CBW", bytes(data))
+            self.halted.update((self.in_ep, self.out_ep))
+            return ok
+        self._command(cbw)
+        return ok
+
+    def _pick(self, cbw: bot.Cbw) -> tuple[int | None, bool]:
+        """The recorded command that answers ``cbw``, and whether it is the replayed one."""
+        index = self.expected
+        if index is not None and index not in self.served:
+            recorded = self.recording.commands[index]
+            if bytes(recorded.cdb) == cbw.cdb:
+                return index, True
+        candidates = self._by_cdb.get(cbw.cdb)
+        if candidates:
+            return candidates[0], False
+        for i, cmd in enumerate(self.recording.commands):
+            if cmd.info.opcode == cbw.cdb[0] and cmd.status == "good":
+                return i, False
+        return None, False
+
+    def _made_up(self, cdb: bytes) -> bytes | None:
+        """INQUIRY and READ CAPACITY for a stack that needs them to start, when the
+        recording never asked; the report says so."""
+        if cdb[0] == scsi.INQUIRY and not cdb[1] & 1:
+            self._note("INQUIRY")
+            return bytes([0, 0x80, 4, 2, 31, 0, 0, 0]) + b"REPLAY  " + b"recorded device " + \
+                b"1.00"
+        if cdb[0] == scsi.READ_CAPACITY_10:
+            highest = max(((c.info.lba or 0) + (c.info.blocks or 0) for c in
+                           self.recording.commands if c.info.lba is not None), default=2048)
+            self._note("READ CAPACITY (from the highest block the recording touched)")
+            return max(highest, 2048).to_bytes(4, "big") + (512).to_bytes(4, "big")
+        return None
+
+    def _note(self, what: str) -> None:
+        note = f"the recording has no {what}: the stack's was answered with made-up data"
+        if note not in self.report.notes:
+            self.report.notes.append(note)
+
+    def _command(self, cbw: bot.Cbw) -> None:
+        self._tag = cbw.tag
+        index, replayed = self._pick(cbw)
+        host_in = cbw.data_in and cbw.data_transfer_length > 0
+        if index is None:
+            made_up = self._made_up(cbw.cdb)
+            if made_up is not None:
+                data = made_up[: cbw.data_transfer_length]
+                self._respond(cbw, data, cbw.data_transfer_length - len(data), 0, host_in)
+                return
+            # nothing recorded answers this: TEST UNIT READY passes, the rest fail
+            ok = cbw.cdb[:1] == bytes([scsi.TEST_UNIT_READY])
+            self._respond(cbw, b"", cbw.data_transfer_length, 0 if ok else 1, host_in)
+            return
+        cmd = self.recording.commands[index]
+        if replayed:
+            self.served.add(index)
+            expected = (cmd.data_direction, cmd.expected_length, cmd.lun)
+            actual = ("none" if not cbw.data_transfer_length else
+                      ("in" if cbw.data_in else "out"), cbw.data_transfer_length, cbw.lun)
+            if expected != actual:
+                self._diverge("cbw (direction, length, lun)", expected, actual)
+        status = STATUS_CODES.get(cmd.status, 2)
+        residue = cmd.residue if cmd.residue is not None else 0
+        if cmd.data_truncated and replayed:
+            self.truncated.append(index + 1)
+        if host_in or cbw.data_transfer_length == 0:
+            data = cmd.data if cmd.data_direction == "in" else b""
+            if len(data) < cmd.data_length and cmd.data_direction == "in":
+                data = data + bytes(cmd.data_length - len(data))
+            self._stall_in_after_data = cmd.data_stalled
+            self._respond(cbw, data[: cbw.data_transfer_length], residue, status, host_in)
+            return
+        # the stack sends data: take it, then check it against the recorded data
+        self.state = "data_out"
+        self._out = bytearray()
+        self._out_expected = cbw.data_transfer_length
+        self._compare_out = (index, cmd.data, replayed) if cmd.data_direction == "out" else None
+        self._csw = bot.build_csw(cbw.tag, residue, status)
+
+    def _respond(self, cbw: bot.Cbw, data: bytes, residue: int, status: int,
+                 host_in: bool) -> None:
+        self._csw = bot.build_csw(cbw.tag, residue, status)
+        if host_in:
+            self._in = data
+            self.state = "data_in"
+        else:
+            self.state = "status"
+
+    def _finish_out(self) -> None:
+        if self._compare_out is not None:
+            index, recorded, replayed = self._compare_out
+            got = bytes(self._out[: len(recorded)])
+            if replayed:
+                self.report.compared_bytes += len(recorded)
+                if got != recorded:
+                    self._diverge("data_out", recorded, got,
+                                  offset=first_difference(recorded, got))
+        self.state = "status"
+
+    def bulk_in(self, endpoint: int, buffer: bytearray | memoryview) -> TransferResult:
+        self.report.urbs += 1
+        if endpoint in self.halted:
+            return TransferResult(USBD_STATUS_STALL_PID, 0, self.speed.latency_ns)
+        if self.state == "data_in":
+            n = min(len(buffer), len(self._in))
+            buffer[:n] = self._in[:n]
+            self._in = self._in[n:]
+            if not self._in:
+                self.state = "status"
+                if self._stall_in_after_data and n < len(buffer):
+                    self.halted.add(endpoint)
+                    return TransferResult(USBD_STATUS_STALL_PID, n, self.speed.transfer_ns(n))
+            return TransferResult(USBD_STATUS_SUCCESS, n, self.speed.transfer_ns(n))
+        if self.state == "status":
+            n = min(len(buffer), len(self._csw))
+            buffer[:n] = self._csw[:n]
+            self.state = "command"
+            return TransferResult(USBD_STATUS_SUCCESS, n, self.speed.transfer_ns(n))
+        self._diverge("sequence", "a CBW first", "an IN transfer",
+                      "the stack read with no command outstanding")
+        return TransferResult(USBD_STATUS_TIMEOUT, 0, self.speed.latency_ns)

@@ -1,0 +1,123 @@
+"""Host replay: the recorded host's side, sent to a target device, answers compared.
+
+Each recorded command goes to the target as the host sent it — its CBW (tag
+included), its OUT data — and the target's IN data, CSW status and residue are
+compared with the recording.  This is Bulk-Only on the target's own bulk
+endpoints, below any driver stack, like usbrply's generated scripts but
+checking every answer.  A target is any device backend: the simulated stick
+over an image, or (once connected) hardware through pyusb.
+"""
+
+from __future__ import annotations
+
+import time
+
+from usbtrace.devices.base import DeviceBackend
+from usbtrace.replay.recording import Recording
+from usbtrace.replay.report import Divergence, Report, describe, first_difference
+from usbtrace.storage import bot
+from usbtrace.usb import descriptors as d
+from usbtrace.usb import setup as std
+from usbtrace.usb.urb import USBD_STATUS_STALL_PID, USBD_STATUS_SUCCESS
+
+STATUS_CODES = {"good": 0, "check_condition": 1, "phase_error": 2}
+
+
+def _endpoints(target: DeviceBackend) -> tuple[int, int, int]:
+    """Configure the target; its Bulk-Only interface number and bulk IN/OUT endpoints."""
+    head = bytearray(9)
+    target.control(std.build_setup(0x80, std.GET_DESCRIPTOR, d.CONFIGURATION << 8, 0, 9), head)
+    total = int.from_bytes(head[2:4], "little")
+    blob = bytearray(total)
+    target.control(std.build_setup(0x80, std.GET_DESCRIPTOR, d.CONFIGURATION << 8, 0, total),
+                   blob)
+    tree = d.configuration_tree(bytes(blob))
+    value = tree["configuration"].bConfigurationValue
+    target.control(std.build_setup(0x00, std.SET_CONFIGURATION, value, 0, 0), bytearray())
+    for entry in tree["interfaces"]:
+        i = entry["interface"]
+        if (i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol) == (8, 6, 0x50):
+            eps = {e.bEndpointAddress & 0x80: e.bEndpointAddress for e in entry["endpoints"]
+                   if e.bmAttributes & 3 == 2}
+            return i.bInterfaceNumber, eps[0x80], eps[0]
+    raise ValueError("the target has no Bulk-Only mass-storage interface")
+
+
+def replay_host(recording: Recording, target: DeviceBackend, report: Report,
+                speed: float | None = None, max_gap: float | None = None) -> None:
+    interface, in_ep, out_ep = _endpoints(target)
+    previous: float | None = None
+    for index, cmd in enumerate(recording.commands, 1):
+        if speed:
+            at = recording.times[index - 1]
+            if previous is not None and at > previous:
+                gap = (at - previous) / speed
+                time.sleep(min(gap, max_gap) if max_gap is not None else gap)
+            previous = at
+        def diverge(field: str, expected: object, actual: object, note: str = "",
+                    offset: int | None = None, index: int = index, cmd: object = cmd) -> None:
+            report.add(Divergence(index, describe(cmd), field, expected, actual, note, offset))
+
+        if cmd.data_direction == "out" and cmd.data_truncated:
+            diverge("recording", "the OUT data", f"{len(cmd.data)} of {cmd.data_length} bytes",
+                    "the capture cut this command's data short: it cannot be sent again")
+            report.replayed += 1
+            continue
+        cbw = bot.build_cbw(cmd.tag, cmd.expected_length, cmd.data_direction == "in",
+                            cmd.lun, bytes(cmd.cdb))
+        result = target.bulk_out(out_ep, bytearray(cbw))
+        report.urbs += 1
+        if result.status != USBD_STATUS_SUCCESS:
+            diverge("cbw", "accepted", f"USBD status 0x{result.status:08x}")
+            _recover(target, interface, in_ep, out_ep)
+            report.replayed += 1
+            continue
+        if cmd.data_direction == "out" and cmd.expected_length:
+            payload = cmd.data[: cmd.expected_length]
+            result = target.bulk_out(out_ep, bytearray(payload))
+            report.urbs += 1
+            if result.status == USBD_STATUS_STALL_PID:
+                target.clear_halt(out_ep)
+        elif cmd.data_direction == "in" and cmd.expected_length:
+            buffer = bytearray(cmd.expected_length)
+            result = target.bulk_in(in_ep, buffer)
+            report.urbs += 1
+            if result.status == USBD_STATUS_STALL_PID:
+                target.clear_halt(in_ep)
+            got = bytes(buffer[: result.actual])
+            recorded = cmd.data
+            if cmd.data_truncated:
+                got = got[: len(recorded)]
+            report.compared_bytes += len(recorded)
+            if got != recorded:
+                diverge("data_in", recorded, got, offset=first_difference(recorded, got),
+                        note="compared the captured part only" if cmd.data_truncated else "")
+        csw_buffer = bytearray(bot.CSW_LENGTH)
+        result = target.bulk_in(in_ep, csw_buffer)
+        report.urbs += 1
+        if result.status == USBD_STATUS_STALL_PID:
+            target.clear_halt(in_ep)
+            result = target.bulk_in(in_ep, csw_buffer)
+            report.urbs += 1
+        csw = bot.parse_csw(csw_buffer) if result.actual == bot.CSW_LENGTH else None
+        report.replayed += 1
+        if cmd.status == "missing":
+            continue  # nothing recorded to compare with
+        if csw is None:
+            diverge("csw", "a CSW", bytes(csw_buffer[: result.actual]))
+            _recover(target, interface, in_ep, out_ep)
+            continue
+        if csw.tag != cmd.tag:
+            diverge("csw tag", cmd.tag, csw.tag)
+        if csw.status != STATUS_CODES.get(cmd.status, -1):
+            diverge("csw status", cmd.status, bot.CSW_STATUS_NAMES.get(csw.status, csw.status))
+        if cmd.residue is not None and csw.residue != cmd.residue:
+            diverge("residue", cmd.residue, csw.residue)
+
+
+def _recover(target: DeviceBackend, interface: int, in_ep: int, out_ep: int) -> None:
+    """Reset Recovery (BOT §5.3.4), so the next command starts clean."""
+    target.control(std.build_setup(0x21, std.BULK_ONLY_MASS_STORAGE_RESET, 0, interface, 0),
+                   bytearray())
+    target.clear_halt(in_ep)
+    target.clear_halt(out_ep)

@@ -1,0 +1,98 @@
+"""The divergence report: the first divergence in context, the totals, text or JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def _show(value: Any, limit: int = 48) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        b = bytes(value)
+        return b[:limit].hex(" ") + (f" ... ({len(b)} bytes)" if len(b) > limit else "")
+    return str(value)
+
+
+@dataclass
+class Divergence:
+    index: int  # the recorded command's position, from 1
+    command: str  # e.g. "read_10 lba 2048 blocks 128 (tag 7)"
+    field: str  # what differs: data_in, csw_status, residue, cbw, ...
+    expected: Any
+    actual: Any
+    note: str = ""
+    offset: int | None = None  # first differing byte, for data
+
+    def text(self) -> str:
+        where = f" at byte {self.offset}" if self.offset is not None else ""
+        lines = [f"command {self.index}: {self.command}",
+                 f"  {self.field} differs{where}",
+                 f"  expected: {_show(self.expected)}",
+                 f"  actual:   {_show(self.actual)}"]
+        if self.note:
+            lines.append(f"  note: {self.note}")
+        return "\n".join(lines)
+
+
+@dataclass
+class Report:
+    source: str
+    mode: str
+    commands: int = 0  # recorded commands
+    replayed: int = 0
+    compared_bytes: int = 0
+    divergences: list[Divergence] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    urbs: int = 0
+    seconds: float = 0.0
+
+    @property
+    def identical(self) -> bool:
+        return not self.divergences and self.replayed == self.commands
+
+    def add(self, divergence: Divergence) -> None:
+        self.divergences.append(divergence)
+
+    def text(self) -> str:
+        if not self.identical:
+            verdict = f"{len(self.divergences)} divergence(s)"
+        elif self.notes:
+            verdict = f"identical, with {len(self.notes)} caveat(s) below"
+        else:
+            verdict = "identical"
+        lines = [f"replay of {self.source} ({self.mode} mode): {verdict}",
+                 f"  commands replayed {self.replayed} of {self.commands}, "
+                 f"{self.compared_bytes} data bytes compared, {self.urbs} URBs"]
+        lines += [f"  note: {n}" for n in self.notes]
+        if self.divergences:
+            lines.append("first divergence:")
+            lines += ["  " + line for line in self.divergences[0].text().splitlines()]
+            if len(self.divergences) > 1:
+                lines.append(f"and {len(self.divergences) - 1} more (--json for all)")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        body = {
+            "source": self.source, "mode": self.mode, "identical": self.identical,
+            "commands": self.commands, "replayed": self.replayed,
+            "compared_bytes": self.compared_bytes, "urbs": self.urbs, "notes": self.notes,
+            "divergences": [{k: (_show(v, 4096) if isinstance(v, (bytes, bytearray)) else v)
+                             for k, v in asdict(d).items()} for d in self.divergences],
+        }
+        return json.dumps(body, indent=1)
+
+
+def describe(cmd: Any) -> str:
+    info = cmd.info
+    text = info.name
+    if info.lba is not None:
+        text += f" lba {info.lba} blocks {info.blocks}"
+    return f"{text} (tag {cmd.tag}, cdb {bytes(cmd.cdb).hex()})"
+
+
+def first_difference(a: bytes, b: bytes) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
