@@ -63,9 +63,16 @@ db_option = click.option("--db", default=DEFAULT_DB, show_default=True,
 @click.option("--image", type=click.Path(dir_okay=False), help="Disk image file (created at "
               "--size if missing); default: a stick in memory.")
 @click.option("--size", default="64M", show_default=True, help="Stick size: 64M, 1G, ...")
-@click.option("--workload", type=click.Choice(["raw", "files"]), default="raw",
-              show_default=True, help="raw: blocks through the disk device; files: a FAT "
-              "file system on the stick, files copied, read, renamed, deleted.")
+@click.option("--workload", type=click.Choice(["raw", "files", "read"]), default=None,
+              help="raw: blocks written and read back [default]; files: a FAT file system "
+              "on the stick, files copied, read, renamed, deleted; read: capacity and the "
+              "first sectors, read-only [default with --device].")
+@click.option("--device", metavar="usb:VID:PID[:SERIAL]",
+              help="Real hardware through pyusb instead of the simulated stick.")
+@click.option("--allow-write", is_flag=True, help="Let a workload write to real hardware.")
+@click.option("--usb-backend", type=click.Choice(["libusb", "simulated"]), default="libusb",
+              show_default=True, help="With --device: libusb (real devices), or simulated "
+              "(a simulated stick behind pyusb, for trying the hardware path).")
 @click.option("--speed", type=click.Choice(["full", "high", "super"]), default="super",
               show_default=True, help="Bus speed of the simulated stick.")
 @click.option("--fs", "fs", type=click.Choice(["fat12", "fat16", "fat32", "exfat"]),
@@ -77,32 +84,66 @@ db_option = click.option("--db", default=DEFAULT_DB, show_default=True,
 @click.option("--lossy", is_flag=True, help="Drop (and count) records rather than wait when "
               "the writer falls behind.")
 @friendly
-def record(db: str, image: str | None, size: str, workload: str, speed: str, fs: str,
-           copy: tuple[str, ...], no_lower: bool, no_upper: bool, lossy: bool) -> None:
+def record(db: str, image: str | None, size: str, workload: str | None, device: str | None,
+           allow_write: bool, usb_backend: str, speed: str, fs: str, copy: tuple[str, ...],
+           no_lower: bool, no_upper: bool, lossy: bool) -> None:
     """Run a workload on the simulated stick with the tracer in the stack."""
     from usbtrace.recording import RecordOptions
     from usbtrace.recording import record as run
 
     positions = tuple(p for p, off in (("lower", no_lower), ("upper", no_upper)) if not off)
+    workload = workload or ("read" if device else "raw")
     summary = run(RecordOptions(db=db, image=image, size=size, workload=workload, speed=speed,
-                                positions=positions, lossy=lossy, fs=fs, copy=copy))
+                                positions=positions, lossy=lossy, fs=fs, copy=copy,
+                                device=device, usb_backend=usb_backend,
+                                allow_write=allow_write))
     r = summary.workload
-    click.echo(f"session {summary.session_id}: workload '{workload}' on a simulated "
-               f"{size} stick ({speed} speed)")
+    target = f"device {device}" if device else f"a simulated {size} stick ({speed} speed)"
+    click.echo(f"session {summary.session_id}: workload '{workload}' on {target}")
     for note in r.notes:
         click.echo(f"  {note}")
     click.echo(f"  SCSI commands  {summary.commands}")
     click.echo(f"  records        {summary.records} ({summary.dropped} dropped)")
     click.echo(f"  written        {summary.bytes_written} bytes")
     click.echo(f"  read           {summary.bytes_read} bytes")
-    click.echo(f"  bus time       {summary.bus_seconds * 1000:.3f} ms (virtual clock)")
+    clock = "wall clock" if device else "virtual clock"
+    click.echo(f"  bus time       {summary.bus_seconds * 1000:.3f} ms ({clock})")
     click.echo(f"  wall time      {summary.wall_seconds:.2f} s")
     click.echo(f"  database       {summary.database}")
     if not r.ok:
         for m in r.mismatches:
             click.echo(f"usbtrace: data check failed: {m}", err=True)
         sys.exit(1)
-    click.echo("  data check     read back equals written")
+    if summary.bytes_written:
+        click.echo("  data check     read back equals written")
+    else:
+        click.echo("  data check     read-only: nothing written")
+
+
+# ---- devices ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--usb-backend", type=click.Choice(["libusb", "simulated"]), default="libusb",
+              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@friendly
+def devices(usb_backend: str, fmt: str) -> None:
+    """List attached USB devices, marking mass-storage interfaces."""
+    from usbtrace.devices.hardware import get_usb_backend, list_devices
+
+    found = list_devices(get_usb_backend(usb_backend))
+    if not found:
+        raise UsbtraceError("no USB devices found: this machine has no USB bus libusb can "
+                            "see, or no permission to list it (on Linux: /dev/bus/usb must "
+                            "be readable; run as root or add a udev rule)")
+    columns = ["device", "bus", "address", "speed", "class", "manufacturer", "product",
+               "serial", "mass_storage", "note"]
+    rows = [(f"usb:{d.vid:04x}:{d.pid:04x}", d.bus, d.address, d.speed,
+             f"0x{d.device_class:02x}", d.manufacturer, d.product, d.serial,
+             ",".join(map(str, d.mass_storage)) if d.mass_storage else "", d.note)
+            for d in found]
+    click.echo(render(columns, rows, fmt), nl=False)
 
 
 # ---- import ---------------------------------------------------------------------------

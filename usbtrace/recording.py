@@ -13,10 +13,11 @@ from pathlib import Path
 from usbtrace.devices.base import DeviceBackend
 from usbtrace.devices.image import DiskImage, parse_size
 from usbtrace.devices.simulated import SimulatedStick
+from usbtrace.errors import InputError
 from usbtrace.machine import Machine
 from usbtrace.store.database import Database
 from usbtrace.store.writer import Recorder, SessionWriter, now_iso
-from usbtrace.workloads import WorkloadResult, get
+from usbtrace.workloads import WRITING, WorkloadResult, get
 
 
 @dataclass
@@ -29,6 +30,9 @@ class RecordOptions:
     positions: tuple[str, ...] = ("lower", "upper")
     fs: str = "fat16"  # for the files workload
     copy: tuple[str, ...] = ()
+    device: str | None = None  # usb:VID:PID[:SERIAL]: real hardware through pyusb
+    usb_backend: str = "libusb"
+    allow_write: bool = False
     lossy: bool = False
     queue: int = 64 << 20  # bytes of payload the tracer may queue
 
@@ -55,20 +59,40 @@ def open_image(options: RecordOptions) -> DiskImage:
     return DiskImage.in_memory(size)
 
 
+def open_hardware(options: RecordOptions) -> DeviceBackend:
+    from usbtrace.devices.hardware import HardwareDevice, find_device, get_usb_backend
+
+    usb_options = {"size": options.size, "image": options.image, "speed": options.speed}
+    backend = get_usb_backend(options.usb_backend, usb_options)
+    assert options.device is not None
+    return HardwareDevice(find_device(options.device, backend), allow_write=options.allow_write)
+
+
 def record(options: RecordOptions, backend: DeviceBackend | None = None,
            source: str = "simulated") -> RecordSummary:
     """Bring the stack up on the stick, run the workload, tear down, store it all."""
     workload = get(options.workload)
+    hardware = options.device is not None
+    if hardware and options.workload in WRITING and not options.allow_write:
+        raise InputError(f"the '{options.workload}' workload writes to the device; "
+                         "pass --allow-write if nothing on it matters (see README: real "
+                         "hardware)")
     database = Database(options.db)
     own_backend = backend is None
     if backend is None:
-        backend = SimulatedStick(open_image(options), speed=options.speed)
-    name = options.image or f"memory:{options.size}"
-    session_id = database.new_session(source, name, now_iso(), "virtual")
+        backend = open_hardware(options) if hardware else \
+            SimulatedStick(open_image(options), speed=options.speed)
+    if hardware:
+        source = "hardware" if options.usb_backend == "libusb" else "pyusb-simulated"
+        name = str(options.device)
+    else:
+        name = options.image or f"memory:{options.size}"
+    clock = "wall" if hardware else "virtual"
+    session_id = database.new_session(source, name, now_iso(), clock)
     recorder = Recorder(SessionWriter(database, session_id), capacity=options.queue,
                         lossy=options.lossy)
     t0 = time.perf_counter()
-    machine = Machine(backend, sink=recorder, positions=options.positions)
+    machine = Machine(backend, sink=recorder, positions=options.positions, clock=clock)
     try:
         machine.start()
         if options.workload == "files":

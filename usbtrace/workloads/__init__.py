@@ -13,7 +13,8 @@ from usbtrace.workloads.result import WorkloadResult
 def get(name: str) -> Callable[..., WorkloadResult]:
     from usbtrace.workloads import files, raw
 
-    workloads: dict[str, Callable[..., Any]] = {"raw": raw.raw, "files": files.files}
+    workloads: dict[str, Callable[..., Any]] = {"raw": raw.raw, "files": files.files,
+                                                "read": raw.read_only}
     try:
         return workloads[name]
     except KeyError:
@@ -21,4 +22,6 @@ def get(name: str) -> Callable[..., WorkloadResult]:
                             f"{', '.join(workloads)}") from None
 
 
-__all__ = ["Machine", "WorkloadResult", "get"]
+WRITING = frozenset({"raw", "files"})  # workloads that change the medium
+
+__all__ = ["WRITING", "Machine", "WorkloadResult", "get"]

@@ -66,3 +66,22 @@ def raw(machine: Machine, seed: int = 2026) -> WorkloadResult:
         result.notes.append(f"misaligned read refused: {e}")
     w.CloseHandle(handle)
     return result
+
+
+def read_only(machine: Machine, sectors: int = 2048) -> WorkloadResult:
+    """Capacity, then the first ``sectors`` sectors, in 64 KiB reads: safe on any stick."""
+    w = machine.win32
+    result = WorkloadResult()
+    handle = w.CreateFile(DISK_PATH)
+    _, size = w.DeviceIoControl(handle, io.IOCTL_DISK_GET_LENGTH_INFO, None, 8)
+    _, descriptor = w.DeviceIoControl(handle, io.IOCTL_STORAGE_QUERY_PROPERTY,
+                                      io.StoragePropertyQuery(io.StorageDeviceProperty))
+    result.notes.append(f"{descriptor.VendorId} {descriptor.ProductId}, {size} bytes; "
+                        "read-only")
+    end = min(size, sectors * 512)
+    buffer = bytearray(65536)
+    for offset in range(0, end, len(buffer)):
+        n = min(len(buffer), end - offset)
+        result.bytes_read += w.ReadFile(handle, buffer, offset, n)
+    w.CloseHandle(handle)
+    return result
