@@ -38,7 +38,7 @@ from usbtrace.store.schema import (
     SessionRow,
     UrbRow,
 )
-from usbtrace.usb.urb import URB_FUNCTION_NAMES, usbd_status_name
+from usbtrace.usb.urb import USBD_STATUS_NAMES, URB_FUNCTION_NAMES
 from usbtrace.wdm.irp import MAJOR_NAMES, minor_name
 from usbtrace.wdm.status import status_name
 
@@ -72,19 +72,22 @@ def irp_row(session_id: int, x: Exchange) -> dict[str, Any]:
 URB_COLUMNS = tuple(c.name for c in UrbRow.__table__.columns)
 
 
-def urb_row(session_id: int, x: Exchange) -> tuple[Any, ...]:
+def urb_row(session_id: int, x: Exchange, _types: dict[int, str] = TRANSFER_TYPE_NAMES,
+            _functions: dict[int, str] = URB_FUNCTION_NAMES,
+            _statuses: dict[int, str] = USBD_STATUS_NAMES) -> tuple[Any, ...]:
     """A ``urbs`` row as a tuple in ``URB_COLUMNS`` order (the hot path of imports)."""
     first = x.first
     c = x.complete
     data = x.data
     function = first.urb_function
+    status = c.urb_status if c is not None else None
     return (
         session_id, x.seq, f"0x{x.irp_id & 0xFFFFFFFFFFFFFFFF:016x}", first.record_number,
         x.submitted_at, x.completed_at, first.bus, first.device, first.endpoint,
-        TRANSFER_TYPE_NAMES.get(first.transfer_type or 0, "unknown"),
+        _types.get(first.transfer_type or 0, "unknown"),
         "in" if x.direction_in else "out",
-        URB_FUNCTION_NAMES.get(function) if function is not None else None,
-        usbd_status_name(c.urb_status) if c else None,
+        _functions.get(function) if function is not None else None,
+        None if status is None else (_statuses.get(status) or f"0x{status:08x}"),
         x.requested_length, x.actual_length, len(data), x.truncated, first.setup, data or None,
     )
 
