@@ -87,12 +87,12 @@ class Pairer:
             # a reused id whose completion never came: emit it as it is
             return stale.seal() if stale is not None else None
         if event.kind == COMPLETE:
-            exchange = self._pending.pop(key, None)  # type: ignore[assignment]
-            if exchange is None:
+            pending = self._pending.pop(key, None)
+            if pending is None:
                 self._seq += 1
                 return Exchange(self._seq, event.irp_id, event.position, None, event).seal()
-            exchange.complete = event
-            return exchange.seal()
+            pending.complete = event
+            return pending.seal()
         return None
 
     def flush(self) -> list[Exchange]:

@@ -72,11 +72,11 @@ class DiskImage:
         if size == 0 or size % BLOCK_SIZE:
             raise InputError(f"{p}: image size {size} is not a whole number of 512-byte blocks")
         try:
-            f = open(p, "r+b")
+            stream = open(p, "r+b")
         except OSError as e:
             raise InputError(f"{p}: cannot open image: {e.strerror}") from None
-        with f:
-            mapped = mmap.mmap(f.fileno(), size)
+        with stream:
+            mapped = mmap.mmap(stream.fileno(), size)
         return cls(memoryview(mapped), p, mapped)
 
     def close(self) -> None:

@@ -549,28 +549,30 @@ def _send_phase(request: Request, phase: str) -> None:
     request.phase = phase
     ext = request.fdo_ext
     srb = request.sensing or request.srb
+    pipe_in, pipe_out = ext.pipe_in, ext.pipe_out
+    assert pipe_in is not None and pipe_out is not None  # set at start-up
     if phase == "cbw":
         request.tag = next(ext.tags)
         cbw = bot.build_cbw(request.tag, srb.data_transfer_length, srb.data_in, srb.lun, srb.cdb)
-        urb: U.Urb = U.UrbBulkOrInterruptTransfer(ext.pipe_out, bytearray(cbw), len(cbw),
-                                                  U.USBD_TRANSFER_DIRECTION_OUT)  # type: ignore[arg-type]
+        urb: U.Urb = U.UrbBulkOrInterruptTransfer(pipe_out, bytearray(cbw), len(cbw),
+                                                  U.USBD_TRANSFER_DIRECTION_OUT)
     elif phase == "data":
-        pipe = ext.pipe_in if srb.data_in else ext.pipe_out
+        pipe = pipe_in if srb.data_in else pipe_out
         flags = (U.USBD_TRANSFER_DIRECTION_IN | U.USBD_SHORT_TRANSFER_OK) if srb.data_in else 0
         assert srb.data_buffer is not None
         urb = U.UrbBulkOrInterruptTransfer(pipe, srb.data_buffer, srb.data_transfer_length,
-                                           flags)  # type: ignore[arg-type]
+                                           flags)
     elif phase in ("csw", "csw_retry"):
-        urb = U.UrbBulkOrInterruptTransfer(ext.pipe_in, request.csw, bot.CSW_LENGTH,
+        urb = U.UrbBulkOrInterruptTransfer(pipe_in, request.csw, bot.CSW_LENGTH,
                                            U.USBD_TRANSFER_DIRECTION_IN |
-                                           U.USBD_SHORT_TRANSFER_OK)  # type: ignore[arg-type]
+                                           U.USBD_SHORT_TRANSFER_OK)
     elif phase == "clear_data":
-        pipe = ext.pipe_in if srb.data_in else ext.pipe_out
-        urb = U.UrbPipeRequest(U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, pipe)  # type: ignore[arg-type]
+        pipe = pipe_in if srb.data_in else pipe_out
+        urb = U.UrbPipeRequest(U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, pipe)
     elif phase == "clear_csw" or phase == "clear_in":
-        urb = U.UrbPipeRequest(U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, ext.pipe_in)  # type: ignore[arg-type]
+        urb = U.UrbPipeRequest(U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, pipe_in)
     elif phase == "clear_out":
-        urb = U.UrbPipeRequest(U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, ext.pipe_out)  # type: ignore[arg-type]
+        urb = U.UrbPipeRequest(U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, pipe_out)
     elif phase == "reset":
         urb = U.urb_class_interface(std.BULK_ONLY_MASS_STORAGE_RESET, 0, ext.interface_number, 0,
                                     False)

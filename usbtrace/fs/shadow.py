@@ -270,7 +270,7 @@ class Attributor:
         if status != "good":
             return self._release()
         write = opcode in WRITES
-        self._changed: set[Volume] = set()
+        self._changed = set()
         self._access(seq, lba, blocks, data, write)
         for volume in self._changed:
             self._resolve_pending(volume)

@@ -72,7 +72,8 @@ class Database:
         try:
             names = set(inspect(self.engine).get_table_names())
         except (OperationalError, SADatabaseError, sqlite3.DatabaseError) as e:
-            raise DatabaseError(f"{self.target}: cannot read database: {e.orig}") from None
+            raise DatabaseError(f"{self.target}: cannot read database: "
+                                f"{getattr(e, 'orig', e)}") from None
         if "usbtrace_meta" in names:
             with self.engine.connect() as conn:
                 row = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).first()

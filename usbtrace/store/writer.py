@@ -38,7 +38,7 @@ from usbtrace.store.schema import (
     SessionRow,
     UrbRow,
 )
-from usbtrace.usb.urb import USBD_STATUS_NAMES, URB_FUNCTION_NAMES
+from usbtrace.usb.urb import URB_FUNCTION_NAMES, USBD_STATUS_NAMES
 from usbtrace.wdm.irp import MAJOR_NAMES, minor_name
 from usbtrace.wdm.status import status_name
 
@@ -129,7 +129,7 @@ class BulkInsert:
         self.sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
         self.pick = operator.itemgetter(*columns)
 
-    def params(self, rows: list[dict[str, Any]]) -> list[Any]:
+    def params(self, rows: list[Any]) -> list[Any]:
         if self.named:
             return rows
         pick = self.pick
@@ -219,7 +219,7 @@ class SessionWriter:
         self.last_ts = 0.0
         self.command_hooks = command_hooks or []
         self._irps: list[dict[str, Any]] = []
-        self._urbs: list[dict[str, Any]] = []
+        self._urbs: list[tuple[Any, ...]] = []
         self._cmds: list[dict[str, Any]] = []
         self.attributor = Attributor() if attribute_files else None
         self._files: list[tuple[Any, ...]] = []
