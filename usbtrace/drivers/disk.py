@@ -40,12 +40,12 @@ from usbtrace.wdm.device import (
 )
 from usbtrace.wdm.iomgr import (
     IoCallDriver,
-    IoCompleteRequest,
     IoForwardIrpSynchronously,
     IoMarkIrpPending,
     IoSetCompletionRoutine,
     IoSetNextIrpStackLocation,
     IoSkipCurrentIrpStackLocation,
+    complete_irp,
 )
 from usbtrace.wdm.irp import (
     IRP_MJ_CLEANUP,
@@ -135,23 +135,16 @@ def DiskUnload(driver: DriverObject) -> None:  # noqa: N802
     driver.kernel.DbgPrint("disk: unloaded")
 
 
-def _complete(irp: Irp, status: int, information: Any = 0) -> int:
-    irp.io_status.status = status
-    irp.io_status.information = information
-    IoCompleteRequest(irp)
-    return status
-
-
 def DiskCreateClose(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: DiskExtension = device.device_extension
     major = irp.IoGetCurrentIrpStackLocation().major_function
     if major == IRP_MJ_CREATE:
         if ext.removed:
-            return _complete(irp, NTSTATUS.STATUS_DELETE_PENDING)
+            return complete_irp(irp, NTSTATUS.STATUS_DELETE_PENDING)
         ext.open_handles += 1
     elif major == IRP_MJ_CLOSE:
         ext.open_handles = max(0, ext.open_handles - 1)
-    return _complete(irp, STATUS_SUCCESS)
+    return complete_irp(irp, STATUS_SUCCESS)
 
 
 def DiskDispatchPassThrough(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
@@ -164,27 +157,31 @@ def DiskDispatchPassThrough(device: DeviceObject, irp: Irp) -> int:  # noqa: N80
 # ---------------------------------------------------------------------------------
 
 
+def _send_srb_and_wait(ext: DiskExtension, srb: Srb, what: str) -> int:
+    """One SRB on an IRP of the driver's own, waited for (PASSIVE_LEVEL)."""
+    irp = IoAllocateIrp(ext.lower.stack_size + 1)
+    IoSetNextIrpStackLocation(irp, ext.fdo)
+    loc = irp.IoGetNextIrpStackLocation()
+    loc.major_function = IRP_MJ_SCSI
+    loc.parameters = ScsiParameters(srb)
+    event = KEvent()
+
+    def done(device: DeviceObject | None, i: Irp, ctx: Any) -> int:
+        event.KeSetEvent()
+        return STATUS_MORE_PROCESSING_REQUIRED
+
+    IoSetCompletionRoutine(irp, done, None)
+    if IoCallDriver(ext.lower, irp) == STATUS_PENDING:
+        ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(event, what)
+    return int(irp.io_status.status)
+
+
 def ClassSendSrbSynchronous(ext: DiskExtension, srb: Srb) -> int:  # noqa: N802
     """Send one SRB and wait; retry transient errors as classpnp does."""
-    sched = ext.fdo.driver_object.kernel.scheduler
     length = srb.data_transfer_length
     for _attempt in range(MAX_RETRIES + 1):
         srb.data_transfer_length = length
-        irp = IoAllocateIrp(ext.lower.stack_size + 1)
-        IoSetNextIrpStackLocation(irp, ext.fdo)
-        loc = irp.IoGetNextIrpStackLocation()
-        loc.major_function = IRP_MJ_SCSI
-        loc.parameters = ScsiParameters(srb)
-        event = KEvent()
-
-        def done(device: DeviceObject | None, i: Irp, ctx: Any, event: KEvent = event) -> int:
-            event.KeSetEvent()
-            return STATUS_MORE_PROCESSING_REQUIRED
-
-        IoSetCompletionRoutine(irp, done, None)
-        if IoCallDriver(ext.lower, irp) == STATUS_PENDING:
-            sched.KeWaitForSingleObject(event, "SRB")
-        status = int(irp.io_status.status)
+        status = _send_srb_and_wait(ext, srb, "SRB")
         if NT_SUCCESS(status):
             return status
         sense = scsi.parse_sense(srb.sense_info_buffer) \
@@ -247,7 +244,7 @@ def DiskDispatchPnp(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         status = IoForwardIrpSynchronously(ext.lower, irp)
         if NT_SUCCESS(status):
             status = DiskStartDevice(ext)
-        return _complete(irp, status)
+        return complete_irp(irp, status)
     if minor == IRP_MN_QUERY_REMOVE_DEVICE:
         irp.io_status.status = STATUS_SUCCESS
     elif minor == IRP_MN_SURPRISE_REMOVAL:
@@ -276,16 +273,16 @@ def DiskReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     length, offset = loc.parameters.length, loc.parameters.byte_offset
     bs = ext.block_size
     if ext.removed:
-        return _complete(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
+        return complete_irp(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
     if offset % bs or length % bs or offset < 0:
-        return _complete(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
     if offset + length > ext.size:
-        return _complete(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
     if length == 0:
-        return _complete(irp, STATUS_SUCCESS)
+        return complete_irp(irp, STATUS_SUCCESS)
     write = loc.major_function == IRP_MJ_WRITE
     if write and ext.write_protected:
-        return _complete(irp, NTSTATUS.STATUS_MEDIA_WRITE_PROTECTED)
+        return complete_irp(irp, NTSTATUS.STATUS_MEDIA_WRITE_PROTECTED)
     buffer = irp.mdl_address
     assert buffer is not None
     view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
@@ -353,9 +350,9 @@ def DiskTransferCompletion(device: DeviceObject | None, assoc: Irp, context: Any
 def DiskFlushBuffers(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: DiskExtension = device.device_extension
     if ext.removed:
-        return _complete(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
+        return complete_irp(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
     srb = Srb(bytes([scsi.SYNCHRONIZE_CACHE_10]) + bytes(9), 0, 0)
-    return _complete(irp, ClassSendSrbSynchronous(ext, srb))
+    return complete_irp(irp, ClassSendSrbSynchronous(ext, srb))
 
 
 def DiskDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
@@ -363,35 +360,35 @@ def DiskDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     params: DeviceIoControlParameters = irp.IoGetCurrentIrpStackLocation().parameters
     code = params.io_control_code
     if ext.removed:
-        return _complete(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
+        return complete_irp(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
     if code == io.IOCTL_DISK_GET_DRIVE_GEOMETRY:
         if params.output_buffer_length < 24:
-            return _complete(irp, NTSTATUS.STATUS_BUFFER_TOO_SMALL)
+            return complete_irp(irp, NTSTATUS.STATUS_BUFFER_TOO_SMALL)
         heads, sectors = 255, 63
         cylinders = ext.block_count // (heads * sectors)
         irp.system_buffer = io.DiskGeometry(cylinders, io.RemovableMedia, heads, sectors,
                                             ext.block_size)
-        return _complete(irp, STATUS_SUCCESS, 24)
+        return complete_irp(irp, STATUS_SUCCESS, 24)
     if code == io.IOCTL_DISK_GET_LENGTH_INFO:
         if params.output_buffer_length < 8:
-            return _complete(irp, NTSTATUS.STATUS_BUFFER_TOO_SMALL)
+            return complete_irp(irp, NTSTATUS.STATUS_BUFFER_TOO_SMALL)
         irp.system_buffer = ext.size
-        return _complete(irp, STATUS_SUCCESS, 8)
+        return complete_irp(irp, STATUS_SUCCESS, 8)
     if code == io.IOCTL_STORAGE_QUERY_PROPERTY:
         IoSkipCurrentIrpStackLocation(irp)
         return IoCallDriver(ext.lower, irp)
     if code == io.IOCTL_SCSI_PASS_THROUGH_DIRECT:
         return _pass_through(ext, irp)
-    return _complete(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
+    return complete_irp(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
 
 
 def _pass_through(ext: DiskExtension, irp: Irp) -> int:
     sptd = irp.system_buffer
     if not isinstance(sptd, io.ScsiPassThroughDirect) or not 1 <= len(sptd.Cdb) <= 16:
-        return _complete(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
     length = sptd.DataTransferLength
     if length and (sptd.DataBuffer is None or len(sptd.DataBuffer) < length):
-        return _complete(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
     flags = 0
     if length:
         flags = SRB_FLAGS_DATA_IN if sptd.DataIn == io.SCSI_IOCTL_DATA_IN else SRB_FLAGS_DATA_OUT
@@ -399,27 +396,12 @@ def _pass_through(ext: DiskExtension, irp: Irp) -> int:
         else None
     srb = Srb(bytes(sptd.Cdb), length, flags, buffer, lun=sptd.Lun)
     srb.timeout_value = sptd.TimeOutValue
-    sched = ext.fdo.driver_object.kernel.scheduler
-    sub = IoAllocateIrp(ext.lower.stack_size + 1)
-    IoSetNextIrpStackLocation(sub, ext.fdo)
-    loc = sub.IoGetNextIrpStackLocation()
-    loc.major_function = IRP_MJ_SCSI
-    loc.parameters = ScsiParameters(srb)
-    event = KEvent()
-
-    def done(device: DeviceObject | None, i: Irp, ctx: Any) -> int:
-        event.KeSetEvent()
-        return STATUS_MORE_PROCESSING_REQUIRED
-
-    IoSetCompletionRoutine(sub, done, None)
-    if IoCallDriver(ext.lower, sub) == STATUS_PENDING:
-        sched.KeWaitForSingleObject(event, "pass-through")
-    status = int(sub.io_status.status)
+    status = _send_srb_and_wait(ext, srb, "pass-through")
     # Pass-through reports SCSI status and sense to the caller instead of failing.
     sptd.ScsiStatus = srb.scsi_status
     sptd.DataTransferLength = srb.data_transfer_length
     sptd.SenseInfo[:] = srb.sense_info_buffer
     if status in (NTSTATUS.STATUS_DEVICE_NOT_CONNECTED, NTSTATUS.STATUS_IO_DEVICE_ERROR,
                   NTSTATUS.STATUS_CANCELLED):
-        return _complete(irp, status)
-    return _complete(irp, STATUS_SUCCESS, srb.data_transfer_length)
+        return complete_irp(irp, status)
+    return complete_irp(irp, STATUS_SUCCESS, srb.data_transfer_length)

@@ -42,6 +42,7 @@ from usbtrace.wdm.iomgr import (
     IoMarkIrpPending,
     IoSetCancelRoutine,
     IoSkipCurrentIrpStackLocation,
+    complete_irp,
 )
 from usbtrace.wdm.irp import (
     IRP_MJ_INTERNAL_DEVICE_CONTROL,
@@ -163,13 +164,6 @@ def _is_fdo(device: DeviceObject) -> bool:
     return isinstance(device.device_extension, HubFdoExtension)
 
 
-def _complete(irp: Irp, status: int, information: Any = 0) -> int:
-    irp.io_status.status = status
-    irp.io_status.information = information
-    IoCompleteRequest(irp)
-    return status
-
-
 # ---------------------------------------------------------------------------------
 # Port changes: what the hub's status-change interrupt would report
 # ---------------------------------------------------------------------------------
@@ -207,7 +201,7 @@ def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
             ext.interrupt = KInterrupt(UsbhubInterruptService, ext)
             ext.dpc = KDpc(UsbhubDpcForIsr, ext)
             ext.started = True
-        return _complete(irp, status)
+        return complete_irp(irp, status)
     if minor == IRP_MN_QUERY_DEVICE_RELATIONS and loc.parameters.type == BusRelations:
         relations = []
         for port, backend in enumerate(ext.ports):
@@ -307,48 +301,49 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
         id_type = loc.parameters.id_type
         cls, sub, prot = _first_interface(ext)
         if id_type == BusQueryDeviceID:
-            return _complete(irp, STATUS_SUCCESS, vid_pid)
+            return complete_irp(irp, STATUS_SUCCESS, vid_pid)
         if id_type == BusQueryHardwareIDs:
-            return _complete(irp, STATUS_SUCCESS,
+            return complete_irp(irp, STATUS_SUCCESS,
                              [f"{vid_pid}&REV_{dd.bcdDevice:04X}", vid_pid])
         if id_type == BusQueryCompatibleIDs:
-            return _complete(irp, STATUS_SUCCESS, [
+            return complete_irp(irp, STATUS_SUCCESS, [
                 f"USB\\Class_{cls:02X}&SubClass_{sub:02X}&Prot_{prot:02X}",
                 f"USB\\Class_{cls:02X}&SubClass_{sub:02X}",
                 f"USB\\Class_{cls:02X}",
             ])
         if id_type == BusQueryInstanceID:
-            return _complete(irp, STATUS_SUCCESS, ext.serial or f"{ext.hub.bus_number}&{ext.port}")
-        return _complete(irp, irp.io_status.status, irp.io_status.information)
+            instance = ext.serial or f"{ext.hub.bus_number}&{ext.port}"
+            return complete_irp(irp, STATUS_SUCCESS, instance)
+        return complete_irp(irp, irp.io_status.status, irp.io_status.information)
     if minor == IRP_MN_QUERY_DEVICE_TEXT:
-        return _complete(irp, STATUS_SUCCESS, ext.product)
+        return complete_irp(irp, STATUS_SUCCESS, ext.product)
     if minor == IRP_MN_QUERY_INTERFACE:
         if loc.parameters.interface_type == U.BUS_INFO_INTERFACE:
-            return _complete(irp, STATUS_SUCCESS, {
+            return complete_irp(irp, STATUS_SUCCESS, {
                 "bus": ext.hub.bus_number, "address": ext.address,
                 "speed": ext.backend.speed.name})
-        return _complete(irp, irp.io_status.status, irp.io_status.information)
+        return complete_irp(irp, irp.io_status.status, irp.io_status.information)
     if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_CAPABILITIES, IRP_MN_QUERY_REMOVE_DEVICE):
         if minor == IRP_MN_START_DEVICE:
             ext.removed = False
-        return _complete(irp, STATUS_SUCCESS)
+        return complete_irp(irp, STATUS_SUCCESS)
     if minor == IRP_MN_SURPRISE_REMOVAL:
         ext.removed = True
         _fail_in_flight(ext, U.USBD_STATUS_DEVICE_GONE)
-        return _complete(irp, STATUS_SUCCESS)
+        return complete_irp(irp, STATUS_SUCCESS)
     if minor == IRP_MN_REMOVE_DEVICE:
         ext.removed = True
         _fail_in_flight(ext, U.USBD_STATUS_DEVICE_GONE)
         hub = ext.hub
         if hub.children.get(ext.port) is pdo:
             del hub.children[ext.port]
-        status = _complete(irp, STATUS_SUCCESS)
+        status = complete_irp(irp, STATUS_SUCCESS)
         if not pdo.deleted:
             IoDeleteDevice(pdo)
         return status
     if minor == IRP_MN_QUERY_DEVICE_RELATIONS:
-        return _complete(irp, irp.io_status.status, irp.io_status.information)
-    return _complete(irp, irp.io_status.status, irp.io_status.information)
+        return complete_irp(irp, irp.io_status.status, irp.io_status.information)
+    return complete_irp(irp, irp.io_status.status, irp.io_status.information)
 
 
 def UsbhubDispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
@@ -357,17 +352,17 @@ def UsbhubDispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         IoSkipCurrentIrpStackLocation(irp)
         return IoCallDriver(device.device_extension.lower, irp)
     if loc.minor_function == IRP_MN_WAIT_WAKE:
-        return _complete(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
+        return complete_irp(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
     if loc.minor_function == IRP_MN_POWER_SEQUENCE:
-        return _complete(irp, NTSTATUS.STATUS_NOT_IMPLEMENTED)
-    return _complete(irp, STATUS_SUCCESS)
+        return complete_irp(irp, NTSTATUS.STATUS_NOT_IMPLEMENTED)
+    return complete_irp(irp, STATUS_SUCCESS)
 
 
 def UsbhubDispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
         IoSkipCurrentIrpStackLocation(irp)
         return IoCallDriver(device.device_extension.lower, irp)
-    return _complete(irp, irp.io_status.status)
+    return complete_irp(irp, irp.io_status.status)
 
 
 # ---------------------------------------------------------------------------------
@@ -378,23 +373,23 @@ def UsbhubDispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa:
 def UsbhubDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     loc = irp.IoGetCurrentIrpStackLocation()
     if _is_fdo(device) or loc.parameters.io_control_code != U.IOCTL_INTERNAL_USB_SUBMIT_URB:
-        return _complete(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
     ext: UsbDevicePdoExtension = device.device_extension
     urb: U.Urb = loc.parameters.type3_input_buffer
     if ext.removed or not ext.present or not ext.backend.connected:
         urb.status = U.USBD_STATUS_DEVICE_GONE
-        return _complete(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
+        return complete_irp(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
     handler = URB_HANDLERS.get(urb.function)
     if handler is None:
         urb.status = U.USBD_STATUS_INVALID_URB_FUNCTION
-        return _complete(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
     run = handler(ext, urb)
     if run is None:  # handled at once, no bus time
-        return _complete(irp, STATUS_SUCCESS if U.USBD_SUCCESS(urb.status)
+        return complete_irp(irp, STATUS_SUCCESS if U.USBD_SUCCESS(urb.status)
                          else NTSTATUS.STATUS_UNSUCCESSFUL)
     if irp.cancel:
         urb.status = U.USBD_STATUS_CANCELED
-        return _complete(irp, NTSTATUS.STATUS_CANCELLED)
+        return complete_irp(irp, NTSTATUS.STATUS_CANCELLED)
     transfer = Transfer(irp, urb, device, run)
     IoMarkIrpPending(irp)
     IoSetCancelRoutine(irp, UsbhubCancelUrb)

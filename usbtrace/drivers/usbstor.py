@@ -62,13 +62,13 @@ from usbtrace.wdm.device import (
 )
 from usbtrace.wdm.iomgr import (
     IoCallDriver,
-    IoCompleteRequest,
     IoForwardIrpSynchronously,
     IoMarkIrpPending,
     IoSetCancelRoutine,
     IoSetCompletionRoutine,
     IoSetNextIrpStackLocation,
     IoSkipCurrentIrpStackLocation,
+    complete_irp,
 )
 from usbtrace.wdm.irp import (
     IRP_MJ_CLEANUP,
@@ -230,26 +230,19 @@ def USBSTOR_Unload(driver: DriverObject) -> None:  # noqa: N802
     driver.kernel.DbgPrint("usbstor: unloaded")
 
 
-def _complete(irp: Irp, status: int, information: Any = 0) -> int:
-    irp.io_status.status = status
-    irp.io_status.information = information
-    IoCompleteRequest(irp)
-    return status
-
-
 def _is_fdo(device: DeviceObject) -> bool:
     return isinstance(device.device_extension, FdoExtension)
 
 
 def USBSTOR_DispatchCreateClose(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
-    return _complete(irp, STATUS_SUCCESS)
+    return complete_irp(irp, STATUS_SUCCESS)
 
 
 def USBSTOR_DispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
         IoSkipCurrentIrpStackLocation(irp)
         return IoCallDriver(device.device_extension.lower, irp)
-    return _complete(irp, irp.io_status.status)
+    return complete_irp(irp, irp.io_status.status)
 
 
 def USBSTOR_DispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
@@ -257,8 +250,8 @@ def USBSTOR_DispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         IoSkipCurrentIrpStackLocation(irp)
         return IoCallDriver(device.device_extension.lower, irp)
     if irp.IoGetCurrentIrpStackLocation().minor_function == IRP_MN_WAIT_WAKE:
-        return _complete(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
-    return _complete(irp, STATUS_SUCCESS)
+        return complete_irp(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
+    return complete_irp(irp, STATUS_SUCCESS)
 
 
 # ---------------------------------------------------------------------------------
@@ -280,7 +273,7 @@ def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
         status = IoForwardIrpSynchronously(ext.lower, irp)
         if status == STATUS_SUCCESS:
             status = USBSTOR_StartDevice(ext)
-        return _complete(irp, status)
+        return complete_irp(irp, status)
     if minor == IRP_MN_QUERY_DEVICE_RELATIONS and loc.parameters.type == BusRelations:
         irp.io_status.status = STATUS_SUCCESS
         irp.io_status.information = [p for p in ext.luns if not p.deleted]
@@ -413,29 +406,30 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
     if minor == IRP_MN_QUERY_ID:
         id_type = loc.parameters.id_type
         if id_type == BusQueryDeviceID:
-            return _complete(irp, STATUS_SUCCESS, device_id)
+            return complete_irp(irp, STATUS_SUCCESS, device_id)
         if id_type == BusQueryHardwareIDs:
-            return _complete(irp, STATUS_SUCCESS, [
+            return complete_irp(irp, STATUS_SUCCESS, [
                 device_id, f"USBSTOR\\Disk{ven}{prod}", "USBSTOR\\Disk", "GenDisk"])
         if id_type == BusQueryCompatibleIDs:
-            return _complete(irp, STATUS_SUCCESS, ["USBSTOR\\Disk", "USBSTOR\\RAW"])
+            return complete_irp(irp, STATUS_SUCCESS, ["USBSTOR\\Disk", "USBSTOR\\RAW"])
         if id_type == BusQueryInstanceID:
-            return _complete(irp, STATUS_SUCCESS, f"{ext.fdo_ext.serial or 'NOSERIAL'}&{ext.lun}")
-        return _complete(irp, irp.io_status.status, irp.io_status.information)
+            instance = f"{ext.fdo_ext.serial or 'NOSERIAL'}&{ext.lun}"
+            return complete_irp(irp, STATUS_SUCCESS, instance)
+        return complete_irp(irp, irp.io_status.status, irp.io_status.information)
     if minor == IRP_MN_QUERY_DEVICE_TEXT:
-        return _complete(irp, STATUS_SUCCESS, f"{ext.vendor} {ext.product} USB Device")
+        return complete_irp(irp, STATUS_SUCCESS, f"{ext.vendor} {ext.product} USB Device")
     if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_CAPABILITIES, IRP_MN_QUERY_REMOVE_DEVICE,
                  IRP_MN_SURPRISE_REMOVAL):
-        return _complete(irp, STATUS_SUCCESS)
+        return complete_irp(irp, STATUS_SUCCESS)
     if minor == IRP_MN_REMOVE_DEVICE:
         ext.removed = True
-        status = _complete(irp, STATUS_SUCCESS)
+        status = complete_irp(irp, STATUS_SUCCESS)
         if not pdo.deleted:
             IoDeleteDevice(pdo)
         if pdo in ext.fdo_ext.luns:
             ext.fdo_ext.luns.remove(pdo)
         return status
-    return _complete(irp, irp.io_status.status, irp.io_status.information)
+    return complete_irp(irp, irp.io_status.status, irp.io_status.information)
 
 
 # ---------------------------------------------------------------------------------
@@ -445,23 +439,23 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
 
 def USBSTOR_DispatchDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
-        return _complete(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
     ext: PdoExtension = device.device_extension
     params: DeviceIoControlParameters = irp.IoGetCurrentIrpStackLocation().parameters
     if params.io_control_code == io.IOCTL_STORAGE_QUERY_PROPERTY:
         query = irp.system_buffer
         if not isinstance(query, io.StoragePropertyQuery):
-            return _complete(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+            return complete_irp(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
         if query.PropertyId == io.StorageDeviceProperty:
             irp.system_buffer = io.StorageDeviceDescriptor(
                 0x00, True, ext.vendor, ext.product, ext.revision, ext.fdo_ext.serial)
-            return _complete(irp, STATUS_SUCCESS, 1)
+            return complete_irp(irp, STATUS_SUCCESS, 1)
         if query.PropertyId == io.StorageAdapterProperty:
             irp.system_buffer = io.StorageAdapterDescriptor(
                 MAXIMUM_TRANSFER_LENGTH, MAXIMUM_TRANSFER_LENGTH // 4096 + 1)
-            return _complete(irp, STATUS_SUCCESS, 1)
-        return _complete(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
-    return _complete(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
+            return complete_irp(irp, STATUS_SUCCESS, 1)
+        return complete_irp(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
+    return complete_irp(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
 
 
 # ---------------------------------------------------------------------------------
@@ -471,16 +465,16 @@ def USBSTOR_DispatchDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noq
 
 def USBSTOR_DispatchScsi(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
-        return _complete(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
     ext: PdoExtension = device.device_extension
     fdo_ext = ext.fdo_ext
     srb: Srb = irp.IoGetCurrentIrpStackLocation().parameters.srb
     if ext.removed or fdo_ext.removed:
         srb.srb_status = SRB_STATUS_NO_DEVICE
-        return _complete(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
+        return complete_irp(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
     if srb.function != SRB_FUNCTION_EXECUTE_SCSI:
         srb.srb_status = SRB_STATUS_SUCCESS
-        return _complete(irp, STATUS_SUCCESS)
+        return complete_irp(irp, STATUS_SUCCESS)
     srb.lun = ext.lun
     IoMarkIrpPending(irp)
     _start_or_queue(fdo_ext, irp, srb, _complete_srb_irp)
@@ -488,7 +482,7 @@ def USBSTOR_DispatchScsi(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
 
 
 def _complete_srb_irp(request: Request) -> None:
-    _complete(request.irp, request.status, request.srb.data_transfer_length
+    complete_irp(request.irp, request.status, request.srb.data_transfer_length
               if request.status == STATUS_SUCCESS or request.srb.srb_status & 0x3F ==
               SRB_STATUS_SUCCESS else 0)
 
@@ -501,7 +495,7 @@ def USBSTOR_CancelQueued(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
         if entry[0] is irp:
             queue.remove(entry)
             entry[1].srb_status = SRB_STATUS_ABORTED
-            _complete(irp, NTSTATUS.STATUS_CANCELLED)
+            complete_irp(irp, NTSTATUS.STATUS_CANCELLED)
             return
 
 

@@ -163,6 +163,15 @@ def IoCompleteRequest(irp: Irp, priority_boost: int = 0) -> None:  # noqa: N802
     _finish(irp)
 
 
+def complete_irp(irp: Irp, status: int, information: Any = 0) -> int:
+    """Set the status block and complete: the three lines every dispatch routine ends
+    with when it finishes an IRP itself.  Returns ``status`` for the dispatch routine."""
+    irp.io_status.status = status
+    irp.io_status.information = information
+    IoCompleteRequest(irp)
+    return status
+
+
 def _finish(irp: Irp) -> None:
     """The I/O manager's part once every driver is done with the IRP."""
     irp.completed = True
