@@ -41,6 +41,17 @@ def friendly(func: F) -> F:
         except KeyboardInterrupt:
             click.echo("usbtrace: interrupted", err=True)
             sys.exit(130)
+        except Exception as e:  # a database or driver failure: one line, never a traceback
+            from sqlalchemy.exc import SQLAlchemyError
+
+            cause = e
+            while cause.__cause__ is not None:
+                cause = cause.__cause__  # type: ignore[assignment]
+            if isinstance(e, (SQLAlchemyError, RuntimeError)):
+                first = str(getattr(cause, "orig", cause)).strip().splitlines()[0]
+                click.echo(f"usbtrace: error: database: {first}", err=True)
+                sys.exit(2)
+            raise
 
     return wrapper  # type: ignore[return-value]
 
@@ -286,12 +297,13 @@ def files_(session: int, db: str, fmt: str) -> None:
     database = Database(db, create=False, readonly=True)
     if not database.session_exists(session):
         raise UsbtraceError(f"no session {session} in {db} (see 'usbtrace sessions')")
+    events = database.aggregate("CASE WHEN kind='event' THEN operation END")
     columns, rows = database.query(
         "SELECT path, "
         "sum(CASE WHEN kind='data' AND operation='read' THEN length ELSE 0 END) AS bytes_read, "
         "sum(CASE WHEN kind='data' AND operation='write' THEN length ELSE 0 END) "
         "AS bytes_written, "
-        "group_concat(CASE WHEN kind='event' THEN operation END, ', ') AS events "
+        f"{events} AS events "
         f"FROM file_activity WHERE session_id = {int(session)} AND path IS NOT NULL "
         "AND kind IN ('data', 'event') GROUP BY path ORDER BY path")
     _, other = database.query(

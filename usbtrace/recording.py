@@ -107,7 +107,7 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
             backend.close()
     wall = time.perf_counter() - t0
     writer = recorder.writer
-    summary = RecordSummary(session_id, database.target, writer.commands, writer.records,
+    summary = RecordSummary(session_id, database.display, writer.commands, writer.records,
                             recorder.dropped, result.bytes_written, result.bytes_read,
                             bus_seconds, wall, result)
     database.close()

@@ -102,7 +102,7 @@ def load_session(database: object, session_id: int) -> Recording:
 
     assert isinstance(database, Database)
     if not database.session_exists(session_id):
-        raise InputError(f"no session {session_id} in {database.target}")
+        raise InputError(f"no session {session_id} in {database.display}")
     columns, rows = database.query(
         f"SELECT * FROM urbs WHERE session_id = {int(session_id)} ORDER BY seq")
     recording = from_events(f"session {session_id}",

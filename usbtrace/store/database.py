@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, insert, inspect, select, text
+from sqlalchemy import create_engine, event, insert, inspect, make_url, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError
@@ -41,6 +41,7 @@ class Database:
     def __init__(self, target: str | Path, create: bool = True, readonly: bool = False) -> None:
         target = str(target)
         self.target = target
+        self.display = target  # what messages show: no password
         if _URL.match(target):
             url = target
             self.is_sqlite = target.startswith("sqlite")
@@ -59,6 +60,8 @@ class Database:
             url = f"sqlite:///{path}"
             self.is_sqlite = True
         try:
+            self.display = make_url(url).render_as_string(hide_password=True) \
+                if _URL.match(target) else target
             self.engine: Engine = create_engine(
                 url, connect_args={"check_same_thread": False} if self.is_sqlite else {})
         except Exception as e:  # bad URL, missing driver
@@ -148,8 +151,9 @@ class Database:
         sql = text(
             "SELECT c.seq, c.opcode, c.lba, c.blocks, c.status, u.data FROM scsi_commands c "
             "LEFT JOIN urbs u ON u.session_id = c.session_id AND u.seq > c.cbw_seq "
-            "AND u.seq < coalesce(c.csw_seq, c.cbw_seq + 1000000) AND u.bus IS c.bus "
-            "AND u.device IS c.device AND u.transfer_type = 'bulk' AND u.data IS NOT NULL "
+            "AND u.seq < coalesce(c.csw_seq, c.cbw_seq + 1000000) "
+            "AND u.bus IS NOT DISTINCT FROM c.bus AND u.device IS NOT DISTINCT FROM c.device "
+            "AND u.transfer_type = 'bulk' AND u.data IS NOT NULL "
             "AND u.direction = (CASE c.data_direction WHEN 'in' THEN 'in' ELSE 'out' END) "
             "WHERE c.session_id = :sid AND c.name IN ('read_6', 'read_10', 'read_12', "
             "'read_16', 'write_6', 'write_10', 'write_12', 'write_16') ORDER BY c.seq, u.seq")
@@ -165,6 +169,12 @@ class Database:
                     current[4] += bytes(data)
             if current is not None:
                 yield tuple(current)  # type: ignore[misc]
+
+    def aggregate(self, expression: str, order: str = "id") -> str:
+        """A comma-joined aggregate in this database's SQL dialect (in ``order``)."""
+        if self.is_sqlite:
+            return f"group_concat({expression}, ', ')"  # follows the scan, i.e. id order
+        return f"string_agg({expression}, ', ' ORDER BY {order})"
 
     def close(self) -> None:
         self.engine.dispose()

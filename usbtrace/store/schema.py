@@ -14,12 +14,15 @@ IRP ids are text (``0xffffa00000002900``): kernel addresses and usbmon URB
 ids do not fit a signed 64-bit integer.  ``irps.seq`` and ``urbs.seq`` share one
 numbering within a session, so an URB joins its IRP pass on (session_id, seq),
 and a READ joins its SRBs and their URBs through ``parent_irp_id``.
-Timestamps are seconds from the session start; names are lower-case.
+Timestamps are seconds from the session start; names are lower-case.  Byte
+offsets, LBAs, tags and lengths are 64-bit (BIGINT): a 32-bit LBA or tag does
+not fit PostgreSQL's signed INTEGER.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -74,10 +77,10 @@ class IrpRow(Base):
     minor: Mapped[str | None] = mapped_column(String(40))
     ioctl: Mapped[str | None] = mapped_column(String(48))
     status: Mapped[str | None] = mapped_column(String(48))
-    information: Mapped[int | None] = mapped_column(Integer)
+    information: Mapped[int | None] = mapped_column(BigInteger)
     detail: Mapped[str | None] = mapped_column(Text)
-    offset: Mapped[int | None] = mapped_column(Integer)
-    length: Mapped[int | None] = mapped_column(Integer)
+    offset: Mapped[int | None] = mapped_column(BigInteger)
+    length: Mapped[int | None] = mapped_column(BigInteger)
     file_object: Mapped[int | None] = mapped_column(Integer)
     submitted_at: Mapped[float | None] = mapped_column(Float)
     completed_at: Mapped[float | None] = mapped_column(Float)
@@ -101,9 +104,9 @@ class UrbRow(Base):
     direction: Mapped[str] = mapped_column(String(3))  # in, out
     urb_function: Mapped[str | None] = mapped_column(String(48))
     status: Mapped[str | None] = mapped_column(String(48))
-    requested_length: Mapped[int | None] = mapped_column(Integer)
-    actual_length: Mapped[int | None] = mapped_column(Integer)
-    captured_length: Mapped[int] = mapped_column(Integer)
+    requested_length: Mapped[int | None] = mapped_column(BigInteger)
+    actual_length: Mapped[int | None] = mapped_column(BigInteger)
+    captured_length: Mapped[int] = mapped_column(BigInteger)
     truncated: Mapped[bool] = mapped_column(Boolean)
     setup: Mapped[bytes | None] = mapped_column(LargeBinary)
     data: Mapped[bytes | None] = mapped_column(LargeBinary)
@@ -118,17 +121,17 @@ class ScsiCommandRow(Base):
     bus: Mapped[int | None] = mapped_column(Integer)
     device: Mapped[int | None] = mapped_column(Integer)
     lun: Mapped[int] = mapped_column(Integer)
-    tag: Mapped[int] = mapped_column(Integer)
+    tag: Mapped[int] = mapped_column(BigInteger)
     opcode: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(40))
     cdb: Mapped[bytes] = mapped_column(LargeBinary)
-    lba: Mapped[int | None] = mapped_column(Integer)
-    blocks: Mapped[int | None] = mapped_column(Integer)
+    lba: Mapped[int | None] = mapped_column(BigInteger)
+    blocks: Mapped[int | None] = mapped_column(BigInteger)
     data_direction: Mapped[str] = mapped_column(String(4))  # in, out, none
-    expected_length: Mapped[int] = mapped_column(Integer)
-    data_length: Mapped[int] = mapped_column(Integer)  # bytes the data phase moved
+    expected_length: Mapped[int] = mapped_column(BigInteger)
+    data_length: Mapped[int] = mapped_column(BigInteger)  # bytes the data phase moved
     data_truncated: Mapped[bool] = mapped_column(Boolean)
-    residue: Mapped[int | None] = mapped_column(Integer)
+    residue: Mapped[int | None] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16))  # good, check_condition, phase_error, missing
     sense_key: Mapped[str | None] = mapped_column(String(24))
     asc: Mapped[int | None] = mapped_column(Integer)
@@ -164,10 +167,10 @@ class FileActivityRow(Base):
     path: Mapped[str | None] = mapped_column(Text)
     operation: Mapped[str] = mapped_column(String(12))  # read, write, created, deleted, ...
     kind: Mapped[str] = mapped_column(String(20))  # data, directory, fat, boot_sector, ...
-    file_offset: Mapped[int | None] = mapped_column(Integer)
-    length: Mapped[int | None] = mapped_column(Integer)
-    lba: Mapped[int | None] = mapped_column(Integer)
-    command_offset: Mapped[int | None] = mapped_column(Integer)  # into the command's data
+    file_offset: Mapped[int | None] = mapped_column(BigInteger)
+    length: Mapped[int | None] = mapped_column(BigInteger)
+    lba: Mapped[int | None] = mapped_column(BigInteger)
+    command_offset: Mapped[int | None] = mapped_column(BigInteger)  # into the command's data
     detail: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_file_activity_path", "session_id", "path"),)

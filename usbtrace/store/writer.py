@@ -112,7 +112,7 @@ class BulkInsert:
     """``executemany`` of plain tuples through the driver: the ORM's per-row work
     costs more than SQLite's own insert for rows this size."""
 
-    def __init__(self, table: Table, paramstyle: str) -> None:
+    def __init__(self, table: Table, paramstyle: str, quote: Callable[[str], str]) -> None:
         columns = [c.name for c in table.columns]
         if paramstyle == "qmark":
             marks = ", ".join("?" for _ in columns)
@@ -126,7 +126,8 @@ class BulkInsert:
             marks = ", ".join("%s" for _ in columns)
         self.named = paramstyle in ("named", "pyformat")
         self.columns = columns
-        self.sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
+        names = ", ".join(quote(c) for c in columns)  # "offset" is reserved in PostgreSQL
+        self.sql = f"INSERT INTO {quote(table.name)} ({names}) VALUES ({marks})"
         self.pick = operator.itemgetter(*columns)
 
     def params(self, rows: list[Any]) -> list[Any]:
@@ -142,8 +143,10 @@ class BulkInsert:
 
 
 def bulk_inserts(database: Database) -> dict[str, BulkInsert]:
-    style = database.engine.dialect.paramstyle
-    return {row.__tablename__: BulkInsert(row.__table__, style)  # type: ignore[arg-type]
+    dialect = database.engine.dialect
+    quote = dialect.identifier_preparer.quote
+    return {row.__tablename__: BulkInsert(row.__table__, dialect.paramstyle,  # type: ignore[arg-type]
+                                          quote)
             for row in (IrpRow, UrbRow, ScsiCommandRow, FileActivityRow)}
 
 
