@@ -42,7 +42,8 @@ from usbtrace.usb.urb import URB_FUNCTION_NAMES, USBD_STATUS_NAMES
 from usbtrace.wdm.irp import MAJOR_NAMES, minor_name
 from usbtrace.wdm.status import status_name
 
-BATCH = 2000
+BATCH = 8000  # rows a transaction, at most ...
+BATCH_BYTES = 16 << 20  # ... and at most this much payload, so 64 KiB URBs stay bounded
 
 
 def hex_id(value: int | None) -> str | None:
@@ -227,6 +228,7 @@ class SessionWriter:
         self.attributor = Attributor() if attribute_files else None
         self._files: list[tuple[Any, ...]] = []
         self._activity_id = 0
+        self._batch_bytes = 0
         self._bulk = bulk_inserts(database)
         self._inserter = ProcessInserter(database) if background else None
 
@@ -244,10 +246,12 @@ class SessionWriter:
             self._irps.append(irp_row(sid, x))
         if x.is_urb:
             self._urbs.append(urb_row(sid, x))
+            self._batch_bytes += len(x.data)
             self.identity.feed(x)
             for cmd in self.bot.feed(x):
                 self._command(cmd)
-        if len(self._urbs) + len(self._irps) >= self.batch:
+        if len(self._urbs) + len(self._irps) >= self.batch or \
+                self._batch_bytes >= BATCH_BYTES:
             self.flush()
 
     def _command(self, cmd: ScsiCommand) -> None:
@@ -277,6 +281,7 @@ class SessionWriter:
                                     ("scsi_commands", self._cmds), ("file_activity", self._files))
                  if rows]
         self._irps, self._urbs, self._cmds, self._files = [], [], [], []
+        self._batch_bytes = 0
         if self._inserter is not None:
             self._inserter.put(batch)
         else:
