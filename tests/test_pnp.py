@@ -138,3 +138,20 @@ def test_query_remove_veto_stops_removal() -> None:
     with pytest.raises(PnpError, match="vetoed"):
         machine.stop()
     assert machine.disk_present()
+
+
+def test_a_second_stick_plugged_in_gets_its_own_stacks(stack: Stack) -> None:
+    second = SimulatedStick(DiskImage.in_memory(2 << 20))
+    second.strings[3] = "UT0000000002"
+    hub = stack.machine.root
+    assert hub is not None
+    usbhub.plug(hub, second)
+    assert [child.instance_id for child in hub.children] == ["UT0000000001", "UT0000000002"]
+    disk1 = stack.machine.kernel.lookup("\\\\.\\PhysicalDrive1")
+    assert disk1 is not None
+    h = stack.win32.CreateFile("\\\\.\\PhysicalDrive1")
+    second.image.view[:512] = b"\x77" * 512
+    buffer = bytearray(512)
+    assert stack.win32.ReadFile(h, buffer, 0) == 512 and buffer == b"\x77" * 512
+    addresses = {e.device for e in stack.events if e.device is not None}
+    assert addresses == {1, 2}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from usbtrace.devices.base import DeviceBackend
 from usbtrace.devices.image import DiskImage, parse_size
@@ -112,7 +111,3 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
                             bus_seconds, wall, result)
     database.close()
     return summary
-
-
-def default_db() -> str:
-    return str(Path("usbtrace.db"))

@@ -74,18 +74,6 @@ class Packet:
     big_endian: bool = False
 
 
-class Container:
-    """What a file holds, learned from its first bytes."""
-
-    def __init__(self, kind: str, big_endian: bool, nanoseconds: bool = False,
-                 linktype: int | None = None, snaplen: int = 0) -> None:
-        self.kind = kind  # "pcap" or "pcapng"
-        self.big_endian = big_endian
-        self.nanoseconds = nanoseconds
-        self.linktype = linktype  # pcap: the one linktype; pcapng: the first interface's
-        self.snaplen = snaplen
-
-
 def detect(head: bytes) -> str:
     """'pcap' or 'pcapng' from a file's first four bytes; raise otherwise."""
     if len(head) < 4:

@@ -190,9 +190,6 @@ class Volume:
             self._dirty = False
         return self._owners
 
-    def cluster_lba(self, cluster: int) -> int:
-        return self.start + self.data_start + (cluster - 2) * self.spc
-
 
 def _fat_volume(start: int, sector: bytes) -> Volume | str | None:
     """A FAT volume from its boot sector; 'ntfs'/'exfat' names; None if not a volume."""

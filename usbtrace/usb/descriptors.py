@@ -14,7 +14,6 @@ from construct import (
     Bytes,
     Const,
     Container,
-    GreedyBytes,
     Int16ul,
     Struct,
     this,
@@ -144,7 +143,6 @@ GenericDescriptor = Struct(
     "bDescriptorType" / Byte,
     "data" / Bytes(lambda ctx: max(ctx.bLength - 2, 0)),
 )
-Remainder = GreedyBytes
 
 LAYOUTS = {
     DEVICE: DeviceDescriptor,

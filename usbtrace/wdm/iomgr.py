@@ -191,44 +191,10 @@ def _finish(irp: Irp) -> None:
         irp.user_callback(irp)
 
 
-def IoReuseIrp(irp: Irp, status: int) -> None:  # noqa: N802
-    """Make a completed, driver-owned IRP ready to be sent again."""
-    irp.current_location = irp.stack_count
-    irp.io_status.status = status
-    irp.io_status.information = 0
-    irp.completed = False
-    irp.cancel = False
-    irp.pending_returned = False
-    for loc in irp.stack:
-        loc.control = 0
-        loc.completion_routine = None
-        loc.context = None
-
-
 def IoSetNextIrpStackLocation(irp: Irp, device: DeviceObject | None = None) -> None:  # noqa: N802
     """Take ownership of the top location of an IRP this driver allocated."""
     irp.current_location -= 1
     irp.stack[irp.current_location].device_object = device
-
-
-class WorkItem:
-    """IoAllocateWorkItem / IoQueueWorkItem: run a routine at PASSIVE_LEVEL, later."""
-
-    def __init__(self, device: DeviceObject) -> None:
-        self.device = device
-
-    def IoQueueWorkItem(self, routine: Any, context: Any) -> None:  # noqa: N802
-        sched = self.device.driver_object.kernel.scheduler
-
-        def run() -> None:
-            old = sched.irql
-            sched.irql = 0
-            try:
-                routine(self.device, context)
-            finally:
-                sched.irql = old
-
-        sched.schedule(0, run)
 
 
 def IoForwardIrpSynchronously(lower: DeviceObject, irp: Irp) -> int:  # noqa: N802
