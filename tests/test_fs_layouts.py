@@ -24,7 +24,7 @@ def sectors_of(tmp_path: Path, name: str) -> dict[int, bytes]:
     db = Database(tmp_path / "s.db")
     result = import_capture(db, shared_capture(name))
     out: dict[int, bytes] = {}
-    for _, opcode, lba, blocks, data, status in db.stored_commands(result.session_id or 0):
+    for _, opcode, lba, _blocks, data, status in db.stored_commands(result.session_id or 0):
         if opcode == 0x28 and status == "good" and lba is not None:
             for i in range(len(data) // 512):
                 out[lba + i] = data[i * 512 : (i + 1) * 512]
