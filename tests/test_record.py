@@ -117,3 +117,47 @@ def test_record_is_deterministic(tmp_path: Path) -> None:
     # IRP ids stand for kernel addresses and differ between runs; everything else repeats
     q = "SELECT seq, submitted_at, completed_at, status, data FROM urbs ORDER BY seq"
     assert rows(sqlite3.connect(a), q) == rows(sqlite3.connect(b), q)
+
+
+@pytest.mark.parametrize("off,present,absent", [("--no-upper", "lower", "upper"),
+                                               ("--no-lower", "upper", "lower")])
+def test_each_tracer_position_can_be_switched_off(tmp_path: Path, off: str, present: str,
+                                                 absent: str) -> None:
+    from click.testing import CliRunner
+
+    from usbtrace.cli import main
+
+    db = tmp_path / "p.db"
+    result = CliRunner().invoke(main, ["record", "--db", str(db), "--size", "4M", off])
+    assert result.exit_code == 0, result.output
+    conn = sqlite3.connect(db)
+    positions = {p for (p,) in conn.execute("SELECT DISTINCT position FROM irps")}
+    assert positions == {present}
+    urbs = conn.execute("SELECT count(*) FROM urbs").fetchone()[0]
+    assert (urbs > 0) == (present == "lower")
+
+
+def test_beyond_32_bit_lbas_the_disk_uses_16_byte_cdbs(tmp_path: Path) -> None:
+    from usbtrace.devices.image import DiskImage
+    from usbtrace.devices.simulated import SimulatedStick
+    from usbtrace.machine import DISK_PATH, Machine
+    from usbtrace.records import Event
+
+    image = tmp_path / "huge.img"
+    size = (1 << 41) + (4 << 20)  # a sparse 2 TiB + 4 MiB image: LBAs past 2^32
+    with open(image, "wb") as f:
+        f.truncate(size)
+    events: list[Event] = []
+    stick = SimulatedStick(DiskImage.open(image))
+    machine = Machine(stick, sink=events.append).start()
+    h = machine.win32.CreateFile(DISK_PATH)
+    offset = size - 8192
+    machine.win32.WriteFile(h, b"\x5a" * 4096, offset)
+    buffer = bytearray(4096)
+    machine.win32.ReadFile(h, buffer, offset)
+    machine.stop()
+    stick.close()
+    assert buffer == b"\x5a" * 4096
+    opcodes = [e.data[15] for e in events if e.kind == "S" and e.data[:4] == b"USBC"]
+    assert 0x9E in opcodes  # READ CAPACITY(16): (10) said 0xFFFFFFFF
+    assert 0x8A in opcodes and 0x88 in opcodes  # WRITE(16), READ(16)

@@ -66,6 +66,7 @@ from usbtrace.wdm.irp import (
     IRP_MN_SURPRISE_REMOVAL,
     DeviceIoControlParameters,
     IoAllocateIrp,
+    IoFreeIrp,
     IoMakeAssociatedIrp,
     Irp,
     ScsiParameters,
@@ -173,7 +174,9 @@ def _send_srb_and_wait(ext: DiskExtension, srb: Srb, what: str) -> int:
     IoSetCompletionRoutine(irp, done, None)
     if IoCallDriver(ext.lower, irp) == STATUS_PENDING:
         ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(event, what)
-    return int(irp.io_status.status)
+    status = int(irp.io_status.status)
+    IoFreeIrp(irp)  # ours: allocated here, kept by the completion routine
+    return status
 
 
 def ClassSendSrbSynchronous(ext: DiskExtension, srb: Srb) -> int:  # noqa: N802

@@ -97,6 +97,7 @@ from usbtrace.wdm.irp import (
     DeviceIoControlParameters,
     IoAllocateIrp,
     IoBuildDeviceIoControlRequest,
+    IoFreeIrp,
     Irp,
 )
 from usbtrace.wdm.sched import KEvent
@@ -392,6 +393,7 @@ def _execute_srb_sync(ext: FdoExtension, srb: Srb) -> int:
 
     _start_or_queue(ext, irp, srb, finished)
     ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(event, "INQUIRY")
+    IoFreeIrp(irp)
     return result[0]
 
 
@@ -685,6 +687,7 @@ def _reset_recovery(failed: Request) -> None:
     IoSetNextIrpStackLocation(irp, ext.fdo)
 
     def recovered(request: Request) -> None:
+        IoFreeIrp(irp)
         failed.on_done(failed)
         _start_next(ext)
 
