@@ -124,13 +124,19 @@ class CaptureReader:
         return data
 
     def __iter__(self) -> Iterator[Packet]:
+        for record in self.records():
+            yield Packet(*record)
+
+    def records(self) -> Iterator[tuple[int, float, int, bytes, int, int, bool]]:
+        """Packets as plain tuples, in :class:`Packet`'s field order (the import hot path:
+        no object per record)."""
         if self.kind == "pcap":
             return self._pcap()
         return self._pcapng()
 
     # ---- pcap --------------------------------------------------------------------
 
-    def _pcap(self) -> Iterator[Packet]:
+    def _pcap(self) -> Iterator[tuple[int, float, int, bytes, int, int, bool]]:
         head = self._head + self._read(20)
         self.bytes_read += 4
         if len(head) < 24:
@@ -172,11 +178,11 @@ class CaptureReader:
             data = buf[pos + 16 : end]
             self.bytes_read += end - pos
             pos = end
-            yield Packet(number, sec + frac * scale, linktype, data, origlen, 0, big)
+            yield number, sec + frac * scale, linktype, data, origlen, 0, big
 
     # ---- pcapng ------------------------------------------------------------------
 
-    def _pcapng(self) -> Iterator[Packet]:
+    def _pcapng(self) -> Iterator[tuple[int, float, int, bytes, int, int, bool]]:
         order = "<"
         interfaces: list[tuple[int, float]] = []  # (linktype, seconds per tick)
         number = 0
@@ -240,8 +246,8 @@ class CaptureReader:
                     continue
                 linktype, tick = interfaces[iface]
                 data = body[20 : 20 + caplen]
-                yield Packet(number, ((hi << 32) | lo) * tick, linktype, data, origlen, iface,
-                             order == ">")
+                yield (number, ((hi << 32) | lo) * tick, linktype, data, origlen, iface,
+                       order == ">")
             elif block_type == BT_SPB:
                 number += 1
                 if not interfaces:
@@ -249,8 +255,7 @@ class CaptureReader:
                     continue
                 origlen = struct.unpack_from(order + "I", body)[0]
                 linktype, _ = interfaces[0]
-                yield Packet(number, 0.0, linktype, body[4 : 4 + origlen], origlen, 0,
-                             order == ">")
+                yield number, 0.0, linktype, body[4 : 4 + origlen], origlen, 0, order == ">"
             # other blocks (name resolution, statistics, custom) are skipped
 
 

@@ -61,30 +61,30 @@ def events(stream: BinaryIO, stats: CaptureStats,
     reader = CaptureReader(stream)
     decoder = Decoder(stats)
     usbmon_types = (usbmon.LINKTYPE_USB_LINUX, usbmon.LINKTYPE_USB_LINUX_MMAPPED)
-    decode_usbmon = usbmon.decode
+    decode_usbmon = usbmon.decode_record
     malformed = (usbmon.MalformedRecord, usbpcap.MalformedRecord, CaptureFormatError)
     origin: float | None = None
     last = 0
     count = 0
-    for packet in reader:
+    for record in reader.records():
         count += 1
+        number, ts, linktype, data, _, _, big = record
         if origin is None:
-            origin = packet.ts
+            origin = ts
             stats.first_ts = origin
-            stats.linktype = packet.linktype
-            if packet.linktype not in LINKTYPE_NAMES:
-                decoder.decode(packet)  # raises, naming the linktype
+            stats.linktype = linktype
+            if linktype not in LINKTYPE_NAMES:
+                decoder.decode(Packet(*record))  # raises, naming the linktype
         try:
-            if packet.linktype in usbmon_types:  # the common case, without a list
-                event = decode_usbmon(packet)
-                event.ts -= origin
+            if linktype in usbmon_types:  # the common case: no Packet, no list
+                event = decode_usbmon(number, ts - origin, linktype, data, big)
                 yield event
             else:
-                for event in decoder.decode(packet):
+                for event in decoder.decode(Packet(*record)):
                     event.ts -= origin
                     yield event
         except malformed as e:
-            stats.malformed.append((packet.number, str(e)))
+            stats.malformed.append((number, str(e)))
         if progress is not None and reader.bytes_read - last >= 1 << 20:
             progress(reader.bytes_read - last)
             last = reader.bytes_read

@@ -70,20 +70,26 @@ class MalformedRecord(Exception):  # noqa: N818
 
 def decode(packet: Packet) -> Event:
     """One usbmon record as an :class:`Event`; raises MalformedRecord."""
-    data = packet.data
-    mmapped = packet.linktype == LINKTYPE_USB_LINUX_MMAPPED
+    return decode_record(packet.number, packet.ts, packet.linktype, packet.data,
+                         packet.big_endian)
+
+
+def decode_record(number: int, ts: float, linktype: int, data: bytes,
+                  big_endian: bool) -> Event:
+    """:func:`decode` from a record's fields, for the import loop."""
+    mmapped = linktype == LINKTYPE_USB_LINUX_MMAPPED
     size = 64 if mmapped else 48
     if len(data) < size:
         raise MalformedRecord(f"usbmon header needs {size} bytes, record has {len(data)}")
     (urb_id, kind, xfer, epnum, devnum, busnum, flag_setup, flag_data, _sec, _usec,
-     status, length, len_cap, setup) = (HEADER_BE if packet.big_endian else HEADER_LE
+     status, length, len_cap, setup) = (HEADER_BE if big_endian else HEADER_LE
                                         ).unpack_from(data)
     transfer_type = XFER_TYPES.get(xfer)
     if transfer_type is None:
         raise MalformedRecord(f"unknown usbmon transfer type {xfer}")
     offset = size
     if mmapped and transfer_type == ISOCHRONOUS:
-        ndesc = (MMAPPED_BE if packet.big_endian else MMAPPED_LE).unpack_from(data, 48)[3]
+        ndesc = (MMAPPED_BE if big_endian else MMAPPED_LE).unpack_from(data, 48)[3]
         offset += 16 * ndesc
     payload = data[offset : offset + len_cap] if flag_data in DATA_PRESENT and len_cap else b""
     direction_in = epnum & 0x80
@@ -93,15 +99,15 @@ def decode(packet: Packet) -> Event:
         else:
             setup = None
         expects_data = not direction_in and transfer_type != ISOCHRONOUS
-        return Event(SUBMIT, packet.ts, urb_id, "capture", None, None, None, None, None, None,
+        return Event(SUBMIT, ts, urb_id, "capture", None, None, None, None, None, None,
                      None, None, busnum, devnum, epnum, transfer_type, U.USBD_STATUS_PENDING,
                      length, setup, payload, length if expects_data else len(payload), None,
-                     None, packet.number, status)
+                     None, number, status)
     if kind != 0x43 and kind != 0x45:  # 'C', 'E'
         raise MalformedRecord(f"unknown usbmon event type 0x{kind:02x}")
     expects_data = direction_in and transfer_type != ISOCHRONOUS
-    return Event(COMPLETE, packet.ts, urb_id, "capture", None, None, None, None, None, None,
+    return Event(COMPLETE, ts, urb_id, "capture", None, None, None, None, None, None,
                  "submission error" if kind == 0x45 else None, None, busnum, devnum, epnum,
                  transfer_type, ERRNO_TO_USBD.get(status, U.USBD_STATUS_REQUEST_FAILED),
                  length, None, payload, length if expects_data else len(payload), None, None,
-                 packet.number, status)
+                 number, status)
