@@ -203,12 +203,17 @@ def test_pcapng_with_two_interfaces_and_tsresol(tmp_path: Path) -> None:
         ts = int(round(p.ts * 1e6))
         writer._block(6, struct.pack("<IIIII", 1, ts >> 32, ts & 0xFFFFFFFF, len(p.data),
                                      p.original_length) + p.data)
+        if p.number == 5:  # an Ethernet frame on the other interface, in the middle
+            writer._block(6, struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, 14, 14) +
+                          bytes(14) + bytes(2))
     writer._block(0x0BAD, b"custom block to skip")
     path = tmp_path / "two.pcapng"
     path.write_bytes(out.getvalue())
     db = Database(tmp_path / "t.db")
     result = import_capture(db, path)
     assert result.commands == 33 and result.malformed == []
+    notes, = sqlite3.connect(tmp_path / "t.db").execute("SELECT notes FROM sessions").fetchone()
+    assert "1 records of non-USB interfaces skipped (linktype 1)" in notes
 
 
 def test_malformed_records_are_counted_and_the_rest_imported(tmp_path: Path) -> None:

@@ -80,11 +80,17 @@ def import_capture(database: Database, path: Path,
             writer.feed(first)
             for event in stream_events:
                 writer.feed(event)
-    notes = None
+    parts = []
     if stats.malformed:
         listed = "; ".join(f"record {n}: {why}" for n, why in stats.malformed[:MAX_LISTED])
         more = len(stats.malformed) - MAX_LISTED
-        notes = f"malformed records: {listed}" + (f"; and {more} more" if more > 0 else "")
+        parts.append(f"malformed records: {listed}" + (f"; and {more} more" if more > 0
+                                                         else ""))
+    if stats.skipped:
+        kinds = ", ".join(str(k) for k in sorted(stats.other_linktypes))
+        parts.append(f"{stats.skipped} records of non-USB interfaces skipped (linktype "
+                     f"{kinds})")
+    notes = "; ".join(parts) or None
     writer.close(malformed=len(stats.malformed), notes=notes, time_origin=stats.first_ts)
     return ImportResult(path, session_id, None, stats.records, writer.commands,
                         stats.malformed, time.perf_counter() - t0)

@@ -34,6 +34,8 @@ class CaptureStats:
     malformed: list[tuple[int, str]] = field(default_factory=list)
     first_ts: float | None = None
     linktype: int | None = None
+    skipped: int = 0  # records of interfaces that are not USB
+    other_linktypes: set[int] = field(default_factory=set)
 
 
 class Decoder:
@@ -69,12 +71,15 @@ def events(stream: BinaryIO, stats: CaptureStats,
     for record in reader.records():
         count += 1
         number, ts, linktype, data, _, _, big = record
+        if linktype not in LINKTYPE_NAMES:
+            # another interface of a pcapng (Ethernet beside usbmon, say): not ours
+            stats.skipped += 1
+            stats.other_linktypes.add(linktype)
+            continue
         if origin is None:
             origin = ts
             stats.first_ts = origin
             stats.linktype = linktype
-            if linktype not in LINKTYPE_NAMES:
-                decoder.decode(Packet(*record))  # raises, naming the linktype
         try:
             if linktype in usbmon_types:  # the common case: no Packet, no list
                 event = decode_usbmon(number, ts - origin, linktype, data, big)
@@ -89,6 +94,8 @@ def events(stream: BinaryIO, stats: CaptureStats,
             progress(reader.bytes_read - last)
             last = reader.bytes_read
     stats.records = count
+    if origin is None and stats.other_linktypes:
+        decoder.decode(Packet(0, 0.0, min(stats.other_linktypes), b"", 0))  # names it
     for event in decoder.usbpcap.flush():
         event.ts -= origin or 0.0
         yield event
