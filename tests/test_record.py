@@ -161,3 +161,25 @@ def test_beyond_32_bit_lbas_the_disk_uses_16_byte_cdbs(tmp_path: Path) -> None:
     opcodes = [e.data[15] for e in events if e.kind == "S" and e.data[:4] == b"USBC"]
     assert 0x9E in opcodes  # READ CAPACITY(16): (10) said 0xFFFFFFFF
     assert 0x8A in opcodes and 0x88 in opcodes  # WRITE(16), READ(16)
+
+
+def test_a_failing_workload_keeps_its_log_and_says_why(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from usbtrace.machine import DISK_PATH, Machine
+    from usbtrace.wdm.win32 import NtStatusError
+    from usbtrace.workloads import raw
+
+    def failing(machine: Machine) -> object:
+        h = machine.win32.CreateFile(DISK_PATH)
+        machine.win32.ReadFile(h, bytearray(4096), 0)
+        return machine.win32.ReadFile(h, bytearray(100), 3)  # misaligned: refused
+
+    monkeypatch.setattr(raw, "raw", failing)
+    db = tmp_path / "f.db"
+    with pytest.raises(NtStatusError):
+        record(RecordOptions(db=str(db), size="4M"))
+    conn = sqlite3.connect(db)
+    complete, notes = conn.execute("SELECT complete, notes FROM sessions").fetchone()
+    assert complete == 1 and "the workload failed: NtStatusError" in notes
+    assert conn.execute("SELECT count(*) FROM scsi_commands WHERE name='read_10'"
+                        ).fetchone()[0] >= 1

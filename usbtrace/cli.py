@@ -98,7 +98,7 @@ db_option = click.option("--db", default=DEFAULT_DB, show_default=True,
 def record(db: str, image: str | None, size: str, workload: str | None, device: str | None,
            allow_write: bool, usb_backend: str, speed: str, fs: str, copy: tuple[str, ...],
            no_lower: bool, no_upper: bool, lossy: bool) -> None:
-    """Run a workload on the simulated stick with the tracer in the stack."""
+    """Run a workload on a stick (simulated, or real with --device), tracer in the stack."""
     from usbtrace.recording import RecordOptions
     from usbtrace.recording import record as run
 

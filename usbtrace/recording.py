@@ -76,6 +76,10 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
         raise InputError(f"the '{options.workload}' workload writes to the device; "
                          "pass --allow-write if nothing on it matters (see README: real "
                          "hardware)")
+    if options.workload == "files":
+        from usbtrace.workloads.files import check
+
+        check(options.fs, options.copy)  # bad options fail before a session exists
     database = Database(options.db)
     own_backend = backend is None
     if backend is None:
@@ -92,18 +96,24 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
                         lossy=options.lossy)
     t0 = time.perf_counter()
     machine = Machine(backend, sink=recorder, positions=options.positions, clock=clock)
+    failure: str | None = None
     try:
         machine.start()
         if options.workload == "files":
             result = workload(machine, fat=options.fs, copy=options.copy)
         else:
             result = workload(machine)
+    except Exception as e:  # kept in the session's notes: the log up to here stays
+        failure = f"the workload failed: {type(e).__name__}: {e}"
+        raise
     finally:
-        machine.stop()
-        bus_seconds = machine.scheduler.now()
-        recorder.close()
-        if own_backend:
-            backend.close()
+        try:
+            machine.stop()
+        finally:
+            bus_seconds = machine.scheduler.now()
+            recorder.close(notes=failure)
+            if own_backend:
+                backend.close()
     wall = time.perf_counter() - t0
     writer = recorder.writer
     summary = RecordSummary(session_id, database.display, writer.commands, writer.records,

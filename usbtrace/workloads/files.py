@@ -146,15 +146,20 @@ def _mkfs(disk: DiskFile, fat_type: str) -> None:
         fs.close()
 
 
-def files(machine: Machine, fat: str = "fat16", copy: Iterable[str] = ()) -> WorkloadResult:
+def check(fat: str, copy: Iterable[str]) -> dict[str, bytes]:
+    """The options, checked before any session starts; the tree to copy."""
     if fat == "exfat":
         raise InputError("the files workload formats with pyfatfs, which writes FAT12/16/32 "
                          "only; exFAT is decoded from captures but cannot be written here")
     if fat not in FAT_TYPES:
         raise InputError(f"unknown file system {fat!r}; choose fat12, fat16 or fat32")
+    return tree_from(copy) if copy else sample_tree()
+
+
+def files(machine: Machine, fat: str = "fat16", copy: Iterable[str] = ()) -> WorkloadResult:
     from pyfatfs.PyFatFS import PyFatBytesIOFS
 
-    tree = tree_from(copy) if copy else sample_tree()
+    tree = check(fat, copy)
     result = WorkloadResult()
     w = machine.win32
     handle = w.CreateFile(DISK_PATH)
