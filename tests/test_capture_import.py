@@ -240,16 +240,37 @@ def test_malformed_records_are_counted_and_the_rest_imported(tmp_path: Path) -> 
 
 def test_large_file_path_stores_from_a_second_process(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forked storing process derives the same commands, devices and file activity."""
     import usbtrace.importing as importing
 
-    name = "ajbanjara__usb_memory_stick.pcap"
+    name = "linux-qemu-fat16-xhci.usbmon.pcap"
     db = Database(tmp_path / "t.db")
     inline = import_capture(db, shared_capture(name))
     monkeypatch.setattr(importing, "BACKGROUND_FROM", 0)
     forked = import_capture(db, shared_capture(name), force=True)
+    assert forked.commands == inline.commands == 206
     conn = sqlite3.connect(tmp_path / "t.db")
-    for table in ("urbs", "scsi_commands"):
-        q = f"SELECT * FROM {table} WHERE session_id = ? ORDER BY seq"
+    for table, order in (("urbs", "seq"), ("scsi_commands", "seq"), ("file_activity", "id"),
+                         ("devices", "bus, device")):
+        q = f"SELECT * FROM {table} WHERE session_id = ? ORDER BY {order}"
         a = [r[1:] for r in conn.execute(q, (inline.session_id,))]
         b = [r[1:] for r in conn.execute(q, (forked.session_id,))]
-        assert a == b and a
+        assert a == b and a, table
+    counts = "SELECT command_count, record_count FROM sessions WHERE id = ?"
+    assert conn.execute(counts, (inline.session_id,)).fetchone() == \
+        conn.execute(counts, (forked.session_id,)).fetchone()
+
+
+def test_after_works_in_the_storing_process(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import usbtrace.importing as importing
+
+    db = Database(tmp_path / "t.db")
+    first = import_capture(db, shared_capture("ajbanjara__usb_memory_stick.pcap"))
+    monkeypatch.setattr(importing, "BACKGROUND_FROM", 0)
+    after = import_capture(db, shared_capture("ajbanjara__usb_memory_stick_create_file.pcap"),
+                           after=first.session_id)
+    events = sqlite3.connect(tmp_path / "t.db").execute(
+        "SELECT operation, path FROM file_activity WHERE session_id=? AND kind='event'",
+        (after.session_id,)).fetchall()
+    assert ("created", "/new file") in events

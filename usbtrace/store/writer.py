@@ -210,7 +210,6 @@ class SessionWriter:
     """Decode events and insert the rows of one session."""
 
     def __init__(self, database: Database, session_id: int, batch: int = BATCH,
-                 command_hooks: list[Callable[[ScsiCommand], None]] | None = None,
                  background: bool = False, attribute_files: bool = True) -> None:
         self.database = database
         self.session_id = session_id
@@ -221,7 +220,6 @@ class SessionWriter:
         self.records = 0
         self.commands = 0
         self.last_ts = 0.0
-        self.command_hooks = command_hooks or []
         self._irps: list[dict[str, Any]] = []
         self._urbs: list[tuple[Any, ...]] = []
         self._cmds: list[dict[str, Any]] = []
@@ -261,8 +259,6 @@ class SessionWriter:
             info = cmd.info
             self._activity(self.attributor.feed(cmd.seq, info.opcode, info.lba, info.blocks,
                                                 cmd.data, cmd.status))
-        for hook in self.command_hooks:
-            hook(cmd)
 
     def _activity(self, rows: list[Activity]) -> None:
         sid = self.session_id
