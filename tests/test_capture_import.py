@@ -274,3 +274,35 @@ def test_after_works_in_the_storing_process(tmp_path: Path,
         "SELECT operation, path FROM file_activity WHERE session_id=? AND kind='event'",
         (after.session_id,)).fetchall()
     assert ("created", "/new file") in events
+
+
+def test_decoding_notes_name_orphans_and_uas(tmp_path: Path) -> None:
+    from usbtrace.records import BULK, COMPLETE, CONTROL, SUBMIT, Event
+    from usbtrace.storage import bot
+    from usbtrace.store.writer import SessionWriter
+    from usbtrace.usb import descriptors as d
+    from usbtrace.usb import setup as std
+
+    db = Database(tmp_path / "t.db")
+    sid = db.new_session("usbmon", "synthetic", "now", "capture")
+    writer = SessionWriter(db, sid)
+    interface = d.InterfaceDescriptor.build(dict(
+        bInterfaceNumber=0, bAlternateSetting=1, bNumEndpoints=0, bInterfaceClass=8,
+        bInterfaceSubClass=6, bInterfaceProtocol=0x62, iInterface=0))
+    config = d.ConfigurationDescriptor.build(dict(
+        bDescriptorType=2, wTotalLength=18, bNumInterfaces=1, bConfigurationValue=1,
+        iConfiguration=0, bmAttributes=0x80, bMaxPower=50)) + interface
+    setup = std.build_setup(0x80, std.GET_DESCRIPTOR, d.CONFIGURATION << 8, 0, 18)
+    common = dict(bus=1, device=5, transfer_type=CONTROL, endpoint=0x80)
+    writer.feed(Event(SUBMIT, 0.0, 1, setup=setup, length=18, **common))  # type: ignore[arg-type]
+    writer.feed(Event(COMPLETE, 0.1, 1, data=config, length=18, urb_status=0,
+                      **common))  # type: ignore[arg-type]
+    csw = bot.build_csw(9, 0, 0)  # a CSW whose CBW the capture never saw
+    bulk = dict(bus=1, device=5, transfer_type=BULK, endpoint=0x81)
+    writer.feed(Event(SUBMIT, 0.2, 2, length=13, **bulk))  # type: ignore[arg-type]
+    writer.feed(Event(COMPLETE, 0.3, 2, data=csw, length=13, urb_status=0,
+                      **bulk))  # type: ignore[arg-type]
+    writer.close()
+    notes, = sqlite3.connect(tmp_path / "t.db").execute("SELECT notes FROM sessions").fetchone()
+    assert "1 bulk transfers belonged to no command" in notes
+    assert "device 1.5 speaks UAS" in notes

@@ -24,6 +24,7 @@ class DeviceIdentity:
     string_indexes: dict[str, int] = field(default_factory=dict)
     strings: dict[int, str] = field(default_factory=dict)
     mass_storage_interfaces: list[int] = field(default_factory=list)
+    storage_protocols: set[int] = field(default_factory=set)  # 0x50 Bulk-Only, 0x62 UAS
 
     def text(self, name: str) -> str | None:
         index = self.string_indexes.get(name)
@@ -57,10 +58,11 @@ class IdentityTracker:
                                     "product": desc.iProduct, "serial": desc.iSerialNumber}
         elif kind == d.CONFIGURATION and len(data) > 9:
             tree = d.configuration_tree(data)
-            found = [e["interface"].bInterfaceNumber for e in tree["interfaces"]
-                     if e["interface"].bInterfaceClass == 0x08]
-            if found:
-                ident.mass_storage_interfaces = sorted(set(found))
+            storage = [e["interface"] for e in tree["interfaces"]
+                       if e["interface"].bInterfaceClass == 0x08]
+            if storage:
+                ident.mass_storage_interfaces = sorted({i.bInterfaceNumber for i in storage})
+                ident.storage_protocols = {i.bInterfaceProtocol for i in storage}
         elif kind == d.STRING and index:
             text = d.decode_string(data)
             if text is not None:

@@ -283,6 +283,18 @@ class SessionWriter:
         else:
             insert_batch(self.database, self._bulk, batch)
 
+    def decoding_notes(self) -> list[str]:
+        """What a reader of the session should know about how it decoded."""
+        notes = []
+        if self.bot.orphans:
+            notes.append(f"{self.bot.orphans} bulk transfers belonged to no command (the "
+                         "capture started or ended mid-command)")
+        for ident in self.identity.devices.values():
+            if 0x62 in ident.storage_protocols:
+                notes.append(f"device {ident.bus}.{ident.device} speaks UAS (USB Attached "
+                             "SCSI), which is not decoded into SCSI commands")
+        return notes
+
     def close(self, dropped: int = 0, malformed: int = 0, notes: str | None = None,
               time_origin: float | None = None) -> None:
         """Flush what the stages still hold and mark the session complete."""
@@ -295,6 +307,7 @@ class SessionWriter:
         self.flush()
         if self._inserter is not None:
             self._inserter.close()
+        notes = "; ".join([n for n in [notes, *self.decoding_notes()] if n]) or None
         devices = [
             {"session_id": self.session_id, "bus": i.bus, "device": i.device, "vid": i.vid,
              "pid": i.pid, "device_class": i.device_class,
