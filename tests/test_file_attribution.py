@@ -226,3 +226,58 @@ def test_attribution_agrees_with_the_fat_implementation(tmp_path: Path, spec: di
             logged.update(range(lba, lba + -(-length // 512)))
         assert logged and logged <= lbas, path
     fs.close()
+
+
+def _fat_image(path: Path, name: str, content: bytes) -> None:
+    import datetime
+
+    import pyfatfs.PyFat as pyfat_module  # noqa: N813
+    from pyfatfs.PyFatFS import PyFatFS
+
+    with open(path, "wb") as f:
+        f.truncate(4 << 20)
+    fat = pyfat_module.PyFat()
+    fat.mkfs(str(path), pyfat_module.PyFat.FAT_TYPE_FAT12, size=4 << 20)
+    fat.close()
+    fs = PyFatFS(str(path))
+    fs.tz = datetime.timezone.utc
+    with fs.openbin(name, "w") as out:
+        out.write(content)
+    fs.close()
+
+
+def test_two_sticks_in_one_session_keep_their_volumes_apart(tmp_path: Path) -> None:
+    from usbtrace.devices.image import DiskImage
+    from usbtrace.devices.simulated import SimulatedStick
+    from usbtrace.drivers import usbhub
+    from usbtrace.machine import Machine
+    from usbtrace.store.writer import Recorder, SessionWriter
+
+    _fat_image(tmp_path / "a.img", "/only-on-a.txt", b"A" * 3000)
+    _fat_image(tmp_path / "b.img", "/only-on-b.txt", b"B" * 3000)
+    db = Database(tmp_path / "two.db")
+    sid = db.new_session("simulated", "two sticks", "now", "virtual")
+    recorder = Recorder(SessionWriter(db, sid))
+    first = SimulatedStick(DiskImage.open(tmp_path / "a.img"))
+    second = SimulatedStick(DiskImage.open(tmp_path / "b.img"))
+    second.strings[3] = "UT0000000002"
+    machine = Machine(first, sink=recorder).start()
+    assert machine.root is not None
+    usbhub.plug(machine.root, second)
+    for number in (0, 1):
+        h = machine.win32.CreateFile(f"\\\\.\\PhysicalDrive{number}")
+        machine.win32.ReadFile(h, bytearray(256 * 1024), 0)  # boot sector, FATs, root, data
+        machine.win32.CloseHandle(h)
+    machine.stop()
+    recorder.close()
+    first.close()
+    second.close()
+    conn = sqlite3.connect(tmp_path / "two.db")
+    rows = conn.execute(
+        "SELECT c.device, f.path FROM file_activity f JOIN scsi_commands c "
+        "ON c.session_id = f.session_id AND c.seq = f.scsi_seq WHERE f.kind = 'data'"
+    ).fetchall()
+    by_device: dict[int, set[str]] = {}
+    for device, path in rows:
+        by_device.setdefault(device, set()).add(path)
+    assert by_device == {1: {"/only-on-a.txt"}, 2: {"/only-on-b.txt"}}

@@ -74,8 +74,8 @@ def import_capture(database: Database, path: Path,
             and "fork" in multiprocessing.get_all_start_methods()
         writer = SessionWriter(database, session_id, background=background,
                                attribute_files=attribute_files)
-        if after is not None and writer.attributor is not None:
-            writer.attributor.warm(database.stored_commands(after))
+        if after is not None:
+            writer.continue_volume(database.stored_commands(after))
         if first is not None:
             writer.feed(first)
             for event in stream_events:

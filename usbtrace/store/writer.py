@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import Connection, Table, insert, update
@@ -223,7 +223,10 @@ class SessionWriter:
         self._irps: list[dict[str, Any]] = []
         self._urbs: list[tuple[Any, ...]] = []
         self._cmds: list[dict[str, Any]] = []
-        self.attributor = Attributor() if attribute_files else None
+        self.attribute_files = attribute_files
+        # one shadow volume per logical unit: two sticks in one capture never mix
+        self.attributors: dict[tuple[int | None, int | None, int], Attributor] = {}
+        self._warmed: Attributor | None = None
         self._files: list[tuple[Any, ...]] = []
         self._activity_id = 0
         self._batch_bytes = 0
@@ -255,10 +258,15 @@ class SessionWriter:
     def _command(self, cmd: ScsiCommand) -> None:
         self.commands += 1
         self._cmds.append(command_row(self.session_id, cmd))
-        if self.attributor is not None:
+        if self.attribute_files:
+            key = (cmd.bus, cmd.device, cmd.lun)
+            attributor = self.attributors.get(key)
+            if attributor is None:
+                attributor = self.attributors[key] = self._warmed or Attributor()
+                self._warmed = None
             info = cmd.info
-            self._activity(self.attributor.feed(cmd.seq, info.opcode, info.lba, info.blocks,
-                                                cmd.data, cmd.status))
+            self._activity(attributor.feed(cmd.seq, info.opcode, info.lba, info.blocks,
+                                           cmd.data, cmd.status))
 
     def _activity(self, rows: list[Activity]) -> None:
         sid = self.session_id
@@ -283,6 +291,14 @@ class SessionWriter:
         else:
             insert_batch(self.database, self._bulk, batch)
 
+    def continue_volume(self, commands: Iterable[tuple[int, int, int | None, int | None, bytes,
+                                                        str]]) -> None:
+        """Start attribution from an earlier session's view of the medium: the first
+        logical unit this session sees takes it over."""
+        if self.attribute_files:
+            self._warmed = Attributor()
+            self._warmed.warm(commands)
+
     def decoding_notes(self) -> list[str]:
         """What a reader of the session should know about how it decoded."""
         notes = []
@@ -302,8 +318,8 @@ class SessionWriter:
             self._exchange(x)
         for cmd in self.bot.flush():
             self._command(cmd)
-        if self.attributor is not None:
-            self._activity(self.attributor.flush())
+        for attributor in self.attributors.values():
+            self._activity(attributor.flush())
         self.flush()
         if self._inserter is not None:
             self._inserter.close()
