@@ -81,9 +81,10 @@ db_option = click.option("--db", default=DEFAULT_DB, show_default=True,
 @click.option("--device", metavar="usb:VID:PID[:SERIAL]",
               help="Real hardware through pyusb instead of the simulated stick.")
 @click.option("--allow-write", is_flag=True, help="Let a workload write to real hardware.")
-@click.option("--usb-backend", type=click.Choice(["libusb", "simulated"]), default="libusb",
-              show_default=True, help="With --device: libusb (real devices), or simulated "
-              "(a simulated stick behind pyusb, for trying the hardware path).")
+@click.option("--usb-backend", default="libusb", show_default=True,
+              help="With --device: libusb (real devices), simulated (a simulated stick behind "
+              "pyusb, for trying the hardware path), or one a package adds under the "
+              "usbtrace.usb_backends entry points.")
 @click.option("--speed", type=click.Choice(["full", "high", "super"]), default="super",
               show_default=True, help="Bus speed of the simulated stick.")
 @click.option("--fs", "fs", type=click.Choice(["fat12", "fat16", "fat32", "exfat"]),
@@ -135,8 +136,8 @@ def record(db: str, image: str | None, size: str, workload: str | None, device: 
 
 
 @main.command()
-@click.option("--usb-backend", type=click.Choice(["libusb", "simulated"]), default="libusb",
-              show_default=True)
+@click.option("--usb-backend", default="libusb", show_default=True,
+              help="libusb, simulated, or a backend added through entry points.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
 @friendly
 def devices(usb_backend: str, fmt: str) -> None:

@@ -39,18 +39,22 @@ class CaptureStats:
 
 
 class Decoder:
-    """Route each packet to the decoder of its linktype."""
+    """Route each packet to the decoder of its linktype (``self.decoders``)."""
 
     def __init__(self, stats: CaptureStats) -> None:
         self.stats = stats
         self.usbpcap = usbpcap.UsbpcapDecoder()
+        self.decoders: dict[int, Callable[[Packet], list[Event]]] = {
+            usbmon.LINKTYPE_USB_LINUX: lambda packet: [usbmon.decode(packet)],
+            usbmon.LINKTYPE_USB_LINUX_MMAPPED: lambda packet: [usbmon.decode(packet)],
+            usbpcap.LINKTYPE_USBPCAP: self.usbpcap.decode,
+        }
 
     def decode(self, packet: Packet) -> list[Event]:
+        decoder = self.decoders.get(packet.linktype)
+        if decoder is not None:
+            return decoder(packet)
         linktype = packet.linktype
-        if linktype in (usbmon.LINKTYPE_USB_LINUX, usbmon.LINKTYPE_USB_LINUX_MMAPPED):
-            return [usbmon.decode(packet)]
-        if linktype == usbpcap.LINKTYPE_USBPCAP:
-            return self.usbpcap.decode(packet)
         name = OTHER_LINKTYPES.get(linktype, "unknown")
         raise CaptureFormatError(
             f"linktype {linktype} ({name}) is not USB traffic that usbtrace reads; "

@@ -81,12 +81,24 @@ USB_BACKENDS: dict[str, Callable[..., Any]] = {
 }
 
 
+def _entry_point_backends() -> dict[str, Callable[..., Any]]:
+    """Backends other packages add under the ``usbtrace.usb_backends`` entry-point group;
+    each loads only when chosen."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, Callable[..., Any]] = {}
+    for point in entry_points(group="usbtrace.usb_backends"):
+        found[point.name] = lambda options=None, point=point: point.load()(options)
+    return found
+
+
 def get_usb_backend(name: str, options: dict[str, Any] | None = None) -> Any:
+    backends = {**_entry_point_backends(), **USB_BACKENDS}
     try:
-        factory = USB_BACKENDS[name]
+        factory = backends[name]
     except KeyError:
         raise InputError(f"unknown USB backend {name!r}; choose from "
-                         f"{', '.join(USB_BACKENDS)}") from None
+                         f"{', '.join(backends)}") from None
     return factory(options)
 
 
