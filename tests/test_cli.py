@@ -72,3 +72,18 @@ def test_image_file_is_created_and_reused(tmp_path: Path) -> None:
     bad.write_bytes(b"x" * 1000)
     code, _, err = invoke("record", "--db", str(tmp_path / "u.db"), "--image", str(bad))
     assert code == 2 and "512-byte blocks" in err
+
+
+def test_log_shows_commands_with_their_files(tmp_path: Path) -> None:
+    db = str(tmp_path / "u.db")
+    code, _, _ = invoke("record", "--db", db, "--size", "8M", "--workload", "files")
+    assert code == 0
+    code, out, _ = invoke("log", "1", "--db", db, "--format", "json")
+    rows = json.loads(out)
+    writes = [r for r in rows if r["command"] == "write_10" and r["blocks_belong_to"]]
+    assert any("/docs/report.pdf @" in r["blocks_belong_to"] for r in writes)
+    assert any("created /README.TXT" in r["blocks_belong_to"] for r in writes)
+    code, out, _ = invoke("log", "1", "--db", db, "--limit", "3")
+    assert code == 0 and "(3 rows)" in out
+    code, _, err = invoke("log", "7", "--db", db)
+    assert code == 2 and "no session 7" in err

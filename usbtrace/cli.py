@@ -283,6 +283,38 @@ def replay(source: str, mode: str, against: str | None, speed: float | None,
     sys.exit(0 if report.identical else 1)
 
 
+# ---- log ------------------------------------------------------------------------------
+
+
+@main.command(name="log")
+@click.argument("session", type=int)
+@db_option
+@click.option("--limit", type=int, default=None, help="At most this many commands.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@friendly
+def log_(session: int, db: str, limit: int | None, fmt: str) -> None:
+    """A session's SCSI commands, one a line, with the files their blocks belong to."""
+    from usbtrace.store.database import Database
+
+    database = Database(db, create=False, readonly=True)
+    if not database.session_exists(session):
+        raise UsbtraceError(f"no session {session} in {db} (see 'usbtrace sessions')")
+    what = database.aggregate(
+        "CASE WHEN f.kind = 'data' THEN f.path || ' @' || f.file_offset "
+        "WHEN f.kind = 'event' THEN f.operation || ' ' || f.path "
+        "WHEN f.path IS NOT NULL THEN f.kind || ' ' || f.path ELSE f.kind END", "f.id")
+    sql = (
+        "SELECT c.seq, round(c.submitted_at, 6) AS time, c.name AS command, c.lba, c.blocks, "
+        "c.data_length AS bytes, c.status, c.sense_key AS sense, "
+        f"(SELECT {what} FROM file_activity f WHERE f.session_id = c.session_id "
+        "AND f.scsi_seq = c.seq) AS blocks_belong_to "
+        f"FROM scsi_commands c WHERE c.session_id = {int(session)} ORDER BY c.seq")
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    columns, rows = database.query(sql)
+    click.echo(render(columns, rows, fmt), nl=False)
+
+
 # ---- files ----------------------------------------------------------------------------
 
 
