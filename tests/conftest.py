@@ -13,6 +13,16 @@ from usbtrace.machine import Machine
 from usbtrace.records import Event
 
 CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "captures"
+# the third-party captures with mass-storage traffic (see ../shared/captures/INDEX.md)
+STORAGE_CAPTURES = [
+    "ajbanjara__usb_memory_stick.pcap",
+    "ajbanjara__usb_memory_stick_create_file.pcap",
+    "ajbanjara__STM32L052-Nucleo-via-hub-usbmon.pcapng",
+    "ajbanjara__USBMSC-USBPcap.pcapng",
+    "ctfs__fore2.pcap",
+    "linux-qemu-fat16-xhci.usbmon.pcap",
+    "linux-qemu-fat16-xhci.qemu.pcap",
+]
 
 
 def shared_capture(name: str) -> Path:

@@ -18,17 +18,9 @@ from usbtrace.importing import import_capture
 from usbtrace.store.database import Database
 
 from . import tshark
-from .conftest import shared_capture
+from .conftest import STORAGE_CAPTURES, shared_capture
 
-STORAGE = [
-    "ajbanjara__usb_memory_stick.pcap",
-    "ajbanjara__usb_memory_stick_create_file.pcap",
-    "ajbanjara__STM32L052-Nucleo-via-hub-usbmon.pcapng",
-    "ajbanjara__USBMSC-USBPcap.pcapng",
-    "ctfs__fore2.pcap",
-    "linux-qemu-fat16-xhci.usbmon.pcap",
-    "linux-qemu-fat16-xhci.qemu.pcap",
-]
+STORAGE = STORAGE_CAPTURES
 NOT_STORAGE = ["Flameeyes__test1.pcap", "ctfs__TinyThumb.pcap"]
 STATUS = {"good": 0, "check_condition": 1, "phase_error": 2, "missing": None}
 # Wireshark fills scsi_sbc.rdwr10.* for these opcodes

@@ -13,18 +13,10 @@ from usbtrace.cli import main
 from usbtrace.drivers import usbstor
 from usbtrace.replay.run import replay
 
-from .conftest import shared_capture
+from .conftest import STORAGE_CAPTURES, shared_capture
 
 OWN = sorted((Path(__file__).resolve().parent.parent / "captures").glob("*.pcapng"))
-THIRD_PARTY = [
-    "ajbanjara__usb_memory_stick.pcap",
-    "ajbanjara__usb_memory_stick_create_file.pcap",
-    "ajbanjara__STM32L052-Nucleo-via-hub-usbmon.pcapng",
-    "ajbanjara__USBMSC-USBPcap.pcapng",
-    "ctfs__fore2.pcap",
-    "linux-qemu-fat16-xhci.usbmon.pcap",
-    "linux-qemu-fat16-xhci.qemu.pcap",
-]
+THIRD_PARTY = STORAGE_CAPTURES
 
 
 def cli(*args: str) -> tuple[int, str, str]:

@@ -46,3 +46,18 @@ class DeviceBackend(ABC):
 
     def close(self) -> None:
         """Release whatever the backend holds (files, handles)."""
+
+
+def read_configuration(backend: DeviceBackend) -> bytes:
+    """The whole configuration descriptor: its 9-byte header first, for wTotalLength,
+    then all of it, as every host reads it."""
+    from usbtrace.usb import descriptors as d
+    from usbtrace.usb import setup as std
+
+    head = bytearray(9)
+    backend.control(std.build_setup(0x80, std.GET_DESCRIPTOR, d.CONFIGURATION << 8, 0, 9), head)
+    total = int.from_bytes(head[2:4], "little")
+    blob = bytearray(total)
+    result = backend.control(
+        std.build_setup(0x80, std.GET_DESCRIPTOR, d.CONFIGURATION << 8, 0, total), blob)
+    return bytes(blob[: result.actual])

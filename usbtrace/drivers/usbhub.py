@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from usbtrace.devices.base import DeviceBackend, TransferResult
+from usbtrace.devices.base import DeviceBackend, TransferResult, read_configuration
 from usbtrace.usb import descriptors as d
 from usbtrace.usb import setup as std
 from usbtrace.usb import urb as U
@@ -255,12 +255,7 @@ def _enumerate_port(fdo: DeviceObject, ext: HubFdoExtension, port: int,
         fdo.driver_object.kernel.DbgPrint("usbhub: port %d: device descriptor failed", port)
         return None
     device_descriptor = d.DeviceDescriptor.parse(bytes(buf))
-    head = bytearray(9)
-    backend.control(std.build_setup(0x80, std.GET_DESCRIPTOR, d.CONFIGURATION << 8, 0, 9), head)
-    total = int.from_bytes(head[2:4], "little")
-    config = bytearray(total)
-    backend.control(std.build_setup(0x80, std.GET_DESCRIPTOR, d.CONFIGURATION << 8, 0, total),
-                    config)
+    config = read_configuration(backend)
 
     def string(index: int) -> str:
         if not index:

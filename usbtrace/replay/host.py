@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from usbtrace.devices.base import DeviceBackend
+from usbtrace.devices.base import DeviceBackend, read_configuration
 from usbtrace.replay.recording import Recording
 from usbtrace.replay.report import Divergence, Report, describe, first_difference
 from usbtrace.storage import bot
@@ -25,13 +25,7 @@ STATUS_CODES = {"good": 0, "check_condition": 1, "phase_error": 2}
 
 def _endpoints(target: DeviceBackend) -> tuple[int, int, int]:
     """Configure the target; its Bulk-Only interface number and bulk IN/OUT endpoints."""
-    head = bytearray(9)
-    target.control(std.build_setup(0x80, std.GET_DESCRIPTOR, d.CONFIGURATION << 8, 0, 9), head)
-    total = int.from_bytes(head[2:4], "little")
-    blob = bytearray(total)
-    target.control(std.build_setup(0x80, std.GET_DESCRIPTOR, d.CONFIGURATION << 8, 0, total),
-                   blob)
-    tree = d.configuration_tree(bytes(blob))
+    tree = d.configuration_tree(read_configuration(target))
     value = tree["configuration"].bConfigurationValue
     target.control(std.build_setup(0x00, std.SET_CONFIGURATION, value, 0, 0), bytearray())
     for entry in tree["interfaces"]:
