@@ -43,7 +43,7 @@ class Database:
         self.target = target
         self.display = target  # what messages show: no password
         if _URL.match(target):
-            url = target
+            url = _driver(target)
             self.is_sqlite = target.startswith("sqlite")
         else:
             path = Path(target)
@@ -60,7 +60,7 @@ class Database:
             url = f"sqlite:///{path}"
             self.is_sqlite = True
         try:
-            self.display = make_url(url).render_as_string(hide_password=True) \
+            self.display = make_url(target).render_as_string(hide_password=True) \
                 if _URL.match(target) else target
             self.engine: Engine = create_engine(
                 url, connect_args={"check_same_thread": False} if self.is_sqlite else {})
@@ -75,8 +75,8 @@ class Database:
         try:
             names = set(inspect(self.engine).get_table_names())
         except (OperationalError, SADatabaseError, sqlite3.DatabaseError) as e:
-            raise DatabaseError(f"{self.target}: cannot read database: "
-                                f"{getattr(e, 'orig', e)}") from None
+            first = (str(getattr(e, "orig", e)).strip().splitlines() or ["?"])[0]
+            raise DatabaseError(f"{self.display}: cannot read database: {first}") from None
         if "usbtrace_meta" in names:
             with self.engine.connect() as conn:
                 row = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).first()
@@ -178,6 +178,18 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _driver(url: str) -> str:
+    """``postgresql://`` means psycopg2 to SQLAlchemy; the ``postgres`` extra installs
+    psycopg 3, so use it when psycopg2 is absent."""
+    if url.startswith(("postgresql://", "postgres://")):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None and \
+                importlib.util.find_spec("psycopg") is not None:
+            return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
 
 
 def _looks_like_sqlite(path: Path) -> bool:
