@@ -25,7 +25,7 @@ class Exchange:
 
     __slots__ = ("seq", "irp_id", "position", "submit", "complete", "first", "is_urb",
                  "direction_in", "submitted_at", "completed_at", "requested_length",
-                 "actual_length", "payload", "data", "truncated")
+                 "actual_length", "data", "truncated")
 
     def __init__(self, seq: int, irp_id: int, position: str, submit: Event | None,
                  complete: Event | None) -> None:
@@ -58,7 +58,6 @@ class Exchange:
             payload = complete
         else:
             payload = submit if submit is not None and submit.data else complete
-        self.payload = payload
         if payload is None:
             self.data = b""
             self.truncated = False

@@ -221,14 +221,13 @@ class HardwareDevice(DeviceBackend):
         self.detached: list[int] = []
         self.interface = self._storage_interface()
         try:
-            for number in [self.interface]:
-                try:
-                    active = device.is_kernel_driver_active(number)
-                except NotImplementedError:  # Windows, macOS: nothing to detach
-                    active = False
-                if active:
-                    device.detach_kernel_driver(number)
-                    self.detached.append(number)
+            try:
+                active = device.is_kernel_driver_active(self.interface)
+            except NotImplementedError:  # Windows, macOS: nothing to detach
+                active = False
+            if active:
+                device.detach_kernel_driver(self.interface)
+                self.detached.append(self.interface)
         except usb.core.USBError as e:
             raise DeviceError(f"cannot detach the kernel driver: {_usb_error_hint(e)}") from None
 

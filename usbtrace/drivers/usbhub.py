@@ -336,8 +336,7 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
         if not pdo.deleted:
             IoDeleteDevice(pdo)
         return status
-    if minor == IRP_MN_QUERY_DEVICE_RELATIONS:
-        return complete_irp(irp, irp.io_status.status, irp.io_status.information)
+    # anything else (QUERY_DEVICE_RELATIONS included: a PDO has no children) keeps its status
     return complete_irp(irp, irp.io_status.status, irp.io_status.information)
 
 
