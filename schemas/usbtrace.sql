@@ -1,4 +1,4 @@
--- usbtrace database schema, version 1 (SQLite dialect).
+-- usbtrace database schema, version 2 (SQLite dialect).
 -- Generated from usbtrace/store/schema.py by 'python -m usbtrace.store.ddl'.
 -- Timestamps are seconds from the session start; names are lower-case.
 
@@ -16,8 +16,10 @@ CREATE TABLE sessions (
 	clock VARCHAR(16) NOT NULL, 
 	linktype INTEGER, 
 	file_sha256 VARCHAR(64), 
-	complete BOOLEAN NOT NULL, 
+	state VARCHAR(12) NOT NULL, 
 	notes TEXT, 
+	writer_host VARCHAR(255), 
+	writer_pid INTEGER, 
 	PRIMARY KEY (id)
 );
 CREATE INDEX ix_sessions_file_sha256 ON sessions (file_sha256);
@@ -58,7 +60,17 @@ CREATE TABLE file_activity (
 	PRIMARY KEY (session_id, id), 
 	FOREIGN KEY(session_id) REFERENCES sessions (id)
 );
+CREATE INDEX ix_file_activity_command ON file_activity (session_id, scsi_seq);
 CREATE INDEX ix_file_activity_path ON file_activity (session_id, path);
+
+CREATE TABLE gaps (
+	session_id INTEGER NOT NULL, 
+	seq INTEGER NOT NULL, 
+	at FLOAT, 
+	dropped INTEGER NOT NULL, 
+	PRIMARY KEY (session_id, seq), 
+	FOREIGN KEY(session_id) REFERENCES sessions (id)
+);
 
 CREATE TABLE irps (
 	session_id INTEGER NOT NULL, 

@@ -179,7 +179,7 @@ def test_a_failing_workload_keeps_its_log_and_says_why(tmp_path: Path,
     with pytest.raises(NtStatusError):
         record(RecordOptions(db=str(db), size="4M"))
     conn = sqlite3.connect(db)
-    complete, notes = conn.execute("SELECT complete, notes FROM sessions").fetchone()
-    assert complete == 1 and "the workload failed: NtStatusError" in notes
+    state, notes = conn.execute("SELECT state, notes FROM sessions").fetchone()
+    assert state == "failed" and "the workload failed: NtStatusError" in notes
     assert conn.execute("SELECT count(*) FROM scsi_commands WHERE name='read_10'"
                         ).fetchone()[0] >= 1

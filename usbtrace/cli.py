@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
+import itertools
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
 import click
 
@@ -25,35 +25,51 @@ DEFAULT_DB = "usbtrace.db"
 
 
 def friendly(func: F) -> F:
-    """Turn our errors (and a few of the OS's) into one line and exit code 2."""
+    """Every failure is one line and a documented exit code, never a traceback:
+    2 for bad input or an error, 130 for Ctrl-C (see the README's exit codes)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except UsbtraceError as e:
-            click.echo(f"usbtrace: error: {e}", err=True)
-            sys.exit(2)
+            fail(str(e))
+        except BrokenPipeError:  # the reader (head, less) has had enough
+            _silence_stdout()
+            sys.exit(0)
         except OSError as e:
             where = f"{e.filename}: " if e.filename else ""
-            click.echo(f"usbtrace: error: {where}{e.strerror or e}", err=True)
-            sys.exit(2)
+            fail(f"{where}{e.strerror or e}")
         except KeyboardInterrupt:
             click.echo("usbtrace: interrupted", err=True)
             sys.exit(130)
+        except click.exceptions.Exit:
+            raise
         except Exception as e:  # a database or driver failure: one line, never a traceback
             from sqlalchemy.exc import SQLAlchemyError
 
             cause = e
             while cause.__cause__ is not None:
                 cause = cause.__cause__  # type: ignore[assignment]
-            if isinstance(e, (SQLAlchemyError, RuntimeError)):
-                first = str(getattr(cause, "orig", cause)).strip().splitlines()[0]
-                click.echo(f"usbtrace: error: database: {first}", err=True)
-                sys.exit(2)
-            raise
+            first = (str(getattr(cause, "orig", cause)).strip().splitlines() or [""])[0]
+            if isinstance(e, SQLAlchemyError):
+                fail(f"database: {first}")
+            fail(f"internal error: {type(cause).__name__}: {first} (please report it, with "
+                 "the command line and its input)")
 
     return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"usbtrace: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _silence_stdout() -> None:
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -155,7 +171,7 @@ def devices(usb_backend: str, fmt: str) -> None:
              f"0x{d.device_class:02x}", d.manufacturer, d.product, d.serial,
              ",".join(map(str, d.mass_storage)) if d.mass_storage else "", d.note)
             for d in found]
-    click.echo(render(columns, rows, fmt), nl=False)
+    emit(columns, rows, fmt)
 
 
 # ---- import ---------------------------------------------------------------------------
@@ -173,35 +189,46 @@ def devices(usb_backend: str, fmt: str) -> None:
 @friendly
 def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool,
             after: int | None, no_files: bool) -> None:
-    """Import pcap/pcapng captures (Linux usbmon, Windows USBPcap): one session per file."""
+    """Import pcap/pcapng captures (Linux usbmon, Windows USBPcap): one session per file.
+
+    A file that cannot be read is reported on one line and the others still
+    import; the exit code is then 2."""
     from usbtrace.importing import import_capture
     from usbtrace.store.database import Database
 
     database = Database(db)
     failed = 0
-    for path in files:
-        try:
-            size = path.stat().st_size if path.exists() and path.is_file() else 0
-            show = not quiet and size >= 4 << 20 and sys.stderr.isatty()
-            with click.progressbar(length=size, label=f"importing {path.name}", file=sys.stderr,
-                                   hidden=not show) as bar:
-                result = import_capture(database, path, progress=bar.update, force=force,
-                                        after=after, attribute_files=not no_files)
-        except UsbtraceError as e:
-            click.echo(f"usbtrace: error: {e}", err=True)
-            failed += 1
-            continue
-        if result.duplicate_of is not None:
-            click.echo(f"{path}: already imported as session {result.duplicate_of} "
-                       "(--force to import again)")
-            continue
-        click.echo(f"{path}: session {result.session_id}: {result.records} records, "
-                   f"{result.commands} SCSI commands, {len(result.malformed)} malformed "
-                   f"({result.seconds:.2f} s)")
-        for number, why in result.malformed[:5]:
-            click.echo(f"  record {number}: {why}", err=True)
-        if len(result.malformed) > 5:
-            click.echo(f"  ... {len(result.malformed) - 5} more in the session's notes", err=True)
+    try:
+        for path in files:
+            try:
+                size = path.stat().st_size if path.exists() and path.is_file() else 0
+                show = not quiet and size >= 4 << 20 and sys.stderr.isatty()
+                with click.progressbar(length=size, label=f"importing {path.name}",
+                                       file=sys.stderr, hidden=not show) as bar:
+                    result = import_capture(database, path, progress=bar.update, force=force,
+                                            after=after, attribute_files=not no_files)
+            except UsbtraceError as e:
+                click.echo(f"usbtrace: error: {e}", err=True)
+                failed += 1
+                continue
+            except OSError as e:
+                click.echo(f"usbtrace: error: {path}: {e.strerror or e}", err=True)
+                failed += 1
+                continue
+            if result.duplicate_of is not None:
+                click.echo(f"{path}: already imported as session {result.duplicate_of} "
+                           "(--force to import again)")
+                continue
+            click.echo(f"{path}: session {result.session_id}: {result.records} records, "
+                       f"{result.commands} SCSI commands, {len(result.malformed)} malformed "
+                       f"({result.seconds:.2f} s)")
+            for number, why in result.malformed[:5]:
+                click.echo(f"  record {number}: {why}", err=True)
+            if len(result.malformed) > 5:
+                click.echo(f"  ... {len(result.malformed) - 5} more in the session's notes",
+                           err=True)
+    finally:
+        database.close()
     if failed:
         sys.exit(2)
 
@@ -211,37 +238,51 @@ def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool,
 
 @main.command()
 @click.argument("session", type=int)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="The pcapng file to write.")
 @click.option("--linktype", type=click.Choice(["usbpcap", "usbmon"]), default=None,
               help="Record format [default: usbmon for usbmon imports, else usbpcap].")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @db_option
 @friendly
-def export(session: int, output: Path, linktype: str | None, db: str) -> None:
+def export(session: int, output: Path, linktype: str | None, force: bool, db: str) -> None:
     """Write a session's URBs as pcapng that Wireshark opens."""
     import calendar
     import time as _time
 
     from usbtrace.capture.export import export as write
+    from usbtrace.outputs import atomic_output
     from usbtrace.store.database import Database
 
     database = Database(db, create=False, readonly=True)
-    columns, rows = database.query(
-        f"SELECT source, started_at, time_origin FROM sessions WHERE id = {int(session)}")
+    _, rows = database.query(
+        "SELECT source, started_at, time_origin FROM sessions WHERE id = :id",
+        {"id": _session_id(session)})
     if not rows:
         raise UsbtraceError(f"no session {session} in {db} (see 'usbtrace sessions')")
     source, started_at, origin = rows[0]
     if origin is None:
         origin = float(calendar.timegm(_time.strptime(started_at, "%Y-%m-%dT%H:%M:%SZ")))
     kind = linktype or ("usbmon" if source == "usbmon" else "usbpcap")
-    columns, urb_rows = database.query(
-        f"SELECT * FROM urbs WHERE session_id = {int(session)} ORDER BY seq")
-    records = [dict(zip(columns, r)) for r in urb_rows]
-    if not output.parent.exists():
-        raise UsbtraceError(f"{output}: folder {output.parent} does not exist")
-    with open(output, "wb") as stream:
-        count = write(records, stream, kind, origin)
-    click.echo(f"{output}: {count} {kind} records from {len(records)} URBs of session {session}")
+    urbs = 0
+    with atomic_output(output, force, database, "-o") as stream, \
+            database.stream("SELECT * FROM urbs WHERE session_id = :id ORDER BY seq",
+                            {"id": session}) as (columns, urb_rows):
+        def records() -> Iterator[dict[str, Any]]:
+            nonlocal urbs
+            for row in urb_rows:
+                urbs += 1
+                yield dict(zip(columns, row))
+        count = write(records(), cast(BinaryIO, stream), kind, origin)
+    click.echo(f"{output}: {count} {kind} records from {urbs} URBs of session {session}")
+
+
+def _session_id(value: int) -> int:
+    """Session ids are SQL integers: a number past 64 bits is no session at all."""
+    if not 0 < value < 1 << 63:
+        raise UsbtraceError(f"no session {value} (session numbers are from 1, see "
+                            "'usbtrace sessions')")
+    return value
 
 
 # ---- replay -----------------------------------------------------------------------------
@@ -285,34 +326,45 @@ def replay(source: str, mode: str, against: str | None, speed: float | None,
 
 # ---- log ------------------------------------------------------------------------------
 
+FORMATS = ["table", "csv", "tsv", "json", "jsonl"]
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+    help="table for people; csv, tsv, json and jsonl keep every byte of a BLOB as hex.")
+
 
 @main.command(name="log")
 @click.argument("session", type=int)
 @db_option
-@click.option("--limit", type=int, default=None, help="At most this many commands.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="At most this many commands.")
+@format_option
 @friendly
 def log_(session: int, db: str, limit: int | None, fmt: str) -> None:
     """A session's SCSI commands, one a line, with the files their blocks belong to."""
     from usbtrace.store.database import Database
 
     database = Database(db, create=False, readonly=True)
-    if not database.session_exists(session):
-        raise UsbtraceError(f"no session {session} in {db} (see 'usbtrace sessions')")
+    _require_session(database, session, db)
     what = database.aggregate(
         "CASE WHEN f.kind = 'data' THEN f.path || ' @' || f.file_offset "
         "WHEN f.kind = 'event' THEN f.operation || ' ' || f.path "
         "WHEN f.path IS NOT NULL THEN f.kind || ' ' || f.path ELSE f.kind END", "f.id")
+    # one index look-up per command (ix_file_activity_command): linear in the session
     sql = (
         "SELECT c.seq, round(c.submitted_at, 6) AS time, c.name AS command, c.lba, c.blocks, "
         "c.data_length AS bytes, c.status, c.sense_key AS sense, "
         f"(SELECT {what} FROM file_activity f WHERE f.session_id = c.session_id "
         "AND f.scsi_seq = c.seq) AS blocks_belong_to "
-        f"FROM scsi_commands c WHERE c.session_id = {int(session)} ORDER BY c.seq")
+        "FROM scsi_commands c WHERE c.session_id = :id ORDER BY c.seq")
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    columns, rows = database.query(sql)
-    click.echo(render(columns, rows, fmt), nl=False)
+    with database.stream(sql, {"id": session}) as (columns, rows):
+        emit(columns, rows, fmt)
+
+
+def _require_session(database: Any, session: int, db: str) -> None:
+    if not database.session_exists(session):
+        raise UsbtraceError(f"no session {session} in {db} (see 'usbtrace sessions')")
 
 
 # ---- files ----------------------------------------------------------------------------
@@ -321,15 +373,14 @@ def log_(session: int, db: str, limit: int | None, fmt: str) -> None:
 @main.command(name="files")
 @click.argument("session", type=int)
 @db_option
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@format_option
 @friendly
 def files_(session: int, db: str, fmt: str) -> None:
     """Per-file activity of a session: bytes read and written, and file events."""
     from usbtrace.store.database import Database
 
     database = Database(db, create=False, readonly=True)
-    if not database.session_exists(session):
-        raise UsbtraceError(f"no session {session} in {db} (see 'usbtrace sessions')")
+    _require_session(database, session, db)
     events = database.aggregate("CASE WHEN kind='event' THEN operation END")
     columns, rows = database.query(
         "SELECT path, "
@@ -337,73 +388,150 @@ def files_(session: int, db: str, fmt: str) -> None:
         "sum(CASE WHEN kind='data' AND operation='write' THEN length ELSE 0 END) "
         "AS bytes_written, "
         f"{events} AS events "
-        f"FROM file_activity WHERE session_id = {int(session)} AND path IS NOT NULL "
-        "AND kind IN ('data', 'event') GROUP BY path ORDER BY path")
+        "FROM file_activity WHERE session_id = :id AND path IS NOT NULL "
+        "AND kind IN ('data', 'event') GROUP BY path ORDER BY path", {"id": session})
     _, other = database.query(
         "SELECT kind, operation, sum(length) FROM file_activity "
-        f"WHERE session_id = {int(session)} AND kind NOT IN ('data', 'event', 'directory') "
-        "GROUP BY kind, operation ORDER BY kind, operation")
-    click.echo(render(columns, rows, fmt), nl=False)
+        "WHERE session_id = :id AND kind NOT IN ('data', 'event', 'directory') "
+        "GROUP BY kind, operation ORDER BY kind, operation", {"id": session})
+    emit(columns, rows, fmt)
     if fmt == "table" and other:
         click.echo("not file data: " + ", ".join(f"{kind} {op} {n} B" for kind, op, n in other))
 
 
-# ---- sessions and query -------------------------------------------------------------------
+# ---- sessions, delete, upgrade and query ---------------------------------------------------
 
 
 @main.command()
 @db_option
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@format_option
 @friendly
 def sessions(db: str, fmt: str) -> None:
-    """List the sessions in a database."""
-    from usbtrace.store.database import Database
+    """List the sessions in a database, with their state: running, complete,
+    interrupted (Ctrl-C, or its writer was killed) or failed."""
+    from usbtrace.store.database import Database, effective_state
 
     database = Database(db, create=False, readonly=True)
     columns, rows = database.query(
         "SELECT id, source, source_name, started_at, record_count, command_count, "
-        "dropped_count, malformed_count, complete FROM sessions ORDER BY id")
-    click.echo(render(columns, rows, fmt), nl=False)
+        "dropped_count, malformed_count, state, writer_host, writer_pid FROM sessions "
+        "ORDER BY id")
+    shown = [(*row[:8], effective_state(row[8], row[9], row[10])) for row in rows]
+    emit(columns[:9], shown, fmt)
+
+
+@main.command()
+@click.argument("session_ids", metavar="SESSION...", nargs=-1, type=int)
+@click.option("--interrupted", is_flag=True, help="Also every interrupted or failed session.")
+@db_option
+@friendly
+def delete(session_ids: tuple[int, ...], interrupted: bool, db: str) -> None:
+    """Delete sessions and all their rows."""
+    from usbtrace.store.database import Database
+
+    if not session_ids and not interrupted:
+        raise UsbtraceError("name the sessions to delete, or --interrupted")
+    database = Database(db, create=False)
+    try:
+        wanted = set()
+        for sid in session_ids:
+            _require_session(database, sid, db)
+            wanted.add(sid)
+        if interrupted:
+            _, rows = database.query(
+                "SELECT id FROM sessions WHERE state IN ('interrupted', 'failed')")
+            wanted.update(r[0] for r in rows)
+        deleted = database.delete_sessions(sorted(wanted))
+    finally:
+        database.close()
+    click.echo(f"deleted {deleted} session{'s' if deleted != 1 else ''}"
+               + (f": {', '.join(map(str, sorted(wanted)))}" if wanted else ""))
+
+
+@main.command()
+@db_option
+@friendly
+def upgrade(db: str) -> None:
+    """Bring a database written by an older usbtrace to this version's schema."""
+    from usbtrace.store.database import Database
+    from usbtrace.store.schema import SCHEMA_VERSION
+
+    Database(db, create=False).close()
+    click.echo(f"{db}: schema version {SCHEMA_VERSION}")
 
 
 @main.command()
 @click.argument("sql")
 @db_option
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@format_option
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="SECONDS", help="Stop the query after this long.")
 @friendly
-def query(sql: str, db: str, fmt: str) -> None:
-    """Run one read-only SQL statement."""
+def query(sql: str, db: str, fmt: str, timeout: float | None) -> None:
+    """Run one read-only SQL statement (writes, ATTACH and VACUUM are refused;
+    Ctrl-C or --timeout stop it)."""
     from usbtrace.store.database import Database
 
     database = Database(db, create=False, readonly=True)
-    columns, rows = database.query(sql)
-    click.echo(render(columns, rows, fmt), nl=False)
+    with database.stream(sql, timeout=timeout) as (columns, rows):
+        emit(columns, rows, fmt)
 
 
-def _cell(value: Any) -> Any:
+# ---- output -----------------------------------------------------------------------------
+
+TABLE_SAMPLE = 1000  # rows that set a table's column widths; later rows just follow
+
+
+def _text(value: Any) -> Any:
+    """Machine formats: every byte, as hex."""
     if isinstance(value, (bytes, bytearray, memoryview)):
-        b = bytes(value)
-        return b[:32].hex() + ("..." if len(b) > 32 else "")
+        return bytes(value).hex()
     return value
 
 
-def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
-    rows = [[_cell(v) for v in row] for row in rows]
-    if fmt == "json":
-        return json.dumps([dict(zip(columns, row)) for row in rows], indent=1) + "\n"
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out)
+def _short(value: Any) -> str:
+    """Table cells: a BLOB's first 32 bytes, then its full length."""
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        b = bytes(value)
+        return b[:32].hex() + (f"... ({len(b)} bytes)" if len(b) > 32 else "")
+    return str(value)
+
+
+def emit(columns: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str) -> None:
+    """Write rows as they come, so output of any size takes constant memory."""
+    out = sys.stdout
+    rows = iter(rows)
+    if fmt in ("json", "jsonl"):
+        first = True
+        if fmt == "json":
+            out.write("[")
+        for row in rows:
+            item = json.dumps(dict(zip(columns, map(_text, row))))
+            if fmt == "jsonl":
+                out.write(item + "\n")
+            else:
+                out.write(("\n " if first else ",\n ") + item)
+            first = False
+        if fmt == "json":
+            out.write("\n]\n" if not first else "]\n")
+        return
+    if fmt in ("csv", "tsv"):
+        writer = csv.writer(out, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows(rows)
-        return out.getvalue()
-    text = [[("" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in text]
-    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
-    return "\n".join(lines) + "\n"
+        for row in rows:
+            writer.writerow([_text(v) for v in row])
+        return
+    sample = [[_short(v) for v in row] for row in itertools.islice(rows, TABLE_SAMPLE)]
+    widths = [max([len(c)] + [len(r[i]) for r in sample]) for i, c in enumerate(columns)]
+    out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
+    out.write("  ".join("-" * w for w in widths) + "\n")
+    count = 0
+    for cells in itertools.chain(sample, ([_short(v) for v in row] for row in rows)):
+        out.write("  ".join(v.ljust(w) for v, w in zip(cells, widths)).rstrip() + "\n")
+        count += 1
+    out.write(f"({count} row{'s' if count != 1 else ''})\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

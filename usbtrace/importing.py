@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from usbtrace.capture.reader import CaptureStats, events, source_name
-from usbtrace.errors import CaptureFormatError, InputError
+from usbtrace.errors import CaptureFormatError, InputError, UsbtraceError
 from usbtrace.store.database import Database
 from usbtrace.store.writer import SessionWriter
 
@@ -74,12 +74,37 @@ def import_capture(database: Database, path: Path,
             and "fork" in multiprocessing.get_all_start_methods()
         writer = SessionWriter(database, session_id, background=background,
                                attribute_files=attribute_files)
-        if after is not None:
-            writer.continue_volume(database.stored_commands(after))
-        if first is not None:
-            writer.feed(first)
-            for event in stream_events:
-                writer.feed(event)
+        state, failure = "interrupted", None
+        try:
+            if after is not None:
+                writer.continue_volume(database.stored_commands(after))
+            if first is not None:
+                writer.feed(first)
+                for event in stream_events:
+                    writer.feed(event)
+            state = "complete"
+        except (UsbtraceError, OSError) as e:
+            state, failure = "failed", f"the import stopped: {_reason(e)}"
+            raise InputError(f"{path}: {_reason(e)} (session {session_id} keeps what was read "
+                             "before, marked failed)") from None
+        except Exception as e:  # a decoder fault: the session says so, the CLI one line
+            state, failure = "failed", f"the import stopped: {type(e).__name__}: {e}"
+            raise
+        finally:  # Ctrl-C leaves it "interrupted", with what was read until then
+            writer.close(malformed=len(stats.malformed),
+                         notes="; ".join(n for n in (_notes(stats), failure) if n) or None,
+                         time_origin=stats.first_ts, state=state)
+    return ImportResult(path, session_id, None, stats.records, writer.commands,
+                        stats.malformed, time.perf_counter() - t0)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return str(e)
+
+
+def _notes(stats: CaptureStats) -> str | None:
     parts = []
     if stats.malformed:
         listed = "; ".join(f"record {n}: {why}" for n, why in stats.malformed[:MAX_LISTED])
@@ -90,7 +115,4 @@ def import_capture(database: Database, path: Path,
         kinds = ", ".join(str(k) for k in sorted(stats.other_linktypes))
         parts.append(f"{stats.skipped} records of non-USB interfaces skipped (linktype "
                      f"{kinds})")
-    notes = "; ".join(parts) or None
-    writer.close(malformed=len(stats.malformed), notes=notes, time_origin=stats.first_ts)
-    return ImportResult(path, session_id, None, stats.records, writer.commands,
-                        stats.malformed, time.perf_counter() - t0)
+    return "; ".join(parts) or None

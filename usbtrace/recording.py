@@ -81,6 +81,10 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
 
         check(options.fs, options.copy)  # bad options fail before a session exists
     database = Database(options.db)
+    if options.image and database.path is not None:
+        from usbtrace.outputs import refuse_database
+
+        refuse_database(options.image, database, "--image")
     own_backend = backend is None
     if backend is None:
         backend = open_hardware(options) if hardware else \
@@ -97,27 +101,32 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
     t0 = time.perf_counter()
     machine = Machine(backend, sink=recorder, positions=options.positions, clock=clock)
     failure: str | None = None
+    state = "interrupted"  # unless the workload ends, one way or the other
     try:
         machine.start()
         if options.workload == "files":
             result = workload(machine, fat=options.fs, copy=options.copy)
         else:
             result = workload(machine)
+        state = "complete" if result.ok else "failed"
+        if not result.ok:
+            failure = "the data check failed: " + "; ".join(result.mismatches[:3])
     except Exception as e:  # kept in the session's notes: the log up to here stays
-        failure = f"the workload failed: {type(e).__name__}: {e}"
+        state, failure = "failed", f"the workload failed: {type(e).__name__}: {e}"
         raise
     finally:
         try:
-            machine.stop()
+            if state != "interrupted":
+                machine.stop()
         finally:
             bus_seconds = machine.scheduler.now()
-            recorder.close(notes=failure)
+            recorder.close(notes=failure, state=state)
             if own_backend:
                 backend.close()
+            database.close()
     wall = time.perf_counter() - t0
     writer = recorder.writer
     summary = RecordSummary(session_id, database.display, writer.commands, writer.records,
                             recorder.dropped, result.bytes_written, result.bytes_read,
                             bus_seconds, wall, result)
-    database.close()
     return summary

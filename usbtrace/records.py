@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 SUBMIT = "S"
 COMPLETE = "C"
+GAP = "G"  # a lossy tracer dropped ``information`` records here
 
 CONTROL, ISOCHRONOUS, BULK, INTERRUPT = 0, 1, 2, 3
 TRANSFER_TYPE_NAMES = {0: "control", 1: "isochronous", 2: "bulk", 3: "interrupt"}
@@ -20,7 +21,7 @@ TRANSFER_TYPE_NAMES = {0: "control", 1: "isochronous", 2: "bulk", 3: "interrupt"
 
 @dataclass(slots=True)
 class Event:
-    kind: str  # SUBMIT or COMPLETE
+    kind: str  # SUBMIT, COMPLETE, or GAP
     ts: float  # seconds from the start of the session
     irp_id: int  # IRP address (live, USBPcap) or URB id (usbmon)
     position: str = "capture"  # tracer position: "lower", "upper"; or "capture"

@@ -8,8 +8,9 @@ USBD status is translated back to the errno Linux would report.
 
 from __future__ import annotations
 
+import heapq
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
 from usbtrace.capture import usbpcap
@@ -40,9 +41,11 @@ def _status_code(name: str | None) -> int | None:
     return int(name, 16) if name.startswith("0x") else None
 
 
-def events_of(rows: list[dict[str, Any]]) -> Iterator[Event]:
-    """Submission and completion events of ``urbs`` rows, in time order."""
-    out: list[tuple[float, int, int, Event]] = []
+def events_of(rows: Iterable[dict[str, Any]]) -> Iterator[Event]:
+    """Submission and completion events of ``urbs`` rows (in ``seq`` order), in time
+    order, streaming: only completions still ahead of the current submission wait,
+    so memory follows the transfers in flight, not the session."""
+    ahead: list[tuple[float, int, int, Event]] = []  # a heap
     for row in rows:
         irp_id = int(row["irp_id"], 16)
         ttype = TYPE_CODES.get(row["transfer_type"], CONTROL)
@@ -51,19 +54,23 @@ def events_of(rows: list[dict[str, Any]]) -> Iterator[Event]:
         data = bytes(row["data"] or b"")
         common = dict(irp_id=irp_id, bus=row["bus"], device=row["device"],
                       endpoint=row["endpoint"], transfer_type=ttype, urb_function=function)
+        seq = row["seq"]
+        now = row["submitted_at"] if row["submitted_at"] is not None else row["completed_at"]
+        if now is not None:
+            while ahead and ahead[0][0] <= now:
+                yield heapq.heappop(ahead)[3]
         if row["submitted_at"] is not None:
             submit = Event(SUBMIT, row["submitted_at"], setup=row["setup"],
                            length=row["requested_length"], urb_status=U.USBD_STATUS_PENDING,
                            data=b"" if direction_in else data, **common)
-            out.append((row["submitted_at"], row["seq"], 0, submit))
+            heapq.heappush(ahead, (row["submitted_at"], seq, 0, submit))
         if row["completed_at"] is not None:
             complete = Event(COMPLETE, row["completed_at"],
                              length=row["actual_length"], urb_status=_status_code(row["status"]),
                              data=data if direction_in else b"", **common)
-            out.append((row["completed_at"], row["seq"], 1, complete))
-    out.sort(key=lambda x: (x[0], x[1], x[2]))
-    for _, _, _, event in out:
-        yield event
+            heapq.heappush(ahead, (row["completed_at"], seq, 1, complete))
+    while ahead:
+        yield heapq.heappop(ahead)[3]
 
 
 def encode_usbmon(event: Event, origin: float) -> bytes:
@@ -104,7 +111,8 @@ def encode_usbpcap(event: Event) -> list[bytes]:
     return records
 
 
-def export(rows: list[dict[str, Any]], stream: BinaryIO, linktype: str, origin: float) -> int:
+def export(rows: Iterable[dict[str, Any]], stream: BinaryIO, linktype: str,
+           origin: float) -> int:
     """Write ``rows`` as pcapng with ``linktype`` ('usbpcap' or 'usbmon'); returns records."""
     writer = PcapngWriter(stream, LINKTYPES[linktype])
     count = 0

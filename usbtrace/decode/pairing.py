@@ -94,6 +94,11 @@ class Pairer:
             return pending.seal()
         return None
 
+    @property
+    def next_seq(self) -> int:
+        """The number the next exchange will get."""
+        return self._seq + 1
+
     def flush(self) -> list[Exchange]:
         """Submissions never completed, in submission order."""
         left = sorted(self._pending.values(), key=lambda x: x.seq)

@@ -2,39 +2,97 @@
 
 A database is ours when it has the ``usbtrace_meta`` table with a schema
 version we read; an empty file becomes ours; anything else is refused with a
-message, never altered.  SQLite runs in WAL mode so readers never block the
-writer thread.
+message, never altered.
+
+Readers open SQLite read-only (``mode=ro``): they change no byte, leave no
+``-wal``/``-shm`` files and work in a read-only folder.  Writers use WAL, so
+readers can watch a session grow, and turn the file back into rollback-journal
+mode when the last of them closes, so it is one self-contained file again.
+``query`` runs users' SQL under an authorizer that allows reading only, with a
+deadline and Ctrl-C checked from SQLite's progress handler.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
 import sqlite3
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, insert, inspect, make_url, select, text
+from sqlalchemy import Index, create_engine, event, insert, inspect, make_url, select, text
+from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError
 
 from usbtrace.errors import DatabaseError
-from usbtrace.store.schema import SCHEMA_VERSION, Base, Meta, SessionRow
+from usbtrace.store.schema import (
+    PUBLIC_TABLES,
+    SCHEMA_VERSION,
+    Base,
+    FileActivityRow,
+    GapRow,
+    Meta,
+    SessionRow,
+)
 
 _URL = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
+HOST = socket.gethostname()[:255]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # 64 KiB pages: a full-speed bulk payload fits one page instead of a chain of 16
-    # overflow pages, which doubles the rate at which SQLite takes payloads.  It only
-    # takes effect on a new, empty file.
+    # 4 KiB pages (SQLite's default); it only takes effect on a new, empty file.
     cursor.execute("PRAGMA page_size=4096")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+# What users' SQL may do: read tables and call functions.  Every write, ATTACH,
+# VACUUM (INTO), transaction control and PRAGMA that sets anything is denied.
+_READ_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
+                 getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
+_READ_PRAGMAS = {"table_info", "table_xinfo", "table_list", "index_list", "index_info",
+                 "index_xinfo", "foreign_key_list", "database_list", "collation_list",
+                 "function_list", "pragma_list", "page_size", "page_count", "user_version",
+                 "schema_version", "encoding", "journal_mode", "compile_options"}
+
+
+def _read_only_authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None,
+                          trigger: str | None) -> int:
+    if action in _READ_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and arg1 and arg1.lower() in _READ_PRAGMAS \
+            and arg2 is None:
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def effective_state(state: str, host: str | None, pid: int | None) -> str:
+    """``running`` only while its writer lives: a session whose writer on this host
+    is gone was interrupted (kill -9, a crash), whatever the row still says."""
+    if state == "running" and host == HOST and pid is not None and not pid_alive(pid):
+        return "interrupted"
+    return state
 
 
 class Database:
@@ -42,6 +100,9 @@ class Database:
         target = str(target)
         self.target = target
         self.display = target  # what messages show: no password
+        self.path: Path | None = None
+        self.readonly = readonly
+        creator = None
         if _URL.match(target):
             url = _driver(target)
             self.is_sqlite = target.startswith("sqlite")
@@ -50,26 +111,33 @@ class Database:
             if path.is_dir():
                 raise DatabaseError(f"{path}: is a directory; give a database file name")
             if not path.exists():
-                if not create:
+                if not create or readonly:
                     raise DatabaseError(f"{path}: no such database (run 'usbtrace record' or "
                                         "'usbtrace import' first)")
                 if not path.parent.exists():
                     raise DatabaseError(f"{path}: folder {path.parent} does not exist")
             elif path.stat().st_size and not _looks_like_sqlite(path):
                 raise DatabaseError(f"{path}: not a usbtrace database (not SQLite)")
-            url = f"sqlite:///{path}"
+            elif not path.stat().st_size and readonly:
+                raise DatabaseError(f"{path}: empty database, nothing recorded yet")
+            self.path = path
+            url = "sqlite://"
             self.is_sqlite = True
+            creator = (lambda: _connect_read_only(path)) if readonly else \
+                (lambda: sqlite3.connect(str(path), check_same_thread=False))
         try:
             self.display = make_url(target).render_as_string(hide_password=True) \
                 if _URL.match(target) else target
-            self.engine: Engine = create_engine(
-                url, connect_args={"check_same_thread": False} if self.is_sqlite else {})
+            self.engine: Engine = create_engine(url, creator=creator) if creator else \
+                create_engine(url, connect_args={"check_same_thread": False}
+                              if self.is_sqlite else {})
         except Exception as e:  # bad URL, missing driver
             raise DatabaseError(f"cannot open {target}: {e}") from None
-        if self.is_sqlite:
+        if self.is_sqlite and not readonly:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        self.readonly = readonly
         self._check_or_create(create and not readonly)
+        if not readonly:
+            self._close_dead_sessions()
 
     def _check_or_create(self, create: bool) -> None:
         try:
@@ -80,19 +148,56 @@ class Database:
         if "usbtrace_meta" in names:
             with self.engine.connect() as conn:
                 row = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).first()
-            version = int(row[0]) if row else 0
-            if version != SCHEMA_VERSION:
-                raise DatabaseError(f"{self.target}: schema version {version}, this usbtrace "
+            version = int(row[0]) if row and str(row[0]).isdigit() else 0
+            if version == 1 and not self.readonly:
+                self._upgrade_from_1()
+            elif version == 1:
+                raise DatabaseError(f"{self.display}: written by an older usbtrace (schema "
+                                    f"version 1); 'usbtrace upgrade --db {self.display}' "
+                                    f"brings it to version {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise DatabaseError(f"{self.display}: schema version {version}, this usbtrace "
                                     f"reads version {SCHEMA_VERSION}")
             return
         if names:
-            raise DatabaseError(f"{self.target}: not a usbtrace database "
+            raise DatabaseError(f"{self.display}: not a usbtrace database "
                                 f"(has tables {', '.join(sorted(names)[:5])})")
         if not create:
-            raise DatabaseError(f"{self.target}: empty database, nothing recorded yet")
+            raise DatabaseError(f"{self.display}: empty database, nothing recorded yet")
         Base.metadata.create_all(self.engine)
         with self.engine.begin() as conn:
             conn.execute(insert(Meta), [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
+
+    def _upgrade_from_1(self) -> None:
+        """Schema 1 -> 2: a session state instead of a ``complete`` flag, the writer's
+        identity, the ``gaps`` table and the index ``log`` needs.  One transaction."""
+        with self.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE sessions ADD COLUMN state VARCHAR(12) NOT NULL "
+                              "DEFAULT 'running'"))
+            conn.execute(text("UPDATE sessions SET state = CASE WHEN complete THEN 'complete' "
+                              "ELSE 'interrupted' END"))
+            conn.execute(text("ALTER TABLE sessions DROP COLUMN complete"))
+            conn.execute(text("ALTER TABLE sessions ADD COLUMN writer_host VARCHAR(255)"))
+            conn.execute(text("ALTER TABLE sessions ADD COLUMN writer_pid INTEGER"))
+            GapRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+            for index in FileActivityRow.__table__.indexes:  # type: ignore[attr-defined]
+                assert isinstance(index, Index)
+                index.create(conn, checkfirst=True)
+            conn.execute(sql_update(Meta).where(Meta.key == "schema_version")
+                         .values(value=str(SCHEMA_VERSION)))
+
+    def _close_dead_sessions(self) -> None:
+        """Sessions left ``running`` by a writer on this host that no longer lives
+        were interrupted: say so, with the counts their last stored batch left."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(SessionRow.id, SessionRow.writer_host,
+                                       SessionRow.writer_pid, SessionRow.notes)
+                                .where(SessionRow.state == "running")).all()
+            for sid, host, pid, notes in rows:
+                if effective_state("running", host, pid) == "interrupted":
+                    why = f"its writer (pid {pid}) ended without closing the session"
+                    conn.execute(sql_update(SessionRow).where(SessionRow.id == sid).values(
+                        state="interrupted", notes="; ".join(n for n in (notes, why) if n)))
 
     def new_session(self, source: str, source_name: str, started_at: str, clock: str,
                     linktype: int | None = None, file_sha256: str | None = None) -> int:
@@ -100,46 +205,126 @@ class Database:
             result = conn.execute(insert(SessionRow).values(
                 source=source, source_name=source_name, started_at=started_at, clock=clock,
                 linktype=linktype, file_sha256=file_sha256, record_count=0, dropped_count=0,
-                malformed_count=0, command_count=0, complete=False))
+                malformed_count=0, command_count=0, state="running", writer_host=HOST,
+                writer_pid=os.getpid()))
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
+    def end_session(self, session_id: int, state: str, note: str | None = None) -> None:
+        """Give a session its final state, keeping what it already holds."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(SessionRow.notes).where(SessionRow.id == session_id)
+                               ).first()
+            notes = "; ".join(n for n in ((row[0] if row else None), note) if n) or None
+            conn.execute(sql_update(SessionRow).where(SessionRow.id == session_id)
+                         .values(state=state, notes=notes))
+
     def find_import(self, sha256: str) -> int | None:
+        """An earlier complete import of the same bytes; interrupted or failed ones
+        do not count."""
         with self.engine.connect() as conn:
             row = conn.execute(select(SessionRow.id).where(
-                SessionRow.file_sha256 == sha256, SessionRow.complete.is_(True))).first()
+                SessionRow.file_sha256 == sha256, SessionRow.state == "complete")).first()
         return int(row[0]) if row else None
 
-    def query(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def delete_sessions(self, session_ids: list[int]) -> int:
+        """Remove sessions and every row that belongs to them, in one transaction."""
+        tables = [t for t in PUBLIC_TABLES if t != "sessions"]
+        with self.engine.begin() as conn:
+            for sid in session_ids:
+                for table in tables:
+                    conn.execute(text(f"DELETE FROM {table} WHERE session_id = :sid"),
+                                 {"sid": sid})
+            deleted = 0
+            for sid in session_ids:
+                deleted += conn.execute(text("DELETE FROM sessions WHERE id = :sid"),
+                                        {"sid": sid}).rowcount or 0
+        return deleted
+
+    def query(self, sql: str, params: dict[str, Any] | None = None
+              ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run one read-only statement; rows as tuples."""
-        if self.is_sqlite:
-            raw = self.engine.raw_connection()
+        with self.stream(sql, params) as (columns, rows):
+            return columns, list(rows)
+
+    @contextmanager
+    def stream(self, sql: str, params: dict[str, Any] | None = None,
+               timeout: float | None = None
+               ) -> Iterator[tuple[list[str], Iterator[tuple[Any, ...]]]]:
+        """One read-only statement, its rows as they come: memory does not grow with
+        the result.  Writes are refused by an authorizer; ``timeout`` seconds or
+        Ctrl-C stop it (``DatabaseError`` / ``KeyboardInterrupt``)."""
+        if not self.is_sqlite:
+            with self._stream_other(sql, params, timeout) as result:
+                yield result
+            return
+        raw = self.engine.raw_connection()
+        dbapi = raw.driver_connection
+        assert isinstance(dbapi, sqlite3.Connection)
+        deadline = None if not timeout else time.monotonic() + timeout
+        stop = {"interrupted": False, "timed_out": False}
+
+        def progress() -> int:
+            if stop["interrupted"]:
+                return 1
+            if deadline is not None and time.monotonic() > deadline:
+                stop["timed_out"] = True
+                return 1
+            return 0
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            stop["interrupted"] = True
+
+        previous = None
+        try:
+            previous = signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # not the main thread: Ctrl-C is not ours to catch
+            previous = None
+        dbapi.set_progress_handler(progress, 10_000)
+        dbapi.set_authorizer(_read_only_authorizer)
+        try:
             try:
-                dbapi = raw.driver_connection
-                assert dbapi is not None
-                dbapi.execute("PRAGMA query_only=ON")
+                cursor = dbapi.execute(sql, params or {})
+            except (sqlite3.Error, sqlite3.Warning) as e:
+                raise _query_error(e, stop, timeout) from None
+            columns = [c[0] for c in cursor.description or []]
+
+            def rows() -> Iterator[tuple[Any, ...]]:
                 try:
-                    cursor = dbapi.execute(sql)
-                    columns = [c[0] for c in cursor.description or []]
-                    rows = cursor.fetchall()
+                    while chunk := cursor.fetchmany(1000):
+                        yield from chunk
+                        if stop["interrupted"]:
+                            raise KeyboardInterrupt
                 except (sqlite3.Error, sqlite3.Warning) as e:
-                    raise DatabaseError(f"query failed: {e}") from None
-                finally:
-                    dbapi.execute("PRAGMA query_only=OFF")
-                return columns, rows
-            finally:
-                raw.close()
+                    raise _query_error(e, stop, timeout) from None
+            yield columns, rows()
+            if stop["interrupted"]:
+                raise KeyboardInterrupt
+        finally:
+            dbapi.set_authorizer(None)
+            dbapi.set_progress_handler(None, 0)
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            raw.close()
+
+    @contextmanager
+    def _stream_other(self, sql: str, params: dict[str, Any] | None, timeout: float | None
+                      ) -> Iterator[tuple[list[str], Iterator[tuple[Any, ...]]]]:
         with self.engine.connect() as conn:
             conn.execute(text("SET TRANSACTION READ ONLY"))
+            if timeout and self.engine.dialect.name == "postgresql":
+                conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout * 1000)}"))
             try:
-                result = conn.execute(text(sql))
+                result = conn.execution_options(stream_results=True).execute(text(sql),
+                                                                             params or {})
             except SADatabaseError as e:
                 raise DatabaseError(f"query failed: {e.orig}") from None
             columns = list(result.keys())
-            rows = [tuple(r) for r in result]
+            yield columns, (tuple(r) for r in result)
             conn.rollback()
-            return columns, rows
 
     def session_exists(self, session_id: int) -> bool:
+        if not -(1 << 63) <= session_id < 1 << 63:
+            return False
         with self.engine.connect() as conn:
             return conn.execute(select(SessionRow.id).where(SessionRow.id == session_id)
                                 ).first() is not None
@@ -177,6 +362,19 @@ class Database:
         return f"string_agg({expression}, ', ' ORDER BY {order})"
 
     def close(self) -> None:
+        """Let go of the file.  The last writer to close turns WAL back into a
+        rollback journal, so readers need no ``-shm`` file and a read-only folder
+        works; while others still have it open, it stays in WAL."""
+        if self.is_sqlite and not self.readonly and self.path is not None:
+            self.engine.dispose()
+            try:
+                conn = sqlite3.connect(str(self.path), timeout=0.1)
+                try:
+                    conn.execute("PRAGMA journal_mode=DELETE")
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                pass  # another process still writes: it will do this when it closes
         self.engine.dispose()
 
 
@@ -190,6 +388,33 @@ def _driver(url: str) -> str:
                 importlib.util.find_spec("psycopg") is not None:
             return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """Open without the right to change a byte.  A WAL file in a read-only folder
+    whose writer left no ``-wal`` (it was closed cleanly) is opened immutable."""
+    uri = path.resolve().as_uri()
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        if Path(f"{path}-wal").exists() or os.access(path.parent, os.W_OK):
+            raise
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+
+
+def _query_error(e: BaseException, stop: dict[str, bool], timeout: float | None
+                 ) -> BaseException:
+    if stop["interrupted"]:
+        return KeyboardInterrupt()
+    if stop["timed_out"]:
+        return DatabaseError(f"query stopped after {timeout:g} s (--timeout)")
+    message = str(e)
+    if "not authorized" in message:
+        message += ": usbtrace query is read-only (no writes, ATTACH, VACUUM or PRAGMA "
+        message += "assignments)"
+    return DatabaseError(f"query failed: {message}")
 
 
 def _looks_like_sqlite(path: Path) -> bool:

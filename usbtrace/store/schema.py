@@ -34,7 +34,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# A session's life: ``running`` while a process writes it; then ``complete``,
+# ``interrupted`` (Ctrl-C, or its writer died: counts are true as of the last
+# stored batch) or ``failed`` (an error ended it; ``notes`` says which).
+SESSION_STATES = ("running", "complete", "interrupted", "failed")
 
 
 class Base(DeclarativeBase):
@@ -62,8 +67,11 @@ class SessionRow(Base):
     clock: Mapped[str] = mapped_column(String(16), default="virtual")  # virtual, wall, capture
     linktype: Mapped[int | None] = mapped_column(Integer)
     file_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
-    complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(12), default="running")  # SESSION_STATES
     notes: Mapped[str | None] = mapped_column(Text)
+    # who writes a running session: a reader tells a live writer from a dead one
+    writer_host: Mapped[str | None] = mapped_column(String(255))
+    writer_pid: Mapped[int | None] = mapped_column(Integer)
 
 
 class IrpRow(Base):
@@ -173,7 +181,20 @@ class FileActivityRow(Base):
     command_offset: Mapped[int | None] = mapped_column(BigInteger)  # into the command's data
     detail: Mapped[str | None] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_file_activity_path", "session_id", "path"),)
+    __table_args__ = (Index("ix_file_activity_path", "session_id", "path"),
+                      Index("ix_file_activity_command", "session_id", "scsi_seq"))
 
 
-PUBLIC_TABLES = ("sessions", "irps", "urbs", "scsi_commands", "devices", "file_activity")
+class GapRow(Base):
+    """Where a lossy recording dropped records: nothing between ``seq - 1`` and
+    ``seq`` is known, and no command is decoded across the gap."""
+
+    __tablename__ = "gaps"
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)  # first seq after the gap
+    at: Mapped[float | None] = mapped_column(Float)  # time of the first record after it
+    dropped: Mapped[int] = mapped_column(Integer)  # records lost in it
+
+
+PUBLIC_TABLES = ("sessions", "irps", "urbs", "scsi_commands", "devices", "file_activity",
+                 "gaps")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import operator
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -27,12 +28,13 @@ from usbtrace.decode.identity import IdentityTracker
 from usbtrace.decode.pairing import Exchange, Pairer
 from usbtrace.errors import DatabaseError
 from usbtrace.fs.shadow import Activity, Attributor
-from usbtrace.records import TRANSFER_TYPE_NAMES, Event
+from usbtrace.records import GAP, TRANSFER_TYPE_NAMES, Event
 from usbtrace.storage.ioctl import IOCTL_NAMES
 from usbtrace.store.database import Database
 from usbtrace.store.schema import (
     DeviceRow,
     FileActivityRow,
+    GapRow,
     IrpRow,
     ScsiCommandRow,
     SessionRow,
@@ -148,19 +150,32 @@ def bulk_inserts(database: Database) -> dict[str, BulkInsert]:
     quote = dialect.identifier_preparer.quote
     return {row.__tablename__: BulkInsert(row.__table__, dialect.paramstyle,  # type: ignore[arg-type]
                                           quote)
-            for row in (IrpRow, UrbRow, ScsiCommandRow, FileActivityRow)}
+            for row in (IrpRow, UrbRow, ScsiCommandRow, FileActivityRow, GapRow)}
 
 
 def insert_batch(database: Database, bulk: dict[str, BulkInsert],
-                 batch: list[tuple[str, list[Any]]]) -> None:
-    """One transaction for one batch of rows of several tables."""
+                 batch: list[tuple[str, Any]]) -> None:
+    """One transaction for one batch of rows of several tables, and the session's
+    counts as of that batch: whenever the writer stops, the two agree."""
     with database.engine.begin() as conn:
         for name, params in batch:
-            bulk[name].execute(conn, params)
+            if name == "sessions":
+                session_id, counts = params
+                conn.execute(update(SessionRow).where(SessionRow.id == session_id)
+                             .values(**counts))
+            else:
+                bulk[name].execute(conn, params)
 
 
-def _inserter_main(target: str, channel: Any) -> None:
-    """The insert process: its own connection, batches in order, the first error back."""
+def _inserter_main(target: str, channel: Any, parent_end: Any) -> None:
+    """The insert process: its own connection, batches in order, the first error back.
+
+    It holds no copy of the parent's end of the pipe and ignores Ctrl-C, so it ends
+    exactly when the parent closes the pipe or dies: it never outlives the command.
+    A batch cut short by the parent's death is never committed.
+    """
+    parent_end.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     error = None
     try:
         database = Database(target, create=False)
@@ -171,11 +186,16 @@ def _inserter_main(target: str, channel: Any) -> None:
                     insert_batch(database, bulk, batch)
                 except Exception as e:
                     error = f"{type(e).__name__}: {e}"
-        database.close()
+        database.engine.dispose()
+        channel.send(error)
+        channel.close()
+    except (EOFError, OSError):
+        pass  # the parent is gone: nothing to report to
     except Exception as e:
-        error = error or f"{type(e).__name__}: {e}"
-    channel.send(error)
-    channel.close()
+        try:
+            channel.send(error or f"{type(e).__name__}: {e}")
+        except OSError:
+            pass
     os._exit(0)  # skip finalizers: never touch the parent's inherited connections
 
 
@@ -190,7 +210,8 @@ class ProcessInserter:
     def __init__(self, database: Database) -> None:
         context = multiprocessing.get_context("fork")
         self._channel, child = context.Pipe()
-        self._process = context.Process(target=_inserter_main, args=(database.target, child),
+        self._process = context.Process(target=_inserter_main,
+                                        args=(database.target, child, self._channel),
                                         daemon=True)
         self._process.start()
         child.close()
@@ -199,8 +220,11 @@ class ProcessInserter:
         self._channel.send(batch)
 
     def close(self) -> None:
-        self._channel.send(None)
-        error = self._channel.recv()
+        try:
+            self._channel.send(None)
+            error = self._channel.recv()
+        except (EOFError, OSError):
+            error = "the storing process ended early"
         self._process.join()
         if error is not None:
             raise DatabaseError(f"storing rows failed: {error}")
@@ -219,6 +243,7 @@ class SessionWriter:
         self.identity = IdentityTracker()
         self.records = 0
         self.commands = 0
+        self.dropped = 0  # records the source lost (a lossy tracer's gaps)
         self.last_ts = 0.0
         self._irps: list[dict[str, Any]] = []
         self._urbs: list[tuple[Any, ...]] = []
@@ -228,12 +253,17 @@ class SessionWriter:
         self.attributors: dict[tuple[int | None, int | None, int], Attributor] = {}
         self._warmed: Attributor | None = None
         self._files: list[tuple[Any, ...]] = []
+        self._gaps: list[tuple[Any, ...]] = []
+        self._gap_count = 0
         self._activity_id = 0
         self._batch_bytes = 0
         self._bulk = bulk_inserts(database)
         self._inserter = ProcessInserter(database) if background else None
 
     def feed(self, event: Event) -> None:
+        if event.kind == GAP:
+            self.gap(event)
+            return
         self.records += 1
         if event.ts > self.last_ts:
             self.last_ts = event.ts
@@ -254,6 +284,21 @@ class SessionWriter:
         if len(self._urbs) + len(self._irps) >= self.batch or \
                 self._batch_bytes >= BATCH_BYTES:
             self.flush()
+
+    def gap(self, event: Event) -> None:
+        """Records were dropped here: end every exchange and command in flight, so
+        nothing is paired or decoded across the gap, and say where it is."""
+        self._drain()
+        self.dropped += event.information or 0
+        self._gap_count += 1
+        self._gaps.append((self.session_id, self.pairer.next_seq, event.ts,
+                           event.information or 0))
+
+    def _drain(self) -> None:
+        for x in self.pairer.flush():
+            self._exchange(x)
+        for cmd in self.bot.flush():
+            self._command(cmd)
 
     def _command(self, cmd: ScsiCommand) -> None:
         self.commands += 1
@@ -277,14 +322,18 @@ class SessionWriter:
                                 row.command_offset, row.detail))
 
     def flush(self) -> None:
-        if not (self._irps or self._urbs or self._cmds or self._files):
+        if not (self._irps or self._urbs or self._cmds or self._files or self._gaps):
             return
-        batch = [(name, self._bulk[name].params(rows) if name in ("irps", "scsi_commands")
-                  else rows)
-                 for name, rows in (("irps", self._irps), ("urbs", self._urbs),
-                                    ("scsi_commands", self._cmds), ("file_activity", self._files))
-                 if rows]
-        self._irps, self._urbs, self._cmds, self._files = [], [], [], []
+        batch: list[tuple[str, Any]] = [
+            (name, self._bulk[name].params(rows) if name in ("irps", "scsi_commands") else rows)
+            for name, rows in (("irps", self._irps), ("urbs", self._urbs),
+                               ("scsi_commands", self._cmds), ("file_activity", self._files),
+                               ("gaps", self._gaps))
+            if rows]
+        batch.append(("sessions", (self.session_id, {
+            "record_count": self.records, "command_count": self.commands,
+            "duration": self.last_ts, "dropped_count": self.dropped})))
+        self._irps, self._urbs, self._cmds, self._files, self._gaps = [], [], [], [], []
         self._batch_bytes = 0
         if self._inserter is not None:
             self._inserter.put(batch)
@@ -302,6 +351,9 @@ class SessionWriter:
     def decoding_notes(self) -> list[str]:
         """What a reader of the session should know about how it decoded."""
         notes = []
+        if self.dropped:
+            notes.append(f"{self.dropped} records were dropped in {self._gap_count} gaps "
+                         "(see the gaps table); no command is decoded across a gap")
         if self.bot.orphans:
             notes.append(f"{self.bot.orphans} bulk transfers belonged to no command (the "
                          "capture started or ended mid-command)")
@@ -312,14 +364,12 @@ class SessionWriter:
         return notes
 
     def close(self, dropped: int = 0, malformed: int = 0, notes: str | None = None,
-              time_origin: float | None = None) -> None:
-        """Flush what the stages still hold and mark the session complete."""
-        for x in self.pairer.flush():
-            self._exchange(x)
-        for cmd in self.bot.flush():
-            self._command(cmd)
+              time_origin: float | None = None, state: str = "complete") -> None:
+        """Flush what the stages still hold and give the session its final state."""
+        self._drain()
         for attributor in self.attributors.values():
             self._activity(attributor.flush())
+        self.dropped = max(dropped, self.dropped)
         self.flush()
         if self._inserter is not None:
             self._inserter.close()
@@ -337,7 +387,7 @@ class SessionWriter:
                 conn.execute(insert(DeviceRow), devices)
             conn.execute(update(SessionRow).where(SessionRow.id == self.session_id).values(
                 record_count=self.records, dropped_count=dropped, malformed_count=malformed,
-                command_count=self.commands, duration=self.last_ts, complete=True,
+                command_count=self.commands, duration=self.last_ts, state=state,
                 notes=notes, time_origin=time_origin))
 
 
@@ -359,6 +409,7 @@ class Recorder:
         self.capacity = capacity
         self.lossy = lossy
         self.dropped = 0
+        self._gap = 0  # records dropped since the last one queued
         self.waits = 0  # times a lossless producer had to wait
         self._consume = consume or writer.feed
         self._queue: deque[Event] = deque()
@@ -380,6 +431,7 @@ class Recorder:
         if self._produced - self._consumed + cost > self.capacity:
             if self.lossy:
                 self.dropped += 1
+                self._gap += 1
                 return
             self.waits += 1
             while self._produced - self._consumed + cost > self.capacity and self._queue:
@@ -388,6 +440,10 @@ class Recorder:
                 if self._error is not None:
                     raise RuntimeError("the writer thread failed") from self._error
                 self._room.wait(0.05)
+        if self._gap:  # the writer must know where records are missing
+            self._queue.append(Event(GAP, event.ts, 0, information=self._gap))
+            self._produced += self.RECORD_COST
+            self._gap = 0
         self._produced += cost
         self._queue.append(event)
         if len(self._queue) >= 64:
@@ -415,13 +471,17 @@ class Recorder:
             self._error = e
             self._room.set()
 
-    def close(self, notes: str | None = None) -> None:
+    def close(self, notes: str | None = None, state: str = "complete") -> None:
+        if self._gap:
+            self._queue.append(Event(GAP, self.writer.last_ts, 0, information=self._gap))
+            self._produced += self.RECORD_COST
+            self._gap = 0
         self._stop = True
         self._wake.set()
         self._thread.join()
         if self._error is not None:
             raise RuntimeError(f"the writer thread failed: {self._error}") from self._error
-        self.writer.close(dropped=self.dropped, notes=notes)
+        self.writer.close(dropped=self.dropped, notes=notes, state=state)
 
 
 def now_iso() -> str:
