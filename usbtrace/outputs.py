@@ -30,15 +30,15 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def refuse_database(path: str | Path, database: Database | None, what: str) -> None:
+def refuse_database(path: str | Path, database: Path | None, what: str) -> None:
     """Raise if ``path`` is the database file or one of its companions."""
-    if database is None or database.path is None:
+    if database is None:
         return
     path = Path(path)
     for suffix in COMPANIONS:
-        companion = Path(f"{database.path}{suffix}")
+        companion = Path(f"{database}{suffix}")
         if _same_file(path, companion) or path.resolve() == companion.resolve():
-            raise InputError(f"{what} {path}: that is the database {database.path}"
+            raise InputError(f"{what} {path}: that is the database {database}"
                              f"{' (its ' + suffix[1:] + ' file)' if suffix else ''}; "
                              "choose another file")
 
@@ -47,7 +47,7 @@ def check_output(path: Path, force: bool, database: Database | None = None,
                  what: str = "output") -> None:
     """Everything that can be known before any work: the folder exists, the name is
     free (or ``force``), and it is not the database."""
-    refuse_database(path, database, what)
+    refuse_database(path, database.path if database is not None else None, what)
     if path.is_dir():
         raise InputError(f"{what} {path}: is a directory")
     parent = path.parent if str(path.parent) else Path(".")

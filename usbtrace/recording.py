@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from usbtrace.devices.base import DeviceBackend
 from usbtrace.devices.image import DiskImage, parse_size
 from usbtrace.devices.simulated import SimulatedStick
 from usbtrace.errors import InputError
 from usbtrace.machine import Machine
-from usbtrace.store.database import Database
+from usbtrace.store.database import Database, is_url
 from usbtrace.store.writer import Recorder, SessionWriter, now_iso
 from usbtrace.workloads import WRITING, WorkloadResult, get
 
@@ -80,11 +81,11 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
         from usbtrace.workloads.files import check
 
         check(options.fs, options.copy)  # bad options fail before a session exists
-    database = Database(options.db)
-    if options.image and database.path is not None:
+    if options.image and not is_url(options.db):
         from usbtrace.outputs import refuse_database
 
-        refuse_database(options.image, database, "--image")
+        refuse_database(options.image, Path(options.db), "--image")
+    database = Database(options.db)
     own_backend = backend is None
     if backend is None:
         backend = open_hardware(options) if hardware else \

@@ -77,6 +77,11 @@ def _read_only_authorizer(action: int, arg1: str | None, arg2: str | None, db: s
     return sqlite3.SQLITE_DENY
 
 
+def is_url(target: str) -> bool:
+    """A SQLAlchemy URL rather than a file name."""
+    return bool(_URL.match(target))
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -411,7 +416,7 @@ def _query_error(e: BaseException, stop: dict[str, bool], timeout: float | None
     if stop["timed_out"]:
         return DatabaseError(f"query stopped after {timeout:g} s (--timeout)")
     message = str(e)
-    if "not authorized" in message:
+    if "not authorized" in message or "authorization denied" in message:
         message += ": usbtrace query is read-only (no writes, ATTACH, VACUUM or PRAGMA "
         message += "assignments)"
     return DatabaseError(f"query failed: {message}")
