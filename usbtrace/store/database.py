@@ -318,9 +318,14 @@ class Database:
             conn.execute(text("SET TRANSACTION READ ONLY"))
             if timeout and self.engine.dialect.name == "postgresql":
                 conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout * 1000)}"))
+            # a server-side cursor streams a SELECT; anything else runs as it is, and the
+            # read-only transaction refuses it
+            streams = sql.lstrip().split(None, 1)[0].lower() in ("select", "with", "values",
+                                                                 "table") if sql.strip() \
+                else False
             try:
-                result = conn.execution_options(stream_results=True).execute(text(sql),
-                                                                             params or {})
+                result = conn.execution_options(stream_results=streams).execute(
+                    text(sql), params or {})
             except SADatabaseError as e:
                 raise DatabaseError(f"query failed: {e.orig}") from None
             columns = list(result.keys())
