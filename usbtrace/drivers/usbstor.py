@@ -594,6 +594,8 @@ def _outcome(request: Request, irp: Irp) -> str:
     if irp.cancel or status == U.USBD_STATUS_CANCELED:
         return "cancelled"
     if status == U.USBD_STATUS_STALL_PID:
+        if request.phase == "data":  # the device ended the data phase: keep what moved
+            request.data_actual = urb.transfer_buffer_length
         return "stall"
     if not U.USBD_SUCCESS(status):
         return "error"
