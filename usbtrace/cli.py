@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
+from usbtrace.devices.faults import fault_help
 from usbtrace.errors import UsbtraceError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -95,10 +96,11 @@ db_option = click.option("--db", default=DEFAULT_DB, show_default=True,
 @click.option("--no-upper", is_flag=True, help="Do not trace READ/WRITE (above disk).")
 @click.option("--lossy", is_flag=True, help="Drop (and count) records rather than wait when "
               "the writer falls behind.")
+@click.option("--fault", "faults", multiple=True, metavar="SPEC", help=fault_help())
 @friendly
 def record(db: str, image: str | None, size: str, workload: str | None, device: str | None,
            allow_write: bool, usb_backend: str, speed: str, fs: str, copy: tuple[str, ...],
-           no_lower: bool, no_upper: bool, lossy: bool) -> None:
+           no_lower: bool, no_upper: bool, lossy: bool, faults: tuple[str, ...]) -> None:
     """Run a workload on a stick (simulated, or real with --device), tracer in the stack."""
     from usbtrace.recording import RecordOptions
     from usbtrace.recording import record as run
@@ -108,7 +110,7 @@ def record(db: str, image: str | None, size: str, workload: str | None, device: 
     summary = run(RecordOptions(db=db, image=image, size=size, workload=workload, speed=speed,
                                 positions=positions, lossy=lossy, fs=fs, copy=copy,
                                 device=device, usb_backend=usb_backend,
-                                allow_write=allow_write))
+                                allow_write=allow_write, faults=faults))
     r = summary.workload
     target = f"device {device}" if device else f"a simulated {size} stick ({speed} speed)"
     click.echo(f"session {summary.session_id}: workload '{workload}' on {target}")

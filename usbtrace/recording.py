@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from usbtrace.devices.base import DeviceBackend
+from usbtrace.devices.faults import parse_faults
 from usbtrace.devices.image import DiskImage, parse_size
 from usbtrace.devices.simulated import SimulatedStick
 from usbtrace.errors import InputError
@@ -34,6 +35,7 @@ class RecordOptions:
     allow_write: bool = False
     lossy: bool = False
     queue: int = 64 << 20  # bytes of payload the tracer may queue
+    faults: tuple[str, ...] = ()  # --fault specs for the simulated stick
 
 
 @dataclass
@@ -80,11 +82,15 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
         from usbtrace.workloads.files import check
 
         check(options.fs, options.copy)  # bad options fail before a session exists
+    faults = parse_faults(options.faults, hardware)
     database = Database(options.db)
     own_backend = backend is None
     if backend is None:
         backend = open_hardware(options) if hardware else \
             SimulatedStick(open_image(options), speed=options.speed)
+    if isinstance(backend, SimulatedStick):
+        for fault in faults:
+            backend.inject(fault)
     if hardware:
         source = "hardware" if options.usb_backend == "libusb" else "pyusb-simulated"
         name = str(options.device)

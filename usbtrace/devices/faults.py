@@ -16,6 +16,7 @@ stick out during command N, after its CBW.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from usbtrace.errors import InputError
@@ -102,3 +103,12 @@ def fault_help() -> str:
             "'usbtrace log' numbers them); KIND@N+: at every command from N on; KIND alone: "
             "at every command. media-error@LBA[-LBA] marks sectors bad; disconnect@N unplugs "
             f"the stick. Kinds — {kinds}.")
+
+
+def parse_faults(specs: Iterable[str], hardware: bool = False) -> list[Fault]:
+    """Every ``--fault`` spec, checked before a session exists."""
+    faults = [parse_fault(spec) for spec in specs]
+    if faults and hardware:
+        raise InputError("--fault injects faults into the simulated stick; it cannot be used "
+                         "with --device")
+    return faults
