@@ -88,8 +88,11 @@ db_option = click.option("--db", default=DEFAULT_DB, show_default=True,
               "usbtrace.usb_backends entry points.")
 @click.option("--speed", type=click.Choice(["full", "high", "super"]), default="super",
               show_default=True, help="Bus speed of the simulated stick.")
-@click.option("--fs", "fs", type=click.Choice(["fat12", "fat16", "fat32", "exfat"]),
-              default="fat16", show_default=True, help="File system of the files workload.")
+@click.option("--fs", "fs", type=click.Choice(["fat12", "fat16", "fat32"]),
+              default="fat16", show_default=True, help="File system of the files workload, "
+              "formatted by pyfatfs: fat12 up to 127 MiB, fat16 from 4.1 MiB to just under "
+              "2 GiB, fat32 from 32.6 MiB to 32 GiB (the FAT cluster-count limits). No exFAT: "
+              "no Python library writes it.")
 @click.option("--copy", multiple=True, type=click.Path(), help="Files or folders the files "
               "workload copies to the stick (default: a built-in sample set).")
 @click.option("--no-lower", is_flag=True, help="Do not trace at the URB level (under usbstor).")

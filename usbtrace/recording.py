@@ -69,6 +69,17 @@ def open_hardware(options: RecordOptions) -> DeviceBackend:
     return HardwareDevice(find_device(options.device, backend), allow_write=options.allow_write)
 
 
+def _mark_incomplete(database: Database, session_id: int) -> None:
+    """A failed run's session is not complete, though the writer closed it cleanly."""
+    from sqlalchemy import update
+
+    from usbtrace.store.schema import SessionRow
+
+    with database.engine.begin() as conn:
+        conn.execute(update(SessionRow).where(SessionRow.id == session_id)
+                     .values(complete=False))
+
+
 def record(options: RecordOptions, backend: DeviceBackend | None = None,
            source: str = "simulated") -> RecordSummary:
     """Bring the stack up on the stick, run the workload, tear down, store it all."""
@@ -79,9 +90,10 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
                          "pass --allow-write if nothing on it matters (see README: real "
                          "hardware)")
     if options.workload == "files":
-        from usbtrace.workloads.files import check
+        from usbtrace.workloads.files import check, simulated_size
 
-        check(options.fs, options.copy)  # bad options fail before a session exists
+        check(options.fs, options.copy,  # bad options fail before a session exists
+              None if hardware else simulated_size(options.image, options.size))
     faults = parse_faults(options.faults, hardware)
     database = Database(options.db)
     own_backend = backend is None
@@ -118,6 +130,8 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
         finally:
             bus_seconds = machine.scheduler.now()
             recorder.close(notes=failure)
+            if failure is not None:
+                _mark_incomplete(database, session_id)
             if own_backend:
                 backend.close()
     wall = time.perf_counter() - t0
