@@ -233,17 +233,20 @@ def test_named_medium_changing_commands_never_reach_the_device(name: str) -> Non
 
 
 def test_every_opcode_off_the_allowlist_is_refused() -> None:
-    from usbtrace.devices.hardware import READ_ONLY_OPCODES, read_only_cbw
+    from usbtrace.devices.hardware import READ_ONLY_OPCODES
 
-    conditional = {0x2F, 0xAF, 0x8F, 0x4D, 0x9E, 0xA3, 0x3C}
+    hardware, stick = _read_only_hardware()
+    # allowed only with the field that keeps them reading left at zero
+    conditional = {0x2F, 0xAF, 0x8F, 0x4D, 0x3C}
     for opcode in range(256):
-        cdb = bytes([opcode]) + bytes(15)  # zeroed fields: the harmless variant
-        allowed = read_only_cbw(_cbw(cdb))
-        assert allowed == (opcode in READ_ONLY_OPCODES or opcode in conditional - {0x9E, 0xA3}), \
-            hex(opcode)
-        # with every field set, only the unconditional entries remain
-        loud = bytes([opcode]) + b"\xff" * 15
-        assert read_only_cbw(_cbw(loud)) == (opcode in READ_ONLY_OPCODES), hex(opcode)
+        for fill, allowed in ((0x00, READ_ONLY_OPCODES | conditional),
+                              (0xFF, READ_ONLY_OPCODES)):
+            cbw = _cbw(bytes([opcode]) + bytes([fill]) * 15)
+            hardware.refused.clear()
+            hardware.bulk_out(0x02, cbw)
+            assert (hardware.refused == [bytes(cbw)]) == (opcode not in allowed), \
+                f"opcode 0x{opcode:02X}, fields 0x{fill:02X}"
+    hardware.close()
 
 
 @pytest.mark.parametrize("name", list(ALLOWED))

@@ -180,6 +180,6 @@ def test_a_failing_workload_keeps_its_log_and_says_why(tmp_path: Path,
         record(RecordOptions(db=str(db), size="4M"))
     conn = sqlite3.connect(db)
     complete, notes = conn.execute("SELECT complete, notes FROM sessions").fetchone()
-    assert complete == 1 and "the workload failed: NtStatusError" in notes
+    assert complete == 0 and "the workload failed: NtStatusError" in notes
     assert conn.execute("SELECT count(*) FROM scsi_commands WHERE name='read_10'"
                         ).fetchone()[0] >= 1
