@@ -245,3 +245,39 @@ def test_cancel_of_a_queued_srb(stack: Stack) -> None:
     cbws = [e for e in stack.events if e.kind == SUBMIT and e.data[:4] == b"USBC"
             and e.data[15] == 0x28]
     assert len(cbws) == 1
+
+
+def test_a_stall_ends_the_data_phase_and_the_csw_counts_what_did_not_move() -> None:
+    """BOT 1.0 §6.7.2: the device that stalls bulk-IN has ended its data phase; once the
+    host clears the halt it sends the CSW, residue = the bytes it did not send."""
+    from usbtrace.devices.image import DiskImage
+    from usbtrace.devices.simulated import SimulatedStick
+    from usbtrace.storage import bot, scsi
+    from usbtrace.usb.urb import USBD_STATUS_SUCCESS
+
+    stick = SimulatedStick(DiskImage.in_memory(1 << 20))
+    device = stick.bot
+    read4 = bytes([scsi.READ_10, 0, 0, 0, 0, 0, 0, 0, 4, 0])
+    assert device.bulk_out(bot.build_cbw(9, 2048, True, 0, read4)) == USBD_STATUS_SUCCESS
+    assert device.bulk_in(bytearray(512)) == (USBD_STATUS_SUCCESS, 512)
+    device.halt(BULK_IN)
+    assert device.bulk_in(bytearray(512))[0] == USBD_STATUS_STALL_PID
+    device.clear_halt(BULK_IN)
+    csw = bytearray(13)
+    assert device.bulk_in(csw) == (USBD_STATUS_SUCCESS, 13)
+    assert bot.parse_csw(csw) == bot.Csw(9, 1536, bot.CSW_STATUS_FAILED)
+    sense = bytearray(18)
+    device.bulk_out(bot.build_cbw(10, 18, True, 0, bytes([scsi.REQUEST_SENSE, 0, 0, 0, 18, 0])))
+    device.bulk_in(sense)
+    parsed = scsi.parse_sense(sense)
+    assert parsed is not None and (parsed.key, parsed.asc) == (scsi.ABORTED_COMMAND, 0x4B)
+    # the same on bulk-OUT: what arrived before the stall is not written
+    write2 = bytes([scsi.WRITE_10, 0, 0, 0, 0, 0, 0, 0, 2, 0])
+    device.bulk_in(bytearray(13))  # the REQUEST SENSE's CSW
+    device.bulk_out(bot.build_cbw(11, 1024, False, 0, write2))
+    device.bulk_out(b"\xee" * 512)
+    device.halt(BULK_OUT)
+    device.clear_halt(BULK_OUT)
+    assert device.bulk_in(csw)[1] == 13
+    assert bot.parse_csw(csw) == bot.Csw(11, 512, bot.CSW_STATUS_FAILED)
+    assert bytes(stick.image.view[:512]) == bytes(512)
