@@ -52,6 +52,9 @@ def test_one_off_fault_is_recorded_and_recovered(tmp_path: Path, spec: str) -> N
     assert rows[9][1] == "read_10" and rows[9][2] == 640
     tries = [r for r in rows[9:] if r[1] == "read_10" and r[2] == lba]
     assert len(tries) == 2 and tries[0][3] != "good" and tries[1][3] == "good"
+    complete, notes = sqlite3.connect(db).execute(
+        "SELECT complete, notes FROM sessions").fetchone()
+    assert complete and notes.startswith(f"faults injected: {spec}")
 
 
 @pytest.mark.parametrize("spec", list(FAILING))

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from usbtrace.devices.base import DeviceBackend
-from usbtrace.devices.faults import parse_faults
+from usbtrace.devices.faults import Fault, parse_faults
 from usbtrace.devices.image import DiskImage, parse_size
 from usbtrace.devices.simulated import SimulatedStick
 from usbtrace.errors import InputError
@@ -69,15 +69,26 @@ def open_hardware(options: RecordOptions) -> DeviceBackend:
     return HardwareDevice(find_device(options.device, backend), allow_write=options.allow_write)
 
 
-def _mark_incomplete(database: Database, session_id: int) -> None:
-    """A failed run's session is not complete, though the writer closed it cleanly."""
-    from sqlalchemy import update
+def _amend_session(database: Database, session_id: int, failed: bool,
+                   faults: list[Fault]) -> None:
+    """A failed run's session is not complete, though the writer closed it cleanly; a
+    session with injected faults says so, lest its log be taken for the device's own."""
+    if not failed and not faults:
+        return
+    from sqlalchemy import select, update
 
     from usbtrace.store.schema import SessionRow
 
     with database.engine.begin() as conn:
-        conn.execute(update(SessionRow).where(SessionRow.id == session_id)
-                     .values(complete=False))
+        values: dict[str, object] = {}
+        if failed:
+            values["complete"] = False
+        if faults:
+            notes = conn.execute(select(SessionRow.notes).where(SessionRow.id == session_id)
+                                 ).scalar()
+            injected = "faults injected: " + ", ".join(map(str, faults))
+            values["notes"] = "; ".join(n for n in (injected, notes) if n)
+        conn.execute(update(SessionRow).where(SessionRow.id == session_id).values(**values))
 
 
 def record(options: RecordOptions, backend: DeviceBackend | None = None,
@@ -130,8 +141,7 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
         finally:
             bus_seconds = machine.scheduler.now()
             recorder.close(notes=failure)
-            if failure is not None:
-                _mark_incomplete(database, session_id)
+            _amend_session(database, session_id, failure is not None, faults)
             if own_backend:
                 backend.close()
     wall = time.perf_counter() - t0
