@@ -18,6 +18,7 @@ from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
 import click
 
+from usbtrace.devices.faults import fault_help
 from usbtrace.errors import UsbtraceError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -103,18 +104,22 @@ db_option = click.option("--db", default=DEFAULT_DB, show_default=True,
               "usbtrace.usb_backends entry points.")
 @click.option("--speed", type=click.Choice(["full", "high", "super"]), default="super",
               show_default=True, help="Bus speed of the simulated stick.")
-@click.option("--fs", "fs", type=click.Choice(["fat12", "fat16", "fat32", "exfat"]),
-              default="fat16", show_default=True, help="File system of the files workload.")
+@click.option("--fs", "fs", type=click.Choice(["fat12", "fat16", "fat32"]),
+              default="fat16", show_default=True, help="File system of the files workload, "
+              "formatted by pyfatfs: fat12 up to 127 MiB, fat16 from 4.1 MiB to just under "
+              "2 GiB, fat32 from 32.6 MiB to 32 GiB (the FAT cluster-count limits). No exFAT: "
+              "no Python library writes it.")
 @click.option("--copy", multiple=True, type=click.Path(), help="Files or folders the files "
               "workload copies to the stick (default: a built-in sample set).")
 @click.option("--no-lower", is_flag=True, help="Do not trace at the URB level (under usbstor).")
 @click.option("--no-upper", is_flag=True, help="Do not trace READ/WRITE (above disk).")
 @click.option("--lossy", is_flag=True, help="Drop (and count) records rather than wait when "
               "the writer falls behind.")
+@click.option("--fault", "faults", multiple=True, metavar="SPEC", help=fault_help())
 @friendly
 def record(db: str, image: str | None, size: str, workload: str | None, device: str | None,
            allow_write: bool, usb_backend: str, speed: str, fs: str, copy: tuple[str, ...],
-           no_lower: bool, no_upper: bool, lossy: bool) -> None:
+           no_lower: bool, no_upper: bool, lossy: bool, faults: tuple[str, ...]) -> None:
     """Run a workload on a stick (simulated, or real with --device), tracer in the stack."""
     from usbtrace.recording import RecordOptions
     from usbtrace.recording import record as run
@@ -124,7 +129,7 @@ def record(db: str, image: str | None, size: str, workload: str | None, device: 
     summary = run(RecordOptions(db=db, image=image, size=size, workload=workload, speed=speed,
                                 positions=positions, lossy=lossy, fs=fs, copy=copy,
                                 device=device, usb_backend=usb_backend,
-                                allow_write=allow_write))
+                                allow_write=allow_write, faults=faults))
     r = summary.workload
     target = f"device {device}" if device else f"a simulated {size} stick ({speed} speed)"
     click.echo(f"session {summary.session_id}: workload '{workload}' on {target}")

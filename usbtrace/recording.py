@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from usbtrace.devices.base import DeviceBackend
+from usbtrace.devices.faults import parse_faults
 from usbtrace.devices.image import DiskImage, parse_size
 from usbtrace.devices.simulated import SimulatedStick
 from usbtrace.errors import InputError
@@ -35,6 +36,7 @@ class RecordOptions:
     allow_write: bool = False
     lossy: bool = False
     queue: int = 64 << 20  # bytes of payload the tracer may queue
+    faults: tuple[str, ...] = ()  # --fault specs for the simulated stick
 
 
 @dataclass
@@ -78,9 +80,11 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
                          "pass --allow-write if nothing on it matters (see README: real "
                          "hardware)")
     if options.workload == "files":
-        from usbtrace.workloads.files import check
+        from usbtrace.workloads.files import check, simulated_size
 
-        check(options.fs, options.copy)  # bad options fail before a session exists
+        check(options.fs, options.copy,  # bad options fail before a session exists
+              None if hardware else simulated_size(options.image, options.size))
+    faults = parse_faults(options.faults, hardware)
     if options.image and not is_url(options.db):
         from usbtrace.outputs import refuse_database
 
@@ -90,6 +94,9 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
     if backend is None:
         backend = open_hardware(options) if hardware else \
             SimulatedStick(open_image(options), speed=options.speed)
+    if isinstance(backend, SimulatedStick):
+        for fault in faults:
+            backend.inject(fault)
     if hardware:
         source = "hardware" if options.usb_backend == "libusb" else "pyusb-simulated"
         name = str(options.device)
@@ -121,7 +128,9 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
                 machine.stop()
         finally:
             bus_seconds = machine.scheduler.now()
-            recorder.close(notes=failure, state=state)
+            injected = "faults injected: " + ", ".join(map(str, faults)) if faults else None
+            recorder.close(notes="; ".join(n for n in (injected, failure) if n) or None,
+                           state=state)
             if own_backend:
                 backend.close()
             database.close()

@@ -12,8 +12,9 @@ libusb as a fallback.  ``USB_BACKENDS`` maps a name to a factory, so tests use
 stick answers through pyusb's own backend interface and this module runs
 exactly as it would on a real bus.
 
-Safety: the backend is read-only unless ``allow_write``.  A CBW whose command
-would change the medium is refused here, before it reaches the device.
+Safety: the backend is read-only unless ``allow_write``.  Only CBWs of the
+commands on an allowlist (``read_only_cdb``: commands that only read) reach
+the device; anything else is refused here, before it reaches the device.
 """
 
 from __future__ import annotations
@@ -39,12 +40,78 @@ from usbtrace.usb.urb import (
     USBD_STATUS_TIMEOUT,
 )
 
-# opcodes that change the medium: refused without --allow-write
-WRITING_OPCODES = frozenset({
-    scsi.WRITE_6, scsi.WRITE_10, scsi.WRITE_12, scsi.WRITE_16, scsi.FORMAT_UNIT,
-    scsi.MODE_SELECT_6, scsi.MODE_SELECT_10, scsi.UNMAP, scsi.WRITE_BUFFER, 0x2E, 0x8E,
-    0x41, 0x93, scsi.ATA_PASS_THROUGH_12, scsi.ATA_PASS_THROUGH_16,
+# Read-only mode lets through only the commands below (SPC-4, SBC-3, MMC-6):
+# each reads, and none changes the medium or a state of the device that
+# outlives the command.  Everything else needs --allow-write: writes of every
+# kind, FORMAT, SANITIZE, MODE SELECT, SYNCHRONIZE CACHE (it writes cached data
+# to the medium), START STOP UNIT (spin-down, eject), PREVENT ALLOW MEDIUM
+# REMOVAL (the lock outlives the command), reservations, security protocols,
+# ATA pass-through (any ATA command), vendor-specific opcodes.  REQUEST SENSE
+# is allowed although it clears the pending sense: that is its purpose, and
+# every failed command needs it.
+READ_ONLY_OPCODES = frozenset({
+    scsi.TEST_UNIT_READY, scsi.REQUEST_SENSE, scsi.INQUIRY, scsi.MODE_SENSE_6,
+    scsi.MODE_SENSE_10, scsi.READ_6, scsi.READ_10, scsi.READ_12, scsi.READ_16,
+    scsi.READ_CAPACITY_10, scsi.READ_FORMAT_CAPACITIES, scsi.REPORT_LUNS, scsi.READ_TOC,
+    scsi.GET_CONFIGURATION, 0x4A,  # GET EVENT STATUS NOTIFICATION (MMC-6)
+    0x1C,  # RECEIVE DIAGNOSTIC RESULTS
+    0x37, 0xB7,  # READ DEFECT DATA(10), (12)
 })
+# Allowed only with a field that keeps them reading (checked in ``read_only_cdb``).
+VERIFY_OPCODES = frozenset({scsi.VERIFY_10, 0xAF, scsi.VERIFY_16})  # VERIFY(10), (12), (16)
+MAINTENANCE_IN = 0xA3
+# MAINTENANCE IN service actions that report: identifying information, target
+# port groups, supported operation codes, task management functions, timestamp.
+READ_ONLY_MAINTENANCE_IN = frozenset({0x05, 0x0A, 0x0C, 0x0D, 0x0F})
+# READ BUFFER modes that only read: combined header and data, data, descriptor,
+# echo buffer, echo buffer descriptor.  Mode 1Ch (error history) can clear the
+# history, and vendor modes can do anything.
+READ_ONLY_BUFFER_MODES = frozenset({0x00, 0x02, 0x03, 0x0A, 0x0B})
+
+
+def read_only_cdb(cdb: bytes) -> bool:
+    """Whether ``cdb`` only reads: neither the medium nor the device's state changes.
+
+    VERIFY passes with BYTCHK=0 only: SBC-3 §5.32 makes it a check of the medium
+    with no data transfer; with BYTCHK set the host sends data to compare, and
+    read-only mode sends no data to the device at all.  LOG SENSE passes with
+    SP=0 only: SP=1 saves the log parameters to non-volatile storage.
+    """
+    if not cdb:
+        return False
+    opcode = cdb[0]
+    if opcode in READ_ONLY_OPCODES:
+        return True
+    if len(cdb) < 2:
+        return False
+    if opcode in VERIFY_OPCODES:
+        return cdb[1] & 0x06 == 0  # BYTCHK, bits 2:1 of byte 1
+    if opcode == scsi.LOG_SENSE:
+        return cdb[1] & 0x01 == 0  # SP
+    if opcode == scsi.SERVICE_ACTION_IN_16:
+        return cdb[1] & 0x1F == scsi.SA_READ_CAPACITY_16
+    if opcode == MAINTENANCE_IN:
+        return cdb[1] & 0x1F in READ_ONLY_MAINTENANCE_IN
+    if opcode == scsi.READ_BUFFER:
+        return cdb[1] & 0x1F in READ_ONLY_BUFFER_MODES
+    return False
+
+
+def read_only_cbw(data: bytes | bytearray | memoryview) -> bool:
+    """Whether a bulk-OUT transfer may reach the device in read-only mode.
+
+    Only a valid CBW of a read-only command with no data-out phase: so no data
+    phase ever goes out, and a malformed CBW never reaches a device that might
+    act on it.
+    """
+    cbw = bot.parse_cbw(data)
+    if cbw is None:
+        return False
+    if cbw.data_transfer_length and not cbw.data_in:
+        return False
+    return read_only_cdb(bytes(cbw.cdb))
+
+
 # pyusb's speed numbers (usb.util.SPEED_*)
 PYUSB_SPEEDS = {1: "full", 2: "full", 3: "high", 4: "super", 5: "super"}
 LIBUSB_ERROR_PIPE, LIBUSB_ERROR_NO_DEVICE, LIBUSB_ERROR_TIMEOUT = -9, -4, -7
@@ -301,11 +368,9 @@ class HardwareDevice(DeviceBackend):
         started = time.perf_counter()
         if not self.connected:
             return self._result(USBD_STATUS_DEVICE_GONE, 0, started)
-        if not self.allow_write:
-            cbw = bot.parse_cbw(data)
-            if cbw is not None and cbw.cdb[:1] and cbw.cdb[0] in WRITING_OPCODES:
-                self.refused.append(bytes(data))
-                return self._result(USBD_STATUS_REQUEST_FAILED, 0, started)
+        if not self.allow_write and not read_only_cbw(data):
+            self.refused.append(bytes(data))
+            return self._result(USBD_STATUS_REQUEST_FAILED, 0, started)
         try:
             n = self.device.write(endpoint, bytes(data), self.timeout)
             return self._result(USBD_STATUS_SUCCESS, n, started)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from usbtrace.devices.base import DeviceBackend, TransferResult
+from usbtrace.devices.faults import Fault
 from usbtrace.devices.image import DiskImage
 from usbtrace.devices.scsi_target import IN, NONE, OUT, Identity, Plan, ScsiTarget
 from usbtrace.storage import bot, scsi
@@ -59,6 +61,9 @@ class BulkOnlyDevice:
         self.state = "command"
         self.halted: set[int] = set()
         self.history: list[str] = []  # cases seen, for tests and logs
+        self.commands = 0  # CBWs received, counted from 1
+        self.on_command: Callable[[int, int], None] | None = None  # (number, LUN), per CBW
+        self.csw_fault: str | None = None  # "invalid-csw" / "phase-error": this command's CSW
         self._csw = b""
         self._in_data: memoryview | bytes = b""
         self._in_pos = 0
@@ -68,6 +73,7 @@ class BulkOnlyDevice:
         self._out_len = 0
         self._tag = 0
         self._lun = 0
+        self._host_len = 0
         self._residue = 0
         self._status = 0
 
@@ -75,7 +81,12 @@ class BulkOnlyDevice:
         self.state = BOT_TRANSITIONS[(self.state, event)]
 
     def _finish(self, residue: int, status: int) -> None:
+        fault, self.csw_fault = self.csw_fault, None
+        if fault == "phase-error":
+            status = bot.CSW_STATUS_PHASE_ERROR
         self._csw = bot.build_csw(self._tag, residue, status)
+        if fault == "invalid-csw":
+            self._csw = b"USBX" + self._csw[4:]  # not "USBS": not valid (§6.3.1)
 
     # ---- bulk OUT: CBW or data-out ---------------------------------------------------
 
@@ -105,7 +116,11 @@ class BulkOnlyDevice:
             return
         self._tag = cbw.tag
         self._lun = cbw.lun if cbw.lun < len(self.luns) else 0
-        host_len = cbw.data_transfer_length
+        self.commands += 1
+        self.csw_fault = None
+        if self.on_command is not None:
+            self.on_command(self.commands, self._lun)
+        host_len = self._host_len = cbw.data_transfer_length
         host_dir = NONE if host_len == 0 else (IN if cbw.data_in else OUT)
         if not bot.cbw_meaningful(cbw, len(self.luns) - 1):
             self.history.append("not_meaningful")
@@ -204,6 +219,30 @@ class BulkOnlyDevice:
         # Nothing to send: the device NAKs until the host gives up.
         return USBD_STATUS_TIMEOUT, 0
 
+    def halt(self, endpoint: int) -> None:
+        """The device stalls ``endpoint`` on its own, as on an error inside a transfer.
+
+        A device that stalls the pipe of its data phase has ended that phase
+        (BOT 1.0 §6.7.2, §6.7.3): once the host clears the halt it reads the
+        CSW, which reports the untransferred bytes as residue and a failed
+        command; REQUEST SENSE then says ABORTED COMMAND, DATA PHASE ERROR, so
+        the host may try the command again.
+        """
+        self.halted.add(endpoint)
+        if endpoint == BULK_IN and self.state == "data_in":
+            residue = self._host_len - self._in_pos
+            self._in_data = b""
+        elif endpoint == BULK_OUT and self.state == "data_out":
+            residue = self._host_len - len(self._out_buffer)
+            self._out_plan = None  # what arrived so far is not written
+            self._out_buffer = bytearray()
+        else:
+            return  # no data phase to end: the halt stalls the next transfer only
+        self.history.append("data_stalled")
+        self.luns[self._lun].sense = Sense(scsi.ABORTED_COMMAND, 0x4B, 0)  # DATA PHASE ERROR
+        self._finish(residue, bot.CSW_STATUS_FAILED)
+        self._move("data_done")
+
     def clear_halt(self, endpoint: int) -> None:
         self.halted.discard(endpoint)
 
@@ -242,11 +281,54 @@ class SimulatedStick(DeviceBackend):
         self.targets = [ScsiTarget(image, self.identity) for _ in range(luns)]
         self.bot = BulkOnlyDevice(self.targets, self.speed.bulk_max_packet)
         self.faults = UsbFaults()
+        self.injected: list[Fault] = []  # what ``inject`` armed, by command number
+        self._undo: list[Callable[[], None]] = []  # ends the one-off faults of a command
+        self.bot.on_command = self._on_command
         self.address = 0
         self.configuration = 0
         self.connected = True
         self.on_disconnect: Callable[[], None] | None = None
         self.strings = {1: "usbtrace", 2: self.identity.product, 3: self.identity.serial}
+
+    # ---- fault injection -------------------------------------------------------------
+
+    def inject(self, fault: Fault) -> None:
+        """Arm ``fault``: bad sectors now, everything else at the commands it names."""
+        if fault.kind == "media-error":
+            last = fault.first if fault.last is None else fault.last
+            for target in self.targets:
+                target.faults.bad_lbas.update(range(fault.first, last + 1))
+            return
+        self.injected.append(fault)
+
+    def _on_command(self, number: int, lun: int) -> None:
+        """A CBW arrived: end the last command's one-off faults, arm this one's."""
+        for undo in self._undo:
+            undo()
+        self._undo.clear()
+        media = self.targets[lun].faults
+        for fault in self.injected:
+            if not fault.hits(number):
+                continue
+            kind = fault.kind
+            if kind == "stall-in":
+                self.faults.stall_next[BULK_IN] = 1
+            elif kind == "stall-out":
+                self.faults.stall_next[BULK_OUT] = 1
+            elif kind in ("invalid-csw", "phase-error"):
+                self.bot.csw_fault = kind
+            elif kind == "disconnect":
+                self.faults.disconnect_after_bytes = self.faults.bulk_bytes
+            elif kind == "unit-attention":
+                media.unit_attention = True  # reported once, by the next command that may
+            elif kind == "not-ready" and not media.not_ready:
+                media.not_ready = True
+                if not fault.persistent:
+                    self._undo.append(partial(setattr, media, "not_ready", False))
+            elif kind == "write-protect" and not media.write_protected:
+                media.write_protected = True
+                if not fault.persistent:
+                    self._undo.append(partial(setattr, media, "write_protected", False))
 
     # ---- descriptors -------------------------------------------------------------------
 
@@ -362,7 +444,7 @@ class SimulatedStick(DeviceBackend):
         faults = self.faults
         if faults.stall_next.get(endpoint):
             faults.stall_next[endpoint] -= 1
-            self.bot.halted.add(endpoint)
+            self.bot.halt(endpoint)
         limit = faults.disconnect_after_bytes
         if limit is not None and faults.bulk_bytes + length > limit:
             self.unplug()

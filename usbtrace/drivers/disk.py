@@ -7,8 +7,12 @@ write-protect bit (MODE SENSE(6)).  A READ or WRITE is checked (sector
 aligned, inside the disk), split at the maximum transfer length, and each
 piece is an associated IRP of the caller's IRP carrying one SRB with a
 READ(10)/WRITE(10) CDB (READ(16)/WRITE(16) beyond 32-bit LBAs), sent as
-IRP_MJ_SCSI.  Transient failures (UNIT ATTENTION, becoming ready) are retried
-as classpnp does; the first final error becomes the caller's status.
+IRP_MJ_SCSI.  A failed SRB is judged as classpnp's ClassInterpretSenseInfo
+judges it: by its sense data when autosense is valid (UNIT ATTENTION,
+becoming ready, ABORTED COMMAND are retried), else by its SRB status
+(SRB_STATUS_BUS_RESET, which usbstor reports after a Reset Recovery, is
+retried); up to MAXIMUM_RETRIES times, then the first final error becomes the
+caller's status.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ from usbtrace.storage.ntstatus import sense_to_ntstatus
 from usbtrace.storage.srb import (
     SRB_FLAGS_DATA_IN,
     SRB_FLAGS_DATA_OUT,
+    SRB_STATUS_ABORTED,
     SRB_STATUS_AUTOSENSE_VALID,
+    SRB_STATUS_BUS_RESET,
+    SRB_STATUS_DATA_OVERRUN,
+    SRB_STATUS_ERROR,
+    SRB_STATUS_INVALID_REQUEST,
+    SRB_STATUS_NO_DEVICE,
+    SRB_STATUS_TIMEOUT,
     Srb,
 )
 from usbtrace.wdm.device import (
@@ -77,7 +88,11 @@ from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
 STATUS_PENDING = NTSTATUS.STATUS_PENDING
 STATUS_MORE_PROCESSING_REQUIRED = NTSTATUS.STATUS_MORE_PROCESSING_REQUIRED.value
-MAX_RETRIES = 4
+# classpnp.h: MAXIMUM_RETRIES; a transfer packet starts with NumRetries =
+# NUM_IO_RETRIES = MAXIMUM_RETRIES (classp.h, Windows 8.1 on), so a command is
+# tried at most five times.
+MAXIMUM_RETRIES = 4
+SRB_STATUS_PHASE_SEQUENCE_FAILURE = 0x14
 RW10 = struct.Struct(">BBIBHB")
 RW16 = struct.Struct(">BBQIBB")
 
@@ -179,18 +194,51 @@ def _send_srb_and_wait(ext: DiskExtension, srb: Srb, what: str) -> int:
     return status
 
 
+def ClassInterpretSenseInfo(srb: Srb, status: int, retried: int) -> tuple[int, bool]:  # noqa: N802
+    """The caller's status for a failed SRB, and whether to retry it.
+
+    As classpnp's ClassInterpretSenseInfo (class.c): valid sense data decides
+    first; without it the SRB status does, and most SRB statuses are retried —
+    SRB_STATUS_BUS_RESET (a Reset Recovery ended the command) among them, as
+    STATUS_IO_DEVICE_ERROR.  A cancelled request is never retried.  Where
+    classpnp says STATUS_NO_SUCH_DEVICE for a vanished device the port's
+    STATUS_DEVICE_NOT_CONNECTED is kept, as the application sees it.
+    """
+    if status == NTSTATUS.STATUS_CANCELLED:
+        return status, False
+    if srb.srb_status & SRB_STATUS_AUTOSENSE_VALID:
+        sense = scsi.parse_sense(srb.sense_info_buffer)
+        if sense is not None:
+            nt, retry = sense_to_ntstatus(sense)
+            return (nt if not NT_SUCCESS(nt) else status), retry
+    code = srb.srb_status & 0x3F  # SRB_STATUS()
+    if code == SRB_STATUS_ABORTED:
+        return NTSTATUS.STATUS_IO_TIMEOUT, True
+    if code == SRB_STATUS_TIMEOUT:
+        return NTSTATUS.STATUS_IO_TIMEOUT, True
+    if code == SRB_STATUS_INVALID_REQUEST:
+        return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, False
+    if code == SRB_STATUS_NO_DEVICE:
+        return status, False
+    if code == SRB_STATUS_DATA_OVERRUN:
+        return status, False
+    if code == SRB_STATUS_PHASE_SEQUENCE_FAILURE:
+        return NTSTATUS.STATUS_IO_DEVICE_ERROR, retried <= 1
+    if code in (SRB_STATUS_BUS_RESET, SRB_STATUS_ERROR):
+        return NTSTATUS.STATUS_IO_DEVICE_ERROR, True
+    return NTSTATUS.STATUS_IO_DEVICE_ERROR, True
+
+
 def ClassSendSrbSynchronous(ext: DiskExtension, srb: Srb) -> int:  # noqa: N802
-    """Send one SRB and wait; retry transient errors as classpnp does."""
+    """Send one SRB and wait; retry what ClassInterpretSenseInfo says to retry."""
     length = srb.data_transfer_length
-    for _attempt in range(MAX_RETRIES + 1):
+    for attempt in range(MAXIMUM_RETRIES + 1):
         srb.data_transfer_length = length
         status = _send_srb_and_wait(ext, srb, "SRB")
         if NT_SUCCESS(status):
             return status
-        sense = scsi.parse_sense(srb.sense_info_buffer) \
-            if srb.srb_status & SRB_STATUS_AUTOSENSE_VALID else None
-        _, retry = sense_to_ntstatus(sense) if sense else (status, False)
-        if not retry:
+        status, retry = ClassInterpretSenseInfo(srb, status, attempt)
+        if not retry or attempt == MAXIMUM_RETRIES:
             return status
         ext.stats["retries"] += 1
         srb.srb_status = 0
@@ -328,10 +376,9 @@ def DiskTransferCompletion(device: DeviceObject | None, assoc: Irp, context: Any
     master = assoc.master_irp
     assert device is not None and master is not None
     status = assoc.io_status.status
-    if not NT_SUCCESS(status) and retries < MAX_RETRIES:
-        sense = scsi.parse_sense(srb.sense_info_buffer) \
-            if srb.srb_status & SRB_STATUS_AUTOSENSE_VALID else None
-        if sense is not None and sense_to_ntstatus(sense)[1]:
+    if not NT_SUCCESS(status):
+        status, retry = ClassInterpretSenseInfo(srb, status, retries)
+        if retry and retries < MAXIMUM_RETRIES:
             ext: DiskExtension = device.device_extension
             ext.stats["retries"] += 1
             srb.srb_status = 0

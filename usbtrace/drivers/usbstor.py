@@ -18,7 +18,10 @@ CONDITION is followed by an automatic REQUEST SENSE whose data becomes the
 NTSTATUS; a stalled data or status phase is cleared with
 SYNC_RESET_PIPE_AND_CLEAR_STALL (CLEAR_FEATURE(ENDPOINT_HALT) on the wire)
 and the CSW read again; an invalid CSW or a phase error leads to Reset
-Recovery (BOT §5.3.4: Bulk-Only Mass Storage Reset, then clear both halts).
+Recovery (BOT §5.3.4: Bulk-Only Mass Storage Reset, then clear both halts),
+after which the SRB ends with SRB_STATUS_BUS_RESET and STATUS_IO_DEVICE_ERROR,
+as ReactOS's USBSTOR_CSWCompletionRoutine ends it (``scsi.c``); the class
+driver above decides whether to send it again.
 """
 
 from __future__ import annotations
@@ -594,6 +597,8 @@ def _outcome(request: Request, irp: Irp) -> str:
     if irp.cancel or status == U.USBD_STATUS_CANCELED:
         return "cancelled"
     if status == U.USBD_STATUS_STALL_PID:
+        if request.phase == "data":  # the device ended the data phase: keep what moved
+            request.data_actual = urb.transfer_buffer_length
         return "stall"
     if not U.USBD_SUCCESS(status):
         return "error"
@@ -680,7 +685,8 @@ def _finish(request: Request, terminal: str, outcome: str = "") -> None:
 
 
 def _reset_recovery(failed: Request) -> None:
-    """§5.3.4 Reset Recovery on an IRP of the driver's own; then fail the command."""
+    """§5.3.4 Reset Recovery on an IRP of the driver's own; then complete the command,
+    with SRB_STATUS_BUS_RESET, so that the class driver retries it."""
     ext = failed.fdo_ext
     ext.recoveries += 1
     irp = IoAllocateIrp(ext.lower.stack_size + 1)

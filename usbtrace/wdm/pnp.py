@@ -322,6 +322,9 @@ class PnpManager:
         self.kernel.DbgPrint("PnP: unloaded %s", driver.name)
 
     def shutdown(self) -> None:
+        """Remove every device; on a machine an interrupt halted there is nothing to run."""
+        if self.kernel.scheduler.halted is not None:
+            return
         for root in list(self.roots):
             self.remove(root)
 

@@ -45,6 +45,15 @@ class Deadlock(Exception):  # noqa: N818
     """A wait that nothing can ever satisfy: no event pending, object not signalled."""
 
 
+class Halted(KeyboardInterrupt):
+    """A call into a machine that an interrupt (Ctrl-C) stopped in the middle of its work.
+
+    A KeyboardInterrupt can strike inside any driver routine, leaving IRPs half
+    completed and the IRQL raised; nothing can run on such a machine any more.
+    It is a KeyboardInterrupt, so that it ends the program as the interrupt does.
+    """
+
+
 class KEvent:
     """A notification event (KEVENT)."""
 
@@ -96,6 +105,7 @@ class Scheduler:
         self._events: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = 0
         self._dpcs: deque[KDpc] = deque()
+        self.halted: BaseException | None = None  # the interrupt that stopped the machine
 
     # ---- time ---------------------------------------------------------------------
 
@@ -162,11 +172,36 @@ class Scheduler:
     def _drain_dpcs(self) -> None:
         old = self.KeRaiseIrql(DISPATCH_LEVEL)
         dpcs = self._dpcs
-        while dpcs:
-            dpc = dpcs.popleft()
-            dpc.queued = False
-            dpc.routine(dpc, dpc.context)
+        try:
+            while dpcs:
+                dpc = dpcs.popleft()
+                dpc.queued = False
+                dpc.routine(dpc, dpc.context)
+        except BaseException as e:
+            self.interrupted(e)
+            raise
         self.irql = old
+
+    def interrupted(self, e: BaseException) -> None:
+        """Called with any exception escaping kernel code: an interrupt halts the machine.
+
+        A KeyboardInterrupt (or SystemExit) is not a driver failure: it tore through
+        whatever routine was running.  The machine stops where it is — no event or
+        DPC runs any more, waits raise :class:`Halted` instead of reporting a
+        Deadlock, teardown does nothing — so that the interrupt itself reaches the
+        program, not a deadlock or bug check it would cause afterwards.
+        """
+        if isinstance(e, Exception) or self.halted is not None:
+            return
+        self.halted = e
+        self.irql = PASSIVE_LEVEL
+        self._events.clear()
+        self._dpcs.clear()
+
+    def check_running(self, what: str) -> None:
+        """Refuse to run ``what`` on a machine an interrupt halted."""
+        if self.halted is not None:
+            raise Halted(f"{what}: the machine was interrupted")
 
     def run_one(self) -> bool:
         """Run the earliest pending event; False when there is none."""
@@ -175,7 +210,11 @@ class Scheduler:
         when, _, callback, args = heapq.heappop(self._events)
         if self.clock == "virtual" and when > self._now_ns:
             self._now_ns = when
-        callback(*args)
+        try:
+            callback(*args)
+        except BaseException as e:
+            self.interrupted(e)
+            raise
         return True
 
     def pending(self) -> int:
@@ -185,12 +224,15 @@ class Scheduler:
         """Block (by running the machine) until ``event`` is signalled."""
         if event.signaled:
             return
+        self.check_running(what)
         self.require_irql(APC_LEVEL, "KeWaitForSingleObject")
         run_one = self.run_one
         while not event.signaled:
             if not run_one():
+                self.check_running(what)
                 raise Deadlock(f"{what}: nothing left to run and the event was never signalled")
 
     def run_until_idle(self) -> None:
+        """Run every pending event; nothing on a halted machine."""
         while self.run_one():
             pass

@@ -80,7 +80,9 @@ class Win32:
 
     def _send(self, file_object: FileObject, irp: Irp, call: str,
               overlapped: bool = False) -> Overlapped | int:
-        self.kernel.scheduler.require_irql(PASSIVE_LEVEL, call)
+        scheduler = self.kernel.scheduler
+        scheduler.check_running(call)
+        scheduler.require_irql(PASSIVE_LEVEL, call)
         top = IoGetAttachedDevice(file_object.device_object)
         event = KEvent()
         iosb = IoStatusBlock()
@@ -88,12 +90,16 @@ class Win32:
         irp.user_iosb = iosb
         irp.requestor_mode = "user"
         irp.IoGetNextIrpStackLocation().file_object = file_object
-        status = IoCallDriver(top, irp)
+        try:
+            status = IoCallDriver(top, irp)
+        except BaseException as e:  # an interrupt inside a dispatch routine halts the machine
+            scheduler.interrupted(e)
+            raise
         pending = Overlapped(irp, event, iosb, call)
         if overlapped:
             return pending
         if status == NTSTATUS.STATUS_PENDING:
-            self.kernel.scheduler.KeWaitForSingleObject(event, call)
+            scheduler.KeWaitForSingleObject(event, call)
         return self._result(pending)
 
     def _result(self, pending: Overlapped) -> int:
@@ -185,6 +191,8 @@ class Win32:
     def CloseHandle(self, handle: int) -> None:  # noqa: N802
         file_object = self._file(handle)
         del self.handles[handle]
+        if self.kernel.scheduler.halted is not None:
+            return  # an interrupted machine runs nothing: the handle just goes
         for major in (IRP_MJ_CLEANUP, IRP_MJ_CLOSE):
             irp = self._irp(file_object)
             irp.IoGetNextIrpStackLocation().major_function = major
