@@ -229,6 +229,52 @@ def pipe_usage(blob: bytes) -> dict[tuple[int, int], tuple[int, dict[int, int]]]
     return out
 
 
+def build_command_iu(tag: int, cdb: bytes, lun: int = 0, priority: int = 0,
+                     task_attribute: int = 0) -> bytes:
+    """A Command IU; a CDB longer than 16 bytes goes on as ADDITIONAL CDB BYTES."""
+    extra = cdb[16:]
+    extra += bytes(-len(extra) % 4)
+    return CommandIU.build({
+        "Reserved1": 0, "TAG": tag,
+        "prio_attr": {"Reserved": False, "COMMAND_PRIORITY": priority,
+                      "TASK_ATTRIBUTE": task_attribute},
+        "Reserved5": 0, "add_cdb": {"ADDITIONAL_CDB_LENGTH": len(extra) // 4, "Reserved": 0},
+        "Reserved7": 0, "LOGICAL_UNIT_NUMBER": build_lun(lun),
+        "CDB": cdb[:16].ljust(16, b"\0"), "ADDITIONAL_CDB_BYTES": extra})
+
+
+def build_sense_iu(tag: int, status: int, sense: bytes = b"", qualifier: int = 0) -> bytes:
+    return SenseIU.build({"Reserved1": 0, "TAG": tag, "STATUS_QUALIFIER": qualifier,
+                          "STATUS": status, "Reserved7": bytes(7), "LENGTH": len(sense),
+                          "SENSE_DATA": sense})
+
+
+def build_response_iu(tag: int, code: int, info: bytes = bytes(3)) -> bytes:
+    return ResponseIU.build({"Reserved1": 0, "TAG": tag,
+                             "ADDITIONAL_RESPONSE_INFORMATION": info, "RESPONSE_CODE": code})
+
+
+def build_task_management_iu(tag: int, function: int, managed_tag: int = 0,
+                             lun: int = 0) -> bytes:
+    return TaskManagementIU.build({"Reserved1": 0, "TAG": tag,
+                                   "TASK_MANAGEMENT_FUNCTION": function, "Reserved5": 0,
+                                   "TAG_OF_TASK_TO_BE_MANAGED": managed_tag,
+                                   "LOGICAL_UNIT_NUMBER": build_lun(lun)})
+
+
+def build_ready_iu(iu_id: int, tag: int) -> bytes:
+    """A Read Ready (``IU_READ_READY``) or Write Ready (``IU_WRITE_READY``) IU."""
+    layout = ReadReadyIU if iu_id == IU_READ_READY else WriteReadyIU
+    return layout.build({"Reserved1": 0, "TAG": tag})
+
+
+def build_lun(lun: int) -> bytes:
+    """An 8-byte single-level LUN: peripheral addressing below 256, flat space above."""
+    if lun < 256:
+        return bytes([0, lun]) + bytes(6)
+    return bytes([0x40 | (lun >> 8) & 0x3F, lun & 0xFF]) + bytes(6)
+
+
 def _lun(raw: bytes) -> int:
     """The LUN of an 8-byte SAM LUN field (single level: address method in bits 7..6)."""
     return ((raw[0] & 0x3F) << 8) | raw[1]
@@ -481,9 +527,9 @@ class UasDecoder:
                          "record stream ids")
         for bus, device in undecoded:
             if (bus, device) not in self._devices:
-                notes.append(f"device {bus}.{device} offers UAS (USB Attached SCSI), but no "
+                notes.append(f"device {bus}.{device} speaks UAS (USB Attached SCSI), but no "
                              "selection of its UAS setting (with its four pipes) was seen, so "
-                             "its traffic is decoded as Bulk-Only only")
+                             "its traffic is not decoded as UAS")
         return notes
 
     def flush(self) -> list[ScsiCommand]:
