@@ -143,3 +143,12 @@ def test_a_capture_file_counts_bad_records_and_imports_the_rest() -> None:
     assert got[1].ts == pytest.approx(2e-6)
     assert [n for n, _ in stats.malformed] == [2] and stats.linktype == 266
     assert struct.unpack_from("<H", good, 0)[0] == 0x0101
+
+
+def test_control_out_completion_without_data_is_not_truncation() -> None:
+    setup = bytes.fromhex("2109000200000400")
+    pairer = Pairer()
+    pairer.feed(darwin.decode(packet(header(0, 4, 0x00, CONTROL) + setup + b"\x01\x02\x03\x04")))
+    x = pairer.feed(darwin.decode(packet(header(1, 4, 0x00, CONTROL), 2)))
+    assert x is not None and (x.data, x.truncated, x.actual_length) == (b"\x01\x02\x03\x04",
+                                                                         False, 4)

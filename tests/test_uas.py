@@ -412,3 +412,13 @@ def test_a_session_with_a_bot_and_a_uas_device_numbers_commands_once(tmp_path: P
     notes, = conn.execute("SELECT notes FROM sessions").fetchone()
     # device 5 was never switched to UAS: its note says so; device 4 was decoded
     assert "device 1.5 speaks UAS" in notes and "device 1.4" not in notes
+
+
+def test_commands_in_flight_are_bounded_oldest_ending_missing() -> None:
+    decoder = uas.UasDecoder()
+    early: list[ScsiCommand] = []
+    for tag in range(uas.MAX_OPEN + 10):
+        early += decoder.feed(exchange(tag + 1, 0x04, uas.build_command_iu(tag, INQUIRY)), PIPES)
+    assert [c.tag for c in early] == list(range(10))
+    assert all(c.status == "missing" for c in early)
+    assert len(decoder.flush()) == uas.MAX_OPEN

@@ -119,9 +119,10 @@ def decode(packet: Packet) -> Event:
             event.data_length = io_length
     else:
         event.data = bytes(body)
-        # data is expected at an IN completion, and at an OUT completion (macOS
-        # records OUT data there); a shorter capture is truncation
-        event.data_length = io_length if not submit else len(body)
+        # data is expected at an IN completion, and at a bulk or interrupt OUT
+        # completion (macOS records OUT data there); a shorter capture is truncation
+        expects_data = not submit and (direction_in or endpoint_type != CONTROL)
+        event.data_length = io_length if expects_data else len(body)
     if submit:
         event.urb_status = U.USBD_STATUS_PENDING
     else:

@@ -176,6 +176,9 @@ TMF_OPCODE = -1  # scsi_commands.opcode of a task management row (it has no CDB)
 CDB_LENGTH_BY_GROUP = {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}
 
 RECENT = 256  # Command IUs remembered per device for matching data by order
+# Commands in flight per device, at most: far above any device's queue depth, and
+# it bounds every scan.  Past it the oldest open command ends as missing.
+MAX_OPEN = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +360,10 @@ class UasDecoder:
         if old is not None:  # the tag was still open: its status will never come
             state.tmf.pop(old.tag, None)
             out.append(self._finish(state, old))
+        if len(state.open) >= MAX_OPEN:
+            oldest = state.open.pop(next(iter(state.open)))
+            state.tmf.pop(oldest.tag, None)
+            out.append(self._finish(state, oldest))
         state.open[cmd.tag] = cmd
         if cmd.info.opcode != TMF_OPCODE:
             state.recent.append(cmd)
@@ -496,18 +503,19 @@ class UasDecoder:
                              and x.complete.urb_status == USBD_STATUS_STALL_PID)
 
     def _by_order(self, state: _Device, x: Exchange) -> ScsiCommand | None:
-        """The command a data transfer was queued for, by submission order (streams)."""
-        open_commands = [c for c in state.open.values() if c.info.opcode != TMF_OPCODE]
-        if not open_commands:
-            return None
+        """The command a data transfer was queued for, by submission order (streams):
+        the first Command IU submitted after it, else the last open one before it."""
         after = [c for c in state.recent if c.cbw_seq > x.seq]
         if after:
             owner = min(after, key=lambda c: c.cbw_seq)
             if state.open.get(owner.tag) is not owner:
                 return None  # its command has already ended: late data
         else:
-            owner = max(open_commands, key=lambda c: c.cbw_seq)
-        if len(open_commands) > 1:
+            owner = next((c for c in reversed(state.recent) if state.open.get(c.tag) is c),
+                         None)
+            if owner is None:
+                return None
+        if sum(1 for c in state.open.values() if c.info.opcode != TMF_OPCODE) > 1:
             self.matched_by_order += 1
         return owner
 
