@@ -505,6 +505,7 @@ class UasDecoder:
     def _by_order(self, state: _Device, x: Exchange) -> ScsiCommand | None:
         """The command a data transfer was queued for, by submission order (streams):
         the first Command IU submitted after it, else the last open one before it."""
+        owner: ScsiCommand | None
         after = [c for c in state.recent if c.cbw_seq > x.seq]
         if after:
             owner = min(after, key=lambda c: c.cbw_seq)
