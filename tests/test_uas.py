@@ -260,7 +260,8 @@ def test_abort_task_is_a_row_and_ends_the_task_it_aborted() -> None:
     assert (tmf.info.opcode, tmf.info.name, tmf.status, tmf.cdb) == \
         (-1, "tmf_abort_task", "tmf_complete",
          uas.build_task_management_iu(9, uas.ABORT_TASK, managed_tag=1))
-    assert by_tag[1].status == "aborted" and by_tag[2].status == "good"
+    assert (by_tag[1].status, by_tag[1].residue) == ("aborted", None)
+    assert (by_tag[2].status, by_tag[2].residue) == ("good", 0)
 
 
 def test_logical_unit_reset_aborts_that_lun_only_and_failure_aborts_nothing() -> None:

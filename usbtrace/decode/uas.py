@@ -473,7 +473,8 @@ class UasDecoder:
             state.read_ready = None
         if state.write_ready == cmd.tag:
             state.write_ready = None
-        if cmd.status != "missing" and cmd.info.opcode != TMF_OPCODE:
+        if cmd.status not in ("missing", "aborted", "invalid") \
+                and cmd.info.opcode != TMF_OPCODE:  # the device said it was done
             cmd.residue = cmd.expected_length - cmd.data_length
         if cmd.info.opcode == scsi.REQUEST_SENSE and cmd.status == "good" and cmd.data:
             cmd.sense = scsi.parse_sense(cmd.data)
