@@ -152,3 +152,21 @@ def test_control_out_completion_without_data_is_not_truncation() -> None:
     x = pairer.feed(darwin.decode(packet(header(1, 4, 0x00, CONTROL), 2)))
     assert x is not None and (x.data, x.truncated, x.actual_length) == (b"\x01\x02\x03\x04",
                                                                          False, 4)
+
+
+def test_random_records_decode_or_are_malformed_never_anything_else() -> None:
+    import random
+
+    rng = random.Random(266)
+    decoded = 0
+    for _ in range(3000):
+        record = header(rng.choice([0, 1, 2]), rng.randrange(1 << 32), rng.randrange(256),
+                        rng.choice([0, 1, 2, 3, 4]), frames=rng.choice([0, 1, 7, 1 << 31]),
+                        header_length=rng.choice([0, 31, 32, 40, 64, 255]))
+        record = record[: rng.randrange(len(record) + 1)] + rng.randbytes(rng.randrange(80))
+        try:
+            darwin.decode(packet(record))
+            decoded += 1
+        except darwin.MalformedRecord:
+            pass
+    assert decoded > 0
