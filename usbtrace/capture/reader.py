@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from usbtrace.capture import usbmon, usbpcap
+from usbtrace.capture import darwin, usbmon, usbpcap
 from usbtrace.capture.pcap import CaptureReader, Packet
 from usbtrace.errors import CaptureFormatError
 from usbtrace.records import Event
@@ -21,6 +21,7 @@ LINKTYPE_NAMES = {
     usbmon.LINKTYPE_USB_LINUX: "usbmon",
     usbmon.LINKTYPE_USB_LINUX_MMAPPED: "usbmon",
     usbpcap.LINKTYPE_USBPCAP: "usbpcap",
+    darwin.LINKTYPE_USB_DARWIN: "macos",
 }
 OTHER_LINKTYPES = {1: "Ethernet", 101: "raw IP", 113: "Linux cooked", 127: "802.11 radiotap",
                    186: "USB (FreeBSD)", 188: "USB full/low speed (Ellisys)",
@@ -48,6 +49,7 @@ class Decoder:
             usbmon.LINKTYPE_USB_LINUX: lambda packet: [usbmon.decode(packet)],
             usbmon.LINKTYPE_USB_LINUX_MMAPPED: lambda packet: [usbmon.decode(packet)],
             usbpcap.LINKTYPE_USBPCAP: self.usbpcap.decode,
+            darwin.LINKTYPE_USB_DARWIN: lambda packet: [darwin.decode(packet)],
         }
 
     def decode(self, packet: Packet) -> list[Event]:
@@ -58,7 +60,7 @@ class Decoder:
         name = OTHER_LINKTYPES.get(linktype, "unknown")
         raise CaptureFormatError(
             f"linktype {linktype} ({name}) is not USB traffic that usbtrace reads; "
-            "it reads 189 and 220 (Linux usbmon) and 249 (USBPcap)")
+            "it reads 189 and 220 (Linux usbmon), 249 (USBPcap) and 266 (macOS)")
 
 
 def events(stream: BinaryIO, stats: CaptureStats,
@@ -68,7 +70,8 @@ def events(stream: BinaryIO, stats: CaptureStats,
     decoder = Decoder(stats)
     usbmon_types = (usbmon.LINKTYPE_USB_LINUX, usbmon.LINKTYPE_USB_LINUX_MMAPPED)
     decode_usbmon = usbmon.decode_record
-    malformed = (usbmon.MalformedRecord, usbpcap.MalformedRecord, CaptureFormatError)
+    malformed = (usbmon.MalformedRecord, usbpcap.MalformedRecord, darwin.MalformedRecord,
+                 CaptureFormatError)
     origin: float | None = None
     last = 0
     count = 0

@@ -3,6 +3,12 @@
 Fed every exchange; keeps, per (bus, device), the device descriptor's VID,
 PID and class, the mass-storage interfaces of its configuration, and the
 manufacturer, product and serial strings once their indexes are known.
+
+For UAS it also keeps what decoding needs: the pipes each UAS alternate
+setting names in its Pipe Usage descriptors, and which alternate setting
+SET_INTERFACE actually selected (SET_CONFIGURATION puts every interface back
+to setting 0).  A device goes to the UAS stage only while its UAS setting is
+the selected one.
 """
 
 from __future__ import annotations
@@ -10,8 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from usbtrace.decode.pairing import Exchange
+from usbtrace.decode.uas import UAS_PROTOCOL, UasPipes, pipe_usage
 from usbtrace.records import CONTROL
 from usbtrace.usb import descriptors as d
+from usbtrace.usb.urb import USBD_STATUS_SUCCESS
 
 
 @dataclass
@@ -25,6 +33,13 @@ class DeviceIdentity:
     strings: dict[int, str] = field(default_factory=dict)
     mass_storage_interfaces: list[int] = field(default_factory=list)
     storage_protocols: set[int] = field(default_factory=set)  # 0x50 Bulk-Only, 0x62 UAS
+    uas_settings: dict[tuple[int, int], UasPipes | None] = field(default_factory=dict)
+    selected: dict[int, int] = field(default_factory=dict)  # interface -> alternate setting
+    uas: UasPipes | None = None  # the pipes of the selected UAS setting, if one is
+
+    def update_uas(self) -> None:
+        self.uas = next((pipes for (number, alt), pipes in self.uas_settings.items()
+                         if pipes is not None and self.selected.get(number, 0) == alt), None)
 
     def text(self, name: str) -> str | None:
         index = self.string_indexes.get(name)
@@ -35,10 +50,19 @@ class IdentityTracker:
     def __init__(self) -> None:
         self.devices: dict[tuple[int, int], DeviceIdentity] = {}
 
+    def uas_pipes(self, bus: int | None, device: int | None) -> UasPipes | None:
+        """The UAS pipes of a device whose selected setting is UAS; else None."""
+        ident = self.devices.get((bus, device)) if bus is not None and device is not None \
+            else None
+        return ident.uas if ident is not None else None
+
     def feed(self, x: Exchange) -> None:
         first = x.first
         setup = first.setup
         if first.transfer_type != CONTROL or not setup or len(setup) < 8:
+            return
+        if setup[1] in (0x0B, 0x09) and setup[0] in (0x01, 0x00):
+            self._selection(x, setup)
             return
         if setup[0] != 0x80 or setup[1] != 0x06 or first.bus is None or first.device is None:
             return
@@ -63,7 +87,31 @@ class IdentityTracker:
             if storage:
                 ident.mass_storage_interfaces = sorted({i.bInterfaceNumber for i in storage})
                 ident.storage_protocols = {i.bInterfaceProtocol for i in storage}
+                ident.uas_settings = {
+                    setting: UasPipes.from_usage(usage)
+                    for setting, (protocol, usage) in pipe_usage(data).items()
+                    if protocol == UAS_PROTOCOL}
+                ident.update_uas()
         elif kind == d.STRING and index:
             text = d.decode_string(data)
             if text is not None:
                 ident.strings[index] = text
+
+    def _selection(self, x: Exchange, setup: bytes) -> None:
+        """SET_INTERFACE (interface <- alternate setting) and SET_CONFIGURATION (all <- 0),
+        once the device accepted them."""
+        first = x.first
+        complete = x.complete
+        if complete is None or complete.urb_status != USBD_STATUS_SUCCESS \
+                or first.bus is None or first.device is None:
+            return
+        ident = self.devices.get((first.bus, first.device))
+        if ident is None:  # no descriptor seen: nothing to select among
+            return
+        if setup[0] == 0x01 and setup[1] == 0x0B:
+            ident.selected[setup[4]] = setup[2]
+        elif setup[0] == 0x00 and setup[1] == 0x09:
+            ident.selected.clear()
+        else:
+            return
+        ident.update_uas()

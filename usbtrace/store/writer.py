@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Table, insert, update
 from usbtrace.decode.bot import BotDecoder, ScsiCommand
 from usbtrace.decode.identity import IdentityTracker
 from usbtrace.decode.pairing import Exchange, Pairer
+from usbtrace.decode.uas import UasDecoder
 from usbtrace.errors import DatabaseError
 from usbtrace.fs.shadow import Activity, Attributor
 from usbtrace.records import GAP, TRANSFER_TYPE_NAMES, Event
@@ -240,6 +241,7 @@ class SessionWriter:
         self.batch = batch
         self.pairer = Pairer()
         self.bot = BotDecoder()
+        self.uas = UasDecoder(self._next_command_seq)
         self.identity = IdentityTracker()
         self.records = 0
         self.commands = 0
@@ -279,7 +281,9 @@ class SessionWriter:
             self._urbs.append(urb_row(sid, x))
             self._batch_bytes += len(x.data)
             self.identity.feed(x)
-            for cmd in self.bot.feed(x):
+            # a device whose selected setting is UAS goes to the UAS stage, any other to BOT
+            pipes = self.identity.uas_pipes(x.first.bus, x.first.device)
+            for cmd in (self.uas.feed(x, pipes) if pipes is not None else self.bot.feed(x)):
                 self._command(cmd)
         if len(self._urbs) + len(self._irps) >= self.batch or \
                 self._batch_bytes >= BATCH_BYTES:
@@ -299,6 +303,13 @@ class SessionWriter:
             self._exchange(x)
         for cmd in self.bot.flush():
             self._command(cmd)
+        for cmd in self.uas.flush():
+            self._command(cmd)
+
+    def _next_command_seq(self) -> int:
+        """One numbering for the session's commands, Bulk-Only or UAS."""
+        self.bot._seq += 1
+        return self.bot._seq
 
     def _command(self, cmd: ScsiCommand) -> None:
         self.commands += 1
@@ -357,10 +368,8 @@ class SessionWriter:
         if self.bot.orphans:
             notes.append(f"{self.bot.orphans} bulk transfers belonged to no command (the "
                          "capture started or ended mid-command)")
-        for ident in self.identity.devices.values():
-            if 0x62 in ident.storage_protocols:
-                notes.append(f"device {ident.bus}.{ident.device} speaks UAS (USB Attached "
-                             "SCSI), which is not decoded into SCSI commands")
+        notes += self.uas.notes([(i.bus, i.device) for i in self.identity.devices.values()
+                                 if 0x62 in i.storage_protocols and i.uas is None])
         return notes
 
     def close(self, dropped: int = 0, malformed: int = 0, notes: str | None = None,
