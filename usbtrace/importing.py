@@ -16,6 +16,7 @@ from pathlib import Path
 
 from usbtrace.capture.reader import CaptureStats, events, source_name
 from usbtrace.errors import CaptureFormatError, InputError, UsbtraceError
+from usbtrace.interrupt import deferred_interrupt
 from usbtrace.store.database import Database
 from usbtrace.store.writer import SessionWriter
 
@@ -75,25 +76,31 @@ def import_capture(database: Database, path: Path,
         writer = SessionWriter(database, session_id, background=background,
                                attribute_files=attribute_files)
         state, failure = "interrupted", None
-        try:
-            if after is not None:
-                writer.continue_volume(database.stored_commands(after))
-            if first is not None:
-                writer.feed(first)
-                for event in stream_events:
-                    writer.feed(event)
-            state = "complete"
-        except (UsbtraceError, OSError) as e:
-            state, failure = "failed", f"the import stopped: {_reason(e)}"
-            raise InputError(f"{path}: {_reason(e)} (session {session_id} keeps what was read "
-                             "before, marked failed)") from None
-        except Exception as e:  # a decoder fault: the session says so, the CLI one line
-            state, failure = "failed", f"the import stopped: {type(e).__name__}: {e}"
-            raise
-        finally:  # Ctrl-C leaves it "interrupted", with what was read until then
-            writer.close(malformed=len(stats.malformed),
-                         notes="; ".join(n for n in (_notes(stats), failure) if n) or None,
-                         time_origin=stats.first_ts, state=state)
+        with deferred_interrupt() as interrupt:
+            try:
+                if after is not None:
+                    writer.continue_volume(database.stored_commands(after))
+                if first is not None:
+                    writer.feed(first)
+                    for event in stream_events:
+                        writer.feed(event)
+                        if interrupt.requested:
+                            break
+                if not interrupt.requested:
+                    state = "complete"
+            except (UsbtraceError, OSError) as e:
+                state, failure = "failed", f"the import stopped: {_reason(e)}"
+                raise InputError(f"{path}: {_reason(e)} (session {session_id} keeps what was "
+                                 "read before, marked failed)") from None
+            except Exception as e:  # a decoder fault: the session says so, the CLI one line
+                state, failure = "failed", f"the import stopped: {type(e).__name__}: {e}"
+                raise
+            finally:  # Ctrl-C leaves it "interrupted", with what was read until then
+                writer.close(malformed=len(stats.malformed),
+                             notes="; ".join(n for n in (_notes(stats), failure) if n) or None,
+                             time_origin=stats.first_ts, state=state)
+    if state == "interrupted":
+        raise KeyboardInterrupt  # the session is closed and says so: now stop
     return ImportResult(path, session_id, None, stats.records, writer.commands,
                         stats.malformed, time.perf_counter() - t0)
 
