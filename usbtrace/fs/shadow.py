@@ -18,7 +18,8 @@ write is clipped at the file's size then, and a deletion and a creation of the
 same first cluster inside the window become one rename or move.
 
 What was never seen is never guessed: with no boot sector, every access is
-``unknown``; NTFS and ext2/3/4 are named and reported ``unsupported``.
+``unknown``; NTFS, ext2/3/4, ISO 9660, HFS+ and APFS are named and reported
+``unsupported`` (``partitions.py`` finds them, and the partitions of an MBR or a GPT).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from usbtrace.fs.layouts import FAT_PARTITION_TYPES, lfn_checksum
+from usbtrace.fs.partitions import GPT_PARTITION, DiskLayout
 
 WINDOW = 4096  # commands a row waits for the metadata that explains it
 SECTOR = 512
@@ -249,6 +251,7 @@ class Attributor:
         self.unsupported: list[tuple[int, int | None, str]] = []  # (start, end, name)
         self.expected: dict[int, int] = {}  # partition start LBA -> partition type
         self.partition_table_seen = False
+        self.layout = DiskLayout()  # partitions (MBR and GPT), GPT sectors, other file systems
         # rows wait here; the third item says what to look up when the row is final:
         # the Node whose size clips a data row, or (volume, cluster) for an unowned one
         self._queue: deque[list[Any]] = deque()  # [seq, row, pending]
@@ -332,10 +335,13 @@ class Attributor:
         op = "write" if write else "read"
         end = lba + blocks
         position = lba
-        if lba == 0 and self._sector_zero(seq, data[:SECTOR], op):
+        table = lba == 0 and self._sector_zero(seq, data[:SECTOR], op)
+        if table:
             position = 1  # reported as the partition table
         elif lba == 0 and self._volume_at(0) is None and self._unsupported_at(0) is None:
             position = 0  # neither a volume nor a partition table: unknown below
+        for start in self.layout.observe(lba, data, table):
+            self.expected.setdefault(start, GPT_PARTITION)
         self._probe(lba, blocks, data)
         while position < end:
             volume = self._volume_at(position)
@@ -345,7 +351,8 @@ class Attributor:
                 position = stop
                 continue
             unsupported = self._unsupported_at(position)
-            nxt = min([v.start for v in self.volumes if v.start > position] + [end])
+            nxt = min([v.start for v in self.volumes if v.start > position] +
+                      [s for s, _, _ in self.unsupported if s > position] + [end])
             if unsupported is not None:
                 nxt = min(nxt, unsupported[1] or end)
                 self._emit(Activity(seq, None, op, "unsupported", None,
@@ -354,8 +361,10 @@ class Attributor:
             else:
                 kind = "unknown" if not self.partition_table_seen and not self.volumes \
                     else "outside_volumes"
-                self._emit(Activity(seq, None, op, kind, None, (nxt - position) * SECTOR,
-                                    position, (position - lba) * SECTOR))
+                for first, stop, label, detail in self.layout.label(
+                        position, nxt, kind, {v.start for v in self.volumes}):
+                    self._emit(Activity(seq, None, op, label, None, (stop - first) * SECTOR,
+                                        first, (first - lba) * SECTOR, detail))
             position = nxt
 
     def _volume_at(self, lba: int) -> Volume | None:
@@ -398,7 +407,7 @@ class Attributor:
         return False
 
     def _probe(self, lba: int, blocks: int, data: bytes) -> None:
-        """Boot sectors of expected partitions and ext2/3/4 superblocks, where they pass."""
+        """Boot sectors of expected partitions and other file systems' signatures."""
         for start in list(self.expected):
             if lba <= start < lba + blocks and len(data) >= (start - lba + 1) * SECTOR:
                 sector = data[(start - lba) * SECTOR : (start - lba + 1) * SECTOR]
@@ -409,13 +418,10 @@ class Attributor:
                 elif isinstance(found, str):
                     self._add_unsupported(start, None, found)
                     del self.expected[start]
-        for base in [0, *self.expected]:
-            sb = base + 2  # the ext superblock sits 1024 bytes into the volume
-            if lba <= sb < lba + blocks and len(data) >= (sb - lba) * SECTOR + 58:
-                offset = (sb - lba) * SECTOR
-                if data[offset + 56 : offset + 58] == b"\x53\xef" and \
-                        self._volume_at(base) is None:
-                    self._add_unsupported(base, None, "ext2/3/4")
+        for start, stop, name in self.layout.detect(lba, data):  # named by signature
+            if self._volume_at(start) is None:
+                self.unsupported = [u for u in self.unsupported if u[0] != start]
+                self._add_unsupported(start, stop, name)
 
     def _add_volume(self, volume: Volume) -> None:
         if any(v.start == volume.start for v in self.volumes):
