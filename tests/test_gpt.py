@@ -441,10 +441,11 @@ def test_random_layouts_label_every_sector_once_and_rightly(layout: tuple[list[P
     reads = iter(list(zip(cuts, [b - a for a, b in zip(cuts, cuts[1:])])))
     a = Attributor(window=0)
     # the host reads the table and the backup header first (as Linux and Windows do),
-    # then the disk in pieces
-    rows = feed(a, sectors, [(0, 2 + array_sectors), (4095, 1), *reads])
+    # then the disk in pieces, then all of it again
+    rows = feed(a, sectors, [(0, 2 + array_sectors), (4095, 1), *reads, (0, 4096)])
     labels = by_lba(rows)
     for at in range(4096):
+        assert len({kind for kind, _ in labels[at]}) == 1, (at, labels[at])
         got = labels[at][-1]
         if at == 0:
             assert got == ("partition_table", None)
@@ -480,3 +481,19 @@ def test_any_header_with_a_good_crc_costs_only_the_sectors_seen(
     assert len(labels) == 4096 and all(len(v) == 1 for v in labels.values())
     assert labels[1][0][0] == "gpt_header"
     assert sum(len(t.sectors) for t in a.layout.tables.values()) <= 4096
+
+
+def test_a_stick_repartitioned_in_the_session_takes_the_new_table() -> None:
+    """A host writing a new GPT may write the array before the header that checks it."""
+    a = Attributor(window=0)
+    feed(a, small_disk(), [(0, 34)])
+    parts = [*SMALL_PARTS[:1], Part(10240, 12287, LINUX_FS, "x"),
+             Part(12288, 16349, LINUX_FS, "new")]
+    table = gpt_sectors(SMALL, parts)
+    rows = feed(a, table, [(2, 32), (1, 1)], opcode=0x2A)
+    labels = by_lba(rows)
+    assert labels[2][0][0] == "gpt_entries" and "CRC32 mismatch" in (labels[2][0][1] or "")
+    assert labels[1] == [("gpt_header", "primary")]
+    rows = feed(a, table, [(12300, 1)])
+    assert by_lba(rows)[12300] == [("unknown", "GPT partition 3 'new' (Linux filesystem): "
+                                               "file system not seen")]

@@ -85,6 +85,7 @@ class Partition:
     end: int  # exclusive
     type_name: str
     name: str = ""
+    source: int = 0  # the LBA of the table that gave it (0: the MBR, else a GPT header)
     first_seen: bool = False  # its first sector has passed on the wire
 
     def describe(self) -> str:
@@ -102,6 +103,7 @@ class _Table:
     problem: str | None = None  # the array's CRC32 failed
     notes: list[str] = field(default_factory=list)  # entries left out, and why
     used: int = 0  # partitions taken from it
+    checked: bool = False  # its CRC32 was checked against the sectors kept
 
     @property
     def verified(self) -> bool:
@@ -158,15 +160,28 @@ class DiskLayout:
             self.sector0 = "protective"
             return []
         self.sector0 = "mbr"
-        new = []
+        found = []
         for i in range(4):
             record = sector[446 + 16 * i : 462 + 16 * i]
             ptype = record[4]
             first, size = struct.unpack_from("<II", record, 8)
-            if ptype and size and not self._known(first):
+            if ptype and size:
                 name = MBR_TYPE_NAMES.get(ptype, f"type 0x{ptype:02x}")
-                self.partitions.append(Partition("MBR", i + 1, first, first + size, name))
-                new.append(first)
+                found.append(Partition("MBR", i + 1, first, first + size, name))
+        return self._replace(0, found)
+
+    def _replace(self, source: int, found: list[Partition]) -> list[int]:
+        """The partitions a table gives now replace those it gave before; the starts of
+        the new ones.  A partition the other copy of a GPT gave already is kept once."""
+        keep = {(p.start, p.end) for p in found}
+        self.partitions = [p for p in self.partitions
+                           if p.source != source or (p.start, p.end) in keep]
+        new = []
+        for p in found:
+            if not self._known(p.start):
+                p.source = source
+                self.partitions.append(p)
+                new.append(p.start)
         return new
 
     def _known(self, start: int) -> bool:
@@ -209,7 +224,13 @@ class DiskLayout:
         if header.problem is not None:
             self.tables.pop(at, None)
         elif old != header or at not in self.tables:
-            self.tables[at] = _Table(header, "primary" if at == 1 else "backup")
+            table = _Table(header, "primary" if at == 1 else "backup")
+            before = self.tables.get(at)
+            if before is not None and before.header.entry_lba == header.entry_lba:
+                # a host that repartitions may write the new array before its header
+                table.sectors = {i: sector for i, sector in before.sectors.items()
+                                 if i < header.array_sectors}
+            self.tables[at] = table
 
     def _array(self, table: _Table, lba: int, count: int, data: bytes) -> list[int]:
         """Keep the array's sectors in this command; when all are seen, check its CRC32
@@ -217,16 +238,14 @@ class DiskLayout:
         header = table.header
         first = max(lba, header.entry_lba)
         last = min(lba + count, header.entry_lba + header.array_sectors)
-        if first >= last:
-            return []
-        changed = False
         for at in range(first, last):
             sector = data[(at - lba) * SECTOR : (at - lba + 1) * SECTOR]
             if table.sectors.get(at - header.entry_lba) != sector:
                 table.sectors[at - header.entry_lba] = sector
-                changed = True
-        if not changed or len(table.sectors) < header.array_sectors:
+                table.checked = False
+        if table.checked or len(table.sectors) < header.array_sectors:
             return []
+        table.checked = True
         array = b"".join(table.sectors[i] for i in range(header.array_sectors))
         table.problem = gpt.array_crc_problem(header, array)
         if table.problem is not None:
@@ -237,13 +256,8 @@ class DiskLayout:
                                f"(more than {MAX_PARTITIONS} partitions)")
             entries = entries[:MAX_PARTITIONS]
         table.used = len(entries)
-        new = []
-        for entry in entries:
-            if not self._known(entry.first):  # the other copy of the table gave it already
-                self.partitions.append(Partition("GPT", entry.index, entry.first,
-                                                 entry.last + 1, entry.type_name, entry.name))
-                new.append(entry.first)
-        return new
+        return self._replace(header.lba, [Partition("GPT", e.index, e.first, e.last + 1,
+                                                    e.type_name, e.name) for e in entries])
 
     def detect(self, lba: int, data: bytes) -> list[tuple[int, int | None, str]]:
         """File systems this command's sectors name at partition starts (or at sector 0
