@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from usbtrace.cli import main
 from usbtrace.fs import gpt
 from usbtrace.fs.shadow import Activity, Attributor
 from usbtrace.store.database import Database
@@ -224,6 +226,11 @@ def test_gpt_stick_fat32_attributed_and_ext4_named(tmp_path: Path, writer: str) 
     conn = sqlite3.connect(tmp_path / "g.db")
     check_stick(conn, "ext4")
     check_files(conn)
+    log = CliRunner().invoke(main, ["log", "1", "--db", str(tmp_path / "g.db")])
+    assert log.exit_code == 0, log.output
+    for said in ("partition_table", "gpt_header primary", "gpt_header backup",
+                 "gpt_entries primary, 2 partitions", "unsupported ext4", "/docs/report.bin @0"):
+        assert said in log.output, said
 
 
 def test_gpt_stick_with_a_real_ext4_made_by_mkfs(tmp_path: Path) -> None:
