@@ -504,3 +504,21 @@ def test_a_stick_repartitioned_in_the_session_takes_the_new_table() -> None:
     rows = feed(a, table, [(12300, 1)])
     assert by_lba(rows)[12300] == [("unknown", "GPT partition 3 'new' (Linux filesystem): "
                                                "file system not seen")]
+
+
+@pytest.mark.parametrize("name", ["ext2", "ext4", "iso9660", "hfs+"])
+def test_a_stick_without_a_partition_table_is_named_too(name: str) -> None:
+    rows = feed(Attributor(window=0), with_signature(name), [(0, 128)])
+    labels = by_lba(rows)
+    assert {labels[at][0] for at in range(1, 128)} == {("unsupported", name)}
+
+
+def test_a_stick_repartitioned_from_mbr_to_gpt_forgets_the_mbr_partitions() -> None:
+    mbr = bytearray(SECTOR)
+    mbr[446:462] = struct.pack("<B3sB3sII", 0, b"", 0x83, b"", 100, 900)
+    mbr[510:512] = b"\x55\xaa"
+    a = Attributor(window=0)
+    feed(a, {0: bytes(mbr)}, [(0, 1)])
+    assert [p.start for p in a.layout.partitions] == [100]
+    feed(a, small_disk(), [(0, 34)], opcode=0x2A)
+    assert [(p.scheme, p.start) for p in a.layout.partitions] == [("GPT", 2048), ("GPT", 10240)]

@@ -155,10 +155,10 @@ class DiskLayout:
     def _sector_zero(self, sector: bytes, table: bool) -> list[int]:
         if not table:  # a boot sector (a volume without a partition table), or blank
             self.sector0 = "other" if sector[510:512] == b"\x55\xaa" else None
-            return []
+            return self._replace(0, [])  # an MBR seen before is gone
         if gpt.is_protective_mbr(sector):
             self.sector0 = "protective"
-            return []
+            return self._replace(0, [])  # a GPT's partitions are in the GPT
         self.sector0 = "mbr"
         found = []
         for i in range(4):
