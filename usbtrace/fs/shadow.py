@@ -18,8 +18,7 @@ write is clipped at the file's size then, and a deletion and a creation of the
 same first cluster inside the window become one rename or move.
 
 What was never seen is never guessed: with no boot sector, every access is
-``unknown``; NTFS, ext2/3/4, ISO 9660, HFS+ and APFS are named and reported
-``unsupported`` (``partitions.py`` finds them, and the partitions of an MBR or a GPT).
+``unknown``; NTFS and ext2/3/4 are named and reported ``unsupported``.
 """
 
 from __future__ import annotations
@@ -335,13 +334,10 @@ class Attributor:
         op = "write" if write else "read"
         end = lba + blocks
         position = lba
-        table = lba == 0 and self._sector_zero(seq, data[:SECTOR], op)
-        if table:
+        if lba == 0 and self._sector_zero(seq, data[:SECTOR], op):
             position = 1  # reported as the partition table
         elif lba == 0 and self._volume_at(0) is None and self._unsupported_at(0) is None:
             position = 0  # neither a volume nor a partition table: unknown below
-        for start in self.layout.observe(lba, data, table):
-            self.expected.setdefault(start, GPT_PARTITION)
         self._probe(lba, blocks, data)
         while position < end:
             volume = self._volume_at(position)
@@ -351,8 +347,7 @@ class Attributor:
                 position = stop
                 continue
             unsupported = self._unsupported_at(position)
-            nxt = min([v.start for v in self.volumes if v.start > position] +
-                      [s for s, _, _ in self.unsupported if s > position] + [end])
+            nxt = min([v.start for v in self.volumes if v.start > position] + [end])
             if unsupported is not None:
                 nxt = min(nxt, unsupported[1] or end)
                 self._emit(Activity(seq, None, op, "unsupported", None,
@@ -407,7 +402,12 @@ class Attributor:
         return False
 
     def _probe(self, lba: int, blocks: int, data: bytes) -> None:
-        """Boot sectors of expected partitions and other file systems' signatures."""
+        """Boot sectors of expected partitions and ext2/3/4 superblocks, where they pass;
+        the partitions of a GPT and other file systems' signatures (``partitions.py``)."""
+        table = lba == 0 and self.partition_table_seen and self._volume_at(0) is None and \
+            self._unsupported_at(0) is None  # sector 0 was just taken for a partition table
+        for start in self.layout.observe(lba, data, table):
+            self.expected.setdefault(start, GPT_PARTITION)
         for start in list(self.expected):
             if lba <= start < lba + blocks and len(data) >= (start - lba + 1) * SECTOR:
                 sector = data[(start - lba) * SECTOR : (start - lba + 1) * SECTOR]
@@ -418,7 +418,14 @@ class Attributor:
                 elif isinstance(found, str):
                     self._add_unsupported(start, None, found)
                     del self.expected[start]
-        for start, stop, name in self.layout.detect(lba, data):  # named by signature
+        for base in [0, *self.expected]:
+            sb = base + 2  # the ext superblock sits 1024 bytes into the volume
+            if lba <= sb < lba + blocks and len(data) >= (sb - lba) * SECTOR + 58:
+                offset = (sb - lba) * SECTOR
+                if data[offset + 56 : offset + 58] == b"\x53\xef" and \
+                        self._volume_at(base) is None:
+                    self._add_unsupported(base, None, "ext2/3/4")
+        for start, stop, name in self.layout.detect(lba, data):  # named, with its extent
             if self._volume_at(start) is None:
                 self.unsupported = [u for u in self.unsupported if u[0] != start]
                 self._add_unsupported(start, stop, name)
