@@ -353,6 +353,8 @@ def log_(session: int, db: str, limit: int | None, fmt: str) -> None:
     what = database.aggregate(
         "CASE WHEN f.kind = 'data' THEN f.path || ' @' || f.file_offset "
         "WHEN f.kind = 'event' THEN f.operation || ' ' || f.path "
+        "WHEN f.kind IN ('unsupported', 'gpt_header', 'gpt_entries') AND f.detail IS NOT NULL "
+        "THEN f.kind || ' ' || f.detail "
         "WHEN f.path IS NOT NULL THEN f.kind || ' ' || f.path ELSE f.kind END", "f.id")
     # one index look-up per command (ix_file_activity_command): linear in the session
     sql = (

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from usbtrace.fs.layouts import FAT_PARTITION_TYPES, lfn_checksum
+from usbtrace.fs.partitions import GPT_PARTITION, DiskLayout
 
 WINDOW = 4096  # commands a row waits for the metadata that explains it
 SECTOR = 512
@@ -249,6 +250,7 @@ class Attributor:
         self.unsupported: list[tuple[int, int | None, str]] = []  # (start, end, name)
         self.expected: dict[int, int] = {}  # partition start LBA -> partition type
         self.partition_table_seen = False
+        self.layout = DiskLayout()  # partitions (MBR and GPT), GPT sectors, other file systems
         # rows wait here; the third item says what to look up when the row is final:
         # the Node whose size clips a data row, or (volume, cluster) for an unowned one
         self._queue: deque[list[Any]] = deque()  # [seq, row, pending]
@@ -354,8 +356,10 @@ class Attributor:
             else:
                 kind = "unknown" if not self.partition_table_seen and not self.volumes \
                     else "outside_volumes"
-                self._emit(Activity(seq, None, op, kind, None, (nxt - position) * SECTOR,
-                                    position, (position - lba) * SECTOR))
+                for first, stop, label, detail in self.layout.label(
+                        position, nxt, kind, {v.start for v in self.volumes}):
+                    self._emit(Activity(seq, None, op, label, None, (stop - first) * SECTOR,
+                                        first, (first - lba) * SECTOR, detail))
             position = nxt
 
     def _volume_at(self, lba: int) -> Volume | None:
@@ -398,7 +402,12 @@ class Attributor:
         return False
 
     def _probe(self, lba: int, blocks: int, data: bytes) -> None:
-        """Boot sectors of expected partitions and ext2/3/4 superblocks, where they pass."""
+        """Boot sectors of expected partitions and ext2/3/4 superblocks, where they pass;
+        the partitions of a GPT and other file systems' signatures (``partitions.py``)."""
+        table = lba == 0 and self.partition_table_seen and self._volume_at(0) is None and \
+            self._unsupported_at(0) is None  # sector 0 was just taken for a partition table
+        for start in self.layout.observe(lba, data, table):
+            self.expected.setdefault(start, GPT_PARTITION)
         for start in list(self.expected):
             if lba <= start < lba + blocks and len(data) >= (start - lba + 1) * SECTOR:
                 sector = data[(start - lba) * SECTOR : (start - lba + 1) * SECTOR]
@@ -416,6 +425,10 @@ class Attributor:
                 if data[offset + 56 : offset + 58] == b"\x53\xef" and \
                         self._volume_at(base) is None:
                     self._add_unsupported(base, None, "ext2/3/4")
+        for start, stop, name in self.layout.detect(lba, data):  # named, with its extent
+            if self._volume_at(start) is None:
+                self.unsupported = [u for u in self.unsupported if u[0] != start]
+                self._add_unsupported(start, stop, name)
 
     def _add_volume(self, volume: Volume) -> None:
         if any(v.start == volume.start for v in self.volumes):
