@@ -11,10 +11,11 @@ import csv
 import functools
 import io
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -258,29 +259,83 @@ def export(session: int, output: Path, linktype: str | None, db: str) -> None:
               "scaled (2 = twice as fast); default: as fast as possible.")
 @click.option("--max-gap", type=float, default=None, metavar="SECONDS",
               help="With --speed: wait at most this long between commands.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Write the full report as JSON here ('-' for standard output).")
 @db_option
 def replay(source: str, mode: str, against: str | None, speed: float | None,
            max_gap: float | None, json_path: Path | None, db: str) -> None:
     """Replay a capture file or a session (N or session:N); exit 0 if identical,
-    1 on divergence, 2 on error."""
+    1 on divergence, 2 on error, 130 if interrupted."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from usbtrace.replay.run import check_options
     from usbtrace.replay.run import replay as run
 
-    try:
-        if speed is not None and speed <= 0:
-            raise UsbtraceError("--speed must be above 0")
-        report = run(source, mode, against, speed, max_gap, db)
-    except UsbtraceError as e:
-        click.echo(f"usbtrace: error: {e}", err=True)
+    def fail(message: str) -> NoReturn:
+        click.echo(f"usbtrace: error: {message}", err=True)
         sys.exit(2)
-    click.echo(report.text())
-    if json_path is not None:
-        if str(json_path) == "-":
-            click.echo(report.to_json())
-        else:
-            json_path.write_text(report.to_json() + "\n")
+
+    try:
+        check_options(mode, speed, max_gap)
+        if json_path is not None and str(json_path) != "-":
+            _check_report_path(json_path, source, db)
+        report = run(source, mode, against, speed, max_gap, db)
+        click.echo(report.text())
+        if json_path is not None:
+            if str(json_path) == "-":
+                click.echo(report.to_json())
+            else:
+                _write_atomically(json_path, report.to_json() + "\n")
+    except KeyboardInterrupt:
+        click.echo("usbtrace: interrupted", err=True)
+        sys.exit(130)
+    except UsbtraceError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+    except SQLAlchemyError as e:
+        first = (str(getattr(e, "orig", None) or e).strip().splitlines() or ["?"])[0]
+        fail(f"database: {first}")
+    except MemoryError:
+        fail("out of memory")
     sys.exit(0 if report.identical else 1)
+
+
+def _check_report_path(path: Path, source: str, db: str) -> None:
+    """Refuse a --json path that cannot be written, or that is the database or the
+    recording itself, before the replay runs."""
+    if path.is_dir():
+        raise UsbtraceError(f"--json {path}: is a directory")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsbtraceError(f"--json {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsbtraceError(f"--json {path}: folder {folder} is not writable")
+    if path.exists():
+        for other, what in ((db, "the database"), (source, "the recording")):
+            try:
+                same = Path(other).exists() and path.samefile(other)
+            except (OSError, ValueError):
+                same = False
+            if same:
+                raise UsbtraceError(f"--json {path}: is {what}; give another file")
+        if not os.access(path, os.W_OK):
+            raise UsbtraceError(f"--json {path}: is not writable")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``:
+    a reader never sees half a report, and a failure leaves no half-written file."""
+    import tempfile
+
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 # ---- log ------------------------------------------------------------------------------
