@@ -200,7 +200,10 @@ def load_capture(path: Path) -> Recording:
         except OSError as e:
             raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
         with stream:
-            yield from events(stream, CaptureStats())
+            try:
+                yield from events(stream, CaptureStats())
+            except OSError as e:  # a read error midway: a bad medium, a vanished file
+                raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
 
     recording = survey(path.name, source)
     if not recording.count:

@@ -1,0 +1,130 @@
+"""``usbtrace replay`` exit codes: 0 identical, 1 divergence, 2 bad input or error,
+130 interrupted; every error is one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import usbtrace.replay.run
+from usbtrace.cli import main
+
+CAPTURE = Path(__file__).resolve().parent.parent / "captures" / "raw-workload-4M.pcapng"
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def one_error_line(result: tuple[int, str, str], text: str) -> None:
+    code, _, err = result
+    assert code == 2, err
+    assert err.startswith("usbtrace: error: ") and err.count("\n") == 1, err
+    assert text in err
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "u.db"
+    assert cli("import", str(CAPTURE), "--db", str(path), "-q")[0] == 0
+    return path
+
+
+def test_identical_is_0_and_divergence_is_1(tmp_path: Path) -> None:
+    assert cli("replay", str(CAPTURE))[0] == 0
+    bigger = tmp_path / "bigger.img"  # READ CAPACITY answers 8M, not the recorded 4M
+    bigger.write_bytes(bytes(8 << 20))
+    code, out, _ = cli("replay", str(CAPTURE), "--mode", "host", "--against", str(bigger))
+    assert code == 1 and "read_capacity_10" in out
+
+
+def test_a_directory_as_source(tmp_path: Path) -> None:
+    one_error_line(cli("replay", str(tmp_path)), "is a directory")
+
+
+def test_an_unreadable_source() -> None:
+    # /proc/self/mem opens but fails on read at offset 0 (EIO), as a bad medium would
+    if not Path("/proc/self/mem").exists():
+        pytest.skip("no /proc")
+    one_error_line(cli("replay", "/proc/self/mem"), "/proc/self/mem")
+
+
+def test_json_into_a_missing_folder_fails_before_replaying(tmp_path: Path) -> None:
+    result = cli("replay", str(CAPTURE), "--json", str(tmp_path / "no" / "r.json"))
+    one_error_line(result, "does not exist")
+    assert "identical" not in result[1]  # nothing was replayed, so nothing claimed
+
+
+def test_json_onto_the_database_is_refused(db: Path) -> None:
+    before = db.read_bytes()
+    one_error_line(cli("replay", "session:1", "--db", str(db), "--json", str(db)),
+                   "is the database")
+    assert db.read_bytes() == before
+
+
+def test_json_onto_the_capture_is_refused(tmp_path: Path) -> None:
+    capture = tmp_path / "c.pcapng"
+    shutil.copy(CAPTURE, capture)
+    one_error_line(cli("replay", str(capture), "--json", str(capture)), "is the recording")
+    assert capture.read_bytes() == CAPTURE.read_bytes()
+
+
+def test_json_onto_a_directory_is_refused(tmp_path: Path) -> None:
+    one_error_line(cli("replay", str(CAPTURE), "--json", str(tmp_path)), "is a directory")
+
+
+def test_json_is_written_whole_with_nothing_left_beside_it(tmp_path: Path) -> None:
+    target = tmp_path / "r.json"
+    target.write_text("old")
+    assert cli("replay", str(CAPTURE), "--json", str(target))[0] == 0
+    body = json.loads(target.read_text())
+    assert body["identical"] is True and body["replayed"] == body["commands"] > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+@pytest.mark.parametrize("option, value, text", [
+    ("--max-gap", "-5", "--max-gap"), ("--max-gap", "nan", "--max-gap"),
+    ("--speed", "0", "--speed"), ("--speed", "-1", "--speed"), ("--speed", "nan", "--speed"),
+    ("--speed", "inf", "--speed"),
+])
+def test_bad_timing_options(option: str, value: str, text: str) -> None:
+    extra = ["--speed", "1"] if option == "--max-gap" else []
+    one_error_line(cli("replay", str(CAPTURE), "--mode", "host", *extra, option, value), text)
+
+
+@pytest.mark.parametrize("source", ["session:9223372036854775808",
+                                    "session:99999999999999999999", "session:0",
+                                    "18446744073709551616"])
+def test_session_numbers_out_of_range(db: Path, source: str) -> None:
+    one_error_line(cli("replay", source, "--db", str(db)), "no such session")
+
+
+def test_ctrl_c_is_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(usbtrace.replay.run, "replay_device", interrupted)
+    code, _, err = cli("replay", str(CAPTURE))
+    assert code == 130 and err == "usbtrace: interrupted\n"
+
+
+def test_an_incomplete_session_is_refused(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE sessions SET complete = 0")
+    one_error_line(cli("replay", "session:1", "--db", str(db)), "not complete")
+
+
+def test_a_session_state_column_is_read_when_there_is_one(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE sessions ADD COLUMN state TEXT")
+        conn.execute("UPDATE sessions SET state = 'interrupted', complete = 1")
+    one_error_line(cli("replay", "1", "--db", str(db)), "session 1 is interrupted")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE sessions SET state = 'complete'")
+    assert cli("replay", "1", "--db", str(db))[0] == 0
