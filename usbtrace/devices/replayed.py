@@ -288,8 +288,11 @@ class ReplayedDevice(DeviceBackend):
                 # the capture cut the data: zeros stand in, counted, up to what the host
                 # asked for (a recorded length field may claim anything)
                 zeros = min(cmd.data_length, cbw.data_transfer_length) - len(data)
+            zeros = max(zeros, 0)
+            if not replayed:  # the stack's own CBW: the residue is of its length
+                residue = cbw.data_transfer_length - len(data) - zeros if host_in else 0
             self._stall_in_after_data = cmd.data_stalled
-            self._respond(cbw, data, residue, status, host_in, max(zeros, 0))
+            self._respond(cbw, data, residue, status, host_in, zeros)
             return
         # the stack sends data: take it, then check it against the recorded data
         self.state = "data_out"
@@ -297,6 +300,8 @@ class ReplayedDevice(DeviceBackend):
         self._out_taken = 0
         self._out_expected = cbw.data_transfer_length
         self._compare_out = (cmd.data, replayed) if cmd.data_direction == "out" else None
+        if not replayed:
+            residue = min(residue, cbw.data_transfer_length)
         self._csw = bot.build_csw(cbw.tag, residue, status)
 
     def _respond(self, cbw: bot.Cbw, data: bytes, residue: int, status: int,
