@@ -128,3 +128,11 @@ def test_a_session_state_column_is_read_when_there_is_one(db: Path) -> None:
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE sessions SET state = 'complete'")
     assert cli("replay", "1", "--db", str(db))[0] == 0
+
+
+def test_host_replay_against_an_image_never_writes_it(tmp_path: Path) -> None:
+    image = tmp_path / "start.img"
+    image.write_bytes(bytes(4 << 20))
+    code, out, _ = cli("replay", str(CAPTURE), "--mode", "host", "--against", str(image))
+    assert code == 0, out
+    assert image.read_bytes() == bytes(4 << 20)  # the recording's writes stayed in memory

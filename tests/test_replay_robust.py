@@ -149,3 +149,30 @@ def test_commands_stream_and_the_survey_stays_bounded() -> None:
     assert len(recording.survey.by_cdb) == rec.INDEX_LIMIT
     stream = recording.commands()
     assert next(stream).info.lba == 0 and next(stream).info.lba == 1  # one at a time
+
+
+def test_host_replay_of_a_14_gib_stick_gets_a_sparse_blank_target() -> None:
+    from usbtrace.devices.image import SparseImage
+    from usbtrace.replay.run import load
+
+    from .conftest import shared_capture
+
+    recording = load(str(shared_capture("ajbanjara__USBMSC-USBPcap.pcapng")))
+    image = target_image(recording, None)
+    assert isinstance(image, SparseImage) and image.size > 14 << 30
+    assert not image.chunks  # nothing stored until the replay writes
+
+
+def test_a_short_interface_descriptor_in_the_recording_is_no_exception() -> None:
+    wire = Wire()
+    wire.command(bytes([0x12, 0, 0, 0, 36, 0]), 36, INQUIRY_DATA)
+    recording = from_events("short interface", wire.events)
+    # what a capture may hold: an interface descriptor of 4 bytes, then endpoints
+    config = bytes([9, 2, 27, 0, 1, 1, 0, 0x80, 50]) + bytes([4, 4, 0, 0]) + \
+        bytes([7, 5, 0x81, 2, 0, 2, 0]) + bytes([7, 5, 0x02, 2, 0, 2, 0])
+    config = config[:2] + len(config).to_bytes(2, "little") + config[4:]
+    recording.descriptors[(2, 0, 0)] = config
+    report = Report("short interface", "device", commands=recording.count)
+    replay_device(recording, report)
+    assert report.replayed == 1 and all("Error" not in d.actual for d in report.divergences
+                                        if isinstance(d.actual, str)), report.text()

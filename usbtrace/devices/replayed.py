@@ -110,7 +110,10 @@ class ReplayedDevice(DeviceBackend):
                 del found[(d.CONFIGURATION, 0, 0)]
                 config = None
                 tree = {"interfaces": []}
-            storage = [e for e in tree["interfaces"] if e["interface"].bInterfaceClass == 8]
+            # a short interface descriptor parses as a generic one, without these fields
+            storage = [e for e in tree["interfaces"]
+                       if getattr(e["interface"], "bInterfaceClass", None) == 8 and
+                       hasattr(e["interface"], "bAlternateSetting")]
             if config is not None and storage and len(tree["interfaces"]) > 1:
                 # a composite device: Windows puts usbccgp above it and gives each
                 # function its own PDO; the model presents the mass-storage one alone

@@ -45,9 +45,11 @@ def _endpoints(target: DeviceBackend) -> tuple[int, int, int]:
     target.control(std.build_setup(0x00, std.SET_CONFIGURATION, value, 0, 0), bytearray())
     for entry in tree["interfaces"]:
         i = entry["interface"]
-        if (i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol) == (8, 6, 0x50):
+        kind = tuple(getattr(i, f, None) for f in ("bInterfaceClass", "bInterfaceSubClass",
+                                                    "bInterfaceProtocol"))
+        if kind == (8, 6, 0x50) and hasattr(i, "bInterfaceNumber"):
             eps = {e.bEndpointAddress & 0x80: e.bEndpointAddress for e in entry["endpoints"]
-                   if e.bmAttributes & 3 == 2}
+                   if getattr(e, "bmAttributes", 0) & 3 == 2 and hasattr(e, "bEndpointAddress")}
             if 0x80 in eps and 0 in eps:
                 return i.bInterfaceNumber, eps[0x80], eps[0]
     raise DeviceError("the target has no Bulk-Only mass-storage interface")
