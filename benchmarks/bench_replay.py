@@ -84,13 +84,14 @@ def tile(db: Path, rows: int) -> None:
     conn.close()
 
 
-def peak_rss(args: list[str]) -> tuple[int, float, int]:
+def peak_rss(args: list[str], folder: str) -> tuple[int, float, int]:
     """Run ``python -m usbtrace ARGS``; its peak RSS in KiB, seconds and exit code."""
     import usbtrace
 
     env = dict(os.environ, PYTHONPATH=str(Path(usbtrace.__file__).resolve().parent.parent))
     t0 = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "usbtrace", *args], env=env,
+    # from a folder of its own: ``-m`` puts the working folder first on sys.path
+    child = subprocess.Popen([sys.executable, "-m", "usbtrace", *args], env=env, cwd=folder,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
@@ -111,7 +112,7 @@ def memory(small: int, large: int, mode: str) -> None:
             db.write_bytes(seed.read_bytes())
             tile(db, records // 2)
             rss, elapsed, code = peak_rss(["replay", "session:1", "--db", str(db),
-                                           "--mode", mode])
+                                           "--mode", mode], tmp)
             results.append(rss)
             verdict = "identical" if code == 0 else "divergent"
             print(f"  {records:>9,} records: peak RSS {rss / 1024:7.1f} MiB, "

@@ -279,8 +279,19 @@ def load_session(database: Any, session_id: int) -> Recording:
                          "stops short, so a replay could not tell a regression from the cut")
 
     def source() -> Iterator[Event]:
-        sql = text(f"SELECT {', '.join(URB_COLUMNS)} FROM urbs WHERE session_id = :sid "
-                   "ORDER BY seq")
+        select = f"SELECT {', '.join(URB_COLUMNS)} FROM urbs WHERE session_id = "
+        if database.is_sqlite:  # the DB-API cursor directly: a third faster than Rows
+            raw = database.engine.raw_connection()
+            try:
+                cursor = raw.driver_connection.execute(select + "? ORDER BY seq",
+                                                       (session_id,))
+                while rows := cursor.fetchmany(SESSION_BATCH):
+                    for row in rows:
+                        yield from _row_events(row)
+            finally:
+                raw.close()
+            return
+        sql = text(select + ":sid ORDER BY seq")
         with database.engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=SESSION_BATCH
                                             ).execute(sql, {"sid": session_id})
