@@ -28,7 +28,7 @@ def session_number(source: str) -> int | None:
     """N for ``session:N`` (or a bare N that is not a file here); None for a path."""
     text = source.removeprefix("session:")
     if not (text.isascii() and text.isdigit()) or (text == source and _exists(source)):
-        if source.startswith("session:"):
+        if source.startswith("session:") and not _exists(source):
             raise InputError(f"{source}: a session is session:N, N a number from 1")
         return None
     number = int(text)
