@@ -136,3 +136,26 @@ def test_host_replay_against_an_image_never_writes_it(tmp_path: Path) -> None:
     code, out, _ = cli("replay", str(CAPTURE), "--mode", "host", "--against", str(image))
     assert code == 0, out
     assert image.read_bytes() == bytes(4 << 20)  # the recording's writes stayed in memory
+
+
+def test_a_pipe_as_source_is_refused_not_read_twice(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "capture.fifo"
+    os.mkfifo(fifo)
+    one_error_line(cli("replay", str(fifo)), "not a regular file")
+
+
+def test_a_capture_that_changes_under_the_replay_is_an_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    capture = tmp_path / "c.pcapng"
+    shutil.copy(CAPTURE, capture)
+    surveyed = usbtrace.replay.run.load
+
+    def load_then_cut(source: str, db: str | None = None) -> object:
+        recording = surveyed(source, db)
+        capture.write_bytes(CAPTURE.read_bytes()[: CAPTURE.stat().st_size // 2])
+        return recording
+
+    monkeypatch.setattr(usbtrace.replay.run, "load", load_then_cut)
+    one_error_line(cli("replay", str(capture)), "changed while it was replayed")

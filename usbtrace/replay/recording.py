@@ -105,11 +105,20 @@ class Recording:
         return self.survey.capacity
 
     def commands(self) -> Iterator[ScsiCommand]:
-        """The storage device's commands in order, decoded afresh from the source."""
+        """The storage device's commands in order, decoded afresh from the source; an
+        :class:`InputError` if they are not the ones surveyed (the source changed)."""
         device = self.device
+        count = 0
         for cmd in _decode(self.source(), None):
             if (cmd.bus, cmd.device) == device:
+                count += 1
+                if count > self.count:
+                    break
                 yield cmd
+        if count != self.count:
+            raise InputError(f"{self.name}: the recording changed while it was replayed "
+                             f"({self.count} commands surveyed, then {count}"
+                             f"{' or more' if count > self.count else ''})")
 
     # ---- the survey --------------------------------------------------------------------
 
@@ -188,6 +197,8 @@ def load_capture(path: Path) -> Recording:
         raise InputError(f"{path}: is a directory, not a capture file")
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if not path.is_file():  # a pipe or a device: replay reads the capture twice
+        raise InputError(f"{path}: not a regular file; save the capture to a file first")
     try:
         with open(path, "rb"):
             pass
