@@ -3,8 +3,12 @@ never a buffer sized from a recorded length field; the stream keeps memory flat.
 
 from __future__ import annotations
 
+import sqlite3
 import struct
 from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from usbtrace.devices.replayed import ReplayedDevice
 from usbtrace.devices.simulated import SimulatedStick
@@ -14,7 +18,7 @@ from usbtrace.replay.device import replay_device
 from usbtrace.replay.host import replay_host
 from usbtrace.replay.recording import from_events
 from usbtrace.replay.report import KEPT, Divergence, Report
-from usbtrace.replay.run import target_image
+from usbtrace.replay.run import replay, target_image
 from usbtrace.storage import bot
 from usbtrace.usb.urb import USBD_STATUS_SUCCESS
 
@@ -176,3 +180,48 @@ def test_a_short_interface_descriptor_in_the_recording_is_no_exception() -> None
     replay_device(recording, report)
     assert report.replayed == 1 and all("Error" not in d.actual for d in report.divergences
                                         if isinstance(d.actual, str)), report.text()
+
+
+def _mutated_session(tmp_path: Path, sql: str) -> Path:
+    from click.testing import CliRunner
+
+    from usbtrace.cli import main
+
+    db = tmp_path / "m.db"
+    capture = Path(__file__).resolve().parent.parent / "captures" / "files-fat12-8M.pcapng"
+    assert CliRunner().invoke(main, ["import", str(capture), "--db", str(db), "-q"]).exit_code == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute(sql).rowcount >= 1
+    return db
+
+
+FIRST_CBW = ("(SELECT min(seq) FROM urbs WHERE length(data) = 31 AND direction = 'out' AND "
+             "transfer_type = 'bulk' AND seq > (SELECT min(seq) + 40 FROM urbs))")
+FIRST_CSW = ("(SELECT min(seq) FROM urbs WHERE length(data) = 13 AND direction = 'in' AND "
+             "seq > (SELECT min(seq) + 40 FROM urbs))")
+
+
+@pytest.mark.parametrize("sql", [
+    # a CBW whose transfer length says 4 GiB
+    f"UPDATE urbs SET data = substr(data, 1, 8) || x'ffffffff' || substr(data, 13) "
+    f"WHERE seq = {FIRST_CBW}",
+    # a CBW whose CB length is 0 and whose opcode is unknown
+    f"UPDATE urbs SET data = substr(data, 1, 14) || x'00c7' || substr(data, 17) "
+    f"WHERE seq = {FIRST_CBW}",
+    # a CSW with a residue of 4 GiB and a status that is no status
+    f"UPDATE urbs SET data = substr(data, 1, 8) || x'ffffffff7f' WHERE seq = {FIRST_CSW}",
+    # a CSW lost
+    f"DELETE FROM urbs WHERE seq = {FIRST_CSW}",
+    # every configuration descriptor scrambled: bLength 0 after the header
+    "UPDATE urbs SET data = substr(data, 1, 9) || zeroblob(length(data) - 9) "
+    "WHERE setup IS NOT NULL AND hex(substr(setup, 1, 4)) = '80060002'",
+    # every device descriptor cut to 8 bytes
+    "UPDATE urbs SET data = substr(data, 1, 8) WHERE setup IS NOT NULL AND "
+    "hex(substr(setup, 1, 4)) = '80060001'",
+])
+@pytest.mark.parametrize("mode", ["device", "host"])
+def test_a_malformed_session_replays_to_a_report(tmp_path: Path, sql: str, mode: str) -> None:
+    db = _mutated_session(tmp_path, sql)
+    report = replay("session:1", mode, db=str(db))
+    assert report.replayed == report.commands > 0, report.text()
+    assert report.text()  # and the report renders

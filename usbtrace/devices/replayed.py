@@ -114,6 +114,11 @@ class ReplayedDevice(DeviceBackend):
             storage = [e for e in tree["interfaces"]
                        if getattr(e["interface"], "bInterfaceClass", None) == 8 and
                        hasattr(e["interface"], "bAlternateSetting")]
+            if config is not None and not storage:
+                self.report.note("the recorded configuration descriptor shows no "
+                                 "mass-storage interface: it was made up instead")
+                del found[(d.CONFIGURATION, 0, 0)]
+                config = None
             if config is not None and storage and len(tree["interfaces"]) > 1:
                 # a composite device: Windows puts usbccgp above it and gives each
                 # function its own PDO; the model presents the mass-storage one alone

@@ -17,18 +17,20 @@ survey in bounded indexes: the first command of each CDB (up to
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from construct import ConstructError
+from sqlalchemy.exc import SQLAlchemyError
 
 from usbtrace.capture.reader import CaptureStats, events
 from usbtrace.decode.bot import BotDecoder, ScsiCommand
 from usbtrace.decode.identity import IdentityTracker
 from usbtrace.decode.pairing import Exchange, Pairer
-from usbtrace.errors import InputError, UsbtraceError
+from usbtrace.errors import DatabaseError, InputError, UsbtraceError
 from usbtrace.records import BULK, COMPLETE, CONTROL, SUBMIT, TRANSFER_TYPE_NAMES, Event
 from usbtrace.storage import scsi
 from usbtrace.usb import setup as std
@@ -280,34 +282,46 @@ def session_state(database: Any, session_id: int) -> str:
     return "complete" if row.get("complete") else "incomplete"
 
 
-def load_session(database: Any, session_id: int) -> Recording:
-    """A stored session, read back from its URB rows, a batch at a time."""
+def _session_events(database: Any, session_id: int) -> Iterator[Event]:
+    """The session's ``urbs`` rows in seq order, a batch at a time, as events."""
+    if database.is_sqlite:  # the DB-API cursor directly: a third faster than Rows
+        # a payload stored as TEXT (a hand-edited database) is still bytes, not UTF-8
+        columns = [f"CAST({c} AS BLOB)" if c in ("setup", "data") else c for c in URB_COLUMNS]
+        raw = database.engine.raw_connection()
+        try:
+            cursor = raw.driver_connection.execute(
+                f"SELECT {', '.join(columns)} FROM urbs WHERE session_id = ? ORDER BY seq",
+                (session_id,))
+            while rows := cursor.fetchmany(SESSION_BATCH):
+                for row in rows:
+                    yield from _row_events(row)
+        finally:
+            raw.close()
+        return
     from sqlalchemy import text
 
+    sql = text(f"SELECT {', '.join(URB_COLUMNS)} FROM urbs WHERE session_id = :sid "
+               "ORDER BY seq")
+    with database.engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=SESSION_BATCH
+                                        ).execute(sql, {"sid": session_id})
+        for row in result:
+            yield from _row_events(tuple(row))
+
+
+def load_session(database: Any, session_id: int) -> Recording:
+    """A stored session, read back from its URB rows, a batch at a time."""
     state = session_state(database, session_id)
     if state != "complete":
         raise InputError(f"session {session_id} is {state}, not complete: its recording "
                          "stops short, so a replay could not tell a regression from the cut")
 
     def source() -> Iterator[Event]:
-        select = f"SELECT {', '.join(URB_COLUMNS)} FROM urbs WHERE session_id = "
-        if database.is_sqlite:  # the DB-API cursor directly: a third faster than Rows
-            raw = database.engine.raw_connection()
-            try:
-                cursor = raw.driver_connection.execute(select + "? ORDER BY seq",
-                                                       (session_id,))
-                while rows := cursor.fetchmany(SESSION_BATCH):
-                    for row in rows:
-                        yield from _row_events(row)
-            finally:
-                raw.close()
-            return
-        sql = text(select + ":sid ORDER BY seq")
-        with database.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=SESSION_BATCH
-                                            ).execute(sql, {"sid": session_id})
-            for row in result:
-                yield from _row_events(tuple(row))
+        try:
+            yield from _session_events(database, session_id)
+        except (sqlite3.Error, SQLAlchemyError) as e:
+            first = (str(getattr(e, "orig", None) or e).strip().splitlines() or ["?"])[0]
+            raise DatabaseError(f"session {session_id}: cannot read its URBs: {first}") from None
 
     recording = survey(f"session {session_id}", source)
     if not recording.count:
