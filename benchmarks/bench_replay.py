@@ -1,17 +1,33 @@
-"""Replay throughput in URBs/s, device mode and host mode, from one run.
+"""Replay throughput in URBs/s, and replay's peak memory against session size.
 
-A session of many small reads and writes is recorded on the simulated stick,
-then replayed both ways.  Device mode runs the whole stack (disk, usbstor,
-tracer, bus driver) against the recorded device; host mode sends the recorded
-host's transfers straight to a simulated stick.  Target: 100,000 URBs/s.
+Throughput (the default): a session of many small reads and writes is recorded
+on the simulated stick, then replayed both ways.  Device mode runs the whole
+stack (disk, usbstor, tracer, bus driver) against the recorded device; host
+mode sends the recorded host's transfers straight to a simulated stick.
+Target: 100,000 URBs/s.
 
-Run:  python benchmarks/bench_replay.py [--commands 20000]
+Memory (``--memory``): a short session of one-block reads and writes is
+recorded, then tiled in SQL (its ``urbs`` rows copied with later ``seq`` and
+timestamps) into a session of ``--small`` and one of ``--large`` records.  A
+record is a submission or a completion, as in a capture file (a usbmon or USBPcap
+packet) and in ``sessions.record_count``: each ``urbs`` row holds two.
+``usbtrace replay session:1`` runs on each in a child process, whose peak RSS
+the kernel reports (``wait4``).  Replay streams, so the ratio should stay near
+1 (acceptance: at most 1.25 for 250,000 vs 1,000,000 records).  The child runs
+the same ``usbtrace`` as this script: set PYTHONPATH to measure a checkout.
+
+Run:  PYTHONPATH=. python benchmarks/bench_replay.py [--commands 20000]
+      PYTHONPATH=. python benchmarks/bench_replay.py --memory [--small N --large N]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,39 +43,96 @@ from usbtrace.store.database import Database
 from usbtrace.store.writer import Recorder, SessionWriter
 
 
-def make_session(db: Path, commands: int) -> None:
+def make_session(db: Path, commands: int, size: int = 4096) -> None:
     database = Database(db)
     sid = database.new_session("simulated", "bench", "now", "virtual")
     recorder = Recorder(SessionWriter(database, sid, attribute_files=False))
     machine = Machine(SimulatedStick(DiskImage.in_memory(16 << 20)), sink=recorder).start()
     handle = machine.win32.CreateFile(DISK_PATH)
     rng = random.Random(1)
-    block = bytearray(4096)
+    block = bytearray(size)
     for i in range(commands):
-        offset = rng.randrange(0, (16 << 20) // 4096) * 4096
+        offset = rng.randrange(0, (16 << 20) // size) * size
         if i % 4 == 0:
-            machine.win32.WriteFile(handle, rng.randbytes(4096), offset)
+            machine.win32.WriteFile(handle, rng.randbytes(size), offset)
         else:
             machine.win32.ReadFile(handle, block, offset)
     machine.stop()
     recorder.close()
+    database.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--commands", type=int, default=20000)
-    args = parser.parse_args()
+def tile(db: Path, rows: int) -> None:
+    """Grow session 1's ``urbs`` to ``rows`` rows by copying them after themselves."""
+    conn = sqlite3.connect(db)
+    columns = [r[1] for r in conn.execute("PRAGMA table_info(urbs)")]
+    shifted = {"seq": "seq + :seq", "submitted_at": "submitted_at + :ts",
+               "completed_at": "completed_at + :ts"}
+    select = ", ".join(shifted.get(c, c) for c in columns)
+    while True:
+        count, last_seq, last_ts = conn.execute(
+            "SELECT count(*), max(seq), max(coalesce(completed_at, submitted_at)) FROM urbs "
+            "WHERE session_id = 1").fetchone()
+        if count >= rows:
+            break
+        conn.execute(f"INSERT INTO urbs ({', '.join(columns)}) SELECT {select} FROM urbs "
+                     "WHERE session_id = 1 ORDER BY seq LIMIT :n",
+                     {"seq": last_seq, "ts": last_ts + 1.0, "n": rows - count})
+        conn.commit()
+    conn.execute("UPDATE sessions SET record_count = :n WHERE id = 1", {"n": 2 * rows})
+    conn.commit()
+    conn.close()
+
+
+def peak_rss(args: list[str], folder: str) -> tuple[int, float, int]:
+    """Run ``python -m usbtrace ARGS``; its peak RSS in KiB, seconds and exit code."""
+    import usbtrace
+
+    env = dict(os.environ, PYTHONPATH=str(Path(usbtrace.__file__).resolve().parent.parent))
+    t0 = time.perf_counter()
+    # from a folder of its own: ``-m`` puts the working folder first on sys.path
+    child = subprocess.Popen([sys.executable, "-m", "usbtrace", *args], env=env, cwd=folder,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    elapsed = time.perf_counter() - t0
+    if child.returncode not in (0, 1):
+        assert child.stderr is not None
+        raise SystemExit(f"replay failed: {child.stderr.read().decode().strip()}")
+    return usage.ru_maxrss, elapsed, child.returncode
+
+
+def memory(small: int, large: int, mode: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        seed = Path(tmp) / "seed.db"
+        make_session(seed, 2000, size=512)
+        results = []
+        for records in (small, large):
+            db = Path(tmp) / f"s{records}.db"
+            db.write_bytes(seed.read_bytes())
+            tile(db, records // 2)
+            rss, elapsed, code = peak_rss(["replay", "session:1", "--db", str(db),
+                                           "--mode", mode], tmp)
+            results.append(rss)
+            verdict = "identical" if code == 0 else "divergent"
+            print(f"  {records:>9,} records: peak RSS {rss / 1024:7.1f} MiB, "
+                  f"{records / elapsed:>9,.0f} records/s ({elapsed:.1f} s, {verdict})")
+            db.unlink()
+        print(f"  ratio {large:,} / {small:,}: {results[1] / results[0]:.2f} "
+              "(acceptance: at most 1.25)")
+
+
+def throughput(commands: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
-        make_session(db, args.commands)
+        make_session(db, commands)
         t0 = time.perf_counter()
         recording = load("session:1", str(db))
         loading = time.perf_counter() - t0
-        print(f"replay of {args.commands} 4 KiB commands (URBs/s, one run each)")
-        print(f"  loading the session from SQLite and decoding it: {loading:.2f} s")
+        print(f"replay of {commands} 4 KiB commands (URBs/s, one run each)")
+        print(f"  surveying the session in SQLite: {loading:.2f} s")
         for mode in ("device", "host"):
-            report = Report("bench", mode, commands=len(recording.commands))
+            report = Report("bench", mode, commands=recording.count)
             t0 = time.perf_counter()
             if mode == "device":
                 replay_device(recording, report)
@@ -67,9 +140,29 @@ def main() -> None:
                 replay_host(recording, SimulatedStick(target_image(recording, None)), report)
             elapsed = time.perf_counter() - t0
             assert report.identical, report.text()
+            total = loading + elapsed
             print(f"  {mode:6}  {report.urbs / elapsed:>10,.0f} URBs/s   ({report.urbs} URBs "
-                  f"in {elapsed:.2f} s)")
+                  f"in {elapsed:.2f} s, decoding included); with the survey "
+                  f"{report.urbs / total:,.0f} URBs/s")
         print("  target: 100,000 URBs/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--commands", type=int, default=20000)
+    parser.add_argument("--memory", action="store_true",
+                        help="peak RSS of replay for a small and a large session")
+    parser.add_argument("--small", type=int, default=250_000, help="records")
+    parser.add_argument("--large", type=int, default=1_000_000, help="records")
+    parser.add_argument("--mode", choices=["device", "host"], default="device",
+                        help="with --memory: the replay mode measured")
+    args = parser.parse_args()
+    if args.memory:
+        print(f"peak memory of 'usbtrace replay' ({args.mode} mode) against session size")
+        memory(args.small, args.large, args.mode)
+    else:
+        throughput(args.commands)
 
 
 if __name__ == "__main__":

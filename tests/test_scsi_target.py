@@ -118,3 +118,66 @@ def test_not_ready_and_media_error(target: ScsiTarget) -> None:
     assert not target.plan(struct.pack(">BBIBHB", 0x28, 0, 99, 0, 4, 0)).good
     assert sense_of(target) == (3, 0x11, 0)
     assert target.plan(struct.pack(">BBIBHB", 0x28, 0, 101, 0, 4, 0)).good
+
+
+# ---- every CDB is checked: a status, never an exception -----------------------------------
+
+
+@pytest.mark.parametrize("cdb, asc", [
+    (b"", 0x20),  # no operation code at all
+    (bytes([0xC5]) + bytes(9), 0x20),  # vendor-specific, unsupported
+    (bytes([0x28]), 0x24),  # READ(10) cut to its opcode
+    (bytes([0x28, 0, 0, 0, 0, 1]), 0x24),  # READ(10) in 6 bytes
+    (bytes([0x88]) + bytes(9), 0x24),  # READ(16) in 10 bytes
+    (bytes([0x12, 0, 0]), 0x24),  # INQUIRY in 3 bytes
+    (bytes([0x03]), 0x24),  # REQUEST SENSE in 1 byte
+    (bytes([0x5A, 0, 0x3F]), 0x24),  # MODE SENSE(10) in 3 bytes
+    (bytes([0x9E, 0x10]), 0x24),  # READ CAPACITY(16) in 2 bytes
+    (bytes([0x1B]), 0x24),  # START STOP UNIT in 1 byte
+])
+def test_short_or_unknown_cdb_is_check_condition(target: ScsiTarget, cdb: bytes,
+                                                 asc: int) -> None:
+    plan = target.plan(cdb)
+    assert not plan.good and plan.direction == NONE
+    assert sense_of(target) == (scsi.ILLEGAL_REQUEST, asc, 0)
+
+
+@pytest.mark.parametrize("cdb", [
+    struct.pack(">BBQIBB", 0x88, 0, 2048, 1, 0, 0),  # READ(16) one past the end
+    struct.pack(">BBQIBB", 0x88, 0, (1 << 64) - 1, 1, 0, 0),  # READ(16) at the last LBA
+    struct.pack(">BBQIBB", 0x8A, 0, (1 << 64) - 1, 0xFFFFFFFF, 0, 0),  # WRITE(16)
+    struct.pack(">BBIIBB", 0xA8, 0, 0xFFFFFFFF, 0xFFFFFFFF, 0, 0),  # READ(12)
+    struct.pack(">BBIBHB", 0x2F, 0x02, 2047, 0, 2, 0),  # VERIFY(10) over the end
+    struct.pack(">BBIBHB", 0x35, 0, 4096, 0, 0, 0),  # SYNCHRONIZE CACHE(10) past the end
+])
+def test_lba_out_of_range_in_every_form(target: ScsiTarget, cdb: bytes) -> None:
+    plan = target.plan(cdb)
+    assert not plan.good and plan.length == 0
+    assert sense_of(target) == (scsi.ILLEGAL_REQUEST, 0x21, 0)
+
+
+def test_a_transfer_above_the_maximum_is_invalid_field(target: ScsiTarget) -> None:
+    big = ScsiTarget(DiskImage.in_memory(4 << 40))  # 2^33 blocks: 2^32 - 1 of them fit
+    plan = big.plan(struct.pack(">BBQIBB", 0x88, 0, 0, 0xFFFFFFFF, 0, 0))  # 2 TiB in one READ
+    assert not plan.good and plan.length == 0
+    assert sense_of(big) == (scsi.ILLEGAL_REQUEST, 0x24, 0)
+
+
+def test_zero_blocks_is_no_data_and_no_error(target: ScsiTarget) -> None:
+    plan = target.plan(struct.pack(">BBIBHB", 0x28, 0, 5, 0, 0, 0))
+    assert plan.good and plan.direction == NONE and plan.length == 0
+
+
+def test_read_capacity_10_lba_without_pmi_is_invalid_field(target: ScsiTarget) -> None:
+    assert not target.plan(bytes([0x25, 0, 0, 0, 0, 8, 0, 0, 0, 0])).good
+    assert sense_of(target) == (scsi.ILLEGAL_REQUEST, 0x24, 0)
+
+
+def test_capacity_beyond_32_bits_sends_the_host_to_read_capacity_16() -> None:
+    target = ScsiTarget(DiskImage.in_memory(4 << 40))  # 2^33 blocks
+    rc = target.plan(bytes([0x25]) + bytes(9))
+    assert struct.unpack(">II", rc.data) == (0xFFFFFFFF, 512)  # type: ignore[arg-type]
+    rc16 = target.plan(struct.pack(">BBQIBB", 0x9E, 0x10, 0, 32, 0, 0))
+    assert struct.unpack_from(">Q", rc16.data)[0] == (1 << 33) - 1  # type: ignore[arg-type]
+    rfc = target.plan(bytes([0x23]) + bytes(6) + b"\x00\xfc\x00")
+    assert rfc.good and bytes(rfc.data)[4:8] == b"\xff\xff\xff\xff"  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ import csv
 import functools
 import itertools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -67,7 +68,6 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _silence_stdout() -> None:
-    import os
 
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
@@ -304,28 +304,35 @@ def _session_id(value: int) -> int:
               "scaled (2 = twice as fast); default: as fast as possible.")
 @click.option("--max-gap", type=float, default=None, metavar="SECONDS",
               help="With --speed: wait at most this long between commands.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Write the full report as JSON here ('-' for standard output).")
+@click.option("--force", is_flag=True, help="Replace the --json file if it exists.")
 @db_option
+@friendly
 def replay(source: str, mode: str, against: str | None, speed: float | None,
-           max_gap: float | None, json_path: Path | None, db: str) -> None:
+           max_gap: float | None, json_path: Path | None, force: bool, db: str) -> None:
     """Replay a capture file or a session (N or session:N); exit 0 if identical,
-    1 on divergence, 2 on error."""
+    1 on divergence, 2 on error, 130 if interrupted."""
+    from usbtrace.outputs import atomic_output, check_output
+    from usbtrace.replay.run import check_options
     from usbtrace.replay.run import replay as run
+    from usbtrace.store.database import is_url
 
-    try:
-        if speed is not None and speed <= 0:
-            raise UsbtraceError("--speed must be above 0")
-        report = run(source, mode, against, speed, max_gap, db)
-    except UsbtraceError as e:
-        click.echo(f"usbtrace: error: {e}", err=True)
-        sys.exit(2)
+    check_options(mode, speed, max_gap)
+    to_file = json_path is not None and str(json_path) != "-"
+    database_file = None if is_url(db) else Path(db)
+    protected = [(source, "the recording")] + \
+        ([(database_file, "the database")] if database_file else [])
+    if to_file:
+        assert json_path is not None
+        check_output(json_path, force, None, "--json", protected)
+    report = run(source, mode, against, speed, max_gap, db)
     click.echo(report.text())
-    if json_path is not None:
-        if str(json_path) == "-":
-            click.echo(report.to_json())
-        else:
-            json_path.write_text(report.to_json() + "\n")
+    if json_path is not None and not to_file:
+        click.echo(report.to_json())
+    elif json_path is not None:
+        with atomic_output(json_path, force, None, "--json", "w", protected) as stream:
+            stream.write(report.to_json() + "\n")
     sys.exit(0 if report.identical else 1)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -44,10 +44,14 @@ def refuse_database(path: str | Path, database: Path | None, what: str) -> None:
 
 
 def check_output(path: Path, force: bool, database: Database | None = None,
-                 what: str = "output") -> None:
+                 what: str = "output", inputs: Sequence[tuple[str | Path, str]] = ()) -> None:
     """Everything that can be known before any work: the folder exists, the name is
-    free (or ``force``), and it is not the database."""
+    free (or ``force``), and it is neither the database nor one of the ``inputs``
+    (file, what it is) the command reads."""
     refuse_database(path, database.path if database is not None else None, what)
+    for other, role in inputs:
+        if _same_file(path, Path(other)):
+            raise InputError(f"{what} {path}: is {role}; give another file")
     if path.is_dir():
         raise InputError(f"{what} {path}: is a directory")
     parent = path.parent if str(path.parent) else Path(".")
@@ -61,10 +65,12 @@ def check_output(path: Path, force: bool, database: Database | None = None,
 
 @contextmanager
 def atomic_output(path: Path, force: bool = False, database: Database | None = None,
-                  what: str = "output", mode: str = "wb") -> Iterator[IO]:  # type: ignore[type-arg]
+                  what: str = "output", mode: str = "wb",
+                  inputs: Sequence[tuple[str | Path, str]] = ()
+                  ) -> Iterator[IO]:  # type: ignore[type-arg]
     """Open a temporary file beside ``path``; rename it over ``path`` when the block
     ends without an error, delete it otherwise."""
-    check_output(path, force, database, what)
+    check_output(path, force, database, what, inputs)
     parent = path.parent if str(path.parent) else Path(".")
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=parent)
     try:

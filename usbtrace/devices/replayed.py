@@ -14,11 +14,22 @@ a missing data phase) is a divergence.
 Control requests are answered from recorded control exchanges; descriptors a
 recording lacks (no enumeration captured) are made up from what it shows (the
 bulk endpoints it used, VID:PID if known) and the report says so.
+
+Memory does not grow with the recording: the device holds the command being
+replayed, the last few (for retries), and the survey's bounded indexes; IN
+data is the recorded bytes, then zeros counted, never a buffer sized from a
+recorded length field.
 """
 
 from __future__ import annotations
 
+from collections import deque
+
+from construct import ConstructError
+
+from usbtrace.decode.bot import ScsiCommand
 from usbtrace.devices.base import DeviceBackend, TransferResult
+from usbtrace.errors import UsbtraceError
 from usbtrace.replay.recording import Recording
 from usbtrace.replay.report import Divergence, Report, describe, first_difference
 from usbtrace.storage import bot, scsi
@@ -32,6 +43,8 @@ from usbtrace.usb.urb import (
 )
 
 STATUS_CODES = {"good": 0, "check_condition": 1, "phase_error": 2, "missing": 2}
+RECENT = 16  # commands kept to answer the stack's retries
+RC16_LENGTH = 32
 
 
 def _single_interface(config: bytes, entry: dict) -> bytes:  # type: ignore[type-arg]
@@ -40,9 +53,9 @@ def _single_interface(config: bytes, entry: dict) -> bytes:  # type: ignore[type
     pos, keep, out = 9, False, b""
     while pos + 2 <= len(config):
         length, kind = config[pos], config[pos + 1]
-        if length < 2:
-            break
-        if kind == d.INTERFACE:
+        if length < 2 or pos + length > len(config):
+            break  # a malformed descriptor ends the walk
+        if kind == d.INTERFACE and length >= 4:
             keep = config[pos + 2] == i.bInterfaceNumber and config[pos + 3] == \
                 i.bAlternateSetting
         if keep:
@@ -61,47 +74,60 @@ class ReplayedDevice(DeviceBackend):
         self.report = report
         self.speed = SPEEDS[speed]
         self.connected = True
-        self.expected: int | None = None
-        self.served: set[int] = set()
-        self.truncated: list[int] = []  # replayed commands whose data the capture cut
+        self.expected: int | None = None  # the replayed command's index, from 0
+        self.current: ScsiCommand | None = None  # and the command
+        self.served = False  # whether its CBW reached the device
+        self.recent: deque[ScsiCommand] = deque(maxlen=RECENT)
+        self.truncated: list[int] = []  # the first replayed commands the capture cut
+        self.truncated_count = 0
         self.in_ep = recording.endpoints.get("in", 0x81)
         self.out_ep = recording.endpoints.get("out", 0x02)
         self.state = "command"
         self._tag = 0
-        self._in = b""
+        self._in = b""  # recorded IN data still to send
+        self._in_zeros = 0  # then this many zeros (data the capture did not keep)
         self._csw = b""
         self._out_expected = 0
-        self._out = bytearray()
-        self._compare_out: tuple[int, bytes, bool] | None = None
+        self._out_taken = 0
+        self._out = bytearray()  # the OUT data, kept up to the recorded length
+        self._compare_out: tuple[bytes, bool] | None = None
         self._stall_in_after_data = False
         self.halted: set[int] = set()
-        self._by_cdb: dict[bytes, list[int]] = {}
-        for i, cmd in enumerate(recording.commands):
-            self._by_cdb.setdefault(bytes(cmd.cdb), []).append(i)
         self._descriptors = self._collect_descriptors()
 
     # ---- descriptors -------------------------------------------------------------------
 
     def _collect_descriptors(self) -> dict[tuple[int, int, int], bytes]:
-        found: dict[tuple[int, int, int], bytes] = {}
-        for control in self.recording.controls:
-            setup = control.setup
-            if setup[0] == 0x80 and setup[1] == std.GET_DESCRIPTOR and control.data_in:
-                key = (setup[3], setup[2], int.from_bytes(setup[4:6], "little"))
-                if len(control.data_in) > len(found.get(key, b"")):
-                    found[key] = control.data_in
+        found = dict(self.recording.descriptors)
         config = found.get((d.CONFIGURATION, 0, 0))
-        if config is not None and len(config) >= int.from_bytes(config[2:4], "little"):
-            tree = d.configuration_tree(config)
-            storage = [e for e in tree["interfaces"] if e["interface"].bInterfaceClass == 8]
-            if storage and len(tree["interfaces"]) > 1:
+        if config is not None and len(config) >= 9 and \
+                len(config) >= int.from_bytes(config[2:4], "little"):
+            try:
+                tree = d.configuration_tree(config)
+            except (UsbtraceError, ConstructError) as e:
+                self.report.note(f"the recorded configuration descriptor is malformed ({e}): "
+                                 "it was made up instead")
+                del found[(d.CONFIGURATION, 0, 0)]
+                config = None
+                tree = {"interfaces": []}
+            # a short interface descriptor parses as a generic one, without these fields
+            storage = [e for e in tree["interfaces"]
+                       if getattr(e["interface"], "bInterfaceClass", None) == 8 and
+                       hasattr(e["interface"], "bAlternateSetting")]
+            if config is not None and not storage:
+                self.report.note("the recorded configuration descriptor shows no "
+                                 "mass-storage interface: it was made up instead")
+                del found[(d.CONFIGURATION, 0, 0)]
+                config = None
+            if config is not None and storage and len(tree["interfaces"]) > 1:
                 # a composite device: Windows puts usbccgp above it and gives each
                 # function its own PDO; the model presents the mass-storage one alone
                 self.report.notes.append("composite device: only its mass-storage interface "
                                          "is presented to the stack")
                 found[(d.CONFIGURATION, 0, 0)] = _single_interface(config, storage[0])
                 config = found[(d.CONFIGURATION, 0, 0)]
-        if (d.DEVICE, 0, 0) not in found or config is None or \
+        device = found.get((d.DEVICE, 0, 0))
+        if device is None or len(device) < 18 or config is None or len(config) < 9 or \
                 len(config) < int.from_bytes(config[2:4], "little"):
             self.report.notes.append("the recording has no full enumeration: descriptors "
                                      "were made up from the bulk endpoints it used")
@@ -134,8 +160,7 @@ class ReplayedDevice(DeviceBackend):
                     next((v for (k, i, _), v in self._descriptors.items()
                           if k == kind and i == idx), None)
         elif bm == 0xA1 and req == std.GET_MAX_LUN:
-            recorded = [c for c in self.recording.controls if c.setup[:2] == b"\xa1\xfe"]
-            reply = recorded[0].data_in if recorded and recorded[0].data_in else None
+            reply = self.recording.max_lun
         elif bm == 0x21 and req == std.BULK_ONLY_MASS_STORAGE_RESET:
             self.state = "command"
         elif bm == 0x02 and req == std.CLEAR_FEATURE:
@@ -153,13 +178,16 @@ class ReplayedDevice(DeviceBackend):
 
     # ---- Bulk-Only ---------------------------------------------------------------------
 
-    def expect(self, index: int | None) -> None:
-        self.expected = index
+    def expect(self, index: int | None, cmd: ScsiCommand | None = None) -> None:
+        """The replayer is about to issue command ``index`` (``cmd``); None: no more."""
+        if self.current is not None:
+            self.recent.append(self.current)
+        self.expected, self.current, self.served = index, cmd, False
 
     def _diverge(self, field: str, expected: object, actual: object, note: str = "",
                  offset: int | None = None) -> None:
         index = self.expected if self.expected is not None else -1
-        cmd = self.recording.commands[index] if index >= 0 else None
+        cmd = self.current
         self.report.add(Divergence(index + 1, describe(cmd) if cmd else "(stack's own)",
                                    field, expected, actual, note, offset))
 
@@ -169,8 +197,11 @@ class ReplayedDevice(DeviceBackend):
         if endpoint in self.halted:
             return TransferResult(USBD_STATUS_STALL_PID, 0, self.speed.latency_ns)
         if self.state == "data_out":
-            self._out += data
-            if len(self._out) >= self._out_expected:
+            keep = len(self._compare_out[0]) if self._compare_out is not None else 0
+            if len(self._out) < keep:
+                self._out += data[: keep - len(self._out)]
+            self._out_taken += len(data)
+            if self._out_taken >= self._out_expected:
                 self._finish_out()
             return ok
         if self.state != "command":
@@ -185,33 +216,43 @@ class ReplayedDevice(DeviceBackend):
         self._command(cbw)
         return ok
 
-    def _pick(self, cbw: bot.Cbw) -> tuple[int | None, bool]:
-        """The recorded command that answers ``cbw``, and whether it is the replayed one."""
-        index = self.expected
-        if index is not None and index not in self.served:
-            recorded = self.recording.commands[index]
-            if bytes(recorded.cdb) == cbw.cdb:
-                return index, True
-        candidates = self._by_cdb.get(cbw.cdb)
-        if candidates:
-            return candidates[0], False
-        for i, cmd in enumerate(self.recording.commands):
-            if cmd.info.opcode == cbw.cdb[0] and cmd.status == "good":
-                return i, False
+    def _pick(self, cbw: bot.Cbw) -> tuple[ScsiCommand | None, bool]:
+        """The recorded command that answers ``cbw``, and whether it is the replayed one:
+        the replayed command; else the first recorded with the same CDB; else a recent
+        one (a retry); else the first good one of the same opcode."""
+        cmd = self.current
+        if cmd is not None and not self.served and bytes(cmd.cdb) == cbw.cdb:
+            return cmd, True
+        survey = self.recording.survey
+        found = survey.by_cdb.get(cbw.cdb)
+        if found is not None:
+            return found, False
+        for old in reversed(self.recent):
+            if bytes(old.cdb) == cbw.cdb:
+                return old, False
+        if cbw.cdb:
+            return survey.by_opcode.get(cbw.cdb[0]), False
         return None, False
 
     def _made_up(self, cdb: bytes) -> bytes | None:
         """INQUIRY and READ CAPACITY for a stack that needs them to start, when the
-        recording never asked; the report says so."""
-        if cdb[0] == scsi.INQUIRY and not cdb[1] & 1:
+        recording never asked; the report says so.  The capacity covers the highest
+        block the recording touched; READ CAPACITY(10) says FFFFFFFFh when the last LBA
+        does not fit 32 bits (SBC-3 §5.16.2), and READ CAPACITY(16) then tells."""
+        if len(cdb) >= 6 and cdb[0] == scsi.INQUIRY and not cdb[1] & 1:
             self._note("INQUIRY")
             return bytes([0, 0x80, 4, 2, 31, 0, 0, 0]) + b"REPLAY  " + b"recorded device " + \
                 b"1.00"
-        if cdb[0] == scsi.READ_CAPACITY_10:
-            highest = max(((c.info.lba or 0) + (c.info.blocks or 0) for c in
-                           self.recording.commands if c.info.lba is not None), default=2048)
+        capacity10 = len(cdb) >= 10 and cdb[0] == scsi.READ_CAPACITY_10
+        capacity16 = len(cdb) >= 16 and cdb[0] == scsi.SERVICE_ACTION_IN_16 and \
+            cdb[1] & 0x1F == scsi.SA_READ_CAPACITY_16
+        if capacity10 or capacity16:
+            blocks = max(self.recording.survey.highest_block, 2048)
+            last = min(blocks, 1 << 64) - 1
             self._note("READ CAPACITY (from the highest block the recording touched)")
-            return max(highest, 2048).to_bytes(4, "big") + (512).to_bytes(4, "big")
+            if capacity10:
+                return min(last, 0xFFFFFFFF).to_bytes(4, "big") + (512).to_bytes(4, "big")
+            return last.to_bytes(8, "big") + (512).to_bytes(4, "big") + bytes(RC16_LENGTH - 12)
         return None
 
     def _note(self, what: str) -> None:
@@ -221,9 +262,9 @@ class ReplayedDevice(DeviceBackend):
 
     def _command(self, cbw: bot.Cbw) -> None:
         self._tag = cbw.tag
-        index, replayed = self._pick(cbw)
+        cmd, replayed = self._pick(cbw)
         host_in = cbw.data_in and cbw.data_transfer_length > 0
-        if index is None:
+        if cmd is None:
             made_up = self._made_up(cbw.cdb)
             if made_up is not None:
                 data = made_up[: cbw.data_transfer_length]
@@ -233,44 +274,56 @@ class ReplayedDevice(DeviceBackend):
             ok = cbw.cdb[:1] == bytes([scsi.TEST_UNIT_READY])
             self._respond(cbw, b"", cbw.data_transfer_length, 0 if ok else 1, host_in)
             return
-        cmd = self.recording.commands[index]
         if replayed:
-            self.served.add(index)
+            self.served = True
             expected = (cmd.data_direction, cmd.expected_length, cmd.lun)
             actual = ("none" if not cbw.data_transfer_length else
                       ("in" if cbw.data_in else "out"), cbw.data_transfer_length, cbw.lun)
             if expected != actual:
                 self._diverge("cbw (direction, length, lun)", expected, actual)
         status = STATUS_CODES.get(cmd.status, 2)
-        residue = cmd.residue if cmd.residue is not None else 0
+        # a CSW field holds 32 bits: a recording that says more is clamped, not fatal
+        residue = min(max(cmd.residue or 0, 0), 0xFFFFFFFF)
         if cmd.data_truncated and replayed:
-            self.truncated.append(index + 1)
+            self.truncated_count += 1
+            if len(self.truncated) < 12:
+                self.truncated.append((self.expected or 0) + 1)
         if host_in or cbw.data_transfer_length == 0:
             data = cmd.data if cmd.data_direction == "in" else b""
-            if len(data) < cmd.data_length and cmd.data_direction == "in":
-                data = data + bytes(cmd.data_length - len(data))
+            data = data[: cbw.data_transfer_length]
+            zeros = 0
+            if cmd.data_direction == "in" and len(data) < cmd.data_length:
+                # the capture cut the data: zeros stand in, counted, up to what the host
+                # asked for (a recorded length field may claim anything)
+                zeros = min(cmd.data_length, cbw.data_transfer_length) - len(data)
+            zeros = max(zeros, 0)
+            if not replayed:  # the stack's own CBW: the residue is of its length
+                residue = cbw.data_transfer_length - len(data) - zeros if host_in else 0
             self._stall_in_after_data = cmd.data_stalled
-            self._respond(cbw, data[: cbw.data_transfer_length], residue, status, host_in)
+            self._respond(cbw, data, residue, status, host_in, zeros)
             return
         # the stack sends data: take it, then check it against the recorded data
         self.state = "data_out"
         self._out = bytearray()
+        self._out_taken = 0
         self._out_expected = cbw.data_transfer_length
-        self._compare_out = (index, cmd.data, replayed) if cmd.data_direction == "out" else None
+        self._compare_out = (cmd.data, replayed) if cmd.data_direction == "out" else None
+        if not replayed:
+            residue = min(residue, cbw.data_transfer_length)
         self._csw = bot.build_csw(cbw.tag, residue, status)
 
     def _respond(self, cbw: bot.Cbw, data: bytes, residue: int, status: int,
-                 host_in: bool) -> None:
-        self._csw = bot.build_csw(cbw.tag, residue, status)
+                 host_in: bool, zeros: int = 0) -> None:
+        self._csw = bot.build_csw(cbw.tag, min(max(residue, 0), 0xFFFFFFFF), status)
         if host_in:
-            self._in = data
+            self._in, self._in_zeros = data, zeros
             self.state = "data_in"
         else:
             self.state = "status"
 
     def _finish_out(self) -> None:
         if self._compare_out is not None:
-            index, recorded, replayed = self._compare_out
+            recorded, replayed = self._compare_out
             got = bytes(self._out[: len(recorded)])
             if replayed:
                 self.report.compared_bytes += len(recorded)
@@ -287,7 +340,12 @@ class ReplayedDevice(DeviceBackend):
             n = min(len(buffer), len(self._in))
             buffer[:n] = self._in[:n]
             self._in = self._in[n:]
-            if not self._in:
+            if not self._in and self._in_zeros and n < len(buffer):
+                z = min(len(buffer) - n, self._in_zeros)
+                buffer[n : n + z] = bytes(z)
+                self._in_zeros -= z
+                n += z
+            if not self._in and not self._in_zeros:
                 self.state = "status"
                 if self._stall_in_after_data and n < len(buffer):
                     self.halted.add(endpoint)

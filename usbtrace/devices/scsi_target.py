@@ -6,6 +6,12 @@ no data, n bytes in (and which), or n bytes out (and where they go) — because
 the Bulk-Only layer must compare that intent with the host's expectation
 (BOT §6.7, the thirteen cases) before any data moves.
 
+Every CDB is checked before a handler reads it: an empty or unknown operation
+code is CHECK CONDITION, ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE; a
+CDB shorter than its group's length (SPC-4 §4.2.5.1) or a field out of bounds
+is INVALID FIELD IN CDB; blocks past the end are LOGICAL BLOCK ADDRESS OUT OF
+RANGE.  Whatever a host sends, the answer is a status, never an exception.
+
 Faults (media errors, not ready, write protect) are injected here; stalls and
 disconnects belong to the USB layer above.
 """
@@ -24,6 +30,18 @@ NONE, IN, OUT = 0, 1, 2
 
 RC10 = struct.Struct(">II")
 RC16 = struct.Struct(">QIBB2x16x")
+
+# SPC-4 §4.2.5.1: the operation code's group fixes the CDB's length
+GROUP_CDB_LENGTH = {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}
+# The most blocks one READ/WRITE/VERIFY may move (READ(10)'s own limit): a command asking
+# for more (READ(16) can ask for 2^32 blocks) fails with INVALID FIELD IN CDB, as SBC-3
+# §5.15 has it for a transfer length above the device's maximum, instead of the device
+# setting aside terabytes for it.
+MAX_TRANSFER_BLOCKS = 0xFFFF
+
+INVALID_COMMAND_OPERATION_CODE = 0x20
+LBA_OUT_OF_RANGE = 0x21
+INVALID_FIELD_IN_CDB = 0x24
 
 
 @dataclass(slots=True)
@@ -78,10 +96,12 @@ class ScsiTarget:
     def plan(self, cdb: bytes) -> Plan:
         """Plan the command in ``cdb``; remember its sense for REQUEST SENSE."""
         self.commands += 1
-        opcode = cdb[0]
-        handler = self.HANDLERS.get(opcode)
-        if handler is None:
-            plan = _check(scsi.ILLEGAL_REQUEST, 0x20)  # invalid command operation code
+        opcode = cdb[0] if cdb else None
+        handler = self.HANDLERS.get(opcode) if opcode is not None else None
+        if opcode is None or handler is None:
+            plan = _check(scsi.ILLEGAL_REQUEST, INVALID_COMMAND_OPERATION_CODE)
+        elif len(cdb) < GROUP_CDB_LENGTH.get(opcode >> 5, 16):
+            plan = _check(scsi.ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB)  # cut short
         elif opcode in (scsi.INQUIRY, scsi.REQUEST_SENSE):
             plan = handler(self, cdb)  # answer even when not ready (SPC-4 §5.9)
         elif self.faults.unit_attention:
@@ -93,7 +113,7 @@ class ScsiTarget:
             plan = _check(scsi.NOT_READY, 0x3A)  # medium not present
         else:
             plan = handler(self, cdb)
-        if opcode != scsi.REQUEST_SENSE:
+        if opcode != scsi.REQUEST_SENSE or not plan.good:  # a bad REQUEST SENSE too
             self.sense = plan.sense or Sense(0, 0, 0)
         return plan
 
@@ -101,7 +121,9 @@ class ScsiTarget:
 
     def _range(self, lba: int, blocks: int) -> Plan | None:
         if lba + blocks > self.image.block_count:
-            return _check(scsi.ILLEGAL_REQUEST, 0x21)  # LBA out of range
+            return _check(scsi.ILLEGAL_REQUEST, LBA_OUT_OF_RANGE)
+        if blocks > MAX_TRANSFER_BLOCKS:
+            return _check(scsi.ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB)
         return None
 
     def _bad(self, lba: int, blocks: int) -> int | None:
@@ -135,7 +157,7 @@ class ScsiTarget:
         evpd, page, alloc = cdb[1] & 1, cdb[2], int.from_bytes(cdb[3:5], "big")
         if not evpd:
             if page:
-                return _check(scsi.ILLEGAL_REQUEST, 0x24)
+                return _check(scsi.ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB)
             ident = self.identity
             data = (
                 bytes([0x00, 0x80, 0x04, 0x02, 31, 0, 0, 0])
@@ -150,15 +172,19 @@ class ScsiTarget:
         if page == scsi.VPD_UNIT_SERIAL_NUMBER:
             serial = self.identity.serial.encode("ascii")
             return self._in(alloc, bytes([0, 0x80, 0, len(serial)]) + serial)
-        return _check(scsi.ILLEGAL_REQUEST, 0x24)
+        return _check(scsi.ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB)
 
     def _read_capacity_10(self, cdb: bytes) -> Plan:
+        if not cdb[8] & 1 and any(cdb[2:6]):  # SBC-3 §5.16: an LBA needs PMI
+            return _check(scsi.ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB)
+        # SBC-3 §5.16.2: a last LBA that does not fit 32 bits reads FFFFFFFFh, which
+        # sends the host to READ CAPACITY(16)
         last = min(self.image.block_count - 1, 0xFFFFFFFF)
         return Plan(IN, 8, RC10.pack(last, self.image.block_size))
 
     def _service_action_in_16(self, cdb: bytes) -> Plan:
         if cdb[1] & 0x1F != scsi.SA_READ_CAPACITY_16:
-            return _check(scsi.ILLEGAL_REQUEST, 0x24)
+            return _check(scsi.ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB)
         data = RC16.pack(self.image.block_count - 1, self.image.block_size, 0, 0)
         return self._in(int.from_bytes(cdb[10:14], "big"), data)
 
@@ -172,7 +198,9 @@ class ScsiTarget:
         if bad is not None:
             return _check(scsi.MEDIUM_ERROR, 0x11)  # unrecovered read error
         bs = self.image.block_size
-        return Plan(IN, blocks * bs, self.image.view[lba * bs : (lba + blocks) * bs])
+        if not blocks:
+            return Plan(NONE)  # SBC-3: a transfer length of 0 is no error
+        return Plan(IN, blocks * bs, self.image.read(lba * bs, blocks * bs))
 
     def _write(self, cdb: bytes) -> Plan:
         info = scsi.decode_cdb(cdb)
@@ -182,12 +210,14 @@ class ScsiTarget:
             return err
         if self.faults.write_protected:
             return _check(scsi.DATA_PROTECT, 0x27)
+        if not blocks:
+            return Plan(NONE)
         bs = self.image.block_size
-        view = self.image.view
+        image = self.image
         bad = self._bad(lba, blocks)
 
         def sink(data: memoryview) -> Sense | None:
-            view[lba * bs : lba * bs + len(data)] = data
+            image.write(lba * bs, data[: blocks * bs])
             return Sense(scsi.MEDIUM_ERROR, 0x0C, 0) if bad is not None else None
 
         return Plan(OUT, blocks * bs, sink=sink)
@@ -200,10 +230,10 @@ class ScsiTarget:
             return err
         if self._bad(lba, blocks) is not None:
             return _check(scsi.MEDIUM_ERROR, 0x11)
-        if not cdb[1] & 0x02:  # BYTCHK 0: medium check only
+        if not cdb[1] & 0x02 or not blocks:  # BYTCHK 0: medium check only
             return Plan(NONE)
         bs = self.image.block_size
-        stored = self.image.view[lba * bs : (lba + blocks) * bs]
+        stored = self.image.read(lba * bs, blocks * bs)
 
         def compare(data: memoryview) -> Sense | None:
             return None if data == stored[: len(data)] else Sense(0xE, 0x1D, 0)
@@ -224,7 +254,7 @@ class ScsiTarget:
     def _mode_sense_6(self, cdb: bytes) -> Plan:
         pages = self._mode_pages(cdb[2] & 0x3F)
         if pages is None:
-            return _check(scsi.ILLEGAL_REQUEST, 0x24)
+            return _check(scsi.ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB)
         wp = 0x80 if self.faults.write_protected else 0
         header = bytes([3 + len(pages), 0, wp, 0])
         return self._in(cdb[4], header + pages)
@@ -232,7 +262,7 @@ class ScsiTarget:
     def _mode_sense_10(self, cdb: bytes) -> Plan:
         pages = self._mode_pages(cdb[2] & 0x3F)
         if pages is None:
-            return _check(scsi.ILLEGAL_REQUEST, 0x24)
+            return _check(scsi.ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB)
         wp = 0x80 if self.faults.write_protected else 0
         header = struct.pack(">HBBBBH", 6 + len(pages), 0, wp, 0, 0, 0)
         return self._in(int.from_bytes(cdb[7:9], "big"), header + pages)
@@ -250,10 +280,11 @@ class ScsiTarget:
         return Plan(NONE)
 
     def _synchronize_cache_10(self, cdb: bytes) -> Plan:
-        return Plan(NONE)
+        info = scsi.decode_cdb(cdb)
+        return self._range(info.lba or 0, 0) or Plan(NONE)  # 0 blocks: to the end
 
     def _read_format_capacities(self, cdb: bytes) -> Plan:
-        blocks, bs = self.image.block_count, self.image.block_size
+        blocks, bs = min(self.image.block_count, 0xFFFFFFFF), self.image.block_size
         kind = 0x03 if (self.ejected or self.faults.not_ready) else 0x02
         current = struct.pack(">IB", blocks, kind) + bs.to_bytes(3, "big")
         formattable = struct.pack(">IB", blocks, 0) + bs.to_bytes(3, "big")

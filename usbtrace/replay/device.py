@@ -7,6 +7,11 @@ tracer to a :class:`~usbtrace.devices.replayed.ReplayedDevice` that answers
 with the recording.  The device checks what reaches it (the CBW, OUT data,
 the Bulk-Only phases); this side checks what comes back to the caller (IN
 data, success or failure).  A driver that changes anything on the way shows.
+
+Commands stream from the recording one at a time.  A buffer is never sized
+from a recorded length field alone: a command whose CBW asks for more than
+``MAX_UNRECORDED`` bytes beyond what the recording holds is not issued, and
+the report says so.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from usbtrace.wdm.sched import BugCheck, Deadlock
 from usbtrace.wdm.win32 import NtStatusError, Win32
 
 MAX_SRB = 0x10000
+# The largest buffer made for a command beyond its recorded data: READ(10)'s largest
+# transfer (65535 blocks).  Real commands stay far below; a CBW claiming gigabytes with
+# a few bytes recorded is a malformed recording, not a reason to allocate gigabytes.
+MAX_UNRECORDED = 0xFFFF * 512
 
 
 def replay_device(recording: Recording, report: Report, machine_hook=None) -> None:  # type: ignore[no-untyped-def]
@@ -43,33 +52,54 @@ def replay_device(recording: Recording, report: Report, machine_hook=None) -> No
         report.add(Divergence(0, "(stack start-up)", "disk", "a disk to open", str(e)))
         machine.stop()
         return
+    skipped: list[int] = []
+    skipped_count = 0
     try:
-        for index, cmd in enumerate(recording.commands):
-            device.expect(index)
+        for index, cmd in enumerate(recording.commands()):
+            if not _bounded(cmd):
+                skipped_count += 1
+                if len(skipped) < 12:
+                    skipped.append(index + 1)
+                report.replayed += 1
+                continue
+            device.expect(index, cmd)
             try:
                 _issue(win32, handle, disk_size, cmd, index + 1, report)
-            except (BugCheck, Deadlock) as e:
+            except (UsbtraceError, BugCheck, Deadlock) as e:
                 report.add(Divergence(index + 1, describe(cmd), "stack", "the command completes",
                                       f"{type(e).__name__}: {e}"))
                 report.replayed += 1
                 return
-            if index not in device.served:
+            if not device.served:
                 report.add(Divergence(index + 1, describe(cmd), "device",
                                       "the command reaches the device",
                                       "it never did", "the stack changed or dropped it"))
             report.replayed += 1
         device.expect(None)
-        if device.truncated:
-            shown = ", ".join(map(str, device.truncated[:12]))
-            more = f" and {len(device.truncated) - 12} more" if len(device.truncated) > 12 else ""
-            report.notes.append(f"commands {shown}{more}: the capture cut their data short; "
-                                "only the captured bytes were compared, the rest served as "
-                                "zeros")
+        if device.truncated_count:
+            report.notes.append(f"commands {_some(device.truncated, device.truncated_count)}: "
+                                "the capture cut their data short; only the captured bytes "
+                                "were compared, the rest served as zeros")
+        if skipped_count:
+            report.notes.append(f"commands {_some(skipped, skipped_count)}: the CBW asks for "
+                                f"more than {MAX_UNRECORDED} bytes beyond the data recorded; "
+                                "not issued")
     finally:
         try:
             machine.stop()
         except (UsbtraceError, BugCheck, Deadlock) as e:
             report.notes.append(f"stack tear-down failed: {e}")
+
+
+def _some(first: list[int], count: int) -> str:
+    """'3, 9, 12' or '3, 9, ... and 40 more'."""
+    shown = ", ".join(map(str, first))
+    return shown + (f" and {count - len(first)} more" if count > len(first) else "")
+
+
+def _bounded(cmd: ScsiCommand) -> bool:
+    """Whether replaying ``cmd`` needs a buffer no bigger than its recorded data allows."""
+    return cmd.expected_length <= len(cmd.data) + MAX_UNRECORDED
 
 
 def _issue(win32: Win32, handle: int, disk_size: int, cmd: ScsiCommand, number: int,
@@ -82,8 +112,10 @@ def _issue(win32: Win32, handle: int, disk_size: int, cmd: ScsiCommand, number: 
                   info.blocks and length == info.blocks * 512 and length <= MAX_SRB and
                   info.lba is not None and (info.lba * 512 + length) <= disk_size and
                   cmd.data_direction == ("in" if info.opcode == scsi.READ_10 else "out"))
-    out_data = bytes(cmd.data[:length]).ljust(length, b"\0")
-    buffer = bytearray(length)
+    buffer = bytearray(length)  # bounded: see _bounded
+    if cmd.data_direction == "out":
+        recorded_out = cmd.data[:length]
+        buffer[: len(recorded_out)] = recorded_out
     ok = True
     if as_file_io:
         assert info.lba is not None
@@ -91,15 +123,13 @@ def _issue(win32: Win32, handle: int, disk_size: int, cmd: ScsiCommand, number: 
             if info.opcode == scsi.READ_10:
                 win32.ReadFile(handle, buffer, info.lba * 512)
             else:
-                win32.WriteFile(handle, out_data, info.lba * 512)
+                win32.WriteFile(handle, bytes(buffer), info.lba * 512)
         except NtStatusError as e:
             ok = False
             report.add(Divergence(number, describe(cmd), "status", "success", str(e)))
     else:
         direction = {"in": io.SCSI_IOCTL_DATA_IN, "out": io.SCSI_IOCTL_DATA_OUT}.get(
             cmd.data_direction, io.SCSI_IOCTL_DATA_UNSPECIFIED)
-        if cmd.data_direction == "out":
-            buffer[:] = out_data
         sptd = io.ScsiPassThroughDirect(bytes(cmd.cdb), direction, length, buffer, Lun=cmd.lun)
         try:
             win32.DeviceIoControl(handle, io.IOCTL_SCSI_PASS_THROUGH_DIRECT, sptd)

@@ -6,13 +6,22 @@ compared with the recording.  This is Bulk-Only on the target's own bulk
 endpoints, below any driver stack, like usbrply's generated scripts but
 checking every answer.  A target is any device backend: the simulated stick
 over an image, or (once connected) hardware through pyusb.
+
+Commands stream from the recording.  The IN buffer is the CBW's transfer length
+only up to the recorded data plus ``MAX_UNRECORDED``: a recording claiming
+gigabytes is not a reason to allocate them (a target sending more than that
+shows as a divergence at the CSW).
 """
 
 from __future__ import annotations
 
 import time
 
+from construct import ConstructError
+
 from usbtrace.devices.base import DeviceBackend, read_configuration
+from usbtrace.errors import DeviceError
+from usbtrace.replay.device import MAX_UNRECORDED
 from usbtrace.replay.recording import Recording
 from usbtrace.replay.report import Divergence, Report, describe, first_difference
 from usbtrace.storage import bot
@@ -21,32 +30,47 @@ from usbtrace.usb import setup as std
 from usbtrace.usb.urb import USBD_STATUS_STALL_PID, USBD_STATUS_SUCCESS
 
 STATUS_CODES = {"good": 0, "check_condition": 1, "phase_error": 2}
+MAX_SLEEP = 3600.0  # seconds: the longest wait between two commands
 
 
 def _endpoints(target: DeviceBackend) -> tuple[int, int, int]:
     """Configure the target; its Bulk-Only interface number and bulk IN/OUT endpoints."""
-    tree = d.configuration_tree(read_configuration(target))
+    try:
+        tree = d.configuration_tree(read_configuration(target))
+    except ConstructError as e:
+        raise DeviceError(f"the target's configuration descriptor is malformed: {e}") from None
+    if "configuration" not in tree:
+        raise DeviceError("the target has no configuration descriptor")
     value = tree["configuration"].bConfigurationValue
     target.control(std.build_setup(0x00, std.SET_CONFIGURATION, value, 0, 0), bytearray())
     for entry in tree["interfaces"]:
         i = entry["interface"]
-        if (i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol) == (8, 6, 0x50):
+        kind = tuple(getattr(i, f, None) for f in ("bInterfaceClass", "bInterfaceSubClass",
+                                                    "bInterfaceProtocol"))
+        if kind == (8, 6, 0x50) and hasattr(i, "bInterfaceNumber"):
             eps = {e.bEndpointAddress & 0x80: e.bEndpointAddress for e in entry["endpoints"]
-                   if e.bmAttributes & 3 == 2}
-            return i.bInterfaceNumber, eps[0x80], eps[0]
-    raise ValueError("the target has no Bulk-Only mass-storage interface")
+                   if getattr(e, "bmAttributes", 0) & 3 == 2 and hasattr(e, "bEndpointAddress")}
+            if 0x80 in eps and 0 in eps:
+                return i.bInterfaceNumber, eps[0x80], eps[0]
+    raise DeviceError("the target has no Bulk-Only mass-storage interface")
 
 
 def replay_host(recording: Recording, target: DeviceBackend, report: Report,
                 speed: float | None = None, max_gap: float | None = None) -> None:
     interface, in_ep, out_ep = _endpoints(target)
     previous: float | None = None
-    for index, cmd in enumerate(recording.commands, 1):
+    for index, cmd in enumerate(recording.commands(), 1):
         if speed:
-            at = recording.times[index - 1]
+            at = cmd.submitted_at or 0.0
             if previous is not None and at > previous:
                 gap = (at - previous) / speed
-                time.sleep(min(gap, max_gap) if max_gap is not None else gap)
+                if max_gap is not None:
+                    gap = min(gap, max_gap)
+                if not gap <= MAX_SLEEP:  # a malformed timestamp (or NaN): not a hang
+                    report.note(f"command {index}: a gap of {gap:g} s in the recorded "
+                                f"timing was cut to {MAX_SLEEP} s")
+                    gap = MAX_SLEEP
+                time.sleep(gap)
             previous = at
         def diverge(field: str, expected: object, actual: object, note: str = "",
                     offset: int | None = None, index: int = index, cmd: object = cmd) -> None:
@@ -73,13 +97,13 @@ def replay_host(recording: Recording, target: DeviceBackend, report: Report,
             if result.status == USBD_STATUS_STALL_PID:
                 target.clear_halt(out_ep)
         elif cmd.data_direction == "in" and cmd.expected_length:
-            buffer = bytearray(cmd.expected_length)
+            recorded = cmd.data
+            buffer = bytearray(min(cmd.expected_length, len(recorded) + MAX_UNRECORDED))
             result = target.bulk_in(in_ep, buffer)
             report.urbs += 1
             if result.status == USBD_STATUS_STALL_PID:
                 target.clear_halt(in_ep)
             got = bytes(buffer[: result.actual])
-            recorded = cmd.data
             if cmd.data_truncated:
                 got = got[: len(recorded)]
             report.compared_bytes += len(recorded)

@@ -1,112 +1,327 @@
-"""A recording, loaded for replay: its SCSI commands and control exchanges.
+"""A recording, opened for replay: a survey of it, then its SCSI commands as a stream.
 
 A capture file or a stored session goes through the same decoding stages as
-an import (pairing, Bulk-Only -> SCSI), in memory.  Each command keeps what a
-replay needs: the CBW's fields, the data that went each way, the CSW, and
-whether any of it was cut short by the capture.
+an import (pairing, Bulk-Only -> SCSI).  Nothing holds the whole recording:
+replay needs some facts before the first command (the descriptors, the
+storage device, its capacity, how many commands there are), so a first pass
+over the source collects them in bounded memory, and :meth:`Recording.commands`
+then decodes the source again, yielding one command at a time.  A session is
+read from its ``urbs`` rows in ``seq`` order, the order the tracer or the
+import paired them in, one row at a time.
+
+What a replay may need to answer commands the stack sends of its own accord
+(start-up INQUIRY, READ CAPACITY, MODE SENSE, REQUEST SENSE) is kept from the
+survey in bounded indexes: the first command of each CDB (up to
+``INDEX_LIMIT`` of them) and the first good command of each opcode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from construct import ConstructError
+from sqlalchemy.exc import SQLAlchemyError
 
 from usbtrace.capture.reader import CaptureStats, events
 from usbtrace.decode.bot import BotDecoder, ScsiCommand
 from usbtrace.decode.identity import IdentityTracker
 from usbtrace.decode.pairing import Exchange, Pairer
-from usbtrace.errors import InputError
-from usbtrace.records import BULK, CONTROL, Event
+from usbtrace.errors import DatabaseError, InputError, UsbtraceError
+from usbtrace.records import BULK, COMPLETE, CONTROL, SUBMIT, TRANSFER_TYPE_NAMES, Event
 from usbtrace.storage import scsi
+from usbtrace.usb import setup as std
+from usbtrace.usb import urb as U
+
+INDEX_LIMIT = 4096  # CDBs whose first command is kept to answer the stack's own commands
+INDEX_BYTES = 8 << 20  # and at most this much of their data
+DESCRIPTOR_LIMIT = 256  # distinct descriptors kept from control transfers
+SESSION_BATCH = 500  # urbs rows fetched at a time
+
+Device = tuple[int | None, int | None]  # (bus, address)
 
 
 @dataclass
-class ControlExchange:
-    setup: bytes
-    data_in: bytes
-    status: int | None
+class DeviceSurvey:
+    """What the first pass learns about one device's commands."""
+
+    count: int = 0
+    first_seq: int | None = None
+    capacity: tuple[int, int] | None = None  # (blocks, block size) from READ CAPACITY
+    highest_block: int = 0  # one past the highest block a command touched
+    by_cdb: dict[bytes, ScsiCommand] = field(default_factory=dict)
+    by_opcode: dict[int, ScsiCommand] = field(default_factory=dict)
+    indexed_bytes: int = 0
+
+    def take(self, cmd: ScsiCommand) -> None:
+        self.count += 1
+        if self.first_seq is None:
+            self.first_seq = cmd.seq
+        info = cmd.info
+        if info.lba is not None:
+            self.highest_block = max(self.highest_block, info.lba + (info.blocks or 0))
+        if cmd.status == "good":
+            data = cmd.data
+            if info.opcode == scsi.READ_CAPACITY_10 and len(data) >= 8:
+                last = int.from_bytes(data[:4], "big")
+                if last != 0xFFFFFFFF:  # else READ CAPACITY(16) tells
+                    self.capacity = (last + 1, int.from_bytes(data[4:8], "big"))
+            elif info.name == "read_capacity_16" and len(data) >= 12:
+                self.capacity = (int.from_bytes(data[:8], "big") + 1,
+                                 int.from_bytes(data[8:12], "big"))
+        size = len(cmd.data)
+        cdb = bytes(cmd.cdb)
+        if cdb not in self.by_cdb and len(self.by_cdb) < INDEX_LIMIT and \
+                self.indexed_bytes + size <= INDEX_BYTES:
+            self.by_cdb[cdb] = cmd
+            self.indexed_bytes += size
+        if cmd.status == "good" and info.opcode not in self.by_opcode and \
+                self.indexed_bytes + size <= INDEX_BYTES:
+            self.by_opcode[info.opcode] = cmd
+            self.indexed_bytes += size
 
 
 @dataclass
 class Recording:
+    """A surveyed recording; :meth:`commands` streams its storage device's commands."""
+
     name: str
-    commands: list[ScsiCommand] = field(default_factory=list)
-    controls: list[ControlExchange] = field(default_factory=list)
+    source: Callable[[], Iterator[Event]]  # the recording's events, from the start, anew
+    device: Device | None = None
+    survey: DeviceSurvey = field(default_factory=DeviceSurvey)
+    descriptors: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
+    max_lun: bytes | None = None  # the recorded GET MAX LUN reply
     identity: IdentityTracker = field(default_factory=IdentityTracker)
     endpoints: dict[str, int] = field(default_factory=dict)  # "in"/"out" bulk endpoints
-    capacity: tuple[int, int] | None = None  # (blocks, block size) from READ CAPACITY
-    times: list[float] = field(default_factory=list)  # submission time of each command
+    notes: list[str] = field(default_factory=list)  # what the survey found malformed
 
     @property
-    def storage_device(self) -> tuple[int | None, int | None] | None:
-        if not self.commands:
-            return None
-        first = self.commands[0]
-        return first.bus, first.device
+    def count(self) -> int:
+        return self.survey.count
+
+    @property
+    def capacity(self) -> tuple[int, int] | None:
+        return self.survey.capacity
+
+    def commands(self) -> Iterator[ScsiCommand]:
+        """The storage device's commands in order, decoded afresh from the source; an
+        :class:`InputError` if they are not the ones surveyed (the source changed)."""
+        device = self.device
+        count = 0
+        for cmd in _decode(self.source(), None):
+            if (cmd.bus, cmd.device) == device:
+                count += 1
+                if count > self.count:
+                    break
+                yield cmd
+        if count != self.count:
+            raise InputError(f"{self.name}: the recording changed while it was replayed "
+                             f"({self.count} commands surveyed, then {count}"
+                             f"{' or more' if count > self.count else ''})")
+
+    # ---- the survey --------------------------------------------------------------------
+
+    def _exchange(self, x: Exchange) -> None:
+        first = x.first
+        setup = first.setup
+        if first.transfer_type == CONTROL and setup and len(setup) >= 8:
+            data = x.data
+            if setup[0] == 0x80 and setup[1] == std.GET_DESCRIPTOR and data:
+                key = (setup[3], setup[2], int.from_bytes(setup[4:6], "little"))
+                known = self.descriptors.get(key)
+                if known is None and len(self.descriptors) >= DESCRIPTOR_LIMIT:
+                    pass
+                elif known is None or len(data) > len(known):
+                    self.descriptors[key] = bytes(data)
+            elif setup[:2] == b"\xa1\xfe" and data and self.max_lun is None:
+                self.max_lun = bytes(data)
+            try:
+                self.identity.feed(x)
+            except (UsbtraceError, ConstructError) as e:
+                self._note(f"a malformed descriptor was left out ({e})")
+        elif first.transfer_type == BULK and first.endpoint is not None:
+            self.endpoints.setdefault("in" if first.endpoint & 0x80 else "out",
+                                      first.endpoint)
+
+    def _note(self, note: str) -> None:
+        if note not in self.notes and len(self.notes) < 32:
+            self.notes.append(note)
 
 
-def from_events(name: str, stream: Iterable[Event]) -> Recording:
-    recording = Recording(name)
+def _decode(stream: Iterable[Event],
+            on_exchange: Callable[[Exchange], None] | None) -> Iterator[ScsiCommand]:
+    """Pairing, then Bulk-Only -> SCSI, one event in, commands out as they finish."""
     pairer = Pairer()
     bot = BotDecoder()
-
-    def take(x: Exchange) -> None:
-        first = x.first
-        if first.transfer_type == CONTROL and first.setup:
-            recording.controls.append(ControlExchange(first.setup, x.data,
-                                                      x.complete.urb_status if x.complete
-                                                      else None))
-        recording.identity.feed(x)
-        if first.transfer_type == BULK and first.endpoint is not None:
-            recording.endpoints.setdefault("in" if first.endpoint & 0x80 else "out",
-                                           first.endpoint)
-        recording.commands.extend(bot.feed(x))
-
     for event in stream:
         x = pairer.feed(event)
         if x is not None:
-            take(x)
+            if on_exchange is not None:
+                on_exchange(x)
+            yield from bot.feed(x)
     for x in pairer.flush():
-        take(x)
-    recording.commands.extend(bot.flush())
-    recording.commands.sort(key=lambda c: c.seq)
-    device = recording.storage_device
-    if device is not None:
-        recording.commands = [c for c in recording.commands if (c.bus, c.device) == device]
-    recording.times = [c.submitted_at or 0.0 for c in recording.commands]
-    for cmd in recording.commands:
-        if cmd.status == "good" and cmd.info.opcode == scsi.READ_CAPACITY_10 and \
-                len(cmd.data) >= 8:
-            last, size = int.from_bytes(cmd.data[:4], "big"), int.from_bytes(cmd.data[4:8],
-                                                                             "big")
-            recording.capacity = (last + 1, size)
+        if on_exchange is not None:
+            on_exchange(x)
+        yield from bot.feed(x)
+    yield from bot.flush()
+
+
+def survey(name: str, source: Callable[[], Iterator[Event]]) -> Recording:
+    """The first pass: what a replay needs before it starts, in bounded memory."""
+    recording = Recording(name, source)
+    devices: dict[Device, DeviceSurvey] = {}
+    for cmd in _decode(source(), recording._exchange):
+        key = (cmd.bus, cmd.device)
+        found = devices.get(key)
+        if found is None:
+            if len(devices) >= 256:
+                continue  # a garbled capture naming ever new devices: not a stick's
+            found = devices[key] = DeviceSurvey()
+        found.take(cmd)
+    if devices:
+        # the storage device is the one whose command came first
+        recording.device = min(devices, key=lambda k: devices[k].first_seq or 0)
+        recording.survey = devices[recording.device]
     return recording
 
 
+def from_events(name: str, stream: Iterable[Event]) -> Recording:
+    """A recording of events already in memory (tests, the pytest plugin)."""
+    held = list(stream)
+    return survey(name, lambda: iter(held))
+
+
 def load_capture(path: Path) -> Recording:
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a capture file")
     if not path.exists():
         raise InputError(f"{path}: no such file")
-    stats = CaptureStats()
-    with open(path, "rb") as stream:
-        recording = from_events(path.name, list(events(stream, stats)))
-    if not recording.commands:
+    if not path.is_file():  # a pipe or a device: replay reads the capture twice
+        raise InputError(f"{path}: not a regular file; save the capture to a file first")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+
+    def source() -> Iterator[Event]:
+        try:
+            stream = open(path, "rb")
+        except OSError as e:
+            raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+        with stream:
+            try:
+                yield from events(stream, CaptureStats())
+            except OSError as e:  # a read error midway: a bad medium, a vanished file
+                raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+
+    recording = survey(path.name, source)
+    if not recording.count:
         raise InputError(f"{path}: no mass-storage commands to replay")
     return recording
 
 
-def load_session(database: object, session_id: int) -> Recording:
-    """A stored session, read back from its URB rows."""
-    from usbtrace.capture.export import events_of
-    from usbtrace.store.database import Database
+# ---- stored sessions ----------------------------------------------------------------------
 
-    assert isinstance(database, Database)
-    if not database.session_exists(session_id):
+TYPE_CODES = {name: code for code, name in TRANSFER_TYPE_NAMES.items()}
+FUNCTION_CODES = {name: code for code, name in U.URB_FUNCTION_NAMES.items()}
+USBD_CODES = {name: code for code, name in U.USBD_STATUS_NAMES.items()}
+URB_COLUMNS = ("seq", "irp_id", "submitted_at", "completed_at", "bus", "device", "endpoint",
+               "transfer_type", "urb_function", "direction", "setup", "requested_length",
+               "actual_length", "status", "data")
+
+
+def _status_code(name: str | None) -> int | None:
+    if name is None:
+        return None
+    if name in USBD_CODES:
+        return USBD_CODES[name]
+    try:
+        return int(name, 16) if name.startswith("0x") else None
+    except ValueError:
+        return None
+
+
+def _row_events(row: tuple[Any, ...]) -> Iterator[Event]:
+    """An ``urbs`` row (one paired transfer) back into its submission and completion."""
+    (seq, irp_text, submitted_at, completed_at, bus, device, endpoint, transfer_type,
+     function_name, direction, setup, requested, actual, status, payload) = row
+    try:
+        irp_id = int(irp_text, 16)
+    except (TypeError, ValueError):
+        irp_id = -int(seq)  # still one exchange per row
+    direction_in = direction == "in"
+    data = bytes(payload or b"")
+    common: dict[str, Any] = dict(
+        irp_id=irp_id, bus=bus, device=device, endpoint=endpoint,
+        transfer_type=TYPE_CODES.get(transfer_type, CONTROL),
+        urb_function=FUNCTION_CODES.get(function_name) if function_name else None)
+    if submitted_at is not None:
+        yield Event(SUBMIT, submitted_at, setup=bytes(setup) if setup else None,
+                    length=requested, urb_status=U.USBD_STATUS_PENDING,
+                    data=b"" if direction_in else data, **common)
+    if completed_at is not None:
+        yield Event(COMPLETE, completed_at,
+                    length=actual, urb_status=_status_code(status),
+                    data=data if direction_in else b"", **common)
+
+
+def session_state(database: Any, session_id: int) -> str:
+    """complete / interrupted / failed / running, as ``usbtrace sessions`` shows it."""
+    from usbtrace.store.database import effective_state
+
+    _, rows = database.query("SELECT state, writer_host, writer_pid FROM sessions "
+                             "WHERE id = :id", {"id": session_id})
+    if not rows:
         raise InputError(f"no session {session_id} in {database.display}")
-    columns, rows = database.query(
-        f"SELECT * FROM urbs WHERE session_id = {int(session_id)} ORDER BY seq")
-    recording = from_events(f"session {session_id}",
-                            events_of([dict(zip(columns, r)) for r in rows]))
-    if not recording.commands:
+    return effective_state(*rows[0])
+
+
+def _session_events(database: Any, session_id: int) -> Iterator[Event]:
+    """The session's ``urbs`` rows in seq order, a batch at a time, as events."""
+    if database.is_sqlite:  # the DB-API cursor directly: a third faster than Rows
+        # a payload stored as TEXT (a hand-edited database) is still bytes, not UTF-8
+        columns = [f"CAST({c} AS BLOB)" if c in ("setup", "data") else c for c in URB_COLUMNS]
+        raw = database.engine.raw_connection()
+        try:
+            cursor = raw.driver_connection.execute(
+                f"SELECT {', '.join(columns)} FROM urbs WHERE session_id = ? ORDER BY seq",
+                (session_id,))
+            while rows := cursor.fetchmany(SESSION_BATCH):
+                for row in rows:
+                    yield from _row_events(row)
+        finally:
+            raw.close()
+        return
+    from sqlalchemy import text
+
+    sql = text(f"SELECT {', '.join(URB_COLUMNS)} FROM urbs WHERE session_id = :sid "
+               "ORDER BY seq")
+    with database.engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=SESSION_BATCH
+                                        ).execute(sql, {"sid": session_id})
+        for row in result:
+            yield from _row_events(tuple(row))
+
+
+def load_session(database: Any, session_id: int) -> Recording:
+    """A stored session, read back from its URB rows, a batch at a time."""
+    state = session_state(database, session_id)
+    if state != "complete":
+        raise InputError(f"session {session_id} is {state}, not complete: its recording "
+                         "stops short, so a replay could not tell a regression from the cut")
+
+    def source() -> Iterator[Event]:
+        try:
+            yield from _session_events(database, session_id)
+        except (sqlite3.Error, SQLAlchemyError) as e:
+            first = (str(getattr(e, "orig", None) or e).strip().splitlines() or ["?"])[0]
+            raise DatabaseError(f"session {session_id}: cannot read its URBs: {first}") from None
+
+    recording = survey(f"session {session_id}", source)
+    if not recording.count:
         raise InputError(f"session {session_id} has no mass-storage commands to replay")
     return recording

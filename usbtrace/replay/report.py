@@ -1,10 +1,17 @@
-"""The divergence report: the first divergence in context, the totals, text or JSON."""
+"""The divergence report: the first divergence in context, the totals, text or JSON.
+
+A replay that diverges everywhere must not hold a million divergences: the first
+``KEPT`` are kept, the rest counted.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+KEPT = 1000  # divergences kept in full
+NOTES_KEPT = 100
 
 
 def _show(value: Any, limit: int = 48) -> str:
@@ -46,17 +53,25 @@ class Report:
     notes: list[str] = field(default_factory=list)
     urbs: int = 0
     seconds: float = 0.0
+    divergence_count: int = 0  # all of them; ``divergences`` keeps the first KEPT
 
     @property
     def identical(self) -> bool:
-        return not self.divergences and self.replayed == self.commands
+        return not self.divergence_count and self.replayed == self.commands
 
     def add(self, divergence: Divergence) -> None:
-        self.divergences.append(divergence)
+        self.divergence_count += 1
+        if len(self.divergences) < KEPT:
+            self.divergences.append(divergence)
+
+    def note(self, text: str) -> None:
+        """A caveat, once, and not without end."""
+        if text not in self.notes and len(self.notes) < NOTES_KEPT:
+            self.notes.append(text)
 
     def text(self) -> str:
         if not self.identical:
-            verdict = f"{len(self.divergences)} divergence(s)"
+            verdict = f"{self.divergence_count} divergence(s)"
         elif self.notes:
             verdict = f"identical, with {len(self.notes)} caveat(s) below"
         else:
@@ -68,8 +83,11 @@ class Report:
         if self.divergences:
             lines.append("first divergence:")
             lines += ["  " + line for line in self.divergences[0].text().splitlines()]
-            if len(self.divergences) > 1:
-                lines.append(f"and {len(self.divergences) - 1} more (--json for all)")
+            if self.divergence_count > 1:
+                kept = "" if self.divergence_count <= KEPT else f", the first {KEPT} of them"
+                lines.append(f"and {self.divergence_count - 1} more (--json{kept})")
+        elif self.replayed < self.commands:
+            lines.append(f"stopped after {self.replayed} of {self.commands} commands")
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -77,6 +95,7 @@ class Report:
             "source": self.source, "mode": self.mode, "identical": self.identical,
             "commands": self.commands, "replayed": self.replayed,
             "compared_bytes": self.compared_bytes, "urbs": self.urbs, "notes": self.notes,
+            "divergence_count": self.divergence_count,
             "divergences": [{k: (_show(v, 4096) if isinstance(v, (bytes, bytearray)) else v)
                              for k, v in asdict(d).items()} for d in self.divergences],
         }

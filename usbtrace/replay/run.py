@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -13,46 +14,86 @@ from usbtrace.replay.host import replay_host
 from usbtrace.replay.recording import Recording, load_capture, load_session
 from usbtrace.replay.report import Report
 
+MAX_SESSION = (1 << 63) - 1  # session ids are signed 64-bit integers
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):  # a name too long, or with a NUL in it
+        return False
+
+
+def session_number(source: str) -> int | None:
+    """N for ``session:N`` (or a bare N that is not a file here); None for a path."""
+    text = source.removeprefix("session:")
+    if not (text.isascii() and text.isdigit()) or (text == source and _exists(source)):
+        if source.startswith("session:") and not _exists(source):
+            raise InputError(f"{source}: a session is session:N, N a number from 1")
+        return None
+    number = int(text)
+    if not 1 <= number <= MAX_SESSION:
+        raise InputError(f"{source}: no such session (sessions are numbered from 1)")
+    return number
+
 
 def load(source: str, db: str | None = None) -> Recording:
     """A capture file path, or ``session:N`` / ``N`` for a session in ``db``."""
-    text = source.removeprefix("session:")
-    if text.isdigit() and not Path(source).exists():
+    number = session_number(source)
+    if number is not None:
         from usbtrace.store.database import Database
 
-        return load_session(Database(db or "usbtrace.db", create=False, readonly=True),
-                            int(text))
+        database = Database(db or "usbtrace.db", create=False, readonly=True)
+        return load_session(database, number)
+    if "\0" in source:
+        raise InputError("the source's name has a NUL byte in it")
     return load_capture(Path(source))
 
 
 def target_image(recording: Recording, against: str | None) -> DiskImage:
-    """The medium a host replay runs against: a copy of ``against`` (never written),
-    or a blank one of the recorded capacity."""
+    """The medium a host replay runs against: ``against`` seen copy-on-write (the file is
+    never written, nor read whole), or a blank sparse one of the recorded capacity."""
     if against:
         path = Path(against)
         if not path.is_file():
             raise InputError(f"--against {against}: no such image file")
-        return DiskImage.from_bytes(path.read_bytes())
+        return DiskImage.copy_on_write(path)
     if recording.capacity is not None:
         blocks, size = recording.capacity
         if size != 512:
             raise InputError(f"the recording's device has {size}-byte blocks; give --against")
-        return DiskImage.in_memory(blocks * size)
-    return DiskImage.in_memory(parse_size("64M"))
+        if blocks >= 1:
+            return DiskImage.in_memory(blocks * size)  # sparse: any capacity costs nothing
+    return DiskImage.in_memory(max(parse_size("64M"), recording.survey.highest_block * 512))
+
+
+def check_options(mode: str, speed: float | None, max_gap: float | None) -> None:
+    """Refuse what cannot run, before anything runs."""
+    if mode not in ("device", "host"):
+        raise InputError(f"--mode must be device or host, not {mode!r}")
+    if speed is not None and not (math.isfinite(speed) and speed > 0):
+        raise InputError(f"--speed must be a number above 0, not {speed}")
+    if max_gap is not None and not (math.isfinite(max_gap) and max_gap >= 0):
+        raise InputError(f"--max-gap must be 0 or more seconds, not {max_gap}")
 
 
 def replay(source: str, mode: str = "device", against: str | None = None,
            speed: float | None = None, max_gap: float | None = None,
            db: str | None = None) -> Report:
-    if mode not in ("device", "host"):
-        raise InputError(f"--mode must be device or host, not {mode!r}")
+    check_options(mode, speed, max_gap)
     recording = load(source, db)
-    report = Report(source, mode, commands=len(recording.commands))
+    report = Report(source, mode, commands=recording.count)
+    for note in recording.notes:
+        report.note(note)
     t0 = time.perf_counter()
     if mode == "device":
         replay_device(recording, report)
     else:
-        stick = SimulatedStick(target_image(recording, against), speed="high")
-        replay_host(recording, stick, report, speed, max_gap)
+        image = target_image(recording, against)
+        stick = SimulatedStick(image, speed="high")
+        try:
+            replay_host(recording, stick, report, speed, max_gap)
+        finally:
+            stick.close()
     report.seconds = time.perf_counter() - t0
     return report
