@@ -105,6 +105,10 @@ def test_orderly_removal_unloads_every_driver() -> None:
 
 
 def test_surprise_removal_fails_pending_io_and_tears_down(stack: Stack) -> None:
+    """REMOVE waits for the last handle: "The driver must not call IoDeleteDevice or
+    IoDetachDevice ... until the IRP_MN_SURPRISE_REMOVAL IRP succeeds and all open handles
+    to the device are closed. The PnP manager then sends an IRP_MN_REMOVE_DEVICE"
+    (Microsoft Learn, Static Driver Verifier rule PnpSurpriseRemove)."""
     h = stack.open()
     pending = stack.win32.ReadFile(h, bytearray(65536), 0, overlapped=True)
     stack.stick.unplug()
@@ -113,11 +117,15 @@ def test_surprise_removal_fails_pending_io_and_tears_down(stack: Stack) -> None:
     with pytest.raises(NtStatusError, match="STATUS_DEVICE_NOT_CONNECTED"):
         stack.win32.GetOverlappedResult(h, pending)
     stack.machine.scheduler.run_until_idle()
-    assert not stack.machine.disk_present()
+    assert not stack.machine.disk_present()  # no new opens
     root = stack.machine.root
-    assert root is not None and root.children == []
+    assert root is not None and len(root.children) == 1  # the handle keeps it
     minors = [(e.major, e.minor) for e in stack.events if e.kind == SUBMIT and e.major == 0x1B]
-    assert (0x1B, 0x17) in minors and minors[-1] == (0x1B, 0x02)  # SURPRISE then REMOVE
+    assert (0x1B, 0x17) in minors and (0x1B, 0x02) not in minors
+    stack.win32.CloseHandle(h)
+    assert root.children == []
+    minors = [(e.major, e.minor) for e in stack.events if e.kind == SUBMIT and e.major == 0x1B]
+    assert minors[-1] == (0x1B, 0x02)  # SURPRISE, then REMOVE once the handle is closed
 
 
 def test_query_remove_veto_stops_removal() -> None:

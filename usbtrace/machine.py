@@ -98,11 +98,15 @@ class Machine:
         return self.kernel.lookup(DISK_PATH) is not None
 
     def stop(self) -> None:
-        """Close what is open, then remove every device; drivers unload."""
+        """Close what is open, then remove every device; drivers unload.
+
+        Then Driver Verifier's last check: no IRP may be left unfreed."""
         for handle in list(self.win32.handles):
             self.win32.CloseHandle(handle)
         self.pnp.shutdown()
         self.kernel.scheduler.run_until_idle()
+        if self.kernel.scheduler.halted is None and not self.pnp.roots:
+            self.kernel.verify_no_leaked_irps()
 
     def __enter__(self) -> Machine:
         return self.start()

@@ -10,6 +10,12 @@ cancel routine.
 
 The hub's own enumeration (port reset, SET_ADDRESS, the first descriptor
 reads) happens before the PDO exists, below every filter, as in Windows.
+
+Lifetime: the hub FDO and each device PDO have a remove lock; a URB IRP
+holds its PDO's lock until the IRP is completed.  A PDO is deleted on
+IRP_MN_REMOVE_DEVICE only once the hub has reported it missing (a device
+whose start failed keeps its PDO, and its port); the FDO's REMOVE deletes
+the PDOs it still has.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from usbtrace.wdm.irp import (
     IRP_MJ_PNP,
     IRP_MJ_POWER,
     IRP_MJ_SYSTEM_CONTROL,
+    IRP_MN_CANCEL_REMOVE_DEVICE,
     IRP_MN_POWER_SEQUENCE,
     IRP_MN_QUERY_CAPABILITIES,
     IRP_MN_QUERY_DEVICE_RELATIONS,
@@ -68,8 +75,15 @@ from usbtrace.wdm.irp import (
     Irp,
 )
 from usbtrace.wdm.pnp import DeviceNode
-from usbtrace.wdm.sched import KDpc, KInterrupt
-from usbtrace.wdm.status import NTSTATUS
+from usbtrace.wdm.removelock import (
+    IoAcquireRemoveLock,
+    IoInitializeRemoveLock,
+    IoReleaseRemoveLock,
+    IoReleaseRemoveLockAndWait,
+    IoRemoveLock,
+)
+from usbtrace.wdm.sched import KDpc, KEvent, KInterrupt
+from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
 STATUS_PENDING = NTSTATUS.STATUS_PENDING
@@ -111,6 +125,9 @@ class HubFdoExtension:
     interrupt: KInterrupt | None = None
     dpc: KDpc | None = None
     started: bool = False
+    remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
+    scheduled: int = 0  # controller events still to fire; REMOVE waits for none
+    idle: KEvent = field(default_factory=lambda: KEvent(True))
 
 
 @dataclass
@@ -127,6 +144,7 @@ class UsbDevicePdoExtension:
     removed: bool = False
     in_flight: list[Transfer] = field(default_factory=list)
     pipes: dict[int, U.PipeInformation] = field(default_factory=dict)
+    remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
 
 
 # ---------------------------------------------------------------------------------
@@ -151,6 +169,7 @@ def UsbhubAddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N8
     lower = IoAttachDeviceToDeviceStack(fdo, pdo)
     ext = HubFdoExtension(lower=lower, fdo=fdo, ports=driver.driver_context["ports"])
     fdo.device_extension = ext
+    IoInitializeRemoveLock(ext.remove_lock, driver.kernel.scheduler, "usbhub FDO")
     fdo.flags |= DO_POWER_PAGABLE
     fdo.flags &= ~DO_DEVICE_INITIALIZING
     return STATUS_SUCCESS
@@ -193,14 +212,21 @@ def UsbhubDispatchPnp(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
 
 def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
     ext: HubFdoExtension = fdo.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        return complete_irp(irp, lock)
     loc = irp.IoGetCurrentIrpStackLocation()
     minor = loc.minor_function
-    if minor == IRP_MN_START_DEVICE:
+    if minor in (IRP_MN_START_DEVICE, IRP_MN_CANCEL_REMOVE_DEVICE):
+        # handled on the way up: the root enumerator's PDO first
         status = IoForwardIrpSynchronously(ext.lower, irp)
-        if status == STATUS_SUCCESS:
+        if minor == IRP_MN_START_DEVICE and status == STATUS_SUCCESS:
             ext.interrupt = KInterrupt(UsbhubInterruptService, ext)
             ext.dpc = KDpc(UsbhubDpcForIsr, ext)
             ext.started = True
+        elif minor == IRP_MN_CANCEL_REMOVE_DEVICE:
+            status = STATUS_SUCCESS
+        IoReleaseRemoveLock(ext.remove_lock, irp)
         return complete_irp(irp, status)
     if minor == IRP_MN_QUERY_DEVICE_RELATIONS and loc.parameters.type == BusRelations:
         relations = []
@@ -208,7 +234,7 @@ def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
             if backend is None or not backend.connected:
                 pdo = ext.children.pop(port, None)
                 if pdo is not None:
-                    pdo.device_extension.present = False
+                    pdo.device_extension.present = False  # reported missing from now on
                 continue
             pdo = ext.children.get(port)
             if pdo is None:
@@ -219,11 +245,13 @@ def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
             relations.append(pdo)
         irp.io_status.status = STATUS_SUCCESS
         irp.io_status.information = relations
-        IoSkipCurrentIrpStackLocation(irp)
-        return IoCallDriver(ext.lower, irp)
-    if minor == IRP_MN_REMOVE_DEVICE:
-        for pdo in list(ext.children.values()):
+    elif minor == IRP_MN_REMOVE_DEVICE:
+        IoReleaseRemoveLockAndWait(ext.remove_lock, irp)
+        # the controller quiesces: no event of ours may outlive the driver (bug check 0xCE)
+        fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(ext.idle, "usbhub idle")
+        for pdo in list(ext.children.values()):  # the children go with their bus
             pdo.device_extension.present = False
+            pdo.device_extension.removed = True
             if not pdo.deleted:
                 IoDeleteDevice(pdo)
         ext.children.clear()
@@ -234,10 +262,12 @@ def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
         IoDetachDevice(ext.lower)
         IoDeleteDevice(fdo)
         return status
-    if minor in (IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_SURPRISE_REMOVAL):
+    elif minor in (IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_SURPRISE_REMOVAL):
         irp.io_status.status = STATUS_SUCCESS
     IoSkipCurrentIrpStackLocation(irp)
-    return IoCallDriver(ext.lower, irp)
+    status = IoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
 
 
 def _enumerate_port(fdo: DeviceObject, ext: HubFdoExtension, port: int,
@@ -268,11 +298,14 @@ def _enumerate_port(fdo: DeviceObject, ext: HubFdoExtension, port: int,
     serial = string(device_descriptor.iSerialNumber)
     product = string(device_descriptor.iProduct)
     pdo = IoCreateDevice(fdo.driver_object, None, None, FILE_DEVICE_BUS_EXTENDER)
-    pdo.device_extension = UsbDevicePdoExtension(
+    pdo_ext = UsbDevicePdoExtension(
         hub=ext, port=port, backend=backend, address=address,
         device_descriptor=device_descriptor, configuration=bytes(config), serial=serial,
         product=product,
     )
+    IoInitializeRemoveLock(pdo_ext.remove_lock, fdo.driver_object.kernel.scheduler,
+                           f"usbhub port {port}")
+    pdo.device_extension = pdo_ext
     pdo.flags |= DO_POWER_PAGABLE
     pdo.flags &= ~DO_DEVICE_INITIALIZING
     return pdo
@@ -318,7 +351,8 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
                 "bus": ext.hub.bus_number, "address": ext.address,
                 "speed": ext.backend.speed.name})
         return complete_irp(irp, irp.io_status.status, irp.io_status.information)
-    if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_CAPABILITIES, IRP_MN_QUERY_REMOVE_DEVICE):
+    if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_CAPABILITIES, IRP_MN_QUERY_REMOVE_DEVICE,
+                 IRP_MN_CANCEL_REMOVE_DEVICE):
         if minor == IRP_MN_START_DEVICE:
             ext.removed = False
         return complete_irp(irp, STATUS_SUCCESS)
@@ -329,22 +363,33 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
     if minor == IRP_MN_REMOVE_DEVICE:
         ext.removed = True
         _fail_in_flight(ext, U.USBD_STATUS_DEVICE_GONE)
-        hub = ext.hub
-        if hub.children.get(ext.port) is pdo:
-            del hub.children[ext.port]
         status = complete_irp(irp, STATUS_SUCCESS)
-        if not pdo.deleted:
+        if not ext.present and not pdo.deleted:
+            # reported missing: the last REMOVE it gets; nothing holds it any more
+            if IoAcquireRemoveLock(ext.remove_lock, irp) == STATUS_SUCCESS:
+                IoReleaseRemoveLockAndWait(ext.remove_lock, irp)
             IoDeleteDevice(pdo)
         return status
     # anything else (QUERY_DEVICE_RELATIONS included: a PDO has no children) keeps its status
     return complete_irp(irp, irp.io_status.status, irp.io_status.information)
 
 
+def _fdo_pass_down(fdo: DeviceObject, irp: Irp) -> int:
+    """Skip and call the root enumerator's PDO, holding the FDO's remove lock."""
+    ext: HubFdoExtension = fdo.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        return complete_irp(irp, lock)
+    IoSkipCurrentIrpStackLocation(irp)
+    status = IoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
+
+
 def UsbhubDispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     loc = irp.IoGetCurrentIrpStackLocation()
     if _is_fdo(device):
-        IoSkipCurrentIrpStackLocation(irp)
-        return IoCallDriver(device.device_extension.lower, irp)
+        return _fdo_pass_down(device, irp)
     if loc.minor_function == IRP_MN_WAIT_WAKE:
         return complete_irp(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
     if loc.minor_function == IRP_MN_POWER_SEQUENCE:
@@ -354,8 +399,7 @@ def UsbhubDispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
 
 def UsbhubDispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
-        IoSkipCurrentIrpStackLocation(irp)
-        return IoCallDriver(device.device_extension.lower, irp)
+        return _fdo_pass_down(device, irp)
     return complete_irp(irp, irp.io_status.status)
 
 
@@ -384,7 +428,10 @@ def UsbhubDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int: 
     if irp.cancel:
         urb.status = U.USBD_STATUS_CANCELED
         return complete_irp(irp, NTSTATUS.STATUS_CANCELLED)
-    transfer = Transfer(irp, urb, device, run)
+    if IoAcquireRemoveLock(ext.remove_lock, irp) != STATUS_SUCCESS:
+        urb.status = U.USBD_STATUS_DEVICE_GONE
+        return complete_irp(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
+    transfer = Transfer(irp, urb, device, run)  # holds the PDO's remove lock until completed
     IoMarkIrpPending(irp)
     IoSetCancelRoutine(irp, UsbhubCancelUrb)
     irp.tail[0] = transfer
@@ -473,12 +520,21 @@ def _host_controller_queue(hub: HubFdoExtension, transfer: Transfer) -> None:
     now = sched.now_ns()
     start = hub.busy_until_ns if hub.busy_until_ns > now else now
     hub.busy_until_ns = start
+    hub.scheduled += 1
+    hub.idle.KeClearEvent()
     sched.schedule(start - now, _host_controller_run, hub, transfer)
+
+
+def _host_controller_event_done(hub: HubFdoExtension) -> None:
+    hub.scheduled -= 1
+    if hub.scheduled == 0:
+        hub.idle.KeSetEvent()
 
 
 def _host_controller_run(hub: HubFdoExtension, transfer: Transfer) -> None:
     """The controller executes the transfer on the bus, then interrupts when done."""
     if transfer.cancelled:
+        _host_controller_event_done(hub)
         return
     result = transfer.run()
     transfer.result = result
@@ -489,6 +545,7 @@ def _host_controller_run(hub: HubFdoExtension, transfer: Transfer) -> None:
 
 
 def _host_controller_done(hub: HubFdoExtension, transfer: Transfer) -> None:
+    _host_controller_event_done(hub)
     if transfer.cancelled:
         return
     hub.done.append(transfer)
@@ -530,6 +587,7 @@ def UsbhubDpcForIsr(dpc: KDpc, ext: HubFdoExtension) -> None:  # noqa: N802
         urb.status = status
         irp.io_status.status = USBD_TO_NTSTATUS.get(status, NTSTATUS.STATUS_UNSUCCESSFUL)
         irp.io_status.information = 0
+        IoReleaseRemoveLock(pdo_ext.remove_lock, irp)
         IoCompleteRequest(irp)
 
 
@@ -552,6 +610,7 @@ def _cancel_transfer(ext: UsbDevicePdoExtension, transfer: Transfer,
         ext.hub.dpc_list.remove(transfer)
     transfer.urb.status = U.USBD_STATUS_CANCELED
     transfer.irp.io_status.status = NTSTATUS.STATUS_CANCELLED
+    IoReleaseRemoveLock(ext.remove_lock, transfer.irp)
     IoCompleteRequest(transfer.irp)
 
 
@@ -564,4 +623,5 @@ def _fail_in_flight(ext: UsbDevicePdoExtension, usbd_status: int) -> None:
         transfer.urb.status = usbd_status
         transfer.irp.io_status.status = USBD_TO_NTSTATUS.get(usbd_status,
                                                              NTSTATUS.STATUS_UNSUCCESSFUL)
+        IoReleaseRemoveLock(ext.remove_lock, transfer.irp)
         IoCompleteRequest(transfer.irp)

@@ -22,6 +22,13 @@ Recovery (BOT §5.3.4: Bulk-Only Mass Storage Reset, then clear both halts),
 after which the SRB ends with SRB_STATUS_BUS_RESET and STATUS_IO_DEVICE_ERROR,
 as ReactOS's USBSTOR_CSWCompletionRoutine ends it (``scsi.c``); the class
 driver above decides whether to send it again.
+
+Lifetime: the FDO and each LUN PDO have a remove lock.  Dispatch routines
+hold it while they work; an SRB holds its LUN's lock until it completes.
+The FDO's IRP_MN_REMOVE_DEVICE fails what is queued, waits for the rest
+(IoReleaseRemoveLockAndWait) and deletes the LUN PDOs it still has; a LUN
+PDO's own REMOVE deletes it only once it is gone from the bus (its FDO
+surprise-removed), as a bus driver keeps a PDO it still reports.
 """
 
 from __future__ import annotations
@@ -83,6 +90,7 @@ from usbtrace.wdm.irp import (
     IRP_MJ_POWER,
     IRP_MJ_SCSI,
     IRP_MJ_SYSTEM_CONTROL,
+    IRP_MN_CANCEL_REMOVE_DEVICE,
     IRP_MN_QUERY_CAPABILITIES,
     IRP_MN_QUERY_DEVICE_RELATIONS,
     IRP_MN_QUERY_DEVICE_TEXT,
@@ -103,8 +111,15 @@ from usbtrace.wdm.irp import (
     IoFreeIrp,
     Irp,
 )
+from usbtrace.wdm.removelock import (
+    IoAcquireRemoveLock,
+    IoInitializeRemoveLock,
+    IoReleaseRemoveLock,
+    IoReleaseRemoveLockAndWait,
+    IoRemoveLock,
+)
 from usbtrace.wdm.sched import KEvent
-from usbtrace.wdm.status import NTSTATUS
+from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
 STATUS_PENDING = NTSTATUS.STATUS_PENDING
@@ -168,6 +183,7 @@ class FdoExtension:
     active: Request | None = None
     removed: bool = False
     recoveries: int = 0
+    remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
 
 
 @dataclass
@@ -178,6 +194,7 @@ class PdoExtension:
     product: str
     revision: str
     removed: bool = False
+    remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
 
 
 class Request:
@@ -224,7 +241,9 @@ def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
 def USBSTOR_AddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N802
     fdo = IoCreateDevice(driver, None, None, FILE_DEVICE_MASS_STORAGE)
     lower = IoAttachDeviceToDeviceStack(fdo, pdo)
-    fdo.device_extension = FdoExtension(fdo=fdo, lower=lower, pdo=pdo)
+    ext = FdoExtension(fdo=fdo, lower=lower, pdo=pdo)
+    fdo.device_extension = ext
+    IoInitializeRemoveLock(ext.remove_lock, driver.kernel.scheduler, "usbstor FDO")
     fdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
     fdo.flags &= ~DO_DEVICE_INITIALIZING
     return STATUS_SUCCESS
@@ -242,17 +261,27 @@ def USBSTOR_DispatchCreateClose(device: DeviceObject, irp: Irp) -> int:  # noqa:
     return complete_irp(irp, STATUS_SUCCESS)
 
 
+def _pass_down(device: DeviceObject, irp: Irp) -> int:
+    """Skip and call the lower driver, holding the FDO's remove lock across the call."""
+    ext: FdoExtension = device.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        return complete_irp(irp, lock)
+    IoSkipCurrentIrpStackLocation(irp)
+    status = IoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
+
+
 def USBSTOR_DispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
-        IoSkipCurrentIrpStackLocation(irp)
-        return IoCallDriver(device.device_extension.lower, irp)
+        return _pass_down(device, irp)
     return complete_irp(irp, irp.io_status.status)
 
 
 def USBSTOR_DispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
-        IoSkipCurrentIrpStackLocation(irp)
-        return IoCallDriver(device.device_extension.lower, irp)
+        return _pass_down(device, irp)
     if irp.IoGetCurrentIrpStackLocation().minor_function == IRP_MN_WAIT_WAKE:
         return complete_irp(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
     return complete_irp(irp, STATUS_SUCCESS)
@@ -271,12 +300,19 @@ def USBSTOR_DispatchPnp(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
 
 def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
     ext: FdoExtension = fdo.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        return complete_irp(irp, lock)
     loc = irp.IoGetCurrentIrpStackLocation()
     minor = loc.minor_function
-    if minor == IRP_MN_START_DEVICE:
+    if minor in (IRP_MN_START_DEVICE, IRP_MN_CANCEL_REMOVE_DEVICE):
+        # handled on the way up: the bus driver's PDO first
         status = IoForwardIrpSynchronously(ext.lower, irp)
-        if status == STATUS_SUCCESS:
+        if minor == IRP_MN_START_DEVICE and status == STATUS_SUCCESS:
             status = USBSTOR_StartDevice(ext)
+        elif minor == IRP_MN_CANCEL_REMOVE_DEVICE:
+            status = STATUS_SUCCESS
+        IoReleaseRemoveLock(ext.remove_lock, irp)
         return complete_irp(irp, status)
     if minor == IRP_MN_QUERY_DEVICE_RELATIONS and loc.parameters.type == BusRelations:
         irp.io_status.status = STATUS_SUCCESS
@@ -290,8 +326,10 @@ def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
     elif minor == IRP_MN_REMOVE_DEVICE:
         ext.removed = True
         _fail_queue(ext, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
-        for pdo in ext.luns:
+        IoReleaseRemoveLockAndWait(ext.remove_lock, irp)
+        for pdo in ext.luns:  # the LUNs go with the FDO that reported them
             if not pdo.deleted:
+                pdo.device_extension.removed = True
                 IoDeleteDevice(pdo)
         ext.luns.clear()
         irp.io_status.status = STATUS_SUCCESS
@@ -301,7 +339,9 @@ def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
         IoDeleteDevice(fdo)
         return status
     IoSkipCurrentIrpStackLocation(irp)
-    return IoCallDriver(ext.lower, irp)
+    status = IoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
 
 
 def _submit_urb_sync(ext: FdoExtension, urb: U.Urb) -> int:
@@ -375,7 +415,10 @@ def USBSTOR_StartDevice(ext: FdoExtension) -> int:  # noqa: N802
         product = data[16:32].decode("ascii", "replace").strip()
         revision = data[32:36].decode("ascii", "replace").strip()
         pdo = IoCreateDevice(ext.fdo.driver_object, None, None, FILE_DEVICE_DISK)
-        pdo.device_extension = PdoExtension(ext, lun, vendor, product, revision)
+        pdo_ext = PdoExtension(ext, lun, vendor, product, revision)
+        IoInitializeRemoveLock(pdo_ext.remove_lock, ext.fdo.driver_object.kernel.scheduler,
+                               f"usbstor LUN {lun}")
+        pdo.device_extension = pdo_ext
         pdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
         pdo.stack_size = ext.fdo.stack_size  # room to send SRB IRPs down the USB stack
         pdo.flags &= ~DO_DEVICE_INITIALIZING
@@ -424,15 +467,18 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
     if minor == IRP_MN_QUERY_DEVICE_TEXT:
         return complete_irp(irp, STATUS_SUCCESS, f"{ext.vendor} {ext.product} USB Device")
     if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_CAPABILITIES, IRP_MN_QUERY_REMOVE_DEVICE,
-                 IRP_MN_SURPRISE_REMOVAL):
+                 IRP_MN_CANCEL_REMOVE_DEVICE, IRP_MN_SURPRISE_REMOVAL):
         return complete_irp(irp, STATUS_SUCCESS)
     if minor == IRP_MN_REMOVE_DEVICE:
-        ext.removed = True
         status = complete_irp(irp, STATUS_SUCCESS)
-        if not pdo.deleted:
+        if ext.fdo_ext.removed and not pdo.deleted:
+            # gone from the bus with its FDO: no IRP holds it any more, delete it
+            ext.removed = True
+            if IoAcquireRemoveLock(ext.remove_lock, irp) == STATUS_SUCCESS:
+                IoReleaseRemoveLockAndWait(ext.remove_lock, irp)
             IoDeleteDevice(pdo)
-        if pdo in ext.fdo_ext.luns:
-            ext.fdo_ext.luns.remove(pdo)
+            if pdo in ext.fdo_ext.luns:
+                ext.fdo_ext.luns.remove(pdo)
         return status
     return complete_irp(irp, irp.io_status.status, irp.io_status.information)
 
@@ -474,11 +520,13 @@ def USBSTOR_DispatchScsi(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: PdoExtension = device.device_extension
     fdo_ext = ext.fdo_ext
     srb: Srb = irp.IoGetCurrentIrpStackLocation().parameters.srb
-    if ext.removed or fdo_ext.removed:
+    if ext.removed or fdo_ext.removed or \
+            IoAcquireRemoveLock(ext.remove_lock, irp) != STATUS_SUCCESS:
         srb.srb_status = SRB_STATUS_NO_DEVICE
         return complete_irp(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
     if srb.function != SRB_FUNCTION_EXECUTE_SCSI:
         srb.srb_status = SRB_STATUS_SUCCESS
+        IoReleaseRemoveLock(ext.remove_lock, irp)
         return complete_irp(irp, STATUS_SUCCESS)
     srb.lun = ext.lun
     IoMarkIrpPending(irp)
@@ -487,6 +535,9 @@ def USBSTOR_DispatchScsi(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
 
 
 def _complete_srb_irp(request: Request) -> None:
+    lun = request.irp.IoGetCurrentIrpStackLocation().device_object
+    if lun is not None and isinstance(lun.device_extension, PdoExtension):
+        IoReleaseRemoveLock(lun.device_extension.remove_lock, request.irp)  # held since dispatch
     complete_irp(request.irp, request.status, request.srb.data_transfer_length
               if request.status == STATUS_SUCCESS or request.srb.srb_status & 0x3F ==
               SRB_STATUS_SUCCESS else 0)
@@ -500,6 +551,7 @@ def USBSTOR_CancelQueued(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
         if entry[0] is irp:
             queue.remove(entry)
             entry[1].srb_status = SRB_STATUS_ABORTED
+            IoReleaseRemoveLock(ext.remove_lock, irp)  # held since USBSTOR_DispatchScsi
             complete_irp(irp, NTSTATUS.STATUS_CANCELLED)
             return
 

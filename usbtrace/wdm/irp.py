@@ -199,7 +199,7 @@ class Irp:
         "id", "stack", "stack_count", "current_location", "io_status", "system_buffer",
         "mdl_address", "user_buffer", "flags", "cancel", "cancel_routine", "pending_returned",
         "master_irp", "irp_count", "user_event", "user_iosb", "tail", "requestor_mode",
-        "completed", "freed", "user_callback",
+        "completed", "freed", "user_callback", "driver_allocated", "registry",
     )
 
     def __init__(self, stack_size: int) -> None:
@@ -224,6 +224,8 @@ class Irp:
         self.completed = False
         self.freed = False
         self.user_callback: Callable[[Irp], None] | None = None
+        self.driver_allocated = False  # IoAllocateIrp: the driver must IoFreeIrp it
+        self.registry: dict[int, Irp] | None = None  # the kernel's live IRPs, once sent
 
     # Accessors with the WDK's names, as methods of the IRP -----------------------
 
@@ -241,7 +243,9 @@ def IoAllocateIrp(stack_size: int, charge_quota: bool = False) -> Irp:  # noqa: 
     """Allocate an IRP with ``stack_size`` stack locations."""
     if stack_size < 1:
         raise ValueError("an IRP needs at least one stack location")
-    return Irp(stack_size)
+    irp = Irp(stack_size)
+    irp.driver_allocated = True
+    return irp
 
 
 def IoFreeIrp(irp: Irp) -> None:  # noqa: N802
@@ -251,6 +255,8 @@ def IoFreeIrp(irp: Irp) -> None:  # noqa: N802
     if irp.freed:
         raise BugCheck("MULTIPLE_IRP_COMPLETE_REQUESTS", f"{irp!r} freed twice")
     irp.freed = True
+    if irp.registry is not None:
+        irp.registry.pop(irp.id, None)
 
 
 def IoMakeAssociatedIrp(master: Irp, stack_size: int) -> Irp:  # noqa: N802
