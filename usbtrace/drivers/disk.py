@@ -80,11 +80,14 @@ from usbtrace.wdm.irp import (
     IRP_MJ_SYSTEM_CONTROL,
     IRP_MJ_WRITE,
     IRP_MN_CANCEL_REMOVE_DEVICE,
+    IRP_MN_DEVICE_USAGE_NOTIFICATION,
+    IRP_MN_QUERY_PNP_DEVICE_STATE,
     IRP_MN_QUERY_REMOVE_DEVICE,
     IRP_MN_REMOVE_DEVICE,
     IRP_MN_START_DEVICE,
     IRP_MN_SURPRISE_REMOVAL,
     DeviceIoControlParameters,
+    DeviceUsageTypePaging,
     IoAllocateIrp,
     IoFreeIrp,
     IoMakeAssociatedIrp,
@@ -109,6 +112,7 @@ STATUS_MORE_PROCESSING_REQUIRED = NTSTATUS.STATUS_MORE_PROCESSING_REQUIRED.value
 # tried at most five times.
 MAXIMUM_RETRIES = 4
 SRB_STATUS_PHASE_SEQUENCE_FAILURE = 0x14
+PNP_DEVICE_NOT_DISABLEABLE = 0x00000020
 RW10 = struct.Struct(">BBIBHB")
 RW16 = struct.Struct(">BBQIBB")
 
@@ -128,6 +132,7 @@ class DiskExtension:
     stats: dict[str, int] = field(default_factory=lambda: {"retries": 0})
     remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
     link: str = ""
+    paging_files: int = 0  # DEVICE_USAGE_NOTIFICATION(DeviceUsageTypePaging) count
 
     @property
     def size(self) -> int:
@@ -346,7 +351,23 @@ def DiskDispatchPnp(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         status = IoForwardIrpSynchronously(ext.lower, irp)
         IoReleaseRemoveLock(ext.remove_lock, irp)
         return complete_irp(irp, STATUS_SUCCESS if NT_SUCCESS(status) else status)
+    if minor in (IRP_MN_DEVICE_USAGE_NOTIFICATION, IRP_MN_QUERY_PNP_DEVICE_STATE):
+        # both handled on the way up, as classpnp does
+        status = IoForwardIrpSynchronously(ext.lower, irp)
+        info = irp.io_status.information
+        if minor == IRP_MN_DEVICE_USAGE_NOTIFICATION and NT_SUCCESS(status):
+            params = irp.IoGetCurrentIrpStackLocation().parameters
+            if params.type == DeviceUsageTypePaging:
+                ext.paging_files += 1 if params.in_path else -1
+        elif minor == IRP_MN_QUERY_PNP_DEVICE_STATE and ext.paging_files:
+            status = STATUS_SUCCESS
+            info = (info if isinstance(info, int) else 0) | PNP_DEVICE_NOT_DISABLEABLE
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return complete_irp(irp, status, info)
     if minor == IRP_MN_QUERY_REMOVE_DEVICE:
+        if ext.paging_files:  # classpnp: a disk with a paging file cannot go
+            IoReleaseRemoveLock(ext.remove_lock, irp)
+            return complete_irp(irp, NTSTATUS.STATUS_DEVICE_BUSY)
         irp.io_status.status = STATUS_SUCCESS
     elif minor == IRP_MN_SURPRISE_REMOVAL:
         ext.removed = True

@@ -56,12 +56,15 @@ from usbtrace.wdm.irp import (
     IRP_MJ_POWER,
     IRP_MJ_SYSTEM_CONTROL,
     IRP_MN_CANCEL_REMOVE_DEVICE,
+    IRP_MN_DEVICE_USAGE_NOTIFICATION,
     IRP_MN_POWER_SEQUENCE,
+    IRP_MN_QUERY_BUS_INFORMATION,
     IRP_MN_QUERY_CAPABILITIES,
     IRP_MN_QUERY_DEVICE_RELATIONS,
     IRP_MN_QUERY_DEVICE_TEXT,
     IRP_MN_QUERY_ID,
     IRP_MN_QUERY_INTERFACE,
+    IRP_MN_QUERY_PNP_DEVICE_STATE,
     IRP_MN_QUERY_REMOVE_DEVICE,
     IRP_MN_REMOVE_DEVICE,
     IRP_MN_START_DEVICE,
@@ -72,9 +75,19 @@ from usbtrace.wdm.irp import (
     BusQueryHardwareIDs,
     BusQueryInstanceID,
     BusRelations,
+    DeviceCapabilities,
+    DeviceTextDescription,
+    DeviceTextLocationInformation,
     Irp,
+    PnpBusInformation,
 )
 from usbtrace.wdm.pnp import DeviceNode
+from usbtrace.wdm.power import (
+    PowerDeviceD0,
+    PowerDeviceD2,
+    PowerDeviceD3,
+    PowerSystemSleeping3,
+)
 from usbtrace.wdm.removelock import (
     IoAcquireRemoveLock,
     IoInitializeRemoveLock,
@@ -87,6 +100,7 @@ from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
 STATUS_PENDING = NTSTATUS.STATUS_PENDING
+PNPBus = 15  # INTERFACE_TYPE
 
 # USBD status -> the IRP's NTSTATUS, as usbport completes URB IRPs
 USBD_TO_NTSTATUS = {
@@ -311,6 +325,25 @@ def _enumerate_port(fdo: DeviceObject, ext: HubFdoExtension, port: int,
     return pdo
 
 
+def _fill_capabilities(ext: UsbDevicePdoExtension, caps: DeviceCapabilities) -> None:
+    """What a USB hub reports for a device on one of its ports: removable, surprise
+    removal is fine, D3 in every sleep state, and remote wake-up from D2 (S3) when the
+    configuration descriptor says the device supports it (bmAttributes bit 5)."""
+    caps.removable = True
+    caps.surprise_removal_ok = True
+    caps.unique_id = bool(ext.serial)
+    caps.address = ext.port + 1
+    caps.ui_number = ext.port + 1
+    caps.device_state = [0, PowerDeviceD0] + [PowerDeviceD3] * 5
+    remote_wake = len(ext.configuration) >= 8 and bool(ext.configuration[7] & 0x20)
+    if remote_wake:
+        caps.device_d2 = True
+        caps.wake_from_d2 = True
+        caps.device_state[PowerSystemSleeping3] = PowerDeviceD2
+        caps.device_wake = PowerDeviceD2
+        caps.system_wake = PowerSystemSleeping3
+
+
 def _first_interface(pdo_ext: UsbDevicePdoExtension) -> tuple[int, int, int]:
     tree = d.configuration_tree(pdo_ext.configuration)
     if not tree["interfaces"]:
@@ -344,15 +377,27 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
             return complete_irp(irp, STATUS_SUCCESS, instance)
         return complete_irp(irp, irp.io_status.status, irp.io_status.information)
     if minor == IRP_MN_QUERY_DEVICE_TEXT:
-        return complete_irp(irp, STATUS_SUCCESS, ext.product)
+        if loc.parameters.device_text_type == DeviceTextDescription:
+            return complete_irp(irp, STATUS_SUCCESS, ext.product)
+        if loc.parameters.device_text_type == DeviceTextLocationInformation:
+            return complete_irp(irp, STATUS_SUCCESS,
+                                f"Port_#{ext.port + 1:04d}.Hub_#{ext.hub.bus_number:04d}")
+        return complete_irp(irp, irp.io_status.status, irp.io_status.information)
+    if minor == IRP_MN_QUERY_CAPABILITIES:
+        _fill_capabilities(ext, loc.parameters.capabilities)
+        return complete_irp(irp, STATUS_SUCCESS)
+    if minor == IRP_MN_QUERY_BUS_INFORMATION:
+        return complete_irp(irp, STATUS_SUCCESS,
+                            PnpBusInformation("GUID_BUS_TYPE_USB", PNPBus, ext.hub.bus_number))
+    if minor in (IRP_MN_QUERY_PNP_DEVICE_STATE, IRP_MN_DEVICE_USAGE_NOTIFICATION):
+        return complete_irp(irp, STATUS_SUCCESS, irp.io_status.information)
     if minor == IRP_MN_QUERY_INTERFACE:
         if loc.parameters.interface_type == U.BUS_INFO_INTERFACE:
             return complete_irp(irp, STATUS_SUCCESS, {
                 "bus": ext.hub.bus_number, "address": ext.address,
                 "speed": ext.backend.speed.name})
         return complete_irp(irp, irp.io_status.status, irp.io_status.information)
-    if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_CAPABILITIES, IRP_MN_QUERY_REMOVE_DEVICE,
-                 IRP_MN_CANCEL_REMOVE_DEVICE):
+    if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_CANCEL_REMOVE_DEVICE):
         if minor == IRP_MN_START_DEVICE:
             ext.removed = False
         return complete_irp(irp, STATUS_SUCCESS)

@@ -91,10 +91,12 @@ from usbtrace.wdm.irp import (
     IRP_MJ_SCSI,
     IRP_MJ_SYSTEM_CONTROL,
     IRP_MN_CANCEL_REMOVE_DEVICE,
+    IRP_MN_DEVICE_USAGE_NOTIFICATION,
     IRP_MN_QUERY_CAPABILITIES,
     IRP_MN_QUERY_DEVICE_RELATIONS,
     IRP_MN_QUERY_DEVICE_TEXT,
     IRP_MN_QUERY_ID,
+    IRP_MN_QUERY_PNP_DEVICE_STATE,
     IRP_MN_QUERY_REMOVE_DEVICE,
     IRP_MN_REMOVE_DEVICE,
     IRP_MN_START_DEVICE,
@@ -105,12 +107,15 @@ from usbtrace.wdm.irp import (
     BusQueryHardwareIDs,
     BusQueryInstanceID,
     BusRelations,
+    DeviceCapabilities,
     DeviceIoControlParameters,
+    DeviceTextDescription,
     IoAllocateIrp,
     IoBuildDeviceIoControlRequest,
     IoFreeIrp,
     Irp,
 )
+from usbtrace.wdm.power import PowerDeviceD0, PowerDeviceD3
 from usbtrace.wdm.removelock import (
     IoAcquireRemoveLock,
     IoInitializeRemoveLock,
@@ -465,10 +470,21 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
             return complete_irp(irp, STATUS_SUCCESS, instance)
         return complete_irp(irp, irp.io_status.status, irp.io_status.information)
     if minor == IRP_MN_QUERY_DEVICE_TEXT:
-        return complete_irp(irp, STATUS_SUCCESS, f"{ext.vendor} {ext.product} USB Device")
-    if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_CAPABILITIES, IRP_MN_QUERY_REMOVE_DEVICE,
-                 IRP_MN_CANCEL_REMOVE_DEVICE, IRP_MN_SURPRISE_REMOVAL):
+        if loc.parameters.device_text_type == DeviceTextDescription:
+            return complete_irp(irp, STATUS_SUCCESS, f"{ext.vendor} {ext.product} USB Device")
+        return complete_irp(irp, irp.io_status.status, irp.io_status.information)
+    if minor == IRP_MN_QUERY_CAPABILITIES:
+        caps: DeviceCapabilities = loc.parameters.capabilities
+        caps.removable = True
+        caps.surprise_removal_ok = True
+        caps.unique_id = bool(ext.fdo_ext.serial)
+        caps.address = ext.lun
+        caps.device_state = [0, PowerDeviceD0] + [PowerDeviceD3] * 5
         return complete_irp(irp, STATUS_SUCCESS)
+    if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_CANCEL_REMOVE_DEVICE,
+                 IRP_MN_SURPRISE_REMOVAL, IRP_MN_QUERY_PNP_DEVICE_STATE,
+                 IRP_MN_DEVICE_USAGE_NOTIFICATION):
+        return complete_irp(irp, STATUS_SUCCESS, irp.io_status.information)
     if minor == IRP_MN_REMOVE_DEVICE:
         status = complete_irp(irp, STATUS_SUCCESS)
         if ext.fdo_ext.removed and not pdo.deleted:

@@ -4,15 +4,20 @@ What Windows does when a bus reports a new child, in order:
 
 1. IRP_MN_QUERY_DEVICE_RELATIONS (BusRelations) to the parent's stack gives
    the child PDOs;
-2. IRP_MN_QUERY_ID (device, hardware, compatible, instance IDs) to each new
-   PDO picks the function driver from the driver database (the INF match),
-   and the device's LowerFilters / UpperFilters from the registry;
+2. to each new PDO: QUERY_ID (device ID), QUERY_CAPABILITIES, QUERY_ID
+   (instance, hardware, compatible IDs), QUERY_DEVICE_TEXT (description,
+   location), QUERY_BUS_INFORMATION, QUERY_RESOURCES and
+   QUERY_RESOURCE_REQUIREMENTS; the IDs pick the function driver from the
+   driver database (the INF match), and the device's LowerFilters /
+   UpperFilters from the registry;
 3. each driver not yet loaded gets ``DriverEntry`` once;
 4. AddDevice runs bottom-up: lower filters, the function driver, upper
    filters, each attaching its device object on top of the stack;
-5. IRP_MN_START_DEVICE goes to the top of the stack and is handled on the
-   way back up; then the power manager powers the stack to D0;
-6. the new stack is asked for its own BusRelations, recursively.
+5. IRP_MN_FILTER_RESOURCE_REQUIREMENTS, then IRP_MN_START_DEVICE go to the
+   top of the stack; START is handled on the way back up.  No power IRP
+   follows: a started device is in D0;
+6. QUERY_CAPABILITIES once more, QUERY_PNP_DEVICE_STATE, and the new stack's
+   own BusRelations, recursively.
 
 If any driver fails IRP_MN_START_DEVICE, the PnP manager answers with
 IRP_MN_REMOVE_DEVICE to that stack: every driver detaches and deletes its
@@ -55,11 +60,17 @@ from usbtrace.wdm.iomgr import IoCallDriver
 from usbtrace.wdm.irp import (
     IRP_MJ_PNP,
     IRP_MN_CANCEL_REMOVE_DEVICE,
+    IRP_MN_DEVICE_USAGE_NOTIFICATION,
+    IRP_MN_FILTER_RESOURCE_REQUIREMENTS,
+    IRP_MN_QUERY_BUS_INFORMATION,
     IRP_MN_QUERY_CAPABILITIES,
     IRP_MN_QUERY_DEVICE_RELATIONS,
     IRP_MN_QUERY_DEVICE_TEXT,
     IRP_MN_QUERY_ID,
+    IRP_MN_QUERY_PNP_DEVICE_STATE,
     IRP_MN_QUERY_REMOVE_DEVICE,
+    IRP_MN_QUERY_RESOURCE_REQUIREMENTS,
+    IRP_MN_QUERY_RESOURCES,
     IRP_MN_REMOVE_DEVICE,
     IRP_MN_START_DEVICE,
     IRP_MN_SURPRISE_REMOVAL,
@@ -68,10 +79,16 @@ from usbtrace.wdm.irp import (
     BusQueryHardwareIDs,
     BusQueryInstanceID,
     BusRelations,
+    DeviceCapabilities,
+    DeviceTextDescription,
+    DeviceTextLocationInformation,
     Irp,
+    QueryCapabilitiesParameters,
     QueryDeviceRelationsParameters,
+    QueryDeviceTextParameters,
     QueryIdParameters,
     RemovalRelations,
+    UsageNotificationParameters,
 )
 from usbtrace.wdm.kernel import Kernel
 from usbtrace.wdm.power import PowerManager
@@ -153,6 +170,10 @@ class DeviceNode:
     children: list[DeviceNode] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
     problem: str | None = None  # CM_PROB_* once the node failed
+    location: str = ""
+    capabilities: DeviceCapabilities = field(default_factory=DeviceCapabilities)
+    bus_information: Any = None
+    pnp_device_state: int = 0
 
     def move(self, event: str) -> None:
         try:
@@ -283,13 +304,26 @@ class PnpManager:
                 self._start_node(child)
 
     def _start_node(self, node: DeviceNode) -> None:
+        """A new PDO: identify it, add its drivers, start the stack, enumerate it.
+
+        The IRPs and their order are ReactOS's (ntoskrnl/io/pnpmgr/devaction.c:
+        IopCreateDeviceInstancePath, PiInitializeDevNode, PiCallDriverAddDevice,
+        PiStartDeviceFinal): the identification goes to the bare PDO, before any
+        filter is attached, so the tracer sees the stream from
+        FILTER_RESOURCE_REQUIREMENTS on.
+        """
         node.device_id = self._query_id(node, BusQueryDeviceID) or ""
+        node.capabilities = self._query_capabilities(node)
+        node.instance_id = self._query_id(node, BusQueryInstanceID) or ""
         node.hardware_ids = list(self._query_id(node, BusQueryHardwareIDs) or [])
         node.compatible_ids = list(self._query_id(node, BusQueryCompatibleIDs) or [])
-        node.instance_id = self._query_id(node, BusQueryInstanceID) or ""
-        self.send_pnp(node, IRP_MN_QUERY_CAPABILITIES)
-        _, text = self.send_pnp(node, IRP_MN_QUERY_DEVICE_TEXT)
-        node.description = text or ""
+        node.description = self._query_text(node, DeviceTextDescription)
+        node.location = self._query_text(node, DeviceTextLocationInformation)
+        status, info = self.send_pnp(node, IRP_MN_QUERY_BUS_INFORMATION)
+        node.bus_information = info if NT_SUCCESS(status) else None
+        self.send_pnp(node, IRP_MN_QUERY_RESOURCES)
+        status, requirements = self.send_pnp(node, IRP_MN_QUERY_RESOURCE_REQUIREMENTS)
+        requirements = requirements if NT_SUCCESS(status) else None
         service = self.database.match(node.hardware_ids, node.compatible_ids)
         if service is None:
             # No driver: the device stays a bare PDO, as an unknown device does.
@@ -317,6 +351,9 @@ class PnpManager:
                         f"{name} AddDevice left DO_DEVICE_INITIALIZING set on {dev!r}",
                     )
         node.move("drivers_added")
+        # the function driver may adjust what the bus driver asked for (no resources
+        # for a USB device: the list stays empty)
+        self.send_pnp(node, IRP_MN_FILTER_RESOURCE_REQUIREMENTS, requirements)
         status, _ = self.send_pnp(node, IRP_MN_START_DEVICE)
         if not NT_SUCCESS(status):
             # IRP_MN_REMOVE_DEVICE answers a failed start (Windows 2000 and later)
@@ -326,9 +363,32 @@ class PnpManager:
             self._fail_node(node, "CM_PROB_FAILED_START")
             return
         node.move("start")
-        self.power.power_up(node.top)
+        # no power IRP: a started device is in D0 (its power policy owner says so with
+        # PoSetPowerState); the capabilities are asked again, then the device state
+        node.capabilities = self._query_capabilities(node)
+        status, state = self.send_pnp(node, IRP_MN_QUERY_PNP_DEVICE_STATE)
+        node.pnp_device_state = state if NT_SUCCESS(status) and isinstance(state, int) else 0
         self._notify("started", node)
         self.enumerate(node)
+
+    def _query_capabilities(self, node: DeviceNode) -> DeviceCapabilities:
+        """IRP_MN_QUERY_CAPABILITIES with a DEVICE_CAPABILITIES the stack fills in."""
+        capabilities = DeviceCapabilities()
+        self.send_pnp(node, IRP_MN_QUERY_CAPABILITIES, QueryCapabilitiesParameters(capabilities))
+        return capabilities
+
+    def _query_text(self, node: DeviceNode, text_type: int) -> str:
+        status, text = self.send_pnp(node, IRP_MN_QUERY_DEVICE_TEXT,
+                                     QueryDeviceTextParameters(text_type))
+        return text if NT_SUCCESS(status) and isinstance(text, str) else ""
+
+    def device_usage_notification(self, node: DeviceNode, usage_type: int,
+                                  in_path: bool) -> int:
+        """Tell a stack a paging, hibernation or dump file now lives (or no longer lives)
+        on it, as the PnP manager does when such a file is created or deleted."""
+        status, _ = self.send_pnp(node, IRP_MN_DEVICE_USAGE_NOTIFICATION,
+                                  UsageNotificationParameters(in_path, usage_type))
+        return status
 
     def _fail_node(self, node: DeviceNode, problem: str) -> None:
         """REMOVE to a stack that could not come up; the PDO and the node stay."""
@@ -388,8 +448,6 @@ class PnpManager:
                         asked.move("cancel_remove")
                 raise PnpError(f"{member.instance_path}: removal vetoed ({_name(status)})")
             member.move("query_remove")
-        for member in queried:
-            self.power.power_down(member.top)
         self._send_removes(nodes)
 
     def _send_removes(self, nodes: list[DeviceNode], missing: DeviceNode | None = None) -> None:

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from usbtrace.wdm.kernel import Kernel
 
 PowerDeviceD0, PowerDeviceD1, PowerDeviceD2, PowerDeviceD3 = 1, 2, 3, 4
-PowerSystemWorking, PowerSystemSleeping1, PowerSystemHibernate = 1, 2, 5
+PowerSystemWorking, PowerSystemSleeping1, PowerSystemSleeping2, PowerSystemSleeping3 = 1, 2, 3, 4
+PowerSystemHibernate, PowerSystemShutdown = 5, 6
 
 PoCallDriver = IoCallDriver  # since Vista, PoCallDriver is IoCallDriver for power IRPs
 

@@ -20,8 +20,10 @@ from usbtrace.wdm.iomgr import IoCompleteRequest
 from usbtrace.wdm.irp import (
     IRP_MJ_PNP,
     IRP_MJ_POWER,
+    IRP_MN_CANCEL_REMOVE_DEVICE,
     IRP_MN_QUERY_CAPABILITIES,
     IRP_MN_QUERY_ID,
+    IRP_MN_QUERY_PNP_DEVICE_STATE,
     IRP_MN_QUERY_REMOVE_DEVICE,
     IRP_MN_REMOVE_DEVICE,
     IRP_MN_START_DEVICE,
@@ -59,7 +61,8 @@ def _dispatch_pnp(device: DeviceObject, irp: Irp) -> int:
             irp.io_status.information = ext.instance_id
         status = NTSTATUS.STATUS_SUCCESS
     elif minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_SURPRISE_REMOVAL,
-                   IRP_MN_QUERY_CAPABILITIES):
+                   IRP_MN_QUERY_CAPABILITIES, IRP_MN_CANCEL_REMOVE_DEVICE,
+                   IRP_MN_QUERY_PNP_DEVICE_STATE):
         status = NTSTATUS.STATUS_SUCCESS
     elif minor == IRP_MN_REMOVE_DEVICE:
         status = NTSTATUS.STATUS_SUCCESS
