@@ -94,6 +94,22 @@ class Machine:
 
         self.kernel.scheduler.schedule(0, rescan)
 
+    def sleep(self, seconds: float = 1.0) -> bool:
+        """A sleep/resume cycle: S3 for ``seconds`` of machine time, then S0.
+
+        False (and no sleep) when a driver refused the query for S3."""
+        from usbtrace.wdm.power import PowerSystemSleeping3, PowerSystemWorking
+
+        power = self.pnp.power
+        if not power.set_system_power_state(PowerSystemSleeping3):
+            return False
+        scheduler = self.kernel.scheduler
+        if scheduler.clock == "virtual":
+            scheduler.schedule(int(seconds * 1e9), lambda: None)
+            scheduler.run_until_idle()
+        power.set_system_power_state(PowerSystemWorking)
+        return True
+
     def disk_present(self) -> bool:
         return self.kernel.lookup(DISK_PATH) is not None
 

@@ -59,6 +59,8 @@ from usbtrace.wdm.device import (
 )
 from usbtrace.wdm.iomgr import (
     IoCallDriver,
+    IoCompleteRequest,
+    IoCopyCurrentIrpStackLocationToNext,
     IoForwardIrpSynchronously,
     IoMarkIrpPending,
     IoSetCompletionRoutine,
@@ -81,9 +83,11 @@ from usbtrace.wdm.irp import (
     IRP_MJ_WRITE,
     IRP_MN_CANCEL_REMOVE_DEVICE,
     IRP_MN_DEVICE_USAGE_NOTIFICATION,
+    IRP_MN_QUERY_CAPABILITIES,
     IRP_MN_QUERY_PNP_DEVICE_STATE,
     IRP_MN_QUERY_REMOVE_DEVICE,
     IRP_MN_REMOVE_DEVICE,
+    IRP_MN_SET_POWER,
     IRP_MN_START_DEVICE,
     IRP_MN_SURPRISE_REMOVAL,
     DeviceIoControlParameters,
@@ -93,6 +97,15 @@ from usbtrace.wdm.irp import (
     IoMakeAssociatedIrp,
     Irp,
     ScsiParameters,
+)
+from usbtrace.wdm.power import (
+    PoCallDriver,
+    PoRequestPowerIrp,
+    PoSetPowerState,
+    PoStartNextPowerIrp,
+    PowerDeviceD0,
+    PowerDeviceD3,
+    PowerSystemWorking,
 )
 from usbtrace.wdm.removelock import (
     IoAcquireRemoveLock,
@@ -132,6 +145,8 @@ class DiskExtension:
     stats: dict[str, int] = field(default_factory=lambda: {"retries": 0})
     remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
     link: str = ""
+    pdo: Any = None  # the LUN PDO: the bottom of this stack, where D-IRPs are requested for
+    device_state: list[int] = field(default_factory=list)  # DEVICE_CAPABILITIES.DeviceState
     paging_files: int = 0  # DEVICE_USAGE_NOTIFICATION(DeviceUsageTypePaging) count
 
     @property
@@ -164,6 +179,7 @@ def DiskAddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N802
     fdo = IoCreateDevice(driver, None, name, FILE_DEVICE_DISK)
     lower = IoAttachDeviceToDeviceStack(fdo, pdo)
     ext = DiskExtension(fdo, lower, number)
+    ext.pdo = pdo
     fdo.device_extension = ext
     IoInitializeRemoveLock(ext.remove_lock, driver.kernel.scheduler, name)
     fdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
@@ -207,8 +223,86 @@ def DiskDispatchPassThrough(device: DeviceObject, irp: Irp) -> int:  # noqa: N80
 
 
 def DiskDispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
-    """Power IRPs go down to the LUN PDO; the remove lock covers the pass."""
-    return DiskDispatchPassThrough(device, irp)
+    """The disk class driver owns the power policy of the disk stack.
+
+    A system set-power IRP goes down with DiskSystemPowerCompletion, which asks
+    for the matching device IRP; a device set-power IRP is reported with
+    PoSetPowerState before the device leaves D0 and after it is back in D0.
+    Anything else goes down as it is.
+    """
+    ext: DiskExtension = device.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        PoStartNextPowerIrp(irp)
+        return complete_irp(irp, lock)
+    loc = irp.IoGetCurrentIrpStackLocation()
+    params = loc.parameters
+    if loc.minor_function == IRP_MN_SET_POWER and params.type == "system":
+        IoMarkIrpPending(irp)
+        IoCopyCurrentIrpStackLocationToNext(irp)
+        IoSetCompletionRoutine(irp, DiskSystemPowerCompletion, None)
+        PoCallDriver(ext.lower, irp)
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return STATUS_PENDING
+    if loc.minor_function == IRP_MN_SET_POWER and params.type == "device":
+        if params.state != PowerDeviceD0:
+            PoSetPowerState(device, "device", params.state)  # before it leaves D0
+            PoStartNextPowerIrp(irp)
+            IoSkipCurrentIrpStackLocation(irp)
+        else:
+            IoCopyCurrentIrpStackLocationToNext(irp)
+            IoSetCompletionRoutine(irp, DiskPowerUpCompletion, None)
+        status = PoCallDriver(ext.lower, irp)
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return status
+    PoStartNextPowerIrp(irp)
+    IoSkipCurrentIrpStackLocation(irp)
+    status = PoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
+
+
+def DiskPowerUpCompletion(device: DeviceObject | None, irp: Irp, context: Any) -> int:  # noqa: N802
+    """D0 reached below: report it (PoSetPowerState after the device is back in D0)."""
+    if irp.pending_returned:
+        IoMarkIrpPending(irp)
+    assert device is not None
+    if NT_SUCCESS(irp.io_status.status):
+        PoSetPowerState(device, "device", PowerDeviceD0)
+    PoStartNextPowerIrp(irp)
+    return STATUS_SUCCESS
+
+
+def DiskSystemPowerCompletion(device: DeviceObject | None, irp: Irp, context: Any) -> int:  # noqa: N802
+    """The system IRP came back up: request the device IRP its capabilities map it to.
+
+    Going to sleep the system IRP waits for the device IRP; back to S0 it is
+    completed at once, the disk having no children ("Handling a System
+    Set-Power IRP in a Device Power Policy Owner").
+    """
+    assert device is not None
+    ext: DiskExtension = device.device_extension
+    system_state = irp.IoGetCurrentIrpStackLocation().parameters.state
+    target = ext.device_state[system_state] if system_state < len(ext.device_state) else 0
+    if system_state == PowerSystemWorking:
+        target = PowerDeviceD0
+    target = target or PowerDeviceD3
+    if target == device.power_state or ext.removed:
+        PoStartNextPowerIrp(irp)
+        return STATUS_SUCCESS
+    if system_state == PowerSystemWorking:
+        PoRequestPowerIrp(ext.pdo, IRP_MN_SET_POWER, target, None, None)
+        PoStartNextPowerIrp(irp)
+        return STATUS_SUCCESS
+    PoRequestPowerIrp(ext.pdo, IRP_MN_SET_POWER, target, DiskDevicePowerDone, irp)
+    return STATUS_MORE_PROCESSING_REQUIRED
+
+
+def DiskDevicePowerDone(pdo: DeviceObject, minor: int, state: int, system_irp: Irp,  # noqa: N802
+                        io_status: Any) -> None:
+    """The device IRP finished: the system IRP it was asked for can complete now."""
+    PoStartNextPowerIrp(system_irp)
+    IoCompleteRequest(system_irp)
 
 
 # ---------------------------------------------------------------------------------
@@ -344,8 +438,18 @@ def DiskDispatchPnp(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         status = IoForwardIrpSynchronously(ext.lower, irp)
         if NT_SUCCESS(status):
             status = DiskStartDevice(ext)
+        if NT_SUCCESS(status):
+            PoSetPowerState(device, "device", PowerDeviceD0)  # started means in D0
         IoReleaseRemoveLock(ext.remove_lock, irp)
         return complete_irp(irp, status)
+    if minor == IRP_MN_QUERY_CAPABILITIES:
+        # on the way up: keep the S-to-D map the power policy needs
+        status = IoForwardIrpSynchronously(ext.lower, irp)
+        if NT_SUCCESS(status):
+            ext.device_state = list(irp.IoGetCurrentIrpStackLocation().parameters
+                                    .capabilities.device_state)
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return complete_irp(irp, status, irp.io_status.information)
     if minor == IRP_MN_CANCEL_REMOVE_DEVICE:
         # handled on the way up too: the bus driver first
         status = IoForwardIrpSynchronously(ext.lower, irp)

@@ -56,11 +56,14 @@ from usbtrace.wdm.irp import (
     IRP_MJ_WRITE,
     IRP_MN_QUERY_INTERFACE,
     IRP_MN_REMOVE_DEVICE,
+    IRP_MN_SET_POWER,
+    IRP_MN_START_DEVICE,
     Irp,
     QueryInterfaceParameters,
     describe_parameters,
     minor_name,
 )
+from usbtrace.wdm.power import PoSetPowerState, PowerDeviceD0
 from usbtrace.wdm.removelock import (
     IoAcquireRemoveLock,
     IoInitializeRemoveLock,
@@ -184,6 +187,12 @@ def TracerCompletion(device: DeviceObject | None, irp: Irp, submitted: Event) ->
     event = _describe(ext, irp, loc, loc.major_function, COMPLETE)
     event.parent_irp_id = submitted.parent_irp_id
     ext.sink(event)
+    if NT_SUCCESS(irp.io_status.status):  # every driver reports the state it reached
+        if loc.major_function == IRP_MJ_PNP and loc.minor_function == IRP_MN_START_DEVICE:
+            PoSetPowerState(device, "device", PowerDeviceD0)
+        elif (loc.major_function == IRP_MJ_POWER and loc.minor_function == IRP_MN_SET_POWER
+              and loc.parameters.type == "device"):
+            PoSetPowerState(device, "device", loc.parameters.state)
     if not (loc.major_function == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE):
         IoReleaseRemoveLock(ext.remove_lock, irp)  # REMOVE's is released by the dispatch
     return STATUS_SUCCESS  # STATUS_CONTINUE_COMPLETION

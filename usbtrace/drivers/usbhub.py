@@ -44,9 +44,11 @@ from usbtrace.wdm.device import (
 from usbtrace.wdm.iomgr import (
     IoCallDriver,
     IoCompleteRequest,
+    IoCopyCurrentIrpStackLocationToNext,
     IoForwardIrpSynchronously,
     IoMarkIrpPending,
     IoSetCancelRoutine,
+    IoSetCompletionRoutine,
     IoSkipCurrentIrpStackLocation,
     complete_irp,
 )
@@ -67,6 +69,7 @@ from usbtrace.wdm.irp import (
     IRP_MN_QUERY_PNP_DEVICE_STATE,
     IRP_MN_QUERY_REMOVE_DEVICE,
     IRP_MN_REMOVE_DEVICE,
+    IRP_MN_SET_POWER,
     IRP_MN_START_DEVICE,
     IRP_MN_SURPRISE_REMOVAL,
     IRP_MN_WAIT_WAKE,
@@ -83,10 +86,15 @@ from usbtrace.wdm.irp import (
 )
 from usbtrace.wdm.pnp import DeviceNode
 from usbtrace.wdm.power import (
+    PoCallDriver,
+    PoRequestPowerIrp,
+    PoSetPowerState,
+    PoStartNextPowerIrp,
     PowerDeviceD0,
     PowerDeviceD2,
     PowerDeviceD3,
     PowerSystemSleeping3,
+    PowerSystemWorking,
 )
 from usbtrace.wdm.removelock import (
     IoAcquireRemoveLock,
@@ -101,6 +109,7 @@ from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
 STATUS_PENDING = NTSTATUS.STATUS_PENDING
 PNPBus = 15  # INTERFACE_TYPE
+STATUS_MORE_PROCESSING_REQUIRED = NTSTATUS.STATUS_MORE_PROCESSING_REQUIRED.value
 
 # USBD status -> the IRP's NTSTATUS, as usbport completes URB IRPs
 USBD_TO_NTSTATUS = {
@@ -141,6 +150,7 @@ class HubFdoExtension:
     started: bool = False
     remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
     scheduled: int = 0  # controller events still to fire; REMOVE waits for none
+    device_state: list[int] = field(default_factory=list)  # DEVICE_CAPABILITIES.DeviceState
     idle: KEvent = field(default_factory=lambda: KEvent(True))
 
 
@@ -159,6 +169,7 @@ class UsbDevicePdoExtension:
     in_flight: list[Transfer] = field(default_factory=list)
     pipes: dict[int, U.PipeInformation] = field(default_factory=dict)
     remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
+    wait_wake: Irp | None = None  # the pending IRP_MN_WAIT_WAKE, while armed
 
 
 # ---------------------------------------------------------------------------------
@@ -238,10 +249,18 @@ def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
             ext.interrupt = KInterrupt(UsbhubInterruptService, ext)
             ext.dpc = KDpc(UsbhubDpcForIsr, ext)
             ext.started = True
+            PoSetPowerState(fdo, "device", PowerDeviceD0)  # started means in D0
         elif minor == IRP_MN_CANCEL_REMOVE_DEVICE:
             status = STATUS_SUCCESS
         IoReleaseRemoveLock(ext.remove_lock, irp)
         return complete_irp(irp, status)
+    if minor == IRP_MN_QUERY_CAPABILITIES:
+        # on the way up: the S-to-D map the hub's power policy needs
+        status = IoForwardIrpSynchronously(ext.lower, irp)
+        if NT_SUCCESS(status):
+            ext.device_state = list(loc.parameters.capabilities.device_state)
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return complete_irp(irp, status, irp.io_status.information)
     if minor == IRP_MN_QUERY_DEVICE_RELATIONS and loc.parameters.type == BusRelations:
         relations = []
         for port, backend in enumerate(ext.ports):
@@ -335,8 +354,7 @@ def _fill_capabilities(ext: UsbDevicePdoExtension, caps: DeviceCapabilities) -> 
     caps.address = ext.port + 1
     caps.ui_number = ext.port + 1
     caps.device_state = [0, PowerDeviceD0] + [PowerDeviceD3] * 5
-    remote_wake = len(ext.configuration) >= 8 and bool(ext.configuration[7] & 0x20)
-    if remote_wake:
+    if _remote_wakeup(ext):
         caps.device_d2 = True
         caps.wake_from_d2 = True
         caps.device_state[PowerSystemSleeping3] = PowerDeviceD2
@@ -400,14 +418,17 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
     if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_CANCEL_REMOVE_DEVICE):
         if minor == IRP_MN_START_DEVICE:
             ext.removed = False
+            PoSetPowerState(pdo, "device", PowerDeviceD0)  # the port is powered with it
         return complete_irp(irp, STATUS_SUCCESS)
     if minor == IRP_MN_SURPRISE_REMOVAL:
         ext.removed = True
         _fail_in_flight(ext, U.USBD_STATUS_DEVICE_GONE)
+        _fail_wait_wake(ext)
         return complete_irp(irp, STATUS_SUCCESS)
     if minor == IRP_MN_REMOVE_DEVICE:
         ext.removed = True
         _fail_in_flight(ext, U.USBD_STATUS_DEVICE_GONE)
+        _fail_wait_wake(ext)
         status = complete_irp(irp, STATUS_SUCCESS)
         if not ext.present and not pdo.deleted:
             # reported missing: the last REMOVE it gets; nothing holds it any more
@@ -431,15 +452,131 @@ def _fdo_pass_down(fdo: DeviceObject, irp: Irp) -> int:
     return status
 
 
+USB_RESUME_NS = 30_000_000  # USB 2.0 §7.1.7.7: 20 ms of resume signalling, 10 ms recovery
+
+
 def UsbhubDispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
-    loc = irp.IoGetCurrentIrpStackLocation()
     if _is_fdo(device):
-        return _fdo_pass_down(device, irp)
-    if loc.minor_function == IRP_MN_WAIT_WAKE:
-        return complete_irp(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
-    if loc.minor_function == IRP_MN_POWER_SEQUENCE:
+        return _fdo_power(device, irp)
+    return _pdo_power(device, irp)
+
+
+def _fdo_power(fdo: DeviceObject, irp: Irp) -> int:
+    """The hub FDO owns the power policy of its own stack (the root enumerator's PDO
+    below it): a system IRP is followed by the device IRP its capabilities map it to."""
+    ext: HubFdoExtension = fdo.device_extension
+    loc = irp.IoGetCurrentIrpStackLocation()
+    params = loc.parameters
+    if loc.minor_function == IRP_MN_SET_POWER and params.type == "system":
+        lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+        if not NT_SUCCESS(lock):
+            PoStartNextPowerIrp(irp)
+            return complete_irp(irp, lock)
+        IoMarkIrpPending(irp)
+        IoCopyCurrentIrpStackLocationToNext(irp)
+        IoSetCompletionRoutine(irp, UsbhubSystemPowerCompletion, None)
+        PoCallDriver(ext.lower, irp)
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return STATUS_PENDING
+    if loc.minor_function == IRP_MN_SET_POWER and params.type == "device":
+        PoSetPowerState(fdo, "device", params.state)
+    PoStartNextPowerIrp(irp)
+    return _fdo_pass_down(fdo, irp)
+
+
+def UsbhubSystemPowerCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
+                                context: Any) -> int:
+    """The system IRP is back from the root enumerator: request the hub's device IRP;
+    the hub has children, so the system IRP waits for it."""
+    assert device is not None
+    ext: HubFdoExtension = device.device_extension
+    system_state = irp.IoGetCurrentIrpStackLocation().parameters.state
+    if system_state == PowerSystemWorking:
+        target = PowerDeviceD0
+    else:
+        target = (ext.device_state[system_state] if system_state < len(ext.device_state)
+                  else 0) or PowerDeviceD3
+    if target == device.power_state:
+        PoStartNextPowerIrp(irp)
+        return STATUS_SUCCESS
+    PoRequestPowerIrp(ext.lower, IRP_MN_SET_POWER, target, UsbhubDevicePowerDone, irp)
+    return STATUS_MORE_PROCESSING_REQUIRED
+
+
+def UsbhubDevicePowerDone(pdo: DeviceObject, minor: int, state: int,  # noqa: N802
+                          system_irp: Irp, io_status: Any) -> None:
+    PoStartNextPowerIrp(system_irp)
+    IoCompleteRequest(system_irp)
+
+
+def _pdo_power(pdo: DeviceObject, irp: Irp) -> int:
+    """The bus driver's part: suspend and resume the port, hold a WAIT_WAKE."""
+    ext: UsbDevicePdoExtension = pdo.device_extension
+    loc = irp.IoGetCurrentIrpStackLocation()
+    minor = loc.minor_function
+    PoStartNextPowerIrp(irp)
+    if minor == IRP_MN_WAIT_WAKE:
+        return _arm_wait_wake(pdo, ext, irp)
+    if minor == IRP_MN_POWER_SEQUENCE:
         return complete_irp(irp, NTSTATUS.STATUS_NOT_IMPLEMENTED)
-    return complete_irp(irp, STATUS_SUCCESS)
+    if minor == IRP_MN_SET_POWER and loc.parameters.type == "device":
+        state = loc.parameters.state
+        if state == PowerDeviceD0 and pdo.power_state not in (PowerDeviceD0, 0) \
+                and not ext.removed:
+            # resume the port: the IRP completes once the device is back (USB 2.0 §7.1.7.7)
+            IoMarkIrpPending(irp)
+            hub = ext.hub
+            hub.scheduled += 1
+            hub.idle.KeClearEvent()
+            pdo.driver_object.kernel.scheduler.schedule(USB_RESUME_NS, UsbhubResumeDone,
+                                                        pdo, irp)
+            return STATUS_PENDING
+        PoSetPowerState(pdo, "device", state)  # suspended (D2/D3) from here on
+        return complete_irp(irp, STATUS_SUCCESS)
+    return complete_irp(irp, STATUS_SUCCESS)  # system IRPs: only the bus driver completes
+
+
+def UsbhubResumeDone(pdo: DeviceObject, irp: Irp) -> None:  # noqa: N802
+    """Resume recovery is over: the device is in D0 again."""
+    _host_controller_event_done(pdo.device_extension.hub)
+    PoSetPowerState(pdo, "device", PowerDeviceD0)
+    irp.io_status.status = STATUS_SUCCESS
+    IoCompleteRequest(irp)
+
+
+def _arm_wait_wake(pdo: DeviceObject, ext: UsbDevicePdoExtension, irp: Irp) -> int:
+    """Hold the WAIT_WAKE until the device signals resume or the IRP is cancelled; a
+    device without remote wake-up in its configuration cannot arm one."""
+    if not _remote_wakeup(ext) or ext.removed:
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_DEVICE_STATE)
+    if ext.wait_wake is not None:
+        return complete_irp(irp, NTSTATUS.STATUS_DEVICE_BUSY)
+    IoMarkIrpPending(irp)
+    IoSetCancelRoutine(irp, UsbhubCancelWaitWake)
+    ext.wait_wake = irp
+    return STATUS_PENDING
+
+
+def UsbhubCancelWaitWake(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
+    ext: UsbDevicePdoExtension = device.device_extension
+    if ext.wait_wake is irp:
+        ext.wait_wake = None
+    complete_irp(irp, NTSTATUS.STATUS_CANCELLED)
+
+
+def UsbhubRemoteWakeup(pdo: DeviceObject) -> bool:  # noqa: N802
+    """The device signalled resume on its port: complete the armed WAIT_WAKE."""
+    ext: UsbDevicePdoExtension = pdo.device_extension
+    irp = ext.wait_wake
+    if irp is None or IoSetCancelRoutine(irp, None) is None:
+        return False
+    ext.wait_wake = None
+    complete_irp(irp, STATUS_SUCCESS)
+    return True
+
+
+def _remote_wakeup(ext: UsbDevicePdoExtension) -> bool:
+    return len(ext.configuration) >= 8 and bool(ext.configuration[7] & 0x20)
 
 
 def UsbhubDispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
@@ -657,6 +794,14 @@ def _cancel_transfer(ext: UsbDevicePdoExtension, transfer: Transfer,
     transfer.irp.io_status.status = NTSTATUS.STATUS_CANCELLED
     IoReleaseRemoveLock(ext.remove_lock, transfer.irp)
     IoCompleteRequest(transfer.irp)
+
+
+def _fail_wait_wake(ext: UsbDevicePdoExtension) -> None:
+    """A device gone cannot wake anything: its WAIT_WAKE ends STATUS_NO_SUCH_DEVICE."""
+    irp = ext.wait_wake
+    if irp is not None and IoSetCancelRoutine(irp, None) is not None:
+        ext.wait_wake = None
+        complete_irp(irp, NTSTATUS.STATUS_NO_SUCH_DEVICE)
 
 
 def _fail_in_flight(ext: UsbDevicePdoExtension, usbd_status: int) -> None:

@@ -72,6 +72,9 @@ from usbtrace.wdm.device import (
 )
 from usbtrace.wdm.iomgr import (
     IoCallDriver,
+    IoCancelIrp,
+    IoCompleteRequest,
+    IoCopyCurrentIrpStackLocationToNext,
     IoForwardIrpSynchronously,
     IoMarkIrpPending,
     IoSetCancelRoutine,
@@ -99,6 +102,7 @@ from usbtrace.wdm.irp import (
     IRP_MN_QUERY_PNP_DEVICE_STATE,
     IRP_MN_QUERY_REMOVE_DEVICE,
     IRP_MN_REMOVE_DEVICE,
+    IRP_MN_SET_POWER,
     IRP_MN_START_DEVICE,
     IRP_MN_SURPRISE_REMOVAL,
     IRP_MN_WAIT_WAKE,
@@ -115,7 +119,15 @@ from usbtrace.wdm.irp import (
     IoFreeIrp,
     Irp,
 )
-from usbtrace.wdm.power import PowerDeviceD0, PowerDeviceD3
+from usbtrace.wdm.power import (
+    PoCallDriver,
+    PoRequestPowerIrp,
+    PoSetPowerState,
+    PoStartNextPowerIrp,
+    PowerDeviceD0,
+    PowerDeviceD3,
+    PowerSystemWorking,
+)
 from usbtrace.wdm.removelock import (
     IoAcquireRemoveLock,
     IoInitializeRemoveLock,
@@ -189,6 +201,11 @@ class FdoExtension:
     removed: bool = False
     recoveries: int = 0
     remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
+    device_state: list[int] = field(default_factory=list)  # DEVICE_CAPABILITIES.DeviceState
+    system_wake: int = 0
+    device_wake: int = 0
+    wait_wake: Irp | None = None  # the armed IRP_MN_WAIT_WAKE, while there is one
+    wake_signalled: bool = False
 
 
 @dataclass
@@ -285,11 +302,100 @@ def USBSTOR_DispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noq
 
 
 def USBSTOR_DispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
-    if _is_fdo(device):
-        return _pass_down(device, irp)
-    if irp.IoGetCurrentIrpStackLocation().minor_function == IRP_MN_WAIT_WAKE:
-        return complete_irp(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
-    return complete_irp(irp, STATUS_SUCCESS)
+    """The FDO owns the power policy of the USB device's stack; a LUN PDO, as the bus
+    driver of its disk stack, completes its power IRPs (only a bus driver may)."""
+    loc = irp.IoGetCurrentIrpStackLocation()
+    if not _is_fdo(device):
+        PoStartNextPowerIrp(irp)
+        if loc.minor_function == IRP_MN_WAIT_WAKE:
+            return complete_irp(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
+        if loc.minor_function == IRP_MN_SET_POWER and loc.parameters.type == "device":
+            PoSetPowerState(device, "device", loc.parameters.state)
+        return complete_irp(irp, STATUS_SUCCESS)
+    ext: FdoExtension = device.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        PoStartNextPowerIrp(irp)
+        return complete_irp(irp, lock)
+    params = loc.parameters
+    if loc.minor_function == IRP_MN_SET_POWER and params.type == "system":
+        IoMarkIrpPending(irp)
+        IoCopyCurrentIrpStackLocationToNext(irp)
+        IoSetCompletionRoutine(irp, USBSTOR_SystemPowerCompletion, None)
+        PoCallDriver(ext.lower, irp)
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return STATUS_PENDING
+    if loc.minor_function == IRP_MN_SET_POWER and params.type == "device":
+        if params.state != PowerDeviceD0:
+            PoSetPowerState(device, "device", params.state)
+            PoStartNextPowerIrp(irp)
+            IoSkipCurrentIrpStackLocation(irp)
+        else:
+            IoCopyCurrentIrpStackLocationToNext(irp)
+            IoSetCompletionRoutine(irp, USBSTOR_PowerUpCompletion, None)
+        status = PoCallDriver(ext.lower, irp)
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return status
+    PoStartNextPowerIrp(irp)
+    IoSkipCurrentIrpStackLocation(irp)
+    status = PoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
+
+
+def USBSTOR_PowerUpCompletion(device: DeviceObject | None, irp: Irp, context: Any) -> int:  # noqa: N802
+    if irp.pending_returned:
+        IoMarkIrpPending(irp)
+    assert device is not None
+    if NT_SUCCESS(irp.io_status.status):
+        PoSetPowerState(device, "device", PowerDeviceD0)
+    PoStartNextPowerIrp(irp)
+    return STATUS_SUCCESS
+
+
+def USBSTOR_SystemPowerCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
+                                  context: Any) -> int:
+    """The system IRP came back up from the hub: request the device IRP for it.
+
+    The FDO has children (the LUNs), so the system IRP waits for the device IRP in
+    both directions.  Before the device sleeps in a state it can wake the system
+    from, a WAIT_WAKE is armed; back in D0 it is cancelled.
+    """
+    assert device is not None
+    ext: FdoExtension = device.device_extension
+    system_state = irp.IoGetCurrentIrpStackLocation().parameters.state
+    if system_state == PowerSystemWorking:
+        target = PowerDeviceD0
+    else:
+        target = (ext.device_state[system_state] if system_state < len(ext.device_state)
+                  else 0) or PowerDeviceD3
+    if target == device.power_state or ext.removed:
+        PoStartNextPowerIrp(irp)
+        return STATUS_SUCCESS
+    if (target != PowerDeviceD0 and ext.wait_wake is None and ext.device_wake
+            and target <= ext.device_wake and system_state <= ext.system_wake):
+        _, ext.wait_wake = PoRequestPowerIrp(ext.pdo, IRP_MN_WAIT_WAKE, ext.system_wake,
+                                             USBSTOR_WaitWakeDone, ext)
+    PoRequestPowerIrp(ext.pdo, IRP_MN_SET_POWER, target, USBSTOR_DevicePowerDone, (ext, irp))
+    return STATUS_MORE_PROCESSING_REQUIRED
+
+
+def USBSTOR_DevicePowerDone(pdo: DeviceObject, minor: int, state: int,  # noqa: N802
+                            context: tuple[FdoExtension, Irp], io_status: Any) -> None:
+    """The device IRP finished: disarm wake on the way back to D0, complete the S-IRP."""
+    ext, system_irp = context
+    wait_wake = ext.wait_wake
+    if state == PowerDeviceD0 and wait_wake is not None and not wait_wake.completed:
+        IoCancelIrp(wait_wake)
+    PoStartNextPowerIrp(system_irp)
+    IoCompleteRequest(system_irp)
+
+
+def USBSTOR_WaitWakeDone(pdo: DeviceObject, minor: int, state: int,  # noqa: N802
+                         ext: FdoExtension, io_status: Any) -> None:
+    """The WAIT_WAKE came back: cancelled on resume, or the device signalled wake-up."""
+    ext.wait_wake = None
+    ext.wake_signalled = io_status.status == STATUS_SUCCESS
 
 
 # ---------------------------------------------------------------------------------
@@ -315,10 +421,21 @@ def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
         status = IoForwardIrpSynchronously(ext.lower, irp)
         if minor == IRP_MN_START_DEVICE and status == STATUS_SUCCESS:
             status = USBSTOR_StartDevice(ext)
+            if status == STATUS_SUCCESS:
+                PoSetPowerState(fdo, "device", PowerDeviceD0)  # started means in D0
         elif minor == IRP_MN_CANCEL_REMOVE_DEVICE:
             status = STATUS_SUCCESS
         IoReleaseRemoveLock(ext.remove_lock, irp)
         return complete_irp(irp, status)
+    if minor == IRP_MN_QUERY_CAPABILITIES:
+        # on the way up: keep the S-to-D map and the wake states the power policy needs
+        status = IoForwardIrpSynchronously(ext.lower, irp)
+        if NT_SUCCESS(status):
+            caps: DeviceCapabilities = loc.parameters.capabilities
+            ext.device_state = list(caps.device_state)
+            ext.system_wake, ext.device_wake = caps.system_wake, caps.device_wake
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return complete_irp(irp, status, irp.io_status.information)
     if minor == IRP_MN_QUERY_DEVICE_RELATIONS and loc.parameters.type == BusRelations:
         irp.io_status.status = STATUS_SUCCESS
         irp.io_status.information = [p for p in ext.luns if not p.deleted]
@@ -484,6 +601,8 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
     if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_CANCEL_REMOVE_DEVICE,
                  IRP_MN_SURPRISE_REMOVAL, IRP_MN_QUERY_PNP_DEVICE_STATE,
                  IRP_MN_DEVICE_USAGE_NOTIFICATION):
+        if minor == IRP_MN_START_DEVICE:
+            PoSetPowerState(pdo, "device", PowerDeviceD0)
         return complete_irp(irp, STATUS_SUCCESS, irp.io_status.information)
     if minor == IRP_MN_REMOVE_DEVICE:
         status = complete_irp(irp, STATUS_SUCCESS)

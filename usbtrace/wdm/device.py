@@ -106,6 +106,7 @@ class DeviceObject:
         self.freed = False  # the object itself is gone: no reference was left
         self.reference_count = 0
         self.extension_flags = 0
+        self.power_state = 0  # DEVICE_POWER_STATE as PoSetPowerState last reported it
 
     def __repr__(self) -> str:
         return f"<DeviceObject {self.name} of {self.driver_object.name}>"

@@ -217,6 +217,7 @@ class QueryInterfaceParameters:
 class PowerParameters:
     type: str  # "system" or "device"
     state: int  # PowerSystemWorking.. / PowerDeviceD0..
+    shutdown_type: int = 0  # POWER_ACTION, for system IRPs
 
 
 @dataclass(frozen=True, slots=True)
