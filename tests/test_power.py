@@ -186,3 +186,60 @@ def test_record_sleep_traces_the_cycle(tmp_path: Path) -> None:
         "SELECT detail FROM irps WHERE major='power' AND position='upper' ORDER BY seq")]
     assert details == ["query_power system S3", "set_power system S3", "set_power device D3",
                        "set_power system S0", "set_power device D0"]
+
+
+def test_selective_suspend_idle_request_d2_and_resume_on_io() -> None:
+    """USB selective suspend as a WDM client driver does it: after its idle time usbstor
+    sends IOCTL_INTERNAL_USB_SUBMIT_IDLE_NOTIFICATION; in the idle callback the hub calls it
+    arms IRP_MN_WAIT_WAKE (remote wake-up) and requests D2; when I/O comes it cancels the
+    idle request, requests D0 and cancels the WAIT_WAKE (Microsoft Learn, "USB Selective
+    Suspend", "Sending the USB Idle Request IRP")."""
+    events: list[Event] = []
+    stick = SimulatedStick(DiskImage.in_memory(1 << 20))
+    stick.remote_wakeup = True
+    machine = Machine(stick, sink=events.append, selective_suspend_ms=2000).start()
+    h = machine.win32.CreateFile(DISK_PATH)
+    assert machine.win32.ReadFile(h, bytearray(512), 0) == 512
+    start = len(events)
+    idle_from = machine.scheduler.now()
+    machine.scheduler.run_until_idle()  # two seconds of nothing
+    assert machine.win32.ReadFile(h, bytearray(512), 512) == 512
+    lower = [(e.kind, e.detail or f"ioctl 0x{e.ioctl:06x}") for e in events[start:]
+             if e.position == "lower" and (e.major == IRP_MJ_POWER or e.ioctl == 0x220027)]
+    assert lower == [
+        (SUBMIT, "ioctl 0x220027"),
+        (SUBMIT, "wait_wake system S0"),
+        (SUBMIT, "set_power device D2"), (COMPLETE, "set_power device D2"),
+        (COMPLETE, "ioctl 0x220027"),  # cancelled for the read
+        (SUBMIT, "set_power device D0"), (COMPLETE, "set_power device D0"),
+        (COMPLETE, "wait_wake system S0"),
+    ]
+    idle = next(e for e in events[start:] if e.ioctl == 0x220027)
+    assert idle.ts - idle_from >= 2.0
+    cancelled = [e for e in events[start:] if e.kind == COMPLETE and e.ioctl == 0x220027]
+    assert cancelled[0].status == NTSTATUS.STATUS_CANCELLED
+    # the read's CBW goes out only once the device is back in D0
+    d0_done = next(e for e in events[start:] if e.kind == COMPLETE
+                   and e.detail == "set_power device D0")
+    cbw = next(e for e in events[start:] if e.kind == SUBMIT and e.data[:4] == b"USBC")
+    assert cbw.ts >= d0_done.ts
+    machine.win32.CloseHandle(h)
+    machine.stop()  # the idle timer the read set is waited for, not left behind
+    assert set(machine.kernel.drivers) == {"\\Driver\\PnpManager"}
+
+
+def test_unplugged_while_suspended_ends_the_idle_request() -> None:
+    stick = SimulatedStick(DiskImage.in_memory(1 << 20))
+    machine = Machine(stick, selective_suspend_ms=100).start()
+    h = machine.win32.CreateFile(DISK_PATH)
+    machine.win32.ReadFile(h, bytearray(512), 0)
+    machine.scheduler.run_until_idle()
+    assert machine.root is not None
+    pdo = machine.root.children[0].pdo
+    assert pdo.device_extension.idle_irp is not None and pdo.power_state == PowerDeviceD2
+    stick.unplug()
+    machine.scheduler.run_until_idle()
+    assert pdo.device_extension.idle_irp is None
+    machine.win32.CloseHandle(h)
+    assert set(machine.kernel.drivers) == {"\\Driver\\PnpManager", "\\Driver\\usbhub"}
+    machine.stop()

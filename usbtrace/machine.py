@@ -38,6 +38,7 @@ class Machine:
         positions: Iterable[str] = POSITIONS,
         clock: str = "virtual",
         upper_payload: bool = False,
+        selective_suspend_ms: float | None = None,
     ) -> None:
         self.positions = tuple(positions)
         for position in self.positions:
@@ -46,6 +47,8 @@ class Machine:
         self.backend = backend
         self.kernel = Kernel(clock)
         self.kernel.registry["usbhub"] = {"ports": [backend]}
+        # usbstor suspends an idle stick (D2) after this many ms; None: never
+        self.kernel.registry["usbstor"] = {"idle_timeout_ms": selective_suspend_ms}
         self.kernel.registry["usbtrace"] = {
             "sink": sink, "positions": self.positions, "upper_payload": upper_payload,
         }

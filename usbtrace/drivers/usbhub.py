@@ -170,6 +170,7 @@ class UsbDevicePdoExtension:
     pipes: dict[int, U.PipeInformation] = field(default_factory=dict)
     remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
     wait_wake: Irp | None = None  # the pending IRP_MN_WAIT_WAKE, while armed
+    idle_irp: Irp | None = None  # the client's idle notification, while held
 
 
 # ---------------------------------------------------------------------------------
@@ -575,6 +576,54 @@ def UsbhubRemoteWakeup(pdo: DeviceObject) -> bool:  # noqa: N802
     return True
 
 
+# ---- selective suspend ---------------------------------------------------------------
+
+
+def UsbhubSubmitIdleNotification(pdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """Hold the client's idle request and call its idle callback when the port may be
+    suspended (at once here: one function per port, no URB in flight is required of it)."""
+    ext: UsbDevicePdoExtension = pdo.device_extension
+    info = irp.IoGetCurrentIrpStackLocation().parameters.type3_input_buffer
+    if not isinstance(info, U.UsbIdleCallbackInfo):
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+    if ext.removed:
+        return complete_irp(irp, NTSTATUS.STATUS_NO_SUCH_DEVICE)
+    if ext.idle_irp is not None:
+        return complete_irp(irp, NTSTATUS.STATUS_DEVICE_BUSY)
+    IoMarkIrpPending(irp)
+    IoSetCancelRoutine(irp, UsbhubCancelIdleNotification)
+    ext.idle_irp = irp
+    hub = ext.hub
+    hub.scheduled += 1
+    hub.idle.KeClearEvent()
+    pdo.driver_object.kernel.scheduler.schedule(0, UsbhubIdleCallbackWorker, pdo, irp, info)
+    return STATUS_PENDING
+
+
+def UsbhubIdleCallbackWorker(pdo: DeviceObject, irp: Irp,  # noqa: N802
+                             info: U.UsbIdleCallbackInfo) -> None:
+    """At PASSIVE_LEVEL: the client powers its device down in its idle callback; the
+    hub then suspends the port (the D2 IRP the client sent did that here)."""
+    ext: UsbDevicePdoExtension = pdo.device_extension
+    _host_controller_event_done(ext.hub)
+    if ext.idle_irp is irp and not irp.cancel:
+        scheduler = pdo.driver_object.kernel.scheduler
+        old = scheduler.irql
+        scheduler.irql = 0
+        try:
+            info.idle_callback(info.idle_context)
+        finally:
+            scheduler.irql = old
+
+
+def UsbhubCancelIdleNotification(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
+    """The client wants its device back (or goes away): the idle request ends."""
+    ext: UsbDevicePdoExtension = device.device_extension
+    if ext.idle_irp is irp:
+        ext.idle_irp = None
+    complete_irp(irp, NTSTATUS.STATUS_CANCELLED)
+
+
 def _remote_wakeup(ext: UsbDevicePdoExtension) -> bool:
     return len(ext.configuration) >= 8 and bool(ext.configuration[7] & 0x20)
 
@@ -592,6 +641,9 @@ def UsbhubDispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa:
 
 def UsbhubDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     loc = irp.IoGetCurrentIrpStackLocation()
+    if not _is_fdo(device) and \
+            loc.parameters.io_control_code == U.IOCTL_INTERNAL_USB_SUBMIT_IDLE_NOTIFICATION:
+        return UsbhubSubmitIdleNotification(device, irp)
     if _is_fdo(device) or loc.parameters.io_control_code != U.IOCTL_INTERNAL_USB_SUBMIT_URB:
         return complete_irp(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
     ext: UsbDevicePdoExtension = device.device_extension
@@ -797,11 +849,13 @@ def _cancel_transfer(ext: UsbDevicePdoExtension, transfer: Transfer,
 
 
 def _fail_wait_wake(ext: UsbDevicePdoExtension) -> None:
-    """A device gone cannot wake anything: its WAIT_WAKE ends STATUS_NO_SUCH_DEVICE."""
-    irp = ext.wait_wake
-    if irp is not None and IoSetCancelRoutine(irp, None) is not None:
-        ext.wait_wake = None
-        complete_irp(irp, NTSTATUS.STATUS_NO_SUCH_DEVICE)
+    """A device gone cannot wake anything nor be suspended: its WAIT_WAKE and idle
+    request end STATUS_NO_SUCH_DEVICE."""
+    for attribute in ("wait_wake", "idle_irp"):
+        irp = getattr(ext, attribute)
+        if irp is not None and IoSetCancelRoutine(irp, None) is not None:
+            setattr(ext, attribute, None)
+            complete_irp(irp, NTSTATUS.STATUS_NO_SUCH_DEVICE)
 
 
 def _fail_in_flight(ext: UsbDevicePdoExtension, usbd_status: int) -> None:

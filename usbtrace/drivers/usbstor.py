@@ -125,6 +125,7 @@ from usbtrace.wdm.power import (
     PoSetPowerState,
     PoStartNextPowerIrp,
     PowerDeviceD0,
+    PowerDeviceD2,
     PowerDeviceD3,
     PowerSystemWorking,
 )
@@ -206,6 +207,12 @@ class FdoExtension:
     device_wake: int = 0
     wait_wake: Irp | None = None  # the armed IRP_MN_WAIT_WAKE, while there is one
     wake_signalled: bool = False
+    idle_timeout_ns: int | None = None  # selective suspend after this long idle; None: off
+    idle_irp: Irp | None = None  # IOCTL_INTERNAL_USB_SUBMIT_IDLE_NOTIFICATION, while held
+    idle_generation: int = 0  # bumped by every command: a stale idle timer does nothing
+    resume_event: KEvent | None = None
+    idle_timers: int = 0  # idle timers still to fire; REMOVE waits for them (bug check 0xCE)
+    timers_done: KEvent = field(default_factory=lambda: KEvent(True))
 
 
 @dataclass
@@ -257,6 +264,9 @@ def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
     driver.major_function[IRP_MJ_SYSTEM_CONTROL] = USBSTOR_DispatchSystemControl
     driver.driver_extension.add_device = USBSTOR_AddDevice
     driver.driver_unload = USBSTOR_Unload
+    parameters = driver.kernel.registry.get("usbstor", {})
+    idle_ms = parameters.get("idle_timeout_ms")
+    driver.driver_context = {"idle_timeout_ns": None if idle_ms is None else int(idle_ms * 1e6)}
     return STATUS_SUCCESS
 
 
@@ -264,6 +274,8 @@ def USBSTOR_AddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: 
     fdo = IoCreateDevice(driver, None, None, FILE_DEVICE_MASS_STORAGE)
     lower = IoAttachDeviceToDeviceStack(fdo, pdo)
     ext = FdoExtension(fdo=fdo, lower=lower, pdo=pdo)
+    context = driver.driver_context or {}
+    ext.idle_timeout_ns = context.get("idle_timeout_ns")
     fdo.device_extension = ext
     IoInitializeRemoveLock(ext.remove_lock, driver.kernel.scheduler, "usbstor FDO")
     fdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
@@ -443,10 +455,12 @@ def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
         irp.io_status.status = STATUS_SUCCESS
     elif minor == IRP_MN_SURPRISE_REMOVAL:
         ext.removed = True
+        _cancel_idle(ext)
         _fail_queue(ext, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
         irp.io_status.status = STATUS_SUCCESS
     elif minor == IRP_MN_REMOVE_DEVICE:
         ext.removed = True
+        _cancel_idle(ext, wait=True)
         _fail_queue(ext, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
         IoReleaseRemoveLockAndWait(ext.remove_lock, irp)
         for pdo in ext.luns:  # the LUNs go with the FDO that reported them
@@ -619,6 +633,101 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
 
 
 # ---------------------------------------------------------------------------------
+# Selective suspend: the idle notification the hub holds, D2 while idle, D0 on I/O
+# ---------------------------------------------------------------------------------
+
+
+def USBSTOR_StartIdleTimer(ext: FdoExtension) -> None:  # noqa: N802
+    """After a command, if selective suspend is on: look again once the idle time passed."""
+    if ext.idle_timeout_ns is None or ext.removed or ext.idle_irp is not None:
+        return
+    ext.idle_generation += 1
+    ext.idle_timers += 1
+    ext.timers_done.KeClearEvent()
+    ext.fdo.driver_object.kernel.scheduler.schedule(ext.idle_timeout_ns, USBSTOR_IdleTimerDpc,
+                                                    ext, ext.idle_generation)
+
+
+def USBSTOR_IdleTimerDpc(ext: FdoExtension, generation: int) -> None:  # noqa: N802
+    """Nothing happened for the idle time: ask the hub to suspend the device
+    (IOCTL_INTERNAL_USB_SUBMIT_IDLE_NOTIFICATION with the idle callback)."""
+    ext.idle_timers -= 1
+    if ext.idle_timers == 0:
+        ext.timers_done.KeSetEvent()
+    if (generation != ext.idle_generation or ext.active is not None or ext.queue
+            or ext.removed or ext.idle_irp is not None):
+        return
+    info = U.UsbIdleCallbackInfo(USBSTOR_IdleNotificationCallback, ext)
+    irp = IoBuildDeviceIoControlRequest(U.IOCTL_INTERNAL_USB_SUBMIT_IDLE_NOTIFICATION, ext.lower,
+                                        None, 0, True, None, None, argument1=info)
+    IoSetCompletionRoutine(irp, USBSTOR_IdleNotificationCompletion, ext)
+    ext.idle_irp = irp
+    IoCallDriver(ext.lower, irp)
+
+
+def USBSTOR_IdleNotificationCallback(ext: FdoExtension) -> None:  # noqa: N802
+    """The hub may suspend the port now: arm wake-up if the device has it, then D2,
+    waited for before returning to the hub (PASSIVE_LEVEL)."""
+    if ext.removed:
+        return
+    if ext.device_wake and ext.wait_wake is None:
+        _, ext.wait_wake = PoRequestPowerIrp(ext.pdo, IRP_MN_WAIT_WAKE, PowerSystemWorking,
+                                             USBSTOR_WaitWakeDone, ext)
+    event = KEvent()
+    PoRequestPowerIrp(ext.pdo, IRP_MN_SET_POWER, PowerDeviceD2,
+                      lambda *args: event.KeSetEvent(), None)
+    ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(event, "usbstor D2")
+
+
+def USBSTOR_IdleNotificationCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
+                                       ext: FdoExtension) -> int:
+    """The idle request ended (cancelled for I/O, or the device left): back to D0."""
+    if ext.idle_irp is irp:
+        ext.idle_irp = None
+    if ext.fdo.power_state not in (PowerDeviceD0, 0) and not ext.removed:
+        PoRequestPowerIrp(ext.pdo, IRP_MN_SET_POWER, PowerDeviceD0, USBSTOR_ResumeDone, ext)
+    elif ext.resume_event is not None:
+        ext.resume_event.KeSetEvent()
+    return STATUS_SUCCESS
+
+
+def USBSTOR_ResumeDone(pdo: DeviceObject, minor: int, state: int, ext: FdoExtension,  # noqa: N802
+                       io_status: Any) -> None:
+    """Back in D0 after selective suspend: disarm wake-up, let waiting I/O go on."""
+    wait_wake = ext.wait_wake
+    if wait_wake is not None and not wait_wake.completed:
+        IoCancelIrp(wait_wake)
+    if ext.resume_event is not None:
+        ext.resume_event.KeSetEvent()
+
+
+def USBSTOR_ResumeFromIdle(ext: FdoExtension) -> None:  # noqa: N802
+    """I/O for a suspended device: cancel the idle request, wait for D0 (PASSIVE_LEVEL)."""
+    event = ext.resume_event = KEvent()
+    if ext.idle_irp is not None:
+        IoCancelIrp(ext.idle_irp)
+    elif ext.fdo.power_state not in (PowerDeviceD0, 0):
+        PoRequestPowerIrp(ext.pdo, IRP_MN_SET_POWER, PowerDeviceD0, USBSTOR_ResumeDone, ext)
+    else:
+        event.KeSetEvent()
+    scheduler = ext.fdo.driver_object.kernel.scheduler
+    if scheduler.irql == 0:
+        scheduler.KeWaitForSingleObject(event, "usbstor resume")
+
+
+def _cancel_idle(ext: FdoExtension, wait: bool = False) -> None:
+    """Surprise removal or removal: no idle request, WAIT_WAKE or idle timer may outlive
+    the FDO; on removal, wait for a timer already set to fire (it does nothing now)."""
+    ext.idle_generation += 1
+    for irp in (ext.idle_irp, ext.wait_wake):
+        if irp is not None and not irp.completed:
+            IoCancelIrp(irp)
+    if wait:
+        ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(ext.timers_done,
+                                                                     "usbstor idle timer")
+
+
+# ---------------------------------------------------------------------------------
 # Device control on a LUN PDO
 # ---------------------------------------------------------------------------------
 
@@ -664,6 +773,9 @@ def USBSTOR_DispatchScsi(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         IoReleaseRemoveLock(ext.remove_lock, irp)
         return complete_irp(irp, STATUS_SUCCESS)
     srb.lun = ext.lun
+    fdo_ext.idle_generation += 1
+    if fdo_ext.idle_irp is not None or fdo_ext.fdo.power_state not in (PowerDeviceD0, 0):
+        USBSTOR_ResumeFromIdle(fdo_ext)  # selectively suspended: back to D0 first
     IoMarkIrpPending(irp)
     _start_or_queue(fdo_ext, irp, srb, _complete_srb_irp)
     return STATUS_PENDING
@@ -673,6 +785,7 @@ def _complete_srb_irp(request: Request) -> None:
     lun = request.irp.IoGetCurrentIrpStackLocation().device_object
     if lun is not None and isinstance(lun.device_extension, PdoExtension):
         IoReleaseRemoveLock(lun.device_extension.remove_lock, request.irp)  # held since dispatch
+    USBSTOR_StartIdleTimer(request.fdo_ext)
     complete_irp(request.irp, request.status, request.srb.data_transfer_length
               if request.status == STATUS_SUCCESS or request.srb.srb_status & 0x3F ==
               SRB_STATUS_SUCCESS else 0)
