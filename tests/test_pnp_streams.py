@@ -145,8 +145,10 @@ def test_a_paging_file_makes_the_disk_refuse_removal(stack: Stack) -> None:
     assert status == 0 and state & 0x20  # PNP_DEVICE_NOT_DISABLEABLE
     with pytest.raises(PnpError, match="STATUS_DEVICE_BUSY"):
         pnp.remove(usb)
+    vetoed = [e for e in stack.events if e.kind == COMPLETE and e.major == IRP_MJ_PNP
+              and e.minor == IRP_MN_QUERY_REMOVE_DEVICE]
+    assert vetoed[-1].status == NTSTATUS.STATUS_DEVICE_BUSY
     assert stack.machine.disk_present()
     assert pnp.device_usage_notification(lun, DeviceUsageTypePaging, False) == 0
     pnp.remove(usb)
     assert not stack.machine.disk_present()
-    assert NTSTATUS.STATUS_DEVICE_BUSY == 0x80000011

@@ -232,11 +232,11 @@ def plug(hub_node: DeviceNode, backend: DeviceBackend) -> None:
 
 def UsbhubDispatchPnp(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
-        return _fdo_pnp(device, irp)
-    return _pdo_pnp(device, irp)
+        return UsbhubFdoPnp(device, irp)
+    return UsbhubPdoPnp(device, irp)
 
 
-def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
+def UsbhubFdoPnp(fdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: HubFdoExtension = fdo.device_extension
     lock = IoAcquireRemoveLock(ext.remove_lock, irp)
     if not NT_SUCCESS(lock):
@@ -371,7 +371,7 @@ def _first_interface(pdo_ext: UsbDevicePdoExtension) -> tuple[int, int, int]:
     return (i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol)
 
 
-def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
+def UsbhubPdoPnp(pdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: UsbDevicePdoExtension = pdo.device_extension
     loc = irp.IoGetCurrentIrpStackLocation()
     minor = loc.minor_function
@@ -441,7 +441,7 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
     return complete_irp(irp, irp.io_status.status, irp.io_status.information)
 
 
-def _fdo_pass_down(fdo: DeviceObject, irp: Irp) -> int:
+def UsbhubFdoPassDown(fdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
     """Skip and call the root enumerator's PDO, holding the FDO's remove lock."""
     ext: HubFdoExtension = fdo.device_extension
     lock = IoAcquireRemoveLock(ext.remove_lock, irp)
@@ -458,11 +458,11 @@ USB_RESUME_NS = 30_000_000  # USB 2.0 §7.1.7.7: 20 ms of resume signalling, 10 
 
 def UsbhubDispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
-        return _fdo_power(device, irp)
-    return _pdo_power(device, irp)
+        return UsbhubFdoPower(device, irp)
+    return UsbhubPdoPower(device, irp)
 
 
-def _fdo_power(fdo: DeviceObject, irp: Irp) -> int:
+def UsbhubFdoPower(fdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
     """The hub FDO owns the power policy of its own stack (the root enumerator's PDO
     below it): a system IRP is followed by the device IRP its capabilities map it to."""
     ext: HubFdoExtension = fdo.device_extension
@@ -482,7 +482,7 @@ def _fdo_power(fdo: DeviceObject, irp: Irp) -> int:
     if loc.minor_function == IRP_MN_SET_POWER and params.type == "device":
         PoSetPowerState(fdo, "device", params.state)
     PoStartNextPowerIrp(irp)
-    return _fdo_pass_down(fdo, irp)
+    return UsbhubFdoPassDown(fdo, irp)
 
 
 def UsbhubSystemPowerCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
@@ -510,7 +510,7 @@ def UsbhubDevicePowerDone(pdo: DeviceObject, minor: int, state: int,  # noqa: N8
     IoCompleteRequest(system_irp)
 
 
-def _pdo_power(pdo: DeviceObject, irp: Irp) -> int:
+def UsbhubPdoPower(pdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
     """The bus driver's part: suspend and resume the port, hold a WAIT_WAKE."""
     ext: UsbDevicePdoExtension = pdo.device_extension
     loc = irp.IoGetCurrentIrpStackLocation()
@@ -630,7 +630,7 @@ def _remote_wakeup(ext: UsbDevicePdoExtension) -> bool:
 
 def UsbhubDispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
-        return _fdo_pass_down(device, irp)
+        return UsbhubFdoPassDown(device, irp)
     return complete_irp(irp, irp.io_status.status)
 
 

@@ -295,7 +295,7 @@ def USBSTOR_DispatchCreateClose(device: DeviceObject, irp: Irp) -> int:  # noqa:
     return complete_irp(irp, STATUS_SUCCESS)
 
 
-def _pass_down(device: DeviceObject, irp: Irp) -> int:
+def USBSTOR_FdoPassDown(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     """Skip and call the lower driver, holding the FDO's remove lock across the call."""
     ext: FdoExtension = device.device_extension
     lock = IoAcquireRemoveLock(ext.remove_lock, irp)
@@ -309,7 +309,7 @@ def _pass_down(device: DeviceObject, irp: Irp) -> int:
 
 def USBSTOR_DispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
-        return _pass_down(device, irp)
+        return USBSTOR_FdoPassDown(device, irp)
     return complete_irp(irp, irp.io_status.status)
 
 
@@ -417,11 +417,11 @@ def USBSTOR_WaitWakeDone(pdo: DeviceObject, minor: int, state: int,  # noqa: N80
 
 def USBSTOR_DispatchPnp(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
-        return _fdo_pnp(device, irp)
-    return _pdo_pnp(device, irp)
+        return USBSTOR_FdoHandlePnp(device, irp)
+    return USBSTOR_PdoHandlePnp(device, irp)
 
 
-def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
+def USBSTOR_FdoHandlePnp(fdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: FdoExtension = fdo.device_extension
     lock = IoAcquireRemoveLock(ext.remove_lock, irp)
     if not NT_SUCCESS(lock):
@@ -579,7 +579,7 @@ def _execute_srb_sync(ext: FdoExtension, srb: Srb) -> int:
     return result[0]
 
 
-def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
+def USBSTOR_PdoHandlePnp(pdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: PdoExtension = pdo.device_extension
     loc = irp.IoGetCurrentIrpStackLocation()
     minor = loc.minor_function
