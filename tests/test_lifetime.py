@@ -255,3 +255,20 @@ def test_freeing_an_irp_twice_is_a_bug_check() -> None:
     IoFreeIrp(irp)
     with pytest.raises(BugCheck, match="MULTIPLE_IRP_COMPLETE_REQUESTS"):
         IoFreeIrp(irp)
+
+
+def test_removing_the_parent_of_a_subtree_still_waiting_for_closes(stack: Stack) -> None:
+    """The host controller goes while a surprise-removed stick still has a handle open: the
+    stick's stacks get their REMOVE with it, the disk FDO stays DOE_DELETE_PENDING under
+    the file object's reference, and the close that follows finds it and unloads disk."""
+    h = stack.open()
+    fdo = _disk_fdo(stack)
+    stack.stick.unplug()
+    stack.machine.scheduler.run_until_idle()
+    file_object = stack.win32.handles.pop(h)  # kept open past the removal
+    stack.machine.pnp.shutdown()
+    assert stack.machine.pnp.roots == [] and stack.machine.pnp.pending_removals == []
+    assert fdo.deleted and not fdo.freed and DISK in stack.machine.kernel.drivers
+    stack.win32.handles[h] = file_object
+    stack.win32.CloseHandle(h)
+    assert fdo.freed and DISK not in stack.machine.kernel.drivers

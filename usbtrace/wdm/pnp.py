@@ -448,6 +448,8 @@ class PnpManager:
                         asked.move("cancel_remove")
                 raise PnpError(f"{member.instance_path}: removal vetoed ({_name(status)})")
             member.move("query_remove")
+        # a surprise-removed subtree inside this one goes now, with its parent
+        self.pending_removals = [p for p in self.pending_removals if p not in nodes]
         self._send_removes(nodes)
 
     def _send_removes(self, nodes: list[DeviceNode], missing: DeviceNode | None = None) -> None:
@@ -462,7 +464,7 @@ class PnpManager:
             if member.state == "deleted":
                 continue
             if member.state == "removed":
-                if member is missing:
+                if member is missing and not member.pdo.deleted:
                     self.send_pnp(member, IRP_MN_REMOVE_DEVICE)
                     member.move("remove_missing")
                 continue
