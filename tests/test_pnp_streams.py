@@ -61,6 +61,11 @@ def test_start_up_stream_as_each_filter_logs_it(stack: Stack) -> None:
                  and e.major == IRP_MJ_PNP]
     assert all(e.detail and e.detail.startswith("query_device_relations bus_relations")
                for e in relations)
+    # DEVICE_CAPABILITIES as the bus driver filled them, logged on the way back up
+    caps = [e.detail for e in stack.events if e.kind == COMPLETE and e.major == IRP_MJ_PNP
+            and e.minor == IRP_MN_QUERY_CAPABILITIES and e.position == "lower"]
+    assert caps == ["query_capabilities -> removable surprise_removal_ok unique_id; "
+                    "S0=D0 S1=D3 S2=D3 S3=D3 S4=D3 S5=D3"]
 
 
 def test_identification_goes_to_the_bare_pdo_in_reactos_order(

@@ -58,7 +58,9 @@ from usbtrace.wdm.irp import (
     IRP_MN_REMOVE_DEVICE,
     IRP_MN_SET_POWER,
     IRP_MN_START_DEVICE,
+    DeviceCapabilities,
     Irp,
+    QueryCapabilitiesParameters,
     QueryInterfaceParameters,
     describe_parameters,
     minor_name,
@@ -238,6 +240,9 @@ def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str) -
         detail = f"{name} {text}" if text else name
         if done and irp.io_status.information and not isinstance(irp.io_status.information, int):
             detail = f"{detail} -> {_short(irp.io_status.information)}"
+        elif done and isinstance(params, QueryCapabilitiesParameters) and \
+                NT_SUCCESS(irp.io_status.status):
+            detail = f"{detail} -> {_capabilities(params.capabilities)}"
         event.detail = detail
     else:
         event.minor = None
@@ -268,6 +273,22 @@ def _describe_urb(ext: TracerExtension, event: Event, urb: U.Urb, done: bool) ->
             if buffer is not None:
                 event.data = bytes(buffer[:length])
     event.data_length = len(event.data)
+
+
+_D_STATES = {0: "-", 1: "D0", 2: "D1", 3: "D2", 4: "D3"}
+
+
+def _capabilities(caps: DeviceCapabilities) -> str:
+    """DEVICE_CAPABILITIES as a debugger extension would list them: the flags set, the
+    device state for S0..S5, and the wake states."""
+    flags = [name for name in ("removable", "surprise_removal_ok", "unique_id", "device_d1",
+                               "device_d2", "wake_from_d2", "wake_from_d3")
+             if getattr(caps, name)]
+    states = " ".join(f"S{s - 1}={_D_STATES.get(d, d)}"
+                      for s, d in enumerate(caps.device_state) if s)
+    wake = (f", wake S{caps.system_wake - 1} from {_D_STATES.get(caps.device_wake)}"
+            if caps.device_wake else "")
+    return f"{' '.join(flags) or 'none'}; {states}{wake}"
 
 
 def _short(value: Any) -> str:
