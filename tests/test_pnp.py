@@ -75,9 +75,11 @@ def test_driver_entry_once_and_add_device_in_filter_order(monkeypatch: pytest.Mo
 
 
 def test_start_up_sequence_seen_by_the_lower_filter(stack: Stack) -> None:
+    """FILTER_RESOURCE_REQUIREMENTS, then START_DEVICE, during which usbstor reads the
+    descriptors; no power IRP follows a start (ReactOS ntoskrnl/io/pnpmgr/devaction.c
+    PiStartDeviceFinal: QUERY_CAPABILITIES, QUERY_PNP_DEVICE_STATE, then BusRelations)."""
     lower = [e for e in stack.events if e.position == "lower" and e.kind == SUBMIT]
-    first = lower[0]
-    assert (first.major, first.minor) == (0x1B, 0x00)  # IRP_MN_START_DEVICE
+    assert [(e.major, e.minor) for e in lower[:2]] == [(0x1B, 0x0D), (0x1B, 0x00)]
     setups = [e.setup[1:4] for e in lower if e.setup is not None and e.endpoint == 0x80]
     # GET_DESCRIPTOR device, configuration (9, then all), string 0 and the serial
     assert [s[2] for s in setups[:5]] == [1, 2, 2, 3, 3]
@@ -87,8 +89,8 @@ def test_start_up_sequence_seen_by_the_lower_filter(stack: Stack) -> None:
     bulk = [e for e in lower if e.transfer_type == 2]
     assert bulk[0].data[:4] == b"USBC" and bulk[0].data[15] == 0x12  # INQUIRY CBW
     minors = [(e.major, e.minor) for e in lower if e.major in (0x16, 0x1B)]
-    assert minors.index((0x16, 3)) < minors.index((0x16, 2))  # QUERY_POWER before SET_POWER
-    assert minors[-1] == (0x1B, 0x07)  # then BusRelations, to find the LUN
+    assert not any(major == 0x16 for major, _ in minors)
+    assert minors[-3:] == [(0x1B, 0x09), (0x1B, 0x14), (0x1B, 0x07)]  # then BusRelations
 
 
 def test_orderly_removal_unloads_every_driver() -> None:
@@ -105,6 +107,10 @@ def test_orderly_removal_unloads_every_driver() -> None:
 
 
 def test_surprise_removal_fails_pending_io_and_tears_down(stack: Stack) -> None:
+    """REMOVE waits for the last handle: "The driver must not call IoDeleteDevice or
+    IoDetachDevice ... until the IRP_MN_SURPRISE_REMOVAL IRP succeeds and all open handles
+    to the device are closed. The PnP manager then sends an IRP_MN_REMOVE_DEVICE"
+    (Microsoft Learn, Static Driver Verifier rule PnpSurpriseRemove)."""
     h = stack.open()
     pending = stack.win32.ReadFile(h, bytearray(65536), 0, overlapped=True)
     stack.stick.unplug()
@@ -113,11 +119,15 @@ def test_surprise_removal_fails_pending_io_and_tears_down(stack: Stack) -> None:
     with pytest.raises(NtStatusError, match="STATUS_DEVICE_NOT_CONNECTED"):
         stack.win32.GetOverlappedResult(h, pending)
     stack.machine.scheduler.run_until_idle()
-    assert not stack.machine.disk_present()
+    assert not stack.machine.disk_present()  # no new opens
     root = stack.machine.root
-    assert root is not None and root.children == []
+    assert root is not None and len(root.children) == 1  # the handle keeps it
     minors = [(e.major, e.minor) for e in stack.events if e.kind == SUBMIT and e.major == 0x1B]
-    assert (0x1B, 0x17) in minors and minors[-1] == (0x1B, 0x02)  # SURPRISE then REMOVE
+    assert (0x1B, 0x17) in minors and (0x1B, 0x02) not in minors
+    stack.win32.CloseHandle(h)
+    assert root.children == []
+    minors = [(e.major, e.minor) for e in stack.events if e.kind == SUBMIT and e.major == 0x1B]
+    assert minors[-1] == (0x1B, 0x02)  # SURPRISE, then REMOVE once the handle is closed
 
 
 def test_query_remove_veto_stops_removal() -> None:

@@ -29,24 +29,30 @@ def test_workload_data_read_back_equals_written(recorded) -> None:  # type: igno
 
 
 def test_pnp_start_up_sequence_in_order(recorded) -> None:  # type: ignore[no-untyped-def]
+    """As the PnP manager sends them (ReactOS ntoskrnl/io/pnpmgr/devaction.c
+    PiStartDeviceFinal) and with no D0 power IRP at start (Microsoft Learn, "Powering Up a
+    Device")."""
     conn, _ = recorded
     lower = rows(conn, "SELECT major, minor, detail FROM irps WHERE position='lower' "
                        "AND major IN ('pnp','power') ORDER BY seq")
     names = [(m, n) for m, n, _ in lower]
-    assert names[:4] == [("pnp", "start_device"), ("power", "query_power"),
-                         ("power", "set_power"), ("pnp", "query_device_relations")]
+    assert names[:5] == [("pnp", "filter_resource_requirements"), ("pnp", "start_device"),
+                         ("pnp", "query_capabilities"), ("pnp", "query_pnp_device_state"),
+                         ("pnp", "query_device_relations")]
+    assert ("power", "set_power") not in names
     assert names[-1] == ("pnp", "remove_device")
     assert ("pnp", "query_remove_device") in names
     upper = [n for _, n, _ in rows(conn, "SELECT major, minor, detail FROM irps "
                                           "WHERE position='upper' AND major='pnp' ORDER BY seq")]
-    assert upper[0] == "start_device" and upper[-1] == "remove_device"
+    assert upper[:2] == ["filter_resource_requirements", "start_device"]
+    assert upper[-1] == "remove_device"
     # usbstor starts its device once START_DEVICE has come back up from the bus driver:
-    # its start-up URBs fall between that and the power-up
-    start, power = [r[0] for r in rows(conn, "SELECT seq FROM irps WHERE position='lower' AND "
-                                             "minor IN ('start_device', 'query_power') "
-                                             "ORDER BY seq LIMIT 2")]
+    # its start-up URBs fall between that and the capabilities asked after the start
+    start, caps = [r[0] for r in rows(conn, "SELECT seq FROM irps WHERE position='lower' AND "
+                                            "minor IN ('start_device', 'query_capabilities') "
+                                            "ORDER BY seq LIMIT 2")]
     urbs = conn.execute("SELECT urb_function FROM urbs WHERE seq BETWEEN ? AND ? ORDER BY seq",
-                        (start, power)).fetchall()
+                        (start, caps)).fetchall()
     functions = [u[0] for u in urbs]
     assert functions[:6] == ["get_descriptor_from_device"] * 5 + ["select_configuration"]
     assert functions[6] == "class_interface"  # GET_MAX_LUN
@@ -85,8 +91,10 @@ def test_each_read_write_maps_to_srbs_whose_urbs_share_the_srb_irp(recorded) -> 
 def test_irps_hold_pnp_power_and_urbs_with_parent_links(recorded) -> None:  # type: ignore[no-untyped-def]
     conn, _ = recorded
     majors = {m for (m,) in rows(conn, "SELECT DISTINCT major FROM irps")}
-    assert {"pnp", "power", "internal_device_control", "read", "write", "create",
+    # no power IRP without a system power transition (record --sleep): none at start-up
+    assert {"pnp", "internal_device_control", "read", "write", "create",
             "cleanup", "close", "device_control"} <= majors
+    assert "power" not in majors
     linked = rows(conn, "SELECT count(*) FROM irps i JOIN irps p ON p.irp_id = i.parent_irp_id "
                         "WHERE p.position='upper'")
     assert linked[0][0] > 0

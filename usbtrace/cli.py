@@ -116,10 +116,13 @@ db_option = click.option("--db", default=DEFAULT_DB, show_default=True,
 @click.option("--lossy", is_flag=True, help="Drop (and count) records rather than wait when "
               "the writer falls behind.")
 @click.option("--fault", "faults", multiple=True, metavar="SPEC", help=fault_help())
+@click.option("--sleep", is_flag=True, help="After the workload, put the machine to sleep "
+              "(S3) and resume it (S0): the system and device power IRPs are traced.")
 @friendly
 def record(db: str, image: str | None, size: str, workload: str | None, device: str | None,
            allow_write: bool, usb_backend: str, speed: str, fs: str, copy: tuple[str, ...],
-           no_lower: bool, no_upper: bool, lossy: bool, faults: tuple[str, ...]) -> None:
+           no_lower: bool, no_upper: bool, lossy: bool, faults: tuple[str, ...],
+           sleep: bool) -> None:
     """Run a workload on a stick (simulated, or real with --device), tracer in the stack."""
     from usbtrace.recording import RecordOptions
     from usbtrace.recording import record as run
@@ -129,7 +132,7 @@ def record(db: str, image: str | None, size: str, workload: str | None, device: 
     summary = run(RecordOptions(db=db, image=image, size=size, workload=workload, speed=speed,
                                 positions=positions, lossy=lossy, fs=fs, copy=copy,
                                 device=device, usb_backend=usb_backend,
-                                allow_write=allow_write, faults=faults))
+                                allow_write=allow_write, faults=faults, sleep=sleep))
     r = summary.workload
     target = f"device {device}" if device else f"a simulated {size} stick ({speed} speed)"
     click.echo(f"session {summary.session_id}: workload '{workload}' on {target}")

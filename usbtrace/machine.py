@@ -38,6 +38,7 @@ class Machine:
         positions: Iterable[str] = POSITIONS,
         clock: str = "virtual",
         upper_payload: bool = False,
+        selective_suspend_ms: float | None = None,
     ) -> None:
         self.positions = tuple(positions)
         for position in self.positions:
@@ -46,6 +47,8 @@ class Machine:
         self.backend = backend
         self.kernel = Kernel(clock)
         self.kernel.registry["usbhub"] = {"ports": [backend]}
+        # usbstor suspends an idle stick (D2) after this many ms; None: never
+        self.kernel.registry["usbstor"] = {"idle_timeout_ms": selective_suspend_ms}
         self.kernel.registry["usbtrace"] = {
             "sink": sink, "positions": self.positions, "upper_payload": upper_payload,
         }
@@ -94,15 +97,35 @@ class Machine:
 
         self.kernel.scheduler.schedule(0, rescan)
 
+    def sleep(self, seconds: float = 1.0) -> bool:
+        """A sleep/resume cycle: S3 for ``seconds`` of machine time, then S0.
+
+        False (and no sleep) when a driver refused the query for S3."""
+        from usbtrace.wdm.power import PowerSystemSleeping3, PowerSystemWorking
+
+        power = self.pnp.power
+        if not power.set_system_power_state(PowerSystemSleeping3):
+            return False
+        scheduler = self.kernel.scheduler
+        if scheduler.clock == "virtual":
+            scheduler.schedule(int(seconds * 1e9), lambda: None)
+            scheduler.run_until_idle()
+        power.set_system_power_state(PowerSystemWorking)
+        return True
+
     def disk_present(self) -> bool:
         return self.kernel.lookup(DISK_PATH) is not None
 
     def stop(self) -> None:
-        """Close what is open, then remove every device; drivers unload."""
+        """Close what is open, then remove every device; drivers unload.
+
+        Then Driver Verifier's last check: no IRP may be left unfreed."""
         for handle in list(self.win32.handles):
             self.win32.CloseHandle(handle)
         self.pnp.shutdown()
         self.kernel.scheduler.run_until_idle()
+        if self.kernel.scheduler.halted is None and not self.pnp.roots:
+            self.kernel.verify_no_leaked_irps()
 
     def __enter__(self) -> Machine:
         return self.start()

@@ -37,6 +37,7 @@ class RecordOptions:
     lossy: bool = False
     queue: int = 64 << 20  # bytes of payload the tracer may queue
     faults: tuple[str, ...] = ()  # --fault specs for the simulated stick
+    sleep: bool = False  # a sleep (S3) and resume cycle after the workload
 
 
 @dataclass
@@ -116,6 +117,10 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
             result = workload(machine, fat=options.fs, copy=options.copy)
         else:
             result = workload(machine)
+        if options.sleep:
+            slept = machine.sleep()
+            result.notes.append("the machine slept (S3) and resumed after the workload"
+                                if slept else "a driver refused to let the machine sleep")
         state = "complete" if result.ok else "failed"
         if not result.ok:
             failure = "the data check failed: " + "; ".join(result.mismatches[:3])

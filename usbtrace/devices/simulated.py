@@ -289,6 +289,7 @@ class SimulatedStick(DeviceBackend):
         self.connected = True
         self.on_disconnect: Callable[[], None] | None = None
         self.strings = {1: "usbtrace", 2: self.identity.product, 3: self.identity.serial}
+        self.remote_wakeup = False  # bmAttributes bit 5: it can signal resume when asleep
 
     # ---- fault injection -------------------------------------------------------------
 
@@ -357,7 +358,8 @@ class SimulatedStick(DeviceBackend):
                     bMaxBurst=15, bmAttributes=0, wBytesPerInterval=0))
         header = d.ConfigurationDescriptor.build(dict(
             bDescriptorType=d.CONFIGURATION, wTotalLength=9 + len(body), bNumInterfaces=1,
-            bConfigurationValue=1, iConfiguration=0, bmAttributes=0x80, bMaxPower=50,
+            bConfigurationValue=1, iConfiguration=0,
+            bmAttributes=0x80 | (0x20 if self.remote_wakeup else 0), bMaxPower=50,
         ))
         return header + body
 

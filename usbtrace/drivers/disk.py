@@ -13,6 +13,14 @@ becoming ready, ABORTED COMMAND are retried), else by its SRB status
 (SRB_STATUS_BUS_RESET, which usbstor reports after a Reset Recovery, is
 retried); up to MAXIMUM_RETRIES times, then the first final error becomes the
 caller's status.
+
+Lifetime as classpnp keeps it: every dispatch routine holds the FDO's remove
+lock while it works on an IRP, each piece of a split transfer holds it until
+its completion routine has run, and IRP_MN_REMOVE_DEVICE waits for all of
+them (IoReleaseRemoveLockAndWait) before it passes the IRP down, detaches
+and deletes the FDO.  On IRP_MN_SURPRISE_REMOVAL the PhysicalDriveN link
+goes (no new opens) while handles already open keep working, failing I/O,
+until they are closed.
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ from usbtrace.wdm.device import (
 )
 from usbtrace.wdm.iomgr import (
     IoCallDriver,
+    IoCompleteRequest,
+    IoCopyCurrentIrpStackLocationToNext,
     IoForwardIrpSynchronously,
     IoMarkIrpPending,
     IoSetCompletionRoutine,
@@ -71,16 +81,38 @@ from usbtrace.wdm.irp import (
     IRP_MJ_SHUTDOWN,
     IRP_MJ_SYSTEM_CONTROL,
     IRP_MJ_WRITE,
+    IRP_MN_CANCEL_REMOVE_DEVICE,
+    IRP_MN_DEVICE_USAGE_NOTIFICATION,
+    IRP_MN_QUERY_CAPABILITIES,
+    IRP_MN_QUERY_PNP_DEVICE_STATE,
     IRP_MN_QUERY_REMOVE_DEVICE,
     IRP_MN_REMOVE_DEVICE,
+    IRP_MN_SET_POWER,
     IRP_MN_START_DEVICE,
     IRP_MN_SURPRISE_REMOVAL,
     DeviceIoControlParameters,
+    DeviceUsageTypePaging,
     IoAllocateIrp,
     IoFreeIrp,
     IoMakeAssociatedIrp,
     Irp,
     ScsiParameters,
+)
+from usbtrace.wdm.power import (
+    PoCallDriver,
+    PoRequestPowerIrp,
+    PoSetPowerState,
+    PoStartNextPowerIrp,
+    PowerDeviceD0,
+    PowerDeviceD3,
+    PowerSystemWorking,
+)
+from usbtrace.wdm.removelock import (
+    IoAcquireRemoveLock,
+    IoInitializeRemoveLock,
+    IoReleaseRemoveLock,
+    IoReleaseRemoveLockAndWait,
+    IoRemoveLock,
 )
 from usbtrace.wdm.sched import KEvent
 from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
@@ -93,6 +125,7 @@ STATUS_MORE_PROCESSING_REQUIRED = NTSTATUS.STATUS_MORE_PROCESSING_REQUIRED.value
 # tried at most five times.
 MAXIMUM_RETRIES = 4
 SRB_STATUS_PHASE_SEQUENCE_FAILURE = 0x14
+PNP_DEVICE_NOT_DISABLEABLE = 0x00000020
 RW10 = struct.Struct(">BBIBHB")
 RW16 = struct.Struct(">BBQIBB")
 
@@ -110,6 +143,11 @@ class DiskExtension:
     open_handles: int = 0
     descriptor: Any = None
     stats: dict[str, int] = field(default_factory=lambda: {"retries": 0})
+    remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
+    link: str = ""
+    pdo: Any = None  # the LUN PDO: the bottom of this stack, where D-IRPs are requested for
+    device_state: list[int] = field(default_factory=list)  # DEVICE_CAPABILITIES.DeviceState
+    paging_files: int = 0  # DEVICE_USAGE_NOTIFICATION(DeviceUsageTypePaging) count
 
     @property
     def size(self) -> int:
@@ -126,7 +164,7 @@ def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
     driver.major_function[IRP_MJ_FLUSH_BUFFERS] = DiskFlushBuffers
     driver.major_function[IRP_MJ_SHUTDOWN] = DiskFlushBuffers
     driver.major_function[IRP_MJ_PNP] = DiskDispatchPnp
-    driver.major_function[IRP_MJ_POWER] = DiskDispatchPassThrough
+    driver.major_function[IRP_MJ_POWER] = DiskDispatchPower
     driver.major_function[IRP_MJ_SYSTEM_CONTROL] = DiskDispatchPassThrough
     driver.driver_extension.add_device = DiskAddDevice
     driver.driver_unload = DiskUnload
@@ -140,9 +178,13 @@ def DiskAddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N802
     name = f"\\Device\\Harddisk{number}\\DR{number}"
     fdo = IoCreateDevice(driver, None, name, FILE_DEVICE_DISK)
     lower = IoAttachDeviceToDeviceStack(fdo, pdo)
-    fdo.device_extension = DiskExtension(fdo, lower, number)
+    ext = DiskExtension(fdo, lower, number)
+    ext.pdo = pdo
+    fdo.device_extension = ext
+    IoInitializeRemoveLock(ext.remove_lock, driver.kernel.scheduler, name)
     fdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
-    driver.kernel.IoCreateSymbolicLink(f"\\DosDevices\\PhysicalDrive{number}", name)
+    ext.link = f"\\DosDevices\\PhysicalDrive{number}"
+    driver.kernel.IoCreateSymbolicLink(ext.link, name)
     fdo.flags &= ~DO_DEVICE_INITIALIZING
     return STATUS_SUCCESS
 
@@ -153,19 +195,114 @@ def DiskUnload(driver: DriverObject) -> None:  # noqa: N802
 
 def DiskCreateClose(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: DiskExtension = device.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        return complete_irp(irp, lock)
     major = irp.IoGetCurrentIrpStackLocation().major_function
+    status = STATUS_SUCCESS
     if major == IRP_MJ_CREATE:
         if ext.removed:
-            return complete_irp(irp, NTSTATUS.STATUS_DELETE_PENDING)
-        ext.open_handles += 1
+            status = NTSTATUS.STATUS_DELETE_PENDING
+        else:
+            ext.open_handles += 1
     elif major == IRP_MJ_CLOSE:
         ext.open_handles = max(0, ext.open_handles - 1)
-    return complete_irp(irp, STATUS_SUCCESS)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return complete_irp(irp, status)
 
 
 def DiskDispatchPassThrough(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    ext: DiskExtension = device.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        return complete_irp(irp, lock)
     IoSkipCurrentIrpStackLocation(irp)
-    return IoCallDriver(device.device_extension.lower, irp)
+    status = IoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
+
+
+def DiskDispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """The disk class driver owns the power policy of the disk stack.
+
+    A system set-power IRP goes down with DiskSystemPowerCompletion, which asks
+    for the matching device IRP; a device set-power IRP is reported with
+    PoSetPowerState before the device leaves D0 and after it is back in D0.
+    Anything else goes down as it is.
+    """
+    ext: DiskExtension = device.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        PoStartNextPowerIrp(irp)
+        return complete_irp(irp, lock)
+    loc = irp.IoGetCurrentIrpStackLocation()
+    params = loc.parameters
+    if loc.minor_function == IRP_MN_SET_POWER and params.type == "system":
+        IoMarkIrpPending(irp)
+        IoCopyCurrentIrpStackLocationToNext(irp)
+        IoSetCompletionRoutine(irp, DiskSystemPowerCompletion, None)
+        PoCallDriver(ext.lower, irp)
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return STATUS_PENDING
+    if loc.minor_function == IRP_MN_SET_POWER and params.type == "device":
+        if params.state != PowerDeviceD0:
+            PoSetPowerState(device, "device", params.state)  # before it leaves D0
+            PoStartNextPowerIrp(irp)
+            IoSkipCurrentIrpStackLocation(irp)
+        else:
+            IoCopyCurrentIrpStackLocationToNext(irp)
+            IoSetCompletionRoutine(irp, DiskPowerUpCompletion, None)
+        status = PoCallDriver(ext.lower, irp)
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return status
+    PoStartNextPowerIrp(irp)
+    IoSkipCurrentIrpStackLocation(irp)
+    status = PoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
+
+
+def DiskPowerUpCompletion(device: DeviceObject | None, irp: Irp, context: Any) -> int:  # noqa: N802
+    """D0 reached below: report it (PoSetPowerState after the device is back in D0)."""
+    if irp.pending_returned:
+        IoMarkIrpPending(irp)
+    assert device is not None
+    if NT_SUCCESS(irp.io_status.status):
+        PoSetPowerState(device, "device", PowerDeviceD0)
+    PoStartNextPowerIrp(irp)
+    return STATUS_SUCCESS
+
+
+def DiskSystemPowerCompletion(device: DeviceObject | None, irp: Irp, context: Any) -> int:  # noqa: N802
+    """The system IRP came back up: request the device IRP its capabilities map it to.
+
+    Going to sleep the system IRP waits for the device IRP; back to S0 it is
+    completed at once, the disk having no children ("Handling a System
+    Set-Power IRP in a Device Power Policy Owner").
+    """
+    assert device is not None
+    ext: DiskExtension = device.device_extension
+    system_state = irp.IoGetCurrentIrpStackLocation().parameters.state
+    target = ext.device_state[system_state] if system_state < len(ext.device_state) else 0
+    if system_state == PowerSystemWorking:
+        target = PowerDeviceD0
+    target = target or PowerDeviceD3
+    if target == device.power_state or ext.removed:
+        PoStartNextPowerIrp(irp)
+        return STATUS_SUCCESS
+    if system_state == PowerSystemWorking:
+        PoRequestPowerIrp(ext.pdo, IRP_MN_SET_POWER, target, None, None)
+        PoStartNextPowerIrp(irp)
+        return STATUS_SUCCESS
+    PoRequestPowerIrp(ext.pdo, IRP_MN_SET_POWER, target, DiskDevicePowerDone, irp)
+    return STATUS_MORE_PROCESSING_REQUIRED
+
+
+def DiskDevicePowerDone(pdo: DeviceObject, minor: int, state: int, system_irp: Irp,  # noqa: N802
+                        io_status: Any) -> None:
+    """The device IRP finished: the system IRP it was asked for can complete now."""
+    PoStartNextPowerIrp(system_irp)
+    IoCompleteRequest(system_irp)
 
 
 # ---------------------------------------------------------------------------------
@@ -257,6 +394,7 @@ def DiskStartDevice(ext: DiskExtension) -> int:  # noqa: N802
 
     if send_irp_synchronously(ext.fdo.driver_object.kernel, ext.lower, irp) == STATUS_SUCCESS:
         ext.max_transfer = irp.system_buffer.MaximumTransferLength
+    IoFreeIrp(irp)  # allocated here: ours to free
 
     tur = Srb(bytes(6), 0, 0)
     ClassSendSrbSynchronous(ext, tur)  # a not-ready medium does not fail the start
@@ -290,19 +428,59 @@ def DiskStartDevice(ext: DiskExtension) -> int:  # noqa: N802
 
 def DiskDispatchPnp(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: DiskExtension = device.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        return complete_irp(irp, lock)
     minor = irp.IoGetCurrentIrpStackLocation().minor_function
+    kernel = device.driver_object.kernel
     if minor == IRP_MN_START_DEVICE:
+        # handled on the way up: the LUN PDO starts first
         status = IoForwardIrpSynchronously(ext.lower, irp)
         if NT_SUCCESS(status):
             status = DiskStartDevice(ext)
+        if NT_SUCCESS(status):
+            PoSetPowerState(device, "device", PowerDeviceD0)  # started means in D0
+        IoReleaseRemoveLock(ext.remove_lock, irp)
         return complete_irp(irp, status)
+    if minor == IRP_MN_QUERY_CAPABILITIES:
+        # on the way up: keep the S-to-D map the power policy needs
+        status = IoForwardIrpSynchronously(ext.lower, irp)
+        if NT_SUCCESS(status):
+            ext.device_state = list(irp.IoGetCurrentIrpStackLocation().parameters
+                                    .capabilities.device_state)
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return complete_irp(irp, status, irp.io_status.information)
+    if minor == IRP_MN_CANCEL_REMOVE_DEVICE:
+        # handled on the way up too: the bus driver first
+        status = IoForwardIrpSynchronously(ext.lower, irp)
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return complete_irp(irp, STATUS_SUCCESS if NT_SUCCESS(status) else status)
+    if minor in (IRP_MN_DEVICE_USAGE_NOTIFICATION, IRP_MN_QUERY_PNP_DEVICE_STATE):
+        # both handled on the way up, as classpnp does
+        status = IoForwardIrpSynchronously(ext.lower, irp)
+        info = irp.io_status.information
+        if minor == IRP_MN_DEVICE_USAGE_NOTIFICATION and NT_SUCCESS(status):
+            params = irp.IoGetCurrentIrpStackLocation().parameters
+            if params.type == DeviceUsageTypePaging:
+                ext.paging_files += 1 if params.in_path else -1
+        elif minor == IRP_MN_QUERY_PNP_DEVICE_STATE and ext.paging_files:
+            status = STATUS_SUCCESS
+            info = (info if isinstance(info, int) else 0) | PNP_DEVICE_NOT_DISABLEABLE
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return complete_irp(irp, status, info)
     if minor == IRP_MN_QUERY_REMOVE_DEVICE:
+        if ext.paging_files:  # classpnp: a disk with a paging file cannot go
+            IoReleaseRemoveLock(ext.remove_lock, irp)
+            return complete_irp(irp, NTSTATUS.STATUS_DEVICE_BUSY)
         irp.io_status.status = STATUS_SUCCESS
     elif minor == IRP_MN_SURPRISE_REMOVAL:
         ext.removed = True
+        kernel.IoDeleteSymbolicLink(ext.link)  # no new opens; open handles stay
         irp.io_status.status = STATUS_SUCCESS
     elif minor == IRP_MN_REMOVE_DEVICE:
         ext.removed = True
+        IoReleaseRemoveLockAndWait(ext.remove_lock, irp)  # every IRP in flight is back
+        kernel.IoDeleteSymbolicLink(ext.link)
         irp.io_status.status = STATUS_SUCCESS
         IoSkipCurrentIrpStackLocation(irp)
         status = IoCallDriver(ext.lower, irp)
@@ -310,7 +488,9 @@ def DiskDispatchPnp(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         IoDeleteDevice(device)
         return status
     IoSkipCurrentIrpStackLocation(irp)
-    return IoCallDriver(ext.lower, irp)
+    status = IoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
 
 
 # ---------------------------------------------------------------------------------
@@ -320,6 +500,16 @@ def DiskDispatchPnp(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
 
 def DiskReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: DiskExtension = device.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        return complete_irp(irp, lock)
+    try:
+        return _read_write(device, ext, irp)
+    finally:
+        IoReleaseRemoveLock(ext.remove_lock, irp)  # each piece holds the lock on its own
+
+
+def _read_write(device: DeviceObject, ext: DiskExtension, irp: Irp) -> int:
     loc = irp.stack[irp.current_location]
     length, offset = loc.parameters.length, loc.parameters.byte_offset
     bs = ext.block_size
@@ -357,6 +547,7 @@ def DiskReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         srb = Srb(cdb, n, flags, view[start : start + n])
         assoc = IoMakeAssociatedIrp(irp, stack_size)
         IoSetNextIrpStackLocation(assoc, device)
+        IoAcquireRemoveLock(ext.remove_lock, assoc)  # released by DiskTransferCompletion
         _send_transfer(lower, assoc, srb, 0, n)
     return STATUS_PENDING
 
@@ -389,6 +580,7 @@ def DiskTransferCompletion(device: DeviceObject | None, assoc: Irp, context: Any
         master.io_status.information += srb.data_transfer_length
     elif NT_SUCCESS(master.io_status.status):
         master.io_status.status = status
+    IoReleaseRemoveLock(device.device_extension.remove_lock, assoc)
     return STATUS_SUCCESS  # let the I/O manager count down the master
 
 
@@ -399,6 +591,16 @@ def DiskTransferCompletion(device: DeviceObject | None, assoc: Irp, context: Any
 
 def DiskFlushBuffers(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: DiskExtension = device.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        return complete_irp(irp, lock)
+    try:
+        return _flush_buffers(ext, irp)
+    finally:
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+
+
+def _flush_buffers(ext: DiskExtension, irp: Irp) -> int:
     if ext.removed:
         return complete_irp(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
     srb = Srb(bytes([scsi.SYNCHRONIZE_CACHE_10]) + bytes(9), 0, 0)
@@ -407,6 +609,16 @@ def DiskFlushBuffers(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
 
 def DiskDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: DiskExtension = device.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        return complete_irp(irp, lock)
+    try:
+        return _device_control(ext, irp)
+    finally:
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+
+
+def _device_control(ext: DiskExtension, irp: Irp) -> int:
     params: DeviceIoControlParameters = irp.IoGetCurrentIrpStackLocation().parameters
     code = params.io_control_code
     if ext.removed:

@@ -13,12 +13,17 @@ completion when its completion routine runs on the way back up; OUT payload
 is copied at submission, IN payload at completion.  Records go to the sink
 given in the driver's parameters (``kernel.registry["usbtrace"]``), which is
 a bounded queue drained by a writer thread: the filter never touches storage.
+
+Like the toaster filter and USBPcap, the filter holds its device's remove
+lock from dispatch until its completion routine has run, and on
+IRP_MN_REMOVE_DEVICE waits (IoReleaseRemoveLockAndWait) for every IRP still
+passing through before it detaches and deletes its device object.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from usbtrace.records import COMPLETE, SUBMIT, Event
@@ -37,6 +42,7 @@ from usbtrace.wdm.device import (
 )
 from usbtrace.wdm.iomgr import (
     IoCallDriver,
+    IoCompleteRequest,
     IoCopyCurrentIrpStackLocationToNext,
     IoMarkIrpPending,
     IoSetCompletionRoutine,
@@ -50,12 +56,24 @@ from usbtrace.wdm.irp import (
     IRP_MJ_WRITE,
     IRP_MN_QUERY_INTERFACE,
     IRP_MN_REMOVE_DEVICE,
+    IRP_MN_SET_POWER,
+    IRP_MN_START_DEVICE,
+    DeviceCapabilities,
     Irp,
+    QueryCapabilitiesParameters,
     QueryInterfaceParameters,
     describe_parameters,
     minor_name,
 )
-from usbtrace.wdm.status import NTSTATUS
+from usbtrace.wdm.power import PoSetPowerState, PowerDeviceD0
+from usbtrace.wdm.removelock import (
+    IoAcquireRemoveLock,
+    IoInitializeRemoveLock,
+    IoReleaseRemoveLock,
+    IoReleaseRemoveLockAndWait,
+    IoRemoveLock,
+)
+from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS.value
 SUBMIT_URB = U.IOCTL_INTERNAL_USB_SUBMIT_URB
@@ -74,6 +92,7 @@ class TracerExtension:
     bus: int | None = None
     address: int | None = None
     upper_payload: bool = False
+    remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
 
 
 # ---------------------------------------------------------------------------------
@@ -103,6 +122,7 @@ def TracerAddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N8
     ext = TracerExtension(lower, position, config["sink"], driver.kernel.scheduler.now,
                           upper_payload=config["upper_payload"])
     filter_do.device_extension = ext
+    IoInitializeRemoveLock(ext.remove_lock, driver.kernel.scheduler, f"usbtrace {position}")
     filter_do.flags |= lower.flags & (DO_BUFFERED_IO | DO_DIRECT_IO | DO_POWER_PAGABLE)
     filter_do.device_type = lower.device_type
     filter_do.characteristics = lower.characteristics
@@ -138,6 +158,12 @@ def _query_bus_info(ext: TracerExtension, device: DeviceObject) -> None:
 
 def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: TracerExtension = device.device_extension
+    status = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(status):  # REMOVE_DEVICE went through: nothing may pass any more
+        irp.io_status.status = status
+        irp.io_status.information = 0
+        IoCompleteRequest(irp)
+        return status
     loc = irp.stack[irp.current_location]
     major = loc.major_function
     event = _describe(ext, irp, loc, major, SUBMIT)
@@ -147,6 +173,7 @@ def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if major == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE:
         lower = ext.lower
         status = IoCallDriver(lower, irp)
+        IoReleaseRemoveLockAndWait(ext.remove_lock, irp)
         IoDetachDevice(lower)
         IoDeleteDevice(device)
         return status
@@ -162,6 +189,14 @@ def TracerCompletion(device: DeviceObject | None, irp: Irp, submitted: Event) ->
     event = _describe(ext, irp, loc, loc.major_function, COMPLETE)
     event.parent_irp_id = submitted.parent_irp_id
     ext.sink(event)
+    if NT_SUCCESS(irp.io_status.status):  # every driver reports the state it reached
+        if loc.major_function == IRP_MJ_PNP and loc.minor_function == IRP_MN_START_DEVICE:
+            PoSetPowerState(device, "device", PowerDeviceD0)
+        elif (loc.major_function == IRP_MJ_POWER and loc.minor_function == IRP_MN_SET_POWER
+              and loc.parameters.type == "device"):
+            PoSetPowerState(device, "device", loc.parameters.state)
+    if not (loc.major_function == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE):
+        IoReleaseRemoveLock(ext.remove_lock, irp)  # REMOVE's is released by the dispatch
     return STATUS_SUCCESS  # STATUS_CONTINUE_COMPLETION
 
 
@@ -205,6 +240,9 @@ def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str) -
         detail = f"{name} {text}" if text else name
         if done and irp.io_status.information and not isinstance(irp.io_status.information, int):
             detail = f"{detail} -> {_short(irp.io_status.information)}"
+        elif done and isinstance(params, QueryCapabilitiesParameters) and \
+                NT_SUCCESS(irp.io_status.status):
+            detail = f"{detail} -> {_capabilities(params.capabilities)}"
         event.detail = detail
     else:
         event.minor = None
@@ -235,6 +273,22 @@ def _describe_urb(ext: TracerExtension, event: Event, urb: U.Urb, done: bool) ->
             if buffer is not None:
                 event.data = bytes(buffer[:length])
     event.data_length = len(event.data)
+
+
+_D_STATES = {0: "-", 1: "D0", 2: "D1", 3: "D2", 4: "D3"}
+
+
+def _capabilities(caps: DeviceCapabilities) -> str:
+    """DEVICE_CAPABILITIES as a debugger extension would list them: the flags set, the
+    device state for S0..S5, and the wake states."""
+    flags = [name for name in ("removable", "surprise_removal_ok", "unique_id", "device_d1",
+                               "device_d2", "wake_from_d2", "wake_from_d3")
+             if getattr(caps, name)]
+    states = " ".join(f"S{s - 1}={_D_STATES.get(d, d)}"
+                      for s, d in enumerate(caps.device_state) if s)
+    wake = (f", wake S{caps.system_wake - 1} from {_D_STATES.get(caps.device_wake)}"
+            if caps.device_wake else "")
+    return f"{' '.join(flags) or 'none'}; {states}{wake}"
 
 
 def _short(value: Any) -> str:

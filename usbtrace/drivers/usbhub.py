@@ -10,6 +10,12 @@ cancel routine.
 
 The hub's own enumeration (port reset, SET_ADDRESS, the first descriptor
 reads) happens before the PDO exists, below every filter, as in Windows.
+
+Lifetime: the hub FDO and each device PDO have a remove lock; a URB IRP
+holds its PDO's lock until the IRP is completed.  A PDO is deleted on
+IRP_MN_REMOVE_DEVICE only once the hub has reported it missing (a device
+whose start failed keeps its PDO, and its port); the FDO's REMOVE deletes
+the PDOs it still has.
 """
 
 from __future__ import annotations
@@ -38,9 +44,11 @@ from usbtrace.wdm.device import (
 from usbtrace.wdm.iomgr import (
     IoCallDriver,
     IoCompleteRequest,
+    IoCopyCurrentIrpStackLocationToNext,
     IoForwardIrpSynchronously,
     IoMarkIrpPending,
     IoSetCancelRoutine,
+    IoSetCompletionRoutine,
     IoSkipCurrentIrpStackLocation,
     complete_irp,
 )
@@ -49,14 +57,19 @@ from usbtrace.wdm.irp import (
     IRP_MJ_PNP,
     IRP_MJ_POWER,
     IRP_MJ_SYSTEM_CONTROL,
+    IRP_MN_CANCEL_REMOVE_DEVICE,
+    IRP_MN_DEVICE_USAGE_NOTIFICATION,
     IRP_MN_POWER_SEQUENCE,
+    IRP_MN_QUERY_BUS_INFORMATION,
     IRP_MN_QUERY_CAPABILITIES,
     IRP_MN_QUERY_DEVICE_RELATIONS,
     IRP_MN_QUERY_DEVICE_TEXT,
     IRP_MN_QUERY_ID,
     IRP_MN_QUERY_INTERFACE,
+    IRP_MN_QUERY_PNP_DEVICE_STATE,
     IRP_MN_QUERY_REMOVE_DEVICE,
     IRP_MN_REMOVE_DEVICE,
+    IRP_MN_SET_POWER,
     IRP_MN_START_DEVICE,
     IRP_MN_SURPRISE_REMOVAL,
     IRP_MN_WAIT_WAKE,
@@ -65,14 +78,38 @@ from usbtrace.wdm.irp import (
     BusQueryHardwareIDs,
     BusQueryInstanceID,
     BusRelations,
+    DeviceCapabilities,
+    DeviceTextDescription,
+    DeviceTextLocationInformation,
     Irp,
+    PnpBusInformation,
 )
 from usbtrace.wdm.pnp import DeviceNode
-from usbtrace.wdm.sched import KDpc, KInterrupt
-from usbtrace.wdm.status import NTSTATUS
+from usbtrace.wdm.power import (
+    PoCallDriver,
+    PoRequestPowerIrp,
+    PoSetPowerState,
+    PoStartNextPowerIrp,
+    PowerDeviceD0,
+    PowerDeviceD2,
+    PowerDeviceD3,
+    PowerSystemSleeping3,
+    PowerSystemWorking,
+)
+from usbtrace.wdm.removelock import (
+    IoAcquireRemoveLock,
+    IoInitializeRemoveLock,
+    IoReleaseRemoveLock,
+    IoReleaseRemoveLockAndWait,
+    IoRemoveLock,
+)
+from usbtrace.wdm.sched import KDpc, KEvent, KInterrupt
+from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
 STATUS_PENDING = NTSTATUS.STATUS_PENDING
+PNPBus = 15  # INTERFACE_TYPE
+STATUS_MORE_PROCESSING_REQUIRED = NTSTATUS.STATUS_MORE_PROCESSING_REQUIRED.value
 
 # USBD status -> the IRP's NTSTATUS, as usbport completes URB IRPs
 USBD_TO_NTSTATUS = {
@@ -111,6 +148,10 @@ class HubFdoExtension:
     interrupt: KInterrupt | None = None
     dpc: KDpc | None = None
     started: bool = False
+    remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
+    scheduled: int = 0  # controller events still to fire; REMOVE waits for none
+    device_state: list[int] = field(default_factory=list)  # DEVICE_CAPABILITIES.DeviceState
+    idle: KEvent = field(default_factory=lambda: KEvent(True))
 
 
 @dataclass
@@ -127,6 +168,9 @@ class UsbDevicePdoExtension:
     removed: bool = False
     in_flight: list[Transfer] = field(default_factory=list)
     pipes: dict[int, U.PipeInformation] = field(default_factory=dict)
+    remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
+    wait_wake: Irp | None = None  # the pending IRP_MN_WAIT_WAKE, while armed
+    idle_irp: Irp | None = None  # the client's idle notification, while held
 
 
 # ---------------------------------------------------------------------------------
@@ -151,6 +195,7 @@ def UsbhubAddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N8
     lower = IoAttachDeviceToDeviceStack(fdo, pdo)
     ext = HubFdoExtension(lower=lower, fdo=fdo, ports=driver.driver_context["ports"])
     fdo.device_extension = ext
+    IoInitializeRemoveLock(ext.remove_lock, driver.kernel.scheduler, "usbhub FDO")
     fdo.flags |= DO_POWER_PAGABLE
     fdo.flags &= ~DO_DEVICE_INITIALIZING
     return STATUS_SUCCESS
@@ -187,28 +232,43 @@ def plug(hub_node: DeviceNode, backend: DeviceBackend) -> None:
 
 def UsbhubDispatchPnp(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
-        return _fdo_pnp(device, irp)
-    return _pdo_pnp(device, irp)
+        return UsbhubFdoPnp(device, irp)
+    return UsbhubPdoPnp(device, irp)
 
 
-def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
+def UsbhubFdoPnp(fdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: HubFdoExtension = fdo.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        return complete_irp(irp, lock)
     loc = irp.IoGetCurrentIrpStackLocation()
     minor = loc.minor_function
-    if minor == IRP_MN_START_DEVICE:
+    if minor in (IRP_MN_START_DEVICE, IRP_MN_CANCEL_REMOVE_DEVICE):
+        # handled on the way up: the root enumerator's PDO first
         status = IoForwardIrpSynchronously(ext.lower, irp)
-        if status == STATUS_SUCCESS:
+        if minor == IRP_MN_START_DEVICE and status == STATUS_SUCCESS:
             ext.interrupt = KInterrupt(UsbhubInterruptService, ext)
             ext.dpc = KDpc(UsbhubDpcForIsr, ext)
             ext.started = True
+            PoSetPowerState(fdo, "device", PowerDeviceD0)  # started means in D0
+        elif minor == IRP_MN_CANCEL_REMOVE_DEVICE:
+            status = STATUS_SUCCESS
+        IoReleaseRemoveLock(ext.remove_lock, irp)
         return complete_irp(irp, status)
+    if minor == IRP_MN_QUERY_CAPABILITIES:
+        # on the way up: the S-to-D map the hub's power policy needs
+        status = IoForwardIrpSynchronously(ext.lower, irp)
+        if NT_SUCCESS(status):
+            ext.device_state = list(loc.parameters.capabilities.device_state)
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return complete_irp(irp, status, irp.io_status.information)
     if minor == IRP_MN_QUERY_DEVICE_RELATIONS and loc.parameters.type == BusRelations:
         relations = []
         for port, backend in enumerate(ext.ports):
             if backend is None or not backend.connected:
                 pdo = ext.children.pop(port, None)
                 if pdo is not None:
-                    pdo.device_extension.present = False
+                    pdo.device_extension.present = False  # reported missing from now on
                 continue
             pdo = ext.children.get(port)
             if pdo is None:
@@ -219,11 +279,13 @@ def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
             relations.append(pdo)
         irp.io_status.status = STATUS_SUCCESS
         irp.io_status.information = relations
-        IoSkipCurrentIrpStackLocation(irp)
-        return IoCallDriver(ext.lower, irp)
-    if minor == IRP_MN_REMOVE_DEVICE:
-        for pdo in list(ext.children.values()):
+    elif minor == IRP_MN_REMOVE_DEVICE:
+        IoReleaseRemoveLockAndWait(ext.remove_lock, irp)
+        # the controller quiesces: no event of ours may outlive the driver (bug check 0xCE)
+        fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(ext.idle, "usbhub idle")
+        for pdo in list(ext.children.values()):  # the children go with their bus
             pdo.device_extension.present = False
+            pdo.device_extension.removed = True
             if not pdo.deleted:
                 IoDeleteDevice(pdo)
         ext.children.clear()
@@ -234,10 +296,12 @@ def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
         IoDetachDevice(ext.lower)
         IoDeleteDevice(fdo)
         return status
-    if minor in (IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_SURPRISE_REMOVAL):
+    elif minor in (IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_SURPRISE_REMOVAL):
         irp.io_status.status = STATUS_SUCCESS
     IoSkipCurrentIrpStackLocation(irp)
-    return IoCallDriver(ext.lower, irp)
+    status = IoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
 
 
 def _enumerate_port(fdo: DeviceObject, ext: HubFdoExtension, port: int,
@@ -268,14 +332,35 @@ def _enumerate_port(fdo: DeviceObject, ext: HubFdoExtension, port: int,
     serial = string(device_descriptor.iSerialNumber)
     product = string(device_descriptor.iProduct)
     pdo = IoCreateDevice(fdo.driver_object, None, None, FILE_DEVICE_BUS_EXTENDER)
-    pdo.device_extension = UsbDevicePdoExtension(
+    pdo_ext = UsbDevicePdoExtension(
         hub=ext, port=port, backend=backend, address=address,
         device_descriptor=device_descriptor, configuration=bytes(config), serial=serial,
         product=product,
     )
+    IoInitializeRemoveLock(pdo_ext.remove_lock, fdo.driver_object.kernel.scheduler,
+                           f"usbhub port {port}")
+    pdo.device_extension = pdo_ext
     pdo.flags |= DO_POWER_PAGABLE
     pdo.flags &= ~DO_DEVICE_INITIALIZING
     return pdo
+
+
+def _fill_capabilities(ext: UsbDevicePdoExtension, caps: DeviceCapabilities) -> None:
+    """What a USB hub reports for a device on one of its ports: removable, surprise
+    removal is fine, D3 in every sleep state, and remote wake-up from D2 (S3) when the
+    configuration descriptor says the device supports it (bmAttributes bit 5)."""
+    caps.removable = True
+    caps.surprise_removal_ok = True
+    caps.unique_id = bool(ext.serial)
+    caps.address = ext.port + 1
+    caps.ui_number = ext.port + 1
+    caps.device_state = [0, PowerDeviceD0] + [PowerDeviceD3] * 5
+    if _remote_wakeup(ext):
+        caps.device_d2 = True
+        caps.wake_from_d2 = True
+        caps.device_state[PowerSystemSleeping3] = PowerDeviceD2
+        caps.device_wake = PowerDeviceD2
+        caps.system_wake = PowerSystemSleeping3
 
 
 def _first_interface(pdo_ext: UsbDevicePdoExtension) -> tuple[int, int, int]:
@@ -286,7 +371,7 @@ def _first_interface(pdo_ext: UsbDevicePdoExtension) -> tuple[int, int, int]:
     return (i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol)
 
 
-def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
+def UsbhubPdoPnp(pdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: UsbDevicePdoExtension = pdo.device_extension
     loc = irp.IoGetCurrentIrpStackLocation()
     minor = loc.minor_function
@@ -311,51 +396,241 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
             return complete_irp(irp, STATUS_SUCCESS, instance)
         return complete_irp(irp, irp.io_status.status, irp.io_status.information)
     if minor == IRP_MN_QUERY_DEVICE_TEXT:
-        return complete_irp(irp, STATUS_SUCCESS, ext.product)
+        if loc.parameters.device_text_type == DeviceTextDescription:
+            return complete_irp(irp, STATUS_SUCCESS, ext.product)
+        if loc.parameters.device_text_type == DeviceTextLocationInformation:
+            return complete_irp(irp, STATUS_SUCCESS,
+                                f"Port_#{ext.port + 1:04d}.Hub_#{ext.hub.bus_number:04d}")
+        return complete_irp(irp, irp.io_status.status, irp.io_status.information)
+    if minor == IRP_MN_QUERY_CAPABILITIES:
+        _fill_capabilities(ext, loc.parameters.capabilities)
+        return complete_irp(irp, STATUS_SUCCESS)
+    if minor == IRP_MN_QUERY_BUS_INFORMATION:
+        return complete_irp(irp, STATUS_SUCCESS,
+                            PnpBusInformation("GUID_BUS_TYPE_USB", PNPBus, ext.hub.bus_number))
+    if minor in (IRP_MN_QUERY_PNP_DEVICE_STATE, IRP_MN_DEVICE_USAGE_NOTIFICATION):
+        return complete_irp(irp, STATUS_SUCCESS, irp.io_status.information)
     if minor == IRP_MN_QUERY_INTERFACE:
         if loc.parameters.interface_type == U.BUS_INFO_INTERFACE:
             return complete_irp(irp, STATUS_SUCCESS, {
                 "bus": ext.hub.bus_number, "address": ext.address,
                 "speed": ext.backend.speed.name})
         return complete_irp(irp, irp.io_status.status, irp.io_status.information)
-    if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_CAPABILITIES, IRP_MN_QUERY_REMOVE_DEVICE):
+    if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_CANCEL_REMOVE_DEVICE):
         if minor == IRP_MN_START_DEVICE:
             ext.removed = False
+            PoSetPowerState(pdo, "device", PowerDeviceD0)  # the port is powered with it
         return complete_irp(irp, STATUS_SUCCESS)
     if minor == IRP_MN_SURPRISE_REMOVAL:
         ext.removed = True
         _fail_in_flight(ext, U.USBD_STATUS_DEVICE_GONE)
+        _fail_wait_wake(ext)
         return complete_irp(irp, STATUS_SUCCESS)
     if minor == IRP_MN_REMOVE_DEVICE:
         ext.removed = True
         _fail_in_flight(ext, U.USBD_STATUS_DEVICE_GONE)
-        hub = ext.hub
-        if hub.children.get(ext.port) is pdo:
-            del hub.children[ext.port]
+        _fail_wait_wake(ext)
         status = complete_irp(irp, STATUS_SUCCESS)
-        if not pdo.deleted:
+        if not ext.present and not pdo.deleted:
+            # reported missing: the last REMOVE it gets; nothing holds it any more
+            if IoAcquireRemoveLock(ext.remove_lock, irp) == STATUS_SUCCESS:
+                IoReleaseRemoveLockAndWait(ext.remove_lock, irp)
             IoDeleteDevice(pdo)
         return status
     # anything else (QUERY_DEVICE_RELATIONS included: a PDO has no children) keeps its status
     return complete_irp(irp, irp.io_status.status, irp.io_status.information)
 
 
+def UsbhubFdoPassDown(fdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """Skip and call the root enumerator's PDO, holding the FDO's remove lock."""
+    ext: HubFdoExtension = fdo.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        return complete_irp(irp, lock)
+    IoSkipCurrentIrpStackLocation(irp)
+    status = IoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
+
+
+USB_RESUME_NS = 30_000_000  # USB 2.0 §7.1.7.7: 20 ms of resume signalling, 10 ms recovery
+
+
 def UsbhubDispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
-    loc = irp.IoGetCurrentIrpStackLocation()
     if _is_fdo(device):
-        IoSkipCurrentIrpStackLocation(irp)
-        return IoCallDriver(device.device_extension.lower, irp)
-    if loc.minor_function == IRP_MN_WAIT_WAKE:
-        return complete_irp(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
-    if loc.minor_function == IRP_MN_POWER_SEQUENCE:
+        return UsbhubFdoPower(device, irp)
+    return UsbhubPdoPower(device, irp)
+
+
+def UsbhubFdoPower(fdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """The hub FDO owns the power policy of its own stack (the root enumerator's PDO
+    below it): a system IRP is followed by the device IRP its capabilities map it to."""
+    ext: HubFdoExtension = fdo.device_extension
+    loc = irp.IoGetCurrentIrpStackLocation()
+    params = loc.parameters
+    if loc.minor_function == IRP_MN_SET_POWER and params.type == "system":
+        lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+        if not NT_SUCCESS(lock):
+            PoStartNextPowerIrp(irp)
+            return complete_irp(irp, lock)
+        IoMarkIrpPending(irp)
+        IoCopyCurrentIrpStackLocationToNext(irp)
+        IoSetCompletionRoutine(irp, UsbhubSystemPowerCompletion, None)
+        PoCallDriver(ext.lower, irp)
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return STATUS_PENDING
+    if loc.minor_function == IRP_MN_SET_POWER and params.type == "device":
+        PoSetPowerState(fdo, "device", params.state)
+    PoStartNextPowerIrp(irp)
+    return UsbhubFdoPassDown(fdo, irp)
+
+
+def UsbhubSystemPowerCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
+                                context: Any) -> int:
+    """The system IRP is back from the root enumerator: request the hub's device IRP;
+    the hub has children, so the system IRP waits for it."""
+    assert device is not None
+    ext: HubFdoExtension = device.device_extension
+    system_state = irp.IoGetCurrentIrpStackLocation().parameters.state
+    if system_state == PowerSystemWorking:
+        target = PowerDeviceD0
+    else:
+        target = (ext.device_state[system_state] if system_state < len(ext.device_state)
+                  else 0) or PowerDeviceD3
+    if target == device.power_state:
+        PoStartNextPowerIrp(irp)
+        return STATUS_SUCCESS
+    PoRequestPowerIrp(ext.lower, IRP_MN_SET_POWER, target, UsbhubDevicePowerDone, irp)
+    return STATUS_MORE_PROCESSING_REQUIRED
+
+
+def UsbhubDevicePowerDone(pdo: DeviceObject, minor: int, state: int,  # noqa: N802
+                          system_irp: Irp, io_status: Any) -> None:
+    PoStartNextPowerIrp(system_irp)
+    IoCompleteRequest(system_irp)
+
+
+def UsbhubPdoPower(pdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """The bus driver's part: suspend and resume the port, hold a WAIT_WAKE."""
+    ext: UsbDevicePdoExtension = pdo.device_extension
+    loc = irp.IoGetCurrentIrpStackLocation()
+    minor = loc.minor_function
+    PoStartNextPowerIrp(irp)
+    if minor == IRP_MN_WAIT_WAKE:
+        return _arm_wait_wake(pdo, ext, irp)
+    if minor == IRP_MN_POWER_SEQUENCE:
         return complete_irp(irp, NTSTATUS.STATUS_NOT_IMPLEMENTED)
-    return complete_irp(irp, STATUS_SUCCESS)
+    if minor == IRP_MN_SET_POWER and loc.parameters.type == "device":
+        state = loc.parameters.state
+        if state == PowerDeviceD0 and pdo.power_state not in (PowerDeviceD0, 0) \
+                and not ext.removed:
+            # resume the port: the IRP completes once the device is back (USB 2.0 §7.1.7.7)
+            IoMarkIrpPending(irp)
+            hub = ext.hub
+            hub.scheduled += 1
+            hub.idle.KeClearEvent()
+            pdo.driver_object.kernel.scheduler.schedule(USB_RESUME_NS, UsbhubResumeDone,
+                                                        pdo, irp)
+            return STATUS_PENDING
+        PoSetPowerState(pdo, "device", state)  # suspended (D2/D3) from here on
+        return complete_irp(irp, STATUS_SUCCESS)
+    return complete_irp(irp, STATUS_SUCCESS)  # system IRPs: only the bus driver completes
+
+
+def UsbhubResumeDone(pdo: DeviceObject, irp: Irp) -> None:  # noqa: N802
+    """Resume recovery is over: the device is in D0 again."""
+    _host_controller_event_done(pdo.device_extension.hub)
+    PoSetPowerState(pdo, "device", PowerDeviceD0)
+    irp.io_status.status = STATUS_SUCCESS
+    IoCompleteRequest(irp)
+
+
+def _arm_wait_wake(pdo: DeviceObject, ext: UsbDevicePdoExtension, irp: Irp) -> int:
+    """Hold the WAIT_WAKE until the device signals resume or the IRP is cancelled; a
+    device without remote wake-up in its configuration cannot arm one."""
+    if not _remote_wakeup(ext) or ext.removed:
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_DEVICE_STATE)
+    if ext.wait_wake is not None:
+        return complete_irp(irp, NTSTATUS.STATUS_DEVICE_BUSY)
+    IoMarkIrpPending(irp)
+    IoSetCancelRoutine(irp, UsbhubCancelWaitWake)
+    ext.wait_wake = irp
+    return STATUS_PENDING
+
+
+def UsbhubCancelWaitWake(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
+    ext: UsbDevicePdoExtension = device.device_extension
+    if ext.wait_wake is irp:
+        ext.wait_wake = None
+    complete_irp(irp, NTSTATUS.STATUS_CANCELLED)
+
+
+def UsbhubRemoteWakeup(pdo: DeviceObject) -> bool:  # noqa: N802
+    """The device signalled resume on its port: complete the armed WAIT_WAKE."""
+    ext: UsbDevicePdoExtension = pdo.device_extension
+    irp = ext.wait_wake
+    if irp is None or IoSetCancelRoutine(irp, None) is None:
+        return False
+    ext.wait_wake = None
+    complete_irp(irp, STATUS_SUCCESS)
+    return True
+
+
+# ---- selective suspend ---------------------------------------------------------------
+
+
+def UsbhubSubmitIdleNotification(pdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """Hold the client's idle request and call its idle callback when the port may be
+    suspended (at once here: one function per port, no URB in flight is required of it)."""
+    ext: UsbDevicePdoExtension = pdo.device_extension
+    info = irp.IoGetCurrentIrpStackLocation().parameters.type3_input_buffer
+    if not isinstance(info, U.UsbIdleCallbackInfo):
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+    if ext.removed:
+        return complete_irp(irp, NTSTATUS.STATUS_NO_SUCH_DEVICE)
+    if ext.idle_irp is not None:
+        return complete_irp(irp, NTSTATUS.STATUS_DEVICE_BUSY)
+    IoMarkIrpPending(irp)
+    IoSetCancelRoutine(irp, UsbhubCancelIdleNotification)
+    ext.idle_irp = irp
+    hub = ext.hub
+    hub.scheduled += 1
+    hub.idle.KeClearEvent()
+    pdo.driver_object.kernel.scheduler.schedule(0, UsbhubIdleCallbackWorker, pdo, irp, info)
+    return STATUS_PENDING
+
+
+def UsbhubIdleCallbackWorker(pdo: DeviceObject, irp: Irp,  # noqa: N802
+                             info: U.UsbIdleCallbackInfo) -> None:
+    """At PASSIVE_LEVEL: the client powers its device down in its idle callback; the
+    hub then suspends the port (the D2 IRP the client sent did that here)."""
+    ext: UsbDevicePdoExtension = pdo.device_extension
+    _host_controller_event_done(ext.hub)
+    if ext.idle_irp is irp and not irp.cancel:
+        scheduler = pdo.driver_object.kernel.scheduler
+        old = scheduler.irql
+        scheduler.irql = 0
+        try:
+            info.idle_callback(info.idle_context)
+        finally:
+            scheduler.irql = old
+
+
+def UsbhubCancelIdleNotification(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
+    """The client wants its device back (or goes away): the idle request ends."""
+    ext: UsbDevicePdoExtension = device.device_extension
+    if ext.idle_irp is irp:
+        ext.idle_irp = None
+    complete_irp(irp, NTSTATUS.STATUS_CANCELLED)
+
+
+def _remote_wakeup(ext: UsbDevicePdoExtension) -> bool:
+    return len(ext.configuration) >= 8 and bool(ext.configuration[7] & 0x20)
 
 
 def UsbhubDispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
-        IoSkipCurrentIrpStackLocation(irp)
-        return IoCallDriver(device.device_extension.lower, irp)
+        return UsbhubFdoPassDown(device, irp)
     return complete_irp(irp, irp.io_status.status)
 
 
@@ -366,6 +641,9 @@ def UsbhubDispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa:
 
 def UsbhubDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     loc = irp.IoGetCurrentIrpStackLocation()
+    if not _is_fdo(device) and \
+            loc.parameters.io_control_code == U.IOCTL_INTERNAL_USB_SUBMIT_IDLE_NOTIFICATION:
+        return UsbhubSubmitIdleNotification(device, irp)
     if _is_fdo(device) or loc.parameters.io_control_code != U.IOCTL_INTERNAL_USB_SUBMIT_URB:
         return complete_irp(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
     ext: UsbDevicePdoExtension = device.device_extension
@@ -384,7 +662,10 @@ def UsbhubDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int: 
     if irp.cancel:
         urb.status = U.USBD_STATUS_CANCELED
         return complete_irp(irp, NTSTATUS.STATUS_CANCELLED)
-    transfer = Transfer(irp, urb, device, run)
+    if IoAcquireRemoveLock(ext.remove_lock, irp) != STATUS_SUCCESS:
+        urb.status = U.USBD_STATUS_DEVICE_GONE
+        return complete_irp(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
+    transfer = Transfer(irp, urb, device, run)  # holds the PDO's remove lock until completed
     IoMarkIrpPending(irp)
     IoSetCancelRoutine(irp, UsbhubCancelUrb)
     irp.tail[0] = transfer
@@ -473,12 +754,21 @@ def _host_controller_queue(hub: HubFdoExtension, transfer: Transfer) -> None:
     now = sched.now_ns()
     start = hub.busy_until_ns if hub.busy_until_ns > now else now
     hub.busy_until_ns = start
+    hub.scheduled += 1
+    hub.idle.KeClearEvent()
     sched.schedule(start - now, _host_controller_run, hub, transfer)
+
+
+def _host_controller_event_done(hub: HubFdoExtension) -> None:
+    hub.scheduled -= 1
+    if hub.scheduled == 0:
+        hub.idle.KeSetEvent()
 
 
 def _host_controller_run(hub: HubFdoExtension, transfer: Transfer) -> None:
     """The controller executes the transfer on the bus, then interrupts when done."""
     if transfer.cancelled:
+        _host_controller_event_done(hub)
         return
     result = transfer.run()
     transfer.result = result
@@ -489,6 +779,7 @@ def _host_controller_run(hub: HubFdoExtension, transfer: Transfer) -> None:
 
 
 def _host_controller_done(hub: HubFdoExtension, transfer: Transfer) -> None:
+    _host_controller_event_done(hub)
     if transfer.cancelled:
         return
     hub.done.append(transfer)
@@ -530,6 +821,7 @@ def UsbhubDpcForIsr(dpc: KDpc, ext: HubFdoExtension) -> None:  # noqa: N802
         urb.status = status
         irp.io_status.status = USBD_TO_NTSTATUS.get(status, NTSTATUS.STATUS_UNSUCCESSFUL)
         irp.io_status.information = 0
+        IoReleaseRemoveLock(pdo_ext.remove_lock, irp)
         IoCompleteRequest(irp)
 
 
@@ -552,7 +844,18 @@ def _cancel_transfer(ext: UsbDevicePdoExtension, transfer: Transfer,
         ext.hub.dpc_list.remove(transfer)
     transfer.urb.status = U.USBD_STATUS_CANCELED
     transfer.irp.io_status.status = NTSTATUS.STATUS_CANCELLED
+    IoReleaseRemoveLock(ext.remove_lock, transfer.irp)
     IoCompleteRequest(transfer.irp)
+
+
+def _fail_wait_wake(ext: UsbDevicePdoExtension) -> None:
+    """A device gone cannot wake anything nor be suspended: its WAIT_WAKE and idle
+    request end STATUS_NO_SUCH_DEVICE."""
+    for attribute in ("wait_wake", "idle_irp"):
+        irp = getattr(ext, attribute)
+        if irp is not None and IoSetCancelRoutine(irp, None) is not None:
+            setattr(ext, attribute, None)
+            complete_irp(irp, NTSTATUS.STATUS_NO_SUCH_DEVICE)
 
 
 def _fail_in_flight(ext: UsbDevicePdoExtension, usbd_status: int) -> None:
@@ -564,4 +867,5 @@ def _fail_in_flight(ext: UsbDevicePdoExtension, usbd_status: int) -> None:
         transfer.urb.status = usbd_status
         transfer.irp.io_status.status = USBD_TO_NTSTATUS.get(usbd_status,
                                                              NTSTATUS.STATUS_UNSUCCESSFUL)
+        IoReleaseRemoveLock(ext.remove_lock, transfer.irp)
         IoCompleteRequest(transfer.irp)

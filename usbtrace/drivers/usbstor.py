@@ -22,6 +22,13 @@ Recovery (BOT §5.3.4: Bulk-Only Mass Storage Reset, then clear both halts),
 after which the SRB ends with SRB_STATUS_BUS_RESET and STATUS_IO_DEVICE_ERROR,
 as ReactOS's USBSTOR_CSWCompletionRoutine ends it (``scsi.c``); the class
 driver above decides whether to send it again.
+
+Lifetime: the FDO and each LUN PDO have a remove lock.  Dispatch routines
+hold it while they work; an SRB holds its LUN's lock until it completes.
+The FDO's IRP_MN_REMOVE_DEVICE fails what is queued, waits for the rest
+(IoReleaseRemoveLockAndWait) and deletes the LUN PDOs it still has; a LUN
+PDO's own REMOVE deletes it only once it is gone from the bus (its FDO
+surprise-removed), as a bus driver keeps a PDO it still reports.
 """
 
 from __future__ import annotations
@@ -65,6 +72,9 @@ from usbtrace.wdm.device import (
 )
 from usbtrace.wdm.iomgr import (
     IoCallDriver,
+    IoCancelIrp,
+    IoCompleteRequest,
+    IoCopyCurrentIrpStackLocationToNext,
     IoForwardIrpSynchronously,
     IoMarkIrpPending,
     IoSetCancelRoutine,
@@ -83,12 +93,16 @@ from usbtrace.wdm.irp import (
     IRP_MJ_POWER,
     IRP_MJ_SCSI,
     IRP_MJ_SYSTEM_CONTROL,
+    IRP_MN_CANCEL_REMOVE_DEVICE,
+    IRP_MN_DEVICE_USAGE_NOTIFICATION,
     IRP_MN_QUERY_CAPABILITIES,
     IRP_MN_QUERY_DEVICE_RELATIONS,
     IRP_MN_QUERY_DEVICE_TEXT,
     IRP_MN_QUERY_ID,
+    IRP_MN_QUERY_PNP_DEVICE_STATE,
     IRP_MN_QUERY_REMOVE_DEVICE,
     IRP_MN_REMOVE_DEVICE,
+    IRP_MN_SET_POWER,
     IRP_MN_START_DEVICE,
     IRP_MN_SURPRISE_REMOVAL,
     IRP_MN_WAIT_WAKE,
@@ -97,14 +111,33 @@ from usbtrace.wdm.irp import (
     BusQueryHardwareIDs,
     BusQueryInstanceID,
     BusRelations,
+    DeviceCapabilities,
     DeviceIoControlParameters,
+    DeviceTextDescription,
     IoAllocateIrp,
     IoBuildDeviceIoControlRequest,
     IoFreeIrp,
     Irp,
 )
+from usbtrace.wdm.power import (
+    PoCallDriver,
+    PoRequestPowerIrp,
+    PoSetPowerState,
+    PoStartNextPowerIrp,
+    PowerDeviceD0,
+    PowerDeviceD2,
+    PowerDeviceD3,
+    PowerSystemWorking,
+)
+from usbtrace.wdm.removelock import (
+    IoAcquireRemoveLock,
+    IoInitializeRemoveLock,
+    IoReleaseRemoveLock,
+    IoReleaseRemoveLockAndWait,
+    IoRemoveLock,
+)
 from usbtrace.wdm.sched import KEvent
-from usbtrace.wdm.status import NTSTATUS
+from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
 STATUS_PENDING = NTSTATUS.STATUS_PENDING
@@ -168,6 +201,18 @@ class FdoExtension:
     active: Request | None = None
     removed: bool = False
     recoveries: int = 0
+    remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
+    device_state: list[int] = field(default_factory=list)  # DEVICE_CAPABILITIES.DeviceState
+    system_wake: int = 0
+    device_wake: int = 0
+    wait_wake: Irp | None = None  # the armed IRP_MN_WAIT_WAKE, while there is one
+    wake_signalled: bool = False
+    idle_timeout_ns: int | None = None  # selective suspend after this long idle; None: off
+    idle_irp: Irp | None = None  # IOCTL_INTERNAL_USB_SUBMIT_IDLE_NOTIFICATION, while held
+    idle_generation: int = 0  # bumped by every command: a stale idle timer does nothing
+    resume_event: KEvent | None = None
+    idle_timers: int = 0  # idle timers still to fire; REMOVE waits for them (bug check 0xCE)
+    timers_done: KEvent = field(default_factory=lambda: KEvent(True))
 
 
 @dataclass
@@ -178,6 +223,7 @@ class PdoExtension:
     product: str
     revision: str
     removed: bool = False
+    remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
 
 
 class Request:
@@ -218,13 +264,20 @@ def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
     driver.major_function[IRP_MJ_SYSTEM_CONTROL] = USBSTOR_DispatchSystemControl
     driver.driver_extension.add_device = USBSTOR_AddDevice
     driver.driver_unload = USBSTOR_Unload
+    parameters = driver.kernel.registry.get("usbstor", {})
+    idle_ms = parameters.get("idle_timeout_ms")
+    driver.driver_context = {"idle_timeout_ns": None if idle_ms is None else int(idle_ms * 1e6)}
     return STATUS_SUCCESS
 
 
 def USBSTOR_AddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N802
     fdo = IoCreateDevice(driver, None, None, FILE_DEVICE_MASS_STORAGE)
     lower = IoAttachDeviceToDeviceStack(fdo, pdo)
-    fdo.device_extension = FdoExtension(fdo=fdo, lower=lower, pdo=pdo)
+    ext = FdoExtension(fdo=fdo, lower=lower, pdo=pdo)
+    context = driver.driver_context or {}
+    ext.idle_timeout_ns = context.get("idle_timeout_ns")
+    fdo.device_extension = ext
+    IoInitializeRemoveLock(ext.remove_lock, driver.kernel.scheduler, "usbstor FDO")
     fdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
     fdo.flags &= ~DO_DEVICE_INITIALIZING
     return STATUS_SUCCESS
@@ -242,20 +295,119 @@ def USBSTOR_DispatchCreateClose(device: DeviceObject, irp: Irp) -> int:  # noqa:
     return complete_irp(irp, STATUS_SUCCESS)
 
 
+def USBSTOR_FdoPassDown(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """Skip and call the lower driver, holding the FDO's remove lock across the call."""
+    ext: FdoExtension = device.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        return complete_irp(irp, lock)
+    IoSkipCurrentIrpStackLocation(irp)
+    status = IoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
+
+
 def USBSTOR_DispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
-        IoSkipCurrentIrpStackLocation(irp)
-        return IoCallDriver(device.device_extension.lower, irp)
+        return USBSTOR_FdoPassDown(device, irp)
     return complete_irp(irp, irp.io_status.status)
 
 
 def USBSTOR_DispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
-    if _is_fdo(device):
-        IoSkipCurrentIrpStackLocation(irp)
-        return IoCallDriver(device.device_extension.lower, irp)
-    if irp.IoGetCurrentIrpStackLocation().minor_function == IRP_MN_WAIT_WAKE:
-        return complete_irp(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
-    return complete_irp(irp, STATUS_SUCCESS)
+    """The FDO owns the power policy of the USB device's stack; a LUN PDO, as the bus
+    driver of its disk stack, completes its power IRPs (only a bus driver may)."""
+    loc = irp.IoGetCurrentIrpStackLocation()
+    if not _is_fdo(device):
+        PoStartNextPowerIrp(irp)
+        if loc.minor_function == IRP_MN_WAIT_WAKE:
+            return complete_irp(irp, NTSTATUS.STATUS_NOT_SUPPORTED)
+        if loc.minor_function == IRP_MN_SET_POWER and loc.parameters.type == "device":
+            PoSetPowerState(device, "device", loc.parameters.state)
+        return complete_irp(irp, STATUS_SUCCESS)
+    ext: FdoExtension = device.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        PoStartNextPowerIrp(irp)
+        return complete_irp(irp, lock)
+    params = loc.parameters
+    if loc.minor_function == IRP_MN_SET_POWER and params.type == "system":
+        IoMarkIrpPending(irp)
+        IoCopyCurrentIrpStackLocationToNext(irp)
+        IoSetCompletionRoutine(irp, USBSTOR_SystemPowerCompletion, None)
+        PoCallDriver(ext.lower, irp)
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return STATUS_PENDING
+    if loc.minor_function == IRP_MN_SET_POWER and params.type == "device":
+        if params.state != PowerDeviceD0:
+            PoSetPowerState(device, "device", params.state)
+            PoStartNextPowerIrp(irp)
+            IoSkipCurrentIrpStackLocation(irp)
+        else:
+            IoCopyCurrentIrpStackLocationToNext(irp)
+            IoSetCompletionRoutine(irp, USBSTOR_PowerUpCompletion, None)
+        status = PoCallDriver(ext.lower, irp)
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return status
+    PoStartNextPowerIrp(irp)
+    IoSkipCurrentIrpStackLocation(irp)
+    status = PoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
+
+
+def USBSTOR_PowerUpCompletion(device: DeviceObject | None, irp: Irp, context: Any) -> int:  # noqa: N802
+    if irp.pending_returned:
+        IoMarkIrpPending(irp)
+    assert device is not None
+    if NT_SUCCESS(irp.io_status.status):
+        PoSetPowerState(device, "device", PowerDeviceD0)
+    PoStartNextPowerIrp(irp)
+    return STATUS_SUCCESS
+
+
+def USBSTOR_SystemPowerCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
+                                  context: Any) -> int:
+    """The system IRP came back up from the hub: request the device IRP for it.
+
+    The FDO has children (the LUNs), so the system IRP waits for the device IRP in
+    both directions.  Before the device sleeps in a state it can wake the system
+    from, a WAIT_WAKE is armed; back in D0 it is cancelled.
+    """
+    assert device is not None
+    ext: FdoExtension = device.device_extension
+    system_state = irp.IoGetCurrentIrpStackLocation().parameters.state
+    if system_state == PowerSystemWorking:
+        target = PowerDeviceD0
+    else:
+        target = (ext.device_state[system_state] if system_state < len(ext.device_state)
+                  else 0) or PowerDeviceD3
+    if target == device.power_state or ext.removed:
+        PoStartNextPowerIrp(irp)
+        return STATUS_SUCCESS
+    if (target != PowerDeviceD0 and ext.wait_wake is None and ext.device_wake
+            and target <= ext.device_wake and system_state <= ext.system_wake):
+        _, ext.wait_wake = PoRequestPowerIrp(ext.pdo, IRP_MN_WAIT_WAKE, ext.system_wake,
+                                             USBSTOR_WaitWakeDone, ext)
+    PoRequestPowerIrp(ext.pdo, IRP_MN_SET_POWER, target, USBSTOR_DevicePowerDone, (ext, irp))
+    return STATUS_MORE_PROCESSING_REQUIRED
+
+
+def USBSTOR_DevicePowerDone(pdo: DeviceObject, minor: int, state: int,  # noqa: N802
+                            context: tuple[FdoExtension, Irp], io_status: Any) -> None:
+    """The device IRP finished: disarm wake on the way back to D0, complete the S-IRP."""
+    ext, system_irp = context
+    wait_wake = ext.wait_wake
+    if state == PowerDeviceD0 and wait_wake is not None and not wait_wake.completed:
+        IoCancelIrp(wait_wake)
+    PoStartNextPowerIrp(system_irp)
+    IoCompleteRequest(system_irp)
+
+
+def USBSTOR_WaitWakeDone(pdo: DeviceObject, minor: int, state: int,  # noqa: N802
+                         ext: FdoExtension, io_status: Any) -> None:
+    """The WAIT_WAKE came back: cancelled on resume, or the device signalled wake-up."""
+    ext.wait_wake = None
+    ext.wake_signalled = io_status.status == STATUS_SUCCESS
 
 
 # ---------------------------------------------------------------------------------
@@ -265,19 +417,37 @@ def USBSTOR_DispatchPower(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
 
 def USBSTOR_DispatchPnp(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if _is_fdo(device):
-        return _fdo_pnp(device, irp)
-    return _pdo_pnp(device, irp)
+        return USBSTOR_FdoHandlePnp(device, irp)
+    return USBSTOR_PdoHandlePnp(device, irp)
 
 
-def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
+def USBSTOR_FdoHandlePnp(fdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: FdoExtension = fdo.device_extension
+    lock = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if not NT_SUCCESS(lock):
+        return complete_irp(irp, lock)
     loc = irp.IoGetCurrentIrpStackLocation()
     minor = loc.minor_function
-    if minor == IRP_MN_START_DEVICE:
+    if minor in (IRP_MN_START_DEVICE, IRP_MN_CANCEL_REMOVE_DEVICE):
+        # handled on the way up: the bus driver's PDO first
         status = IoForwardIrpSynchronously(ext.lower, irp)
-        if status == STATUS_SUCCESS:
+        if minor == IRP_MN_START_DEVICE and status == STATUS_SUCCESS:
             status = USBSTOR_StartDevice(ext)
+            if status == STATUS_SUCCESS:
+                PoSetPowerState(fdo, "device", PowerDeviceD0)  # started means in D0
+        elif minor == IRP_MN_CANCEL_REMOVE_DEVICE:
+            status = STATUS_SUCCESS
+        IoReleaseRemoveLock(ext.remove_lock, irp)
         return complete_irp(irp, status)
+    if minor == IRP_MN_QUERY_CAPABILITIES:
+        # on the way up: keep the S-to-D map and the wake states the power policy needs
+        status = IoForwardIrpSynchronously(ext.lower, irp)
+        if NT_SUCCESS(status):
+            caps: DeviceCapabilities = loc.parameters.capabilities
+            ext.device_state = list(caps.device_state)
+            ext.system_wake, ext.device_wake = caps.system_wake, caps.device_wake
+        IoReleaseRemoveLock(ext.remove_lock, irp)
+        return complete_irp(irp, status, irp.io_status.information)
     if minor == IRP_MN_QUERY_DEVICE_RELATIONS and loc.parameters.type == BusRelations:
         irp.io_status.status = STATUS_SUCCESS
         irp.io_status.information = [p for p in ext.luns if not p.deleted]
@@ -285,13 +455,17 @@ def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
         irp.io_status.status = STATUS_SUCCESS
     elif minor == IRP_MN_SURPRISE_REMOVAL:
         ext.removed = True
+        _cancel_idle(ext)
         _fail_queue(ext, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
         irp.io_status.status = STATUS_SUCCESS
     elif minor == IRP_MN_REMOVE_DEVICE:
         ext.removed = True
+        _cancel_idle(ext, wait=True)
         _fail_queue(ext, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
-        for pdo in ext.luns:
+        IoReleaseRemoveLockAndWait(ext.remove_lock, irp)
+        for pdo in ext.luns:  # the LUNs go with the FDO that reported them
             if not pdo.deleted:
+                pdo.device_extension.removed = True
                 IoDeleteDevice(pdo)
         ext.luns.clear()
         irp.io_status.status = STATUS_SUCCESS
@@ -301,7 +475,9 @@ def _fdo_pnp(fdo: DeviceObject, irp: Irp) -> int:
         IoDeleteDevice(fdo)
         return status
     IoSkipCurrentIrpStackLocation(irp)
-    return IoCallDriver(ext.lower, irp)
+    status = IoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
 
 
 def _submit_urb_sync(ext: FdoExtension, urb: U.Urb) -> int:
@@ -375,7 +551,10 @@ def USBSTOR_StartDevice(ext: FdoExtension) -> int:  # noqa: N802
         product = data[16:32].decode("ascii", "replace").strip()
         revision = data[32:36].decode("ascii", "replace").strip()
         pdo = IoCreateDevice(ext.fdo.driver_object, None, None, FILE_DEVICE_DISK)
-        pdo.device_extension = PdoExtension(ext, lun, vendor, product, revision)
+        pdo_ext = PdoExtension(ext, lun, vendor, product, revision)
+        IoInitializeRemoveLock(pdo_ext.remove_lock, ext.fdo.driver_object.kernel.scheduler,
+                               f"usbstor LUN {lun}")
+        pdo.device_extension = pdo_ext
         pdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
         pdo.stack_size = ext.fdo.stack_size  # room to send SRB IRPs down the USB stack
         pdo.flags &= ~DO_DEVICE_INITIALIZING
@@ -400,7 +579,7 @@ def _execute_srb_sync(ext: FdoExtension, srb: Srb) -> int:
     return result[0]
 
 
-def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
+def USBSTOR_PdoHandlePnp(pdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: PdoExtension = pdo.device_extension
     loc = irp.IoGetCurrentIrpStackLocation()
     minor = loc.minor_function
@@ -422,19 +601,130 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
             return complete_irp(irp, STATUS_SUCCESS, instance)
         return complete_irp(irp, irp.io_status.status, irp.io_status.information)
     if minor == IRP_MN_QUERY_DEVICE_TEXT:
-        return complete_irp(irp, STATUS_SUCCESS, f"{ext.vendor} {ext.product} USB Device")
-    if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_CAPABILITIES, IRP_MN_QUERY_REMOVE_DEVICE,
-                 IRP_MN_SURPRISE_REMOVAL):
+        if loc.parameters.device_text_type == DeviceTextDescription:
+            return complete_irp(irp, STATUS_SUCCESS, f"{ext.vendor} {ext.product} USB Device")
+        return complete_irp(irp, irp.io_status.status, irp.io_status.information)
+    if minor == IRP_MN_QUERY_CAPABILITIES:
+        caps: DeviceCapabilities = loc.parameters.capabilities
+        caps.removable = True
+        caps.surprise_removal_ok = True
+        caps.unique_id = bool(ext.fdo_ext.serial)
+        caps.address = ext.lun
+        caps.device_state = [0, PowerDeviceD0] + [PowerDeviceD3] * 5
         return complete_irp(irp, STATUS_SUCCESS)
+    if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_CANCEL_REMOVE_DEVICE,
+                 IRP_MN_SURPRISE_REMOVAL, IRP_MN_QUERY_PNP_DEVICE_STATE,
+                 IRP_MN_DEVICE_USAGE_NOTIFICATION):
+        if minor == IRP_MN_START_DEVICE:
+            PoSetPowerState(pdo, "device", PowerDeviceD0)
+        return complete_irp(irp, STATUS_SUCCESS, irp.io_status.information)
     if minor == IRP_MN_REMOVE_DEVICE:
-        ext.removed = True
         status = complete_irp(irp, STATUS_SUCCESS)
-        if not pdo.deleted:
+        if ext.fdo_ext.removed and not pdo.deleted:
+            # gone from the bus with its FDO: no IRP holds it any more, delete it
+            ext.removed = True
+            if IoAcquireRemoveLock(ext.remove_lock, irp) == STATUS_SUCCESS:
+                IoReleaseRemoveLockAndWait(ext.remove_lock, irp)
             IoDeleteDevice(pdo)
-        if pdo in ext.fdo_ext.luns:
-            ext.fdo_ext.luns.remove(pdo)
+            if pdo in ext.fdo_ext.luns:
+                ext.fdo_ext.luns.remove(pdo)
         return status
     return complete_irp(irp, irp.io_status.status, irp.io_status.information)
+
+
+# ---------------------------------------------------------------------------------
+# Selective suspend: the idle notification the hub holds, D2 while idle, D0 on I/O
+# ---------------------------------------------------------------------------------
+
+
+def USBSTOR_StartIdleTimer(ext: FdoExtension) -> None:  # noqa: N802
+    """After a command, if selective suspend is on: look again once the idle time passed."""
+    if ext.idle_timeout_ns is None or ext.removed or ext.idle_irp is not None:
+        return
+    ext.idle_generation += 1
+    ext.idle_timers += 1
+    ext.timers_done.KeClearEvent()
+    ext.fdo.driver_object.kernel.scheduler.schedule(ext.idle_timeout_ns, USBSTOR_IdleTimerDpc,
+                                                    ext, ext.idle_generation)
+
+
+def USBSTOR_IdleTimerDpc(ext: FdoExtension, generation: int) -> None:  # noqa: N802
+    """Nothing happened for the idle time: ask the hub to suspend the device
+    (IOCTL_INTERNAL_USB_SUBMIT_IDLE_NOTIFICATION with the idle callback)."""
+    ext.idle_timers -= 1
+    if ext.idle_timers == 0:
+        ext.timers_done.KeSetEvent()
+    if (generation != ext.idle_generation or ext.active is not None or ext.queue
+            or ext.removed or ext.idle_irp is not None):
+        return
+    info = U.UsbIdleCallbackInfo(USBSTOR_IdleNotificationCallback, ext)
+    irp = IoBuildDeviceIoControlRequest(U.IOCTL_INTERNAL_USB_SUBMIT_IDLE_NOTIFICATION, ext.lower,
+                                        None, 0, True, None, None, argument1=info)
+    IoSetCompletionRoutine(irp, USBSTOR_IdleNotificationCompletion, ext)
+    ext.idle_irp = irp
+    IoCallDriver(ext.lower, irp)
+
+
+def USBSTOR_IdleNotificationCallback(ext: FdoExtension) -> None:  # noqa: N802
+    """The hub may suspend the port now: arm wake-up if the device has it, then D2,
+    waited for before returning to the hub (PASSIVE_LEVEL)."""
+    if ext.removed:
+        return
+    if ext.device_wake and ext.wait_wake is None:
+        _, ext.wait_wake = PoRequestPowerIrp(ext.pdo, IRP_MN_WAIT_WAKE, PowerSystemWorking,
+                                             USBSTOR_WaitWakeDone, ext)
+    event = KEvent()
+    PoRequestPowerIrp(ext.pdo, IRP_MN_SET_POWER, PowerDeviceD2,
+                      lambda *args: event.KeSetEvent(), None)
+    ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(event, "usbstor D2")
+
+
+def USBSTOR_IdleNotificationCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
+                                       ext: FdoExtension) -> int:
+    """The idle request ended (cancelled for I/O, or the device left): back to D0."""
+    if ext.idle_irp is irp:
+        ext.idle_irp = None
+    if ext.fdo.power_state not in (PowerDeviceD0, 0) and not ext.removed:
+        PoRequestPowerIrp(ext.pdo, IRP_MN_SET_POWER, PowerDeviceD0, USBSTOR_ResumeDone, ext)
+    elif ext.resume_event is not None:
+        ext.resume_event.KeSetEvent()
+    return STATUS_SUCCESS
+
+
+def USBSTOR_ResumeDone(pdo: DeviceObject, minor: int, state: int, ext: FdoExtension,  # noqa: N802
+                       io_status: Any) -> None:
+    """Back in D0 after selective suspend: disarm wake-up, let waiting I/O go on."""
+    wait_wake = ext.wait_wake
+    if wait_wake is not None and not wait_wake.completed:
+        IoCancelIrp(wait_wake)
+    if ext.resume_event is not None:
+        ext.resume_event.KeSetEvent()
+
+
+def USBSTOR_ResumeFromIdle(ext: FdoExtension) -> None:  # noqa: N802
+    """I/O for a suspended device: cancel the idle request, wait for D0 (PASSIVE_LEVEL)."""
+    event = ext.resume_event = KEvent()
+    if ext.idle_irp is not None:
+        IoCancelIrp(ext.idle_irp)
+    elif ext.fdo.power_state not in (PowerDeviceD0, 0):
+        PoRequestPowerIrp(ext.pdo, IRP_MN_SET_POWER, PowerDeviceD0, USBSTOR_ResumeDone, ext)
+    else:
+        event.KeSetEvent()
+    scheduler = ext.fdo.driver_object.kernel.scheduler
+    if scheduler.irql == 0:
+        scheduler.KeWaitForSingleObject(event, "usbstor resume")
+
+
+def _cancel_idle(ext: FdoExtension, wait: bool = False) -> None:
+    """Surprise removal or removal: no idle request, WAIT_WAKE or idle timer may outlive
+    the FDO; on removal, wait for a timer already set to fire (it does nothing now)."""
+    ext.idle_generation += 1
+    for irp in (ext.idle_irp, ext.wait_wake):
+        if irp is not None and not irp.completed:
+            IoCancelIrp(irp)
+    if wait:
+        ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(ext.timers_done,
+                                                                     "usbstor idle timer")
 
 
 # ---------------------------------------------------------------------------------
@@ -474,19 +764,28 @@ def USBSTOR_DispatchScsi(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: PdoExtension = device.device_extension
     fdo_ext = ext.fdo_ext
     srb: Srb = irp.IoGetCurrentIrpStackLocation().parameters.srb
-    if ext.removed or fdo_ext.removed:
+    if ext.removed or fdo_ext.removed or \
+            IoAcquireRemoveLock(ext.remove_lock, irp) != STATUS_SUCCESS:
         srb.srb_status = SRB_STATUS_NO_DEVICE
         return complete_irp(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
     if srb.function != SRB_FUNCTION_EXECUTE_SCSI:
         srb.srb_status = SRB_STATUS_SUCCESS
+        IoReleaseRemoveLock(ext.remove_lock, irp)
         return complete_irp(irp, STATUS_SUCCESS)
     srb.lun = ext.lun
+    fdo_ext.idle_generation += 1
+    if fdo_ext.idle_irp is not None or fdo_ext.fdo.power_state not in (PowerDeviceD0, 0):
+        USBSTOR_ResumeFromIdle(fdo_ext)  # selectively suspended: back to D0 first
     IoMarkIrpPending(irp)
     _start_or_queue(fdo_ext, irp, srb, _complete_srb_irp)
     return STATUS_PENDING
 
 
 def _complete_srb_irp(request: Request) -> None:
+    lun = request.irp.IoGetCurrentIrpStackLocation().device_object
+    if lun is not None and isinstance(lun.device_extension, PdoExtension):
+        IoReleaseRemoveLock(lun.device_extension.remove_lock, request.irp)  # held since dispatch
+    USBSTOR_StartIdleTimer(request.fdo_ext)
     complete_irp(request.irp, request.status, request.srb.data_transfer_length
               if request.status == STATUS_SUCCESS or request.srb.srb_status & 0x3F ==
               SRB_STATUS_SUCCESS else 0)
@@ -500,6 +799,7 @@ def USBSTOR_CancelQueued(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
         if entry[0] is irp:
             queue.remove(entry)
             entry[1].srb_status = SRB_STATUS_ABORTED
+            IoReleaseRemoveLock(ext.remove_lock, irp)  # held since USBSTOR_DispatchScsi
             complete_irp(irp, NTSTATUS.STATUS_CANCELLED)
             return
 

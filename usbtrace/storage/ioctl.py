@@ -28,6 +28,7 @@ IOCTL_NAMES = {
     IOCTL_STORAGE_QUERY_PROPERTY: "ioctl_storage_query_property",
     IOCTL_SCSI_PASS_THROUGH_DIRECT: "ioctl_scsi_pass_through_direct",
     0x220003: "ioctl_internal_usb_submit_urb",
+    0x220027: "ioctl_internal_usb_submit_idle_notification",
 }
 
 StorageDeviceProperty, StorageAdapterProperty = 0, 1

@@ -9,6 +9,7 @@ same eight bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,16 @@ IOCTL_INTERNAL_USB_SUBMIT_URB = ctl_code(FILE_DEVICE_USB, 0, METHOD_NEITHER, 0) 
 IOCTL_INTERNAL_USB_RESET_PORT = ctl_code(FILE_DEVICE_USB, 1, METHOD_NEITHER, 0)  # 0x220007
 IOCTL_INTERNAL_USB_GET_PORT_STATUS = ctl_code(FILE_DEVICE_USB, 4, METHOD_NEITHER, 0)
 IOCTL_INTERNAL_USB_CYCLE_PORT = ctl_code(FILE_DEVICE_USB, 7, METHOD_NEITHER, 0)
+# selective suspend: the client's "I am idle" request the hub holds (0x220027)
+IOCTL_INTERNAL_USB_SUBMIT_IDLE_NOTIFICATION = ctl_code(FILE_DEVICE_USB, 9, METHOD_NEITHER, 0)
+
+
+@dataclass
+class UsbIdleCallbackInfo:
+    """USB_IDLE_CALLBACK_INFO: what the hub calls when it is ready to suspend the device."""
+
+    idle_callback: Callable[[Any], None]
+    idle_context: Any
 
 # A private PnP interface (IRP_MN_QUERY_INTERFACE) through which the bus driver
 # tells a filter its device's bus number, address and speed: what USBPcap

@@ -4,6 +4,13 @@ A driver is a Python module with a ``DriverEntry(driver, registry_path)`` that
 fills the MajorFunction table and sets ``driver_extension.add_device`` and
 ``driver_unload``, exactly as a WDM driver does.  Unfilled MajorFunction slots
 complete with STATUS_INVALID_DEVICE_REQUEST, as the I/O manager's default does.
+
+Lifetime follows the object manager: a file object holds a reference on the
+device it opened (``ObReferenceObject``).  ``IoDeleteDevice`` takes the name
+away at once and marks the device DOE_DELETE_PENDING; the object itself goes
+(IopCompleteUnloadOrDelete) only when the last reference is dropped, and a
+driver whose unload was asked for is unloaded only once its last device
+object is gone.
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ DO_BUFFERED_IO = 0x00000004
 DO_DIRECT_IO = 0x00000010
 DO_DEVICE_INITIALIZING = 0x00000080
 DO_POWER_PAGABLE = 0x00002000
+
+# DEVOBJ_EXTENSION.ExtensionFlags
+DOE_UNLOAD_PENDING = 0x00000001
+DOE_DELETE_PENDING = 0x00000002
 
 # Device types (devioctl.h)
 FILE_DEVICE_BUS_EXTENDER = 0x2A
@@ -65,6 +76,9 @@ class DriverObject:
         self.driver_unload: Callable[[DriverObject], None] | None = None
         self.device_objects: list[DeviceObject] = []
         self.driver_context: Any = None  # driver-global state (what C keeps in globals)
+        self.module = ""  # where the driver's code lives: its routines' __module__
+        self.unload_pending = False  # PnP asked for the unload; it waits for the last device
+        self.unloaded = False
 
     def __repr__(self) -> str:
         return f"<DriverObject {self.name}>"
@@ -88,8 +102,11 @@ class DeviceObject:
         self.stack_size = 1
         self.attached_device: DeviceObject | None = None  # the device above this one
         self.attached_to: DeviceObject | None = None  # the device this one sits on
-        self.deleted = False
+        self.deleted = False  # IoDeleteDevice was called (DOE_DELETE_PENDING)
+        self.freed = False  # the object itself is gone: no reference was left
         self.reference_count = 0
+        self.extension_flags = 0
+        self.power_state = 0  # DEVICE_POWER_STATE as PoSetPowerState last reported it
 
     def __repr__(self) -> str:
         return f"<DeviceObject {self.name} of {self.driver_object.name}>"
@@ -153,7 +170,47 @@ def IoDetachDevice(target: DeviceObject) -> None:  # noqa: N802
     target.attached_device = None
 
 
+def ObReferenceObject(device: DeviceObject) -> None:  # noqa: N802
+    """Keep ``device`` from being freed (a file object open on it does this)."""
+    if device.freed:
+        from usbtrace.wdm.sched import BugCheck
+
+        raise BugCheck("DRIVER_VERIFIER_IOMANAGER_VIOLATION",
+                       f"reference taken on freed {device!r}")
+    device.reference_count += 1
+
+
+def ObDereferenceObject(device: DeviceObject) -> None:  # noqa: N802
+    """Drop a reference; the last one frees a delete-pending device and tells PnP."""
+    from usbtrace.wdm.sched import BugCheck
+
+    if device.reference_count <= 0:
+        raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
+                       f"{device!r} dereferenced more often than referenced")
+    device.reference_count -= 1
+    if device.reference_count:
+        return
+    if device.extension_flags & DOE_DELETE_PENDING:
+        IopCompleteUnloadOrDelete(device)
+    pnp = device.driver_object.kernel.pnp
+    if pnp is not None:
+        pnp.last_reference_dropped(device)
+
+
+def IopCompleteUnloadOrDelete(device: DeviceObject) -> None:  # noqa: N802
+    """Free a delete-pending device with no references; unload its driver if that waits."""
+    driver = device.driver_object
+    device.freed = True
+    if device in driver.device_objects:
+        driver.device_objects.remove(device)
+    if not driver.device_objects and driver.unload_pending:
+        pnp = driver.kernel.pnp
+        if pnp is not None:
+            pnp.unload_driver(driver)
+
+
 def IoDeleteDevice(device: DeviceObject) -> None:  # noqa: N802
+    """Delete ``device``: its name goes now, the object when no reference is left."""
     driver = device.driver_object
     driver.kernel.scheduler.require_irql(0, "IoDeleteDevice")
     if device.deleted:
@@ -161,5 +218,7 @@ def IoDeleteDevice(device: DeviceObject) -> None:  # noqa: N802
 
         raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION", f"{device!r} deleted twice")
     device.deleted = True
-    driver.device_objects.remove(device)
+    device.extension_flags |= DOE_DELETE_PENDING
     driver.kernel.unregister_device(device)
+    if device.reference_count == 0:
+        IopCompleteUnloadOrDelete(device)

@@ -14,7 +14,15 @@ signals the caller's event.
 
 Driver Verifier-style checks raise :class:`BugCheck`: completing twice,
 completing with STATUS_PENDING or with a cancel routine still set, calling
-down past the last stack location, and calling above DISPATCH_LEVEL.
+down past the last stack location, calling above DISPATCH_LEVEL, sending an
+IRP to a device object that is gone or whose driver is unloaded, and running
+a completion routine for a device its driver already deleted (what a remove
+lock held until the completion routine prevents).
+
+Every IRP sent is kept in the kernel's list of live IRPs until it is freed:
+by the I/O manager when an IRP it built finishes, by the driver
+(``IoFreeIrp``) for one from ``IoAllocateIrp``.  What is still there at
+shutdown leaked.
 """
 
 from __future__ import annotations
@@ -44,8 +52,18 @@ def IoCallDriver(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if location < 0:
         raise BugCheck("NO_MORE_IRP_STACK_LOCATIONS", f"{irp!r} sent to {device!r}")
     driver = device.driver_object
-    if driver.kernel.scheduler.irql > DISPATCH_LEVEL:
+    kernel = driver.kernel
+    if kernel.scheduler.irql > DISPATCH_LEVEL:
         raise BugCheck("IRQL_NOT_LESS_OR_EQUAL", "IoCallDriver above DISPATCH_LEVEL")
+    if device.freed:
+        raise BugCheck("DRIVER_VERIFIER_IOMANAGER_VIOLATION",
+                       f"{irp!r} sent to deleted {device!r}")
+    if driver.unloaded:
+        raise BugCheck("DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS",
+                       f"{irp!r} dispatched into unloaded {driver.name}")
+    if irp.registry is None:
+        irp.registry = kernel.irps
+        kernel.irps[irp.id] = irp
     irp.current_location = location
     stack = irp.stack[location]
     stack.device_object = device
@@ -154,6 +172,8 @@ def IoCompleteRequest(irp: Irp, priority_boost: int = 0) -> None:  # noqa: N802
                 or (control & SL_INVOKE_ON_CANCEL and irp.cancel)
             ):
                 device = stack[index].device_object if index < count else None
+                if device is not None and device.deleted:
+                    _completion_on_deleted(device, irp)
                 if routine(device, irp, loc.context) == STATUS_MORE_PROCESSING_REQUIRED:
                     return
                 status = irp.io_status.status
@@ -172,16 +192,37 @@ def complete_irp(irp: Irp, status: int, information: Any = 0) -> int:
     return status
 
 
+def _completion_on_deleted(device: DeviceObject, irp: Irp) -> None:
+    driver = device.driver_object
+    if driver.unloaded:
+        raise BugCheck("DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS",
+                       f"completion routine of unloaded {driver.name} for {irp!r}")
+    raise BugCheck("DRIVER_VERIFIER_IOMANAGER_VIOLATION",
+                   f"completion routine for {irp!r} runs on deleted {device!r}")
+
+
+def _free(irp: Irp) -> None:
+    irp.freed = True
+    if irp.registry is not None:
+        irp.registry.pop(irp.id, None)
+
+
 def _finish(irp: Irp) -> None:
-    """The I/O manager's part once every driver is done with the IRP."""
+    """The I/O manager's part once every driver is done with the IRP.
+
+    It frees the IRPs it built and associated IRPs; an IRP a driver allocated
+    stays the driver's to free.
+    """
     irp.completed = True
     master = irp.master_irp
     if master is not None:
         master.irp_count -= 1
-        irp.freed = True
+        _free(irp)
         if master.irp_count == 0:
             IoCompleteRequest(master)
         return
+    if not irp.driver_allocated:
+        _free(irp)
     if irp.user_iosb is not None:
         irp.user_iosb.status = irp.io_status.status
         irp.user_iosb.information = irp.io_status.information

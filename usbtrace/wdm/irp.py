@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from usbtrace.wdm.status import NTSTATUS
@@ -60,10 +60,16 @@ IRP_MN_STOP_DEVICE = 0x04
 IRP_MN_QUERY_STOP_DEVICE = 0x05
 IRP_MN_QUERY_DEVICE_RELATIONS = 0x07
 IRP_MN_QUERY_INTERFACE = 0x08
+IRP_MN_CANCEL_STOP_DEVICE = 0x06
 IRP_MN_QUERY_CAPABILITIES = 0x09
+IRP_MN_QUERY_RESOURCES = 0x0A
+IRP_MN_QUERY_RESOURCE_REQUIREMENTS = 0x0B
 IRP_MN_QUERY_DEVICE_TEXT = 0x0C
+IRP_MN_FILTER_RESOURCE_REQUIREMENTS = 0x0D
 IRP_MN_QUERY_ID = 0x13
 IRP_MN_QUERY_PNP_DEVICE_STATE = 0x14
+IRP_MN_QUERY_BUS_INFORMATION = 0x15
+IRP_MN_DEVICE_USAGE_NOTIFICATION = 0x16
 IRP_MN_SURPRISE_REMOVAL = 0x17
 
 PNP_MINOR_NAMES = {
@@ -82,6 +88,10 @@ IRP_MN_POWER_SEQUENCE = 0x01
 IRP_MN_SET_POWER = 0x02
 IRP_MN_QUERY_POWER = 0x03
 POWER_MINOR_NAMES = {0: "wait_wake", 1: "power_sequence", 2: "set_power", 3: "query_power"}
+
+# DEVICE_TEXT_TYPE, DEVICE_USAGE_NOTIFICATION_TYPE
+DeviceTextDescription, DeviceTextLocationInformation = 0, 1
+DeviceUsageTypePaging, DeviceUsageTypeHibernation, DeviceUsageTypeDumpFile = 1, 2, 3
 
 # BUS_QUERY_ID_TYPE and DEVICE_RELATION_TYPE
 BusQueryDeviceID, BusQueryHardwareIDs, BusQueryCompatibleIDs, BusQueryInstanceID = 0, 1, 2, 3
@@ -141,6 +151,64 @@ class QueryDeviceRelationsParameters:
 
 
 @dataclass(frozen=True, slots=True)
+class QueryDeviceTextParameters:
+    device_text_type: int  # DeviceTextDescription or DeviceTextLocationInformation
+    locale_id: int = 0x0409
+
+
+@dataclass(slots=True)
+class DeviceCapabilities:
+    """DEVICE_CAPABILITIES: filled by the bus driver, adjusted on the way up.
+
+    ``device_state`` maps each system state S0..S5 (index 1..6, as
+    PowerSystemWorking..PowerSystemShutdown) to the deepest device state that
+    keeps the device's context; ``device_wake`` is the deepest device state
+    the device can wake the system from (0: it cannot).
+    """
+
+    version: int = 1
+    device_d1: bool = False
+    device_d2: bool = False
+    lock_supported: bool = False
+    eject_supported: bool = False
+    removable: bool = False
+    unique_id: bool = False
+    silent_install: bool = False
+    raw_device_ok: bool = False
+    surprise_removal_ok: bool = False
+    wake_from_d0: bool = False
+    wake_from_d1: bool = False
+    wake_from_d2: bool = False
+    wake_from_d3: bool = False
+    hardware_disabled: bool = False
+    address: int = 0xFFFFFFFF
+    ui_number: int = 0xFFFFFFFF
+    device_state: list[int] = field(default_factory=lambda: [0] * 7)
+    system_wake: int = 0
+    device_wake: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueryCapabilitiesParameters:
+    capabilities: DeviceCapabilities  # the caller's structure, filled in place
+
+
+@dataclass(frozen=True, slots=True)
+class PnpBusInformation:
+    """PNP_BUS_INFORMATION: what IRP_MN_QUERY_BUS_INFORMATION returns."""
+
+    bus_type_guid: str  # GUID_BUS_TYPE_USB and the like; a name in this model
+    legacy_bus_type: int  # INTERFACE_TYPE: PNPBus = 15
+    bus_number: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageNotificationParameters:
+    in_path: bool  # a paging, hibernation or dump file now is (True) or no longer is here
+    type: int  # DeviceUsageTypePaging..
+
+
+@dataclass(frozen=True, slots=True)
 class QueryInterfaceParameters:
     interface_type: str  # the interface GUID; a name in this model
 
@@ -149,6 +217,7 @@ class QueryInterfaceParameters:
 class PowerParameters:
     type: str  # "system" or "device"
     state: int  # PowerSystemWorking.. / PowerDeviceD0..
+    shutdown_type: int = 0  # POWER_ACTION, for system IRPs
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +268,7 @@ class Irp:
         "id", "stack", "stack_count", "current_location", "io_status", "system_buffer",
         "mdl_address", "user_buffer", "flags", "cancel", "cancel_routine", "pending_returned",
         "master_irp", "irp_count", "user_event", "user_iosb", "tail", "requestor_mode",
-        "completed", "freed", "user_callback",
+        "completed", "freed", "user_callback", "driver_allocated", "registry",
     )
 
     def __init__(self, stack_size: int) -> None:
@@ -224,6 +293,8 @@ class Irp:
         self.completed = False
         self.freed = False
         self.user_callback: Callable[[Irp], None] | None = None
+        self.driver_allocated = False  # IoAllocateIrp: the driver must IoFreeIrp it
+        self.registry: dict[int, Irp] | None = None  # the kernel's live IRPs, once sent
 
     # Accessors with the WDK's names, as methods of the IRP -----------------------
 
@@ -241,7 +312,9 @@ def IoAllocateIrp(stack_size: int, charge_quota: bool = False) -> Irp:  # noqa: 
     """Allocate an IRP with ``stack_size`` stack locations."""
     if stack_size < 1:
         raise ValueError("an IRP needs at least one stack location")
-    return Irp(stack_size)
+    irp = Irp(stack_size)
+    irp.driver_allocated = True
+    return irp
 
 
 def IoFreeIrp(irp: Irp) -> None:  # noqa: N802
@@ -251,6 +324,8 @@ def IoFreeIrp(irp: Irp) -> None:  # noqa: N802
     if irp.freed:
         raise BugCheck("MULTIPLE_IRP_COMPLETE_REQUESTS", f"{irp!r} freed twice")
     irp.freed = True
+    if irp.registry is not None:
+        irp.registry.pop(irp.id, None)
 
 
 def IoMakeAssociatedIrp(master: Irp, stack_size: int) -> Irp:  # noqa: N802
@@ -297,6 +372,8 @@ _ID_TYPES = {0: "device_id", 1: "hardware_ids", 2: "compatible_ids", 3: "instanc
 _RELATIONS = {0: "bus_relations", 1: "ejection_relations", 2: "power_relations",
               3: "removal_relations", 4: "target_device_relation"}
 _DEVICE_POWER = {1: "D0", 2: "D1", 3: "D2", 4: "D3"}
+_TEXT_TYPES = {0: "description", 1: "location_information"}
+_USAGE_TYPES = {1: "paging", 2: "hibernation", 3: "dump_file"}
 
 
 def describe_parameters(params: Any) -> str:
@@ -311,6 +388,11 @@ def describe_parameters(params: Any) -> str:
         return f"{params.type} {state}"
     if isinstance(params, QueryInterfaceParameters):
         return params.interface_type
+    if isinstance(params, QueryDeviceTextParameters):
+        return _TEXT_TYPES.get(params.device_text_type, str(params.device_text_type))
+    if isinstance(params, UsageNotificationParameters):
+        usage = _USAGE_TYPES.get(params.type, str(params.type))
+        return f"{usage} {'in' if params.in_path else 'out of'} path"
     return ""
 
 

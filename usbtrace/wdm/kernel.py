@@ -13,6 +13,7 @@ from usbtrace.wdm.sched import Scheduler
 
 if TYPE_CHECKING:
     from usbtrace.wdm.device import DeviceObject, DriverObject
+    from usbtrace.wdm.irp import Irp
     from usbtrace.wdm.pnp import PnpManager
 
 
@@ -25,6 +26,7 @@ class Kernel:
         self.pnp: PnpManager | None = None
         self.registry: dict[str, dict[str, Any]] = {}  # Services\<name>\Parameters
         self.bugchecks: list[str] = []
+        self.irps: dict[int, Irp] = {}  # IRPs sent and not yet freed, by id
         self.log: list[tuple[float, str]] = []  # a DbgPrint buffer, read by tests
 
     def register_name(self, name: str, device: DeviceObject) -> None:
@@ -56,3 +58,13 @@ class Kernel:
 
     def DbgPrint(self, message: str, *args: Any) -> None:  # noqa: N802
         self.log.append((self.scheduler.now(), message % args if args else message))
+
+    def verify_no_leaked_irps(self) -> None:
+        """At shutdown: every IRP sent was freed (Driver Verifier's leak check)."""
+        leaked = [irp for irp in self.irps.values() if not irp.freed]
+        self.irps.clear()
+        if leaked:
+            from usbtrace.wdm.sched import BugCheck
+
+            raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
+                           f"{len(leaked)} IRP(s) never freed at shutdown, first {leaked[0]!r}")

@@ -20,12 +20,16 @@ from usbtrace.wdm.iomgr import IoCompleteRequest
 from usbtrace.wdm.irp import (
     IRP_MJ_PNP,
     IRP_MJ_POWER,
+    IRP_MN_CANCEL_REMOVE_DEVICE,
     IRP_MN_QUERY_CAPABILITIES,
     IRP_MN_QUERY_ID,
+    IRP_MN_QUERY_PNP_DEVICE_STATE,
     IRP_MN_QUERY_REMOVE_DEVICE,
     IRP_MN_REMOVE_DEVICE,
+    IRP_MN_SET_POWER,
     IRP_MN_START_DEVICE,
     IRP_MN_SURPRISE_REMOVAL,
+    IRP_MN_WAIT_WAKE,
     BusQueryCompatibleIDs,
     BusQueryDeviceID,
     BusQueryHardwareIDs,
@@ -33,6 +37,7 @@ from usbtrace.wdm.irp import (
     Irp,
 )
 from usbtrace.wdm.kernel import Kernel
+from usbtrace.wdm.power import PoSetPowerState, PowerDeviceD0, PowerDeviceD3
 from usbtrace.wdm.status import NTSTATUS
 
 
@@ -58,8 +63,15 @@ def _dispatch_pnp(device: DeviceObject, irp: Irp) -> int:
         elif id_type == BusQueryInstanceID:
             irp.io_status.information = ext.instance_id
         status = NTSTATUS.STATUS_SUCCESS
-    elif minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_SURPRISE_REMOVAL,
-                   IRP_MN_QUERY_CAPABILITIES):
+    elif minor == IRP_MN_QUERY_CAPABILITIES:
+        caps = loc.parameters.capabilities
+        caps.device_state = [0, PowerDeviceD0] + [PowerDeviceD3] * 5
+        status = NTSTATUS.STATUS_SUCCESS
+    elif minor == IRP_MN_START_DEVICE:
+        PoSetPowerState(device, "device", PowerDeviceD0)
+        status = NTSTATUS.STATUS_SUCCESS
+    elif minor in (IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_SURPRISE_REMOVAL,
+                   IRP_MN_CANCEL_REMOVE_DEVICE, IRP_MN_QUERY_PNP_DEVICE_STATE):
         status = NTSTATUS.STATUS_SUCCESS
     elif minor == IRP_MN_REMOVE_DEVICE:
         status = NTSTATUS.STATUS_SUCCESS
@@ -70,6 +82,14 @@ def _dispatch_pnp(device: DeviceObject, irp: Irp) -> int:
 
 
 def _dispatch_power(device: DeviceObject, irp: Irp) -> int:
+    """The bus driver's part for a root-enumerated device: complete, report the state."""
+    loc = irp.IoGetCurrentIrpStackLocation()
+    if loc.minor_function == IRP_MN_WAIT_WAKE:
+        irp.io_status.status = NTSTATUS.STATUS_NOT_SUPPORTED
+        IoCompleteRequest(irp)
+        return NTSTATUS.STATUS_NOT_SUPPORTED
+    if loc.minor_function == IRP_MN_SET_POWER and loc.parameters.type == "device":
+        PoSetPowerState(device, "device", loc.parameters.state)
     irp.io_status.status = NTSTATUS.STATUS_SUCCESS
     IoCompleteRequest(irp)
     return NTSTATUS.STATUS_SUCCESS

@@ -220,6 +220,10 @@ class Scheduler:
     def pending(self) -> int:
         return len(self._events)
 
+    def pending_routines(self) -> list[Callable[..., Any]]:
+        """Every routine still to run: scheduled events and queued DPCs."""
+        return [event[2] for event in self._events] + [dpc.routine for dpc in self._dpcs]
+
     def KeWaitForSingleObject(self, event: KEvent, what: str = "wait") -> None:  # noqa: N802
         """Block (by running the machine) until ``event`` is signalled."""
         if event.signaled:

@@ -7,8 +7,11 @@ on.  Synchronous calls wait; overlapped ones return an :class:`Overlapped` at
 once, finished later by ``GetOverlappedResult``.  Failures raise
 :class:`NtStatusError` carrying the NTSTATUS.
 
-CloseHandle sends IRP_MJ_CLEANUP, then IRP_MJ_CLOSE, as the last handle to a
-file object goes away.
+A file object holds a reference on the device it opened from the moment
+IRP_MJ_CREATE succeeds: CloseHandle sends IRP_MJ_CLEANUP, then IRP_MJ_CLOSE,
+as the last handle to a file object goes away, and then drops that
+reference (IopDeleteFile), which is what lets a surprise-removed device get
+its IRP_MN_REMOVE_DEVICE.
 """
 
 from __future__ import annotations
@@ -18,7 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from usbtrace.errors import UsbtraceError
-from usbtrace.wdm.device import FileObject, IoGetAttachedDevice
+from usbtrace.wdm.device import (
+    FileObject,
+    IoGetAttachedDevice,
+    ObDereferenceObject,
+    ObReferenceObject,
+)
 from usbtrace.wdm.iomgr import IoCallDriver, IoCancelIrp
 from usbtrace.wdm.irp import (
     IRP_MJ_CLEANUP,
@@ -120,12 +128,15 @@ class Win32:
         device = self.kernel.lookup(path)
         if device is None:
             raise NtStatusError(NTSTATUS.STATUS_NO_SUCH_DEVICE, f"CreateFile({path})")
+        if device.deleted:
+            raise NtStatusError(NTSTATUS.STATUS_DELETE_PENDING, f"CreateFile({path})")
         file_object = FileObject(device, path)
         irp = self._irp(file_object)
         loc = irp.IoGetNextIrpStackLocation()
         loc.major_function = IRP_MJ_CREATE
         loc.parameters = CreateParameters(access, share)
         self._send(file_object, irp, f"CreateFile({path})")
+        ObReferenceObject(device)  # the file object's reference (IopParseDevice)
         handle = next(self._handles)
         self.handles[handle] = file_object
         return handle
@@ -201,3 +212,4 @@ class Win32:
             except NtStatusError:
                 pass  # a vanished device still lets the handle go
         file_object.closed = True
+        ObDereferenceObject(file_object.device_object)  # IopDeleteFile

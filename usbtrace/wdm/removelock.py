@@ -1,0 +1,109 @@
+"""Remove locks (IO_REMOVE_LOCK): what keeps a device object alive while IRPs use it.
+
+A driver acquires its device's remove lock for every IRP it dispatches and
+releases it when it is done with the IRP (in its completion routine for an
+IRP it passes down).  On IRP_MN_REMOVE_DEVICE it calls
+``IoReleaseRemoveLockAndWait``: from then on every acquire fails with
+STATUS_DELETE_PENDING, and the call returns only once every IRP that held
+the lock has been released, so the driver can detach and delete its device
+without a completion routine ever running on a deleted device object.
+
+As in ntoskrnl (and ReactOS ``ntoskrnl/io/iomgr/remlock.c``), the count
+starts at one, the bias that ``IoReleaseRemoveLockAndWait`` drops.  The
+checked build's tag tracking is kept as a Verifier check: releasing with a
+tag that holds nothing is a bug check.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from usbtrace.wdm.sched import BugCheck, KEvent
+from usbtrace.wdm.status import NTSTATUS
+
+if TYPE_CHECKING:
+    from usbtrace.wdm.sched import Scheduler
+
+
+class IoRemoveLock:
+    """IO_REMOVE_LOCK: the removed flag, the I/O count, and the event REMOVE waits on."""
+
+    __slots__ = ("removed", "io_count", "remove_event", "tags", "scheduler", "name")
+
+    def __init__(self) -> None:
+        self.removed = False
+        self.io_count = 1
+        self.remove_event = KEvent()
+        self.tags: dict[int, int] = {}
+        self.scheduler: Scheduler | None = None
+        self.name = ""
+
+
+def IoInitializeRemoveLock(lock: IoRemoveLock, scheduler: Scheduler, name: str = "") -> None:  # noqa: N802
+    """Set the lock up for a new device object (in AddDevice)."""
+    lock.removed = False
+    lock.io_count = 1
+    lock.remove_event = KEvent()
+    lock.tags = {}
+    lock.scheduler = scheduler
+    lock.name = name
+
+
+def _tag_key(tag: object) -> int:
+    return id(tag)
+
+
+def IoAcquireRemoveLock(lock: IoRemoveLock, tag: object) -> int:  # noqa: N802
+    """Count one more user of the device; STATUS_DELETE_PENDING once removal began."""
+    if lock.scheduler is None:
+        raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
+                       "IoAcquireRemoveLock on a remove lock never initialized")
+    lock.io_count += 1
+    if lock.removed:
+        lock.io_count -= 1
+        if lock.io_count == 0:
+            lock.remove_event.KeSetEvent()
+        return NTSTATUS.STATUS_DELETE_PENDING
+    key = _tag_key(tag)
+    lock.tags[key] = lock.tags.get(key, 0) + 1
+    return NTSTATUS.STATUS_SUCCESS
+
+
+def IoReleaseRemoveLock(lock: IoRemoveLock, tag: object) -> None:  # noqa: N802
+    """Drop one user; the last one out after removal began wakes the waiting REMOVE."""
+    key = _tag_key(tag)
+    held = lock.tags.get(key, 0)
+    if held == 0:
+        raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
+                       f"{lock.name}: remove lock released with a tag that holds nothing")
+    if held == 1:
+        del lock.tags[key]
+    else:
+        lock.tags[key] = held - 1
+    lock.io_count -= 1
+    if lock.io_count == 0:
+        if not lock.removed:
+            raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
+                           f"{lock.name}: remove lock count reached zero before removal")
+        lock.remove_event.KeSetEvent()
+
+
+def IoReleaseRemoveLockAndWait(lock: IoRemoveLock, tag: object) -> None:  # noqa: N802
+    """In IRP_MN_REMOVE_DEVICE: refuse new users, release ours, wait for the rest.
+
+    Waiting runs the machine (PASSIVE_LEVEL only), so in-flight IRPs complete
+    and release the lock before this returns.
+    """
+    scheduler = lock.scheduler
+    if scheduler is None:
+        raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
+                       "IoReleaseRemoveLockAndWait on a remove lock never initialized")
+    scheduler.require_irql(0, "IoReleaseRemoveLockAndWait")
+    if lock.removed:
+        raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
+                       f"{lock.name}: IoReleaseRemoveLockAndWait called twice")
+    lock.removed = True
+    lock.io_count -= 1  # the bias from IoInitializeRemoveLock
+    IoReleaseRemoveLock(lock, tag)
+    if lock.io_count > 0:
+        scheduler.KeWaitForSingleObject(lock.remove_event, f"{lock.name} remove lock")
