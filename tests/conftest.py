@@ -6,6 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis checks properties, not speed: a busy machine must not fail a test by
+# its per-example deadline (speed is the benchmarks' business).
+settings.register_profile("usbtrace", deadline=None)
+settings.load_profile("usbtrace")
 
 from usbtrace.devices.image import DiskImage
 from usbtrace.devices.simulated import SimulatedStick
