@@ -55,3 +55,28 @@ def scsi_commands(path: Path) -> list[TsharkCommand]:
             if cmd_open is not None:
                 cmd_open.status = _int(status)
     return commands
+
+
+@dataclass
+class SrtRow:
+    opcode: int
+    procedure: str
+    calls: int
+    min: float
+    max: float
+    avg: float
+    sum: float
+
+
+def scsi_srt(path: Path) -> dict[int, SrtRow]:
+    """Wireshark's SCSI service response time table (``-z scsi,srt,0``), by opcode."""
+    out = subprocess.run(["tshark", "-r", str(path), "-q", "-z", "scsi,srt,0"],
+                         capture_output=True, text=True, check=True).stdout
+    table: dict[int, SrtRow] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 7 and parts[0].isdigit():
+            *name, calls, lo, hi, avg, total = parts[1:]
+            table[int(parts[0])] = SrtRow(int(parts[0]), " ".join(name), int(calls),
+                                          float(lo), float(hi), float(avg), float(total))
+    return table

@@ -541,3 +541,9 @@ def emit(columns: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str) -> Non
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# ---- analysis: stats, extract, timeline, report (usbtrace/commands/analysis.py) ----------
+from usbtrace.commands import analysis as _analysis  # noqa: E402
+
+_analysis.register(main)
