@@ -7,6 +7,7 @@ through ``atomic_output``; the work itself is in ``usbtrace.analysis``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -103,10 +104,100 @@ def stats(session: int, db: str, per_device: bool, interval: float | None, secti
             emit(columns, rows, fmt)
 
 
+# ---- extract -----------------------------------------------------------------------------
+
+
+def _replaceable(output: Path, database: Any) -> None:
+    """An existing output folder is replaced only with --force, only if it is an
+    earlier extract (it has manifest.json), and never if the database is in it."""
+    if not output.is_dir():
+        raise InputError(f"-o {output}: exists and is not a folder")
+    if not (output / "manifest.json").is_file():
+        raise InputError(f"-o {output}: exists and is not an earlier extract (no "
+                         "manifest.json); choose another folder")
+    if database.path is not None and output.resolve() in database.path.resolve().parents:
+        raise InputError(f"-o {output}: the database {database.path} is inside it")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@click.command()
+@click.argument("session", type=int)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Folder to create [default: extract-SESSION].")
+@click.option("--force", is_flag=True, help="Replace an earlier extract in that folder.")
+@db_option
+@filter_options
+@friendly
+def extract(session: int, output: Path | None, force: bool, db: str, flt: Filter) -> None:
+    """Rebuild every file the session read or wrote under files/PATH (renamed or moved
+    files under their final name), with manifest.json (size, holes, truncation) and
+    SHA256SUMS; with --lba A-B also the raw blocks A to B as sectors-A-B.bin."""
+    import shutil
+    import tempfile
+
+    from usbtrace.analysis.extract import extract_files, extract_sectors
+
+    database = open_session(db, session)
+    output = output or Path(f"extract-{session}")
+    if output.exists() or output.is_symlink():
+        if not force:
+            raise InputError(f"-o {output}: already exists (--force to replace it)")
+        _replaceable(output, database)
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"-o {output}: folder {parent} does not exist")
+    temp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".part", dir=parent))
+    os.chmod(temp, 0o777 & ~_umask())
+    try:
+        files = extract_files(database, session, temp, flt)
+        sectors = extract_sectors(database, session, temp, flt.lba, flt) \
+            if flt.lba is not None else None
+        manifest = {"session": session, "database": str(db),
+                    "files": [f.manifest() for f in files],
+                    "sectors": [sectors.manifest()] if sectors else []}
+        (temp / "manifest.json").write_text(json.dumps(manifest, indent=1,
+                                                       ensure_ascii=False) + "\n")
+        with open(temp / "SHA256SUMS", "w", encoding="utf-8") as sums:
+            for f in files:
+                sums.write(f"{f.sha256}  files{f.path}\n")
+            if sectors:
+                sums.write(f"{sectors.sha256}  {sectors.file}\n")
+        old = None
+        if output.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=parent))
+            os.replace(output, old / "previous")
+        os.replace(temp, output)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    rows = []
+    for f in files:
+        m = f.manifest()
+        state = "complete" if m["complete"] else \
+            f"{len(m['holes'])} hole{'s' if len(m['holes']) != 1 else ''}"
+        if not f.size_known:
+            state += ", size unknown"
+        if f.truncated:
+            state += ", cut in capture"
+        rows.append((f.path, f.size, m["bytes_known"], state + (", deleted" if f.deleted
+                                                                   else ""), f.sha256[:16]))
+    emit(["path", "size", "known", "state", "sha256"], rows, "table")
+    if sectors:
+        m = sectors.manifest()
+        click.echo(f"{sectors.file}: blocks {sectors.first}-{sectors.last} of "
+                   f"{sectors.block_size} B, {'complete' if m['complete'] else 'unknown: '}"
+                   f"{'' if m['complete'] else m['unknown_lbas']}")
+    click.echo(f"{output}: {len(files)} files, manifest.json, SHA256SUMS")
+
+
 def register(group: click.Group) -> None:
     """Add the analysis commands to the ``usbtrace`` group."""
-    for command in (stats,):
+    for command in (stats, extract):
         group.add_command(command)
-
-
-__all__ = ["register", "stats", "Path"]
