@@ -197,7 +197,30 @@ def extract(session: int, output: Path | None, force: bool, db: str, flt: Filter
     click.echo(f"{output}: {len(files)} files, manifest.json, SHA256SUMS")
 
 
+# ---- timeline ----------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("session", type=int)
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="The trace file to write (JSON), for Perfetto or chrome://tracing.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@db_option
+@friendly
+def timeline(session: int, output: Path, force: bool, db: str) -> None:
+    """A session as Chrome trace events: a track per tracer position and device, READ
+    -> SRB -> URB slices nested, PnP and power IRPs as instants, file names as
+    arguments.  Open it in https://ui.perfetto.dev or chrome://tracing."""
+    from usbtrace.analysis.timeline import write_trace
+    from usbtrace.outputs import atomic_output
+
+    database = open_session(db, session)
+    with atomic_output(output, force, database, "-o", mode="w") as stream:
+        count = write_trace(database, session, stream)
+    click.echo(f"{output}: {count} trace events of session {session}")
+
+
 def register(group: click.Group) -> None:
     """Add the analysis commands to the ``usbtrace`` group."""
-    for command in (stats, extract):
+    for command in (stats, extract, timeline):
         group.add_command(command)
