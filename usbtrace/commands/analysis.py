@@ -220,7 +220,32 @@ def timeline(session: int, output: Path, force: bool, db: str) -> None:
     click.echo(f"{output}: {count} trace events of session {session}")
 
 
+# ---- report ------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("session", type=int)
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="The HTML file to write.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@db_option
+@filter_options
+@friendly
+def report(session: int, output: Path, force: bool, db: str, flt: Filter) -> None:
+    """One self-contained HTML page (works offline): summary, LBA over time, throughput,
+    service-time histograms, files, errors and recoveries."""
+    from usbtrace.analysis.report import render
+    from usbtrace.outputs import atomic_output, check_output
+
+    database = open_session(db, session)
+    check_output(output, force, database, "-o")  # before the work, not after it
+    page = render(database, session, flt)
+    with atomic_output(output, force, database, "-o", mode="w") as stream:
+        stream.write(page)
+    click.echo(f"{output}: report of session {session} ({len(page) >> 10} KiB)")
+
+
 def register(group: click.Group) -> None:
     """Add the analysis commands to the ``usbtrace`` group."""
-    for command in (stats, extract, timeline):
+    for command in (stats, extract, timeline, report):
         group.add_command(command)
