@@ -89,6 +89,7 @@ def test_lba_range_is_written_raw(truth_db: tuple[str, dict], tmp_path: Path) ->
     # the files filtered to the range: medium.bin alone
     manifest = json.loads((out / "manifest.json").read_text())
     assert [f["path"] for f in manifest["files"]] == ["/docs/medium.bin"]
+    assert manifest["files"][0]["complete"] and manifest["files"][0]["sha256"] == expected
     assert manifest["sectors"][0]["complete"]
 
 

@@ -212,22 +212,6 @@ def extract_files(database: Any, session: int, folder: Path, flt: Filter | None 
             files[final] = ExtractedFile(final)
         return files[final]
 
-    # sizes and the file events, in order
-    with database.stream(
-            "SELECT f.scsi_seq, f.path, f.operation, f.length, f.detail FROM file_activity f "
-            "WHERE f.session_id = :sid AND f.kind = 'event' AND f.path IS NOT NULL "
-            f"AND {cond} ORDER BY f.id", params) as (_, events):
-        for seq, path, operation, length, detail in events:
-            if detail == "directory":
-                continue
-            item = entry(path, seq)
-            if operation in ("renamed", "moved") and detail and detail.startswith("from "):
-                item.names.append(detail[5:])
-            item.deleted = operation == "deleted"
-            if length is not None:
-                item.size, item.size_known = int(length), True
-            if operation in ("created", "extended"):
-                item.operations.add("write")
     folder.mkdir(parents=True, exist_ok=True)
     targets: dict[str, Path] = {}
 
@@ -260,6 +244,29 @@ def extract_files(database: Any, session: int, folder: Path, flt: Filter | None 
                 got += len(piece)
             if got < length:
                 item.truncated = True
+    # sizes and the file events, in order: every event of the files kept (an event's
+    # own command may lie outside the filter: a directory entry is not the file's data)
+    names = Filter(files=flt.files)
+    name_cond, name_params = names.files_sql("f")
+    commands_filtered = not Filter(flt.devices, flt.luns, flt.opcodes, flt.lba, flt.statuses,
+                                   (), flt.time, flt.where).empty
+    with database.stream(
+            "SELECT f.scsi_seq, f.path, f.operation, f.length, f.detail FROM file_activity f "
+            "WHERE f.session_id = :sid AND f.kind = 'event' AND f.path IS NOT NULL "
+            f"AND {name_cond} ORDER BY f.id", {**name_params, "sid": session}) as (_, events):
+        for seq, path, operation, length, detail in events:
+            if detail == "directory":
+                continue
+            if commands_filtered and renames.final(path, seq) not in files:
+                continue  # a file none of the kept commands moved
+            item = entry(path, seq)
+            if operation in ("renamed", "moved") and detail and detail.startswith("from "):
+                item.names.append(detail[5:])
+            item.deleted = operation == "deleted"
+            if length is not None:
+                item.size, item.size_known = int(length), True
+            if operation in ("created", "extended"):
+                item.operations.add("write")
     for item in files.values():
         place = target(item)
         if not item.size_known:

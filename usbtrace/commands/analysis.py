@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,10 @@ def open_session(db: str, session: int) -> Any:
     return database
 
 
-def _for_table(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+def _for_table(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
     """Floats with 6 decimals (microseconds, as tshark prints them)."""
-    return [tuple(f"{v:.6f}" if isinstance(v, float) else v for v in row) for row in rows]
+    for row in rows:
+        yield tuple(f"{v:.6f}" if isinstance(v, float) else v for v in row)
 
 
 # ---- stats -------------------------------------------------------------------------------
@@ -80,8 +82,10 @@ def stats(session: int, db: str, per_device: bool, interval: float | None, secti
         tables["errors"] = st.errors(database, session, flt)
     if section in ("all", "throughput") and interval is not None:
         if section == "throughput" and fmt != "json":  # one table alone: stream it
-            emit(st.THROUGHPUT_COLUMNS,
-                 times.rows(st.throughput(database, session, interval, flt), 0), fmt)
+            rows = times.rows(st.throughput(database, session, interval, flt), 0)
+            if fmt == "table":
+                click.echo(f"Throughput per {interval:g} s:")
+            emit(st.THROUGHPUT_COLUMNS, _for_table(rows) if fmt == "table" else rows, fmt)
             return
         tables["throughput"] = (st.THROUGHPUT_COLUMNS, list(
             times.rows(st.throughput(database, session, interval, flt), 0)))
@@ -93,15 +97,15 @@ def stats(session: int, db: str, per_device: bool, interval: float | None, secti
     titles = {"srt": "Service response time (s) per opcode",
               "errors": "Commands that did not end good",
               "throughput": f"Throughput per {interval:g} s" if interval else ""}
-    for i, (name, (columns, rows)) in enumerate(tables.items()):
+    for i, (name, (columns, table)) in enumerate(tables.items()):
         if fmt == "table":
-            if name == "errors" and not rows:
+            if name == "errors" and not table:
                 click.echo(("\n" if i else "") + "No errors.")
                 continue
             click.echo(("\n" if i else "") + titles[name] + ":")
-            emit(columns, _for_table(rows), fmt)
+            emit(columns, _for_table(table), fmt)
         else:
-            emit(columns, rows, fmt)
+            emit(columns, table, fmt)
 
 
 # ---- extract -----------------------------------------------------------------------------
@@ -180,10 +184,11 @@ def extract(session: int, output: Path | None, force: bool, db: str, flt: Filter
     rows = []
     for f in files:
         m = f.manifest()
-        state = "complete" if m["complete"] else \
-            f"{len(m['holes'])} hole{'s' if len(m['holes']) != 1 else ''}"
+        parts = [] if not m["holes"] else \
+            [f"{len(m['holes'])} hole{'s' if len(m['holes']) != 1 else ''}"]
         if not f.size_known:
-            state += ", size unknown"
+            parts.append("size unknown")
+        state = ", ".join(parts) or "complete"
         if f.truncated:
             state += ", cut in capture"
         rows.append((f.path, f.size, m["bytes_known"], state + (", deleted" if f.deleted
@@ -194,7 +199,8 @@ def extract(session: int, output: Path | None, force: bool, db: str, flt: Filter
         click.echo(f"{sectors.file}: blocks {sectors.first}-{sectors.last} of "
                    f"{sectors.block_size} B, {'complete' if m['complete'] else 'unknown: '}"
                    f"{'' if m['complete'] else m['unknown_lbas']}")
-    click.echo(f"{output}: {len(files)} files, manifest.json, SHA256SUMS")
+    click.echo(f"{output}: {len(files)} file{'s' if len(files) != 1 else ''}, manifest.json, "
+               "SHA256SUMS")
 
 
 # ---- timeline ----------------------------------------------------------------------------
