@@ -134,3 +134,18 @@ def test_screenshot_shows_the_plots(report: Path) -> None:
     assert shot.exists(), result.stderr[-2000:]
     assert png_size(shot) == (1200, 2600)
     assert png_rows_differ(shot) > 500  # text, axes and points, not an empty page
+
+
+def test_bad_input_is_one_line_and_writes_nothing(report: Path) -> None:
+    db = str(report / "r.db")
+    cases = [["report", "9", "--db", db, "-o", str(report / "x.html")],
+             ["report", "1", "--db", db, "-o", db, "--force"],
+             ["report", "1", "--db", db, "-o", str(report / "report1.html")],
+             ["timeline", "1", "--db", db, "-o", str(report / "none" / "t.json")],
+             ["timeline", "0", "--db", db, "-o", str(report / "t.json")],
+             ["extract", "1", "--db", db, "-o", str(report), "--force"]]
+    before = sorted(p.name for p in report.iterdir())
+    for args in cases:
+        code, _, err = invoke(*args)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (args, err)
+    assert sorted(p.name for p in report.iterdir()) == before
