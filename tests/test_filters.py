@@ -188,3 +188,15 @@ def test_bad_filters_are_one_line(db: str) -> None:
     with pytest.raises(InputError):
         parse_range("-", "--lba")
     assert build_filter().empty and Filter().commands_sql() == ("1=1", {})
+
+
+def test_urb_condition_listed_once_equals_searched_per_urb(db: str) -> None:
+    database = Database(db, create=False, readonly=True)
+    flt = build_filter(status=["check_condition"], lun=[1])
+    seen = []
+    for session in (None, READERS):
+        cond, params = flt.urbs_sql("u", session)
+        _, rows = database.query(f"SELECT u.seq FROM urbs u WHERE u.session_id = :s AND "
+                                 f"{cond} ORDER BY u.seq", {**params, "s": READERS})
+        seen.append([r[0] for r in rows])
+    assert seen[0] == seen[1] and len(seen[0]) > 0

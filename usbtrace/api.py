@@ -161,7 +161,7 @@ class Session:
         if name == "commands":
             cond, params = flt.commands_sql(alias)
         elif name == "urbs":
-            cond, params = flt.urbs_sql(alias)
+            cond, params = flt.urbs_sql(alias, self.id)
         elif name == "file_activity":
             cond, params = flt.files_sql(alias)
         else:

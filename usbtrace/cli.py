@@ -279,7 +279,7 @@ def export(session: int, output: Path, linktype: str | None, force: bool, db: st
         origin = float(calendar.timegm(_time.strptime(started_at, "%Y-%m-%dT%H:%M:%SZ")))
     kind = linktype or ("usbmon" if source == "usbmon" else "usbpcap")
     urbs = 0
-    cond, params = flt.urbs_sql("u")
+    cond, params = flt.urbs_sql("u", session)
     with atomic_output(output, force, database, "-o") as stream, \
             database.stream(f"SELECT * FROM urbs u WHERE u.session_id = :id AND {cond} "
                             "ORDER BY u.seq", {**params, "id": session}) as (columns, urb_rows):
