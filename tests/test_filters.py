@@ -158,11 +158,12 @@ def test_filters_combine_and_reach_files_export_and_extract(db: str, tmp_path: P
                for s in expected)
     assert f"from {urbs} URBs" in out
     out_dir = tmp_path / "x"
-    code, _, err = invoke("extract", str(FAT16), "--db", db, "-o", str(out_dir),
-                          "--file", "/big*")
-    assert code == 0, err
-    assert [f["path"] for f in json.loads((out_dir / "manifest.json").read_text())["files"]] \
-        == ["/big-renamed.bin"]
+    for glob in ("/big*", "/big.bin", "*renamed*"):  # any of the file's names
+        code, _, err = invoke("extract", str(FAT16), "--db", db, "-o", str(out_dir),
+                              "--file", glob, "--force")
+        assert code == 0, err
+        (only,) = json.loads((out_dir / "manifest.json").read_text())["files"]
+        assert only["path"] == "/big-renamed.bin" and only["complete"], glob
 
 
 def test_time_formats(db: str) -> None:

@@ -18,6 +18,7 @@ ranges; the bytes themselves go straight to the output files.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
@@ -193,7 +194,11 @@ def extract_files(database: Any, session: int, folder: Path, flt: Filter | None 
     """Rebuild every file with data or a creation in the session (narrowed by
     ``flt``) under ``folder``; return what is known of each."""
     flt = flt or Filter()
-    cond, params = flt.files_sql("f")
+    # --file globs match a file by any of its names (before or after a rename), so they
+    # are applied here, on the final name too; the rest of the filter in SQL
+    by_command = Filter(flt.devices, flt.luns, flt.opcodes, flt.lba, flt.statuses, (),
+                        flt.time, flt.where)
+    cond, params = by_command.files_sql("f")
     params = {**params, "sid": session}
     _, moves = database.query(
         "SELECT scsi_seq, substr(detail, 6), path FROM file_activity "
@@ -205,6 +210,13 @@ def extract_files(database: Any, session: int, folder: Path, flt: Filter | None 
     renames = Renames(((int(s), str(old), str(new)) for s, old, new in moves),
                       ((int(s), str(p)) for s, p in creations))
     files: dict[str, ExtractedFile] = {}
+
+    def named(path: str, seq: int) -> bool:
+        if not flt.files:
+            return True
+        final = renames.final(path, seq)
+        return any(fnmatch.fnmatchcase(path, g) or fnmatch.fnmatchcase(final, g)
+                   for g in flt.files)
 
     def entry(path: str, seq: int) -> ExtractedFile:
         final = renames.final(path, seq)
@@ -230,6 +242,8 @@ def extract_files(database: Any, session: int, folder: Path, flt: Filter | None 
             "AND f.kind = 'data' AND f.path IS NOT NULL AND f.length > 0 "
             f"AND {cond} ORDER BY f.scsi_seq, f.id", params) as (_, rows):
         for seq, path, operation, offset, length, command_offset in rows:
+            if not named(path, seq):
+                continue
             if current is None or current[0] != seq:
                 segments, cut = command_segments(database, session, seq)
                 current = (seq, segments, cut)
@@ -246,16 +260,13 @@ def extract_files(database: Any, session: int, folder: Path, flt: Filter | None 
                 item.truncated = True
     # sizes and the file events, in order: every event of the files kept (an event's
     # own command may lie outside the filter: a directory entry is not the file's data)
-    names = Filter(files=flt.files)
-    name_cond, name_params = names.files_sql("f")
-    commands_filtered = not Filter(flt.devices, flt.luns, flt.opcodes, flt.lba, flt.statuses,
-                                   (), flt.time, flt.where).empty
+    commands_filtered = not by_command.empty
     with database.stream(
             "SELECT f.scsi_seq, f.path, f.operation, f.length, f.detail FROM file_activity f "
             "WHERE f.session_id = :sid AND f.kind = 'event' AND f.path IS NOT NULL "
-            f"AND {name_cond} ORDER BY f.id", {**name_params, "sid": session}) as (_, events):
+            "ORDER BY f.id", {"sid": session}) as (_, events):
         for seq, path, operation, length, detail in events:
-            if detail == "directory":
+            if detail == "directory" or not named(path, seq):
                 continue
             if commands_filtered and renames.final(path, seq) not in files:
                 continue  # a file none of the kept commands moved

@@ -112,6 +112,9 @@ def summary(database: Any, session: int) -> Summary:
     out.fields.append(("file system", file_system(database, session) or "not seen"))
     out.fields.append(("counts", f"{records} records, {commands} SCSI commands, "
                                  f"{malformed} malformed"))
+    failed = st.sense_summary(database, session)
+    out.fields.append(("errors", ", ".join(f"{n} {key}" for key, n in failed)
+                       + " (by sense key)" if failed else "none"))
     out.fields.append(("drops", f"{dropped} records dropped in {gaps[0][0]} gaps"
                                 if dropped else "none"))
     out.fields.append(("notes", notes or "none"))
