@@ -146,7 +146,8 @@ def command_segments(database: Any, session: int, seq: int) -> tuple[list[Segmen
         "SELECT u.data, u.actual_length, u.truncated FROM scsi_commands c JOIN urbs u "
         "ON u.session_id = c.session_id AND u.seq > c.cbw_seq "
         "AND u.seq < coalesce(c.csw_seq, c.cbw_seq + 1000000) "
-        "AND u.bus IS c.bus AND u.device IS c.device AND u.transfer_type = 'bulk' "
+        "AND u.bus IS NOT DISTINCT FROM c.bus AND u.device IS NOT DISTINCT FROM c.device "
+        "AND u.transfer_type = 'bulk' "
         "AND u.data IS NOT NULL "
         "AND u.direction = (CASE c.data_direction WHEN 'in' THEN 'in' ELSE 'out' END) "
         "WHERE c.session_id = :sid AND c.seq = :seq ORDER BY u.seq",

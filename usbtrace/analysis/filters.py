@@ -93,8 +93,8 @@ class Filter:
                 parts.append(f"{alias}.lba <= :flt_lba_hi")
             if self.lba.low is not None:
                 params["flt_lba_lo"] = int(self.lba.low)
-                parts.append(f"{alias}.lba + max(coalesce({alias}.blocks, 0), 1) - 1 "
-                             ">= :flt_lba_lo")
+                parts.append(f"{alias}.lba + (CASE WHEN {alias}.blocks > 1 THEN "
+                             f"{alias}.blocks ELSE 1 END) - 1 >= :flt_lba_lo")
         if self.statuses:
             parts.append(f"{alias}.status IN ({_bind(params, 'flt_st', self.statuses)})")
         if self.files:
@@ -160,8 +160,9 @@ class Filter:
             cond, params = self.commands_sql("uc")
             return (f"EXISTS (SELECT 1 FROM scsi_commands uc WHERE uc.session_id = "
                     f"{alias}.session_id AND {alias}.seq BETWEEN uc.cbw_seq AND "
-                    f"coalesce(uc.csw_seq, uc.cbw_seq) AND uc.bus IS {alias}.bus AND "
-                    f"uc.device IS {alias}.device AND {cond})"), params
+                    f"coalesce(uc.csw_seq, uc.cbw_seq) AND uc.bus IS NOT DISTINCT FROM "
+                    f"{alias}.bus AND uc.device IS NOT DISTINCT FROM {alias}.device AND "
+                    f"{cond})"), params
         parts = []
         if self.devices:
             parts.append("(" + " OR ".join(_device_sql(spec, alias, f"flt_udev{i}", params)
