@@ -201,3 +201,19 @@ def test_urb_condition_listed_once_equals_searched_per_urb(db: str) -> None:
                                  f"{cond} ORDER BY u.seq", {**params, "s": READERS})
         seen.append([r[0] for r in rows])
     assert seen[0] == seen[1] and len(seen[0]) > 0
+
+
+def test_glob_regex_means_what_sqlite_glob_means() -> None:
+    import re
+
+    from usbtrace.analysis.filters import glob_regex
+
+    names = ["/docs/a.txt", "/docs/sub/b.TXT", "/doc", "/big.bin", "/big-renamed.bin",
+             "/x(1)+.bin", "/A long file name – ü.txt", "/a]b", "/c"]
+    conn = sqlite3.connect(":memory:")
+    for pattern in ("/docs/*", "*.txt", "/big?bin", "/[ab]*", "/[^ab]*", "/x(1)+.bin",
+                    "*ü*", "/[]a]*", "*"):
+        sqlite = [n for n in names if conn.execute("SELECT ? GLOB ?", (n, pattern)
+                                                   ).fetchone()[0]]
+        regex = [n for n in names if re.search(glob_regex(pattern), n)]
+        assert regex == sqlite, pattern

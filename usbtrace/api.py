@@ -157,7 +157,7 @@ class Session:
 
     def _rows(self, name: str, flt: Filter | None, filters: dict[str, Any]) -> Iterator[Any]:
         table, kind, alias = TABLES[name]
-        flt = _filter(flt, filters)
+        flt = _filter(flt, filters).for_database(self.log.database)
         if name == "commands":
             cond, params = flt.commands_sql(alias)
         elif name == "urbs":
@@ -195,7 +195,8 @@ class Session:
         """Per-opcode counts and service times (``usbtrace stats``)."""
         from usbtrace.analysis.stats import service_times
 
-        return service_times(self.log.database, self.id, _filter(flt, filters), per_device)
+        return service_times(self.log.database, self.id,
+                             _filter(flt, filters).for_database(self.log.database), per_device)
 
     def extract(self, folder: str | Path, flt: Filter | None = None, **filters: Any
                 ) -> list[Any]:
@@ -203,7 +204,8 @@ class Session:
         without the manifest); returns what is known of each."""
         from usbtrace.analysis.extract import extract_files
 
-        return extract_files(self.log.database, self.id, Path(folder), _filter(flt, filters))
+        return extract_files(self.log.database, self.id, Path(folder),
+                             _filter(flt, filters).for_database(self.log.database))
 
     def to_dataframe(self, what: str = "commands", flt: Filter | None = None,
                      **filters: Any) -> Any:

@@ -269,6 +269,7 @@ def export(session: int, output: Path, linktype: str | None, force: bool, db: st
     from usbtrace.store.database import Database
 
     database = Database(db, create=False, readonly=True)
+    flt = flt.for_database(database)
     _, rows = database.query(
         "SELECT source, started_at, time_origin FROM sessions WHERE id = :id",
         {"id": _session_id(session)})
@@ -363,6 +364,7 @@ def log_(session: int, db: str, limit: int | None, fmt: str, time_format: str,
 
     database = Database(db, create=False, readonly=True)
     _require_session(database, session, db)
+    flt = flt.for_database(database)
     what = database.aggregate(
         "CASE WHEN f.kind = 'data' THEN f.path || ' @' || f.file_offset "
         "WHEN f.kind = 'event' THEN f.operation || ' ' || f.path "
@@ -403,7 +405,7 @@ def files_(session: int, db: str, fmt: str, flt: Filter) -> None:
     database = Database(db, create=False, readonly=True)
     _require_session(database, session, db)
     events = database.aggregate("CASE WHEN kind='event' THEN operation END")
-    cond, params = flt.files_sql("f")
+    cond, params = flt.for_database(database).files_sql("f")
     columns, rows = database.query(
         "SELECT path, "
         "sum(CASE WHEN kind='data' AND operation='read' THEN length ELSE 0 END) AS bytes_read, "

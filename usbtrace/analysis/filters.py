@@ -14,6 +14,7 @@ The time format (``-t r|a|d``, as tshark's ``-t``) is display only:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -52,6 +53,22 @@ class Filter:
     files: tuple[str, ...] = ()     # globs on file_activity.path
     time: Range | None = None       # seconds from the session start
     where: str | None = None        # a SQL condition on scsi_commands c
+    dialect: str = "sqlite"         # whose SQL to write: sqlite or postgresql
+
+    def for_database(self, database: Any) -> Filter:
+        """The same filter in the SQL of ``database`` (globs differ)."""
+        name = database.engine.dialect.name if not database.is_sqlite else "sqlite"
+        return dataclasses.replace(self, dialect=name)
+
+    def _glob(self, column: str, param: str) -> str:
+        """``column`` matches the glob bound as ``param``: GLOB in SQLite, a regular
+        expression (see ``glob_regex``) elsewhere."""
+        if self.dialect == "sqlite":
+            return f"{column} GLOB :{param}"
+        return f"{column} ~ :{param}"
+
+    def _glob_value(self, pattern: str) -> str:
+        return pattern if self.dialect == "sqlite" else glob_regex(pattern)
 
     @property
     def empty(self) -> bool:
@@ -98,9 +115,10 @@ class Filter:
         if self.statuses:
             parts.append(f"{alias}.status IN ({_bind(params, 'flt_st', self.statuses)})")
         if self.files:
-            globs = " OR ".join(f"ff.path GLOB :flt_file{i}" for i in range(len(self.files)))
+            globs = " OR ".join(self._glob("ff.path", f"flt_file{i}")
+                                for i in range(len(self.files)))
             for i, pattern in enumerate(self.files):
-                params[f"flt_file{i}"] = pattern
+                params[f"flt_file{i}"] = self._glob_value(pattern)
             parts.append(f"EXISTS (SELECT 1 FROM file_activity ff WHERE ff.session_id = "
                          f"{alias}.session_id AND ff.scsi_seq = {alias}.seq AND ({globs}))")
         if self.time is not None:
@@ -123,15 +141,15 @@ class Filter:
         with ``files`` only rows whose own path matches."""
         parts: list[str] = []
         command_filter = Filter(self.devices, self.luns, self.opcodes, self.lba,
-                                self.statuses, (), self.time, self.where)
+                                self.statuses, (), self.time, self.where, self.dialect)
         cond, params = command_filter.commands_sql("fc")
         if not command_filter.empty:
             parts.append(f"EXISTS (SELECT 1 FROM scsi_commands fc WHERE fc.session_id = "
                          f"{alias}.session_id AND fc.seq = {alias}.scsi_seq AND {cond})")
         if self.files:
             for i, pattern in enumerate(self.files):
-                params[f"flt_fpath{i}"] = pattern
-            parts.append("(" + " OR ".join(f"{alias}.path GLOB :flt_fpath{i}"
+                params[f"flt_fpath{i}"] = self._glob_value(pattern)
+            parts.append("(" + " OR ".join(self._glob(f"{alias}.path", f"flt_fpath{i}")
                                            for i in range(len(self.files))) + ")")
         return (" AND ".join(parts) or "1=1"), params
 
@@ -177,6 +195,31 @@ class Filter:
                 parts.append(f"coalesce({alias}.submitted_at, {alias}.completed_at) "
                              "<= :flt_t_hi")
         return (" AND ".join(parts) or "1=1"), params
+
+
+def glob_regex(pattern: str) -> str:
+    """A glob as an anchored POSIX regular expression with SQLite's GLOB meaning:
+    ``*`` any run (``/`` too), ``?`` one character, ``[...]`` a class (``[^...]``
+    negated), case-sensitive."""
+    out, i = ["^"], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif ch == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("^", "]") else i + 1)
+            if end < 0:
+                out.append(re.escape(ch))
+            else:
+                body = pattern[i + 1:end].replace("\\", "\\\\")
+                out.append("[" + body + "]")
+                i = end
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return "".join(out) + "$"
 
 
 def _bind(params: dict[str, Any], prefix: str, values: Sequence[Any]) -> str:

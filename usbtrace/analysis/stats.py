@@ -47,6 +47,10 @@ class OpcodeStats:
         return int(self.key[-1])
 
 
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def nearest_rank(p: float, n: int) -> int:
     """The 1-based rank of the p-th percentile of n sorted values (nearest-rank)."""
     return max(1, min(n, math.ceil(p / 100 * n)))
@@ -91,8 +95,9 @@ def service_times(database: Any, session: int, flt: Filter | None = None,
     for row in rows:
         key = tuple(row[:width])
         (name, commands, calls, errors, nbytes, lo, mean, hi, total) = row[width:]
-        table[key] = OpcodeStats(key, name, commands, calls or 0, errors or 0, nbytes or 0,
-                                 lo, mean, hi, total or 0.0)
+        table[key] = OpcodeStats(key, name, int(commands), int(calls or 0), int(errors or 0),
+                                 int(nbytes or 0), _float(lo), _float(mean), _float(hi),
+                                 float(total or 0.0))
     if any(s.calls for s in table.values()):
         order = (f"SELECT {keys}, {SRT} FROM scsi_commands c WHERE c.session_id = :sid "
                  f"AND {ANSWERED} AND {cond} ORDER BY {keys}, {SRT}")
@@ -176,22 +181,41 @@ def throughput(database: Any, session: int, interval: float, flt: Filter | None 
     the interval where it was submitted."""
     flt = flt or Filter()
     cond, params = flt.commands_sql("c")
-    sql = ("SELECT CAST(c.submitted_at / :interval AS INTEGER) AS bucket, count(*), "
-           "coalesce(sum(CASE WHEN c.data_direction = 'in' THEN c.data_length END), 0), "
-           "coalesce(sum(CASE WHEN c.data_direction = 'out' THEN c.data_length END), 0) "
-           "FROM scsi_commands c WHERE c.session_id = :sid AND c.submitted_at IS NOT NULL "
-           f"AND {cond} GROUP BY bucket ORDER BY bucket")
+    sql = ("SELECT c.submitted_at, c.data_direction, c.data_length FROM scsi_commands c "
+           "WHERE c.session_id = :sid AND c.submitted_at IS NOT NULL "
+           f"AND {cond} ORDER BY c.submitted_at")
+    with database.stream(sql, {**params, "sid": session}) as (_, rows):
+        yield from bucket_throughput(rows, interval)
+
+
+def bucket_throughput(rows: Iterable[tuple[Any, ...]], interval: float
+                      ) -> Iterator[tuple[float, int, int, int, float, float]]:
+    """(time, direction, length) rows in time order, summed per interval in one pass
+    (here rather than in SQL: databases do not agree on how a float becomes an
+    integer)."""
     mib = interval * (1 << 20)
-    with database.stream(sql, {**params, "sid": session, "interval": interval}) as (_, rows):
-        expected: int | None = None
-        for bucket, count, nin, nout in rows:
-            bucket = int(bucket)
-            if expected is not None:
-                for empty in range(expected, bucket):
-                    yield (round(empty * interval, 9), 0, 0, 0, 0.0, 0.0)
-            yield (round(bucket * interval, 9), int(count), int(nin), int(nout),
-                   nin / mib, nout / mib)
-            expected = bucket + 1
+    current: int | None = None
+    count = nin = nout = 0
+
+    def row(bucket: int, count: int, nin: int, nout: int
+            ) -> tuple[float, int, int, int, float, float]:
+        return (round(bucket * interval, 9), count, nin, nout, nin / mib, nout / mib)
+
+    for t, direction, length in rows:
+        bucket = math.floor(float(t) / interval)
+        if current is not None and bucket != current:
+            yield row(current, count, nin, nout)
+            for empty in range(current + 1, bucket):
+                yield row(empty, 0, 0, 0)
+            count = nin = nout = 0
+        current = bucket
+        count += 1
+        if direction == "in":
+            nin += int(length or 0)
+        elif direction == "out":
+            nout += int(length or 0)
+    if current is not None:
+        yield row(current, count, nin, nout)
 
 
 THROUGHPUT_COLUMNS = ["time", "commands", "bytes_in", "bytes_out", "mib_s_in", "mib_s_out"]

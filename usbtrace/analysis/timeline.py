@@ -111,7 +111,7 @@ def trace_events(database: Any, session: int) -> Iterator[dict[str, Any]]:
         "SELECT c.bus, c.device, d.vid, d.pid, d.product FROM scsi_commands c "
         "LEFT JOIN devices d ON d.session_id = c.session_id AND d.bus = c.bus AND "
         "d.device = c.device WHERE c.session_id = :sid "
-        "GROUP BY c.bus, c.device ORDER BY count(*) DESC", sid)
+        "GROUP BY c.bus, c.device, d.vid, d.pid, d.product ORDER BY count(*) DESC", sid)
     labels: dict[str, str] = {}
     for bus, dev, vid, pid_, product in rows:
         ident = f" {vid:04x}:{pid_:04x}" if vid is not None and pid_ is not None else ""

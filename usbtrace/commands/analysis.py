@@ -69,6 +69,7 @@ def stats(session: int, db: str, per_device: bool, interval: float | None, secti
     from usbtrace.analysis import stats as st
 
     database = open_session(db, session)
+    flt = flt.for_database(database)
     if section == "throughput" and interval is None:
         raise InputError("--section throughput needs --interval SECONDS")
     if section == "all" and fmt in ("csv", "tsv", "jsonl"):
@@ -147,6 +148,7 @@ def extract(session: int, output: Path | None, force: bool, db: str, flt: Filter
     from usbtrace.analysis.extract import extract_files, extract_sectors
 
     database = open_session(db, session)
+    flt = flt.for_database(database)
     output = output or Path(f"extract-{session}")
     if output.exists() or output.is_symlink():
         if not force:
@@ -244,6 +246,7 @@ def report(session: int, output: Path, force: bool, db: str, flt: Filter) -> Non
     from usbtrace.outputs import atomic_output, check_output
 
     database = open_session(db, session)
+    flt = flt.for_database(database)
     check_output(output, force, database, "-o")  # before the work, not after it
     page = render(database, session, flt)
     with atomic_output(output, force, database, "-o", mode="w") as stream:
