@@ -80,3 +80,28 @@ def scsi_srt(path: Path) -> dict[int, SrtRow]:
             table[int(parts[0])] = SrtRow(int(parts[0]), " ".join(name), int(calls),
                                           float(lo), float(hi), float(avg), float(total))
     return table
+
+
+def srt_from_frames(path: Path) -> dict[int, tuple[int, float]]:
+    """Where Wireshark decodes CBWs and CSWs but keeps no SRT table (a capture that
+    starts after enumeration): per opcode, the count and mean of CBW frame time to
+    the time of the CSW frame with the same tag, which is what its SRT measures."""
+    args = ["tshark", "-r", str(path), "-Y", "usbms", "-T", "fields", "-E", "separator=\t",
+            "-E", "occurrence=f"]
+    for field in ("frame.time_epoch", "usbms.dCBWSignature", "usbms.dCSWSignature",
+                  "usbms.dCBWTag", "scsi_sbc.opcode", "scsi.spc.opcode"):
+        args += ["-e", field]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    pending: dict[int, tuple[float, int]] = {}
+    times: dict[int, list[float]] = {}
+    for line in out.splitlines():
+        when, cbw, csw, tag, sbc, spc = (line.split("\t") + [""] * 6)[:6]
+        t = _int(tag)
+        if cbw and t is not None:
+            opcode = _int(sbc) if sbc else _int(spc)
+            if opcode is not None:
+                pending[t] = (float(when), opcode)
+        elif csw and t is not None and t in pending:
+            start, opcode = pending.pop(t)
+            times.setdefault(opcode, []).append(float(when) - start)
+    return {op: (len(v), sum(v) / len(v)) for op, v in times.items()}
