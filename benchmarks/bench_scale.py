@@ -1,4 +1,5 @@
-"""Reading a session costs the same memory whatever its size: log, export, replay.
+"""Reading a session costs the same memory whatever its size: log, export, replay, and
+the analysis commands (stats, extract, timeline, report).
 
 A real capture is tiled to each size (default 250,000 and 1,000,000 records) and
 imported; then ``usbtrace log``, ``usbtrace export`` and ``usbtrace replay``
@@ -47,7 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", default="250000,1000000")
     parser.add_argument("--capture", type=Path, default=DEFAULT)
-    parser.add_argument("--skip", default="", help="comma-separated: log, export, replay")
+    parser.add_argument("--skip", default="", help="comma-separated: log, export, replay, "
+                        "stats, extract, timeline, report")
     args = parser.parse_args()
     sizes = [int(n) for n in args.records.split(",")]
     skip = set(filter(None, args.skip.split(",")))
@@ -63,6 +65,11 @@ def main() -> None:
                 "log": ["log", "1", "--db", str(db), "--format", "tsv"],
                 "export": ["export", "1", "--db", str(db), "-o", str(folder / f"e{size}.pcapng")],
                 "replay": ["replay", "session:1", "--db", str(db)],
+                "stats": ["stats", "1", "--db", str(db), "--interval", "1"],
+                "extract": ["extract", "1", "--db", str(db), "-o", str(folder / f"x{size}")],
+                "timeline": ["timeline", "1", "--db", str(db), "-o",
+                             str(folder / f"t{size}.json")],
+                "report": ["report", "1", "--db", str(db), "-o", str(folder / f"r{size}.html")],
             }
             for name, command in commands.items():
                 if name in skip:

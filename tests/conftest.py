@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-# Hypothesis checks properties, not speed: a busy machine must not fail a test by
-# its per-example deadline (speed is the benchmarks' business).
-settings.register_profile("usbtrace", deadline=None)
-settings.load_profile("usbtrace")
-
 from usbtrace.devices.image import DiskImage
 from usbtrace.devices.simulated import SimulatedStick
 from usbtrace.machine import Machine
 from usbtrace.records import Event
+
+# Hypothesis checks properties, not speed: a busy machine must not fail a test by
+# its per-example deadline (speed is the benchmarks' business).
+settings.register_profile("usbtrace", deadline=None)
+settings.load_profile("usbtrace")
 
 CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "captures"
 # the third-party captures with mass-storage traffic (see ../shared/captures/INDEX.md)

@@ -55,3 +55,53 @@ def scsi_commands(path: Path) -> list[TsharkCommand]:
             if cmd_open is not None:
                 cmd_open.status = _int(status)
     return commands
+
+
+@dataclass
+class SrtRow:
+    opcode: int
+    procedure: str
+    calls: int
+    min: float
+    max: float
+    avg: float
+    sum: float
+
+
+def scsi_srt(path: Path) -> dict[int, SrtRow]:
+    """Wireshark's SCSI service response time table (``-z scsi,srt,0``), by opcode."""
+    out = subprocess.run(["tshark", "-r", str(path), "-q", "-z", "scsi,srt,0"],
+                         capture_output=True, text=True, check=True).stdout
+    table: dict[int, SrtRow] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 7 and parts[0].isdigit():
+            *name, calls, lo, hi, avg, total = parts[1:]
+            table[int(parts[0])] = SrtRow(int(parts[0]), " ".join(name), int(calls),
+                                          float(lo), float(hi), float(avg), float(total))
+    return table
+
+
+def srt_from_frames(path: Path) -> dict[int, tuple[int, float]]:
+    """Where Wireshark decodes CBWs and CSWs but keeps no SRT table (a capture that
+    starts after enumeration): per opcode, the count and mean of CBW frame time to
+    the time of the CSW frame with the same tag, which is what its SRT measures."""
+    args = ["tshark", "-r", str(path), "-Y", "usbms", "-T", "fields", "-E", "separator=\t",
+            "-E", "occurrence=f"]
+    for field in ("frame.time_epoch", "usbms.dCBWSignature", "usbms.dCSWSignature",
+                  "usbms.dCBWTag", "scsi_sbc.opcode", "scsi.spc.opcode"):
+        args += ["-e", field]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    pending: dict[int, tuple[float, int]] = {}
+    times: dict[int, list[float]] = {}
+    for line in out.splitlines():
+        when, cbw, csw, tag, sbc, spc = (line.split("\t") + [""] * 6)[:6]
+        t = _int(tag)
+        if cbw and t is not None:
+            opcode = _int(sbc) if sbc else _int(spc)
+            if opcode is not None:
+                pending[t] = (float(when), opcode)
+        elif csw and t is not None and t in pending:
+            start, opcode = pending.pop(t)
+            times.setdefault(opcode, []).append(float(when) - start)
+    return {op: (len(v), sum(v) / len(v)) for op, v in times.items()}

@@ -19,6 +19,13 @@ from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
 import click
 
+from usbtrace.analysis.filters import (
+    Filter,
+    TimeFormat,
+    filter_options,
+    session_origin,
+    time_format_option,
+)
 from usbtrace.devices.faults import fault_help
 from usbtrace.errors import UsbtraceError
 
@@ -252,8 +259,10 @@ def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool,
               help="Record format [default: usbmon for usbmon imports, else usbpcap].")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @db_option
+@filter_options
 @friendly
-def export(session: int, output: Path, linktype: str | None, force: bool, db: str) -> None:
+def export(session: int, output: Path, linktype: str | None, force: bool, db: str,
+           flt: Filter) -> None:
     """Write a session's URBs as pcapng that Wireshark opens."""
     import calendar
     import time as _time
@@ -263,6 +272,7 @@ def export(session: int, output: Path, linktype: str | None, force: bool, db: st
     from usbtrace.store.database import Database
 
     database = Database(db, create=False, readonly=True)
+    flt = flt.for_database(database)
     _, rows = database.query(
         "SELECT source, started_at, time_origin FROM sessions WHERE id = :id",
         {"id": _session_id(session)})
@@ -273,9 +283,10 @@ def export(session: int, output: Path, linktype: str | None, force: bool, db: st
         origin = float(calendar.timegm(_time.strptime(started_at, "%Y-%m-%dT%H:%M:%SZ")))
     kind = linktype or ("usbmon" if source == "usbmon" else "usbpcap")
     urbs = 0
+    cond, params = flt.urbs_sql("u", session)
     with atomic_output(output, force, database, "-o") as stream, \
-            database.stream("SELECT * FROM urbs WHERE session_id = :id ORDER BY seq",
-                            {"id": session}) as (columns, urb_rows):
+            database.stream(f"SELECT * FROM urbs u WHERE u.session_id = :id AND {cond} "
+                            "ORDER BY u.seq", {**params, "id": session}) as (columns, urb_rows):
         def records() -> Iterator[dict[str, Any]]:
             nonlocal urbs
             for row in urb_rows:
@@ -353,30 +364,36 @@ format_option = click.option(
 @click.option("--limit", type=click.IntRange(min=0), default=None,
               help="At most this many commands.")
 @format_option
+@time_format_option
+@filter_options
 @friendly
-def log_(session: int, db: str, limit: int | None, fmt: str) -> None:
+def log_(session: int, db: str, limit: int | None, fmt: str, time_format: str,
+         flt: Filter) -> None:
     """A session's SCSI commands, one a line, with the files their blocks belong to."""
     from usbtrace.store.database import Database
 
     database = Database(db, create=False, readonly=True)
     _require_session(database, session, db)
+    flt = flt.for_database(database)
     what = database.aggregate(
         "CASE WHEN f.kind = 'data' THEN f.path || ' @' || f.file_offset "
         "WHEN f.kind = 'event' THEN f.operation || ' ' || f.path "
         "WHEN f.kind IN ('unsupported', 'gpt_header', 'gpt_entries') AND f.detail IS NOT NULL "
         "THEN f.kind || ' ' || f.detail "
         "WHEN f.path IS NOT NULL THEN f.kind || ' ' || f.path ELSE f.kind END", "f.id")
+    cond, params = flt.commands_sql("c")
     # one index look-up per command (ix_file_activity_command): linear in the session
     sql = (
         "SELECT c.seq, round(c.submitted_at, 6) AS time, c.name AS command, c.lba, c.blocks, "
         "c.data_length AS bytes, c.status, c.sense_key AS sense, "
         f"(SELECT {what} FROM file_activity f WHERE f.session_id = c.session_id "
         "AND f.scsi_seq = c.seq) AS blocks_belong_to "
-        "FROM scsi_commands c WHERE c.session_id = :id ORDER BY c.seq")
+        f"FROM scsi_commands c WHERE c.session_id = :id AND {cond} ORDER BY c.seq")
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    with database.stream(sql, {"id": session}) as (columns, rows):
-        emit(columns, rows, fmt)
+    times = TimeFormat(time_format, session_origin(database, session))
+    with database.stream(sql, {**params, "id": session}) as (columns, rows):
+        emit(columns, times.rows(rows, 1), fmt)
 
 
 def _require_session(database: Any, session: int, db: str) -> None:
@@ -391,26 +408,30 @@ def _require_session(database: Any, session: int, db: str) -> None:
 @click.argument("session", type=int)
 @db_option
 @format_option
+@filter_options
 @friendly
-def files_(session: int, db: str, fmt: str) -> None:
+def files_(session: int, db: str, fmt: str, flt: Filter) -> None:
     """Per-file activity of a session: bytes read and written, and file events."""
     from usbtrace.store.database import Database
 
     database = Database(db, create=False, readonly=True)
     _require_session(database, session, db)
     events = database.aggregate("CASE WHEN kind='event' THEN operation END")
+    cond, params = flt.for_database(database).files_sql("f")
     columns, rows = database.query(
         "SELECT path, "
         "sum(CASE WHEN kind='data' AND operation='read' THEN length ELSE 0 END) AS bytes_read, "
         "sum(CASE WHEN kind='data' AND operation='write' THEN length ELSE 0 END) "
         "AS bytes_written, "
         f"{events} AS events "
-        "FROM file_activity WHERE session_id = :id AND path IS NOT NULL "
-        "AND kind IN ('data', 'event') GROUP BY path ORDER BY path", {"id": session})
+        "FROM file_activity f WHERE f.session_id = :id AND f.path IS NOT NULL "
+        f"AND f.kind IN ('data', 'event') AND {cond} GROUP BY f.path ORDER BY f.path",
+        {**params, "id": session})
     _, other = database.query(
-        "SELECT kind, operation, sum(length) FROM file_activity "
-        "WHERE session_id = :id AND kind NOT IN ('data', 'event', 'directory') "
-        "GROUP BY kind, operation ORDER BY kind, operation", {"id": session})
+        "SELECT kind, operation, sum(length) FROM file_activity f "
+        "WHERE f.session_id = :id AND f.kind NOT IN ('data', 'event', 'directory') "
+        f"AND {cond} GROUP BY f.kind, f.operation ORDER BY f.kind, f.operation",
+        {**params, "id": session})
     emit(columns, rows, fmt)
     if fmt == "table" and other:
         click.echo("not file data: " + ", ".join(f"{kind} {op} {n} B" for kind, op, n in other))
@@ -553,3 +574,9 @@ def emit(columns: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str) -> Non
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# ---- analysis: stats, extract, timeline, report (usbtrace/commands/analysis.py) ----------
+from usbtrace.commands import analysis as _analysis  # noqa: E402
+
+_analysis.register(main)
