@@ -124,6 +124,7 @@ CREATE TABLE scsi_commands (
 	PRIMARY KEY (session_id, seq), 
 	FOREIGN KEY(session_id) REFERENCES sessions (id)
 );
+CREATE INDEX ix_scsi_commands_cbw ON scsi_commands (session_id, cbw_seq);
 
 CREATE TABLE urbs (
 	session_id INTEGER NOT NULL, 

@@ -48,7 +48,7 @@ def commands(db: str, session: int) -> list[dict[str, Any]]:
     conn.row_factory = sqlite3.Row
     rows = conn.execute("SELECT c.*, d.vid, d.pid FROM scsi_commands c LEFT JOIN devices d "
                         "ON d.session_id = c.session_id AND d.bus = c.bus AND "
-                        "d.device = c.device WHERE c.session_id = ? ORDER BY c.seq",
+                        "d.device = c.device WHERE c.session_id = ? ORDER BY c.cbw_seq, c.seq",
                         (session,)).fetchall()
     return [dict(r) for r in rows]
 
@@ -217,3 +217,17 @@ def test_glob_regex_means_what_sqlite_glob_means() -> None:
                                                    ).fetchone()[0]]
         regex = [n for n in names if re.search(glob_regex(pattern), n)]
         assert regex == sqlite, pattern
+
+
+def test_log_is_one_timeline_across_devices_and_luns(db: str) -> None:
+    """Commands of several devices and LUNs come in the order they were sent, each
+    with its device (bus.address) and LUN: the log never goes back in time."""
+    code, out, err = invoke("log", str(READERS), "--db", db, "--format", "json")
+    assert code == 0, err
+    rows = json.loads(out)
+    times = [r["time"] for r in rows]
+    assert times == sorted(times)
+    assert len({(r["device"], r["lun"]) for r in rows}) >= 4
+    code, out, _ = invoke("files", str(FAT16), "--db", db, "--format", "json")
+    files = json.loads(out)
+    assert len({(r["device"], r["lun"]) for r in files}) == 1 and files[0]["lun"] == 0

@@ -384,16 +384,22 @@ def log_(session: int, db: str, limit: int | None, fmt: str, time_format: str,
     cond, params = flt.commands_sql("c")
     # one index look-up per command (ix_file_activity_command): linear in the session
     sql = (
-        "SELECT c.seq, round(c.submitted_at, 6) AS time, c.name AS command, c.lba, c.blocks, "
+        "SELECT c.seq, round(CAST(c.submitted_at AS NUMERIC), 6) AS time, "
+        f"{DEVICE_SQL} AS device, c.lun, c.name AS command, c.lba, c.blocks, "
         "c.data_length AS bytes, c.status, c.sense_key AS sense, "
         f"(SELECT {what} FROM file_activity f WHERE f.session_id = c.session_id "
         "AND f.scsi_seq = c.seq) AS blocks_belong_to "
-        f"FROM scsi_commands c WHERE c.session_id = :id AND {cond} ORDER BY c.seq")
+        # one timeline across devices: in the order the commands were sent
+        f"FROM scsi_commands c WHERE c.session_id = :id AND {cond} ORDER BY c.cbw_seq, c.seq")
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     times = TimeFormat(time_format, session_origin(database, session))
     with database.stream(sql, {**params, "id": session}) as (columns, rows):
         emit(columns, times.rows(rows, 1), fmt)
+
+
+# bus.address, as usbmon and Wireshark name a device
+DEVICE_SQL = "CAST(c.bus AS TEXT) || '.' || CAST(c.device AS TEXT)"
 
 
 def _require_session(database: Any, session: int, db: str) -> None:
@@ -416,16 +422,20 @@ def files_(session: int, db: str, fmt: str, flt: Filter) -> None:
 
     database = Database(db, create=False, readonly=True)
     _require_session(database, session, db)
-    events = database.aggregate("CASE WHEN kind='event' THEN operation END")
+    events = database.aggregate("CASE WHEN f.kind='event' THEN f.operation END", "f.id")
     cond, params = flt.for_database(database).files_sql("f")
+    # a path names a file on one logical unit: two sticks may both have /README.TXT
     columns, rows = database.query(
-        "SELECT path, "
-        "sum(CASE WHEN kind='data' AND operation='read' THEN length ELSE 0 END) AS bytes_read, "
-        "sum(CASE WHEN kind='data' AND operation='write' THEN length ELSE 0 END) "
+        f"SELECT {DEVICE_SQL} AS device, c.lun, f.path, "
+        "sum(CASE WHEN f.kind='data' AND f.operation='read' THEN f.length ELSE 0 END) "
+        "AS bytes_read, "
+        "sum(CASE WHEN f.kind='data' AND f.operation='write' THEN f.length ELSE 0 END) "
         "AS bytes_written, "
         f"{events} AS events "
-        "FROM file_activity f WHERE f.session_id = :id AND f.path IS NOT NULL "
-        f"AND f.kind IN ('data', 'event') AND {cond} GROUP BY f.path ORDER BY f.path",
+        "FROM file_activity f JOIN scsi_commands c ON c.session_id = f.session_id "
+        "AND c.seq = f.scsi_seq WHERE f.session_id = :id AND f.path IS NOT NULL "
+        f"AND f.kind IN ('data', 'event') AND {cond} GROUP BY c.bus, c.device, c.lun, f.path "
+        "ORDER BY c.bus, c.device, c.lun, f.path",
         {**params, "id": session})
     _, other = database.query(
         "SELECT kind, operation, sum(length) FROM file_activity f "

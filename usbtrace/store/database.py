@@ -39,6 +39,7 @@ from usbtrace.store.schema import (
     FileActivityRow,
     GapRow,
     Meta,
+    ScsiCommandRow,
     SessionRow,
 )
 
@@ -185,9 +186,10 @@ class Database:
             conn.execute(text("ALTER TABLE sessions ADD COLUMN writer_host VARCHAR(255)"))
             conn.execute(text("ALTER TABLE sessions ADD COLUMN writer_pid INTEGER"))
             GapRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
-            for index in FileActivityRow.__table__.indexes:  # type: ignore[attr-defined]
-                assert isinstance(index, Index)
-                index.create(conn, checkfirst=True)
+            for row in (FileActivityRow, ScsiCommandRow):
+                for index in row.__table__.indexes:  # type: ignore[attr-defined]
+                    assert isinstance(index, Index)
+                    index.create(conn, checkfirst=True)
             conn.execute(sql_update(Meta).where(Meta.key == "schema_version")
                          .values(value=str(SCHEMA_VERSION)))
 

@@ -150,6 +150,9 @@ class ScsiCommandRow(Base):
     submitted_at: Mapped[float | None] = mapped_column(Float)
     completed_at: Mapped[float | None] = mapped_column(Float)
 
+    # the order commands were sent in: one timeline across devices and LUNs
+    __table_args__ = (Index("ix_scsi_commands_cbw", "session_id", "cbw_seq"),)
+
 
 class DeviceRow(Base):
     __tablename__ = "devices"
