@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -57,6 +58,9 @@ def test_record_import_files_replay_in_postgres(pg: str, tmp_path: Path) -> None
     assert ("/big-renamed.bin", "renamed") in files
     code, out, _ = cli("files", "2", "--db", pg)
     assert code == 0 and "/docs/medium.bin" in out
+    code, out, err = cli("log", "2", "--db", pg, "--format", "json")
+    assert code == 0 and any(r["blocks_belong_to"] == "/docs/medium.bin @0"
+                             for r in json.loads(out)), err
     assert cli("replay", "session:1", "--db", pg)[0] == 0
     code, _, err = cli("query", "DELETE FROM urbs", "--db", pg)
     assert code == 2 and "read-only" in err

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
@@ -531,9 +532,11 @@ TABLE_SAMPLE = 1000  # rows that set a table's column widths; later rows just fo
 
 
 def _text(value: Any) -> Any:
-    """Machine formats: every byte, as hex."""
+    """Machine formats: every byte, as hex; SQL decimals as numbers."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).hex()
+    if isinstance(value, Decimal):
+        return float(value)
     return value
 
 
