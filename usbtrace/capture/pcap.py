@@ -61,6 +61,9 @@ BT_IDB, BT_PB, BT_SPB, BT_EPB = 1, 2, 3, 6
 OPT_ENDOFOPT, OPT_IF_TSRESOL = 0, 9
 
 MAX_RECORD = 1 << 26  # a record larger than 64 MiB is corruption, not data
+# The latest time a capture can carry: the end of year 9999, the last second ``time.gmtime``
+# and ISO 8601 can name.  A later timestamp (a 64-bit count of seconds, say) is corruption.
+MAX_TIMESTAMP = 253402300799.0
 
 
 @dataclass(slots=True)
@@ -178,42 +181,61 @@ class CaptureReader:
             data = buf[pos + 16 : end]
             self.bytes_read += end - pos
             pos = end
+            # 32-bit seconds end in 2106: a pcap timestamp is always in range
             yield number, sec + frac * scale, linktype, data, origlen, 0, big
 
     # ---- pcapng ------------------------------------------------------------------
 
     def _pcapng(self) -> Iterator[tuple[int, float, int, bytes, int, int, bool]]:
         order = "<"
-        interfaces: list[tuple[int, float]] = []  # (linktype, seconds per tick)
+        # per interface: (linktype, seconds per tick), or None for a description that
+        # could not be read (its packets are malformed; the numbering of the rest holds)
+        interfaces: list[tuple[int, float] | None] = []
         number = 0
         pending = self._head
         self.bytes_read += 4
         read = self._read
+        first = True  # the file's own section header: a cut one is no capture at all
+
+        def broken(reason: str) -> None:
+            if first:
+                raise CaptureFormatError(f"pcapng section header is truncated or damaged: "
+                                         f"{reason}")
+            self.malformed.append((number + 1, reason))
+
         while True:
             head = pending + read(8 - len(pending))
             pending = b""
             if not head:
                 return
             if len(head) < 8:
-                self.malformed.append((number + 1, "block header cut short at end of file"))
+                broken("block header cut short at end of file")
                 return
             block_type = struct.unpack("<I", head[:4])[0]
             if block_type == PCAPNG_SHB:
                 bom = read(4)
                 if len(bom) < 4:
-                    self.malformed.append((number + 1, "section header cut short"))
+                    broken("section header cut short")
                     return
                 if struct.unpack("<I", bom)[0] == PCAPNG_BYTE_ORDER:
                     order = "<"
                 elif struct.unpack(">I", bom)[0] == PCAPNG_BYTE_ORDER:
                     order = ">"
                 else:
-                    raise CaptureFormatError("pcapng section header has a bad byte-order magic")
+                    if first:
+                        raise CaptureFormatError(
+                            "pcapng section header has a bad byte-order magic")
+                    broken("section header has a bad byte-order magic")
+                    return
                 length = struct.unpack(order + "I", head[4:8])[0]
                 if length < 28 or length % 4 or length > MAX_RECORD:
-                    self.malformed.append((number + 1, f"section header length {length}"))
+                    broken(f"section header length {length}")
                     return
                 body = read(length - 12)
+                if len(body) < length - 12:
+                    broken("section header cut short")
+                    return
+                first = False
                 interfaces = []  # interface ids restart in every section
                 continue
             block_type, length = struct.unpack(order + "II", head)
@@ -226,12 +248,27 @@ class CaptureReader:
                 return
             body = body[:-4]  # the trailing copy of the length
             if block_type == BT_IDB:
+                if len(body) < 8:
+                    self.malformed.append((number + 1, f"interface description {len(interfaces)} "
+                                                       f"has {len(body)} of its 8 fixed bytes"))
+                    interfaces.append(None)
+                    continue
                 linktype = struct.unpack_from(order + "H", body, 0)[0]
                 resolution = _tsresol(body[8:], order)
+                if resolution is None:
+                    self.malformed.append((number + 1, f"interface description "
+                                                       f"{len(interfaces)}: an option runs past "
+                                                       "its block; timestamps read as "
+                                                       "microseconds"))
+                    resolution = 1e-6
                 interfaces.append((linktype, resolution))
                 self.linktypes[len(self.linktypes)] = linktype
             elif block_type == BT_EPB or block_type == BT_PB:
                 number += 1
+                if len(body) < 20:
+                    self.malformed.append((number, f"packet block has {len(body)} of its 20 "
+                                                   "fixed bytes"))
+                    continue
                 if block_type == BT_EPB:
                     iface, hi, lo, caplen, origlen = struct.unpack_from(order + "IIIII", body)
                 else:
@@ -241,17 +278,30 @@ class CaptureReader:
                     self.malformed.append((number, f"packet names interface {iface}, "
                                                    f"which the section does not describe"))
                     continue
+                described = interfaces[iface]
+                if described is None:
+                    self.malformed.append((number, f"packet of interface {iface}, whose "
+                                                   "description is malformed"))
+                    continue
                 if 20 + caplen > len(body):
                     self.malformed.append((number, "packet data longer than its block"))
                     continue
-                linktype, tick = interfaces[iface]
+                linktype, tick = described
+                ts = ((hi << 32) | lo) * tick
+                if ts > MAX_TIMESTAMP:
+                    self.malformed.append((number, f"timestamp {(hi << 32) | lo} at "
+                                                   f"{tick:g} s a tick is beyond the year 9999"))
+                    continue
                 data = body[20 : 20 + caplen]
-                yield (number, ((hi << 32) | lo) * tick, linktype, data, origlen, iface,
-                       order == ">")
+                yield (number, ts, linktype, data, origlen, iface, order == ">")
             elif block_type == BT_SPB:
                 number += 1
-                if not interfaces:
-                    self.malformed.append((number, "simple packet before any interface"))
+                if len(body) < 4:
+                    self.malformed.append((number, "simple packet block has no length field"))
+                    continue
+                if not interfaces or interfaces[0] is None:
+                    self.malformed.append((number, "simple packet before any readable "
+                                                   "interface"))
                     continue
                 origlen = struct.unpack_from(order + "I", body)[0]
                 linktype, _ = interfaces[0]
@@ -259,14 +309,20 @@ class CaptureReader:
             # other blocks (name resolution, statistics, custom) are skipped
 
 
-def _tsresol(options: bytes, order: str) -> float:
-    """Seconds per timestamp tick from an IDB's if_tsresol option (default 10^-6)."""
+def _tsresol(options: bytes, order: str) -> float | None:
+    """Seconds per timestamp tick from an IDB's if_tsresol option (default 10^-6).
+
+    None when an option's value runs past the block or if_tsresol has no value byte:
+    the caller lists that, since the resolution it would have given is unknown.
+    """
     pos = 0
     while pos + 4 <= len(options):
         code, length = struct.unpack_from(order + "HH", options, pos)
         if code == OPT_ENDOFOPT:
             break
-        if code == OPT_IF_TSRESOL and length >= 1:
+        if pos + 4 + length > len(options) or (code == OPT_IF_TSRESOL and length < 1):
+            return None
+        if code == OPT_IF_TSRESOL:
             value = options[pos + 4]
             return 2.0 ** -(value & 0x7F) if value & 0x80 else 10.0 ** -value
         pos += 4 + length + (-length % 4)
