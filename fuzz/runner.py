@@ -130,6 +130,7 @@ def run(inputs: int, seed: int = 0, targets: tuple[str, ...] = TARGETS, jobs: in
                 if jobs <= 1:  # in order, in this process's time: simplest and reproducible
                     settle(capture, worker.run(capture.to_bytes(), targets), worker)
                     idle.append(worker)
+                    break  # to the progress report
                 else:
                     worker.channel.send((capture.to_bytes(), targets))
                     pending[id(worker.channel)] = (worker, capture)
