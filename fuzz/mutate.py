@@ -153,9 +153,10 @@ def mutate_descriptors(rng: random.Random, data: bytes) -> bytes:
     if pos + 2 > len(b):
         return bytes_mutation(rng, data)
     kind = b[pos + 1]
-    op = rng.randrange(5)
-    if op == 0:
-        b[pos] = rng.choice((0, 1, 2, max(b[pos] - 1, 0), min(b[pos] + 1, 255), 255, 9, 18, 7))
+    op = rng.choice((0, 0, 0, 1, 2, 2, 3, 4))
+    if op == 0:  # bLength: the field every reader trusts first
+        b[pos] = rng.choice((0, 1, 2, max(b[pos] - 1, 0), max(b[pos] - 1, 0), min(b[pos] + 1, 255),
+                             255, 9, 18, 7))
     elif op == 1:
         b[pos + 1] = rng.choice((1, 2, 3, 4, 5, 6, 7, 11, 15, 16, 0x21, 0x24, 0x30, 0xFF))
     elif op == 2 and kind == 2:  # configuration: wTotalLength, bNumInterfaces
@@ -501,6 +502,21 @@ def convert_packet(chunk: Chunk, target: Capture) -> Chunk | None:
     return with_packet_data(shell, data)
 
 
+def _special(chunk: Chunk) -> bool:
+    """A record worth more mutations than bulk data: control transfers (descriptors,
+    class requests), CBWs, CSWs, sense data and sectors with a boot signature."""
+    data = packet_data(chunk)
+    if data is None or chunk.linktype is None:
+        return False
+    parts = split_record(chunk.linktype, data, chunk.order)
+    if parts is None:
+        return False
+    header, payload = parts
+    control = header[9] == 2 if chunk.linktype in USBMON_LINKTYPES else header[22] == 2
+    return control or len(payload) in (13, 18, 31) or \
+        len(payload) >= 512 and payload[510:512] == b"\x55\xaa"
+
+
 def mutate(rng: random.Random, cap: Capture, donors: list[Capture]) -> Capture:
     """A mutated copy of ``cap``: one to four mutations, each at some level."""
     cap = cap.copy()
@@ -514,7 +530,8 @@ def _one(rng: random.Random, cap: Capture, donors: list[Capture]) -> None:
     chunks = cap.chunks
     roll = rng.random()
     if roll < 0.55 and packets:  # a USB record and its payload: the most structure
-        i = rng.choice(packets)
+        special = [i for i in packets if _special(chunks[i])] if rng.random() < 0.6 else []
+        i = rng.choice(special or packets)
         chunks[i] = mutate_record(rng, chunks[i])
         return
     ops: list[Callable[[], None]] = []

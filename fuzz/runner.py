@@ -81,7 +81,9 @@ class Stats:
 def pick_input(rng: random.Random, seeds: list[Capture]) -> Capture:
     seed = rng.choice(seeds)
     packets = len(seed.packet_indexes())
-    start = rng.randrange(max(packets - WINDOW, 0) + 1) if packets > WINDOW else 0
+    # a third of the windows start at the beginning: enumeration and the first metadata
+    start = rng.randrange(packets - WINDOW + 1) if packets > WINDOW and rng.random() < 0.67 \
+        else 0
     base = window(seed, start, WINDOW) if packets > WINDOW else seed
     return mutate(rng, base, seeds)
 

@@ -67,7 +67,7 @@ class IdentityTracker:
             tree = d.configuration_tree(data)
             for bad in tree.get("malformed", []):
                 self.malformed.append((first.record_number, f"device {first.bus}.{first.device}:"
-                                       f" a {bad.type_name} descriptor with bLength "
+                                       f" {bad.type_name} descriptor with bLength "
                                        f"{bad.bLength}"))
             storage = [e["interface"] for e in tree["interfaces"]
                        if e["interface"].bInterfaceClass == 0x08]
