@@ -99,7 +99,20 @@ def _bad_interface_descriptor(p: Packet) -> bytes | None:
     return None
 
 
-@pytest.mark.parametrize("change", [_bad_device_descriptor, _bad_interface_descriptor])
+def _bad_endpoint_descriptor(p: Packet) -> bytes | None:
+    d = p.data
+    if descriptor_reply(p, 2) and len(d) > 48 + 25 and d[48 + 19] == 5:
+        return d[: 48 + 18] + b"\x06" + d[48 + 19 :]  # the first endpoint says bLength 6
+    return None
+
+
+BAD_DESCRIPTORS = [_bad_device_descriptor, _bad_interface_descriptor, _bad_endpoint_descriptor]
+EXPECTED_NOTE = {_bad_device_descriptor: "device descriptor with bLength 17",
+                 _bad_interface_descriptor: "interface descriptor with bLength 8",
+                 _bad_endpoint_descriptor: "endpoint descriptor with bLength 6"}
+
+
+@pytest.mark.parametrize("change", BAD_DESCRIPTORS)
 def test_bad_descriptor_is_listed_and_the_rest_imports(
         tmp_path: Path, change: Callable[[Packet], bytes | None]) -> None:
     path = rewritten(tmp_path, STICK, change)
@@ -110,11 +123,10 @@ def test_bad_descriptor_is_listed_and_the_rest_imports(
     complete, notes = session_row(db, result.session_id, "complete, notes")
     assert complete == 1
     assert "malformed descriptors were not used" in notes
-    assert ("device descriptor with bLength 17" if change is _bad_device_descriptor
-            else "interface descriptor with bLength 8") in notes
+    assert EXPECTED_NOTE[change] in notes
 
 
-@pytest.mark.parametrize("change", [_bad_device_descriptor, _bad_interface_descriptor])
+@pytest.mark.parametrize("change", BAD_DESCRIPTORS)
 @pytest.mark.parametrize("mode", ["device", "host"])
 def test_bad_descriptor_replays_without_a_traceback(
         tmp_path: Path, change: Callable[[Packet], bytes | None], mode: str) -> None:
