@@ -381,3 +381,30 @@ def test_a_csw_that_never_came_is_still_missing(tmp_path: Path) -> None:
     import_capture(Database(db), path)
     statuses = [s for s, in sqlite3.connect(db).execute("SELECT status FROM scsi_commands")]
     assert statuses.count("missing") == 1 and "invalid" not in statuses
+
+
+# ---- work bounded by the bytes captured -----------------------------------------------
+
+
+@pytest.mark.parametrize("container", ["pcap", "pcapng"])
+def test_a_length_field_claiming_64_mib_costs_what_the_file_holds(tmp_path: Path,
+                                                                   container: str) -> None:
+    import tracemalloc
+
+    if container == "pcap":
+        blob = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 189) + \
+            struct.pack("<IIII", 0, 0, (1 << 26) - 1, 100) + bytes(100)
+    else:
+        blob = _one_interface(b"", []) + struct.pack("<II", BT_EPB, (1 << 26) - 4) + bytes(100)
+    path = tmp_path / f"claims-64-mib.{container}"
+    path.write_bytes(blob)
+    tracemalloc.start()
+    try:
+        with open(path, "rb") as stream:  # a file: read(n) allocates n before it reads
+            reader = CaptureReader(stream)
+            assert list(reader.records()) == []
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "cut short at end of file" in reader.malformed[0][1]
+    assert peak < 16 << 20, f"{peak >> 20} MiB for a {len(blob)}-byte file"

@@ -77,6 +77,19 @@ class Packet:
     big_endian: bool = False
 
 
+def _read_at_most(stream: BinaryIO, n: int, chunk: int) -> bytes:
+    """Up to ``n`` bytes, read ``chunk`` at a time: a length field that claims more than
+    the file holds costs what the file holds, not what the field says (a single
+    ``read(n)`` allocates ``n`` before it knows)."""
+    if n <= chunk:
+        return stream.read(n)
+    parts = []
+    while n > 0 and (part := stream.read(min(n, chunk))):
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
+
+
 def detect(head: bytes) -> str:
     """'pcap' or 'pcapng' from a file's first four bytes; raise otherwise."""
     if len(head) < 4:
@@ -118,7 +131,7 @@ class CaptureReader:
         end = pos + n
         if end > len(self._buffer):
             rest = self._buffer[pos:]
-            more = self.stream.read(max(self.CHUNK, n - len(rest)))
+            more = _read_at_most(self.stream, max(self.CHUNK, n - len(rest)), self.CHUNK)
             self._buffer = rest + more
             pos, end = 0, n
         data = self._buffer[pos:end]
@@ -173,7 +186,7 @@ class CaptureReader:
                 return
             end = pos + 16 + caplen
             if end > len(buf):
-                buf = buf[pos:] + stream.read(max(self.CHUNK, caplen + 16))
+                buf = buf[pos:] + _read_at_most(stream, max(self.CHUNK, caplen + 16), self.CHUNK)
                 pos, end = 0, 16 + caplen
                 if end > len(buf):
                     self.malformed.append((number, "record data cut short at end of file"))
