@@ -65,6 +65,8 @@ class Stats:
     seconds: float = 0.0
     max_input_seconds: float = 0.0
     max_rss: int = 0
+    slowest: str = ""  # the seed of the slowest input, and of the largest
+    largest: str = ""
     refused: int = 0  # target runs that refused an input with a one-line error
     findings: list[tuple[Finding, Path | None]] = field(default_factory=list)  # new ones
     known: int = 0  # findings of signatures listed as expected failures
@@ -106,8 +108,10 @@ def run(inputs: int, seed: int = 0, targets: tuple[str, ...] = TARGETS, jobs: in
 
     def settle(capture: Capture, outcome: Outcome, worker: Worker) -> None:
         stats.inputs += 1
-        stats.max_input_seconds = max(stats.max_input_seconds, outcome.seconds)
-        stats.max_rss = max(stats.max_rss, outcome.peak_rss)
+        if outcome.seconds > stats.max_input_seconds:
+            stats.max_input_seconds, stats.slowest = outcome.seconds, capture.name
+        if outcome.peak_rss > stats.max_rss:
+            stats.max_rss, stats.largest = outcome.peak_rss, capture.name
         stats.refused += len(outcome.refused)
         for finding in outcome.findings:
             signature = finding.signature
@@ -166,6 +170,8 @@ def run(inputs: int, seed: int = 0, targets: tuple[str, ...] = TARGETS, jobs: in
             worker.stop()
     stats.seconds = time.perf_counter() - started
     print(stats.line(), file=out, flush=True)
+    print(f"slowest input from {stats.slowest}; largest from {stats.largest}", file=out,
+          flush=True)
     return stats
 
 
