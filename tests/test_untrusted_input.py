@@ -141,13 +141,18 @@ def test_bad_descriptor_replays_without_a_traceback(
 # ---- pcapng framing -------------------------------------------------------------------
 
 
-def pcapng_of(name: str, extra: Callable[[PcapngWriter, int], None]) -> bytes:
-    """``name`` as pcapng (one linktype-189 interface, microseconds), with ``extra`` called
-    after each packet (given the packet number) to add blocks."""
+def pcapng_of(name: str, extra: Callable[[PcapngWriter, int], None],
+              change: Callable[[Packet], bytes | None] = lambda p: None) -> bytes:
+    """``name`` as pcapng (one interface of its linktype, nanoseconds), each record passed
+    through ``change``, with ``extra`` called after each packet (given the packet number)
+    to add blocks."""
     out = io.BytesIO()
-    writer = PcapngWriter(out, 189)
-    for p in packets_of(name):
-        writer.write(int(round(p.ts * 1e9)), p.data, p.original_length)
+    packets = packets_of(name)
+    writer = PcapngWriter(out, packets[0].linktype)
+    for p in packets:
+        data = change(p)
+        writer.write(int(round(p.ts * 1e9)), p.data if data is None else data,
+                     p.original_length)
         extra(writer, p.number)
     return out.getvalue()
 
@@ -408,3 +413,27 @@ def test_a_length_field_claiming_64_mib_costs_what_the_file_holds(tmp_path: Path
         tracemalloc.stop()
     assert "cut short at end of file" in reader.malformed[0][1]
     assert peak < 16 << 20, f"{peak >> 20} MiB for a {len(blob)}-byte file"
+
+
+# ---- USBPcap control transfers ---------------------------------------------------------
+
+
+def _short_setup(p: Packet) -> bytes | None:
+    """Record 3 of the USBPcap capture, a SETUP stage, left with 5 of its 8 setup bytes."""
+    if p.number != 3:
+        return None
+    header = bytearray(p.data[:28])
+    assert header[22] == 2 and header[27] == 0  # control, SETUP stage
+    struct.pack_into("<I", header, 23, 5)
+    return bytes(header) + p.data[28:33]
+
+
+def test_usbpcap_setup_stage_shorter_than_8_bytes_is_malformed(tmp_path: Path) -> None:
+    path = tmp_path / "short-setup.pcapng"
+    path.write_bytes(pcapng_of("ajbanjara__USBMSC-USBPcap.pcapng", lambda w, n: None,
+                               _short_setup))
+    result = import_capture(Database(tmp_path / "t.db"), path)
+    assert result.malformed == [(3, "USBPcap SETUP stage carries 5 of the 8 setup bytes")]
+    assert result.commands == 74
+    report = replay(str(path), mode="device")  # the recording's other descriptors still serve
+    assert report.replayed == 74
