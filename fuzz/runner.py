@@ -14,7 +14,6 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -223,11 +222,3 @@ def save(data: bytes, corpus: Path, finding: Finding) -> Path:
     path = corpus / f"{target}-{finding.kind}-{digest}.{kind}"
     path.write_bytes(data)
     return path
-
-
-def replay_corpus(paths: list[Path], runner: Callable[[bytes], Outcome]) -> list[Finding]:
-    """Run each corpus file through ``runner``; every finding it still gives."""
-    found: list[Finding] = []
-    for path in paths:
-        found += runner(path.read_bytes()).findings
-    return found

@@ -57,9 +57,8 @@ def decoded(path: Path) -> list[ScsiCommand]:
     for x in pairer.flush():
         take(x)
     commands.extend(bot.flush())
-    for cmd in commands:
+    for cmd in commands:  # sense data is parsed wherever a log shows it
         scsi.parse_sense(cmd.data)
-        cmd.info.name.encode()
     return commands
 
 
