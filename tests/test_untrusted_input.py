@@ -234,7 +234,7 @@ def test_timestamp_out_of_range_is_a_malformed_record(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
     result = import_capture(Database(db), path)
     assert [n for n, _ in result.malformed] == [6]
-    assert "beyond the year 9999" in result.malformed[0][1]
+    assert "beyond the year 2554" in result.malformed[0][1]
     # record 6 was a CBW's completion: its command still decodes, from its submission
     assert result.commands == CREATE_COMMANDS
     started, = session_row(db, result.session_id, "started_at")
@@ -437,3 +437,27 @@ def test_usbpcap_setup_stage_shorter_than_8_bytes_is_malformed(tmp_path: Path) -
     assert result.commands == 74
     report = replay(str(path), mode="device")  # the recording's other descriptors still serve
     assert report.replayed == 74
+
+
+def test_usbpcap_device_address_above_127_is_malformed_and_the_session_exports(
+        tmp_path: Path) -> None:
+    def far_device(p: Packet) -> bytes | None:
+        if p.number != 39:  # a CBW's submission: its URB row takes the device from it
+            return None
+        record = bytearray(p.data)
+        struct.pack_into("<H", record, 19, 300)  # the device field: 16 bits, addresses 7
+        return bytes(record)
+
+    path = tmp_path / "device-300.pcapng"
+    path.write_bytes(pcapng_of("ajbanjara__USBMSC-USBPcap.pcapng", lambda w, n: None,
+                               far_device))
+    db = tmp_path / "t.db"
+    result = import_capture(Database(db), path)
+    assert result.malformed == [(39, "USBPcap device address 300 is not a USB address (0-127)")]
+    for linktype in ("usbmon", "usbpcap"):
+        out = tmp_path / f"back-{linktype}.pcapng"
+        exported = CliRunner().invoke(main, ["export", "1", "-o", str(out), "--db", str(db),
+                                             "--linktype", linktype])
+        assert exported.exit_code == 0, exported.output
+        with open(out, "rb") as f:
+            assert len(list(CaptureReader(f))) > 400

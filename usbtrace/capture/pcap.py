@@ -61,9 +61,10 @@ BT_IDB, BT_PB, BT_SPB, BT_EPB = 1, 2, 3, 6
 OPT_ENDOFOPT, OPT_IF_TSRESOL = 0, 9
 
 MAX_RECORD = 1 << 26  # a record larger than 64 MiB is corruption, not data
-# The latest time a capture can carry: the end of year 9999, the last second ``time.gmtime``
-# and ISO 8601 can name.  A later timestamp (a 64-bit count of seconds, say) is corruption.
-MAX_TIMESTAMP = 253402300799.0
+# The latest time a record may carry: 2^64 nanoseconds after 1970, in the year 2554, the
+# last one a pcapng with nanosecond ticks (what export writes) can hold.  A later
+# timestamp (a 64-bit count of seconds, say) is corruption, not a time.
+MAX_TIMESTAMP = float(((1 << 64) - 1) // 10**9)
 
 
 @dataclass(slots=True)
@@ -303,7 +304,7 @@ class CaptureReader:
                 ts = ((hi << 32) | lo) * tick
                 if ts > MAX_TIMESTAMP:
                     self.malformed.append((number, f"timestamp {(hi << 32) | lo} at "
-                                                   f"{tick:g} s a tick is beyond the year 9999"))
+                                                   f"{tick:g} s a tick is beyond the year 2554"))
                     continue
                 data = body[20 : 20 + caplen]
                 yield (number, ts, linktype, data, origlen, iface, order == ">")

@@ -67,6 +67,9 @@ class UsbpcapDecoder:
          data_length) = HEADER.unpack_from(data)
         if header_len < HEADER.size or header_len > len(data):
             raise MalformedRecord(f"USBPcap header length {header_len} does not fit the record")
+        if device > 127:
+            raise MalformedRecord(f"USBPcap device address {device} is not a USB address "
+                                  "(0-127)")
         payload = data[header_len : header_len + data_length]
         completion = bool(info & USBPCAP_INFO_PDO_TO_FDO)
         stage = data[27] if transfer == TRANSFER_CONTROL and header_len >= 28 else None
