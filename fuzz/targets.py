@@ -5,7 +5,9 @@
 * ``decode``: the capture readers and the decoding stages alone (pairing, descriptors,
   Bulk-Only to SCSI, CDBs, sense data, setup names);
 * ``shadow``: the decoded commands through a shadow volume per logical unit;
-* ``replay-device`` and ``replay-host``: :func:`usbtrace.replay.run.replay` in each mode.
+* ``replay-device`` and ``replay-host``: :func:`usbtrace.replay.run.replay` in each mode;
+* ``export``: an import, then the session written back as pcapng in both record formats
+  and read again.
 
 A target may refuse an input with a ``UsbtraceError`` (one line at the CLI); anything
 else that escapes is a finding.
@@ -13,9 +15,11 @@ else that escapes is a finding.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 
+from usbtrace.capture.export import export
 from usbtrace.capture.reader import CaptureStats, events
 from usbtrace.decode.bot import BotDecoder, ScsiCommand
 from usbtrace.decode.identity import IdentityTracker
@@ -29,7 +33,7 @@ from usbtrace.store.database import Database
 from usbtrace.store.writer import storable_lba
 from usbtrace.usb import descriptors, setup
 
-TARGETS = ("import", "decode", "shadow", "replay-device", "replay-host")
+TARGETS = ("import", "decode", "shadow", "replay-device", "replay-host", "export")
 
 
 def decoded(path: Path) -> list[ScsiCommand]:
@@ -100,6 +104,21 @@ def _import(ws: Workspace, path: Path) -> None:
     import_capture(ws.database(), path, force=True)
 
 
+def _export(ws: Workspace, path: Path) -> None:
+    database = ws.database()
+    result = import_capture(database, path, force=True)
+    sid = int(result.session_id or 0)
+    _, sessions = database.query(f"SELECT time_origin FROM sessions WHERE id = {sid}")
+    columns, rows = database.query(f"SELECT * FROM urbs WHERE session_id = {sid} ORDER BY seq")
+    records = [dict(zip(columns, r)) for r in rows]
+    for kind in ("usbpcap", "usbmon"):
+        out = io.BytesIO()
+        export(records, out, kind, sessions[0][0] or 0.0)
+        out.seek(0)
+        for _ in events(out, CaptureStats()):
+            pass
+
+
 def _decode(ws: Workspace, path: Path) -> None:
     decoded(path)
 
@@ -123,5 +142,5 @@ def _replay(mode: str) -> Callable[[Workspace, Path], None]:
 
 TARGET_FUNCTIONS: dict[str, Callable[[Workspace, Path], None]] = {
     "import": _import, "decode": _decode, "shadow": _shadow,
-    "replay-device": _replay("device"), "replay-host": _replay("host"),
+    "replay-device": _replay("device"), "replay-host": _replay("host"), "export": _export,
 }
