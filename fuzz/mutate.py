@@ -201,11 +201,19 @@ EXFAT_DIRENT = ((0, 1), (1, 1), (3, 1), (4, 2), (8, 8), (20, 4), (24, 8), (35, 1
 def mutate_sector(rng: random.Random, data: bytes) -> bytes:
     """Damage one 512-byte sector the way a hostile or broken medium would."""
     b = bytearray(data)
-    base = 512 * rng.randrange(len(b) // 512)
+    boots = [i for i in range(0, len(b) - 511, 512) if b[i + 510 : i + 512] == b"\x55\xaa"]
+    base = rng.choice(boots) if boots and rng.random() < 0.5 else \
+        512 * rng.randrange(len(b) // 512)
     sector = b[base : base + 512]
     boot = sector[510:512] == b"\x55\xaa"
     op = rng.randrange(4)
-    if boot and sector[3:11] == b"EXFAT   ":
+    if boot and op == 3 and sector[0] in (0xEB, 0xE9) and sector[3:11] != b"EXFAT   ":
+        # a FAT32 geometry that holds together, with a FAT far larger than any medium
+        fat = rng.choice((1 << 20, 1 << 24, 1 << 28, 0x7FFFFFF))
+        struct.pack_into("<H", sector, 22, 0)  # FATSz16: 0 says FAT32
+        struct.pack_into("<II", sector, 32, 0xFFFFFFF0, fat)  # TotSec32, FATSz32
+        struct.pack_into("<H", sector, 19, 0)  # TotSec16
+    elif boot and sector[3:11] == b"EXFAT   ":
         offset, size = rng.choice(EXFAT_BOOT)
         if offset in (108, 109):
             sector[offset] = rng.choice((0, 9, 12, 16, 25, 31, 32, 63, 255))
