@@ -69,6 +69,7 @@ class Stats:
     refused: int = 0  # target runs that refused an input with a one-line error
     findings: list[tuple[Finding, Path | None]] = field(default_factory=list)  # new ones
     known: int = 0  # findings of signatures listed as expected failures
+    known_by_file: dict[str, int] = field(default_factory=dict)
     repeats: int = 0  # findings of a signature already seen in this run
 
     def line(self) -> str:
@@ -116,6 +117,7 @@ def run(inputs: int, seed: int = 0, targets: tuple[str, ...] = TARGETS, jobs: in
             signature = finding.signature
             if signature in known:
                 stats.known += 1
+                stats.known_by_file[finding.file] = stats.known_by_file.get(finding.file, 0) + 1
             elif signature in seen:
                 stats.repeats += 1
             else:
@@ -171,6 +173,10 @@ def run(inputs: int, seed: int = 0, targets: tuple[str, ...] = TARGETS, jobs: in
     print(stats.line(), file=out, flush=True)
     print(f"slowest input from {stats.slowest}; largest from {stats.largest}", file=out,
           flush=True)
+    if stats.known_by_file:
+        print("known findings by file: " + ", ".join(
+            f"{name} {count}" for name, count in sorted(stats.known_by_file.items())),
+            file=out, flush=True)
     return stats
 
 
