@@ -61,6 +61,10 @@ BT_IDB, BT_PB, BT_SPB, BT_EPB = 1, 2, 3, 6
 OPT_ENDOFOPT, OPT_IF_TSRESOL = 0, 9
 
 MAX_RECORD = 1 << 26  # a record larger than 64 MiB is corruption, not data
+# The latest time a record may carry: 2^64 nanoseconds after 1970, in the year 2554, the
+# last one a pcapng with nanosecond ticks (what export writes) can hold.  A later
+# timestamp (a 64-bit count of seconds, say) is corruption, not a time.
+MAX_TIMESTAMP = float(((1 << 64) - 1) // 10**9)
 
 
 @dataclass(slots=True)
@@ -72,6 +76,19 @@ class Packet:
     original_length: int
     interface: int = 0
     big_endian: bool = False
+
+
+def _read_at_most(stream: BinaryIO, n: int, chunk: int) -> bytes:
+    """Up to ``n`` bytes, read ``chunk`` at a time: a length field that claims more than
+    the file holds costs what the file holds, not what the field says (a single
+    ``read(n)`` allocates ``n`` before it knows)."""
+    if n <= chunk:
+        return stream.read(n)
+    parts = []
+    while n > 0 and (part := stream.read(min(n, chunk))):
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
 
 
 def detect(head: bytes) -> str:
@@ -115,7 +132,7 @@ class CaptureReader:
         end = pos + n
         if end > len(self._buffer):
             rest = self._buffer[pos:]
-            more = self.stream.read(max(self.CHUNK, n - len(rest)))
+            more = _read_at_most(self.stream, max(self.CHUNK, n - len(rest)), self.CHUNK)
             self._buffer = rest + more
             pos, end = 0, n
         data = self._buffer[pos:end]
@@ -170,7 +187,7 @@ class CaptureReader:
                 return
             end = pos + 16 + caplen
             if end > len(buf):
-                buf = buf[pos:] + stream.read(max(self.CHUNK, caplen + 16))
+                buf = buf[pos:] + _read_at_most(stream, max(self.CHUNK, caplen + 16), self.CHUNK)
                 pos, end = 0, 16 + caplen
                 if end > len(buf):
                     self.malformed.append((number, "record data cut short at end of file"))
@@ -178,42 +195,61 @@ class CaptureReader:
             data = buf[pos + 16 : end]
             self.bytes_read += end - pos
             pos = end
+            # 32-bit seconds end in 2106: a pcap timestamp is always in range
             yield number, sec + frac * scale, linktype, data, origlen, 0, big
 
     # ---- pcapng ------------------------------------------------------------------
 
     def _pcapng(self) -> Iterator[tuple[int, float, int, bytes, int, int, bool]]:
         order = "<"
-        interfaces: list[tuple[int, float]] = []  # (linktype, seconds per tick)
+        # per interface: (linktype, seconds per tick), or None for a description that
+        # could not be read (its packets are malformed; the numbering of the rest holds)
+        interfaces: list[tuple[int, float] | None] = []
         number = 0
         pending = self._head
         self.bytes_read += 4
         read = self._read
+        first = True  # the file's own section header: a cut one is no capture at all
+
+        def broken(reason: str) -> None:
+            if first:
+                raise CaptureFormatError(f"pcapng section header is truncated or damaged: "
+                                         f"{reason}")
+            self.malformed.append((number + 1, reason))
+
         while True:
             head = pending + read(8 - len(pending))
             pending = b""
             if not head:
                 return
             if len(head) < 8:
-                self.malformed.append((number + 1, "block header cut short at end of file"))
+                broken("block header cut short at end of file")
                 return
             block_type = struct.unpack("<I", head[:4])[0]
             if block_type == PCAPNG_SHB:
                 bom = read(4)
                 if len(bom) < 4:
-                    self.malformed.append((number + 1, "section header cut short"))
+                    broken("section header cut short")
                     return
                 if struct.unpack("<I", bom)[0] == PCAPNG_BYTE_ORDER:
                     order = "<"
                 elif struct.unpack(">I", bom)[0] == PCAPNG_BYTE_ORDER:
                     order = ">"
                 else:
-                    raise CaptureFormatError("pcapng section header has a bad byte-order magic")
+                    if first:
+                        raise CaptureFormatError(
+                            "pcapng section header has a bad byte-order magic")
+                    broken("section header has a bad byte-order magic")
+                    return
                 length = struct.unpack(order + "I", head[4:8])[0]
                 if length < 28 or length % 4 or length > MAX_RECORD:
-                    self.malformed.append((number + 1, f"section header length {length}"))
+                    broken(f"section header length {length}")
                     return
                 body = read(length - 12)
+                if len(body) < length - 12:
+                    broken("section header cut short")
+                    return
+                first = False
                 interfaces = []  # interface ids restart in every section
                 continue
             block_type, length = struct.unpack(order + "II", head)
@@ -226,12 +262,27 @@ class CaptureReader:
                 return
             body = body[:-4]  # the trailing copy of the length
             if block_type == BT_IDB:
+                if len(body) < 8:
+                    self.malformed.append((number + 1, f"interface description {len(interfaces)} "
+                                                       f"has {len(body)} of its 8 fixed bytes"))
+                    interfaces.append(None)
+                    continue
                 linktype = struct.unpack_from(order + "H", body, 0)[0]
                 resolution = _tsresol(body[8:], order)
+                if resolution is None:
+                    self.malformed.append((number + 1, f"interface description "
+                                                       f"{len(interfaces)}: an option runs past "
+                                                       "its block; timestamps read as "
+                                                       "microseconds"))
+                    resolution = 1e-6
                 interfaces.append((linktype, resolution))
                 self.linktypes[len(self.linktypes)] = linktype
             elif block_type == BT_EPB or block_type == BT_PB:
                 number += 1
+                if len(body) < 20:
+                    self.malformed.append((number, f"packet block has {len(body)} of its 20 "
+                                                   "fixed bytes"))
+                    continue
                 if block_type == BT_EPB:
                     iface, hi, lo, caplen, origlen = struct.unpack_from(order + "IIIII", body)
                 else:
@@ -241,17 +292,30 @@ class CaptureReader:
                     self.malformed.append((number, f"packet names interface {iface}, "
                                                    f"which the section does not describe"))
                     continue
+                described = interfaces[iface]
+                if described is None:
+                    self.malformed.append((number, f"packet of interface {iface}, whose "
+                                                   "description is malformed"))
+                    continue
                 if 20 + caplen > len(body):
                     self.malformed.append((number, "packet data longer than its block"))
                     continue
-                linktype, tick = interfaces[iface]
+                linktype, tick = described
+                ts = ((hi << 32) | lo) * tick
+                if ts > MAX_TIMESTAMP:
+                    self.malformed.append((number, f"timestamp {(hi << 32) | lo} at "
+                                                   f"{tick:g} s a tick is beyond the year 2554"))
+                    continue
                 data = body[20 : 20 + caplen]
-                yield (number, ((hi << 32) | lo) * tick, linktype, data, origlen, iface,
-                       order == ">")
+                yield (number, ts, linktype, data, origlen, iface, order == ">")
             elif block_type == BT_SPB:
                 number += 1
-                if not interfaces:
-                    self.malformed.append((number, "simple packet before any interface"))
+                if len(body) < 4:
+                    self.malformed.append((number, "simple packet block has no length field"))
+                    continue
+                if not interfaces or interfaces[0] is None:
+                    self.malformed.append((number, "simple packet before any readable "
+                                                   "interface"))
                     continue
                 origlen = struct.unpack_from(order + "I", body)[0]
                 linktype, _ = interfaces[0]
@@ -259,14 +323,20 @@ class CaptureReader:
             # other blocks (name resolution, statistics, custom) are skipped
 
 
-def _tsresol(options: bytes, order: str) -> float:
-    """Seconds per timestamp tick from an IDB's if_tsresol option (default 10^-6)."""
+def _tsresol(options: bytes, order: str) -> float | None:
+    """Seconds per timestamp tick from an IDB's if_tsresol option (default 10^-6).
+
+    None when an option's value runs past the block or if_tsresol has no value byte:
+    the caller lists that, since the resolution it would have given is unknown.
+    """
     pos = 0
     while pos + 4 <= len(options):
         code, length = struct.unpack_from(order + "HH", options, pos)
         if code == OPT_ENDOFOPT:
             break
-        if code == OPT_IF_TSRESOL and length >= 1:
+        if pos + 4 + length > len(options) or (code == OPT_IF_TSRESOL and length < 1):
+            return None
+        if code == OPT_IF_TSRESOL:
             value = options[pos + 4]
             return 2.0 ** -(value & 0x7F) if value & 0x80 else 10.0 ** -value
         pos += 4 + length + (-length % 4)

@@ -67,9 +67,16 @@ class UsbpcapDecoder:
          data_length) = HEADER.unpack_from(data)
         if header_len < HEADER.size or header_len > len(data):
             raise MalformedRecord(f"USBPcap header length {header_len} does not fit the record")
+        if device > 127:
+            raise MalformedRecord(f"USBPcap device address {device} is not a USB address "
+                                  "(0-127)")
         payload = data[header_len : header_len + data_length]
         completion = bool(info & USBPCAP_INFO_PDO_TO_FDO)
         stage = data[27] if transfer == TRANSFER_CONTROL and header_len >= 28 else None
+        if stage == STAGE_SETUP and not completion and len(payload) < 8:
+            # checked before any state changes: the held SETUP stages stay held
+            raise MalformedRecord(f"USBPcap SETUP stage carries {len(payload)} of the 8 setup "
+                                  "bytes")
         held = self._setup.pop(irp_id, None)
         if held is not None and not completion and transfer == TRANSFER_CONTROL \
                 and stage == STAGE_DATA:
@@ -98,8 +105,7 @@ class UsbpcapDecoder:
             event.urb_status = None
             if transfer == TRANSFER_CONTROL and stage == STAGE_SETUP:
                 event.setup = bytes(payload[:8])
-                event.length = struct.unpack_from("<H", payload, 6)[0] if len(payload) >= 8 \
-                    else None
+                event.length = struct.unpack_from("<H", payload, 6)[0]
                 if len(payload) > 8:  # some versions put OUT data right after the setup
                     event.data = bytes(payload[8:])
                     event.data_length = len(event.data)

@@ -9,6 +9,9 @@ even if it happens to look like a CBW.  Robust to what real captures hold:
 * a new CBW while a command still waits for its CSW: the old one ends with
   status ``missing``; so does one open when a Bulk-Only reset arrives or the
   capture ends;
+* a CSW that is not valid (not 13 bytes, no "USBS" signature) where only the
+  CSW can come, or one with another command's tag: status ``invalid``, which
+  says the device answered wrongly, not that the answer was never seen;
 * stalls (the data phase ends, the CSW follows after CLEAR_FEATURE);
 * truncated payloads (``data_truncated``), short data and residues as sent;
 * CHECK CONDITION followed by REQUEST SENSE: the sense key, ASC and ASCQ are
@@ -113,23 +116,44 @@ class BotDecoder:
                 self.orphans += 1
             return out
         # IN
-        if len(data) == bot.CSW_LENGTH:
-            csw = bot.parse_csw(data)
-            if csw is not None and (cmd is None or csw.tag == cmd.tag):
-                if cmd is None:
-                    self.orphans += 1
-                    return out
-                cmd.residue = csw.residue
-                cmd.status = STATUS_NAMES.get(csw.status, f"0x{csw.status:02x}")
-                cmd.completed_at = x.completed_at
-                cmd.csw_seq = x.seq
-                state.command = None
-                return self._end(state, cmd)
-        if cmd is not None and cmd.data_direction == "in":
+        csw = bot.parse_csw(data)  # None unless 13 bytes with the "USBS" signature
+        if cmd is None:
+            if data:
+                self.orphans += 1
+            return out
+        if csw is not None and csw.tag == cmd.tag:
+            cmd.residue = csw.residue
+            cmd.status = STATUS_NAMES.get(csw.status, f"0x{csw.status:02x}")
+            return self._finish(state, cmd, x)
+        if csw is not None or (self._awaits_csw(cmd) and self._csw_attempt(x, stalled)):
+            # BOT §6.3: a CSW that is not valid (length, signature) or not meaningful
+            # (another command's tag) where this command's CSW belongs
+            cmd.status = "invalid"
+            return self._finish(state, cmd, x)
+        if cmd.data_direction == "in":
             self._add_data(cmd, x, stalled)
         elif data:
             self.orphans += 1
         return out
+
+    @staticmethod
+    def _awaits_csw(cmd: ScsiCommand) -> bool:
+        """True once nothing but the CSW can come on the bulk IN pipe."""
+        return cmd.data_direction != "in" or cmd.data_stalled or \
+            cmd.data_length >= cmd.expected_length
+
+    @staticmethod
+    def _csw_attempt(x: Exchange, stalled: bool) -> bool:
+        """An IN transfer that delivered bytes we can judge: a stalled or empty read is
+        retried by the host (BOT §6.7.2), and one whose bytes the capture lost is unknown."""
+        return x.complete is not None and not stalled and not x.truncated and bool(x.data)
+
+    def _finish(self, state: _DeviceState, cmd: ScsiCommand, x: Exchange) -> list[ScsiCommand]:
+        """End ``cmd`` at the CSW transfer ``x``."""
+        cmd.completed_at = x.completed_at
+        cmd.csw_seq = x.seq
+        state.command = None
+        return self._end(state, cmd)
 
     def _start(self, x: Exchange, cbw: bot.Cbw) -> ScsiCommand:
         self._seq += 1

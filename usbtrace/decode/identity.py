@@ -49,6 +49,8 @@ class DeviceIdentity:
 class IdentityTracker:
     def __init__(self) -> None:
         self.devices: dict[tuple[int, int], DeviceIdentity] = {}
+        # (record number, what was wrong) for descriptors that are not what they claim
+        self.malformed: list[tuple[int | None, str]] = []
 
     def uas_pipes(self, bus: int | None, device: int | None) -> UasPipes | None:
         """The UAS pipes of a device whose selected setting is UAS; else None."""
@@ -75,13 +77,22 @@ class IdentityTracker:
             ident = self.devices[key] = DeviceIdentity(first.bus, first.device)
         kind, index = setup[3], setup[2]
         if kind == d.DEVICE and len(data) >= 18:
-            desc = d.DeviceDescriptor.parse(data[:18])
+            desc = d.parse_device_descriptor(data)
+            if desc is None:
+                self.malformed.append((first.record_number, f"device {first.bus}.{first.device}:"
+                                       f" a device descriptor with bLength {data[0]} and "
+                                       f"type {data[1]}"))
+                return
             ident.vid, ident.pid, ident.device_class = desc.idVendor, desc.idProduct, \
                 desc.bDeviceClass
             ident.string_indexes = {"manufacturer": desc.iManufacturer,
                                     "product": desc.iProduct, "serial": desc.iSerialNumber}
         elif kind == d.CONFIGURATION and len(data) > 9:
             tree = d.configuration_tree(data)
+            for bad in tree.get("malformed", []):
+                self.malformed.append((first.record_number, f"device {first.bus}.{first.device}:"
+                                       f" {bad.type_name} descriptor with bLength "
+                                       f"{bad.bLength}"))
             storage = [e["interface"] for e in tree["interfaces"]
                        if e["interface"].bInterfaceClass == 0x08]
             if storage:

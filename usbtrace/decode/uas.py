@@ -219,6 +219,10 @@ def pipe_usage(blob: bytes) -> dict[tuple[int, int], tuple[int, dict[int, int]]]
     endpoint: int | None = None
     for desc in d.parse_descriptors(blob):
         kind = desc.bDescriptorType
+        if getattr(desc, "malformed", False):  # too short for its type: no fields to read
+            if kind in (d.INTERFACE, d.ENDPOINT):
+                endpoint = None
+            continue
         if kind == d.INTERFACE:
             current = (desc.bInterfaceNumber, desc.bAlternateSetting)
             out[current] = (desc.bInterfaceProtocol if desc.bInterfaceClass == 0x08 else -1,

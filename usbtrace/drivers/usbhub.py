@@ -315,10 +315,11 @@ def _enumerate_port(fdo: DeviceObject, ext: HubFdoExtension, port: int,
     backend.control(std.build_setup(0x00, std.SET_ADDRESS, address, 0, 0), bytearray())
     buf = bytearray(18)
     r = backend.control(std.build_setup(0x80, std.GET_DESCRIPTOR, d.DEVICE << 8, 0, 18), buf)
-    if r.status != U.USBD_STATUS_SUCCESS or r.actual < 18:
+    device_descriptor = d.parse_device_descriptor(bytes(buf[: r.actual])) \
+        if r.status == U.USBD_STATUS_SUCCESS else None
+    if device_descriptor is None:  # failed, short, or not a device descriptor at all
         fdo.driver_object.kernel.DbgPrint("usbhub: port %d: device descriptor failed", port)
         return None
-    device_descriptor = d.DeviceDescriptor.parse(bytes(buf))
     config = read_configuration(backend)
 
     def string(index: int) -> str:

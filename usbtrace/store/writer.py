@@ -96,12 +96,21 @@ def urb_row(session_id: int, x: Exchange, _types: dict[int, str] = TRANSFER_TYPE
     )
 
 
+INT64_MAX = (1 << 63) - 1  # BIGINT columns are signed 64-bit
+
+
+def storable_lba(lba: int | None) -> int | None:
+    """``lba``, or None when a signed 64-bit column cannot hold it (READ(16) carries 64
+    unsigned bits): the row then says "no LBA" and its ``cdb`` keeps the true value."""
+    return None if lba is None or lba > INT64_MAX else lba
+
+
 def command_row(session_id: int, cmd: ScsiCommand) -> dict[str, Any]:
     sense = cmd.sense
     return {
         "session_id": session_id, "seq": cmd.seq, "bus": cmd.bus, "device": cmd.device,
         "lun": cmd.lun, "tag": cmd.tag, "opcode": cmd.info.opcode, "name": cmd.info.name,
-        "cdb": cmd.cdb, "lba": cmd.info.lba, "blocks": cmd.info.blocks,
+        "cdb": cmd.cdb, "lba": storable_lba(cmd.info.lba), "blocks": cmd.info.blocks,
         "data_direction": cmd.data_direction, "expected_length": cmd.expected_length,
         "data_length": cmd.data_length, "data_truncated": cmd.data_truncated,
         "residue": cmd.residue, "status": cmd.status,
@@ -259,6 +268,7 @@ class SessionWriter:
         self._gap_count = 0
         self._activity_id = 0
         self._batch_bytes = 0
+        self.unstorable_lbas: list[int] = []  # seqs of commands whose LBA is past INT64_MAX
         self._bulk = bulk_inserts(database)
         self._inserter = ProcessInserter(database) if background else None
 
@@ -314,6 +324,8 @@ class SessionWriter:
     def _command(self, cmd: ScsiCommand) -> None:
         self.commands += 1
         self._cmds.append(command_row(self.session_id, cmd))
+        if cmd.info.lba is not None and storable_lba(cmd.info.lba) is None:
+            self.unstorable_lbas.append(cmd.seq)
         if self.attribute_files:
             key = (cmd.bus, cmd.device, cmd.lun)
             attributor = self.attributors.get(key)
@@ -321,7 +333,8 @@ class SessionWriter:
                 attributor = self.attributors[key] = self._warmed or Attributor()
                 self._warmed = None
             info = cmd.info
-            self._activity(attributor.feed(cmd.seq, info.opcode, info.lba, info.blocks,
+            self._activity(attributor.feed(cmd.seq, info.opcode, storable_lba(info.lba),
+                                           info.blocks,
                                            cmd.data, cmd.status))
 
     def _activity(self, rows: list[Activity]) -> None:
@@ -368,6 +381,15 @@ class SessionWriter:
         if self.bot.orphans:
             notes.append(f"{self.bot.orphans} bulk transfers belonged to no command (the "
                          "capture started or ended mid-command)")
+        if self.unstorable_lbas:
+            seqs = ", ".join(map(str, self.unstorable_lbas[:20]))
+            notes.append(f"{len(self.unstorable_lbas)} commands name an LBA above 2^63-1, "
+                         f"which the lba column cannot hold: lba is NULL and the cdb holds it "
+                         f"(scsi seq {seqs}{', ...' if len(self.unstorable_lbas) > 20 else ''})")
+        if self.identity.malformed:
+            listed = "; ".join(f"record {n}: {why}" for n, why in self.identity.malformed[:20])
+            notes.append(f"{len(self.identity.malformed)} malformed descriptors were not used: "
+                         f"{listed}")
         notes += self.uas.notes([(i.bus, i.device) for i in self.identity.devices.values()
                                  if 0x62 in i.storage_protocols and i.uas is None])
         return notes

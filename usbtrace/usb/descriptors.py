@@ -13,6 +13,7 @@ from construct import (
     Byte,
     Bytes,
     Const,
+    ConstructError,
     Container,
     Int16ul,
     Struct,
@@ -157,14 +158,28 @@ LAYOUTS = {
     SS_ENDPOINT_COMPANION: SuperSpeedEndpointCompanionDescriptor,
 }
 
+# bLength of the layouts with a fixed size (USB 2.0 §9.6: the specification's sizes)
+FIXED_LENGTHS = {DEVICE: 18, CONFIGURATION: 9, OTHER_SPEED_CONFIGURATION: 9, INTERFACE: 9,
+                 ENDPOINT: 7, DEVICE_QUALIFIER: 10, BOS: 5, SS_ENDPOINT_COMPANION: 6}
+
 TRANSFER_TYPES = {0: "control", 1: "isochronous", 2: "bulk", 3: "interrupt"}
+
+
+def parse_device_descriptor(data: bytes) -> Container | None:
+    """The device descriptor in ``data``, or None when it is not one: its bLength must
+    be 18 and its type DEVICE (USB 2.0 Table 9-8), whatever follows it."""
+    if len(data) < 18 or data[0] != 18 or data[1] != DEVICE:
+        return None
+    return DeviceDescriptor.parse(bytes(data[:18]))
 
 
 def parse_descriptors(blob: bytes) -> list[Container]:
     """Split a descriptor blob into parsed descriptors; stops at a malformed length.
 
     A device may return a short blob (the host asked for 9 bytes first); the
-    walk keeps what is whole and ignores the rest.
+    walk keeps what is whole and ignores the rest.  A descriptor shorter than its
+    type's specified size (USB 2.0 §9.5) is kept as a generic one with
+    ``malformed = True``, so no reader mistakes it for what its type claims.
     """
     out = []
     pos = 0
@@ -174,11 +189,19 @@ def parse_descriptors(blob: bytes) -> list[Container]:
             break
         chunk = blob[pos : pos + length]
         layout = LAYOUTS.get(kind, GenericDescriptor)
+        fixed = FIXED_LENGTHS.get(kind)
+        malformed = False
         try:
-            parsed = layout.parse(chunk)
-        except Exception:
+            if fixed is not None and length > fixed:  # longer than specified: extra ignored
+                parsed = layout.parse(bytes([fixed]) + chunk[1:fixed])
+                parsed.bLength = length
+            else:
+                parsed = layout.parse(chunk)
+        except ConstructError:
             parsed = GenericDescriptor.parse(chunk)
+            malformed = layout is not GenericDescriptor
         parsed.type_name = DESCRIPTOR_NAMES.get(kind, f"0x{kind:02x}")
+        parsed.malformed = malformed
         out.append(parsed)
         pos += length
     return out
@@ -203,12 +226,18 @@ def build_langids(*langids: int) -> bytes:
 
 
 def configuration_tree(blob: bytes) -> dict[str, Any]:
-    """Configuration with its interfaces and each interface's endpoints, nested."""
+    """Configuration with its interfaces and each interface's endpoints, nested.
+
+    Descriptors too short for their type are left out of the tree and listed under
+    ``"malformed"``: an interface without its fields is no interface.
+    """
     tree: dict[str, Any] = {"interfaces": []}
     current: dict[str, Any] | None = None
     for desc in parse_descriptors(blob):
         kind = desc.bDescriptorType
-        if kind in (CONFIGURATION, OTHER_SPEED_CONFIGURATION):
+        if desc.malformed:
+            tree.setdefault("malformed", []).append(desc)
+        elif kind in (CONFIGURATION, OTHER_SPEED_CONFIGURATION):
             tree["configuration"] = desc
         elif kind == INTERFACE:
             current = {"interface": desc, "endpoints": [], "extra": []}

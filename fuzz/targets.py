@@ -1,0 +1,146 @@
+"""What an input is run through: the real entry points, each on a file on disk.
+
+* ``import``: :func:`usbtrace.importing.import_capture` into a fresh SQLite database,
+  with file attribution (the path ``usbtrace import`` takes);
+* ``decode``: the capture readers and the decoding stages alone (pairing, descriptors,
+  Bulk-Only to SCSI, CDBs, sense data, setup names);
+* ``shadow``: the decoded commands through a shadow volume per logical unit;
+* ``replay-device`` and ``replay-host``: :func:`usbtrace.replay.run.replay` in each mode;
+* ``export``: an import, then the session written back as pcapng in both record formats
+  and read again.
+
+A target may refuse an input with a ``UsbtraceError`` (one line at the CLI); anything
+else that escapes is a finding.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+from usbtrace.capture.export import export
+from usbtrace.capture.reader import CaptureStats, events
+from usbtrace.decode.bot import BotDecoder, ScsiCommand
+from usbtrace.decode.identity import IdentityTracker
+from usbtrace.decode.pairing import Exchange, Pairer
+from usbtrace.fs.shadow import Attributor
+from usbtrace.importing import import_capture
+from usbtrace.records import CONTROL
+from usbtrace.replay.run import replay
+from usbtrace.storage import scsi
+from usbtrace.store.database import Database
+from usbtrace.store.writer import storable_lba
+from usbtrace.usb import descriptors, setup
+
+TARGETS = ("import", "decode", "shadow", "replay-device", "replay-host", "export")
+
+
+def decoded(path: Path) -> list[ScsiCommand]:
+    """Every SCSI command of a capture, through the stages an import runs."""
+    stats = CaptureStats()
+    pairer, bot, identity = Pairer(), BotDecoder(), IdentityTracker()
+    commands: list[ScsiCommand] = []
+
+    def take(x: Exchange) -> None:
+        if not x.is_urb:
+            return
+        identity.feed(x)
+        first = x.first
+        if first.transfer_type == CONTROL and first.setup:
+            setup.request_name(first.setup)
+            if x.data and len(first.setup) >= 4 and first.setup[3] == descriptors.CONFIGURATION:
+                descriptors.configuration_tree(x.data)
+        commands.extend(bot.feed(x))
+
+    with open(path, "rb") as stream:
+        for event in events(stream, stats):
+            x = pairer.feed(event)
+            if x is not None:
+                take(x)
+    for x in pairer.flush():
+        take(x)
+    commands.extend(bot.flush())
+    for cmd in commands:  # sense data is parsed wherever a log shows it
+        scsi.parse_sense(cmd.data)
+    return commands
+
+
+class Workspace:
+    """A directory per worker, and the database imports go to.
+
+    One database serves many imports (``force``: the same bytes may come twice), and
+    is started afresh every ``FRESH_EVERY`` of them so that it stays small; an import
+    does not read other sessions, so a finding never depends on the ones before it.
+    """
+
+    FRESH_EVERY = 200
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._database: Database | None = None
+        self._imports = 0
+
+    def database(self) -> Database:
+        if self._database is None or self._imports >= self.FRESH_EVERY:
+            self.close()
+            path = self.root / "fuzz.db"
+            path.unlink(missing_ok=True)
+            self._database = Database(path)
+            self._imports = 0
+        self._imports += 1
+        return self._database
+
+    def close(self) -> None:
+        if self._database is not None:
+            self._database.close()
+            self._database = None
+
+    def run(self, target: str, path: Path) -> None:
+        TARGET_FUNCTIONS[target](self, path)
+
+
+def _import(ws: Workspace, path: Path) -> None:
+    import_capture(ws.database(), path, force=True)
+
+
+def _export(ws: Workspace, path: Path) -> None:
+    database = ws.database()
+    result = import_capture(database, path, force=True)
+    sid = int(result.session_id or 0)
+    _, sessions = database.query(f"SELECT time_origin FROM sessions WHERE id = {sid}")
+    columns, rows = database.query(f"SELECT * FROM urbs WHERE session_id = {sid} ORDER BY seq")
+    records = [dict(zip(columns, r)) for r in rows]
+    for kind in ("usbpcap", "usbmon"):
+        out = io.BytesIO()
+        export(records, out, kind, sessions[0][0] or 0.0)
+        out.seek(0)
+        for _ in events(out, CaptureStats()):
+            pass
+
+
+def _decode(ws: Workspace, path: Path) -> None:
+    decoded(path)
+
+
+def _shadow(ws: Workspace, path: Path) -> None:
+    volumes: dict[tuple[int | None, int | None, int], Attributor] = {}
+    for cmd in decoded(path):
+        attributor = volumes.setdefault((cmd.bus, cmd.device, cmd.lun), Attributor())
+        info = cmd.info
+        attributor.feed(cmd.seq, info.opcode, storable_lba(info.lba), info.blocks, cmd.data,
+                        cmd.status)
+    for attributor in volumes.values():
+        attributor.flush()
+
+
+def _replay(mode: str) -> Callable[[Workspace, Path], None]:
+    def run(ws: Workspace, path: Path) -> None:
+        replay(str(path), mode=mode)
+    return run
+
+
+TARGET_FUNCTIONS: dict[str, Callable[[Workspace, Path], None]] = {
+    "import": _import, "decode": _decode, "shadow": _shadow,
+    "replay-device": _replay("device"), "replay-host": _replay("host"), "export": _export,
+}
