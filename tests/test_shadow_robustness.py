@@ -15,14 +15,25 @@ import struct
 import subprocess
 import sys
 import tempfile
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from usbtrace.fs.shadow import Activity, Attributor, Node
+from usbtrace.fs.shadow import (
+    MAX_DEPTH,
+    Activity,
+    Attributor,
+    Malformed,
+    Node,
+    Volume,
+    _fat_volume,
+)
 
 from .conftest import shared_capture
 
@@ -332,3 +343,292 @@ def test_read16_of_0xffffffff_blocks_costs_the_bytes_captured() -> None:
     tail = [r for r in rows if r[0] != "data"]
     assert len(tail) == 1 and tail[0][0] == "unknown" and tail[0][4] == fat16_lba(3) + 8
     assert tail[0][3] == (0xFFFFFFFF - 8) * SECTOR and "not captured" in tail[0][5]
+
+
+# ---- the rest of the class: every count and number on the disk is bounded ------------------
+
+def test_a_malformed_boot_sector_is_named_not_read() -> None:
+    a = Attributor(window=0)
+    rows = feed_all(a, [(0x28, 0, 1, fat_boot(spc=3)), (0x28, 1000, 2, bytes(1024))])
+    assert rows[0].kind == "boot_sector" and rows[0].detail is not None and \
+        "malformed" in rows[0].detail and "BPB_SecPerClus 3" in rows[0].detail
+    assert [(r.kind, r.path) for r in rows[1:]] == [("unknown", None)]
+    assert "malformed" in (rows[1].detail or "")
+    assert any("LBA 0 is malformed" in n for n in a.notes())
+    assert not a.volumes
+
+
+@pytest.mark.parametrize("changes, reason", [
+    (dict(reserved=0), "BPB_RsvdSecCnt is 0"),
+    (dict(nfats=0), "BPB_NumFATs is 0"),
+    (dict(media=0x12), "BPB_Media"),
+    (dict(fatsz16=0), "no FAT size"),
+    (dict(tot32=0), "no sector count"),
+    (dict(tot32=200), "fill its"),
+    (dict(fatsz16=8), "cannot hold"),
+    (dict(root_entries=0), "BPB_RootEntCnt is 0"),
+    (dict(bps=4096, spc=128), "at most 64 KiB"),
+])
+def test_bpb_rules_of_the_fat_spec(changes: dict[str, int], reason: str) -> None:
+    found = _fat_volume(0, fat_boot(**changes)[:SECTOR])
+    assert isinstance(found, Malformed) and reason in found.reason, found
+
+
+def test_fat32_bpb_rules() -> None:
+    good = dict(spc=8, reserved=32, root_entries=0, fatsz16=0, fatsz32=1024,
+                tot32=32 + 2048 + 8 * 130000)
+    volume = _fat_volume(0, fat_boot(**good))
+    assert isinstance(volume, Volume) and volume.kind == "fat32" and volume.fsinfo == 1
+    for changes, reason in ((dict(root_cluster=0), "BPB_RootClus"),
+                            (dict(root_entries=512), "is not 0")):
+        found = _fat_volume(0, fat_boot(**{**good, **changes}))
+        assert isinstance(found, Malformed) and reason in found.reason, found
+    # an FSInfo pointer outside the reserved region is no label, not a volume's end
+    volume = _fat_volume(0, fat_boot(**{**good, "fsinfo": 0xFFFF, "backup": 500}))
+    assert isinstance(volume, Volume) and volume.fsinfo is None and volume.backup_boot is None
+
+
+@pytest.mark.parametrize("changes, reason", [
+    (dict(bps_shift=13), "BytesPerSectorShift"),
+    (dict(spc_shift=17), "SectorsPerClusterShift"),
+    (dict(nfats=3), "NumberOfFats"),
+    (dict(fat_offset=8), "boot region"),
+    (dict(fat_length=2), "cannot hold"),
+    (dict(heap=200), "inside the FAT region"),
+    (dict(volume_length=1000), "VolumeLength"),
+    (dict(root=20000), "FirstClusterOfRootDirectory"),
+    (dict(clusters=0), "ClusterCount"),
+])
+def test_exfat_boot_sector_rules(changes: dict[str, int], reason: str) -> None:
+    found = _fat_volume(0, exfat_boot(**changes)[:SECTOR])
+    assert isinstance(found, Malformed) and reason in found.reason, found
+    assert isinstance(_fat_volume(0, exfat_boot()), Volume)
+
+
+def mbr(*entries: tuple[int, int, int], code: bytes = b"\x33\xc0") -> bytes:
+    sector = bytearray(SECTOR)
+    sector[: len(code)] = code
+    for i, (ptype, first, count) in enumerate(entries):
+        sector[446 + 16 * i : 462 + 16 * i] = struct.pack("<B3sB3sII", 0, b"", ptype, b"",
+                                                          first, count)
+    sector[510:512] = b"\x55\xaa"
+    return bytes(sector)
+
+
+def test_an_mbr_that_starts_with_a_jump_is_still_a_partition_table() -> None:
+    """Boot code may start EB xx 90 with a sector size where a BPB would be; the valid
+    partition entries say it is a table, and the partition's volume is read."""
+    code = b"\xeb\x63\x90" + bytes(8) + struct.pack("<HB", 512, 3)  # SecPerClus 3: no BPB
+    a = Attributor(window=0)
+    rows = feed_all(a, [(0x28, 0, 1, mbr((0x06, 2048, 131072), code=code)),
+                        (0x28, 2048, 1, fat_boot())])
+    assert [r.kind for r in rows] == ["partition_table", "boot_sector"]
+    assert [v.start for v in a.volumes] == [2048]
+
+
+def test_partition_entries_outside_the_disk_or_on_the_table() -> None:
+    a = Attributor(window=0)
+    rows = feed_all(a, [(0x28, 0, 1, mbr((0x06, 0, 100), (0x83, 0xFFFFFFF0, 0xFFFFFFFF))),
+                        (0x28, 100, 1, bytes(SECTOR))])
+    assert rows[0].kind == "partition_table"
+    assert any("starts at LBA 0" in n for n in a.notes())
+    assert a.unsupported == [(0xFFFFFFF0, 0xFFFFFFF0 + 0xFFFFFFFF, "linux (ext2/3/4 or other)")]
+    assert rows[1].kind == "outside_volumes"
+
+
+def test_a_partition_table_rewritten_many_times_tracks_a_bounded_number() -> None:
+    a = Attributor(window=0)
+    commands = [(0x2A, 0, 1, mbr((0x83, 4096 * (i + 1), 100))) for i in range(80)]
+    with time_limit(10):
+        feed_all(a, commands)
+    assert len(a.unsupported) == 64
+    assert any("more than 64 file systems" in n for n in a.notes())
+
+
+def fat16_volume_commands(root: bytes, fat: dict[int, int]) -> list[tuple[int, int, int, bytes]]:
+    return [(0x28, 0, 1, fat_boot()), (0x28, FAT16["fat_start"], 1, fat16_sector(fat)),
+            (0x28, FAT16["root"], 1, root.ljust(SECTOR, b"\0"))]
+
+
+def test_a_fat_loop_is_a_malformed_chain_followed_up_to_the_loop() -> None:
+    a = Attributor(window=0)
+    commands = fat16_volume_commands(short_entry(b"LOOP    BIN", 3, 10000), {3: 4, 4: 3})
+    commands.append((0x28, fat16_lba(3), 12, bytes(12 * SECTOR)))
+    with time_limit(5):
+        rows = feed_all(a, commands)
+    data = [(r.kind, r.path, r.file_offset, r.length) for r in rows if r.lba == fat16_lba(3)]
+    assert data == [("data", "/LOOP.BIN", 0, 4096)]  # clusters 3 and 4, then the loop
+    assert [r.kind for r in rows if r.lba == fat16_lba(5)] == ["unallocated"]  # FAT says free
+    assert any("/LOOP.BIN: malformed cluster chain" in n and "back to cluster 3" in n
+               for n in a.notes())
+
+
+@pytest.mark.parametrize("value, what", [(0xFFF0, "cluster number 65520"),
+                                         (0xFFF7, "bad-cluster mark"), (1, "cluster number 1")])
+def test_a_chain_to_an_impossible_cluster_is_malformed(value: int, what: str) -> None:
+    a = Attributor(window=0)
+    commands = fat16_volume_commands(short_entry(b"BAD     BIN", 3, 10000), {3: value})
+    commands.append((0x28, fat16_lba(3), 4, bytes(4 * SECTOR)))
+    rows = feed_all(a, commands)
+    assert [(r.kind, r.path) for r in rows if r.lba == fat16_lba(3)] == [("data", "/BAD.BIN")]
+    assert any(what in n for n in a.notes()), a.notes()
+
+
+def test_a_first_cluster_outside_the_volume_is_noted() -> None:
+    a = Attributor(window=0)
+    rows = feed_all(a, fat16_volume_commands(short_entry(b"FAR     BIN", 0xFFF0, 10), {}) +
+                    [(0x28, fat16_lba(3), 1, bytes(SECTOR))])
+    assert rows
+    assert any("/FAR.BIN: first cluster 65520 is outside" in n for n in a.notes())
+
+
+def test_a_directory_that_contains_itself_is_not_followed() -> None:
+    dot = short_entry(b".", 3, 0, attr=0x10) + short_entry(b"..", 0, 0, attr=0x10)
+    inside = (dot + short_entry(b"SELF", 3, 0, attr=0x10)).ljust(SECTOR, b"\0")
+    a = Attributor(window=0)
+    commands = fat16_volume_commands(short_entry(b"LOOP", 3, 0, attr=0x10), {3: 0xFFFF})
+    commands += [(0x28, fat16_lba(3), 1, inside)] * 5
+    with time_limit(5):
+        rows = feed_all(a, commands)
+    assert {(r.kind, r.path) for r in rows if r.lba == fat16_lba(3)} == \
+        {("directory", "/LOOP")}
+    assert any("/LOOP/SELF: a directory whose first cluster 3" in n for n in a.notes())
+
+
+def test_directories_nested_past_the_bound_are_noted_not_followed() -> None:
+    a = Attributor(window=0)
+    levels = 200
+    fat = {c: 0xFFFF for c in range(3, 3 + levels + 1)}
+    commands = fat16_volume_commands(short_entry(b"D", 3, 0, attr=0x10), fat)
+    for k in range(levels):
+        sector = short_entry(b"D", 4 + k, 0, attr=0x10).ljust(SECTOR, b"\0")
+        commands.append((0x28, fat16_lba(3 + k), 1, sector))
+    with time_limit(10):
+        rows = feed_all(a, commands)
+    deepest = max(len((r.path or "").split("/")) for r in rows)
+    assert 100 < deepest <= 130
+    assert any("nested deeper than 128 levels" in n for n in a.notes())
+
+
+def scenario_exfat_directory_of_huge_length() -> list[Any]:
+    """A contiguous exFAT directory whose DataLength reaches the end of a 32 TiB heap:
+    a sector read near its end must not walk every index up to it."""
+    clusters, spc_shift, heap = 1 << 20, 16, 8448
+    boot = exfat_boot(spc_shift=spc_shift, fat_length=8193, heap=heap, clusters=clusters)
+    root = exfat_file("d", 10, 1 << 60, contiguous=True, directory=True)
+    spc = 1 << spc_shift
+    last = heap + (clusters - 1) * spc
+    a = Attributor(window=0)
+    rows = feed_all(a, [(0x28, 0, 1, boot), (0x28, heap + 2 * spc, 1, root.ljust(SECTOR, b"\0")),
+                        (0x88, last, 1, exfat_file("x", 12, 5).ljust(SECTOR, b"\0"))])
+    return [[(r.kind, r.path) for r in rows if r.lba == last], a.notes()]
+
+
+def test_an_exfat_directory_of_huge_length_is_bounded() -> None:
+    at_end, notes = bounded("scenario_exfat_directory_of_huge_length", seconds=20)
+    assert at_end == [["directory", "/d"]]
+    assert any("/d: directory sectors past the spec's largest directory" in n for n in notes)
+    assert any("/d: its 1152921504606846976 bytes run past the end" in n for n in notes)
+
+
+def scenario_many_renames_in_one_window(count: int) -> int:
+    """A directory of ``count`` files, every one renamed by one write: each deletion
+    finds its creation by cluster, not by a scan of the window."""
+    sectors = count * 32 // SECTOR
+    clusters = sectors // FAT16["spc"]
+    fat = {3 + k: 4 + k for k in range(clusters - 1)}
+    fat[2 + clusters] = 0xFFFF
+    table = bytearray(fat16_sector({}) + bytes(SECTOR))
+    for cluster, value in fat.items():
+        struct.pack_into("<H", table, cluster * 2, value)
+    fat_sectors = bytes(table)
+    a = Attributor()
+
+    def listing(prefix: bytes) -> bytes:
+        return b"".join(short_entry(prefix + b"%05d" % k + b"BIN", 1000 + k, 1)
+                        for k in range(count))
+
+    commands = [(0x28, 0, 1, fat_boot()), (0x28, FAT16["fat_start"], 2, fat_sectors),
+                (0x28, FAT16["root"], 1, fat16_root(short_entry(b"BIG", 3, 0, attr=0x10))),
+                (0x28, fat16_lba(3), sectors, bytes(sectors * SECTOR)),
+                (0x2A, fat16_lba(3), sectors, listing(b"OLD")),
+                (0x2A, fat16_lba(3), sectors, listing(b"NEW"))]
+    rows = feed_all(a, commands)
+    return sum(1 for r in rows if r.operation == "renamed")
+
+
+def test_many_renames_in_one_window_pair_in_linear_time() -> None:
+    assert bounded("scenario_many_renames_in_one_window", 8192, seconds=20,
+                   megabytes=300) == 8192
+
+
+# ---- property: mutated metadata never raises, hangs or grows without bound -----------------
+
+def _base_fat16() -> list[tuple[int, int, int, bytes]]:
+    lfn = bytes([0x41]) + "long".encode("utf-16-le").ljust(10, b"\xff") + b"\x0f\x00" + \
+        bytes([0]) + bytes(12) + b"\0\0" + bytes(4)
+    root = lfn + short_entry(b"LONG    TXT", 3, 5000) + short_entry(b"SUB", 6, 0, attr=0x10)
+    sub = short_entry(b"INNER   BIN", 7, 100)
+    return [(0x28, 0, 1, fat_boot()), (0x28, FAT16["fat_start"], 1,
+                                       fat16_sector({3: 4, 4: 5, 5: 0xFFFF, 6: 0xFFFF, 7: 0xFFFF})),
+            (0x28, FAT16["root"], 1, fat16_root(root)),
+            (0x28, fat16_lba(6), 1, sub.ljust(SECTOR, b"\0")),
+            (0x2A, fat16_lba(3), 12, bytes(12 * SECTOR)),
+            (0x2A, FAT16["root"], 1, fat16_root(short_entry(b"LONG    TXT", 7, 9000)))]
+
+
+def _base_exfat() -> list[tuple[int, int, int, bytes]]:
+    root = exfat_metadata_entry(0x81, 2, 2000) + exfat_metadata_entry(0x82, 3, 5836) + \
+        exfat_file("file.bin", 20, 9000, contiguous=False) + \
+        exfat_file("dir", 30, 4096, contiguous=True, directory=True)
+    fat = bytearray(SECTOR)
+    struct.pack_into("<IIIII", fat, 0, 0xFFFFFFF8, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF)
+    struct.pack_into("<III", fat, 20 * 4, 21, 22, 0xFFFFFFFF)
+    return [(0x28, 0, 1, exfat_boot()), (0x28, 128, 1, bytes(fat)),
+            (0x28, exfat_lba(EXFAT["root"]), 1, root.ljust(SECTOR, b"\0")),
+            (0x28, exfat_lba(30), 1, exfat_file("x", 40, 10).ljust(SECTOR, b"\0")),
+            (0x28, exfat_lba(20), 24, bytes(24 * SECTOR))]
+
+
+def _base_fat32() -> list[tuple[int, int, int, bytes]]:
+    boot = fat_boot(spc=8, reserved=32, root_entries=0, fatsz16=0, fatsz32=1024,
+                    tot32=32 + 2048 + 8 * 130000)
+    fat = bytearray(SECTOR)
+    struct.pack_into("<IIIII", fat, 0, 0x0FFFFFF8, 0x0FFFFFFF, 0x0FFFFFFF, 4, 0x0FFFFFFF)
+    data = 32 + 2048
+    return [(0x28, 0, 1, boot), (0x28, 32, 1, bytes(fat)),
+            (0x28, data, 1, short_entry(b"A       BIN", 3, 8000).ljust(SECTOR, b"\0")),
+            (0x28, data + 8, 16, bytes(16 * SECTOR))]
+
+
+BASES = {"fat16": _base_fat16, "exfat": _base_exfat, "fat32": _base_fat32}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(base=st.sampled_from(sorted(BASES)),
+       mutations=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 511),
+                                    st.sampled_from([0, 1, 0x7F, 0x80, 0xFF]) |
+                                    st.integers(0, 255)), max_size=16),
+       claimed=st.sampled_from([None, 0xFFFF, 0xFFFFFFFF]))
+def test_mutated_metadata_never_raises_hangs_or_grows(base: str, mutations: list[Any],
+                                                      claimed: int | None) -> None:
+    commands = BASES[base]()
+    for index, offset, value in mutations:
+        opcode, lba, blocks, data = commands[index % len(commands)]
+        changed = bytearray(data)
+        changed[offset % len(changed)] = value
+        commands[index % len(commands)] = (opcode, lba, blocks, bytes(changed))
+    if claimed is not None:  # a CDB that claims far more than its payload
+        opcode, lba, _, data = commands[-1]
+        commands[-1] = (0x88, lba, claimed, data)
+    tracemalloc.start()
+    try:
+        with time_limit(5):
+            rows = feed_all(Attributor(window=3), commands + commands[1:])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 << 20
+    for row in rows:
+        assert row.length is None or row.length >= 0
+        assert row.path is None or len(row.path.split("/")) <= MAX_DEPTH + 2

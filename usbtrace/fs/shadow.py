@@ -522,6 +522,8 @@ class Attributor:
         for volume in self.volumes:
             where = f"file system at LBA {volume.start}: "
             out += [where + note for note in volume.notes]
+        if len(out) > MAX_NOTES:
+            out = out[:MAX_NOTES] + [f"{len(out) - MAX_NOTES} further notes left out"]
         return out
 
     def _note(self, text: str) -> None:

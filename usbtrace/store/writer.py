@@ -309,6 +309,8 @@ class SessionWriter:
             if 0x62 in ident.storage_protocols:
                 notes.append(f"device {ident.bus}.{ident.device} speaks UAS (USB Attached "
                              "SCSI), which is not decoded into SCSI commands")
+        for attributor in self.attributors.values():
+            notes += attributor.notes()  # file attribution that metadata cut short
         return notes
 
     def close(self, dropped: int = 0, malformed: int = 0, notes: str | None = None,
