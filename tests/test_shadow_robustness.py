@@ -632,3 +632,12 @@ def test_mutated_metadata_never_raises_hangs_or_grows(base: str, mutations: list
     for row in rows:
         assert row.length is None or row.length >= 0
         assert row.path is None or len(row.path.split("/")) <= MAX_DEPTH + 2
+
+
+def test_a_signed_sector_zero_that_is_no_table_is_noted() -> None:
+    sector = bytearray(mbr((0x06, 2048, 100)))
+    sector[446] = 0x12  # a status that is neither 00 nor 80
+    a = Attributor(window=0)
+    rows = feed_all(a, [(0x28, 0, 1, bytes(sector))])
+    assert [r.kind for r in rows] == ["unknown"] and not a.expected
+    assert any("neither a boot sector nor a partition table" in n for n in a.notes())

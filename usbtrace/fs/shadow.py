@@ -98,9 +98,15 @@ class Node:
 
     @property
     def path(self) -> str:
+        """Built by a loop, not recursion: nesting comes from the disk.  Directories
+        deeper than ``MAX_DEPTH`` are not followed, so the bound here never cuts a real
+        path; if it did, the path would say so with a leading "…"."""
         names: list[str] = []
         node: Node | None = self
-        while node is not None and node.parent is not None and len(names) <= MAX_DEPTH + 1:
+        while node is not None and node.parent is not None:
+            if len(names) > MAX_DEPTH + 1:
+                names.append("…")
+                break
             names.append(node.name)
             node = node.parent
         return "/" + "/".join(reversed(names))
@@ -706,6 +712,9 @@ class Attributor:
                             0xAF: "hfs+"}.get(ptype, f"partition type 0x{ptype:02x}")
                     self._add_unsupported(first, first + count, name)
             return True
+        if sector[510:512] == b"\x55\xaa":
+            self._note("sector 0 ends in 55 AA but is neither a boot sector nor a partition "
+                       "table (a partition entry's status is not 00 or 80)")
         return False
 
     def _probe(self, lba: int, blocks: int, data: bytes) -> None:
