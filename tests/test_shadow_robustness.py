@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from usbtrace.fs.layouts import exfat_entry_set_checksum
 from usbtrace.fs.shadow import (
     MAX_DEPTH,
     Activity,
@@ -172,7 +173,9 @@ def exfat_file(name: str, cluster: int, length: int, contiguous: bool = True,
     stream[0], stream[1], stream[3] = 0xC0, 0x01 | (0x02 if contiguous else 0), len(name)
     struct.pack_into("<QIIQ", stream, 8, length, 0, cluster, length)
     names = [bytes([0xC1, 0]) + part.ljust(30, b"\0") for part in parts]
-    return bytes(file_entry) + bytes(stream) + b"".join(names)
+    entry_set = bytes(file_entry) + bytes(stream) + b"".join(names)
+    struct.pack_into("<H", file_entry, 2, exfat_entry_set_checksum(entry_set))
+    return bytes(file_entry) + entry_set[32:]
 
 
 def feed_all(a: Attributor, commands: list[tuple[int, int, int, bytes]]) -> list[Activity]:
@@ -641,3 +644,21 @@ def test_a_signed_sector_zero_that_is_no_table_is_noted() -> None:
     rows = feed_all(a, [(0x28, 0, 1, bytes(sector))])
     assert [r.kind for r in rows] == ["unknown"] and not a.expected
     assert any("neither a boot sector nor a partition table" in n for n in a.notes())
+
+
+def test_an_exfat_entry_set_must_keep_its_rules() -> None:
+    """A set whose checksum does not match, or whose SecondaryCount is out of the spec's
+    range, names no file: its clusters stay unknown rather than guessed."""
+    good = exfat_file("good.bin", 100, 4096)
+    bad_sum = bytearray(exfat_file("badsum.bin", 110, 4096))
+    bad_sum[40] ^= 0xFF  # a byte of the stream extension, after the checksum was made
+    too_many = bytearray(exfat_file("many.bin", 120, 4096))
+    too_many[1] = 19
+    root = (good + bytes(bad_sum) + bytes(too_many)).ljust(4 * SECTOR, b"\0")
+    a = Attributor(window=0)
+    rows = feed_all(a, [(0x28, 0, 1, exfat_boot()), (0x28, exfat_lba(EXFAT["root"]), 4, root)] +
+                    [(0x28, exfat_lba(c), 1, bytes(SECTOR)) for c in (100, 110, 120)])
+    assert [(r.kind, r.path) for r in rows if r.lba in {exfat_lba(c) for c in (100, 110, 120)}] \
+        == [("data", "/good.bin"), ("unknown", None), ("unknown", None)]
+    assert any("SetChecksum does not match" in n for n in a.notes())
+    assert any("SecondaryCount 19" in n for n in a.notes())

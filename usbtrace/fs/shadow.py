@@ -40,7 +40,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from usbtrace.fs.layouts import FAT_PARTITION_TYPES, lfn_checksum
+from usbtrace.fs.layouts import FAT_PARTITION_TYPES, exfat_entry_set_checksum, lfn_checksum
 
 WINDOW = 4096  # commands a row waits for the metadata that explains it
 SECTOR = 512
@@ -1247,11 +1247,21 @@ def _parse_exfat_dir(blob: bytes, first_slot: int, volume: Volume) -> dict[int, 
             volume.add_metadata(label, cluster, length)  # a range, clamped: not a loop
         elif kind == 0x85:
             secondary = entry[1]
-            if i + secondary >= n or secondary < 2:
+            if i + secondary >= n:
+                i += 1  # the rest of the set was not seen
+                continue
+            if not 2 <= secondary <= 18:  # exFAT spec §7.4: a stream and 1..17 names
+                volume.note(f"a file entry set with SecondaryCount {secondary} (2..18): "
+                            "not read")
                 i += 1
                 continue
             stream = blob[(i + 1) * 32 : (i + 2) * 32]
             if stream[0] != 0xC0:
+                i += 1
+                continue
+            checksum = struct.unpack_from("<H", entry, 2)[0]
+            if exfat_entry_set_checksum(blob[i * 32 : (i + 1 + secondary) * 32]) != checksum:
+                volume.note("a file entry set whose SetChecksum does not match: not read")
                 i += 1
                 continue
             attributes = struct.unpack_from("<H", entry, 4)[0]
