@@ -662,3 +662,19 @@ def test_an_exfat_entry_set_must_keep_its_rules() -> None:
         == [("data", "/good.bin"), ("unknown", None), ("unknown", None)]
     assert any("SetChecksum does not match" in n for n in a.notes())
     assert any("SecondaryCount 19" in n for n in a.notes())
+
+
+def test_a_volume_of_4096_byte_sectors_counts_its_clusters_in_lbas() -> None:
+    """BytsPerSec 4096 on a medium of 512-byte blocks: a cluster is 8 LBAs, the FAT and
+    the root directory sit where the BPB's 4096-byte sectors put them."""
+    boot = fat_boot(bps=4096, spc=1, reserved=1, nfats=2, root_entries=128, fatsz16=3,
+                    tot32=1 + 6 + 1 + 5000)
+    volume = _fat_volume(0, boot)
+    assert isinstance(volume, Volume) and volume.kind == "fat16"
+    assert (volume.spc, volume.fat_start, volume.root_start, volume.data_start) == (8, 8, 56, 64)
+    a = Attributor(window=0)
+    rows = feed_all(a, [(0x28, 0, 8, boot), (0x28, 8, 1, fat16_sector({3: 4, 4: 0xFFFF})),
+                        (0x28, 56, 1, fat16_root(short_entry(b"FILE    BIN", 3, 6000))),
+                        (0x28, 72, 16, bytes(16 * SECTOR))])
+    assert [(r.kind, r.path, r.file_offset, r.length) for r in rows if r.lba == 72] == \
+        [("data", "/FILE.BIN", 0, 6000)]
