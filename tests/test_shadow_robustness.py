@@ -678,3 +678,39 @@ def test_a_volume_of_4096_byte_sectors_counts_its_clusters_in_lbas() -> None:
                         (0x28, 72, 16, bytes(16 * SECTOR))])
     assert [(r.kind, r.path, r.file_offset, r.length) for r in rows if r.lba == 72] == \
         [("data", "/FILE.BIN", 0, 6000)]
+
+
+def test_a_file_grown_cluster_by_cluster_is_not_walked_from_its_start_each_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chain extended by one cluster per FAT write is walked again from the changed FAT
+    sector, not from its first cluster: FAT reads grow with the clusters, not their
+    square (a full walk each time would read about 2 million entries here)."""
+    reads = 0
+    entry = Volume.fat_entry
+
+    def counting(self: Volume, cluster: int, sectors: set[int] | None = None) -> int | None:
+        nonlocal reads
+        reads += 1
+        return entry(self, cluster, sectors)
+
+    monkeypatch.setattr(Volume, "fat_entry", counting)
+    clusters = 2048
+    table = bytearray(fat16_sector({}) + bytes(16 * SECTOR))
+    a = Attributor()
+    a.feed(1, 0x28, 0, 1, fat_boot(), "good")
+    a.feed(2, 0x28, FAT16["root"], 1,
+           fat16_root(short_entry(b"GROWS   BIN", 3, clusters * 2048)), "good")
+    seq = 3
+    for k in range(clusters):
+        cluster = 3 + k
+        if k:
+            struct.pack_into("<H", table, (cluster - 1) * 2, cluster)
+        struct.pack_into("<H", table, cluster * 2, 0xFFFF)
+        first = (cluster - 1) * 2 // SECTOR
+        a.feed(seq, 0x2A, FAT16["fat_start"] + first, 2,
+               bytes(table[first * SECTOR : (first + 2) * SECTOR]), "good")
+        a.feed(seq + 1, 0x2A, fat16_lba(cluster), 4, bytes(4 * SECTOR), "good")
+        seq += 2
+    rows = a.flush()
+    assert sum(r.length or 0 for r in rows if r.path == "/GROWS.BIN") == clusters * 2048
+    assert reads < clusters * 300, reads

@@ -177,7 +177,19 @@ class Volume:
         self._owners: dict[int, tuple[Node, int]] = {}  # clusters of FAT chains
         self._runs: list[tuple[int, int, Node, int]] = []  # contiguous: start, end, node, first
         self._run_starts: list[int] = []
-        self._dirty = True
+        # what the owners were built from, so that a change redoes only what it touches:
+        # the claims (and what of them decides ownership), each claim's priority (0 wins),
+        # the clusters each chain took, the FAT sectors each walk read, and the chains
+        # that stopped on another's cluster
+        self._signature: list[tuple[Node, int, bool, int]] = []
+        self._rank: dict[Node, int] = {}
+        self._taken: dict[Node, list[int]] = {}
+        self._read: dict[Node, dict[int, int]] = {}  # FAT sector -> first chain index
+        self._resume: dict[Node, int] = {}  # chains to walk again from an index
+        self._readers: dict[int, set[Node]] = {}
+        self._blocked: dict[Node, set[Node]] = {}
+        self._stale_fat: set[int] = set()
+        self._dirty = True  # the directories changed: check the claims
 
     def note(self, text: str) -> None:
         """Keep a note once; a bounded number of them."""
@@ -187,8 +199,13 @@ class Volume:
 
     # ---- the FAT ---------------------------------------------------------------------
 
-    def fat_entry(self, cluster: int) -> int | None:
-        """The FAT entry of ``cluster``, or None if its sector was not seen."""
+    def fat_changed(self, index: int) -> None:
+        """A FAT sector (by index in the FAT) was seen with new content."""
+        self._stale_fat.add(index)
+
+    def fat_entry(self, cluster: int, reads: set[int] | None = None) -> int | None:
+        """The FAT entry of ``cluster``, or None if its sector was not seen.  ``reads``
+        collects the FAT sectors the answer depends on (seen or not)."""
         if not 0 <= cluster < self.cluster_count + 2:
             return None
         kind = self.kind
@@ -199,6 +216,10 @@ class Volume:
         else:
             offset, width = cluster * 4, 4
         index, at = divmod(offset, SECTOR)
+        if reads is not None:
+            reads.add(index)
+            if at + width > SECTOR:
+                reads.add(index + 1)
         sector = self.fat.get(index)
         if sector is None:
             return None
@@ -214,34 +235,46 @@ class Volume:
             return value >> 4 if cluster & 1 else value & 0x0FFF
         return value & 0x0FFFFFFF if kind == "fat32" else value
 
+    def _first(self, node: Node) -> int | None:
+        """The first cluster of a FAT chain, or None (noted when outside the volume)."""
+        cluster = node.first_cluster
+        if cluster < 2:
+            return None
+        if cluster >= self.cluster_count + 2:
+            self.note(f"{node.path}: first cluster {cluster} is outside the volume's "
+                      f"{self.cluster_count} clusters; its data is not attributed")
+            return None
+        return cluster
+
+    def _step(self, node: Node, cluster: int, reads: set[int] | None = None) -> int | None:
+        """The cluster after ``cluster`` in a chain, or None where the FAT seen ends it:
+        not seen yet, free (not yet updated), the end, or (noted) an impossible value."""
+        nxt = self.fat_entry(cluster, reads)
+        if nxt is None or nxt == 0 or nxt >= EOC[self.kind]:
+            return None
+        if nxt == BAD[self.kind] or nxt == 1 or nxt >= self.cluster_count + 2:
+            what = "a bad-cluster mark" if nxt == BAD[self.kind] else f"cluster number {nxt}"
+            self.note(f"{node.path}: malformed cluster chain, cluster {cluster} leads to "
+                      f"{what}; the chain is followed up to it")
+            return None
+        return nxt
+
+    def _loop(self, node: Node, cluster: int, nxt: int) -> None:
+        self.note(f"{node.path}: malformed cluster chain, cluster {cluster} leads back to "
+                  f"cluster {nxt}; the chain is followed up to the loop")
+
     def _fat_chain(self, node: Node) -> Iterator[int]:
         """The clusters of a FAT chain as far as the FAT seen tells; at most one per
         cluster of the volume: a loop or an impossible number ends it, with a note."""
-        cluster = node.first_cluster
-        limit = self.cluster_count + 2
-        if cluster < 2:
-            return
-        if cluster >= limit:
-            self.note(f"{node.path}: first cluster {cluster} is outside the volume's "
-                      f"{self.cluster_count} clusters; its data is not attributed")
-            return
-        eoc, bad = EOC[self.kind], BAD[self.kind]
-        seen = {cluster}
-        while True:
+        cluster = self._first(node)
+        seen = set()
+        while cluster is not None:
             yield cluster
-            nxt = self.fat_entry(cluster)
-            if nxt is None or nxt == 0 or nxt >= eoc:
-                return  # not seen yet, free (the FAT not yet updated), or the end
-            if nxt in seen:
-                self.note(f"{node.path}: malformed cluster chain, cluster {cluster} leads "
-                          f"back to cluster {nxt}; the chain is followed up to the loop")
+            seen.add(cluster)
+            nxt = self._step(node, cluster)
+            if nxt is not None and nxt in seen:
+                self._loop(node, cluster, nxt)
                 return
-            if nxt == bad or nxt == 1 or nxt >= limit:
-                what = "a bad-cluster mark" if nxt == bad else f"cluster number {nxt}"
-                self.note(f"{node.path}: malformed cluster chain, cluster {cluster} leads to "
-                          f"{what}; the chain is followed up to it")
-                return
-            seen.add(nxt)
             cluster = nxt
 
     def _span(self, node: Node) -> tuple[int, int] | None:
@@ -272,34 +305,162 @@ class Volume:
     # ---- owners ------------------------------------------------------------------------
 
     def _rebuild(self) -> None:
-        """Who owns each cluster: the last claim in directory order wins, as before a
-        rename's old entry is gone.  Claims are taken from the last, each cluster once,
-        so the work is one step per cluster owned, whatever the chains share."""
-        if not self._dirty:
-            return
-        claims: list[Node] = []
-        for directory in list(self.dirs.values()):
-            if directory.node is self.root:
-                claims.append(self.root)
-            children = list(directory.children.values())
-            claims += [n for n in children if not n.is_dir]
-            claims += [n for n in children if n.is_dir and n in self.dirs]
-        owners: dict[int, tuple[Node, int]] = {}
+        """Who owns each cluster: the last claim in directory order wins (a rename's new
+        entry over its old one until the old one is gone), each cluster once.
+
+        Claims are walked from the last: a chain stops at a cluster a later claim holds,
+        so the work is one step per cluster owned, whatever the chains share.  After a
+        FAT change a chain is walked again only from the first of its entries in a
+        changed sector (a file that grows is walked over its new clusters, not from its
+        first one), with the chains that stopped on it; a directory change that leaves
+        every claim's first cluster as it was costs one pass over the claims.
+        """
+        if self._dirty:
+            self._dirty = False
+            claims: list[Node] = []
+            for directory in list(self.dirs.values()):
+                if directory.node is self.root:
+                    claims.append(self.root)
+                children = list(directory.children.values())
+                claims += [n for n in children if not n.is_dir]
+                claims += [n for n in children if n.is_dir and n in self.dirs]
+            signature = [(n, n.first_cluster, n.contiguous, n.size if n.contiguous else 0)
+                         for n in claims]
+            if signature != self._signature:
+                self._signature = signature
+                self._full(claims)
+                return
+        if self._stale_fat:
+            stale, self._stale_fat = self._stale_fat, set()
+            todo: dict[Node, int] = {}
+            for index in stale:
+                for node in self._readers.get(index, ()):
+                    first = self._read[node][index]
+                    todo[node] = min(todo.get(node, first), first)
+            if todo:
+                self._rewalk(todo)
+                if self._dirty:
+                    self._rebuild()  # the walk gave up: afresh
+
+    def _full(self, claims: list[Node]) -> None:
+        self._owners, self._taken, self._read, self._readers, self._blocked = {}, {}, {}, {}, {}
+        self._stale_fat, self._resume, self._rank = set(), {}, {}
         spans: list[tuple[int, int, int, Node]] = []
-        for rank, node in enumerate(reversed(claims)):
+        heap: list[tuple[int, int, Node]] = []
+        for node in reversed(claims):
+            if node in self._rank:
+                continue
+            rank = self._rank[node] = len(self._rank)
             if node.contiguous:
                 span = self._span(node)
                 if span is not None:
                     spans.append((span[0], span[1], rank, node))
-                continue
-            for index, cluster in enumerate(self._fat_chain(node)):
-                if cluster in owners:
-                    break  # cross-linked: the rest of the chain is a later entry's
-                owners[cluster] = (node, index)
-        self._owners = owners
+            else:
+                self._walk(node, heap)
         self._runs = _disjoint(spans)
         self._run_starts = [run[0] for run in self._runs]
-        self._dirty = False
+
+    def _claim(self, node: Node, cluster: int, index: int,
+               heap: list[tuple[int, int, Node]]) -> bool:
+        """Take ``cluster`` for ``node`` unless a higher claim holds it (then note that
+        ``node`` stopped on it); a lower claim that held it walks again."""
+        holder = self._owners.get(cluster)
+        if holder is not None:
+            other = holder[0]
+            if self._rank[other] < self._rank[node]:
+                self._blocked.setdefault(other, set()).add(node)
+                return False  # cross-linked: the rest of the chain is a later entry's
+            self._evict(other, heap)
+        self._owners[cluster] = (node, index)
+        return True
+
+    def _walk(self, node: Node, heap: list[tuple[int, int, Node]],
+              start: int | None = None) -> None:
+        """Walk a chain from its ``start``-th cluster (kept from an earlier walk), or
+        afresh; record the FAT sectors read and the first index reading each."""
+        if start is None:
+            taken: list[int] = []
+            read: dict[int, int] = {}
+            self._taken[node], self._read[node] = taken, read
+            cluster = self._first(node)
+            if cluster is None or not self._claim(node, cluster, 0, heap):
+                return
+            taken.append(cluster)
+        else:
+            taken, read = self._taken[node], self._read[node]
+            cluster = taken[start]
+        sectors: set[int] = set()
+        while True:
+            index = len(taken) - 1
+            nxt = self._step(node, cluster, sectors)
+            for sector in sectors:
+                if sector not in read:
+                    read[sector] = index
+                    self._readers.setdefault(sector, set()).add(node)
+            sectors.clear()
+            if nxt is None:
+                return
+            holder = self._owners.get(nxt)
+            if holder is not None and holder[0] is node:
+                self._loop(node, cluster, nxt)
+                return
+            if not self._claim(node, nxt, index + 1, heap):
+                return
+            taken.append(nxt)
+            cluster = nxt
+
+    def _forget(self, node: Node, keep: int) -> None:
+        """Drop what a chain took after its first ``keep`` clusters, and its reads from
+        the ``keep - 1``-th on (those entries are read again)."""
+        owners = self._owners
+        taken = self._taken[node]
+        for cluster in taken[keep:]:
+            if owners.get(cluster, (None,))[0] is node:
+                del owners[cluster]
+        del taken[keep:]
+        read = self._read[node]
+        for sector in [s for s, i in read.items() if i >= keep - 1]:
+            del read[sector]
+            readers = self._readers.get(sector)
+            if readers is not None:
+                readers.discard(node)
+
+    def _evict(self, node: Node, heap: list[tuple[int, int, Node]]) -> None:
+        """Forget all a chain took; it, and the chains that stopped on it (which may now
+        run further), walk again from their first cluster."""
+        stack = [node]
+        while stack:
+            node = stack.pop()
+            if node not in self._taken:
+                continue  # already waiting to walk again
+            self._forget(node, 0)
+            del self._taken[node], self._read[node]
+            self._resume.pop(node, None)
+            heapq.heappush(heap, (self._rank[node], id(node), node))
+            stack += self._blocked.pop(node, set())
+
+    def _rewalk(self, todo: dict[Node, int]) -> None:
+        """Walk chains again from the index given for each, by priority: a higher claim
+        is settled before a lower one can stop on it."""
+        heap: list[tuple[int, int, Node]] = []
+        for node, start in todo.items():
+            if node not in self._taken:
+                continue
+            self._forget(node, start + 1)
+            self._resume[node] = start
+            heapq.heappush(heap, (self._rank[node], id(node), node))
+            for other in self._blocked.pop(node, set()):
+                self._evict(other, heap)
+        walks = 0
+        while heap:  # priorities only grow as it runs: each chain is settled once
+            _, _, node = heapq.heappop(heap)
+            if node in self._taken and node not in self._resume:
+                continue
+            walks += 1
+            if walks > len(self._rank):  # cannot happen; if it did, start again afresh
+                self._signature, self._dirty = [], True
+                return
+            self._walk(node, heap, self._resume.pop(node, None))
 
     def owner(self, cluster: int) -> tuple[Node, int] | None:
         """The node that owns ``cluster`` and the cluster's index in it."""
@@ -843,7 +1004,7 @@ class Attributor:
             if fat.get(within) == new:
                 continue  # read again, unchanged
             fat[within] = new
-            volume._dirty = True
+            volume.fat_changed(within)
             self._changed.add(volume)
 
     def _data_region(self, volume: Volume, seq: int, rel: int, rel_end: int, lba: int,
