@@ -714,3 +714,51 @@ def test_a_file_grown_cluster_by_cluster_is_not_walked_from_its_start_each_time(
     rows = a.flush()
     assert sum(r.length or 0 for r in rows if r.path == "/GROWS.BIN") == clusters * 2048
     assert reads < clusters * 300, reads
+
+
+def _owners_from_scratch(volume: Volume) -> dict[int, tuple[Node, int]]:
+    """The owners by definition: claims in directory order, the last winning, each
+    chain stopping at a cluster a later claim took."""
+    claims: list[Node] = []
+    for directory in list(volume.dirs.values()):
+        if directory.node is volume.root:
+            claims.append(volume.root)
+        children = list(directory.children.values())
+        claims += [n for n in children if not n.is_dir]
+        claims += [n for n in children if n.is_dir and n in volume.dirs]
+    owners: dict[int, tuple[Node, int]] = {}
+    for node in reversed(claims):
+        if node.contiguous:
+            continue
+        for index, cluster in enumerate(volume.chain(node)):
+            if cluster in owners:
+                break
+            owners[cluster] = (node, index)
+    return owners
+
+
+_cluster = st.integers(2, 40)
+_fat_write = st.tuples(st.just("fat"), st.sampled_from([0, 128]), st.dictionaries(
+    _cluster, st.sampled_from([0, 0xFFFF, 0xFFF7]) | _cluster, min_size=1, max_size=10))
+_dir_write = st.tuples(st.just("dir"), st.just(0), st.dictionaries(
+    st.integers(0, 19), st.tuples(st.integers(0, 40), st.booleans()), max_size=10))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_fat_write | _dir_write, min_size=1, max_size=30))
+def test_owners_kept_up_to_date_match_a_build_from_scratch(steps: list[Any]) -> None:
+    """Cross-linked, looping and rewritten chains: after every command the owners kept
+    up to date are the owners built from nothing."""
+    a = Attributor(window=0)
+    a.feed(1, 0x28, 0, 1, fat_boot(), "good")
+    for seq, (kind, where, content) in enumerate(steps, 2):
+        if kind == "fat":
+            a.feed(seq, 0x2A, FAT16["fat_start"] + where, 1, fat16_sector(content), "good")
+        else:
+            entries = [short_entry(b"F%02d     BIN" % k, cluster, 5000,
+                                   attr=0x10 if is_dir else 0x20)
+                       for k, (cluster, is_dir) in content.items()]
+            a.feed(seq, 0x2A, FAT16["root"], 1, fat16_root(*entries), "good")
+        volume = a.volumes[0]
+        assert volume.owner(2) == _owners_from_scratch(volume).get(2)  # brings it up to date
+        assert volume._owners == _owners_from_scratch(volume)
