@@ -860,7 +860,7 @@ class Attributor:
             self.partition_table_seen = True
             self._emit(Activity(seq, None, op, "partition_table", None, SECTOR, 0, 0))
             # the table read now is the one that counts: no stale starts to probe
-            self.expected = {}
+            self.expected, self._extent = {}, {}
             for ptype, first, count in entries:
                 if first == 0:
                     self._note(f"a partition of type 0x{ptype:02x} starts at LBA 0, on the "
