@@ -60,7 +60,7 @@ def capacity(database: Any, session: int) -> str | None:
 
 def file_system(database: Any, session: int) -> str | None:
     """The kind of volume the first boot sector read or written describes."""
-    from usbtrace.fs.shadow import _fat_volume
+    from usbtrace.fs.shadow import Malformed, _fat_volume
 
     _, rows = database.query(
         "SELECT scsi_seq, command_offset, lba FROM file_activity WHERE session_id = :sid "
@@ -77,6 +77,8 @@ def file_system(database: Any, session: int) -> str | None:
         return None
     if isinstance(volume, str):
         return volume.upper()
+    if isinstance(volume, Malformed):
+        return f"malformed boot sector: {volume.reason}"
     label = {"fat12": "FAT12", "fat16": "FAT16", "fat32": "FAT32", "exfat": "exFAT"}
     return f"{label.get(volume.kind, volume.kind)} at LBA {volume.start}, " \
            f"{_size(volume.cluster_bytes)} clusters"

@@ -19,17 +19,28 @@ same first cluster inside the window become one rename or move.
 
 What was never seen is never guessed: with no boot sector, every access is
 ``unknown``; NTFS and ext2/3/4 are named and reported ``unsupported``.
+
+Every number on the disk is untrusted.  A boot sector that breaks the rules of
+Microsoft's FAT and exFAT specifications is reported as malformed (its region
+``unknown``), not read.  Work and memory follow the bytes captured, never a
+length field: the FAT keeps only the sectors seen, a contiguous exFAT file is a
+range (not a list of its clusters), a chain stops at a loop or an impossible
+cluster number, and a command is attributed over the blocks its payload holds
+(the rest is one ``unknown`` row that says so).  What was cut short is said in
+``Attributor.notes()``.
 """
 
 from __future__ import annotations
 
+import heapq
 import struct
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from usbtrace.fs.layouts import FAT_PARTITION_TYPES, lfn_checksum
+from usbtrace.fs.layouts import FAT_PARTITION_TYPES, exfat_entry_set_checksum, lfn_checksum
 from usbtrace.fs.partitions import GPT_PARTITION, DiskLayout
 
 WINDOW = 4096  # commands a row waits for the metadata that explains it
@@ -37,7 +48,17 @@ SECTOR = 512
 READS = {0x08, 0x28, 0xA8, 0x88}
 WRITES = {0x0A, 0x2A, 0xAA, 0x8A}
 
-EOC = {"fat12": 0xFF8, "fat16": 0xFFF8, "fat32": 0x0FFFFFF8, "exfat": 0xFFFFFFF7}
+# FAT entry values at or above EOC end a chain; BAD marks a bad cluster (FAT spec §4,
+# exFAT spec §4.1: 0xFFFFFFF7 bad, 0xFFFFFFFF end of chain)
+EOC = {"fat12": 0xFF8, "fat16": 0xFFF8, "fat32": 0x0FFFFFF8, "exfat": 0xFFFFFFF8}
+BAD = {"fat12": 0xFF7, "fat16": 0xFFF7, "fat32": 0x0FFFFFF7, "exfat": 0xFFFFFFF7}
+ENTRY_BITS = {"fat12": 12, "fat16": 16, "fat32": 32, "exfat": 32}
+MAX_FAT_DIR_ENTRIES = 65536  # FAT spec §6: a directory holds at most 65,536 entries
+MAX_EXFAT_DIR_BYTES = 256 << 20  # exFAT spec §6: a directory is at most 256 MiB
+MAX_UPCASE_BYTES = 2 * 65536  # exFAT spec §7.2: one 16-bit mapping per UCS-2 character
+MAX_DEPTH = 128  # directory nesting followed; deeper ones are noted, not read
+MAX_FILESYSTEMS = 64  # volumes, unsupported and malformed regions tracked per medium
+MAX_NOTES = 64  # notes kept per volume (and per attributor)
 
 
 @dataclass(slots=True)
@@ -67,17 +88,29 @@ class Node:
     successor: Node | None = None  # the entry it was renamed or moved to
 
     def latest(self) -> Node:
+        """The node this one was last renamed or moved to.  Links are made so that they
+        cannot loop; the visited set keeps that a property of this method too."""
         node = self
-        while node.successor is not None:
+        seen = {id(node)}
+        while node.successor is not None and id(node.successor) not in seen:
             node = node.successor
+            seen.add(id(node))
         return node
 
     @property
     def path(self) -> str:
-        if self.parent is None:
-            return "/"
-        base = self.parent.path
-        return (base if base.endswith("/") else base + "/") + self.name
+        """Built by a loop, not recursion: nesting comes from the disk.  Directories
+        deeper than ``MAX_DEPTH`` are not followed, so the bound here never cuts a real
+        path; if it did, the path would say so with a leading "…"."""
+        names: list[str] = []
+        node: Node | None = self
+        while node is not None and node.parent is not None:
+            if len(names) > MAX_DEPTH + 1:
+                names.append("…")
+                break
+            names.append(node.name)
+            node = node.parent
+        return "/" + "/".join(reversed(names))
 
 
 @dataclass
@@ -99,8 +132,19 @@ class Directory:
     parsed: bool = False
 
 
+@dataclass(frozen=True)
+class Malformed:
+    """A sector that claims to be a FAT or exFAT boot sector but breaks its spec."""
+
+    reason: str
+
+
 class Volume:
-    """One FAT12/16/32 or exFAT file system at ``start`` (an absolute LBA)."""
+    """One FAT12/16/32 or exFAT file system at ``start`` (an absolute LBA).
+
+    Offsets and sizes are in 512-byte LBAs, as the model counts them (``spc`` too);
+    ``bps`` is the file system's own sector size.
+    """
 
     def __init__(self, start: int, kind: str, bps: int, spc: int, reserved: int,
                  fat_start: int, fat_size: int, num_fats: int, root_start: int,
@@ -110,7 +154,7 @@ class Volume:
         self.kind = kind
         self.bps = bps
         self.spc = spc
-        self.cluster_bytes = bps * spc
+        self.cluster_bytes = spc * SECTOR
         self.reserved = reserved
         self.fat_start = fat_start
         self.fat_size = fat_size
@@ -123,122 +167,495 @@ class Volume:
         self.fsinfo = fsinfo
         self.backup_boot = backup_boot
         self.end = start + data_start + cluster_count * spc
-        self.fat = bytearray(fat_size * bps)
-        self.fat_known: set[int] = set()  # FAT sectors seen
+        # the FAT is sparse: only the 512-byte sectors seen, by index in the FAT; never
+        # sized from the boot sector, which may claim anything
+        self.fat: dict[int, bytes] = {}
         self.root = Node("", None, True, root_cluster, 0)
         self.dirs: dict[Node, Directory] = {self.root: Directory(self.root)}
-        self.metadata: dict[int, str] = {}  # first cluster -> label (exFAT bitmap, up-case)
-        self._owners: dict[int, tuple[Node, int]] = {}
-        self._dirty = True
+        # exFAT allocation bitmap and up-case table: first cluster -> (end cluster, label)
+        self.metadata: dict[int, tuple[int, str]] = {}
+        self.notes: dict[str, None] = {}  # what could not be read as the spec says, in order
+        self._owners: dict[int, tuple[Node, int]] = {}  # clusters of FAT chains
+        self._runs: list[tuple[int, int, Node, int]] = []  # contiguous: start, end, node, first
+        self._run_starts: list[int] = []
+        # what the owners were built from, so that a change redoes only what it touches:
+        # the claims (and what of them decides ownership), each claim's priority (0 wins),
+        # the clusters each chain took, the FAT sectors each walk read, and the chains
+        # that stopped on another's cluster
+        self._signature: list[tuple[Node, int, bool, int]] = []
+        self._rank: dict[Node, int] = {}
+        self._taken: dict[Node, list[int]] = {}
+        self._read: dict[Node, dict[int, int]] = {}  # FAT sector -> first chain index
+        self._resume: dict[Node, int] = {}  # chains to walk again from an index
+        self._readers: dict[int, set[Node]] = {}
+        self._blocked: dict[Node, set[Node]] = {}
+        self._stale_fat: set[int] = set()
+        self._dirty = True  # the directories changed: check the claims
+
+    def note(self, text: str) -> None:
+        """Keep a note once; a bounded number of them."""
+        if text in self.notes or len(self.notes) > MAX_NOTES:
+            return
+        self.notes[text if len(self.notes) < MAX_NOTES else "further notes left out"] = None
 
     # ---- the FAT ---------------------------------------------------------------------
 
-    def fat_entry(self, cluster: int) -> int | None:
+    def fat_changed(self, index: int) -> None:
+        """A FAT sector (by index in the FAT) was seen with new content."""
+        self._stale_fat.add(index)
+
+    def fat_entry(self, cluster: int, reads: set[int] | None = None) -> int | None:
+        """The FAT entry of ``cluster``, or None if its sector was not seen.  ``reads``
+        collects the FAT sectors the answer depends on (seen or not)."""
+        if not 0 <= cluster < self.cluster_count + 2:
+            return None
         kind = self.kind
         if kind == "fat12":
-            offset = cluster + cluster // 2
+            offset, width = cluster + cluster // 2, 2
         elif kind == "fat16":
-            offset = cluster * 2
+            offset, width = cluster * 2, 2
         else:
-            offset = cluster * 4
-        if offset // self.bps not in self.fat_known or (offset + 1) // self.bps not in \
-                self.fat_known:
+            offset, width = cluster * 4, 4
+        index, at = divmod(offset, SECTOR)
+        if reads is not None:
+            reads.add(index)
+            if at + width > SECTOR:
+                reads.add(index + 1)
+        sector = self.fat.get(index)
+        if sector is None:
             return None
-        fat = self.fat
+        if at + width > SECTOR:  # a FAT12 entry across two sectors
+            following = self.fat.get(index + 1)
+            if following is None:
+                return None
+            raw = sector[at:] + following[: at + width - SECTOR]
+        else:
+            raw = sector[at : at + width]
+        value = int.from_bytes(raw, "little")
         if kind == "fat12":
-            value = fat[offset] | (fat[offset + 1] << 8)
             return value >> 4 if cluster & 1 else value & 0x0FFF
-        if kind == "fat16":
-            return fat[offset] | (fat[offset + 1] << 8)
-        value = struct.unpack_from("<I", fat, offset)[0]
         return value & 0x0FFFFFFF if kind == "fat32" else value
 
-    def chain(self, node: Node) -> list[int]:
-        """The clusters of ``node`` as far as the FAT seen so far tells."""
-        first = node.first_cluster
-        if first < 2:
-            return []
-        if node.contiguous:
-            count = max(1, -(-node.size // self.cluster_bytes))
-            return list(range(first, first + count))
-        out = [first]
-        eoc = EOC[self.kind]
-        limit = self.cluster_count + 2
-        seen = {first}
-        cluster = first
-        while True:
-            nxt = self.fat_entry(cluster)
-            if nxt is None or nxt < 2 or nxt >= eoc or nxt >= limit or nxt in seen:
-                return out
-            out.append(nxt)
-            seen.add(nxt)
+    def _first(self, node: Node) -> int | None:
+        """The first cluster of a FAT chain, or None (noted when outside the volume)."""
+        cluster = node.first_cluster
+        if cluster < 2:
+            return None
+        if cluster >= self.cluster_count + 2:
+            self.note(f"{node.path}: first cluster {cluster} is outside the volume's "
+                      f"{self.cluster_count} clusters; its data is not attributed")
+            return None
+        return cluster
+
+    def _step(self, node: Node, cluster: int, reads: set[int] | None = None) -> int | None:
+        """The cluster after ``cluster`` in a chain, or None where the FAT seen ends it:
+        not seen yet, free (not yet updated), the end, or (noted) an impossible value."""
+        nxt = self.fat_entry(cluster, reads)
+        if nxt is None or nxt == 0 or nxt >= EOC[self.kind]:
+            return None
+        if nxt == BAD[self.kind] or nxt == 1 or nxt >= self.cluster_count + 2:
+            what = "a bad-cluster mark" if nxt == BAD[self.kind] else f"cluster number {nxt}"
+            self.note(f"{node.path}: malformed cluster chain, cluster {cluster} leads to "
+                      f"{what}; the chain is followed up to it")
+            return None
+        return nxt
+
+    def _loop(self, node: Node, cluster: int, nxt: int) -> None:
+        self.note(f"{node.path}: malformed cluster chain, cluster {cluster} leads back to "
+                  f"cluster {nxt}; the chain is followed up to the loop")
+
+    def _fat_chain(self, node: Node) -> Iterator[int]:
+        """The clusters of a FAT chain as far as the FAT seen tells; at most one per
+        cluster of the volume: a loop or an impossible number ends it, with a note."""
+        cluster = self._first(node)
+        seen = set()
+        while cluster is not None:
+            yield cluster
+            seen.add(cluster)
+            nxt = self._step(node, cluster)
+            if nxt is not None and nxt in seen:
+                self._loop(node, cluster, nxt)
+                return
             cluster = nxt
 
-    def owners(self) -> dict[int, tuple[Node, int]]:
+    def _span(self, node: Node) -> tuple[int, int] | None:
+        """The cluster range of a contiguous (NoFatChain) node, within the volume."""
+        first = node.first_cluster
+        limit = self.cluster_count + 2
+        if first < 2:
+            return None
+        if first >= limit:
+            self.note(f"{node.path}: first cluster {first} is outside the volume's "
+                      f"{self.cluster_count} clusters; its data is not attributed")
+            return None
+        count = max(1, -(-node.size // self.cluster_bytes))
+        if count > limit - first:
+            self.note(f"{node.path}: its {node.size} bytes run past the end of the cluster "
+                      f"heap; attributed up to the heap's last cluster")
+            count = limit - first
+        return first, first + count
+
+    def chain(self, node: Node) -> Sequence[int]:
+        """The clusters of ``node`` as far as the FAT seen so far tells (a range, not a
+        list, for a contiguous exFAT file: its length is a field, not bytes seen)."""
+        if node.contiguous:
+            span = self._span(node)
+            return range(*span) if span else range(0)
+        return list(self._fat_chain(node))
+
+    # ---- owners ------------------------------------------------------------------------
+
+    def _rebuild(self) -> None:
+        """Who owns each cluster: the last claim in directory order wins (a rename's new
+        entry over its old one until the old one is gone), each cluster once.
+
+        Claims are walked from the last: a chain stops at a cluster a later claim holds,
+        so the work is one step per cluster owned, whatever the chains share.  After a
+        FAT change a chain is walked again only from the first of its entries in a
+        changed sector (a file that grows is walked over its new clusters, not from its
+        first one), with the chains that stopped on it; a directory change that leaves
+        every claim's first cluster as it was costs one pass over the claims.
+        """
         if self._dirty:
-            owners: dict[int, tuple[Node, int]] = {}
-            for directory in list(self.dirs.values()):
-                nodes = [directory.node] if directory.node is self.root else []
-                nodes += [n for n in directory.children.values() if not n.is_dir]
-                for node in nodes:
-                    for index, cluster in enumerate(self.chain(node)):
-                        owners[cluster] = (node, index)
-                for node in directory.children.values():
-                    if node.is_dir:
-                        for index, cluster in enumerate(self.chain(node)):
-                            owners[cluster] = (node, index)
-            self._owners = owners
             self._dirty = False
-        return self._owners
+            claims: list[Node] = []
+            for directory in list(self.dirs.values()):
+                if directory.node is self.root:
+                    claims.append(self.root)
+                children = list(directory.children.values())
+                claims += [n for n in children if not n.is_dir]
+                claims += [n for n in children if n.is_dir and n in self.dirs]
+            signature = [(n, n.first_cluster, n.contiguous, n.size if n.contiguous else 0)
+                         for n in claims]
+            if signature != self._signature:
+                self._signature = signature
+                self._full(claims)
+                return
+        if self._stale_fat:
+            stale, self._stale_fat = self._stale_fat, set()
+            todo: dict[Node, int] = {}
+            for index in stale:
+                for node in self._readers.get(index, ()):
+                    first = self._read[node][index]
+                    todo[node] = min(todo.get(node, first), first)
+            if todo:
+                self._rewalk(todo)
+                if self._dirty:
+                    self._rebuild()  # the walk gave up: afresh
+
+    def _full(self, claims: list[Node]) -> None:
+        self._owners, self._taken, self._read, self._readers, self._blocked = {}, {}, {}, {}, {}
+        self._stale_fat, self._resume, self._rank = set(), {}, {}
+        spans: list[tuple[int, int, int, Node]] = []
+        heap: list[tuple[int, int, Node]] = []
+        for node in reversed(claims):
+            if node in self._rank:
+                continue
+            rank = self._rank[node] = len(self._rank)
+            if node.contiguous:
+                span = self._span(node)
+                if span is not None:
+                    spans.append((span[0], span[1], rank, node))
+            else:
+                self._walk(node, heap)
+        self._runs = _disjoint(spans)
+        self._run_starts = [run[0] for run in self._runs]
+
+    def _claim(self, node: Node, cluster: int, index: int,
+               heap: list[tuple[int, int, Node]]) -> bool:
+        """Take ``cluster`` for ``node`` unless a higher claim holds it (then note that
+        ``node`` stopped on it); a lower claim that held it walks again."""
+        holder = self._owners.get(cluster)
+        if holder is not None:
+            other = holder[0]
+            if self._rank[other] < self._rank[node]:
+                self._blocked.setdefault(other, set()).add(node)
+                return False  # cross-linked: the rest of the chain is a later entry's
+            self._evict(other, heap)
+        self._owners[cluster] = (node, index)
+        return True
+
+    def _walk(self, node: Node, heap: list[tuple[int, int, Node]],
+              start: int | None = None) -> None:
+        """Walk a chain from its ``start``-th cluster (kept from an earlier walk), or
+        afresh; record the FAT sectors read and the first index reading each."""
+        if start is None:
+            taken: list[int] = []
+            read: dict[int, int] = {}
+            self._taken[node], self._read[node] = taken, read
+            cluster = self._first(node)
+            if cluster is None or not self._claim(node, cluster, 0, heap):
+                return
+            taken.append(cluster)
+        else:
+            taken, read = self._taken[node], self._read[node]
+            cluster = taken[start]
+        sectors: set[int] = set()
+        while True:
+            index = len(taken) - 1
+            nxt = self._step(node, cluster, sectors)
+            for sector in sectors:
+                if sector not in read:
+                    read[sector] = index
+                    self._readers.setdefault(sector, set()).add(node)
+            sectors.clear()
+            if nxt is None:
+                return
+            holder = self._owners.get(nxt)
+            if holder is not None and holder[0] is node:
+                self._loop(node, cluster, nxt)
+                return
+            if not self._claim(node, nxt, index + 1, heap):
+                return
+            taken.append(nxt)
+            cluster = nxt
+
+    def _forget(self, node: Node, keep: int) -> None:
+        """Drop what a chain took after its first ``keep`` clusters, and its reads from
+        the ``keep - 1``-th on (those entries are read again)."""
+        owners = self._owners
+        taken = self._taken[node]
+        for cluster in taken[keep:]:
+            if owners.get(cluster, (None,))[0] is node:
+                del owners[cluster]
+        del taken[keep:]
+        read = self._read[node]
+        for sector in [s for s, i in read.items() if i >= keep - 1]:
+            del read[sector]
+            readers = self._readers.get(sector)
+            if readers is not None:
+                readers.discard(node)
+
+    def _evict(self, node: Node, heap: list[tuple[int, int, Node]]) -> None:
+        """Forget all a chain took; it, and the chains that stopped on it (which may now
+        run further), walk again from their first cluster."""
+        stack = [node]
+        while stack:
+            node = stack.pop()
+            if node not in self._taken:
+                continue  # already waiting to walk again
+            self._forget(node, 0)
+            del self._taken[node], self._read[node]
+            self._resume.pop(node, None)
+            heapq.heappush(heap, (self._rank[node], id(node), node))
+            stack += self._blocked.pop(node, set())
+
+    def _rewalk(self, todo: dict[Node, int]) -> None:
+        """Walk chains again from the index given for each, by priority: a higher claim
+        is settled before a lower one can stop on it."""
+        heap: list[tuple[int, int, Node]] = []
+        for node, start in todo.items():
+            if node not in self._taken:
+                continue
+            self._forget(node, start + 1)
+            self._resume[node] = start
+            heapq.heappush(heap, (self._rank[node], id(node), node))
+            for other in self._blocked.pop(node, set()):
+                self._evict(other, heap)
+        walks = 0
+        while heap:  # priorities only grow as it runs: each chain is settled once
+            _, _, node = heapq.heappop(heap)
+            if node in self._taken and node not in self._resume:
+                continue
+            walks += 1
+            if walks > len(self._rank):  # cannot happen; if it did, start again afresh
+                self._signature, self._dirty = [], True
+                return
+            self._walk(node, heap, self._resume.pop(node, None))
+
+    def owner(self, cluster: int) -> tuple[Node, int] | None:
+        """The node that owns ``cluster`` and the cluster's index in it."""
+        self._rebuild()
+        hit = self._owners.get(cluster)
+        if hit is not None:
+            return hit
+        i = bisect_right(self._run_starts, cluster) - 1
+        if i >= 0:
+            start, end, node, first = self._runs[i]
+            if cluster < end:
+                return node, cluster - first
+        return None
+
+    def metadata_label(self, cluster: int) -> str | None:
+        for first, (end, label) in self.metadata.items():
+            if first <= cluster < end:
+                return label
+        return None
+
+    def add_metadata(self, label: str, cluster: int, length: int) -> None:
+        """An allocation bitmap or up-case table, clamped to the size the spec allows."""
+        name = label.replace("_", " ")
+        limit = self.cluster_count + 2
+        if not 2 <= cluster < limit:
+            self.note(f"{name} entry: first cluster {cluster} is outside the volume")
+            return
+        allowed = -(-self.cluster_count // 8) if label == "allocation_bitmap" else \
+            MAX_UPCASE_BYTES
+        if length > allowed:
+            self.note(f"{name} entry claims {length} bytes, more than the {allowed} the "
+                      "spec allows here; labelled up to that size")
+            length = allowed
+        end = min(limit, cluster + max(1, -(-length // self.cluster_bytes)))
+        if cluster in self.metadata or len(self.metadata) < 4:  # one bitmap (two in TexFAT)
+            self.metadata[cluster] = (end, label)
+        else:
+            self.note(f"{name} entry beyond the four a volume can have; not labelled")
 
 
-def _fat_volume(start: int, sector: bytes) -> Volume | str | None:
-    """A FAT volume from its boot sector; 'ntfs'/'exfat' names; None if not a volume."""
-    if len(sector) < 512 or sector[510:512] != b"\x55\xaa":
-        if sector[3:11] == b"NTFS    ":
-            return "ntfs"
+def _disjoint(spans: list[tuple[int, int, int, Node]]) -> list[tuple[int, int, Node, int]]:
+    """Overlapping (start, end, rank, node) ranges as disjoint (start, end, node, first)
+    runs, the lowest rank winning where they overlap: one sweep, O(n log n)."""
+    if not spans:
+        return []
+    spans.sort(key=lambda s: (s[0], s[2]))
+    points = sorted({p for s in spans for p in (s[0], s[1])})
+    heap: list[tuple[int, int, int, Node]] = []
+    out: list[tuple[int, int, Node, int]] = []
+    i = 0
+    for k in range(len(points) - 1):
+        point = points[k]
+        while i < len(spans) and spans[i][0] <= point:
+            start, end, rank, node = spans[i]
+            heapq.heappush(heap, (rank, end, start, node))
+            i += 1
+        while heap and heap[0][1] <= point:
+            heapq.heappop(heap)
+        if not heap:
+            continue
+        _, _, first, node = heap[0]
+        if out and out[-1][2] is node and out[-1][1] == point and out[-1][3] == first:
+            out[-1] = (out[-1][0], points[k + 1], node, first)
+        else:
+            out.append((point, points[k + 1], node, first))
+    return out
+
+
+def _partition_entries(sector: bytes) -> list[tuple[int, int, int]] | None:
+    """The MBR's (type, first LBA, count) entries, or None if they cannot be a table."""
+    out = []
+    for i in range(4):
+        entry = sector[446 + 16 * i : 462 + 16 * i]
+        if entry[0] not in (0x00, 0x80):
+            return None
+        ptype = entry[4]
+        first, count = struct.unpack_from("<II", entry, 8)
+        if ptype and count:
+            out.append((ptype, first, count))
+    return out
+
+
+def _fat_volume(start: int, sector: bytes) -> Volume | Malformed | str | None:
+    """A FAT volume from its boot sector; 'ntfs' for NTFS; Malformed for a boot sector
+    that breaks the spec; None if the sector is not a boot sector at all."""
+    if len(sector) < SECTOR:
         return None
     if sector[3:11] == b"NTFS    ":
         return "ntfs"
+    if sector[510:512] != b"\x55\xaa":
+        return None
     if sector[3:11] == b"EXFAT   ":
         return _exfat_volume(start, sector)
     if sector[0] not in (0xEB, 0xE9):
         return None
-    (bps, spc, reserved, nfats, root_entries, tot16, _media, fatsz16, _spt, _heads, _hidden,
+    (bps, spc, reserved, nfats, root_entries, tot16, media, fatsz16, _spt, _heads, _hidden,
      tot32) = struct.unpack_from("<HBHBHHBHHHII", sector, 11)
-    if bps not in (512, 1024, 2048, 4096) or spc == 0 or spc & (spc - 1) or nfats == 0 \
-            or reserved == 0:
-        return None
+    if bps not in (512, 1024, 2048, 4096):
+        return None  # no BPB here (an MBR's boot code, say)
     fatsz32, _flags, _ver, root_cluster, fsinfo, backup = struct.unpack_from("<IHHIHH",
                                                                              sector, 36)
+    # FAT spec §3.1, §3.5: the rules a BPB keeps
+    problems = []
+    if spc == 0 or spc & (spc - 1) or spc > 128:
+        problems.append(f"BPB_SecPerClus {spc} is not a power of two up to 128")
+    elif bps * spc > 64 * 1024:
+        problems.append(f"clusters of {bps * spc} bytes (at most 64 KiB)")
+    if reserved == 0:
+        problems.append("BPB_RsvdSecCnt is 0")
+    if nfats == 0:
+        problems.append("BPB_NumFATs is 0")
+    if media != 0xF0 and media < 0xF8:
+        problems.append(f"BPB_Media 0x{media:02x} is not a media type")
     fat_size = fatsz16 or fatsz32
     total = tot16 or tot32
+    if fat_size == 0:
+        problems.append("no FAT size (BPB_FATSz16 and BPB_FATSz32 are 0)")
+    if total == 0:
+        problems.append("no sector count (BPB_TotSec16 and BPB_TotSec32 are 0)")
     root_sectors = (root_entries * 32 + bps - 1) // bps
     data_start = reserved + nfats * fat_size + root_sectors
-    if fat_size == 0 or total <= data_start:
-        return None
+    if not problems and total < data_start + spc:
+        problems.append(f"its regions ({data_start} sectors before the data) fill its "
+                        f"{total} sectors")
+    if problems:
+        return Malformed("; ".join(problems))
     clusters = (total - data_start) // spc
     kind = "fat12" if clusters < 4085 else "fat16" if clusters < 65525 else "fat32"
+    if kind == "fat32":
+        if root_entries or fatsz16:
+            problems.append(f"{clusters} clusters make it FAT32, but BPB_RootEntCnt or "
+                            "BPB_FATSz16 is not 0")
+        if clusters > 0x0FFFFFF5:
+            problems.append(f"{clusters} clusters, more than FAT32 can number")
+        if not 2 <= root_cluster < clusters + 2:
+            problems.append(f"BPB_RootClus {root_cluster} is outside the volume")
+    elif root_entries == 0:
+        problems.append(f"{clusters} clusters make it {kind.upper()}, but BPB_RootEntCnt is 0")
+    needed = -(-(clusters + 2) * ENTRY_BITS[kind] // 8)
+    if fat_size * bps < needed:
+        problems.append(f"a FAT of {fat_size * bps} bytes cannot hold {clusters} clusters")
+    if problems:
+        return Malformed("; ".join(problems))
     scale = bps // SECTOR  # the model counts 512-byte LBAs
     if kind == "fat32":
-        return Volume(start, kind, bps, spc, reserved * scale, reserved * scale,
+        fsinfo_at = fsinfo * scale if 1 <= fsinfo < reserved else None
+        backup_at = backup * scale if 1 <= backup < reserved else None
+        return Volume(start, kind, bps, spc * scale, reserved * scale, reserved * scale,
                       fat_size * scale, nfats, 0, 0, data_start * scale, clusters, root_cluster,
-                      fsinfo * scale if fsinfo else None, backup * scale if backup else None)
-    return Volume(start, kind, bps, spc, reserved * scale, reserved * scale, fat_size * scale,
-                  nfats, (reserved + nfats * fat_size) * scale, root_sectors * scale,
-                  data_start * scale, clusters, 0)
+                      fsinfo_at, backup_at)
+    return Volume(start, kind, bps, spc * scale, reserved * scale, reserved * scale,
+                  fat_size * scale, nfats, (reserved + nfats * fat_size) * scale,
+                  root_sectors * scale, data_start * scale, clusters, 0)
 
 
-def _exfat_volume(start: int, sector: bytes) -> Volume | None:
-    (fat_offset, fat_length, heap_offset, count, root) = struct.unpack_from("<IIIII", sector, 80)
+def _exfat_volume(start: int, sector: bytes) -> Volume | Malformed:
+    """An exFAT volume from its main boot sector, checked as exFAT spec §3.1 requires."""
+    volume_length = struct.unpack_from("<Q", sector, 72)[0]
+    fat_offset, fat_length, heap, count, root = struct.unpack_from("<IIIII", sector, 80)
     bps_shift, spc_shift, nfats = sector[108], sector[109], sector[110]
-    if not 9 <= bps_shift <= 12 or spc_shift > 25 - bps_shift:
-        return None
+    problems = []
+    if sector[0:3] != b"\xeb\x76\x90":
+        problems.append("JumpBoot is not EB 76 90")
+    if any(sector[11:64]):
+        problems.append("MustBeZero is not zero")
+    if not 9 <= bps_shift <= 12:
+        problems.append(f"BytesPerSectorShift {bps_shift} is not 9..12")
+    elif spc_shift > 25 - bps_shift:
+        problems.append(f"SectorsPerClusterShift {spc_shift} makes clusters over 32 MiB")
+    if nfats not in (1, 2):
+        problems.append(f"NumberOfFats {nfats} is not 1 or 2")
+    if problems:
+        return Malformed("; ".join(problems))
     bps = 1 << bps_shift
+    if volume_length < (1 << 20) // bps:
+        problems.append(f"VolumeLength {volume_length} is under 1 MiB")
+    if fat_offset < 24:
+        problems.append(f"FatOffset {fat_offset} is inside the boot region")
+    if not 1 <= count <= 0xFFFFFFF5:
+        problems.append(f"ClusterCount {count} is out of range")
+    if fat_length * bps < (count + 2) * 4:
+        problems.append(f"FatLength {fat_length} cannot hold {count} clusters")
+    if heap < fat_offset + fat_length * nfats:
+        problems.append(f"ClusterHeapOffset {heap} is inside the FAT region")
+    if heap + (count << spc_shift) > volume_length:
+        problems.append("the cluster heap runs past VolumeLength")
+    if not 2 <= root < count + 2:
+        problems.append(f"FirstClusterOfRootDirectory {root} is outside the heap")
+    if problems:
+        return Malformed("; ".join(problems))
     scale = bps // SECTOR
-    volume = Volume(start, "exfat", bps, 1 << spc_shift, 24 * scale, fat_offset * scale,
-                    fat_length * scale, max(nfats, 1), 0, 0, heap_offset * scale, count, root)
-    return volume
+    return Volume(start, "exfat", bps, (1 << spc_shift) * scale, 24 * scale,
+                  fat_offset * scale, fat_length * scale, nfats, 0, 0, heap * scale, count,
+                  root)
 
 
 class Attributor:
@@ -248,7 +665,11 @@ class Attributor:
         self.window = window
         self.volumes: list[Volume] = []
         self.unsupported: list[tuple[int, int | None, str]] = []  # (start, end, name)
+        # boot sectors that break their spec: (start, end, reason); their region is unknown
+        self.malformed: list[tuple[int, int | None, str]] = []
         self.expected: dict[int, int] = {}  # partition start LBA -> partition type
+        self._extent: dict[int, int] = {}  # partition start LBA -> its end, from the table
+        self._notes: dict[str, None] = {}
         self.partition_table_seen = False
         self.layout = DiskLayout()  # partitions (MBR and GPT), GPT sectors, other file systems
         # rows wait here; the third item says what to look up when the row is final:
@@ -258,7 +679,25 @@ class Attributor:
         self._unowned: dict[tuple[int, int], list[list[Any]]] = {}
         self._seq = 0
         self._changed: set[Volume] = set()
+        # creations and deletions in the window not yet paired into a rename, by the
+        # first cluster their node has now; and where each creation is filed
+        self._created: dict[int, list[list[Any]]] = {}
+        self._deleted: dict[int, list[list[Any]]] = {}
+        self._created_at: dict[Node, tuple[int, list[Any]]] = {}
 
+    def notes(self) -> list[str]:
+        """What the shadow volumes could not read as their spec says, for the session."""
+        out = list(self._notes)
+        for volume in self.volumes:
+            where = f"file system at LBA {volume.start}: "
+            out += [where + note for note in volume.notes]
+        if len(out) > MAX_NOTES:
+            out = out[:MAX_NOTES] + [f"{len(out) - MAX_NOTES} further notes left out"]
+        return out
+
+    def _note(self, text: str) -> None:
+        if text not in self._notes and len(self._notes) < MAX_NOTES:
+            self._notes[text] = None
     # ---- entry points ------------------------------------------------------------------
 
     def feed(self, seq: int, opcode: int, lba: int | None, blocks: int | None,
@@ -288,6 +727,9 @@ class Attributor:
         while self._queue:
             self._append(out, self._final(*self._queue.popleft()))
         self._unowned.clear()
+        self._created.clear()
+        self._deleted.clear()
+        self._created_at.clear()
         return out
 
     def _release(self) -> list[Activity]:
@@ -321,9 +763,9 @@ class Attributor:
 
     def _emit(self, row: Activity, pending: Node | tuple[Volume, int] | int | None = None
               ) -> None:
-        if row.kind == "event":
-            self._match_events(row, pending if isinstance(pending, Node) else None)
         entry = [row.scsi_seq, row, pending]
+        if row.kind == "event":
+            self._match_events(entry)
         self._queue.append(entry)
         if row.kind == "unallocated" and isinstance(pending, tuple):
             self._unowned.setdefault((id(pending[0]), pending[1]), []).append(entry)
@@ -332,12 +774,12 @@ class Attributor:
 
     def _access(self, seq: int, lba: int, blocks: int, data: bytes, write: bool) -> None:
         op = "write" if write else "read"
-        end = lba + blocks
+        claimed_end = lba + blocks
+        # the work follows the payload, never the block count a CDB claims
+        end = min(claimed_end, lba + -(-len(data) // SECTOR))
         position = lba
         if lba == 0 and self._sector_zero(seq, data[:SECTOR], op):
             position = 1  # reported as the partition table
-        elif lba == 0 and self._volume_at(0) is None and self._unsupported_at(0) is None:
-            position = 0  # neither a volume nor a partition table: unknown below
         self._probe(lba, blocks, data)
         while position < end:
             volume = self._volume_at(position)
@@ -347,12 +789,28 @@ class Attributor:
                 position = stop
                 continue
             unsupported = self._unsupported_at(position)
-            nxt = min([v.start for v in self.volumes if v.start > position] + [end])
+            malformed = self._malformed_at(position)
+            starts = [v.start for v in self.volumes] + [s for s, _, _ in self.unsupported] + \
+                [s for s, _, _ in self.malformed]
+            nxt = min([s for s in starts if s > position] + [end])
             if unsupported is not None:
                 nxt = min(nxt, unsupported[1] or end)
                 self._emit(Activity(seq, None, op, "unsupported", None,
                                     (nxt - position) * SECTOR, position,
                                     (position - lba) * SECTOR, unsupported[2]))
+            elif malformed is not None:
+                start, stop_at, reason = malformed
+                nxt = min(nxt, stop_at or end)
+                if position == start:
+                    self._emit(Activity(seq, None, op, "boot_sector", None, SECTOR, position,
+                                        (position - lba) * SECTOR, f"malformed: {reason}"))
+                    position += 1
+                if position < nxt:
+                    self._emit(Activity(seq, None, op, "unknown", None,
+                                        (nxt - position) * SECTOR, position,
+                                        (position - lba) * SECTOR,
+                                        f"in the file system at LBA {start}, whose boot "
+                                        "sector is malformed"))
             else:
                 kind = "unknown" if not self.partition_table_seen and not self.volumes \
                     else "outside_volumes"
@@ -361,6 +819,12 @@ class Attributor:
                     self._emit(Activity(seq, None, op, label, None, (stop - first) * SECTOR,
                                         first, (first - lba) * SECTOR, detail))
             position = nxt
+        position = max(position, end)
+        if position < claimed_end:
+            self._emit(Activity(seq, None, op, "unknown", None, (claimed_end - position) * SECTOR,
+                                position, (position - lba) * SECTOR,
+                                f"{claimed_end - position} blocks past the {len(data)} bytes "
+                                "captured: not captured, not attributed"))
 
     def _volume_at(self, lba: int) -> Volume | None:
         for volume in self.volumes:
@@ -374,6 +838,12 @@ class Attributor:
                 return start, end, name
         return None
 
+    def _malformed_at(self, lba: int) -> tuple[int, int | None, str] | None:
+        for start, end, reason in self.malformed:
+            if lba >= start and (end is None or lba < end):
+                return start, end, reason
+        return None
+
     def _sector_zero(self, seq: int, sector: bytes, op: str) -> bool:
         """Learn from sector 0; True when it was a partition table (and reported)."""
         if len(sector) < SECTOR:
@@ -385,20 +855,31 @@ class Attributor:
         if isinstance(found, str):
             self._add_unsupported(0, None, found)
             return False
-        if sector[510:512] == b"\x55\xaa":
+        entries = _partition_entries(sector) if sector[510:512] == b"\x55\xaa" else None
+        if isinstance(found, Malformed) and not entries:
+            # a boot sector, not a partition table (some MBR code starts with a jump too)
+            self._add_malformed(0, None, found.reason)
+            return False
+        if entries is not None:
             self.partition_table_seen = True
             self._emit(Activity(seq, None, op, "partition_table", None, SECTOR, 0, 0))
-            for i in range(4):
-                entry = sector[446 + 16 * i : 462 + 16 * i]
-                ptype = entry[4]
-                first, count = struct.unpack_from("<II", entry, 8)
-                if ptype and count:
-                    self.expected[first] = ptype
-                    if ptype not in FAT_PARTITION_TYPES and ptype != 0xEE:
-                        name = {0x83: "linux (ext2/3/4 or other)", 0x82: "linux swap",
-                                0xAF: "hfs+"}.get(ptype, f"partition type 0x{ptype:02x}")
-                        self._add_unsupported(first, first + count, name)
+            # the table read now is the one that counts: no stale starts to probe
+            self.expected, self._extent = {}, {}
+            for ptype, first, count in entries:
+                if first == 0:
+                    self._note(f"a partition of type 0x{ptype:02x} starts at LBA 0, on the "
+                               "partition table itself; not followed")
+                    continue
+                self.expected[first] = ptype
+                self._extent[first] = first + count
+                if ptype not in FAT_PARTITION_TYPES and ptype != 0xEE:
+                    name = {0x83: "linux (ext2/3/4 or other)", 0x82: "linux swap",
+                            0xAF: "hfs+"}.get(ptype, f"partition type 0x{ptype:02x}")
+                    self._add_unsupported(first, first + count, name)
             return True
+        if sector[510:512] == b"\x55\xaa":
+            self._note("sector 0 ends in 55 AA but is neither a boot sector nor a partition "
+                       "table (a partition entry's status is not 00 or 80)")
         return False
 
     def _probe(self, lba: int, blocks: int, data: bytes) -> None:
@@ -418,6 +899,9 @@ class Attributor:
                 elif isinstance(found, str):
                     self._add_unsupported(start, None, found)
                     del self.expected[start]
+                elif isinstance(found, Malformed):
+                    self._add_malformed(start, self._extent.get(start), found.reason)
+                    del self.expected[start]
         for base in [0, *self.expected]:
             sb = base + 2  # the ext superblock sits 1024 bytes into the volume
             if lba <= sb < lba + blocks and len(data) >= (sb - lba) * SECTOR + 58:
@@ -430,15 +914,35 @@ class Attributor:
                 self.unsupported = [u for u in self.unsupported if u[0] != start]
                 self._add_unsupported(start, stop, name)
 
+    def _room(self, start: int) -> bool:
+        """Whether one more file system can be tracked (a bounded number of them)."""
+        if len(self.volumes) + len(self.unsupported) + len(self.malformed) < MAX_FILESYSTEMS:
+            return True
+        self._note(f"more than {MAX_FILESYSTEMS} file systems on the medium; the one at LBA "
+                   f"{start} and later ones are not tracked")
+        return False
+
     def _add_volume(self, volume: Volume) -> None:
         if any(v.start == volume.start for v in self.volumes):
+            return
+        # a good boot sector written over a malformed one (a format) is the volume now
+        self.malformed = [m for m in self.malformed if m[0] != volume.start]
+        if not self._room(volume.start):
             return
         self.volumes.append(volume)
         self.volumes.sort(key=lambda v: v.start)
 
     def _add_unsupported(self, start: int, end: int | None, name: str) -> None:
-        if not any(s == start for s, _, _ in self.unsupported):
+        if not any(s == start for s, _, _ in self.unsupported) and self._room(start):
             self.unsupported.append((start, end, name))
+
+    def _add_malformed(self, start: int, end: int | None, reason: str) -> None:
+        if any(v.start == start for v in self.volumes) or \
+                any(s == start for s, _, _ in self.malformed) or not self._room(start):
+            return
+        self.malformed.append((start, end, reason))
+        self._note(f"the boot sector at LBA {start} is malformed ({reason}); its file "
+                   "system is not read")
 
     # ---- inside a volume -------------------------------------------------------------
 
@@ -500,30 +1004,25 @@ class Attributor:
 
     def _fat_region(self, volume: Volume, rel: int, nxt: int, data: bytes,
                     cmd_offset: int) -> None:
-        bps_sectors = volume.bps // SECTOR
-        for i in range(rel, nxt):
+        fat = volume.fat
+        for i in range(rel, nxt):  # nxt is within the payload: bounded by the bytes seen
             within = (i - volume.fat_start) % volume.fat_size
             copy = (i - volume.fat_start) // volume.fat_size
-            fat_sector = within // bps_sectors
-            if copy > 0 and fat_sector in volume.fat_known:
+            if copy > 0 and within in fat:
                 continue  # the first FAT is the one kept; others only fill gaps
             off = cmd_offset + (i - rel) * SECTOR
             if off + SECTOR > len(data):
                 continue
-            new = data[off : off + SECTOR]
-            if fat_sector in volume.fat_known and \
-                    volume.fat[within * SECTOR : (within + 1) * SECTOR] == new:
+            new = bytes(data[off : off + SECTOR])
+            if fat.get(within) == new:
                 continue  # read again, unchanged
-            volume.fat[within * SECTOR : (within + 1) * SECTOR] = new
-            if bps_sectors == 1 or (within + 1) % bps_sectors == 0:
-                volume.fat_known.add(fat_sector)
-            volume._dirty = True
+            fat[within] = new
+            volume.fat_changed(within)
             self._changed.add(volume)
 
     def _data_region(self, volume: Volume, seq: int, rel: int, rel_end: int, lba: int,
                      data: bytes, op: str, write: bool) -> int:
         spc = volume.spc
-        owners = volume.owners()
         first_dir_change: list[Directory] = []
         last: Activity | None = None
         while rel < rel_end:
@@ -532,7 +1031,7 @@ class Attributor:
             nxt = min(rel_end, rel + spc - within)
             cmd_offset = (volume.start + rel - lba) * SECTOR
             length = (nxt - rel) * SECTOR
-            owner = owners.get(cluster)
+            owner = volume.owner(cluster)
             if owner is not None:
                 node, index = owner
                 if node.is_dir:
@@ -564,7 +1063,7 @@ class Attributor:
                         # write at the size its entry reaches later (data comes first)
                         self._emit(last, node if write else node.size)
             else:
-                label = volume.metadata.get(cluster)
+                label = volume.metadata_label(cluster)
                 if label is not None:
                     self._emit(Activity(seq, None, op, label, None, length, volume.start + rel,
                                         cmd_offset))
@@ -582,27 +1081,28 @@ class Attributor:
 
     def _directory_changed(self, volume: Volume, directory: Directory, seq: int,
                            write: bool) -> None:
-        blob_parts = []
-        index = 0
         known = directory.sectors
         if not known:
             return
-        top = max(known)
+        # runs of consecutive sectors seen, in order: the work is the sectors seen, not
+        # the highest index (a contiguous directory's index comes from a length field)
+        if volume.kind == "exfat":
+            limit, parse = MAX_EXFAT_DIR_BYTES // SECTOR, _parse_exfat_dir
+        else:
+            limit, parse = MAX_FAT_DIR_ENTRIES * 32 // SECTOR, _parse_fat_dir
+        indexes = sorted(known)
+        if indexes[-1] >= limit:
+            volume.note(f"{directory.node.path}: directory sectors past the spec's largest "
+                        "directory are not read")
+            indexes = [i for i in indexes if i < limit]
         entries: dict[int, Entry] = {}
-        spans: list[tuple[int, bytes]] = []
-        while index <= top:
-            if index in known:
-                start = index
-                while index in known:
-                    blob_parts.append(known[index])
-                    index += 1
-                spans.append((start * (SECTOR // 32), b"".join(blob_parts)))
-                blob_parts = []
-            else:
-                index += 1
-        parse = _parse_exfat_dir if volume.kind == "exfat" else _parse_fat_dir
-        for first_slot, blob in spans:
-            entries.update(parse(blob, first_slot, volume))
+        run: list[bytes] = []
+        for k, index in enumerate(indexes):
+            run.append(known[index])
+            if k + 1 == len(indexes) or indexes[k + 1] != index + 1:
+                first = index + 1 - len(run)
+                entries.update(parse(b"".join(run), first * (SECTOR // 32), volume))
+                run = []
         children = directory.children
         # match by name, not slot: a file system may rewrite a directory compacted
         by_name = {node.name.casefold(): node for node in children.values()}
@@ -616,7 +1116,14 @@ class Attributor:
                     self._emit(Activity(seq, node.path, event, "event", None, entry.size, None,
                                         detail=f"{node.size} -> {entry.size} bytes"))
                 node.name = entry.name
-                node.size, node.first_cluster = entry.size, entry.first_cluster
+                node.size = entry.size
+                if node.first_cluster != entry.first_cluster:
+                    self._refile_created(node, entry.first_cluster)
+                    node.first_cluster = entry.first_cluster
+                    if node.is_dir and node in volume.dirs and \
+                            _nesting_problem(node) is not None:
+                        volume.note(_nesting_problem(node) or "")
+                        volume.dirs.pop(node, None)
                 node.contiguous = entry.contiguous
                 new_children[slot] = node
                 continue
@@ -625,8 +1132,12 @@ class Attributor:
             new_children[slot] = node
             is_new = write and directory.parsed
             if entry.is_dir and node not in volume.dirs:
-                # a directory created before our eyes is known to start empty
-                volume.dirs[node] = Directory(node, parsed=is_new)
+                problem = _nesting_problem(node)
+                if problem is not None:
+                    volume.note(problem)  # named, but its entries are not followed
+                else:
+                    # a directory created before our eyes is known to start empty
+                    volume.dirs[node] = Directory(node, parsed=is_new)
             if is_new:
                 created.append(node)
         for node in by_name.values():
@@ -649,10 +1160,12 @@ class Attributor:
         """Rows of clusters nobody owned take the owner that metadata just named."""
         if not self._unowned:
             return
-        owners = volume.owners()
         key_volume = id(volume)
-        for key in [k for k in self._unowned if k[0] == key_volume and k[1] in owners]:
-            node, index = owners[key[1]]
+        for key in [k for k in self._unowned if k[0] == key_volume]:
+            owner = volume.owner(key[1])
+            if owner is None:
+                continue
+            node, index = owner
             for entry in self._unowned.pop(key):
                 row = entry[1]
                 if row.kind != "unallocated":
@@ -666,42 +1179,87 @@ class Attributor:
                     row.file_offset = index * volume.cluster_bytes + (row.file_offset or 0)
                     entry[2] = node
 
-    def _match_events(self, row: Activity, node: Node | None) -> None:
+    # ---- renames: a deletion and a creation of the same first cluster -------------------
+
+    def _match_events(self, entry: list[Any]) -> None:
         """A deletion and a creation of the same first cluster are one rename or move.
 
         The created entry's cluster is read from its node now, not when it was
-        written: an OS may write the new entry before it fills in the cluster.
+        written: an OS may write the new entry before it fills in the cluster (so
+        creations are refiled when their node's cluster changes).  A link goes only
+        from a node with no successor to a live node with no successor, so the links
+        never loop; and each candidate is found by its cluster, not by a scan.
         """
-        if row.operation not in ("created", "deleted") or node is None:
+        row, node = entry[1], entry[2]
+        if row.operation not in ("created", "deleted") or not isinstance(node, Node):
             return
         cluster = node.first_cluster
-        for _, other, other_node in reversed(self._queue):  # noqa: B007
-            if other.kind != "event" or not isinstance(other_node, Node) or other_node is node:
-                continue
-            if row.operation == "deleted" and other.operation == "created" and cluster >= 2 \
-                    and other_node.first_cluster == cluster and other_node.is_dir == node.is_dir:
-                old, new = row, other
-            elif row.operation == "created" and other.operation == "deleted" and \
-                    cluster >= 2 and other_node.first_cluster == cluster:
-                old, new = other, row
-            else:
-                continue
-            assert old.path is not None and new.path is not None
-            old_node, new_node = (node, other_node) if row.operation == "deleted" else \
-                (other_node, node)
-            old_node.successor = new_node
-            same_dir = old.path.rsplit("/", 1)[0] == new.path.rsplit("/", 1)[0]
-            other.operation = "renamed" if same_dir else "moved"
-            other.detail = f"from {old.path}"
-            other.path = new.path
-            other.length = node.size if row.operation == "created" else other_node.size
-            row.kind = "merged"  # dropped when final
+        if row.operation == "deleted":
+            other = _take(self._created, cluster, "created", lambda o: (
+                o is not node and not o.deleted and o.successor is None and
+                o.is_dir == node.is_dir))
+            if other is None:
+                if cluster >= 2 and node.successor is None:
+                    self._deleted.setdefault(cluster, []).append(entry)
+                return
+            self._created_at.pop(other[2], None)
+            old, new, old_node, new_node = row, other[1], node, other[2]
+        else:
+            other = _take(self._deleted, cluster, "deleted", lambda o: (
+                o is not node and o.successor is None and o.is_dir == node.is_dir))
+            if other is None:
+                self._created_at[node] = (cluster, entry)
+                if cluster >= 2:
+                    self._created.setdefault(cluster, []).append(entry)
+                return
+            old, new, old_node, new_node = other[1], row, other[2], node
+        assert old.path is not None and new.path is not None
+        old_node.successor = new_node
+        same_dir = old.path.rsplit("/", 1)[0] == new.path.rsplit("/", 1)[0]
+        kept = other[1]  # the earlier row in the log carries the event
+        kept.operation = "renamed" if same_dir else "moved"
+        kept.detail = f"from {old.path}"
+        kept.path = new.path
+        kept.length = new_node.size
+        row.kind = "merged"  # dropped when final
+
+    def _refile_created(self, node: Node, cluster: int) -> None:
+        """A created node's cluster was filled in: file its creation under the new one."""
+        filed = self._created_at.get(node)
+        if filed is None:
             return
+        old, entry = filed
+        entries = self._created.get(old)
+        if entries:
+            entries[:] = [e for e in entries if e is not entry]
+            if not entries:
+                del self._created[old]
+        self._created_at[node] = (cluster, entry)
+        if cluster >= 2:
+            self._created.setdefault(cluster, []).append(entry)
+
+    def _unfile(self, row: Activity, pending: Any) -> None:
+        """An event leaves the window: it can no longer pair."""
+        if not isinstance(pending, Node) or row.operation not in ("created", "deleted"):
+            return
+        if row.operation == "created":
+            filed = self._created_at.pop(pending, None)
+            cluster, index = (filed[0] if filed else None), self._created
+        else:
+            cluster, index = pending.first_cluster, self._deleted
+        if cluster is None or not index.get(cluster):
+            return
+        entries = index[cluster]
+        entries[:] = [e for e in entries if e[1] is not row]
+        if not entries:
+            del index[cluster]
 
     # ---- making rows final --------------------------------------------------------------
 
     def _final(self, seq: int, row: Activity,
                pending: Node | tuple[Volume, int] | int | None) -> Activity:
+        if row.kind == "event":
+            self._unfile(row, pending)
         if row.kind == "unallocated" and isinstance(pending, tuple):
             self._unowned.pop((id(pending[0]), pending[1]), None)
         if row.kind == "data" and isinstance(pending, (Node, int)):
@@ -716,7 +1274,7 @@ class Attributor:
                         row.length = inside
         elif row.kind == "unallocated" and isinstance(pending, tuple):
             volume, cluster = pending
-            owner = volume.owners().get(cluster)
+            owner = volume.owner(cluster)
             if owner is not None:
                 node, index = owner
                 offset = index * volume.cluster_bytes + (row.file_offset or 0)
@@ -737,6 +1295,47 @@ class Attributor:
                 row.kind = "unallocated" if fat == 0 else "unknown"
                 row.file_offset = None
         return row
+
+
+def _take(index: dict[int, list[list[Any]]], cluster: int, operation: str,
+          accept: Any) -> list[Any] | None:
+    """The latest event filed under ``cluster`` still ``operation`` that ``accept`` takes,
+    removed from the index; events that can never pair again are dropped on the way."""
+    entries = index.get(cluster) if cluster >= 2 else None
+    if not entries:
+        return None
+    for k in range(len(entries) - 1, -1, -1):
+        other = entries[k]
+        node = other[2]
+        if other[1].kind != "event" or other[1].operation != operation or \
+                node.successor is not None or (operation == "created" and node.deleted):
+            del entries[k]
+            continue
+        if accept(node):
+            del entries[k]
+            if not entries:
+                del index[cluster]
+            return other
+    return None
+
+
+def _nesting_problem(node: Node) -> str | None:
+    """Why a directory's entries cannot be followed: it is its own ancestor (a loop of
+    directories) or it is nested past ``MAX_DEPTH``; None if it can."""
+    if node.first_cluster < 2:
+        return None  # no cluster yet (or the FAT12/16 root): nothing to follow
+    depth = 0
+    parent = node.parent
+    while parent is not None:
+        if parent.first_cluster == node.first_cluster:
+            return (f"{node.path}: a directory whose first cluster {node.first_cluster} is "
+                    "an enclosing directory's; its entries are not followed")
+        depth += 1
+        if depth >= MAX_DEPTH:
+            return (f"{node.path}: directories nested deeper than {MAX_DEPTH} levels are "
+                    "not followed")
+        parent = parent.parent
+    return None
 
 
 def _store(directory: Directory, index: int, sector: bytes) -> bool:
@@ -819,16 +1418,24 @@ def _parse_exfat_dir(blob: bytes, first_slot: int, volume: Volume) -> dict[int, 
         if kind in (0x81, 0x82):
             cluster, length = struct.unpack_from("<IQ", entry, 20)
             label = "allocation_bitmap" if kind == 0x81 else "upcase_table"
-            count = max(1, -(-length // volume.cluster_bytes))
-            for c in range(cluster, cluster + count):
-                volume.metadata[c] = label
+            volume.add_metadata(label, cluster, length)  # a range, clamped: not a loop
         elif kind == 0x85:
             secondary = entry[1]
-            if i + secondary >= n or secondary < 2:
+            if i + secondary >= n:
+                i += 1  # the rest of the set was not seen
+                continue
+            if not 2 <= secondary <= 18:  # exFAT spec §7.4: a stream and 1..17 names
+                volume.note(f"a file entry set with SecondaryCount {secondary} (2..18): "
+                            "not read")
                 i += 1
                 continue
             stream = blob[(i + 1) * 32 : (i + 2) * 32]
             if stream[0] != 0xC0:
+                i += 1
+                continue
+            checksum = struct.unpack_from("<H", entry, 2)[0]
+            if exfat_entry_set_checksum(blob[i * 32 : (i + 1 + secondary) * 32]) != checksum:
+                volume.note("a file entry set whose SetChecksum does not match: not read")
                 i += 1
                 continue
             attributes = struct.unpack_from("<H", entry, 4)[0]

@@ -392,6 +392,8 @@ class SessionWriter:
                          f"{listed}")
         notes += self.uas.notes([(i.bus, i.device) for i in self.identity.devices.values()
                                  if 0x62 in i.storage_protocols and i.uas is None])
+        for attributor in self.attributors.values():
+            notes += attributor.notes()  # file attribution that metadata cut short
         return notes
 
     def close(self, dropped: int = 0, malformed: int = 0, notes: str | None = None,
