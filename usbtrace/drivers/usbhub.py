@@ -433,6 +433,32 @@ def _urb_select_configuration(ext: UsbDevicePdoExtension,
     return run
 
 
+def _urb_select_interface(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], TransferResult]:
+    """SET_INTERFACE on the wire; new pipe handles for the setting's endpoints."""
+    backend = ext.backend
+
+    def run() -> TransferResult:
+        result = backend.control(urb.wire_setup(), bytearray())
+        if result.status == U.USBD_STATUS_SUCCESS:
+            info = urb.interface
+            info.pipes = []
+            for entry in d.configuration_tree(ext.configuration)["interfaces"]:
+                i = entry["interface"]
+                if (i.bInterfaceNumber, i.bAlternateSetting) != (info.interface_number,
+                                                                  info.alternate_setting):
+                    continue
+                info.interface_class, info.interface_subclass, info.interface_protocol = (
+                    i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol)
+                for e in entry["endpoints"]:
+                    pipe = U.PipeInformation(e.bEndpointAddress, e.bmAttributes & 3,
+                                             e.wMaxPacketSize & 0x7FF, e.bInterval)
+                    info.pipes.append(pipe)
+                    ext.pipes[e.bEndpointAddress] = pipe
+        return result
+
+    return run
+
+
 def _urb_reset_pipe(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], TransferResult]:
     backend = ext.backend
     return lambda: backend.clear_halt(urb.pipe_handle.endpoint_address)
@@ -457,6 +483,7 @@ URB_HANDLERS: dict[int, Callable[[UsbDevicePdoExtension, Any], Any]] = {
     U.URB_FUNCTION_VENDOR_DEVICE: _urb_control,
     U.URB_FUNCTION_VENDOR_INTERFACE: _urb_control,
     U.URB_FUNCTION_SELECT_CONFIGURATION: _urb_select_configuration,
+    U.URB_FUNCTION_SELECT_INTERFACE: _urb_select_interface,
     U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL: _urb_reset_pipe,
     U.URB_FUNCTION_SYNC_CLEAR_STALL: _urb_reset_pipe,
     U.URB_FUNCTION_ABORT_PIPE: _urb_abort_pipe,

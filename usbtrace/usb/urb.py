@@ -292,6 +292,29 @@ class UrbSelectConfiguration(Urb):
         return std.build_setup(0x00, std.SET_CONFIGURATION, value, 0, 0)
 
 
+class UrbSelectInterface(Urb):
+    """URB_FUNCTION_SELECT_INTERFACE: SET_INTERFACE on the wire; the bus fills the pipes."""
+
+    __slots__ = ("configuration_handle", "interface")
+
+    def __init__(self, configuration_handle: Any, interface: InterfaceInformation) -> None:
+        super().__init__(URB_FUNCTION_SELECT_INTERFACE)
+        self.configuration_handle = configuration_handle
+        self.interface = interface
+
+    def setup_packet(self) -> bytes:
+        """The SETUP packet as USBPcap records it: bmRequestType 0x00 (USBPcapURB.c
+        builds it so; the shared Windows 10 capture shows it).  The bus sends the
+        standard 0x01 (recipient interface): see ``wire_setup``."""
+        return std.build_setup(0x00, std.SET_INTERFACE, self.interface.alternate_setting,
+                               self.interface.interface_number, 0)
+
+    def wire_setup(self) -> bytes:
+        """SET_INTERFACE as USB 2.0 §9.4.10 defines it."""
+        return std.build_setup(0x01, std.SET_INTERFACE, self.interface.alternate_setting,
+                               self.interface.interface_number, 0)
+
+
 class UrbPipeRequest(Urb):
     """ABORT_PIPE, SYNC_RESET_PIPE_AND_CLEAR_STALL, SYNC_RESET_PIPE, SYNC_CLEAR_STALL."""
 

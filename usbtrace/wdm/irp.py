@@ -185,7 +185,19 @@ class IoStatusBlock:
         self.information: Any = 0
 
 
-_irp_ids = itertools.count(0xFFFF_A000_0000_1000, 0x100)
+IRP_POOL_BASE = 0xFFFF_A000_0000_1000
+_irp_ids = itertools.count(IRP_POOL_BASE, 0x100)
+
+
+def reset_irp_addresses() -> None:
+    """Start IRP addresses from the pool's base again: a machine that boots does.
+
+    usbstor tags each CBW with the low 32 bits of its IRP's address, as Windows
+    does, so the addresses must repeat from run to run for two recordings of the
+    same workload to be the same byte for byte.
+    """
+    global _irp_ids
+    _irp_ids = itertools.count(IRP_POOL_BASE, 0x100)
 
 
 class Irp:
@@ -251,6 +263,29 @@ def IoFreeIrp(irp: Irp) -> None:  # noqa: N802
     if irp.freed:
         raise BugCheck("MULTIPLE_IRP_COMPLETE_REQUESTS", f"{irp!r} freed twice")
     irp.freed = True
+
+
+def IoReuseIrp(irp: Irp, status: int) -> None:  # noqa: N802
+    """Make a finished IRP the caller allocated ready for its next request (IoReuseIrp).
+
+    The stack locations and status block are cleared and ``status`` becomes
+    the initial status; the IRP keeps its address, which is why a driver that
+    reuses one IRP for a series of start-up requests shows the same IRP id on
+    each of them (USBPcap's irpId, and so the tracer's).
+    """
+    if irp.freed:
+        from usbtrace.wdm.sched import BugCheck
+
+        raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION", f"{irp!r} reused after IoFreeIrp")
+    irp.stack = [IoStackLocation() for _ in range(irp.stack_count)]
+    irp.current_location = irp.stack_count
+    irp.io_status = IoStatusBlock()
+    irp.io_status.status = status
+    irp.cancel = False
+    irp.cancel_routine = None
+    irp.pending_returned = False
+    irp.completed = False
+    irp.tail = [None, None, None, None]
 
 
 def IoMakeAssociatedIrp(master: Irp, stack_size: int) -> Irp:  # noqa: N802

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from usbtrace.wdm.irp import reset_irp_addresses
 from usbtrace.wdm.sched import Scheduler
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 class Kernel:
     def __init__(self, clock: str = "virtual") -> None:
+        reset_irp_addresses()  # IRP addresses (and so CBW tags) repeat from run to run
         self.scheduler = Scheduler(clock)
         self.drivers: dict[str, DriverObject] = {}
         self.namespace: dict[str, DeviceObject] = {}
