@@ -106,6 +106,7 @@ class DiskExtension:
     block_count: int = 0
     max_transfer: int = 0x10000
     write_protected: bool = False
+    removable: bool = True  # FILE_REMOVABLE_MEDIA, from the device descriptor at start
     removed: bool = False
     open_handles: int = 0
     descriptor: Any = None
@@ -247,20 +248,49 @@ def ClassSendSrbSynchronous(ext: DiskExtension, srb: Srb) -> int:  # noqa: N802
 
 def DiskStartDevice(ext: DiskExtension) -> int:  # noqa: N802
     # The adapter's limits, from the port driver below.
-    query = io.StoragePropertyQuery(io.StorageAdapterProperty)
-    irp = IoAllocateIrp(ext.lower.stack_size)
-    loc = irp.IoGetNextIrpStackLocation()
-    loc.major_function = IRP_MJ_DEVICE_CONTROL
-    loc.parameters = DeviceIoControlParameters(io.IOCTL_STORAGE_QUERY_PROPERTY)
-    irp.system_buffer = query
     from usbtrace.wdm.pnp import send_irp_synchronously
 
-    if send_irp_synchronously(ext.fdo.driver_object.kernel, ext.lower, irp) == STATUS_SUCCESS:
-        ext.max_transfer = irp.system_buffer.MaximumTransferLength
+    kernel = ext.fdo.driver_object.kernel
+    # ClassPnpStartDevice: the adapter's limits and the device's descriptor, from
+    # the port driver below (answered from what usbstor already knows: no traffic)
+    for property_id in (io.StorageAdapterProperty, io.StorageDeviceProperty):
+        irp = IoAllocateIrp(ext.lower.stack_size)
+        loc = irp.IoGetNextIrpStackLocation()
+        loc.major_function = IRP_MJ_DEVICE_CONTROL
+        loc.parameters = DeviceIoControlParameters(io.IOCTL_STORAGE_QUERY_PROPERTY)
+        irp.system_buffer = io.StoragePropertyQuery(property_id)
+        if send_irp_synchronously(kernel, ext.lower, irp) != STATUS_SUCCESS:
+            continue
+        answer = irp.system_buffer
+        if isinstance(answer, io.StorageAdapterDescriptor):
+            ext.max_transfer = answer.MaximumTransferLength
+        elif isinstance(answer, io.StorageDeviceDescriptor):
+            ext.removable = bool(answer.RemovableMedia)
 
-    tur = Srb(bytes(6), 0, 0)
-    ClassSendSrbSynchronous(ext, tur)  # a not-ready medium does not fail the start
+    # No TEST UNIT READY at start: Windows 10 sends none (the shared capture).
+    # DiskInitFdo reads the capacity, then DiskDetectFailurePrediction asks the
+    # Informational Exceptions Control page; DiskStartFdo's DiskGetCacheInformation
+    # asks the Caching page.  Each MODE SENSE(6) asks 192 bytes, as classpnp's
+    # MODE_DATA_SIZE; the write-protect bit is in every answer's header.
+    DiskReadDriveCapacity(ext)
+    mode = bytearray(192)
+    _mode_sense(ext, scsi.MODE_PAGE_INFORMATIONAL_EXCEPTIONS, mode)
+    if _mode_sense(ext, scsi.MODE_PAGE_CACHING, mode) >= 4:
+        ext.write_protected = bool(mode[2] & 0x80)
+    return STATUS_SUCCESS
 
+
+def _mode_sense(ext: DiskExtension, page: int, mode: bytearray) -> int:
+    """ClassModeSense: MODE SENSE(6) for ``page``; the bytes returned, 0 on failure."""
+    ms = Srb(bytes([scsi.MODE_SENSE_6, 0, page, 0, len(mode), 0]), len(mode),
+             SRB_FLAGS_DATA_IN, memoryview(mode))
+    if NT_SUCCESS(ClassSendSrbSynchronous(ext, ms)):
+        return ms.data_transfer_length
+    return 0
+
+
+def DiskReadDriveCapacity(ext: DiskExtension) -> int:  # noqa: N802
+    """ClassReadDriveCapacity: READ CAPACITY(10), or (16) past 2 TiB."""
     data = bytearray(8)
     rc = Srb(bytes([scsi.READ_CAPACITY_10]) + bytes(9), 8, SRB_FLAGS_DATA_IN, memoryview(data))
     status = ClassSendSrbSynchronous(ext, rc)
@@ -274,13 +304,7 @@ def DiskStartDevice(ext: DiskExtension) -> int:  # noqa: N802
             if NT_SUCCESS(ClassSendSrbSynchronous(ext, rc16)):
                 last, ext.block_size = struct.unpack_from(">QI", data16)
         ext.block_count = last + 1
-
-    mode = bytearray(192)
-    ms = Srb(bytes([scsi.MODE_SENSE_6, 0, 0x3F, 0, 192, 0]), 192, SRB_FLAGS_DATA_IN,
-             memoryview(mode))
-    if NT_SUCCESS(ClassSendSrbSynchronous(ext, ms)) and ms.data_transfer_length >= 4:
-        ext.write_protected = bool(mode[2] & 0x80)
-    return STATUS_SUCCESS
+    return status
 
 
 # ---------------------------------------------------------------------------------
@@ -411,19 +435,31 @@ def DiskDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     code = params.io_control_code
     if ext.removed:
         return complete_irp(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
-    if code == io.IOCTL_DISK_GET_DRIVE_GEOMETRY:
-        if params.output_buffer_length < 24:
+    if code in (io.IOCTL_DISK_GET_DRIVE_GEOMETRY, io.IOCTL_DISK_GET_DRIVE_GEOMETRY_EX,
+                io.IOCTL_DISK_GET_LENGTH_INFO):
+        needed = {io.IOCTL_DISK_GET_DRIVE_GEOMETRY: 24, io.IOCTL_DISK_GET_DRIVE_GEOMETRY_EX: 32,
+                  io.IOCTL_DISK_GET_LENGTH_INFO: 8}[code]
+        if params.output_buffer_length < needed:
             return complete_irp(irp, NTSTATUS.STATUS_BUFFER_TOO_SMALL)
+        if ext.removable:
+            # disk.c's DiskIoctlGetDriveGeometry (and the _EX and length variants):
+            # on removable media, "Issue ReadCapacity to update device extension
+            # with information for current media" -- one READ CAPACITY each time
+            status = DiskReadDriveCapacity(ext)
+            if not NT_SUCCESS(status):
+                return complete_irp(irp, status)
+        if code == io.IOCTL_DISK_GET_LENGTH_INFO:
+            irp.system_buffer = ext.size
+            return complete_irp(irp, STATUS_SUCCESS, 8)
         heads, sectors = 255, 63
         cylinders = ext.block_count // (heads * sectors)
-        irp.system_buffer = io.DiskGeometry(cylinders, io.RemovableMedia, heads, sectors,
-                                            ext.block_size)
+        geometry = io.DiskGeometry(cylinders, io.RemovableMedia if ext.removable
+                                   else io.FixedMedia, heads, sectors, ext.block_size)
+        if code == io.IOCTL_DISK_GET_DRIVE_GEOMETRY_EX:
+            irp.system_buffer = io.DiskGeometryEx(geometry, ext.size)
+            return complete_irp(irp, STATUS_SUCCESS, 32)
+        irp.system_buffer = geometry
         return complete_irp(irp, STATUS_SUCCESS, 24)
-    if code == io.IOCTL_DISK_GET_LENGTH_INFO:
-        if params.output_buffer_length < 8:
-            return complete_irp(irp, NTSTATUS.STATUS_BUFFER_TOO_SMALL)
-        irp.system_buffer = ext.size
-        return complete_irp(irp, STATUS_SUCCESS, 8)
     if code == io.IOCTL_STORAGE_QUERY_PROPERTY:
         IoSkipCurrentIrpStackLocation(irp)
         return IoCallDriver(ext.lower, irp)

@@ -26,7 +26,6 @@ driver above decides whether to send it again.
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,6 +100,7 @@ from usbtrace.wdm.irp import (
     IoAllocateIrp,
     IoBuildDeviceIoControlRequest,
     IoFreeIrp,
+    IoReuseIrp,
     Irp,
 )
 from usbtrace.wdm.sched import KEvent
@@ -163,7 +163,6 @@ class FdoExtension:
     pipe_out: U.PipeInformation | None = None
     max_lun: int = 0
     luns: list[DeviceObject] = field(default_factory=list)
-    tags: Any = field(default_factory=lambda: itertools.count(1))
     queue: deque[tuple[Irp, Srb, Callable[[Request], None]]] = field(default_factory=deque)
     active: Request | None = None
     removed: bool = False
@@ -314,49 +313,64 @@ def _submit_urb_sync(ext: FdoExtension, urb: U.Urb) -> int:
     return int(irp.io_status.status)
 
 
-def _get_descriptor(ext: FdoExtension, kind: int, index: int, length: int,
+def _submit_urb_on(ext: FdoExtension, irp: Irp, urb: U.Urb) -> int:
+    """Send ``urb`` on the driver's own start-up IRP and wait; the IRP comes back to
+    the driver (STATUS_MORE_PROCESSING_REQUIRED) to be reused with IoReuseIrp."""
+    IoReuseIrp(irp, STATUS_SUCCESS)
+    loc = irp.IoGetNextIrpStackLocation()
+    loc.major_function = IRP_MJ_INTERNAL_DEVICE_CONTROL
+    loc.parameters = DeviceIoControlParameters(U.IOCTL_INTERNAL_USB_SUBMIT_URB, 0, 0, urb)
+    event = KEvent()
+
+    def signal(device: DeviceObject | None, i: Irp, context: Any) -> int:
+        event.KeSetEvent()
+        return STATUS_MORE_PROCESSING_REQUIRED
+
+    IoSetCompletionRoutine(irp, signal, None)
+    if IoCallDriver(ext.lower, irp) == STATUS_PENDING:
+        ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(event, "URB")
+    return int(irp.io_status.status)
+
+
+def _get_descriptor(ext: FdoExtension, irp: Irp | None, kind: int, index: int, length: int,
                     language: int = 0) -> bytes | None:
     urb = U.urb_get_descriptor(kind, index, language, length)
-    if _submit_urb_sync(ext, urb) != STATUS_SUCCESS:
+    status = _submit_urb_sync(ext, urb) if irp is None else _submit_urb_on(ext, irp, urb)
+    if status != STATUS_SUCCESS:
         return None
     return bytes(urb.buffer[: urb.length])
 
 
+def _get_string(ext: FdoExtension, irp: Irp, index: int, language: int) -> bytes | None:
+    """A string descriptor in two steps, as Windows reads them: its first two bytes
+    (bLength, bDescriptorType), then exactly bLength bytes (the shared Windows 10
+    capture: wLength 2, then 4 for the language IDs and 0x32 for the serial)."""
+    head = _get_descriptor(ext, irp, d.STRING, index, 2, language)
+    if head is None or len(head) < 2 or head[0] < 2:
+        return None
+    return _get_descriptor(ext, irp, d.STRING, index, head[0], language)
+
+
 def USBSTOR_StartDevice(ext: FdoExtension) -> int:  # noqa: N802
-    """Descriptors, configuration, GET_MAX_LUN and an INQUIRY per LUN."""
-    device = _get_descriptor(ext, d.DEVICE, 0, 18)
+    """Descriptors, configuration and interface, GET_MAX_LUN, then the LUNs.
+
+    The order and lengths are those of Windows 10 in the shared USBPcap capture:
+    the device descriptor on an IRP of its own; then one IRP, reused with
+    IoReuseIrp, for the configuration descriptor (9 bytes, then wTotalLength),
+    the language IDs and the serial number (each in two steps), SELECT_CONFIGURATION
+    and SELECT_INTERFACE; GET_MAX_LUN on another IRP.
+    """
+    device = _get_descriptor(ext, None, d.DEVICE, 0, 18)
     if device is None or len(device) < 18:
         return NTSTATUS.STATUS_DEVICE_DATA_ERROR
     ext.device_descriptor = d.DeviceDescriptor.parse(device)
-    head = _get_descriptor(ext, d.CONFIGURATION, 0, 9)
-    if head is None or len(head) < 9:
-        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
-    total = int.from_bytes(head[2:4], "little")
-    configuration = _get_descriptor(ext, d.CONFIGURATION, 0, total)
-    if configuration is None:
-        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
-    ext.configuration = configuration
-    langids = _get_descriptor(ext, d.STRING, 0, 255)
-    language = int.from_bytes(langids[2:4], "little") if langids and len(langids) >= 4 else 0x0409
-    if ext.device_descriptor.iSerialNumber:
-        text = _get_descriptor(ext, d.STRING, ext.device_descriptor.iSerialNumber, 255, language)
-        ext.serial = (d.decode_string(text) if text else None) or ""
-
-    select = U.UrbSelectConfiguration(configuration)
-    if _submit_urb_sync(ext, select) != STATUS_SUCCESS:
-        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
-    for interface in select.interfaces:
-        if (interface.interface_class, interface.interface_subclass,
-                interface.interface_protocol) == (0x08, 0x06, 0x50):
-            ext.interface_number = interface.interface_number
-            for pipe in interface.pipes:
-                if pipe.pipe_type == U.UsbdPipeTypeBulk:
-                    if pipe.endpoint_address & 0x80:
-                        ext.pipe_in = pipe
-                    else:
-                        ext.pipe_out = pipe
-    if ext.pipe_in is None or ext.pipe_out is None:
-        return NTSTATUS.STATUS_NOT_SUPPORTED  # not Bulk-Only (CBI is not modelled)
+    irp = IoAllocateIrp(ext.lower.stack_size)
+    try:
+        status = _configure(ext, irp)
+    finally:
+        IoFreeIrp(irp)
+    if status != STATUS_SUCCESS:
+        return status
 
     get_max_lun = U.urb_class_interface(std.GET_MAX_LUN, 0, ext.interface_number, 1, True)
     if _submit_urb_sync(ext, get_max_lun) == STATUS_SUCCESS and get_max_lun.length == 1:
@@ -366,20 +380,93 @@ def USBSTOR_StartDevice(ext: FdoExtension) -> int:  # noqa: N802
 
     for lun in range(ext.max_lun + 1):
         data = bytearray(36)
-        srb = Srb(bytes([scsi.INQUIRY, 0, 0, 0, 36, 0]), 36, SRB_FLAGS_DATA_IN, memoryview(data),
-                  lun=lun)
-        status = _execute_srb_sync(ext, srb)
+        status = _execute_srb_sync(ext, _inquiry_srb(lun, data))
         if status != STATUS_SUCCESS:
             return status
-        vendor = data[8:16].decode("ascii", "replace").strip()
-        product = data[16:32].decode("ascii", "replace").strip()
-        revision = data[32:36].decode("ascii", "replace").strip()
-        pdo = IoCreateDevice(ext.fdo.driver_object, None, None, FILE_DEVICE_DISK)
-        pdo.device_extension = PdoExtension(ext, lun, vendor, product, revision)
-        pdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
-        pdo.stack_size = ext.fdo.stack_size  # room to send SRB IRPs down the USB stack
-        pdo.flags &= ~DO_DEVICE_INITIALIZING
-        ext.luns.append(pdo)
+        status = USBSTOR_CreatePDO(ext, lun)
+        if status != STATUS_SUCCESS:
+            return status
+    return STATUS_SUCCESS
+
+
+def _configure(ext: FdoExtension, irp: Irp) -> int:
+    """The start-up requests that share one IRP: descriptors, strings, selections."""
+    head = _get_descriptor(ext, irp, d.CONFIGURATION, 0, 9)
+    if head is None or len(head) < 9:
+        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
+    total = int.from_bytes(head[2:4], "little")
+    configuration = _get_descriptor(ext, irp, d.CONFIGURATION, 0, total)
+    if configuration is None:
+        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
+    ext.configuration = configuration
+    langids = _get_string(ext, irp, 0, 0)
+    language = int.from_bytes(langids[2:4], "little") if langids and len(langids) >= 4 else 0x0409
+    if ext.device_descriptor.iSerialNumber:
+        text = _get_string(ext, irp, ext.device_descriptor.iSerialNumber, language)
+        ext.serial = (d.decode_string(text) if text else None) or ""
+
+    select = U.UrbSelectConfiguration(configuration)
+    if _submit_urb_on(ext, irp, select) != STATUS_SUCCESS:
+        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
+    storage = next((i for i in select.interfaces
+                    if (i.interface_class, i.interface_subclass, i.interface_protocol)
+                    == (0x08, 0x06, 0x50)), None)
+    if storage is None:
+        return NTSTATUS.STATUS_NOT_SUPPORTED  # not Bulk-Only (CBI is not modelled)
+    # SELECT_INTERFACE with the setting just configured: the pipe handles usbstor
+    # keeps are the ones this returns (SET_INTERFACE on the wire)
+    choose = U.UrbSelectInterface(select.configuration_handle, storage)
+    if _submit_urb_on(ext, irp, choose) != STATUS_SUCCESS:
+        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
+    ext.interface_number = storage.interface_number
+    for pipe in choose.interface.pipes:
+        if pipe.pipe_type == U.UsbdPipeTypeBulk:
+            if pipe.endpoint_address & 0x80:
+                ext.pipe_in = pipe
+            else:
+                ext.pipe_out = pipe
+    if ext.pipe_in is None or ext.pipe_out is None:
+        return NTSTATUS.STATUS_NOT_SUPPORTED
+    return STATUS_SUCCESS
+
+
+def _inquiry_srb(lun: int, data: bytearray, page: int | None = None) -> Srb:
+    """INQUIRY: standard data (36 bytes), or a VPD page (EVPD=1, 255 bytes)."""
+    if page is None:
+        cdb = bytes([scsi.INQUIRY, 0, 0, 0, len(data), 0])
+    else:
+        cdb = bytes([scsi.INQUIRY, 1, page, 0, len(data), 0])
+    return Srb(cdb, len(data), SRB_FLAGS_DATA_IN, memoryview(data), lun=lun)
+
+
+def USBSTOR_CreatePDO(ext: FdoExtension, lun: int) -> int:  # noqa: N802
+    """One PDO per LUN, and what Windows asks the LUN as it creates it.
+
+    As ReactOS's USBSTOR_CreatePDO (``pdo.c``): an INQUIRY, then for a
+    direct-access device READ FORMAT CAPACITIES with 0xFC bytes, whose failure
+    is not critical.  Windows 10 then asks the Unit Serial Number VPD page
+    (INQUIRY EVPD page 0x80, 255 bytes): the shared capture has it next.
+    """
+    data = bytearray(36)
+    status = _execute_srb_sync(ext, _inquiry_srb(lun, data))
+    if status != STATUS_SUCCESS:
+        return status
+    vendor = data[8:16].decode("ascii", "replace").strip()
+    product = data[16:32].decode("ascii", "replace").strip()
+    revision = data[32:36].decode("ascii", "replace").strip()
+    if data[0] & 0x1F == 0:  # direct-access block device
+        capacities = bytearray(0xFC)
+        _execute_srb_sync(ext, Srb(bytes([scsi.READ_FORMAT_CAPACITIES, 0, 0, 0, 0, 0, 0, 0,
+                                          0xFC, 0]), 0xFC, SRB_FLAGS_DATA_IN,
+                                   memoryview(capacities), lun=lun))
+    serial_page = bytearray(0xFF)
+    _execute_srb_sync(ext, _inquiry_srb(lun, serial_page, scsi.VPD_UNIT_SERIAL_NUMBER))
+    pdo = IoCreateDevice(ext.fdo.driver_object, None, None, FILE_DEVICE_DISK)
+    pdo.device_extension = PdoExtension(ext, lun, vendor, product, revision)
+    pdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
+    pdo.stack_size = ext.fdo.stack_size  # room to send SRB IRPs down the USB stack
+    pdo.flags &= ~DO_DEVICE_INITIALIZING
+    ext.luns.append(pdo)
     return STATUS_SUCCESS
 
 
@@ -551,7 +638,7 @@ def _send_phase(request: Request, phase: str) -> None:
     pipe_in, pipe_out = ext.pipe_in, ext.pipe_out
     assert pipe_in is not None and pipe_out is not None  # set at start-up
     if phase == "cbw":
-        request.tag = next(ext.tags)
+        request.tag = request.irp.id & 0xFFFFFFFF  # the IRP's address, as Windows tags
         cbw = bot.build_cbw(request.tag, srb.data_transfer_length, srb.data_in, srb.lun, srb.cdb)
         urb: U.Urb = U.UrbBulkOrInterruptTransfer(pipe_out, bytearray(cbw), len(cbw),
                                                   U.USBD_TRANSFER_DIRECTION_OUT)

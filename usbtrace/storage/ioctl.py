@@ -19,12 +19,14 @@ FILE_ANY_ACCESS, FILE_READ_ACCESS, FILE_WRITE_ACCESS = 0, 1, 2
 
 IOCTL_DISK_GET_DRIVE_GEOMETRY = ctl_code(FILE_DEVICE_DISK, 0x0000, METHOD_BUFFERED, 0)  # 0x70000
 IOCTL_DISK_GET_LENGTH_INFO = ctl_code(FILE_DEVICE_DISK, 0x0017, METHOD_BUFFERED, 1)  # 0x7405C
+IOCTL_DISK_GET_DRIVE_GEOMETRY_EX = ctl_code(FILE_DEVICE_DISK, 0x0028, METHOD_BUFFERED, 0)  # 0x700A0
 IOCTL_STORAGE_QUERY_PROPERTY = ctl_code(FILE_DEVICE_MASS_STORAGE, 0x0500, METHOD_BUFFERED, 0)
 IOCTL_SCSI_PASS_THROUGH_DIRECT = ctl_code(FILE_DEVICE_CONTROLLER, 0x0405, 0, 3)  # 0x4D014
 
 IOCTL_NAMES = {
     IOCTL_DISK_GET_DRIVE_GEOMETRY: "ioctl_disk_get_drive_geometry",
     IOCTL_DISK_GET_LENGTH_INFO: "ioctl_disk_get_length_info",
+    IOCTL_DISK_GET_DRIVE_GEOMETRY_EX: "ioctl_disk_get_drive_geometry_ex",
     IOCTL_STORAGE_QUERY_PROPERTY: "ioctl_storage_query_property",
     IOCTL_SCSI_PASS_THROUGH_DIRECT: "ioctl_scsi_pass_through_direct",
     0x220003: "ioctl_internal_usb_submit_urb",
@@ -68,6 +70,14 @@ class DiskGeometry:
     TracksPerCylinder: int
     SectorsPerTrack: int
     BytesPerSector: int
+
+
+@dataclass
+class DiskGeometryEx:
+    """DISK_GEOMETRY_EX without its variable partition and detection parts."""
+
+    Geometry: DiskGeometry
+    DiskSize: int
 
 
 @dataclass
