@@ -235,8 +235,8 @@ def test_cancel_of_a_queued_srb(stack: Stack) -> None:
     first = stack.win32.ReadFile(h, bytearray(65536), 0, overlapped=True)
     second = stack.win32.ReadFile(h, bytearray(65536), 65536, overlapped=True)
     usbstor = stack.machine.kernel.drivers["\\Driver\\usbstor"]
-    fdo = next(d for d in usbstor.device_objects if hasattr(d.device_extension, "queue"))
-    queued_irp = fdo.device_extension.queue[0][0]  # the second READ's SRB waits its turn
+    fdo = next(d for d in usbstor.device_objects if hasattr(d.device_extension, "luns"))
+    queued_irp = fdo.device_queue.entries[0]  # the second READ's SRB waits its turn
     assert queued_irp.master_irp is second.irp
     assert IoCancelIrp(queued_irp)
     with pytest.raises(NtStatusError, match="STATUS_CANCELLED"):

@@ -40,6 +40,7 @@ from usbtrace.wdm.iomgr import (
     IoCompleteRequest,
     IoForwardIrpSynchronously,
     IoMarkIrpPending,
+    IoReleaseCancelSpinLock,
     IoSetCancelRoutine,
     IoSkipCurrentIrpStackLocation,
     complete_irp,
@@ -561,7 +562,9 @@ def UsbhubDpcForIsr(dpc: KDpc, ext: HubFdoExtension) -> None:  # noqa: N802
 
 
 def UsbhubCancelUrb(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
-    """Cancel routine for a pending URB IRP (runs at DISPATCH_LEVEL)."""
+    """Cancel routine for a pending URB IRP: called holding the cancel spin lock, which
+    it releases first (IoReleaseCancelSpinLock(Irp->CancelIrql))."""
+    IoReleaseCancelSpinLock(device, irp.cancel_irql)
     transfer: Transfer = irp.tail[0]
     _cancel_transfer(device.device_extension, transfer, from_cancel_routine=True)
 

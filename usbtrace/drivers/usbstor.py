@@ -26,7 +26,6 @@ driver above decides whether to send it again.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +43,7 @@ from usbtrace.storage.srb import (
     SRB_STATUS_ERROR,
     SRB_STATUS_NO_DEVICE,
     SRB_STATUS_SUCCESS,
+    SRB_STATUS_TIMEOUT,
     Srb,
 )
 from usbtrace.usb import descriptors as d
@@ -63,13 +63,18 @@ from usbtrace.wdm.device import (
     IoDetachDevice,
 )
 from usbtrace.wdm.iomgr import (
+    IoAcquireCancelSpinLock,
     IoCallDriver,
     IoForwardIrpSynchronously,
     IoMarkIrpPending,
+    IoReleaseCancelSpinLock,
     IoSetCancelRoutine,
     IoSetCompletionRoutine,
     IoSetNextIrpStackLocation,
     IoSkipCurrentIrpStackLocation,
+    IoStartNextPacket,
+    IoStartPacket,
+    KeRemoveEntryDeviceQueue,
     complete_irp,
 )
 from usbtrace.wdm.irp import (
@@ -103,8 +108,14 @@ from usbtrace.wdm.irp import (
     IoReuseIrp,
     Irp,
 )
-from usbtrace.wdm.sched import KEvent
+from usbtrace.wdm.sched import DISPATCH_LEVEL, PASSIVE_LEVEL, KDpc, KEvent, KTimer
 from usbtrace.wdm.status import NTSTATUS
+from usbtrace.wdm.workitem import (
+    CriticalWorkQueue,
+    IoAllocateWorkItem,
+    IoQueueWorkItem,
+    IoWorkItem,
+)
 
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
 STATUS_PENDING = NTSTATUS.STATUS_PENDING
@@ -140,14 +151,9 @@ PHASE_TRANSITIONS: dict[tuple[str, str], str] = {
     ("csw_retry", "invalid"): "recover",
     ("csw_retry", "stall"): "recover",
     ("csw_retry", "error"): "recover",
-    # Reset Recovery (§5.3.4) on its own IRP; every outcome moves on
-    ("reset", "ok"): "clear_in", ("reset", "stall"): "clear_in", ("reset", "error"): "clear_in",
-    ("clear_in", "ok"): "clear_out", ("clear_in", "stall"): "clear_out",
-    ("clear_in", "error"): "clear_out",
-    ("clear_out", "ok"): "recovered", ("clear_out", "stall"): "recovered",
-    ("clear_out", "error"): "recovered",
 }
-TERMINAL = frozenset({"done", "recover", "gone", "cancelled", "recovered"})
+# "recover" is Reset Recovery (§5.3.4), run by USBSTOR_ResetDeviceWorkItem at PASSIVE_LEVEL
+TERMINAL = frozenset({"done", "recover", "gone", "cancelled"})
 
 
 @dataclass
@@ -163,10 +169,14 @@ class FdoExtension:
     pipe_out: U.PipeInformation | None = None
     max_lun: int = 0
     luns: list[DeviceObject] = field(default_factory=list)
-    queue: deque[tuple[Irp, Srb, Callable[[Request], None]]] = field(default_factory=deque)
     active: Request | None = None
     removed: bool = False
     recoveries: int = 0
+    # Reset Recovery and the hang timer's pipe aborts run from work items (PASSIVE_LEVEL)
+    reset_item: IoWorkItem | None = None
+    hang_item: IoWorkItem | None = None
+    hang_timer: KTimer = field(default_factory=KTimer)
+    hang_dpc: KDpc | None = None
 
 
 @dataclass
@@ -183,7 +193,7 @@ class Request:
     """One SCSI command on the wire: the CBW, data and CSW phases on one IRP."""
 
     __slots__ = ("irp", "srb", "fdo_ext", "on_done", "phase", "tag", "urb", "csw",
-                 "data_actual", "command_actual", "sensing", "status")
+                 "data_actual", "command_actual", "sensing", "status", "timed_out")
 
     def __init__(self, fdo_ext: FdoExtension, irp: Irp, srb: Srb,
                  on_done: Callable[[Request], None]) -> None:
@@ -199,6 +209,7 @@ class Request:
         self.command_actual = 0  # data moved by the command, kept while autosensing
         self.sensing: Srb | None = None  # the REQUEST SENSE SRB, while autosensing
         self.status: int = STATUS_SUCCESS
+        self.timed_out = False  # the hang timer aborted it
 
 
 # ---------------------------------------------------------------------------------
@@ -215,6 +226,7 @@ def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
     driver.major_function[IRP_MJ_PNP] = USBSTOR_DispatchPnp
     driver.major_function[IRP_MJ_POWER] = USBSTOR_DispatchPower
     driver.major_function[IRP_MJ_SYSTEM_CONTROL] = USBSTOR_DispatchSystemControl
+    driver.driver_start_io = USBSTOR_StartIo
     driver.driver_extension.add_device = USBSTOR_AddDevice
     driver.driver_unload = USBSTOR_Unload
     return STATUS_SUCCESS
@@ -223,7 +235,11 @@ def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
 def USBSTOR_AddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N802
     fdo = IoCreateDevice(driver, None, None, FILE_DEVICE_MASS_STORAGE)
     lower = IoAttachDeviceToDeviceStack(fdo, pdo)
-    fdo.device_extension = FdoExtension(fdo=fdo, lower=lower, pdo=pdo)
+    ext = FdoExtension(fdo=fdo, lower=lower, pdo=pdo)
+    ext.reset_item = IoAllocateWorkItem(fdo)
+    ext.hang_item = IoAllocateWorkItem(fdo)
+    ext.hang_dpc = KDpc(USBSTOR_HangTimerDpc, ext)
+    fdo.device_extension = ext
     fdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
     fdo.flags &= ~DO_DEVICE_INITIALIZING
     return STATUS_SUCCESS
@@ -579,41 +595,86 @@ def _complete_srb_irp(request: Request) -> None:
               SRB_STATUS_SUCCESS else 0)
 
 
-def USBSTOR_CancelQueued(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
-    """Cancel routine for an SRB still waiting its turn."""
-    ext: PdoExtension = device.device_extension
-    queue = ext.fdo_ext.queue
-    for entry in list(queue):
-        if entry[0] is irp:
-            queue.remove(entry)
-            entry[1].srb_status = SRB_STATUS_ABORTED
-            complete_irp(irp, NTSTATUS.STATUS_CANCELLED)
-            return
+# ---------------------------------------------------------------------------------
+# StartIo: Bulk-Only runs one command at a time (ReactOS queue.c: IoStartPacket on
+# the FDO, USBSTOR_StartIo, IoStartNextPacket when a command ends)
+# ---------------------------------------------------------------------------------
 
 
 def _start_or_queue(ext: FdoExtension, irp: Irp, srb: Srb,
                     on_done: Callable[[Request], None]) -> None:
-    if ext.active is not None:
-        IoSetCancelRoutine(irp, USBSTOR_CancelQueued)
-        ext.queue.append((irp, srb, on_done))
+    """IoStartPacket on the FDO: StartIo now, or the device queue while one runs.
+
+    ``on_done`` travels in the IRP's DriverContext (Tail.Overlay.DriverContext[1];
+    the bus driver uses [0] while it holds the IRP)."""
+    irp.tail[1] = (srb, on_done)
+    IoStartPacket(ext.fdo, irp, None, USBSTOR_CancelIo)
+
+
+def USBSTOR_StartIo(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
+    """DriverStartIo (DISPATCH_LEVEL): the device's one command starts now.
+
+    As ReactOS's USBSTOR_StartIo: under the cancel spin lock the cancel routine is
+    cleared; an IRP cancelled meanwhile is completed STATUS_CANCELLED and the next
+    packet started.
+    """
+    ext: FdoExtension = device.device_extension
+    srb, on_done = irp.tail[1]
+    irql = IoAcquireCancelSpinLock(device)
+    IoSetCancelRoutine(irp, None)
+    if irp.cancel:
+        IoReleaseCancelSpinLock(device, irql)
+        srb.srb_status = SRB_STATUS_ABORTED
+        request = Request(ext, irp, srb, on_done)
+        request.status = NTSTATUS.STATUS_CANCELLED
+        on_done(request)
+        IoStartNextPacket(device, True)
         return
+    IoReleaseCancelSpinLock(device, irql)
     _start(ext, irp, srb, on_done)
 
 
+def USBSTOR_CancelIo(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
+    """Cancel routine of an SRB IRP in the FDO's device queue (cancel spin lock held).
+
+    IoCancelIrp passes the device of the IRP's current stack location: the LUN PDO
+    for the class driver's SRBs, the FDO for usbstor's own start-up ones."""
+    fdo = device if _is_fdo(device) else device.device_extension.fdo_ext.fdo
+    queued = KeRemoveEntryDeviceQueue(fdo, irp)
+    IoReleaseCancelSpinLock(device, irp.cancel_irql)
+    if not queued:
+        return  # already started: StartIo or the transfer sees irp.cancel
+    srb, on_done = irp.tail[1]
+    srb.srb_status = SRB_STATUS_ABORTED
+    request = Request(fdo.device_extension, irp, srb, on_done)
+    request.status = NTSTATUS.STATUS_CANCELLED
+    on_done(request)
+
+
 def _start_next(ext: FdoExtension) -> None:
+    """The command ended: IoStartNextPacket, at DISPATCH_LEVEL as it requires."""
     ext.active = None
-    while ext.queue and ext.active is None:
-        irp, srb, on_done = ext.queue.popleft()
-        if IoSetCancelRoutine(irp, None) is None:
-            continue  # being cancelled
-        _start(ext, irp, srb, on_done)
+    sched = ext.fdo.driver_object.kernel.scheduler
+    old = sched.KeRaiseIrql(DISPATCH_LEVEL)
+    IoStartNextPacket(ext.fdo, True)
+    sched.KeLowerIrql(old)
 
 
 def _fail_queue(ext: FdoExtension, status: int) -> None:
-    while ext.queue:
-        irp, srb, on_done = ext.queue.popleft()
-        if IoSetCancelRoutine(irp, None) is None:
-            continue
+    """The device is gone: every SRB still queued ends with ``status``."""
+    fdo = ext.fdo
+    while True:
+        irql = IoAcquireCancelSpinLock(fdo)
+        queue = fdo.device_queue
+        irp = queue.entries.pop(0) if queue is not None and queue.entries else None
+        if irp is None:
+            IoReleaseCancelSpinLock(fdo, irql)
+            return
+        routine = IoSetCancelRoutine(irp, None)
+        IoReleaseCancelSpinLock(fdo, irql)
+        if routine is None:
+            continue  # its cancel routine has it
+        srb, on_done = irp.tail[1]
         srb.srb_status = SRB_STATUS_NO_DEVICE
         request = Request(ext, irp, srb, on_done)
         request.status = status
@@ -627,7 +688,35 @@ def _start(ext: FdoExtension, irp: Irp, srb: Srb, on_done: Callable[[Request], N
         srb.srb_status = SRB_STATUS_NO_DEVICE
         _finish(request, "gone")
         return
+    # the hang timer: a command still running after its SRB's TimeOutValue is aborted
+    sched = ext.fdo.driver_object.kernel.scheduler
+    sched.KeSetTimer(ext.hang_timer, max(srb.timeout_value, 1) * 1_000_000_000, ext.hang_dpc)
     _send_phase(request, "cbw")
+
+
+def USBSTOR_HangTimerDpc(dpc: KDpc, ext: FdoExtension) -> None:  # noqa: N802
+    """The hang timer expired (DISPATCH_LEVEL): the active command never finished.
+
+    Aborting pipes means synchronous URBs, so the work is queued for PASSIVE_LEVEL,
+    as ReactOS's USBSTOR_TimerRoutine queues USBSTOR_TimerWorkerRoutine (error.c).
+    """
+    request = ext.active
+    if request is None or ext.removed:
+        return
+    request.timed_out = True
+    assert ext.hang_item is not None  # allocated in AddDevice
+    IoQueueWorkItem(ext.hang_item, USBSTOR_HangWorkItem, CriticalWorkQueue, request)
+
+
+def USBSTOR_HangWorkItem(device: DeviceObject, request: Request) -> None:  # noqa: N802
+    """PASSIVE_LEVEL: abort both bulk pipes; the hung URB completes USBD_STATUS_CANCELED
+    and its completion routine ends the command, which then goes to Reset Recovery."""
+    ext: FdoExtension = device.device_extension
+    if ext.active is not request:
+        return  # it finished after all
+    for pipe in (ext.pipe_in, ext.pipe_out):
+        if pipe is not None:
+            _submit_urb_sync(ext, U.UrbPipeRequest(U.URB_FUNCTION_ABORT_PIPE, pipe))
 
 
 def _send_phase(request: Request, phase: str) -> None:
@@ -655,13 +744,8 @@ def _send_phase(request: Request, phase: str) -> None:
     elif phase == "clear_data":
         pipe = pipe_in if srb.data_in else pipe_out
         urb = U.UrbPipeRequest(U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, pipe)
-    elif phase == "clear_csw" or phase == "clear_in":
+    elif phase == "clear_csw":
         urb = U.UrbPipeRequest(U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, pipe_in)
-    elif phase == "clear_out":
-        urb = U.UrbPipeRequest(U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, pipe_out)
-    elif phase == "reset":
-        urb = U.urb_class_interface(std.BULK_ONLY_MASS_STORAGE_RESET, 0, ext.interface_number, 0,
-                                    False)
     else:
         raise AssertionError(phase)
     request.urb = urb
@@ -731,9 +815,6 @@ def USBSTOR_UrbCompletion(device: DeviceObject | None, irp: Irp, request: Reques
 def _finish(request: Request, terminal: str, outcome: str = "") -> None:
     ext = request.fdo_ext
     srb = request.srb
-    if terminal == "recovered":  # a Reset Recovery request ended
-        request.on_done(request)
-        return
     if terminal == "done":
         if request.sensing is None and outcome == "failed":
             # CHECK CONDITION: keep the IRP and fetch the sense data (autosense)
@@ -761,30 +842,48 @@ def _finish(request: Request, terminal: str, outcome: str = "") -> None:
         request.status = NTSTATUS.STATUS_DEVICE_NOT_CONNECTED
         ext.removed = True
     elif terminal in ("recover", "cancelled"):
-        srb.srb_status = SRB_STATUS_ABORTED if terminal == "cancelled" else SRB_STATUS_BUS_RESET
-        request.status = (NTSTATUS.STATUS_CANCELLED if terminal == "cancelled"
-                          else NTSTATUS.STATUS_IO_DEVICE_ERROR)
+        if request.timed_out:  # the hang timer aborted it
+            srb.srb_status = SRB_STATUS_TIMEOUT
+            request.status = NTSTATUS.STATUS_IO_TIMEOUT
+        elif terminal == "cancelled":
+            srb.srb_status = SRB_STATUS_ABORTED
+            request.status = NTSTATUS.STATUS_CANCELLED
+        else:
+            srb.srb_status = SRB_STATUS_BUS_RESET
+            request.status = NTSTATUS.STATUS_IO_DEVICE_ERROR
         srb.data_transfer_length = 0
         _reset_recovery(request)
         return
+    ext.fdo.driver_object.kernel.scheduler.KeCancelTimer(ext.hang_timer)
     request.on_done(request)
     _start_next(ext)
 
 
 def _reset_recovery(failed: Request) -> None:
-    """§5.3.4 Reset Recovery on an IRP of the driver's own; then complete the command,
-    with SRB_STATUS_BUS_RESET, so that the class driver retries it."""
+    """§5.3.4 Reset Recovery needs synchronous requests, so it cannot run here in a
+    completion routine at DISPATCH_LEVEL: a work item runs it at PASSIVE_LEVEL, as
+    ReactOS's USBSTOR_QueueResetDevice queues USBSTOR_ResetDeviceWorkItem (error.c).
+    The device queue stays busy meanwhile: no other command starts."""
     ext = failed.fdo_ext
+    ext.fdo.driver_object.kernel.scheduler.KeCancelTimer(ext.hang_timer)
+    assert ext.reset_item is not None  # allocated in AddDevice
+    IoQueueWorkItem(ext.reset_item, USBSTOR_ResetDeviceWorkItem, CriticalWorkQueue, failed)
+
+
+def USBSTOR_ResetDeviceWorkItem(device: DeviceObject, failed: Request) -> None:  # noqa: N802
+    """PASSIVE_LEVEL: Bulk-Only Mass Storage Reset, then clear the halt of bulk-IN and
+    bulk-OUT, each a synchronous URB whatever the one before it returned; then the
+    failed command ends (the class driver decides whether to send it again) and the
+    next one starts."""
+    ext: FdoExtension = device.device_extension
     ext.recoveries += 1
-    irp = IoAllocateIrp(ext.lower.stack_size + 1)
-    IoSetNextIrpStackLocation(irp, ext.fdo)
-
-    def recovered(request: Request) -> None:
-        IoFreeIrp(irp)
-        failed.on_done(failed)
-        _start_next(ext)
-
-    recovery = Request(ext, irp, failed.srb, recovered)
-    ext.active = recovery
-    _send_phase(recovery, "reset")
-
+    device.driver_object.kernel.scheduler.require_irql(PASSIVE_LEVEL, "Reset Recovery")
+    if not ext.removed:
+        _submit_urb_sync(ext, U.urb_class_interface(std.BULK_ONLY_MASS_STORAGE_RESET, 0,
+                                                    ext.interface_number, 0, False))
+        for pipe in (ext.pipe_in, ext.pipe_out):
+            assert pipe is not None
+            _submit_urb_sync(ext, U.UrbPipeRequest(
+                U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, pipe))
+    failed.on_done(failed)
+    _start_next(ext)

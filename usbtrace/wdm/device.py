@@ -63,6 +63,7 @@ class DriverObject:
         )
         self.driver_extension = DriverExtension()
         self.driver_unload: Callable[[DriverObject], None] | None = None
+        self.driver_start_io: Callable[[DeviceObject, Any], None] | None = None  # DriverStartIo
         self.device_objects: list[DeviceObject] = []
         self.driver_context: Any = None  # driver-global state (what C keeps in globals)
 
@@ -90,6 +91,9 @@ class DeviceObject:
         self.attached_to: DeviceObject | None = None  # the device this one sits on
         self.deleted = False
         self.reference_count = 0
+        # IoStartPacket's state: CurrentIrp and the DeviceQueue (KDEVICE_QUEUE)
+        self.current_irp: Any = None
+        self.device_queue: Any = None
 
     def __repr__(self) -> str:
         return f"<DeviceObject {self.name} of {self.driver_object.name}>"

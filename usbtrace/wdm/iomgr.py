@@ -31,7 +31,7 @@ from usbtrace.wdm.irp import (
     CompletionRoutine,
     Irp,
 )
-from usbtrace.wdm.sched import DISPATCH_LEVEL, BugCheck
+from usbtrace.wdm.sched import DISPATCH_LEVEL, BugCheck, KSpinLock
 from usbtrace.wdm.status import NTSTATUS
 
 STATUS_PENDING = NTSTATUS.STATUS_PENDING.value
@@ -104,25 +104,150 @@ def IoSetCancelRoutine(irp: Irp, routine: CancelRoutine | None) -> CancelRoutine
     return old
 
 
+def _cancel_lock(device: DeviceObject) -> KSpinLock:
+    """The machine's one cancel spin lock (IopCancelSpinLock)."""
+    kernel = device.driver_object.kernel
+    lock: KSpinLock | None = getattr(kernel, "cancel_spin_lock", None)
+    if lock is None:
+        lock = KSpinLock("the cancel spin lock")
+        kernel.cancel_spin_lock = lock
+    return lock
+
+
+def IoAcquireCancelSpinLock(device: DeviceObject) -> int:  # noqa: N802
+    """Take the cancel spin lock; the IRQL to give IoReleaseCancelSpinLock back."""
+    return device.driver_object.kernel.scheduler.KeAcquireSpinLock(_cancel_lock(device))
+
+
+def IoReleaseCancelSpinLock(device: DeviceObject, irql: int) -> None:  # noqa: N802
+    device.driver_object.kernel.scheduler.KeReleaseSpinLock(_cancel_lock(device), irql)
+
+
 def IoCancelIrp(irp: Irp) -> bool:  # noqa: N802
     """Set the cancel flag and call the cancel routine, if one is set.
 
-    The routine runs at DISPATCH_LEVEL (as under the cancel spin lock).  Returns
-    whether a routine was called, as IoCancelIrp's BOOLEAN does.
+    As Windows does, the routine is called holding the cancel spin lock, with the
+    IRQL to restore in ``irp.cancel_irql``; the routine must release it
+    (IoReleaseCancelSpinLock(irp.CancelIrql)).  A routine that returns still holding
+    it stops the machine.  Returns whether a routine was called, as IoCancelIrp's
+    BOOLEAN does.
     """
     irp.cancel = True
+    device = irp.stack[irp.current_location].device_object \
+        if irp.current_location < irp.stack_count else None
+    if device is None:
+        return IoSetCancelRoutine(irp, None) is not None
+    lock = _cancel_lock(device)
+    sched = device.driver_object.kernel.scheduler
+    irql = sched.KeAcquireSpinLock(lock)
     routine = IoSetCancelRoutine(irp, None)
     if routine is None:
+        sched.KeReleaseSpinLock(lock, irql)
         return False
-    device = irp.stack[irp.current_location].device_object
-    assert device is not None
+    irp.cancel_irql = irql
+    routine(device, irp)
+    if lock.held:
+        raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
+                       f"cancel routine {routine.__name__} returned holding the cancel spin lock")
+    return True
+
+
+# ---- StartIo: IoStartPacket, IoStartNextPacket and the device queue ----------------
+
+
+class KDeviceQueue:
+    """KDEVICE_QUEUE: IRPs waiting for the device's StartIo; Busy while one is started."""
+
+    __slots__ = ("entries", "busy")
+
+    def __init__(self) -> None:
+        self.entries: list[Irp] = []
+        self.busy = False
+
+
+def _device_queue(device: DeviceObject) -> KDeviceQueue:
+    queue: KDeviceQueue | None = device.device_queue
+    if queue is None:
+        queue = device.device_queue = KDeviceQueue()
+    return queue
+
+
+def IoStartPacket(device: DeviceObject, irp: Irp, key: int | None,  # noqa: N802
+                  cancel_function: CancelRoutine | None) -> None:
+    """Start ``irp`` on the driver's StartIo now, or queue it while the device is busy.
+
+    As ntoskrnl's IoStartPacket (``io/iomgr/device.c``): at DISPATCH_LEVEL, holding
+    the cancel spin lock, set the cancel routine, then KeInsertDeviceQueue; if the
+    device was not busy, the IRP becomes CurrentIrp and DriverStartIo runs (at
+    DISPATCH_LEVEL).  An IRP cancelled before it is queued is handed to its cancel
+    routine.
+    """
     sched = device.driver_object.kernel.scheduler
     old = sched.KeRaiseIrql(DISPATCH_LEVEL)
-    try:
-        routine(device, irp)
-    finally:
-        sched.irql = old
-    return True
+    lock = _cancel_lock(device)
+    irql = sched.KeAcquireSpinLock(lock)
+    if cancel_function is not None:
+        IoSetCancelRoutine(irp, cancel_function)
+    queue = _device_queue(device)
+    if queue.busy:
+        if key is None:
+            queue.entries.append(irp)
+        else:  # sorted by key, as KeInsertByKeyDeviceQueue
+            keys = [getattr(i, "sort_key", 0) for i in queue.entries]
+            irp.sort_key = key
+            queue.entries.insert(next((n for n, k in enumerate(keys) if k > key),
+                                      len(keys)), irp)
+        if irp.cancel and cancel_function is not None and \
+                IoSetCancelRoutine(irp, None) is not None:
+            irp.cancel_irql = irql
+            cancel_function(device, irp)  # releases the cancel spin lock
+        else:
+            sched.KeReleaseSpinLock(lock, irql)
+    else:
+        queue.busy = True
+        device.current_irp = irp
+        sched.KeReleaseSpinLock(lock, irql)
+        start_io = device.driver_object.driver_start_io
+        assert start_io is not None, "IoStartPacket needs a DriverStartIo"
+        start_io(device, irp)
+    sched.KeLowerIrql(old)
+
+
+def IoStartNextPacket(device: DeviceObject, cancelable: bool) -> None:  # noqa: N802
+    """The current IRP is done: start the next queued one, or mark the device idle.
+
+    Callers are at DISPATCH_LEVEL, as the WDK requires.  With ``cancelable`` the
+    dequeue happens under the cancel spin lock.
+    """
+    sched = device.driver_object.kernel.scheduler
+    if sched.irql != DISPATCH_LEVEL:
+        raise BugCheck("IRQL_NOT_LESS_OR_EQUAL", "IoStartNextPacket below DISPATCH_LEVEL")
+    lock = _cancel_lock(device)
+    if cancelable:
+        sched.KeAcquireSpinLockAtDpcLevel(lock)
+    device.current_irp = None
+    queue = _device_queue(device)
+    irp = queue.entries.pop(0) if queue.entries else None
+    if irp is None:
+        queue.busy = False
+    else:
+        device.current_irp = irp
+    if cancelable:
+        sched.KeReleaseSpinLockFromDpcLevel(lock)
+    if irp is not None:
+        start_io = device.driver_object.driver_start_io
+        assert start_io is not None
+        start_io(device, irp)
+
+
+def KeRemoveEntryDeviceQueue(device: DeviceObject, irp: Irp) -> bool:  # noqa: N802
+    """Take a queued IRP out of the device queue (a cancel routine does); False if it
+    was not there (it is CurrentIrp, or already started)."""
+    queue = _device_queue(device)
+    if irp in queue.entries:
+        queue.entries.remove(irp)
+        return True
+    return False
 
 
 def IoCompleteRequest(irp: Irp, priority_boost: int = 0) -> None:  # noqa: N802

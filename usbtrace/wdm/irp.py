@@ -211,7 +211,7 @@ class Irp:
         "id", "stack", "stack_count", "current_location", "io_status", "system_buffer",
         "mdl_address", "user_buffer", "flags", "cancel", "cancel_routine", "pending_returned",
         "master_irp", "irp_count", "user_event", "user_iosb", "tail", "requestor_mode",
-        "completed", "freed", "user_callback",
+        "completed", "freed", "user_callback", "cancel_irql", "sort_key",
     )
 
     def __init__(self, stack_size: int) -> None:
@@ -236,6 +236,8 @@ class Irp:
         self.completed = False
         self.freed = False
         self.user_callback: Callable[[Irp], None] | None = None
+        self.cancel_irql = 0  # CancelIrql: what the cancel routine restores
+        self.sort_key = 0  # Tail.Overlay.DeviceQueueEntry.SortKey
 
     # Accessors with the WDK's names, as methods of the IRP -----------------------
 

@@ -27,6 +27,7 @@ class Kernel:
         self.pnp: PnpManager | None = None
         self.registry: dict[str, dict[str, Any]] = {}  # Services\<name>\Parameters
         self.bugchecks: list[str] = []
+        self.cancel_spin_lock: Any = None  # IopCancelSpinLock, made by the I/O manager
         self.log: list[tuple[float, str]] = []  # a DbgPrint buffer, read by tests
 
     def register_name(self, name: str, device: DeviceObject) -> None:

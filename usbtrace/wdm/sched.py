@@ -80,6 +80,35 @@ class KDpc:
         self.queued = False
 
 
+class KSpinLock:
+    """A spin lock (KSPIN_LOCK): held at DISPATCH_LEVEL, never re-acquired by its owner.
+
+    Acquiring raises the IRQL to DISPATCH_LEVEL and returns the old IRQL, which the
+    release restores (KeAcquireSpinLock / KeReleaseSpinLock).  The AtDpcLevel forms
+    require the caller to be at DISPATCH_LEVEL already.  As Driver Verifier does, a
+    second acquisition by the one thread there is, a release of a lock not held, or
+    an acquisition above DISPATCH_LEVEL stops the machine.
+    """
+
+    __slots__ = ("held", "name")
+
+    def __init__(self, name: str = "spin lock") -> None:
+        self.held = False
+        self.name = name
+
+
+class KTimer:
+    """A kernel timer (KTIMER) whose expiry queues a DPC (KeSetTimer's Dpc argument)."""
+
+    __slots__ = ("dpc", "generation", "due_ns", "fired")
+
+    def __init__(self) -> None:
+        self.dpc: KDpc | None = None
+        self.generation = 0  # bumped by every set and cancel: an older expiry is stale
+        self.due_ns: int | None = None
+        self.fired = 0
+
+
 class KInterrupt:
     """A connected interrupt: its service routine runs at DIRQL."""
 
@@ -105,6 +134,7 @@ class Scheduler:
         self._events: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = 0
         self._dpcs: deque[KDpc] = deque()
+        self._stale = 0  # cancelled timers' expiries still in _events
         self.halted: BaseException | None = None  # the interrupt that stopped the machine
 
     # ---- time ---------------------------------------------------------------------
@@ -145,6 +175,84 @@ class Scheduler:
                 f"{what} called at {IRQL_NAMES.get(self.irql, self.irql)}, "
                 f"allowed at most {IRQL_NAMES.get(maximum, maximum)}",
             )
+
+    # ---- spin locks --------------------------------------------------------------
+
+    def KeAcquireSpinLock(self, lock: KSpinLock) -> int:  # noqa: N802
+        """Raise to DISPATCH_LEVEL and take ``lock``; the old IRQL, for the release."""
+        if self.irql > DISPATCH_LEVEL:
+            raise BugCheck("IRQL_NOT_LESS_OR_EQUAL", f"{lock.name} acquired above DISPATCH_LEVEL")
+        old = self.KeRaiseIrql(DISPATCH_LEVEL)
+        self._take(lock)
+        return old
+
+    def KeReleaseSpinLock(self, lock: KSpinLock, old_irql: int) -> None:  # noqa: N802
+        self._give(lock)
+        self.KeLowerIrql(old_irql)
+
+    def KeAcquireSpinLockAtDpcLevel(self, lock: KSpinLock) -> None:  # noqa: N802
+        if self.irql != DISPATCH_LEVEL:
+            raise BugCheck("IRQL_NOT_LESS_OR_EQUAL",
+                           f"{lock.name} acquired at DPC level from "
+                           f"{IRQL_NAMES.get(self.irql, self.irql)}")
+        self._take(lock)
+
+    def KeReleaseSpinLockFromDpcLevel(self, lock: KSpinLock) -> None:  # noqa: N802
+        self._give(lock)
+
+    @staticmethod
+    def _take(lock: KSpinLock) -> None:
+        if lock.held:
+            raise BugCheck("SPIN_LOCK_ALREADY_OWNED", f"{lock.name} acquired twice")
+        lock.held = True
+
+    @staticmethod
+    def _give(lock: KSpinLock) -> None:
+        if not lock.held:
+            raise BugCheck("SPIN_LOCK_NOT_OWNED", f"{lock.name} released but not held")
+        lock.held = False
+
+    # ---- timers -------------------------------------------------------------------
+
+    def KeSetTimer(self, timer: KTimer, due_ns: int, dpc: KDpc | None = None) -> bool:  # noqa: N802
+        """Arm ``timer`` to expire ``due_ns`` from now and queue ``dpc``; True if it was
+        already armed (the earlier expiry is replaced, as KeSetTimer's result says)."""
+        was_set = timer.due_ns is not None
+        if was_set:
+            self._stale += 1
+        timer.generation += 1
+        timer.dpc = dpc
+        timer.due_ns = self.now_ns() + due_ns
+        self.schedule(due_ns, self._expire, timer, timer.generation)
+        return was_set
+
+    def KeCancelTimer(self, timer: KTimer) -> bool:  # noqa: N802
+        """Disarm ``timer``; True if it was armed.  Its expiry never runs, and takes no
+        virtual time: a cancelled hang timer does not move the clock."""
+        was_set = timer.due_ns is not None
+        timer.generation += 1
+        timer.due_ns = None
+        if was_set:
+            self._stale += 1
+            if self._stale > 1024 and self._stale * 2 > len(self._events):
+                self._compact()
+        return was_set
+
+    def _compact(self) -> None:
+        """Drop the expiries of cancelled timers (one per command that finished in time)."""
+        expire = self._expire
+        self._events = [e for e in self._events
+                        if not (e[2] == expire and e[3][1] != e[3][0].generation)]
+        heapq.heapify(self._events)
+        self._stale = 0
+
+    def _expire(self, timer: KTimer, generation: int) -> None:
+        if generation != timer.generation:
+            return
+        timer.due_ns = None
+        timer.fired += 1
+        if timer.dpc is not None:
+            self.KeInsertQueueDpc(timer.dpc)
 
     # ---- events, interrupts, DPCs -------------------------------------------------
 
@@ -196,6 +304,7 @@ class Scheduler:
         self.halted = e
         self.irql = PASSIVE_LEVEL
         self._events.clear()
+        self._stale = 0
         self._dpcs.clear()
 
     def check_running(self, what: str) -> None:
@@ -208,6 +317,9 @@ class Scheduler:
         if not self._events:
             return False
         when, _, callback, args = heapq.heappop(self._events)
+        if callback == self._expire and args[1] != args[0].generation:
+            self._stale -= 1
+            return True  # a cancelled or re-armed timer's old expiry: no time passes
         if self.clock == "virtual" and when > self._now_ns:
             self._now_ns = when
         try:
@@ -218,7 +330,8 @@ class Scheduler:
         return True
 
     def pending(self) -> int:
-        return len(self._events)
+        """Events still to run; the expiries of cancelled timers do not count."""
+        return len(self._events) - self._stale
 
     def KeWaitForSingleObject(self, event: KEvent, what: str = "wait") -> None:  # noqa: N802
         """Block (by running the machine) until ``event`` is signalled."""
