@@ -82,6 +82,7 @@ from usbtrace.wdm.irp import (
     Irp,
     ScsiParameters,
 )
+from usbtrace.wdm.mdl import MmGetSystemAddressForMdlSafe
 from usbtrace.wdm.sched import KEvent
 from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
@@ -358,9 +359,9 @@ def DiskReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     write = loc.major_function == IRP_MJ_WRITE
     if write and ext.write_protected:
         return complete_irp(irp, NTSTATUS.STATUS_MEDIA_WRITE_PROTECTED)
-    buffer = irp.mdl_address
-    assert buffer is not None
-    view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+    mdl = irp.mdl_address
+    assert mdl is not None
+    view = MmGetSystemAddressForMdlSafe(mdl)
     chunk = ext.max_transfer - ext.max_transfer % bs
     pieces = range(0, length, chunk)
     irp.io_status.status = STATUS_SUCCESS
@@ -378,8 +379,9 @@ def DiskReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
             cdb = RW16.pack(scsi.WRITE_16 if write else scsi.READ_16, 0, lba, blocks, 0, 0)
         else:
             cdb = RW10.pack(scsi.WRITE_10 if write else scsi.READ_10, 0, lba, 0, blocks, 0)
-        srb = Srb(cdb, n, flags, view[start : start + n])
+        srb = Srb(cdb, n, flags, view[start : start + n], data_offset=start)
         assoc = IoMakeAssociatedIrp(irp, stack_size)
+        assoc.mdl_address = mdl  # classpnp: the packet's IRP carries the original's MDL
         IoSetNextIrpStackLocation(assoc, device)
         _send_transfer(lower, assoc, srb, 0, n)
     return STATUS_PENDING

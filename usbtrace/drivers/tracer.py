@@ -55,6 +55,7 @@ from usbtrace.wdm.irp import (
     describe_parameters,
     minor_name,
 )
+from usbtrace.wdm.mdl import MmGetSystemAddressForMdlSafe
 from usbtrace.wdm.status import NTSTATUS
 
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS.value
@@ -195,10 +196,11 @@ def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str) -
         if file_object is not None:
             event.file_object = file_object.id
         if ext.upper_payload and irp.mdl_address is not None:
+            view = MmGetSystemAddressForMdlSafe(irp.mdl_address)
             if major == IRP_MJ_WRITE and not done:
-                event.data = bytes(irp.mdl_address[: params.length])
+                event.data = bytes(view[: params.length])
             elif major == IRP_MJ_READ and done and isinstance(event.information, int):
-                event.data = bytes(irp.mdl_address[: event.information])
+                event.data = bytes(view[: event.information])
     elif major == IRP_MJ_PNP or major == IRP_MJ_POWER:
         name = minor_name(major, loc.minor_function)
         text = describe_parameters(params)

@@ -397,7 +397,8 @@ def UsbhubDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int: 
 def _urb_bulk(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], TransferResult]:
     backend = ext.backend
     pipe = urb.pipe_handle
-    view = memoryview(urb.buffer)[: urb.length] if urb.length != len(urb.buffer) else urb.buffer
+    buffer = urb.transfer_buffer  # TransferBuffer, or TransferBufferMDL mapped
+    view = memoryview(buffer)[: urb.length] if urb.length != len(buffer) else buffer
     if pipe.endpoint_address & 0x80:
         return lambda: backend.bulk_in(pipe.endpoint_address, view)
     return lambda: backend.bulk_out(pipe.endpoint_address, view)

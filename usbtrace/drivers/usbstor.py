@@ -108,6 +108,12 @@ from usbtrace.wdm.irp import (
     IoReuseIrp,
     Irp,
 )
+from usbtrace.wdm.mdl import (
+    IoAllocateMdl,
+    IoBuildPartialMdl,
+    IoFreeMdl,
+    MmBuildMdlForNonPagedPool,
+)
 from usbtrace.wdm.sched import DISPATCH_LEVEL, PASSIVE_LEVEL, KDpc, KEvent, KTimer
 from usbtrace.wdm.status import NTSTATUS
 from usbtrace.wdm.workitem import (
@@ -487,9 +493,15 @@ def USBSTOR_CreatePDO(ext: FdoExtension, lun: int) -> int:  # noqa: N802
 
 
 def _execute_srb_sync(ext: FdoExtension, srb: Srb) -> int:
-    """Run one SRB on an IRP of the driver's own and wait (start-up INQUIRY)."""
+    """Run one SRB on an IRP of the driver's own and wait (start-up commands).
+
+    As ReactOS's USBSTOR_AllocateIrp (``pdo.c``): the data buffer is described by an
+    MDL built for nonpaged pool, so the data URB carries a partial MDL of it."""
     irp = IoAllocateIrp(ext.lower.stack_size + 1)
     IoSetNextIrpStackLocation(irp, ext.fdo)
+    if srb.data_buffer is not None and srb.data_transfer_length:
+        irp.mdl_address = IoAllocateMdl(srb.data_buffer, srb.data_transfer_length)
+        MmBuildMdlForNonPagedPool(irp.mdl_address)
     event = KEvent()
     result: list[int] = []
 
@@ -498,7 +510,9 @@ def _execute_srb_sync(ext: FdoExtension, srb: Srb) -> int:
         event.KeSetEvent()
 
     _start_or_queue(ext, irp, srb, finished)
-    ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(event, "INQUIRY")
+    ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(event, "SRB")
+    if irp.mdl_address is not None:
+        IoFreeMdl(irp.mdl_address)
     IoFreeIrp(irp)
     return result[0]
 
@@ -734,9 +748,18 @@ def _send_phase(request: Request, phase: str) -> None:
     elif phase == "data":
         pipe = pipe_in if srb.data_in else pipe_out
         flags = (U.USBD_TRANSFER_DIRECTION_IN | U.USBD_SHORT_TRANSFER_OK) if srb.data_in else 0
-        assert srb.data_buffer is not None
-        urb = U.UrbBulkOrInterruptTransfer(pipe, srb.data_buffer, srb.data_transfer_length,
-                                           flags)
+        irp_mdl = request.irp.mdl_address
+        if irp_mdl is not None and request.sensing is None:
+            # ReactOS scsi.c, USBSTOR_SendRequest: a partial MDL of the IRP's MDL for the
+            # SRB's DataBuffer and length; the URB's TransferBuffer stays NULL
+            mdl = IoAllocateMdl(irp_mdl.view, 0)
+            IoBuildPartialMdl(irp_mdl, mdl, srb.data_offset, srb.data_transfer_length)
+            urb = U.UrbBulkOrInterruptTransfer(pipe, None, srb.data_transfer_length, flags,
+                                               mdl)
+        else:  # the sense buffer, or an SRB whose IRP has no MDL: TransferBuffer
+            assert srb.data_buffer is not None
+            urb = U.UrbBulkOrInterruptTransfer(pipe, srb.data_buffer, srb.data_transfer_length,
+                                               flags)
     elif phase in ("csw", "csw_retry"):
         urb = U.UrbBulkOrInterruptTransfer(pipe_in, request.csw, bot.CSW_LENGTH,
                                            U.USBD_TRANSFER_DIRECTION_IN |
@@ -800,6 +823,9 @@ def _check_csw(request: Request, length: int) -> str:
 
 def USBSTOR_UrbCompletion(device: DeviceObject | None, irp: Irp, request: Request) -> int:  # noqa: N802
     """Completion routine for every phase: pick the next phase from the table."""
+    urb = request.urb
+    if isinstance(urb, U.UrbBulkOrInterruptTransfer) and urb.transfer_buffer_mdl is not None:
+        IoFreeMdl(urb.transfer_buffer_mdl)  # the data phase's partial MDL
     outcome = _outcome(request, irp)
     if outcome in ("gone", "cancelled"):
         nxt = outcome

@@ -201,14 +201,18 @@ class Urb:
 
 
 class UrbBulkOrInterruptTransfer(Urb):
-    __slots__ = ("pipe_handle", "transfer_flags", "buffer", "length")
+    """_URB_BULK_OR_INTERRUPT_TRANSFER: the data is TransferBuffer, or, when that is
+    None, what TransferBufferMDL describes (mapped by whoever needs the bytes)."""
 
-    def __init__(self, pipe: PipeInformation, buffer: bytearray | memoryview, length: int,
-                 transfer_flags: int) -> None:
+    __slots__ = ("pipe_handle", "transfer_flags", "buffer", "length", "transfer_buffer_mdl")
+
+    def __init__(self, pipe: PipeInformation, buffer: bytearray | memoryview | None,
+                 length: int, transfer_flags: int, mdl: Any = None) -> None:
         super().__init__(URB_FUNCTION_BULK_OR_INTERRUPT_TRANSFER)
         self.pipe_handle = pipe
         self.transfer_flags = transfer_flags
         self.buffer = buffer
+        self.transfer_buffer_mdl = mdl  # an MDL (usbtrace.wdm.mdl.Mdl), or None
         self.length = length  # TransferBufferLength: requested, then actual
 
     @property
@@ -225,7 +229,13 @@ class UrbBulkOrInterruptTransfer(Urb):
 
     @property
     def transfer_buffer(self) -> bytearray | memoryview:
-        return self.buffer
+        """TransferBuffer, or the system mapping of TransferBufferMDL."""
+        buffer = self.buffer
+        if buffer is None:
+            from usbtrace.wdm.mdl import MmGetSystemAddressForMdlSafe
+
+            buffer = MmGetSystemAddressForMdlSafe(self.transfer_buffer_mdl)
+        return buffer
 
     @property
     def transfer_buffer_length(self) -> int:

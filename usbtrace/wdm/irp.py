@@ -22,6 +22,7 @@ from usbtrace.wdm.status import NTSTATUS
 
 if TYPE_CHECKING:
     from usbtrace.wdm.device import DeviceObject, FileObject
+    from usbtrace.wdm.mdl import Mdl
     from usbtrace.wdm.sched import KEvent
 
 # Major function codes (wdm.h)
@@ -221,7 +222,7 @@ class Irp:
         self.current_location = stack_size
         self.io_status = IoStatusBlock()
         self.system_buffer: Any = None
-        self.mdl_address: bytearray | memoryview | None = None
+        self.mdl_address: Mdl | None = None  # MdlAddress: the caller's buffer, direct I/O
         self.user_buffer: Any = None
         self.flags = 0
         self.cancel = False

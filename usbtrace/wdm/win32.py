@@ -35,6 +35,7 @@ from usbtrace.wdm.irp import (
     ReadWriteParameters,
 )
 from usbtrace.wdm.kernel import Kernel
+from usbtrace.wdm.mdl import IoAllocateMdl, MmProbeAndLockPages
 from usbtrace.wdm.sched import PASSIVE_LEVEL, KEvent
 from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
@@ -137,7 +138,11 @@ class Win32:
         if n > len(buffer):
             raise NtStatusError(NTSTATUS.STATUS_INVALID_PARAMETER, call)
         irp = self._irp(file_object)
-        irp.mdl_address = memoryview(buffer)[:n] if n != len(buffer) else buffer
+        # DO_DIRECT_IO: the I/O manager describes the caller's buffer with an MDL and
+        # locks its pages (IoAllocateMdl, MmProbeAndLockPages)
+        mdl = IoAllocateMdl(buffer, n)
+        MmProbeAndLockPages(mdl)
+        irp.mdl_address = mdl
         loc = irp.IoGetNextIrpStackLocation()
         loc.major_function = major
         loc.parameters = ReadWriteParameters(n, offset)
