@@ -123,6 +123,11 @@ def test_pending_irp_propagates_pending_returned() -> None:
     pended.io_status.status = SUCCESS
     IoCompleteRequest(pended)
     assert "middle_completion(ctx) pending=True" in s.calls
+    # the IRP pended, so its last stage is an APC to the requesting thread
+    # (IopCompleteRequest): not run inside the completing call, run when the
+    # requester's thread next gets its turn on the scheduler
+    assert irp.pending_returned and not event.signaled
+    s.kernel.scheduler.run_until_idle()
     assert event.signaled
 
 
@@ -160,6 +165,7 @@ def test_cancel_calls_the_cancel_routine_at_dispatch_level() -> None:
 
     IoSetCancelRoutine(irp, cancel)
     assert IoCancelIrp(irp) is True
+    s.kernel.scheduler.run_until_idle()  # the completion APC of a pended IRP
     assert seen == [DISPATCH_LEVEL, PASSIVE_LEVEL] and irp.cancel and event.signaled
     assert irp.io_status.status == NTSTATUS.STATUS_CANCELLED
     assert IoCancelIrp(irp) is False  # the routine was taken: nothing more to call

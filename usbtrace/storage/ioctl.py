@@ -8,6 +8,7 @@ buffer would.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from usbtrace.wdm.irp import ctl_code
 
@@ -42,6 +43,7 @@ RemovableMedia, FixedMedia = 11, 12
 class StoragePropertyQuery:
     PropertyId: int
     QueryType: int = PropertyStandardQuery
+    SIZE: ClassVar[int] = 12  # sizeof(STORAGE_PROPERTY_QUERY)
 
 
 @dataclass
@@ -92,6 +94,7 @@ class ScsiPassThroughDirect:
     Lun: int = 0
     ScsiStatus: int = 0
     SenseInfo: bytearray = field(default_factory=lambda: bytearray(18))
+    SIZE: ClassVar[int] = 56  # sizeof(SCSI_PASS_THROUGH_DIRECT) on x64
 
 
 SCSI_IOCTL_DATA_OUT, SCSI_IOCTL_DATA_IN, SCSI_IOCTL_DATA_UNSPECIFIED = 0, 1, 2

@@ -23,6 +23,8 @@ from typing import Any
 
 from usbtrace.wdm.device import DeviceObject
 from usbtrace.wdm.irp import (
+    IRP_BUFFERED_IO,
+    IRP_INPUT_OPERATION,
     SL_INVOKE_ON_CANCEL,
     SL_INVOKE_ON_ERROR,
     SL_INVOKE_ON_SUCCESS,
@@ -31,7 +33,7 @@ from usbtrace.wdm.irp import (
     CompletionRoutine,
     Irp,
 )
-from usbtrace.wdm.sched import DISPATCH_LEVEL, BugCheck, KSpinLock
+from usbtrace.wdm.sched import APC_LEVEL, DISPATCH_LEVEL, BugCheck, KSpinLock
 from usbtrace.wdm.status import NTSTATUS
 
 STATUS_PENDING = NTSTATUS.STATUS_PENDING.value
@@ -49,7 +51,20 @@ def IoCallDriver(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     irp.current_location = location
     stack = irp.stack[location]
     stack.device_object = device
-    return driver.major_function[stack.major_function](device, irp)
+    if irp.pending_checks:
+        irp.pending_checks &= ~(1 << location)
+    status = driver.major_function[stack.major_function](device, irp)
+    if status == STATUS_PENDING and not stack.control & SL_PENDING_RETURNED:
+        # Driver Verifier: STATUS_PENDING without IoMarkIrpPending.  A pass-through
+        # driver may still mark it from its completion routine (if PendingReturned,
+        # IoMarkIrpPending), so an IRP not yet completed is checked when completion
+        # reaches this location.
+        if irp.completed or irp.current_location > location:
+            raise BugCheck("DRIVER_VERIFIER_IOMANAGER_VIOLATION",
+                           f"{driver.name} returned STATUS_PENDING for {irp!r} without "
+                           "IoMarkIrpPending")
+        irp.pending_checks |= 1 << location
+    return status
 
 
 def IoSkipCurrentIrpStackLocation(irp: Irp) -> None:  # noqa: N802
@@ -264,9 +279,15 @@ def IoCompleteRequest(irp: Irp, priority_boost: int = 0) -> None:  # noqa: N802
     stack = irp.stack
     count = irp.stack_count
     index = irp.current_location
+    checks = irp.pending_checks
     while index < count:
         loc = stack[index]
         pending = loc.control & SL_PENDING_RETURNED
+        if checks and checks >> index & 1 and not pending:
+            driver = loc.device_object.driver_object.name if loc.device_object else "?"
+            raise BugCheck("DRIVER_VERIFIER_IOMANAGER_VIOLATION",
+                           f"{driver} returned STATUS_PENDING for {irp!r} and it completed "
+                           "without IoMarkIrpPending")
         irp.pending_returned = bool(pending)
         routine = loc.completion_routine
         index += 1
@@ -298,7 +319,16 @@ def complete_irp(irp: Irp, status: int, information: Any = 0) -> int:
 
 
 def _finish(irp: Irp) -> None:
-    """The I/O manager's part once every driver is done with the IRP."""
+    """The I/O manager's part once every driver is done with the IRP.
+
+    An associated IRP counts down its master.  For any other IRP, the last stage
+    (IopCompleteRequest: copy a buffered output back, fill the caller's status
+    block, signal its event) must run in the requesting thread: an IRP that pended
+    (PendingReturned) gets it as an APC to that thread -- here a turn on the
+    scheduler at APC_LEVEL, never inside the DPC that completed the IRP; one
+    completed before its dispatch routine returned is still in that thread and
+    finishes at once.
+    """
     irp.completed = True
     master = irp.master_irp
     if master is not None:
@@ -307,6 +337,43 @@ def _finish(irp: Irp) -> None:
         if master.irp_count == 0:
             IoCompleteRequest(master)
         return
+    if irp.pending_returned and (irp.user_iosb is not None or irp.user_event is not None
+                                 or irp.user_callback is not None):
+        sched = _scheduler_of(irp)
+        if sched is not None:
+            sched.schedule(0, _completion_apc, sched, irp)
+            return
+    IopCompleteRequest(irp)
+
+
+def _scheduler_of(irp: Irp) -> Any:
+    for loc in irp.stack:
+        if loc.device_object is not None:
+            return loc.device_object.driver_object.kernel.scheduler
+    return None
+
+
+def _completion_apc(sched: Any, irp: Irp) -> None:
+    """The special kernel APC in the requesting thread, at APC_LEVEL."""
+    old = sched.irql
+    sched.irql = APC_LEVEL
+    try:
+        IopCompleteRequest(irp)
+    finally:
+        sched.irql = old
+
+
+def IopCompleteRequest(irp: Irp) -> None:  # noqa: N802
+    """The completion's last stage, in the requesting thread: METHOD_BUFFERED output
+    copied back to the caller's buffer (IRP_BUFFERED_IO | IRP_INPUT_OPERATION, as many
+    bytes as Information says), the status block, the event."""
+    flags = irp.flags
+    if flags & IRP_BUFFERED_IO and flags & IRP_INPUT_OPERATION and \
+            irp.user_buffer is not None and isinstance(irp.system_buffer, bytearray) and \
+            isinstance(irp.io_status.information, int) and \
+            irp.io_status.status < 0xC0000000:
+        n = min(irp.io_status.information, len(irp.user_buffer), len(irp.system_buffer))
+        irp.user_buffer[:n] = irp.system_buffer[:n]
     if irp.user_iosb is not None:
         irp.user_iosb.status = irp.io_status.status
         irp.user_iosb.information = irp.io_status.information

@@ -88,6 +88,20 @@ POWER_MINOR_NAMES = {0: "wait_wake", 1: "power_sequence", 2: "set_power", 3: "qu
 BusQueryDeviceID, BusQueryHardwareIDs, BusQueryCompatibleIDs, BusQueryInstanceID = 0, 1, 2, 3
 BusRelations, EjectionRelations, PowerRelations, RemovalRelations = 0, 1, 2, 3
 
+# Irp->Flags (wdm.h): what the I/O manager set up, and what it must do at completion
+IRP_NOCACHE = 0x00000001
+IRP_PAGING_IO = 0x00000002
+IRP_SYNCHRONOUS_API = 0x00000004
+IRP_ASSOCIATED_IRP = 0x00000008
+IRP_BUFFERED_IO = 0x00000010
+IRP_DEALLOCATE_BUFFER = 0x00000020
+IRP_INPUT_OPERATION = 0x00000040
+IRP_CREATE_OPERATION = 0x00000080
+IRP_READ_OPERATION = 0x00000100
+IRP_WRITE_OPERATION = 0x00000200
+IRP_CLOSE_OPERATION = 0x00000400
+IRP_DEFER_IO_COMPLETION = 0x00000800
+
 # Stack location Control bits
 SL_PENDING_RETURNED = 0x01
 SL_INVOKE_ON_CANCEL = 0x20
@@ -212,7 +226,7 @@ class Irp:
         "id", "stack", "stack_count", "current_location", "io_status", "system_buffer",
         "mdl_address", "user_buffer", "flags", "cancel", "cancel_routine", "pending_returned",
         "master_irp", "irp_count", "user_event", "user_iosb", "tail", "requestor_mode",
-        "completed", "freed", "user_callback", "cancel_irql", "sort_key",
+        "completed", "freed", "user_callback", "cancel_irql", "sort_key", "pending_checks",
     )
 
     def __init__(self, stack_size: int) -> None:
@@ -239,6 +253,9 @@ class Irp:
         self.user_callback: Callable[[Irp], None] | None = None
         self.cancel_irql = 0  # CancelIrql: what the cancel routine restores
         self.sort_key = 0  # Tail.Overlay.DeviceQueueEntry.SortKey
+        # bit n: the driver at stack location n returned STATUS_PENDING before marking
+        # the IRP pending; the mark must be there when completion reaches location n
+        self.pending_checks = 0
 
     # Accessors with the WDK's names, as methods of the IRP -----------------------
 
@@ -287,6 +304,7 @@ def IoReuseIrp(irp: Irp, status: int) -> None:  # noqa: N802
     irp.cancel = False
     irp.cancel_routine = None
     irp.pending_returned = False
+    irp.pending_checks = 0
     irp.completed = False
     irp.tail = [None, None, None, None]
 
