@@ -40,6 +40,7 @@ from usbtrace.storage.srb import (
     SRB_STATUS_ABORTED,
     SRB_STATUS_AUTOSENSE_VALID,
     SRB_STATUS_BUS_RESET,
+    SRB_STATUS_DATA_OVERRUN,
     SRB_STATUS_ERROR,
     SRB_STATUS_NO_DEVICE,
     SRB_STATUS_SUCCESS,
@@ -605,8 +606,8 @@ def USBSTOR_DispatchScsi(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
 
 def _complete_srb_irp(request: Request) -> None:
     complete_irp(request.irp, request.status, request.srb.data_transfer_length
-              if request.status == STATUS_SUCCESS or request.srb.srb_status & 0x3F ==
-              SRB_STATUS_SUCCESS else 0)
+              if request.status == STATUS_SUCCESS or request.srb.srb_status & 0x3F in
+              (SRB_STATUS_SUCCESS, SRB_STATUS_DATA_OVERRUN) else 0)
 
 
 # ---------------------------------------------------------------------------------
@@ -860,7 +861,11 @@ def _finish(request: Request, terminal: str, outcome: str = "") -> None:
             srb.data_transfer_length = request.command_actual
             request.status, _ = sense_to_ntstatus(sense)
         else:
-            srb.srb_status = SRB_STATUS_SUCCESS
+            # a short data phase is an underrun, which SCSI port drivers report as
+            # SRB_STATUS_DATA_OVERRUN with DataTransferLength cut to what moved; the IRP
+            # still succeeds and the class driver takes the bytes it got
+            short = request.data_actual < srb.data_transfer_length
+            srb.srb_status = SRB_STATUS_DATA_OVERRUN if short else SRB_STATUS_SUCCESS
             srb.data_transfer_length = request.data_actual
             request.status = STATUS_SUCCESS
     elif terminal == "gone":
