@@ -18,7 +18,7 @@ a bounded queue drained by a writer thread: the filter never touches storage.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from usbtrace.records import COMPLETE, SUBMIT, Event
@@ -75,6 +75,11 @@ class TracerExtension:
     bus: int | None = None
     address: int | None = None
     upper_payload: bool = False
+    # PipeHandle -> (endpoint address, transfer type), learnt from the pipe information
+    # SELECT_CONFIGURATION and SELECT_INTERFACE return, as USBPcap learns it
+    # (USBPcapURB.c, USBPcapParseInterfaceInformation): a bulk URB names only its pipe
+    pipes: dict[U.PipeInformation, tuple[int, int]] = field(default_factory=dict)
+    unknown_pipes: int = 0
 
 
 # ---------------------------------------------------------------------------------
@@ -219,8 +224,20 @@ def _describe_urb(ext: TracerExtension, event: Event, urb: U.Urb, done: bool) ->
     event.urb_function = urb.function
     event.bus = ext.bus
     event.device = ext.address
-    event.endpoint = urb.endpoint
-    event.transfer_type = urb.transfer_type
+    if isinstance(urb, U.UrbBulkOrInterruptTransfer):
+        known = ext.pipes.get(urb.pipe_handle)
+        if known is None:  # a pipe selected before the filter was there
+            ext.unknown_pipes += 1
+            known = (urb.endpoint, urb.transfer_type)
+        event.endpoint, event.transfer_type = known
+    else:
+        event.endpoint = urb.endpoint
+        event.transfer_type = urb.transfer_type
+    if done and U.USBD_SUCCESS(urb.status):
+        if isinstance(urb, U.UrbSelectConfiguration):
+            _learn_pipes(ext, urb.interfaces)
+        elif isinstance(urb, U.UrbSelectInterface):
+            _learn_pipes(ext, [urb.interface])
     event.setup = urb.setup_packet()
     length = urb.transfer_buffer_length
     event.length = length
@@ -237,6 +254,17 @@ def _describe_urb(ext: TracerExtension, event: Event, urb: U.Urb, done: bool) ->
             if buffer is not None:
                 event.data = bytes(buffer[:length])
     event.data_length = len(event.data)
+
+
+def _learn_pipes(ext: TracerExtension, interfaces: list[U.InterfaceInformation]) -> None:
+    """A new selection replaces the handles of the endpoints it covers (an endpoint
+    address is unique in the active configuration)."""
+    for interface in interfaces:
+        addresses = {pipe.endpoint_address for pipe in interface.pipes}
+        for old in [p for p, (ep, _) in ext.pipes.items() if ep in addresses]:
+            del ext.pipes[old]
+        for pipe in interface.pipes:
+            ext.pipes[pipe] = (pipe.endpoint_address, pipe.pipe_type)
 
 
 def _short(value: Any) -> str:

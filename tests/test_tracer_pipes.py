@@ -1,0 +1,45 @@
+"""The lower tracer learns endpoints as USBPcap does: from the pipe information that
+SELECT_CONFIGURATION and SELECT_INTERFACE return (desowin/usbpcap
+``USBPcapDriver/USBPcapURB.c``: USBPcapParseInterfaceInformation keeps PipeHandle ->
+endpoint; a bulk URB names only its PipeHandle)."""
+
+from __future__ import annotations
+
+from tests.conftest import Stack
+from usbtrace.drivers.tracer import TracerExtension
+from usbtrace.records import COMPLETE
+from usbtrace.usb import urb as U
+
+
+def _lower_tracer(stack: Stack) -> TracerExtension:
+    driver = stack.machine.kernel.drivers["\\Driver\\usbtrace"]
+    return next(d.device_extension for d in driver.device_objects
+                if d.device_extension.position == "lower")
+
+
+def test_pipes_are_learnt_at_start_up(stack: Stack) -> None:
+    ext = _lower_tracer(stack)
+    assert sorted(ext.pipes.values()) == [(0x02, U.UsbdPipeTypeBulk),
+                                          (0x81, U.UsbdPipeTypeBulk)]
+    assert ext.unknown_pipes == 0
+
+
+def test_the_recorded_endpoint_comes_from_the_learnt_table(stack: Stack) -> None:
+    ext = _lower_tracer(stack)
+    bulk_in = next(p for p, (ep, _) in ext.pipes.items() if ep == 0x81)
+    ext.pipes[bulk_in] = (0x85, U.UsbdPipeTypeBulk)  # what the table says is what is logged
+    before = len(stack.events)
+    h = stack.open()
+    stack.win32.ReadFile(h, bytearray(512), 0)
+    ins = {e.endpoint for e in stack.events[before:] if e.position == "lower"
+           and e.kind == COMPLETE and e.transfer_type == U.UsbdPipeTypeBulk
+           and e.endpoint is not None and e.endpoint & 0x80}
+    assert ins == {0x85}
+
+
+def test_a_pipe_the_filter_never_saw_selected_is_counted(stack: Stack) -> None:
+    ext = _lower_tracer(stack)
+    ext.pipes.clear()
+    h = stack.open()
+    stack.win32.ReadFile(h, bytearray(512), 0)
+    assert ext.unknown_pipes > 0
