@@ -43,3 +43,27 @@ def test_a_pipe_the_filter_never_saw_selected_is_counted(stack: Stack) -> None:
     h = stack.open()
     stack.win32.ReadFile(h, bytearray(512), 0)
     assert ext.unknown_pipes > 0
+
+
+def test_device_address_comes_from_the_hubs_node_connection_information(stack: Stack) -> None:
+    """USBPcapHelperFunctions.c: the parent hub and port, then
+    IOCTL_USB_GET_NODE_CONNECTION_INFORMATION on the hub for that port."""
+    from usbtrace.wdm.device import IoGetAttachedDevice
+    from usbtrace.wdm.irp import IoBuildDeviceIoControlRequest
+    from usbtrace.wdm.pnp import send_irp_synchronously
+
+    ext = _lower_tracer(stack)
+    kernel = stack.machine.kernel
+    parent = U.ParentHubInfo()
+    irp = IoBuildDeviceIoControlRequest(U.IOCTL_INTERNAL_USB_GET_PARENT_HUB_INFO, ext.lower,
+                                        None, 0, True, None, None, argument1=parent)
+    assert send_irp_synchronously(kernel, ext.lower, irp) == 0 and parent.port_number >= 1
+    hub = IoGetAttachedDevice(parent.parent_hub_pdo)
+    node = U.UsbNodeConnectionInformation(parent.port_number)
+    irp = IoBuildDeviceIoControlRequest(U.IOCTL_USB_GET_NODE_CONNECTION_INFORMATION, hub, node,
+                                        node.SIZE, False, None, None)
+    assert send_irp_synchronously(kernel, hub, irp) == 0
+    assert node.ConnectionStatus == 1 and node.DeviceAddress == ext.address == \
+        ext.lower.device_extension.address
+    assert {e.device for e in stack.events if e.position == "lower" and e.is_urb} == \
+        {node.DeviceAddress}

@@ -34,6 +34,7 @@ from usbtrace.wdm.device import (
     IoCreateDevice,
     IoDeleteDevice,
     IoDetachDevice,
+    IoGetAttachedDevice,
 )
 from usbtrace.wdm.iomgr import (
     IoCallDriver,
@@ -50,6 +51,7 @@ from usbtrace.wdm.irp import (
     IRP_MJ_WRITE,
     IRP_MN_QUERY_INTERFACE,
     IRP_MN_REMOVE_DEVICE,
+    IoBuildDeviceIoControlRequest,
     Irp,
     QueryInterfaceParameters,
     describe_parameters,
@@ -114,6 +116,7 @@ def TracerAddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N8
     filter_do.characteristics = lower.characteristics
     if position == "lower":
         _query_bus_info(ext, filter_do)
+        _query_device_address(ext, filter_do)
     filter_do.flags &= ~DO_DEVICE_INITIALIZING
     return STATUS_SUCCESS
 
@@ -134,7 +137,30 @@ def _query_bus_info(ext: TracerExtension, device: DeviceObject) -> None:
     status = send_irp_synchronously(device.driver_object.kernel, ext.lower, irp)
     info = irp.io_status.information
     if status == STATUS_SUCCESS and isinstance(info, dict):
-        ext.bus, ext.address = info.get("bus"), info.get("address")
+        ext.bus = info.get("bus")  # the address comes from the hub: _query_device_address
+
+
+def _query_device_address(ext: TracerExtension, device: DeviceObject) -> None:
+    """The device address as USBPcap gets it: the parent hub and port from the device
+    (IOCTL_INTERNAL_USB_GET_PARENT_HUB_INFO), then the hub's
+    IOCTL_USB_GET_NODE_CONNECTION_INFORMATION for that port (USBPcapHelperFunctions.c,
+    USBPcapGetNodeInformation).  A filter cannot see SET_ADDRESS: it happens before
+    the device's PDO exists."""
+    from usbtrace.wdm.pnp import send_irp_synchronously
+
+    kernel = device.driver_object.kernel
+    parent = U.ParentHubInfo()
+    irp = IoBuildDeviceIoControlRequest(U.IOCTL_INTERNAL_USB_GET_PARENT_HUB_INFO, ext.lower,
+                                        None, 0, True, None, None, argument1=parent)
+    if send_irp_synchronously(kernel, ext.lower, irp) != STATUS_SUCCESS or \
+            parent.parent_hub_pdo is None:
+        return
+    hub = IoGetAttachedDevice(parent.parent_hub_pdo)
+    node = U.UsbNodeConnectionInformation(parent.port_number)
+    irp = IoBuildDeviceIoControlRequest(U.IOCTL_USB_GET_NODE_CONNECTION_INFORMATION, hub,
+                                        node, node.SIZE, False, None, None)
+    if send_irp_synchronously(kernel, hub, irp) == STATUS_SUCCESS and node.ConnectionStatus:
+        ext.address = node.DeviceAddress
 
 
 # ---------------------------------------------------------------------------------

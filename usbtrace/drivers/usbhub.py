@@ -46,6 +46,7 @@ from usbtrace.wdm.iomgr import (
     complete_irp,
 )
 from usbtrace.wdm.irp import (
+    IRP_MJ_DEVICE_CONTROL,
     IRP_MJ_INTERNAL_DEVICE_CONTROL,
     IRP_MJ_PNP,
     IRP_MJ_POWER,
@@ -139,6 +140,7 @@ def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
     driver.major_function[IRP_MJ_PNP] = UsbhubDispatchPnp
     driver.major_function[IRP_MJ_POWER] = UsbhubDispatchPower
     driver.major_function[IRP_MJ_INTERNAL_DEVICE_CONTROL] = UsbhubDispatchInternalDeviceControl
+    driver.major_function[IRP_MJ_DEVICE_CONTROL] = UsbhubDispatchDeviceControl
     driver.major_function[IRP_MJ_SYSTEM_CONTROL] = UsbhubDispatchSystemControl
     driver.driver_extension.add_device = UsbhubAddDevice
     driver.driver_unload = UsbhubUnload
@@ -316,7 +318,7 @@ def _pdo_pnp(pdo: DeviceObject, irp: Irp) -> int:
     if minor == IRP_MN_QUERY_INTERFACE:
         if loc.parameters.interface_type == U.BUS_INFO_INTERFACE:
             return complete_irp(irp, STATUS_SUCCESS, {
-                "bus": ext.hub.bus_number, "address": ext.address,
+                "bus": ext.hub.bus_number,
                 "speed": ext.backend.speed.name})
         return complete_irp(irp, irp.io_status.status, irp.io_status.information)
     if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_CAPABILITIES, IRP_MN_QUERY_REMOVE_DEVICE):
@@ -365,8 +367,39 @@ def UsbhubDispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa:
 # ---------------------------------------------------------------------------------
 
 
+def UsbhubDispatchDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """The hub FDO's IOCTLs: IOCTL_USB_GET_NODE_CONNECTION_INFORMATION, the device on a
+    port and its address (what USBPcap asks the hub, USBPcapHelperFunctions.c)."""
+    loc = irp.IoGetCurrentIrpStackLocation()
+    if not _is_fdo(device) or \
+            loc.parameters.io_control_code != U.IOCTL_USB_GET_NODE_CONNECTION_INFORMATION:
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
+    info = irp.system_buffer
+    if not isinstance(info, U.UsbNodeConnectionInformation):
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+    ext: HubFdoExtension = device.device_extension
+    child = ext.children.get(info.ConnectionIndex - 1)  # ports count from 1 on the wire
+    if child is None or child.deleted:
+        info.ConnectionStatus = 0  # NoDeviceConnected
+        return complete_irp(irp, STATUS_SUCCESS, info.SIZE)
+    child_ext: UsbDevicePdoExtension = child.device_extension
+    info.ConnectionStatus = 1  # DeviceConnected
+    info.DeviceAddress = child_ext.address
+    info.DeviceIsHub = child_ext.device_descriptor.bDeviceClass == 0x09
+    info.DeviceDescriptor = child_ext.device_descriptor
+    return complete_irp(irp, STATUS_SUCCESS, info.SIZE)
+
+
 def UsbhubDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     loc = irp.IoGetCurrentIrpStackLocation()
+    if not _is_fdo(device) and \
+            loc.parameters.io_control_code == U.IOCTL_INTERNAL_USB_GET_PARENT_HUB_INFO:
+        pdo_ext: UsbDevicePdoExtension = device.device_extension
+        parent = loc.parameters.type3_input_buffer
+        parent.parent_hub_pdo = pdo_ext.hub.lower  # the hub FDO sits on it
+        parent.port_number = pdo_ext.port + 1  # USB port numbers count from 1
+        parent.root_hub_pdo = pdo_ext.hub.lower  # the model's one hub is the root hub
+        return complete_irp(irp, STATUS_SUCCESS)
     if _is_fdo(device) or loc.parameters.io_control_code != U.IOCTL_INTERNAL_USB_SUBMIT_URB:
         return complete_irp(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
     ext: UsbDevicePdoExtension = device.device_extension

@@ -10,7 +10,7 @@ same eight bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from construct import Int16ul, Int32ul, Int64ul, Struct
 
@@ -20,13 +20,17 @@ from usbtrace.wdm.irp import ctl_code
 FILE_DEVICE_USB = 0x22
 METHOD_NEITHER = 3
 IOCTL_INTERNAL_USB_SUBMIT_URB = ctl_code(FILE_DEVICE_USB, 0, METHOD_NEITHER, 0)  # 0x220003
+# usbioctl.h: USB_GET_PARENT_HUB_INFO 267, USB_GET_NODE_CONNECTION_INFORMATION 259
+IOCTL_INTERNAL_USB_GET_PARENT_HUB_INFO = ctl_code(FILE_DEVICE_USB, 267, METHOD_NEITHER, 0)
+IOCTL_USB_GET_NODE_CONNECTION_INFORMATION = ctl_code(FILE_DEVICE_USB, 259, 0, 0)  # 0x22040C
 IOCTL_INTERNAL_USB_RESET_PORT = ctl_code(FILE_DEVICE_USB, 1, METHOD_NEITHER, 0)  # 0x220007
 IOCTL_INTERNAL_USB_GET_PORT_STATUS = ctl_code(FILE_DEVICE_USB, 4, METHOD_NEITHER, 0)
 IOCTL_INTERNAL_USB_CYCLE_PORT = ctl_code(FILE_DEVICE_USB, 7, METHOD_NEITHER, 0)
 
 # A private PnP interface (IRP_MN_QUERY_INTERFACE) through which the bus driver
-# tells a filter its device's bus number, address and speed: what USBPcap
-# learns from the hub, which a filter in the device stack cannot see.
+# tells a filter its device's bus number and speed (USBPcap numbers buses by its
+# own control devices).  The address comes from the hub's
+# IOCTL_USB_GET_NODE_CONNECTION_INFORMATION, as USBPcap gets it.
 BUS_INFO_INTERFACE = "usbtrace.bus_info"
 
 # URB function codes (usb.h)
@@ -167,6 +171,28 @@ class InterfaceInformation:
     interface_subclass: int = 0
     interface_protocol: int = 0
     pipes: list[PipeInformation] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
+class ParentHubInfo:
+    """What IOCTL_INTERNAL_USB_GET_PARENT_HUB_INFO fills in (its Argument1, 2, 4): the
+    parent hub's PDO, the device's port on it, the root hub's PDO."""
+
+    parent_hub_pdo: Any = None
+    port_number: int = 0
+    root_hub_pdo: Any = None
+
+
+@dataclass(slots=True, eq=False)
+class UsbNodeConnectionInformation:
+    """USB_NODE_CONNECTION_INFORMATION, for IOCTL_USB_GET_NODE_CONNECTION_INFORMATION."""
+
+    ConnectionIndex: int
+    DeviceAddress: int = 0
+    DeviceIsHub: bool = False
+    ConnectionStatus: int = 0  # NoDeviceConnected 0, DeviceConnected 1
+    DeviceDescriptor: Any = None
+    SIZE: ClassVar[int] = 35
 
 
 class Urb:
