@@ -83,7 +83,7 @@ from usbtrace.wdm.irp import (
     ScsiParameters,
 )
 from usbtrace.wdm.mdl import MmGetSystemAddressForMdlSafe
-from usbtrace.wdm.sched import KEvent
+from usbtrace.wdm.sched import KDpc, KEvent, KTimer
 from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
@@ -93,6 +93,7 @@ STATUS_MORE_PROCESSING_REQUIRED = NTSTATUS.STATUS_MORE_PROCESSING_REQUIRED.value
 # NUM_IO_RETRIES = MAXIMUM_RETRIES (classp.h, Windows 8.1 on), so a command is
 # tried at most five times.
 MAXIMUM_RETRIES = 4
+NOT_READY_RETRY_INTERVAL = 10  # seconds (classp.h)
 SRB_STATUS_PHASE_SEQUENCE_FAILURE = 0x14
 RW10 = struct.Struct(">BBIBHB")
 RW16 = struct.Struct(">BBQIBB")
@@ -407,15 +408,45 @@ def DiskTransferCompletion(device: DeviceObject | None, assoc: Irp, context: Any
         if retry and retries < MAXIMUM_RETRIES:
             ext: DiskExtension = device.device_extension
             ext.stats["retries"] += 1
-            srb.srb_status = 0
-            assoc.io_status.status = STATUS_SUCCESS
-            _send_transfer(ext.lower, assoc, srb, retries + 1, length)
+            TransferPacketQueueRetryDpc(ext, assoc, srb, retries + 1, length,
+                                        _retry_interval_ns(srb))
             return STATUS_MORE_PROCESSING_REQUIRED
     if NT_SUCCESS(status):
         master.io_status.information += srb.data_transfer_length
     elif NT_SUCCESS(master.io_status.status):
         master.io_status.status = status
     return STATUS_SUCCESS  # let the I/O manager count down the master
+
+
+def _retry_interval_ns(srb: Srb) -> int:
+    """When to send a failed piece again: a unit becoming ready gets
+    NOT_READY_RETRY_INTERVAL (10 s, classp.h) to get there; anything else at once."""
+    if srb.srb_status & SRB_STATUS_AUTOSENSE_VALID:
+        sense = scsi.parse_sense(srb.sense_info_buffer)
+        if sense is not None and (sense.key, sense.asc, sense.ascq) == (0x02, 0x04, 0x01):
+            return NOT_READY_RETRY_INTERVAL * 1_000_000_000
+    return 0
+
+
+def TransferPacketQueueRetryDpc(ext: DiskExtension, assoc: Irp, srb: Srb,  # noqa: N802
+                                retries: int, length: int, interval_ns: int) -> None:
+    """classpnp's TransferPacketQueueRetryDpc (retry.c): the retry is sent from a DPC,
+    queued at once or, with a retry interval, by a timer -- never from inside the
+    completion routine that saw the failure."""
+    sched = ext.fdo.driver_object.kernel.scheduler
+    dpc = KDpc(TransferPacketRetryTimerDpc, (ext, assoc, srb, retries, length))
+    if interval_ns == 0:
+        sched.KeInsertQueueDpc(dpc)
+    else:
+        sched.KeSetTimer(KTimer(), interval_ns, dpc)
+
+
+def TransferPacketRetryTimerDpc(dpc: KDpc, context: Any) -> None:  # noqa: N802
+    """DISPATCH_LEVEL: send the piece again, with its SRB reset (retry.c)."""
+    ext, assoc, srb, retries, length = context
+    srb.srb_status = 0
+    assoc.io_status.status = STATUS_SUCCESS
+    _send_transfer(ext.lower, assoc, srb, retries, length)
 
 
 # ---------------------------------------------------------------------------------
