@@ -268,3 +268,27 @@ def test_io_start_next_packet_below_dispatch_level_is_a_bug_check() -> None:
     iomgr.IoStartNextPacket(device, True)  # nothing queued: the device goes idle
     kernel.scheduler.KeLowerIrql(old)
     assert device.current_irp is None and not device.device_queue.busy
+
+
+def test_driver_allocated_irp_completed_to_the_io_manager_is_a_bug_check() -> None:
+    """An IRP from IoAllocateIrp has no thread for the I/O manager to finish it in: a
+    completion routine that lets completion continue to the top stops the machine."""
+    from usbtrace.wdm.iomgr import IoSetCompletionRoutine
+    from usbtrace.wdm.irp import IoAllocateIrp
+
+    kernel = Kernel()
+    driver = DriverObject(kernel, "\\Driver\\lower")
+
+    def read(dev: Any, irp: Irp) -> int:
+        irp.io_status.status = SUCCESS
+        IoCompleteRequest(irp)
+        return SUCCESS
+
+    driver.major_function[IRP_MJ_READ] = read
+    lower = IoCreateDevice(driver, None, None, 0)
+    irp = IoAllocateIrp(lower.stack_size)
+    irp.IoGetNextIrpStackLocation().major_function = IRP_MJ_READ
+    irp.IoGetNextIrpStackLocation().parameters = ReadWriteParameters(512, 0)
+    IoSetCompletionRoutine(irp, lambda d, i, c: SUCCESS, None)  # should stop it: does not
+    with pytest.raises(BugCheck, match="STATUS_MORE_PROCESSING_REQUIRED"):
+        IoCallDriver(lower, irp)

@@ -77,6 +77,7 @@ from usbtrace.wdm.irp import (
     IRP_MN_SURPRISE_REMOVAL,
     DeviceIoControlParameters,
     IoAllocateIrp,
+    IoBuildDeviceIoControlRequest,
     IoFreeIrp,
     IoMakeAssociatedIrp,
     Irp,
@@ -249,18 +250,16 @@ def ClassSendSrbSynchronous(ext: DiskExtension, srb: Srb) -> int:  # noqa: N802
 
 
 def DiskStartDevice(ext: DiskExtension) -> int:  # noqa: N802
-    # The adapter's limits, from the port driver below.
     from usbtrace.wdm.pnp import send_irp_synchronously
 
     kernel = ext.fdo.driver_object.kernel
     # ClassPnpStartDevice: the adapter's limits and the device's descriptor, from
     # the port driver below (answered from what usbstor already knows: no traffic)
     for property_id in (io.StorageAdapterProperty, io.StorageDeviceProperty):
-        irp = IoAllocateIrp(ext.lower.stack_size)
-        loc = irp.IoGetNextIrpStackLocation()
-        loc.major_function = IRP_MJ_DEVICE_CONTROL
-        loc.parameters = DeviceIoControlParameters(io.IOCTL_STORAGE_QUERY_PROPERTY)
-        irp.system_buffer = io.StoragePropertyQuery(property_id)
+        # a threaded IRP (IoBuildDeviceIoControlRequest): the I/O manager finishes it
+        irp = IoBuildDeviceIoControlRequest(io.IOCTL_STORAGE_QUERY_PROPERTY, ext.lower,
+                                            io.StoragePropertyQuery(property_id), 0, False,
+                                            None, None)
         if send_irp_synchronously(kernel, ext.lower, irp) != STATUS_SUCCESS:
             continue
         answer = irp.system_buffer

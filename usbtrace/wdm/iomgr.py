@@ -337,6 +337,12 @@ def _finish(irp: Irp) -> None:
         if master.irp_count == 0:
             IoCompleteRequest(master)
         return
+    if irp.driver_allocated:
+        # an IRP from IoAllocateIrp has no thread to finish in: its owner's completion
+        # routine must return STATUS_MORE_PROCESSING_REQUIRED, then IoFreeIrp it
+        raise BugCheck("DRIVER_VERIFIER_IOMANAGER_VIOLATION",
+                       f"{irp!r}, allocated by a driver, completed to the I/O manager: its "
+                       "completion routine must return STATUS_MORE_PROCESSING_REQUIRED")
     if irp.pending_returned and (irp.user_iosb is not None or irp.user_event is not None
                                  or irp.user_callback is not None):
         sched = _scheduler_of(irp)

@@ -227,6 +227,7 @@ class Irp:
         "mdl_address", "user_buffer", "flags", "cancel", "cancel_routine", "pending_returned",
         "master_irp", "irp_count", "user_event", "user_iosb", "tail", "requestor_mode",
         "completed", "freed", "user_callback", "cancel_irql", "sort_key", "pending_checks",
+        "driver_allocated",
     )
 
     def __init__(self, stack_size: int) -> None:
@@ -256,6 +257,7 @@ class Irp:
         # bit n: the driver at stack location n returned STATUS_PENDING before marking
         # the IRP pending; the mark must be there when completion reaches location n
         self.pending_checks = 0
+        self.driver_allocated = False  # IoAllocateIrp: no thread; its owner ends it
 
     # Accessors with the WDK's names, as methods of the IRP -----------------------
 
@@ -273,7 +275,9 @@ def IoAllocateIrp(stack_size: int, charge_quota: bool = False) -> Irp:  # noqa: 
     """Allocate an IRP with ``stack_size`` stack locations."""
     if stack_size < 1:
         raise ValueError("an IRP needs at least one stack location")
-    return Irp(stack_size)
+    irp = Irp(stack_size)
+    irp.driver_allocated = True
+    return irp
 
 
 def IoFreeIrp(irp: Irp) -> None:  # noqa: N802
