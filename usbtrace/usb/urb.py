@@ -16,6 +16,7 @@ from construct import Int16ul, Int32ul, Int64ul, Struct
 
 from usbtrace.usb import setup as std
 from usbtrace.wdm.irp import ctl_code
+from usbtrace.wdm.mdl import MmGetSystemAddressForMdlSafe
 
 FILE_DEVICE_USB = 0x22
 METHOD_NEITHER = 3
@@ -258,8 +259,6 @@ class UrbBulkOrInterruptTransfer(Urb):
         """TransferBuffer, or the system mapping of TransferBufferMDL."""
         buffer = self.buffer
         if buffer is None:
-            from usbtrace.wdm.mdl import MmGetSystemAddressForMdlSafe
-
             buffer = MmGetSystemAddressForMdlSafe(self.transfer_buffer_mdl)
         return buffer
 

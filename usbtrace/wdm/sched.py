@@ -100,13 +100,18 @@ class KSpinLock:
 class KTimer:
     """A kernel timer (KTIMER) whose expiry queues a DPC (KeSetTimer's Dpc argument)."""
 
-    __slots__ = ("dpc", "generation", "due_ns", "fired")
+    __slots__ = ("dpc", "generation", "due_ns", "fired", "queued_at")
 
     def __init__(self) -> None:
         self.dpc: KDpc | None = None
-        self.generation = 0  # bumped by every set and cancel: an older expiry is stale
-        self.due_ns: int | None = None
+        self.generation = 0  # bumped by every set and cancel
+        self.due_ns: int | None = None  # armed: when it expires
+        self.queued_at: int | None = None  # the time of its one entry in the event queue
         self.fired = 0
+
+
+def _timer_entry(timer: KTimer) -> None:
+    """Marks a timer's entry in the event queue; run_one handles it (never called)."""
 
 
 class KInterrupt:
@@ -134,7 +139,6 @@ class Scheduler:
         self._events: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = 0
         self._dpcs: deque[KDpc] = deque()
-        self._stale = 0  # cancelled timers' expiries still in _events
         self.halted: BaseException | None = None  # the interrupt that stopped the machine
 
     # ---- time ---------------------------------------------------------------------
@@ -216,14 +220,22 @@ class Scheduler:
 
     def KeSetTimer(self, timer: KTimer, due_ns: int, dpc: KDpc | None = None) -> bool:  # noqa: N802
         """Arm ``timer`` to expire ``due_ns`` from now and queue ``dpc``; True if it was
-        already armed (the earlier expiry is replaced, as KeSetTimer's result says)."""
+        already armed (the earlier expiry is replaced, as KeSetTimer's result says).
+
+        A timer has at most one entry in the event queue: re-arming it later (a hang
+        timer, once per command) only moves its due time, and the entry, when its
+        moment comes, moves itself to the new time without moving the clock.
+        """
         was_set = timer.due_ns is not None
-        if was_set:
-            self._stale += 1
         timer.generation += 1
         timer.dpc = dpc
-        timer.due_ns = self.now_ns() + due_ns
-        self.schedule(due_ns, self._expire, timer, timer.generation)
+        due = self.now_ns() + due_ns
+        timer.due_ns = due
+        queued = timer.queued_at
+        if queued is None or queued > due:
+            timer.queued_at = due
+            self._seq += 1
+            heapq.heappush(self._events, (due, self._seq, _timer_entry, (timer,)))
         return was_set
 
     def KeCancelTimer(self, timer: KTimer) -> bool:  # noqa: N802
@@ -232,27 +244,26 @@ class Scheduler:
         was_set = timer.due_ns is not None
         timer.generation += 1
         timer.due_ns = None
-        if was_set:
-            self._stale += 1
-            if self._stale > 1024 and self._stale * 2 > len(self._events):
-                self._compact()
         return was_set
 
-    def _compact(self) -> None:
-        """Drop the expiries of cancelled timers (one per command that finished in time)."""
-        expire = self._expire
-        self._events = [e for e in self._events
-                        if not (e[2] == expire and e[3][1] != e[3][0].generation)]
-        heapq.heapify(self._events)
-        self._stale = 0
-
-    def _expire(self, timer: KTimer, generation: int) -> None:
-        if generation != timer.generation:
-            return
+    def _timer_entry_due(self, when: int, timer: KTimer) -> bool:
+        """A timer's queue entry came up: True if the timer expires now.  Otherwise the
+        entry is dropped (cancelled) or moved to the later due time, and no time passes."""
+        if timer.queued_at != when:
+            return False  # an older entry, replaced by an earlier one
+        due = timer.due_ns
+        if due is None:
+            timer.queued_at = None
+            return False
+        if due > when:
+            timer.queued_at = due
+            self._seq += 1
+            heapq.heappush(self._events, (due, self._seq, _timer_entry, (timer,)))
+            return False
+        timer.queued_at = None
         timer.due_ns = None
         timer.fired += 1
-        if timer.dpc is not None:
-            self.KeInsertQueueDpc(timer.dpc)
+        return True
 
     # ---- events, interrupts, DPCs -------------------------------------------------
 
@@ -304,7 +315,6 @@ class Scheduler:
         self.halted = e
         self.irql = PASSIVE_LEVEL
         self._events.clear()
-        self._stale = 0
         self._dpcs.clear()
 
     def check_running(self, what: str) -> None:
@@ -317,9 +327,15 @@ class Scheduler:
         if not self._events:
             return False
         when, _, callback, args = heapq.heappop(self._events)
-        if callback == self._expire and args[1] != args[0].generation:
-            self._stale -= 1
-            return True  # a cancelled or re-armed timer's old expiry: no time passes
+        if callback is _timer_entry:
+            timer = args[0]
+            if not self._timer_entry_due(when, timer):
+                return True  # cancelled, or due later: no time passes
+            if self.clock == "virtual" and when > self._now_ns:
+                self._now_ns = when
+            if timer.dpc is not None:
+                self.KeInsertQueueDpc(timer.dpc)
+            return True
         if self.clock == "virtual" and when > self._now_ns:
             self._now_ns = when
         try:
@@ -330,8 +346,9 @@ class Scheduler:
         return True
 
     def pending(self) -> int:
-        """Events still to run; the expiries of cancelled timers do not count."""
-        return len(self._events) - self._stale
+        """Events still to run; the entries of timers not armed do not count."""
+        return sum(1 for e in self._events
+                   if not (e[2] is _timer_entry and e[3][0].due_ns is None))
 
     def KeWaitForSingleObject(self, event: KEvent, what: str = "wait") -> None:  # noqa: N802
         """Block (by running the machine) until ``event`` is signalled."""
