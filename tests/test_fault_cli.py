@@ -22,16 +22,17 @@ def commands(db: str) -> list[tuple[int, str, int | None, str]]:
         "SELECT seq, name, lba, status FROM scsi_commands ORDER BY seq").fetchall()
 
 
-# the 'read' workload's 10th command is a READ(10) of 128 sectors at LBA 640; the
+# Windows 10's start-up and disk arrival send 13 commands (the shared USBPcap capture),
+# so the 'read' workload's 20th command is a READ(10) of 128 sectors at LBA 640; the
 # READ retried is that one, or with stall-out the next (its CBW is what stalls)
-RECOVERED = {"stall-in@10": 640, "stall-out@10": 768, "invalid-csw@10": 640,
-             "phase-error@10": 640, "unit-attention@10": 640}
+RECOVERED = {"stall-in@20": 640, "stall-out@20": 768, "invalid-csw@20": 640,
+             "phase-error@20": 640, "unit-attention@20": 640}
 FAILING = {
-    "not-ready@10": "STATUS_NO_MEDIA_IN_DEVICE",
+    "not-ready@20": "STATUS_NO_MEDIA_IN_DEVICE",
     "media-error@700": "STATUS_CRC_ERROR",
-    "disconnect@10": "STATUS_DEVICE_NOT_CONNECTED",
-    "stall-in@10+": "STATUS_IO_DEVICE_ERROR",
-    "phase-error@10+": "STATUS_IO_DEVICE_ERROR",
+    "disconnect@20": "STATUS_DEVICE_NOT_CONNECTED",
+    "stall-in@20+": "STATUS_IO_DEVICE_ERROR",
+    "phase-error@20+": "STATUS_IO_DEVICE_ERROR",
 }
 
 
@@ -49,8 +50,8 @@ def test_one_off_fault_is_recorded_and_recovered(tmp_path: Path, spec: str) -> N
     rows = commands(db)
     # the faulted READ was done again after the fault, and ended good
     lba = RECOVERED[spec]
-    assert rows[9][1] == "read_10" and rows[9][2] == 640
-    tries = [r for r in rows[9:] if r[1] == "read_10" and r[2] == lba]
+    assert rows[19][1] == "read_10" and rows[19][2] == 640
+    tries = [r for r in rows[19:] if r[1] == "read_10" and r[2] == lba]
     assert len(tries) == 2 and tries[0][3] != "good" and tries[1][3] == "good"
     state, notes = sqlite3.connect(db).execute(
         "SELECT state, notes FROM sessions").fetchone()

@@ -231,18 +231,19 @@ def test_cancel_of_a_queued_srb(stack: Stack) -> None:
     from usbtrace.wdm.iomgr import IoCancelIrp
 
     h = stack.open()
+    before = len(stack.events)  # after the disk-arrival read of the partition table
     first = stack.win32.ReadFile(h, bytearray(65536), 0, overlapped=True)
     second = stack.win32.ReadFile(h, bytearray(65536), 65536, overlapped=True)
     usbstor = stack.machine.kernel.drivers["\\Driver\\usbstor"]
-    fdo = next(d for d in usbstor.device_objects if hasattr(d.device_extension, "queue"))
-    queued_irp = fdo.device_extension.queue[0][0]  # the second READ's SRB waits its turn
+    fdo = next(d for d in usbstor.device_objects if hasattr(d.device_extension, "luns"))
+    queued_irp = fdo.device_queue.entries[0]  # the second READ's SRB waits its turn
     assert queued_irp.master_irp is second.irp
     assert IoCancelIrp(queued_irp)
     with pytest.raises(NtStatusError, match="STATUS_CANCELLED"):
         stack.win32.GetOverlappedResult(h, second)
     assert stack.win32.GetOverlappedResult(h, first) == 65536
     # the cancelled SRB never reached the wire: one CBW for the first read only
-    cbws = [e for e in stack.events if e.kind == SUBMIT and e.data[:4] == b"USBC"
+    cbws = [e for e in stack.events[before:] if e.kind == SUBMIT and e.data[:4] == b"USBC"
             and e.data[15] == 0x28]
     assert len(cbws) == 1
 

@@ -81,11 +81,13 @@ def test_start_up_sequence_seen_by_the_lower_filter(stack: Stack) -> None:
     lower = [e for e in stack.events if e.position == "lower" and e.kind == SUBMIT]
     assert [(e.major, e.minor) for e in lower[:2]] == [(0x1B, 0x0D), (0x1B, 0x00)]
     setups = [e.setup[1:4] for e in lower if e.setup is not None and e.endpoint == 0x80]
-    # GET_DESCRIPTOR device, configuration (9, then all), string 0 and the serial
-    assert [s[2] for s in setups[:5]] == [1, 2, 2, 3, 3]
+    # GET_DESCRIPTOR device, configuration (9, then all), string 0 and the serial, each
+    # string in two steps (Windows 10: the shared USBPcap capture)
+    assert [s[2] for s in setups[:7]] == [1, 2, 2, 3, 3, 3, 3]
     functions = [e.urb_function for e in lower if e.urb_function is not None]
-    assert functions[5] == 0x0000  # SELECT_CONFIGURATION
-    assert functions[6] == 0x001B  # CLASS_INTERFACE: GET_MAX_LUN
+    assert functions[7] == 0x0000  # SELECT_CONFIGURATION
+    assert functions[8] == 0x0001  # SELECT_INTERFACE
+    assert functions[9] == 0x001B  # CLASS_INTERFACE: GET_MAX_LUN
     bulk = [e for e in lower if e.transfer_type == 2]
     assert bulk[0].data[:4] == b"USBC" and bulk[0].data[15] == 0x12  # INQUIRY CBW
     minors = [(e.major, e.minor) for e in lower if e.major in (0x16, 0x1B)]

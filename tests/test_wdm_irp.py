@@ -13,13 +13,14 @@ from usbtrace.wdm.iomgr import (
     IoCompleteRequest,
     IoCopyCurrentIrpStackLocationToNext,
     IoMarkIrpPending,
+    IoReleaseCancelSpinLock,
     IoSetCancelRoutine,
     IoSetCompletionRoutine,
     IoSkipCurrentIrpStackLocation,
 )
 from usbtrace.wdm.irp import IRP_MJ_READ, IoMakeAssociatedIrp, Irp, ReadWriteParameters
 from usbtrace.wdm.kernel import Kernel
-from usbtrace.wdm.sched import DISPATCH_LEVEL, BugCheck, KEvent
+from usbtrace.wdm.sched import DISPATCH_LEVEL, PASSIVE_LEVEL, BugCheck, KEvent
 from usbtrace.wdm.status import NTSTATUS
 
 SUCCESS = NTSTATUS.STATUS_SUCCESS
@@ -122,6 +123,11 @@ def test_pending_irp_propagates_pending_returned() -> None:
     pended.io_status.status = SUCCESS
     IoCompleteRequest(pended)
     assert "middle_completion(ctx) pending=True" in s.calls
+    # the IRP pended, so its last stage is an APC to the requesting thread
+    # (IopCompleteRequest): not run inside the completing call, run when the
+    # requester's thread next gets its turn on the scheduler
+    assert irp.pending_returned and not event.signaled
+    s.kernel.scheduler.run_until_idle()
     assert event.signaled
 
 
@@ -149,15 +155,31 @@ def test_cancel_calls_the_cancel_routine_at_dispatch_level() -> None:
     seen: list[int] = []
 
     def cancel(dev: Any, i: Irp) -> None:
+        # called holding the cancel spin lock, which it gives back first (wdm.h's
+        # DRIVER_CANCEL contract: IoReleaseCancelSpinLock(Irp->CancelIrql))
+        seen.append(s.kernel.scheduler.irql)
+        IoReleaseCancelSpinLock(dev, i.cancel_irql)
         seen.append(s.kernel.scheduler.irql)
         i.io_status.status = NTSTATUS.STATUS_CANCELLED
         IoCompleteRequest(i)
 
     IoSetCancelRoutine(irp, cancel)
     assert IoCancelIrp(irp) is True
-    assert seen == [DISPATCH_LEVEL] and irp.cancel and event.signaled
+    s.kernel.scheduler.run_until_idle()  # the completion APC of a pended IRP
+    assert seen == [DISPATCH_LEVEL, PASSIVE_LEVEL] and irp.cancel and event.signaled
     assert irp.io_status.status == NTSTATUS.STATUS_CANCELLED
     assert IoCancelIrp(irp) is False  # the routine was taken: nothing more to call
+
+
+def test_a_cancel_routine_that_keeps_the_cancel_spin_lock_is_a_bug_check() -> None:
+    """Microsoft docs, "Cancel Routine Functionality": the routine must release the
+    cancel spin lock; the model stops the machine if it returns holding it."""
+    s = ThreeLayers(pend=True)
+    irp, _ = s.irp()
+    IoCallDriver(s.top, irp)
+    IoSetCancelRoutine(irp, lambda dev, i: None)
+    with pytest.raises(BugCheck, match="holding the cancel spin lock"):
+        IoCancelIrp(irp)
 
 
 def test_completing_with_a_cancel_routine_set_is_a_bug_check() -> None:

@@ -19,6 +19,7 @@ from types import TracebackType
 
 from usbtrace.devices.base import DeviceBackend
 from usbtrace.drivers import disk, tracer, usbhub, usbstor
+from usbtrace.drivers.partmgr import PartMgrDiskArrival
 from usbtrace.records import Event
 from usbtrace.wdm.kernel import Kernel
 from usbtrace.wdm.pnp import DeviceNode, DriverDatabase, PnpManager, Service
@@ -77,8 +78,15 @@ class Machine:
         return self.kernel.scheduler
 
     def start(self) -> Machine:
-        """Root-enumerate the host controller; PnP builds every stack beneath it."""
+        """Root-enumerate the host controller; PnP builds every stack beneath it.
+
+        When the disk has arrived, the requests Windows sends a new disk before a
+        file system mounts (``partmgr.PartMgrDiskArrival``) reach it, as they
+        would on Windows.
+        """
         self.root = self.pnp.add_root(create_root_pdo(self.kernel, HOST_CONTROLLER_ID))
+        if self.disk_present():
+            PartMgrDiskArrival(self.win32, DISK_PATH)
         return self
 
     def _device_relations_changed(self) -> None:

@@ -286,8 +286,9 @@ class ScsiTarget:
     def _read_format_capacities(self, cdb: bytes) -> Plan:
         blocks, bs = min(self.image.block_count, 0xFFFFFFFF), self.image.block_size
         kind = 0x03 if (self.ejected or self.faults.not_ready) else 0x02
-        current = struct.pack(">IB", blocks, kind) + bs.to_bytes(3, "big")
-        formattable = struct.pack(">IB", blocks, 0) + bs.to_bytes(3, "big")
+        # the block count field has 4 bytes: a larger medium reports the most it can
+        current = struct.pack(">IB", min(blocks, 0xFFFFFFFF), kind) + bs.to_bytes(3, "big")
+        formattable = struct.pack(">IB", min(blocks, 0xFFFFFFFF), 0) + bs.to_bytes(3, "big")
         data = bytes([0, 0, 0, 16]) + current + formattable
         return self._in(int.from_bytes(cdb[7:9], "big"), data)
 

@@ -93,11 +93,13 @@ from usbtrace.wdm.irp import (
     DeviceIoControlParameters,
     DeviceUsageTypePaging,
     IoAllocateIrp,
+    IoBuildDeviceIoControlRequest,
     IoFreeIrp,
     IoMakeAssociatedIrp,
     Irp,
     ScsiParameters,
 )
+from usbtrace.wdm.mdl import MmGetSystemAddressForMdlSafe
 from usbtrace.wdm.power import (
     PoCallDriver,
     PoRequestPowerIrp,
@@ -114,7 +116,7 @@ from usbtrace.wdm.removelock import (
     IoReleaseRemoveLockAndWait,
     IoRemoveLock,
 )
-from usbtrace.wdm.sched import KEvent
+from usbtrace.wdm.sched import KDpc, KEvent, KTimer
 from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
@@ -124,6 +126,7 @@ STATUS_MORE_PROCESSING_REQUIRED = NTSTATUS.STATUS_MORE_PROCESSING_REQUIRED.value
 # NUM_IO_RETRIES = MAXIMUM_RETRIES (classp.h, Windows 8.1 on), so a command is
 # tried at most five times.
 MAXIMUM_RETRIES = 4
+NOT_READY_RETRY_INTERVAL = 10  # seconds (classp.h)
 SRB_STATUS_PHASE_SEQUENCE_FAILURE = 0x14
 PNP_DEVICE_NOT_DISABLEABLE = 0x00000020
 RW10 = struct.Struct(">BBIBHB")
@@ -139,6 +142,7 @@ class DiskExtension:
     block_count: int = 0
     max_transfer: int = 0x10000
     write_protected: bool = False
+    removable: bool = True  # FILE_REMOVABLE_MEDIA, from the device descriptor at start
     removed: bool = False
     open_handles: int = 0
     descriptor: Any = None
@@ -383,22 +387,48 @@ def ClassSendSrbSynchronous(ext: DiskExtension, srb: Srb) -> int:  # noqa: N802
 
 
 def DiskStartDevice(ext: DiskExtension) -> int:  # noqa: N802
-    # The adapter's limits, from the port driver below.
-    query = io.StoragePropertyQuery(io.StorageAdapterProperty)
-    irp = IoAllocateIrp(ext.lower.stack_size)
-    loc = irp.IoGetNextIrpStackLocation()
-    loc.major_function = IRP_MJ_DEVICE_CONTROL
-    loc.parameters = DeviceIoControlParameters(io.IOCTL_STORAGE_QUERY_PROPERTY)
-    irp.system_buffer = query
     from usbtrace.wdm.pnp import send_irp_synchronously
 
-    if send_irp_synchronously(ext.fdo.driver_object.kernel, ext.lower, irp) == STATUS_SUCCESS:
-        ext.max_transfer = irp.system_buffer.MaximumTransferLength
-    IoFreeIrp(irp)  # allocated here: ours to free
+    kernel = ext.fdo.driver_object.kernel
+    # ClassPnpStartDevice: the adapter's limits and the device's descriptor, from
+    # the port driver below (answered from what usbstor already knows: no traffic)
+    for property_id in (io.StorageAdapterProperty, io.StorageDeviceProperty):
+        # a threaded IRP (IoBuildDeviceIoControlRequest): the I/O manager finishes it
+        irp = IoBuildDeviceIoControlRequest(io.IOCTL_STORAGE_QUERY_PROPERTY, ext.lower,
+                                            io.StoragePropertyQuery(property_id), 0, False,
+                                            None, None)
+        if send_irp_synchronously(kernel, ext.lower, irp) != STATUS_SUCCESS:
+            continue
+        answer = irp.system_buffer
+        if isinstance(answer, io.StorageAdapterDescriptor):
+            ext.max_transfer = answer.MaximumTransferLength
+        elif isinstance(answer, io.StorageDeviceDescriptor):
+            ext.removable = bool(answer.RemovableMedia)
 
-    tur = Srb(bytes(6), 0, 0)
-    ClassSendSrbSynchronous(ext, tur)  # a not-ready medium does not fail the start
+    # No TEST UNIT READY at start: Windows 10 sends none (the shared capture).
+    # DiskInitFdo reads the capacity, then DiskDetectFailurePrediction asks the
+    # Informational Exceptions Control page; DiskStartFdo's DiskGetCacheInformation
+    # asks the Caching page.  Each MODE SENSE(6) asks 192 bytes, as classpnp's
+    # MODE_DATA_SIZE; the write-protect bit is in every answer's header.
+    DiskReadDriveCapacity(ext)
+    mode = bytearray(192)
+    _mode_sense(ext, scsi.MODE_PAGE_INFORMATIONAL_EXCEPTIONS, mode)
+    if _mode_sense(ext, scsi.MODE_PAGE_CACHING, mode) >= 4:
+        ext.write_protected = bool(mode[2] & 0x80)
+    return STATUS_SUCCESS
 
+
+def _mode_sense(ext: DiskExtension, page: int, mode: bytearray) -> int:
+    """ClassModeSense: MODE SENSE(6) for ``page``; the bytes returned, 0 on failure."""
+    ms = Srb(bytes([scsi.MODE_SENSE_6, 0, page, 0, len(mode), 0]), len(mode),
+             SRB_FLAGS_DATA_IN, memoryview(mode))
+    if NT_SUCCESS(ClassSendSrbSynchronous(ext, ms)):
+        return ms.data_transfer_length
+    return 0
+
+
+def DiskReadDriveCapacity(ext: DiskExtension) -> int:  # noqa: N802
+    """ClassReadDriveCapacity: READ CAPACITY(10), or (16) past 2 TiB."""
     data = bytearray(8)
     rc = Srb(bytes([scsi.READ_CAPACITY_10]) + bytes(9), 8, SRB_FLAGS_DATA_IN, memoryview(data))
     status = ClassSendSrbSynchronous(ext, rc)
@@ -412,13 +442,7 @@ def DiskStartDevice(ext: DiskExtension) -> int:  # noqa: N802
             if NT_SUCCESS(ClassSendSrbSynchronous(ext, rc16)):
                 last, ext.block_size = struct.unpack_from(">QI", data16)
         ext.block_count = last + 1
-
-    mode = bytearray(192)
-    ms = Srb(bytes([scsi.MODE_SENSE_6, 0, 0x3F, 0, 192, 0]), 192, SRB_FLAGS_DATA_IN,
-             memoryview(mode))
-    if NT_SUCCESS(ClassSendSrbSynchronous(ext, ms)) and ms.data_transfer_length >= 4:
-        ext.write_protected = bool(mode[2] & 0x80)
-    return STATUS_SUCCESS
+    return status
 
 
 # ---------------------------------------------------------------------------------
@@ -524,9 +548,9 @@ def _read_write(device: DeviceObject, ext: DiskExtension, irp: Irp) -> int:
     write = loc.major_function == IRP_MJ_WRITE
     if write and ext.write_protected:
         return complete_irp(irp, NTSTATUS.STATUS_MEDIA_WRITE_PROTECTED)
-    buffer = irp.mdl_address
-    assert buffer is not None
-    view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+    mdl = irp.mdl_address
+    assert mdl is not None
+    view = MmGetSystemAddressForMdlSafe(mdl)
     chunk = ext.max_transfer - ext.max_transfer % bs
     pieces = range(0, length, chunk)
     irp.io_status.status = STATUS_SUCCESS
@@ -544,8 +568,9 @@ def _read_write(device: DeviceObject, ext: DiskExtension, irp: Irp) -> int:
             cdb = RW16.pack(scsi.WRITE_16 if write else scsi.READ_16, 0, lba, blocks, 0, 0)
         else:
             cdb = RW10.pack(scsi.WRITE_10 if write else scsi.READ_10, 0, lba, 0, blocks, 0)
-        srb = Srb(cdb, n, flags, view[start : start + n])
+        srb = Srb(cdb, n, flags, view[start : start + n], data_offset=start)
         assoc = IoMakeAssociatedIrp(irp, stack_size)
+        assoc.mdl_address = mdl  # classpnp: the packet's IRP carries the original's MDL
         IoSetNextIrpStackLocation(assoc, device)
         IoAcquireRemoveLock(ext.remove_lock, assoc)  # released by DiskTransferCompletion
         _send_transfer(lower, assoc, srb, 0, n)
@@ -572,9 +597,8 @@ def DiskTransferCompletion(device: DeviceObject | None, assoc: Irp, context: Any
         if retry and retries < MAXIMUM_RETRIES:
             ext: DiskExtension = device.device_extension
             ext.stats["retries"] += 1
-            srb.srb_status = 0
-            assoc.io_status.status = STATUS_SUCCESS
-            _send_transfer(ext.lower, assoc, srb, retries + 1, length)
+            TransferPacketQueueRetryDpc(ext, assoc, srb, retries + 1, length,
+                                        _retry_interval_ns(srb))
             return STATUS_MORE_PROCESSING_REQUIRED
     if NT_SUCCESS(status):
         master.io_status.information += srb.data_transfer_length
@@ -582,6 +606,37 @@ def DiskTransferCompletion(device: DeviceObject | None, assoc: Irp, context: Any
         master.io_status.status = status
     IoReleaseRemoveLock(device.device_extension.remove_lock, assoc)
     return STATUS_SUCCESS  # let the I/O manager count down the master
+
+
+def _retry_interval_ns(srb: Srb) -> int:
+    """When to send a failed piece again: a unit becoming ready gets
+    NOT_READY_RETRY_INTERVAL (10 s, classp.h) to get there; anything else at once."""
+    if srb.srb_status & SRB_STATUS_AUTOSENSE_VALID:
+        sense = scsi.parse_sense(srb.sense_info_buffer)
+        if sense is not None and (sense.key, sense.asc, sense.ascq) == (0x02, 0x04, 0x01):
+            return NOT_READY_RETRY_INTERVAL * 1_000_000_000
+    return 0
+
+
+def TransferPacketQueueRetryDpc(ext: DiskExtension, assoc: Irp, srb: Srb,  # noqa: N802
+                                retries: int, length: int, interval_ns: int) -> None:
+    """classpnp's TransferPacketQueueRetryDpc (retry.c): the retry is sent from a DPC,
+    queued at once or, with a retry interval, by a timer -- never from inside the
+    completion routine that saw the failure."""
+    sched = ext.fdo.driver_object.kernel.scheduler
+    dpc = KDpc(TransferPacketRetryTimerDpc, (ext, assoc, srb, retries, length))
+    if interval_ns == 0:
+        sched.KeInsertQueueDpc(dpc)
+    else:
+        sched.KeSetTimer(KTimer(), interval_ns, dpc)
+
+
+def TransferPacketRetryTimerDpc(dpc: KDpc, context: Any) -> None:  # noqa: N802
+    """DISPATCH_LEVEL: send the piece again, with its SRB reset (retry.c)."""
+    ext, assoc, srb, retries, length = context
+    srb.srb_status = 0
+    assoc.io_status.status = STATUS_SUCCESS
+    _send_transfer(ext.lower, assoc, srb, retries, length)
 
 
 # ---------------------------------------------------------------------------------
@@ -623,19 +678,31 @@ def _device_control(ext: DiskExtension, irp: Irp) -> int:
     code = params.io_control_code
     if ext.removed:
         return complete_irp(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
-    if code == io.IOCTL_DISK_GET_DRIVE_GEOMETRY:
-        if params.output_buffer_length < 24:
+    if code in (io.IOCTL_DISK_GET_DRIVE_GEOMETRY, io.IOCTL_DISK_GET_DRIVE_GEOMETRY_EX,
+                io.IOCTL_DISK_GET_LENGTH_INFO):
+        needed = {io.IOCTL_DISK_GET_DRIVE_GEOMETRY: 24, io.IOCTL_DISK_GET_DRIVE_GEOMETRY_EX: 32,
+                  io.IOCTL_DISK_GET_LENGTH_INFO: 8}[code]
+        if params.output_buffer_length < needed:
             return complete_irp(irp, NTSTATUS.STATUS_BUFFER_TOO_SMALL)
+        if ext.removable:
+            # disk.c's DiskIoctlGetDriveGeometry (and the _EX and length variants):
+            # on removable media, "Issue ReadCapacity to update device extension
+            # with information for current media" -- one READ CAPACITY each time
+            status = DiskReadDriveCapacity(ext)
+            if not NT_SUCCESS(status):
+                return complete_irp(irp, status)
+        if code == io.IOCTL_DISK_GET_LENGTH_INFO:
+            irp.system_buffer = ext.size
+            return complete_irp(irp, STATUS_SUCCESS, 8)
         heads, sectors = 255, 63
         cylinders = ext.block_count // (heads * sectors)
-        irp.system_buffer = io.DiskGeometry(cylinders, io.RemovableMedia, heads, sectors,
-                                            ext.block_size)
+        geometry = io.DiskGeometry(cylinders, io.RemovableMedia if ext.removable
+                                   else io.FixedMedia, heads, sectors, ext.block_size)
+        if code == io.IOCTL_DISK_GET_DRIVE_GEOMETRY_EX:
+            irp.system_buffer = io.DiskGeometryEx(geometry, ext.size)
+            return complete_irp(irp, STATUS_SUCCESS, 32)
+        irp.system_buffer = geometry
         return complete_irp(irp, STATUS_SUCCESS, 24)
-    if code == io.IOCTL_DISK_GET_LENGTH_INFO:
-        if params.output_buffer_length < 8:
-            return complete_irp(irp, NTSTATUS.STATUS_BUFFER_TOO_SMALL)
-        irp.system_buffer = ext.size
-        return complete_irp(irp, STATUS_SUCCESS, 8)
     if code == io.IOCTL_STORAGE_QUERY_PROPERTY:
         IoSkipCurrentIrpStackLocation(irp)
         return IoCallDriver(ext.lower, irp)

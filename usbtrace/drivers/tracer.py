@@ -39,6 +39,7 @@ from usbtrace.wdm.device import (
     IoCreateDevice,
     IoDeleteDevice,
     IoDetachDevice,
+    IoGetAttachedDevice,
 )
 from usbtrace.wdm.iomgr import (
     IoCallDriver,
@@ -59,12 +60,14 @@ from usbtrace.wdm.irp import (
     IRP_MN_SET_POWER,
     IRP_MN_START_DEVICE,
     DeviceCapabilities,
+    IoBuildDeviceIoControlRequest,
     Irp,
     QueryCapabilitiesParameters,
     QueryInterfaceParameters,
     describe_parameters,
     minor_name,
 )
+from usbtrace.wdm.mdl import MmGetSystemAddressForMdlSafe
 from usbtrace.wdm.power import PoSetPowerState, PowerDeviceD0
 from usbtrace.wdm.removelock import (
     IoAcquireRemoveLock,
@@ -93,6 +96,11 @@ class TracerExtension:
     address: int | None = None
     upper_payload: bool = False
     remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
+    # PipeHandle -> (endpoint address, transfer type), learnt from the pipe information
+    # SELECT_CONFIGURATION and SELECT_INTERFACE return, as USBPcap learns it
+    # (USBPcapURB.c, USBPcapParseInterfaceInformation): a bulk URB names only its pipe
+    pipes: dict[U.PipeInformation, tuple[int, int]] = field(default_factory=dict)
+    unknown_pipes: int = 0
 
 
 # ---------------------------------------------------------------------------------
@@ -128,6 +136,7 @@ def TracerAddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N8
     filter_do.characteristics = lower.characteristics
     if position == "lower":
         _query_bus_info(ext, filter_do)
+        _query_device_address(ext, filter_do)
     filter_do.flags &= ~DO_DEVICE_INITIALIZING
     return STATUS_SUCCESS
 
@@ -148,7 +157,30 @@ def _query_bus_info(ext: TracerExtension, device: DeviceObject) -> None:
     status = send_irp_synchronously(device.driver_object.kernel, ext.lower, irp)
     info = irp.io_status.information
     if status == STATUS_SUCCESS and isinstance(info, dict):
-        ext.bus, ext.address = info.get("bus"), info.get("address")
+        ext.bus = info.get("bus")  # the address comes from the hub: _query_device_address
+
+
+def _query_device_address(ext: TracerExtension, device: DeviceObject) -> None:
+    """The device address as USBPcap gets it: the parent hub and port from the device
+    (IOCTL_INTERNAL_USB_GET_PARENT_HUB_INFO), then the hub's
+    IOCTL_USB_GET_NODE_CONNECTION_INFORMATION for that port (USBPcapHelperFunctions.c,
+    USBPcapGetNodeInformation).  A filter cannot see SET_ADDRESS: it happens before
+    the device's PDO exists."""
+    from usbtrace.wdm.pnp import send_irp_synchronously
+
+    kernel = device.driver_object.kernel
+    parent = U.ParentHubInfo()
+    irp = IoBuildDeviceIoControlRequest(U.IOCTL_INTERNAL_USB_GET_PARENT_HUB_INFO, ext.lower,
+                                        None, 0, True, None, None, argument1=parent)
+    if send_irp_synchronously(kernel, ext.lower, irp) != STATUS_SUCCESS or \
+            parent.parent_hub_pdo is None:
+        return
+    hub = IoGetAttachedDevice(parent.parent_hub_pdo)
+    node = U.UsbNodeConnectionInformation(parent.port_number)
+    irp = IoBuildDeviceIoControlRequest(U.IOCTL_USB_GET_NODE_CONNECTION_INFORMATION, hub,
+                                        node, node.SIZE, False, None, None)
+    if send_irp_synchronously(kernel, hub, irp) == STATUS_SUCCESS and node.ConnectionStatus:
+        ext.address = node.DeviceAddress
 
 
 # ---------------------------------------------------------------------------------
@@ -230,10 +262,11 @@ def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str) -
         if file_object is not None:
             event.file_object = file_object.id
         if ext.upper_payload and irp.mdl_address is not None:
+            view = MmGetSystemAddressForMdlSafe(irp.mdl_address)
             if major == IRP_MJ_WRITE and not done:
-                event.data = bytes(irp.mdl_address[: params.length])
+                event.data = bytes(view[: params.length])
             elif major == IRP_MJ_READ and done and isinstance(event.information, int):
-                event.data = bytes(irp.mdl_address[: event.information])
+                event.data = bytes(view[: event.information])
     elif major == IRP_MJ_PNP or major == IRP_MJ_POWER:
         name = minor_name(major, loc.minor_function)
         text = describe_parameters(params)
@@ -255,8 +288,20 @@ def _describe_urb(ext: TracerExtension, event: Event, urb: U.Urb, done: bool) ->
     event.urb_function = urb.function
     event.bus = ext.bus
     event.device = ext.address
-    event.endpoint = urb.endpoint
-    event.transfer_type = urb.transfer_type
+    if isinstance(urb, U.UrbBulkOrInterruptTransfer):
+        known = ext.pipes.get(urb.pipe_handle)
+        if known is None:  # a pipe selected before the filter was there
+            ext.unknown_pipes += 1
+            known = (urb.endpoint, urb.transfer_type)
+        event.endpoint, event.transfer_type = known
+    else:
+        event.endpoint = urb.endpoint
+        event.transfer_type = urb.transfer_type
+    if done and U.USBD_SUCCESS(urb.status):
+        if isinstance(urb, U.UrbSelectConfiguration):
+            _learn_pipes(ext, urb.interfaces)
+        elif isinstance(urb, U.UrbSelectInterface):
+            _learn_pipes(ext, [urb.interface])
     event.setup = urb.setup_packet()
     length = urb.transfer_buffer_length
     event.length = length
@@ -289,6 +334,17 @@ def _capabilities(caps: DeviceCapabilities) -> str:
     wake = (f", wake S{caps.system_wake - 1} from {_D_STATES.get(caps.device_wake)}"
             if caps.device_wake else "")
     return f"{' '.join(flags) or 'none'}; {states}{wake}"
+
+
+def _learn_pipes(ext: TracerExtension, interfaces: list[U.InterfaceInformation]) -> None:
+    """A new selection replaces the handles of the endpoints it covers (an endpoint
+    address is unique in the active configuration)."""
+    for interface in interfaces:
+        addresses = {pipe.endpoint_address for pipe in interface.pipes}
+        for old in [p for p, (ep, _) in ext.pipes.items() if ep in addresses]:
+            del ext.pipes[old]
+        for pipe in interface.pipes:
+            ext.pipes[pipe] = (pipe.endpoint_address, pipe.pipe_type)
 
 
 def _short(value: Any) -> str:

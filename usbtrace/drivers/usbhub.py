@@ -47,12 +47,14 @@ from usbtrace.wdm.iomgr import (
     IoCopyCurrentIrpStackLocationToNext,
     IoForwardIrpSynchronously,
     IoMarkIrpPending,
+    IoReleaseCancelSpinLock,
     IoSetCancelRoutine,
     IoSetCompletionRoutine,
     IoSkipCurrentIrpStackLocation,
     complete_irp,
 )
 from usbtrace.wdm.irp import (
+    IRP_MJ_DEVICE_CONTROL,
     IRP_MJ_INTERNAL_DEVICE_CONTROL,
     IRP_MJ_PNP,
     IRP_MJ_POWER,
@@ -182,6 +184,7 @@ def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
     driver.major_function[IRP_MJ_PNP] = UsbhubDispatchPnp
     driver.major_function[IRP_MJ_POWER] = UsbhubDispatchPower
     driver.major_function[IRP_MJ_INTERNAL_DEVICE_CONTROL] = UsbhubDispatchInternalDeviceControl
+    driver.major_function[IRP_MJ_DEVICE_CONTROL] = UsbhubDispatchDeviceControl
     driver.major_function[IRP_MJ_SYSTEM_CONTROL] = UsbhubDispatchSystemControl
     driver.driver_extension.add_device = UsbhubAddDevice
     driver.driver_unload = UsbhubUnload
@@ -414,7 +417,7 @@ def UsbhubPdoPnp(pdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if minor == IRP_MN_QUERY_INTERFACE:
         if loc.parameters.interface_type == U.BUS_INFO_INTERFACE:
             return complete_irp(irp, STATUS_SUCCESS, {
-                "bus": ext.hub.bus_number, "address": ext.address,
+                "bus": ext.hub.bus_number,
                 "speed": ext.backend.speed.name})
         return complete_irp(irp, irp.io_status.status, irp.io_status.information)
     if minor in (IRP_MN_START_DEVICE, IRP_MN_QUERY_REMOVE_DEVICE, IRP_MN_CANCEL_REMOVE_DEVICE):
@@ -560,6 +563,8 @@ def _arm_wait_wake(pdo: DeviceObject, ext: UsbDevicePdoExtension, irp: Irp) -> i
 
 
 def UsbhubCancelWaitWake(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
+    """Cancel routine of the armed WAIT_WAKE (cancel spin lock held: released first)."""
+    IoReleaseCancelSpinLock(device, irp.cancel_irql)
     ext: UsbDevicePdoExtension = device.device_extension
     if ext.wait_wake is irp:
         ext.wait_wake = None
@@ -618,7 +623,9 @@ def UsbhubIdleCallbackWorker(pdo: DeviceObject, irp: Irp,  # noqa: N802
 
 
 def UsbhubCancelIdleNotification(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
-    """The client wants its device back (or goes away): the idle request ends."""
+    """The client wants its device back (or goes away): the idle request ends.
+    Called holding the cancel spin lock, which it releases first."""
+    IoReleaseCancelSpinLock(device, irp.cancel_irql)
     ext: UsbDevicePdoExtension = device.device_extension
     if ext.idle_irp is irp:
         ext.idle_irp = None
@@ -640,11 +647,42 @@ def UsbhubDispatchSystemControl(device: DeviceObject, irp: Irp) -> int:  # noqa:
 # ---------------------------------------------------------------------------------
 
 
+def UsbhubDispatchDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """The hub FDO's IOCTLs: IOCTL_USB_GET_NODE_CONNECTION_INFORMATION, the device on a
+    port and its address (what USBPcap asks the hub, USBPcapHelperFunctions.c)."""
+    loc = irp.IoGetCurrentIrpStackLocation()
+    if not _is_fdo(device) or \
+            loc.parameters.io_control_code != U.IOCTL_USB_GET_NODE_CONNECTION_INFORMATION:
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
+    info = irp.system_buffer
+    if not isinstance(info, U.UsbNodeConnectionInformation):
+        return complete_irp(irp, NTSTATUS.STATUS_INVALID_PARAMETER)
+    ext: HubFdoExtension = device.device_extension
+    child = ext.children.get(info.ConnectionIndex - 1)  # ports count from 1 on the wire
+    if child is None or child.deleted:
+        info.ConnectionStatus = 0  # NoDeviceConnected
+        return complete_irp(irp, STATUS_SUCCESS, info.SIZE)
+    child_ext: UsbDevicePdoExtension = child.device_extension
+    info.ConnectionStatus = 1  # DeviceConnected
+    info.DeviceAddress = child_ext.address
+    info.DeviceIsHub = child_ext.device_descriptor.bDeviceClass == 0x09
+    info.DeviceDescriptor = child_ext.device_descriptor
+    return complete_irp(irp, STATUS_SUCCESS, info.SIZE)
+
+
 def UsbhubDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     loc = irp.IoGetCurrentIrpStackLocation()
     if not _is_fdo(device) and \
             loc.parameters.io_control_code == U.IOCTL_INTERNAL_USB_SUBMIT_IDLE_NOTIFICATION:
         return UsbhubSubmitIdleNotification(device, irp)
+    if not _is_fdo(device) and \
+            loc.parameters.io_control_code == U.IOCTL_INTERNAL_USB_GET_PARENT_HUB_INFO:
+        pdo_ext: UsbDevicePdoExtension = device.device_extension
+        parent = loc.parameters.type3_input_buffer
+        parent.parent_hub_pdo = pdo_ext.hub.lower  # the hub FDO sits on it
+        parent.port_number = pdo_ext.port + 1  # USB port numbers count from 1
+        parent.root_hub_pdo = pdo_ext.hub.lower  # the model's one hub is the root hub
+        return complete_irp(irp, STATUS_SUCCESS)
     if _is_fdo(device) or loc.parameters.io_control_code != U.IOCTL_INTERNAL_USB_SUBMIT_URB:
         return complete_irp(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
     ext: UsbDevicePdoExtension = device.device_extension
@@ -678,7 +716,8 @@ def UsbhubDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int: 
 def _urb_bulk(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], TransferResult]:
     backend = ext.backend
     pipe = urb.pipe_handle
-    view = memoryview(urb.buffer)[: urb.length] if urb.length != len(urb.buffer) else urb.buffer
+    buffer = urb.transfer_buffer  # TransferBuffer, or TransferBufferMDL mapped
+    view = memoryview(buffer)[: urb.length] if urb.length != len(buffer) else buffer
     if pipe.endpoint_address & 0x80:
         return lambda: backend.bulk_in(pipe.endpoint_address, view)
     return lambda: backend.bulk_out(pipe.endpoint_address, view)
@@ -715,6 +754,32 @@ def _urb_select_configuration(ext: UsbDevicePdoExtension,
     return run
 
 
+def _urb_select_interface(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], TransferResult]:
+    """SET_INTERFACE on the wire; new pipe handles for the setting's endpoints."""
+    backend = ext.backend
+
+    def run() -> TransferResult:
+        result = backend.control(urb.wire_setup(), bytearray())
+        if result.status == U.USBD_STATUS_SUCCESS:
+            info = urb.interface
+            info.pipes = []
+            for entry in d.configuration_tree(ext.configuration)["interfaces"]:
+                i = entry["interface"]
+                if (i.bInterfaceNumber, i.bAlternateSetting) != (info.interface_number,
+                                                                  info.alternate_setting):
+                    continue
+                info.interface_class, info.interface_subclass, info.interface_protocol = (
+                    i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol)
+                for e in entry["endpoints"]:
+                    pipe = U.PipeInformation(e.bEndpointAddress, e.bmAttributes & 3,
+                                             e.wMaxPacketSize & 0x7FF, e.bInterval)
+                    info.pipes.append(pipe)
+                    ext.pipes[e.bEndpointAddress] = pipe
+        return result
+
+    return run
+
+
 def _urb_reset_pipe(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], TransferResult]:
     backend = ext.backend
     return lambda: backend.clear_halt(urb.pipe_handle.endpoint_address)
@@ -739,6 +804,7 @@ URB_HANDLERS: dict[int, Callable[[UsbDevicePdoExtension, Any], Any]] = {
     U.URB_FUNCTION_VENDOR_DEVICE: _urb_control,
     U.URB_FUNCTION_VENDOR_INTERFACE: _urb_control,
     U.URB_FUNCTION_SELECT_CONFIGURATION: _urb_select_configuration,
+    U.URB_FUNCTION_SELECT_INTERFACE: _urb_select_interface,
     U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL: _urb_reset_pipe,
     U.URB_FUNCTION_SYNC_CLEAR_STALL: _urb_reset_pipe,
     U.URB_FUNCTION_ABORT_PIPE: _urb_abort_pipe,
@@ -827,7 +893,9 @@ def UsbhubDpcForIsr(dpc: KDpc, ext: HubFdoExtension) -> None:  # noqa: N802
 
 
 def UsbhubCancelUrb(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
-    """Cancel routine for a pending URB IRP (runs at DISPATCH_LEVEL)."""
+    """Cancel routine for a pending URB IRP: called holding the cancel spin lock, which
+    it releases first (IoReleaseCancelSpinLock(Irp->CancelIrql))."""
+    IoReleaseCancelSpinLock(device, irp.cancel_irql)
     transfer: Transfer = irp.tail[0]
     _cancel_transfer(device.device_extension, transfer, from_cancel_routine=True)
 

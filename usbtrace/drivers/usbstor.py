@@ -33,8 +33,6 @@ surprise-removed), as a bus driver keeps a PDO it still reports.
 
 from __future__ import annotations
 
-import itertools
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,9 +47,11 @@ from usbtrace.storage.srb import (
     SRB_STATUS_ABORTED,
     SRB_STATUS_AUTOSENSE_VALID,
     SRB_STATUS_BUS_RESET,
+    SRB_STATUS_DATA_OVERRUN,
     SRB_STATUS_ERROR,
     SRB_STATUS_NO_DEVICE,
     SRB_STATUS_SUCCESS,
+    SRB_STATUS_TIMEOUT,
     Srb,
 )
 from usbtrace.usb import descriptors as d
@@ -71,16 +71,21 @@ from usbtrace.wdm.device import (
     IoDetachDevice,
 )
 from usbtrace.wdm.iomgr import (
+    IoAcquireCancelSpinLock,
     IoCallDriver,
     IoCancelIrp,
     IoCompleteRequest,
     IoCopyCurrentIrpStackLocationToNext,
     IoForwardIrpSynchronously,
     IoMarkIrpPending,
+    IoReleaseCancelSpinLock,
     IoSetCancelRoutine,
     IoSetCompletionRoutine,
     IoSetNextIrpStackLocation,
     IoSkipCurrentIrpStackLocation,
+    IoStartNextPacket,
+    IoStartPacket,
+    KeRemoveEntryDeviceQueue,
     complete_irp,
 )
 from usbtrace.wdm.irp import (
@@ -117,7 +122,14 @@ from usbtrace.wdm.irp import (
     IoAllocateIrp,
     IoBuildDeviceIoControlRequest,
     IoFreeIrp,
+    IoReuseIrp,
     Irp,
+)
+from usbtrace.wdm.mdl import (
+    IoAllocateMdl,
+    IoBuildPartialMdl,
+    IoFreeMdl,
+    MmBuildMdlForNonPagedPool,
 )
 from usbtrace.wdm.power import (
     PoCallDriver,
@@ -136,8 +148,14 @@ from usbtrace.wdm.removelock import (
     IoReleaseRemoveLockAndWait,
     IoRemoveLock,
 )
-from usbtrace.wdm.sched import KEvent
+from usbtrace.wdm.sched import DISPATCH_LEVEL, PASSIVE_LEVEL, KDpc, KEvent, KTimer
 from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
+from usbtrace.wdm.workitem import (
+    CriticalWorkQueue,
+    IoAllocateWorkItem,
+    IoQueueWorkItem,
+    IoWorkItem,
+)
 
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
 STATUS_PENDING = NTSTATUS.STATUS_PENDING
@@ -173,14 +191,9 @@ PHASE_TRANSITIONS: dict[tuple[str, str], str] = {
     ("csw_retry", "invalid"): "recover",
     ("csw_retry", "stall"): "recover",
     ("csw_retry", "error"): "recover",
-    # Reset Recovery (§5.3.4) on its own IRP; every outcome moves on
-    ("reset", "ok"): "clear_in", ("reset", "stall"): "clear_in", ("reset", "error"): "clear_in",
-    ("clear_in", "ok"): "clear_out", ("clear_in", "stall"): "clear_out",
-    ("clear_in", "error"): "clear_out",
-    ("clear_out", "ok"): "recovered", ("clear_out", "stall"): "recovered",
-    ("clear_out", "error"): "recovered",
 }
-TERMINAL = frozenset({"done", "recover", "gone", "cancelled", "recovered"})
+# "recover" is Reset Recovery (§5.3.4), run by USBSTOR_ResetDeviceWorkItem at PASSIVE_LEVEL
+TERMINAL = frozenset({"done", "recover", "gone", "cancelled"})
 
 
 @dataclass
@@ -196,8 +209,6 @@ class FdoExtension:
     pipe_out: U.PipeInformation | None = None
     max_lun: int = 0
     luns: list[DeviceObject] = field(default_factory=list)
-    tags: Any = field(default_factory=lambda: itertools.count(1))
-    queue: deque[tuple[Irp, Srb, Callable[[Request], None]]] = field(default_factory=deque)
     active: Request | None = None
     removed: bool = False
     recoveries: int = 0
@@ -213,6 +224,11 @@ class FdoExtension:
     resume_event: KEvent | None = None
     idle_timers: int = 0  # idle timers still to fire; REMOVE waits for them (bug check 0xCE)
     timers_done: KEvent = field(default_factory=lambda: KEvent(True))
+    # Reset Recovery and the hang timer's pipe aborts run from work items (PASSIVE_LEVEL)
+    reset_item: IoWorkItem | None = None
+    hang_item: IoWorkItem | None = None
+    hang_timer: KTimer = field(default_factory=KTimer)
+    hang_dpc: KDpc | None = None
 
 
 @dataclass
@@ -230,7 +246,7 @@ class Request:
     """One SCSI command on the wire: the CBW, data and CSW phases on one IRP."""
 
     __slots__ = ("irp", "srb", "fdo_ext", "on_done", "phase", "tag", "urb", "csw",
-                 "data_actual", "command_actual", "sensing", "status")
+                 "data_actual", "command_actual", "sensing", "status", "timed_out")
 
     def __init__(self, fdo_ext: FdoExtension, irp: Irp, srb: Srb,
                  on_done: Callable[[Request], None]) -> None:
@@ -246,6 +262,7 @@ class Request:
         self.command_actual = 0  # data moved by the command, kept while autosensing
         self.sensing: Srb | None = None  # the REQUEST SENSE SRB, while autosensing
         self.status: int = STATUS_SUCCESS
+        self.timed_out = False  # the hang timer aborted it
 
 
 # ---------------------------------------------------------------------------------
@@ -262,6 +279,7 @@ def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
     driver.major_function[IRP_MJ_PNP] = USBSTOR_DispatchPnp
     driver.major_function[IRP_MJ_POWER] = USBSTOR_DispatchPower
     driver.major_function[IRP_MJ_SYSTEM_CONTROL] = USBSTOR_DispatchSystemControl
+    driver.driver_start_io = USBSTOR_StartIo
     driver.driver_extension.add_device = USBSTOR_AddDevice
     driver.driver_unload = USBSTOR_Unload
     parameters = driver.kernel.registry.get("usbstor", {})
@@ -276,6 +294,9 @@ def USBSTOR_AddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: 
     ext = FdoExtension(fdo=fdo, lower=lower, pdo=pdo)
     context = driver.driver_context or {}
     ext.idle_timeout_ns = context.get("idle_timeout_ns")
+    ext.reset_item = IoAllocateWorkItem(fdo)
+    ext.hang_item = IoAllocateWorkItem(fdo)
+    ext.hang_dpc = KDpc(USBSTOR_HangTimerDpc, ext)
     fdo.device_extension = ext
     IoInitializeRemoveLock(ext.remove_lock, driver.kernel.scheduler, "usbstor FDO")
     fdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
@@ -490,49 +511,64 @@ def _submit_urb_sync(ext: FdoExtension, urb: U.Urb) -> int:
     return int(irp.io_status.status)
 
 
-def _get_descriptor(ext: FdoExtension, kind: int, index: int, length: int,
+def _submit_urb_on(ext: FdoExtension, irp: Irp, urb: U.Urb) -> int:
+    """Send ``urb`` on the driver's own start-up IRP and wait; the IRP comes back to
+    the driver (STATUS_MORE_PROCESSING_REQUIRED) to be reused with IoReuseIrp."""
+    IoReuseIrp(irp, STATUS_SUCCESS)
+    loc = irp.IoGetNextIrpStackLocation()
+    loc.major_function = IRP_MJ_INTERNAL_DEVICE_CONTROL
+    loc.parameters = DeviceIoControlParameters(U.IOCTL_INTERNAL_USB_SUBMIT_URB, 0, 0, urb)
+    event = KEvent()
+
+    def signal(device: DeviceObject | None, i: Irp, context: Any) -> int:
+        event.KeSetEvent()
+        return STATUS_MORE_PROCESSING_REQUIRED
+
+    IoSetCompletionRoutine(irp, signal, None)
+    if IoCallDriver(ext.lower, irp) == STATUS_PENDING:
+        ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(event, "URB")
+    return int(irp.io_status.status)
+
+
+def _get_descriptor(ext: FdoExtension, irp: Irp | None, kind: int, index: int, length: int,
                     language: int = 0) -> bytes | None:
     urb = U.urb_get_descriptor(kind, index, language, length)
-    if _submit_urb_sync(ext, urb) != STATUS_SUCCESS:
+    status = _submit_urb_sync(ext, urb) if irp is None else _submit_urb_on(ext, irp, urb)
+    if status != STATUS_SUCCESS:
         return None
     return bytes(urb.buffer[: urb.length])
 
 
+def _get_string(ext: FdoExtension, irp: Irp, index: int, language: int) -> bytes | None:
+    """A string descriptor in two steps, as Windows reads them: its first two bytes
+    (bLength, bDescriptorType), then exactly bLength bytes (the shared Windows 10
+    capture: wLength 2, then 4 for the language IDs and 0x32 for the serial)."""
+    head = _get_descriptor(ext, irp, d.STRING, index, 2, language)
+    if head is None or len(head) < 2 or head[0] < 2:
+        return None
+    return _get_descriptor(ext, irp, d.STRING, index, head[0], language)
+
+
 def USBSTOR_StartDevice(ext: FdoExtension) -> int:  # noqa: N802
-    """Descriptors, configuration, GET_MAX_LUN and an INQUIRY per LUN."""
-    device = _get_descriptor(ext, d.DEVICE, 0, 18)
+    """Descriptors, configuration and interface, GET_MAX_LUN, then the LUNs.
+
+    The order and lengths are those of Windows 10 in the shared USBPcap capture:
+    the device descriptor on an IRP of its own; then one IRP, reused with
+    IoReuseIrp, for the configuration descriptor (9 bytes, then wTotalLength),
+    the language IDs and the serial number (each in two steps), SELECT_CONFIGURATION
+    and SELECT_INTERFACE; GET_MAX_LUN on another IRP.
+    """
+    device = _get_descriptor(ext, None, d.DEVICE, 0, 18)
     if device is None or len(device) < 18:
         return NTSTATUS.STATUS_DEVICE_DATA_ERROR
     ext.device_descriptor = d.DeviceDescriptor.parse(device)
-    head = _get_descriptor(ext, d.CONFIGURATION, 0, 9)
-    if head is None or len(head) < 9:
-        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
-    total = int.from_bytes(head[2:4], "little")
-    configuration = _get_descriptor(ext, d.CONFIGURATION, 0, total)
-    if configuration is None:
-        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
-    ext.configuration = configuration
-    langids = _get_descriptor(ext, d.STRING, 0, 255)
-    language = int.from_bytes(langids[2:4], "little") if langids and len(langids) >= 4 else 0x0409
-    if ext.device_descriptor.iSerialNumber:
-        text = _get_descriptor(ext, d.STRING, ext.device_descriptor.iSerialNumber, 255, language)
-        ext.serial = (d.decode_string(text) if text else None) or ""
-
-    select = U.UrbSelectConfiguration(configuration)
-    if _submit_urb_sync(ext, select) != STATUS_SUCCESS:
-        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
-    for interface in select.interfaces:
-        if (interface.interface_class, interface.interface_subclass,
-                interface.interface_protocol) == (0x08, 0x06, 0x50):
-            ext.interface_number = interface.interface_number
-            for pipe in interface.pipes:
-                if pipe.pipe_type == U.UsbdPipeTypeBulk:
-                    if pipe.endpoint_address & 0x80:
-                        ext.pipe_in = pipe
-                    else:
-                        ext.pipe_out = pipe
-    if ext.pipe_in is None or ext.pipe_out is None:
-        return NTSTATUS.STATUS_NOT_SUPPORTED  # not Bulk-Only (CBI is not modelled)
+    irp = IoAllocateIrp(ext.lower.stack_size)
+    try:
+        status = _configure(ext, irp)
+    finally:
+        IoFreeIrp(irp)
+    if status != STATUS_SUCCESS:
+        return status
 
     get_max_lun = U.urb_class_interface(std.GET_MAX_LUN, 0, ext.interface_number, 1, True)
     if _submit_urb_sync(ext, get_max_lun) == STATUS_SUCCESS and get_max_lun.length == 1:
@@ -542,30 +578,109 @@ def USBSTOR_StartDevice(ext: FdoExtension) -> int:  # noqa: N802
 
     for lun in range(ext.max_lun + 1):
         data = bytearray(36)
-        srb = Srb(bytes([scsi.INQUIRY, 0, 0, 0, 36, 0]), 36, SRB_FLAGS_DATA_IN, memoryview(data),
-                  lun=lun)
-        status = _execute_srb_sync(ext, srb)
+        status = _execute_srb_sync(ext, _inquiry_srb(lun, data))
         if status != STATUS_SUCCESS:
             return status
-        vendor = data[8:16].decode("ascii", "replace").strip()
-        product = data[16:32].decode("ascii", "replace").strip()
-        revision = data[32:36].decode("ascii", "replace").strip()
-        pdo = IoCreateDevice(ext.fdo.driver_object, None, None, FILE_DEVICE_DISK)
-        pdo_ext = PdoExtension(ext, lun, vendor, product, revision)
-        IoInitializeRemoveLock(pdo_ext.remove_lock, ext.fdo.driver_object.kernel.scheduler,
-                               f"usbstor LUN {lun}")
-        pdo.device_extension = pdo_ext
-        pdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
-        pdo.stack_size = ext.fdo.stack_size  # room to send SRB IRPs down the USB stack
-        pdo.flags &= ~DO_DEVICE_INITIALIZING
-        ext.luns.append(pdo)
+        status = USBSTOR_CreatePDO(ext, lun)
+        if status != STATUS_SUCCESS:
+            return status
+    return STATUS_SUCCESS
+
+
+def _configure(ext: FdoExtension, irp: Irp) -> int:
+    """The start-up requests that share one IRP: descriptors, strings, selections."""
+    head = _get_descriptor(ext, irp, d.CONFIGURATION, 0, 9)
+    if head is None or len(head) < 9:
+        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
+    total = int.from_bytes(head[2:4], "little")
+    configuration = _get_descriptor(ext, irp, d.CONFIGURATION, 0, total)
+    if configuration is None:
+        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
+    ext.configuration = configuration
+    langids = _get_string(ext, irp, 0, 0)
+    language = int.from_bytes(langids[2:4], "little") if langids and len(langids) >= 4 else 0x0409
+    if ext.device_descriptor.iSerialNumber:
+        text = _get_string(ext, irp, ext.device_descriptor.iSerialNumber, language)
+        ext.serial = (d.decode_string(text) if text else None) or ""
+
+    select = U.UrbSelectConfiguration(configuration)
+    if _submit_urb_on(ext, irp, select) != STATUS_SUCCESS:
+        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
+    storage = next((i for i in select.interfaces
+                    if (i.interface_class, i.interface_subclass, i.interface_protocol)
+                    == (0x08, 0x06, 0x50)), None)
+    if storage is None:
+        return NTSTATUS.STATUS_NOT_SUPPORTED  # not Bulk-Only (CBI is not modelled)
+    # SELECT_INTERFACE with the setting just configured: the pipe handles usbstor
+    # keeps are the ones this returns (SET_INTERFACE on the wire)
+    choose = U.UrbSelectInterface(select.configuration_handle, storage)
+    if _submit_urb_on(ext, irp, choose) != STATUS_SUCCESS:
+        return NTSTATUS.STATUS_DEVICE_DATA_ERROR
+    ext.interface_number = storage.interface_number
+    for pipe in choose.interface.pipes:
+        if pipe.pipe_type == U.UsbdPipeTypeBulk:
+            if pipe.endpoint_address & 0x80:
+                ext.pipe_in = pipe
+            else:
+                ext.pipe_out = pipe
+    if ext.pipe_in is None or ext.pipe_out is None:
+        return NTSTATUS.STATUS_NOT_SUPPORTED
+    return STATUS_SUCCESS
+
+
+def _inquiry_srb(lun: int, data: bytearray, page: int | None = None) -> Srb:
+    """INQUIRY: standard data (36 bytes), or a VPD page (EVPD=1, 255 bytes)."""
+    if page is None:
+        cdb = bytes([scsi.INQUIRY, 0, 0, 0, len(data), 0])
+    else:
+        cdb = bytes([scsi.INQUIRY, 1, page, 0, len(data), 0])
+    return Srb(cdb, len(data), SRB_FLAGS_DATA_IN, memoryview(data), lun=lun)
+
+
+def USBSTOR_CreatePDO(ext: FdoExtension, lun: int) -> int:  # noqa: N802
+    """One PDO per LUN, and what Windows asks the LUN as it creates it.
+
+    As ReactOS's USBSTOR_CreatePDO (``pdo.c``): an INQUIRY, then for a
+    direct-access device READ FORMAT CAPACITIES with 0xFC bytes, whose failure
+    is not critical.  Windows 10 then asks the Unit Serial Number VPD page
+    (INQUIRY EVPD page 0x80, 255 bytes): the shared capture has it next.
+    """
+    data = bytearray(36)
+    status = _execute_srb_sync(ext, _inquiry_srb(lun, data))
+    if status != STATUS_SUCCESS:
+        return status
+    vendor = data[8:16].decode("ascii", "replace").strip()
+    product = data[16:32].decode("ascii", "replace").strip()
+    revision = data[32:36].decode("ascii", "replace").strip()
+    if data[0] & 0x1F == 0:  # direct-access block device
+        capacities = bytearray(0xFC)
+        _execute_srb_sync(ext, Srb(bytes([scsi.READ_FORMAT_CAPACITIES, 0, 0, 0, 0, 0, 0, 0,
+                                          0xFC, 0]), 0xFC, SRB_FLAGS_DATA_IN,
+                                   memoryview(capacities), lun=lun))
+    serial_page = bytearray(0xFF)
+    _execute_srb_sync(ext, _inquiry_srb(lun, serial_page, scsi.VPD_UNIT_SERIAL_NUMBER))
+    pdo = IoCreateDevice(ext.fdo.driver_object, None, None, FILE_DEVICE_DISK)
+    pdo_ext = PdoExtension(ext, lun, vendor, product, revision)
+    IoInitializeRemoveLock(pdo_ext.remove_lock, ext.fdo.driver_object.kernel.scheduler,
+                           f"usbstor LUN {lun}")
+    pdo.device_extension = pdo_ext
+    pdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
+    pdo.stack_size = ext.fdo.stack_size  # room to send SRB IRPs down the USB stack
+    pdo.flags &= ~DO_DEVICE_INITIALIZING
+    ext.luns.append(pdo)
     return STATUS_SUCCESS
 
 
 def _execute_srb_sync(ext: FdoExtension, srb: Srb) -> int:
-    """Run one SRB on an IRP of the driver's own and wait (start-up INQUIRY)."""
+    """Run one SRB on an IRP of the driver's own and wait (start-up commands).
+
+    As ReactOS's USBSTOR_AllocateIrp (``pdo.c``): the data buffer is described by an
+    MDL built for nonpaged pool, so the data URB carries a partial MDL of it."""
     irp = IoAllocateIrp(ext.lower.stack_size + 1)
     IoSetNextIrpStackLocation(irp, ext.fdo)
+    if srb.data_buffer is not None and srb.data_transfer_length:
+        irp.mdl_address = IoAllocateMdl(srb.data_buffer, srb.data_transfer_length)
+        MmBuildMdlForNonPagedPool(irp.mdl_address)
     event = KEvent()
     result: list[int] = []
 
@@ -574,7 +689,9 @@ def _execute_srb_sync(ext: FdoExtension, srb: Srb) -> int:
         event.KeSetEvent()
 
     _start_or_queue(ext, irp, srb, finished)
-    ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(event, "INQUIRY")
+    ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(event, "SRB")
+    if irp.mdl_address is not None:
+        IoFreeMdl(irp.mdl_address)
     IoFreeIrp(irp)
     return result[0]
 
@@ -654,7 +771,8 @@ def USBSTOR_IdleTimerDpc(ext: FdoExtension, generation: int) -> None:  # noqa: N
     ext.idle_timers -= 1
     if ext.idle_timers == 0:
         ext.timers_done.KeSetEvent()
-    if (generation != ext.idle_generation or ext.active is not None or ext.queue
+    queued = ext.fdo.device_queue is not None and ext.fdo.device_queue.entries
+    if (generation != ext.idle_generation or ext.active is not None or queued
             or ext.removed or ext.idle_irp is not None):
         return
     info = U.UsbIdleCallbackInfo(USBSTOR_IdleNotificationCallback, ext)
@@ -787,46 +905,90 @@ def _complete_srb_irp(request: Request) -> None:
         IoReleaseRemoveLock(lun.device_extension.remove_lock, request.irp)  # held since dispatch
     USBSTOR_StartIdleTimer(request.fdo_ext)
     complete_irp(request.irp, request.status, request.srb.data_transfer_length
-              if request.status == STATUS_SUCCESS or request.srb.srb_status & 0x3F ==
-              SRB_STATUS_SUCCESS else 0)
+              if request.status == STATUS_SUCCESS or request.srb.srb_status & 0x3F in
+              (SRB_STATUS_SUCCESS, SRB_STATUS_DATA_OVERRUN) else 0)
 
 
-def USBSTOR_CancelQueued(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
-    """Cancel routine for an SRB still waiting its turn."""
-    ext: PdoExtension = device.device_extension
-    queue = ext.fdo_ext.queue
-    for entry in list(queue):
-        if entry[0] is irp:
-            queue.remove(entry)
-            entry[1].srb_status = SRB_STATUS_ABORTED
-            IoReleaseRemoveLock(ext.remove_lock, irp)  # held since USBSTOR_DispatchScsi
-            complete_irp(irp, NTSTATUS.STATUS_CANCELLED)
-            return
+# ---------------------------------------------------------------------------------
+# StartIo: Bulk-Only runs one command at a time (ReactOS queue.c: IoStartPacket on
+# the FDO, USBSTOR_StartIo, IoStartNextPacket when a command ends)
+# ---------------------------------------------------------------------------------
 
 
 def _start_or_queue(ext: FdoExtension, irp: Irp, srb: Srb,
                     on_done: Callable[[Request], None]) -> None:
-    if ext.active is not None:
-        IoSetCancelRoutine(irp, USBSTOR_CancelQueued)
-        ext.queue.append((irp, srb, on_done))
+    """IoStartPacket on the FDO: StartIo now, or the device queue while one runs.
+
+    ``on_done`` travels in the IRP's DriverContext (Tail.Overlay.DriverContext[1];
+    the bus driver uses [0] while it holds the IRP)."""
+    irp.tail[1] = (srb, on_done)
+    IoStartPacket(ext.fdo, irp, None, USBSTOR_CancelIo)
+
+
+def USBSTOR_StartIo(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
+    """DriverStartIo (DISPATCH_LEVEL): the device's one command starts now.
+
+    As ReactOS's USBSTOR_StartIo: under the cancel spin lock the cancel routine is
+    cleared; an IRP cancelled meanwhile is completed STATUS_CANCELLED and the next
+    packet started.
+    """
+    ext: FdoExtension = device.device_extension
+    srb, on_done = irp.tail[1]
+    irql = IoAcquireCancelSpinLock(device)
+    IoSetCancelRoutine(irp, None)
+    if irp.cancel:
+        IoReleaseCancelSpinLock(device, irql)
+        srb.srb_status = SRB_STATUS_ABORTED
+        request = Request(ext, irp, srb, on_done)
+        request.status = NTSTATUS.STATUS_CANCELLED
+        on_done(request)
+        IoStartNextPacket(device, True)
         return
+    IoReleaseCancelSpinLock(device, irql)
     _start(ext, irp, srb, on_done)
 
 
+def USBSTOR_CancelIo(device: DeviceObject, irp: Irp) -> None:  # noqa: N802
+    """Cancel routine of an SRB IRP in the FDO's device queue (cancel spin lock held).
+
+    IoCancelIrp passes the device of the IRP's current stack location: the LUN PDO
+    for the class driver's SRBs, the FDO for usbstor's own start-up ones."""
+    fdo = device if _is_fdo(device) else device.device_extension.fdo_ext.fdo
+    queued = KeRemoveEntryDeviceQueue(fdo, irp)
+    IoReleaseCancelSpinLock(device, irp.cancel_irql)
+    if not queued:
+        return  # already started: StartIo or the transfer sees irp.cancel
+    srb, on_done = irp.tail[1]
+    srb.srb_status = SRB_STATUS_ABORTED
+    request = Request(fdo.device_extension, irp, srb, on_done)
+    request.status = NTSTATUS.STATUS_CANCELLED
+    on_done(request)
+
+
 def _start_next(ext: FdoExtension) -> None:
+    """The command ended: IoStartNextPacket, at DISPATCH_LEVEL as it requires."""
     ext.active = None
-    while ext.queue and ext.active is None:
-        irp, srb, on_done = ext.queue.popleft()
-        if IoSetCancelRoutine(irp, None) is None:
-            continue  # being cancelled
-        _start(ext, irp, srb, on_done)
+    sched = ext.fdo.driver_object.kernel.scheduler
+    old = sched.KeRaiseIrql(DISPATCH_LEVEL)
+    IoStartNextPacket(ext.fdo, True)
+    sched.KeLowerIrql(old)
 
 
 def _fail_queue(ext: FdoExtension, status: int) -> None:
-    while ext.queue:
-        irp, srb, on_done = ext.queue.popleft()
-        if IoSetCancelRoutine(irp, None) is None:
-            continue
+    """The device is gone: every SRB still queued ends with ``status``."""
+    fdo = ext.fdo
+    while True:
+        irql = IoAcquireCancelSpinLock(fdo)
+        queue = fdo.device_queue
+        irp = queue.entries.pop(0) if queue is not None and queue.entries else None
+        if irp is None:
+            IoReleaseCancelSpinLock(fdo, irql)
+            return
+        routine = IoSetCancelRoutine(irp, None)
+        IoReleaseCancelSpinLock(fdo, irql)
+        if routine is None:
+            continue  # its cancel routine has it
+        srb, on_done = irp.tail[1]
         srb.srb_status = SRB_STATUS_NO_DEVICE
         request = Request(ext, irp, srb, on_done)
         request.status = status
@@ -840,7 +1002,35 @@ def _start(ext: FdoExtension, irp: Irp, srb: Srb, on_done: Callable[[Request], N
         srb.srb_status = SRB_STATUS_NO_DEVICE
         _finish(request, "gone")
         return
+    # the hang timer: a command still running after its SRB's TimeOutValue is aborted
+    sched = ext.fdo.driver_object.kernel.scheduler
+    sched.KeSetTimer(ext.hang_timer, max(srb.timeout_value, 1) * 1_000_000_000, ext.hang_dpc)
     _send_phase(request, "cbw")
+
+
+def USBSTOR_HangTimerDpc(dpc: KDpc, ext: FdoExtension) -> None:  # noqa: N802
+    """The hang timer expired (DISPATCH_LEVEL): the active command never finished.
+
+    Aborting pipes means synchronous URBs, so the work is queued for PASSIVE_LEVEL,
+    as ReactOS's USBSTOR_TimerRoutine queues USBSTOR_TimerWorkerRoutine (error.c).
+    """
+    request = ext.active
+    if request is None or ext.removed:
+        return
+    request.timed_out = True
+    assert ext.hang_item is not None  # allocated in AddDevice
+    IoQueueWorkItem(ext.hang_item, USBSTOR_HangWorkItem, CriticalWorkQueue, request)
+
+
+def USBSTOR_HangWorkItem(device: DeviceObject, request: Request) -> None:  # noqa: N802
+    """PASSIVE_LEVEL: abort both bulk pipes; the hung URB completes USBD_STATUS_CANCELED
+    and its completion routine ends the command, which then goes to Reset Recovery."""
+    ext: FdoExtension = device.device_extension
+    if ext.active is not request:
+        return  # it finished after all
+    for pipe in (ext.pipe_in, ext.pipe_out):
+        if pipe is not None:
+            _submit_urb_sync(ext, U.UrbPipeRequest(U.URB_FUNCTION_ABORT_PIPE, pipe))
 
 
 def _send_phase(request: Request, phase: str) -> None:
@@ -851,16 +1041,25 @@ def _send_phase(request: Request, phase: str) -> None:
     pipe_in, pipe_out = ext.pipe_in, ext.pipe_out
     assert pipe_in is not None and pipe_out is not None  # set at start-up
     if phase == "cbw":
-        request.tag = next(ext.tags)
+        request.tag = request.irp.id & 0xFFFFFFFF  # the IRP's address, as Windows tags
         cbw = bot.build_cbw(request.tag, srb.data_transfer_length, srb.data_in, srb.lun, srb.cdb)
         urb: U.Urb = U.UrbBulkOrInterruptTransfer(pipe_out, bytearray(cbw), len(cbw),
                                                   U.USBD_TRANSFER_DIRECTION_OUT)
     elif phase == "data":
         pipe = pipe_in if srb.data_in else pipe_out
         flags = (U.USBD_TRANSFER_DIRECTION_IN | U.USBD_SHORT_TRANSFER_OK) if srb.data_in else 0
-        assert srb.data_buffer is not None
-        urb = U.UrbBulkOrInterruptTransfer(pipe, srb.data_buffer, srb.data_transfer_length,
-                                           flags)
+        irp_mdl = request.irp.mdl_address
+        if irp_mdl is not None and request.sensing is None:
+            # ReactOS scsi.c, USBSTOR_SendRequest: a partial MDL of the IRP's MDL for the
+            # SRB's DataBuffer and length; the URB's TransferBuffer stays NULL
+            mdl = IoAllocateMdl(irp_mdl.view, 0)
+            IoBuildPartialMdl(irp_mdl, mdl, srb.data_offset, srb.data_transfer_length)
+            urb = U.UrbBulkOrInterruptTransfer(pipe, None, srb.data_transfer_length, flags,
+                                               mdl)
+        else:  # the sense buffer, or an SRB whose IRP has no MDL: TransferBuffer
+            assert srb.data_buffer is not None
+            urb = U.UrbBulkOrInterruptTransfer(pipe, srb.data_buffer, srb.data_transfer_length,
+                                               flags)
     elif phase in ("csw", "csw_retry"):
         urb = U.UrbBulkOrInterruptTransfer(pipe_in, request.csw, bot.CSW_LENGTH,
                                            U.USBD_TRANSFER_DIRECTION_IN |
@@ -868,13 +1067,8 @@ def _send_phase(request: Request, phase: str) -> None:
     elif phase == "clear_data":
         pipe = pipe_in if srb.data_in else pipe_out
         urb = U.UrbPipeRequest(U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, pipe)
-    elif phase == "clear_csw" or phase == "clear_in":
+    elif phase == "clear_csw":
         urb = U.UrbPipeRequest(U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, pipe_in)
-    elif phase == "clear_out":
-        urb = U.UrbPipeRequest(U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, pipe_out)
-    elif phase == "reset":
-        urb = U.urb_class_interface(std.BULK_ONLY_MASS_STORAGE_RESET, 0, ext.interface_number, 0,
-                                    False)
     else:
         raise AssertionError(phase)
     request.urb = urb
@@ -929,6 +1123,9 @@ def _check_csw(request: Request, length: int) -> str:
 
 def USBSTOR_UrbCompletion(device: DeviceObject | None, irp: Irp, request: Request) -> int:  # noqa: N802
     """Completion routine for every phase: pick the next phase from the table."""
+    urb = request.urb
+    if isinstance(urb, U.UrbBulkOrInterruptTransfer) and urb.transfer_buffer_mdl is not None:
+        IoFreeMdl(urb.transfer_buffer_mdl)  # the data phase's partial MDL
     outcome = _outcome(request, irp)
     if outcome in ("gone", "cancelled"):
         nxt = outcome
@@ -944,9 +1141,6 @@ def USBSTOR_UrbCompletion(device: DeviceObject | None, irp: Irp, request: Reques
 def _finish(request: Request, terminal: str, outcome: str = "") -> None:
     ext = request.fdo_ext
     srb = request.srb
-    if terminal == "recovered":  # a Reset Recovery request ended
-        request.on_done(request)
-        return
     if terminal == "done":
         if request.sensing is None and outcome == "failed":
             # CHECK CONDITION: keep the IRP and fetch the sense data (autosense)
@@ -966,7 +1160,11 @@ def _finish(request: Request, terminal: str, outcome: str = "") -> None:
             srb.data_transfer_length = request.command_actual
             request.status, _ = sense_to_ntstatus(sense)
         else:
-            srb.srb_status = SRB_STATUS_SUCCESS
+            # a short data phase is an underrun, which SCSI port drivers report as
+            # SRB_STATUS_DATA_OVERRUN with DataTransferLength cut to what moved; the IRP
+            # still succeeds and the class driver takes the bytes it got
+            short = request.data_actual < srb.data_transfer_length
+            srb.srb_status = SRB_STATUS_DATA_OVERRUN if short else SRB_STATUS_SUCCESS
             srb.data_transfer_length = request.data_actual
             request.status = STATUS_SUCCESS
     elif terminal == "gone":
@@ -974,30 +1172,48 @@ def _finish(request: Request, terminal: str, outcome: str = "") -> None:
         request.status = NTSTATUS.STATUS_DEVICE_NOT_CONNECTED
         ext.removed = True
     elif terminal in ("recover", "cancelled"):
-        srb.srb_status = SRB_STATUS_ABORTED if terminal == "cancelled" else SRB_STATUS_BUS_RESET
-        request.status = (NTSTATUS.STATUS_CANCELLED if terminal == "cancelled"
-                          else NTSTATUS.STATUS_IO_DEVICE_ERROR)
+        if request.timed_out:  # the hang timer aborted it
+            srb.srb_status = SRB_STATUS_TIMEOUT
+            request.status = NTSTATUS.STATUS_IO_TIMEOUT
+        elif terminal == "cancelled":
+            srb.srb_status = SRB_STATUS_ABORTED
+            request.status = NTSTATUS.STATUS_CANCELLED
+        else:
+            srb.srb_status = SRB_STATUS_BUS_RESET
+            request.status = NTSTATUS.STATUS_IO_DEVICE_ERROR
         srb.data_transfer_length = 0
         _reset_recovery(request)
         return
+    ext.fdo.driver_object.kernel.scheduler.KeCancelTimer(ext.hang_timer)
     request.on_done(request)
     _start_next(ext)
 
 
 def _reset_recovery(failed: Request) -> None:
-    """§5.3.4 Reset Recovery on an IRP of the driver's own; then complete the command,
-    with SRB_STATUS_BUS_RESET, so that the class driver retries it."""
+    """§5.3.4 Reset Recovery needs synchronous requests, so it cannot run here in a
+    completion routine at DISPATCH_LEVEL: a work item runs it at PASSIVE_LEVEL, as
+    ReactOS's USBSTOR_QueueResetDevice queues USBSTOR_ResetDeviceWorkItem (error.c).
+    The device queue stays busy meanwhile: no other command starts."""
     ext = failed.fdo_ext
+    ext.fdo.driver_object.kernel.scheduler.KeCancelTimer(ext.hang_timer)
+    assert ext.reset_item is not None  # allocated in AddDevice
+    IoQueueWorkItem(ext.reset_item, USBSTOR_ResetDeviceWorkItem, CriticalWorkQueue, failed)
+
+
+def USBSTOR_ResetDeviceWorkItem(device: DeviceObject, failed: Request) -> None:  # noqa: N802
+    """PASSIVE_LEVEL: Bulk-Only Mass Storage Reset, then clear the halt of bulk-IN and
+    bulk-OUT, each a synchronous URB whatever the one before it returned; then the
+    failed command ends (the class driver decides whether to send it again) and the
+    next one starts."""
+    ext: FdoExtension = device.device_extension
     ext.recoveries += 1
-    irp = IoAllocateIrp(ext.lower.stack_size + 1)
-    IoSetNextIrpStackLocation(irp, ext.fdo)
-
-    def recovered(request: Request) -> None:
-        IoFreeIrp(irp)
-        failed.on_done(failed)
-        _start_next(ext)
-
-    recovery = Request(ext, irp, failed.srb, recovered)
-    ext.active = recovery
-    _send_phase(recovery, "reset")
-
+    device.driver_object.kernel.scheduler.require_irql(PASSIVE_LEVEL, "Reset Recovery")
+    if not ext.removed:
+        _submit_urb_sync(ext, U.urb_class_interface(std.BULK_ONLY_MASS_STORAGE_RESET, 0,
+                                                    ext.interface_number, 0, False))
+        for pipe in (ext.pipe_in, ext.pipe_out):
+            assert pipe is not None
+            _submit_urb_sync(ext, U.UrbPipeRequest(
+                U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL, pipe))
+    failed.on_done(failed)
+    _start_next(ext)

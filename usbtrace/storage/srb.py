@@ -44,6 +44,8 @@ class Srb:
     sense_info_buffer: bytearray = field(default_factory=lambda: bytearray(18))
     sense_info_buffer_length: int = 18
     timeout_value: int = 10
+    # where DataBuffer starts in the bytes the IRP's MDL describes (for a partial MDL)
+    data_offset: int = 0
 
     @property
     def data_in(self) -> bool:

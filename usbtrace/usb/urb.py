@@ -11,16 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from construct import Int16ul, Int32ul, Int64ul, Struct
 
 from usbtrace.usb import setup as std
 from usbtrace.wdm.irp import ctl_code
+from usbtrace.wdm.mdl import MmGetSystemAddressForMdlSafe
 
 FILE_DEVICE_USB = 0x22
 METHOD_NEITHER = 3
 IOCTL_INTERNAL_USB_SUBMIT_URB = ctl_code(FILE_DEVICE_USB, 0, METHOD_NEITHER, 0)  # 0x220003
+# usbioctl.h: USB_GET_PARENT_HUB_INFO 267, USB_GET_NODE_CONNECTION_INFORMATION 259
+IOCTL_INTERNAL_USB_GET_PARENT_HUB_INFO = ctl_code(FILE_DEVICE_USB, 267, METHOD_NEITHER, 0)
+IOCTL_USB_GET_NODE_CONNECTION_INFORMATION = ctl_code(FILE_DEVICE_USB, 259, 0, 0)  # 0x22040C
 IOCTL_INTERNAL_USB_RESET_PORT = ctl_code(FILE_DEVICE_USB, 1, METHOD_NEITHER, 0)  # 0x220007
 IOCTL_INTERNAL_USB_GET_PORT_STATUS = ctl_code(FILE_DEVICE_USB, 4, METHOD_NEITHER, 0)
 IOCTL_INTERNAL_USB_CYCLE_PORT = ctl_code(FILE_DEVICE_USB, 7, METHOD_NEITHER, 0)
@@ -36,8 +40,9 @@ class UsbIdleCallbackInfo:
     idle_context: Any
 
 # A private PnP interface (IRP_MN_QUERY_INTERFACE) through which the bus driver
-# tells a filter its device's bus number, address and speed: what USBPcap
-# learns from the hub, which a filter in the device stack cannot see.
+# tells a filter its device's bus number and speed (USBPcap numbers buses by its
+# own control devices).  The address comes from the hub's
+# IOCTL_USB_GET_NODE_CONNECTION_INFORMATION, as USBPcap gets it.
 BUS_INFO_INTERFACE = "usbtrace.bus_info"
 
 # URB function codes (usb.h)
@@ -180,6 +185,28 @@ class InterfaceInformation:
     pipes: list[PipeInformation] = field(default_factory=list)
 
 
+@dataclass(slots=True, eq=False)
+class ParentHubInfo:
+    """What IOCTL_INTERNAL_USB_GET_PARENT_HUB_INFO fills in (its Argument1, 2, 4): the
+    parent hub's PDO, the device's port on it, the root hub's PDO."""
+
+    parent_hub_pdo: Any = None
+    port_number: int = 0
+    root_hub_pdo: Any = None
+
+
+@dataclass(slots=True, eq=False)
+class UsbNodeConnectionInformation:
+    """USB_NODE_CONNECTION_INFORMATION, for IOCTL_USB_GET_NODE_CONNECTION_INFORMATION."""
+
+    ConnectionIndex: int
+    DeviceAddress: int = 0
+    DeviceIsHub: bool = False
+    ConnectionStatus: int = 0  # NoDeviceConnected 0, DeviceConnected 1
+    DeviceDescriptor: Any = None
+    SIZE: ClassVar[int] = 35
+
+
 class Urb:
     """Common URB header: function, status, and what the wire view needs."""
 
@@ -212,14 +239,18 @@ class Urb:
 
 
 class UrbBulkOrInterruptTransfer(Urb):
-    __slots__ = ("pipe_handle", "transfer_flags", "buffer", "length")
+    """_URB_BULK_OR_INTERRUPT_TRANSFER: the data is TransferBuffer, or, when that is
+    None, what TransferBufferMDL describes (mapped by whoever needs the bytes)."""
 
-    def __init__(self, pipe: PipeInformation, buffer: bytearray | memoryview, length: int,
-                 transfer_flags: int) -> None:
+    __slots__ = ("pipe_handle", "transfer_flags", "buffer", "length", "transfer_buffer_mdl")
+
+    def __init__(self, pipe: PipeInformation, buffer: bytearray | memoryview | None,
+                 length: int, transfer_flags: int, mdl: Any = None) -> None:
         super().__init__(URB_FUNCTION_BULK_OR_INTERRUPT_TRANSFER)
         self.pipe_handle = pipe
         self.transfer_flags = transfer_flags
         self.buffer = buffer
+        self.transfer_buffer_mdl = mdl  # an MDL (usbtrace.wdm.mdl.Mdl), or None
         self.length = length  # TransferBufferLength: requested, then actual
 
     @property
@@ -236,7 +267,11 @@ class UrbBulkOrInterruptTransfer(Urb):
 
     @property
     def transfer_buffer(self) -> bytearray | memoryview:
-        return self.buffer
+        """TransferBuffer, or the system mapping of TransferBufferMDL."""
+        buffer = self.buffer
+        if buffer is None:
+            buffer = MmGetSystemAddressForMdlSafe(self.transfer_buffer_mdl)
+        return buffer
 
     @property
     def transfer_buffer_length(self) -> int:
@@ -301,6 +336,29 @@ class UrbSelectConfiguration(Urb):
     def setup_packet(self) -> bytes:
         value = self.configuration_descriptor[5] if self.configuration_descriptor else 0
         return std.build_setup(0x00, std.SET_CONFIGURATION, value, 0, 0)
+
+
+class UrbSelectInterface(Urb):
+    """URB_FUNCTION_SELECT_INTERFACE: SET_INTERFACE on the wire; the bus fills the pipes."""
+
+    __slots__ = ("configuration_handle", "interface")
+
+    def __init__(self, configuration_handle: Any, interface: InterfaceInformation) -> None:
+        super().__init__(URB_FUNCTION_SELECT_INTERFACE)
+        self.configuration_handle = configuration_handle
+        self.interface = interface
+
+    def setup_packet(self) -> bytes:
+        """The SETUP packet as USBPcap records it: bmRequestType 0x00 (USBPcapURB.c
+        builds it so; the shared Windows 10 capture shows it).  The bus sends the
+        standard 0x01 (recipient interface): see ``wire_setup``."""
+        return std.build_setup(0x00, std.SET_INTERFACE, self.interface.alternate_setting,
+                               self.interface.interface_number, 0)
+
+    def wire_setup(self) -> bytes:
+        """SET_INTERFACE as USB 2.0 §9.4.10 defines it."""
+        return std.build_setup(0x01, std.SET_INTERFACE, self.interface.alternate_setting,
+                               self.interface.interface_number, 0)
 
 
 class UrbPipeRequest(Urb):

@@ -74,6 +74,7 @@ class DriverObject:
         )
         self.driver_extension = DriverExtension()
         self.driver_unload: Callable[[DriverObject], None] | None = None
+        self.driver_start_io: Callable[[DeviceObject, Any], None] | None = None  # DriverStartIo
         self.device_objects: list[DeviceObject] = []
         self.driver_context: Any = None  # driver-global state (what C keeps in globals)
         self.module = ""  # where the driver's code lives: its routines' __module__
@@ -107,6 +108,9 @@ class DeviceObject:
         self.reference_count = 0
         self.extension_flags = 0
         self.power_state = 0  # DEVICE_POWER_STATE as PoSetPowerState last reported it
+        # IoStartPacket's state: CurrentIrp and the DeviceQueue (KDEVICE_QUEUE)
+        self.current_irp: Any = None
+        self.device_queue: Any = None
 
     def __repr__(self) -> str:
         return f"<DeviceObject {self.name} of {self.driver_object.name}>"

@@ -31,6 +31,8 @@ from typing import Any
 
 from usbtrace.wdm.device import DeviceObject
 from usbtrace.wdm.irp import (
+    IRP_BUFFERED_IO,
+    IRP_INPUT_OPERATION,
     SL_INVOKE_ON_CANCEL,
     SL_INVOKE_ON_ERROR,
     SL_INVOKE_ON_SUCCESS,
@@ -39,7 +41,7 @@ from usbtrace.wdm.irp import (
     CompletionRoutine,
     Irp,
 )
-from usbtrace.wdm.sched import DISPATCH_LEVEL, BugCheck
+from usbtrace.wdm.sched import APC_LEVEL, DISPATCH_LEVEL, BugCheck, KSpinLock
 from usbtrace.wdm.status import NTSTATUS
 
 STATUS_PENDING = NTSTATUS.STATUS_PENDING.value
@@ -67,7 +69,20 @@ def IoCallDriver(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     irp.current_location = location
     stack = irp.stack[location]
     stack.device_object = device
-    return driver.major_function[stack.major_function](device, irp)
+    if irp.pending_checks:
+        irp.pending_checks &= ~(1 << location)
+    status = driver.major_function[stack.major_function](device, irp)
+    if status == STATUS_PENDING and not stack.control & SL_PENDING_RETURNED:
+        # Driver Verifier: STATUS_PENDING without IoMarkIrpPending.  A pass-through
+        # driver may still mark it from its completion routine (if PendingReturned,
+        # IoMarkIrpPending), so an IRP not yet completed is checked when completion
+        # reaches this location.
+        if irp.completed or irp.current_location > location:
+            raise BugCheck("DRIVER_VERIFIER_IOMANAGER_VIOLATION",
+                           f"{driver.name} returned STATUS_PENDING for {irp!r} without "
+                           "IoMarkIrpPending")
+        irp.pending_checks |= 1 << location
+    return status
 
 
 def IoSkipCurrentIrpStackLocation(irp: Irp) -> None:  # noqa: N802
@@ -122,25 +137,150 @@ def IoSetCancelRoutine(irp: Irp, routine: CancelRoutine | None) -> CancelRoutine
     return old
 
 
+def _cancel_lock(device: DeviceObject) -> KSpinLock:
+    """The machine's one cancel spin lock (IopCancelSpinLock)."""
+    kernel = device.driver_object.kernel
+    lock: KSpinLock | None = getattr(kernel, "cancel_spin_lock", None)
+    if lock is None:
+        lock = KSpinLock("the cancel spin lock")
+        kernel.cancel_spin_lock = lock
+    return lock
+
+
+def IoAcquireCancelSpinLock(device: DeviceObject) -> int:  # noqa: N802
+    """Take the cancel spin lock; the IRQL to give IoReleaseCancelSpinLock back."""
+    return device.driver_object.kernel.scheduler.KeAcquireSpinLock(_cancel_lock(device))
+
+
+def IoReleaseCancelSpinLock(device: DeviceObject, irql: int) -> None:  # noqa: N802
+    device.driver_object.kernel.scheduler.KeReleaseSpinLock(_cancel_lock(device), irql)
+
+
 def IoCancelIrp(irp: Irp) -> bool:  # noqa: N802
     """Set the cancel flag and call the cancel routine, if one is set.
 
-    The routine runs at DISPATCH_LEVEL (as under the cancel spin lock).  Returns
-    whether a routine was called, as IoCancelIrp's BOOLEAN does.
+    As Windows does, the routine is called holding the cancel spin lock, with the
+    IRQL to restore in ``irp.cancel_irql``; the routine must release it
+    (IoReleaseCancelSpinLock(irp.CancelIrql)).  A routine that returns still holding
+    it stops the machine.  Returns whether a routine was called, as IoCancelIrp's
+    BOOLEAN does.
     """
     irp.cancel = True
+    device = irp.stack[irp.current_location].device_object \
+        if irp.current_location < irp.stack_count else None
+    if device is None:
+        return IoSetCancelRoutine(irp, None) is not None
+    lock = _cancel_lock(device)
+    sched = device.driver_object.kernel.scheduler
+    irql = sched.KeAcquireSpinLock(lock)
     routine = IoSetCancelRoutine(irp, None)
     if routine is None:
+        sched.KeReleaseSpinLock(lock, irql)
         return False
-    device = irp.stack[irp.current_location].device_object
-    assert device is not None
+    irp.cancel_irql = irql
+    routine(device, irp)
+    if lock.held:
+        raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
+                       f"cancel routine {routine.__name__} returned holding the cancel spin lock")
+    return True
+
+
+# ---- StartIo: IoStartPacket, IoStartNextPacket and the device queue ----------------
+
+
+class KDeviceQueue:
+    """KDEVICE_QUEUE: IRPs waiting for the device's StartIo; Busy while one is started."""
+
+    __slots__ = ("entries", "busy")
+
+    def __init__(self) -> None:
+        self.entries: list[Irp] = []
+        self.busy = False
+
+
+def _device_queue(device: DeviceObject) -> KDeviceQueue:
+    queue: KDeviceQueue | None = device.device_queue
+    if queue is None:
+        queue = device.device_queue = KDeviceQueue()
+    return queue
+
+
+def IoStartPacket(device: DeviceObject, irp: Irp, key: int | None,  # noqa: N802
+                  cancel_function: CancelRoutine | None) -> None:
+    """Start ``irp`` on the driver's StartIo now, or queue it while the device is busy.
+
+    As ntoskrnl's IoStartPacket (``io/iomgr/device.c``): at DISPATCH_LEVEL, holding
+    the cancel spin lock, set the cancel routine, then KeInsertDeviceQueue; if the
+    device was not busy, the IRP becomes CurrentIrp and DriverStartIo runs (at
+    DISPATCH_LEVEL).  An IRP cancelled before it is queued is handed to its cancel
+    routine.
+    """
     sched = device.driver_object.kernel.scheduler
     old = sched.KeRaiseIrql(DISPATCH_LEVEL)
-    try:
-        routine(device, irp)
-    finally:
-        sched.irql = old
-    return True
+    lock = _cancel_lock(device)
+    irql = sched.KeAcquireSpinLock(lock)
+    if cancel_function is not None:
+        IoSetCancelRoutine(irp, cancel_function)
+    queue = _device_queue(device)
+    if queue.busy:
+        if key is None:
+            queue.entries.append(irp)
+        else:  # sorted by key, as KeInsertByKeyDeviceQueue
+            keys = [getattr(i, "sort_key", 0) for i in queue.entries]
+            irp.sort_key = key
+            queue.entries.insert(next((n for n, k in enumerate(keys) if k > key),
+                                      len(keys)), irp)
+        if irp.cancel and cancel_function is not None and \
+                IoSetCancelRoutine(irp, None) is not None:
+            irp.cancel_irql = irql
+            cancel_function(device, irp)  # releases the cancel spin lock
+        else:
+            sched.KeReleaseSpinLock(lock, irql)
+    else:
+        queue.busy = True
+        device.current_irp = irp
+        sched.KeReleaseSpinLock(lock, irql)
+        start_io = device.driver_object.driver_start_io
+        assert start_io is not None, "IoStartPacket needs a DriverStartIo"
+        start_io(device, irp)
+    sched.KeLowerIrql(old)
+
+
+def IoStartNextPacket(device: DeviceObject, cancelable: bool) -> None:  # noqa: N802
+    """The current IRP is done: start the next queued one, or mark the device idle.
+
+    Callers are at DISPATCH_LEVEL, as the WDK requires.  With ``cancelable`` the
+    dequeue happens under the cancel spin lock.
+    """
+    sched = device.driver_object.kernel.scheduler
+    if sched.irql != DISPATCH_LEVEL:
+        raise BugCheck("IRQL_NOT_LESS_OR_EQUAL", "IoStartNextPacket below DISPATCH_LEVEL")
+    lock = _cancel_lock(device)
+    if cancelable:
+        sched.KeAcquireSpinLockAtDpcLevel(lock)
+    device.current_irp = None
+    queue = _device_queue(device)
+    irp = queue.entries.pop(0) if queue.entries else None
+    if irp is None:
+        queue.busy = False
+    else:
+        device.current_irp = irp
+    if cancelable:
+        sched.KeReleaseSpinLockFromDpcLevel(lock)
+    if irp is not None:
+        start_io = device.driver_object.driver_start_io
+        assert start_io is not None
+        start_io(device, irp)
+
+
+def KeRemoveEntryDeviceQueue(device: DeviceObject, irp: Irp) -> bool:  # noqa: N802
+    """Take a queued IRP out of the device queue (a cancel routine does); False if it
+    was not there (it is CurrentIrp, or already started)."""
+    queue = _device_queue(device)
+    if irp in queue.entries:
+        queue.entries.remove(irp)
+        return True
+    return False
 
 
 def IoCompleteRequest(irp: Irp, priority_boost: int = 0) -> None:  # noqa: N802
@@ -157,9 +297,15 @@ def IoCompleteRequest(irp: Irp, priority_boost: int = 0) -> None:  # noqa: N802
     stack = irp.stack
     count = irp.stack_count
     index = irp.current_location
+    checks = irp.pending_checks
     while index < count:
         loc = stack[index]
         pending = loc.control & SL_PENDING_RETURNED
+        if checks and checks >> index & 1 and not pending:
+            driver = loc.device_object.driver_object.name if loc.device_object else "?"
+            raise BugCheck("DRIVER_VERIFIER_IOMANAGER_VIOLATION",
+                           f"{driver} returned STATUS_PENDING for {irp!r} and it completed "
+                           "without IoMarkIrpPending")
         irp.pending_returned = bool(pending)
         routine = loc.completion_routine
         index += 1
@@ -211,7 +357,14 @@ def _finish(irp: Irp) -> None:
     """The I/O manager's part once every driver is done with the IRP.
 
     It frees the IRPs it built and associated IRPs; an IRP a driver allocated
-    stays the driver's to free.
+    stays the driver's to free (and must never complete to the I/O manager).
+    An associated IRP counts down its master.  For any other IRP, the last stage
+    (IopCompleteRequest: copy a buffered output back, fill the caller's status
+    block, signal its event, free the IRP) must run in the requesting thread: an
+    IRP that pended (PendingReturned) gets it as an APC to that thread -- here a
+    turn on the scheduler at APC_LEVEL, never inside the DPC that completed the
+    IRP; one completed before its dispatch routine returned is still in that
+    thread and finishes at once.
     """
     irp.completed = True
     master = irp.master_irp
@@ -221,8 +374,49 @@ def _finish(irp: Irp) -> None:
         if master.irp_count == 0:
             IoCompleteRequest(master)
         return
-    if not irp.driver_allocated:
-        _free(irp)
+    if irp.driver_allocated:
+        # an IRP from IoAllocateIrp has no thread to finish in: its owner's completion
+        # routine must return STATUS_MORE_PROCESSING_REQUIRED, then IoFreeIrp it
+        raise BugCheck("DRIVER_VERIFIER_IOMANAGER_VIOLATION",
+                       f"{irp!r}, allocated by a driver, completed to the I/O manager: its "
+                       "completion routine must return STATUS_MORE_PROCESSING_REQUIRED")
+    if irp.pending_returned and (irp.user_iosb is not None or irp.user_event is not None
+                                 or irp.user_callback is not None):
+        sched = _scheduler_of(irp)
+        if sched is not None:
+            sched.schedule(0, _completion_apc, sched, irp)
+            return
+    IopCompleteRequest(irp)
+
+
+def _scheduler_of(irp: Irp) -> Any:
+    for loc in irp.stack:
+        if loc.device_object is not None:
+            return loc.device_object.driver_object.kernel.scheduler
+    return None
+
+
+def _completion_apc(sched: Any, irp: Irp) -> None:
+    """The special kernel APC in the requesting thread, at APC_LEVEL."""
+    old = sched.irql
+    sched.irql = APC_LEVEL
+    try:
+        IopCompleteRequest(irp)
+    finally:
+        sched.irql = old
+
+
+def IopCompleteRequest(irp: Irp) -> None:  # noqa: N802
+    """The completion's last stage, in the requesting thread: METHOD_BUFFERED output
+    copied back to the caller's buffer (IRP_BUFFERED_IO | IRP_INPUT_OPERATION, as many
+    bytes as Information says), the status block, the event."""
+    flags = irp.flags
+    if flags & IRP_BUFFERED_IO and flags & IRP_INPUT_OPERATION and \
+            irp.user_buffer is not None and isinstance(irp.system_buffer, bytearray) and \
+            isinstance(irp.io_status.information, int) and \
+            irp.io_status.status < 0xC0000000:
+        n = min(irp.io_status.information, len(irp.user_buffer), len(irp.system_buffer))
+        irp.user_buffer[:n] = irp.system_buffer[:n]
     if irp.user_iosb is not None:
         irp.user_iosb.status = irp.io_status.status
         irp.user_iosb.information = irp.io_status.information
@@ -230,6 +424,7 @@ def _finish(irp: Irp) -> None:
         irp.user_event.KeSetEvent()
     if irp.user_callback is not None:
         irp.user_callback(irp)
+    _free(irp)  # IoFreeIrp: the I/O manager built it
 
 
 def IoSetNextIrpStackLocation(irp: Irp, device: DeviceObject | None = None) -> None:  # noqa: N802

@@ -22,6 +22,7 @@ from usbtrace.wdm.status import NTSTATUS
 
 if TYPE_CHECKING:
     from usbtrace.wdm.device import DeviceObject, FileObject
+    from usbtrace.wdm.mdl import Mdl
     from usbtrace.wdm.sched import KEvent
 
 # Major function codes (wdm.h)
@@ -96,6 +97,20 @@ DeviceUsageTypePaging, DeviceUsageTypeHibernation, DeviceUsageTypeDumpFile = 1, 
 # BUS_QUERY_ID_TYPE and DEVICE_RELATION_TYPE
 BusQueryDeviceID, BusQueryHardwareIDs, BusQueryCompatibleIDs, BusQueryInstanceID = 0, 1, 2, 3
 BusRelations, EjectionRelations, PowerRelations, RemovalRelations = 0, 1, 2, 3
+
+# Irp->Flags (wdm.h): what the I/O manager set up, and what it must do at completion
+IRP_NOCACHE = 0x00000001
+IRP_PAGING_IO = 0x00000002
+IRP_SYNCHRONOUS_API = 0x00000004
+IRP_ASSOCIATED_IRP = 0x00000008
+IRP_BUFFERED_IO = 0x00000010
+IRP_DEALLOCATE_BUFFER = 0x00000020
+IRP_INPUT_OPERATION = 0x00000040
+IRP_CREATE_OPERATION = 0x00000080
+IRP_READ_OPERATION = 0x00000100
+IRP_WRITE_OPERATION = 0x00000200
+IRP_CLOSE_OPERATION = 0x00000400
+IRP_DEFER_IO_COMPLETION = 0x00000800
 
 # Stack location Control bits
 SL_PENDING_RETURNED = 0x01
@@ -254,7 +269,19 @@ class IoStatusBlock:
         self.information: Any = 0
 
 
-_irp_ids = itertools.count(0xFFFF_A000_0000_1000, 0x100)
+IRP_POOL_BASE = 0xFFFF_A000_0000_1000
+_irp_ids = itertools.count(IRP_POOL_BASE, 0x100)
+
+
+def reset_irp_addresses() -> None:
+    """Start IRP addresses from the pool's base again: a machine that boots does.
+
+    usbstor tags each CBW with the low 32 bits of its IRP's address, as Windows
+    does, so the addresses must repeat from run to run for two recordings of the
+    same workload to be the same byte for byte.
+    """
+    global _irp_ids
+    _irp_ids = itertools.count(IRP_POOL_BASE, 0x100)
 
 
 class Irp:
@@ -269,6 +296,7 @@ class Irp:
         "mdl_address", "user_buffer", "flags", "cancel", "cancel_routine", "pending_returned",
         "master_irp", "irp_count", "user_event", "user_iosb", "tail", "requestor_mode",
         "completed", "freed", "user_callback", "driver_allocated", "registry",
+        "cancel_irql", "sort_key", "pending_checks",
     )
 
     def __init__(self, stack_size: int) -> None:
@@ -278,7 +306,7 @@ class Irp:
         self.current_location = stack_size
         self.io_status = IoStatusBlock()
         self.system_buffer: Any = None
-        self.mdl_address: bytearray | memoryview | None = None
+        self.mdl_address: Mdl | None = None  # MdlAddress: the caller's buffer, direct I/O
         self.user_buffer: Any = None
         self.flags = 0
         self.cancel = False
@@ -295,6 +323,11 @@ class Irp:
         self.user_callback: Callable[[Irp], None] | None = None
         self.driver_allocated = False  # IoAllocateIrp: the driver must IoFreeIrp it
         self.registry: dict[int, Irp] | None = None  # the kernel's live IRPs, once sent
+        self.cancel_irql = 0  # CancelIrql: what the cancel routine restores
+        self.sort_key = 0  # Tail.Overlay.DeviceQueueEntry.SortKey
+        # bit n: the driver at stack location n returned STATUS_PENDING before marking
+        # the IRP pending; the mark must be there when completion reaches location n
+        self.pending_checks = 0
 
     # Accessors with the WDK's names, as methods of the IRP -----------------------
 
@@ -326,6 +359,30 @@ def IoFreeIrp(irp: Irp) -> None:  # noqa: N802
     irp.freed = True
     if irp.registry is not None:
         irp.registry.pop(irp.id, None)
+
+
+def IoReuseIrp(irp: Irp, status: int) -> None:  # noqa: N802
+    """Make a finished IRP the caller allocated ready for its next request (IoReuseIrp).
+
+    The stack locations and status block are cleared and ``status`` becomes
+    the initial status; the IRP keeps its address, which is why a driver that
+    reuses one IRP for a series of start-up requests shows the same IRP id on
+    each of them (USBPcap's irpId, and so the tracer's).
+    """
+    if irp.freed:
+        from usbtrace.wdm.sched import BugCheck
+
+        raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION", f"{irp!r} reused after IoFreeIrp")
+    irp.stack = [IoStackLocation() for _ in range(irp.stack_count)]
+    irp.current_location = irp.stack_count
+    irp.io_status = IoStatusBlock()
+    irp.io_status.status = status
+    irp.cancel = False
+    irp.cancel_routine = None
+    irp.pending_returned = False
+    irp.pending_checks = 0
+    irp.completed = False
+    irp.tail = [None, None, None, None]
 
 
 def IoMakeAssociatedIrp(master: Irp, stack_size: int) -> Irp:  # noqa: N802

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from usbtrace.wdm.irp import reset_irp_addresses
 from usbtrace.wdm.sched import Scheduler
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 class Kernel:
     def __init__(self, clock: str = "virtual") -> None:
+        reset_irp_addresses()  # IRP addresses (and so CBW tags) repeat from run to run
         self.scheduler = Scheduler(clock)
         self.drivers: dict[str, DriverObject] = {}
         self.namespace: dict[str, DeviceObject] = {}
@@ -27,6 +29,7 @@ class Kernel:
         self.registry: dict[str, dict[str, Any]] = {}  # Services\<name>\Parameters
         self.bugchecks: list[str] = []
         self.irps: dict[int, Irp] = {}  # IRPs sent and not yet freed, by id
+        self.cancel_spin_lock: Any = None  # IopCancelSpinLock, made by the I/O manager
         self.log: list[tuple[float, str]] = []  # a DbgPrint buffer, read by tests
 
     def register_name(self, name: str, device: DeviceObject) -> None:

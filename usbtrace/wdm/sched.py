@@ -80,6 +80,40 @@ class KDpc:
         self.queued = False
 
 
+class KSpinLock:
+    """A spin lock (KSPIN_LOCK): held at DISPATCH_LEVEL, never re-acquired by its owner.
+
+    Acquiring raises the IRQL to DISPATCH_LEVEL and returns the old IRQL, which the
+    release restores (KeAcquireSpinLock / KeReleaseSpinLock).  The AtDpcLevel forms
+    require the caller to be at DISPATCH_LEVEL already.  As Driver Verifier does, a
+    second acquisition by the one thread there is, a release of a lock not held, or
+    an acquisition above DISPATCH_LEVEL stops the machine.
+    """
+
+    __slots__ = ("held", "name")
+
+    def __init__(self, name: str = "spin lock") -> None:
+        self.held = False
+        self.name = name
+
+
+class KTimer:
+    """A kernel timer (KTIMER) whose expiry queues a DPC (KeSetTimer's Dpc argument)."""
+
+    __slots__ = ("dpc", "generation", "due_ns", "fired", "queued_at")
+
+    def __init__(self) -> None:
+        self.dpc: KDpc | None = None
+        self.generation = 0  # bumped by every set and cancel
+        self.due_ns: int | None = None  # armed: when it expires
+        self.queued_at: int | None = None  # the time of its one entry in the event queue
+        self.fired = 0
+
+
+def _timer_entry(timer: KTimer) -> None:
+    """Marks a timer's entry in the event queue; run_one handles it (never called)."""
+
+
 class KInterrupt:
     """A connected interrupt: its service routine runs at DIRQL."""
 
@@ -146,6 +180,91 @@ class Scheduler:
                 f"allowed at most {IRQL_NAMES.get(maximum, maximum)}",
             )
 
+    # ---- spin locks --------------------------------------------------------------
+
+    def KeAcquireSpinLock(self, lock: KSpinLock) -> int:  # noqa: N802
+        """Raise to DISPATCH_LEVEL and take ``lock``; the old IRQL, for the release."""
+        if self.irql > DISPATCH_LEVEL:
+            raise BugCheck("IRQL_NOT_LESS_OR_EQUAL", f"{lock.name} acquired above DISPATCH_LEVEL")
+        old = self.KeRaiseIrql(DISPATCH_LEVEL)
+        self._take(lock)
+        return old
+
+    def KeReleaseSpinLock(self, lock: KSpinLock, old_irql: int) -> None:  # noqa: N802
+        self._give(lock)
+        self.KeLowerIrql(old_irql)
+
+    def KeAcquireSpinLockAtDpcLevel(self, lock: KSpinLock) -> None:  # noqa: N802
+        if self.irql != DISPATCH_LEVEL:
+            raise BugCheck("IRQL_NOT_LESS_OR_EQUAL",
+                           f"{lock.name} acquired at DPC level from "
+                           f"{IRQL_NAMES.get(self.irql, self.irql)}")
+        self._take(lock)
+
+    def KeReleaseSpinLockFromDpcLevel(self, lock: KSpinLock) -> None:  # noqa: N802
+        self._give(lock)
+
+    @staticmethod
+    def _take(lock: KSpinLock) -> None:
+        if lock.held:
+            raise BugCheck("SPIN_LOCK_ALREADY_OWNED", f"{lock.name} acquired twice")
+        lock.held = True
+
+    @staticmethod
+    def _give(lock: KSpinLock) -> None:
+        if not lock.held:
+            raise BugCheck("SPIN_LOCK_NOT_OWNED", f"{lock.name} released but not held")
+        lock.held = False
+
+    # ---- timers -------------------------------------------------------------------
+
+    def KeSetTimer(self, timer: KTimer, due_ns: int, dpc: KDpc | None = None) -> bool:  # noqa: N802
+        """Arm ``timer`` to expire ``due_ns`` from now and queue ``dpc``; True if it was
+        already armed (the earlier expiry is replaced, as KeSetTimer's result says).
+
+        A timer has at most one entry in the event queue: re-arming it later (a hang
+        timer, once per command) only moves its due time, and the entry, when its
+        moment comes, moves itself to the new time without moving the clock.
+        """
+        was_set = timer.due_ns is not None
+        timer.generation += 1
+        timer.dpc = dpc
+        due = self.now_ns() + due_ns
+        timer.due_ns = due
+        queued = timer.queued_at
+        if queued is None or queued > due:
+            timer.queued_at = due
+            self._seq += 1
+            heapq.heappush(self._events, (due, self._seq, _timer_entry, (timer,)))
+        return was_set
+
+    def KeCancelTimer(self, timer: KTimer) -> bool:  # noqa: N802
+        """Disarm ``timer``; True if it was armed.  Its expiry never runs, and takes no
+        virtual time: a cancelled hang timer does not move the clock."""
+        was_set = timer.due_ns is not None
+        timer.generation += 1
+        timer.due_ns = None
+        return was_set
+
+    def _timer_entry_due(self, when: int, timer: KTimer) -> bool:
+        """A timer's queue entry came up: True if the timer expires now.  Otherwise the
+        entry is dropped (cancelled) or moved to the later due time, and no time passes."""
+        if timer.queued_at != when:
+            return False  # an older entry, replaced by an earlier one
+        due = timer.due_ns
+        if due is None:
+            timer.queued_at = None
+            return False
+        if due > when:
+            timer.queued_at = due
+            self._seq += 1
+            heapq.heappush(self._events, (due, self._seq, _timer_entry, (timer,)))
+            return False
+        timer.queued_at = None
+        timer.due_ns = None
+        timer.fired += 1
+        return True
+
     # ---- events, interrupts, DPCs -------------------------------------------------
 
     def schedule(self, delay_ns: int, callback: Callable[..., None], *args: Any) -> None:
@@ -208,6 +327,15 @@ class Scheduler:
         if not self._events:
             return False
         when, _, callback, args = heapq.heappop(self._events)
+        if callback is _timer_entry:
+            timer = args[0]
+            if not self._timer_entry_due(when, timer):
+                return True  # cancelled, or due later: no time passes
+            if self.clock == "virtual" and when > self._now_ns:
+                self._now_ns = when
+            if timer.dpc is not None:
+                self.KeInsertQueueDpc(timer.dpc)
+            return True
         if self.clock == "virtual" and when > self._now_ns:
             self._now_ns = when
         try:
@@ -218,7 +346,9 @@ class Scheduler:
         return True
 
     def pending(self) -> int:
-        return len(self._events)
+        """Events still to run; the entries of timers not armed do not count."""
+        return sum(1 for e in self._events
+                   if not (e[2] is _timer_entry and e[3][0].due_ns is None))
 
     def pending_routines(self) -> list[Callable[..., Any]]:
         """Every routine still to run: scheduled events and queued DPCs."""

@@ -29,6 +29,9 @@ from usbtrace.wdm.device import (
 )
 from usbtrace.wdm.iomgr import IoCallDriver, IoCancelIrp
 from usbtrace.wdm.irp import (
+    IRP_BUFFERED_IO,
+    IRP_DEALLOCATE_BUFFER,
+    IRP_INPUT_OPERATION,
     IRP_MJ_CLEANUP,
     IRP_MJ_CLOSE,
     IRP_MJ_CREATE,
@@ -36,6 +39,9 @@ from usbtrace.wdm.irp import (
     IRP_MJ_FLUSH_BUFFERS,
     IRP_MJ_READ,
     IRP_MJ_WRITE,
+    IRP_NOCACHE,
+    IRP_READ_OPERATION,
+    IRP_WRITE_OPERATION,
     CreateParameters,
     DeviceIoControlParameters,
     IoStatusBlock,
@@ -43,9 +49,11 @@ from usbtrace.wdm.irp import (
     ReadWriteParameters,
 )
 from usbtrace.wdm.kernel import Kernel
+from usbtrace.wdm.mdl import IoAllocateMdl, MmProbeAndLockPages
 from usbtrace.wdm.sched import PASSIVE_LEVEL, KEvent
 from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
+METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT, METHOD_NEITHER = 0, 1, 2, 3
 GENERIC_READ = 0x80000000
 GENERIC_WRITE = 0x40000000
 FILE_SHARE_READ, FILE_SHARE_WRITE = 1, 2
@@ -148,7 +156,14 @@ class Win32:
         if n > len(buffer):
             raise NtStatusError(NTSTATUS.STATUS_INVALID_PARAMETER, call)
         irp = self._irp(file_object)
-        irp.mdl_address = memoryview(buffer)[:n] if n != len(buffer) else buffer
+        # DO_DIRECT_IO: the I/O manager describes the caller's buffer with an MDL and
+        # locks its pages (IoAllocateMdl, MmProbeAndLockPages)
+        mdl = IoAllocateMdl(buffer, n)
+        MmProbeAndLockPages(mdl)
+        irp.mdl_address = mdl
+        # a raw disk handle's I/O is not cached
+        irp.flags |= IRP_NOCACHE | (IRP_READ_OPERATION if major == IRP_MJ_READ
+                                    else IRP_WRITE_OPERATION)
         loc = irp.IoGetNextIrpStackLocation()
         loc.major_function = major
         loc.parameters = ReadWriteParameters(n, offset)
@@ -167,18 +182,67 @@ class Win32:
                                 "WriteFile")
 
     def DeviceIoControl(self, handle: int, code: int, in_buffer: Any = None,  # noqa: N802
-                        out_length: int = 0, overlapped: bool = False) -> Any:
-        """Returns ``(bytes_returned, output)``; output is the system buffer."""
+                        out_length: int = 0, overlapped: bool = False,
+                        out_buffer: bytearray | None = None) -> Any:
+        """Returns ``(bytes_returned, output)``.
+
+        The buffers travel as the control code's transfer type says (Microsoft docs,
+        "Buffer Descriptions for I/O Control Codes"):
+
+        * METHOD_BUFFERED: one system buffer of max(input, output) bytes holding a
+          copy of the input; IRP_BUFFERED_IO | IRP_DEALLOCATE_BUFFER, and
+          IRP_INPUT_OPERATION when there is output, which the I/O manager copies back
+          into ``out_buffer`` at completion (Information bytes);
+        * METHOD_IN_DIRECT / METHOD_OUT_DIRECT: the input in the system buffer, the
+          output buffer described by a locked MDL (MdlAddress);
+        * METHOD_NEITHER: the caller's addresses as they are (Type3InputBuffer,
+          UserBuffer).
+
+        A structure (a Python object with the C structure's fields, the model's
+        convention for the storage IOCTLs) is passed by reference as the system
+        buffer, and its input length is its C size (``SIZE``).  The output returned
+        is ``out_buffer`` when given, else the system buffer.
+        """
         file_object = self._file(handle)
         irp = self._irp(file_object)
         loc = irp.IoGetNextIrpStackLocation()
         loc.major_function = IRP_MJ_DEVICE_CONTROL
-        loc.parameters = DeviceIoControlParameters(code, 0, out_length)
-        irp.system_buffer = in_buffer
+        method = code & 3
+        raw = isinstance(in_buffer, (bytes, bytearray, memoryview))
+        in_length = len(in_buffer) if raw else getattr(in_buffer, "SIZE", 0) \
+            if in_buffer is not None else 0
+        if out_buffer is not None:
+            out_length = len(out_buffer)
+        type3 = None
+        if method == METHOD_BUFFERED:
+            irp.flags |= IRP_BUFFERED_IO
+            if raw or (in_buffer is None and out_buffer is not None):
+                system = bytearray(max(in_length, out_length))
+                if raw:
+                    system[:in_length] = in_buffer
+                irp.system_buffer = system
+                irp.flags |= IRP_DEALLOCATE_BUFFER
+            else:
+                irp.system_buffer = in_buffer
+            if out_length:
+                irp.flags |= IRP_INPUT_OPERATION
+                irp.user_buffer = out_buffer
+        elif method in (METHOD_IN_DIRECT, METHOD_OUT_DIRECT):
+            if in_length:
+                irp.flags |= IRP_BUFFERED_IO | IRP_DEALLOCATE_BUFFER
+                irp.system_buffer = bytearray(in_buffer) if raw else in_buffer
+            if out_buffer is not None and out_length:
+                mdl = IoAllocateMdl(out_buffer, out_length)
+                MmProbeAndLockPages(mdl)
+                irp.mdl_address = mdl
+        else:  # METHOD_NEITHER
+            type3 = in_buffer
+            irp.user_buffer = out_buffer
+        loc.parameters = DeviceIoControlParameters(code, in_length, out_length, type3)
         result = self._send(file_object, irp, f"DeviceIoControl(0x{code:X})", overlapped)
         if overlapped:
             return result
-        return result, irp.system_buffer
+        return result, out_buffer if out_buffer is not None else irp.system_buffer
 
     def FlushFileBuffers(self, handle: int) -> None:  # noqa: N802
         file_object = self._file(handle)
