@@ -282,3 +282,23 @@ def test_a_stall_ends_the_data_phase_and_the_csw_counts_what_did_not_move() -> N
     assert device.bulk_in(csw)[1] == 13
     assert bot.parse_csw(csw) == bot.Csw(11, 512, bot.CSW_STATUS_FAILED)
     assert bytes(stick.image.view[:512]) == bytes(512)
+
+
+@pytest.mark.parametrize(("reported", "used"), [(0, 512), (520, 512), (4096, 4096)])
+def test_a_block_size_of_zero_or_odd_is_taken_as_classpnp_takes_it(
+        reported: int, used: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """classpnp's ClassReadDriveCapacity: a zero block size is 512, and one that is no
+    power of two is rounded down, so a later read never divides by zero (the fuzzer
+    found a replayed device answering READ CAPACITY with block size 0)."""
+    import struct
+
+    from usbtrace.drivers import disk
+
+    def answer(extension: object, srb: object) -> int:
+        srb.data_buffer[:8] = struct.pack(">II", 1000, reported)  # type: ignore[attr-defined]
+        return 0
+
+    monkeypatch.setattr(disk, "ClassSendSrbSynchronous", answer)
+    ext = disk.DiskExtension.__new__(disk.DiskExtension)
+    assert disk.DiskReadDriveCapacity(ext) == 0
+    assert ext.block_size == used and ext.block_count == 1001

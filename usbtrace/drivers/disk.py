@@ -441,8 +441,17 @@ def DiskReadDriveCapacity(ext: DiskExtension) -> int:  # noqa: N802
             rc16 = Srb(cdb, 32, SRB_FLAGS_DATA_IN, memoryview(data16))
             if NT_SUCCESS(ClassSendSrbSynchronous(ext, rc16)):
                 last, ext.block_size = struct.unpack_from(">QI", data16)
+        ext.block_size = _sane_block_size(ext.block_size)
         ext.block_count = last + 1
     return status
+
+
+def _sane_block_size(reported: int) -> int:
+    """As ClassReadDriveCapacity takes a device's word for its block size: zero means
+    512, and a size that is no power of two is rounded down to one."""
+    if reported == 0:
+        return 512
+    return 1 << (reported.bit_length() - 1)
 
 
 # ---------------------------------------------------------------------------------
