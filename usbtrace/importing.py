@@ -26,7 +26,7 @@ from typing import BinaryIO
 from sqlalchemy import update
 
 from usbtrace.capture.reader import CaptureStats, events, source_name
-from usbtrace.capture.source import Tap, capture_stream, standard_input
+from usbtrace.capture.source import Gunzip, Tap, capture_stream, standard_input
 from usbtrace.errors import CaptureFormatError, InputError, UsbtraceError
 from usbtrace.interrupt import deferred_interrupt
 from usbtrace.store.database import Database
@@ -95,8 +95,9 @@ def _import(database: Database, path: Path, tap: Tap, digest: str | None,
     live = digest is None
     name = "stdin" if live else str(path)
     stats = CaptureStats()
+    stream = capture_stream(tap)
     try:
-        stream_events = events(capture_stream(tap), stats, progress,
+        stream_events = events(stream, stats, progress,
                                position=lambda: tap.bytes_read)
         first = next(stream_events, None)  # the container and linktype are checked here
     except CaptureFormatError as e:
@@ -127,6 +128,8 @@ def _import(database: Database, path: Path, tap: Tap, digest: str | None,
                     if interrupt.requested:
                         break
             if not interrupt.requested:
+                if isinstance(stream, Gunzip):
+                    stream.verify()  # damage after the framing stopped still fails
                 state = "complete"
         except (UsbtraceError, OSError) as e:
             state, failure = "failed", f"the import stopped: {_reason(e)}"
