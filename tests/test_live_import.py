@@ -133,6 +133,51 @@ def test_interface_statistics_give_the_dropped_count_and_say_so(tmp_path: Path,
     assert s["gaps"] == []  # no place is known, so none is invented
 
 
+def test_the_report_says_the_count_is_the_captures(tmp_path: Path) -> None:
+    from usbtrace.analysis.report import summary
+
+    records = usbmon_records()[:20]
+    blob = section() + interface(189) + b"".join(packet(0, ts, d) for ts, d in records)
+    path = tmp_path / "drops.pcapng"
+    path.write_bytes(blob + statistics(0, counter(5, 4)))
+    db = tmp_path / "t.db"
+    database = Database(db)
+    sid = import_capture(database, path).session_id
+    assert sid is not None
+    fields = dict(summary(database, sid).fields)
+    assert fields["drops"] == "4 records dropped (the capture's count: see notes)"
+
+
+def test_each_section_has_its_own_interfaces(tmp_path: Path) -> None:
+    """Interface 0 of a second section is another interface: both counts add up."""
+    records = usbmon_records()[:20]
+    one = section() + interface(189) + b"".join(packet(0, ts, d) for ts, d in records[:10])
+    two = section(">") + interface(189, ">") + \
+        b"".join(packet(0, ts, d, order=">") for ts, d in records[10:])
+    blob = one + statistics(0, counter(5, 2)) + two + statistics(0, counter(7, 5, ">"), ">")
+    path = tmp_path / "sections.pcapng"
+    path.write_bytes(blob)
+    db = tmp_path / "t.db"
+    import_capture(Database(db), path)
+    assert session(db)["dropped_count"] == 7
+
+
+def test_the_old_packet_block_drop_count(tmp_path: Path) -> None:
+    records = usbmon_records()[:10]
+    blob = section() + interface(189)
+    for i, (ts, data) in enumerate(records):
+        drops = {3: 0xFFFF, 6: 2}.get(i, 0)  # 0xFFFF: the count is not available
+        padded = data + b"\0" * (-len(data) % 4)
+        blob += block(2, struct.pack("<HHIIII", 0, drops, ts >> 32, ts & 0xFFFFFFFF,
+                                     len(data), len(data)) + padded)
+    path = tmp_path / "pb.pcapng"
+    path.write_bytes(blob)
+    db = tmp_path / "t.db"
+    import_capture(Database(db), path)
+    s = session(db)
+    assert s["dropped_count"] == 2 and [g[1] for g in s["gaps"]] == [2]
+
+
 def test_filter_accepted_but_not_delivered_counts_when_no_os_count(tmp_path: Path) -> None:
     records = usbmon_records()[:20]
     blob = section() + interface(189)

@@ -216,6 +216,9 @@ def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool,
 
     if sum(str(f) == STDIN for f in files) > 1:
         raise UsbtraceError("standard input ('-') can be imported once per command")
+    if any(str(f) == STDIN for f in files) and sys.stdin is not None and sys.stdin.isatty():
+        raise UsbtraceError("standard input is a terminal: pipe a capture into it, e.g. "
+                            "dumpcap -i usbmon1 -w - | usbtrace import -")
     database = Database(db)
     failed = 0
     try:
