@@ -37,8 +37,14 @@ class CaptureStats:
     linktype: int | None = None
     skipped: int = 0  # records of interfaces that are not USB
     other_linktypes: set[int] = field(default_factory=set)
-    # what the USB interfaces of a pcapng say they lost; empty for pcap, which cannot say
-    drops: list[InterfaceDrops] = field(default_factory=list)
+    # what each interface of a pcapng says it lost, as the reader learns it (so a stop
+    # midway keeps what was said so far); empty for pcap, which cannot say
+    interface_drops: dict[tuple[int, int], InterfaceDrops] = field(default_factory=dict)
+
+    @property
+    def drops(self) -> list[InterfaceDrops]:
+        """The USB interfaces' only: another interface's losses are not this session's."""
+        return [d for d in self.interface_drops.values() if d.linktype in LINKTYPE_NAMES]
 
     @property
     def dropped(self) -> int:
@@ -105,11 +111,8 @@ def events(stream: BinaryIO, stats: CaptureStats,
     compressed file, not of the capture inside); a ``SourceError`` ends the events
     after everything before it has been given, then goes on up."""
     reader = CaptureReader(stream)
-    where = position or (lambda: reader.bytes_read)
-    try:
-        yield from _events(reader, stats, progress, where)
-    finally:
-        stats.drops = [d for d in reader.drops.values() if d.linktype in LINKTYPE_NAMES]
+    stats.interface_drops = reader.drops
+    yield from _events(reader, stats, progress, position or (lambda: reader.bytes_read))
 
 
 def _events(reader: CaptureReader, stats: CaptureStats,
