@@ -339,6 +339,24 @@ def test_the_same_bytes_twice_on_standard_input_are_imported_and_noted(tmp_path:
     assert s["id"] == 2 and "the same bytes as session 1" in str(s["notes"])
 
 
+def test_drop_counters_through_standard_input(tmp_path: Path) -> None:
+    records = usbmon_records()[:50]
+    blob = section() + interface(189) + b"".join(packet(0, ts, d) for ts, d in records)
+    blob += statistics(0, counter(5, 9))
+    r, w = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(w, blob), os.close(w)))
+    writer.start()
+    db = tmp_path / "t.db"
+    try:
+        import_capture(Database(db), Path("-"), stdin=r)
+    finally:
+        writer.join()
+        os.close(r)
+    s = session(db)
+    assert (s["dropped_count"], s["record_count"], s["source_name"]) == (9, 50, "stdin")
+    assert s["file_sha256"] == hashlib.sha256(blob).hexdigest()
+
+
 def _whole_records(data: bytes) -> list[int]:
     """Offsets where each pcap record ends."""
     ends, pos = [], 24
@@ -444,6 +462,7 @@ def test_ctrl_c_on_a_quiet_live_import_interrupts_at_once(tmp_path: Path) -> Non
     assert code == 130
     s = session(db)
     assert s["state"] == "interrupted" and s["record_count"] == 200
+    assert s["file_sha256"] is None  # the input never ended: no hash names part of it
 
 
 def test_rows_commit_on_time_while_events_flow(tmp_path: Path) -> None:

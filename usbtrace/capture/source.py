@@ -45,6 +45,7 @@ class Tap:
             self._read = read1 if callable(read1) else source.read
         self._pushed = b""
         self.bytes_read = 0
+        self.at_end = False  # the source said it has no more
         self.sha256 = hashlib.sha256() if digest else None
         self.idle: Callable[[], None] | None = None  # called before waiting for input
         self.stop: Callable[[], bool] = lambda: False  # true: stop waiting (Ctrl-C)
@@ -59,6 +60,8 @@ class Tap:
         if self._fd is not None:
             self._wait()
         data = self._read(n)
+        if not data:
+            self.at_end = True
         self.bytes_read += len(data)
         if self.sha256 is not None:
             self.sha256.update(data)
@@ -86,7 +89,11 @@ class Tap:
         return head
 
     def hexdigest(self) -> str | None:
-        return self.sha256.hexdigest() if self.sha256 is not None else None
+        """The SHA-256 of the whole input, once it has all been read; None before (a
+        hash of part of it would name bytes nobody has)."""
+        if self.sha256 is None or not self.at_end:
+            return None
+        return self.sha256.hexdigest()
 
 
 class Gunzip:
