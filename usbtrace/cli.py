@@ -205,13 +205,20 @@ def devices(usb_backend: str, fmt: str) -> None:
 @friendly
 def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool,
             after: int | None, no_files: bool) -> None:
-    """Import pcap/pcapng captures (Linux usbmon, Windows USBPcap): one session per file.
+    """Import pcap/pcapng captures (Linux usbmon, Windows USBPcap, macOS), plain or
+    gzip: one session per file.  FILE '-' is standard input, read as it arrives, for a
+    live capture: dumpcap -i usbmon1 -w - | usbtrace import -
 
     A file that cannot be read is reported on one line and the others still
     import; the exit code is then 2."""
-    from usbtrace.importing import import_capture
+    from usbtrace.importing import STDIN, import_capture
     from usbtrace.store.database import Database
 
+    if sum(str(f) == STDIN for f in files) > 1:
+        raise UsbtraceError("standard input ('-') can be imported once per command")
+    if any(str(f) == STDIN for f in files) and sys.stdin is not None and sys.stdin.isatty():
+        raise UsbtraceError("standard input is a terminal: pipe a capture into it, e.g. "
+                            "dumpcap -i usbmon1 -w - | usbtrace import -")
     database = Database(db)
     failed = 0
     try:
@@ -235,7 +242,8 @@ def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool,
                 click.echo(f"{path}: already imported as session {result.duplicate_of} "
                            "(--force to import again)")
                 continue
-            click.echo(f"{path}: session {result.session_id}: {result.records} records, "
+            shown = "stdin" if str(path) == STDIN else path
+            click.echo(f"{shown}: session {result.session_id}: {result.records} records, "
                        f"{result.commands} SCSI commands, {len(result.malformed)} malformed "
                        f"({result.seconds:.2f} s)")
             for number, why in result.malformed[:5]:

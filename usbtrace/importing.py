@@ -3,25 +3,40 @@
 A file already imported into the same database (same SHA-256) is reported
 and skipped.  Malformed records are counted and listed by record number in
 the session's notes; they never stop the rest of the import.
+
+A gzip file (told by its magic) is decompressed as it streams.  ``-`` is standard
+input, read as it arrives so that a capture tool can pipe a live capture in: rows
+are committed whenever the input pauses and at least every ``LIVE_FLUSH`` seconds
+while it flows, so another process sees the session grow.  Standard input cannot be
+read twice, so its SHA-256 is computed on the way and stored, never used to skip.
 """
+
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import update
 
 from usbtrace.capture.reader import CaptureStats, events, source_name
+from usbtrace.capture.source import Gunzip, Tap, capture_stream, standard_input
 from usbtrace.errors import CaptureFormatError, InputError, UsbtraceError
 from usbtrace.interrupt import deferred_interrupt
 from usbtrace.store.database import Database
+from usbtrace.store.schema import SessionRow
 from usbtrace.store.writer import SessionWriter
 
 MAX_LISTED = 20
 BACKGROUND_FROM = 8 << 20  # bytes of capture
+STDIN = "-"
+LIVE_FLUSH = 1.0  # seconds: the longest a live record waits for its commit while input flows
 
 
 @dataclass
@@ -46,59 +61,98 @@ def sha256_of(path: Path) -> str:
 def import_capture(database: Database, path: Path,
                    progress: Callable[[int], None] | None = None,
                    force: bool = False, after: int | None = None,
-                   attribute_files: bool = True) -> ImportResult:
+                   attribute_files: bool = True,
+                   stdin: BinaryIO | int | None = None) -> ImportResult:
     """Import one capture; ``after`` names an earlier session of the same medium whose
-    file-system metadata the new one continues (a capture that starts mid-session)."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
+    file-system metadata the new one continues (a capture that starts mid-session).
+
+    ``path`` ``-`` reads standard input (or ``stdin``, a descriptor or binary stream)."""
+    live = str(path) == STDIN
+    if not live:
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
+        if path.is_dir():
+            raise InputError(f"{path}: is a directory")
     if after is not None and not database.session_exists(after):
         raise InputError(f"--after {after}: no such session")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory")
     t0 = time.perf_counter()
-    digest = sha256_of(path)
-    existing = database.find_import(digest)
-    if existing is not None and not force:
-        return ImportResult(path, None, existing, 0, 0, [], 0.0)
+    digest: str | None = None
+    if not live:
+        digest = sha256_of(path)  # of the file as stored, compressed or not
+        existing = database.find_import(digest)
+        if existing is not None and not force:
+            return ImportResult(path, None, existing, 0, 0, [], 0.0)
+    with (open(path, "rb") if not live else contextlib.nullcontext()) as handle:
+        source: BinaryIO | int = handle if handle is not None else \
+            (stdin if stdin is not None else standard_input())
+        tap = Tap(source, digest=live)
+        return _import(database, path, tap, digest, progress, after, attribute_files, t0)
+
+
+def _import(database: Database, path: Path, tap: Tap, digest: str | None,
+            progress: Callable[[int], None] | None, after: int | None,
+            attribute_files: bool, t0: float) -> ImportResult:
+    live = digest is None
+    name = "stdin" if live else str(path)
     stats = CaptureStats()
-    with open(path, "rb") as stream:
-        stream_events = events(stream, stats, progress)
+    stream = capture_stream(tap)
+    try:
+        stream_events = events(stream, stats, progress,
+                               position=lambda: tap.bytes_read)
+        first = next(stream_events, None)  # the container and linktype are checked here
+    except CaptureFormatError as e:
+        raise CaptureFormatError(f"{name}: {e}") from None
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stats.first_ts or 0))
+    session_id = database.new_session(source_name(path, stats.linktype), name, started,
+                                      "capture", stats.linktype, digest)
+    # A large file is stored by a second process while this one decodes.  Standard
+    # input is stored here: its size is unknown, and a live capture needs each commit
+    # as soon as it can be made, not another hop through a pipe to another process.
+    background = not live and path.stat().st_size >= BACKGROUND_FROM and \
+        database.is_sqlite and "fork" in multiprocessing.get_all_start_methods()
+    writer = SessionWriter(database, session_id, background=background,
+                           attribute_files=attribute_files,
+                           flush_every=LIVE_FLUSH if live else None)
+    state, failure = "interrupted", None
+    with deferred_interrupt() as interrupt:
+        if live:
+            tap.idle = writer.flush  # a quiet input: commit what is held
+            tap.stop = lambda: interrupt.requested
         try:
-            first = next(stream_events, None)  # the container and linktype are checked here
-        except CaptureFormatError as e:
-            raise CaptureFormatError(f"{path}: {e}") from None
-        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stats.first_ts or 0))
-        session_id = database.new_session(source_name(path, stats.linktype), str(path), started,
-                                          "capture", stats.linktype, digest)
-        # a large file is stored by a second process while this one decodes
-        background = path.stat().st_size >= BACKGROUND_FROM and database.is_sqlite \
-            and "fork" in multiprocessing.get_all_start_methods()
-        writer = SessionWriter(database, session_id, background=background,
-                               attribute_files=attribute_files)
-        state, failure = "interrupted", None
-        with deferred_interrupt() as interrupt:
-            try:
-                if after is not None:
-                    writer.continue_volume(database.stored_commands(after))
-                if first is not None:
-                    writer.feed(first)
-                    for event in stream_events:
-                        writer.feed(event)
-                        if interrupt.requested:
-                            break
-                if not interrupt.requested:
-                    state = "complete"
-            except (UsbtraceError, OSError) as e:
-                state, failure = "failed", f"the import stopped: {_reason(e)}"
-                raise InputError(f"{path}: {_reason(e)} (session {session_id} keeps what was "
-                                 "read before, marked failed)") from None
-            except Exception as e:  # a decoder fault: the session says so, the CLI one line
-                state, failure = "failed", f"the import stopped: {type(e).__name__}: {e}"
-                raise
-            finally:  # Ctrl-C leaves it "interrupted", with what was read until then
-                writer.close(malformed=len(stats.malformed),
-                             notes="; ".join(n for n in (_notes(stats), failure) if n) or None,
-                             time_origin=stats.first_ts, state=state)
+            if after is not None:
+                writer.continue_volume(database.stored_commands(after))
+            if first is not None:
+                writer.feed(first)
+                for event in stream_events:
+                    writer.feed(event)
+                    if interrupt.requested:
+                        break
+            if not interrupt.requested:
+                if isinstance(stream, Gunzip):
+                    stream.verify()  # damage after the framing stopped still fails
+                state = "complete"
+        except (UsbtraceError, OSError) as e:
+            state, failure = "failed", f"the import stopped: {_reason(e)}"
+            raise InputError(f"{name}: {_reason(e)} (session {session_id} keeps what was "
+                             "read before, marked failed)") from None
+        except Exception as e:  # a decoder fault: the session says so, the CLI one line
+            state, failure = "failed", f"the import stopped: {type(e).__name__}: {e}"
+            raise
+        finally:  # Ctrl-C leaves it "interrupted", with what was read until then
+            tap.idle = None
+            notes = [_notes(stats), stats.drop_note(), failure]
+            if live:
+                digest = tap.hexdigest()
+                same = database.find_import(digest) if digest else None
+                if same is not None and state == "complete":
+                    notes.append(f"the same bytes as session {same}")
+            writer.close(dropped=stats.dropped, malformed=len(stats.malformed),
+                         notes="; ".join(n for n in notes if n) or None,
+                         time_origin=stats.first_ts, state=state)
+            if live:
+                with database.engine.begin() as conn:
+                    conn.execute(update(SessionRow).where(SessionRow.id == session_id)
+                                 .values(file_sha256=digest))
     if state == "interrupted":
         raise KeyboardInterrupt  # the session is closed and says so: now stop
     return ImportResult(path, session_id, None, stats.records, writer.commands,

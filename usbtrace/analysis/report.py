@@ -117,8 +117,8 @@ def summary(database: Any, session: int) -> Summary:
     failed = st.sense_summary(database, session)
     out.fields.append(("errors", ", ".join(f"{n} {key}" for key, n in failed)
                        + " (by sense key)" if failed else "none"))
-    out.fields.append(("drops", f"{dropped} records dropped in {gaps[0][0]} gaps"
-                                if dropped else "none"))
+    where = f"in {gaps[0][0]} gaps" if gaps[0][0] else "(the capture's count: see notes)"
+    out.fields.append(("drops", f"{dropped} records dropped {where}" if dropped else "none"))
     out.fields.append(("notes", notes or "none"))
     return out
 

@@ -11,14 +11,22 @@ skipped.
 Framing uses precompiled ``struct`` formats (the hot path); the construct
 layouts below document the same headers after the specification
 (draft-ietf-opsawg-pcap, draft-ietf-opsawg-pcapng) and serve round-trip tests.
-Records stream from the file: memory stays flat whatever its size.
+Records stream from the file: memory stays flat whatever its size.  Reads take
+what the stream has (``read1``), so a capture trickling through a pipe yields each
+record as soon as its last byte arrives, and a header may come in pieces.
+
+Drop counters are kept per interface: the Interface Statistics Block's
+``isb_ifdrop``, ``isb_osdrop``, ``isb_filteraccept`` and ``isb_usrdeliv``
+(cumulative: a later block of the same interface supersedes an earlier one), and
+the per-packet ``epb_dropcount`` of Enhanced Packet Blocks and drops count of the
+obsolete Packet Block, which also say where the loss was (before that packet).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from construct import Bytes, Int16ul, Int32sl, Int32ul, Struct
@@ -57,8 +65,13 @@ PcapngEnhancedPacket = Struct(
     "packet_data" / Bytes(lambda ctx: ctx.captured_len),
 )
 
-BT_IDB, BT_PB, BT_SPB, BT_EPB = 1, 2, 3, 6
+BT_IDB, BT_PB, BT_SPB, BT_ISB, BT_EPB = 1, 2, 3, 5, 6
 OPT_ENDOFOPT, OPT_IF_TSRESOL = 0, 9
+# pcapng §4.6 Interface Statistics Block options (64-bit counters)
+ISB_IFRECV, ISB_IFDROP, ISB_FILTERACCEPT, ISB_OSDROP, ISB_USRDELIV = 4, 5, 6, 7, 8
+# pcapng §4.3 Enhanced Packet Block options
+EPB_FLAGS, EPB_DROPCOUNT = 2, 4
+PB_DROPS_UNKNOWN = 0xFFFF  # the obsolete Packet Block's "not available"
 
 MAX_RECORD = 1 << 26  # a record larger than 64 MiB is corruption, not data
 # The latest time a record may carry: 2^64 nanoseconds after 1970, in the year 2554, the
@@ -78,17 +91,64 @@ class Packet:
     big_endian: bool = False
 
 
-def _read_at_most(stream: BinaryIO, n: int, chunk: int) -> bytes:
-    """Up to ``n`` bytes, read ``chunk`` at a time: a length field that claims more than
-    the file holds costs what the file holds, not what the field says (a single
-    ``read(n)`` allocates ``n`` before it knows)."""
-    if n <= chunk:
-        return stream.read(n)
+Read = Callable[[int], bytes]
+
+
+def read_available(stream: BinaryIO) -> Read:
+    """The stream's ``read1`` where it has one: it returns what is there (at least one
+    byte, or none at the end) instead of waiting for a full request, which a pipe fed
+    by a live capture may take minutes to fill."""
+    read1 = getattr(stream, "read1", None)
+    return read1 if callable(read1) else stream.read
+
+
+def _read_at_most(read: Read, n: int, chunk: int) -> bytes:
+    """Up to ``n`` bytes (fewer only at the end), read ``chunk`` at a time: a length
+    field that claims more than the file holds costs what the file holds, not what
+    the field says (a single ``read(n)`` allocates ``n`` before it knows)."""
     parts = []
-    while n > 0 and (part := stream.read(min(n, chunk))):
+    while n > 0 and (part := read(min(n, chunk))):
         parts.append(part)
         n -= len(part)
     return b"".join(parts)
+
+
+def _read_enough(read: Read, need: int, chunk: int) -> bytes:
+    """At least ``need`` bytes (fewer only at the end), and whatever else the reads
+    brought: a large buffer from a file, no waiting for one from a pipe."""
+    parts = []
+    got = 0
+    while got < need and (part := read(chunk)):
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+@dataclass
+class InterfaceDrops:
+    """What a pcapng says one interface lost.  ``None``: the capture does not say."""
+
+    linktype: int
+    ifdrop: int | None = None
+    osdrop: int | None = None
+    filteraccept: int | None = None
+    usrdeliv: int | None = None
+    statistics: bool = False  # an Interface Statistics Block was seen
+    before_packets: int = 0  # the sum of the packets' own drop counts
+    located: list[tuple[int, int]] = field(default_factory=list)  # (record number, count)
+
+    def statistics_dropped(self) -> int:
+        """Drops by the interface plus by the OS; where the OS count is missing,
+        packets the filter accepted that never reached the capture program."""
+        os_side = self.osdrop
+        if os_side is None and self.filteraccept is not None and self.usrdeliv is not None:
+            os_side = max(0, self.filteraccept - self.usrdeliv)
+        return (self.ifdrop or 0) + (os_side or 0)
+
+    def dropped(self) -> int:
+        """Both counts describe the same loss: the larger one (statistics also count
+        what was lost after the last packet)."""
+        return max(self.statistics_dropped(), self.before_packets)
 
 
 def detect(head: bytes) -> str:
@@ -116,14 +176,19 @@ class CaptureReader:
 
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
+        self._some = read_available(stream)
         self.malformed: list[tuple[int, str]] = []
         self.bytes_read = 0
         self._buffer = b""
         self._pos = 0
-        head = stream.read(4)
+        head = _read_at_most(self._some, 4, 4)
         self.kind = detect(head)
         self._head = head
         self.linktypes: dict[int, int] = {}
+        # (section, interface) -> what the capture says it lost; pcap files say nothing
+        self.drops: dict[tuple[int, int], InterfaceDrops] = {}
+        # packets lost just before the record last yielded (its epb_dropcount), else 0
+        self.lost_before = 0
 
     def _read(self, n: int) -> bytes:
         """``n`` bytes (fewer at the end of the file), served from a large buffer:
@@ -132,7 +197,7 @@ class CaptureReader:
         end = pos + n
         if end > len(self._buffer):
             rest = self._buffer[pos:]
-            more = _read_at_most(self.stream, max(self.CHUNK, n - len(rest)), self.CHUNK)
+            more = _read_enough(self._some, n - len(rest), self.CHUNK)
             self._buffer = rest + more
             pos, end = 0, n
         data = self._buffer[pos:end]
@@ -168,12 +233,14 @@ class CaptureReader:
         unpack = struct.Struct(order + "IIII").unpack_from
         scale = 1e-9 if nano else 1e-6
         number = 0
-        stream = self.stream
+        some = self._some
+        chunk = self.CHUNK
         buf = self._buffer[self._pos :]  # what the header read left in the buffer
         pos = 0
         while True:
             if pos + 16 > len(buf):
-                buf = buf[pos:] + stream.read(self.CHUNK)
+                buf = buf[pos:]
+                buf += _read_enough(some, 16 - len(buf), chunk)
                 pos = 0
                 if not buf:
                     return
@@ -187,7 +254,8 @@ class CaptureReader:
                 return
             end = pos + 16 + caplen
             if end > len(buf):
-                buf = buf[pos:] + _read_at_most(stream, max(self.CHUNK, caplen + 16), self.CHUNK)
+                buf = buf[pos:]
+                buf += _read_enough(some, 16 + caplen - len(buf), chunk)
                 pos, end = 0, 16 + caplen
                 if end > len(buf):
                     self.malformed.append((number, "record data cut short at end of file"))
@@ -210,6 +278,7 @@ class CaptureReader:
         self.bytes_read += 4
         read = self._read
         first = True  # the file's own section header: a cut one is no capture at all
+        section = -1  # interface ids restart in every section: drops are kept per section
 
         def broken(reason: str) -> None:
             if first:
@@ -250,6 +319,7 @@ class CaptureReader:
                     broken("section header cut short")
                     return
                 first = False
+                section += 1
                 interfaces = []  # interface ids restart in every section
                 continue
             block_type, length = struct.unpack(order + "II", head)
@@ -277,17 +347,23 @@ class CaptureReader:
                     resolution = 1e-6
                 interfaces.append((linktype, resolution))
                 self.linktypes[len(self.linktypes)] = linktype
+                self.drops[(section, len(interfaces) - 1)] = InterfaceDrops(linktype)
+            elif block_type == BT_ISB:
+                self._statistics(body, order, section, interfaces, number + 1)
             elif block_type == BT_EPB or block_type == BT_PB:
                 number += 1
                 if len(body) < 20:
                     self.malformed.append((number, f"packet block has {len(body)} of its 20 "
                                                    "fixed bytes"))
                     continue
+                lost = 0
                 if block_type == BT_EPB:
                     iface, hi, lo, caplen, origlen = struct.unpack_from(order + "IIIII", body)
                 else:
-                    iface, _drops, hi, lo, caplen, origlen = struct.unpack_from(order + "HHIIII",
-                                                                                body)
+                    iface, lost, hi, lo, caplen, origlen = struct.unpack_from(order + "HHIIII",
+                                                                              body)
+                    if lost == PB_DROPS_UNKNOWN:
+                        lost = 0
                 if iface >= len(interfaces):
                     self.malformed.append((number, f"packet names interface {iface}, "
                                                    f"which the section does not describe"))
@@ -307,6 +383,18 @@ class CaptureReader:
                                                    f"{tick:g} s a tick is beyond the year 2554"))
                     continue
                 data = body[20 : 20 + caplen]
+                options_at = 20 + caplen + (-caplen % 4)
+                if block_type == BT_EPB and len(body) > options_at:  # rare: no cost otherwise
+                    counted = _dropcount(body[options_at:], order)
+                    if counted is None:
+                        self.malformed.append((number, "an option of the packet block runs "
+                                                       "past its block; its options ignored"))
+                    lost = counted or 0
+                if lost:
+                    drops = self.drops[(section, iface)]
+                    drops.before_packets += lost
+                    drops.located.append((number, lost))
+                self.lost_before = lost
                 yield (number, ts, linktype, data, origlen, iface, order == ">")
             elif block_type == BT_SPB:
                 number += 1
@@ -319,8 +407,72 @@ class CaptureReader:
                     continue
                 origlen = struct.unpack_from(order + "I", body)[0]
                 linktype, _ = interfaces[0]
+                self.lost_before = 0
                 yield number, 0.0, linktype, body[4 : 4 + origlen], origlen, 0, order == ">"
-            # other blocks (name resolution, statistics, custom) are skipped
+            # other blocks (name resolution, custom) are skipped
+
+    def _statistics(self, body: bytes, order: str, section: int,
+                    interfaces: list[tuple[int, float] | None], number: int) -> None:
+        """Take an Interface Statistics Block's drop counters for its interface.  The
+        counters run from the start of the capture, so the latest block wins."""
+        if len(body) < 12:
+            self.malformed.append((number, f"interface statistics block has {len(body)} of "
+                                           "its 12 fixed bytes; ignored"))
+            return
+        iface = struct.unpack_from(order + "I", body)[0]
+        drops = self.drops.get((section, iface))
+        if iface >= len(interfaces) or drops is None:
+            self.malformed.append((number, f"interface statistics for interface {iface}, "
+                                           "which the section does not describe; ignored"))
+            return
+        options = _options(body[12:], order)
+        if options is None:
+            self.malformed.append((number, f"interface statistics of interface {iface}: an "
+                                           "option runs past its block; ignored"))
+            return
+        counters: dict[int, int] = {}
+        for code, value in options:
+            if code in (ISB_IFDROP, ISB_FILTERACCEPT, ISB_OSDROP, ISB_USRDELIV):
+                if len(value) != 8:
+                    self.malformed.append((number, f"interface statistics of interface {iface}:"
+                                                   f" option {code} has {len(value)} bytes, not "
+                                                   "8; ignored"))
+                    continue
+                counters[code] = struct.unpack(order + "Q", value)[0]
+        drops.statistics = True  # a later block says it all again: none of the old stays
+        drops.ifdrop = counters.get(ISB_IFDROP)
+        drops.osdrop = counters.get(ISB_OSDROP)
+        drops.filteraccept = counters.get(ISB_FILTERACCEPT)
+        drops.usrdeliv = counters.get(ISB_USRDELIV)
+
+
+def _options(options: bytes, order: str) -> list[tuple[int, bytes]] | None:
+    """A block's options as (code, value) up to opt_endofopt or the block's end; None
+    when one runs past the block.  Work is bounded by the bytes of the block."""
+    out = []
+    pos = 0
+    while pos + 4 <= len(options):
+        code, length = struct.unpack_from(order + "HH", options, pos)
+        if code == OPT_ENDOFOPT:
+            break
+        if pos + 4 + length > len(options):
+            return None
+        out.append((code, options[pos + 4 : pos + 4 + length]))
+        pos += 4 + length + (-length % 4)
+    return out
+
+
+def _dropcount(options: bytes, order: str) -> int | None:
+    """An Enhanced Packet Block's epb_dropcount (0 when absent); None when its options
+    cannot be read.  The epb_flags word carries direction, reception type and
+    link-layer errors, but no count of lost packets, so it is not read."""
+    parsed = _options(options, order)
+    if parsed is None:
+        return None
+    for code, value in parsed:
+        if code == EPB_DROPCOUNT and len(value) == 8:
+            return int(struct.unpack(order + "Q", value)[0])
+    return 0
 
 
 def _tsresol(options: bytes, order: str) -> float | None:

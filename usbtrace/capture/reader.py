@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from usbtrace.capture import darwin, usbmon, usbpcap
-from usbtrace.capture.pcap import CaptureReader, Packet
+from usbtrace.capture.pcap import CaptureReader, InterfaceDrops, Packet
 from usbtrace.errors import CaptureFormatError
-from usbtrace.records import Event
+from usbtrace.records import GAP, Event
 
 LINKTYPE_NAMES = {
     usbmon.LINKTYPE_USB_LINUX: "usbmon",
@@ -37,6 +37,40 @@ class CaptureStats:
     linktype: int | None = None
     skipped: int = 0  # records of interfaces that are not USB
     other_linktypes: set[int] = field(default_factory=set)
+    # what each interface of a pcapng says it lost, as the reader learns it (so a stop
+    # midway keeps what was said so far); empty for pcap, which cannot say
+    interface_drops: dict[tuple[int, int], InterfaceDrops] = field(default_factory=dict)
+
+    @property
+    def drops(self) -> list[InterfaceDrops]:
+        """The USB interfaces' only: another interface's losses are not this session's."""
+        return [d for d in self.interface_drops.values() if d.linktype in LINKTYPE_NAMES]
+
+    @property
+    def dropped(self) -> int:
+        return sum(d.dropped() for d in self.drops)
+
+    def drop_note(self) -> str | None:
+        """Where ``dropped`` comes from, and what it means for the decode."""
+        parts = []
+        stated = [d for d in self.drops if d.statistics and d.statistics_dropped()]
+        if stated:
+            ifdrop = sum(d.ifdrop or 0 for d in stated)
+            osdrop = sum(d.statistics_dropped() - (d.ifdrop or 0) for d in stated)
+            how = ", ".join(f"{n} by the {who}" for n, who in ((ifdrop, "interface"),
+                                                              (osdrop, "operating system"))
+                            if n)
+            total = sum(d.statistics_dropped() for d in stated)
+            parts.append(f"the capture's interface statistics say {total} packets were "
+                         f"dropped ({how}); they do not say where, so commands "
+                         "around the loss may be decoded incompletely or wrongly")
+        located = sum(d.before_packets for d in self.drops)
+        if located:
+            places = [n for d in self.drops for n, _ in d.located]
+            listed = ", ".join(map(str, places[:20])) + (", ..." if len(places) > 20 else "")
+            parts.append(f"the capture's packet blocks say {located} packets were lost before "
+                         f"records {listed} (gaps there)")
+        return "; ".join(parts) or None
 
 
 class Decoder:
@@ -63,10 +97,27 @@ class Decoder:
             "it reads 189 and 220 (Linux usbmon), 249 (USBPcap) and 266 (macOS)")
 
 
+class SourceError(CaptureFormatError):
+    """The bytes under the capture could not be read on (a corrupt or cut gzip stream):
+    what came before stands, the rest is lost."""
+
+
 def events(stream: BinaryIO, stats: CaptureStats,
-           progress: Callable[[int], None] | None = None) -> Iterator[Event]:
-    """Events of a capture, with times relative to its first record."""
+           progress: Callable[[int], None] | None = None,
+           position: Callable[[], int] | None = None) -> Iterator[Event]:
+    """Events of a capture, with times relative to its first record.
+
+    ``position`` counts the bytes taken from the source for ``progress`` (the bytes of a
+    compressed file, not of the capture inside); a ``SourceError`` ends the events
+    after everything before it has been given, then goes on up."""
     reader = CaptureReader(stream)
+    stats.interface_drops = reader.drops
+    yield from _events(reader, stats, progress, position or (lambda: reader.bytes_read))
+
+
+def _events(reader: CaptureReader, stats: CaptureStats,
+            progress: Callable[[int], None] | None, where: Callable[[], int]
+            ) -> Iterator[Event]:
     decoder = Decoder(stats)
     usbmon_types = (usbmon.LINKTYPE_USB_LINUX, usbmon.LINKTYPE_USB_LINUX_MMAPPED)
     decode_usbmon = usbmon.decode_record
@@ -75,40 +126,48 @@ def events(stream: BinaryIO, stats: CaptureStats,
     origin: float | None = None
     last = 0
     count = 0
-    for record in reader.records():
-        count += 1
-        number, ts, linktype, data, _, _, big = record
-        if linktype not in LINKTYPE_NAMES:
-            # another interface of a pcapng (Ethernet beside usbmon, say): not ours
-            stats.skipped += 1
-            stats.other_linktypes.add(linktype)
-            continue
-        if origin is None:
-            origin = ts
-            stats.first_ts = origin
-            stats.linktype = linktype
-        try:
-            if linktype in usbmon_types:  # the common case: no Packet, no list
-                event = decode_usbmon(number, ts - origin, linktype, data, big)
-                yield event
-            else:
-                for event in decoder.decode(Packet(*record)):
-                    event.ts -= origin
+    failure: SourceError | None = None
+    try:
+        for record in reader.records():
+            count += 1
+            number, ts, linktype, data, _, _, big = record
+            if linktype not in LINKTYPE_NAMES:
+                # another interface of a pcapng (Ethernet beside usbmon, say): not ours
+                stats.skipped += 1
+                stats.other_linktypes.add(linktype)
+                continue
+            if origin is None:
+                origin = ts
+                stats.first_ts = origin
+                stats.linktype = linktype
+            if reader.lost_before:  # the capture says packets were lost right here
+                yield Event(GAP, ts - origin, 0, information=reader.lost_before)
+            try:
+                if linktype in usbmon_types:  # the common case: no Packet, no list
+                    event = decode_usbmon(number, ts - origin, linktype, data, big)
                     yield event
-        except malformed as e:
-            stats.malformed.append((number, str(e)))
-        if progress is not None and reader.bytes_read - last >= 1 << 20:
-            progress(reader.bytes_read - last)
-            last = reader.bytes_read
+                else:
+                    for event in decoder.decode(Packet(*record)):
+                        event.ts -= origin
+                        yield event
+            except malformed as e:
+                stats.malformed.append((number, str(e)))
+            if progress is not None and where() - last >= 1 << 20:
+                progress(where() - last)
+                last = where()
+    except SourceError as e:  # keep what came before, then say why it stopped
+        failure = e
     stats.records = count
-    if origin is None and stats.other_linktypes:
+    if origin is None and stats.other_linktypes and failure is None:
         decoder.decode(Packet(0, 0.0, min(stats.other_linktypes), b"", 0))  # names it
     for event in decoder.usbpcap.flush():
         event.ts -= origin or 0.0
         yield event
     stats.malformed.extend(reader.malformed)
     if progress is not None:
-        progress(reader.bytes_read - last)
+        progress(where() - last)
+    if failure is not None:
+        raise failure
 
 
 def source_name(path: Path, linktype: int | None) -> str:

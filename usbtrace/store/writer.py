@@ -244,8 +244,13 @@ class SessionWriter:
     """Decode events and insert the rows of one session."""
 
     def __init__(self, database: Database, session_id: int, batch: int = BATCH,
-                 background: bool = False, attribute_files: bool = True) -> None:
+                 background: bool = False, attribute_files: bool = True,
+                 flush_every: float | None = None) -> None:
+        """``flush_every``: commit at least this often (seconds) while events come, so
+        a session fed live is queryable as it grows; None commits by batch size only."""
         self.database = database
+        self.flush_every = flush_every
+        self._flush_due = time.monotonic() + flush_every if flush_every is not None else 0.0
         self.session_id = session_id
         self.batch = batch
         self.pairer = Pairer()
@@ -255,6 +260,7 @@ class SessionWriter:
         self.records = 0
         self.commands = 0
         self.dropped = 0  # records the source lost (a lossy tracer's gaps)
+        self._gap_dropped = 0  # of those, the ones whose place is known (the gaps table)
         self.last_ts = 0.0
         self._irps: list[dict[str, Any]] = []
         self._urbs: list[tuple[Any, ...]] = []
@@ -298,12 +304,15 @@ class SessionWriter:
         if len(self._urbs) + len(self._irps) >= self.batch or \
                 self._batch_bytes >= BATCH_BYTES:
             self.flush()
+        elif self.flush_every is not None and time.monotonic() >= self._flush_due:
+            self.flush()
 
     def gap(self, event: Event) -> None:
         """Records were dropped here: end every exchange and command in flight, so
         nothing is paired or decoded across the gap, and say where it is."""
         self._drain()
         self.dropped += event.information or 0
+        self._gap_dropped += event.information or 0
         self._gap_count += 1
         self._gaps.append((self.session_id, self.pairer.next_seq, event.ts,
                            event.information or 0))
@@ -346,6 +355,8 @@ class SessionWriter:
                                 row.command_offset, row.detail))
 
     def flush(self) -> None:
+        if self.flush_every is not None:
+            self._flush_due = time.monotonic() + self.flush_every
         if not (self._irps or self._urbs or self._cmds or self._files or self._gaps):
             return
         batch: list[tuple[str, Any]] = [
@@ -375,8 +386,8 @@ class SessionWriter:
     def decoding_notes(self) -> list[str]:
         """What a reader of the session should know about how it decoded."""
         notes = []
-        if self.dropped:
-            notes.append(f"{self.dropped} records were dropped in {self._gap_count} gaps "
+        if self._gap_dropped:
+            notes.append(f"{self._gap_dropped} records were dropped in {self._gap_count} gaps "
                          "(see the gaps table); no command is decoded across a gap")
         if self.bot.orphans:
             notes.append(f"{self.bot.orphans} bulk transfers belonged to no command (the "
@@ -398,7 +409,10 @@ class SessionWriter:
 
     def close(self, dropped: int = 0, malformed: int = 0, notes: str | None = None,
               time_origin: float | None = None, state: str = "complete") -> None:
-        """Flush what the stages still hold and give the session its final state."""
+        """Flush what the stages still hold and give the session its final state.
+
+        ``dropped``: what the source says it lost in all; the gaps fed count too, so
+        the session keeps the larger of the two."""
         self._drain()
         for attributor in self.attributors.values():
             self._activity(attributor.flush())
@@ -419,7 +433,8 @@ class SessionWriter:
             if devices:
                 conn.execute(insert(DeviceRow), devices)
             conn.execute(update(SessionRow).where(SessionRow.id == self.session_id).values(
-                record_count=self.records, dropped_count=dropped, malformed_count=malformed,
+                record_count=self.records, dropped_count=self.dropped,
+                malformed_count=malformed,
                 command_count=self.commands, duration=self.last_ts, state=state,
                 notes=notes, time_origin=time_origin))
 
