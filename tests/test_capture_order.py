@@ -81,3 +81,19 @@ def test_commands_agree_with_wireshark_by_cbw_frame(tmp_path: Path, name: str,
             f"command {seq} (CBW frame {cbw}, CSW frame {csw})"
         compared += 1
     assert compared == sum(1 for c in theirs.values() if c[4] is not None)
+
+
+def test_modems_and_readers_beside_storage_give_no_stray_note_and_named_commands(
+        tmp_path: Path) -> None:
+    # a 3G modem whose serial ports share the device with its virtual CD, card readers,
+    # Bluetooth: every bulk byte off the Bulk-Only pipes belongs to another function
+    path = shared_capture("ajbanjara__BT_USB_LinCooked_Eth_80211_RT.ntar")
+    database = Database(tmp_path / "t.db")
+    result = import_capture(database, path)
+    conn = sqlite3.connect(tmp_path / "t.db")
+    notes, = conn.execute("SELECT notes FROM sessions WHERE id = ?",
+                          (result.session_id,)).fetchone()
+    assert "belonged to no command" not in notes
+    rows = conn.execute("SELECT name, count(*), sum(status = 'missing') FROM scsi_commands "
+                        "WHERE opcode = 74 GROUP BY name").fetchall()
+    assert rows == [("get_event_status_notification", 38, 0)]

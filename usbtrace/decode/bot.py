@@ -15,7 +15,9 @@ even if it happens to look like a CBW.  Robust to what real captures hold:
 * stalls (the data phase ends, the CSW follows after CLEAR_FEATURE);
 * truncated payloads (``data_truncated``), short data and residues as sent;
 * CHECK CONDITION followed by REQUEST SENSE: the sense key, ASC and ASCQ are
-  copied onto the failed command.
+  copied onto the failed command;
+* composite devices: once a CBW and its CSW show the Bulk-Only pipes, bulk
+  traffic on the device's other endpoints (a modem's serial port) is left alone.
 
 Transfers are taken in capture order of the record that carries their bytes
 (see ``decode.pairing``): a bulk OUT transfer at its submission, before its
@@ -76,6 +78,11 @@ class _DeviceState:
     command: ScsiCommand | None = None
     awaiting_sense: ScsiCommand | None = None
     commands: int = 0  # CBWs seen: only then is a stray transfer a Bulk-Only orphan
+    # the Bulk-Only pipes, once traffic shows them: the CBW's OUT endpoint, and the IN
+    # endpoint of a CSW that carried the open command's tag; other bulk pipes of the
+    # device (a composite device's other functions) are not Bulk-Only traffic
+    out_pipe: int | None = None
+    in_pipe: int | None = None
     strays: int = 0  # bulk transfers with bytes that belonged to no command
 
 
@@ -138,16 +145,23 @@ class BotDecoder:
         data = x.data
         stalled = x.complete is not None and x.complete.urb_status == USBD_STATUS_STALL_PID
         out: list[ScsiCommand] = []
+        endpoint = first.endpoint
         if not x.direction_in:
-            wants_out = (cmd is not None and cmd.data_direction == "out"
+            # another interface's pipe (a modem's serial port beside the storage)
+            foreign = state.out_pipe is not None and endpoint != state.out_pipe
+            wants_out = (not foreign and cmd is not None and cmd.data_direction == "out"
                          and cmd.data_length < cmd.expected_length and cmd.csw_seq is None)
             if not wants_out and len(data) == bot.CBW_LENGTH:
                 cbw = bot.parse_cbw(data)
                 if cbw is not None:
                     if cmd is not None:
                         out += self._end(state, cmd)
+                    if endpoint != state.out_pipe:  # a new pipe pair: learn its IN anew
+                        state.out_pipe, state.in_pipe = endpoint, None
                     state.command = self._start(x, cbw)
                     return out
+            if foreign:
+                return out
             if cmd is not None and cmd.data_direction == "out":
                 self._add_data(cmd, x, stalled)
             elif data:
@@ -155,11 +169,15 @@ class BotDecoder:
             return out
         # IN
         csw = bot.parse_csw(data)  # None unless 13 bytes with the "USBS" signature
+        if state.in_pipe is not None and endpoint != state.in_pipe and not (
+                cmd is not None and csw is not None and csw.tag == cmd.tag):
+            return out  # another interface's pipe
         if cmd is None:
             if data:
                 state.strays += 1
             return out
         if csw is not None and csw.tag == cmd.tag:
+            state.in_pipe = endpoint  # the pipe the device answers on, from now on
             cmd.residue = csw.residue
             cmd.status = STATUS_NAMES.get(csw.status, f"0x{csw.status:02x}")
             return self._finish(state, cmd, x)
