@@ -36,6 +36,7 @@ class CaptureStats:
     first_ts: float | None = None
     linktype: int | None = None
     skipped: int = 0  # records of interfaces that are not USB
+    folded: int = 0  # USBPcap control-stage records merged into their transfer's events
     other_linktypes: set[int] = field(default_factory=set)
 
 
@@ -106,6 +107,7 @@ def events(stream: BinaryIO, stats: CaptureStats,
     for event in decoder.usbpcap.flush():
         event.ts -= origin or 0.0
         yield event
+    stats.folded = decoder.usbpcap.folded
     stats.malformed.extend(reader.malformed)
     if progress is not None:
         progress(reader.bytes_read - last)
