@@ -390,9 +390,10 @@ class SessionWriter:
                          "(see the gaps table); no command is decoded across a gap")
         if self.unanswered_out:
             notes.append(f"{self.unanswered_out} bulk OUT transfers with data have no completion "
-                         "record (a capture of only the records that carry data, or one that "
-                         "ended first): their length is the length submitted, and a stall on "
-                         "them would not show")
+                         "record (a capture of only the records that carry data, as USBPcap "
+                         "writes or Wireshark exports after a filter, or one that ended first): "
+                         "their length is the length submitted, and a stall on them would not "
+                         "show")
         if self.pairer.evicted:
             notes.append(f"{self.pairer.evicted} submissions waited past the limit of pending "
                          "exchanges and were stored without their completion")
