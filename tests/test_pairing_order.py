@@ -9,7 +9,7 @@ from pathlib import Path
 
 from usbtrace.decode.bot import BotDecoder, ScsiCommand
 from usbtrace.decode.pairing import Pairer
-from usbtrace.records import BULK, COMPLETE, SUBMIT, Event
+from usbtrace.records import BULK, COMPLETE, CONTROL, SUBMIT, Event
 from usbtrace.storage import bot, scsi
 from usbtrace.store.database import Database
 from usbtrace.store.writer import SessionWriter
@@ -191,3 +191,17 @@ def test_data_only_import_says_out_lengths_are_the_lengths_submitted(tmp_path: P
 def test_get_event_status_notification_has_its_name() -> None:
     info = scsi.decode_cdb(bytes([0x4A, 0x01, 0, 0, 0x10, 0, 0, 0, 8, 0]))
     assert (info.name, info.allocation_length) == ("get_event_status_notification", 8)
+
+
+def test_a_new_configuration_forgets_the_pipes_learnt() -> None:
+    # another device takes the address: its Bulk-Only IN pipe is another endpoint
+    capture = Capture()
+    capture.read(1, tag=1, lba=0, payload=b"\x77" * 512)
+    capture.events.append(Event(COMPLETE, 1.0, 50, bus=1, device=5, endpoint=0x00,
+                                transfer_type=CONTROL, setup=bytes.fromhex("0009010000000000"),
+                                length=0, urb_status=USBD_STATUS_SUCCESS))
+    capture.out(1, bot.build_cbw(2, 512, True, 0, bytes([scsi.READ_10]) + bytes(9)))
+    capture.into(2, b"\x88" * 512, endpoint=0x82)
+    capture.into(2, bot.build_csw(2, 0, 0), endpoint=0x82)
+    assert [(c.status, c.data) for c in decode(capture.events)] == \
+        [("good", b"\x77" * 512), ("good", b"\x88" * 512)]

@@ -17,7 +17,8 @@ even if it happens to look like a CBW.  Robust to what real captures hold:
 * CHECK CONDITION followed by REQUEST SENSE: the sense key, ASC and ASCQ are
   copied onto the failed command;
 * composite devices: once a CBW and its CSW show the Bulk-Only pipes, bulk
-  traffic on the device's other endpoints (a modem's serial port) is left alone.
+  traffic on the device's other endpoints (a modem's serial port) is left alone;
+  SET_CONFIGURATION (another device at the address, say) makes them learnt anew.
 
 Transfers are taken in capture order of the record that carries their bytes
 (see ``decode.pairing``): a bulk OUT transfer at its submission, before its
@@ -126,6 +127,10 @@ class BotDecoder:
             return self._bulk(x)
         if kind == CONTROL and first.setup and len(first.setup) >= 2:
             setup = first.setup
+            if setup[0] == 0x00 and setup[1] == 0x09:  # SET_CONFIGURATION: pipes anew
+                state = self._devices.get((first.bus, first.device))
+                if state is not None:
+                    state.out_pipe = state.in_pipe = None
             # Bulk-Only Mass Storage Reset: an open command will never see its CSW
             if setup[0] == 0x21 and setup[1] == 0xFF:
                 state = self._devices.get((first.bus, first.device))
