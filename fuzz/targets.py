@@ -42,8 +42,11 @@ def decoded(path: Path) -> list[ScsiCommand]:
     pairer, bot, identity = Pairer(), BotDecoder(), IdentityTracker()
     commands: list[ScsiCommand] = []
 
-    def take(x: Exchange) -> None:
+    def take(x: Exchange, sealed: bool = True) -> None:
         if not x.is_urb:
+            return
+        if not sealed:  # a bulk OUT transfer at its submission: Bulk-Only reads it now
+            commands.extend(bot.take(x, sealed))
             return
         identity.feed(x)
         first = x.first
@@ -51,13 +54,12 @@ def decoded(path: Path) -> list[ScsiCommand]:
             setup.request_name(first.setup)
             if x.data and len(first.setup) >= 4 and first.setup[3] == descriptors.CONFIGURATION:
                 descriptors.configuration_tree(x.data)
-        commands.extend(bot.feed(x))
+        commands.extend(bot.take(x, sealed))
 
     with open(path, "rb") as stream:
         for event in events(stream, stats):
-            x = pairer.feed(event)
-            if x is not None:
-                take(x)
+            for x, sealed in pairer.feed(event):
+                take(x, sealed)
     for x in pairer.flush():
         take(x)
     commands.extend(bot.flush())

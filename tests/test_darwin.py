@@ -64,9 +64,9 @@ def test_bulk_out_data_rides_on_the_completion_and_pairs() -> None:
     complete = darwin.decode(packet(header(1, 32, 0x04, BULK, request_id=7) + iu, 2))
     assert submit.data == b"" and complete.data == iu
     pairer = Pairer()
-    assert pairer.feed(submit) is None
-    x = pairer.feed(complete)
-    assert x is not None and (x.data, x.direction_in, x.requested_length, x.truncated) == \
+    assert pairer.feed(submit) == []  # no bytes on the submission: nothing to hand on yet
+    (x, sealed), = pairer.feed(complete)
+    assert sealed and (x.data, x.direction_in, x.requested_length, x.truncated) == \
         (iu, False, 32, False)
 
 
@@ -75,8 +75,8 @@ def test_bulk_in_cut_short_by_the_snapshot_is_truncation() -> None:
     assert (len(event.data), event.data_length, event.length) == (100, 512, 512)
     pairer = Pairer()
     pairer.feed(darwin.decode(packet(header(0, 512, 0x81, BULK))))
-    x = pairer.feed(event)
-    assert x is not None and x.truncated
+    (x, sealed), = pairer.feed(event)
+    assert sealed and x.truncated
 
 
 def test_statuses_translate_and_keep_the_raw_ioreturn() -> None:
@@ -149,8 +149,8 @@ def test_control_out_completion_without_data_is_not_truncation() -> None:
     setup = bytes.fromhex("2109000200000400")
     pairer = Pairer()
     pairer.feed(darwin.decode(packet(header(0, 4, 0x00, CONTROL) + setup + b"\x01\x02\x03\x04")))
-    x = pairer.feed(darwin.decode(packet(header(1, 4, 0x00, CONTROL), 2)))
-    assert x is not None and (x.data, x.truncated, x.actual_length) == (b"\x01\x02\x03\x04",
+    (x, sealed), = pairer.feed(darwin.decode(packet(header(1, 4, 0x00, CONTROL), 2)))
+    assert sealed and (x.data, x.truncated, x.actual_length) == (b"\x01\x02\x03\x04",
                                                                          False, 4)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -105,3 +106,68 @@ def srt_from_frames(path: Path) -> dict[int, tuple[int, float]]:
             start, opcode = pending.pop(t)
             times.setdefault(opcode, []).append(float(when) - start)
     return {op: (len(v), sum(v) / len(v)) for op, v in times.items()}
+
+
+DATA_ONLY = "usb.transfer_type==3 && usb.data_len>0"  # bulk records that carry bytes
+
+
+def data_only(path: Path, out: Path) -> Path:
+    """The capture as Wireshark's "Export Specified Packets" of the records that carry
+    bulk data gives it: no IN submissions, no OUT completions."""
+    subprocess.run(["tshark", "-r", str(path), "-Y", DATA_ONLY, "-w", str(out)],
+                   capture_output=True, check=True)
+    return out
+
+
+@dataclass
+class BulkRecord:
+    frame: int
+    bus: int
+    device: int
+    endpoint: int
+    from_host: bool
+    payload: bytes  # the bytes the record carries, as captured
+
+
+def bulk_records(path: Path) -> list[BulkRecord]:
+    """Every bulk record that carries bytes, its payload cut from the raw frame after
+    the header Wireshark names (USBPcap's own length; usbmon 48 or 64 bytes)."""
+    args = ["tshark", "-r", str(path), "-Y", DATA_ONLY, "-T", "ek", "-x", "-J", "frame usb"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    records: list[BulkRecord] = []
+    for line in out.splitlines():
+        layers = json.loads(line).get("layers")
+        if not layers or "frame_raw" not in layers:
+            continue
+        usb = layers["usb"]
+        raw = bytes.fromhex(layers["frame_raw"])
+        if "usb_usb_usbpcap_header_len" in usb:
+            header = int(usb["usb_usb_usbpcap_header_len"])
+        else:
+            header = 64 if "usb_usb_iso_numdesc" in usb else 48
+        number = int(layers["frame"]["frame_frame_number"])
+        records.append(BulkRecord(number, int(usb["usb_usb_bus_id"]),
+                                  int(usb["usb_usb_device_address"]),
+                                  int(usb["usb_usb_endpoint_address"], 0),
+                                  usb["usb_usb_src"] == "host", raw[header:]))
+    return records
+
+
+def csw_frames(path: Path) -> dict[int, int]:
+    """The frame of the CSW that closes each command, by the frame of its CBW."""
+    args = ["tshark", "-r", str(path), "-Y", "usbms", "-T", "fields", "-E", "separator=\t",
+            "-E", "occurrence=f", "-e", "frame.number", "-e", "usbms.dCBWSignature",
+            "-e", "usbms.dCSWSignature", "-e", "usbms.dCBWTag"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    open_by_tag: dict[int, int] = {}
+    closed: dict[int, int] = {}
+    for line in out.splitlines():
+        frame, cbw, csw, tag = (line.split("\t") + [""] * 4)[:4]
+        t = _int(tag)
+        if t is None:
+            continue
+        if cbw:
+            open_by_tag[t] = int(frame)
+        elif csw and t in open_by_tag:
+            closed[open_by_tag.pop(t)] = int(frame)
+    return closed

@@ -176,4 +176,8 @@ def _notes(stats: CaptureStats) -> str | None:
         kinds = ", ".join(str(k) for k in sorted(stats.other_linktypes))
         parts.append(f"{stats.skipped} records of non-USB interfaces skipped (linktype "
                      f"{kinds})")
+    if stats.folded:
+        parts.append(f"{stats.folded} USBPcap control-stage records were folded into their "
+                     "transfers (DATA stages into the submission, STATUS stages dropped), so "
+                     "the session counts that many records fewer than the file holds")
     return "; ".join(parts) or None

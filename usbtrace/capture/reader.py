@@ -36,6 +36,7 @@ class CaptureStats:
     first_ts: float | None = None
     linktype: int | None = None
     skipped: int = 0  # records of interfaces that are not USB
+    folded: int = 0  # USBPcap control-stage records merged into their transfer's events
     other_linktypes: set[int] = field(default_factory=set)
     # what each interface of a pcapng says it lost, as the reader learns it (so a stop
     # midway keeps what was said so far); empty for pcap, which cannot say
@@ -163,6 +164,7 @@ def _events(reader: CaptureReader, stats: CaptureStats,
     for event in decoder.usbpcap.flush():
         event.ts -= origin or 0.0
         yield event
+    stats.folded = decoder.usbpcap.folded
     stats.malformed.extend(reader.malformed)
     if progress is not None:
         progress(where() - last)

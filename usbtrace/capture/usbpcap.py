@@ -10,8 +10,18 @@ starts, so newer headers with more fields still read.
 
 USBPcap writes a control transfer as a SETUP-stage record (the 8 setup bytes)
 followed, for OUT data, by a DATA-stage record with the same IRP id; the
-reader merges them into one submission.  The requested length of an IN
-transfer is not in the format: it stays unknown.
+reader merges them into one submission.  The STATUS-stage record that follows
+a returned DATA stage is dropped; one with no DATA stage before it (an OUT
+transfer, or one that moved no data) is the transfer's completion.
+``folded`` counts the records merged or dropped, so a session's record count
+can be explained.  The
+requested length of an IN transfer is not in the format: it stays unknown.
+
+A request that moves no data (ABORT_PIPE, the pipe resets; transfer type IRP
+INFO or UNKNOWN) is one IRP sent down and returned: its two records become one
+submission and one completion of the same key, whatever endpoint each names
+(the pipe's, or 0 once the pipe is gone) and even when both carry the same
+direction bit — an IRP cannot be sent twice before it returns.
 """
 
 from __future__ import annotations
@@ -22,6 +32,12 @@ from construct import Byte, Int16ul, Int32ul, Int64ul, Struct
 
 from usbtrace.capture.pcap import Packet
 from usbtrace.records import BULK, COMPLETE, CONTROL, INTERRUPT, ISOCHRONOUS, SUBMIT, Event
+from usbtrace.usb.urb import (
+    URB_FUNCTION_ABORT_PIPE,
+    URB_FUNCTION_SYNC_CLEAR_STALL,
+    URB_FUNCTION_SYNC_RESET_PIPE,
+    URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL,
+)
 
 LINKTYPE_USBPCAP = 249
 
@@ -47,6 +63,9 @@ STAGE_SETUP, STAGE_DATA, STAGE_STATUS, STAGE_COMPLETE = 0, 1, 2, 3
 TO_RECORD = {TRANSFER_ISOCHRONOUS: ISOCHRONOUS, TRANSFER_INTERRUPT: INTERRUPT,
              TRANSFER_CONTROL: CONTROL, TRANSFER_BULK: BULK}
 FROM_RECORD = {v: k for k, v in TO_RECORD.items()}
+PIPE_REQUESTS = frozenset({URB_FUNCTION_ABORT_PIPE, URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL,
+                           URB_FUNCTION_SYNC_RESET_PIPE, URB_FUNCTION_SYNC_CLEAR_STALL})
+PENDING_PIPE_REQUESTS = 256  # pipe requests sent down and not yet back, at most
 
 
 class MalformedRecord(Exception):  # noqa: N818
@@ -58,6 +77,11 @@ class UsbpcapDecoder:
 
     def __init__(self) -> None:
         self._setup: dict[int, Event] = {}
+        # pipe requests sent down, by IRP id: the endpoint their return must pair on
+        self._pipe_requests: dict[int, int] = {}
+        self.folded = 0  # records merged into another (DATA stages) or dropped (STATUS)
+        # control transfers whose DATA stage came back: their STATUS stage is folded
+        self._answered: dict[int, bool] = {}
 
     def decode(self, packet: Packet) -> list[Event]:
         data = packet.data
@@ -82,13 +106,29 @@ class UsbpcapDecoder:
                 and stage == STAGE_DATA:
             held.data = bytes(payload)
             held.data_length = len(payload)
+            self.folded += 1
             return [held]
         out = self.flush()  # SETUP stages with no DATA stage: plain submissions
         if held is not None:
             out.append(held)
             out.sort(key=lambda e: e.record_number or 0)
         if transfer == TRANSFER_CONTROL and stage == STAGE_STATUS:
-            return out  # the status stage adds nothing a log needs
+            if not completion or self._answered.pop(irp_id, None) is not None:
+                self.folded += 1
+                return out  # after the DATA stage's return it adds nothing a log needs
+            # no DATA stage came back (an OUT transfer, or no data): this is the return
+        elif completion and transfer == TRANSFER_CONTROL:
+            if len(self._answered) >= PENDING_PIPE_REQUESTS:
+                del self._answered[next(iter(self._answered))]
+            self._answered[irp_id] = True
+        if function in PIPE_REQUESTS or transfer in (TRANSFER_IRP_INFO, TRANSFER_UNKNOWN):
+            sent = self._pipe_requests.pop(irp_id, None)
+            if sent is not None:  # the IRP is back: its completion, on the key it went with
+                completion, endpoint = True, sent
+            elif not completion:
+                if len(self._pipe_requests) >= PENDING_PIPE_REQUESTS:
+                    del self._pipe_requests[next(iter(self._pipe_requests))]
+                self._pipe_requests[irp_id] = endpoint
         kind = COMPLETE if completion else SUBMIT
         event = Event(kind, packet.ts, irp_id, "capture", bus=bus, device=device,
                       endpoint=endpoint, transfer_type=TO_RECORD.get(transfer, CONTROL),
@@ -97,8 +137,8 @@ class UsbpcapDecoder:
             event.urb_status = status
             # an OUT completion carries no data, and USBPcap has no "actual length"
             # field: how much went out is unknown, not zero
-            event.length = data_length if endpoint & 0x80 or transfer == TRANSFER_CONTROL \
-                else None
+            event.length = data_length if endpoint & 0x80 or (
+                transfer == TRANSFER_CONTROL and stage != STAGE_STATUS) else None
             event.data = bytes(payload)
             event.data_length = len(payload)
         else:

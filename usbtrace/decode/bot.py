@@ -15,13 +15,23 @@ even if it happens to look like a CBW.  Robust to what real captures hold:
 * stalls (the data phase ends, the CSW follows after CLEAR_FEATURE);
 * truncated payloads (``data_truncated``), short data and residues as sent;
 * CHECK CONDITION followed by REQUEST SENSE: the sense key, ASC and ASCQ are
-  copied onto the failed command.
+  copied onto the failed command;
+* composite devices: once a CBW and its CSW show the Bulk-Only pipes, bulk
+  traffic on the device's other endpoints (a modem's serial port) is left alone;
+  SET_CONFIGURATION (another device at the address, say) makes them learnt anew.
 
-Sans-I/O: ``feed(exchange)`` returns the commands it finished.
+Transfers are taken in capture order of the record that carries their bytes
+(see ``decode.pairing``): a bulk OUT transfer at its submission, before its
+completion is known.  Its bytes count at the length submitted until
+``completed`` brings the completion (the length the device took, a stall); in
+a capture that holds no OUT completions they stay at the length submitted.
+
+Sans-I/O: ``take(exchange, sealed)`` returns the commands it finished.
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from usbtrace.decode.pairing import Exchange
@@ -56,6 +66,8 @@ class ScsiCommand:
     data_truncated: bool = False
     data_stalled: bool = False
     csw_seq: int | None = None
+    # OUT transfers counted at their submission, by exchange seq: the length counted
+    unconfirmed: dict[int, int] = field(default_factory=dict)
 
     @property
     def data(self) -> bytes:
@@ -66,13 +78,47 @@ class ScsiCommand:
 class _DeviceState:
     command: ScsiCommand | None = None
     awaiting_sense: ScsiCommand | None = None
+    commands: int = 0  # CBWs seen: only then is a stray transfer a Bulk-Only orphan
+    # the Bulk-Only pipes, once traffic shows them: the CBW's OUT endpoint, and the IN
+    # endpoint of a CSW that carried the open command's tag; other bulk pipes of the
+    # device (a composite device's other functions) are not Bulk-Only traffic
+    out_pipe: int | None = None
+    in_pipe: int | None = None
+    strays: int = 0  # bulk transfers with bytes that belonged to no command
 
 
 class BotDecoder:
     def __init__(self) -> None:
         self._devices: dict[tuple[int | None, int | None], _DeviceState] = {}
         self._seq = 0
-        self.orphans = 0  # CSWs or data with no command (capture started mid-command)
+        # OUT transfers of open commands whose completion may still come, by exchange seq
+        self._unconfirmed: dict[int, ScsiCommand] = {}
+
+    def orphans(self, storage: Container[tuple[int | None, int | None]] = ()) -> int:
+        """CSWs or data with no command (capture started mid-command), on devices that
+        sent a CBW or that ``storage`` names (their descriptors say mass storage): a
+        network adapter's or a camera's bulk traffic is none of Bulk-Only's business."""
+        return sum(s.strays for key, s in self._devices.items() if s.commands or key in storage)
+
+    def take(self, x: Exchange, sealed: bool) -> list[ScsiCommand]:
+        """One step from ``Pairer.feed``: an exchange at the record that carries its
+        bytes, or the later completion of one already taken."""
+        if sealed and x.early:
+            return self.completed(x)
+        return self.feed(x)
+
+    def completed(self, x: Exchange) -> list[ScsiCommand]:
+        """The completion (or the certainty that none will come) of a bulk OUT transfer
+        already fed at its submission: correct the length counted and note a stall."""
+        cmd = self._unconfirmed.pop(x.seq, None)
+        if cmd is None:
+            return []
+        counted = cmd.unconfirmed.pop(x.seq, 0)
+        if x.complete is not None:
+            if x.actual_length is not None:
+                cmd.data_length += x.actual_length - counted
+            cmd.data_stalled |= x.complete.urb_status == USBD_STATUS_STALL_PID
+        return []
 
     def feed(self, x: Exchange) -> list[ScsiCommand]:
         first = x.first
@@ -81,6 +127,10 @@ class BotDecoder:
             return self._bulk(x)
         if kind == CONTROL and first.setup and len(first.setup) >= 2:
             setup = first.setup
+            if setup[0] == 0x00 and setup[1] == 0x09:  # SET_CONFIGURATION: pipes anew
+                state = self._devices.get((first.bus, first.device))
+                if state is not None:
+                    state.out_pipe = state.in_pipe = None
             # Bulk-Only Mass Storage Reset: an open command will never see its CSW
             if setup[0] == 0x21 and setup[1] == 0xFF:
                 state = self._devices.get((first.bus, first.device))
@@ -100,28 +150,39 @@ class BotDecoder:
         data = x.data
         stalled = x.complete is not None and x.complete.urb_status == USBD_STATUS_STALL_PID
         out: list[ScsiCommand] = []
+        endpoint = first.endpoint
         if not x.direction_in:
-            wants_out = (cmd is not None and cmd.data_direction == "out"
+            # another interface's pipe (a modem's serial port beside the storage)
+            foreign = state.out_pipe is not None and endpoint != state.out_pipe
+            wants_out = (not foreign and cmd is not None and cmd.data_direction == "out"
                          and cmd.data_length < cmd.expected_length and cmd.csw_seq is None)
             if not wants_out and len(data) == bot.CBW_LENGTH:
                 cbw = bot.parse_cbw(data)
                 if cbw is not None:
                     if cmd is not None:
                         out += self._end(state, cmd)
+                    if endpoint != state.out_pipe:  # a new pipe pair: learn its IN anew
+                        state.out_pipe, state.in_pipe = endpoint, None
                     state.command = self._start(x, cbw)
                     return out
+            if foreign:
+                return out
             if cmd is not None and cmd.data_direction == "out":
                 self._add_data(cmd, x, stalled)
             elif data:
-                self.orphans += 1
+                state.strays += 1
             return out
         # IN
         csw = bot.parse_csw(data)  # None unless 13 bytes with the "USBS" signature
+        if state.in_pipe is not None and endpoint != state.in_pipe and not (
+                cmd is not None and csw is not None and csw.tag == cmd.tag):
+            return out  # another interface's pipe
         if cmd is None:
             if data:
-                self.orphans += 1
+                state.strays += 1
             return out
         if csw is not None and csw.tag == cmd.tag:
+            state.in_pipe = endpoint  # the pipe the device answers on, from now on
             cmd.residue = csw.residue
             cmd.status = STATUS_NAMES.get(csw.status, f"0x{csw.status:02x}")
             return self._finish(state, cmd, x)
@@ -133,7 +194,7 @@ class BotDecoder:
         if cmd.data_direction == "in":
             self._add_data(cmd, x, stalled)
         elif data:
-            self.orphans += 1
+            state.strays += 1
         return out
 
     @staticmethod
@@ -158,6 +219,9 @@ class BotDecoder:
     def _start(self, x: Exchange, cbw: bot.Cbw) -> ScsiCommand:
         self._seq += 1
         first = x.first
+        state = self._devices.get((first.bus, first.device))
+        if state is not None:
+            state.commands += 1
         direction = "none" if cbw.data_transfer_length == 0 else ("in" if cbw.data_in else "out")
         return ScsiCommand(
             self._seq, first.bus, first.device, cbw.lun & 0x0F, cbw.tag, cbw.cdb,
@@ -165,18 +229,27 @@ class BotDecoder:
             x.submitted_at if x.submitted_at is not None else x.completed_at, x.irp_id, x.seq,
         )
 
-    @staticmethod
-    def _add_data(cmd: ScsiCommand, x: Exchange, stalled: bool) -> None:
+    def _add_data(self, cmd: ScsiCommand, x: Exchange, stalled: bool) -> None:
         data = x.data
         if data:
             cmd.data_parts.append(data)
-        actual = x.actual_length
-        cmd.data_length += actual if actual is not None else len(data)
+        if x.complete is None and x.early:
+            # an OUT transfer at its submission: the length asked for, until its completion
+            counted = x.requested_length if x.requested_length is not None else len(data)
+            cmd.unconfirmed[x.seq] = counted
+            self._unconfirmed[x.seq] = cmd
+        else:
+            actual = x.actual_length
+            counted = actual if actual is not None else len(data)
+        cmd.data_length += counted
         cmd.data_truncated |= x.truncated
         cmd.data_stalled |= stalled
 
     def _end(self, state: _DeviceState, cmd: ScsiCommand) -> list[ScsiCommand]:
         """Emit ``cmd``, holding a CHECK CONDITION back until its REQUEST SENSE."""
+        for seq in cmd.unconfirmed:  # a completion after the command ended changes nothing
+            self._unconfirmed.pop(seq, None)
+        cmd.unconfirmed.clear()
         out: list[ScsiCommand] = []
         held = state.awaiting_sense
         if held is not None:

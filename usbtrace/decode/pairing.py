@@ -9,12 +9,32 @@ before the next begins.  A completion without a
 submission (a capture that started mid-transfer) still yields an exchange,
 with no submission time; submissions never completed are flushed at the end.
 
-Sans-I/O: ``feed(event)`` returns the exchanges it finished.
+Later stages must see each transfer where its meaning is in the capture, not
+where its pair happens to close: a bulk OUT transfer's bytes (a CBW, data
+written) ride on its submission, an IN transfer's on its completion.  A
+capture of only the records that carry data (Wireshark's export of a filter
+such as ``usb.data_len>0``, some USBPcap versions) has no OUT completions at
+all, so waiting for one would move every CBW after the data and CSW that
+follow it.  So a bulk OUT submission with data is handed on at once, unsealed
+(``(x, False)``), and handed on again sealed (``(x, True)``) when its
+completion comes, its id is reused, the pending limit evicts it, or at the
+end; every other exchange is handed on once, sealed.
+
+Memory is bounded: at most ``limit`` exchanges and ``limit_bytes`` of their
+payload wait for a completion; past that the oldest is sealed as it is (a
+capture whose completions never come, or an endpoint that never answers).
+
+Sans-I/O: ``feed(event)`` returns ``(exchange, sealed)`` steps in capture order.
 """
 
 from __future__ import annotations
 
-from usbtrace.records import COMPLETE, SUBMIT, Event
+from usbtrace.records import BULK, COMPLETE, SUBMIT, Event
+
+PENDING_LIMIT = 4096  # exchanges waiting for a completion, at most ...
+PENDING_BYTES = 32 << 20  # ... and at most this much of their payload
+
+Step = tuple["Exchange", bool]  # an exchange, and whether both halves are in (sealed)
 
 
 class Exchange:
@@ -25,7 +45,7 @@ class Exchange:
 
     __slots__ = ("seq", "irp_id", "position", "submit", "complete", "first", "is_urb",
                  "direction_in", "submitted_at", "completed_at", "requested_length",
-                 "actual_length", "data", "truncated")
+                 "actual_length", "data", "truncated", "early")
 
     def __init__(self, seq: int, irp_id: int, position: str, submit: Event | None,
                  complete: Event | None) -> None:
@@ -34,6 +54,7 @@ class Exchange:
         self.position = position
         self.submit = submit
         self.complete = complete
+        self.early = False  # handed on at its submission, before its completion
 
     def seal(self) -> Exchange:
         submit, complete = self.submit, self.complete
@@ -72,27 +93,51 @@ class Exchange:
 
 
 class Pairer:
-    def __init__(self) -> None:
+    def __init__(self, limit: int = PENDING_LIMIT, limit_bytes: int = PENDING_BYTES) -> None:
         self._pending: dict[tuple[str, int, int | None], Exchange] = {}
+        self._pending_bytes = 0
+        self._limit = max(1, limit)
+        self._limit_bytes = limit_bytes
         self._seq = 0
+        self.evicted = 0  # submissions sealed uncompleted because too many waited
 
-    def feed(self, event: Event) -> Exchange | None:
+    def feed(self, event: Event) -> list[Step]:
         key = (event.position, event.irp_id, event.endpoint)
         if event.kind == SUBMIT:
             self._seq += 1
-            stale = self._pending.get(key)
+            out: list[Step] = []
+            stale = self._take(key)
+            if stale is not None:  # a reused id whose completion never came
+                out.append((stale.seal(), True))
             exchange = Exchange(self._seq, event.irp_id, event.position, event, None)
             self._pending[key] = exchange
-            # a reused id whose completion never came: emit it as it is
-            return stale.seal() if stale is not None else None
+            self._pending_bytes += len(event.data)
+            if event.data and event.transfer_type == BULK and event.endpoint is not None \
+                    and not event.endpoint & 0x80:
+                exchange.early = True
+                out.append((exchange.seal(), False))
+            while len(self._pending) > self._limit or \
+                    (self._pending_bytes > self._limit_bytes and len(self._pending) > 1):
+                oldest = self._take(next(iter(self._pending)))
+                assert oldest is not None
+                self.evicted += 1
+                out.append((oldest.seal(), True))
+            return out
         if event.kind == COMPLETE:
-            pending = self._pending.pop(key, None)
+            pending = self._take(key)
             if pending is None:
                 self._seq += 1
-                return Exchange(self._seq, event.irp_id, event.position, None, event).seal()
+                return [(Exchange(self._seq, event.irp_id, event.position, None, event).seal(),
+                         True)]
             pending.complete = event
-            return pending.seal()
-        return None
+            return [(pending.seal(), True)]
+        return []
+
+    def _take(self, key: tuple[str, int, int | None]) -> Exchange | None:
+        exchange = self._pending.pop(key, None)
+        if exchange is not None and exchange.submit is not None:
+            self._pending_bytes -= len(exchange.submit.data)
+        return exchange
 
     @property
     def next_seq(self) -> int:
@@ -103,4 +148,5 @@ class Pairer:
         """Submissions never completed, in submission order."""
         left = sorted(self._pending.values(), key=lambda x: x.seq)
         self._pending.clear()
+        self._pending_bytes = 0
         return [x.seal() for x in left]

@@ -157,15 +157,14 @@ def _decode(stream: Iterable[Event],
     pairer = Pairer()
     bot = BotDecoder()
     for event in stream:
-        x = pairer.feed(event)
-        if x is not None:
-            if on_exchange is not None:
+        for x, sealed in pairer.feed(event):
+            if sealed and on_exchange is not None:
                 on_exchange(x)
-            yield from bot.feed(x)
+            yield from bot.take(x, sealed)
     for x in pairer.flush():
         if on_exchange is not None:
             on_exchange(x)
-        yield from bot.feed(x)
+        yield from bot.take(x, True)
     yield from bot.flush()
 
 

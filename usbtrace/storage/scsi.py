@@ -50,6 +50,7 @@ READ_BUFFER = 0x3C
 UNMAP = 0x42
 READ_TOC = 0x43
 GET_CONFIGURATION = 0x46
+GET_EVENT_STATUS_NOTIFICATION = 0x4A  # MMC: a CD/DVD unit's media and power events
 LOG_SENSE = 0x4D
 MODE_SELECT_10 = 0x55
 MODE_SENSE_10 = 0x5A
@@ -421,6 +422,8 @@ COMMANDS: dict[int, Command] = {c.opcode: c for c in [
     Command(UNMAP, "unmap", None, _plain("unmap")),
     Command(READ_TOC, "read_toc", None, _alloc("read_toc", 7, 2)),
     Command(GET_CONFIGURATION, "get_configuration", None, _alloc("get_configuration", 7, 2)),
+    Command(GET_EVENT_STATUS_NOTIFICATION, "get_event_status_notification", None,
+            _alloc("get_event_status_notification", 7, 2)),
     Command(LOG_SENSE, "log_sense", None, _alloc("log_sense", 7, 2)),
     Command(MODE_SELECT_10, "mode_select_10", None, _alloc("mode_select_10", 7, 2)),
     Command(MODE_SENSE_10, "mode_sense_10", ModeSense10Cdb, _alloc("mode_sense_10", 7, 2)),

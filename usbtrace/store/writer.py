@@ -261,6 +261,7 @@ class SessionWriter:
         self.commands = 0
         self.dropped = 0  # records the source lost (a lossy tracer's gaps)
         self._gap_dropped = 0  # of those, the ones whose place is known (the gaps table)
+        self.unanswered_out = 0  # bulk OUT submissions with data whose completion never came
         self.last_ts = 0.0
         self._irps: list[dict[str, Any]] = []
         self._urbs: list[tuple[Any, ...]] = []
@@ -285,21 +286,30 @@ class SessionWriter:
         self.records += 1
         if event.ts > self.last_ts:
             self.last_ts = event.ts
-        x = self.pairer.feed(event)
-        if x is not None:
-            self._exchange(x)
+        for x, sealed in self.pairer.feed(event):
+            self._exchange(x, sealed)
 
-    def _exchange(self, x: Exchange) -> None:
+    def _exchange(self, x: Exchange, sealed: bool = True) -> None:
+        """One step of pairing: a row once the exchange is sealed, and its meaning to the
+        Bulk-Only stage at the record that carries its bytes (see ``decode.pairing``)."""
         sid = self.session_id
-        if x.position != "capture":
+        if sealed and x.position != "capture":
             self._irps.append(irp_row(sid, x))
         if x.is_urb:
-            self._urbs.append(urb_row(sid, x))
-            self._batch_bytes += len(x.data)
-            self.identity.feed(x)
-            # a device whose selected setting is UAS goes to the UAS stage, any other to BOT
+            if sealed:
+                self._urbs.append(urb_row(sid, x))
+                self._batch_bytes += len(x.data)
+                self.identity.feed(x)
+                if x.early and x.complete is None:
+                    self.unanswered_out += 1
+            # a device whose selected setting is UAS goes to the UAS stage, any other to BOT;
+            # UAS reads whole exchanges, so it takes each once, sealed
             pipes = self.identity.uas_pipes(x.first.bus, x.first.device)
-            for cmd in (self.uas.feed(x, pipes) if pipes is not None else self.bot.feed(x)):
+            if pipes is not None:
+                commands = self.uas.feed(x, pipes) if sealed else []
+            else:
+                commands = self.bot.take(x, sealed)
+            for cmd in commands:
                 self._command(cmd)
         if len(self._urbs) + len(self._irps) >= self.batch or \
                 self._batch_bytes >= BATCH_BYTES:
@@ -389,8 +399,19 @@ class SessionWriter:
         if self._gap_dropped:
             notes.append(f"{self._gap_dropped} records were dropped in {self._gap_count} gaps "
                          "(see the gaps table); no command is decoded across a gap")
-        if self.bot.orphans:
-            notes.append(f"{self.bot.orphans} bulk transfers belonged to no command (the "
+        if self.unanswered_out:
+            notes.append(f"{self.unanswered_out} bulk OUT transfers with data have no completion "
+                         "record (a capture of only the records that carry data, as USBPcap "
+                         "writes or Wireshark exports after a filter, or one that ended first): "
+                         "their length is the length submitted, and a stall on them would not "
+                         "show")
+        if self.pairer.evicted:
+            notes.append(f"{self.pairer.evicted} submissions waited past the limit of pending "
+                         "exchanges and were stored without their completion")
+        orphans = self.bot.orphans({(i.bus, i.device) for i in self.identity.devices.values()
+                                    if i.mass_storage_interfaces})
+        if orphans:
+            notes.append(f"{orphans} bulk transfers belonged to no command (the "
                          "capture started or ended mid-command)")
         if self.unstorable_lbas:
             seqs = ", ".join(map(str, self.unstorable_lbas[:20]))
