@@ -11,7 +11,9 @@ import csv
 import functools
 import itertools
 import json
+import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
@@ -32,6 +34,8 @@ from usbtrace.errors import UsbtraceError
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_DB = "usbtrace.db"
+DB_ENVVAR = "USBTRACE_DB"  # every command's --db defaults to it, then to DEFAULT_DB
+logger = logging.getLogger("usbtrace")
 
 
 def friendly(func: F) -> F:
@@ -81,13 +85,53 @@ def _silence_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (a test runner swaps it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("usbtrace: %(levelname)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+_handler = _StderrHandler()
+
+
+def configure_logging(verbose: int, quiet: bool) -> int:
+    """The ``usbtrace`` loggers through the standard ``logging`` module: warnings by
+    default, ``-v`` progress (INFO), ``-vv`` details (DEBUG), ``-q`` errors only."""
+    if quiet:
+        level = logging.ERROR
+    else:
+        level = (logging.WARNING, logging.INFO)[verbose] if verbose < 2 else logging.DEBUG
+    logger.setLevel(level)
+    if _handler not in logger.handlers:
+        logger.addHandler(_handler)
+    logger.propagate = False  # one line per message, whatever the root logger does
+    return level
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="usbtrace")
-def main() -> None:
-    """Log, decode, store and replay USB mass-storage traffic."""
+@click.option("-v", "--verbose", count=True,
+              help="Say more on stderr: -v what is being done, -vv details.")
+@click.option("-q", "--quiet", "quiet_", is_flag=True,
+              help="Only errors on stderr (no warnings).")
+def main(verbose: int, quiet_: bool) -> None:
+    """Log, decode, store and replay USB mass-storage traffic.
+
+    Every command reads its database from --db, else from the USBTRACE_DB
+    environment variable, else usbtrace.db."""
+    if verbose and quiet_:
+        fail("-v and -q contradict each other; give one")
+    configure_logging(verbose, quiet_)
 
 
-db_option = click.option("--db", default=DEFAULT_DB, show_default=True,
+db_option = click.option("--db", default=DEFAULT_DB, show_default=True, envvar=DB_ENVVAR,
+                         show_envvar=True,
                          help="SQLite file, or a SQLAlchemy URL (postgresql://...).")
 
 
@@ -515,15 +559,48 @@ def upgrade(db: str) -> None:
 @format_option
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="SECONDS", help="Stop the query after this long.")
+@click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
+              help="Bind :NAME in the SQL to VALUE (repeatable): a whole number binds as an "
+              "integer, a decimal number as a real, anything else as text.  Values are "
+              "bound, never pasted into the SQL.")
 @friendly
-def query(sql: str, db: str, fmt: str, timeout: float | None) -> None:
+def query(sql: str, db: str, fmt: str, timeout: float | None,
+          params: tuple[str, ...]) -> None:
     """Run one read-only SQL statement (writes, ATTACH and VACUUM are refused;
-    Ctrl-C or --timeout stop it)."""
+    Ctrl-C or --timeout stop it).
+
+    Example: usbtrace query "SELECT * FROM command_data WHERE session_id = :s" -p s=1"""
     from usbtrace.store.database import Database
 
+    bound = parse_params(params)
     database = Database(db, create=False, readonly=True)
-    with database.stream(sql, timeout=timeout) as (columns, rows):
+    with database.stream(sql, bound, timeout=timeout) as (columns, rows):
         emit(columns, rows, fmt)
+
+
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+_REAL = re.compile(r"^[+-]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+
+
+def parse_params(items: Iterable[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs as bound parameters.  Numbers bind as numbers so that
+    ``LIMIT :n`` and comparisons with integer columns work as typed."""
+    bound: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not _PARAM_NAME.match(name):
+            raise UsbtraceError(f"--param {item!r}: give NAME=VALUE, NAME a letter or _ "
+                                "then letters, digits or _ (used in the SQL as :NAME)")
+        if name in bound:
+            raise UsbtraceError(f"--param {name} given twice")
+        if _INTEGER.match(value) and -(1 << 63) <= int(value) < 1 << 63:
+            bound[name] = int(value)
+        elif _REAL.match(value):
+            bound[name] = float(value)
+        else:
+            bound[name] = value
+    return bound
 
 
 # ---- output -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from usbtrace.replay.host import replay_host
 from usbtrace.replay.recording import Recording, load_capture, load_session
 from usbtrace.replay.report import Report
 
+logger = logging.getLogger(__name__)
 MAX_SESSION = (1 << 63) - 1  # session ids are signed 64-bit integers
 
 
@@ -82,6 +84,7 @@ def replay(source: str, mode: str = "device", against: str | None = None,
            db: str | None = None) -> Report:
     check_options(mode, speed, max_gap)
     recording = load(source, db)
+    logger.info("replaying %s in %s mode: %d commands", source, mode, recording.count)
     report = Report(source, mode, commands=recording.count)
     for note in recording.notes:
         report.note(note)
@@ -96,4 +99,6 @@ def replay(source: str, mode: str = "device", against: str | None = None,
         finally:
             stick.close()
     report.seconds = time.perf_counter() - t0
+    logger.info("replay done in %.3f s: %s", report.seconds,
+                "identical" if report.identical else "diverged")
     return report

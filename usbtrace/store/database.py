@@ -14,6 +14,7 @@ deadline and Ctrl-C checked from SQLite's progress handler.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -45,6 +46,7 @@ from usbtrace.store.schema import (
 
 _URL = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
 HOST = socket.gethostname()[:255]
+logger = logging.getLogger(__name__)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
