@@ -20,6 +20,8 @@ CREATE TABLE sessions (
 	notes TEXT, 
 	writer_host VARCHAR(255), 
 	writer_pid INTEGER, 
+	usbtrace_version VARCHAR(40), 
+	command_line TEXT, 
 	PRIMARY KEY (id)
 );
 CREATE INDEX ix_sessions_file_sha256 ON sessions (file_sha256);

@@ -106,3 +106,67 @@ def test_query_params_are_bound(recorded: Path) -> None:
 def test_bad_params_are_one_line(recorded: Path, args: list[str], message: str) -> None:
     code, _, err = run("query", "SELECT :a", "--db", str(recorded), *args)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+# ---- each session records the release and the command line that made it -----------------
+
+
+def test_a_session_records_version_and_command_line(tmp_path: Path) -> None:
+    import importlib.metadata
+    import shlex
+    import sqlite3
+
+    db = tmp_path / "it's here.db"  # a quote in the path: the line must still split back
+    code, _, err = run("record", "--db", str(db), "--size", "4M", "--workload", "raw")
+    assert code == 0, err
+    version, line = sqlite3.connect(db).execute(
+        "SELECT usbtrace_version, command_line FROM sessions").fetchone()
+    assert version == importlib.metadata.version("usbtrace")
+    assert shlex.split(line) == ["usbtrace", "record", "--db", str(db), "--size", "4M",
+                                 "--workload", "raw"]
+    code, out, _ = run("sessions", "--db", str(db), "--format", "json")
+    row = json.loads(out)[0]
+    assert row["version"] == version and row["command_line"] == line
+    code, out, _ = run("sessions", "--db", str(db))
+    assert "version" in out.splitlines()[0] and version in out.splitlines()[2]
+
+
+def test_a_library_caller_records_its_own_command_line(tmp_path: Path) -> None:
+    import shlex
+    import sys
+
+    from usbtrace.store.database import Database
+
+    database = Database(tmp_path / "lib.db")
+    first = database.new_session("simulated", "t", "x", "virtual")
+    second = database.new_session("simulated", "t", "x", "virtual",
+                                  command_line="usbtrace record --size 4M")
+    _, rows = database.query("SELECT id, command_line FROM sessions ORDER BY id")
+    assert rows == [(first, shlex.join(sys.argv)), (second, "usbtrace record --size 4M")]
+    database.close()
+
+
+def test_the_upgrade_from_schema_1_adds_the_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    repo = Path(__file__).resolve().parent.parent
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.executescript((repo / "tests" / "data" / "schema-1.sql").read_text())
+    conn.execute("INSERT INTO usbtrace_meta VALUES ('schema_version', '1')")
+    conn.execute("INSERT INTO sessions (source, source_name, started_at, record_count, "
+                 "dropped_count, malformed_count, command_count, clock, complete) VALUES "
+                 "('usbmon', 'a.pcap', 'x', 10, 0, 0, 2, 'capture', 1)")
+    conn.commit()
+    conn.close()
+    code, _, err = run("upgrade", "--db", str(old))
+    assert code == 0, err
+    fresh = tmp_path / "fresh.db"
+    run("record", "--db", str(fresh), "--size", "4M")
+
+    def columns(path: Path) -> list[str]:
+        return sorted(r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(sessions)"))
+
+    assert columns(old) == columns(fresh)
+    assert sqlite3.connect(old).execute(
+        "SELECT usbtrace_version, command_line FROM sessions").fetchone() == (None, None)

@@ -114,7 +114,24 @@ def configure_logging(verbose: int, quiet: bool) -> int:
     return level
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class UsbtraceGroup(click.Group):
+    """Keeps the arguments of the command being run, for the session it makes."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["usbtrace.args"] = tuple(args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from usbtrace.store.database import COMMAND_ARGS
+
+        token = COMMAND_ARGS.set(ctx.meta.get("usbtrace.args"))
+        try:
+            return super().invoke(ctx)
+        finally:
+            COMMAND_ARGS.reset(token)
+
+
+@click.group(cls=UsbtraceGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="usbtrace")
 @click.option("-v", "--verbose", count=True,
               help="Say more on stderr: -v what is being done, -vv details.")
@@ -507,10 +524,13 @@ def sessions(db: str, fmt: str) -> None:
     database = Database(db, create=False, readonly=True)
     columns, rows = database.query(
         "SELECT id, source, source_name, started_at, record_count, command_count, "
-        "dropped_count, malformed_count, state, writer_host, writer_pid FROM sessions "
-        "ORDER BY id")
-    shown = [(*row[:8], effective_state(row[8], row[9], row[10])) for row in rows]
-    emit(columns[:9], shown, fmt)
+        "dropped_count, malformed_count, state, usbtrace_version AS version, "
+        "command_line, writer_host, writer_pid FROM sessions ORDER BY id")
+    shown = [(*row[:8], effective_state(row[8], row[11], row[12]), *row[9:11])
+             for row in rows]
+    # the command line is long: the machine formats carry it, the table leaves it out
+    emit(columns[:11] if fmt != "table" else columns[:10],
+         shown if fmt != "table" else [r[:10] for r in shown], fmt)
 
 
 @main.command()

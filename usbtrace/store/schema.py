@@ -72,6 +72,10 @@ class SessionRow(Base):
     # who writes a running session: a reader tells a live writer from a dead one
     writer_host: Mapped[str | None] = mapped_column(String(255))
     writer_pid: Mapped[int | None] = mapped_column(Integer)
+    # what made the session: the usbtrace release and the command line (shell-quoted),
+    # so a recording can be made again the same way
+    usbtrace_version: Mapped[str | None] = mapped_column(String(40))
+    command_line: Mapped[str | None] = mapped_column(Text)
 
 
 class IrpRow(Base):
