@@ -170,3 +170,55 @@ def test_the_upgrade_from_schema_1_adds_the_columns(tmp_path: Path) -> None:
     assert columns(old) == columns(fresh)
     assert sqlite3.connect(old).execute(
         "SELECT usbtrace_version, command_line FROM sessions").fetchone() == (None, None)
+
+
+# ---- export: the container from the extension, or --format ---------------------------------
+
+
+@pytest.mark.parametrize("name, chosen, magic, container", [
+    ("out.pcap", None, bytes.fromhex("4d3cb2a1"), "nsecpcap"),
+    ("OUT.PCAP", None, bytes.fromhex("4d3cb2a1"), "nsecpcap"),
+    ("out.pcapng", None, bytes.fromhex("0a0d0d0a"), "pcapng"),
+    ("out.cap", None, bytes.fromhex("0a0d0d0a"), "pcapng"),
+    ("out.cap", "pcap", bytes.fromhex("4d3cb2a1"), "nsecpcap"),
+    ("out.pcap", "pcapng", bytes.fromhex("0a0d0d0a"), "pcapng"),
+])
+@pytest.mark.parametrize("linktype", ["usbpcap", "usbmon"])
+def test_export_picks_the_container(recorded: Path, tmp_path: Path, name: str,
+                                   chosen: str | None, magic: bytes, container: str,
+                                   linktype: str) -> None:
+    import shutil
+    import sqlite3
+    import subprocess
+
+    from . import tshark
+
+    out = tmp_path / name
+    args = ["export", "1", "-o", str(out), "--db", str(recorded), "--linktype", linktype]
+    code, said, err = run(*args, *(["--format", chosen] if chosen else []))
+    assert code == 0, err
+    assert out.read_bytes()[:4] == magic and f"({container.removeprefix('nsec')})" in said
+    # it reads back as the same commands
+    db = tmp_path / "again.db"
+    code, _, err = run("import", str(out), "--db", str(db))
+    assert code == 0, err
+    query = "SELECT tag, opcode, lba, blocks, status FROM scsi_commands ORDER BY seq"
+    theirs = sqlite3.connect(db).execute(query).fetchall()
+    assert theirs and theirs == sqlite3.connect(recorded).execute(query).fetchall()
+    if tshark.available():  # and Wireshark decodes every command in it
+        assert [c.tag for c in tshark.scsi_commands(out)] == [t[0] for t in theirs]
+    if shutil.which("capinfos"):  # as that container
+        kind = subprocess.run(["capinfos", "-t", "-T", "-r", str(out)], capture_output=True,
+                              text=True, check=True).stdout.split()
+        assert container in kind
+
+
+def test_a_pcap_writer_refuses_a_time_it_cannot_hold() -> None:
+    import io
+
+    from usbtrace.capture.pcap import PcapWriter
+    from usbtrace.errors import InputError
+
+    writer = PcapWriter(io.BytesIO(), 249)
+    with pytest.raises(InputError, match="--format pcapng"):
+        writer.write((1 << 32) * 1_000_000_000, b"x")

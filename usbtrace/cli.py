@@ -316,19 +316,23 @@ def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool,
 @main.command()
 @click.argument("session", type=int)
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="The pcapng file to write.")
+              help="The capture file to write: name.pcap is classic pcap, any other "
+              "name pcapng (unless --format says).")
+@click.option("--format", "container", type=click.Choice(["pcap", "pcapng"]), default=None,
+              help="The container [default: from the output's extension].")
 @click.option("--linktype", type=click.Choice(["usbpcap", "usbmon"]), default=None,
               help="Record format [default: usbmon for usbmon imports, else usbpcap].")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @db_option
 @filter_options
 @friendly
-def export(session: int, output: Path, linktype: str | None, force: bool, db: str,
-           flt: Filter) -> None:
-    """Write a session's URBs as pcapng that Wireshark opens."""
+def export(session: int, output: Path, container: str | None, linktype: str | None,
+           force: bool, db: str, flt: Filter) -> None:
+    """Write a session's URBs as pcapng or pcap that Wireshark opens."""
     import calendar
     import time as _time
 
+    from usbtrace.capture.export import container_for
     from usbtrace.capture.export import export as write
     from usbtrace.outputs import atomic_output
     from usbtrace.store.database import Database
@@ -354,8 +358,10 @@ def export(session: int, output: Path, linktype: str | None, force: bool, db: st
             for row in urb_rows:
                 urbs += 1
                 yield dict(zip(columns, row))
-        count = write(records(), cast(BinaryIO, stream), kind, origin)
-    click.echo(f"{output}: {count} {kind} records from {urbs} URBs of session {session}")
+        count = write(records(), cast(BinaryIO, stream), kind, origin,
+                      container_for(str(output), container))
+    click.echo(f"{output}: {count} {kind} records ({container_for(str(output), container)}) "
+               f"from {urbs} URBs of session {session}")
 
 
 def _session_id(value: int) -> int:

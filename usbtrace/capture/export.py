@@ -1,4 +1,5 @@
-"""Sessions back out as pcapng that Wireshark opens: USBPcap (249) or usbmon (220).
+"""Sessions back out as pcapng (or classic pcap) that Wireshark opens: USBPcap (249)
+or usbmon (220).
 
 Each ``urbs`` row becomes its submission and completion records, written in
 time order.  A live session exported as USBPcap carries the tracer's IRP ids,
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
 from usbtrace.capture import usbpcap
-from usbtrace.capture.pcap import PcapngWriter
+from usbtrace.capture.pcap import PcapngWriter, PcapWriter
 from usbtrace.capture.usbmon import LINKTYPE_USB_LINUX_MMAPPED
 from usbtrace.records import COMPLETE, CONTROL, SUBMIT, TRANSFER_TYPE_NAMES, Event
 from usbtrace.usb import urb as U
@@ -111,10 +112,23 @@ def encode_usbpcap(event: Event) -> list[bytes]:
     return records
 
 
+CONTAINERS = ("pcap", "pcapng")
+
+
+def container_for(path: str, chosen: str | None = None) -> str:
+    """``chosen`` when given, else what the file name says: ``.pcap`` is classic pcap,
+    anything else pcapng (it carries more: the application, nanosecond resolution)."""
+    if chosen is not None:
+        return chosen
+    return "pcap" if path.lower().endswith(".pcap") else "pcapng"
+
+
 def export(rows: Iterable[dict[str, Any]], stream: BinaryIO, linktype: str,
-           origin: float) -> int:
-    """Write ``rows`` as pcapng with ``linktype`` ('usbpcap' or 'usbmon'); returns records."""
-    writer = PcapngWriter(stream, LINKTYPES[linktype])
+           origin: float, container: str = "pcapng") -> int:
+    """Write ``rows`` as ``container`` ('pcapng' or 'pcap') with ``linktype`` ('usbpcap'
+    or 'usbmon'); returns the records written."""
+    writer: PcapngWriter | PcapWriter = PcapWriter(stream, LINKTYPES[linktype]) \
+        if container == "pcap" else PcapngWriter(stream, LINKTYPES[linktype])
     count = 0
     for event in events_of(rows):
         ts_ns = int(round((origin + event.ts) * 1e9))

@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from construct import Bytes, Int16ul, Int32sl, Int32ul, Struct
 
-from usbtrace.errors import CaptureFormatError
+from usbtrace.errors import CaptureFormatError, InputError
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -371,3 +371,25 @@ class PcapngWriter:
 
 def _option(code: int, value: bytes) -> bytes:
     return struct.pack("<HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+class PcapWriter:
+    """A classic pcap file: one link type, nanosecond timestamps (magic ``a1b23c4d``),
+    for tools that read no pcapng.  The same ``write`` as ``PcapngWriter``."""
+
+    # the largest record Wireshark takes for the USB link types (128 MiB); libpcap
+    # clamps a larger snapshot length to its own maximum and reads on
+    SNAPLEN = 128 << 20
+
+    def __init__(self, stream: BinaryIO, linktype: int) -> None:
+        self.stream = stream
+        stream.write(struct.pack("<IHHiIII", PCAP_MAGIC_NS, 2, 4, 0, 0, self.SNAPLEN,
+                                 linktype))
+
+    def write(self, ts_ns: int, data: bytes, original_length: int | None = None) -> None:
+        original = len(data) if original_length is None else original_length
+        sec, nsec = divmod(ts_ns, 1_000_000_000)
+        if not 0 <= sec < 1 << 32:
+            raise InputError(f"a record at {sec} s since 1970 does not fit classic pcap's "
+                             "32-bit seconds; write pcapng (--format pcapng)")
+        self.stream.write(struct.pack("<IIII", sec, nsec, len(data), original) + data)

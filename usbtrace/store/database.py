@@ -205,7 +205,8 @@ class Database:
 
     def _upgrade_from_1(self) -> None:
         """Schema 1 -> 2: a session state instead of a ``complete`` flag, the writer's
-        identity, the release and command line (NULL for old sessions), the ``gaps`` table and the index ``log`` needs.  One transaction."""
+        identity, the release and command line (NULL for old sessions), the ``gaps``
+        table and the index ``log`` needs.  One transaction."""
         with self.engine.begin() as conn:
             conn.execute(text("ALTER TABLE sessions ADD COLUMN state VARCHAR(12) NOT NULL "
                               "DEFAULT 'running'"))
