@@ -222,3 +222,92 @@ def test_a_pcap_writer_refuses_a_time_it_cannot_hold() -> None:
     writer = PcapWriter(io.BytesIO(), 249)
     with pytest.raises(InputError, match="--format pcapng"):
         writer.write((1 << 32) * 1_000_000_000, b"x")
+
+
+# ---- the views and the schema command ----------------------------------------------------
+
+
+def test_schema_prints_the_documented_tables_and_views(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    code, out, _ = run("schema")
+    assert code == 0 and out == (repo / "schemas" / "usbtrace.sql").read_text()
+    for name in ("sessions", "urbs", "scsi_commands", "file_activity"):
+        assert f"CREATE TABLE {name} (" in out
+    for name in ("command_data", "io_chain", "file_activity_commands"):
+        assert f"CREATE VIEW {name} AS" in out
+    # it needs no database, and reads none
+    code, _, _ = run("schema", env={"USBTRACE_DB": str(tmp_path / "absent.db")})
+    assert code == 0 and not (tmp_path / "absent.db").exists()
+
+
+@pytest.fixture(scope="module")
+def files_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("files") / "f.db"
+    code, _, err = run("record", "--db", str(db), "--size", "8M", "--workload", "files")
+    assert code == 0, err
+    return db
+
+
+def test_command_data_joins_a_command_to_its_data(files_db: Path) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(files_db)
+    # every READ/WRITE's data URBs carry exactly the bytes its data phase moved
+    rows = conn.execute(
+        "SELECT command_seq, data_length, sum(actual_length), count(urb_seq) FROM command_data "
+        "WHERE command LIKE 'read%' OR command LIKE 'write%' GROUP BY command_seq").fetchall()
+    assert len(rows) > 20
+    assert all(length == moved and urbs >= 1 for _, length, moved, urbs in rows)
+    # every command is there, data or not
+    assert conn.execute("SELECT count(DISTINCT command_seq) FROM command_data").fetchone() == \
+        conn.execute("SELECT count(*) FROM scsi_commands").fetchone()
+    # the payload is the one the attributor sees
+    from usbtrace.store.database import Database
+
+    database = Database(files_db, create=False, readonly=True)
+    seq, *_, data, _ = next(c for c in database.stored_commands(1) if c[1] == 0x28)
+    joined = b"".join(bytes(r[0]) for r in conn.execute(
+        "SELECT data FROM command_data WHERE command_seq = ? ORDER BY urb_seq", (seq,)))
+    assert joined == data
+
+
+def test_io_chain_joins_a_read_to_its_srbs_and_urbs(files_db: Path) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(files_db)
+    rows = conn.execute(
+        "SELECT request_seq, length, count(DISTINCT srb_irp), "
+        "sum(CASE WHEN transfer_type = 'bulk' THEN 1 ELSE 0 END) "
+        "FROM io_chain GROUP BY request_seq").fetchall()
+    assert rows
+    # each SRB is a CBW, its data and a CSW: three bulk URBs per SRB
+    assert all(srbs >= 1 and bulk == 3 * srbs for _, _, srbs, bulk in rows)
+    requests = conn.execute("SELECT count(*) FROM irps WHERE position = 'upper' "
+                            "AND major IN ('read', 'write') AND length > 0").fetchone()[0]
+    assert len(rows) == requests
+
+
+def test_file_activity_commands_and_views_through_query(files_db: Path) -> None:
+    code, out, err = run("query", "SELECT path, operation, command FROM file_activity_commands "
+                         "WHERE kind = 'data' AND session_id = :s", "-p", "s=1",
+                         "--db", str(files_db), "--format", "json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert rows and all(r["command"].split("_")[0] == r["operation"] for r in rows)
+
+
+def test_a_database_without_the_views_gets_them_from_a_writer(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    run("record", "--db", str(db), "--size", "4M")
+    conn = sqlite3.connect(db)
+    for name in ("command_data", "io_chain", "file_activity_commands"):
+        conn.execute(f"DROP VIEW {name}")
+    conn.commit()
+    conn.close()
+    code, _, err = run("upgrade", "--db", str(db))
+    assert code == 0, err
+    views = {r[0] for r in sqlite3.connect(db).execute(
+        "SELECT name FROM sqlite_master WHERE type = 'view'")}
+    assert views == {"command_data", "io_chain", "file_activity_commands"}

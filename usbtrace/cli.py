@@ -629,6 +629,16 @@ def parse_params(items: Iterable[str]) -> dict[str, Any]:
     return bound
 
 
+@main.command()
+@friendly
+def schema() -> None:
+    """Print the database's tables and views, with what they hold, as SQL
+    (the same text as schemas/usbtrace.sql)."""
+    from usbtrace.store.ddl import render
+
+    click.echo(render(), nl=False)
+
+
 # ---- output -----------------------------------------------------------------------------
 
 TABLE_SAMPLE = 1000  # rows that set a table's column widths; later rows just follow

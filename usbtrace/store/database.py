@@ -40,12 +40,14 @@ from usbtrace.errors import DatabaseError
 from usbtrace.store.schema import (
     PUBLIC_TABLES,
     SCHEMA_VERSION,
+    VIEWS,
     Base,
     FileActivityRow,
     GapRow,
     Meta,
     ScsiCommandRow,
     SessionRow,
+    create_view_sql,
 )
 
 _URL = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
@@ -193,6 +195,8 @@ class Database:
             elif version != SCHEMA_VERSION:
                 raise DatabaseError(f"{self.display}: schema version {version}, this usbtrace "
                                     f"reads version {SCHEMA_VERSION}")
+            elif not self.readonly:
+                self._create_missing_views()
             return
         if names:
             raise DatabaseError(f"{self.display}: not a usbtrace database "
@@ -206,7 +210,7 @@ class Database:
     def _upgrade_from_1(self) -> None:
         """Schema 1 -> 2: a session state instead of a ``complete`` flag, the writer's
         identity, the release and command line (NULL for old sessions), the ``gaps``
-        table and the index ``log`` needs.  One transaction."""
+        table and the index ``log`` needs, in one transaction; then the views."""
         with self.engine.begin() as conn:
             conn.execute(text("ALTER TABLE sessions ADD COLUMN state VARCHAR(12) NOT NULL "
                               "DEFAULT 'running'"))
@@ -224,6 +228,16 @@ class Database:
                     index.create(conn, checkfirst=True)
             conn.execute(sql_update(Meta).where(Meta.key == "schema_version")
                          .values(value=str(SCHEMA_VERSION)))
+        self._create_missing_views()
+
+    def _create_missing_views(self) -> None:
+        """The documented views, in a database made before they existed (a writer adds
+        them; a reader cannot, and the tables are all there)."""
+        with self.engine.begin() as conn:
+            present = set(inspect(conn).get_view_names())
+            for name in VIEWS:
+                if name not in present:
+                    conn.execute(text(create_view_sql(name)))
 
     def _close_dead_sessions(self) -> None:
         """Sessions left ``running`` by a writer on this host that no longer lives
