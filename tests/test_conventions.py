@@ -311,3 +311,35 @@ def test_a_database_without_the_views_gets_them_from_a_writer(tmp_path: Path) ->
     views = {r[0] for r in sqlite3.connect(db).execute(
         "SELECT name FROM sqlite_master WHERE type = 'view'")}
     assert views == {"command_data", "io_chain", "file_activity_commands"}
+
+
+# ---- shell completion -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shell, marker", [("bash", "complete -o nosort -F _usbtrace_completion"),
+                                           ("zsh", "#compdef usbtrace"),
+                                           ("fish", "complete --no-files --command usbtrace")])
+def test_the_completion_script_is_produced(shell: str, marker: str) -> None:
+    result = CliRunner().invoke(main, [], prog_name="usbtrace",
+                                env={"_USBTRACE_COMPLETE": f"{shell}_source"})
+    assert result.exit_code == 0 and marker in result.stdout
+
+
+def test_bash_loads_the_script_and_completes_commands() -> None:
+    import shutil
+    import subprocess
+
+    script = CliRunner().invoke(main, [], prog_name="usbtrace",
+                                env={"_USBTRACE_COMPLETE": "bash_source"}).stdout
+    if shutil.which("bash"):  # the script is valid bash that registers the completion
+        done = subprocess.run(["bash", "-c", script + "\ncomplete -p usbtrace"],
+                              capture_output=True, text=True, check=True)
+        assert "_usbtrace_completion" in done.stdout
+    # and what the shell asks, the command answers: commands, then options
+    asked = {"_USBTRACE_COMPLETE": "bash_complete", "COMP_WORDS": "usbtrace ex",
+             "COMP_CWORD": "1"}
+    out = CliRunner().invoke(main, [], prog_name="usbtrace", env=asked).stdout
+    assert out.split() == ["plain,export", "plain,extract"]
+    asked.update(COMP_WORDS="usbtrace export 1 --for", COMP_CWORD="3")
+    out = CliRunner().invoke(main, [], prog_name="usbtrace", env=asked).stdout
+    assert "plain,--format" in out.split() and "plain,--force" in out.split()
