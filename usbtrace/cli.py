@@ -383,7 +383,8 @@ def _session_id(value: int) -> int:
 @click.option("--against", metavar="IMAGE", help="Host mode: the disk image the target starts "
               "from (a copy is used; default: blank, of the recorded capacity).")
 @click.option("--speed", type=float, default=None, help="Host mode: keep the recorded timing, "
-              "scaled (2 = twice as fast); default: as fast as possible.")
+              "scaled (2 = twice as fast), each command sent at its recorded offset / speed; "
+              "the report says how late they went out. Default: as fast as possible.")
 @click.option("--max-gap", type=float, default=None, metavar="SECONDS",
               help="With --speed: wait at most this long between commands.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),

@@ -14,6 +14,7 @@ from usbtrace.replay.device import replay_device
 from usbtrace.replay.host import replay_host
 from usbtrace.replay.recording import Recording, load_capture, load_session
 from usbtrace.replay.report import Report
+from usbtrace.replay.timing import Clock
 
 logger = logging.getLogger(__name__)
 MAX_SESSION = (1 << 63) - 1  # session ids are signed 64-bit integers
@@ -81,7 +82,7 @@ def check_options(mode: str, speed: float | None, max_gap: float | None) -> None
 
 def replay(source: str, mode: str = "device", against: str | None = None,
            speed: float | None = None, max_gap: float | None = None,
-           db: str | None = None) -> Report:
+           db: str | None = None, clock: Clock | None = None) -> Report:
     check_options(mode, speed, max_gap)
     recording = load(source, db)
     logger.info("replaying %s in %s mode: %d commands", source, mode, recording.count)
@@ -95,7 +96,7 @@ def replay(source: str, mode: str = "device", against: str | None = None,
         image = target_image(recording, against)
         stick = SimulatedStick(image, speed="high")
         try:
-            replay_host(recording, stick, report, speed, max_gap)
+            replay_host(recording, stick, report, speed, max_gap, clock)
         finally:
             stick.close()
     report.seconds = time.perf_counter() - t0
