@@ -343,3 +343,19 @@ def test_bash_loads_the_script_and_completes_commands() -> None:
     asked.update(COMP_WORDS="usbtrace export 1 --for", COMP_CWORD="3")
     out = CliRunner().invoke(main, [], prog_name="usbtrace", env=asked).stdout
     assert "plain,--format" in out.split() and "plain,--force" in out.split()
+
+
+def test_a_pcapng_export_says_what_made_the_session(recorded: Path, tmp_path: Path) -> None:
+    import importlib.metadata
+    import sqlite3
+
+    from usbtrace.capture.pcap import pcapng_header
+
+    out = tmp_path / "made.pcapng"
+    code, _, err = run("export", "1", "-o", str(out), "--db", str(recorded))
+    assert code == 0, err
+    comments, linktype = pcapng_header(out)
+    line = sqlite3.connect(recorded).execute("SELECT command_line FROM sessions").fetchone()[0]
+    assert comments == [f"made by usbtrace {importlib.metadata.version('usbtrace')}",
+                        f"usbtrace session command line: {line}"] and linktype == 249
+    assert pcapng_header(recorded) == ([], None)  # not pcapng: nothing to say

@@ -332,7 +332,7 @@ def export(session: int, output: Path, container: str | None, linktype: str | No
     import calendar
     import time as _time
 
-    from usbtrace.capture.export import container_for
+    from usbtrace.capture.export import container_for, provenance
     from usbtrace.capture.export import export as write
     from usbtrace.outputs import atomic_output
     from usbtrace.store.database import Database
@@ -340,11 +340,11 @@ def export(session: int, output: Path, container: str | None, linktype: str | No
     database = Database(db, create=False, readonly=True)
     flt = flt.for_database(database)
     _, rows = database.query(
-        "SELECT source, started_at, time_origin FROM sessions WHERE id = :id",
-        {"id": _session_id(session)})
+        "SELECT source, started_at, time_origin, usbtrace_version, command_line FROM sessions "
+        "WHERE id = :id", {"id": _session_id(session)})
     if not rows:
         raise UsbtraceError(f"no session {session} in {db} (see 'usbtrace sessions')")
-    source, started_at, origin = rows[0]
+    source, started_at, origin, version, command_line = rows[0]
     if origin is None:
         origin = float(calendar.timegm(_time.strptime(started_at, "%Y-%m-%dT%H:%M:%SZ")))
     kind = linktype or ("usbmon" if source == "usbmon" else "usbpcap")
@@ -359,7 +359,7 @@ def export(session: int, output: Path, container: str | None, linktype: str | No
                 urbs += 1
                 yield dict(zip(columns, row))
         count = write(records(), cast(BinaryIO, stream), kind, origin,
-                      container_for(str(output), container))
+                      container_for(str(output), container), provenance(version, command_line))
     click.echo(f"{output}: {count} {kind} records ({container_for(str(output), container)}) "
                f"from {urbs} URBs of session {session}")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 from usbtrace.capture import usbpcap
@@ -123,12 +123,32 @@ def container_for(path: str, chosen: str | None = None) -> str:
     return "pcap" if path.lower().endswith(".pcap") else "pcapng"
 
 
+COMMAND_LINE_COMMENT = "usbtrace session command line: "
+
+
+def provenance(version: str | None, command_line: str | None) -> list[str]:
+    """The pcapng section comments that say what made a session: Wireshark shows
+    them (Statistics > Capture File Properties), the pytest plugin re-records from them."""
+    comments = [f"made by usbtrace {version}"] if version else []
+    if command_line:
+        comments.append(COMMAND_LINE_COMMENT + command_line)
+    return comments
+
+
+def recorded_command_line(comments: Iterable[str]) -> str | None:
+    for comment in comments:
+        if comment.startswith(COMMAND_LINE_COMMENT):
+            return comment[len(COMMAND_LINE_COMMENT):]
+    return None
+
+
 def export(rows: Iterable[dict[str, Any]], stream: BinaryIO, linktype: str,
-           origin: float, container: str = "pcapng") -> int:
+           origin: float, container: str = "pcapng", comments: Sequence[str] = ()) -> int:
     """Write ``rows`` as ``container`` ('pcapng' or 'pcap') with ``linktype`` ('usbpcap'
-    or 'usbmon'); returns the records written."""
+    or 'usbmon'), ``comments`` in pcapng's section header; returns the records written."""
     writer: PcapngWriter | PcapWriter = PcapWriter(stream, LINKTYPES[linktype]) \
-        if container == "pcap" else PcapngWriter(stream, LINKTYPES[linktype])
+        if container == "pcap" else PcapngWriter(stream, LINKTYPES[linktype],
+                                                 comments=comments)
     count = 0
     for event in events_of(rows):
         ts_ns = int(round((origin + event.ts) * 1e9))
