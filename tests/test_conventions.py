@@ -306,6 +306,8 @@ def test_a_database_without_the_views_gets_them_from_a_writer(tmp_path: Path) ->
         conn.execute(f"DROP VIEW {name}")
     conn.commit()
     conn.close()
+    code, _, err = run("query", "SELECT * FROM io_chain", "--db", str(db))
+    assert code == 2 and "'usbtrace upgrade' adds it" in err and err.count("\n") == 1
     code, _, err = run("upgrade", "--db", str(db))
     assert code == 0, err
     views = {r[0] for r in sqlite3.connect(db).execute(

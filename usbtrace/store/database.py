@@ -477,6 +477,9 @@ def _query_error(e: BaseException, stop: dict[str, bool], timeout: float | None
     if stop["timed_out"]:
         return DatabaseError(f"query stopped after {timeout:g} s (--timeout)")
     message = str(e)
+    missing = re.match(r"no such table: (\w+)", message)
+    if missing and missing.group(1) in VIEWS:
+        message += " (a view newer than this database: 'usbtrace upgrade' adds it)"
     if "not authorized" in message or "authorization denied" in message:
         message += ": usbtrace query is read-only (no writes, ATTACH, VACUUM or PRAGMA "
         message += "assignments)"
