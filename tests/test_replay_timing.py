@@ -114,3 +114,49 @@ def test_the_cli_reports_the_achieved_timing(session_db: Path) -> None:
     result = CliRunner().invoke(main, ["replay", "session:1", "--mode", "host", "--db",
                                        str(session_db), "--json", "-"])
     assert json.loads(result.stdout[result.stdout.index("{"):])["timing"] is None
+
+
+# ---- host replay to a device through pyusb, under record's write safety -------------------
+
+SIM = ["--device", "usb:1209:0001", "--usb-backend", "simulated"]
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def hardware_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Session 1 writes (raw workload), session 2 only reads: both recorded through pyusb."""
+    db = tmp_path_factory.mktemp("hw") / "hw.db"
+    for extra in (["--workload", "raw", "--allow-write"], ["--workload", "read"]):
+        code, _, err = invoke("record", "--db", str(db), *SIM, *extra)
+        assert code == 0, err
+    return db
+
+
+def test_a_writing_recording_needs_allow_write(hardware_db: Path) -> None:
+    code, _, err = invoke("replay", "session:1", "--mode", "host", "--db", str(hardware_db),
+                          *SIM)
+    assert code == 2 and err.count("\n") == 1
+    assert "write to the device or change it (the first: write_10)" in err
+    assert "--allow-write" in err
+    code, out, err = invoke("replay", "session:1", "--mode", "host", "--db", str(hardware_db),
+                            *SIM, "--allow-write")
+    assert code == 0 and "identical" in out, out + err
+
+
+def test_a_reading_recording_replays_to_a_device_read_only(hardware_db: Path) -> None:
+    code, out, err = invoke("replay", "session:2", "--mode", "host", "--db", str(hardware_db),
+                            *SIM)
+    assert code == 0 and "identical" in out, out + err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "device", *SIM], "needs --mode host"),
+    (["--mode", "host", "--against", "x.img", *SIM], "give one of them"),
+])
+def test_device_option_conflicts(hardware_db: Path, args: list[str], message: str) -> None:
+    code, _, err = invoke("replay", "session:2", "--db", str(hardware_db), *args)
+    assert code == 2 and message in err and err.count("\n") == 1

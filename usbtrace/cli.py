@@ -387,13 +387,21 @@ def _session_id(value: int) -> int:
               "the report says how late they went out. Default: as fast as possible.")
 @click.option("--max-gap", type=float, default=None, metavar="SECONDS",
               help="With --speed: wait at most this long between commands.")
+@click.option("--device", metavar="usb:VID:PID[:SERIAL]",
+              help="Host mode: send the recorded host's commands to this real device "
+              "instead of the simulated stick.")
+@click.option("--allow-write", is_flag=True, help="With --device: let a recording that "
+              "writes do so to the device (refused otherwise, as for record).")
+@click.option("--usb-backend", default="libusb", show_default=True,
+              help="With --device: libusb, simulated, or one added through entry points.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Write the full report as JSON here ('-' for standard output).")
 @click.option("--force", is_flag=True, help="Replace the --json file if it exists.")
 @db_option
 @friendly
 def replay(source: str, mode: str, against: str | None, speed: float | None,
-           max_gap: float | None, json_path: Path | None, force: bool, db: str) -> None:
+           max_gap: float | None, device: str | None, allow_write: bool, usb_backend: str,
+           json_path: Path | None, force: bool, db: str) -> None:
     """Replay a capture file or a session (N or session:N); exit 0 if identical,
     1 on divergence, 2 on error, 130 if interrupted."""
     from usbtrace.outputs import atomic_output, check_output
@@ -409,7 +417,8 @@ def replay(source: str, mode: str, against: str | None, speed: float | None,
     if to_file:
         assert json_path is not None
         check_output(json_path, force, None, "--json", protected)
-    report = run(source, mode, against, speed, max_gap, db)
+    report = run(source, mode, against, speed, max_gap, db, device=device,
+                 usb_backend=usb_backend, allow_write=allow_write)
     click.echo(report.text())
     if json_path is not None and not to_file:
         click.echo(report.to_json())
