@@ -110,7 +110,6 @@ def configure_logging(verbose: int, quiet: bool) -> int:
     logger.setLevel(level)
     if _handler not in logger.handlers:
         logger.addHandler(_handler)
-    logger.propagate = False  # one line per message, whatever the root logger does
     return level
 
 
