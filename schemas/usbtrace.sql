@@ -20,6 +20,8 @@ CREATE TABLE sessions (
 	notes TEXT, 
 	writer_host VARCHAR(255), 
 	writer_pid INTEGER, 
+	usbtrace_version VARCHAR(40), 
+	command_line TEXT, 
 	PRIMARY KEY (id)
 );
 CREATE INDEX ix_sessions_file_sha256 ON sessions (file_sha256);
@@ -150,3 +152,48 @@ CREATE TABLE urbs (
 	FOREIGN KEY(session_id) REFERENCES sessions (id)
 );
 CREATE INDEX ix_urbs_irp ON urbs (session_id, irp_id);
+
+-- Views: the joins used most, ready to query.
+
+-- A SCSI command with each of its data URBs (Bulk-Only: the bulk URBs of its device in
+-- the data direction between its CBW and CSW); a command without data has one row with
+-- the URB columns NULL.
+CREATE VIEW command_data AS
+SELECT c.session_id, c.seq AS command_seq, c.bus, c.device, c.lun, c.tag,
+       c.name AS command, c.lba, c.blocks, c.data_direction, c.data_length,
+       c.status AS command_status, c.submitted_at, c.completed_at,
+       u.seq AS urb_seq, u.endpoint, u.status AS urb_status,
+       u.requested_length, u.actual_length, u.captured_length, u.truncated, u.data
+FROM scsi_commands c
+LEFT JOIN urbs u ON u.session_id = c.session_id
+ AND u.seq > c.cbw_seq AND u.seq < coalesce(c.csw_seq, c.cbw_seq + 1000000)
+ AND u.bus IS NOT DISTINCT FROM c.bus AND u.device IS NOT DISTINCT FROM c.device
+ AND u.transfer_type = 'bulk' AND u.direction = c.data_direction;
+
+-- An upper READ or WRITE (above disk) with each pass of its SRB IRPs through the lower
+-- position and the URB of that pass: one row per URB.
+CREATE VIEW io_chain AS
+SELECT r.session_id, r.seq AS request_seq, r.irp_id AS request_irp, r.major,
+       r.offset, r.length, r.status AS request_status,
+       r.submitted_at AS request_submitted_at, r.completed_at AS request_completed_at,
+       s.seq AS srb_seq, s.irp_id AS srb_irp, s.status AS srb_status,
+       u.seq AS urb_seq, u.bus, u.device, u.endpoint, u.transfer_type, u.direction,
+       u.actual_length, u.status AS urb_status
+FROM irps r
+JOIN irps s ON s.session_id = r.session_id AND s.parent_irp_id = r.irp_id
+ AND s.position = 'lower' AND s.seq > r.seq
+ AND NOT EXISTS (SELECT 1 FROM irps r2 WHERE r2.session_id = r.session_id
+                 AND r2.irp_id = r.irp_id AND r2.position = 'upper'
+                 AND r2.seq > r.seq AND r2.seq < s.seq)
+JOIN urbs u ON u.session_id = s.session_id AND u.seq = s.seq
+WHERE r.position = 'upper' AND r.major IN ('read', 'write');
+
+-- File activity (file data, metadata, file events) with the SCSI command whose blocks it
+-- was.
+CREATE VIEW file_activity_commands AS
+SELECT f.session_id, f.id AS activity_id, f.path, f.operation, f.kind,
+       f.file_offset, f.length, f.lba AS activity_lba, f.command_offset, f.detail,
+       c.seq AS command_seq, c.bus, c.device, c.lun, c.name AS command, c.lba, c.blocks,
+       c.status AS command_status, c.submitted_at, c.completed_at
+FROM file_activity f
+JOIN scsi_commands c ON c.session_id = f.session_id AND c.seq = f.scsi_seq;

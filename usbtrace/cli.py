@@ -11,7 +11,9 @@ import csv
 import functools
 import itertools
 import json
+import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
@@ -32,6 +34,8 @@ from usbtrace.errors import UsbtraceError
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_DB = "usbtrace.db"
+DB_ENVVAR = "USBTRACE_DB"  # every command's --db defaults to it, then to DEFAULT_DB
+logger = logging.getLogger("usbtrace")
 
 
 def friendly(func: F) -> F:
@@ -81,13 +85,69 @@ def _silence_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (a test runner swaps it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("usbtrace: %(levelname)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+_handler = _StderrHandler()
+
+
+def configure_logging(verbose: int, quiet: bool) -> int:
+    """The ``usbtrace`` loggers through the standard ``logging`` module: warnings by
+    default, ``-v`` progress (INFO), ``-vv`` details (DEBUG), ``-q`` errors only."""
+    if quiet:
+        level = logging.ERROR
+    else:
+        level = (logging.WARNING, logging.INFO)[verbose] if verbose < 2 else logging.DEBUG
+    logger.setLevel(level)
+    if _handler not in logger.handlers:
+        logger.addHandler(_handler)
+    return level
+
+
+class UsbtraceGroup(click.Group):
+    """Keeps the arguments of the command being run, for the session it makes."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["usbtrace.args"] = tuple(args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from usbtrace.store.database import COMMAND_ARGS
+
+        token = COMMAND_ARGS.set(ctx.meta.get("usbtrace.args"))
+        try:
+            return super().invoke(ctx)
+        finally:
+            COMMAND_ARGS.reset(token)
+
+
+@click.group(cls=UsbtraceGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="usbtrace")
-def main() -> None:
-    """Log, decode, store and replay USB mass-storage traffic."""
+@click.option("-v", "--verbose", count=True,
+              help="Say more on stderr: -v what is being done, -vv details.")
+@click.option("-q", "--quiet", "quiet_", is_flag=True,
+              help="Only errors on stderr (no warnings).")
+def main(verbose: int, quiet_: bool) -> None:
+    """Log, decode, store and replay USB mass-storage traffic.
+
+    Every command reads its database from --db, else from the USBTRACE_DB
+    environment variable, else usbtrace.db."""
+    if verbose and quiet_:
+        fail("-v and -q contradict each other; give one")
+    configure_logging(verbose, quiet_)
 
 
-db_option = click.option("--db", default=DEFAULT_DB, show_default=True,
+db_option = click.option("--db", default=DEFAULT_DB, show_default=True, envvar=DB_ENVVAR,
+                         show_envvar=True,
                          help="SQLite file, or a SQLAlchemy URL (postgresql://...).")
 
 
@@ -263,19 +323,23 @@ def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool,
 @main.command()
 @click.argument("session", type=int)
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="The pcapng file to write.")
+              help="The capture file to write: name.pcap is classic pcap, any other "
+              "name pcapng (unless --format says).")
+@click.option("--format", "container", type=click.Choice(["pcap", "pcapng"]), default=None,
+              help="The container [default: from the output's extension].")
 @click.option("--linktype", type=click.Choice(["usbpcap", "usbmon"]), default=None,
               help="Record format [default: usbmon for usbmon imports, else usbpcap].")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @db_option
 @filter_options
 @friendly
-def export(session: int, output: Path, linktype: str | None, force: bool, db: str,
-           flt: Filter) -> None:
-    """Write a session's URBs as pcapng that Wireshark opens."""
+def export(session: int, output: Path, container: str | None, linktype: str | None,
+           force: bool, db: str, flt: Filter) -> None:
+    """Write a session's URBs as pcapng or pcap that Wireshark opens."""
     import calendar
     import time as _time
 
+    from usbtrace.capture.export import container_for, provenance
     from usbtrace.capture.export import export as write
     from usbtrace.outputs import atomic_output
     from usbtrace.store.database import Database
@@ -283,11 +347,11 @@ def export(session: int, output: Path, linktype: str | None, force: bool, db: st
     database = Database(db, create=False, readonly=True)
     flt = flt.for_database(database)
     _, rows = database.query(
-        "SELECT source, started_at, time_origin FROM sessions WHERE id = :id",
-        {"id": _session_id(session)})
+        "SELECT source, started_at, time_origin, usbtrace_version, command_line FROM sessions "
+        "WHERE id = :id", {"id": _session_id(session)})
     if not rows:
         raise UsbtraceError(f"no session {session} in {db} (see 'usbtrace sessions')")
-    source, started_at, origin = rows[0]
+    source, started_at, origin, version, command_line = rows[0]
     if origin is None:
         origin = float(calendar.timegm(_time.strptime(started_at, "%Y-%m-%dT%H:%M:%SZ")))
     kind = linktype or ("usbmon" if source == "usbmon" else "usbpcap")
@@ -301,8 +365,10 @@ def export(session: int, output: Path, linktype: str | None, force: bool, db: st
             for row in urb_rows:
                 urbs += 1
                 yield dict(zip(columns, row))
-        count = write(records(), cast(BinaryIO, stream), kind, origin)
-    click.echo(f"{output}: {count} {kind} records from {urbs} URBs of session {session}")
+        count = write(records(), cast(BinaryIO, stream), kind, origin,
+                      container_for(str(output), container), provenance(version, command_line))
+    click.echo(f"{output}: {count} {kind} records ({container_for(str(output), container)}) "
+               f"from {urbs} URBs of session {session}")
 
 
 def _session_id(value: int) -> int:
@@ -324,16 +390,25 @@ def _session_id(value: int) -> int:
 @click.option("--against", metavar="IMAGE", help="Host mode: the disk image the target starts "
               "from (a copy is used; default: blank, of the recorded capacity).")
 @click.option("--speed", type=float, default=None, help="Host mode: keep the recorded timing, "
-              "scaled (2 = twice as fast); default: as fast as possible.")
+              "scaled (2 = twice as fast), each command sent at its recorded offset / speed; "
+              "the report says how late they went out. Default: as fast as possible.")
 @click.option("--max-gap", type=float, default=None, metavar="SECONDS",
               help="With --speed: wait at most this long between commands.")
+@click.option("--device", metavar="usb:VID:PID[:SERIAL]",
+              help="Host mode: send the recorded host's commands to this real device "
+              "instead of the simulated stick.")
+@click.option("--allow-write", is_flag=True, help="With --device: let a recording that "
+              "writes do so to the device (refused otherwise, as for record).")
+@click.option("--usb-backend", default="libusb", show_default=True,
+              help="With --device: libusb, simulated, or one added through entry points.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Write the full report as JSON here ('-' for standard output).")
 @click.option("--force", is_flag=True, help="Replace the --json file if it exists.")
 @db_option
 @friendly
 def replay(source: str, mode: str, against: str | None, speed: float | None,
-           max_gap: float | None, json_path: Path | None, force: bool, db: str) -> None:
+           max_gap: float | None, device: str | None, allow_write: bool, usb_backend: str,
+           json_path: Path | None, force: bool, db: str) -> None:
     """Replay a capture file or a session (N or session:N); exit 0 if identical,
     1 on divergence, 2 on error, 130 if interrupted."""
     from usbtrace.outputs import atomic_output, check_output
@@ -349,7 +424,8 @@ def replay(source: str, mode: str, against: str | None, speed: float | None,
     if to_file:
         assert json_path is not None
         check_output(json_path, force, None, "--json", protected)
-    report = run(source, mode, against, speed, max_gap, db)
+    report = run(source, mode, against, speed, max_gap, db, device=device,
+                 usb_backend=usb_backend, allow_write=allow_write)
     click.echo(report.text())
     if json_path is not None and not to_file:
         click.echo(report.to_json())
@@ -471,10 +547,13 @@ def sessions(db: str, fmt: str) -> None:
     database = Database(db, create=False, readonly=True)
     columns, rows = database.query(
         "SELECT id, source, source_name, started_at, record_count, command_count, "
-        "dropped_count, malformed_count, state, writer_host, writer_pid FROM sessions "
-        "ORDER BY id")
-    shown = [(*row[:8], effective_state(row[8], row[9], row[10])) for row in rows]
-    emit(columns[:9], shown, fmt)
+        "dropped_count, malformed_count, state, usbtrace_version AS version, "
+        "command_line, writer_host, writer_pid FROM sessions ORDER BY id")
+    shown = [(*row[:8], effective_state(row[8], row[11], row[12]), *row[9:11])
+             for row in rows]
+    # the command line is long: the machine formats carry it, the table leaves it out
+    emit(columns[:11] if fmt != "table" else columns[:10],
+         shown if fmt != "table" else [r[:10] for r in shown], fmt)
 
 
 @main.command()
@@ -523,15 +602,58 @@ def upgrade(db: str) -> None:
 @format_option
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="SECONDS", help="Stop the query after this long.")
+@click.option("--param", "-p", "params", multiple=True, metavar="NAME=VALUE",
+              help="Bind :NAME in the SQL to VALUE (repeatable): a whole number binds as an "
+              "integer, a decimal number as a real, anything else as text.  Values are "
+              "bound, never pasted into the SQL.")
 @friendly
-def query(sql: str, db: str, fmt: str, timeout: float | None) -> None:
+def query(sql: str, db: str, fmt: str, timeout: float | None,
+          params: tuple[str, ...]) -> None:
     """Run one read-only SQL statement (writes, ATTACH and VACUUM are refused;
-    Ctrl-C or --timeout stop it)."""
+    Ctrl-C or --timeout stop it).
+
+    Example: usbtrace query "SELECT * FROM command_data WHERE session_id = :s" -p s=1"""
     from usbtrace.store.database import Database
 
+    bound = parse_params(params)
     database = Database(db, create=False, readonly=True)
-    with database.stream(sql, timeout=timeout) as (columns, rows):
+    with database.stream(sql, bound, timeout=timeout) as (columns, rows):
         emit(columns, rows, fmt)
+
+
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+_REAL = re.compile(r"^[+-]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+
+
+def parse_params(items: Iterable[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs as bound parameters.  Numbers bind as numbers so that
+    ``LIMIT :n`` and comparisons with integer columns work as typed."""
+    bound: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not _PARAM_NAME.match(name):
+            raise UsbtraceError(f"--param {item!r}: give NAME=VALUE, NAME a letter or _ "
+                                "then letters, digits or _ (used in the SQL as :NAME)")
+        if name in bound:
+            raise UsbtraceError(f"--param {name} given twice")
+        if _INTEGER.match(value) and -(1 << 63) <= int(value) < 1 << 63:
+            bound[name] = int(value)
+        elif _REAL.match(value):
+            bound[name] = float(value)
+        else:
+            bound[name] = value
+    return bound
+
+
+@main.command()
+@friendly
+def schema() -> None:
+    """Print the database's tables and views, with what they hold, as SQL
+    (the same text as schemas/usbtrace.sql)."""
+    from usbtrace.store.ddl import render
+
+    click.echo(render(), nl=False)
 
 
 # ---- output -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ CLI and the pytest fixtures call it.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from usbtrace.machine import Machine
 from usbtrace.store.database import Database, is_url
 from usbtrace.store.writer import Recorder, SessionWriter, now_iso
 from usbtrace.workloads import WRITING, WorkloadResult, get
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -105,6 +108,7 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
         name = options.image or f"memory:{options.size}"
     clock = "wall" if hardware else "virtual"
     session_id = database.new_session(source, name, now_iso(), clock)
+    logger.info("recording session %d: workload '%s' on %s", session_id, options.workload, name)
     recorder = Recorder(SessionWriter(database, session_id), capacity=options.queue,
                         lossy=options.lossy)
     t0 = time.perf_counter()

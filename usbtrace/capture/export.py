@@ -1,4 +1,5 @@
-"""Sessions back out as pcapng that Wireshark opens: USBPcap (249) or usbmon (220).
+"""Sessions back out as pcapng (or classic pcap) that Wireshark opens: USBPcap (249)
+or usbmon (220).
 
 Each ``urbs`` row becomes its submission and completion records, written in
 time order.  A live session exported as USBPcap carries the tracer's IRP ids,
@@ -10,11 +11,11 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 from usbtrace.capture import usbpcap
-from usbtrace.capture.pcap import PcapngWriter
+from usbtrace.capture.pcap import PcapngWriter, PcapWriter
 from usbtrace.capture.usbmon import LINKTYPE_USB_LINUX_MMAPPED
 from usbtrace.records import COMPLETE, CONTROL, SUBMIT, TRANSFER_TYPE_NAMES, Event
 from usbtrace.usb import urb as U
@@ -111,10 +112,43 @@ def encode_usbpcap(event: Event) -> list[bytes]:
     return records
 
 
+CONTAINERS = ("pcap", "pcapng")
+
+
+def container_for(path: str, chosen: str | None = None) -> str:
+    """``chosen`` when given, else what the file name says: ``.pcap`` is classic pcap,
+    anything else pcapng (it carries more: the application, nanosecond resolution)."""
+    if chosen is not None:
+        return chosen
+    return "pcap" if path.lower().endswith(".pcap") else "pcapng"
+
+
+COMMAND_LINE_COMMENT = "usbtrace session command line: "
+
+
+def provenance(version: str | None, command_line: str | None) -> list[str]:
+    """The pcapng section comments that say what made a session: Wireshark shows
+    them (Statistics > Capture File Properties), the pytest plugin re-records from them."""
+    comments = [f"made by usbtrace {version}"] if version else []
+    if command_line:
+        comments.append(COMMAND_LINE_COMMENT + command_line)
+    return comments
+
+
+def recorded_command_line(comments: Iterable[str]) -> str | None:
+    for comment in comments:
+        if comment.startswith(COMMAND_LINE_COMMENT):
+            return comment[len(COMMAND_LINE_COMMENT):]
+    return None
+
+
 def export(rows: Iterable[dict[str, Any]], stream: BinaryIO, linktype: str,
-           origin: float) -> int:
-    """Write ``rows`` as pcapng with ``linktype`` ('usbpcap' or 'usbmon'); returns records."""
-    writer = PcapngWriter(stream, LINKTYPES[linktype])
+           origin: float, container: str = "pcapng", comments: Sequence[str] = ()) -> int:
+    """Write ``rows`` as ``container`` ('pcapng' or 'pcap') with ``linktype`` ('usbpcap'
+    or 'usbmon'), ``comments`` in pcapng's section header; returns the records written."""
+    writer: PcapngWriter | PcapWriter = PcapWriter(stream, LINKTYPES[linktype]) \
+        if container == "pcap" else PcapngWriter(stream, LINKTYPES[linktype],
+                                                 comments=comments)
     count = 0
     for event in events_of(rows):
         ts_ns = int(round((origin + event.ts) * 1e9))

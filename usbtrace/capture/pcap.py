@@ -24,14 +24,15 @@ obsolete Packet Block, which also say where the loss was (before that packet).
 
 from __future__ import annotations
 
+import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from construct import Bytes, Int16ul, Int32sl, Int32ul, Struct
 
-from usbtrace.errors import CaptureFormatError
+from usbtrace.errors import CaptureFormatError, InputError
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -501,9 +502,11 @@ def _tsresol(options: bytes, order: str) -> float | None:
 class PcapngWriter:
     """A pcapng file with one section and one interface (nanosecond timestamps)."""
 
-    def __init__(self, stream: BinaryIO, linktype: int, application: str = "usbtrace") -> None:
+    def __init__(self, stream: BinaryIO, linktype: int, application: str = "usbtrace",
+                 comments: Sequence[str] = ()) -> None:
         self.stream = stream
-        shb_options = _option(4, application.encode()) + _option(0, b"")
+        shb_options = b"".join(_option(1, c.encode()) for c in comments) + \
+            _option(4, application.encode()) + _option(0, b"")
         body = struct.pack("<IHHq", PCAPNG_BYTE_ORDER, 1, 0, -1) + shb_options
         self._block(PCAPNG_SHB, body)
         idb_options = _option(OPT_IF_TSRESOL, bytes([9])) + _option(0, b"")
@@ -523,3 +526,53 @@ class PcapngWriter:
 
 def _option(code: int, value: bytes) -> bytes:
     return struct.pack("<HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+class PcapWriter:
+    """A classic pcap file: one link type, nanosecond timestamps (magic ``a1b23c4d``),
+    for tools that read no pcapng.  The same ``write`` as ``PcapngWriter``."""
+
+    # the largest record Wireshark takes for the USB link types (128 MiB); libpcap
+    # clamps a larger snapshot length to its own maximum and reads on
+    SNAPLEN = 128 << 20
+
+    def __init__(self, stream: BinaryIO, linktype: int) -> None:
+        self.stream = stream
+        stream.write(struct.pack("<IHHiIII", PCAP_MAGIC_NS, 2, 4, 0, 0, self.SNAPLEN,
+                                 linktype))
+
+    def write(self, ts_ns: int, data: bytes, original_length: int | None = None) -> None:
+        original = len(data) if original_length is None else original_length
+        sec, nsec = divmod(ts_ns, 1_000_000_000)
+        if not 0 <= sec < 1 << 32:
+            raise InputError(f"a record at {sec} s since 1970 does not fit classic pcap's "
+                             "32-bit seconds; write pcapng (--format pcapng)")
+        self.stream.write(struct.pack("<IIII", sec, nsec, len(data), original) + data)
+
+
+def pcapng_header(path: str | os.PathLike[str]) -> tuple[list[str], int | None]:
+    """The first section's comments and first interface's link type of a pcapng
+    file (([], None) for classic pcap or anything else): where ``export`` says which
+    session and command made a capture."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if len(head) < 28 or struct.unpack("<I", head[:4])[0] != PCAPNG_SHB:
+        return [], None
+    order = "<" if struct.unpack("<I", head[8:12])[0] == PCAPNG_BYTE_ORDER else ">"
+    length = struct.unpack(order + "I", head[4:8])[0]
+    if not 28 <= length <= len(head):
+        return [], None
+    comments = []
+    pos, end = 24, length - 4
+    while pos + 4 <= end:
+        code, size = struct.unpack(order + "HH", head[pos:pos + 4])
+        if code == 0:
+            break
+        if code == 1:
+            comments.append(head[pos + 4:pos + 4 + size].decode("utf-8", "replace"))
+        pos += 4 + size + (-size % 4)
+    linktype = None
+    if length + 10 <= len(head) and struct.unpack(order + "I", head[length:length + 4])[0] \
+            == BT_IDB:
+        linktype = struct.unpack(order + "H", head[length + 8:length + 10])[0]
+    return comments, linktype

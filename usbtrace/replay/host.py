@@ -15,8 +15,6 @@ shows as a divergence at the CSW).
 
 from __future__ import annotations
 
-import time
-
 from construct import ConstructError
 
 from usbtrace.devices.base import DeviceBackend, read_configuration
@@ -24,13 +22,13 @@ from usbtrace.errors import DeviceError
 from usbtrace.replay.device import MAX_UNRECORDED
 from usbtrace.replay.recording import Recording
 from usbtrace.replay.report import Divergence, Report, describe, first_difference
+from usbtrace.replay.timing import Clock, Schedule
 from usbtrace.storage import bot
 from usbtrace.usb import descriptors as d
 from usbtrace.usb import setup as std
 from usbtrace.usb.urb import USBD_STATUS_STALL_PID, USBD_STATUS_SUCCESS
 
 STATUS_CODES = {"good": 0, "check_condition": 1, "phase_error": 2}
-MAX_SLEEP = 3600.0  # seconds: the longest wait between two commands
 
 
 def _endpoints(target: DeviceBackend) -> tuple[int, int, int]:
@@ -56,22 +54,21 @@ def _endpoints(target: DeviceBackend) -> tuple[int, int, int]:
 
 
 def replay_host(recording: Recording, target: DeviceBackend, report: Report,
-                speed: float | None = None, max_gap: float | None = None) -> None:
+                speed: float | None = None, max_gap: float | None = None,
+                clock: Clock | None = None) -> None:
+    """Send each recorded command to ``target`` and compare its answers.  With
+    ``speed``, each goes out at its recorded offset / speed from the first (see
+    ``usbtrace.replay.timing``), and ``report.timing`` says how well that was kept."""
     interface, in_ep, out_ep = _endpoints(target)
-    previous: float | None = None
+    schedule = Schedule(speed, max_gap, clock) if speed else None
+    if schedule is not None:
+        report.timing = schedule.timing
     for index, cmd in enumerate(recording.commands(), 1):
-        if speed:
-            at = cmd.submitted_at or 0.0
-            if previous is not None and at > previous:
-                gap = (at - previous) / speed
-                if max_gap is not None:
-                    gap = min(gap, max_gap)
-                if not gap <= MAX_SLEEP:  # a malformed timestamp (or NaN): not a hang
-                    report.note(f"command {index}: a gap of {gap:g} s in the recorded "
-                                f"timing was cut to {MAX_SLEEP} s")
-                    gap = MAX_SLEEP
-                time.sleep(gap)
-            previous = at
+        if schedule is not None:
+            schedule.wait(cmd.submitted_at, index)
+            while schedule.notes:  # a malformed timestamp (or NaN): not a hang
+                report.note(schedule.notes.pop(0))
+
         def diverge(field: str, expected: object, actual: object, note: str = "",
                     offset: int | None = None, index: int = index, cmd: object = cmd) -> None:
             report.add(Divergence(index, describe(cmd), field, expected, actual, note, offset))

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from usbtrace.replay.timing import Timing
+
 KEPT = 1000  # divergences kept in full
 NOTES_KEPT = 100
 
@@ -54,6 +56,7 @@ class Report:
     urbs: int = 0
     seconds: float = 0.0
     divergence_count: int = 0  # all of them; ``divergences`` keeps the first KEPT
+    timing: Timing | None = None  # with --speed: how well the recorded timing was kept
 
     @property
     def identical(self) -> bool:
@@ -79,6 +82,8 @@ class Report:
         lines = [f"replay of {self.source} ({self.mode} mode): {verdict}",
                  f"  commands replayed {self.replayed} of {self.commands}, "
                  f"{self.compared_bytes} data bytes compared, {self.urbs} URBs"]
+        if self.timing is not None:
+            lines.append(f"  {self.timing.text()}")
         lines += [f"  note: {n}" for n in self.notes]
         if self.divergences:
             lines.append("first divergence:")
@@ -98,6 +103,7 @@ class Report:
             "divergence_count": self.divergence_count,
             "divergences": [{k: (_show(v, 4096) if isinstance(v, (bytes, bytearray)) else v)
                              for k, v in asdict(d).items()} for d in self.divergences],
+            "timing": self.timing.to_dict() if self.timing is not None else None,
         }
         return json.dumps(body, indent=1)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
 
+from usbtrace.devices.base import DeviceBackend
 from usbtrace.devices.image import DiskImage, parse_size
 from usbtrace.devices.simulated import SimulatedStick
 from usbtrace.errors import InputError
@@ -13,7 +15,9 @@ from usbtrace.replay.device import replay_device
 from usbtrace.replay.host import replay_host
 from usbtrace.replay.recording import Recording, load_capture, load_session
 from usbtrace.replay.report import Report
+from usbtrace.replay.timing import Clock
 
+logger = logging.getLogger(__name__)
 MAX_SESSION = (1 << 63) - 1  # session ids are signed 64-bit integers
 
 
@@ -77,11 +81,51 @@ def check_options(mode: str, speed: float | None, max_gap: float | None) -> None
         raise InputError(f"--max-gap must be 0 or more seconds, not {max_gap}")
 
 
+def writing_commands(recording: Recording) -> tuple[int, str | None]:
+    """How many recorded commands a read-only device would refuse (they write, or change
+    the device's state), and the first one's name: a replay to real hardware needs
+    ``--allow-write`` for them, as ``record`` does for a writing workload."""
+    from usbtrace.devices.hardware import read_only_cdb
+
+    count, first = 0, None
+    for cmd in recording.commands():
+        if not read_only_cdb(bytes(cmd.cdb)) or (cmd.data_direction == "out"
+                                                 and cmd.expected_length):
+            count += 1
+            first = first or cmd.info.name
+    return count, first
+
+
+def hardware_target(recording: Recording, device: str, usb_backend: str,
+                    allow_write: bool) -> DeviceBackend:
+    """The real device a host replay sends to, under ``record``'s write safety: refused
+    before anything is sent when the recording writes and ``allow_write`` is not given,
+    and read-only at the transfer level (``HardwareDevice``) all the same."""
+    from usbtrace.recording import RecordOptions, open_hardware
+
+    writes, first = writing_commands(recording)
+    if writes and not allow_write:
+        raise InputError(f"the recording has {writes} command(s) that write to the device or "
+                         f"change it (the first: {first}); pass --allow-write if nothing on "
+                         "it matters (see README: real hardware)")
+    logger.info("host replay to %s (%s): %d writing commands", device, usb_backend, writes)
+    return open_hardware(RecordOptions(device=device, usb_backend=usb_backend,
+                                       allow_write=allow_write))
+
+
 def replay(source: str, mode: str = "device", against: str | None = None,
            speed: float | None = None, max_gap: float | None = None,
-           db: str | None = None) -> Report:
+           db: str | None = None, clock: Clock | None = None, device: str | None = None,
+           usb_backend: str = "libusb", allow_write: bool = False) -> Report:
     check_options(mode, speed, max_gap)
+    if device is not None and mode != "host":
+        raise InputError("--device replays the recorded host to a real device: it needs "
+                         "--mode host")
+    if device is not None and against is not None:
+        raise InputError("--against is the simulated target's image; a --device has its own "
+                         "medium: give one of them")
     recording = load(source, db)
+    logger.info("replaying %s in %s mode: %d commands", source, mode, recording.count)
     report = Report(source, mode, commands=recording.count)
     for note in recording.notes:
         report.note(note)
@@ -89,11 +133,13 @@ def replay(source: str, mode: str = "device", against: str | None = None,
     if mode == "device":
         replay_device(recording, report)
     else:
-        image = target_image(recording, against)
-        stick = SimulatedStick(image, speed="high")
+        target = hardware_target(recording, device, usb_backend, allow_write) if device \
+            else SimulatedStick(target_image(recording, against), speed="high")
         try:
-            replay_host(recording, stick, report, speed, max_gap)
+            replay_host(recording, target, report, speed, max_gap, clock)
         finally:
-            stick.close()
+            target.close()
     report.seconds = time.perf_counter() - t0
+    logger.info("replay done in %.3f s: %s", report.seconds,
+                "identical" if report.identical else "diverged")
     return report

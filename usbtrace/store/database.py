@@ -14,14 +14,19 @@ deadline and Ctrl-C checked from SQLite's progress handler.
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
 import os
 import re
+import shlex
 import signal
 import socket
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +40,19 @@ from usbtrace.errors import DatabaseError
 from usbtrace.store.schema import (
     PUBLIC_TABLES,
     SCHEMA_VERSION,
+    VIEWS,
     Base,
     FileActivityRow,
     GapRow,
     Meta,
     ScsiCommandRow,
     SessionRow,
+    create_view_sql,
 )
 
 _URL = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
 HOST = socket.gethostname()[:255]
+logger = logging.getLogger(__name__)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
@@ -76,6 +84,29 @@ def _read_only_authorizer(action: int, arg1: str | None, arg2: str | None, db: s
             and arg2 is None:
         return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_DENY
+
+
+# The arguments of the usbtrace command being run, set by the command line for the
+# length of one command: a library caller (a notebook, the pytest plugin) has none.
+COMMAND_ARGS: ContextVar[tuple[str, ...] | None] = ContextVar("usbtrace_command_args",
+                                                              default=None)
+
+
+def usbtrace_version() -> str | None:
+    """The installed release, as ``pip`` knows it (None when run from a bare tree)."""
+    try:
+        return importlib.metadata.version("usbtrace")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def current_command_line() -> str:
+    """``usbtrace ARGS...`` when a usbtrace command runs, else the process's own
+    command line; shell-quoted, so ``shlex.split`` gives the arguments back."""
+    args = COMMAND_ARGS.get()
+    if args is not None:
+        return shlex.join(["usbtrace", *args])
+    return shlex.join(sys.argv)
 
 
 def is_url(target: str) -> bool:
@@ -164,6 +195,8 @@ class Database:
             elif version != SCHEMA_VERSION:
                 raise DatabaseError(f"{self.display}: schema version {version}, this usbtrace "
                                     f"reads version {SCHEMA_VERSION}")
+            elif not self.readonly:
+                self._create_missing_views()
             return
         if names:
             raise DatabaseError(f"{self.display}: not a usbtrace database "
@@ -176,7 +209,8 @@ class Database:
 
     def _upgrade_from_1(self) -> None:
         """Schema 1 -> 2: a session state instead of a ``complete`` flag, the writer's
-        identity, the ``gaps`` table and the index ``log`` needs.  One transaction."""
+        identity, the release and command line (NULL for old sessions), the ``gaps``
+        table and the index ``log`` needs, in one transaction; then the views."""
         with self.engine.begin() as conn:
             conn.execute(text("ALTER TABLE sessions ADD COLUMN state VARCHAR(12) NOT NULL "
                               "DEFAULT 'running'"))
@@ -185,6 +219,8 @@ class Database:
             conn.execute(text("ALTER TABLE sessions DROP COLUMN complete"))
             conn.execute(text("ALTER TABLE sessions ADD COLUMN writer_host VARCHAR(255)"))
             conn.execute(text("ALTER TABLE sessions ADD COLUMN writer_pid INTEGER"))
+            conn.execute(text("ALTER TABLE sessions ADD COLUMN usbtrace_version VARCHAR(40)"))
+            conn.execute(text("ALTER TABLE sessions ADD COLUMN command_line TEXT"))
             GapRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
             for row in (FileActivityRow, ScsiCommandRow):
                 for index in row.__table__.indexes:  # type: ignore[attr-defined]
@@ -192,6 +228,16 @@ class Database:
                     index.create(conn, checkfirst=True)
             conn.execute(sql_update(Meta).where(Meta.key == "schema_version")
                          .values(value=str(SCHEMA_VERSION)))
+        self._create_missing_views()
+
+    def _create_missing_views(self) -> None:
+        """The documented views, in a database made before they existed (a writer adds
+        them; a reader cannot, and the tables are all there)."""
+        with self.engine.begin() as conn:
+            present = set(inspect(conn).get_view_names())
+            for name in VIEWS:
+                if name not in present:
+                    conn.execute(text(create_view_sql(name)))
 
     def _close_dead_sessions(self) -> None:
         """Sessions left ``running`` by a writer on this host that no longer lives
@@ -207,14 +253,22 @@ class Database:
                         state="interrupted", notes="; ".join(n for n in (notes, why) if n)))
 
     def new_session(self, source: str, source_name: str, started_at: str, clock: str,
-                    linktype: int | None = None, file_sha256: str | None = None) -> int:
+                    linktype: int | None = None, file_sha256: str | None = None,
+                    command_line: str | None = None) -> int:
+        """A ``running`` session owned by this process.  It records this usbtrace's
+        version and the command line that made it (``command_line``, else the
+        current one) so that a session can be traced to, and remade by, its command."""
         with self.engine.begin() as conn:
             result = conn.execute(insert(SessionRow).values(
                 source=source, source_name=source_name, started_at=started_at, clock=clock,
                 linktype=linktype, file_sha256=file_sha256, record_count=0, dropped_count=0,
                 malformed_count=0, command_count=0, state="running", writer_host=HOST,
-                writer_pid=os.getpid()))
-            return int(result.inserted_primary_key[0])  # type: ignore[index]
+                writer_pid=os.getpid(), usbtrace_version=usbtrace_version(),
+                command_line=command_line if command_line is not None
+                else current_command_line()))
+            session_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+        logger.info("session %d: %s %s", session_id, source, source_name)
+        return session_id
 
     def end_session(self, session_id: int, state: str, note: str | None = None) -> None:
         """Give a session its final state, keeping what it already holds."""
@@ -423,6 +477,9 @@ def _query_error(e: BaseException, stop: dict[str, bool], timeout: float | None
     if stop["timed_out"]:
         return DatabaseError(f"query stopped after {timeout:g} s (--timeout)")
     message = str(e)
+    missing = re.match(r"no such table: (\w+)", message)
+    if missing and missing.group(1) in VIEWS:
+        message += " (a view newer than this database: 'usbtrace upgrade' adds it)"
     if "not authorized" in message or "authorization denied" in message:
         message += ": usbtrace query is read-only (no writes, ATTACH, VACUUM or PRAGMA "
         message += "assignments)"

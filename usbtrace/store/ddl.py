@@ -6,10 +6,12 @@ when the models and the file disagree.
 
 from __future__ import annotations
 
+import textwrap
+
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from usbtrace.store.schema import SCHEMA_VERSION, Base
+from usbtrace.store.schema import SCHEMA_VERSION, VIEWS, Base, create_view_sql
 
 
 def render() -> str:
@@ -27,6 +29,12 @@ def render() -> str:
         parts.append(str(CreateTable(table).compile(dialect=dialect)).strip() + ";")
         for index in sorted(table.indexes, key=lambda i: i.name or ""):
             parts.append(str(CreateIndex(index).compile(dialect=dialect)).strip() + ";")
+        parts.append("")
+    parts.append("-- Views: the joins used most, ready to query.")
+    parts.append("")
+    for name, (doc, _) in VIEWS.items():
+        parts.extend(f"-- {line}" for line in textwrap.wrap(doc, 86))
+        parts.append(create_view_sql(name) + ";")
         parts.append("")
     return "\n".join(parts)
 

@@ -10,6 +10,12 @@ models and tested to match):
 * ``scsi_commands``: every Bulk-Only command: CBW, data and CSW joined;
 * ``devices``: what descriptors said about each device.
 
+Views for the joins users write most (``VIEWS``, created with the tables):
+
+* ``command_data``: a Bulk-Only command with each of its data URBs;
+* ``io_chain``: an upper READ/WRITE with its SRB IRPs and their URBs;
+* ``file_activity_commands``: file activity with the command that moved it.
+
 IRP ids are text (``0xffffa00000002900``): kernel addresses and usbmon URB
 ids do not fit a signed 64-bit integer.  ``irps.seq`` and ``urbs.seq`` share one
 numbering within a session, so an URB joins its IRP pass on (session_id, seq),
@@ -21,6 +27,8 @@ not fit PostgreSQL's signed INTEGER.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -31,6 +39,8 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    event,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -72,6 +82,10 @@ class SessionRow(Base):
     # who writes a running session: a reader tells a live writer from a dead one
     writer_host: Mapped[str | None] = mapped_column(String(255))
     writer_pid: Mapped[int | None] = mapped_column(Integer)
+    # what made the session: the usbtrace release and the command line (shell-quoted),
+    # so a recording can be made again the same way
+    usbtrace_version: Mapped[str | None] = mapped_column(String(40))
+    command_line: Mapped[str | None] = mapped_column(Text)
 
 
 class IrpRow(Base):
@@ -201,3 +215,61 @@ class GapRow(Base):
 
 PUBLIC_TABLES = ("sessions", "irps", "urbs", "scsi_commands", "devices", "file_activity",
                  "gaps")
+
+
+# name -> (what it is, its SELECT).  Portable SQL (SQLite and PostgreSQL); created after
+# the tables by ``create_all`` and by the upgrade, rendered into ``schemas/usbtrace.sql``.
+VIEWS: dict[str, tuple[str, str]] = {
+    "command_data": (
+        "A SCSI command with each of its data URBs (Bulk-Only: the bulk URBs of its device "
+        "in the data direction between its CBW and CSW); a command without data has one "
+        "row with the URB columns NULL.",
+        """SELECT c.session_id, c.seq AS command_seq, c.bus, c.device, c.lun, c.tag,
+       c.name AS command, c.lba, c.blocks, c.data_direction, c.data_length,
+       c.status AS command_status, c.submitted_at, c.completed_at,
+       u.seq AS urb_seq, u.endpoint, u.status AS urb_status,
+       u.requested_length, u.actual_length, u.captured_length, u.truncated, u.data
+FROM scsi_commands c
+LEFT JOIN urbs u ON u.session_id = c.session_id
+ AND u.seq > c.cbw_seq AND u.seq < coalesce(c.csw_seq, c.cbw_seq + 1000000)
+ AND u.bus IS NOT DISTINCT FROM c.bus AND u.device IS NOT DISTINCT FROM c.device
+ AND u.transfer_type = 'bulk' AND u.direction = c.data_direction"""),
+    "io_chain": (
+        "An upper READ or WRITE (above disk) with each pass of its SRB IRPs through the "
+        "lower position and the URB of that pass: one row per URB.",
+        """SELECT r.session_id, r.seq AS request_seq, r.irp_id AS request_irp, r.major,
+       r.offset, r.length, r.status AS request_status,
+       r.submitted_at AS request_submitted_at, r.completed_at AS request_completed_at,
+       s.seq AS srb_seq, s.irp_id AS srb_irp, s.status AS srb_status,
+       u.seq AS urb_seq, u.bus, u.device, u.endpoint, u.transfer_type, u.direction,
+       u.actual_length, u.status AS urb_status
+FROM irps r
+JOIN irps s ON s.session_id = r.session_id AND s.parent_irp_id = r.irp_id
+ AND s.position = 'lower' AND s.seq > r.seq
+ AND NOT EXISTS (SELECT 1 FROM irps r2 WHERE r2.session_id = r.session_id
+                 AND r2.irp_id = r.irp_id AND r2.position = 'upper'
+                 AND r2.seq > r.seq AND r2.seq < s.seq)
+JOIN urbs u ON u.session_id = s.session_id AND u.seq = s.seq
+WHERE r.position = 'upper' AND r.major IN ('read', 'write')"""),
+    "file_activity_commands": (
+        "File activity (file data, metadata, file events) with the SCSI command whose "
+        "blocks it was.",
+        """SELECT f.session_id, f.id AS activity_id, f.path, f.operation, f.kind,
+       f.file_offset, f.length, f.lba AS activity_lba, f.command_offset, f.detail,
+       c.seq AS command_seq, c.bus, c.device, c.lun, c.name AS command, c.lba, c.blocks,
+       c.status AS command_status, c.submitted_at, c.completed_at
+FROM file_activity f
+JOIN scsi_commands c ON c.session_id = f.session_id AND c.seq = f.scsi_seq"""),
+}
+
+
+def create_view_sql(name: str) -> str:
+    return f"CREATE VIEW {name} AS\n{VIEWS[name][1]}"
+
+
+def _create_views(target: object, connection: Any, **kw: Any) -> None:
+    for name in VIEWS:
+        connection.execute(text(create_view_sql(name)))
+
+
+event.listen(Base.metadata, "after_create", _create_views)
