@@ -44,6 +44,10 @@ from usbtrace.fs.layouts import FAT_PARTITION_TYPES, exfat_entry_set_checksum, l
 from usbtrace.fs.partitions import GPT_PARTITION, DiskLayout
 
 WINDOW = 4096  # commands a row waits for the metadata that explains it
+# rows of clusters with no known owner kept past the window, until metadata names the
+# owner (a big file's data comes long before its FAT and directory entry): about 1 GiB
+# of 4 KiB clusters; past that the oldest go out unresolved, with a note
+MAX_PARKED = 1 << 18
 SECTOR = 512
 READS = {0x08, 0x28, 0xA8, 0x88}
 WRITES = {0x0A, 0x2A, 0xAA, 0x8A}
@@ -191,6 +195,10 @@ class Volume:
         self._blocked: dict[Node, set[Node]] = {}
         self._stale_fat: set[int] = set()
         self._dirty = True  # the directories changed: check the claims
+        # clusters given an owner since the attributor last asked (rows parked on them
+        # can be resolved), and whether the contiguous runs were rebuilt
+        self._newly_owned: list[int] = []
+        self._runs_changed = False
 
     def note(self, text: str) -> None:
         """Keep a note once; a bounded number of them."""
@@ -358,7 +366,10 @@ class Volume:
                     spans.append((span[0], span[1], rank, node))
             else:
                 self._walk(node, heap)
-        self._runs = _disjoint(spans)
+        runs = _disjoint(spans)
+        if runs != self._runs:
+            self._runs_changed = True
+        self._runs = runs
         self._run_starts = [run[0] for run in self._runs]
 
     def _claim(self, node: Node, cluster: int, index: int,
@@ -373,6 +384,7 @@ class Volume:
                 return False  # cross-linked: the rest of the chain is a later entry's
             self._evict(other, heap)
         self._owners[cluster] = (node, index)
+        self._newly_owned.append(cluster)  # one per walk step: bounded by the walk's work
         return True
 
     def _walk(self, node: Node, heap: list[tuple[int, int, Node]],
@@ -475,6 +487,15 @@ class Volume:
             if cluster < end:
                 return node, cluster - first
         return None
+
+    def newly_owned(self) -> tuple[list[int], bool]:
+        """The clusters that took an owner since the last call, and whether contiguous
+        runs changed (then any cluster may have): rows waiting for an owner look here
+        rather than at every cluster they wait on."""
+        self._rebuild()
+        claimed, self._newly_owned = self._newly_owned, []
+        runs, self._runs_changed = self._runs_changed, False
+        return claimed, runs
 
     def metadata_label(self, cluster: int) -> str | None:
         for first, (end, label) in self.metadata.items():
@@ -684,6 +705,12 @@ class Attributor:
         self._created: dict[int, list[list[Any]]] = {}
         self._deleted: dict[int, list[list[Any]]] = {}
         self._created_at: dict[Node, tuple[int, list[Any]]] = {}
+        # rows that left the window with no owner for their cluster, by (volume, cluster),
+        # and in the order they were parked (the oldest goes first when there are too many)
+        self._parked: dict[tuple[int, int], list[Activity]] = {}
+        self._parked_order: deque[tuple[tuple[int, int], Activity]] = deque()
+        self._parked_count = 0
+        self._volume_by_id: dict[int, Volume] = {}
 
     def notes(self) -> list[str]:
         """What the shadow volumes could not read as their spec says, for the session."""
@@ -712,6 +739,7 @@ class Attributor:
         self._access(seq, lba, blocks, data, write)
         for volume in self._changed:
             self._resolve_pending(volume)
+            self._resolve_parked(volume)
         return self._release()
 
     def warm(self, commands: Iterable[tuple[int, int, int | None, int | None, bytes, str]]
@@ -725,7 +753,14 @@ class Attributor:
     def flush(self) -> list[Activity]:
         out: list[Activity] = []
         while self._queue:
-            self._append(out, self._final(*self._queue.popleft()))
+            self._finish(out, self._queue.popleft())
+        for key, row in self._parked_order:
+            if row.kind == "unallocated":
+                self._append(out, self._give_up(key, row, "no metadata named its owner by "
+                                                "the end of the capture"))
+        self._parked.clear()
+        self._parked_order.clear()
+        self._parked_count = 0
         self._unowned.clear()
         self._created.clear()
         self._deleted.clear()
@@ -737,8 +772,83 @@ class Attributor:
         queue = self._queue
         limit = self._seq - self.window
         while queue and queue[0][0] <= limit:
-            self._append(out, self._final(*queue.popleft()))
+            self._finish(out, queue.popleft())
+        while self._parked_count > MAX_PARKED:
+            key, row = self._parked_order.popleft()
+            if row.kind != "unallocated":
+                continue  # resolved since
+            self._unpark(key, row)
+            self._note(f"more than {MAX_PARKED} writes waited for the metadata naming "
+                       "their owner; the oldest were logged unresolved (their detail says so)")
+            self._append(out, self._give_up(key, row, f"its owner was not known after "
+                                            f"{MAX_PARKED} further rows waited; not resolved"))
         return out
+
+    def _finish(self, out: list[Activity], entry: list[Any]) -> None:
+        """Make a row final, or park it when its cluster still has no owner."""
+        row, pending = entry[1], entry[2]
+        if row.kind == "unallocated" and isinstance(pending, tuple):
+            volume, cluster = pending
+            self._unowned.pop((id(volume), cluster), None)
+            if volume.owner(cluster) is None and volume.metadata_label(cluster) is None:
+                key = (id(volume), cluster)
+                self._volume_by_id[id(volume)] = volume
+                self._parked.setdefault(key, []).append(row)
+                self._parked_order.append((key, row))
+                self._parked_count += 1
+                return
+        self._append(out, self._final(*entry))
+
+    def _unpark(self, key: tuple[int, int], row: Activity) -> None:
+        rows = self._parked.get(key)
+        if rows is not None:
+            rows[:] = [r for r in rows if r is not row]
+            if not rows:
+                del self._parked[key]
+        self._parked_count -= 1
+
+    def _give_up(self, key: tuple[int, int], row: Activity, why: str) -> Activity:
+        """A parked row goes out with what is known: free or allocated to no one seen."""
+        volume = self._volume_by_id.get(key[0])
+        fat = volume.fat_entry(key[1]) if volume is not None else None
+        row.kind = "unallocated" if fat == 0 else "unknown"
+        row.file_offset = None
+        state = "free in the FAT seen" if fat == 0 else "not free in the FAT seen" \
+            if fat is not None else "its FAT entry was not seen"
+        row.detail = f"cluster {key[1]} ({state}): {why}"
+        return row
+
+    def _resolve_parked(self, volume: Volume) -> None:
+        """Parked rows of clusters that just took an owner go back into the window, so
+        that a write is still clipped at the size the file's entry reaches."""
+        claimed, runs = volume.newly_owned()
+        if not self._parked:
+            return
+        vid = id(volume)
+        if runs:
+            keys = [k for k in self._parked if k[0] == vid]
+        else:
+            keys = [(vid, c) for c in claimed if (vid, c) in self._parked]
+        for key in keys:
+            owner = volume.owner(key[1])
+            if owner is None or key not in self._parked:
+                continue
+            node, index = owner
+            rows = self._parked.pop(key)
+            self._parked_count -= len(rows)
+            for row in rows:
+                row.path = node.path
+                if node.is_dir:
+                    row.kind, row.file_offset = "directory", None
+                    pending: Node | None = None
+                else:
+                    row.kind = "data"
+                    row.file_offset = index * volume.cluster_bytes + (row.file_offset or 0)
+                    pending = node
+                self._queue.append([self._seq, row, pending])
+        order = self._parked_order
+        if len(order) > 2 * self._parked_count + 4096:  # drop the resolved: amortised O(1)
+            self._parked_order = deque((k, r) for k, r in order if r.kind == "unallocated")
 
     @staticmethod
     def _append(out: list[Activity], row: Activity) -> None:
