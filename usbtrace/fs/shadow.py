@@ -740,6 +740,8 @@ class Attributor:
         for volume in self._changed:
             self._resolve_pending(volume)
             self._resolve_parked(volume)
+            if self._deleted:
+                self._forget_freed(volume)
         return self._release()
 
     def warm(self, commands: Iterable[tuple[int, int, int | None, int | None, bytes, str]]
@@ -1307,7 +1309,7 @@ class Attributor:
         if row.operation == "deleted":
             other = _take(self._created, cluster, "created", lambda o: (
                 o is not node and not o.deleted and o.successor is None and
-                o.is_dir == node.is_dir))
+                o.is_dir == node.is_dir and self._same_data(node, o)))
             if other is None:
                 if cluster >= 2 and node.successor is None:
                     self._deleted.setdefault(cluster, []).append(entry)
@@ -1316,7 +1318,8 @@ class Attributor:
             old, new, old_node, new_node = row, other[1], node, other[2]
         else:
             other = _take(self._deleted, cluster, "deleted", lambda o: (
-                o is not node and o.successor is None and o.is_dir == node.is_dir))
+                o is not node and o.successor is None and o.is_dir == node.is_dir and
+                self._same_data(o, node)))
             if other is None:
                 self._created_at[node] = (cluster, entry)
                 if cluster >= 2:
@@ -1332,6 +1335,34 @@ class Attributor:
         kept.path = new.path
         kept.length = new_node.size
         row.kind = "merged"  # dropped when final
+
+    def _volume_of(self, node: Node) -> Volume | None:
+        """The volume whose root ``node`` hangs from (nesting is bounded by MAX_DEPTH)."""
+        root = node
+        for _ in range(MAX_DEPTH + 2):
+            if root.parent is None:
+                break
+            root = root.parent
+        return next((v for v in self.volumes if v.root is root), None)
+
+    def _same_data(self, old: Node, new: Node) -> bool:
+        """Whether a deleted entry and a created one can be one file renamed or moved: a
+        rename changes directory entries alone, so the first cluster is never free in the
+        FAT (the size may change: a file can be written to once moved).  A cluster freed
+        and given to a new file, of the same name or not, is a deletion and a creation."""
+        volume = self._volume_of(old)
+        return volume is None or volume.fat_entry(old.first_cluster) != 0
+
+    def _forget_freed(self, volume: Volume) -> None:
+        """Deletions whose first cluster the FAT now shows free can no longer pair: the
+        file is gone, and a later entry on that cluster is a new file."""
+        for cluster in [c for c in self._deleted if volume.fat_entry(c) == 0]:
+            entries = [e for e in self._deleted[cluster]
+                       if self._volume_of(e[2]) is not volume]
+            if entries:
+                self._deleted[cluster] = entries
+            else:
+                del self._deleted[cluster]
 
     def _refile_created(self, node: Node, cluster: int) -> None:
         """A created node's cluster was filled in: file its creation under the new one."""
