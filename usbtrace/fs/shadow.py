@@ -48,6 +48,10 @@ WINDOW = 4096  # commands a row waits for the metadata that explains it
 # owner (a big file's data comes long before its FAT and directory entry): about 1 GiB
 # of 4 KiB clusters; past that the oldest go out unresolved, with a note
 MAX_PARKED = 1 << 18
+# sectors written to clusters with no owner yet, kept (the latest, up to this many bytes)
+# in case the FAT makes them a directory's: a directory that grows gets its new cluster
+# written before the FAT links it, and its entries must be read then
+MAX_KEPT_BYTES = 8 << 20
 SECTOR = 512
 READS = {0x08, 0x28, 0xA8, 0x88}
 WRITES = {0x0A, 0x2A, 0xAA, 0x8A}
@@ -711,6 +715,10 @@ class Attributor:
         self._parked_order: deque[tuple[tuple[int, int], Activity]] = deque()
         self._parked_count = 0
         self._volume_by_id: dict[int, Volume] = {}
+        # sectors of unowned clusters, by (volume, cluster) -> sector in the cluster
+        self._kept: dict[tuple[int, int], dict[int, bytes]] = {}
+        self._kept_order: deque[tuple[tuple[int, int], int]] = deque()
+        self._kept_bytes = 0
 
     def notes(self) -> list[str]:
         """What the shadow volumes could not read as their spec says, for the session."""
@@ -739,7 +747,9 @@ class Attributor:
         self._access(seq, lba, blocks, data, write)
         for volume in self._changed:
             self._resolve_pending(volume)
-            self._resolve_parked(volume)
+            for _ in range(MAX_DEPTH):  # a directory read may name more owners
+                if not self._resolve_parked(volume, seq):
+                    break
             if self._deleted:
                 self._forget_freed(volume)
         return self._release()
@@ -763,6 +773,9 @@ class Attributor:
         self._parked.clear()
         self._parked_order.clear()
         self._parked_count = 0
+        self._kept.clear()
+        self._kept_order.clear()
+        self._kept_bytes = 0
         self._unowned.clear()
         self._created.clear()
         self._deleted.clear()
@@ -820,13 +833,70 @@ class Attributor:
         row.detail = f"cluster {key[1]} ({state}): {why}"
         return row
 
-    def _resolve_parked(self, volume: Volume) -> None:
+    def _keep(self, volume: Volume, cluster: int, within: int, data: bytes,
+              offset: int, count: int) -> None:
+        """Keep the sectors written to a cluster nobody owns (the latest, bounded)."""
+        key = (id(volume), cluster)
+        self._volume_by_id[key[0]] = volume
+        sectors = self._kept.setdefault(key, {})
+        for i in range(count):
+            at = offset + i * SECTOR
+            if at + SECTOR > len(data):
+                break
+            if within + i not in sectors:
+                self._kept_bytes += SECTOR
+            sectors[within + i] = bytes(data[at : at + SECTOR])
+            self._kept_order.append((key, within + i))
+        while self._kept_bytes > MAX_KEPT_BYTES and self._kept_order:
+            old, index = self._kept_order.popleft()
+            held = self._kept.get(old)
+            if held is not None and held.pop(index, None) is not None:
+                self._kept_bytes -= SECTOR
+                if not held:
+                    del self._kept[old]
+        if len(self._kept_order) > 4 * (self._kept_bytes // SECTOR) + 4096:
+            self._kept_order = deque((k, i) for k, i in self._kept_order
+                                     if i in self._kept.get(k, {}))
+
+    def _adopt_kept(self, volume: Volume, keys: list[tuple[int, int]], seq: int) -> bool:
+        """Kept sectors of clusters a directory now owns become its entries; True when a
+        directory changed (its entries may name further owners)."""
+        changed: list[Directory] = []
+        for key in keys:
+            sectors = self._kept.pop(key, None)
+            if sectors is None:
+                continue
+            self._kept_bytes -= SECTOR * len(sectors)
+            owner = volume.owner(key[1])
+            if owner is None or not owner[0].is_dir:
+                continue
+            directory = volume.dirs.get(owner[0])
+            if directory is None:
+                continue
+            base = owner[1] * volume.spc
+            for within, sector in sectors.items():
+                if _store(directory, base + within, sector) and directory not in changed:
+                    changed.append(directory)
+        for directory in changed:
+            self._directory_changed(volume, directory, seq, True)
+        return bool(changed)
+
+    def _resolve_parked(self, volume: Volume, seq: int) -> bool:
         """Parked rows of clusters that just took an owner go back into the window, so
-        that a write is still clipped at the size the file's entry reaches."""
+        that a write is still clipped at the size the file's entry reaches; kept sectors
+        of clusters a directory took are read as its entries.  True when a directory
+        changed so (then owners may have changed again)."""
         claimed, runs = volume.newly_owned()
-        if not self._parked:
-            return
         vid = id(volume)
+        again = False
+        if self._kept:
+            if runs:
+                kept = [k for k in self._kept if k[0] == vid]
+            else:
+                kept = [(vid, c) for c in claimed if (vid, c) in self._kept]
+            again = self._adopt_kept(volume, kept, seq)
+        if not self._parked:
+            return again
         if runs:
             keys = [k for k in self._parked if k[0] == vid]
         else:
@@ -851,6 +921,7 @@ class Attributor:
         order = self._parked_order
         if len(order) > 2 * self._parked_count + 4096:  # drop the resolved: amortised O(1)
             self._parked_order = deque((k, r) for k, r in order if r.kind == "unallocated")
+        return again
 
     @staticmethod
     def _append(out: list[Activity], row: Activity) -> None:
@@ -1181,6 +1252,8 @@ class Attributor:
                                         cmd_offset))
                 else:
                     # nobody owns it yet: the window may bring its directory entry
+                    if write:
+                        self._keep(volume, cluster, within, data, cmd_offset, nxt - rel)
                     self._emit(Activity(seq, None, op, "unallocated", within * SECTOR, length,
                                         volume.start + rel, cmd_offset), (volume, cluster))
                 last = None
