@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from usbtrace.fs.shadow import Activity, Attributor
 
-from .test_shadow_robustness import fat_boot, short_entry
+from .test_shadow_robustness import EXFAT, exfat_boot, exfat_file, exfat_lba, fat_boot, short_entry
 
 READ, WRITE = 0x28, 0x2A
 FAT_LBA, ROOT_LBA, DATA_LBA, SPC = 4, 260, 292, 4
@@ -103,7 +103,7 @@ def scenarios(draw: st.DrawFn) -> tuple[int, list[tuple[str, list[object]]]]:
     return window, steps
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(scenarios())
 def test_every_byte_goes_to_its_file_in_any_write_order(
         scenario: tuple[int, list[tuple[str, list[object]]]]) -> None:
@@ -153,5 +153,87 @@ def test_every_byte_goes_to_its_file_in_any_write_order(
     for path, content in contents.items():
         assert bytes(written[path]) == content, path
     data_region = [r for r in disk.rows if r.lba is not None and r.lba >= DATA_LBA]
+    assert all(r.kind in ("data", "slack") for r in data_region), \
+        [(r.kind, r.lba, r.detail) for r in data_region if r.kind not in ("data", "slack")]
+
+
+EXFAT_ROOT = exfat_lba(EXFAT["root"])
+EXFAT_CLUSTER = EXFAT["spc"] * 512
+SLOTS = 8  # places of four clusters each, from cluster 10: files are contiguous (NoFatChain)
+
+
+@st.composite
+def exfat_scenarios(draw: st.DrawFn) -> tuple[int, list[tuple[str, list[object]]]]:
+    """Like ``scenarios``, for contiguous exFAT files: a file takes 1..4 clusters at the
+    start of a free place; a deleted file's place is reused."""
+    window = draw(st.integers(0, 12))
+    free = list(range(SLOTS))
+    live: list[int] = []
+    places: list[int] = []
+    steps: list[tuple[str, list[object]]] = []
+    for _ in range(draw(st.integers(1, 8))):
+        if live and draw(st.booleans()):
+            index = draw(st.sampled_from(live))
+            live.remove(index)
+            free.append(places[index])
+            steps.append(("delete", [index]))
+            continue
+        if not free:
+            continue
+        place = draw(st.sampled_from(free))
+        free.remove(place)
+        count = draw(st.integers(1, 4))
+        size = draw(st.integers((count - 1) * EXFAT_CLUSTER + 1, count * EXFAT_CLUSTER))
+        order = draw(st.permutations(["dir"] + [f"data{k}" for k in range(count)]))
+        steps.append(("create", [10 + 4 * place, size, order]))
+        live.append(len(places))
+        places.append(place)
+    return window, steps
+
+
+@settings(max_examples=200, deadline=None)
+@given(exfat_scenarios())
+def test_exfat_every_byte_goes_to_its_file_in_any_write_order(
+        scenario: tuple[int, list[tuple[str, list[object]]]]) -> None:
+    window, steps = scenario
+    disk = Disk(window)
+    entries: dict[int, bytes] = {}
+
+    def root() -> bytes:
+        return b"".join(entries.get(k, bytes(96)) for k in range(16)).ljust(4096, b"\0")
+
+    disk.command(READ, 0, exfat_boot())
+    disk.command(READ, EXFAT_ROOT, root())
+    contents: dict[str, bytes] = {}
+    for kind, args in steps:
+        if kind == "delete":
+            index = args[0]
+            assert isinstance(index, int)
+            entry = bytearray(entries[index])
+            for at in range(0, len(entry), 32):
+                entry[at] &= 0x7F  # InUse cleared (exFAT spec §6.2.1.1)
+            entries[index] = bytes(entry)
+            disk.command(WRITE, EXFAT_ROOT, root())
+            continue
+        first, size, order = args
+        assert isinstance(first, int) and isinstance(size, int) and isinstance(order, list)
+        index = len(entries)
+        name = f"f{index}.bin"
+        content = random.Random(index).randbytes(size)
+        contents[f"/{name}"] = content
+        for write in order:
+            if write == "dir":
+                entries[index] = exfat_file(name, first, size).ljust(96, b"\0")
+                disk.command(WRITE, EXFAT_ROOT, root())
+            else:
+                k = int(write[4:])
+                piece = content[k * EXFAT_CLUSTER : (k + 1) * EXFAT_CLUSTER]
+                disk.command(WRITE, exfat_lba(first + k), piece.ljust(EXFAT_CLUSTER, b"\0"))
+    disk.rows += disk.attributor.flush()
+    written = disk.rebuild()
+    assert set(written) == set(contents)
+    for path, content in contents.items():
+        assert bytes(written[path]) == content, path
+    data_region = [r for r in disk.rows if r.lba is not None and r.lba >= exfat_lba(10)]
     assert all(r.kind in ("data", "slack") for r in data_region), \
         [(r.kind, r.lba, r.detail) for r in data_region if r.kind not in ("data", "slack")]

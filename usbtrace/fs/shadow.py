@@ -15,7 +15,13 @@ clusters, and write the new entry of a rename apart from the removal of the old
 one.  So rows wait in a short window (``WINDOW`` commands) before they are
 final: a cluster with no known owner is resolved when the window closes, a
 write is clipped at the file's size then, and a deletion and a creation of the
-same first cluster inside the window become one rename or move.
+same first cluster inside the window become one rename or move (unless the FAT
+showed the cluster free in between: a new file took it).  A big file's data comes
+long before its FAT and directory entry, so a row whose cluster has no owner when
+the window closes is parked by cluster (``MAX_PARKED`` rows at most) and goes back
+into the window when the metadata names the owner: rows can come out of command
+order.  Sectors written to unowned clusters are kept (``MAX_KEPT_BYTES``) in case
+the FAT links them to a directory that grew.
 
 What was never seen is never guessed: with no boot sector, every access is
 ``unknown``; NTFS and ext2/3/4 are named and reported ``unsupported``.
@@ -1422,8 +1428,13 @@ class Attributor:
         """Whether a deleted entry and a created one can be one file renamed or moved: a
         rename changes directory entries alone, so the first cluster is never free in the
         FAT (the size may change: a file can be written to once moved).  A cluster freed
-        and given to a new file, of the same name or not, is a deletion and a creation."""
+        and given to a new file, of the same name or not, is a deletion and a creation.
+        A contiguous exFAT file has no FAT chain to show that: a rename copies its stream
+        extension, so its size stays the same."""
         volume = self._volume_of(old)
+        if volume is not None and volume.kind == "exfat" and not old.is_dir and \
+                (old.contiguous or new.contiguous) and old.size != new.size:
+            return False
         return volume is None or volume.fat_entry(old.first_cluster) != 0
 
     def _forget_freed(self, volume: Volume) -> None:
