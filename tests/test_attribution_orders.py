@@ -237,3 +237,33 @@ def test_exfat_every_byte_goes_to_its_file_in_any_write_order(
     data_region = [r for r in disk.rows if r.lba is not None and r.lba >= exfat_lba(10)]
     assert all(r.kind in ("data", "slack") for r in data_region), \
         [(r.kind, r.lba, r.detail) for r in data_region if r.kind not in ("data", "slack")]
+
+
+def test_writes_that_wait_too_long_go_out_unresolved_and_say_so(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The rows waiting past the window are bounded: the oldest go out with a detail and a
+    session note; the rest still take their owner; what is left at the end says so."""
+    from usbtrace.fs import shadow
+
+    monkeypatch.setattr(shadow, "MAX_PARKED", 2)
+    disk = Disk(window=0)
+    disk.command(READ, 0, fat_boot())
+    disk.command(READ, FAT_LBA, disk.fat_sector())
+    disk.command(READ, ROOT_LBA, disk.root_sector())
+    for cluster in range(2, 7):  # a file of 5 clusters, data first
+        disk.command(WRITE, cluster_lba(cluster), bytes([cluster]) * CLUSTER)
+    disk.fat.update({2: 3, 3: 4, 4: 5, 5: 6, 6: 0xFFFF})
+    disk.command(WRITE, FAT_LBA, disk.fat_sector())
+    disk.root[0] = short_entry(b"BIG     BIN", 2, 5 * CLUSTER)
+    disk.command(WRITE, ROOT_LBA, disk.root_sector())
+    disk.command(WRITE, cluster_lba(9), b"z" * CLUSTER)  # a cluster no file ever takes
+    disk.rows += disk.attributor.flush()
+    by_lba = {r.lba: r for r in disk.rows if r.operation == "write" and r.lba is not None
+              and r.lba >= DATA_LBA}
+    dropped = [by_lba[cluster_lba(c)] for c in (2, 3, 4)]
+    assert all(r.kind == "unallocated" and r.path is None and "not resolved" in
+               (r.detail or "") for r in dropped), dropped
+    assert [(by_lba[cluster_lba(c)].path, by_lba[cluster_lba(c)].file_offset)
+            for c in (5, 6)] == [("/BIG.BIN", 3 * CLUSTER), ("/BIG.BIN", 4 * CLUSTER)]
+    leftover = by_lba[cluster_lba(9)]
+    assert leftover.kind == "unallocated" and "end of the capture" in (leftover.detail or "")
+    assert any("waited for the metadata" in note for note in disk.attributor.notes())

@@ -806,9 +806,11 @@ class Attributor:
         return out
 
     def _finish(self, out: list[Activity], entry: list[Any]) -> None:
-        """Make a row final, or park it when its cluster still has no owner."""
+        """Make a row final, or park a write whose cluster still has no owner.  A read is
+        not parked: what it read was free space then, whoever takes the cluster later."""
         row, pending = entry[1], entry[2]
-        if row.kind == "unallocated" and isinstance(pending, tuple):
+        if row.kind == "unallocated" and isinstance(pending, tuple) and \
+                row.operation == "write":
             volume, cluster = pending
             self._unowned.pop((id(volume), cluster), None)
             if volume.owner(cluster) is None and volume.metadata_label(cluster) is None:
