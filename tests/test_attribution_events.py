@@ -129,3 +129,22 @@ def test_create_delete_create_of_one_name_is_two_files(window: int) -> None:
                       ("deleted", "/A.TXT")]
     data = [(r.path, r.length, r.kind) for r in run.rows if r.lba == lba(9)]
     assert data == [("/A.TXT", 100, "data"), ("/A.TXT", 300, "data")]
+
+
+def test_a_write_to_a_deleted_files_cluster_taken_since_says_so() -> None:
+    """New data in a freed cluster before the old entry's deletion is on the disk cannot be
+    told from the old file's last write: the row stays the old file's and says so."""
+    run = Run(window=8)
+    base = {ROOT: EOC, DOCS: EOC, SUB: EOC, 9: EOC}
+    old = short_entry(b"OLD     TXT", 9, 512)
+    mounted(run, base, directory(DOCS_ENTRY, old), directory(SUB_ENTRY), directory())
+    run(WRITE, lba(9), b"n" * 512)
+    run(WRITE, lba(ROOT), directory(DOCS_ENTRY, deleted(old)))
+    run(WRITE, RESERVED, fat({**base, 9: 0}))
+    run(WRITE, RESERVED, fat(base))
+    run(WRITE, lba(ROOT), directory(DOCS_ENTRY, deleted(old), short_entry(b"NEW     TXT", 9,
+                                                                           512)))
+    run.events()
+    rows = [(r.path, r.detail) for r in run.rows if r.lba == lba(9)]
+    assert rows == [("/OLD.TXT", "/OLD.TXT was deleted and /NEW.TXT took cluster 9: this may "
+                     "be that file's data, written before the deletion reached the disk")]

@@ -820,7 +820,28 @@ class Attributor:
                 self._parked_order.append((key, row))
                 self._parked_count += 1
                 return
+        if row.kind == "data" and row.operation == "write" and isinstance(pending, Node) \
+                and pending.deleted and pending.successor is None and row.detail is None:
+            row.detail = self._taken_since(row, pending)
         self._append(out, self._final(*entry))
+
+    def _taken_since(self, row: Activity, node: Node) -> str | None:
+        """Whether a file took the clusters of this write to a file since deleted.  The
+        write stays the deleted file's (its entry named the cluster when it was written),
+        but an OS may write a new file's data into freed clusters before the old entry's
+        deletion reaches the disk: the two cannot be told apart on the wire, so say so."""
+        volume = self._volume_of(node)
+        if volume is None or row.lba is None or row.length is None:
+            return None
+        start = row.lba - volume.start - volume.data_start
+        end = start + max(1, -(-row.length // SECTOR))
+        for cluster in range(start // volume.spc + 2, (end - 1) // volume.spc + 3):
+            owner = volume.owner(cluster)
+            if owner is not None and owner[0] is not node and not owner[0].deleted:
+                return (f"{node.path} was deleted and {owner[0].path} took cluster "
+                        f"{cluster}: this may be that file's data, written before the "
+                        "deletion reached the disk")
+        return None
 
     def _unpark(self, key: tuple[int, int], row: Activity) -> None:
         rows = self._parked.get(key)
