@@ -33,13 +33,14 @@ def final_names(conn: sqlite3.Connection, session_id: int) -> dict[str, str]:
 
 
 def rebuild(conn: sqlite3.Connection, session_id: int, operation: str) -> dict[str, bytearray]:
-    """File contents from the bytes attributed to each path, under its final name."""
+    """File contents from the bytes attributed to each path, under its final name; in
+    command order (a row resolved late, when its file's metadata arrived, is logged late)."""
     payloads = command_payloads(conn, session_id)
     names = final_names(conn, session_id)
     files: dict[str, bytearray] = defaultdict(bytearray)
     for seq, path, offset, length, cmd_offset in conn.execute(
             "SELECT scsi_seq, path, file_offset, length, command_offset FROM file_activity "
-            "WHERE session_id = ? AND kind = 'data' AND operation = ? ORDER BY id",
+            "WHERE session_id = ? AND kind = 'data' AND operation = ? ORDER BY scsi_seq, id",
             (session_id, operation)):
         data = payloads[seq][cmd_offset : cmd_offset + length]
         target = files[names.get(path, path)]

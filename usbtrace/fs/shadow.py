@@ -15,7 +15,13 @@ clusters, and write the new entry of a rename apart from the removal of the old
 one.  So rows wait in a short window (``WINDOW`` commands) before they are
 final: a cluster with no known owner is resolved when the window closes, a
 write is clipped at the file's size then, and a deletion and a creation of the
-same first cluster inside the window become one rename or move.
+same first cluster inside the window become one rename or move (unless the FAT
+showed the cluster free in between: a new file took it).  A big file's data comes
+long before its FAT and directory entry, so a row whose cluster has no owner when
+the window closes is parked by cluster (``MAX_PARKED`` rows at most) and goes back
+into the window when the metadata names the owner: rows can come out of command
+order.  Sectors written to unowned clusters are kept (``MAX_KEPT_BYTES``) in case
+the FAT links them to a directory that grew.
 
 What was never seen is never guessed: with no boot sector, every access is
 ``unknown``; NTFS and ext2/3/4 are named and reported ``unsupported``.
@@ -44,6 +50,14 @@ from usbtrace.fs.layouts import FAT_PARTITION_TYPES, exfat_entry_set_checksum, l
 from usbtrace.fs.partitions import GPT_PARTITION, DiskLayout
 
 WINDOW = 4096  # commands a row waits for the metadata that explains it
+# rows of clusters with no known owner kept past the window, until metadata names the
+# owner (a big file's data comes long before its FAT and directory entry): about 1 GiB
+# of 4 KiB clusters; past that the oldest go out unresolved, with a note
+MAX_PARKED = 1 << 18
+# sectors written to clusters with no owner yet, kept (the latest, up to this many bytes)
+# in case the FAT makes them a directory's: a directory that grows gets its new cluster
+# written before the FAT links it, and its entries must be read then
+MAX_KEPT_BYTES = 8 << 20
 SECTOR = 512
 READS = {0x08, 0x28, 0xA8, 0x88}
 WRITES = {0x0A, 0x2A, 0xAA, 0x8A}
@@ -191,6 +205,10 @@ class Volume:
         self._blocked: dict[Node, set[Node]] = {}
         self._stale_fat: set[int] = set()
         self._dirty = True  # the directories changed: check the claims
+        # clusters given an owner since the attributor last asked (rows parked on them
+        # can be resolved), and whether the contiguous runs were rebuilt
+        self._newly_owned: list[int] = []
+        self._runs_changed = False
 
     def note(self, text: str) -> None:
         """Keep a note once; a bounded number of them."""
@@ -358,7 +376,10 @@ class Volume:
                     spans.append((span[0], span[1], rank, node))
             else:
                 self._walk(node, heap)
-        self._runs = _disjoint(spans)
+        runs = _disjoint(spans)
+        if runs != self._runs:
+            self._runs_changed = True
+        self._runs = runs
         self._run_starts = [run[0] for run in self._runs]
 
     def _claim(self, node: Node, cluster: int, index: int,
@@ -373,6 +394,7 @@ class Volume:
                 return False  # cross-linked: the rest of the chain is a later entry's
             self._evict(other, heap)
         self._owners[cluster] = (node, index)
+        self._newly_owned.append(cluster)  # one per walk step: bounded by the walk's work
         return True
 
     def _walk(self, node: Node, heap: list[tuple[int, int, Node]],
@@ -475,6 +497,15 @@ class Volume:
             if cluster < end:
                 return node, cluster - first
         return None
+
+    def newly_owned(self) -> tuple[list[int], bool]:
+        """The clusters that took an owner since the last call, and whether contiguous
+        runs changed (then any cluster may have): rows waiting for an owner look here
+        rather than at every cluster they wait on."""
+        self._rebuild()
+        claimed, self._newly_owned = self._newly_owned, []
+        runs, self._runs_changed = self._runs_changed, False
+        return claimed, runs
 
     def metadata_label(self, cluster: int) -> str | None:
         for first, (end, label) in self.metadata.items():
@@ -684,6 +715,16 @@ class Attributor:
         self._created: dict[int, list[list[Any]]] = {}
         self._deleted: dict[int, list[list[Any]]] = {}
         self._created_at: dict[Node, tuple[int, list[Any]]] = {}
+        # rows that left the window with no owner for their cluster, by (volume, cluster),
+        # and in the order they were parked (the oldest goes first when there are too many)
+        self._parked: dict[tuple[int, int], list[Activity]] = {}
+        self._parked_order: deque[tuple[tuple[int, int], Activity]] = deque()
+        self._parked_count = 0
+        self._volume_by_id: dict[int, Volume] = {}
+        # sectors of unowned clusters, by (volume, cluster) -> sector in the cluster
+        self._kept: dict[tuple[int, int], dict[int, bytes]] = {}
+        self._kept_order: deque[tuple[tuple[int, int], int]] = deque()
+        self._kept_bytes = 0
 
     def notes(self) -> list[str]:
         """What the shadow volumes could not read as their spec says, for the session."""
@@ -712,6 +753,11 @@ class Attributor:
         self._access(seq, lba, blocks, data, write)
         for volume in self._changed:
             self._resolve_pending(volume)
+            for _ in range(MAX_DEPTH):  # a directory read may name more owners
+                if not self._resolve_parked(volume, seq):
+                    break
+            if self._deleted:
+                self._forget_freed(volume)
         return self._release()
 
     def warm(self, commands: Iterable[tuple[int, int, int | None, int | None, bytes, str]]
@@ -725,7 +771,17 @@ class Attributor:
     def flush(self) -> list[Activity]:
         out: list[Activity] = []
         while self._queue:
-            self._append(out, self._final(*self._queue.popleft()))
+            self._finish(out, self._queue.popleft())
+        for key, row in self._parked_order:
+            if row.kind == "unallocated":
+                self._append(out, self._give_up(key, row, "no metadata named its owner by "
+                                                "the end of the capture"))
+        self._parked.clear()
+        self._parked_order.clear()
+        self._parked_count = 0
+        self._kept.clear()
+        self._kept_order.clear()
+        self._kept_bytes = 0
         self._unowned.clear()
         self._created.clear()
         self._deleted.clear()
@@ -737,8 +793,164 @@ class Attributor:
         queue = self._queue
         limit = self._seq - self.window
         while queue and queue[0][0] <= limit:
-            self._append(out, self._final(*queue.popleft()))
+            self._finish(out, queue.popleft())
+        while self._parked_count > MAX_PARKED:
+            key, row = self._parked_order.popleft()
+            if row.kind != "unallocated":
+                continue  # resolved since
+            self._unpark(key, row)
+            self._note(f"more than {MAX_PARKED} writes waited for the metadata naming "
+                       "their owner; the oldest were logged unresolved (their detail says so)")
+            self._append(out, self._give_up(key, row, f"its owner was not known after "
+                                            f"{MAX_PARKED} further rows waited; not resolved"))
         return out
+
+    def _finish(self, out: list[Activity], entry: list[Any]) -> None:
+        """Make a row final, or park a write whose cluster still has no owner.  A read is
+        not parked: what it read was free space then, whoever takes the cluster later."""
+        row, pending = entry[1], entry[2]
+        if row.kind == "unallocated" and isinstance(pending, tuple) and \
+                row.operation == "write":
+            volume, cluster = pending
+            self._unowned.pop((id(volume), cluster), None)
+            if volume.owner(cluster) is None and volume.metadata_label(cluster) is None:
+                key = (id(volume), cluster)
+                self._volume_by_id[id(volume)] = volume
+                self._parked.setdefault(key, []).append(row)
+                self._parked_order.append((key, row))
+                self._parked_count += 1
+                return
+        if row.kind == "data" and row.operation == "write" and isinstance(pending, Node) \
+                and pending.deleted and pending.successor is None and row.detail is None:
+            row.detail = self._taken_since(row, pending)
+        self._append(out, self._final(*entry))
+
+    def _taken_since(self, row: Activity, node: Node) -> str | None:
+        """Whether a file took the clusters of this write to a file since deleted.  The
+        write stays the deleted file's (its entry named the cluster when it was written),
+        but an OS may write a new file's data into freed clusters before the old entry's
+        deletion reaches the disk: the two cannot be told apart on the wire, so say so."""
+        volume = self._volume_of(node)
+        if volume is None or row.lba is None or row.length is None:
+            return None
+        start = row.lba - volume.start - volume.data_start
+        end = start + max(1, -(-row.length // SECTOR))
+        for cluster in range(start // volume.spc + 2, (end - 1) // volume.spc + 3):
+            owner = volume.owner(cluster)
+            if owner is not None and owner[0] is not node and not owner[0].deleted:
+                return (f"{node.path} was deleted and {owner[0].path} took cluster "
+                        f"{cluster}: this may be that file's data, written before the "
+                        "deletion reached the disk")
+        return None
+
+    def _unpark(self, key: tuple[int, int], row: Activity) -> None:
+        rows = self._parked.get(key)
+        if rows is not None:
+            rows[:] = [r for r in rows if r is not row]
+            if not rows:
+                del self._parked[key]
+        self._parked_count -= 1
+
+    def _give_up(self, key: tuple[int, int], row: Activity, why: str) -> Activity:
+        """A parked row goes out with what is known: free or allocated to no one seen."""
+        volume = self._volume_by_id.get(key[0])
+        fat = volume.fat_entry(key[1]) if volume is not None else None
+        row.kind = "unallocated" if fat == 0 else "unknown"
+        row.file_offset = None
+        state = "free in the FAT seen" if fat == 0 else "not free in the FAT seen" \
+            if fat is not None else "its FAT entry was not seen"
+        row.detail = f"cluster {key[1]} ({state}): {why}"
+        return row
+
+    def _keep(self, volume: Volume, cluster: int, within: int, data: bytes,
+              offset: int, count: int) -> None:
+        """Keep the sectors written to a cluster nobody owns (the latest, bounded)."""
+        key = (id(volume), cluster)
+        self._volume_by_id[key[0]] = volume
+        sectors = self._kept.setdefault(key, {})
+        for i in range(count):
+            at = offset + i * SECTOR
+            if at + SECTOR > len(data):
+                break
+            if within + i not in sectors:
+                self._kept_bytes += SECTOR
+            sectors[within + i] = bytes(data[at : at + SECTOR])
+            self._kept_order.append((key, within + i))
+        while self._kept_bytes > MAX_KEPT_BYTES and self._kept_order:
+            old, index = self._kept_order.popleft()
+            held = self._kept.get(old)
+            if held is not None and held.pop(index, None) is not None:
+                self._kept_bytes -= SECTOR
+                if not held:
+                    del self._kept[old]
+        if len(self._kept_order) > 4 * (self._kept_bytes // SECTOR) + 4096:
+            self._kept_order = deque((k, i) for k, i in self._kept_order
+                                     if i in self._kept.get(k, {}))
+
+    def _adopt_kept(self, volume: Volume, keys: list[tuple[int, int]], seq: int) -> bool:
+        """Kept sectors of clusters a directory now owns become its entries; True when a
+        directory changed (its entries may name further owners)."""
+        changed: list[Directory] = []
+        for key in keys:
+            sectors = self._kept.pop(key, None)
+            if sectors is None:
+                continue
+            self._kept_bytes -= SECTOR * len(sectors)
+            owner = volume.owner(key[1])
+            if owner is None or not owner[0].is_dir:
+                continue
+            directory = volume.dirs.get(owner[0])
+            if directory is None:
+                continue
+            base = owner[1] * volume.spc
+            for within, sector in sectors.items():
+                if _store(directory, base + within, sector) and directory not in changed:
+                    changed.append(directory)
+        for directory in changed:
+            self._directory_changed(volume, directory, seq, True)
+        return bool(changed)
+
+    def _resolve_parked(self, volume: Volume, seq: int) -> bool:
+        """Parked rows of clusters that just took an owner go back into the window, so
+        that a write is still clipped at the size the file's entry reaches; kept sectors
+        of clusters a directory took are read as its entries.  True when a directory
+        changed so (then owners may have changed again)."""
+        claimed, runs = volume.newly_owned()
+        vid = id(volume)
+        again = False
+        if self._kept:
+            if runs:
+                kept = [k for k in self._kept if k[0] == vid]
+            else:
+                kept = [(vid, c) for c in claimed if (vid, c) in self._kept]
+            again = self._adopt_kept(volume, kept, seq)
+        if not self._parked:
+            return again
+        if runs:
+            keys = [k for k in self._parked if k[0] == vid]
+        else:
+            keys = [(vid, c) for c in claimed if (vid, c) in self._parked]
+        for key in keys:
+            owner = volume.owner(key[1])
+            if owner is None or key not in self._parked:
+                continue
+            node, index = owner
+            rows = self._parked.pop(key)
+            self._parked_count -= len(rows)
+            for row in rows:
+                row.path = node.path
+                if node.is_dir:
+                    row.kind, row.file_offset = "directory", None
+                    pending: Node | None = None
+                else:
+                    row.kind = "data"
+                    row.file_offset = index * volume.cluster_bytes + (row.file_offset or 0)
+                    pending = node
+                self._queue.append([self._seq, row, pending])
+        order = self._parked_order
+        if len(order) > 2 * self._parked_count + 4096:  # drop the resolved: amortised O(1)
+            self._parked_order = deque((k, r) for k, r in order if r.kind == "unallocated")
+        return again
 
     @staticmethod
     def _append(out: list[Activity], row: Activity) -> None:
@@ -1069,6 +1281,8 @@ class Attributor:
                                         cmd_offset))
                 else:
                     # nobody owns it yet: the window may bring its directory entry
+                    if write:
+                        self._keep(volume, cluster, within, data, cmd_offset, nxt - rel)
                     self._emit(Activity(seq, None, op, "unallocated", within * SECTOR, length,
                                         volume.start + rel, cmd_offset), (volume, cluster))
                 last = None
@@ -1197,7 +1411,7 @@ class Attributor:
         if row.operation == "deleted":
             other = _take(self._created, cluster, "created", lambda o: (
                 o is not node and not o.deleted and o.successor is None and
-                o.is_dir == node.is_dir))
+                o.is_dir == node.is_dir and self._same_data(node, o)))
             if other is None:
                 if cluster >= 2 and node.successor is None:
                     self._deleted.setdefault(cluster, []).append(entry)
@@ -1206,7 +1420,8 @@ class Attributor:
             old, new, old_node, new_node = row, other[1], node, other[2]
         else:
             other = _take(self._deleted, cluster, "deleted", lambda o: (
-                o is not node and o.successor is None and o.is_dir == node.is_dir))
+                o is not node and o.successor is None and o.is_dir == node.is_dir and
+                self._same_data(o, node)))
             if other is None:
                 self._created_at[node] = (cluster, entry)
                 if cluster >= 2:
@@ -1222,6 +1437,39 @@ class Attributor:
         kept.path = new.path
         kept.length = new_node.size
         row.kind = "merged"  # dropped when final
+
+    def _volume_of(self, node: Node) -> Volume | None:
+        """The volume whose root ``node`` hangs from (nesting is bounded by MAX_DEPTH)."""
+        root = node
+        for _ in range(MAX_DEPTH + 2):
+            if root.parent is None:
+                break
+            root = root.parent
+        return next((v for v in self.volumes if v.root is root), None)
+
+    def _same_data(self, old: Node, new: Node) -> bool:
+        """Whether a deleted entry and a created one can be one file renamed or moved: a
+        rename changes directory entries alone, so the first cluster is never free in the
+        FAT (the size may change: a file can be written to once moved).  A cluster freed
+        and given to a new file, of the same name or not, is a deletion and a creation.
+        A contiguous exFAT file has no FAT chain to show that: a rename copies its stream
+        extension, so its size stays the same."""
+        volume = self._volume_of(old)
+        if volume is not None and volume.kind == "exfat" and not old.is_dir and \
+                (old.contiguous or new.contiguous) and old.size != new.size:
+            return False
+        return volume is None or volume.fat_entry(old.first_cluster) != 0
+
+    def _forget_freed(self, volume: Volume) -> None:
+        """Deletions whose first cluster the FAT now shows free can no longer pair: the
+        file is gone, and a later entry on that cluster is a new file."""
+        for cluster in [c for c in self._deleted if volume.fat_entry(c) == 0]:
+            entries = [e for e in self._deleted[cluster]
+                       if self._volume_of(e[2]) is not volume]
+            if entries:
+                self._deleted[cluster] = entries
+            else:
+                del self._deleted[cluster]
 
     def _refile_created(self, node: Node, cluster: int) -> None:
         """A created node's cluster was filled in: file its creation under the new one."""
