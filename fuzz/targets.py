@@ -11,8 +11,10 @@
 
 Targets of one input that would repeat the same deterministic work share it: ``shadow``
 takes the commands ``decode`` produced (or the exception it raised) and ``export`` the
-session ``import`` stored, so each input is decoded and imported once.  Either target
-alone still does the whole work itself.
+session ``import`` stored, and ``replay-host`` the recording (the survey pass) that
+``replay-device`` loaded, so each input is decoded, imported and surveyed once.  Each
+target alone still does the whole work itself, and the replays still go through
+:func:`usbtrace.replay.run.replay`.
 
 A target may refuse an input with a ``UsbtraceError`` (one line at the CLI); anything
 else that escapes is a finding.
@@ -33,6 +35,8 @@ from usbtrace.decode.pairing import Exchange, Pairer
 from usbtrace.fs.shadow import Attributor
 from usbtrace.importing import import_capture
 from usbtrace.records import CONTROL
+from usbtrace.replay import run as replay_run
+from usbtrace.replay.recording import Recording
 from usbtrace.replay.run import replay
 from usbtrace.storage import scsi
 from usbtrace.store.database import Database
@@ -169,9 +173,20 @@ def _shadow(ws: Workspace, path: Path) -> None:
         attributor.flush()
 
 
+_load = replay_run.load
+
+
 def _replay(mode: str) -> Callable[[Workspace, Path], None]:
     def run(ws: Workspace, path: Path) -> None:
-        replay(str(path), mode=mode)
+        def load(source: str, db: str | None = None) -> Recording:
+            # only read (the replays copy what they change); built by the real loader
+            return ws.shared(f"recording {source} {db}", lambda: _load(source, db))
+
+        replay_run.load = load  # type: ignore[assignment]  # replay() looks it up by name
+        try:
+            replay(str(path), mode=mode)
+        finally:
+            replay_run.load = _load
     return run
 
 
