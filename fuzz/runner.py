@@ -1,7 +1,8 @@
 """A campaign: seeds, mutated inputs to workers, findings minimised into the corpus.
 
-Inputs come from one ``random.Random(seed)`` in the parent, in order, so a seed and an
-input count name a campaign exactly.  A finding whose signature (kind, exception type,
+Input ``i`` of a campaign is made from its own ``random.Random`` seeded by (seed, i),
+by the worker that runs it (:mod:`fuzz.generate`), so a seed and an input count name a
+campaign exactly, whatever the number of jobs.  A finding whose signature (kind, exception type,
 project file, function) is new in the run is minimised — records dropped, then the
 file cut — and saved under the corpus folder; one whose signature is listed in
 ``corpus/expected_failures.json`` is counted as known (its owner is fixing it).
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,8 +19,8 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import TextIO
 
-from fuzz.capture import Capture, load, window
-from fuzz.mutate import mutate
+from fuzz.capture import Capture, load
+from fuzz.generate import make_input
 from fuzz.targets import TARGETS
 from fuzz.worker import MEMORY_LIMIT, TIME_LIMIT, Finding, Outcome, Worker
 
@@ -29,7 +29,6 @@ CORPUS = HERE / "corpus" / "regressions"
 EXPECTED = HERE / "corpus" / "expected_failures.json"
 REPOSITORY = HERE.parent
 SHARED = REPOSITORY.parent / "shared" / "captures"
-WINDOW = 160  # packets of a seed per input: enough for a command's phases and metadata
 MINIMISE_RUNS = 150
 MINIMISE_SECONDS = 60.0
 
@@ -80,16 +79,6 @@ class Stats:
                 f"refused {self.refused}")
 
 
-def pick_input(rng: random.Random, seeds: list[Capture]) -> Capture:
-    seed = rng.choice(seeds)
-    packets = len(seed.packet_indexes())
-    # a third of the windows start at the beginning: enumeration and the first metadata
-    start = rng.randrange(packets - WINDOW + 1) if packets > WINDOW and rng.random() < 0.67 \
-        else 0
-    base = window(seed, start, WINDOW) if packets > WINDOW else seed
-    return mutate(rng, base, seeds)
-
-
 def run(inputs: int, seed: int = 0, targets: tuple[str, ...] = TARGETS, jobs: int = 1,
         corpus: Path = CORPUS, time_limit: float = TIME_LIMIT,
         memory_limit: int = MEMORY_LIMIT, out: TextIO = sys.stdout,
@@ -98,20 +87,20 @@ def run(inputs: int, seed: int = 0, targets: tuple[str, ...] = TARGETS, jobs: in
     seeds = load_seeds()
     if not seeds:
         raise SystemExit("no seed captures found (captures/ and ../shared/captures/)")
-    rng = random.Random(seed)
     known = known_signatures()
     seen: set[tuple[str, str, str, str]] = set()
     stats = Stats()
-    workers = [Worker(memory_limit, time_limit) for _ in range(max(jobs, 1))]
-    pending: dict[int, tuple[Worker, Capture]] = {}
+    workers = [Worker(memory_limit, time_limit, seeds) for _ in range(max(jobs, 1))]
+    pending: dict[int, tuple[Worker, int]] = {}
     started = last_report = time.perf_counter()
 
-    def settle(capture: Capture, outcome: Outcome, worker: Worker) -> None:
+    def settle(index: int, outcome: Outcome, worker: Worker) -> None:
         stats.inputs += 1
+        name = outcome.source or make_input(seed, index, seeds).name
         if outcome.seconds > stats.max_input_seconds:
-            stats.max_input_seconds, stats.slowest = outcome.seconds, capture.name
+            stats.max_input_seconds, stats.slowest = outcome.seconds, name
         if outcome.peak_rss > stats.max_rss:
-            stats.max_rss, stats.largest = outcome.peak_rss, capture.name
+            stats.max_rss, stats.largest = outcome.peak_rss, name
         stats.refused += len(outcome.refused)
         for finding in outcome.findings:
             signature = finding.signature
@@ -122,6 +111,7 @@ def run(inputs: int, seed: int = 0, targets: tuple[str, ...] = TARGETS, jobs: in
                 stats.repeats += 1
             else:
                 seen.add(signature)
+                capture = make_input(seed, index, seeds)  # as the worker made it
                 saved = save(minimise(worker, capture, finding), corpus, finding)
                 stats.findings.append((finding, saved))
                 print(f"finding: {finding.describe()}\n  saved {saved}", file=out, flush=True)
@@ -132,34 +122,35 @@ def run(inputs: int, seed: int = 0, targets: tuple[str, ...] = TARGETS, jobs: in
         while made < inputs or pending:
             while idle and made < inputs:
                 worker = idle.pop()
-                capture = pick_input(rng, seeds)
+                index = made
                 made += 1
-                if jobs <= 1:  # in order, in this process's time: simplest and reproducible
-                    settle(capture, worker.run(capture.to_bytes(), targets), worker)
+                if jobs <= 1:  # in order, in this process's time: simplest
+                    settle(index, worker.run((seed, index), targets), worker)
                     idle.append(worker)
                     break  # to the progress report
                 else:
-                    worker.channel.send((capture.to_bytes(), targets))
-                    pending[id(worker.channel)] = (worker, capture)
+                    worker.channel.send(((seed, index), targets))
+                    pending[id(worker.channel)] = (worker, index)
             if pending:
                 ready = wait([w.channel for w, _ in pending.values()],
                              timeout=time_limit + 10)
                 if not ready:  # a silent worker: treat each pending one as hung
-                    for key, (worker, capture) in list(pending.items()):
+                    for key, (worker, index) in list(pending.items()):
                         del pending[key]
                         worker.restart()
-                        settle(capture, Outcome([Finding(",".join(targets), "hang", "hang",
+                        settle(index, Outcome([Finding(",".join(targets), "hang", "hang",
                                                          "no answer", "?", "?", 0)]), worker)
                         idle.append(worker)
                 for channel in ready:
-                    worker, capture = pending.pop(id(channel))
+                    worker, index = pending.pop(id(channel))
                     try:
                         outcome = worker.channel.recv()
+                        worker.check(outcome)
                     except (EOFError, OSError):
                         worker.restart()
                         outcome = Outcome([Finding(",".join(targets), "crash", "crash",
                                                    "the worker died", "?", "?", 0)])
-                    settle(capture, outcome, worker)
+                    settle(index, outcome, worker)
                     idle.append(worker)
             now = time.perf_counter()
             stats.seconds = now - started

@@ -9,6 +9,13 @@
 * ``export``: an import, then the session written back as pcapng in both record formats
   and read again.
 
+Targets of one input that would repeat the same deterministic work share it: ``shadow``
+takes the commands ``decode`` produced (or the exception it raised) and ``export`` the
+session ``import`` stored, and ``replay-host`` the recording (the survey pass) that
+``replay-device`` loaded, so each input is decoded, imported and surveyed once.  Each
+target alone still does the whole work itself, and the replays still go through
+:func:`usbtrace.replay.run.replay`.
+
 A target may refuse an input with a ``UsbtraceError`` (one line at the CLI); anything
 else that escapes is a finding.
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from usbtrace.capture.export import export
 from usbtrace.capture.reader import CaptureStats, events
@@ -27,11 +35,15 @@ from usbtrace.decode.pairing import Exchange, Pairer
 from usbtrace.fs.shadow import Attributor
 from usbtrace.importing import import_capture
 from usbtrace.records import CONTROL
+from usbtrace.replay import run as replay_run
+from usbtrace.replay.recording import Recording
 from usbtrace.replay.run import replay
 from usbtrace.storage import scsi
 from usbtrace.store.database import Database
 from usbtrace.store.writer import storable_lba
 from usbtrace.usb import descriptors, setup
+
+T = TypeVar("T")
 
 TARGETS = ("import", "decode", "shadow", "replay-device", "replay-host", "export")
 
@@ -82,6 +94,27 @@ class Workspace:
         self.root = root
         self._database: Database | None = None
         self._imports = 0
+        self._shared: dict[str, tuple[object, BaseException | None]] = {}
+
+    def begin(self) -> None:
+        """A new input: forget what the previous one's targets left to share."""
+        self._shared.clear()
+
+    def shared(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()`` once per input: later callers get its result, or its exception
+        raised again (the same traceback, so a finding keeps its place and signature)."""
+        if key in self._shared:
+            value, error = self._shared[key]
+            if error is not None:
+                raise error
+            return value  # type: ignore[return-value]
+        try:
+            result = compute()
+        except Exception as e:
+            self._shared[key] = (None, e)
+            raise
+        self._shared[key] = (result, None)
+        return result
 
     def database(self) -> Database:
         if self._database is None or self._imports >= self.FRESH_EVERY:
@@ -102,14 +135,20 @@ class Workspace:
         TARGET_FUNCTIONS[target](self, path)
 
 
+def _imported(ws: Workspace, path: Path) -> tuple[Database, int]:
+    """The input imported (once per input), and its session's id."""
+    def run() -> tuple[Database, int]:
+        database = ws.database()
+        return database, int(import_capture(database, path, force=True).session_id or 0)
+    return ws.shared("import", run)
+
+
 def _import(ws: Workspace, path: Path) -> None:
-    import_capture(ws.database(), path, force=True)
+    _imported(ws, path)
 
 
 def _export(ws: Workspace, path: Path) -> None:
-    database = ws.database()
-    result = import_capture(database, path, force=True)
-    sid = int(result.session_id or 0)
+    database, sid = _imported(ws, path)
     _, sessions = database.query(f"SELECT time_origin FROM sessions WHERE id = {sid}")
     columns, rows = database.query(f"SELECT * FROM urbs WHERE session_id = {sid} ORDER BY seq")
     records = [dict(zip(columns, r)) for r in rows]
@@ -122,12 +161,12 @@ def _export(ws: Workspace, path: Path) -> None:
 
 
 def _decode(ws: Workspace, path: Path) -> None:
-    decoded(path)
+    ws.shared("decode", lambda: decoded(path))
 
 
 def _shadow(ws: Workspace, path: Path) -> None:
     volumes: dict[tuple[int | None, int | None, int], Attributor] = {}
-    for cmd in decoded(path):
+    for cmd in ws.shared("decode", lambda: decoded(path)):
         attributor = volumes.setdefault((cmd.bus, cmd.device, cmd.lun), Attributor())
         info = cmd.info
         attributor.feed(cmd.seq, info.opcode, storable_lba(info.lba), info.blocks, cmd.data,
@@ -136,9 +175,20 @@ def _shadow(ws: Workspace, path: Path) -> None:
         attributor.flush()
 
 
+_load = replay_run.load
+
+
 def _replay(mode: str) -> Callable[[Workspace, Path], None]:
     def run(ws: Workspace, path: Path) -> None:
-        replay(str(path), mode=mode)
+        def load(source: str, db: str | None = None) -> Recording:
+            # only read (the replays copy what they change); built by the real loader
+            return ws.shared(f"recording {source} {db}", lambda: _load(source, db))
+
+        replay_run.load = load  # type: ignore[assignment]  # replay() looks it up by name
+        try:
+            replay(str(path), mode=mode)
+        finally:
+            replay_run.load = _load
     return run
 
 

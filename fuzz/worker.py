@@ -1,11 +1,16 @@
 """Running inputs in a separate process, each under a time and a memory limit.
 
-The worker process sets its address-space limit once (``RLIMIT_AS``), then takes
-inputs from a pipe.  Each input gets a ``SIGALRM`` timer (``setitimer``) for all its
-targets together; Linux's peak-RSS counter is reset before it (``clear_refs``) so the
-peak reported is this input's.  The parent kills a worker that does not answer within
-the limit plus a grace period (a hang in C code the alarm cannot interrupt) and starts
-another.
+A worker is a long-lived forked process (it inherits the parsed seed captures
+copy-on-write) that sets its address-space limit once (``RLIMIT_AS``), then takes
+inputs from a pipe: the bytes of a file, or a campaign's (seed, index), which it makes
+itself.  Each input gets a ``SIGALRM`` timer (``setitimer``) for all its targets
+together; Linux's peak-RSS counter is reset before it (``clear_refs``) so the peak
+reported is this input's (the worker's baseline included, so it never under-reports).
+The parent replaces a worker whose input timed out, whose resident size after an input
+stayed above ``RESTART_RSS`` (so that a leak cannot eat the next inputs' 500 MB), or,
+where the peak cannot be reset, whose lifetime peak passed it.  It kills a worker that
+does not answer within the limit plus a grace period (a hang in C code the alarm cannot
+interrupt) and starts another.
 """
 
 from __future__ import annotations
@@ -22,8 +27,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from fuzz.capture import Capture
+from fuzz.generate import make_input
+
 TIME_LIMIT = 5.0  # seconds per input, all its targets together
 MEMORY_LIMIT = 500 << 20  # bytes of address space
+RESTART_RSS = 200 << 20  # bytes resident after an input past which the worker is replaced
 GRACE = 10.0  # seconds past the limit before the parent kills a silent worker
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +68,9 @@ class Outcome:
     seconds: float = 0.0
     peak_rss: int = 0  # bytes, this input's (or the worker's, where it cannot be reset)
     refused: list[str] = field(default_factory=list)  # targets that refused with one line
+    source: str = ""  # the seed capture a generated input came from
+    rss_after: int = 0  # bytes resident in the worker once the input was done
+    peak_is_input: bool = True  # False where the peak counter could not be reset
 
 
 def where(exc: BaseException) -> tuple[str, str, int]:
@@ -79,6 +91,14 @@ def where(exc: BaseException) -> tuple[str, str, int]:
     return (rel, chosen.name, chosen.lineno or 0)
 
 
+def scratch_dir() -> str | None:
+    """Memory-backed ``/dev/shm`` where there is one: an input's file and the import
+    database are written for every input, and a disk's syncs would cost more than the
+    import.  Elsewhere the system's temporary directory."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
 def _on_alarm(signum: int, frame: Any) -> None:
     raise InputTimeout()
 
@@ -92,15 +112,21 @@ def _reset_peak() -> bool:
         return False
 
 
-def _peak_rss() -> int:
+def _memory() -> tuple[int, int]:
+    """(peak, current) resident bytes of this process."""
+    peak = current = 0
     try:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                    peak = int(line.split()[1]) * 1024
+                elif line.startswith("VmRSS:"):
+                    current = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if not peak:
+        peak = current = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return peak, current
 
 
 def run_input(workspace: Any, data: bytes, targets: tuple[str, ...],
@@ -111,7 +137,8 @@ def run_input(workspace: Any, data: bytes, targets: tuple[str, ...],
     outcome = Outcome()
     path = workspace.root / "input.bin"
     path.write_bytes(data)
-    _reset_peak()
+    workspace.begin()
+    outcome.peak_is_input = _reset_peak()
     started = time.perf_counter()
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, time_limit)
@@ -133,7 +160,7 @@ def run_input(workspace: Any, data: bytes, targets: tuple[str, ...],
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     outcome.seconds = time.perf_counter() - started
-    outcome.peak_rss = _peak_rss()
+    outcome.peak_rss, outcome.rss_after = _memory()
     return outcome
 
 
@@ -143,18 +170,28 @@ def _finding(target: str, kind: str, exc: BaseException) -> Finding:
                    "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:])
 
 
-def _worker_main(channel: Connection, memory_limit: int, time_limit: float) -> None:
+Job = bytes | tuple[int, int]  # a file's bytes, or a campaign's (seed, index)
+
+
+def _worker_main(channel: Connection, memory_limit: int, time_limit: float,
+                 seeds: list[Capture]) -> None:
     """The worker's loop: set the limits, then run inputs until told to stop."""
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     from fuzz.targets import Workspace
 
-    with tempfile.TemporaryDirectory(prefix="usbtrace-fuzz-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="usbtrace-fuzz-", dir=scratch_dir()) as tmp:
         workspace = Workspace(Path(tmp))
         try:
             while (message := channel.recv()) is not None:
-                data, targets = message
-                channel.send(run_input(workspace, data, targets, time_limit))
+                job, targets = message
+                source = ""
+                if isinstance(job, tuple):
+                    capture = make_input(job[0], job[1], seeds)
+                    job, source = capture.to_bytes(), capture.name
+                outcome = run_input(workspace, job, targets, time_limit)
+                outcome.source = source
+                channel.send(outcome)
         finally:
             workspace.close()
 
@@ -162,9 +199,11 @@ def _worker_main(channel: Connection, memory_limit: int, time_limit: float) -> N
 class Worker:
     """A worker process and the pipe to it; restarted after it dies or hangs."""
 
-    def __init__(self, memory_limit: int = MEMORY_LIMIT, time_limit: float = TIME_LIMIT) -> None:
+    def __init__(self, memory_limit: int = MEMORY_LIMIT, time_limit: float = TIME_LIMIT,
+                 seeds: list[Capture] | None = None) -> None:
         self.memory_limit = memory_limit
         self.time_limit = time_limit
+        self.seeds = seeds or []
         self.restarts = 0
         self._start()
 
@@ -172,19 +211,19 @@ class Worker:
         context = multiprocessing.get_context("fork")
         self.channel, child = context.Pipe()
         self.process = context.Process(target=_worker_main,
-                                       args=(child, self.memory_limit, self.time_limit),
+                                       args=(child, self.memory_limit, self.time_limit,
+                                             self.seeds),
                                        daemon=True)
         self.process.start()
         child.close()
 
-    def run(self, data: bytes, targets: tuple[str, ...]) -> Outcome:
+    def run(self, job: Job, targets: tuple[str, ...]) -> Outcome:
         started = time.perf_counter()
         try:
-            self.channel.send((data, targets))
+            self.channel.send((job, targets))
             if self.channel.poll(self.time_limit + GRACE):
                 outcome: Outcome = self.channel.recv()
-                if any(f.kind == "timeout" for f in outcome.findings):
-                    self.restart()  # the alarm may have left state half-changed
+                self.check(outcome)
                 return outcome
             kind, message = "hang", f"no answer within {self.time_limit + GRACE:.0f} s"
         except (EOFError, BrokenPipeError, ConnectionResetError):
@@ -193,6 +232,14 @@ class Worker:
         self.restart()
         finding = Finding(",".join(targets), kind, kind, message, "?", "?", 0)
         return Outcome([finding], time.perf_counter() - started, 0)
+
+    def check(self, outcome: Outcome) -> None:
+        """Replace the worker after an input that may have left it unfit for the next."""
+        if any(f.kind == "timeout" for f in outcome.findings):
+            self.restart()  # the alarm may have left state half-changed
+        elif outcome.rss_after > RESTART_RSS or (not outcome.peak_is_input
+                                                 and outcome.peak_rss > RESTART_RSS):
+            self.restart()  # the next input's peak is measured from a fresh baseline
 
     def restart(self) -> None:
         self.stop()

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.runner import CORPUS, expected_failures, run
+from fuzz.generate import make_input
+from fuzz.runner import CORPUS, expected_failures, load_seeds, run
 from fuzz.targets import TARGETS
-from fuzz.worker import Worker
+from fuzz.worker import RESTART_RSS, Outcome, Worker
 
 EXPECTED = expected_failures()
 
@@ -35,7 +36,7 @@ def _cases() -> list[object]:
 @pytest.fixture(scope="module")
 def worker() -> Iterator[Worker]:
     """One worker process, under the fuzzer's time and memory limits, for the corpus."""
-    w = Worker()
+    w = Worker(seeds=load_seeds())
     yield w
     w.stop()
 
@@ -53,11 +54,38 @@ def test_corpus_file_gives_no_finding(worker: Worker, path: Path) -> None:
 
 
 def test_short_campaign_finds_nothing_new(tmp_path: Path) -> None:
-    """A fixed-seed campaign: every finding it meets must already be a listed one."""
+    """A fixed-seed campaign on two workers: every finding it meets must already be a
+    listed one, and no input comes near the time or memory limit."""
     out = io.StringIO()
     started = time.perf_counter()
-    stats = run(300, seed=20261121, corpus=tmp_path / "new", out=out, report_every=1e9)
-    assert stats.inputs == 300
+    stats = run(200, seed=20261121, jobs=2, corpus=tmp_path / "new", out=out,
+                report_every=1e9)
+    assert stats.inputs == 200
     assert not stats.findings, out.getvalue()
-    assert stats.max_input_seconds < 5 and stats.max_rss < 500 << 20
+    assert 0 < stats.max_input_seconds < 5 and 0 < stats.max_rss < 500 << 20
     assert time.perf_counter() - started < 60
+
+
+def test_inputs_are_the_same_whatever_the_jobs(tmp_path: Path) -> None:
+    """Workers make the inputs from (seed, index): one job or two, the campaign is the
+    same inputs, so it refuses as often; and the parent makes the same input again."""
+    seeds = load_seeds()
+    assert make_input(5, 17, seeds).to_bytes() == make_input(5, 17, seeds).to_bytes()
+    assert make_input(5, 17, seeds).to_bytes() != make_input(5, 18, seeds).to_bytes()
+    one = run(30, seed=5, jobs=1, corpus=tmp_path, out=io.StringIO(), report_every=1e9)
+    two = run(30, seed=5, jobs=2, corpus=tmp_path, out=io.StringIO(), report_every=1e9)
+    assert (one.inputs, one.refused, one.known) == (two.inputs, two.refused, two.known)
+
+
+def test_a_worker_whose_memory_stays_high_is_replaced(worker: Worker) -> None:
+    """A long-lived worker must not carry one input's leftovers into the next input's
+    500 MB: past RESTART_RSS resident, or a peak it could not reset, it is replaced."""
+    before = worker.restarts
+    worker.check(Outcome(rss_after=RESTART_RSS // 2))
+    assert worker.restarts == before
+    worker.check(Outcome(rss_after=RESTART_RSS + 1))
+    assert worker.restarts == before + 1
+    worker.check(Outcome(peak_rss=RESTART_RSS + 1, peak_is_input=False))
+    assert worker.restarts == before + 2
+    outcome = worker.run((1, 0), ("decode",))
+    assert outcome.source and 0 < outcome.rss_after <= outcome.peak_rss < 500 << 20
