@@ -302,3 +302,27 @@ def test_a_block_size_of_zero_or_odd_is_taken_as_classpnp_takes_it(
     ext = disk.DiskExtension.__new__(disk.DiskExtension)
     assert disk.DiskReadDriveCapacity(ext) == 0
     assert ext.block_size == used and ext.block_count == 1001
+
+
+def test_a_sector_size_of_gigabytes_gets_no_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device claiming 2 GiB sectors: the partition manager's read buffer is refused
+    (as a pool allocation that size fails), never allocated (found by the fuzzer)."""
+    from usbtrace.drivers import partmgr
+
+    class Geometry:
+        BytesPerSector = 1 << 31
+
+    class Calls:
+        def CreateFile(self, path: str) -> int:
+            return 1
+
+        def DeviceIoControl(self, handle: int, code: int, *args: object) -> tuple[int, object]:
+            return 0, Geometry()
+
+        def ReadFile(self, handle: int, buffer: bytearray, offset: int) -> int:
+            raise AssertionError("no buffer of the claimed size should exist")
+
+        def CloseHandle(self, handle: int) -> None:
+            pass
+
+    assert partmgr.PartMgrDiskArrival(Calls(), "\\\\.\\PhysicalDrive0") is None  # type: ignore[arg-type]

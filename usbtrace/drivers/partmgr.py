@@ -25,6 +25,10 @@ from usbtrace.storage import ioctl as io
 from usbtrace.storage import scsi
 from usbtrace.wdm.win32 import NtStatusError, Win32
 
+# Sector sizes are 512 or 4096 bytes in practice; a device that claims megabytes gets no
+# buffer, as an allocation from the non-paged pool that size would fail.
+MAX_SECTOR_BUFFER = 1 << 20
+
 
 def PartMgrDiskArrival(win32: Win32, path: str) -> bytes | None:  # noqa: N802
     """Send the disk-arrival requests to ``path``; the partition-table sector, or None
@@ -39,6 +43,8 @@ def PartMgrDiskArrival(win32: Win32, path: str) -> bytes | None:  # noqa: N802
         win32.DeviceIoControl(handle, io.IOCTL_DISK_GET_DRIVE_GEOMETRY_EX, None, 32)
         win32.DeviceIoControl(handle, io.IOCTL_DISK_GET_LENGTH_INFO, None, 8)
         win32.DeviceIoControl(handle, io.IOCTL_DISK_GET_DRIVE_GEOMETRY, None, 24)
+        if geometry.BytesPerSector > MAX_SECTOR_BUFFER:
+            return None  # the pool allocation fails (STATUS_INSUFFICIENT_RESOURCES)
         sector = bytearray(geometry.BytesPerSector)
         win32.ReadFile(handle, sector, 0)
         return bytes(sector)
