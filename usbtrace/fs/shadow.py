@@ -40,6 +40,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from usbtrace.fs.infer import Geometry, Inference
 from usbtrace.fs.layouts import FAT_PARTITION_TYPES, exfat_entry_set_checksum, lfn_checksum
 from usbtrace.fs.partitions import GPT_PARTITION, DiskLayout
 
@@ -617,6 +618,15 @@ def _fat_volume(start: int, sector: bytes) -> Volume | Malformed | str | None:
                   root_sectors * scale, data_start * scale, clusters, 0)
 
 
+def _inferred_volume(g: Geometry) -> Volume:
+    """A volume from an inferred geometry: it starts at its FAT (where its boot sector
+    is, is not known), so the LBAs before the FAT stay unknown."""
+    start = g.fat_start
+    return Volume(start, g.kind, SECTOR, g.spc, 0, 0, g.fat_size, g.num_fats,
+                  g.root_start - start if g.root_sectors else 0, g.root_sectors,
+                  g.data_start - start, g.cluster_count, 2 if g.kind == "fat32" else 0)
+
+
 def _exfat_volume(start: int, sector: bytes) -> Volume | Malformed:
     """An exFAT volume from its main boot sector, checked as exFAT spec §3.1 requires."""
     volume_length = struct.unpack_from("<Q", sector, 72)[0]
@@ -684,10 +694,13 @@ class Attributor:
         self._created: dict[int, list[list[Any]]] = {}
         self._deleted: dict[int, list[list[Any]]] = {}
         self._created_at: dict[Node, tuple[int, list[Any]]] = {}
+        # no boot sector seen: the geometry inferred from other metadata (infer.py)
+        self._inference = Inference(window)
+        self._inferred: Volume | None = None
 
     def notes(self) -> list[str]:
         """What the shadow volumes could not read as their spec says, for the session."""
-        out = list(self._notes)
+        out = list(self._notes) + self._inference.notes()
         for volume in self.volumes:
             where = f"file system at LBA {volume.start}: "
             out += [where + note for note in volume.notes]
@@ -708,8 +721,13 @@ class Attributor:
         if status != "good":
             return self._release()
         write = opcode in WRITES
+        blind = not self.volumes
+        if blind:
+            self._inference.observe(seq, opcode, lba, blocks, data, status, write)
         self._changed = set()
         self._access(seq, lba, blocks, data, write)
+        if blind and self.volumes:
+            self._late_boot_sector(seq, (opcode, lba, blocks, data, status))
         for volume in self._changed:
             self._resolve_pending(volume)
         return self._release()
@@ -724,8 +742,10 @@ class Attributor:
 
     def flush(self) -> list[Activity]:
         out: list[Activity] = []
+        self._infer()
         while self._queue:
             self._append(out, self._final(*self._queue.popleft()))
+        self._mark_inferred(out)
         self._unowned.clear()
         self._created.clear()
         self._deleted.clear()
@@ -736,9 +756,81 @@ class Attributor:
         out: list[Activity] = []
         queue = self._queue
         limit = self._seq - self.window
+        if queue and queue[0][0] <= limit:
+            self._infer()  # the last moment: rows become final
+            queue = self._queue
         while queue and queue[0][0] <= limit:
             self._append(out, self._final(*queue.popleft()))
+        if not self.volumes:
+            self._inference.forget(limit)
+        self._mark_inferred(out)
         return out
+
+    # ---- no boot sector: a geometry inferred from the other metadata (infer.py) -------
+
+    def _infer(self) -> None:
+        """Once the evidence decides a geometry, build its volume and attribute again the
+        commands whose rows are still in the window (their rows were all unknown)."""
+        if self.volumes or self._inference.solve() is None:
+            return
+        geometry = self._inference.result
+        assert geometry is not None
+        self._inferred = volume = _inferred_volume(geometry)
+        self._add_volume(volume)
+        self._redo(None)
+
+    def _late_boot_sector(self, seq: int, command: tuple[int, int, int, bytes, str]) -> None:
+        """A boot sector came after other metadata: its volumes start afresh and the
+        window's earlier commands are attributed again, then this one."""
+        for i, volume in enumerate(self.volumes):
+            self.volumes[i] = Volume(volume.start, volume.kind, volume.bps, volume.spc,
+                                     volume.reserved, volume.fat_start, volume.fat_size,
+                                     volume.num_fats, volume.root_start, volume.root_sectors,
+                                     volume.data_start, volume.cluster_count,
+                                     volume.root_cluster, volume.fsinfo, volume.backup_boot)
+            self._inference.compare(volume.start, volume.kind, volume.fat_start,
+                                    volume.fat_size, volume.num_fats, volume.data_start,
+                                    volume.spc, volume.bps)
+        self._redo((seq, *command))
+
+    def _redo(self, current: tuple[int, int, int, int, bytes, str] | None) -> None:
+        """Attribute again the buffered commands whose rows are still in the window
+        (all unknown: there was no volume), then ``current`` with its whole payload."""
+        buffered = [c for c in self._inference.buffer if current is None or c.seq < current[0]]
+        self._inference.buffer = []
+        redone = {c.seq for c in buffered} | ({current[0]} if current else set())
+        old, self._queue = self._queue, deque()
+        now = self._seq
+        for c in buffered:
+            data = bytearray(c.length)
+            for index, sector in c.sectors.items():
+                data[index * SECTOR : (index + 1) * SECTOR] = sector
+            self._replay(c.seq, c.opcode, c.lba, c.blocks, bytes(data))
+        if current is not None:
+            self._replay(current[0], current[1], current[2], current[3], current[4])
+        self._seq = now
+        self._queue.extend(e for e in old if e[0] not in redone)
+
+    def _replay(self, seq: int, opcode: int, lba: int, blocks: int, data: bytes) -> None:
+        self._seq, self._changed = seq, set()
+        self._access(seq, lba, blocks, data, opcode in WRITES)
+        for changed in self._changed:
+            self._resolve_pending(changed)
+
+    def _mark_inferred(self, rows: list[Activity]) -> None:
+        """Rows of an inferred volume say so; a rename's or move's detail stays "from
+        PATH", which readers parse (its path's other rows say it)."""
+        volume = self._inferred
+        if volume is None:
+            return
+        for row in rows:
+            inside = row.lba is not None and volume.start <= row.lba < volume.end
+            if not inside and not (row.lba is None and row.path is not None):
+                continue
+            if row.detail is None:
+                row.detail = "inferred"
+            elif "inferred" not in row.detail and row.operation not in ("renamed", "moved"):
+                row.detail += "; inferred"
 
     @staticmethod
     def _append(out: list[Activity], row: Activity) -> None:
@@ -923,6 +1015,9 @@ class Attributor:
         return False
 
     def _add_volume(self, volume: Volume) -> None:
+        if self._inferred is not None and volume is not self._inferred:
+            self.volumes.remove(self._inferred)  # a boot sector: the volume it describes
+            self._inferred = None
         if any(v.start == volume.start for v in self.volumes):
             return
         # a good boot sector written over a malformed one (a format) is the volume now
