@@ -369,12 +369,15 @@ class Inference:
             kinds &= {"fat32"}
             reasons.append(f"a first cluster above 16 bits ({high[0][1]} at LBA {high[0][0]})")
         if len(kinds) > 1:
-            links = {k: self._links(k) for k in kinds - {"fat12"}}
-            best = max(links.values(), default=0)
-            if best >= MIN_LINKS and sum(1 for v in links.values() if v) == 1:
-                kinds = {k for k, v in links.items() if v == best}
-                reasons.append(f"{best} chain links read as {next(iter(kinds)).upper()}, "
-                               "none as another type")
+            # read as the wrong type, a FAT holds no chain links and no file's chain
+            scores = {k: (self._links(k) if k != "fat12" else 0, self._chains(k))
+                      for k in kinds}
+            fitting = [k for k, (links, chains) in scores.items() if links or chains]
+            if len(fitting) == 1:
+                kinds = set(fitting)
+                links, chains = scores[fitting[0]]
+                reasons.append(f"read as {fitting[0].upper()}, the FAT holds {links} chain "
+                               f"links and {chains} files' whole chains, as another type none")
         if not kinds:
             raise Refused("the FAT type: the evidence fits no type (" +
                           "; ".join(reasons) + ")")
@@ -397,6 +400,23 @@ class Inference:
             total += sum(1 for i, v in enumerate(fat_values(sector, kind))
                          if v == base + i + 1)
         return total
+
+    def _chains(self, kind: str) -> int:
+        """Files whose chain, read as ``kind``, runs whole from their first cluster to an
+        end mark."""
+        bases, _ = self._bases(kind)
+        if not bases:
+            return 0
+        size = min((b - a for a, b in zip(bases, bases[1:])), default=1 << 24)
+        fat = self._fat_of(kind, bases[0], size, 1)
+        count = 0
+        for d in self.dirs.values():
+            for _, is_dir, lo, hi, size_ in d.entries:
+                cluster = (hi << 16) | lo if kind == "fat32" else lo
+                if not is_dir and size_ and cluster >= 2 and \
+                        self._chain_length(kind, fat, cluster) is not None:
+                    count += 1
+        return count
 
     def _bases(self, kind: str) -> tuple[list[int], dict[int, str]]:
         """Where FAT copies start: a first sector's LBA, or a chained sector's LBA less
