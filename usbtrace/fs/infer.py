@@ -54,6 +54,7 @@ class Geometry:
     data_start: int
     spc: int
     cluster_count: int  # an upper bound: the clusters the FAT can number
+    root_cluster: int  # FAT32; 0 for FAT12/16
     evidence: tuple[str, ...]
 
 
@@ -343,12 +344,52 @@ class Inference:
         elif data_start != fats_end:
             raise Refused(f"FAT32: cluster 2 at LBA {data_start} does not follow the FATs, "
                           f"which end at LBA {fats_end}")
+        root_cluster = self._root_cluster(fat, spc, data_start, why) if kind == "fat32" else 0
         cluster_count = min(MAX_CLUSTERS[kind],
                             fat_size * SECTOR * 8 // ENTRY_BITS[kind] - 2)
         self._check(kind, dots, spc, data_start, root_start, fats_end, cluster_count, fat)
         why.append(f"cluster count not known: up to the {cluster_count} the FAT can number")
         return Geometry(kind, fat_start, fat_size, num_fats, root_start, root_sectors,
-                        data_start, spc, cluster_count, tuple(why))
+                        data_start, spc, cluster_count, root_cluster, tuple(why))
+
+    def _root_cluster(self, fat: dict[int, bytes], spc: int, data_start: int,
+                      why: list[str]) -> int:
+        """FAT32's root directory cluster: the head of the chain holding the volume label,
+        or the entry of a subdirectory whose ".." is 0 (the root)."""
+        roots = {c for d in self.dirs.values() if d.dotdot == 0 and d.dot for c in [d.dot]}
+        found: dict[int, str] = {}
+        for at, d in sorted(self.dirs.items()):
+            if at < data_start:
+                continue
+            holds = [e[0] for e in d.entries if e[1] and ((e[3] << 16) | e[2]) in roots]
+            if d.label or holds:
+                cluster = (at - data_start) // spc + 2
+                found.setdefault(cluster, f"LBA {at} holds " + (
+                    "the volume label" if d.label else f"{holds[0]}, whose \"..\" is 0"))
+        if not found:
+            raise Refused("FAT32: the root directory's cluster is not known (no volume "
+                          'label and no entry of a directory whose ".." is 0 seen)')
+        before: dict[int, int] = {}
+        for index, sector in fat.items():
+            for i, value in enumerate(fat_values(sector, "fat32")):
+                if 2 <= value < EOC["fat32"] - 1:
+                    before.setdefault(value, index * 128 + i)
+        heads = {}
+        for cluster, evidence in found.items():
+            head, steps = cluster, 0
+            while head in before and steps < len(before):
+                head, steps = before[head], steps + 1
+            heads.setdefault(head, evidence)
+        if len(heads) != 1:
+            raise Refused(f"FAT32: the root directory's chain has more than one head in the "
+                          f"FAT seen (clusters {sorted(heads)})")
+        root, evidence = next(iter(heads.items()))
+        first = self.dirs.get(data_start + (root - 2) * spc)
+        if first is not None and first.dot is not None:
+            raise Refused(f'FAT32: cluster {root}, the root directory by the FAT, holds "."')
+        why.append(f"root directory at cluster {root} ({evidence}; the head of its chain in "
+                   "the FAT seen)")
+        return root
 
     def _kind(self, why: list[str]) -> str:
         """FAT32 from FSInfo or 32-bit first clusters; else from the FATs' first sectors
@@ -370,14 +411,19 @@ class Inference:
             reasons.append(f"a first cluster above 16 bits ({high[0][1]} at LBA {high[0][0]})")
         if len(kinds) > 1:
             # read as the wrong type, a FAT holds no chain links and no file's chain
-            scores = {k: (self._links(k) if k != "fat12" else 0, self._chains(k))
-                      for k in kinds}
+            scores = {k: (self._links(k), self._chains(k)) for k in kinds}
+            most = max(scores, key=lambda k: scores[k][0])
+            others = max(v[0] for k, v in scores.items() if k != most)
             fitting = [k for k, (links, chains) in scores.items() if links or chains]
+            if scores[most][0] >= MIN_LINKS and scores[most][0] >= 4 * others:
+                fitting = [most]
             if len(fitting) == 1:
                 kinds = set(fitting)
                 links, chains = scores[fitting[0]]
+                rest = ", ".join(f"{k.upper()} {v[0]} and {v[1]}" for k, v in scores.items()
+                                 if k != fitting[0])
                 reasons.append(f"read as {fitting[0].upper()}, the FAT holds {links} chain "
-                               f"links and {chains} files' whole chains, as another type none")
+                               f"links and {chains} files' whole chains; as {rest}")
         if not kinds:
             raise Refused("the FAT type: the evidence fits no type (" +
                           "; ".join(reasons) + ")")
@@ -391,6 +437,10 @@ class Inference:
     def _links(self, kind: str) -> int:
         """Chain links (entry i holding i + 1) in the FAT sectors read as ``kind``."""
         total = 0
+        if kind == "fat12":  # its first sectors only: entries straddle sectors
+            return sum(1 for at, kinds in self.fat_first.items() if kinds
+                       for c in range(2, 340)
+                       if self._entry(kind, {0: self.fat_sectors.get(at, b"")}, c) == c + 1)
         for at, sector in self.fat_sectors.items():
             per = SECTOR * 8 // ENTRY_BITS[kind]
             index = 0 if self.fat_first.get(at) else fat_index(sector, kind)

@@ -624,7 +624,7 @@ def _inferred_volume(g: Geometry) -> Volume:
     start = g.fat_start
     return Volume(start, g.kind, SECTOR, g.spc, 0, 0, g.fat_size, g.num_fats,
                   g.root_start - start if g.root_sectors else 0, g.root_sectors,
-                  g.data_start - start, g.cluster_count, 2 if g.kind == "fat32" else 0)
+                  g.data_start - start, g.cluster_count, g.root_cluster)
 
 
 def _exfat_volume(start: int, sector: bytes) -> Volume | Malformed:
