@@ -32,6 +32,7 @@ SECTOR = 512
 MAX_SECTORS = 4096  # FAT and directory sectors kept as evidence (2 MiB each at most)
 MAX_WRITES = 4096  # write extents kept to match against entries' sizes
 MAX_REPLAY_SECTORS = 16384  # metadata sectors kept to replay the window (8 MiB)
+MAX_STEPS = 1 << 20  # FAT chain steps one solve may walk (files past it are not used)
 MIN_LINKS = 8  # chain links (entry i holding i + 1) that say which FAT sector this is
 EOC = {"fat12": 0xFF8, "fat16": 0xFFF8, "fat32": 0x0FFFFFF8}
 ENTRY_BITS = {"fat12": 12, "fat16": 16, "fat32": 32}
@@ -199,6 +200,9 @@ class Inference:
         self.fat_first: dict[int, set[str]] = {}  # LBA -> FAT types its content allows
         self.fat_sectors: dict[int, bytes] = {}  # LBA -> latest content (FAT-looking)
         self.dirs: dict[int, DirSector] = {}  # LBA -> latest directory sector
+        self.dir_raw: dict[int, bytes] = {}  # LBA -> its content
+        self.seen_at: dict[int, int] = {}  # FAT or directory sector's LBA -> seq last seen
+        self._now = 0
         self.fsinfo: set[int] = set()
         self.writes: dict[int, int] = {}  # LBA -> blocks of the latest write starting there
         self.buffer: list[Buffered] = []
@@ -209,6 +213,10 @@ class Inference:
         self.result: Geometry | None = None
         self.why = "no FAT or directory sector seen yet"
         self.checked: str | None = None  # the boot sector seen after all, against this
+        self.accepted: Geometry | None = None  # the geometry a volume was built from
+        self.withdrawn: str | None = None
+        self.used: Geometry | None = None  # a geometry used, then refused
+        self._steps = 0  # chain steps of one solve, bounded
         self._dirty = False
 
     # ---- collecting ------------------------------------------------------------------
@@ -217,6 +225,7 @@ class Inference:
                 status: str, write: bool) -> None:
         """Read the sectors of one good READ or WRITE for evidence; keep the command."""
         kept: dict[int, bytes] = {}
+        self._now = seq
         count = min(blocks, len(data) // SECTOR)
         for i in range(count):
             sector = bytes(data[i * SECTOR : (i + 1) * SECTOR])
@@ -248,7 +257,8 @@ class Inference:
         found = dir_sector(sector)
         if found is not None:
             if at_most(self.dirs, MAX_SECTORS, at):
-                self.dirs[at] = found
+                self.dirs[at], self.dir_raw[at], self.seen_at[at] = found, sector, self._now
+                self.fat_sectors.pop(at, None)
                 self._dirty = True
             else:
                 self.dropped = True
@@ -257,17 +267,28 @@ class Inference:
         if fat_index(sector, "fat16") is not None or fat_index(sector, "fat32") is not None:
             return self._fat(at, sector)
         if self.dirs.pop(at, None) is not None or self.fat_sectors.pop(at, None) is not None:
+            self.dir_raw.pop(at, None)
+            self.seen_at.pop(at, None)
             self._dirty = True  # what was there is gone
         return False
 
     def _fat(self, at: int, sector: bytes) -> bool:
         if at_most(self.fat_sectors, MAX_SECTORS, at):
-            self.fat_sectors[at] = sector
+            self.fat_sectors[at], self.seen_at[at] = sector, self._now
             self._dirty = True
         else:
             self.dropped = True
         self.dirs.pop(at, None)
+        self.dir_raw.pop(at, None)
         return True
+
+    def seed(self, before: int) -> list[tuple[int, int, bytes]]:
+        """(seq, LBA, content) of the FAT and directory sectors last seen before seq
+        ``before``: what a volume built now knows of the commands no longer buffered."""
+        out = [(seq, at, self.fat_sectors.get(at) or self.dir_raw[at])
+               for at, seq in self.seen_at.items() if seq < before and
+               (at in self.fat_sectors or at in self.dir_raw)]
+        return sorted(out)
 
     def _keep(self, command: Buffered) -> None:
         if self.replay_full_at is not None:
@@ -283,8 +304,9 @@ class Inference:
         if not self.buffer or self.buffer[0].seq > upto:
             return
         keep = [c for c in self.buffer if c.seq > upto]
-        self.released_before = max(self.released_before or 0,
-                                   max(c.seq for c in self.buffer if c.seq <= upto))
+        if self.accepted is None:
+            self.released_before = max(self.released_before or 0,
+                                       max(c.seq for c in self.buffer if c.seq <= upto))
         self.replay_sectors = sum(len(c.sectors) for c in keep)
         self.buffer = keep
 
@@ -296,6 +318,7 @@ class Inference:
         if not self._dirty:
             return self.result
         self._dirty = False
+        self._steps = 0
         try:
             self.result = self._solve()
         except Refused as refusal:
@@ -521,7 +544,8 @@ class Inference:
         """Clusters in the chain from ``first`` to its EOC, if every entry was seen."""
         seen = set()
         cluster = first
-        while len(seen) < 1 << 16:
+        while len(seen) < 1 << 16 and self._steps < MAX_STEPS:
+            self._steps += 1
             if cluster in seen:
                 return None
             seen.add(cluster)
@@ -658,6 +682,22 @@ class Inference:
                     raise Refused(f"{name} at LBA {at}: first cluster {cluster} beyond "
                                   "the FAT")
 
+    def contradicted(self, seq: int) -> bool:
+        """Whether evidence since the geometry was accepted refuses it (or gives another):
+        then the volume is withdrawn, and the notes say from which command."""
+        g = self.solve()
+        accepted = self.accepted
+        if accepted is None or (g is not None and _numbers(g) == _numbers(accepted)):
+            return False
+        self.used = accepted
+        self.withdrawn = (f"evidence at seq {seq} refuses the geometry inferred before it: "
+                          + (self.why if g is None else "it now gives another geometry")
+                          + "; blocks in the window are unknown again, those final before "
+                          "rest on the geometry refused")
+        self.accepted = None
+        self.result = None
+        return True
+
     def _evidence(self) -> bool:
         return bool(self.fat_first or self.fat_sectors or self.dirs or self.fsinfo)
 
@@ -681,6 +721,8 @@ class Inference:
     def notes(self) -> list[str]:
         """The geometry and the evidence for each number, or why there is none."""
         self.solve()
+        if self.withdrawn is not None and self.used is not None:
+            return [_describe(self.used), self.withdrawn]
         if self.checked is not None:
             if self.result is None:
                 return [f"{self.checked}; before it the geometry could not be inferred: "
@@ -691,14 +733,7 @@ class Inference:
                 return []
             return ["no boot sector seen, and the FAT geometry could not be inferred: "
                     f"{self.why}; blocks are unknown"]
-        g = self.result
-        out = [f"no boot sector seen: {g.kind.upper()} geometry inferred from the capture "
-               f"(FAT at LBA {g.fat_start}, {g.num_fats} x {g.fat_size} sectors; "
-               + (f"root directory at LBA {g.root_start}, {g.root_sectors} sectors; "
-                  if g.root_sectors else "")
-               + f"cluster 2 at LBA {g.data_start}; {g.spc * SECTOR}-byte clusters); "
-               "where the volume and its boot sector start is not known; evidence: "
-               + "; ".join(g.evidence)]
+        out = [_describe(self.result)]
         if self.released_before is not None:
             out.append(f"blocks of commands up to seq {self.released_before} were final "
                        "before the geometry was inferred: they stay unknown")
@@ -709,6 +744,21 @@ class Inference:
         if self.dropped:
             out.append("evidence for the geometry past its bounds was not kept")
         return out
+
+
+def _describe(g: Geometry) -> str:
+    return (f"no boot sector seen: {g.kind.upper()} geometry inferred from the capture "
+            f"(FAT at LBA {g.fat_start}, {g.num_fats} x {g.fat_size} sectors; "
+            + (f"root directory at LBA {g.root_start}, {g.root_sectors} sectors; "
+               if g.root_sectors else "")
+            + f"cluster 2 at LBA {g.data_start}; {g.spc * SECTOR}-byte clusters); "
+            "where the volume and its boot sector start is not known; evidence: "
+            + "; ".join(g.evidence))
+
+
+def _numbers(g: Geometry) -> tuple[int | str, ...]:
+    return (g.kind, g.fat_start, g.fat_size, g.num_fats, g.root_start, g.root_sectors,
+            g.data_start, g.spc, g.cluster_count, g.root_cluster)
 
 
 def at_most(table: dict[int, object], limit: int, key: int) -> bool:

@@ -722,12 +722,16 @@ class Attributor:
             return self._release()
         write = opcode in WRITES
         blind = not self.volumes
-        if blind:
+        if blind or self._inferred is not None:  # an inferred volume stays under watch
             self._inference.observe(seq, opcode, lba, blocks, data, status, write)
         self._changed = set()
         self._access(seq, lba, blocks, data, write)
         if blind and self.volumes:
             self._late_boot_sector(seq, (opcode, lba, blocks, data, status))
+        elif self._inferred is not None and self._inference.contradicted(seq):
+            self.volumes.remove(self._inferred)
+            self._inferred = None
+            self._redo(None)  # the window's rows: unknown again
         for volume in self._changed:
             self._resolve_pending(volume)
         return self._release()
@@ -761,7 +765,7 @@ class Attributor:
             queue = self._queue
         while queue and queue[0][0] <= limit:
             self._append(out, self._final(*queue.popleft()))
-        if not self.volumes:
+        if not self.volumes or self._inferred is not None:
             self._inference.forget(limit)
         self._mark_inferred(out)
         return out
@@ -775,6 +779,7 @@ class Attributor:
             return
         geometry = self._inference.result
         assert geometry is not None
+        self._inference.accepted = geometry
         self._inferred = volume = _inferred_volume(geometry)
         self._add_volume(volume)
         self._redo(None)
@@ -801,6 +806,14 @@ class Attributor:
         redone = {c.seq for c in buffered} | ({current[0]} if current else set())
         old, self._queue = self._queue, deque()
         now = self._seq
+        if self.volumes:  # what the commands before the window showed, rows discarded;
+            # twice, so that a directory seen before its parent's entry is kept too
+            first = buffered[0].seq if buffered else current[0] if current else now + 1
+            seed = self._inference.seed(first)
+            for seq, at, sector in seed + seed:
+                self._replay(seq, 0x28, at, 1, sector)
+            self._queue = deque()
+            self._unowned, self._created, self._deleted, self._created_at = {}, {}, {}, {}
         for c in buffered:
             data = bytearray(c.length)
             for index, sector in c.sectors.items():
