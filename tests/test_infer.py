@@ -108,6 +108,14 @@ def test_a_mounted_stick_capture_alone_names_its_new_file(tmp_path: Path) -> Non
     assert "NEWFIL~1 (cluster 3) at LBA 581" in notes
     data = bytes(rebuild(conn, 1, "write")["/new file"])
     assert len(data) == 4320 and data.startswith(b"this is a test on a text file")
+    # the log and the files table say that the names rest on an inferred geometry
+    from click.testing import CliRunner
+
+    from usbtrace.cli import main
+    log = CliRunner().invoke(main, ["log", "1", "--db", str(tmp_path / "t.db")])
+    assert "/new file @0 (inferred)" in log.output
+    files = CliRunner().invoke(main, ["files", "1", "--db", str(tmp_path / "t.db")])
+    assert "inferred: 2 paths are named from a FAT geometry inferred" in files.output
 
 
 def test_fat32_recorded_then_cut_after_the_mount(tmp_path: Path) -> None:

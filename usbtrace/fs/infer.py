@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 SECTOR = 512
@@ -187,7 +188,7 @@ def fsinfo(sector: bytes) -> bool:
         sector[508:512] == b"\0\0\x55\xaa"
 
 
-class Refused(Exception):
+class RefusedError(Exception):
     """Evidence that disagrees: the reason is the message."""
 
 
@@ -321,7 +322,7 @@ class Inference:
         self._steps = 0
         try:
             self.result = self._solve()
-        except Refused as refusal:
+        except RefusedError as refusal:
             self.result, self.why = None, str(refusal)
         return self.result
 
@@ -330,28 +331,28 @@ class Inference:
         kind = self._kind(why)
         bases, read_from = self._bases(kind)
         if not bases:
-            raise Refused(f"{kind.upper()}: no FAT sector says where its FAT starts")
+            raise RefusedError(f"{kind.upper()}: no FAT sector says where its FAT starts")
         fat_start = bases[0]
         why.append(f"FAT starts at LBA {fat_start} ({read_from[fat_start]})")
         if len(bases) > 1:
             gaps = {b - a for a, b in zip(bases, bases[1:])}
             fat_size = min(gaps)
             if any(g % fat_size for g in gaps):
-                raise Refused(f"FAT copies at LBAs {bases}: not evenly spaced")
+                raise RefusedError(f"FAT copies at LBAs {bases}: not evenly spaced")
             num_fats = (bases[-1] - fat_start) // fat_size + 1
             why.append(f"{num_fats} FAT copies {fat_size} sectors apart (copies at "
                        f"{', '.join(str(b) for b in bases)}: " +
                        ", ".join(read_from[b] for b in bases[1:]) + ")")
         else:
-            raise Refused(f"{kind.upper()}: one FAT copy seen, at LBA {fat_start}; the FAT's "
+            raise RefusedError(f"{kind.upper()}: one FAT copy seen, at LBA {fat_start}; the FAT's "
                           "size (the second copy) was not seen")
         if fat_size < MIN_FAT_SECTORS[kind]:
-            raise Refused(f"FAT copies {fat_size} sectors apart are too small for "
+            raise RefusedError(f"FAT copies {fat_size} sectors apart are too small for "
                           f"{kind.upper()} (at least {MIN_FAT_SECTORS[kind]})")
         fats_end = fat_start + num_fats * fat_size
         for at in self.fsinfo:
             if at >= fat_start:
-                raise Refused(f"an FSInfo sector at LBA {at}, after the FAT's start")
+                raise RefusedError(f"an FSInfo sector at LBA {at}, after the FAT's start")
         fat = self._fat_of(kind, fat_start, fat_size, num_fats)
         spcs, spc_why = self._cluster_sizes(kind, fat)
         dots = {at: d.dot for at, d in self.dirs.items() if d.dot is not None and d.dot >= 2}
@@ -360,12 +361,12 @@ class Inference:
         if kind != "fat32":
             root_start, root_sectors = fats_end, data_start - fats_end
             if root_sectors < 1:
-                raise Refused(f"{kind.upper()}: no room for the root directory between the "
+                raise RefusedError(f"{kind.upper()}: no room for the root directory between the "
                               f"FATs' end (LBA {fats_end}) and cluster 2 (LBA {data_start})")
             why.append(f"root directory LBAs {root_start}..{data_start - 1} "
                        f"({root_sectors * 16} entries): between the FATs and cluster 2")
         elif data_start != fats_end:
-            raise Refused(f"FAT32: cluster 2 at LBA {data_start} does not follow the FATs, "
+            raise RefusedError(f"FAT32: cluster 2 at LBA {data_start} does not follow the FATs, "
                           f"which end at LBA {fats_end}")
         root_cluster = self._root_cluster(fat, spc, data_start, why) if kind == "fat32" else 0
         cluster_count = min(MAX_CLUSTERS[kind],
@@ -390,26 +391,26 @@ class Inference:
                 found.setdefault(cluster, f"LBA {at} holds " + (
                     "the volume label" if d.label else f"{holds[0]}, whose \"..\" is 0"))
         if not found:
-            raise Refused("FAT32: the root directory's cluster is not known (no volume "
+            raise RefusedError("FAT32: the root directory's cluster is not known (no volume "
                           'label and no entry of a directory whose ".." is 0 seen)')
         before: dict[int, int] = {}
         for index, sector in fat.items():
             for i, value in enumerate(fat_values(sector, "fat32")):
                 if 2 <= value < EOC["fat32"] - 1:
                     before.setdefault(value, index * 128 + i)
-        heads = {}
+        heads: dict[int, str] = {}
         for cluster, evidence in found.items():
             head, steps = cluster, 0
             while head in before and steps < len(before):
                 head, steps = before[head], steps + 1
             heads.setdefault(head, evidence)
         if len(heads) != 1:
-            raise Refused(f"FAT32: the root directory's chain has more than one head in the "
+            raise RefusedError(f"FAT32: the root directory's chain has more than one head in the "
                           f"FAT seen (clusters {sorted(heads)})")
         root, evidence = next(iter(heads.items()))
         first = self.dirs.get(data_start + (root - 2) * spc)
         if first is not None and first.dot is not None:
-            raise Refused(f'FAT32: cluster {root}, the root directory by the FAT, holds "."')
+            raise RefusedError(f'FAT32: cluster {root}, the root directory by the FAT, holds "."')
         why.append(f"root directory at cluster {root} ({evidence}; the head of its chain in "
                    "the FAT seen)")
         return root
@@ -419,7 +420,7 @@ class Inference:
         and which decoding of the FAT sectors holds chains."""
         kinds = {"fat12", "fat16", "fat32"}
         reasons = []
-        for at, allowed in sorted(self.fat_first.items()):
+        for allowed in self.fat_first.values():
             if allowed:
                 kinds &= allowed
         if self.fat_first:
@@ -448,10 +449,10 @@ class Inference:
                 reasons.append(f"read as {fitting[0].upper()}, the FAT holds {links} chain "
                                f"links and {chains} files' whole chains; as {rest}")
         if not kinds:
-            raise Refused("the FAT type: the evidence fits no type (" +
+            raise RefusedError("the FAT type: the evidence fits no type (" +
                           "; ".join(reasons) + ")")
         if len(kinds) > 1:
-            raise Refused("the FAT type: " + " or ".join(sorted(k.upper() for k in kinds)) +
+            raise RefusedError("the FAT type: " + " or ".join(sorted(k.upper() for k in kinds)) +
                           " (" + ("; ".join(reasons) or "no FAT sector seen") + ")")
         kind = next(iter(kinds))
         why.append(f"{kind.upper()} ({'; '.join(reasons)})")
@@ -542,7 +543,7 @@ class Inference:
 
     def _chain_length(self, kind: str, fat: dict[int, bytes], first: int) -> int | None:
         """Clusters in the chain from ``first`` to its EOC, if every entry was seen."""
-        seen = set()
+        seen: set[int] = set()
         cluster = first
         while len(seen) < 1 << 16 and self._steps < MAX_STEPS:
             self._steps += 1
@@ -571,7 +572,7 @@ class Inference:
                     continue
                 allowed = {s for s in spcs if -(-size // (s * SECTOR)) == length}
                 if not allowed:
-                    raise Refused(f"{name} (LBA {at}): {size} bytes in a chain of {length} "
+                    raise RefusedError(f"{name} (LBA {at}): {size} bytes in a chain of {length} "
                                   f"clusters fit no cluster size the others allow "
                                   f"({sorted(s * SECTOR for s in spcs)} bytes)")
                 if allowed != spcs:
@@ -593,7 +594,7 @@ class Inference:
             (c1, l1), (c2, l2) = pairs[0], next(p for p in pairs if p[0] != pairs[0][0])
             step, rest = divmod(l2 - l1, c2 - c1)
             if rest or step not in spcs:
-                raise Refused(f'"." entries of clusters {c1} at LBA {l1} and {c2} at LBA '
+                raise RefusedError(f'"." entries of clusters {c1} at LBA {l1} and {c2} at LBA '
                               f"{l2}: {l2 - l1} sectors for {c2 - c1} clusters is no "
                               "cluster size allowed")
             if spc is None:
@@ -624,7 +625,7 @@ class Inference:
         """The numbers still open, from writes of exactly one entry's size in blocks.
         Each match is an equation; every match must give the same answer."""
         matches = []
-        for at, d in sorted(self.dirs.items()):
+        for _, d in sorted(self.dirs.items()):
             for name, is_dir, lo, hi, size in d.entries:
                 cluster = (hi << 16) | lo if kind == "fat32" else lo
                 if is_dir or size == 0 or cluster < 2:
@@ -634,7 +635,7 @@ class Inference:
                 if len(where) == 1:
                     matches.append((name, cluster, where[0]))
         answers: set[tuple[int, int]] = set()
-        for name, cluster, lba in matches:
+        for _name, cluster, lba in matches:
             for s in ([spc] if spc is not None else sorted(spcs)):
                 start = lba - (cluster - 2) * s
                 if data_start is None or start == data_start:
@@ -648,9 +649,9 @@ class Inference:
         open_ = [n for n, v in (("the cluster size", spc), ("where cluster 2 is", data_start))
                  if v is None]
         if matches and len(answers) > 1:
-            raise Refused(f"{kind.upper()}: {' and '.join(open_)}: writes matched to entries "
+            raise RefusedError(f"{kind.upper()}: {' and '.join(open_)}: writes matched to entries "
                           f"by size disagree ({len(answers)} answers)")
-        raise Refused(f"{kind.upper()}: {' and '.join(open_)} not decided (no two "
+        raise RefusedError(f"{kind.upper()}: {' and '.join(open_)} not decided (no two "
                       'subdirectories\' "." entries, no write matched to an entry alone)')
 
     def _check(self, kind: str, dots: dict[int, int], spc: int, data_start: int,
@@ -659,27 +660,27 @@ class Inference:
         """Every piece of evidence must agree with the geometry solved."""
         for at, c in sorted(dots.items()):
             if data_start + (c - 2) * spc != at:
-                raise Refused(f'the "." entry of cluster {c} is at LBA {at}, but cluster {c} '
+                raise RefusedError(f'the "." entry of cluster {c} is at LBA {at}, but cluster {c} '
                               f"would be at LBA {data_start + (c - 2) * spc}")
             if c >= cluster_count + 2:
-                raise Refused(f'a "." entry names cluster {c}, beyond the FAT')
+                raise RefusedError(f'a "." entry names cluster {c}, beyond the FAT')
         for at, d in sorted(self.dirs.items()):
             if d.label and kind != "fat32" and not root_start <= at < data_start:
-                raise Refused(f"a volume label at LBA {at}, outside the root directory "
+                raise RefusedError(f"a volume label at LBA {at}, outside the root directory "
                               f"(LBAs {root_start}..{data_start - 1})")
             if at < fats_end and d.dot is not None:
-                raise Refused(f"a subdirectory's first sector at LBA {at}, inside the FATs")
+                raise RefusedError(f"a subdirectory's first sector at LBA {at}, inside the FATs")
         for at in self.fat_sectors:
             if at >= fats_end and self.fat_first.get(at):
-                raise Refused(f"a FAT's first sector at LBA {at}, past the FATs")
+                raise RefusedError(f"a FAT's first sector at LBA {at}, past the FATs")
         for at, d in sorted(self.dirs.items()):
-            for name, is_dir, lo, hi, size in d.entries:
+            for name, _is_dir, lo, hi, _size in d.entries:
                 cluster = (hi << 16) | lo if kind == "fat32" else lo
                 if hi and kind != "fat32":
-                    raise Refused(f"{name} at LBA {at} has a 32-bit first cluster on "
+                    raise RefusedError(f"{name} at LBA {at} has a 32-bit first cluster on "
                                   f"{kind.upper()}")
                 if cluster >= cluster_count + 2:
-                    raise Refused(f"{name} at LBA {at}: first cluster {cluster} beyond "
+                    raise RefusedError(f"{name} at LBA {at}: first cluster {cluster} beyond "
                                   "the FAT")
 
     def contradicted(self, seq: int) -> bool:
@@ -761,6 +762,6 @@ def _numbers(g: Geometry) -> tuple[int | str, ...]:
             g.data_start, g.spc, g.cluster_count, g.root_cluster)
 
 
-def at_most(table: dict[int, object], limit: int, key: int) -> bool:
+def at_most(table: Mapping[int, object], limit: int, key: int) -> bool:
     """Whether ``key`` fits a table bounded at ``limit`` entries."""
     return key in table or len(table) < limit
