@@ -703,13 +703,17 @@ class Inference:
         return bool(self.fat_first or self.fat_sectors or self.dirs or self.fsinfo)
 
     def compare(self, start: int, kind: str, fat_start: int, fat_size: int, num_fats: int,
-                data_start: int, spc: int, bps: int) -> None:
-        """A boot sector was seen after all: say whether the inferred geometry was its."""
+                data_start: int, spc: int, bps: int, written: bool) -> bool:
+        """A boot sector was seen after all: whether the inferred geometry was its (said in
+        the notes).  A boot sector written with no geometry inferred is a format: the
+        evidence before it was of another layout, and nothing is said."""
         real = (kind, start + fat_start, fat_size, num_fats, start + data_start, spc)
-        self.checked = f"a boot sector for LBA {start} was seen later"
         g = self.solve()
         if g is None:
-            return
+            if not written:
+                self.checked = f"a boot sector for LBA {start} was read later"
+            return False
+        self.checked = f"a boot sector for LBA {start} was seen later"
         ours = (g.kind, g.fat_start, g.fat_size, g.num_fats, g.data_start, g.spc)
         names = ("type", "FAT start", "FAT size", "FAT copies", "cluster 2", "sectors per "
                  "cluster")
@@ -718,6 +722,7 @@ class Inference:
                          ": it DISAGREES with the geometry inferred: " + ", ".join(wrong))
         if bps != SECTOR:
             self.checked += f" ({bps}-byte sectors)"
+        return not wrong
 
     def notes(self) -> list[str]:
         """The geometry and the evidence for each number, or why there is none."""

@@ -729,9 +729,9 @@ class Attributor:
         if blind and self.volumes:
             self._late_boot_sector(seq, (opcode, lba, blocks, data, status))
         elif self._inferred is not None and self._inference.contradicted(seq):
-            self.volumes.remove(self._inferred)
-            self._inferred = None
-            self._redo(None)  # the window's rows: unknown again
+            withdrawn, self._inferred = self._inferred, None
+            self.volumes.remove(withdrawn)
+            self._redo(None, [(withdrawn.start, withdrawn.end)])  # unknown again
         for volume in self._changed:
             self._resolve_pending(volume)
         return self._release()
@@ -785,23 +785,34 @@ class Attributor:
         self._redo(None)
 
     def _late_boot_sector(self, seq: int, command: tuple[int, int, int, bytes, str]) -> None:
-        """A boot sector came after other metadata: its volumes start afresh and the
-        window's earlier commands are attributed again, then this one."""
+        """A boot sector came after other metadata.  Read, or written with the geometry
+        the evidence before it gave (a dirty flag set or cleared), it held before: its
+        volumes start afresh and the window's earlier commands are attributed again, then
+        this one.  Written otherwise, it is a format: what came before was another layout."""
+        written = command[0] in WRITES
+        agreed = [self._inference.compare(v.start, v.kind, v.fat_start, v.fat_size,
+                                          v.num_fats, v.data_start, v.spc, v.bps, written)
+                  for v in self.volumes]
+        if written and not all(agreed):
+            self._inference.buffer = []
+            return
         for i, volume in enumerate(self.volumes):
             self.volumes[i] = Volume(volume.start, volume.kind, volume.bps, volume.spc,
                                      volume.reserved, volume.fat_start, volume.fat_size,
                                      volume.num_fats, volume.root_start, volume.root_sectors,
                                      volume.data_start, volume.cluster_count,
                                      volume.root_cluster, volume.fsinfo, volume.backup_boot)
-            self._inference.compare(volume.start, volume.kind, volume.fat_start,
-                                    volume.fat_size, volume.num_fats, volume.data_start,
-                                    volume.spc, volume.bps)
         self._redo((seq, *command))
 
-    def _redo(self, current: tuple[int, int, int, int, bytes, str] | None) -> None:
-        """Attribute again the buffered commands whose rows are still in the window
-        (all unknown: there was no volume), then ``current`` with its whole payload."""
-        buffered = [c for c in self._inference.buffer if current is None or c.seq < current[0]]
+    def _redo(self, current: tuple[int, int, int, int, bytes, str] | None,
+              ranges: list[tuple[int, int]] | None = None) -> None:
+        """Attribute again the buffered commands whose rows are still in the window and
+        that touch the volumes (or ``ranges``); then ``current`` with its whole payload.
+        Commands elsewhere keep their rows: only metadata was kept of their payload."""
+        spans = ranges if ranges is not None else [(v.start, v.end) for v in self.volumes]
+        buffered = [c for c in self._inference.buffer
+                    if (current is None or c.seq < current[0]) and
+                    any(a < c.lba + c.blocks and c.lba < b for a, b in spans)]
         self._inference.buffer = []
         redone = {c.seq for c in buffered} | ({current[0]} if current else set())
         old, self._queue = self._queue, deque()
@@ -822,7 +833,9 @@ class Attributor:
         if current is not None:
             self._replay(current[0], current[1], current[2], current[3], current[4])
         self._seq = now
-        self._queue.extend(e for e in old if e[0] not in redone)
+        # in command order (a stable sort keeps each command's rows as they were)
+        self._queue = deque(sorted([*self._queue, *(e for e in old if e[0] not in redone)],
+                                   key=lambda e: e[0]))
 
     def _replay(self, seq: int, opcode: int, lba: int, blocks: int, data: bytes) -> None:
         self._seq, self._changed = seq, set()
