@@ -33,8 +33,9 @@ SECTOR = 512
 MAX_SECTORS = 4096  # FAT and directory sectors kept as evidence (2 MiB each at most)
 MAX_WRITES = 4096  # write extents kept to match against entries' sizes
 MAX_REPLAY_SECTORS = 16384  # metadata sectors kept to replay the window (8 MiB)
-MAX_STEPS = 1 << 20  # FAT chain steps one solve may walk (files past it are not used)
+MAX_STEPS = 1 << 16  # FAT chain steps one solve may walk (files past it are not used)
 MIN_LINKS = 8  # chain links (entry i holding i + 1) that say which FAT sector this is
+SOLVE_EVERY = 64  # commands between two checks of an accepted geometry
 EOC = {"fat12": 0xFF8, "fat16": 0xFFF8, "fat32": 0x0FFFFFF8}
 ENTRY_BITS = {"fat12": 12, "fat16": 16, "fat32": 32}
 MAX_CLUSTERS = {"fat12": 4084, "fat16": 65524, "fat32": 0x0FFFFFF5}
@@ -128,6 +129,27 @@ def fat_index(sector: bytes, kind: str) -> int | None:
     return base // per
 
 
+def readings(sector: bytes, first: set[str]) -> dict[str, tuple[int, int]]:
+    """For each FAT type the sector reads as: (its index in the FAT, chain links in it).
+    A FAT12 sector only as a FAT's first one: its entries straddle the others."""
+    out: dict[str, tuple[int, int]] = {}
+    for kind in ("fat12", "fat16", "fat32"):
+        index = 0 if kind in first else None if kind == "fat12" else fat_index(sector, kind)
+        if index is None:
+            continue
+        if kind == "fat12":
+            links = 0
+            for c in range(2, 340):
+                at = c + c // 2
+                value = int.from_bytes(sector[at : at + 2], "little")
+                links += (value >> 4 if c & 1 else value & 0x0FFF) == c + 1
+        else:
+            base = index * (SECTOR * 8 // ENTRY_BITS[kind])
+            links = sum(1 for i, v in enumerate(fat_values(sector, kind)) if v == base + i + 1)
+        out[kind] = (index, links)
+    return out
+
+
 def dir_sector(sector: bytes) -> DirSector | None:
     """The sector as FAT directory entries, or None if it cannot be (FAT spec §6): every
     slot is free, deleted, a long-name part or a short entry with a valid name and
@@ -203,7 +225,10 @@ class Inference:
         self.dirs: dict[int, DirSector] = {}  # LBA -> latest directory sector
         self.dir_raw: dict[int, bytes] = {}  # LBA -> its content
         self.seen_at: dict[int, int] = {}  # FAT or directory sector's LBA -> seq last seen
+        # a FAT sector's readings, worked out once: type -> (its index in the FAT, links)
+        self.readings: dict[int, dict[str, tuple[int, int]]] = {}
         self._now = 0
+        self._solved_at = -SOLVE_EVERY
         self.fsinfo: set[int] = set()
         self.writes: dict[int, int] = {}  # LBA -> blocks of the latest write starting there
         self.buffer: list[Buffered] = []
@@ -260,6 +285,7 @@ class Inference:
             if at_most(self.dirs, MAX_SECTORS, at):
                 self.dirs[at], self.dir_raw[at], self.seen_at[at] = found, sector, self._now
                 self.fat_sectors.pop(at, None)
+                self.readings.pop(at, None)
                 self._dirty = True
             else:
                 self.dropped = True
@@ -267,6 +293,7 @@ class Inference:
         self.fat_first.pop(at, None)  # overwritten by something else
         if fat_index(sector, "fat16") is not None or fat_index(sector, "fat32") is not None:
             return self._fat(at, sector)
+        self.readings.pop(at, None)
         if self.dirs.pop(at, None) is not None or self.fat_sectors.pop(at, None) is not None:
             self.dir_raw.pop(at, None)
             self.seen_at.pop(at, None)
@@ -276,6 +303,7 @@ class Inference:
     def _fat(self, at: int, sector: bytes) -> bool:
         if at_most(self.fat_sectors, MAX_SECTORS, at):
             self.fat_sectors[at], self.seen_at[at] = sector, self._now
+            self.readings[at] = readings(sector, self.fat_first.get(at, set()))
             self._dirty = True
         else:
             self.dropped = True
@@ -313,11 +341,13 @@ class Inference:
 
     # ---- solving ---------------------------------------------------------------------
 
-    def solve(self) -> Geometry | None:
+    def solve(self, force: bool = True) -> Geometry | None:
         """The geometry if the evidence decides it and all of it agrees; else None, with
-        ``why``.  Solved again only when the evidence changed."""
-        if not self._dirty:
+        ``why``.  Solved again only when the evidence changed, and unless ``force``d at
+        most once every ``SOLVE_EVERY`` commands (a watch that costs little)."""
+        if not self._dirty or (not force and self._now - self._solved_at < SOLVE_EVERY):
             return self.result
+        self._solved_at = self._now
         self._dirty = False
         self._steps = 0
         try:
@@ -460,20 +490,7 @@ class Inference:
 
     def _links(self, kind: str) -> int:
         """Chain links (entry i holding i + 1) in the FAT sectors read as ``kind``."""
-        total = 0
-        if kind == "fat12":  # its first sectors only: entries straddle sectors
-            return sum(1 for at, kinds in self.fat_first.items() if kinds
-                       for c in range(2, 340)
-                       if self._entry(kind, {0: self.fat_sectors.get(at, b"")}, c) == c + 1)
-        for at, sector in self.fat_sectors.items():
-            per = SECTOR * 8 // ENTRY_BITS[kind]
-            index = 0 if self.fat_first.get(at) else fat_index(sector, kind)
-            if index is None:
-                continue
-            base = index * per
-            total += sum(1 for i, v in enumerate(fat_values(sector, kind))
-                         if v == base + i + 1)
-        return total
+        return sum(reading[kind][1] for reading in self.readings.values() if kind in reading)
 
     def _chains(self, kind: str) -> int:
         """Files whose chain, read as ``kind``, runs whole from their first cluster to an
@@ -501,9 +518,9 @@ class Inference:
                 found.setdefault(at, f"a FAT's first sector at LBA {at}")
         if kind != "fat12":
             for at in sorted(self.fat_sectors):
-                if self.fat_first.get(at):
+                if self.fat_first.get(at) or kind not in self.readings.get(at, {}):
                     continue
-                index = fat_index(self.fat_sectors[at], kind)
+                index = self.readings[at][kind][0]
                 if index is not None:
                     found.setdefault(at - index, f"LBA {at} holds the chains of FAT sector "
                                                  f"{index}")
@@ -683,15 +700,16 @@ class Inference:
                     raise RefusedError(f"{name} at LBA {at}: first cluster {cluster} beyond "
                                   "the FAT")
 
-    def contradicted(self, seq: int) -> bool:
+    def contradicted(self, seq: int, force: bool = False) -> bool:
         """Whether evidence since the geometry was accepted refuses it (or gives another):
-        then the volume is withdrawn, and the notes say from which command."""
-        g = self.solve()
+        then the volume is withdrawn, and the notes say by which command."""
+        g = self.solve(force)
         accepted = self.accepted
         if accepted is None or (g is not None and _numbers(g) == _numbers(accepted)):
             return False
         self.used = accepted
-        self.withdrawn = (f"evidence at seq {seq} refuses the geometry inferred before it: "
+        self.withdrawn = (f"evidence seen by seq {seq} refuses the geometry inferred before "
+                          "it: "
                           + (self.why if g is None else "it now gives another geometry")
                           + "; blocks in the window are unknown again, those final before "
                           "rest on the geometry refused")

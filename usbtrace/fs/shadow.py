@@ -728,10 +728,8 @@ class Attributor:
         self._access(seq, lba, blocks, data, write)
         if blind and self.volumes:
             self._late_boot_sector(seq, (opcode, lba, blocks, data, status))
-        elif self._inferred is not None and self._inference.contradicted(seq):
-            withdrawn, self._inferred = self._inferred, None
-            self.volumes.remove(withdrawn)
-            self._redo(None, [(withdrawn.start, withdrawn.end)])  # unknown again
+        elif self._inferred is not None:
+            self._watch(seq, False)
         for volume in self._changed:
             self._resolve_pending(volume)
         return self._release()
@@ -746,6 +744,8 @@ class Attributor:
 
     def flush(self) -> list[Activity]:
         out: list[Activity] = []
+        if self._inferred is not None:
+            self._watch(self._seq, True)
         self._infer()
         while self._queue:
             self._append(out, self._final(*self._queue.popleft()))
@@ -783,6 +783,14 @@ class Attributor:
         self._inferred = volume = _inferred_volume(geometry)
         self._add_volume(volume)
         self._redo(None)
+
+    def _watch(self, seq: int, force: bool) -> None:
+        """An inferred volume that later evidence refuses is withdrawn: the window's rows
+        are unknown again (those final before rest on it, as the notes say)."""
+        if self._inferred is not None and self._inference.contradicted(seq, force):
+            withdrawn, self._inferred = self._inferred, None
+            self.volumes.remove(withdrawn)
+            self._redo(None, [(withdrawn.start, withdrawn.end)])
 
     def _late_boot_sector(self, seq: int, command: tuple[int, int, int, bytes, str]) -> None:
         """A boot sector came after other metadata.  Read, or written with the geometry
