@@ -184,7 +184,7 @@ def test_too_little_evidence_says_unknown_and_why() -> None:
     root = (_entry(b"LABEL", 0x08, 0) + _entry(b"A       TXT", 0x20, 5, 100)).ljust(512, b"\0")
     kinds, notes = _feed({4: _fat16_first(), 260: root, 296: _subdir(3)})
     assert set(kinds) == {"unknown"}
-    assert any("could not be inferred" in n and "one FAT copy seen, at LBA 4" in n
+    assert any("does not decide a FAT geometry" in n and "one FAT copy seen, at LBA 4" in n
                for n in notes), notes
     # with the second copy, the cluster size is still open: one "." entry, no match
     kinds, notes = _feed({4: _fat16_first(), 132: _fat16_first(), 260: root,
@@ -244,3 +244,31 @@ def test_junk_never_raises(junk: bytes) -> None:
         rows += a.feed(seq, 0x2A, seq * 100, 1, junk, "good")
     rows += a.flush()
     assert {r.kind for r in rows} == {"unknown"}
+
+
+def _boot_sector(spc: int) -> bytes:
+    """FAT16 as the synthetic evidence has it: 4 reserved sectors, 2 FATs of 128, 512
+    root entries; ``spc`` sectors a cluster."""
+    bpb = struct.pack("<3s8sHBHBHHBHHHII", b"\xeb\x3c\x90", b"MSWIN4.1", 512, spc, 4, 2, 512,
+                      0, 0xF8, 128, 32, 2, 0, 131072)
+    return (bpb + bytes([0x80, 0, 0x29]) + bytes(4)).ljust(510, b"\0") + b"\x55\xaa"
+
+
+@pytest.mark.parametrize(("spc", "verdict"), [(4, "it agrees with the geometry inferred"),
+                                              (8, "it DISAGREES with the geometry inferred: "
+                                                  "sectors per cluster 4 (boot sector: 8)")])
+def test_a_boot_sector_read_after_the_inference_governs(spc: int, verdict: str) -> None:
+    root = _entry(b"LABEL", 0x08, 0).ljust(512, b"\0")
+    a = Attributor(window=0)
+    evidence = {4: _fat16_first(), 132: _fat16_first(), 260: root, 296: _subdir(3),
+                300: _subdir(4)}
+    for seq, (lba, sector) in enumerate(sorted(evidence.items()), 1):
+        a.feed(seq, 0x2A, lba, 1, sector, "good")
+    rows = a.feed(10, 0x28, 0, 1, _boot_sector(spc), "good")
+    rows += a.feed(11, 0x2A, 300, 1, _subdir(4), "good") + a.flush()
+    assert [(r.kind, r.detail) for r in rows if r.scsi_seq == 10] == [("boot_sector", None)]
+    last = [(r.kind, r.path, r.detail) for r in rows if r.scsi_seq == 11]
+    # rows after the boot sector rest on it, not on the inference
+    assert last and all(detail is None for _, _, detail in last), last
+    assert any(f"a boot sector for LBA 0 was seen later: {verdict}" in n
+               for n in a.notes()), a.notes()

@@ -240,6 +240,7 @@ class Inference:
         self.why = "no FAT or directory sector seen yet"
         self.checked: str | None = None  # the boot sector seen after all, against this
         self.accepted: Geometry | None = None  # the geometry a volume was built from
+        self.boot_seen = False  # a boot sector governs now
         self.withdrawn: str | None = None
         self.used: Geometry | None = None  # a geometry used, then refused
         self._steps = 0  # chain steps of one solve, bounded
@@ -726,11 +727,10 @@ class Inference:
         the notes).  A boot sector written with no geometry inferred is a format: the
         evidence before it was of another layout, and nothing is said."""
         real = (kind, start + fat_start, fat_size, num_fats, start + data_start, spc)
+        self.boot_seen = True
         g = self.solve()
         if g is None:
-            if not written:
-                self.checked = f"a boot sector for LBA {start} was read later"
-            return False
+            return False  # nothing was inferred: the boot sector simply governs
         self.checked = f"a boot sector for LBA {start} was seen later"
         ours = (g.kind, g.fat_start, g.fat_size, g.num_fats, g.data_start, g.spc)
         names = ("type", "FAT start", "FAT size", "FAT copies", "cluster 2", "sectors per "
@@ -747,16 +747,13 @@ class Inference:
         self.solve()
         if self.withdrawn is not None and self.used is not None:
             return [_describe(self.used), self.withdrawn]
-        if self.checked is not None:
-            if self.result is None:
-                return [f"{self.checked}; before it the geometry could not be inferred: "
-                        f"{self.why}"] if self._evidence() else []
+        if self.checked is not None and self.result is not None:
             return [self.checked + "; evidence: " + "; ".join(self.result.evidence)]
         if self.result is None:
-            if not self._evidence():
+            if not self._evidence() or self.boot_seen:
                 return []
-            return ["no boot sector seen, and the FAT geometry could not be inferred: "
-                    f"{self.why}; blocks are unknown"]
+            return ["no boot sector seen, and what looks like FAT metadata does not decide a "
+                    f"FAT geometry: {self.why}; blocks are unknown"]
         out = [_describe(self.result)]
         if self.released_before is not None:
             out.append(f"blocks of commands up to seq {self.released_before} were final "

@@ -697,6 +697,7 @@ class Attributor:
         # no boot sector seen: the geometry inferred from other metadata (infer.py)
         self._inference = Inference(window)
         self._inferred: Volume | None = None
+        self._stale: tuple[int, int, int] | None = None  # an inferred volume's rows after it
 
     def notes(self) -> list[str]:
         """What the shadow volumes could not read as their spec says, for the session."""
@@ -721,13 +722,13 @@ class Attributor:
         if status != "good":
             return self._release()
         write = opcode in WRITES
-        blind = not self.volumes
-        if blind or self._inferred is not None:  # an inferred volume stays under watch
+        blind, inferred = not self.volumes, self._inferred
+        if blind or inferred is not None:  # an inferred volume stays under watch
             self._inference.observe(seq, opcode, lba, blocks, data, status, write)
         self._changed = set()
         self._access(seq, lba, blocks, data, write)
-        if blind and self.volumes:
-            self._late_boot_sector(seq, (opcode, lba, blocks, data, status))
+        if (blind and self.volumes) or (inferred is not None and self._inferred is None):
+            self._late_boot_sector(seq, (opcode, lba, blocks, data, status), inferred)
         elif self._inferred is not None:
             self._watch(seq, False)
         for volume in self._changed:
@@ -792,7 +793,8 @@ class Attributor:
             self.volumes.remove(withdrawn)
             self._redo(None, [(withdrawn.start, withdrawn.end)])
 
-    def _late_boot_sector(self, seq: int, command: tuple[int, int, int, bytes, str]) -> None:
+    def _late_boot_sector(self, seq: int, command: tuple[int, int, int, bytes, str],
+                          inferred: Volume | None) -> None:
         """A boot sector came after other metadata.  Read, or written with the geometry
         the evidence before it gave (a dirty flag set or cleared), it held before: its
         volumes start afresh and the window's earlier commands are attributed again, then
@@ -803,6 +805,8 @@ class Attributor:
                   for v in self.volumes]
         if written and not all(agreed):
             self._inference.buffer = []
+            if inferred is not None:  # rows of the window still rest on the inferred one
+                self._stale = (inferred.start, inferred.end, seq)
             return
         for i, volume in enumerate(self.volumes):
             self.volumes[i] = Volume(volume.start, volume.kind, volume.bps, volume.spc,
@@ -855,10 +859,14 @@ class Attributor:
         """Rows of an inferred volume say so; a rename's or move's detail stays "from
         PATH", which readers parse (its path's other rows say it)."""
         volume = self._inferred
-        if volume is None:
+        start, end, before = (volume.start, volume.end, None) if volume is not None else \
+            self._stale if self._stale is not None else (0, 0, 0)
+        if volume is None and self._stale is None:
             return
         for row in rows:
-            inside = row.lba is not None and volume.start <= row.lba < volume.end
+            if before is not None and row.scsi_seq >= before:
+                continue
+            inside = row.lba is not None and start <= row.lba < end
             if not inside and not (row.lba is None and row.path is not None):
                 continue
             if row.detail is None:
