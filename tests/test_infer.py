@@ -272,3 +272,18 @@ def test_a_boot_sector_read_after_the_inference_governs(spc: int, verdict: str) 
     assert last and all(detail is None for _, _, detail in last), last
     assert any(f"a boot sector for LBA 0 was seen later: {verdict}" in n
                for n in a.notes()), a.notes()
+
+
+def test_evidence_of_an_earlier_session_carries_over(tmp_path: Path) -> None:
+    """--after: the earlier session's metadata counts as evidence, its commands never
+    become rows of the later session."""
+    root = _entry(b"LABEL", 0x08, 0).ljust(512, b"\0")
+    earlier = [(seq, 0x2A, lba, 1, sector, "good") for seq, (lba, sector) in enumerate(
+        sorted({4: _fat16_first(), 132: _fat16_first(), 260: root, 296: _subdir(3)}.items()),
+        100)]
+    a = Attributor()
+    a.warm(earlier)
+    rows = a.feed(1, 0x2A, 300, 1, _subdir(4), "good") + a.flush()
+    assert {r.scsi_seq for r in rows} == {1}
+    assert all(r.detail == "inferred" for r in rows), rows
+    assert any("FAT16 geometry inferred" in n for n in a.notes())

@@ -329,6 +329,14 @@ class Inference:
         self.replay_sectors += len(command.sectors)
         self.buffer.append(command)
 
+    def rebase(self) -> None:
+        """An earlier session's commands were fed: keep the evidence, as seen before
+        anything of the session that follows; its commands cannot be attributed again."""
+        self.buffer, self.replay_sectors, self.replay_full_at = [], 0, None
+        self.seen_at = dict.fromkeys(self.seen_at, 0)
+        self._now, self._solved_at = 0, -SOLVE_EVERY
+        self.released_before = None
+
     def forget(self, upto: int) -> None:
         """Rows of commands up to ``upto`` are final: they can no longer be redone."""
         if not self.buffer or self.buffer[0].seq > upto:

@@ -742,6 +742,7 @@ class Attributor:
             self.feed(*command)
         self.flush()
         self._seq = 0
+        self._inference.rebase()  # its evidence counts; its commands are not this session's
 
     def flush(self) -> list[Activity]:
         out: list[Activity] = []
