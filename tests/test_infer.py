@@ -287,3 +287,19 @@ def test_evidence_of_an_earlier_session_carries_over(tmp_path: Path) -> None:
     assert {r.scsi_seq for r in rows} == {1}
     assert all(r.detail == "inferred" for r in rows), rows
     assert any("FAT16 geometry inferred" in n for n in a.notes())
+
+
+def test_one_dot_entry_and_one_matched_write_decide_together() -> None:
+    """Neither alone decides: "." of cluster 3 at LBA 296, and A.TXT (1500 bytes, cluster
+    5) written as 3 blocks at LBA 304; only 4 sectors a cluster fits both."""
+    root = (_entry(b"LABEL", 0x08, 0) + _entry(b"A       TXT", 0x20, 5, 1500)).ljust(512, b"\0")
+    a = Attributor()
+    for seq, (lba, sector) in enumerate(sorted({4: _fat16_first(), 132: _fat16_first(),
+                                                260: root, 296: _subdir(3)}.items()), 1):
+        a.feed(seq, 0x2A, lba, 1, sector, "good")
+    rows = a.feed(9, 0x2A, 304, 3, b"a" * 1536, "good") + a.flush()
+    data = [(r.path, r.file_offset, r.length, r.detail) for r in rows if r.kind == "data"]
+    assert data == [("/A.TXT", 0, 1500, "36 bytes past the end of the file; inferred")]
+    assert any("cluster 2 at LBA 292 with 2048-byte clusters (\".\" entries of cluster 3 at "
+               "LBA 296; writes of exactly one entry's size in blocks: A.TXT (cluster 5) at "
+               "LBA 304)" in n for n in a.notes()), a.notes()

@@ -395,10 +395,14 @@ class Inference:
         fat = self._fat_of(kind, fat_start, fat_size, num_fats)
         spcs, spc_why = self._cluster_sizes(kind, fat)
         dots = {at: d.dot for at, d in self.dirs.items() if d.dot is not None and d.dot >= 2}
-        spc, data_start = self._data(kind, dots, spcs, spc_why, fats_end, fat, why)
+        spc, data_start = self._data(kind, dots, spcs, spc_why, fats_end, why)
         root_start = root_sectors = 0
         if kind != "fat32":
             root_start, root_sectors = fats_end, data_start - fats_end
+            if root_sectors * 16 > 0xFFFF:
+                raise RefusedError(f"{kind.upper()}: {root_sectors} sectors between the FATs' end "
+                                   f"(LBA {fats_end}) and cluster 2 (LBA {data_start}) are more "
+                                   "than a root directory can have")
             if root_sectors < 1:
                 raise RefusedError(f"{kind.upper()}: no room for the root directory between the "
                               f"FATs' end (LBA {fats_end}) and cluster 2 (LBA {data_start})")
@@ -608,7 +612,7 @@ class Inference:
                                              if len(files) > 4 else "")
 
     def _data(self, kind: str, dots: dict[int, int], spcs: set[int], spc_why: str,
-              fats_end: int, fat: dict[int, bytes], why: list[str]) -> tuple[int, int]:
+              fats_end: int, why: list[str]) -> tuple[int, int]:
         """(spc, data_start) from "." entries, the cluster sizes chains allow, FAT32's
         heap after the FATs, and last, writes matched to one entry by their size."""
         pairs = sorted({(c, at) for at, c in dots.items()})
@@ -642,14 +646,24 @@ class Inference:
             data_start = at - (c - 2) * spc
             why.append(f'cluster 2 at LBA {data_start} ("." of cluster {c} at LBA {at})')
         if spc is None or data_start is None:
-            spc, data_start = self._from_writes(kind, spc, data_start, spcs, fat, why)
+            spc, data_start = self._from_writes(kind, spc, data_start, spcs, pairs, why)
         return spc, data_start
 
     def _from_writes(self, kind: str, spc: int | None, data_start: int | None,
-                     spcs: set[int], fat: dict[int, bytes], why: list[str]
+                     spcs: set[int], pairs: list[tuple[int, int]], why: list[str]
                      ) -> tuple[int, int]:
-        """The numbers still open, from writes of exactly one entry's size in blocks.
-        Each match is an equation; every match must give the same answer."""
+        """The numbers still open.  Each "." entry (cluster C at LBA L) is an exact
+        equation; a write of exactly one entry's size in blocks, to one LBA, is taken as
+        that file's first cluster where it fits those equations (a match by size that does
+        not fit is no evidence: it is left out, and said).  The matches used must agree."""
+        def solutions(cluster: int, lba: int) -> set[tuple[int, int]]:
+            return {(s, lba - (cluster - 2) * s) for s in ([spc] if spc else sorted(spcs))
+                    if data_start is None or lba - (cluster - 2) * s == data_start}
+
+        exact: set[tuple[int, int]] | None = None
+        for cluster, lba in pairs:
+            found = solutions(cluster, lba)
+            exact = found if exact is None else exact & found
         matches = []
         for _, d in sorted(self.dirs.items()):
             for name, is_dir, lo, hi, size in d.entries:
@@ -660,25 +674,37 @@ class Inference:
                 where = [lba for lba, n in self.writes.items() if n == blocks]
                 if len(where) == 1:
                     matches.append((name, cluster, where[0]))
-        answers: set[tuple[int, int]] = set()
-        for _name, cluster, lba in matches:
-            for s in ([spc] if spc is not None else sorted(spcs)):
-                start = lba - (cluster - 2) * s
-                if data_start is None or start == data_start:
-                    answers.add((s, start))
-        if len(matches) and len(answers) == 1:
+        answers = exact
+        used, unused = [], 0
+        for name, cluster, lba in matches:
+            found = solutions(cluster, lba)
+            if exact is not None and not found & exact:
+                unused += 1
+                continue
+            used.append(f"{name} (cluster {cluster}) at LBA {lba}")
+            answers = found if answers is None else answers & found
+            if not answers:
+                raise RefusedError(f"{kind.upper()}: writes matched to entries by their size "
+                                   f"disagree ({'; '.join(used[-2:])})")
+        if answers is not None and len(answers) == 1:
             spc, data_start = next(iter(answers))
-            listed = ", ".join(f"{n} (cluster {c}) at LBA {lba}" for n, c, lba in matches[:4])
-            why.append(f"cluster 2 at LBA {data_start} with {spc * SECTOR}-byte clusters: "
-                       f"writes of exactly one entry's size in blocks: {listed}")
+            said = []
+            if pairs:
+                said.append('"." entries ' + ", ".join(f"of cluster {c} at LBA {lba}"
+                                                       for c, lba in pairs[:4]))
+            if used:
+                said.append("writes of exactly one entry's size in blocks: " +
+                            ", ".join(used[:4]))
+            if unused:
+                said.append(f"{unused} writes matched by size did not fit and were not used")
+            why.append(f"cluster 2 at LBA {data_start} with {spc * SECTOR}-byte clusters "
+                       f"({'; '.join(said)})")
             return spc, data_start
         open_ = [n for n, v in (("the cluster size", spc), ("where cluster 2 is", data_start))
                  if v is None]
-        if matches and len(answers) > 1:
-            raise RefusedError(f"{kind.upper()}: {' and '.join(open_)}: writes matched to entries "
-                          f"by size disagree ({len(answers)} answers)")
         raise RefusedError(f"{kind.upper()}: {' and '.join(open_)} not decided (no two "
-                      'subdirectories\' "." entries, no write matched to an entry alone)')
+                           'subdirectories\' "." entries, no write matched to an entry alone '
+                           "that settles it)")
 
     def _check(self, kind: str, dots: dict[int, int], spc: int, data_start: int,
                root_start: int, fats_end: int, cluster_count: int,
