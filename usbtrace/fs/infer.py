@@ -25,7 +25,7 @@ Evidence is kept in bounded sets; what did not fit is said.
 from __future__ import annotations
 
 import struct
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -231,7 +231,7 @@ class Inference:
         self._solved_at = -SOLVE_EVERY
         self.fsinfo: set[int] = set()
         self.writes: dict[int, int] = {}  # LBA -> blocks of the latest write starting there
-        self.buffer: list[Buffered] = []
+        self.buffer: deque[Buffered] = deque()
         self.replay_sectors = 0
         self.replay_full_at: int | None = None  # seq from which commands were not kept
         self.dropped = False  # evidence past the bounds
@@ -271,6 +271,9 @@ class Inference:
 
     def _classify(self, at: int, sector: bytes) -> bool:
         """File one sector as evidence; True when replay needs its content."""
+        if self.fat_sectors.get(at) == sector or self.dir_raw.get(at) == sector:
+            self.seen_at[at] = self._now  # read again, unchanged: nothing new
+            return True
         kinds = fat_first_kinds(sector)
         if kinds:
             if at_most(self.fat_first, MAX_SECTORS, at):
@@ -332,21 +335,27 @@ class Inference:
     def rebase(self) -> None:
         """An earlier session's commands were fed: keep the evidence, as seen before
         anything of the session that follows; its commands cannot be attributed again."""
-        self.buffer, self.replay_sectors, self.replay_full_at = [], 0, None
+        self.take()
+        self.replay_full_at = None
         self.seen_at = dict.fromkeys(self.seen_at, 0)
         self._now, self._solved_at = 0, -SOLVE_EVERY
         self.released_before = None
 
     def forget(self, upto: int) -> None:
         """Rows of commands up to ``upto`` are final: they can no longer be redone."""
-        if not self.buffer or self.buffer[0].seq > upto:
-            return
-        keep = [c for c in self.buffer if c.seq > upto]
-        if self.accepted is None:
-            self.released_before = max(self.released_before or 0,
-                                       max(c.seq for c in self.buffer if c.seq <= upto))
-        self.replay_sectors = sum(len(c.sectors) for c in keep)
-        self.buffer = keep
+        buffer = self.buffer
+        while buffer and buffer[0].seq <= upto:
+            gone = buffer.popleft()
+            self.replay_sectors -= len(gone.sectors)
+            if self.accepted is None:
+                self.released_before = max(self.released_before or 0, gone.seq)
+
+    def take(self) -> list[Buffered]:
+        """The buffered commands, in order; the buffer starts again empty."""
+        out = list(self.buffer)
+        self.buffer.clear()
+        self.replay_sectors = 0
+        return out
 
     # ---- solving ---------------------------------------------------------------------
 

@@ -805,7 +805,7 @@ class Attributor:
                                           v.num_fats, v.data_start, v.spc, v.bps, written)
                   for v in self.volumes]
         if written and not all(agreed):
-            self._inference.buffer = []
+            self._inference.take()
             if inferred is not None:  # rows of the window still rest on the inferred one
                 self._stale = (inferred.start, inferred.end, seq)
             return
@@ -823,10 +823,9 @@ class Attributor:
         that touch the volumes (or ``ranges``); then ``current`` with its whole payload.
         Commands elsewhere keep their rows: only metadata was kept of their payload."""
         spans = ranges if ranges is not None else [(v.start, v.end) for v in self.volumes]
-        buffered = [c for c in self._inference.buffer
+        buffered = [c for c in self._inference.take()
                     if (current is None or c.seq < current[0]) and
                     any(a < c.lba + c.blocks and c.lba < b for a, b in spans)]
-        self._inference.buffer = []
         redone = {c.seq for c in buffered} | ({current[0]} if current else set())
         old, self._queue = self._queue, deque()
         now = self._seq
