@@ -103,15 +103,33 @@ def fat_values(sector: bytes, kind: str) -> tuple[int, ...]:
     return tuple(v & 0x0FFFFFFF for v in struct.unpack("<128I", sector))
 
 
+PLUS_ONE = bytes((b + 1) & 0xFF for b in range(256))
+
+
+def _steps(sector: bytes, width: int) -> int:
+    """How often an entry is the one before it plus one (a chain's link; a carry into
+    the next byte is not counted), at C speed: the low byte plus one and every other byte
+    XORed with the next entry's, as big integers; a link is a zero byte in all."""
+    lows = sector[0::width]
+    n = len(lows) - 1
+    diff = int.from_bytes(lows[:-1].translate(PLUS_ONE), "big") ^ \
+        int.from_bytes(lows[1:], "big")
+    for k in range(1, width):
+        column = sector[k::width]
+        diff |= int.from_bytes(column[:-1], "big") ^ int.from_bytes(column[1:], "big")
+    return diff.to_bytes(n, "big").count(0)
+
+
 def fat_index(sector: bytes, kind: str) -> int | None:
     """Which sector of the FAT this is, from its chains: entry i of sector k is cluster
     k * per + i, and a chain of consecutive clusters holds cluster + 1.  None when fewer
     than ``MIN_LINKS`` links agree or any entry is not a FAT value."""
     # cheap refusals first: a chained sector's high bytes take few values (runs of
     # neighbouring clusters, 00 free, FF end), and FAT32 keeps each entry's top nibble 0
-    if kind == "fat16" and len(set(sector[1::2])) > 16:
+    if kind == "fat16" and (len(set(sector[1::2])) > 16 or _steps(sector, 2) < MIN_LINKS):
         return None
-    if kind == "fat32" and (max(sector[3::4]) > 0x0F or len(set(sector[2::4])) > 16):
+    if kind == "fat32" and (max(sector[3::4]) > 0x0F or len(set(sector[2::4])) > 16 or
+                            _steps(sector, 4) < MIN_LINKS):
         return None
     per = SECTOR * 8 // ENTRY_BITS[kind]
     values = fat_values(sector, kind)
