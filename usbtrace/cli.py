@@ -461,7 +461,8 @@ def log_(session: int, db: str, limit: int | None, fmt: str, time_format: str,
     _require_session(database, session, db)
     flt = flt.for_database(database)
     what = database.aggregate(
-        "CASE WHEN f.kind = 'data' THEN f.path || ' @' || f.file_offset "
+        "CASE WHEN f.kind = 'data' THEN f.path || ' @' || f.file_offset || "
+        "CASE WHEN f.detail LIKE '%inferred%' THEN ' (inferred)' ELSE '' END "
         "WHEN f.kind = 'event' THEN f.operation || ' ' || f.path "
         "WHEN f.kind IN ('unsupported', 'gpt_header', 'gpt_entries') AND f.detail IS NOT NULL "
         "THEN f.kind || ' ' || f.detail "
@@ -527,9 +528,16 @@ def files_(session: int, db: str, fmt: str, flt: Filter) -> None:
         "WHERE f.session_id = :id AND f.kind NOT IN ('data', 'event', 'directory') "
         f"AND {cond} GROUP BY f.kind, f.operation ORDER BY f.kind, f.operation",
         {**params, "id": session})
+    _, inferred = database.query(
+        "SELECT count(DISTINCT f.path) FROM file_activity f WHERE f.session_id = :id "
+        f"AND f.kind IN ('data', 'event') AND f.detail LIKE '%inferred%' AND {cond}",
+        {**params, "id": session})
     emit(columns, rows, fmt)
     if fmt == "table" and other:
         click.echo("not file data: " + ", ".join(f"{kind} {op} {n} B" for kind, op, n in other))
+    if fmt == "table" and inferred and inferred[0][0]:
+        click.echo(f"inferred: {inferred[0][0]} paths are named from a FAT geometry inferred "
+                   "without its boot sector (the session's notes say from what)")
 
 
 # ---- sessions, delete, upgrade and query ---------------------------------------------------

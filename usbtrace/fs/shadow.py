@@ -46,6 +46,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from usbtrace.fs.infer import Geometry, Inference
 from usbtrace.fs.layouts import FAT_PARTITION_TYPES, exfat_entry_set_checksum, lfn_checksum
 from usbtrace.fs.partitions import GPT_PARTITION, DiskLayout
 
@@ -648,6 +649,15 @@ def _fat_volume(start: int, sector: bytes) -> Volume | Malformed | str | None:
                   root_sectors * scale, data_start * scale, clusters, 0)
 
 
+def _inferred_volume(g: Geometry) -> Volume:
+    """A volume from an inferred geometry: it starts at its FAT (where its boot sector
+    is, is not known), so the LBAs before the FAT stay unknown."""
+    start = g.fat_start
+    return Volume(start, g.kind, SECTOR, g.spc, 0, 0, g.fat_size, g.num_fats,
+                  g.root_start - start if g.root_sectors else 0, g.root_sectors,
+                  g.data_start - start, g.cluster_count, g.root_cluster)
+
+
 def _exfat_volume(start: int, sector: bytes) -> Volume | Malformed:
     """An exFAT volume from its main boot sector, checked as exFAT spec §3.1 requires."""
     volume_length = struct.unpack_from("<Q", sector, 72)[0]
@@ -725,10 +735,14 @@ class Attributor:
         self._kept: dict[tuple[int, int], dict[int, bytes]] = {}
         self._kept_order: deque[tuple[tuple[int, int], int]] = deque()
         self._kept_bytes = 0
+        # no boot sector seen: the geometry inferred from other metadata (infer.py)
+        self._inference = Inference(window)
+        self._inferred: Volume | None = None
+        self._stale: tuple[int, int, int] | None = None  # an inferred volume's rows after it
 
     def notes(self) -> list[str]:
         """What the shadow volumes could not read as their spec says, for the session."""
-        out = list(self._notes)
+        out = list(self._notes) + self._inference.notes()
         for volume in self.volumes:
             where = f"file system at LBA {volume.start}: "
             out += [where + note for note in volume.notes]
@@ -749,8 +763,15 @@ class Attributor:
         if status != "good":
             return self._release()
         write = opcode in WRITES
+        blind, inferred = not self.volumes, self._inferred
+        if blind or inferred is not None:  # an inferred volume stays under watch
+            self._inference.observe(seq, opcode, lba, blocks, data, status, write)
         self._changed = set()
         self._access(seq, lba, blocks, data, write)
+        if (blind and self.volumes) or (inferred is not None and self._inferred is None):
+            self._late_boot_sector(seq, (opcode, lba, blocks, data, status), inferred)
+        elif self._inferred is not None:
+            self._watch(seq, False)
         for volume in self._changed:
             self._resolve_pending(volume)
             for _ in range(MAX_DEPTH):  # a directory read may name more owners
@@ -767,9 +788,13 @@ class Attributor:
             self.feed(*command)
         self.flush()
         self._seq = 0
+        self._inference.rebase()  # its evidence counts; its commands are not this session's
 
     def flush(self) -> list[Activity]:
         out: list[Activity] = []
+        if self._inferred is not None:
+            self._watch(self._seq, True)
+        self._infer()
         while self._queue:
             self._finish(out, self._queue.popleft())
         for key, row in self._parked_order:
@@ -782,6 +807,7 @@ class Attributor:
         self._kept.clear()
         self._kept_order.clear()
         self._kept_bytes = 0
+        self._mark_inferred(out)
         self._unowned.clear()
         self._created.clear()
         self._deleted.clear()
@@ -792,6 +818,9 @@ class Attributor:
         out: list[Activity] = []
         queue = self._queue
         limit = self._seq - self.window
+        if queue and queue[0][0] <= limit:
+            self._infer()  # the last moment: rows become final
+            queue = self._queue
         while queue and queue[0][0] <= limit:
             self._finish(out, queue.popleft())
         while self._parked_count > MAX_PARKED:
@@ -803,6 +832,9 @@ class Attributor:
                        "their owner; the oldest were logged unresolved (their detail says so)")
             self._append(out, self._give_up(key, row, f"its owner was not known after "
                                             f"{MAX_PARKED} further rows waited; not resolved"))
+        if not self.volumes or self._inferred is not None:
+            self._inference.forget(limit)
+        self._mark_inferred(out)
         return out
 
     def _finish(self, out: list[Activity], entry: list[Any]) -> None:
@@ -951,6 +983,108 @@ class Attributor:
         if len(order) > 2 * self._parked_count + 4096:  # drop the resolved: amortised O(1)
             self._parked_order = deque((k, r) for k, r in order if r.kind == "unallocated")
         return again
+
+    # ---- no boot sector: a geometry inferred from the other metadata (infer.py) -------
+
+    def _infer(self) -> None:
+        """Once the evidence decides a geometry, build its volume and attribute again the
+        commands whose rows are still in the window (their rows were all unknown)."""
+        if self.volumes or self._inference.solve() is None:
+            return
+        geometry = self._inference.result
+        assert geometry is not None
+        self._inference.accepted = geometry
+        self._inferred = volume = _inferred_volume(geometry)
+        self._add_volume(volume)
+        self._redo(None)
+
+    def _watch(self, seq: int, force: bool) -> None:
+        """An inferred volume that later evidence refuses is withdrawn: the window's rows
+        are unknown again (those final before rest on it, as the notes say)."""
+        if self._inferred is not None and self._inference.contradicted(seq, force):
+            withdrawn, self._inferred = self._inferred, None
+            self.volumes.remove(withdrawn)
+            self._redo(None, [(withdrawn.start, withdrawn.end)])
+
+    def _late_boot_sector(self, seq: int, command: tuple[int, int, int, bytes, str],
+                          inferred: Volume | None) -> None:
+        """A boot sector came after other metadata.  Read, or written with the geometry
+        the evidence before it gave (a dirty flag set or cleared), it held before: its
+        volumes start afresh and the window's earlier commands are attributed again, then
+        this one.  Written otherwise, it is a format: what came before was another layout."""
+        written = command[0] in WRITES
+        agreed = [self._inference.compare(v.start, v.kind, v.fat_start, v.fat_size,
+                                          v.num_fats, v.data_start, v.spc, v.bps, written)
+                  for v in self.volumes]
+        if written and not all(agreed):
+            self._inference.take()
+            if inferred is not None:  # rows of the window still rest on the inferred one
+                self._stale = (inferred.start, inferred.end, seq)
+            return
+        for i, volume in enumerate(self.volumes):
+            self.volumes[i] = Volume(volume.start, volume.kind, volume.bps, volume.spc,
+                                     volume.reserved, volume.fat_start, volume.fat_size,
+                                     volume.num_fats, volume.root_start, volume.root_sectors,
+                                     volume.data_start, volume.cluster_count,
+                                     volume.root_cluster, volume.fsinfo, volume.backup_boot)
+        self._redo((seq, *command))
+
+    def _redo(self, current: tuple[int, int, int, int, bytes, str] | None,
+              ranges: list[tuple[int, int]] | None = None) -> None:
+        """Attribute again the buffered commands whose rows are still in the window and
+        that touch the volumes (or ``ranges``); then ``current`` with its whole payload.
+        Commands elsewhere keep their rows: only metadata was kept of their payload."""
+        spans = ranges if ranges is not None else [(v.start, v.end) for v in self.volumes]
+        buffered = [c for c in self._inference.take()
+                    if (current is None or c.seq < current[0]) and
+                    any(a < c.lba + c.blocks and c.lba < b for a, b in spans)]
+        redone = {c.seq for c in buffered} | ({current[0]} if current else set())
+        old, self._queue = self._queue, deque()
+        now = self._seq
+        if self.volumes:  # what the commands before the window showed, rows discarded;
+            # twice, so that a directory seen before its parent's entry is kept too
+            first = buffered[0].seq if buffered else current[0] if current else now + 1
+            seed = self._inference.seed(first)
+            for seq, at, sector in seed + seed:
+                self._replay(seq, 0x28, at, 1, sector)
+            self._queue = deque()
+            self._unowned, self._created, self._deleted, self._created_at = {}, {}, {}, {}
+        for c in buffered:
+            data = bytearray(c.length)
+            for index, sector in c.sectors.items():
+                data[index * SECTOR : (index + 1) * SECTOR] = sector
+            self._replay(c.seq, c.opcode, c.lba, c.blocks, bytes(data))
+        if current is not None:
+            self._replay(current[0], current[1], current[2], current[3], current[4])
+        self._seq = now
+        # in command order (a stable sort keeps each command's rows as they were)
+        self._queue = deque(sorted([*self._queue, *(e for e in old if e[0] not in redone)],
+                                   key=lambda e: e[0]))
+
+    def _replay(self, seq: int, opcode: int, lba: int, blocks: int, data: bytes) -> None:
+        self._seq, self._changed = seq, set()
+        self._access(seq, lba, blocks, data, opcode in WRITES)
+        for changed in self._changed:
+            self._resolve_pending(changed)
+
+    def _mark_inferred(self, rows: list[Activity]) -> None:
+        """Rows of an inferred volume say so; a rename's or move's detail stays "from
+        PATH", which readers parse (its path's other rows say it)."""
+        volume = self._inferred
+        start, end, before = (volume.start, volume.end, None) if volume is not None else \
+            self._stale if self._stale is not None else (0, 0, 0)
+        if volume is None and self._stale is None:
+            return
+        for row in rows:
+            if before is not None and row.scsi_seq >= before:
+                continue
+            inside = row.lba is not None and start <= row.lba < end
+            if not inside and not (row.lba is None and row.path is not None):
+                continue
+            if row.detail is None:
+                row.detail = "inferred"
+            elif "inferred" not in row.detail and row.operation not in ("renamed", "moved"):
+                row.detail += "; inferred"
 
     @staticmethod
     def _append(out: list[Activity], row: Activity) -> None:
@@ -1135,6 +1269,9 @@ class Attributor:
         return False
 
     def _add_volume(self, volume: Volume) -> None:
+        if self._inferred is not None and volume is not self._inferred:
+            self.volumes.remove(self._inferred)  # a boot sector: the volume it describes
+            self._inferred = None
         if any(v.start == volume.start for v in self.volumes):
             return
         # a good boot sector written over a malformed one (a format) is the volume now
