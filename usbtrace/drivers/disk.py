@@ -560,7 +560,9 @@ def _read_write(device: DeviceObject, ext: DiskExtension, irp: Irp) -> int:
     mdl = irp.mdl_address
     assert mdl is not None
     view = MmGetSystemAddressForMdlSafe(mdl)
-    chunk = ext.max_transfer - ext.max_transfer % bs
+    # pieces of whole blocks within the adapter's limit; at least one block, even for a
+    # device whose block is larger than the limit (the fuzzer found one)
+    chunk = max(bs, ext.max_transfer - ext.max_transfer % bs)
     pieces = range(0, length, chunk)
     irp.io_status.status = STATUS_SUCCESS
     irp.io_status.information = 0
