@@ -19,7 +19,6 @@ ranges; the bytes themselves go straight to the output files.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 
 from usbtrace.analysis.filters import Filter, Range
 from usbtrace.errors import InputError
+from usbtrace.importing import sha256_of
 
 RW_NAMES = ("read_6", "read_10", "read_12", "read_16", "write_6", "write_10", "write_12",
             "write_16")
@@ -182,14 +182,6 @@ def _write_at(path: Path, offset: int, data: bytes) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def extract_files(database: Any, session: int, folder: Path, flt: Filter | None = None
                   ) -> list[ExtractedFile]:
     """Rebuild every file with data or a creation in the session (narrowed by
@@ -284,7 +276,7 @@ def extract_files(database: Any, session: int, folder: Path, flt: Filter | None 
         if not item.size_known:
             item.size = item.ranges.end
         os.truncate(place, item.size)
-        item.sha256 = _sha256(place)
+        item.sha256 = sha256_of(place)
     return sorted(files.values(), key=lambda f: f.path)
 
 
@@ -357,5 +349,5 @@ def extract_sectors(database: Any, session: int, folder: Path, lba: Range,
                 got += len(piece)
             out.truncated = out.truncated or (cut and got < length)
     os.truncate(place, (last - first + 1) * size)
-    out.sha256 = _sha256(place)
+    out.sha256 = sha256_of(place)
     return out
