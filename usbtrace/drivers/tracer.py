@@ -90,7 +90,7 @@ Sink = Callable[[Event], None]
 class TracerExtension:
     lower: DeviceObject
     position: str  # "lower" (on the PDO: URB level) or "upper" (above the disk driver)
-    sink: Sink
+    sink: Sink | None  # None: no one takes the records, so none are made
     clock: Callable[[], float]
     bus: int | None = None
     address: int | None = None
@@ -113,7 +113,7 @@ def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
     driver.driver_unload = TracerUnload
     parameters = driver.kernel.registry.get("usbtrace", {})
     driver.driver_context = {
-        "sink": parameters.get("sink") or (lambda event: None),
+        "sink": parameters.get("sink"),
         "positions": set(parameters.get("positions", ("lower", "upper"))),
         "upper_payload": bool(parameters.get("upper_payload", False)),
     }
@@ -191,15 +191,18 @@ def _query_device_address(ext: TracerExtension, device: DeviceObject) -> None:
 def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: TracerExtension = device.device_extension
     status = IoAcquireRemoveLock(ext.remove_lock, irp)
-    if not NT_SUCCESS(status):  # REMOVE_DEVICE went through: nothing may pass any more
+    if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
         irp.io_status.status = status
         irp.io_status.information = 0
         IoCompleteRequest(irp)
         return status
     loc = irp.stack[irp.current_location]
     major = loc.major_function
-    event = _describe(ext, irp, loc, major, SUBMIT)
-    ext.sink(event)
+    sink = ext.sink
+    event: Event | None = None  # no one takes the records (device replay): make none
+    if sink is not None:
+        event = _describe(ext, irp, loc, major, SUBMIT)
+        sink(event)
     IoCopyCurrentIrpStackLocationToNext(irp)
     IoSetCompletionRoutine(irp, TracerCompletion, event, True, True, True)
     if major == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE:
@@ -212,55 +215,88 @@ def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     return IoCallDriver(ext.lower, irp)
 
 
-def TracerCompletion(device: DeviceObject | None, irp: Irp, submitted: Event) -> int:  # noqa: N802
+def TracerCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
+                     submitted: Event | None) -> int:
     if irp.pending_returned:
         IoMarkIrpPending(irp)
     assert device is not None
     ext: TracerExtension = device.device_extension
     loc = irp.stack[irp.current_location]
-    event = _describe(ext, irp, loc, loc.major_function, COMPLETE)
-    event.parent_irp_id = submitted.parent_irp_id
-    ext.sink(event)
-    if NT_SUCCESS(irp.io_status.status):  # every driver reports the state it reached
-        if loc.major_function == IRP_MJ_PNP and loc.minor_function == IRP_MN_START_DEVICE:
+    major = loc.major_function
+    sink = ext.sink
+    if sink is not None:
+        event = _describe(ext, irp, loc, major, COMPLETE)
+        if submitted is not None:
+            event.parent_irp_id = submitted.parent_irp_id
+        sink(event)
+    elif major == IRP_MJ_INTERNAL_DEVICE_CONTROL:
+        _learn_selection(ext, loc.parameters)
+    if major == IRP_MJ_READ or major == IRP_MJ_WRITE or \
+            major == IRP_MJ_INTERNAL_DEVICE_CONTROL:
+        IoReleaseRemoveLock(ext.remove_lock, irp)  # the data path: nothing else to do
+        return STATUS_SUCCESS
+    if irp.io_status.status < 0x80000000:  # NT_SUCCESS: every driver reports its state
+        if major == IRP_MJ_PNP and loc.minor_function == IRP_MN_START_DEVICE:
             PoSetPowerState(device, "device", PowerDeviceD0)
-        elif (loc.major_function == IRP_MJ_POWER and loc.minor_function == IRP_MN_SET_POWER
+        elif (major == IRP_MJ_POWER and loc.minor_function == IRP_MN_SET_POWER
               and loc.parameters.type == "device"):
             PoSetPowerState(device, "device", loc.parameters.state)
-    if not (loc.major_function == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE):
+    if not (major == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE):
         IoReleaseRemoveLock(ext.remove_lock, irp)  # REMOVE's is released by the dispatch
     return STATUS_SUCCESS  # STATUS_CONTINUE_COMPLETION
+
+
+def _learn_selection(ext: TracerExtension, params: Any) -> None:
+    """Without a sink, still learn the pipes a selection returns (the table outlives
+    whatever sink comes later)."""
+    if getattr(params, "io_control_code", None) != SUBMIT_URB:
+        return
+    urb = params.type3_input_buffer
+    if isinstance(urb, U.UrbSelectConfiguration) and U.USBD_SUCCESS(urb.status):
+        _learn_pipes(ext, urb.interfaces)
+    elif isinstance(urb, U.UrbSelectInterface) and U.USBD_SUCCESS(urb.status):
+        _learn_pipes(ext, [urb.interface])
 
 
 def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str) -> Event:
     """Build the record for one pass of ``irp`` through the filter."""
     params = loc.parameters
     master = irp.master_irp
-    event = Event(kind, ext.clock(), irp.id, ext.position, major, loc.minor_function)
+    done = kind == COMPLETE
+    if major == IRP_MJ_INTERNAL_DEVICE_CONTROL:
+        ioctl = getattr(params, "io_control_code", None)
+        if ioctl == SUBMIT_URB:
+            urb = params.type3_input_buffer
+            if type(urb) is U.UrbBulkOrInterruptTransfer:
+                return _describe_bulk(ext, irp, urb, kind, done)
+        event = Event(kind, ext.clock(), irp.id, ext.position, major, None, ioctl)
+        if ioctl == SUBMIT_URB:
+            _describe_urb(ext, event, params.type3_input_buffer, done)
+        elif params is not None and hasattr(params, "srb"):
+            event.detail = "srb"
+    else:
+        event = Event(kind, ext.clock(), irp.id, ext.position, major, loc.minor_function)
+        if major == IRP_MJ_READ or major == IRP_MJ_WRITE:
+            event.minor = None
+            event.offset = params.byte_offset
+            event.length = params.length
+            file_object = loc.file_object
+            if file_object is not None:
+                event.file_object = file_object.id
+        elif major == IRP_MJ_PNP or major == IRP_MJ_POWER:
+            pass
+        else:
+            event.minor = None
+            if params is not None and hasattr(params, "io_control_code"):
+                event.ioctl = params.io_control_code
     if master is not None:
         event.parent_irp_id = master.id
-    done = kind == COMPLETE
     if done:
         event.status = irp.io_status.status
         info = irp.io_status.information
         if isinstance(info, int):
             event.information = info
-    if major == IRP_MJ_INTERNAL_DEVICE_CONTROL:
-        ioctl = getattr(params, "io_control_code", None)
-        if ioctl is not None:
-            event.ioctl = ioctl
-        event.minor = None
-        if ioctl == SUBMIT_URB:
-            _describe_urb(ext, event, params.type3_input_buffer, done)
-        elif params is not None and hasattr(params, "srb"):
-            event.detail = "srb"
-    elif major == IRP_MJ_READ or major == IRP_MJ_WRITE:
-        event.minor = None
-        event.offset = params.byte_offset
-        event.length = params.length
-        file_object = loc.file_object
-        if file_object is not None:
-            event.file_object = file_object.id
+    if major == IRP_MJ_READ or major == IRP_MJ_WRITE:
         if ext.upper_payload and irp.mdl_address is not None:
             view = MmGetSystemAddressForMdlSafe(irp.mdl_address)
             if major == IRP_MJ_WRITE and not done:
@@ -268,20 +304,49 @@ def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str) -
             elif major == IRP_MJ_READ and done and isinstance(event.information, int):
                 event.data = bytes(view[: event.information])
     elif major == IRP_MJ_PNP or major == IRP_MJ_POWER:
-        name = minor_name(major, loc.minor_function)
-        text = describe_parameters(params)
-        detail = f"{name} {text}" if text else name
-        if done and irp.io_status.information and not isinstance(irp.io_status.information, int):
-            detail = f"{detail} -> {_short(irp.io_status.information)}"
-        elif done and isinstance(params, QueryCapabilitiesParameters) and \
-                NT_SUCCESS(irp.io_status.status):
-            detail = f"{detail} -> {_capabilities(params.capabilities)}"
-        event.detail = detail
-    else:
-        event.minor = None
-        if params is not None and hasattr(params, "io_control_code"):
-            event.ioctl = params.io_control_code
+        event.detail = _pnp_detail(irp, major, loc, params, done)
     return event
+
+
+def _pnp_detail(irp: Irp, major: int, loc: Any, params: Any, done: bool) -> str | None:
+    name = minor_name(major, loc.minor_function)
+    text = describe_parameters(params)
+    detail = f"{name} {text}" if text else name
+    if done and irp.io_status.information and not isinstance(irp.io_status.information, int):
+        detail = f"{detail} -> {_short(irp.io_status.information)}"
+    elif done and isinstance(params, QueryCapabilitiesParameters) and \
+            NT_SUCCESS(irp.io_status.status):
+        detail = f"{detail} -> {_capabilities(params.capabilities)}"
+    return detail
+
+
+def _describe_bulk(ext: TracerExtension, irp: Irp, urb: U.UrbBulkOrInterruptTransfer,
+                   kind: str, done: bool) -> Event:
+    """The data path's record (a bulk or interrupt URB), built in one call: this runs
+    for every CBW, data phase and CSW."""
+    known = ext.pipes.get(urb.pipe_handle)
+    if known is None:  # a pipe selected before the filter was there
+        ext.unknown_pipes += 1
+        pipe = urb.pipe_handle
+        known = (pipe.endpoint_address, pipe.pipe_type)
+    endpoint, transfer_type = known
+    length = urb.length
+    data = b""
+    if length and (done if urb.pipe_handle.endpoint_address & 0x80 else not done):
+        buffer = urb.buffer
+        if buffer is None:
+            buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
+        if buffer is not None:
+            data = bytes(buffer[:length])
+    io_status = irp.io_status
+    information = io_status.information if done else None
+    master = irp.master_irp
+    return Event(kind, ext.clock(), irp.id, ext.position, IRP_MJ_INTERNAL_DEVICE_CONTROL,
+                 None, SUBMIT_URB, master.id if master is not None else None,
+                 io_status.status if done else None,
+                 information if isinstance(information, int) else None,
+                 None, urb.function, ext.bus, ext.address, endpoint, transfer_type,
+                 urb.status if done else U.USBD_STATUS_PENDING, length, None, data, len(data))
 
 
 def _describe_urb(ext: TracerExtension, event: Event, urb: U.Urb, done: bool) -> None:

@@ -11,6 +11,7 @@ counts it in ``sessions.dropped_count`` — never silently.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import operator
 import os
@@ -460,18 +461,73 @@ class SessionWriter:
                 notes=notes, time_origin=time_origin))
 
 
+EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(Event))
+_event_tuple = operator.attrgetter(*EVENT_FIELDS)  # an Event as a tuple, in C
+SHIP_BYTES = 4 << 20  # payload bytes per message to the storing process, at most
+
+
+def _storing_main(writer: SessionWriter, channel: Any, parent_end: Any) -> None:
+    """The live storing process: decode, attribute and insert what the tracer queued.
+
+    It holds no copy of the parent's end of the pipe and ignores Ctrl-C, so it ends
+    when the parent closes the pipe or dies (a batch not yet committed is lost, as
+    the session's counts say).  After an error it keeps reading, so the parent never
+    blocks on a full pipe, and reports the error when asked to close."""
+    parent_end.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the parent's pooled connections are the parent's: open our own
+    writer.database.engine.dispose(close=False)
+    error: str | None = None
+    feed = writer.feed
+    make = Event
+    try:
+        while True:
+            message = channel.recv()
+            if isinstance(message, list):
+                if error is None:
+                    try:
+                        for fields in message:
+                            feed(make(*fields))
+                    except Exception as e:
+                        error = f"{type(e).__name__}: {e}"
+                continue
+            _, dropped, notes, state = message  # ("close", ...)
+            if error is None:
+                try:
+                    writer.close(dropped=dropped, notes=notes, state=state)
+                except Exception as e:
+                    error = f"{type(e).__name__}: {e}"
+            writer.database.engine.dispose()
+            channel.send((error, writer.records, writer.commands, writer.dropped,
+                          writer.last_ts))
+            channel.close()
+            break
+    except (EOFError, OSError):
+        pass  # the parent is gone: nothing to report to
+    os._exit(0)  # skip finalizers: never touch the parent's inherited objects
+
+
 class Recorder:
     """The tracer's sink: append to a bounded deque; a thread decodes and stores.
 
     The bound is memory, not a count: payloads are up to 64 KiB each, so
     ``capacity`` is bytes of queued payload (plus a fixed cost per record).
     Each counter has one writer thread, so no lock is needed on the hot path.
+
+    With ``process`` (the default when no ``consume`` is given, and the platform
+    forks), the thread only ships the records, as tuples, through a pipe to a
+    forked storing process that runs the whole ``SessionWriter`` (pairing,
+    decoding, file attribution, inserts): the I/O path's process keeps one core to
+    itself.  A thread could not, because decoding and binding parameters hold the
+    interpreter lock.  A full pipe makes the thread wait, then the queue fills, so
+    memory stays bounded and a lossless tracer waits as before.
     """
 
     RECORD_COST = 256  # bytes charged per record on top of its payload
 
     def __init__(self, writer: SessionWriter, capacity: int = 64 << 20, lossy: bool = False,
-                 consume: Callable[[Event], None] | None = None) -> None:
+                 consume: Callable[[Event], None] | None = None,
+                 process: bool | None = None) -> None:
         if capacity < self.RECORD_COST:
             raise ValueError(f"queue capacity must be at least {self.RECORD_COST} bytes")
         self.writer = writer
@@ -488,7 +544,19 @@ class Recorder:
         self._room = threading.Event()
         self._stop = False
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="usbtrace-writer", daemon=True)
+        if process is None:
+            process = consume is None and writer._inserter is None and _can_fork(writer)
+        self._channel: Any = None
+        self._process: Any = None
+        if process:
+            context = multiprocessing.get_context("fork")
+            self._channel, child = context.Pipe()
+            self._process = context.Process(target=_storing_main,
+                                            args=(writer, child, self._channel), daemon=True)
+            self._process.start()
+            child.close()
+        self._thread = threading.Thread(target=self._ship if process else self._run,
+                                        name="usbtrace-writer", daemon=True)
         self._thread.start()
 
     @property
@@ -515,7 +583,8 @@ class Recorder:
             self._gap = 0
         self._produced += cost
         self._queue.append(event)
-        if len(self._queue) >= 64:
+        # one wake-up a drain: Event.set takes a lock and notifies
+        if len(self._queue) >= 64 and not self._wake.is_set():
             self._wake.set()
 
     def _run(self) -> None:
@@ -540,6 +609,34 @@ class Recorder:
             self._error = e
             self._room.set()
 
+    def _ship(self) -> None:
+        """Hand the queued records to the storing process, a few MiB a message."""
+        queue = self._queue
+        cost = self.RECORD_COST
+        send = self._channel.send
+        as_tuple = _event_tuple
+        try:
+            while True:
+                while queue:
+                    taken = 0
+                    batch = []
+                    for _ in range(min(len(queue), 4096)):
+                        event = queue.popleft()
+                        taken += len(event.data) + cost
+                        batch.append(as_tuple(event))
+                        if taken >= SHIP_BYTES:
+                            break
+                    send(batch)
+                    self._consumed += taken
+                    self._room.set()
+                if self._stop and not queue:
+                    return
+                self._wake.wait(0.01)
+                self._wake.clear()
+        except BaseException as e:  # surfaced on close(): never lose data silently
+            self._error = e
+            self._room.set()
+
     def close(self, notes: str | None = None, state: str = "complete") -> None:
         if self._gap:
             self._queue.append(Event(GAP, self.writer.last_ts, 0, information=self._gap))
@@ -548,9 +645,42 @@ class Recorder:
         self._stop = True
         self._wake.set()
         self._thread.join()
+        if self._process is not None:
+            self._close_process(notes, state)
+            return
         if self._error is not None:
             raise RuntimeError(f"the writer thread failed: {self._error}") from self._error
         self.writer.close(dropped=self.dropped, notes=notes, state=state)
+
+    def _close_process(self, notes: str | None, state: str) -> None:
+        """The storing process closes the session; its counts come back to ``writer``."""
+        error: str | None = None
+        if self._error is not None:
+            error = f"{type(self._error).__name__}: {self._error}"
+        try:
+            self._channel.send(("close", self.dropped, notes, state))
+            reply = self._channel.recv()
+        except (EOFError, OSError):
+            reply = ("the storing process ended early", 0, 0, 0, 0.0)
+        self._channel.close()
+        self._process.join()
+        stored_error, records, commands, dropped, last_ts = reply
+        writer = self.writer
+        writer.records, writer.commands, writer.dropped, writer.last_ts = \
+            records, commands, dropped, last_ts
+        error = error or stored_error
+        if error is not None:
+            raise DatabaseError(f"storing the session failed: {error}")
+
+
+def _can_fork(writer: SessionWriter) -> bool:
+    """A forked storing process needs fork, and a database it can open on its own (a
+    file or a server; not an in-memory SQLite database)."""
+    target = writer.database.target
+    return hasattr(os, "fork") and not (target.startswith("sqlite") and
+                                        target.rstrip("/") in ("sqlite:", "sqlite:/",
+                                                               "sqlite://")
+                                        or ":memory:" in target)
 
 
 def now_iso() -> str:
