@@ -360,13 +360,14 @@ def export(session: int, output: Path, container: str | None, linktype: str | No
     with atomic_output(output, force, database, "-o") as stream, \
             database.stream(f"SELECT * FROM urbs u WHERE u.session_id = :id AND {cond} "
                             "ORDER BY u.seq", {**params, "id": session}) as (columns, urb_rows):
-        def records() -> Iterator[dict[str, Any]]:
+        def records() -> Iterator[tuple[Any, ...]]:
             nonlocal urbs
             for row in urb_rows:
                 urbs += 1
-                yield dict(zip(columns, row))
+                yield row
         count = write(records(), cast(BinaryIO, stream), kind, origin,
-                      container_for(str(output), container), provenance(version, command_line))
+                      container_for(str(output), container), provenance(version, command_line),
+                      columns=columns)
     click.echo(f"{output}: {count} {kind} records ({container_for(str(output), container)}) "
                f"from {urbs} URBs of session {session}")
 

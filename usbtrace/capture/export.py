@@ -10,12 +10,14 @@ USBD status is translated back to the errno Linux would report.
 from __future__ import annotations
 
 import heapq
+import io
+import operator
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 from usbtrace.capture import usbpcap
-from usbtrace.capture.pcap import PcapngWriter, PcapWriter
+from usbtrace.capture.pcap import BT_EPB, PcapngWriter, PcapWriter
 from usbtrace.capture.usbmon import LINKTYPE_USB_LINUX_MMAPPED
 from usbtrace.records import COMPLETE, CONTROL, SUBMIT, TRANSFER_TYPE_NAMES, Event
 from usbtrace.usb import urb as U
@@ -142,21 +144,207 @@ def recorded_command_line(comments: Iterable[str]) -> str | None:
     return None
 
 
-def export(rows: Iterable[dict[str, Any]], stream: BinaryIO, linktype: str,
-           origin: float, container: str = "pcapng", comments: Sequence[str] = ()) -> int:
+# the ``urbs`` columns export reads, in the order the encoders below take them
+FIELDS = ("seq", "irp_id", "submitted_at", "completed_at", "bus", "device", "endpoint",
+          "transfer_type", "urb_function", "direction", "setup", "requested_length",
+          "actual_length", "status", "data")
+MASK64 = 0xFFFFFFFFFFFFFFFF
+EPB_HEAD = struct.Struct("<IIIIIII")  # block type and length, then the EPB's own fields
+U32 = struct.Struct("<I")
+FLUSH = 1 << 20  # bytes gathered before one write to the file
+
+
+def _usbmon_pair(row: tuple[Any, ...], origin: float, framed: bool = False
+                 ) -> tuple[bytes | None, bytes | None]:
+    """A row's submission and completion as usbmon records, straight from its columns
+    (what ``encode_usbmon`` makes of ``events_of``'s events, without the events);
+    ``framed``: each already in its pcapng Enhanced Packet Block, packed in one go."""
+    (_, irp_text, submitted_at, completed_at, bus, device, endpoint, ttype, _, direction,
+     setup, requested, actual, status, payload) = row
+    irp_id = int(irp_text, 16) & MASK64
+    xfer = USBMON_XFER.get(TYPE_CODES.get(ttype, CONTROL), 3)
+    endpoint = endpoint or 0
+    device = device or 0
+    bus = bus or 0
+    data = bytes(payload) if payload else b""
+    direction_in = direction == "in"
+    submit = complete = None
+    if submitted_at is not None:
+        ts = origin + submitted_at
+        sec = int(ts)
+        usec = int(round((ts - sec) * 1e6))
+        if usec >= 1_000_000:
+            sec, usec = sec + 1, usec - 1_000_000
+        setup = bytes(setup) if setup else None
+        out = b"" if direction_in else data
+        flag_data = 0 if out else (
+            60 if (setup[0] if setup else endpoint) & 0x80 else 62)  # '<' or '>'
+        fields = (irp_id, 83, xfer, endpoint, device, bus, 0 if setup else 45, flag_data,
+                  sec, usec, -115, requested or 0, len(out), setup or bytes(8), 0, 0, 0, 0)
+        submit = _epb_usbmon(origin + submitted_at, fields, out) if framed else \
+            USBMON_HEADER.pack(*fields) + out
+    if completed_at is not None:
+        ts = origin + completed_at
+        sec = int(ts)
+        usec = int(round((ts - sec) * 1e6))
+        if usec >= 1_000_000:
+            sec, usec = sec + 1, usec - 1_000_000
+        into = data if direction_in else b""
+        code = _status_code(status)
+        flag_data = 0 if into else (60 if endpoint & 0x80 else 62)
+        fields = (irp_id, 67, xfer, endpoint, device, bus, 45, flag_data, sec, usec,
+                  USBD_TO_ERRNO.get(code or 0, -71), actual or 0, len(into), bytes(8),
+                  0, 0, 0, 0)
+        complete = _epb_usbmon(origin + completed_at, fields, into) if framed else \
+            USBMON_HEADER.pack(*fields) + into
+    return submit, complete
+
+
+EPB_USBMON = struct.Struct("<IIIIIII" + USBMON_HEADER.format.lstrip("<"))
+
+
+def _epb_usbmon(ts: float, fields: tuple[Any, ...], data: bytes) -> bytes:
+    """One usbmon record in its pcapng Enhanced Packet Block (as ``PcapngWriter.write``
+    frames it), header and block header in one ``pack``."""
+    ts_ns = int(round(ts * 1e9))
+    size = USBMON_HEADER.size + len(data)
+    pad = -size % 4
+    total = size + pad + 32
+    return EPB_USBMON.pack(BT_EPB, total, 0, ts_ns >> 32, ts_ns & 0xFFFFFFFF, size, size,
+                           *fields) + data + b"\0" * pad + U32.pack(total)
+
+
+USBPCAP_HEADER = usbpcap.HEADER
+USBPCAP_TRANSFER = usbpcap.FROM_RECORD
+
+
+def _usbpcap_pair(row: tuple[Any, ...]) -> tuple[list[bytes] | None, list[bytes] | None]:
+    """A row's submission and completion as USBPcap records; a control transfer's
+    stages go through ``encode_usbpcap``."""
+    (_, irp_text, submitted_at, completed_at, bus, device, endpoint, ttype, function_name,
+     direction, setup, requested, actual, status, payload) = row
+    kind = TYPE_CODES.get(ttype, CONTROL)
+    if kind == CONTROL:
+        submit = complete = None
+        for event in _row_events(row):
+            if event.kind == SUBMIT:
+                submit = encode_usbpcap(event)
+            else:
+                complete = encode_usbpcap(event)
+        return submit, complete
+    irp_id = int(irp_text, 16) & MASK64
+    function = FUNCTION_CODES.get(function_name, 0) if function_name else 0
+    transfer = USBPCAP_TRANSFER.get(kind, usbpcap.TRANSFER_UNKNOWN)
+    data = bytes(payload) if payload else b""
+    direction_in = direction == "in"
+    bus = bus or 0
+    device = device or 0
+    endpoint = endpoint if endpoint is not None else 0
+    size = USBPCAP_HEADER.size
+    first = last = None
+    if submitted_at is not None:
+        out = b"" if direction_in else data
+        first = [USBPCAP_HEADER.pack(size, irp_id, 0, function, 0, bus, device, endpoint,
+                                     transfer, len(out)) + out]
+    if completed_at is not None:
+        into = data if direction_in else b""
+        code = _status_code(status)
+        last = [USBPCAP_HEADER.pack(size, irp_id, (code or 0) & 0xFFFFFFFF, function,
+                                    usbpcap.USBPCAP_INFO_PDO_TO_FDO, bus, device, endpoint,
+                                    transfer, len(into)) + into]
+    return first, last
+
+
+def _row_events(row: tuple[Any, ...]) -> Iterator[Event]:
+    """The events of one row given as a tuple in ``FIELDS`` order."""
+    return events_of([dict(zip(FIELDS, row))])
+
+
+def export(rows: Iterable[Any], stream: BinaryIO, linktype: str,
+           origin: float, container: str = "pcapng", comments: Sequence[str] = (),
+           columns: Sequence[str] | None = None) -> int:
     """Write ``rows`` as ``container`` ('pcapng' or 'pcap') with ``linktype`` ('usbpcap'
-    or 'usbmon'), ``comments`` in pcapng's section header; returns the records written."""
-    writer: PcapngWriter | PcapWriter = PcapWriter(stream, LINKTYPES[linktype]) \
-        if container == "pcap" else PcapngWriter(stream, LINKTYPES[linktype],
-                                                 comments=comments)
+    or 'usbmon'), ``comments`` in pcapng's section header; returns the records written.
+
+    ``rows`` are ``urbs`` rows in ``seq`` order: dicts, or tuples in ``columns``' order
+    (straight from a cursor: no dict a row).  Each row is encoded once, to bytes, and
+    its two records wait in a heap only while a completion is still ahead of the next
+    submission, as in ``events_of``; so memory follows the transfers in flight."""
+    keys: Sequence[Any] = FIELDS
+    if columns is not None:
+        index = {name: i for i, name in enumerate(columns)}
+        keys = [index[name] for name in FIELDS]
+    pick = operator.itemgetter(*keys)
+    pcapng = container != "pcap"
+    if pcapng:  # the header blocks; the records are framed here, a batch a write
+        PcapngWriter(stream, LINKTYPES[linktype], comments=comments)
+    else:
+        PcapWriter(stream, LINKTYPES[linktype])
+    classic_buffer = io.BytesIO()  # classic pcap's records, framed by its own writer
+    classic = PcapWriter(classic_buffer, LINKTYPES[linktype])
+    usbmon = linktype == "usbmon"
+    epb, u32 = EPB_HEAD.pack, U32.pack
+
+    def frame(ts_ns: int, records: Any) -> bytes:
+        """The records of one event, framed as the container's blocks."""
+        if pcapng:
+            out = []
+            for record in records:
+                size = len(record)
+                pad = -size % 4
+                total = size + pad + 32
+                out.append(epb(BT_EPB, total, 0, ts_ns >> 32, ts_ns & 0xFFFFFFFF, size, size))
+                out.append(record + b"\0" * pad + u32(total) if pad else record + u32(total))
+            return b"".join(out)
+        classic_buffer.seek(0)
+        classic_buffer.truncate()
+        for record in records:
+            classic.write(ts_ns, record)
+        return classic_buffer.getvalue()
+
+    ahead: list[tuple[float, int, int, int, bytes]] = []  # a heap
+    pending: list[bytes] = []
+    gathered = 0
     count = 0
-    for event in events_of(rows):
-        ts_ns = int(round((origin + event.ts) * 1e9))
-        if linktype == "usbmon":
-            writer.write(ts_ns, encode_usbmon(event, origin))
-            count += 1
+    push, pop = heapq.heappush, heapq.heappop
+    for row in rows:
+        fields = pick(row)
+        seq, submitted_at, completed_at = fields[0], fields[2], fields[3]
+        now = submitted_at if submitted_at is not None else completed_at
+        if now is not None:
+            while ahead and ahead[0][0] <= now:
+                item = pop(ahead)
+                count += item[3]
+                pending.append(item[4])
+                gathered += len(item[4])
+            if gathered >= FLUSH:
+                stream.write(b"".join(pending))
+                pending.clear()
+                gathered = 0
+        if usbmon and pcapng:  # the common case, framed as it is encoded
+            one, two = _usbmon_pair(fields, origin, True)
+            if one is not None:
+                push(ahead, (submitted_at, seq, 0, 1, one))
+            if two is not None:
+                push(ahead, (completed_at, seq, 1, 1, two))
+            continue
+        submit: Sequence[bytes] | None
+        complete: Sequence[bytes] | None
+        if usbmon:
+            one, two = _usbmon_pair(fields, origin)
+            submit = None if one is None else (one,)
+            complete = None if two is None else (two,)
         else:
-            for record in encode_usbpcap(event):
-                writer.write(ts_ns, record)
-                count += 1
+            submit, complete = _usbpcap_pair(fields)
+        if submit is not None:
+            push(ahead, (submitted_at, seq, 0, len(submit),
+                         frame(int(round((origin + submitted_at) * 1e9)), submit)))
+        if complete is not None:
+            push(ahead, (completed_at, seq, 1, len(complete),
+                         frame(int(round((origin + completed_at) * 1e9)), complete)))
+    while ahead:
+        item = pop(ahead)
+        count += item[3]
+        pending.append(item[4])
+    stream.write(b"".join(pending))
     return count

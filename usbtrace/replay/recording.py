@@ -253,19 +253,19 @@ def _row_events(row: tuple[Any, ...]) -> Iterator[Event]:
     except (TypeError, ValueError):
         irp_id = -int(seq)  # still one exchange per row
     direction_in = direction == "in"
-    data = bytes(payload or b"")
-    common: dict[str, Any] = dict(
-        irp_id=irp_id, bus=bus, device=device, endpoint=endpoint,
-        transfer_type=TYPE_CODES.get(transfer_type, CONTROL),
-        urb_function=FUNCTION_CODES.get(function_name) if function_name else None)
+    data = bytes(payload) if payload else b""
+    kind = TYPE_CODES.get(transfer_type, CONTROL)
+    function = FUNCTION_CODES.get(function_name) if function_name else None
+    # positional, in Event's field order: this runs twice for every URB replayed
     if submitted_at is not None:
-        yield Event(SUBMIT, submitted_at, setup=bytes(setup) if setup else None,
-                    length=requested, urb_status=U.USBD_STATUS_PENDING,
-                    data=b"" if direction_in else data, **common)
+        yield Event(SUBMIT, submitted_at, irp_id, "capture", None, None, None, None, None,
+                    None, None, function, bus, device, endpoint, kind, U.USBD_STATUS_PENDING,
+                    requested, bytes(setup) if setup else None,
+                    b"" if direction_in else data)
     if completed_at is not None:
-        yield Event(COMPLETE, completed_at,
-                    length=actual, urb_status=_status_code(status),
-                    data=data if direction_in else b"", **common)
+        yield Event(COMPLETE, completed_at, irp_id, "capture", None, None, None, None, None,
+                    None, None, function, bus, device, endpoint, kind, _status_code(status),
+                    actual, None, data if direction_in else b"")
 
 
 def session_state(database: Any, session_id: int) -> str:

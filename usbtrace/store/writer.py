@@ -463,7 +463,7 @@ class SessionWriter:
 
 EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(Event))
 _event_tuple = operator.attrgetter(*EVENT_FIELDS)  # an Event as a tuple, in C
-SHIP_BYTES = 4 << 20  # payload bytes per message to the storing process, at most
+SHIP_BYTES = 1 << 20  # payload bytes per message to the storing process, at most
 
 
 def _storing_main(writer: SessionWriter, channel: Any, parent_end: Any) -> None:

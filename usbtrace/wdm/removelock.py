@@ -53,33 +53,38 @@ def _tag_key(tag: object) -> int:
     return id(tag)
 
 
+_SUCCESS = NTSTATUS.STATUS_SUCCESS.value
+_DELETE_PENDING = NTSTATUS.STATUS_DELETE_PENDING.value
+
+
 def IoAcquireRemoveLock(lock: IoRemoveLock, tag: object) -> int:  # noqa: N802
     """Count one more user of the device; STATUS_DELETE_PENDING once removal began."""
     if lock.scheduler is None:
         raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
                        "IoAcquireRemoveLock on a remove lock never initialized")
-    lock.io_count += 1
     if lock.removed:
-        lock.io_count -= 1
-        if lock.io_count == 0:
+        if lock.io_count == 0:  # the count went up and back down: the last one out
             lock.remove_event.KeSetEvent()
-        return NTSTATUS.STATUS_DELETE_PENDING
-    key = _tag_key(tag)
-    lock.tags[key] = lock.tags.get(key, 0) + 1
-    return NTSTATUS.STATUS_SUCCESS
+        return _DELETE_PENDING
+    lock.io_count += 1
+    tags = lock.tags
+    key = id(tag)  # _tag_key, inline: this runs for every IRP every driver passes
+    tags[key] = tags.get(key, 0) + 1
+    return _SUCCESS
 
 
 def IoReleaseRemoveLock(lock: IoRemoveLock, tag: object) -> None:  # noqa: N802
     """Drop one user; the last one out after removal began wakes the waiting REMOVE."""
-    key = _tag_key(tag)
-    held = lock.tags.get(key, 0)
-    if held == 0:
+    tags = lock.tags
+    key = id(tag)
+    held = tags.get(key, 0)
+    if held == 1:
+        del tags[key]
+    elif held == 0:
         raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
                        f"{lock.name}: remove lock released with a tag that holds nothing")
-    if held == 1:
-        del lock.tags[key]
     else:
-        lock.tags[key] = held - 1
+        tags[key] = held - 1
     lock.io_count -= 1
     if lock.io_count == 0:
         if not lock.removed:

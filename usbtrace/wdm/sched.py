@@ -270,11 +270,15 @@ class Scheduler:
     def schedule(self, delay_ns: int, callback: Callable[..., None], *args: Any) -> None:
         """Run ``callback(*args)`` when the clock has advanced by ``delay_ns``."""
         self._seq += 1
-        heapq.heappush(self._events, (self.now_ns() + delay_ns, self._seq, callback, args))
+        now = time.monotonic_ns() - self._t0 if self.clock == "wall" else self._now_ns
+        heapq.heappush(self._events, (now + delay_ns, self._seq, callback, args))
 
     def interrupt(self, interrupt: KInterrupt) -> None:
         """Deliver an interrupt: ISR at DIRQL, then any DPC it queued at DISPATCH_LEVEL."""
-        old = self.KeRaiseIrql(interrupt.irql)
+        old = self.irql
+        if interrupt.irql < old:  # KeRaiseIrql's check
+            raise BugCheck("IRQL_NOT_GREATER_OR_EQUAL", f"raise from {old} to {interrupt.irql}")
+        self.irql = interrupt.irql
         interrupt.count += 1
         interrupt.service_routine(interrupt, interrupt.context)
         self.KeLowerIrql(old)
