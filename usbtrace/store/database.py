@@ -467,18 +467,41 @@ def _driver(url: str) -> str:
     return url
 
 
+SQLITE_READONLY_ROLLBACK = 776  # a hot journal a read-only connection cannot roll back
+
+
 def _connect_read_only(path: Path) -> sqlite3.Connection:
     """Open without the right to change a byte.  A WAL file in a read-only folder
-    whose writer left no ``-wal`` (it was closed cleanly) is opened immutable."""
+    whose writer left no ``-wal`` (it was closed cleanly) is opened immutable.
+
+    A writer killed in the middle of a commit leaves a hot ``-journal``: until it is
+    rolled back nobody can read the file.  The reader then does what any SQLite client
+    does on opening it, rolls it back (the file holds its last commit again, the
+    journal goes), and reads; where it cannot write, it says so."""
     uri = path.resolve().as_uri()
     try:
         conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         return conn
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as e:
+        if getattr(e, "sqlite_errorcode", None) == SQLITE_READONLY_ROLLBACK:
+            _roll_back_hot_journal(path)
+            return _connect_read_only(path)
         if Path(f"{path}-wal").exists() or os.access(path.parent, os.W_OK):
             raise
     return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+
+
+def _roll_back_hot_journal(path: Path) -> None:
+    if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        raise DatabaseError(f"{path}: a writer was stopped in the middle of a commit and "
+                            f"its journal ({path}-journal) must be rolled back first, which "
+                            "needs write access to the file and its folder")
+    conn = sqlite3.connect(str(path), timeout=10)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # rolls it back
+    finally:
+        conn.close()
 
 
 def _query_error(e: BaseException, stop: dict[str, bool], timeout: float | None

@@ -1,0 +1,189 @@
+"""Live logging's storage: payloads written once, a storing process, a tracer that makes
+no records when nobody takes them, and export straight from the cursor.
+
+SQLite's rollback journal holds only the old content of pages that existed when a
+transaction began (https://www.sqlite.org/atomiccommit.html, 3.6 "Making Changes To
+User Space"): pages appended past the old end of the file are written once.  A
+journal left by a writer killed mid-commit is "hot" and is rolled back by the next
+connection that can write (https://www.sqlite.org/lockingv3.html, "Hot Journals").
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from usbtrace.capture.export import export
+from usbtrace.cli import main
+from usbtrace.devices.image import DiskImage
+from usbtrace.devices.simulated import SimulatedStick
+from usbtrace.machine import DISK_PATH, Machine
+from usbtrace.records import Event
+from usbtrace.store.database import PAGE_SIZE, Database
+from usbtrace.store.writer import Recorder, SessionWriter
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _record(db: Path, reads: int, process: bool | None = None) -> tuple[Recorder, int]:
+    database = Database(db)
+    sid = database.new_session("simulated", "test", "now", "virtual")
+    recorder = Recorder(SessionWriter(database, sid, attribute_files=False), process=process)
+    stick = SimulatedStick(DiskImage.in_memory(8 << 20))
+    stick.image.write(0, random.Random(1).randbytes(8 << 20))
+    machine = Machine(stick, sink=recorder).start()
+    handle = machine.win32.CreateFile(DISK_PATH)
+    for i in range(reads):
+        machine.win32.ReadFile(handle, bytearray(65536), i % 120 * 65536)
+    machine.stop()
+    recorder.close()
+    database.close()
+    return recorder, sid
+
+
+def test_a_new_database_has_64_kib_pages_and_a_rollback_journal(tmp_path: Path) -> None:
+    db = tmp_path / "u.db"
+    _record(db, 4)
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 65536
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u.db"]
+
+
+def _written() -> int:
+    """Bytes this process has passed to write(2) so far (``wchar`` in /proc/self/io)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no wchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's /proc/self/io")
+def test_payloads_are_written_once(tmp_path: Path) -> None:
+    """Everything the writer writes (database and journal) comes to the payload once
+    (an overflow page each, plus its share of a leaf page) and, at each commit, the few
+    64 KiB pages that existed before it (journaled, then written): not twice, as through
+    a WAL and its checkpoint (2.6 times here).  The storing thread runs in this process,
+    so its writes count here."""
+    db = tmp_path / "u.db"
+    _record(db, 2, process=False)
+    before = _written()
+    _record(db, 130, process=False)
+    written = _written() - before
+    conn = sqlite3.connect(db)
+    payload = conn.execute("SELECT sum(length(data)) FROM urbs WHERE session_id = 2"
+                           ).fetchone()[0]
+    assert payload >= 130 * 65536
+    assert written < 1.7 * payload, written / payload
+
+
+def test_the_storing_process_stores_what_the_tracer_saw(tmp_path: Path) -> None:
+    """The forked storing process decodes and inserts; its counts come back to the
+    recorder's writer, and they are what the database holds."""
+    db = tmp_path / "u.db"
+    recorder, sid = _record(db, 20)
+    assert recorder._process is not None and recorder._process.exitcode == 0
+    writer = recorder.writer
+    conn = sqlite3.connect(db)
+    records, commands, state = conn.execute(
+        "SELECT record_count, command_count, state FROM sessions WHERE id = ?", (sid,)
+    ).fetchone()
+    assert state == "complete"
+    assert (writer.records, writer.commands) == (records, commands)
+    stored = conn.execute("SELECT count(*) FROM scsi_commands WHERE session_id = ?", (sid,)
+                          ).fetchone()[0]
+    assert stored == commands > 20  # the 20 READs and the stack's own start-up commands
+    # every byte read is in the database, queryable from any SQLite client
+    (data,) = conn.execute("SELECT group_concat(hex(data), '') FROM (SELECT data FROM urbs "
+                           "WHERE session_id = ? AND direction = 'in' AND "
+                           "captured_length = 65536 ORDER BY seq)", (sid,)).fetchone()
+    assert len(data) == 2 * 20 * 65536
+
+
+def test_a_thread_and_a_process_store_the_same_rows(tmp_path: Path) -> None:
+    rows = []
+    for process in (False, True):
+        db = tmp_path / f"{process}.db"
+        _, sid = _record(db, 6, process=process)
+        conn = sqlite3.connect(db)
+        # file object ids count up across the machines of one process: left out
+        irps = ", ".join('"' + c[1] + '"' for c in conn.execute("PRAGMA table_info(irps)")
+                         if c[1] != "file_object")
+        rows.append([conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                     for table in ("urbs", "scsi_commands")] +
+                    [conn.execute(f"SELECT {irps} FROM irps ORDER BY 1, 2").fetchall()])
+    assert rows[0] == rows[1] and len(rows[0][0]) > 20
+
+
+def test_a_reader_rolls_back_the_journal_a_killed_writer_left(tmp_path: Path) -> None:
+    db = tmp_path / "u.db"
+    assert invoke("record", "--db", str(db), "--size", "4M")[0] == 0
+    pid = os.fork()
+    if pid == 0:  # a writer killed in the middle of a transaction that spilled to the file
+        conn = sqlite3.connect(db)
+        conn.execute("PRAGMA cache_size=1")
+        conn.execute("BEGIN")
+        conn.execute("UPDATE urbs SET data = randomblob(length(data)) WHERE data IS NOT NULL")
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert Path(f"{db}-journal").exists()
+    with pytest.raises(sqlite3.OperationalError):  # what any read-only reader meets
+        sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute(
+            "SELECT count(*) FROM urbs").fetchone()
+    code, out, err = invoke("sessions", "--db", str(db))
+    assert code == 0, err
+    assert "(1 row)" in out and not Path(f"{db}-journal").exists()
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_the_tracer_makes_no_records_without_a_sink() -> None:
+    """Device replay runs the stack with no sink: the tracer still passes every IRP
+    down and back (its remove lock, its power state), and learns the pipes."""
+    machine = Machine(SimulatedStick(DiskImage.in_memory(4 << 20))).start()
+    handle = machine.win32.CreateFile(DISK_PATH)
+    machine.win32.WriteFile(handle, b"\xa5" * 4096, 8192)
+    buffer = bytearray(4096)
+    machine.win32.ReadFile(handle, buffer, 8192)
+    assert buffer == b"\xa5" * 4096
+    driver = machine.kernel.drivers["\\Driver\\usbtrace"]
+    lower = next(d.device_extension for d in driver.device_objects
+                 if d.device_extension.position == "lower")
+    assert lower.sink is None and sorted(ep for ep, _ in lower.pipes.values()) == [0x02, 0x81]
+    machine.stop()
+
+
+@pytest.mark.parametrize("linktype", ["usbpcap", "usbmon"])
+@pytest.mark.parametrize("container", ["pcap", "pcapng"])
+def test_export_from_tuples_writes_what_it_writes_from_dicts(tmp_path: Path, linktype: str,
+                                                             container: str) -> None:
+    db = tmp_path / "u.db"
+    assert invoke("record", "--db", str(db), "--size", "4M")[0] == 0
+    conn = sqlite3.connect(db)
+    cursor = conn.execute("SELECT * FROM urbs WHERE session_id = 1 ORDER BY seq")
+    columns = [c[0] for c in cursor.description]
+    rows = cursor.fetchall()
+    as_dicts, as_tuples = io.BytesIO(), io.BytesIO()
+    n = export([dict(zip(columns, r)) for r in rows], as_dicts, linktype, 1e9, container)
+    m = export(rows, as_tuples, linktype, 1e9, container, columns=columns)
+    assert n == m > 2 * len(rows) - 1 and as_dicts.getvalue() == as_tuples.getvalue()
+
+
+def test_events_pass_to_the_storing_process_whole() -> None:
+    """Every field of an Event survives the trip as a tuple."""
+    from usbtrace.store.writer import EVENT_FIELDS, _event_tuple
+
+    event = Event("C", 1.5, 7, "lower", 15, 1, 0x220003, 3, 0xC0000001, 512, "x", 9, 1, 2,
+                  0x81, 2, 4, 512, b"\x80\x06\0\1\0\0\x12\0", b"d" * 512, 600, 4096, 11, 5, -32)
+    assert Event(*_event_tuple(event)) == event
+    assert len(EVENT_FIELDS) == len(_event_tuple(event))
