@@ -80,10 +80,10 @@ def test_export_that_fails_leaves_no_half_file(recorded: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from usbtrace.capture import export as export_module
 
-    def broken(event: Event, origin: float) -> bytes:
+    def broken(row: tuple[object, ...], origin: float, framed: bool = False) -> bytes:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export_module, "encode_usbmon", broken)
+    monkeypatch.setattr(export_module, "_usbmon_pair", broken)  # encodes each row
     out = tmp_path / "x.pcapng"
     code, _, err = invoke("export", "1", "-o", str(out), "--db", str(recorded),
                           "--linktype", "usbmon")
