@@ -12,10 +12,13 @@ counts it in ``sessions.dropped_count`` — never silently.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import multiprocessing
 import operator
 import os
+import pickle
 import signal
+import struct
 import threading
 import time
 from collections import deque
@@ -463,44 +466,105 @@ class SessionWriter:
 
 EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(Event))
 _event_tuple = operator.attrgetter(*EVENT_FIELDS)  # an Event as a tuple, in C
+DATA_INDEX = EVENT_FIELDS.index("data")
+# an Event's fields but its payload, as a tuple: the payloads travel apart, unpickled
+_event_meta = operator.attrgetter(*(f for f in EVENT_FIELDS if f != "data"))
 SHIP_BYTES = 1 << 20  # payload bytes per message to the storing process, at most
+FRAME = struct.Struct("<BII")  # kind, bytes of pickled fields, bytes of payloads
+BATCH_FRAME, CLOSE_FRAME = 0, 1
+IOV_MAX = 512  # buffers per writev(2), well under the kernel's 1024
 
 
-def _storing_main(writer: SessionWriter, channel: Any, parent_end: Any) -> None:
+def _write_all(fd: int, buffers: list[Any]) -> None:
+    """writev(2) until every buffer is written: the payloads go from the tracer's bytes
+    to the pipe without a copy in this process."""
+    at = 0
+    while at < len(buffers):
+        written = os.writev(fd, buffers[at:at + IOV_MAX])
+        while written:
+            size = len(buffers[at])
+            if written >= size:
+                written -= size
+                at += 1
+            else:
+                buffers[at] = memoryview(buffers[at])[written:]
+                written = 0
+
+
+def _read_exact(fd: int, size: int) -> memoryview:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            raise EOFError("the recording process is gone")
+        got += n
+    return view
+
+
+def _ship_events(fd: int, events: list[Event]) -> None:
+    """One message: the events' other fields pickled, then their payloads as they are."""
+    payloads = [e.data for e in events]
+    meta = pickle.dumps(([_event_meta(e) for e in events], [len(p) for p in payloads]),
+                        protocol=pickle.HIGHEST_PROTOCOL)
+    total = sum(len(p) for p in payloads)
+    _write_all(fd, [FRAME.pack(BATCH_FRAME, len(meta), total), meta,
+                    *(p for p in payloads if p)])
+
+
+def _receive(fd: int) -> tuple[int, Any]:
+    """The next message: (BATCH_FRAME, events) or (CLOSE_FRAME, arguments)."""
+    kind, meta_size, total = FRAME.unpack(_read_exact(fd, FRAME.size))
+    meta = pickle.loads(_read_exact(fd, meta_size))
+    if kind == CLOSE_FRAME:
+        return kind, meta
+    fields, lengths = meta
+    payloads = _read_exact(fd, total) if total else memoryview(b"")
+    make: Any = Event  # positional, the payload put back in its place
+    events = []
+    offset = 0
+    for other, length in zip(fields, lengths):
+        data = bytes(payloads[offset:offset + length]) if length else b""
+        offset += length
+        events.append(make(*other[:DATA_INDEX], data, *other[DATA_INDEX:]))
+    return kind, events
+
+
+def _storing_main(writer: SessionWriter, data_fd: int, parent_fd: int, reply: Any) -> None:
     """The live storing process: decode, attribute and insert what the tracer queued.
 
     It holds no copy of the parent's end of the pipe and ignores Ctrl-C, so it ends
     when the parent closes the pipe or dies (a batch not yet committed is lost, as
     the session's counts say).  After an error it keeps reading, so the parent never
     blocks on a full pipe, and reports the error when asked to close."""
-    parent_end.close()
+    os.close(parent_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # the parent's pooled connections are the parent's: open our own
     writer.database.engine.dispose(close=False)
     error: str | None = None
     feed = writer.feed
-    make = Event
     try:
         while True:
-            message = channel.recv()
-            if isinstance(message, list):
+            kind, message = _receive(data_fd)
+            if kind == BATCH_FRAME:
                 if error is None:
                     try:
-                        for fields in message:
-                            feed(make(*fields))
+                        for event in message:
+                            feed(event)
                     except Exception as e:
                         error = f"{type(e).__name__}: {e}"
                 continue
-            _, dropped, notes, state = message  # ("close", ...)
+            dropped, notes, state = message
             if error is None:
                 try:
                     writer.close(dropped=dropped, notes=notes, state=state)
                 except Exception as e:
                     error = f"{type(e).__name__}: {e}"
             writer.database.engine.dispose()
-            channel.send((error, writer.records, writer.commands, writer.dropped,
-                          writer.last_ts))
-            channel.close()
+            reply.send((error, writer.records, writer.commands, writer.dropped,
+                        writer.last_ts))
+            reply.close()
             break
     except (EOFError, OSError):
         pass  # the parent is gone: nothing to report to
@@ -546,15 +610,23 @@ class Recorder:
         self._error: BaseException | None = None
         if process is None:
             process = consume is None and writer._inserter is None and _can_fork(writer)
-        self._channel: Any = None
+        self._fd = -1  # the write end of the pipe to the storing process
+        self._reply: Any = None
         self._process: Any = None
         if process:
             context = multiprocessing.get_context("fork")
-            self._channel, child = context.Pipe()
+            read_fd, self._fd = os.pipe()
+            try:  # fewer, larger hops through the pipe (Linux; the default is 64 KiB)
+                fcntl.fcntl(self._fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), SHIP_BYTES)
+            except OSError:
+                pass
+            self._reply, reply_end = context.Pipe(duplex=False)
             self._process = context.Process(target=_storing_main,
-                                            args=(writer, child, self._channel), daemon=True)
+                                            args=(writer, read_fd, self._fd, reply_end),
+                                            daemon=True)
             self._process.start()
-            child.close()
+            os.close(read_fd)
+            reply_end.close()
         self._thread = threading.Thread(target=self._ship if process else self._run,
                                         name="usbtrace-writer", daemon=True)
         self._thread.start()
@@ -610,11 +682,10 @@ class Recorder:
             self._room.set()
 
     def _ship(self) -> None:
-        """Hand the queued records to the storing process, a few MiB a message."""
+        """Hand the queued records to the storing process, about a MiB a message."""
         queue = self._queue
         cost = self.RECORD_COST
-        send = self._channel.send
-        as_tuple = _event_tuple
+        fd = self._fd
         try:
             while True:
                 while queue:
@@ -623,10 +694,10 @@ class Recorder:
                     for _ in range(min(len(queue), 4096)):
                         event = queue.popleft()
                         taken += len(event.data) + cost
-                        batch.append(as_tuple(event))
+                        batch.append(event)
                         if taken >= SHIP_BYTES:
                             break
-                    send(batch)
+                    _ship_events(fd, batch)
                     self._consumed += taken
                     self._room.set()
                 if self._stop and not queue:
@@ -658,11 +729,13 @@ class Recorder:
         if self._error is not None:
             error = f"{type(self._error).__name__}: {self._error}"
         try:
-            self._channel.send(("close", self.dropped, notes, state))
-            reply = self._channel.recv()
+            meta = pickle.dumps((self.dropped, notes, state))
+            _write_all(self._fd, [FRAME.pack(CLOSE_FRAME, len(meta), 0), meta])
+            reply = self._reply.recv()
         except (EOFError, OSError):
             reply = ("the storing process ended early", 0, 0, 0, 0.0)
-        self._channel.close()
+        os.close(self._fd)
+        self._reply.close()
         self._process.join()
         stored_error, records, commands, dropped, last_ts = reply
         writer = self.writer
