@@ -4,7 +4,8 @@ Each run reads the same amount through CreateFile/ReadFile on the simulated
 stick.  Stages, to show what limits the traced rate:
 
   bare      no tracer in the stack
-  capture   tracer at both positions, records queued, the writer discards them
+  capture   tracer at both positions, records queued and shipped to the storing
+            process, which drops them: all the I/O path's process does
   decode    ... the storing process pairs and decodes, but stores nothing
   stored    ... and inserts every row and payload into SQLite (the real thing,
             without file attribution)
@@ -82,14 +83,13 @@ def stack(mib: int, stage: str, folder: Path) -> Sample:
         database = Database(path)
         sid = database.new_session("simulated", "bench", "now", "virtual")
         writer = SessionWriter(database, sid, attribute_files=stage == "files")
-        if stage == "capture":
-            recorder = Recorder(writer, consume=lambda event: None)
-        else:
-            if stage == "decode":  # decode, then throw the rows away
-                def discard(w: SessionWriter = writer) -> None:
-                    w._irps, w._urbs, w._cmds = [], [], []
-                writer.flush = discard  # type: ignore[method-assign]
-            recorder = Recorder(writer)
+        if stage == "capture":  # the storing process takes the records and drops them
+            writer.feed = lambda event: None  # type: ignore[method-assign]
+        elif stage == "decode":  # decode, then throw the rows away
+            def discard(w: SessionWriter = writer) -> None:
+                w._irps, w._urbs, w._cmds = [], [], []
+            writer.flush = discard  # type: ignore[method-assign]
+        recorder = Recorder(writer)
     machine = Machine(stick, sink=recorder, positions=() if stage == "bare" else
                       ("lower", "upper"))
     machine.start()

@@ -470,6 +470,7 @@ DATA_INDEX = EVENT_FIELDS.index("data")
 # an Event's fields but its payload, as a tuple: the payloads travel apart, unpickled
 _event_meta = operator.attrgetter(*(f for f in EVENT_FIELDS if f != "data"))
 SHIP_BYTES = 1 << 20  # payload bytes per message to the storing process, at most
+PROCESS_QUEUE = 4 << 20  # a lossless queue's bound, in bytes, with a storing process
 FRAME = struct.Struct("<BII")  # kind, bytes of pickled fields, bytes of payloads
 BATCH_FRAME, CLOSE_FRAME = 0, 1
 IOV_MAX = 512  # buffers per writev(2), well under the kernel's 1024
@@ -610,6 +611,11 @@ class Recorder:
         self._error: BaseException | None = None
         if process is None:
             process = consume is None and writer._inserter is None and _can_fork(writer)
+        if process and not lossy:
+            # a lossless queue in front of a slower storing process is full all the time:
+            # a small one keeps the payloads in flight in the CPU's caches (the tracer's
+            # copies and the pipe's reads then cost half as much) and stores as fast
+            self.capacity = min(capacity, PROCESS_QUEUE)
         self._fd = -1  # the write end of the pipe to the storing process
         self._reply: Any = None
         self._process: Any = None
