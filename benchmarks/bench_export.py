@@ -41,6 +41,16 @@ print(os.waitstatus_to_exitcode(status), use.ru_utime + use.ru_stime, wall, use.
 """
 
 
+# the floor: export's own query, its rows fetched and dropped
+FLOOR = """
+import sqlite3, sys
+conn = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+cursor = conn.execute("SELECT * FROM urbs u WHERE u.session_id = 1 ORDER BY u.seq")
+while cursor.fetchmany(1000):
+    pass
+"""
+
+
 def measure(*command: str) -> tuple[float, float, int]:
     out = subprocess.run([sys.executable, "-c", MEASURE, *command], env=ENV,
                          capture_output=True, text=True, check=True)
@@ -91,6 +101,7 @@ def main() -> None:
             if size != sizes[-1]:
                 continue
             copy = folder / "copy.pcapng"
+            print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
             pairs = []
             for n in range(args.pairs):
                 ours = measure(*export)
@@ -99,6 +110,9 @@ def main() -> None:
                 print(f"  pair {n + 1}: usbtrace export cpu {ours[0]:6.2f} s wall {ours[1]:6.2f}"
                       f" s | editcap cpu {theirs[0]:6.2f} s wall {theirs[1]:6.2f} s | "
                       f"cpu ratio {ours[0] / theirs[0]:5.2f}", flush=True)
+            floor = measure(sys.executable, "-c", FLOOR, str(db))
+            print(f"  floor: the same rows fetched from SQLite and nothing else, in Python: "
+                  f"cpu {floor[0]:6.2f} s wall {floor[1]:6.2f} s")
             cpu_ratios = [o[0] / t[0] for o, t in pairs]
             wall_ratios = [o[1] / t[1] for o, t in pairs]
             print(f"  usbtrace export / editcap: CPU {statistics.median(cpu_ratios):.2f}x "

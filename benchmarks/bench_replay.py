@@ -133,7 +133,8 @@ def throughput(commands: int, rounds: int) -> None:
         c0, t0 = time.process_time(), time.perf_counter()
         recording = load("session:1", str(db))
         loading = time.perf_counter() - t0, time.process_time() - c0
-        print(f"replay of {commands} 4 KiB commands, {rounds} rounds: median (min-max)")
+        print(f"replay of {commands} 4 KiB commands, {rounds} rounds: median (min-max); "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"  surveying the session in SQLite: {loading[0]:.2f} s wall, "
               f"{loading[1]:.2f} s CPU")
         runs: dict[str, list[tuple[int, float, float]]] = {"device": [], "host": []}

@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,38 @@ def test_a_thread_and_a_process_store_the_same_rows(tmp_path: Path) -> None:
                      for table in ("urbs", "scsi_commands")] +
                     [conn.execute(f"SELECT {irps} FROM irps ORDER BY 1, 2").fetchall()])
     assert rows[0] == rows[1] and len(rows[0][0]) > 20
+
+
+def test_a_lossy_recorder_with_a_storing_process_says_what_it_dropped(tmp_path: Path) -> None:
+    """A storing process that falls behind: a lossy tracer drops records rather than
+    wait, and the session's gaps add up to what it dropped."""
+    db = tmp_path / "g.db"
+    database = Database(db)
+    sid = database.new_session("simulated", "test", "now", "virtual")
+    writer = SessionWriter(database, sid, attribute_files=False)
+    feed = writer.feed
+
+    def slow(event: Event) -> None:
+        time.sleep(0.002)
+        feed(event)
+
+    writer.feed = slow  # type: ignore[method-assign]  # the storing process inherits it
+    recorder = Recorder(writer, capacity=256 * 1024, lossy=True)
+    assert recorder._process is not None
+    machine = Machine(SimulatedStick(DiskImage.in_memory(4 << 20)), sink=recorder).start()
+    handle = machine.win32.CreateFile(DISK_PATH)
+    for i in range(40):
+        machine.win32.ReadFile(handle, bytearray(65536), i % 60 * 65536)
+    machine.stop()
+    recorder.close()
+    assert recorder.dropped > 0 and recorder.waits == 0
+    conn = sqlite3.connect(db)
+    (gaps,), = conn.execute("SELECT sum(dropped) FROM gaps WHERE session_id = ?", (sid,))
+    state, dropped, records = conn.execute(
+        "SELECT state, dropped_count, record_count FROM sessions WHERE id = ?", (sid,)
+    ).fetchone()
+    assert state == "complete" and gaps == dropped == recorder.dropped
+    assert records == recorder.writer.records > 0
 
 
 def test_a_reader_rolls_back_the_journal_a_killed_writer_left(tmp_path: Path) -> None:

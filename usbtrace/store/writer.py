@@ -569,6 +569,11 @@ def _storing_main(writer: SessionWriter, data_fd: int, parent_fd: int, reply: An
             break
     except (EOFError, OSError):
         pass  # the parent is gone: nothing to report to
+    except Exception as e:  # a garbled message: say so at close, without a traceback
+        try:
+            reply.send((f"{type(e).__name__}: {e}", 0, 0, 0, 0.0))
+        except OSError:
+            pass
     os._exit(0)  # skip finalizers: never touch the parent's inherited objects
 
 
@@ -600,6 +605,7 @@ class Recorder:
         self.lossy = lossy
         self.dropped = 0
         self._gap = 0  # records dropped since the last one queued
+        self._gap_ts = 0.0  # the time of the last one dropped
         self.waits = 0  # times a lossless producer had to wait
         self._consume = consume or writer.feed
         self._queue: deque[Event] = deque()
@@ -647,6 +653,7 @@ class Recorder:
             if self.lossy:
                 self.dropped += 1
                 self._gap += 1
+                self._gap_ts = event.ts
                 return
             self.waits += 1
             while self._produced - self._consumed + cost > self.capacity and self._queue:
@@ -715,8 +722,9 @@ class Recorder:
             self._room.set()
 
     def close(self, notes: str | None = None, state: str = "complete") -> None:
-        if self._gap:
-            self._queue.append(Event(GAP, self.writer.last_ts, 0, information=self._gap))
+        if self._gap:  # at the last record dropped (a storing process has the writer's ts)
+            ts = self._gap_ts if self._process is not None else self.writer.last_ts
+            self._queue.append(Event(GAP, ts, 0, information=self._gap))
             self._produced += self.RECORD_COST
             self._gap = 0
         self._stop = True
@@ -737,6 +745,9 @@ class Recorder:
         try:
             meta = pickle.dumps((self.dropped, notes, state))
             _write_all(self._fd, [FRAME.pack(CLOSE_FRAME, len(meta), 0), meta])
+        except OSError:
+            pass  # it is gone: its reply, if it left one, says why
+        try:
             reply = self._reply.recv()
         except (EOFError, OSError):
             reply = ("the storing process ended early", 0, 0, 0, 0.0)
