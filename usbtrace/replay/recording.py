@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from usbtrace.capture.reader import CaptureStats, events
 from usbtrace.decode.bot import BotDecoder, ScsiCommand
 from usbtrace.decode.identity import IdentityTracker
-from usbtrace.decode.pairing import Exchange, Pairer
+from usbtrace.decode.pairing import Exchange, Pairer, Step
 from usbtrace.errors import DatabaseError, InputError, UsbtraceError
 from usbtrace.records import BULK, COMPLETE, CONTROL, SUBMIT, TRANSFER_TYPE_NAMES, Event
 from usbtrace.storage import scsi
@@ -90,6 +90,8 @@ class Recording:
 
     name: str
     source: Callable[[], Iterator[Event]]  # the recording's events, from the start, anew
+    # or, for a stored session whose rows are all whole pairs, its exchanges straight away
+    steps: Callable[[], Iterator[Step]] | None = None
     device: Device | None = None
     survey: DeviceSurvey = field(default_factory=DeviceSurvey)
     descriptors: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
@@ -111,7 +113,7 @@ class Recording:
         :class:`InputError` if they are not the ones surveyed (the source changed)."""
         device = self.device
         count = 0
-        for cmd in _decode(self.source(), None):
+        for cmd in _decode_steps(self._steps(), None):
             if (cmd.bus, cmd.device) == device:
                 count += 1
                 if count > self.count:
@@ -121,6 +123,9 @@ class Recording:
             raise InputError(f"{self.name}: the recording changed while it was replayed "
                              f"({self.count} commands surveyed, then {count}"
                              f"{' or more' if count > self.count else ''})")
+
+    def _steps(self) -> Iterator[Step]:
+        return self.steps() if self.steps is not None else _pair(self.source())
 
     # ---- the survey --------------------------------------------------------------------
 
@@ -151,28 +156,38 @@ class Recording:
             self.notes.append(note)
 
 
-def _decode(stream: Iterable[Event],
-            on_exchange: Callable[[Exchange], None] | None) -> Iterator[ScsiCommand]:
-    """Pairing, then Bulk-Only -> SCSI, one event in, commands out as they finish."""
+def _pair(stream: Iterable[Event]) -> Iterator[Step]:
+    """Pairing: each submission with its completion, as an import pairs them."""
     pairer = Pairer()
-    bot = BotDecoder()
     for event in stream:
-        for x, sealed in pairer.feed(event):
-            if sealed and on_exchange is not None:
-                on_exchange(x)
-            yield from bot.take(x, sealed)
+        yield from pairer.feed(event)
     for x in pairer.flush():
-        if on_exchange is not None:
+        yield x, True
+
+
+def _decode_steps(steps: Iterable[Step],
+                  on_exchange: Callable[[Exchange], None] | None) -> Iterator[ScsiCommand]:
+    """Bulk-Only -> SCSI from pairing's steps, commands out as they finish."""
+    bot = BotDecoder()
+    for x, sealed in steps:
+        if sealed and on_exchange is not None:
             on_exchange(x)
-        yield from bot.take(x, True)
+        yield from bot.take(x, sealed)
     yield from bot.flush()
 
 
-def survey(name: str, source: Callable[[], Iterator[Event]]) -> Recording:
+def _decode(stream: Iterable[Event],
+            on_exchange: Callable[[Exchange], None] | None) -> Iterator[ScsiCommand]:
+    """Pairing, then Bulk-Only -> SCSI, one event in, commands out as they finish."""
+    return _decode_steps(_pair(stream), on_exchange)
+
+
+def survey(name: str, source: Callable[[], Iterator[Event]],
+           steps: Callable[[], Iterator[Step]] | None = None) -> Recording:
     """The first pass: what a replay needs before it starts, in bounded memory."""
-    recording = Recording(name, source)
+    recording = Recording(name, source, steps)
     devices: dict[Device, DeviceSurvey] = {}
-    for cmd in _decode(source(), recording._exchange):
+    for cmd in _decode_steps(recording._steps(), recording._exchange):
         key = (cmd.bus, cmd.device)
         found = devices.get(key)
         if found is None:
@@ -268,6 +283,28 @@ def _row_events(row: tuple[Any, ...]) -> Iterator[Event]:
                     actual, None, data if direction_in else b"")
 
 
+def _row_steps(rows: Iterable[tuple[Any, ...]]) -> Iterator[Step]:
+    """What pairing makes of a session's rows when every row has its submission and its
+    completion: each row is one exchange, numbered in turn, handed on sealed (a bulk
+    OUT transfer with data first unsealed, at its submission), without putting the
+    two events through the pairer's table."""
+    seq = 0
+    for row in rows:
+        submit, complete = _row_events(row)
+        seq += 1
+        exchange = Exchange(seq, submit.irp_id, "capture", submit, complete)
+        if submit.data and submit.transfer_type == BULK and submit.endpoint is not None \
+                and not submit.endpoint & 0x80:
+            exchange.early = True
+            yield exchange.seal(), False
+        yield exchange.seal(), True
+
+
+def _unreadable(session_id: int, e: BaseException) -> DatabaseError:
+    first = (str(getattr(e, "orig", None) or e).strip().splitlines() or ["?"])[0]
+    return DatabaseError(f"session {session_id}: cannot read its URBs: {first}")
+
+
 def session_state(database: Any, session_id: int) -> str:
     """complete / interrupted / failed / running, as ``usbtrace sessions`` shows it."""
     from usbtrace.store.database import effective_state
@@ -279,8 +316,8 @@ def session_state(database: Any, session_id: int) -> str:
     return effective_state(*rows[0])
 
 
-def _session_events(database: Any, session_id: int) -> Iterator[Event]:
-    """The session's ``urbs`` rows in seq order, a batch at a time, as events."""
+def _session_rows(database: Any, session_id: int) -> Iterator[tuple[Any, ...]]:
+    """The session's ``urbs`` rows in seq order, a batch at a time."""
     if database.is_sqlite:  # the DB-API cursor directly: a third faster than Rows
         # a payload stored as TEXT (a hand-edited database) is still bytes, not UTF-8
         columns = [f"CAST({c} AS BLOB)" if c in ("setup", "data") else c for c in URB_COLUMNS]
@@ -290,8 +327,7 @@ def _session_events(database: Any, session_id: int) -> Iterator[Event]:
                 f"SELECT {', '.join(columns)} FROM urbs WHERE session_id = ? ORDER BY seq",
                 (session_id,))
             while rows := cursor.fetchmany(SESSION_BATCH):
-                for row in rows:
-                    yield from _row_events(row)
+                yield from rows
         finally:
             raw.close()
         return
@@ -303,7 +339,21 @@ def _session_events(database: Any, session_id: int) -> Iterator[Event]:
         result = conn.execution_options(stream_results=True, yield_per=SESSION_BATCH
                                         ).execute(sql, {"sid": session_id})
         for row in result:
-            yield from _row_events(tuple(row))
+            yield tuple(row)
+
+
+def _session_events(database: Any, session_id: int) -> Iterator[Event]:
+    """The session's ``urbs`` rows in seq order, a batch at a time, as events."""
+    for row in _session_rows(database, session_id):
+        yield from _row_events(row)
+
+
+def _whole_pairs(database: Any, session_id: int) -> bool:
+    """Whether every row of the session has both its submission and its completion."""
+    _, rows = database.query(
+        "SELECT count(*) FROM urbs WHERE session_id = :id AND "
+        "(submitted_at IS NULL OR completed_at IS NULL)", {"id": session_id})
+    return not rows[0][0]
 
 
 def load_session(database: Any, session_id: int) -> Recording:
@@ -317,10 +367,19 @@ def load_session(database: Any, session_id: int) -> Recording:
         try:
             yield from _session_events(database, session_id)
         except (sqlite3.Error, SQLAlchemyError) as e:
-            first = (str(getattr(e, "orig", None) or e).strip().splitlines() or ["?"])[0]
-            raise DatabaseError(f"session {session_id}: cannot read its URBs: {first}") from None
+            raise _unreadable(session_id, e) from None
 
-    recording = survey(f"session {session_id}", source)
+    def steps() -> Iterator[Step]:
+        try:
+            yield from _row_steps(_session_rows(database, session_id))
+        except (sqlite3.Error, SQLAlchemyError) as e:
+            raise _unreadable(session_id, e) from None
+
+    try:
+        whole = _whole_pairs(database, session_id)
+    except (sqlite3.Error, SQLAlchemyError, DatabaseError):
+        whole = False  # the pass itself will say what is wrong
+    recording = survey(f"session {session_id}", source, steps if whole else None)
     if not recording.count:
         raise InputError(f"session {session_id} has no mass-storage commands to replay")
     return recording
