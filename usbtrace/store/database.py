@@ -14,6 +14,7 @@ deadline and Ctrl-C checked from SQLite's progress handler.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import os
@@ -92,8 +93,10 @@ COMMAND_ARGS: ContextVar[tuple[str, ...] | None] = ContextVar("usbtrace_command_
                                                               default=None)
 
 
+@functools.cache
 def usbtrace_version() -> str | None:
-    """The installed release, as ``pip`` knows it (None when run from a bare tree)."""
+    """The installed release, as ``pip`` knows it (None when run from a bare tree).
+    Read once: the metadata lookup parses the package's METADATA file each time."""
     try:
         return importlib.metadata.version("usbtrace")
     except importlib.metadata.PackageNotFoundError:
