@@ -12,8 +12,9 @@ carries a 16-bit tag.
 Which command a data transfer belongs to:
 
 * after a Read Ready / Write Ready IU (USB 2, no streams): the tag it named;
-* with streams (USB 3): the stream id *is* the tag, but no capture format
-  records stream ids.  If one command is open, it is that one.  With several
+* with streams (USB 3): the stream id *is* the tag.  A live record has it
+  (``Event.stream_id``), but no capture format records stream ids.  Without
+  it, if one command is open, it is that one.  With several
   in flight, the transfer goes to the command whose Command IU was submitted
   first after it (hosts queue a command's data and status transfers before
   its Command IU, so the device can answer at once: Linux's uas driver and
@@ -487,10 +488,18 @@ class UasDecoder:
     # -- data pipes -----------------------------------------------------------------
 
     def _data(self, state: _Device, x: Exchange, direction_in: bool) -> None:
-        ready = state.read_ready if direction_in else state.write_ready
-        cmd = state.open.get(ready) if ready is not None else None
-        if cmd is None:
-            cmd = self._by_order(state, x)
+        stream = x.first.stream_id
+        if stream:  # a live record knows its stream, and the stream id is the tag
+            cmd = state.open.get(stream)
+            if cmd is None:
+                if x.data or x.actual_length:
+                    self.orphans += 1
+                return
+        else:
+            ready = state.read_ready if direction_in else state.write_ready
+            cmd = state.open.get(ready) if ready is not None else None
+            if cmd is None:
+                cmd = self._by_order(state, x)
         if cmd is None or cmd.info.opcode == TMF_OPCODE:
             if x.data or x.actual_length:
                 self.orphans += 1
