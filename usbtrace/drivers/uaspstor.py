@@ -712,7 +712,11 @@ def _finish_command(request: UaspRequest) -> None:
         srb.data_transfer_length = 0
         request.status = NTSTATUS.STATUS_DEVICE_NOT_CONNECTED
         request.fdo_ext.removed = True
-    elif failure == "aborted":
+    elif failure == "aborted":  # the device dropped it: the class driver may send it again
+        srb.srb_status = SRB_STATUS_ABORTED
+        srb.data_transfer_length = 0
+        request.status = NTSTATUS.STATUS_IO_DEVICE_ERROR
+    elif failure == "cancelled" and not request.answered:  # its owner cancelled the IRP
         srb.srb_status = SRB_STATUS_ABORTED
         srb.data_transfer_length = 0
         request.status = NTSTATUS.STATUS_CANCELLED
