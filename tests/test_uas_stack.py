@@ -14,7 +14,7 @@ from usbtrace.cli import main
 from usbtrace.decode.uas import ABORT_TASK, IU_COMMAND, IU_SENSE
 from usbtrace.devices.image import DiskImage
 from usbtrace.devices.simulated import SimulatedStick
-from usbtrace.devices.uas import UAS_COMMAND, UAS_DATA_IN, UAS_STATUS
+from usbtrace.devices.uas import UAS_COMMAND, UAS_DATA_IN, UAS_DATA_OUT, UAS_STATUS
 from usbtrace.drivers import disk, uaspstor
 from usbtrace.machine import DISK_PATH, Machine
 from usbtrace.recording import RecordOptions, record
@@ -52,20 +52,22 @@ def test_uaspstor_selects_the_uas_setting_and_decodes_live(recorded: tuple[Path,
     a Sense IU (GOOD) and all its data."""
     db, mode = recorded
     conn = sqlite3.connect(db)
-    setups = [r[0] for r in conn.execute("SELECT setup FROM urbs WHERE urb_function = "
-                                         "'select_interface'")]
+    setups = [r[0] for r in conn.execute("SELECT setup FROM urbs WHERE session_id = 1 AND "
+                                         "urb_function = 'select_interface'")]
     assert setups == [bytes([0x00, 0x0B, 1, 0, 0, 0, 0, 0])]  # as USBPcap records it
-    rows = conn.execute("SELECT tag, status, expected_length, data_length, residue, "
-                        "cbw_seq, csw_seq FROM scsi_commands ORDER BY seq").fetchall()
+    rows = conn.execute("SELECT tag, status, expected_length, data_length, residue, cbw_seq, "
+                        "csw_seq FROM scsi_commands WHERE session_id = 1 ORDER BY seq").fetchall()
     assert len(rows) == 38
     assert {r[1] for r in rows} == {"good"}
     assert all(1 <= r[0] <= uaspstor.QUEUE_DEPTH for r in rows)
     # every Command IU went to the command pipe, every Sense IU came on the status pipe
     for cbw_seq, csw_seq in ((r[5], r[6]) for r in rows):
-        (ep,) = conn.execute("SELECT endpoint FROM urbs WHERE seq = ?", (cbw_seq,)).fetchone()
-        (st,) = conn.execute("SELECT endpoint FROM urbs WHERE seq = ?", (csw_seq,)).fetchone()
+        (ep,) = conn.execute("SELECT endpoint FROM urbs WHERE session_id = 1 AND seq = ?",
+                             (cbw_seq,)).fetchone()
+        (st,) = conn.execute("SELECT endpoint FROM urbs WHERE session_id = 1 AND seq = ?",
+                             (csw_seq,)).fetchone()
         assert (ep, st) == (UAS_COMMAND, UAS_STATUS)
-    notes = conn.execute("SELECT notes FROM sessions").fetchone()[0] or ""
+    notes = conn.execute("SELECT notes FROM sessions WHERE id = 1").fetchone()[0] or ""
     assert "UAS" not in notes  # no orphans, nothing matched by order: stream ids were used
 
 
@@ -74,7 +76,7 @@ def test_several_commands_in_flight(recorded: tuple[Path, str]) -> None:
     db, _ = recorded
     conn = sqlite3.connect(db)
     rows = conn.execute("SELECT seq, tag, submitted_at, completed_at FROM scsi_commands "
-                        "ORDER BY seq").fetchall()
+                        "WHERE session_id = 1 ORDER BY seq").fetchall()
     overlapping = [(a, b) for a, b in zip(rows, rows[1:]) if b[2] < a[3]]
     assert len(overlapping) >= 4
     assert all(a[1] != b[1] for a, b in overlapping)  # in flight together: distinct tags
@@ -87,12 +89,13 @@ def test_answer_urbs_are_queued_before_the_command_iu(recorded: tuple[Path, str]
     db, mode = recorded
     conn = sqlite3.connect(db)
     for cbw_seq, csw_seq, direction in conn.execute(
-            "SELECT cbw_seq, csw_seq, data_direction FROM scsi_commands"):
+            "SELECT cbw_seq, csw_seq, data_direction FROM scsi_commands WHERE session_id = 1"):
         if mode == "streams":
             assert csw_seq < cbw_seq
             if direction == "in":
                 (before,) = conn.execute(
-                    "SELECT count(*) FROM urbs WHERE endpoint = ? AND seq < ? AND seq > ?",
+                    "SELECT count(*) FROM urbs WHERE session_id = 1 AND endpoint = ? AND seq < ? "
+                    "AND seq > ?",
                     (UAS_DATA_IN, cbw_seq, cbw_seq - 4)).fetchone()
                 assert before == 1
         else:  # without streams the data URB waits for the Read/Write Ready IU
@@ -114,7 +117,7 @@ def test_export_decoded_by_tshark_command_for_command(recorded: tuple[Path, str]
     ours = []
     for tag, opcode, lba, blocks, length, status, key, asc, ascq in conn.execute(
             "SELECT tag, opcode, lba, blocks, expected_length, status, sense_key, asc, ascq "
-            "FROM scsi_commands ORDER BY seq"):
+            "FROM scsi_commands WHERE session_id = 1 ORDER BY seq"):
         size = blocks if opcode in RDWR10 - {SYNCHRONIZE_CACHE_10} else \
             length if opcode == INQUIRY else None
         ours.append((tag, opcode, lba if opcode in RDWR10 else None, size, SCSI_STATUS[status],
@@ -267,3 +270,47 @@ def test_record_options_refuse_what_cannot_be(tmp_path: Path) -> None:
     result = runner.invoke(main, ["record", "--db", db, "--protocol", "uas", "--fault",
                                   "stall-in@20"])
     assert result.exit_code == 2 and "Bulk-Only fault" in result.output
+
+
+def test_urbs_keep_the_stream_id(recorded: tuple[Path, str]) -> None:
+    """``urbs.stream_id``: with streams, every status and data URB's stream, which is the
+    tag of the command it served; NULL without streams and for control URBs."""
+    db, mode = recorded
+    conn = sqlite3.connect(db)
+    streams = conn.execute("SELECT endpoint, stream_id FROM urbs WHERE session_id = 1 AND "
+                           "stream_id IS NOT NULL").fetchall()
+    if mode != "streams":
+        assert streams == []
+        return
+    assert streams and {ep for ep, _ in streams} <= {UAS_STATUS, UAS_DATA_IN, UAS_DATA_OUT}
+    for tag, csw_seq in conn.execute("SELECT tag, csw_seq FROM scsi_commands WHERE "
+                                     "session_id = 1"):
+        (stream,) = conn.execute("SELECT stream_id FROM urbs WHERE session_id = 1 AND seq = ?",
+                                 (csw_seq,)).fetchone()
+        assert stream == tag
+
+
+def test_a_schema_2_database_is_upgraded_to_3(tmp_path: Path) -> None:
+    """Schema 2 -> 3 adds ``urbs.stream_id``; a reader asks for ``usbtrace upgrade``."""
+    db = tmp_path / "v2.db"
+    conn = sqlite3.connect(db)
+    conn.executescript((Path(__file__).parent / "data" / "schema-2.sql").read_text())
+    conn.execute("INSERT INTO usbtrace_meta VALUES ('schema_version', '2')")
+    conn.execute("INSERT INTO sessions (source, source_name, started_at, record_count, "
+                 "dropped_count, malformed_count, command_count, clock, state) VALUES "
+                 "('usbmon', 'a.pcap', 'x', 1, 0, 0, 0, 'capture', 'complete')")
+    conn.execute("INSERT INTO urbs (session_id, seq, irp_id, endpoint, transfer_type, "
+                 "direction, captured_length, truncated) VALUES (1, 1, '0x1', 129, 'bulk', "
+                 "'in', 0, 0)")
+    conn.commit()
+    conn.close()
+    runner = CliRunner()
+    result = runner.invoke(main, ["sessions", "--db", str(db)])
+    assert result.exit_code == 2 and "schema version 2" in result.output \
+        and "usbtrace upgrade" in result.output
+    result = runner.invoke(main, ["upgrade", "--db", str(db)])
+    assert result.exit_code == 0 and "schema version 3" in result.output
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT seq, stream_id FROM urbs").fetchall() == [(1, None)]
+    assert conn.execute("SELECT value FROM usbtrace_meta WHERE key = 'schema_version'"
+                        ).fetchone() == ("3",)
