@@ -35,7 +35,9 @@ of their Response IU as status (``tmf_complete``, ``tmf_succeeded``,
 command, and an examiner reads them in sequence with the commands they ended.
 
 UAS has no residue field: ``residue`` is the host's view, as the host driver
-computes it, the length it asked for on the data pipe less what came.
+computes it, the length it asked for on the data pipe less what came.  Where
+the capture does not say what the host asked for (USBPcap records no length
+for an IN submission), what came counts as asked for.
 
 Sans-I/O: ``feed(exchange, pipes)`` returns the commands it finished.
 """
@@ -505,12 +507,14 @@ class UasDecoder:
                 self.orphans += 1
             return
         cmd.data_direction = "in" if direction_in else "out"
+        data = x.data
+        actual = x.actual_length
         if x.requested_length is not None:
             cmd.expected_length += x.requested_length
-        data = x.data
+        else:  # USBPcap records no length for an IN submission: at least what came
+            cmd.expected_length += actual if actual is not None else len(data)
         if data:
             cmd.data_parts.append(data)
-        actual = x.actual_length
         cmd.data_length += actual if actual is not None else len(data)
         cmd.data_truncated |= x.truncated
         cmd.data_stalled |= (x.complete is not None

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from usbtrace.decode.uas import (
     ABORT_TASK,
     ABORT_TASK_SET,
+    CDB_LENGTH_BY_GROUP,
     CLEAR_TASK_SET,
     COMMAND_IU_LENGTH,
     I_T_NEXUS_RESET,
@@ -75,6 +76,13 @@ RESPONSE_SUCCEEDED = 0x08
 RESPONSE_INCORRECT_LUN = 0x09
 RESPONSE_OVERLAPPED_TAG = 0x0A
 SAM_STATUS_GOOD, SAM_STATUS_CHECK_CONDITION = 0x00, 0x02
+
+
+def _cdb(cdb16: bytes, additional: bytes) -> bytes:
+    """The CDB of a Command IU: as long as its operation code's group says (SPC-4
+    §4.2.5.1), or all that came for a variable-length or vendor-specific one."""
+    length = CDB_LENGTH_BY_GROUP.get(cdb16[0] >> 5)
+    return cdb16[:length] if length is not None else cdb16 + additional
 
 
 @dataclass(eq=False)
@@ -137,7 +145,7 @@ class UasDevice:
         self.commands += 1
         if self.on_command is not None:
             self.on_command(self.commands, lun)
-        plan = self.luns[lun].plan(iu[16:32] + iu[32:])
+        plan = self.luns[lun].plan(_cdb(iu[16:32], iu[32:]))
         task = self.tasks[tag] = Task(tag, lun, plan)
         if not plan.good or not plan.length:
             self._sense(task)

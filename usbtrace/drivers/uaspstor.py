@@ -640,7 +640,11 @@ def UASP_StatusCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
         return STATUS_MORE_PROCESSING_REQUIRED  # an IU for no command we have: ignored
     iu_id = iu[0] if iu else -1
     if iu_id in (IU_READ_READY, IU_WRITE_READY) and not ext.use_streams:
-        if request.data_irp is None and request.srb is not None and not request.finished:
+        srb = request.srb
+        if srb is None or not srb.data_transfer_length or srb.data_in != (iu_id ==
+                                                                         IU_READ_READY):
+            _abort_unexpected(request)  # a data phase the SRB has no buffer for
+        elif request.data_irp is None and not request.finished:
             _post_data(request)
         _post_status(ext, None)  # for the Sense IU that follows the data
     elif iu_id == IU_SENSE and len(iu) >= SENSE_IU_HEADER and request.tmf is None:
@@ -674,6 +678,24 @@ def UASP_DataCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
         _fail(request, failure)
     _maybe_finish(request)
     return STATUS_MORE_PROCESSING_REQUIRED
+
+
+def _abort_unexpected(request: UaspRequest) -> None:
+    """The device wants a data phase the command has no buffer for (or the other way
+    round): without streams it holds the data pipe for it, so the host ends the task
+    with ABORT TASK.  The tag stays taken until the function is answered, so that no
+    new command takes it meanwhile."""
+    ext = request.fdo_ext
+    request.outstanding += 1
+
+    def answered(tmf: UaspRequest) -> None:
+        request.outstanding -= 1
+        _maybe_finish(request)
+
+    lun = request.srb.lun if request.srb is not None else 0
+    if not UASP_SendTaskManagement(ext, ABORT_TASK, request.tag, lun, answered):
+        request.outstanding -= 1
+    _fail(request, "error")
 
 
 def _cancel_data(request: UaspRequest) -> None:
