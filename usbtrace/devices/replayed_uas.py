@@ -123,8 +123,10 @@ class ReplayedUasDevice(ReplayedDevice):
         super().__init__(recording, report, speed="super" if streams else "high")
         self.uas = UasDevice([RecordedLun(self)], streams)  # type: ignore[list-item]
         self.alternate_setting = 0
+        # pipe id -> endpoint, from the descriptors the stack will read: none when they had
+        # to be made up (a malformed recorded configuration), and the stack speaks Bulk-Only
         usage = pipe_usage(self._descriptors.get((d.CONFIGURATION, 0, 0)) or b"")
-        self.pipes = usage[(self.uas_interface, self.uas_alternate)][1]  # pipe id -> endpoint
+        self.pipes = usage.get((self.uas_interface, self.uas_alternate), (0, {}))[1]
 
     def control(self, setup: bytes, buffer: bytearray | memoryview) -> TransferResult:
         bm, req, value, index, _ = std.SETUP.unpack(setup)
