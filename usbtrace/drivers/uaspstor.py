@@ -66,7 +66,6 @@ from usbtrace.decode.uas import (
     PIPE_DATA_IN,
     PIPE_DATA_OUT,
     PIPE_STATUS,
-    RESPONSE_NAMES,
     SENSE_IU_HEADER,
     UAS_PROTOCOL,
     build_command_iu,
@@ -822,8 +821,3 @@ def _abort(request: UaspRequest) -> None:
     if request.status_irp is not None:  # its status URB waits on its stream: cancel it
         IoCancelIrp(request.status_irp)
     _maybe_finish(request)
-
-
-def response_name(code: int | None) -> str | None:
-    """A Response IU's RESPONSE CODE as the decoder names it."""
-    return None if code is None else RESPONSE_NAMES.get(code, f"response_0x{code:02x}")
