@@ -389,3 +389,31 @@ def test_an_unexpected_read_ready_is_ended_with_abort_task() -> None:
         assert s.win32.ReadFile(h, bytearray(4096), 0) == 4096
     finally:
         s.machine.stop()
+
+
+def test_a_command_the_device_never_answers_times_out_and_is_retried(uas: UasStack) -> None:
+    """The device drops one Sense IU: after the SRB's TimeOutValue UASPStor sends ABORT
+    TASK for the tag, ends the SRB with SRB_STATUS_TIMEOUT (as usbstor's hang timer ends a
+    Bulk-Only command), and the class driver sends it again."""
+    assert uas.stick.uas is not None
+    device = uas.stick.uas
+    h = uas.win32.CreateFile(DISK_PATH)
+    original = device._sense
+    dropped: list[int] = []
+
+    def drop_once(task, sense=None):  # type: ignore[no-untyped-def]
+        if not dropped and task.plan.direction == 1:  # the first read: its answer is lost
+            dropped.append(task.tag)
+            del device.tasks[task.tag]
+            return
+        original(task, sense)
+
+    device._sense = drop_once  # type: ignore[method-assign]
+    start = uas.machine.scheduler.now()
+    assert uas.win32.ReadFile(h, bytearray(4096), 0) == 4096
+    assert dropped and "tmf_0x01" in device.history
+    assert uas.machine.scheduler.now() - start >= 10  # the disk's SRB timeout, in bus time
+    disk_driver = uas.machine.kernel.drivers["\\Driver\\disk"]
+    disk_ext = next(d.device_extension for d in disk_driver.device_objects
+                    if isinstance(d.device_extension, disk.DiskExtension))
+    assert disk_ext.stats["retries"] == 1

@@ -34,6 +34,10 @@ class driver above.  What differs is the wire:
   TAG, INCORRECT LUN) fails the SRB; a URB that fails fails its command with
   SRB_STATUS_BUS_RESET, which the class driver retries.
 
+A command still unanswered after its SRB's TimeOutValue is ended with ABORT TASK
+and SRB_STATUS_TIMEOUT (``UASP_CommandTimeoutDpc``), as usbstor's hang timer ends
+a Bulk-Only command with Reset Recovery.
+
 Task management: SRB_FUNCTION_RESET_LOGICAL_UNIT becomes a Task Management
 IU with LOGICAL UNIT RESET, SRB_FUNCTION_RESET_DEVICE one with I_T NEXUS
 RESET; ``UASP_SendTaskManagement`` sends any function (ABORT TASK, QUERY
@@ -88,6 +92,7 @@ from usbtrace.storage.srb import (
     SRB_STATUS_ERROR,
     SRB_STATUS_NO_DEVICE,
     SRB_STATUS_SUCCESS,
+    SRB_STATUS_TIMEOUT,
     Srb,
 )
 from usbtrace.usb import descriptors as d
@@ -137,7 +142,7 @@ from usbtrace.wdm.removelock import (
     IoInitializeRemoveLock,
     IoReleaseRemoveLock,
 )
-from usbtrace.wdm.sched import KEvent
+from usbtrace.wdm.sched import KDpc, KEvent, KTimer
 from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 from usbtrace.wdm.workitem import IoAllocateWorkItem
 
@@ -172,7 +177,7 @@ class UaspRequest:
 
     __slots__ = ("irp", "srb", "fdo_ext", "on_done", "tag", "outstanding", "data_irp",
                  "status_irp", "data_actual", "status", "answered", "scsi_status", "sense",
-                 "response", "failure", "tmf", "finished")
+                 "response", "failure", "tmf", "finished", "timer", "timed_out")
 
     def __init__(self, fdo_ext: UaspFdoExtension, irp: Irp | None, srb: Srb | None, tag: int,
                  on_done: Callable[[UaspRequest], None]) -> None:
@@ -193,6 +198,8 @@ class UaspRequest:
         self.failure: str | None = None  # "gone", "error", "cancelled", "aborted"
         self.tmf: tuple[int, int, int] | None = None  # (function, managed tag, LUN)
         self.finished = False
+        self.timer: KTimer | None = None  # the command's timeout, while it runs
+        self.timed_out = False
 
 
 # ---------------------------------------------------------------------------------
@@ -499,6 +506,11 @@ def _start(ext: UaspFdoExtension, irp: Irp, srb: Srb, tag: int,
         on_done(request)
         return
     ext.tags[tag] = request
+    # the command's timeout (the SRB's TimeOutValue), as storport times each request
+    sched = ext.fdo.driver_object.kernel.scheduler
+    request.timer = KTimer()
+    sched.KeSetTimer(request.timer, max(srb.timeout_value, 1) * 1_000_000_000,
+                     KDpc(UASP_CommandTimeoutDpc, request))
     _post_status(ext, request if ext.use_streams else None)
     if ext.use_streams and srb.data_transfer_length:
         _post_data(request)
@@ -679,6 +691,27 @@ def UASP_DataCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
     return STATUS_MORE_PROCESSING_REQUIRED
 
 
+def UASP_CommandTimeoutDpc(dpc: KDpc, request: UaspRequest) -> None:  # noqa: N802
+    """A command still unanswered after its SRB's TimeOutValue (DISPATCH_LEVEL): ABORT
+    TASK for its tag.  Once the device answers the function, the command ends
+    SRB_STATUS_TIMEOUT (its pending URBs cancelled) and the class driver retries it."""
+    if request.finished or request.answered or request.failure is not None:
+        return
+    request.timed_out = True
+    request.outstanding += 1  # the tag stays taken until the function is answered
+
+    def answered(tmf: UaspRequest) -> None:
+        request.outstanding -= 1
+        if not request.answered and request.failure is None:
+            _abort(request)  # the function failed, or was refused: end the command anyway
+        _maybe_finish(request)
+
+    lun = request.srb.lun if request.srb is not None else 0
+    if not UASP_SendTaskManagement(request.fdo_ext, ABORT_TASK, request.tag, lun, answered):
+        request.outstanding -= 1
+        _abort(request)
+
+
 def _abort_unexpected(request: UaspRequest) -> None:
     """The device wants a data phase the command has no buffer for (or the other way
     round): without streams it holds the data pipe for it, so the host ends the task
@@ -715,6 +748,8 @@ def _maybe_finish(request: UaspRequest) -> None:
         return
     request.finished = True
     ext = request.fdo_ext
+    if request.timer is not None:
+        ext.fdo.driver_object.kernel.scheduler.KeCancelTimer(request.timer)
     if ext.tags.get(request.tag) is request:
         del ext.tags[request.tag]
     if request.tmf is not None:
@@ -733,6 +768,10 @@ def _finish_command(request: UaspRequest) -> None:
         srb.data_transfer_length = 0
         request.status = NTSTATUS.STATUS_DEVICE_NOT_CONNECTED
         request.fdo_ext.removed = True
+    elif failure == "aborted" and request.timed_out:  # ended by ABORT TASK after its timeout
+        srb.srb_status = SRB_STATUS_TIMEOUT
+        srb.data_transfer_length = 0
+        request.status = NTSTATUS.STATUS_IO_TIMEOUT
     elif failure == "aborted":  # the device dropped it: the class driver may send it again
         srb.srb_status = SRB_STATUS_ABORTED
         srb.data_transfer_length = 0
