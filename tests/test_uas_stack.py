@@ -329,6 +329,11 @@ def test_a_uas_session_replays_identically(recorded: tuple[Path, str], mode: str
     db, _ = recorded
     recording = load("1", str(db))
     assert recording.uas is not None
+    stored = sqlite3.connect(db).execute(
+        "SELECT tag, opcode, expected_length, data_length, status FROM scsi_commands WHERE "
+        "session_id = 1 ORDER BY seq").fetchall()
+    assert [(c.tag, c.info.opcode, c.expected_length, c.data_length, c.status)
+            for c in recording.commands()] == stored  # decoded again from the urbs rows
     report = Report("session 1", mode, commands=recording.count)
     loaded: list[str] = []
     if mode == "device":

@@ -62,6 +62,7 @@ from construct import (
 
 from usbtrace.decode.bot import ScsiCommand
 from usbtrace.decode.pairing import Exchange
+from usbtrace.records import CONTROL
 from usbtrace.storage import scsi
 from usbtrace.storage.scsi import CdbInfo
 from usbtrace.usb import descriptors as d
@@ -329,8 +330,8 @@ class UasDecoder:
     def feed(self, x: Exchange, pipes: UasPipes) -> list[ScsiCommand]:
         first = x.first
         role = pipes.role(first.endpoint)
-        if role is None:
-            return []
+        if role is None or first.transfer_type == CONTROL:
+            return []  # not a UAS pipe, or a request about one (ABORT_PIPE, OPEN_STATIC_STREAMS)
         key = (first.bus, first.device)
         state = self._devices.get(key)
         if state is None:

@@ -257,7 +257,7 @@ FUNCTION_CODES = {name: code for code, name in U.URB_FUNCTION_NAMES.items()}
 USBD_CODES = {name: code for code, name in U.USBD_STATUS_NAMES.items()}
 URB_COLUMNS = ("seq", "irp_id", "submitted_at", "completed_at", "bus", "device", "endpoint",
                "transfer_type", "urb_function", "direction", "setup", "requested_length",
-               "actual_length", "status", "data")
+               "actual_length", "status", "data", "stream_id")
 
 
 def _status_code(name: str | None) -> int | None:
@@ -274,7 +274,7 @@ def _status_code(name: str | None) -> int | None:
 def _row_events(row: tuple[Any, ...]) -> Iterator[Event]:
     """An ``urbs`` row (one paired transfer) back into its submission and completion."""
     (seq, irp_text, submitted_at, completed_at, bus, device, endpoint, transfer_type,
-     function_name, direction, setup, requested, actual, status, payload) = row
+     function_name, direction, setup, requested, actual, status, payload, stream) = row
     try:
         irp_id = int(irp_text, 16)
     except (TypeError, ValueError):
@@ -284,7 +284,8 @@ def _row_events(row: tuple[Any, ...]) -> Iterator[Event]:
     common: dict[str, Any] = dict(
         irp_id=irp_id, bus=bus, device=device, endpoint=endpoint,
         transfer_type=TYPE_CODES.get(transfer_type, CONTROL),
-        urb_function=FUNCTION_CODES.get(function_name) if function_name else None)
+        urb_function=FUNCTION_CODES.get(function_name) if function_name else None,
+        stream_id=stream)  # a live UAS session's stream: its data goes by tag, not by order
     if submitted_at is not None:
         yield Event(SUBMIT, submitted_at, setup=bytes(setup) if setup else None,
                     length=requested, urb_status=U.USBD_STATUS_PENDING,
