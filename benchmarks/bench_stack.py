@@ -10,7 +10,7 @@ compare across machines.  Stages, to show what limits the traced rate:
   stored    ... and inserts every row and payload into SQLite (the real thing)
   sqlite    no stack at all: the same payload bytes inserted as 64 KiB blobs (the floor)
 
-Run:  python benchmarks/bench_stack.py [--mib 256]
+Run:  python benchmarks/bench_stack.py [--mib 256] [--protocol bot|uas|uas-streams]
 """
 
 from __future__ import annotations
@@ -29,10 +29,14 @@ from usbtrace.store.database import Database
 from usbtrace.store.writer import Recorder, SessionWriter
 
 CHUNK = 64 * 1024
+# the stick's transport: Bulk-Only (usbstor), UAS without or with streams (UASPStor)
+PROTOCOLS: dict[str, tuple[str, bool]] = {"bot": ("bot", False), "uas": ("uas", False),
+                                          "uas-streams": ("uas", True)}
 
 
-def run(mib: int, stage: str, folder: Path) -> float:
-    stick = SimulatedStick(DiskImage.in_memory(64 << 20))
+def run(mib: int, stage: str, folder: Path, protocol: str = "bot") -> float:
+    transport, streams = PROTOCOLS[protocol]
+    stick = SimulatedStick(DiskImage.in_memory(64 << 20), protocol=transport, streams=streams)
     recorder = None
     if stage != "bare":
         database = Database(folder / f"{stage}.db")
@@ -84,13 +88,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=256, help="MiB to read in each run")
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="bot",
+                        help="the stick's transport (default: Bulk-Only)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rates = {stage: run(args.mib, stage, Path(tmp))
+        rates = {stage: run(args.mib, stage, Path(tmp), args.protocol)
                  for stage in ("bare", "capture", "decode", "stored")}
         rates["sqlite"] = sqlite_floor(args.mib, Path(tmp))
     bare = rates["bare"]
-    print(f"64 KiB reads through the stack, {args.mib} MiB a run (MB/s, and bare/stage)")
+    print(f"64 KiB reads through the stack ({args.protocol}), {args.mib} MiB a run (MB/s, "
+          "and bare/stage)")
     for stage, rate in rates.items():
         print(f"  {stage:8} {rate:8.1f} MB/s   {bare / rate:5.2f}x")
     print(f"  tracer cost with storage: {(1 - rates['stored'] / bare) * 100:.0f}% "

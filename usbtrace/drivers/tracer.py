@@ -294,6 +294,8 @@ def _describe_urb(ext: TracerExtension, event: Event, urb: U.Urb, done: bool) ->
             ext.unknown_pipes += 1
             known = (urb.endpoint, urb.transfer_type)
         event.endpoint, event.transfer_type = known
+        if urb.stream_id:
+            event.stream_id = urb.stream_id
     else:
         event.endpoint = urb.endpoint
         event.transfer_type = urb.transfer_type
@@ -302,6 +304,9 @@ def _describe_urb(ext: TracerExtension, event: Event, urb: U.Urb, done: bool) ->
             _learn_pipes(ext, urb.interfaces)
         elif isinstance(urb, U.UrbSelectInterface):
             _learn_pipes(ext, [urb.interface])
+        elif isinstance(urb, U.UrbOpenStaticStreams):  # each stream has a handle of its own
+            for stream in urb.streams:
+                ext.pipes[stream] = (stream.endpoint_address, stream.pipe_type)
     event.setup = urb.setup_packet()
     length = urb.transfer_buffer_length
     event.length = length

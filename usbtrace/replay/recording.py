@@ -17,6 +17,7 @@ survey in bounded indexes: the first command of each CDB (up to
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from usbtrace.capture.reader import CaptureStats, events
 from usbtrace.decode.bot import BotDecoder, ScsiCommand
 from usbtrace.decode.identity import IdentityTracker
 from usbtrace.decode.pairing import Exchange, Pairer
+from usbtrace.decode.uas import UasDecoder, UasPipes
 from usbtrace.errors import DatabaseError, InputError, UsbtraceError
 from usbtrace.records import BULK, COMPLETE, CONTROL, SUBMIT, TRANSFER_TYPE_NAMES, Event
 from usbtrace.storage import scsi
@@ -97,6 +99,7 @@ class Recording:
     identity: IdentityTracker = field(default_factory=IdentityTracker)
     endpoints: dict[str, int] = field(default_factory=dict)  # "in"/"out" bulk endpoints
     notes: list[str] = field(default_factory=list)  # what the survey found malformed
+    uas: UasPipes | None = None  # the UAS pipes, when the host selected a UAS setting
 
     @property
     def count(self) -> int:
@@ -142,6 +145,9 @@ class Recording:
                 self.identity.feed(x)
             except (UsbtraceError, ConstructError) as e:
                 self._note(f"a malformed descriptor was left out ({e})")
+            pipes = self.identity.uas_pipes(first.bus, first.device)
+            if pipes is not None:
+                self.uas = pipes
         elif first.transfer_type == BULK and first.endpoint is not None:
             self.endpoints.setdefault("in" if first.endpoint & 0x80 else "out",
                                       first.endpoint)
@@ -153,19 +159,40 @@ class Recording:
 
 def _decode(stream: Iterable[Event],
             on_exchange: Callable[[Exchange], None] | None) -> Iterator[ScsiCommand]:
-    """Pairing, then Bulk-Only -> SCSI, one event in, commands out as they finish."""
+    """Pairing, then Bulk-Only or UAS -> SCSI (as the import decides: a device whose UAS
+    setting is selected goes to the UAS stage), one event in, commands out as they
+    finish."""
     pairer = Pairer()
     bot = BotDecoder()
+    identity = IdentityTracker()
+
+    def next_seq() -> int:  # one numbering for both stages, as the writer has it
+        bot._seq += 1
+        return bot._seq
+
+    uas = UasDecoder(next_seq)
+
+    def take(x: Exchange, sealed: bool) -> list[ScsiCommand]:
+        if sealed and on_exchange is not None:
+            on_exchange(x)
+        if not x.is_urb:
+            return bot.take(x, sealed)
+        if sealed:
+            try:
+                identity.feed(x)
+            except (UsbtraceError, ConstructError):
+                pass  # the survey notes it
+        pipes = identity.uas_pipes(x.first.bus, x.first.device)
+        if pipes is not None:
+            return uas.feed(x, pipes) if sealed else []
+        return bot.take(x, sealed)
+
     for event in stream:
         for x, sealed in pairer.feed(event):
-            if sealed and on_exchange is not None:
-                on_exchange(x)
-            yield from bot.take(x, sealed)
+            yield from take(x, sealed)
     for x in pairer.flush():
-        if on_exchange is not None:
-            on_exchange(x)
-        yield from bot.take(x, True)
-    yield from bot.flush()
+        yield from take(x, True)
+    yield from sorted(bot.flush() + uas.flush(), key=lambda c: c.seq)
 
 
 def survey(name: str, source: Callable[[], Iterator[Event]]) -> Recording:
@@ -230,7 +257,7 @@ FUNCTION_CODES = {name: code for code, name in U.URB_FUNCTION_NAMES.items()}
 USBD_CODES = {name: code for code, name in U.USBD_STATUS_NAMES.items()}
 URB_COLUMNS = ("seq", "irp_id", "submitted_at", "completed_at", "bus", "device", "endpoint",
                "transfer_type", "urb_function", "direction", "setup", "requested_length",
-               "actual_length", "status", "data")
+               "actual_length", "status", "data", "stream_id")
 
 
 def _status_code(name: str | None) -> int | None:
@@ -247,7 +274,7 @@ def _status_code(name: str | None) -> int | None:
 def _row_events(row: tuple[Any, ...]) -> Iterator[Event]:
     """An ``urbs`` row (one paired transfer) back into its submission and completion."""
     (seq, irp_text, submitted_at, completed_at, bus, device, endpoint, transfer_type,
-     function_name, direction, setup, requested, actual, status, payload) = row
+     function_name, direction, setup, requested, actual, status, payload, stream) = row
     try:
         irp_id = int(irp_text, 16)
     except (TypeError, ValueError):
@@ -257,7 +284,8 @@ def _row_events(row: tuple[Any, ...]) -> Iterator[Event]:
     common: dict[str, Any] = dict(
         irp_id=irp_id, bus=bus, device=device, endpoint=endpoint,
         transfer_type=TYPE_CODES.get(transfer_type, CONTROL),
-        urb_function=FUNCTION_CODES.get(function_name) if function_name else None)
+        urb_function=FUNCTION_CODES.get(function_name) if function_name else None,
+        stream_id=stream)  # a live UAS session's stream: its data goes by tag, not by order
     if submitted_at is not None:
         yield Event(SUBMIT, submitted_at, setup=bytes(setup) if setup else None,
                     length=requested, urb_status=U.USBD_STATUS_PENDING,
@@ -280,7 +308,34 @@ def session_state(database: Any, session_id: int) -> str:
 
 
 def _session_events(database: Any, session_id: int) -> Iterator[Event]:
-    """The session's ``urbs`` rows in seq order, a batch at a time, as events."""
+    """The session's ``urbs`` rows in seq order, a batch at a time, as events, each
+    completion at its own time (see ``_time_ordered``)."""
+    return _time_ordered(_session_rows(database, session_id))
+
+
+def _time_ordered(rows: Iterable[tuple[Any, ...]]) -> Iterator[Event]:
+    """Submissions in row (seq) order, each completion where its time puts it, as the
+    export's ``events_of`` does.  Rows are in submission order, and a decoder must see a
+    completion where it happened: a UAS host keeps several URBs pending, and without
+    streams the IU a status URB brought (a Write Ready for the next tag) decides where
+    data submitted after it goes.  Only completions still ahead wait."""
+    ahead: list[tuple[float, int, Event]] = []  # a heap
+    count = 0
+    for row in rows:
+        for event in _row_events(row):
+            if event.kind == SUBMIT:
+                while ahead and ahead[0][0] <= event.ts:
+                    yield heapq.heappop(ahead)[2]
+                yield event
+            else:
+                count += 1
+                heapq.heappush(ahead, (event.ts, count, event))
+    while ahead:
+        yield heapq.heappop(ahead)[2]
+
+
+def _session_rows(database: Any, session_id: int) -> Iterator[tuple[Any, ...]]:
+    """The session's ``urbs`` rows in seq order, a batch at a time."""
     if database.is_sqlite:  # the DB-API cursor directly: a third faster than Rows
         # a payload stored as TEXT (a hand-edited database) is still bytes, not UTF-8
         columns = [f"CAST({c} AS BLOB)" if c in ("setup", "data") else c for c in URB_COLUMNS]
@@ -290,8 +345,7 @@ def _session_events(database: Any, session_id: int) -> Iterator[Event]:
                 f"SELECT {', '.join(columns)} FROM urbs WHERE session_id = ? ORDER BY seq",
                 (session_id,))
             while rows := cursor.fetchmany(SESSION_BATCH):
-                for row in rows:
-                    yield from _row_events(row)
+                yield from rows
         finally:
             raw.close()
         return
@@ -303,7 +357,7 @@ def _session_events(database: Any, session_id: int) -> Iterator[Event]:
         result = conn.execution_options(stream_results=True, yield_per=SESSION_BATCH
                                         ).execute(sql, {"sid": session_id})
         for row in result:
-            yield from _row_events(tuple(row))
+            yield tuple(row)
 
 
 def load_session(database: Any, session_id: int) -> Recording:
