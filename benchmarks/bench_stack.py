@@ -24,6 +24,7 @@ min-max across rounds, and ratios are taken within a round.  ``stored`` against
 the database file's size per payload byte (each payload is written once).
 
 Run:  PYTHONPATH=. python benchmarks/bench_stack.py [--mib 256] [--rounds 3]
+          [--protocol bot|uas|uas-streams]
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ from usbtrace.store.writer import Recorder, SessionWriter
 
 CHUNK = 64 * 1024
 STAGES = ("bare", "capture", "decode", "stored", "files", "sqlite", "disk")
+# the stick's transport: Bulk-Only (usbstor), UAS without or with streams (UASPStor)
+PROTOCOLS: dict[str, tuple[str, bool]] = {"bot": ("bot", False), "uas": ("uas", False),
+                                          "uas-streams": ("uas", True)}
 
 
 class Sample:
@@ -75,8 +79,9 @@ def measured(body: Callable[[], int]) -> Sample:
     return Sample(wall, cpu, child, 0, written)
 
 
-def stack(mib: int, stage: str, folder: Path) -> Sample:
-    stick = SimulatedStick(DiskImage.in_memory(64 << 20))
+def stack(mib: int, stage: str, folder: Path, protocol: str = "bot") -> Sample:
+    transport, streams = PROTOCOLS[protocol]
+    stick = SimulatedStick(DiskImage.in_memory(64 << 20), protocol=transport, streams=streams)
     recorder = None
     path = folder / f"{stage}.db"
     if stage != "bare":
@@ -159,12 +164,12 @@ def disk(mib: int, folder: Path) -> Sample:
     return sample
 
 
-def run_stage(stage: str, mib: int, folder: Path) -> Sample:
+def run_stage(stage: str, mib: int, folder: Path, protocol: str) -> Sample:
     if stage == "sqlite":
         return sqlite_floor(mib, folder)
     if stage == "disk":
         return disk(mib, folder)
-    return stack(mib, stage, folder)
+    return stack(mib, stage, folder, protocol)
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -177,6 +182,8 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=256, help="MiB to read in each run")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each stage, in turn")
     parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="bot",
+                        help="the stick's transport (default: Bulk-Only)")
     args = parser.parse_args()
     stages = [s for s in args.stages.split(",") if s]
     for stage in stages:
@@ -187,8 +194,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         for _ in range(args.rounds):
             for stage in stages:
-                results[stage].append(run_stage(stage, args.mib, Path(tmp)))
-    print(f"64 KiB reads through the stack, {args.mib} MiB a run, {args.rounds} rounds: "
+                results[stage].append(run_stage(stage, args.mib, Path(tmp), args.protocol))
+    print(f"64 KiB reads through the stack ({args.protocol}), {args.mib} MiB a run, "
+          f"{args.rounds} rounds: "
           f"median (min-max); load average {load:.1f} before, {os.getloadavg()[0]:.1f} after, "
           f"on {os.cpu_count()} CPUs")
     print(f"  {'stage':8} {'wall MB/s':>20} {'CPU s: this + storing':>23} "

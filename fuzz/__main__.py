@@ -1,4 +1,4 @@
-"""``python -m fuzz run --inputs N [--seed S] [--target T ...] [--jobs J]`` and
+"""``python -m fuzz run --inputs N [--seed S] [--target T ...] [--jobs J] [--state F]`` and
 ``python -m fuzz replay FILE...``: see the README's "Fuzzing" section."""
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--jobs", type=int, default=1, help="worker processes")
     run.add_argument("--corpus", type=Path, default=None,
                      help="where new reproducers go (default fuzz/corpus/regressions)")
-    run.add_argument("--time-limit", type=float, default=5.0, help="seconds per input")
+    run.add_argument("--time-limit", type=float, default=5.0,
+                     help="CPU seconds per input, all targets together")
+    run.add_argument("--state", type=Path, default=None,
+                     help="a campaign's state file: continued where it stopped if it "
+                          "exists, kept up to date as it runs")
     run.add_argument("--memory-limit", type=int, default=500, help="MB of address space")
     again = sub.add_parser("replay", help="run files through the targets, report findings")
     again.add_argument("files", nargs="+", type=Path)
@@ -34,9 +38,12 @@ def main(argv: list[str] | None = None) -> int:
 
     targets = tuple(args.target or TARGETS)
     if args.command == "run":
-        stats = campaign(args.inputs, args.seed, targets, args.jobs, args.corpus or CORPUS,
-                         args.time_limit, args.memory_limit << 20)
-        return 1 if stats.findings else 0
+        try:
+            stats = campaign(args.inputs, args.seed, targets, args.jobs, args.corpus or CORPUS,
+                             args.time_limit, args.memory_limit << 20, state=args.state)
+        except KeyboardInterrupt:
+            return 130
+        return 1 if stats.findings or stats.earlier_findings else 0
     worker = Worker()
     failed = 0
     try:

@@ -3,14 +3,18 @@
 A worker is a long-lived forked process (it inherits the parsed seed captures
 copy-on-write) that sets its address-space limit once (``RLIMIT_AS``), then takes
 inputs from a pipe: the bytes of a file, or a campaign's (seed, index), which it makes
-itself.  Each input gets a ``SIGALRM`` timer (``setitimer``) for all its targets
-together; Linux's peak-RSS counter is reset before it (``clear_refs``) so the peak
-reported is this input's (the worker's baseline included, so it never under-reports).
+itself.  Each input gets a CPU-time timer (``setitimer(ITIMER_PROF)``, user and system
+time) for all its targets together: the limit is the work an input costs, so a long
+campaign can run at low priority beside other work (or be stopped and continued) without
+a starved input counting as slow.  Wall time is reported as well.  Linux's peak-RSS
+counter is reset before each input (``clear_refs``) so the peak reported is this
+input's (the worker's baseline included, so it never under-reports).
 The parent replaces a worker whose input timed out, whose resident size after an input
 stayed above ``RESTART_RSS`` (so that a leak cannot eat the next inputs' 500 MB), or,
 where the peak cannot be reset, whose lifetime peak passed it.  It kills a worker that
-does not answer within the limit plus a grace period (a hang in C code the alarm cannot
-interrupt) and starts another.
+does not answer (:class:`Watch`): one that spent the limit plus a grace period of CPU
+time (a loop in C code the timer cannot interrupt), or that made no progress at all for
+``STALL`` seconds while not stopped (blocked), and starts another.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from fuzz.generate import make_input
 TIME_LIMIT = 5.0  # seconds per input, all its targets together
 MEMORY_LIMIT = 500 << 20  # bytes of address space
 RESTART_RSS = 200 << 20  # bytes resident after an input past which the worker is replaced
-GRACE = 10.0  # seconds past the limit before the parent kills a silent worker
+GRACE = 10.0  # CPU seconds past the limit before the parent kills a silent worker
+STALL = 120.0  # wall seconds without any CPU progress before a silent worker is hung
+POLL = 2.0  # wall seconds between the parent's looks at a silent worker
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -65,12 +71,13 @@ class Finding:
 @dataclass
 class Outcome:
     findings: list[Finding] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # CPU time (user + system) of all the input's targets
     peak_rss: int = 0  # bytes, this input's (or the worker's, where it cannot be reset)
     refused: list[str] = field(default_factory=list)  # targets that refused with one line
     source: str = ""  # the seed capture a generated input came from
     rss_after: int = 0  # bytes resident in the worker once the input was done
     peak_is_input: bool = True  # False where the peak counter could not be reset
+    wall: float = 0.0  # wall-clock time, which includes waiting for a busy machine's CPU
 
 
 def where(exc: BaseException) -> tuple[str, str, int]:
@@ -139,9 +146,9 @@ def run_input(workspace: Any, data: bytes, targets: tuple[str, ...],
     path.write_bytes(data)
     workspace.begin()
     outcome.peak_is_input = _reset_peak()
-    started = time.perf_counter()
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, time_limit)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    signal.signal(signal.SIGPROF, _on_alarm)
+    signal.setitimer(signal.ITIMER_PROF, time_limit)
     current = targets[0] if targets else "?"
     try:
         for current in targets:
@@ -158,8 +165,9 @@ def run_input(workspace: Any, data: bytes, targets: tuple[str, ...],
     except InputTimeout as e:
         outcome.findings.append(_finding(current, "timeout", e))
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    outcome.seconds = time.perf_counter() - started
+        signal.setitimer(signal.ITIMER_PROF, 0)
+    outcome.seconds = time.process_time() - cpu_started
+    outcome.wall = time.perf_counter() - started
     outcome.peak_rss, outcome.rss_after = _memory()
     return outcome
 
@@ -196,6 +204,59 @@ def _worker_main(channel: Connection, memory_limit: int, time_limit: float,
             workspace.close()
 
 
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_and_state(pid: int) -> tuple[float, str] | None:
+    """A process's CPU seconds (user + system) and its state letter, from
+    ``/proc/PID/stat``; None where there is no such file."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2:].split()  # the name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / TICKS, fields[0]
+
+
+class Watch:
+    """Whether a worker that has not answered yet is still working on its input.
+
+    It is hung once it has spent the time limit plus ``GRACE`` of CPU time on the
+    input (a loop the timer cannot interrupt), or made no CPU progress for ``STALL``
+    seconds while not stopped (blocked).  A worker starved by busier processes, or
+    stopped with SIGSTOP, is neither.  Without ``/proc`` it is judged by wall time.
+    """
+
+    def __init__(self, pid: int, time_limit: float) -> None:
+        self.pid, self.time_limit = pid, time_limit
+        self.started = self.progressed = time.perf_counter()
+        sample = cpu_and_state(pid)
+        self.cpu_started = self.cpu_seen = sample[0] if sample else 0.0
+
+    def spent(self) -> float:
+        """CPU seconds the worker has spent on this input so far."""
+        sample = cpu_and_state(self.pid)
+        return sample[0] - self.cpu_started if sample else time.perf_counter() - self.started
+
+    def verdict(self) -> str | None:
+        """None while the worker may still answer; else why it is hung."""
+        now = time.perf_counter()
+        sample = cpu_and_state(self.pid)
+        if sample is None:
+            if now - self.started > self.time_limit + GRACE:
+                return f"no answer within {self.time_limit + GRACE:.0f} s"
+            return None
+        cpu, state = sample
+        if cpu - self.cpu_started > self.time_limit + GRACE:
+            return f"no answer after {cpu - self.cpu_started:.0f} s of CPU time"
+        if cpu > self.cpu_seen or state in "Tt":
+            self.cpu_seen, self.progressed = cpu, now
+        elif now - self.progressed > STALL:
+            return f"no progress for {STALL:.0f} s (blocked)"
+        return None
+
+
 class Worker:
     """A worker process and the pipe to it; restarted after it dies or hangs."""
 
@@ -217,21 +278,36 @@ class Worker:
         self.process.start()
         child.close()
 
+    def send(self, job: Job, targets: tuple[str, ...]) -> Watch:
+        """Give the worker an input; the watch says whether it is still on it."""
+        self.channel.send((job, targets))
+        return Watch(self.process.pid or 0, self.time_limit)
+
     def run(self, job: Job, targets: tuple[str, ...]) -> Outcome:
         started = time.perf_counter()
+        watch: Watch | None = None
         try:
-            self.channel.send((job, targets))
-            if self.channel.poll(self.time_limit + GRACE):
-                outcome: Outcome = self.channel.recv()
-                self.check(outcome)
-                return outcome
-            kind, message = "hang", f"no answer within {self.time_limit + GRACE:.0f} s"
+            watch = self.send(job, targets)
+            while not self.channel.poll(POLL):
+                if (message := watch.verdict()) is not None:
+                    return self.hung(targets, message, watch)
+            outcome: Outcome = self.channel.recv()
+            self.check(outcome)
+            return outcome
         except (EOFError, BrokenPipeError, ConnectionResetError):
             self.process.join(1)
-            kind, message = "crash", f"the worker died (exit code {self.process.exitcode})"
+            message = f"the worker died (exit code {self.process.exitcode})"
         self.restart()
-        finding = Finding(",".join(targets), kind, kind, message, "?", "?", 0)
-        return Outcome([finding], time.perf_counter() - started, 0)
+        finding = Finding(",".join(targets), "crash", "crash", message, "?", "?", 0)
+        return Outcome([finding], watch.spent() if watch else 0.0, 0,
+                       wall=time.perf_counter() - started)
+
+    def hung(self, targets: tuple[str, ...], message: str, watch: Watch) -> Outcome:
+        """The outcome of an input the worker never answered; the worker is replaced."""
+        spent, wall = watch.spent(), time.perf_counter() - watch.started
+        self.restart()
+        return Outcome([Finding(",".join(targets), "hang", "hang", message, "?", "?", 0)],
+                       spent, 0, wall=wall)
 
     def check(self, outcome: Outcome) -> None:
         """Replace the worker after an input that may have left it unfit for the next."""

@@ -1,4 +1,4 @@
--- usbtrace database schema, version 2 (SQLite dialect).
+-- usbtrace database schema, version 3 (SQLite dialect).
 -- Generated from usbtrace/store/schema.py by 'python -m usbtrace.store.ddl'.
 -- Timestamps are seconds from the session start; names are lower-case.
 
@@ -148,6 +148,7 @@ CREATE TABLE urbs (
 	truncated BOOLEAN NOT NULL, 
 	setup BLOB, 
 	data BLOB, 
+	stream_id INTEGER, 
 	PRIMARY KEY (session_id, seq), 
 	FOREIGN KEY(session_id) REFERENCES sessions (id)
 );

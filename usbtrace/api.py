@@ -85,6 +85,7 @@ class Urb:
     truncated: bool
     setup: bytes | None
     data: bytes | None
+    stream_id: int | None = None  # USB 3 bulk stream (live UAS recordings with streams)
 
 
 @dataclass(frozen=True)

@@ -186,11 +186,16 @@ db_option = click.option("--db", default=DEFAULT_DB, show_default=True, envvar=D
 @click.option("--fault", "faults", multiple=True, metavar="SPEC", help=fault_help())
 @click.option("--sleep", is_flag=True, help="After the workload, put the machine to sleep "
               "(S3) and resume it (S0): the system and device power IRPs are traced.")
+@click.option("--protocol", type=click.Choice(["bot", "uas"]), default="bot",
+              show_default=True, help="What the simulated stick speaks: Bulk-Only (usbstor), "
+              "or USB Attached SCSI (a UAS alternate setting; UASPStor loads).")
+@click.option("--streams", is_flag=True, help="With --protocol uas at super speed: bulk "
+              "streams, each command's data and status on the stream of its tag.")
 @friendly
 def record(db: str, image: str | None, size: str, workload: str | None, device: str | None,
            allow_write: bool, usb_backend: str, speed: str, fs: str, copy: tuple[str, ...],
            no_lower: bool, no_upper: bool, lossy: bool, faults: tuple[str, ...],
-           sleep: bool) -> None:
+           sleep: bool, protocol: str, streams: bool) -> None:
     """Run a workload on a stick (simulated, or real with --device), tracer in the stack."""
     from usbtrace.recording import RecordOptions
     from usbtrace.recording import record as run
@@ -200,9 +205,11 @@ def record(db: str, image: str | None, size: str, workload: str | None, device: 
     summary = run(RecordOptions(db=db, image=image, size=size, workload=workload, speed=speed,
                                 positions=positions, lossy=lossy, fs=fs, copy=copy,
                                 device=device, usb_backend=usb_backend,
-                                allow_write=allow_write, faults=faults, sleep=sleep))
+                                allow_write=allow_write, faults=faults, sleep=sleep,
+                                protocol=protocol, streams=streams))
     r = summary.workload
-    target = f"device {device}" if device else f"a simulated {size} stick ({speed} speed)"
+    target = f"device {device}" if device else f"a simulated {size} stick ({speed} speed" + (
+        f", UAS{' with streams' if streams else ''})" if protocol == "uas" else ")")
     click.echo(f"session {summary.session_id}: workload '{workload}' on {target}")
     for note in r.notes:
         click.echo(f"  {note}")

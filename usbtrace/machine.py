@@ -5,6 +5,8 @@ The driver database is what the INF files would install:
 * ``usbhub`` for the root-enumerated host controller;
 * ``usbstor`` for ``USB\\Class_08&SubClass_06&Prot_50``, with ``usbtrace`` as
   its LowerFilter;
+* ``uaspstor`` for ``USB\\Class_08&SubClass_06&Prot_62`` (a stick that offers
+  UAS), with ``usbtrace`` as its LowerFilter too;
 * ``disk`` for ``GenDisk``, with ``usbtrace`` as its UpperFilter.
 
 ``start()`` lets PnP build both stacks; ``stop()`` tears them down and every
@@ -18,7 +20,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 
 from usbtrace.devices.base import DeviceBackend
-from usbtrace.drivers import disk, tracer, usbhub, usbstor
+from usbtrace.drivers import disk, tracer, uaspstor, usbhub, usbstor
 from usbtrace.drivers.partmgr import PartMgrDiskArrival
 from usbtrace.records import Event
 from usbtrace.wdm.kernel import Kernel
@@ -59,6 +61,11 @@ class Machine:
             Service("usbstor", usbstor.DriverEntry,
                     lower_filters=["usbtrace"] if "lower" in self.positions else []),
             ["USB\\Class_08&SubClass_06&Prot_50", "USB\\Class_08&SubClass_06"],
+        )
+        database.add_service(
+            Service("uaspstor", uaspstor.DriverEntry,
+                    lower_filters=["usbtrace"] if "lower" in self.positions else []),
+            ["USB\\Class_08&SubClass_06&Prot_62"],
         )
         database.add_service(
             Service("disk", disk.DriverEntry,

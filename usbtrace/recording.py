@@ -41,6 +41,8 @@ class RecordOptions:
     queue: int = 64 << 20  # bytes of payload the tracer may queue
     faults: tuple[str, ...] = ()  # --fault specs for the simulated stick
     sleep: bool = False  # a sleep (S3) and resume cycle after the workload
+    protocol: str = "bot"  # the simulated stick's transport: "bot", or "uas" (UASPStor loads)
+    streams: bool = False  # with "uas": SuperSpeed bulk streams (the tag is the stream id)
 
 
 @dataclass
@@ -89,6 +91,12 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
         check(options.fs, options.copy,  # bad options fail before a session exists
               None if hardware else simulated_size(options.image, options.size))
     faults = parse_faults(options.faults, hardware)
+    if (options.protocol != "bot" or options.streams) and (hardware or backend is not None):
+        raise InputError("--protocol and --streams choose what the simulated stick speaks; "
+                         "a real device speaks what it speaks")
+    if options.streams and (options.protocol != "uas" or options.speed != "super"):
+        raise InputError("--streams needs --protocol uas at --speed super (bulk streams are "
+                         "a SuperSpeed feature)")
     if options.image and not is_url(options.db):
         from usbtrace.outputs import refuse_database
 
@@ -97,7 +105,8 @@ def record(options: RecordOptions, backend: DeviceBackend | None = None,
     own_backend = backend is None
     if backend is None:
         backend = open_hardware(options) if hardware else \
-            SimulatedStick(open_image(options), speed=options.speed)
+            SimulatedStick(open_image(options), speed=options.speed, protocol=options.protocol,
+                           streams=options.streams)
     if isinstance(backend, SimulatedStick):
         for fault in faults:
             backend.inject(fault)

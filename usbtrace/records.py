@@ -46,6 +46,7 @@ class Event:
     file_object: int | None = None  # the handle a READ/WRITE came from
     record_number: int | None = None  # position in the capture file, from 1
     raw_status: int | None = None  # the source's own status value (errno for usbmon)
+    stream_id: int | None = None  # USB 3 bulk stream (live only: no capture format has it)
 
     @property
     def is_urb(self) -> bool:

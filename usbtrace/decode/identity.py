@@ -119,7 +119,9 @@ class IdentityTracker:
         ident = self.devices.get((first.bus, first.device))
         if ident is None:  # no descriptor seen: nothing to select among
             return
-        if setup[0] == 0x01 and setup[1] == 0x0B:
+        if setup[0] in (0x01, 0x00) and setup[1] == 0x0B:
+            # 0x01 as the wire has it; 0x00 as USBPcap (and the tracer) record the
+            # URB_FUNCTION_SELECT_INTERFACE that sends it (USBPcapURB.c)
             ident.selected[setup[4]] = setup[2]
         elif setup[0] == 0x00 and setup[1] == 0x09:
             ident.selected.clear()

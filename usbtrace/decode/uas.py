@@ -12,8 +12,9 @@ carries a 16-bit tag.
 Which command a data transfer belongs to:
 
 * after a Read Ready / Write Ready IU (USB 2, no streams): the tag it named;
-* with streams (USB 3): the stream id *is* the tag, but no capture format
-  records stream ids.  If one command is open, it is that one.  With several
+* with streams (USB 3): the stream id *is* the tag.  A live record has it
+  (``Event.stream_id``), but no capture format records stream ids.  Without
+  it, if one command is open, it is that one.  With several
   in flight, the transfer goes to the command whose Command IU was submitted
   first after it (hosts queue a command's data and status transfers before
   its Command IU, so the device can answer at once: Linux's uas driver and
@@ -34,7 +35,9 @@ of their Response IU as status (``tmf_complete``, ``tmf_succeeded``,
 command, and an examiner reads them in sequence with the commands they ended.
 
 UAS has no residue field: ``residue`` is the host's view, as the host driver
-computes it, the length it asked for on the data pipe less what came.
+computes it, the length it asked for on the data pipe less what came.  Where
+the capture does not say what the host asked for (USBPcap records no length
+for an IN submission), what came counts as asked for.
 
 Sans-I/O: ``feed(exchange, pipes)`` returns the commands it finished.
 """
@@ -59,6 +62,7 @@ from construct import (
 
 from usbtrace.decode.bot import ScsiCommand
 from usbtrace.decode.pairing import Exchange
+from usbtrace.records import CONTROL
 from usbtrace.storage import scsi
 from usbtrace.storage.scsi import CdbInfo
 from usbtrace.usb import descriptors as d
@@ -326,8 +330,8 @@ class UasDecoder:
     def feed(self, x: Exchange, pipes: UasPipes) -> list[ScsiCommand]:
         first = x.first
         role = pipes.role(first.endpoint)
-        if role is None:
-            return []
+        if role is None or first.transfer_type == CONTROL:
+            return []  # not a UAS pipe, or a request about one (ABORT_PIPE, OPEN_STATIC_STREAMS)
         key = (first.bus, first.device)
         state = self._devices.get(key)
         if state is None:
@@ -487,21 +491,31 @@ class UasDecoder:
     # -- data pipes -----------------------------------------------------------------
 
     def _data(self, state: _Device, x: Exchange, direction_in: bool) -> None:
-        ready = state.read_ready if direction_in else state.write_ready
-        cmd = state.open.get(ready) if ready is not None else None
-        if cmd is None:
-            cmd = self._by_order(state, x)
+        stream = x.first.stream_id
+        if stream:  # a live record knows its stream, and the stream id is the tag
+            cmd = state.open.get(stream)
+            if cmd is None:
+                if x.data or x.actual_length:
+                    self.orphans += 1
+                return
+        else:
+            ready = state.read_ready if direction_in else state.write_ready
+            cmd = state.open.get(ready) if ready is not None else None
+            if cmd is None:
+                cmd = self._by_order(state, x)
         if cmd is None or cmd.info.opcode == TMF_OPCODE:
             if x.data or x.actual_length:
                 self.orphans += 1
             return
         cmd.data_direction = "in" if direction_in else "out"
+        data = x.data
+        actual = x.actual_length
         if x.requested_length is not None:
             cmd.expected_length += x.requested_length
-        data = x.data
+        else:  # USBPcap records no length for an IN submission: at least what came
+            cmd.expected_length += actual if actual is not None else len(data)
         if data:
             cmd.data_parts.append(data)
-        actual = x.actual_length
         cmd.data_length += actual if actual is not None else len(data)
         cmd.data_truncated |= x.truncated
         cmd.data_stalled |= (x.complete is not None

@@ -41,6 +41,19 @@ class DeviceBackend(ABC):
     def clear_halt(self, endpoint: int) -> TransferResult:
         """CLEAR_FEATURE(ENDPOINT_HALT) on ``endpoint`` (and the host's toggle reset)."""
 
+    def stream_in(self, endpoint: int, stream: int,
+                  buffer: bytearray | memoryview) -> TransferResult:
+        """A bulk IN on stream ``stream`` of ``endpoint`` (USB 3.2 §8.12.1.4); a backend
+        without streams takes it as a plain bulk IN.  A device with nothing to send yet
+        may answer ``USBD_STATUS_PENDING`` (NAK): the controller keeps the transfer and
+        tries it again later."""
+        return self.bulk_in(endpoint, buffer)
+
+    def stream_out(self, endpoint: int, stream: int,
+                   data: bytearray | memoryview) -> TransferResult:
+        """A bulk OUT on stream ``stream`` of ``endpoint`` (see ``stream_in``)."""
+        return self.bulk_out(endpoint, data)
+
     def reset_port(self) -> None:
         """A bus reset of the device's port."""
 

@@ -55,9 +55,8 @@ def _single_interface(config: bytes, entry: dict) -> bytes:  # type: ignore[type
         length, kind = config[pos], config[pos + 1]
         if length < 2 or pos + length > len(config):
             break  # a malformed descriptor ends the walk
-        if kind == d.INTERFACE and length >= 4:
-            keep = config[pos + 2] == i.bInterfaceNumber and config[pos + 3] == \
-                i.bAlternateSetting
+        if kind == d.INTERFACE and length >= 4:  # every alternate setting of it (UAS: 1)
+            keep = config[pos + 2] == i.bInterfaceNumber
         if keep:
             out += config[pos : pos + length]
         pos += length
@@ -119,7 +118,9 @@ class ReplayedDevice(DeviceBackend):
                                  "mass-storage interface: it was made up instead")
                 del found[(d.CONFIGURATION, 0, 0)]
                 config = None
-            if config is not None and storage and len(tree["interfaces"]) > 1:
+            numbers = {getattr(e["interface"], "bInterfaceNumber", None)
+                       for e in tree["interfaces"]}
+            if config is not None and storage and len(numbers) > 1:
                 # a composite device: Windows puts usbccgp above it and gives each
                 # function its own PDO; the model presents the mass-storage one alone
                 self.report.notes.append("composite device: only its mass-storage interface "

@@ -1,11 +1,16 @@
-"""The simulated USB flash drive: descriptors, control requests, Bulk-Only Transport.
+"""The simulated USB flash drive: descriptors, control requests, Bulk-Only Transport, UAS.
 
 Layers, bottom up: a :class:`~usbtrace.devices.scsi_target.ScsiTarget` over a
 disk image per LUN; :class:`BulkOnlyDevice`, the device side of BOT 1.0 as a
 state machine (``BOT_TRANSITIONS``) that checks each CBW for validity and
 meaning (§6.2) and resolves the host/device expectation cases (§6.7); and
 :class:`SimulatedStick`, the USB device with its chapter-9 requests and its
-fault injection (stalls, disconnect mid-transfer).
+fault injection (stalls, disconnect mid-transfer).  With ``protocol="uas"`` the
+interface has a second alternate setting, USB Attached SCSI
+(:mod:`usbtrace.devices.uas`), as real UAS sticks have: setting 0 is Bulk-Only
+for hosts without UAS, setting 1 has four bulk endpoints, each followed by its
+Pipe Usage descriptor (UAS r04 §5.3.3), and with ``streams`` their SuperSpeed
+companions offer 32 streams (MaxStreams 5).
 
 The stick's VID:PID is 1209:0001, the pid.codes identifier reserved for tests.
 """
@@ -20,6 +25,8 @@ from usbtrace.devices.base import DeviceBackend, TransferResult
 from usbtrace.devices.faults import Fault
 from usbtrace.devices.image import DiskImage
 from usbtrace.devices.scsi_target import IN, NONE, OUT, Identity, Plan, ScsiTarget
+from usbtrace.devices.uas import UAS_COMMAND, UAS_DATA_IN, UAS_DATA_OUT, UAS_STATUS, UasDevice
+from usbtrace.errors import InputError
 from usbtrace.storage import bot, scsi
 from usbtrace.storage.scsi import Sense
 from usbtrace.usb import descriptors as d
@@ -34,6 +41,12 @@ from usbtrace.usb.urb import (
 
 VID, PID = 0x1209, 0x0001
 BULK_IN, BULK_OUT = 0x81, 0x02
+PROTOCOLS = ("bot", "uas")
+BOT_ONLY_FAULTS = ("stall-in", "stall-out", "invalid-csw", "phase-error")
+UAS_MAX_STREAMS = 5  # SuperSpeed companion bmAttributes MaxStreams: 2**5 streams
+PIPE_USAGE = 0x24  # UAS r04 §5.3.3: the Pipe Usage descriptor's bDescriptorType
+# (pipe id, endpoint) of the UAS alternate setting, in descriptor order
+UAS_PIPES = ((1, UAS_COMMAND), (2, UAS_STATUS), (3, UAS_DATA_IN), (4, UAS_DATA_OUT))
 
 # BOT device states and the events that move them (BOT 1.0 §5.3, §6)
 BOT_TRANSITIONS: dict[tuple[str, str], str] = {
@@ -264,7 +277,8 @@ class UsbFaults:
 
 
 class SimulatedStick(DeviceBackend):
-    """A USB flash drive: one configuration, one BOT interface, two bulk endpoints."""
+    """A USB flash drive: one configuration, one BOT interface, two bulk endpoints; with
+    ``protocol="uas"`` a UAS alternate setting besides (``streams``: SuperSpeed streams)."""
 
     def __init__(
         self,
@@ -272,18 +286,29 @@ class SimulatedStick(DeviceBackend):
         speed: str = "super",
         identity: Identity | None = None,
         luns: int = 1,
+        protocol: str = "bot",
+        streams: bool = False,
     ) -> None:
         if speed not in SPEEDS:
             raise ValueError(f"speed must be one of {', '.join(SPEEDS)}")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+        if streams and (protocol != "uas" or speed != "super"):
+            raise ValueError("bulk streams need the UAS protocol at super speed")
         self.speed: Speed = SPEEDS[speed]
+        self.protocol = protocol
+        self.alternate_setting = 0  # 0: Bulk-Only; 1: UAS (SET_INTERFACE chooses)
         self.image = image
         self.identity = identity or Identity()
         self.targets = [ScsiTarget(image, self.identity) for _ in range(luns)]
         self.bot = BulkOnlyDevice(self.targets, self.speed.bulk_max_packet)
+        self.uas = UasDevice(self.targets, streams) if protocol == "uas" else None
         self.faults = UsbFaults()
         self.injected: list[Fault] = []  # what ``inject`` armed, by command number
         self._undo: list[Callable[[], None]] = []  # ends the one-off faults of a command
         self.bot.on_command = self._on_command
+        if self.uas is not None:
+            self.uas.on_command = self._on_command
         self.address = 0
         self.configuration = 0
         self.connected = True
@@ -295,6 +320,9 @@ class SimulatedStick(DeviceBackend):
 
     def inject(self, fault: Fault) -> None:
         """Arm ``fault``: bad sectors now, everything else at the commands it names."""
+        if self.uas is not None and fault.kind in BOT_ONLY_FAULTS:
+            raise InputError(f"--fault {fault.kind} is a Bulk-Only fault (a stall or a CSW); "
+                             "a UAS stick takes media faults and disconnect only")
         if fault.kind == "media-error":
             last = fault.first if fault.last is None else fault.last
             for target in self.targets:
@@ -356,12 +384,37 @@ class SimulatedStick(DeviceBackend):
             if ss:
                 body += d.SuperSpeedEndpointCompanionDescriptor.build(dict(
                     bMaxBurst=15, bmAttributes=0, wBytesPerInterval=0))
+        if self.uas is not None:
+            body += self._uas_setting_descriptors()
         header = d.ConfigurationDescriptor.build(dict(
             bDescriptorType=d.CONFIGURATION, wTotalLength=9 + len(body), bNumInterfaces=1,
             bConfigurationValue=1, iConfiguration=0,
             bmAttributes=0x80 | (0x20 if self.remote_wakeup else 0), bMaxPower=50,
         ))
         return header + body
+
+    def _uas_setting_descriptors(self) -> bytes:
+        """Alternate setting 1: UAS (class 8, subclass 6, protocol 0x62), four bulk
+        endpoints, each followed (after its SuperSpeed companion) by a Pipe Usage
+        descriptor: command 1, status 2, data-in 3, data-out 4 (UAS r04 §5.3.3)."""
+        assert self.uas is not None
+        ss = self.speed.name == "super"
+        body = d.InterfaceDescriptor.build(dict(
+            bInterfaceNumber=0, bAlternateSetting=1, bNumEndpoints=4,
+            bInterfaceClass=0x08, bInterfaceSubClass=0x06, bInterfaceProtocol=0x62,
+            iInterface=0,
+        ))
+        for pipe_id, address in UAS_PIPES:
+            body += d.EndpointDescriptor.build(dict(
+                bEndpointAddress=address, bmAttributes=2, wMaxPacketSize=self.speed.bulk_max_packet,
+                bInterval=0))
+            if ss:
+                streams = UAS_MAX_STREAMS if self.uas.streams and pipe_id != 1 else 0
+                body += d.SuperSpeedEndpointCompanionDescriptor.build(dict(
+                    bMaxBurst=15 if pipe_id > 2 else 0, bmAttributes=streams,
+                    wBytesPerInterval=0))
+            body += bytes([4, PIPE_USAGE, pipe_id, 0])
+        return body
 
     def bos_descriptor(self) -> bytes:
         usb2 = bytes([7, d.DEVICE_CAPABILITY, 2]) + (0x02).to_bytes(4, "little")
@@ -408,18 +461,30 @@ class SimulatedStick(DeviceBackend):
                 if value not in (0, 1):
                     reply = None
                 self.configuration = value
+                self.alternate_setting = 0  # USB 2.0 §9.1.1.5: every interface to setting 0
             elif req == std.GET_CONFIGURATION:
                 reply = bytes([self.configuration])
             elif req == std.GET_STATUS:
-                halted = recipient == 2 and index in self.bot.halted
+                halted = recipient == 2 and index in self._halted()
                 reply = bytes([1 if halted else 0, 0])
             elif req == std.CLEAR_FEATURE and recipient == 2 and value == std.ENDPOINT_HALT:
-                self.bot.clear_halt(index & 0xFF)
+                if self._uas_active():
+                    assert self.uas is not None
+                    self.uas.clear_halt(index & 0xFF)
+                else:
+                    self.bot.clear_halt(index & 0xFF)
             elif req == std.SET_FEATURE and recipient == 2 and value == std.ENDPOINT_HALT:
-                self.bot.halted.add(index & 0xFF)
+                self._halted().add(index & 0xFF)
             elif req in (std.GET_INTERFACE,):
-                reply = b"\0"
-            elif req in (std.SET_INTERFACE, std.SET_SEL, std.SET_ISOCH_DELAY,
+                reply = bytes([self.alternate_setting])
+            elif req == std.SET_INTERFACE:
+                if index != 0 or value > (1 if self.uas is not None else 0):
+                    reply = None  # no such interface or setting: STALL
+                else:
+                    self.alternate_setting = value
+                    if self.uas is not None:
+                        self.uas.reset()  # a new setting starts with no tasks
+            elif req in (std.SET_SEL, std.SET_ISOCH_DELAY,
                          std.SET_FEATURE, std.CLEAR_FEATURE):
                 pass
             else:
@@ -454,7 +519,50 @@ class SimulatedStick(DeviceBackend):
         faults.bulk_bytes += length
         return None
 
+    def _uas_active(self) -> bool:
+        return self.uas is not None and self.alternate_setting == 1
+
+    def _halted(self) -> set[int]:
+        return self.uas.halted if self.uas is not None and self._uas_active() else \
+            self.bot.halted
+
+    def stream_out(self, endpoint: int, stream: int,
+                   data: bytearray | memoryview) -> TransferResult:
+        if not self.connected:
+            return self._gone()
+        uas = self.uas
+        if uas is None or not self._uas_active() or endpoint not in (UAS_COMMAND, UAS_DATA_OUT):
+            return TransferResult(USBD_STATUS_STALL_PID, 0, self.speed.latency_ns)
+        fault = self._bulk_fault(endpoint, len(data))
+        if fault is not None:
+            return fault
+        if endpoint == UAS_COMMAND:
+            status = uas.command_out(data)
+        else:
+            status = uas.data_out(data, stream)
+        n = len(data) if status == USBD_STATUS_SUCCESS else 0
+        return TransferResult(status, n, self.speed.transfer_ns(n))
+
+    def stream_in(self, endpoint: int, stream: int,
+                  buffer: bytearray | memoryview) -> TransferResult:
+        if not self.connected:
+            return self._gone()
+        uas = self.uas
+        if uas is None or not self._uas_active() or endpoint not in (UAS_STATUS, UAS_DATA_IN):
+            return TransferResult(USBD_STATUS_STALL_PID, 0, self.speed.latency_ns)
+        if endpoint == UAS_STATUS:
+            status, n = uas.status_in(buffer, stream)
+        else:
+            status, n = uas.data_in(buffer, stream)
+        if n:
+            fault = self._bulk_fault(endpoint, n)
+            if fault is not None:
+                return fault
+        return TransferResult(status, n, self.speed.transfer_ns(n))
+
     def bulk_out(self, endpoint: int, data: bytearray | memoryview) -> TransferResult:
+        if self._uas_active():
+            return self.stream_out(endpoint, 0, data)
         if not self.connected:
             return self._gone()
         if endpoint != BULK_OUT:
@@ -467,6 +575,8 @@ class SimulatedStick(DeviceBackend):
         return TransferResult(status, n, self.speed.transfer_ns(n))
 
     def bulk_in(self, endpoint: int, buffer: bytearray | memoryview) -> TransferResult:
+        if self._uas_active():
+            return self.stream_in(endpoint, 0, buffer)
         if not self.connected:
             return self._gone()
         if endpoint != BULK_IN:
@@ -484,6 +594,9 @@ class SimulatedStick(DeviceBackend):
     def reset_port(self) -> None:
         self.address = 0
         self.configuration = 0
+        self.alternate_setting = 0
+        if self.uas is not None:
+            self.uas.reset()
         self.bot.halted.clear()
         if self.bot.state != "command":
             self.bot.reset()

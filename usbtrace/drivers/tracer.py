@@ -252,10 +252,15 @@ def _learn_selection(ext: TracerExtension, params: Any) -> None:
     if getattr(params, "io_control_code", None) != SUBMIT_URB:
         return
     urb = params.type3_input_buffer
-    if isinstance(urb, U.UrbSelectConfiguration) and U.USBD_SUCCESS(urb.status):
+    if not isinstance(urb, U.Urb) or not U.USBD_SUCCESS(urb.status):
+        return
+    if isinstance(urb, U.UrbSelectConfiguration):
         _learn_pipes(ext, urb.interfaces)
-    elif isinstance(urb, U.UrbSelectInterface) and U.USBD_SUCCESS(urb.status):
+    elif isinstance(urb, U.UrbSelectInterface):
         _learn_pipes(ext, [urb.interface])
+    elif isinstance(urb, U.UrbOpenStaticStreams):  # each stream has a handle of its own
+        for stream in urb.streams:
+            ext.pipes[stream] = (stream.endpoint_address, stream.pipe_type)
 
 
 def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str) -> Event:
@@ -346,7 +351,8 @@ def _describe_bulk(ext: TracerExtension, irp: Irp, urb: U.UrbBulkOrInterruptTran
                  io_status.status if done else None,
                  information if isinstance(information, int) else None,
                  None, urb.function, ext.bus, ext.address, endpoint, transfer_type,
-                 urb.status if done else U.USBD_STATUS_PENDING, length, None, data, len(data))
+                 urb.status if done else U.USBD_STATUS_PENDING, length, None, data, len(data),
+                 stream_id=urb.stream_id or None)
 
 
 def _describe_urb(ext: TracerExtension, event: Event, urb: U.Urb, done: bool) -> None:
@@ -359,6 +365,8 @@ def _describe_urb(ext: TracerExtension, event: Event, urb: U.Urb, done: bool) ->
             ext.unknown_pipes += 1
             known = (urb.endpoint, urb.transfer_type)
         event.endpoint, event.transfer_type = known
+        if urb.stream_id:
+            event.stream_id = urb.stream_id
     else:
         event.endpoint = urb.endpoint
         event.transfer_type = urb.transfer_type
@@ -367,6 +375,9 @@ def _describe_urb(ext: TracerExtension, event: Event, urb: U.Urb, done: bool) ->
             _learn_pipes(ext, urb.interfaces)
         elif isinstance(urb, U.UrbSelectInterface):
             _learn_pipes(ext, [urb.interface])
+        elif isinstance(urb, U.UrbOpenStaticStreams):  # each stream has a handle of its own
+            for stream in urb.streams:
+                ext.pipes[stream] = (stream.endpoint_address, stream.pipe_type)
     event.setup = urb.setup_packet()
     length = urb.transfer_buffer_length
     event.length = length

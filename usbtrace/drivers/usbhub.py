@@ -149,6 +149,7 @@ class HubFdoExtension:
     dpc_list: deque[Transfer] = field(default_factory=deque)
     interrupt: KInterrupt | None = None
     dpc: KDpc | None = None
+    parked: list[Transfer] = field(default_factory=list)  # IN transfers the device NAKed
     started: bool = False
     remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
     scheduled: int = 0  # controller events still to fire; REMOVE waits for none
@@ -173,6 +174,8 @@ class UsbDevicePdoExtension:
     remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
     wait_wake: Irp | None = None  # the pending IRP_MN_WAIT_WAKE, while armed
     idle_irp: Irp | None = None  # the client's idle notification, while held
+    max_streams: dict[int, int] = field(default_factory=dict)  # endpoint -> streams offered
+    streams: dict[int, list[U.StreamInformation]] = field(default_factory=dict)  # open ones
 
 
 # ---------------------------------------------------------------------------------
@@ -368,11 +371,21 @@ def _fill_capabilities(ext: UsbDevicePdoExtension, caps: DeviceCapabilities) -> 
 
 
 def _first_interface(pdo_ext: UsbDevicePdoExtension) -> tuple[int, int, int]:
+    """Class, subclass and protocol of the first interface, for the compatible IDs.  An
+    alternate setting that speaks UAS (8/6/0x62) wins over setting 0, so that a UAS
+    stick gets USB\\Class_08&SubClass_06&Prot_62 and UASPStor ("USB Attached SCSI
+    (UAS) Best Practices for Windows": Windows loads UASPStor when the device offers
+    a UAS alternate setting)."""
     tree = d.configuration_tree(pdo_ext.configuration)
     if not tree["interfaces"]:
         return (0, 0, 0)
-    i = tree["interfaces"][0]["interface"]
-    return (i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol)
+    first = tree["interfaces"][0]["interface"]
+    for entry in tree["interfaces"]:
+        i = entry["interface"]
+        if i.bInterfaceNumber == first.bInterfaceNumber and \
+                (i.bInterfaceClass, i.bInterfaceSubClass, i.bInterfaceProtocol) == (8, 6, 0x62):
+            return (8, 6, 0x62)
+    return (first.bInterfaceClass, first.bInterfaceSubClass, first.bInterfaceProtocol)
 
 
 def UsbhubPdoPnp(pdo: DeviceObject, irp: Irp) -> int:  # noqa: N802
@@ -718,6 +731,11 @@ def _urb_bulk(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], TransferResu
     pipe = urb.pipe_handle
     buffer = urb.transfer_buffer  # TransferBuffer, or TransferBufferMDL mapped
     view = memoryview(buffer)[: urb.length] if urb.length != len(buffer) else buffer
+    stream = urb.stream_id
+    if stream:  # a stream's pipe handle: the transfer runs on that stream
+        if pipe.endpoint_address & 0x80:
+            return lambda: backend.stream_in(pipe.endpoint_address, stream, view)
+        return lambda: backend.stream_out(pipe.endpoint_address, stream, view)
     if pipe.endpoint_address & 0x80:
         return lambda: backend.bulk_in(pipe.endpoint_address, view)
     return lambda: backend.bulk_out(pipe.endpoint_address, view)
@@ -739,6 +757,8 @@ def _urb_select_configuration(ext: UsbDevicePdoExtension,
             urb.interfaces = []
             for entry in tree["interfaces"]:
                 i = entry["interface"]
+                if i.bAlternateSetting:  # the client selects other settings itself
+                    continue
                 info = U.InterfaceInformation(i.bInterfaceNumber, i.bAlternateSetting,
                                               i.bInterfaceClass, i.bInterfaceSubClass,
                                               i.bInterfaceProtocol)
@@ -775,9 +795,59 @@ def _urb_select_interface(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], 
                                              e.wMaxPacketSize & 0x7FF, e.bInterval)
                     info.pipes.append(pipe)
                     ext.pipes[e.bEndpointAddress] = pipe
+                ext.max_streams.update(_max_streams(ext.configuration, info.interface_number,
+                                                    info.alternate_setting))
+                for e in entry["endpoints"]:
+                    ext.streams.pop(e.bEndpointAddress, None)  # a new setting: none open
         return result
 
     return run
+
+
+def _max_streams(configuration: bytes, number: int, alternate: int) -> dict[int, int]:
+    """Endpoint -> streams its SuperSpeed companion offers (2**MaxStreams; 0: none), for
+    the endpoints of one alternate setting (USB 3.2 §9.6.7)."""
+    out: dict[int, int] = {}
+    current = False
+    endpoint = None
+    for desc in d.parse_descriptors(configuration):
+        if desc.malformed:
+            continue
+        kind = desc.bDescriptorType
+        if kind == d.INTERFACE:
+            current = (desc.bInterfaceNumber, desc.bAlternateSetting) == (number, alternate)
+            endpoint = None
+        elif kind == d.ENDPOINT and current:
+            endpoint = desc.bEndpointAddress
+            out[endpoint] = 0
+        elif kind == d.SS_ENDPOINT_COMPANION and current and endpoint is not None:
+            exponent = desc.bmAttributes & 0x1F
+            out[endpoint] = 1 << exponent if exponent else 0
+    return out
+
+
+def _urb_open_static_streams(ext: UsbDevicePdoExtension, urb: Any) -> None:
+    """Streams for a bulk pipe, a handle each, once the endpoint offers that many; at
+    once, with no bus time (the controller's endpoint context, not the wire)."""
+    endpoint = urb.pipe_handle.endpoint_address
+    offered = ext.max_streams.get(endpoint, 0)
+    if ext.backend.speed.name != "super" or not 0 < urb.number_of_streams <= offered \
+            or endpoint in ext.streams:
+        urb.status = U.USBD_STATUS_INVALID_PARAMETER
+        return None
+    pipe = urb.pipe_handle
+    urb.streams = [U.StreamInformation(endpoint, pipe.pipe_type, pipe.maximum_packet_size,
+                                       pipe.interval, pipe.maximum_transfer_size, stream)
+                   for stream in range(1, urb.number_of_streams + 1)]
+    ext.streams[endpoint] = urb.streams
+    urb.status = U.USBD_STATUS_SUCCESS
+    return None
+
+
+def _urb_close_static_streams(ext: UsbDevicePdoExtension, urb: Any) -> None:
+    ext.streams.pop(urb.pipe_handle.endpoint_address, None)
+    urb.status = U.USBD_STATUS_SUCCESS
+    return None
 
 
 def _urb_reset_pipe(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], TransferResult]:
@@ -808,6 +878,8 @@ URB_HANDLERS: dict[int, Callable[[UsbDevicePdoExtension, Any], Any]] = {
     U.URB_FUNCTION_SYNC_RESET_PIPE_AND_CLEAR_STALL: _urb_reset_pipe,
     U.URB_FUNCTION_SYNC_CLEAR_STALL: _urb_reset_pipe,
     U.URB_FUNCTION_ABORT_PIPE: _urb_abort_pipe,
+    U.URB_FUNCTION_OPEN_STATIC_STREAMS: _urb_open_static_streams,
+    U.URB_FUNCTION_CLOSE_STATIC_STREAMS: _urb_close_static_streams,
 }
 
 
@@ -838,11 +910,22 @@ def _host_controller_run(hub: HubFdoExtension, transfer: Transfer) -> None:
         _host_controller_event_done(hub)
         return
     result = transfer.run()
+    if result.status == U.USBD_STATUS_PENDING:
+        # NAK (or no ERDY on the stream yet): the transfer waits in the controller until
+        # the device has moved on; it costs no bus time meanwhile
+        hub.parked.append(transfer)
+        _host_controller_event_done(hub)
+        return
     transfer.result = result
     sched = hub.fdo.driver_object.kernel.scheduler
     now = sched.now_ns()
     hub.busy_until_ns = max(hub.busy_until_ns, now) + result.duration_ns
     sched.schedule(hub.busy_until_ns - now, _host_controller_done, hub, transfer)
+    if hub.parked:  # the device took or gave something: the NAKed transfers try again
+        retry, hub.parked = hub.parked, []
+        for waiting in retry:
+            if not waiting.cancelled:
+                _host_controller_queue(hub, waiting)
 
 
 def _host_controller_done(hub: HubFdoExtension, transfer: Transfer) -> None:
@@ -909,6 +992,8 @@ def _cancel_transfer(ext: UsbDevicePdoExtension, transfer: Transfer,
     transfer.cancelled = True
     if transfer in ext.in_flight:
         ext.in_flight.remove(transfer)
+    if transfer in ext.hub.parked:
+        ext.hub.parked.remove(transfer)
     if transfer in ext.hub.dpc_list:
         ext.hub.dpc_list.remove(transfer)
     transfer.urb.status = U.USBD_STATUS_CANCELED
@@ -933,6 +1018,8 @@ def _fail_in_flight(ext: UsbDevicePdoExtension, usbd_status: int) -> None:
             continue
         transfer.cancelled = True
         ext.in_flight.remove(transfer)
+        if transfer in ext.hub.parked:
+            ext.hub.parked.remove(transfer)
         transfer.urb.status = usbd_status
         transfer.irp.io_status.status = USBD_TO_NTSTATUS.get(usbd_status,
                                                              NTSTATUS.STATUS_UNSUCCESSFUL)

@@ -35,7 +35,11 @@ MAX_UNRECORDED = 0xFFFF * 512
 
 
 def replay_device(recording: Recording, report: Report, machine_hook=None) -> None:  # type: ignore[no-untyped-def]
-    device = ReplayedDevice(recording, report)
+    from usbtrace.devices.replayed_uas import ReplayedUasDevice, offers_uas
+
+    # a recording whose host selected UAS replays to a device that speaks it (UASPStor)
+    device = ReplayedUasDevice(recording, report) if recording.uas is not None and \
+        offers_uas(recording) else ReplayedDevice(recording, report)
     machine = Machine(device)
     if machine_hook is not None:
         machine_hook(machine)
@@ -56,6 +60,9 @@ def replay_device(recording: Recording, report: Report, machine_hook=None) -> No
     skipped_count = 0
     try:
         for index, cmd in enumerate(recording.commands()):
+            if cmd.info.opcode < 0:  # a UAS task management function: the host's own
+                report.replayed += 1
+                continue
             if not _bounded(cmd):
                 skipped_count += 1
                 if len(skipped) < 12:

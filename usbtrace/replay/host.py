@@ -59,6 +59,11 @@ def replay_host(recording: Recording, target: DeviceBackend, report: Report,
     """Send each recorded command to ``target`` and compare its answers.  With
     ``speed``, each goes out at its recorded offset / speed from the first (see
     ``usbtrace.replay.timing``), and ``report.timing`` says how well that was kept."""
+    if recording.uas is not None:  # the host spoke UAS: so does the replay
+        from usbtrace.replay.host_uas import replay_host_uas
+
+        replay_host_uas(recording, target, report, speed, max_gap, clock)
+        return
     interface, in_ep, out_ep = _endpoints(target)
     schedule = Schedule(speed, max_gap, clock) if speed else None
     if schedule is not None:

@@ -17,6 +17,7 @@ survey in bounded indexes: the first command of each CDB (up to
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from usbtrace.capture.reader import CaptureStats, events
 from usbtrace.decode.bot import BotDecoder, ScsiCommand
 from usbtrace.decode.identity import IdentityTracker
-from usbtrace.decode.pairing import Exchange, Pairer, Step
+from usbtrace.decode.pairing import Exchange, Pairer
+from usbtrace.decode.uas import UasDecoder, UasPipes
 from usbtrace.errors import DatabaseError, InputError, UsbtraceError
 from usbtrace.records import BULK, COMPLETE, CONTROL, SUBMIT, TRANSFER_TYPE_NAMES, Event
 from usbtrace.storage import scsi
@@ -90,8 +92,6 @@ class Recording:
 
     name: str
     source: Callable[[], Iterator[Event]]  # the recording's events, from the start, anew
-    # or, for a stored session whose rows are all whole pairs, its exchanges straight away
-    steps: Callable[[], Iterator[Step]] | None = None
     device: Device | None = None
     survey: DeviceSurvey = field(default_factory=DeviceSurvey)
     descriptors: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
@@ -99,6 +99,7 @@ class Recording:
     identity: IdentityTracker = field(default_factory=IdentityTracker)
     endpoints: dict[str, int] = field(default_factory=dict)  # "in"/"out" bulk endpoints
     notes: list[str] = field(default_factory=list)  # what the survey found malformed
+    uas: UasPipes | None = None  # the UAS pipes, when the host selected a UAS setting
 
     @property
     def count(self) -> int:
@@ -113,7 +114,7 @@ class Recording:
         :class:`InputError` if they are not the ones surveyed (the source changed)."""
         device = self.device
         count = 0
-        for cmd in _decode_steps(self._steps(), None):
+        for cmd in _decode(self.source(), None):
             if (cmd.bus, cmd.device) == device:
                 count += 1
                 if count > self.count:
@@ -123,9 +124,6 @@ class Recording:
             raise InputError(f"{self.name}: the recording changed while it was replayed "
                              f"({self.count} commands surveyed, then {count}"
                              f"{' or more' if count > self.count else ''})")
-
-    def _steps(self) -> Iterator[Step]:
-        return self.steps() if self.steps is not None else _pair(self.source())
 
     # ---- the survey --------------------------------------------------------------------
 
@@ -147,6 +145,9 @@ class Recording:
                 self.identity.feed(x)
             except (UsbtraceError, ConstructError) as e:
                 self._note(f"a malformed descriptor was left out ({e})")
+            pipes = self.identity.uas_pipes(first.bus, first.device)
+            if pipes is not None:
+                self.uas = pipes
         elif first.transfer_type == BULK and first.endpoint is not None:
             self.endpoints.setdefault("in" if first.endpoint & 0x80 else "out",
                                       first.endpoint)
@@ -156,38 +157,49 @@ class Recording:
             self.notes.append(note)
 
 
-def _pair(stream: Iterable[Event]) -> Iterator[Step]:
-    """Pairing: each submission with its completion, as an import pairs them."""
-    pairer = Pairer()
-    for event in stream:
-        yield from pairer.feed(event)
-    for x in pairer.flush():
-        yield x, True
-
-
-def _decode_steps(steps: Iterable[Step],
-                  on_exchange: Callable[[Exchange], None] | None) -> Iterator[ScsiCommand]:
-    """Bulk-Only -> SCSI from pairing's steps, commands out as they finish."""
-    bot = BotDecoder()
-    for x, sealed in steps:
-        if sealed and on_exchange is not None:
-            on_exchange(x)
-        yield from bot.take(x, sealed)
-    yield from bot.flush()
-
-
 def _decode(stream: Iterable[Event],
             on_exchange: Callable[[Exchange], None] | None) -> Iterator[ScsiCommand]:
-    """Pairing, then Bulk-Only -> SCSI, one event in, commands out as they finish."""
-    return _decode_steps(_pair(stream), on_exchange)
+    """Pairing, then Bulk-Only or UAS -> SCSI (as the import decides: a device whose UAS
+    setting is selected goes to the UAS stage), one event in, commands out as they
+    finish."""
+    pairer = Pairer()
+    bot = BotDecoder()
+    identity = IdentityTracker()
+
+    def next_seq() -> int:  # one numbering for both stages, as the writer has it
+        bot._seq += 1
+        return bot._seq
+
+    uas = UasDecoder(next_seq)
+
+    def take(x: Exchange, sealed: bool) -> list[ScsiCommand]:
+        if sealed and on_exchange is not None:
+            on_exchange(x)
+        if not x.is_urb:
+            return bot.take(x, sealed)
+        if sealed:
+            try:
+                identity.feed(x)
+            except (UsbtraceError, ConstructError):
+                pass  # the survey notes it
+        pipes = identity.uas_pipes(x.first.bus, x.first.device)
+        if pipes is not None:
+            return uas.feed(x, pipes) if sealed else []
+        return bot.take(x, sealed)
+
+    for event in stream:
+        for x, sealed in pairer.feed(event):
+            yield from take(x, sealed)
+    for x in pairer.flush():
+        yield from take(x, True)
+    yield from sorted(bot.flush() + uas.flush(), key=lambda c: c.seq)
 
 
-def survey(name: str, source: Callable[[], Iterator[Event]],
-           steps: Callable[[], Iterator[Step]] | None = None) -> Recording:
+def survey(name: str, source: Callable[[], Iterator[Event]]) -> Recording:
     """The first pass: what a replay needs before it starts, in bounded memory."""
-    recording = Recording(name, source, steps)
+    recording = Recording(name, source)
     devices: dict[Device, DeviceSurvey] = {}
-    for cmd in _decode_steps(recording._steps(), recording._exchange):
+    for cmd in _decode(source(), recording._exchange):
         key = (cmd.bus, cmd.device)
         found = devices.get(key)
         if found is None:
@@ -245,7 +257,7 @@ FUNCTION_CODES = {name: code for code, name in U.URB_FUNCTION_NAMES.items()}
 USBD_CODES = {name: code for code, name in U.USBD_STATUS_NAMES.items()}
 URB_COLUMNS = ("seq", "irp_id", "submitted_at", "completed_at", "bus", "device", "endpoint",
                "transfer_type", "urb_function", "direction", "setup", "requested_length",
-               "actual_length", "status", "data")
+               "actual_length", "status", "data", "stream_id")
 
 
 def _status_code(name: str | None) -> int | None:
@@ -262,7 +274,7 @@ def _status_code(name: str | None) -> int | None:
 def _row_events(row: tuple[Any, ...]) -> Iterator[Event]:
     """An ``urbs`` row (one paired transfer) back into its submission and completion."""
     (seq, irp_text, submitted_at, completed_at, bus, device, endpoint, transfer_type,
-     function_name, direction, setup, requested, actual, status, payload) = row
+     function_name, direction, setup, requested, actual, status, payload, stream) = row
     try:
         irp_id = int(irp_text, 16)
     except (TypeError, ValueError):
@@ -271,38 +283,17 @@ def _row_events(row: tuple[Any, ...]) -> Iterator[Event]:
     data = bytes(payload) if payload else b""
     kind = TYPE_CODES.get(transfer_type, CONTROL)
     function = FUNCTION_CODES.get(function_name) if function_name else None
-    # positional, in Event's field order: this runs twice for every URB replayed
+    # positional, in Event's field order: this runs twice for every URB replayed; a live
+    # UAS session's stream goes with both, so its data goes by tag, not by order
     if submitted_at is not None:
         yield Event(SUBMIT, submitted_at, irp_id, "capture", None, None, None, None, None,
                     None, None, function, bus, device, endpoint, kind, U.USBD_STATUS_PENDING,
                     requested, bytes(setup) if setup else None,
-                    b"" if direction_in else data)
+                    b"" if direction_in else data, stream_id=stream)
     if completed_at is not None:
         yield Event(COMPLETE, completed_at, irp_id, "capture", None, None, None, None, None,
                     None, None, function, bus, device, endpoint, kind, _status_code(status),
-                    actual, None, data if direction_in else b"")
-
-
-def _row_steps(rows: Iterable[tuple[Any, ...]]) -> Iterator[Step]:
-    """What pairing makes of a session's rows when every row has its submission and its
-    completion: each row is one exchange, numbered in turn, handed on sealed (a bulk
-    OUT transfer with data first unsealed, at its submission), without putting the
-    two events through the pairer's table."""
-    seq = 0
-    for row in rows:
-        submit, complete = _row_events(row)
-        seq += 1
-        exchange = Exchange(seq, submit.irp_id, "capture", submit, complete)
-        if submit.data and submit.transfer_type == BULK and submit.endpoint is not None \
-                and not submit.endpoint & 0x80:
-            exchange.early = True
-            yield exchange.seal(), False
-        yield exchange.seal(), True
-
-
-def _unreadable(session_id: int, e: BaseException) -> DatabaseError:
-    first = (str(getattr(e, "orig", None) or e).strip().splitlines() or ["?"])[0]
-    return DatabaseError(f"session {session_id}: cannot read its URBs: {first}")
+                    actual, None, data if direction_in else b"", stream_id=stream)
 
 
 def session_state(database: Any, session_id: int) -> str:
@@ -314,6 +305,33 @@ def session_state(database: Any, session_id: int) -> str:
     if not rows:
         raise InputError(f"no session {session_id} in {database.display}")
     return effective_state(*rows[0])
+
+
+def _session_events(database: Any, session_id: int) -> Iterator[Event]:
+    """The session's ``urbs`` rows in seq order, a batch at a time, as events, each
+    completion at its own time (see ``_time_ordered``)."""
+    return _time_ordered(_session_rows(database, session_id))
+
+
+def _time_ordered(rows: Iterable[tuple[Any, ...]]) -> Iterator[Event]:
+    """Submissions in row (seq) order, each completion where its time puts it, as the
+    export's ``events_of`` does.  Rows are in submission order, and a decoder must see a
+    completion where it happened: a UAS host keeps several URBs pending, and without
+    streams the IU a status URB brought (a Write Ready for the next tag) decides where
+    data submitted after it goes.  Only completions still ahead wait."""
+    ahead: list[tuple[float, int, Event]] = []  # a heap
+    count = 0
+    for row in rows:
+        for event in _row_events(row):
+            if event.kind == SUBMIT:
+                while ahead and ahead[0][0] <= event.ts:
+                    yield heapq.heappop(ahead)[2]
+                yield event
+            else:
+                count += 1
+                heapq.heappush(ahead, (event.ts, count, event))
+    while ahead:
+        yield heapq.heappop(ahead)[2]
 
 
 def _session_rows(database: Any, session_id: int) -> Iterator[tuple[Any, ...]]:
@@ -342,20 +360,6 @@ def _session_rows(database: Any, session_id: int) -> Iterator[tuple[Any, ...]]:
             yield tuple(row)
 
 
-def _session_events(database: Any, session_id: int) -> Iterator[Event]:
-    """The session's ``urbs`` rows in seq order, a batch at a time, as events."""
-    for row in _session_rows(database, session_id):
-        yield from _row_events(row)
-
-
-def _whole_pairs(database: Any, session_id: int) -> bool:
-    """Whether every row of the session has both its submission and its completion."""
-    _, rows = database.query(
-        "SELECT count(*) FROM urbs WHERE session_id = :id AND "
-        "(submitted_at IS NULL OR completed_at IS NULL)", {"id": session_id})
-    return not rows[0][0]
-
-
 def load_session(database: Any, session_id: int) -> Recording:
     """A stored session, read back from its URB rows, a batch at a time."""
     state = session_state(database, session_id)
@@ -367,19 +371,10 @@ def load_session(database: Any, session_id: int) -> Recording:
         try:
             yield from _session_events(database, session_id)
         except (sqlite3.Error, SQLAlchemyError) as e:
-            raise _unreadable(session_id, e) from None
+            first = (str(getattr(e, "orig", None) or e).strip().splitlines() or ["?"])[0]
+            raise DatabaseError(f"session {session_id}: cannot read its URBs: {first}") from None
 
-    def steps() -> Iterator[Step]:
-        try:
-            yield from _row_steps(_session_rows(database, session_id))
-        except (sqlite3.Error, SQLAlchemyError) as e:
-            raise _unreadable(session_id, e) from None
-
-    try:
-        whole = _whole_pairs(database, session_id)
-    except (sqlite3.Error, SQLAlchemyError, DatabaseError):
-        whole = False  # the pass itself will say what is wrong
-    recording = survey(f"session {session_id}", source, steps if whole else None)
+    recording = survey(f"session {session_id}", source)
     if not recording.count:
         raise InputError(f"session {session_id} has no mass-storage commands to replay")
     return recording

@@ -134,7 +134,8 @@ def replay(source: str, mode: str = "device", against: str | None = None,
         replay_device(recording, report)
     else:
         target = hardware_target(recording, device, usb_backend, allow_write) if device \
-            else SimulatedStick(target_image(recording, against), speed="high")
+            else SimulatedStick(target_image(recording, against), speed="high",
+                                protocol="uas" if recording.uas is not None else "bot")
         try:
             replay_host(recording, target, report, speed, max_gap, clock)
         finally:

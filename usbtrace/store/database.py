@@ -16,6 +16,7 @@ deadline and Ctrl-C checked from SQLite's progress handler.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import os
@@ -103,8 +104,10 @@ COMMAND_ARGS: ContextVar[tuple[str, ...] | None] = ContextVar("usbtrace_command_
                                                               default=None)
 
 
+@functools.cache
 def usbtrace_version() -> str | None:
-    """The installed release, as ``pip`` knows it (None when run from a bare tree)."""
+    """The installed release, as ``pip`` knows it (None when run from a bare tree).
+    Read once: the metadata lookup parses the package's METADATA file each time."""
     try:
         return importlib.metadata.version("usbtrace")
     except importlib.metadata.PackageNotFoundError:
@@ -197,12 +200,14 @@ class Database:
             with self.engine.connect() as conn:
                 row = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).first()
             version = int(row[0]) if row and str(row[0]).isdigit() else 0
-            if version == 1 and not self.readonly:
-                self._upgrade_from_1()
-            elif version == 1:
+            if version in (1, 2) and not self.readonly:
+                if version == 1:
+                    self._upgrade_from_1()
+                self._upgrade_from_2()
+            elif version in (1, 2):
                 raise DatabaseError(f"{self.display}: written by an older usbtrace (schema "
-                                    f"version 1); 'usbtrace upgrade --db {self.display}' "
-                                    f"brings it to version {SCHEMA_VERSION}")
+                                    f"version {version}); 'usbtrace upgrade --db "
+                                    f"{self.display}' brings it to version {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise DatabaseError(f"{self.display}: schema version {version}, this usbtrace "
                                     f"reads version {SCHEMA_VERSION}")
@@ -238,8 +243,16 @@ class Database:
                     assert isinstance(index, Index)
                     index.create(conn, checkfirst=True)
             conn.execute(sql_update(Meta).where(Meta.key == "schema_version")
-                         .values(value=str(SCHEMA_VERSION)))
+                         .values(value="2"))
         self._create_missing_views()
+
+    def _upgrade_from_2(self) -> None:
+        """Schema 2 -> 3: ``urbs.stream_id``, the USB 3 bulk stream of a live record
+        (NULL for every row before: no capture format records it)."""
+        with self.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE urbs ADD COLUMN stream_id INTEGER"))
+            conn.execute(sql_update(Meta).where(Meta.key == "schema_version")
+                         .values(value=str(SCHEMA_VERSION)))
 
     def _create_missing_views(self) -> None:
         """The documented views, in a database made before they existed (a writer adds

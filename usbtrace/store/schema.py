@@ -44,7 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # A session's life: ``running`` while a process writes it; then ``complete``,
 # ``interrupted`` (Ctrl-C, or its writer died: counts are true as of the last
@@ -132,6 +132,7 @@ class UrbRow(Base):
     truncated: Mapped[bool] = mapped_column(Boolean)
     setup: Mapped[bytes | None] = mapped_column(LargeBinary)
     data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    stream_id: Mapped[int | None] = mapped_column(Integer)  # USB 3 bulk stream; live only
 
     __table_args__ = (Index("ix_urbs_irp", "session_id", "irp_id"),)
 

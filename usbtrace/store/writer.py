@@ -97,6 +97,7 @@ def urb_row(session_id: int, x: Exchange, _types: dict[int, str] = TRANSFER_TYPE
         _functions.get(function) if function is not None else None,
         None if status is None else (_statuses.get(status) or f"0x{status:08x}"),
         x.requested_length, x.actual_length, len(data), x.truncated, first.setup, data or None,
+        first.stream_id,
     )
 
 

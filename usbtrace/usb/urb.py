@@ -86,6 +86,8 @@ URB_FUNCTION_GET_MS_FEATURE_DESCRIPTOR = 0x002A
 URB_FUNCTION_SYNC_RESET_PIPE = 0x0030
 URB_FUNCTION_SYNC_CLEAR_STALL = 0x0031
 URB_FUNCTION_CONTROL_TRANSFER_EX = 0x0032
+URB_FUNCTION_OPEN_STATIC_STREAMS = 0x0035  # USB 3 bulk streams (usb.h, Windows 8)
+URB_FUNCTION_CLOSE_STATIC_STREAMS = 0x0036
 
 URB_FUNCTION_NAMES = {
     value: name[len("URB_FUNCTION_"):].lower()
@@ -171,6 +173,15 @@ class PipeInformation:
     maximum_packet_size: int
     interval: int = 0
     maximum_transfer_size: int = 0x10000
+
+
+@dataclass(slots=True, eq=False)
+class StreamInformation(PipeInformation):
+    """USBD_STREAM_INFORMATION: the PipeHandle of one stream of a bulk pipe, which
+    OPEN_STATIC_STREAMS fills in; a bulk URB on it moves data on stream ``stream_id``
+    (from 1) of the pipe's endpoint."""
+
+    stream_id: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -264,6 +275,12 @@ class UrbBulkOrInterruptTransfer(Urb):
     @property
     def direction_in(self) -> bool:
         return bool(self.pipe_handle.endpoint_address & 0x80)
+
+    @property
+    def stream_id(self) -> int:
+        """The stream the URB's pipe handle names; 0 for a pipe without streams."""
+        return self.pipe_handle.stream_id if isinstance(self.pipe_handle, StreamInformation) \
+            else 0
 
     @property
     def transfer_buffer(self) -> bytearray | memoryview:
@@ -361,8 +378,28 @@ class UrbSelectInterface(Urb):
                                self.interface.interface_number, 0)
 
 
+class UrbOpenStaticStreams(Urb):
+    """_URB_OPEN_STATIC_STREAMS: open ``number_of_streams`` streams on a bulk pipe whose
+    SuperSpeed companion offers them; the bus fills ``streams`` with a handle each
+    (stream ids 1..n).  Nothing goes on the wire: the host controller configures its
+    endpoint context (xHCI's stream context array)."""
+
+    __slots__ = ("pipe_handle", "number_of_streams", "streams")
+
+    def __init__(self, pipe: PipeInformation, number_of_streams: int) -> None:
+        super().__init__(URB_FUNCTION_OPEN_STATIC_STREAMS)
+        self.pipe_handle = pipe
+        self.number_of_streams = number_of_streams
+        self.streams: list[StreamInformation] = []
+
+    @property
+    def endpoint(self) -> int:
+        return self.pipe_handle.endpoint_address
+
+
 class UrbPipeRequest(Urb):
-    """ABORT_PIPE, SYNC_RESET_PIPE_AND_CLEAR_STALL, SYNC_RESET_PIPE, SYNC_CLEAR_STALL."""
+    """ABORT_PIPE, SYNC_RESET_PIPE_AND_CLEAR_STALL, SYNC_RESET_PIPE, SYNC_CLEAR_STALL,
+    CLOSE_STATIC_STREAMS."""
 
     __slots__ = ("pipe_handle",)
 
