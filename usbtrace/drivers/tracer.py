@@ -279,18 +279,14 @@ def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str) -
             _describe_urb(ext, event, params.type3_input_buffer, done)
         elif params is not None and hasattr(params, "srb"):
             event.detail = "srb"
+    elif major == IRP_MJ_READ or major == IRP_MJ_WRITE:
+        file_object = loc.file_object
+        event = Event(kind, ext.clock(), irp.id, ext.position, major, None, length=params.length,
+                      offset=params.byte_offset,
+                      file_object=file_object.id if file_object is not None else None)
     else:
         event = Event(kind, ext.clock(), irp.id, ext.position, major, loc.minor_function)
-        if major == IRP_MJ_READ or major == IRP_MJ_WRITE:
-            event.minor = None
-            event.offset = params.byte_offset
-            event.length = params.length
-            file_object = loc.file_object
-            if file_object is not None:
-                event.file_object = file_object.id
-        elif major == IRP_MJ_PNP or major == IRP_MJ_POWER:
-            pass
-        else:
+        if major != IRP_MJ_PNP and major != IRP_MJ_POWER:  # only PnP and power have minors
             event.minor = None
             if params is not None and hasattr(params, "io_control_code"):
                 event.ioctl = params.io_control_code

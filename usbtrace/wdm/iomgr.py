@@ -116,14 +116,9 @@ def IoSetCompletionRoutine(  # noqa: N802
     loc = irp.stack[irp.current_location - 1]
     loc.completion_routine = routine
     loc.context = context
-    control = 0
-    if invoke_on_success:
-        control |= SL_INVOKE_ON_SUCCESS
-    if invoke_on_error:
-        control |= SL_INVOKE_ON_ERROR
-    if invoke_on_cancel:
-        control |= SL_INVOKE_ON_CANCEL
-    loc.control = control
+    loc.control = (SL_INVOKE_ON_SUCCESS if invoke_on_success else 0) | \
+        (SL_INVOKE_ON_ERROR if invoke_on_error else 0) | \
+        (SL_INVOKE_ON_CANCEL if invoke_on_cancel else 0)
 
 
 def IoMarkIrpPending(irp: Irp) -> None:  # noqa: N802
