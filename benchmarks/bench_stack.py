@@ -13,7 +13,7 @@ stick.  Stages, to show what limits the traced rate:
             without file attribution)
   files     ... and attributes blocks to files too (what ``usbtrace record`` does)
   sqlite    no stack at all: the same payload bytes inserted as 64 KiB blobs, with
-            the pragmas the application uses (64 KiB pages, rollback journal)
+            the pragmas the application uses (64 KiB pages, WAL)
   disk      no SQLite: the same bytes written to a file 64 KiB at a time, then fsync
 
 Each stage reports wall-clock MB/s, the CPU seconds of this process (the stack and
@@ -132,7 +132,7 @@ def sqlite_floor(mib: int, folder: Path) -> Sample:
     path = folder / "floor.db"
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
-    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("CREATE TABLE t (seq INTEGER, data BLOB)")
     blob = os.urandom(CHUNK)

@@ -5,11 +5,10 @@ version we read; an empty file becomes ours; anything else is refused with a
 message, never altered.
 
 Readers open SQLite read-only (``mode=ro``): they change no byte, leave no
-``-wal``/``-shm`` files and work in a read-only folder.  Writers use a rollback
-journal and 64 KiB pages, so each payload byte reaches the disk once (see
-``_sqlite_pragmas``); readers still watch a session grow, commit by commit.  A
-file left in WAL mode by an older usbtrace goes back to a rollback journal when
-its last writer closes.
+``-wal``/``-shm`` files and work in a read-only folder.  Writers use WAL and
+64 KiB pages (see ``_sqlite_pragmas``), so readers watch a session grow, commit by
+commit, without ever holding up the writer; the last writer to close turns the
+file back into rollback-journal mode, one self-contained file again.
 ``query`` runs users' SQL under an authorizer that allows reading only, with a
 deadline and Ctrl-C checked from SQLite's progress handler.
 """
@@ -60,21 +59,24 @@ PAGE_SIZE = 65536  # SQLite's largest page: see _sqlite_pragmas
 
 
 def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
-    """A writer's connection: 64 KiB pages and a rollback journal, so a payload is written
-    to the disk once.
+    """A writer's connection: 64 KiB pages and WAL.
 
-    A page appended past the file's old end is never journaled (the journal holds only
-    the old content of pages that existed), so a 64 KiB payload lands in a fresh overflow
-    page, once; WAL would write it twice (to the WAL, then at the checkpoint).  64 KiB
-    pages also cost less CPU per payload than 4 KiB ones.  The page size takes effect only
-    on a new, empty file; an existing database keeps its own.  ``synchronous=NORMAL`` with
-    commits by batch: a killed writer loses at most the batch it was writing."""
+    WAL because a reader must never stop a writer: ``usbtrace log`` or a user's
+    ``query`` on a session that is still growing (a live ``import -``, a ``record``)
+    holds its read for as long as it streams, and with a rollback journal the writer's
+    next commit would wait for it, then fail after the busy timeout and lose the
+    capture.  The price is that each payload page reaches the disk twice (the WAL, then
+    the checkpoint); a rollback journal would write an appended page once.  64 KiB
+    pages (SQLite's largest) cost less CPU per payload than 4 KiB ones; the page size
+    takes effect only on a new, empty file, and an existing database keeps its own.
+    ``synchronous=NORMAL`` with commits by batch: a killed writer loses at most the
+    batch it was writing."""
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=10000")  # first: switching to WAL may wait too
     cursor.execute(f"PRAGMA page_size={PAGE_SIZE}")
-    cursor.execute("PRAGMA journal_mode=DELETE")
+    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
 
