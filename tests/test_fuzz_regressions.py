@@ -157,7 +157,7 @@ def test_the_time_limit_is_cpu_time(tmp_path: Path) -> None:
     assert not waiting.findings and waiting.wall >= 0.6 > waiting.seconds
     spinning = run_input(_Workspace(tmp_path, 5.0, busy=True), b"", ("decode",), 0.3)
     assert [f.kind for f in spinning.findings] == ["timeout"]
-    assert 0.3 <= spinning.seconds < 1.0
+    assert 0.25 <= spinning.seconds < 1.0  # the timer and process_time() round apart
 
 
 def _child(code: str) -> subprocess.Popen[bytes]:
