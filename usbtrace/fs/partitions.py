@@ -192,10 +192,14 @@ class DiskLayout:
         trusted on a disk that says it has a GPT, any sector that is a header of
         its own LBA (how a backup is found when the primary fails)."""
         end = lba + count
-        wanted = {1} | {h.alternate for h in self.headers.values() if h.problem is None}
-        found = [at for at in wanted if lba <= at < end]
-        suspected = self.sector0 == "protective" or any(
-            h.problem is not None for h in self.headers.values())
+        if not self.headers:  # the common case, asked at every command: no set to build
+            found = [1] if lba <= 1 < end else []
+            suspected = self.sector0 == "protective"
+        else:
+            wanted = {1} | {h.alternate for h in self.headers.values() if h.problem is None}
+            found = [at for at in wanted if lba <= at < end]
+            suspected = self.sector0 == "protective" or any(
+                h.problem is not None for h in self.headers.values())
         if suspected and not self.tables:
             offset = data.find(gpt.SIGNATURE)
             while offset != -1:
