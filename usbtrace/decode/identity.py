@@ -58,6 +58,7 @@ class IdentityTracker:
         # (record number, what was wrong) for descriptors that are not what they claim
         self.malformed: list[tuple[int | None, str]] = []
         self._configurations: dict[bytes, _Configuration] = {}  # descriptor -> its summary
+        self.uas_selected = False  # some device has its UAS setting selected (else: BOT)
 
     def uas_pipes(self, bus: int | None, device: int | None) -> UasPipes | None:
         """The UAS pipes of a device whose selected setting is UAS; else None."""
@@ -104,7 +105,7 @@ class IdentityTracker:
                 ident.storage_protocols = set(protocols)
                 ident.uas_settings = {setting: UasPipes.from_usage(usage)
                                       for setting, usage in usages}
-                ident.update_uas()
+                self._update_uas(ident)
         elif kind == d.STRING and index:
             text = d.decode_string(data)
             if text is not None:
@@ -130,6 +131,10 @@ class IdentityTracker:
         known = self._configurations[data] = (bad, numbers, protocols, usages)
         return known
 
+    def _update_uas(self, ident: DeviceIdentity) -> None:
+        ident.update_uas()
+        self.uas_selected = any(i.uas is not None for i in self.devices.values())
+
     def _selection(self, x: Exchange, setup: bytes) -> None:
         """SET_INTERFACE (interface <- alternate setting) and SET_CONFIGURATION (all <- 0),
         once the device accepted them."""
@@ -147,4 +152,4 @@ class IdentityTracker:
             ident.selected.clear()
         else:
             return
-        ident.update_uas()
+        self._update_uas(ident)

@@ -103,7 +103,18 @@ class Pairer:
 
     def feed(self, event: Event) -> list[Step]:
         key = (event.position, event.irp_id, event.endpoint)
-        if event.kind == SUBMIT:
+        kind = event.kind
+        if kind == COMPLETE:  # the common case first, with ``_take`` inlined (per record)
+            pending = self._pending.pop(key, None)
+            if pending is None:
+                self._seq += 1
+                return [(Exchange(self._seq, event.irp_id, event.position, None, event).seal(),
+                         True)]
+            if pending.submit is not None:
+                self._pending_bytes -= len(pending.submit.data)
+            pending.complete = event
+            return [(pending.seal(), True)]
+        if kind == SUBMIT:
             self._seq += 1
             out: list[Step] = []
             stale = self._take(key)
@@ -123,14 +134,6 @@ class Pairer:
                 self.evicted += 1
                 out.append((oldest.seal(), True))
             return out
-        if event.kind == COMPLETE:
-            pending = self._take(key)
-            if pending is None:
-                self._seq += 1
-                return [(Exchange(self._seq, event.irp_id, event.position, None, event).seal(),
-                         True)]
-            pending.complete = event
-            return [(pending.seal(), True)]
         return []
 
     def _take(self, key: tuple[str, int, int | None]) -> Exchange | None:
