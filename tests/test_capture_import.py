@@ -239,6 +239,7 @@ def test_large_file_path_stores_from_a_second_process(tmp_path: Path,
     db = Database(tmp_path / "t.db")
     inline = import_capture(db, shared_capture(name))
     monkeypatch.setattr(importing, "BACKGROUND_FROM", 0)
+    monkeypatch.setattr(importing, "spare_core", lambda: True)
     forked = import_capture(db, shared_capture(name), force=True)
     assert forked.commands == inline.commands == 206
     conn = sqlite3.connect(tmp_path / "t.db")
@@ -260,6 +261,7 @@ def test_after_works_in_the_storing_process(tmp_path: Path,
     db = Database(tmp_path / "t.db")
     first = import_capture(db, shared_capture("ajbanjara__usb_memory_stick.pcap"))
     monkeypatch.setattr(importing, "BACKGROUND_FROM", 0)
+    monkeypatch.setattr(importing, "spare_core", lambda: True)
     after = import_capture(db, shared_capture("ajbanjara__usb_memory_stick_create_file.pcap"),
                            after=first.session_id)
     events = sqlite3.connect(tmp_path / "t.db").execute(
@@ -298,3 +300,34 @@ def test_decoding_notes_name_orphans_and_uas(tmp_path: Path) -> None:
     notes, = sqlite3.connect(tmp_path / "t.db").execute("SELECT notes FROM sessions").fetchone()
     assert "1 bulk transfers belonged to no command" in notes
     assert "device 1.5 speaks UAS" in notes
+
+
+@pytest.mark.parametrize(("cpus", "load", "spare"), [(1, 0.0, False), (2, 0.2, True),
+                                                     (2, 1.0, False), (2, 2.0, False),
+                                                     (4, 2.0, True), (4, 2.6, False)])
+def test_a_second_process_only_where_a_core_is_idle(monkeypatch: pytest.MonkeyPatch,
+                                                    cpus: int, load: float,
+                                                    spare: bool) -> None:
+    """On a busy machine the inserter would take turns with the decoder on one core."""
+    import usbtrace.importing as importing
+
+    monkeypatch.setattr(importing.os, "sched_getaffinity", lambda pid: set(range(cpus)),
+                        raising=False)
+    monkeypatch.setattr(importing.os, "getloadavg", lambda: (load, load, load))
+    assert importing.spare_core() is spare
+
+
+def test_no_spare_core_stores_in_the_decoding_process(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import usbtrace.importing as importing
+    import usbtrace.store.writer as writer
+
+    def no_fork(*args: object) -> None:
+        raise AssertionError("forked although no core is idle")
+
+    monkeypatch.setattr(importing, "BACKGROUND_FROM", 0)
+    monkeypatch.setattr(importing, "spare_core", lambda: False)
+    monkeypatch.setattr(writer, "ProcessInserter", no_fork)
+    result = import_capture(Database(tmp_path / "t.db"),
+                            shared_capture("ajbanjara__usb_memory_stick.pcap"))
+    assert result.commands > 0
