@@ -331,3 +331,15 @@ def test_no_spare_core_stores_in_the_decoding_process(tmp_path: Path,
     result = import_capture(Database(tmp_path / "t.db"),
                             shared_capture("ajbanjara__usb_memory_stick.pcap"))
     assert result.commands > 0
+
+
+def test_the_collector_is_put_back_after_an_import(tmp_path: Path) -> None:
+    import gc
+
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    result = import_capture(Database(tmp_path / "t.db"),
+                            shared_capture("ajbanjara__usb_memory_stick.pcap"))
+    assert result.commands > 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == frozen

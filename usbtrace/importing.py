@@ -15,11 +15,12 @@ read twice, so its SHA-256 is computed on the way and stored, never used to skip
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -38,6 +39,7 @@ MAX_LISTED = 20
 BACKGROUND_FROM = 8 << 20  # bytes of capture
 STDIN = "-"
 SPARE_MARGIN = 0.5  # load below CPUs - 1 - this: a core is free for the inserter
+GC_YOUNG, GC_OLD = 50_000, 100  # the collector's thresholds during an import (at least)
 LIVE_FLUSH = 1.0  # seconds: the longest a live record waits for its commit while input flows
 
 
@@ -104,7 +106,27 @@ def import_capture(database: Database, path: Path,
         source: BinaryIO | int = handle if handle is not None else \
             (stdin if stdin is not None else standard_input())
         tap = Tap(source, digest=live)
-        return _import(database, path, tap, digest, progress, after, attribute_files, t0)
+        with collector_tuned():
+            return _import(database, path, tap, digest, progress, after, attribute_files, t0)
+
+
+@contextlib.contextmanager
+def collector_tuned() -> Iterator[None]:
+    """The import makes a few objects per record, short-lived and without cycles, while
+    the long-lived ones (modules, the shadow volume, pending exchanges) only grow; the
+    cyclic collector would walk those again and again.  So what exists is frozen out of
+    its view for the import, and it runs less often; both are put back after."""
+    threshold = gc.get_threshold()
+    ours = gc.get_freeze_count() == 0  # a caller's own freeze is left as it is
+    if ours:
+        gc.freeze()
+    gc.set_threshold(max(threshold[0], GC_YOUNG), threshold[1], max(threshold[2], GC_OLD))
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        if ours:
+            gc.unfreeze()
 
 
 def _import(database: Database, path: Path, tap: Tap, digest: str | None,
