@@ -154,7 +154,7 @@ def _events(reader: CaptureReader, stats: CaptureStats,
                         Packet(number, ts - origin, linktype, data, record[4], record[5], big))
             except malformed as e:
                 stats.malformed.append((number, str(e)))
-            if progress is not None and where() - last >= 1 << 20:
+            if progress is not None and not count & 255 and where() - last >= 1 << 20:
                 progress(where() - last)
                 last = where()
     except SourceError as e:  # keep what came before, then say why it stopped

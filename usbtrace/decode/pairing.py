@@ -102,18 +102,10 @@ class Pairer:
         self.evicted = 0  # submissions sealed uncompleted because too many waited
 
     def feed(self, event: Event) -> list[Step]:
-        key = (event.position, event.irp_id, event.endpoint)
         kind = event.kind
-        if kind == COMPLETE:  # the common case first, with ``_take`` inlined (per record)
-            pending = self._pending.pop(key, None)
-            if pending is None:
-                self._seq += 1
-                return [(Exchange(self._seq, event.irp_id, event.position, None, event).seal(),
-                         True)]
-            if pending.submit is not None:
-                self._pending_bytes -= len(pending.submit.data)
-            pending.complete = event
-            return [(pending.seal(), True)]
+        if kind == COMPLETE:
+            return [(self.complete(event), True)]
+        key = (event.position, event.irp_id, event.endpoint)
         if kind == SUBMIT:
             self._seq += 1
             out: list[Step] = []
@@ -135,6 +127,18 @@ class Pairer:
                 out.append((oldest.seal(), True))
             return out
         return []
+
+    def complete(self, event: Event) -> Exchange:
+        """``feed`` for a completion, which always makes exactly one sealed exchange:
+        that exchange, with no list around it (half the records of a capture)."""
+        pending = self._pending.pop((event.position, event.irp_id, event.endpoint), None)
+        if pending is None:
+            self._seq += 1
+            return Exchange(self._seq, event.irp_id, event.position, None, event).seal()
+        if pending.submit is not None:
+            self._pending_bytes -= len(pending.submit.data)
+        pending.complete = event
+        return pending.seal()
 
     def _take(self, key: tuple[str, int, int | None]) -> Exchange | None:
         exchange = self._pending.pop(key, None)

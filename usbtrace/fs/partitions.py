@@ -272,6 +272,8 @@ class DiskLayout:
             bases.append((0, None))
         out: list[tuple[int, int | None, str]] = []
         for start, end in bases:
+            if start + 64 < lba or start >= lba + count:  # none of its signature sectors
+                continue
             for rel in (0, 2, 64):
                 at = start + rel
                 if not lba <= at < lba + count:

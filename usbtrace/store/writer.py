@@ -29,7 +29,7 @@ from usbtrace.decode.pairing import Exchange, Pairer
 from usbtrace.decode.uas import UasDecoder
 from usbtrace.errors import DatabaseError
 from usbtrace.fs.shadow import Activity, Attributor
-from usbtrace.records import CONTROL, GAP, TRANSFER_TYPE_NAMES, Event
+from usbtrace.records import COMPLETE, CONTROL, GAP, TRANSFER_TYPE_NAMES, Event
 from usbtrace.storage.ioctl import IOCTL_NAMES
 from usbtrace.store.database import Database
 from usbtrace.store.schema import (
@@ -291,6 +291,9 @@ class SessionWriter:
         self.records += 1
         if event.ts > self.last_ts:
             self.last_ts = event.ts
+        if event.kind == COMPLETE:  # one sealed exchange, always
+            self._exchange(self.pairer.complete(event))
+            return
         for x, sealed in self.pairer.feed(event):
             self._exchange(x, sealed)
 
