@@ -343,3 +343,25 @@ def test_the_collector_is_put_back_after_an_import(tmp_path: Path) -> None:
     assert result.commands > 0
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == frozen
+
+
+@pytest.mark.parametrize("name", ["ajbanjara__USBMSC-USBPcap.pcapng",
+                                  "ajbanjara__STM32L052-Nucleo-via-hub-usbmon.pcapng",
+                                  "ajbanjara__BT_USB_LinCooked_Eth_80211_RT.ntar"])
+def test_pcapng_blocks_framed_in_place_read_as_the_general_path_reads_them(
+        monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """A tiny read chunk leaves no whole block in the buffer, so every block takes the
+    general path; the default chunk frames Enhanced Packet Blocks in place."""
+    path = shared_capture(name)
+
+    def framed() -> tuple[list[tuple[object, ...]], list[tuple[int, str]], int]:
+        with open(path, "rb") as f:
+            reader = CaptureReader(f)
+            records = list(reader.records())
+            return records, reader.malformed, reader.bytes_read
+
+    in_place = framed()
+    monkeypatch.setattr(CaptureReader, "CHUNK", 97)
+    general = framed()
+    assert in_place == general
+    assert len(in_place[0]) > 400 and in_place[2] == path.stat().st_size
