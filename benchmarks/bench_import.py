@@ -20,6 +20,9 @@ include every descendant it waited for (usbtrace's forked inserter).  Per pair t
 usbtrace/tshark; reported: the median ratio with its min-max over the pairs.  Wall time
 means something only on an idle machine: the load average is printed beside it.
 
+Whether usbtrace forked its inserter (it does only where a core is free: see
+``importing.spare_core``) is told by that child's peak RSS, and counted.
+
 Peak memory: usbtrace's import runs in a wrapper that prints its own peak RSS
 (``RUSAGE_SELF``) and its children's (``RUSAGE_CHILDREN``: the inserter, its only
 child); their sum bounds the tree's peak from above (the two peaks need not coincide).
@@ -178,6 +181,9 @@ def bench(key: str, path: Path, pairs: int, tmp: Path) -> None:
           f"{spread(attribution, '{:.0f}')} %")
     ours_rss = max(sum(r.rss_kib) for r in runs.ours + runs.plain) / 1024
     parts = max(runs.ours + runs.plain, key=lambda r: sum(r.rss_kib)).rss_kib
+    forked = sum(len(r.rss_kib) > 1 for r in runs.ours + runs.plain)
+    print(f"  usbtrace forked its inserter in {forked} of {len(runs.ours + runs.plain)} runs "
+          "(only where a core was free for it)")
     print(f"  peak RSS usbtrace {ours_rss:.0f} MiB for the tree "
           f"({' + '.join(f'{k / 1024:.0f}' for k in parts)}: sum of each process's peak), "
           f"tshark {max(r.rss_kib[0] for r in runs.peer) / 1024:.0f} MiB", flush=True)

@@ -305,15 +305,40 @@ def test_decoding_notes_name_orphans_and_uas(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("cpus", "load", "spare"), [(1, 0.0, False), (2, 0.2, True),
                                                      (2, 1.0, False), (2, 2.0, False),
                                                      (4, 2.0, True), (4, 2.6, False)])
-def test_a_second_process_only_where_a_core_is_idle(monkeypatch: pytest.MonkeyPatch,
-                                                    cpus: int, load: float,
-                                                    spare: bool) -> None:
+def test_without_proc_stat_the_load_average_says_if_a_core_is_idle(
+        monkeypatch: pytest.MonkeyPatch, cpus: int, load: float, spare: bool) -> None:
     """On a busy machine the inserter would take turns with the decoder on one core."""
     import usbtrace.importing as importing
 
     monkeypatch.setattr(importing.os, "sched_getaffinity", lambda pid: set(range(cpus)),
                         raising=False)
     monkeypatch.setattr(importing.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(importing, "PROC_STAT", "/nonexistent/stat")
+    assert importing.spare_core() is spare
+
+
+@pytest.mark.parametrize(("busy", "niced", "spare"), [(0, 0, True), (100, 0, False),
+                                                      (30, 0, True), (60, 0, False),
+                                                      (0, 200, True), (100, 100, False)])
+def test_niced_work_leaves_a_core_free_for_the_inserter(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy: int, niced: int,
+        spare: bool) -> None:
+    """Two CPUs, 200 ticks between two looks at /proc/stat: ``busy`` of them at normal
+    priority, ``niced`` at nice > 0 (a background fuzz run, which yields to the import)."""
+    import usbtrace.importing as importing
+
+    stat = tmp_path / "stat"
+    samples = iter([[0] * 8, [busy, niced, 0, 200 - busy - niced, 0, 0, 0, 0]])
+
+    def look() -> None:
+        values = next(samples)
+        stat.write_text("cpu  " + " ".join(map(str, values)) + "\ncpu0 0 0 0 0\n")
+
+    look()
+    monkeypatch.setattr(importing, "PROC_STAT", str(stat))
+    monkeypatch.setattr(importing.time, "sleep", lambda seconds: look())
+    monkeypatch.setattr(importing.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(importing.os, "cpu_count", lambda: 2)
     assert importing.spare_core() is spare
 
 

@@ -38,7 +38,9 @@ from usbtrace.store.writer import SessionWriter
 MAX_LISTED = 20
 BACKGROUND_FROM = 8 << 20  # bytes of capture
 STDIN = "-"
-SPARE_MARGIN = 0.5  # load below CPUs - 1 - this: a core is free for the inserter
+SPARE_CPUS = 1.5  # CPUs free (ours among them) for a second process to be worth it
+PROC_STAT = "/proc/stat"
+CPU_SAMPLE = 0.1  # seconds over which free CPUs are counted (10 ticks of each CPU)
 GC_YOUNG, GC_OLD = 50_000, 100  # the collector's thresholds during an import (at least)
 LIVE_FLUSH = 1.0  # seconds: the longest a live record waits for its commit while input flows
 
@@ -56,18 +58,56 @@ class ImportResult:
 
 def spare_core() -> bool:
     """Whether a second process would run beside this one instead of taking turns with
-    it: at least two CPUs for this process, and a load average that leaves one of them
-    idle.  On a busy machine the two processes share a core, so the rows pickled from one
-    to the other are pure overhead (about a seventh more CPU than storing them here)."""
+    it: at least two CPUs for this process, and, over a short look, at least
+    ``SPARE_CPUS`` of them idle or running only niced work (which yields to ours).  On a
+    busy machine the two processes share a core, so the rows pickled from one to the
+    other are pure overhead (about a seventh more CPU than storing them here).  Where the
+    kernel does not say, the load average decides."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
+    if cpus < 2:
+        return False
+    free = free_cpus()
+    if free is not None:
+        return free >= SPARE_CPUS
     try:
         busy = os.getloadavg()[0]
     except (AttributeError, OSError):  # Windows has no load average: no fork there either
-        return cpus >= 2
-    return cpus >= 2 and busy <= cpus - 1 - SPARE_MARGIN
+        return True
+    return busy <= cpus - SPARE_CPUS
+
+
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time so far (user, nice, system, idle, iowait, irq, softirq,
+    steal, in ticks) from /proc/stat; None where there is no such file."""
+    try:
+        with open(PROC_STAT, encoding="ascii") as f:
+            fields = f.readline().split()
+        if not fields or fields[0] != "cpu":
+            return None
+        return [int(v) for v in fields[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def free_cpus(sample: float = CPU_SAMPLE) -> float | None:
+    """How many CPUs were idle or ran only niced work over ``sample`` seconds (this
+    process sleeps meanwhile, so its own CPU counts as free); None when unknown."""
+    before = cpu_times()
+    if before is None:
+        return None
+    time.sleep(sample)
+    after = cpu_times()
+    if after is None or len(after) != len(before):
+        return None
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta)
+    if total <= 0:
+        return None
+    _, nice, _, idle, iowait = delta[:5]
+    return (nice + idle + iowait) / total * (os.cpu_count() or 1)
 
 
 def sha256_of(path: Path) -> str:
