@@ -26,7 +26,9 @@ Whether usbtrace forked its inserter (it does only where a core is free: see
 Peak memory: usbtrace's import runs in a wrapper that prints its own peak RSS
 (``RUSAGE_SELF``) and its children's (``RUSAGE_CHILDREN``: the inserter, its only
 child); their sum bounds the tree's peak from above (the two peaks need not coincide).
-tshark is one process: ``ru_maxrss`` from ``wait4``.
+tshark is one process: ``ru_maxrss`` from ``wait4``.  As the forked inserter shares the
+parent's pages, the benchmark also samples the tree's proportional set size (PSS, shared
+pages counted once in all) from /proc every quarter second, and reports its peak.
 
 Run:  python benchmarks/bench_import.py [--records 1000000] [--big] [--pairs 3]
           [--formats 189,249,220]
@@ -42,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +63,7 @@ FORMATS = {
 }
 TSHARK_FIELDS = ("usbms.dCBWTag", "scsi_sbc.opcode", "scsi.spc.opcode", "scsi_sbc.rdwr10.lba",
                  "scsi_sbc.rdwr10.xferlen", "usbms.dCSWStatus")
+PSS_EVERY = 0.25  # seconds between samples of the tree's PSS
 # the import in a wrapper that reports the peak RSS of itself and of its inserter
 WRAPPER = ("import resource, sys\n"
            "from usbtrace.cli import main\n"
@@ -76,6 +80,7 @@ class Run:
     cpu: float  # user+sys of the process tree, seconds
     wall: float
     rss_kib: tuple[int, ...]  # peak RSS of each process measured
+    pss_kib: int = 0  # the tree's sampled peak PSS
 
 
 @dataclass
@@ -85,18 +90,57 @@ class Runs:
     peer: list[Run] = field(default_factory=list)
 
 
+def tree_pss_kib(pid: int) -> int:
+    """The proportional set size of ``pid`` and its descendants (pages two processes
+    share count half to each), from /proc; 0 where there is none."""
+    total = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            with open(f"/proc/{current}/smaps_rollup") as f:
+                total += next((int(line.split()[1]) for line in f
+                               if line.startswith("Pss:")), 0)
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return total
+
+
+class PssSampler(threading.Thread):
+    """The peak of ``tree_pss_kib`` sampled every ``PSS_EVERY`` seconds while a command
+    runs: the tree's memory without counting shared pages twice (a peak between two
+    samples can be missed)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(PSS_EVERY):
+            self.peak = max(self.peak, tree_pss_kib(self.pid))
+
+
 def measured(args: list[str], env: dict[str, str] | None = None) -> tuple[Run, str]:
     """Run ``args``; CPU and peak RSS from ``wait4`` (the tree it waited for)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    sampler = PssSampler(proc.pid)
+    sampler.start()
     assert proc.stderr is not None
     err = proc.stderr.read().decode(errors="replace")
+    sampler.done.set()
+    sampler.join()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"{args[0]} failed ({proc.returncode}): {err.strip()[-500:]}")
-    return Run(usage.ru_utime + usage.ru_stime, wall, (usage.ru_maxrss,)), err
+    return Run(usage.ru_utime + usage.ru_stime, wall, (usage.ru_maxrss,), sampler.peak), err
 
 
 def run_usbtrace(path: Path, db: Path, *extra: str) -> Run:
@@ -186,7 +230,10 @@ def bench(key: str, path: Path, pairs: int, tmp: Path) -> None:
           "(only where a core was free for it)")
     print(f"  peak RSS usbtrace {ours_rss:.0f} MiB for the tree "
           f"({' + '.join(f'{k / 1024:.0f}' for k in parts)}: sum of each process's peak), "
-          f"tshark {max(r.rss_kib[0] for r in runs.peer) / 1024:.0f} MiB", flush=True)
+          f"tshark {max(r.rss_kib[0] for r in runs.peer) / 1024:.0f} MiB")
+    print(f"  peak PSS (sampled every {PSS_EVERY} s) usbtrace "
+          f"{max(r.pss_kib for r in runs.ours + runs.plain) / 1024:.0f} MiB for the tree, "
+          f"tshark {max(r.pss_kib for r in runs.peer) / 1024:.0f} MiB", flush=True)
 
 
 def main() -> None:
