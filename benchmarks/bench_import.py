@@ -1,15 +1,38 @@
-"""Import speed against tshark and a bare struct loop, and peak memory as files grow.
+"""Import against tshark: CPU time and wall time from paired runs, and peak memory.
 
-A real capture (default: the Wireshark wiki's usb_memory_stick.pcap) is tiled,
-with times shifted, to N records.  For each size, one run of each:
+Three real captures, one per format, are tiled (times shifted) to N records:
 
-  floor     a bare Python loop framing the pcap records and unpacking each usbmon
-            header with struct: no pairing, no decoding, no storage
-  usbtrace  `usbtrace import` into a fresh SQLite file (a subprocess; its peak RSS),
-            with file attribution, and again with --no-files
-  tshark    `tshark -T fields` decoding the SCSI fields the cross-check test uses
+  usbmon 189 pcap    the Wireshark wiki's usb_memory_stick.pcap (Linux, a FAT16 stick)
+  USBPcap 249 pcapng ajbanjara__USBMSC-USBPcap.pcapng (Windows 10, an exFAT Kingston stick)
+  usbmon 220 pcapng  ajbanjara__STM32L052-Nucleo-via-hub-usbmon.pcapng (Linux, FAT12 on
+                     an ST-LINK's mass-storage interface, a firmware file written)
 
-Run:  python benchmarks/bench_import.py [--records 1000000] [--capture FILE]
+``tests/tiling.py`` tiles classic pcap only, so the two pcapng captures go through
+``editcap -F pcap`` (their records unchanged, one interface each), are tiled, and come
+back with ``editcap -F pcapng``: the files read are pcapng, framed as pcapng blocks.
+
+Each pair runs ``usbtrace import`` (file attribution on) and the peer, alternating which
+goes first; usbtrace is run a third time with ``--no-files`` for attribution's cost.
+The peer is ``tshark -T fields`` decoding the SCSI fields the cross-check tests use.
+
+CPU is the whole process tree's user+sys: ``os.wait4`` on the command, whose figures
+include every descendant it waited for (usbtrace's forked inserter).  Per pair the ratio
+usbtrace/tshark; reported: the median ratio with its min-max over the pairs.  Wall time
+means something only on an idle machine: the load average is printed beside it.
+
+Whether usbtrace forked its inserter (it does only where a core is free: see
+``importing.spare_core``) is told by that child's peak RSS, and counted.
+
+Peak memory: usbtrace's import runs in a wrapper that prints its own peak RSS
+(``RUSAGE_SELF``) and its children's (``RUSAGE_CHILDREN``: the inserter, its only
+child); their sum bounds the tree's peak from above (the two peaks need not coincide).
+tshark is one process: ``ru_maxrss`` from ``wait4``.  As the forked inserter shares the
+parent's pages, the benchmark also samples the tree's proportional set size (PSS, shared
+pages counted once in all) from /proc every quarter second, and reports its peak.
+
+Run:  python benchmarks/bench_import.py [--records 1000000] [--big] [--pairs 3]
+          [--formats 189,249,220]
+``--big`` adds a 3M-record size (memory must stay flat).
 """
 
 from __future__ import annotations
@@ -17,92 +40,234 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import struct
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
 from tests.tiling import tile  # noqa: E402
 
-DEFAULT = HERE.parent.parent / "shared" / "captures" / "ajbanjara__usb_memory_stick.pcap"
+CAPTURES = ROOT.parent / "shared" / "captures"
+FORMATS = {
+    "189": ("usbmon 189 pcap", "ajbanjara__usb_memory_stick.pcap", "pcap"),
+    "249": ("USBPcap 249 pcapng", "ajbanjara__USBMSC-USBPcap.pcapng", "pcapng"),
+    "220": ("usbmon 220 pcapng", "ajbanjara__STM32L052-Nucleo-via-hub-usbmon.pcapng",
+            "pcapng"),
+}
+TSHARK_FIELDS = ("usbms.dCBWTag", "scsi_sbc.opcode", "scsi.spc.opcode", "scsi_sbc.rdwr10.lba",
+                 "scsi_sbc.rdwr10.xferlen", "usbms.dCSWStatus")
+PSS_EVERY = 0.25  # seconds between samples of the tree's PSS
+# the import in a wrapper that reports the peak RSS of itself and of its inserter
+WRAPPER = ("import resource, sys\n"
+           "from usbtrace.cli import main\n"
+           "sys.argv = ['usbtrace', 'import', '-q', *sys.argv[1:]]\n"
+           "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+           "me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+           "kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+           "print('rss', me, kids, file=sys.stderr)\n"
+           "sys.exit(code)\n")
 
 
-def floor(path: Path) -> float:
-    record = struct.Struct("<IIII")
-    usbmon = struct.Struct("<QBBBBHBBqiiII8s")
+@dataclass
+class Run:
+    cpu: float  # user+sys of the process tree, seconds
+    wall: float
+    rss_kib: tuple[int, ...]  # peak RSS of each process measured
+    pss_kib: int = 0  # the tree's sampled peak PSS
+
+
+@dataclass
+class Runs:
+    ours: list[Run] = field(default_factory=list)
+    plain: list[Run] = field(default_factory=list)  # --no-files
+    peer: list[Run] = field(default_factory=list)
+
+
+def tree_pss_kib(pid: int) -> int:
+    """The proportional set size of ``pid`` and its descendants (pages two processes
+    share count half to each), from /proc; 0 where there is none."""
+    total = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            with open(f"/proc/{current}/smaps_rollup") as f:
+                total += next((int(line.split()[1]) for line in f
+                               if line.startswith("Pss:")), 0)
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return total
+
+
+class PssSampler(threading.Thread):
+    """The peak of ``tree_pss_kib`` sampled every ``PSS_EVERY`` seconds while a command
+    runs: the tree's memory without counting shared pages twice (a peak between two
+    samples can be missed)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(PSS_EVERY):
+            self.peak = max(self.peak, tree_pss_kib(self.pid))
+
+
+def measured(args: list[str], env: dict[str, str] | None = None) -> tuple[Run, str]:
+    """Run ``args``; CPU and peak RSS from ``wait4`` (the tree it waited for)."""
     t0 = time.perf_counter()
-    with open(path, "rb") as f:
-        f.read(24)
-        read = f.read
-        n = 0
-        while True:
-            head = read(16)
-            if len(head) < 16:
-                break
-            caplen = record.unpack(head)[2]
-            usbmon.unpack_from(read(caplen))
-            n += 1
-    return time.perf_counter() - t0
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    sampler = PssSampler(proc.pid)
+    sampler.start()
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode(errors="replace")
+    sampler.done.set()
+    sampler.join()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"{args[0]} failed ({proc.returncode}): {err.strip()[-500:]}")
+    return Run(usage.ru_utime + usage.ru_stime, wall, (usage.ru_maxrss,), sampler.peak), err
 
 
-def run_import(path: Path, db: Path, *extra: str) -> tuple[float, int]:
-    code = ("import resource, sys; from usbtrace.cli import main; "
-            "sys.argv = ['usbtrace', 'import', '-q', *sys.argv[1:]]\n"
-            "try:\n main()\nexcept SystemExit:\n pass\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, str(path), "--db", str(db), *extra],
-                          capture_output=True, text=True, check=True)
-    elapsed = time.perf_counter() - t0
-    return elapsed, int(proc.stderr.strip().splitlines()[-1])
+def run_usbtrace(path: Path, db: Path, *extra: str) -> Run:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run, err = measured([sys.executable, "-c", WRAPPER, str(path), "--db", str(db), *extra],
+                        env)
+    line = next(x for x in reversed(err.splitlines()) if x.startswith("rss "))
+    me, kids = (int(v) for v in line.split()[1:])
+    run.rss_kib = (me, kids) if kids else (me,)
+    return run
 
 
-def run_tshark(path: Path) -> float | None:
-    if shutil.which("tshark") is None:
-        return None
+def run_tshark(path: Path) -> Run:
     args = ["tshark", "-r", str(path), "-T", "fields"]
-    for field in ("usbms.dCBWTag", "scsi_sbc.opcode", "scsi.spc.opcode", "scsi_sbc.rdwr10.lba",
-                  "scsi_sbc.rdwr10.xferlen", "usbms.dCSWStatus"):
-        args += ["-e", field]
-    t0 = time.perf_counter()
-    subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - t0
+    for name in TSHARK_FIELDS:
+        args += ["-e", name]
+    return measured(args)[0]
+
+
+def make_capture(key: str, tmp: Path, records: int) -> Path:
+    """The format's capture tiled to ``records`` (see the module docstring)."""
+    _, name, container = FORMATS[key]
+    source = CAPTURES / name
+    if not source.exists():
+        sys.exit(f"{source}: not found")
+    tiled = tmp / f"{key}-{records}.pcap"
+    if container == "pcap":
+        tile(source, tiled, records)
+        return tiled
+    plain = tmp / f"{key}-source.pcap"
+    subprocess.run(["editcap", "-F", "pcap", str(source), str(plain)], check=True)
+    tile(plain, tiled, records)
+    out = tmp / f"{key}-{records}.pcapng"
+    subprocess.run(["editcap", "-F", "pcapng", str(tiled), str(out)], check=True)
+    tiled.unlink()
+    plain.unlink()
+    return out
+
+
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    """Median (min-max)."""
+    return (fmt.format(statistics.median(values)) + " (" + fmt.format(min(values)) + "-" +
+            fmt.format(max(values)) + ")")
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def bench(key: str, path: Path, pairs: int, tmp: Path) -> None:
+    label = FORMATS[key][0]
+    records = path.stem.split("-")[-1]
+    print(f"{label}, {int(records):,} records ({path.stat().st_size / 1e6:.0f} MB), "
+          f"{pairs} pairs; load average before {load()}", flush=True)
+    runs = Runs()
+    db = tmp / "bench.db"
+    for i in range(pairs):
+        # alternate the order: whoever runs first meets a colder page cache
+        order = ["ours", "plain", "peer"] if i % 2 == 0 else ["peer", "plain", "ours"]
+        for who in order:
+            if who == "ours":
+                runs.ours.append(run_usbtrace(path, db))
+            elif who == "plain":
+                runs.plain.append(run_usbtrace(path, db, "--no-files"))
+            else:
+                runs.peer.append(run_tshark(path))
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    cpu_ratio = [o.cpu / p.cpu for o, p in zip(runs.ours, runs.peer)]
+    wall_ratio = [o.wall / p.wall for o, p in zip(runs.ours, runs.peer)]
+    attribution = [(o.cpu / n.cpu - 1) * 100 for o, n in zip(runs.ours, runs.plain)]
+    print(f"  CPU s    usbtrace {spread([r.cpu for r in runs.ours])}   "
+          f"tshark {spread([r.cpu for r in runs.peer])}")
+    print(f"           usbtrace/tshark CPU {spread(cpu_ratio)}")
+    print(f"  wall s   usbtrace {spread([r.wall for r in runs.ours])}   "
+          f"tshark {spread([r.wall for r in runs.peer])}")
+    print(f"           usbtrace/tshark wall {spread(wall_ratio)}   (load average after "
+          f"{load()})")
+    print(f"  attribution: CPU without it {spread([r.cpu for r in runs.plain])} s; it adds "
+          f"{spread(attribution, '{:.0f}')} %")
+    ours_rss = max(sum(r.rss_kib) for r in runs.ours + runs.plain) / 1024
+    parts = max(runs.ours + runs.plain, key=lambda r: sum(r.rss_kib)).rss_kib
+    forked = sum(len(r.rss_kib) > 1 for r in runs.ours + runs.plain)
+    print(f"  usbtrace forked its inserter in {forked} of {len(runs.ours + runs.plain)} runs "
+          "(only where a core was free for it)")
+    print(f"  peak RSS usbtrace {ours_rss:.0f} MiB for the tree "
+          f"({' + '.join(f'{k / 1024:.0f}' for k in parts)}: sum of each process's peak), "
+          f"tshark {max(r.rss_kib[0] for r in runs.peer) / 1024:.0f} MiB")
+    print(f"  peak PSS (sampled every {PSS_EVERY} s) usbtrace "
+          f"{max(r.pss_kib for r in runs.ours + runs.plain) / 1024:.0f} MiB for the tree, "
+          f"tshark {max(r.pss_kib for r in runs.peer) / 1024:.0f} MiB", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--capture", type=Path, default=DEFAULT)
+    parser.add_argument("--big", action="store_true", help="also 3M records")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--formats", default=",".join(FORMATS),
+                        help="comma-separated linktypes among 189, 249, 220")
     args = parser.parse_args()
-    if not args.capture.exists():
-        sys.exit(f"{args.capture}: not found (pass --capture)")
-    sizes = [args.records // 4, args.records]
-    with tempfile.TemporaryDirectory() as tmp:
-        print(f"tiling {args.capture.name}; rates in records/s, one run each")
-        for n in sizes:
-            path = Path(tmp) / f"tiled-{n}.pcap"
-            tile(args.capture, path, n)
-            mb = path.stat().st_size / 1e6
-            t_floor = floor(path)
-            t_ours, rss_kb = run_import(path, Path(tmp) / f"{n}.db")
-            t_plain, _ = run_import(path, Path(tmp) / f"{n}-plain.db", "--no-files")
-            t_tshark = run_tshark(path)
-            print(f"{n:>9} records ({mb:.0f} MB):")
-            print(f"  floor     {n / t_floor:>10,.0f}/s")
-            print(f"  usbtrace  {n / t_ours:>10,.0f}/s   peak RSS {rss_kb / 1024:.0f} MiB")
-            print(f"  (without file attribution {n / t_plain:,.0f}/s: attribution costs "
-                  f"{(t_ours / t_plain - 1) * 100:.0f}%)")
-            if t_tshark is not None:
-                print(f"  tshark    {n / t_tshark:>10,.0f}/s   usbtrace/tshark speed "
-                      f"{t_tshark / t_ours:.2f}x")
-            else:
-                print("  tshark    (not installed)")
-            os.remove(path)
+    keys = [k.strip() for k in args.formats.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in FORMATS]
+    if unknown:
+        print(f"--formats: unknown {', '.join(unknown)} (189, 249, 220)", file=sys.stderr)
+        sys.exit(2)
+    if args.pairs < 1 or args.records < 1:
+        print("--pairs and --records must be at least 1", file=sys.stderr)
+        sys.exit(2)
+    for tool in ("tshark", "editcap"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed: it is the peer (and tiles pcapng)", file=sys.stderr)
+            sys.exit(2)
+    sizes = [args.records] + ([3 * args.records] if args.big else [])
+    print(f"{os.cpu_count()} CPUs; CPU = user+sys of the whole process tree; ratios are "
+          "usbtrace/tshark per pair, median (min-max)\n")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for key in keys:
+            for n in sizes:
+                path = make_capture(key, tmp, n)
+                bench(key, path, args.pairs, tmp)
+                path.unlink()
+                print()
 
 
 if __name__ == "__main__":

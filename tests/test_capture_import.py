@@ -239,6 +239,7 @@ def test_large_file_path_stores_from_a_second_process(tmp_path: Path,
     db = Database(tmp_path / "t.db")
     inline = import_capture(db, shared_capture(name))
     monkeypatch.setattr(importing, "BACKGROUND_FROM", 0)
+    monkeypatch.setattr(importing, "spare_core", lambda: True)
     forked = import_capture(db, shared_capture(name), force=True)
     assert forked.commands == inline.commands == 206
     conn = sqlite3.connect(tmp_path / "t.db")
@@ -260,6 +261,7 @@ def test_after_works_in_the_storing_process(tmp_path: Path,
     db = Database(tmp_path / "t.db")
     first = import_capture(db, shared_capture("ajbanjara__usb_memory_stick.pcap"))
     monkeypatch.setattr(importing, "BACKGROUND_FROM", 0)
+    monkeypatch.setattr(importing, "spare_core", lambda: True)
     after = import_capture(db, shared_capture("ajbanjara__usb_memory_stick_create_file.pcap"),
                            after=first.session_id)
     events = sqlite3.connect(tmp_path / "t.db").execute(
@@ -298,3 +300,93 @@ def test_decoding_notes_name_orphans_and_uas(tmp_path: Path) -> None:
     notes, = sqlite3.connect(tmp_path / "t.db").execute("SELECT notes FROM sessions").fetchone()
     assert "1 bulk transfers belonged to no command" in notes
     assert "device 1.5 speaks UAS" in notes
+
+
+@pytest.mark.parametrize(("cpus", "load", "spare"), [(1, 0.0, False), (2, 0.2, True),
+                                                     (2, 1.0, False), (2, 2.0, False),
+                                                     (4, 2.0, True), (4, 2.6, False)])
+def test_without_proc_stat_the_load_average_says_if_a_core_is_idle(
+        monkeypatch: pytest.MonkeyPatch, cpus: int, load: float, spare: bool) -> None:
+    """On a busy machine the inserter would take turns with the decoder on one core."""
+    import usbtrace.importing as importing
+
+    monkeypatch.setattr(importing.os, "sched_getaffinity", lambda pid: set(range(cpus)),
+                        raising=False)
+    monkeypatch.setattr(importing.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(importing, "PROC_STAT", "/nonexistent/stat")
+    assert importing.spare_core() is spare
+
+
+@pytest.mark.parametrize(("busy", "niced", "spare"), [(0, 0, True), (100, 0, False),
+                                                      (30, 0, True), (60, 0, False),
+                                                      (0, 200, True), (100, 100, False)])
+def test_niced_work_leaves_a_core_free_for_the_inserter(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy: int, niced: int,
+        spare: bool) -> None:
+    """Two CPUs, 200 ticks between two looks at /proc/stat: ``busy`` of them at normal
+    priority, ``niced`` at nice > 0 (a background fuzz run, which yields to the import)."""
+    import usbtrace.importing as importing
+
+    stat = tmp_path / "stat"
+    samples = iter([[0] * 8, [busy, niced, 0, 200 - busy - niced, 0, 0, 0, 0]])
+
+    def look() -> None:
+        values = next(samples)
+        stat.write_text("cpu  " + " ".join(map(str, values)) + "\ncpu0 0 0 0 0\n")
+
+    look()
+    monkeypatch.setattr(importing, "PROC_STAT", str(stat))
+    monkeypatch.setattr(importing.time, "sleep", lambda seconds: look())
+    monkeypatch.setattr(importing.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(importing.os, "cpu_count", lambda: 2)
+    assert importing.spare_core() is spare
+
+
+def test_no_spare_core_stores_in_the_decoding_process(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import usbtrace.importing as importing
+    import usbtrace.store.writer as writer
+
+    def no_fork(*args: object) -> None:
+        raise AssertionError("forked although no core is idle")
+
+    monkeypatch.setattr(importing, "BACKGROUND_FROM", 0)
+    monkeypatch.setattr(importing, "spare_core", lambda: False)
+    monkeypatch.setattr(writer, "ProcessInserter", no_fork)
+    result = import_capture(Database(tmp_path / "t.db"),
+                            shared_capture("ajbanjara__usb_memory_stick.pcap"))
+    assert result.commands > 0
+
+
+def test_the_collector_is_put_back_after_an_import(tmp_path: Path) -> None:
+    import gc
+
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    result = import_capture(Database(tmp_path / "t.db"),
+                            shared_capture("ajbanjara__usb_memory_stick.pcap"))
+    assert result.commands > 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == frozen
+
+
+@pytest.mark.parametrize("name", ["ajbanjara__USBMSC-USBPcap.pcapng",
+                                  "ajbanjara__STM32L052-Nucleo-via-hub-usbmon.pcapng",
+                                  "ajbanjara__BT_USB_LinCooked_Eth_80211_RT.ntar"])
+def test_pcapng_blocks_framed_in_place_read_as_the_general_path_reads_them(
+        monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """A tiny read chunk leaves no whole block in the buffer, so every block takes the
+    general path; the default chunk frames Enhanced Packet Blocks in place."""
+    path = shared_capture(name)
+
+    def framed() -> tuple[list[tuple[object, ...]], list[tuple[int, str]], int]:
+        with open(path, "rb") as f:
+            reader = CaptureReader(f)
+            records = list(reader.records())
+            return records, reader.malformed, reader.bytes_read
+
+    in_place = framed()
+    monkeypatch.setattr(CaptureReader, "CHUNK", 97)
+    general = framed()
+    assert in_place == general
+    assert len(in_place[0]) > 400 and in_place[2] == path.stat().st_size

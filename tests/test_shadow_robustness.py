@@ -762,3 +762,26 @@ def test_owners_kept_up_to_date_match_a_build_from_scratch(steps: list[Any]) -> 
         volume = a.volumes[0]
         assert volume.owner(2) == _owners_from_scratch(volume).get(2)  # brings it up to date
         assert volume._owners == _owners_from_scratch(volume)
+
+
+def test_kept_sectors_written_again_move_to_the_end_and_do_not_pile_up() -> None:
+    """Sectors of clusters with no owner are kept, the latest ``MAX_KEPT_BYTES`` of them: a
+    sector written again is the newest, not a second entry that outlives the first."""
+    from usbtrace.fs.shadow import MAX_KEPT_BYTES, SECTOR, Attributor
+
+    attributor = Attributor()
+    volume = object()
+    sector = b"\x5a" * SECTOR
+    for _ in range(10_000):  # a firmware file rewritten to the same free cluster
+        attributor._keep(volume, 7, 0, sector, 0, 1)  # type: ignore[arg-type]
+    assert attributor._kept_bytes == SECTOR and len(attributor._kept_order) == 1
+    room = MAX_KEPT_BYTES // SECTOR
+    for cluster in range(100, 100 + room - 1):  # fills the bound exactly
+        attributor._keep(volume, cluster, 0, sector, 0, 1)  # type: ignore[arg-type]
+    attributor._keep(volume, 7, 0, b"\xa5" * SECTOR, 0, 1)  # the oldest, written again
+    attributor._keep(volume, 1 << 20, 0, sector, 0, 1)  # one more than the bound: one goes
+    kept = attributor._kept
+    assert attributor._kept_bytes == MAX_KEPT_BYTES
+    assert kept[(id(volume), 7)][0] == b"\xa5" * SECTOR  # moved to the end, so kept
+    assert (id(volume), 100) not in kept  # the oldest not written again went instead
+    assert len(attributor._kept_order) == room

@@ -306,6 +306,7 @@ def test_lba_beyond_int64_is_stored_as_null_with_its_cdb_and_a_note(
     path = rewritten(tmp_path, CREATE, _write16_huge)
     if forked:
         monkeypatch.setattr(importing, "BACKGROUND_FROM", 0)
+        monkeypatch.setattr(importing, "spare_core", lambda: True)
     db = tmp_path / "t.db"
     result = import_capture(Database(db), path)
     assert result.commands == CREATE_COMMANDS

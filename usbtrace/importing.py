@@ -15,10 +15,12 @@ read twice, so its SHA-256 is computed on the way and stored, never used to skip
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import multiprocessing
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -36,6 +38,10 @@ from usbtrace.store.writer import SessionWriter
 MAX_LISTED = 20
 BACKGROUND_FROM = 8 << 20  # bytes of capture
 STDIN = "-"
+SPARE_CPUS = 1.5  # CPUs free (ours among them) for a second process to be worth it
+PROC_STAT = "/proc/stat"
+CPU_SAMPLE = 0.1  # seconds over which free CPUs are counted (10 ticks of each CPU)
+GC_YOUNG, GC_OLD = 50_000, 100  # the collector's thresholds during an import (at least)
 LIVE_FLUSH = 1.0  # seconds: the longest a live record waits for its commit while input flows
 
 
@@ -48,6 +54,60 @@ class ImportResult:
     commands: int
     malformed: list[tuple[int, str]]
     seconds: float
+
+
+def spare_core() -> bool:
+    """Whether a second process would run beside this one instead of taking turns with
+    it: at least two CPUs for this process, and, over a short look, at least
+    ``SPARE_CPUS`` of them idle or running only niced work (which yields to ours).  On a
+    busy machine the two processes share a core, so the rows pickled from one to the
+    other are pure overhead (about a seventh more CPU than storing them here).  Where the
+    kernel does not say, the load average decides."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    if cpus < 2:
+        return False
+    free = free_cpus()
+    if free is not None:
+        return free >= SPARE_CPUS
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows has no load average: no fork there either
+        return True
+    return busy <= cpus - SPARE_CPUS
+
+
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time so far (user, nice, system, idle, iowait, irq, softirq,
+    steal, in ticks) from /proc/stat; None where there is no such file."""
+    try:
+        with open(PROC_STAT, encoding="ascii") as f:
+            fields = f.readline().split()
+        if not fields or fields[0] != "cpu":
+            return None
+        return [int(v) for v in fields[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def free_cpus(sample: float = CPU_SAMPLE) -> float | None:
+    """How many CPUs were idle or ran only niced work over ``sample`` seconds (this
+    process sleeps meanwhile, so its own CPU counts as free); None when unknown."""
+    before = cpu_times()
+    if before is None:
+        return None
+    time.sleep(sample)
+    after = cpu_times()
+    if after is None or len(after) != len(before):
+        return None
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta)
+    if total <= 0:
+        return None
+    _, nice, _, idle, iowait = delta[:5]
+    return (nice + idle + iowait) / total * (os.cpu_count() or 1)
 
 
 def sha256_of(path: Path) -> str:
@@ -86,7 +146,27 @@ def import_capture(database: Database, path: Path,
         source: BinaryIO | int = handle if handle is not None else \
             (stdin if stdin is not None else standard_input())
         tap = Tap(source, digest=live)
-        return _import(database, path, tap, digest, progress, after, attribute_files, t0)
+        with collector_tuned():
+            return _import(database, path, tap, digest, progress, after, attribute_files, t0)
+
+
+@contextlib.contextmanager
+def collector_tuned() -> Iterator[None]:
+    """The import makes a few objects per record, short-lived and without cycles, while
+    the long-lived ones (modules, the shadow volume, pending exchanges) only grow; the
+    cyclic collector would walk those again and again.  So what exists is frozen out of
+    its view for the import, and it runs less often; both are put back after."""
+    threshold = gc.get_threshold()
+    ours = gc.get_freeze_count() == 0  # a caller's own freeze is left as it is
+    if ours:
+        gc.freeze()
+    gc.set_threshold(max(threshold[0], GC_YOUNG), threshold[1], max(threshold[2], GC_OLD))
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        if ours:
+            gc.unfreeze()
 
 
 def _import(database: Database, path: Path, tap: Tap, digest: str | None,
@@ -105,11 +185,13 @@ def _import(database: Database, path: Path, tap: Tap, digest: str | None,
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stats.first_ts or 0))
     session_id = database.new_session(source_name(path, stats.linktype), name, started,
                                       "capture", stats.linktype, digest)
-    # A large file is stored by a second process while this one decodes.  Standard
-    # input is stored here: its size is unknown, and a live capture needs each commit
-    # as soon as it can be made, not another hop through a pipe to another process.
+    # A large file is stored by a second process while this one decodes, when a core is
+    # free to run it.  Standard input is stored here: its size is unknown, and a live
+    # capture needs each commit as soon as it can be made, not another hop through a
+    # pipe to another process.
     background = not live and path.stat().st_size >= BACKGROUND_FROM and \
-        database.is_sqlite and "fork" in multiprocessing.get_all_start_methods()
+        database.is_sqlite and "fork" in multiprocessing.get_all_start_methods() and \
+        spare_core()
     writer = SessionWriter(database, session_id, background=background,
                            attribute_files=attribute_files,
                            flush_every=LIVE_FLUSH if live else None)

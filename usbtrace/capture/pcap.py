@@ -74,6 +74,10 @@ ISB_IFRECV, ISB_IFDROP, ISB_FILTERACCEPT, ISB_OSDROP, ISB_USRDELIV = 4, 5, 6, 7,
 EPB_FLAGS, EPB_DROPCOUNT = 2, 4
 PB_DROPS_UNKNOWN = 0xFFFF  # the obsolete Packet Block's "not available"
 
+# block type and length; an Enhanced Packet Block's interface, timestamp and lengths
+BLOCK_HEADER = {o: struct.Struct(o + "II").unpack_from for o in "<>"}
+EPB_HEADER = {o: struct.Struct(o + "IIIII").unpack_from for o in "<>"}
+
 MAX_RECORD = 1 << 26  # a record larger than 64 MiB is corruption, not data
 # The latest time a record may carry: 2^64 nanoseconds after 1970, in the year 2554, the
 # last one a pcapng with nanosecond ticks (what export writes) can hold.  A later
@@ -287,7 +291,33 @@ class CaptureReader:
                                          f"{reason}")
             self.malformed.append((number + 1, reason))
 
+        block_header = BLOCK_HEADER["<"]
+        epb_header = EPB_HEADER["<"]
+        big = False
         while True:
+            # The hot path: an Enhanced Packet Block wholly in the buffer, read in place
+            # (no slice but the packet's data); anything else, or anything unusual about
+            # it (options, a bad length or interface), takes the general path below.
+            buf = self._buffer
+            pos = self._pos
+            if not pending and pos + 8 <= len(buf):
+                block_type, length = block_header(buf, pos)
+                if block_type == BT_EPB and pos + length <= len(buf) and length >= 32 and \
+                        not length % 4 and length <= MAX_RECORD:
+                    iface, hi, lo, caplen, origlen = epb_header(buf, pos + 8)
+                    if iface < len(interfaces) and length - 12 == 20 + caplen + (-caplen % 4):
+                        described = interfaces[iface]
+                        if described is not None:
+                            linktype, tick = described
+                            ts = ((hi << 32) | lo) * tick
+                            if ts <= MAX_TIMESTAMP:
+                                number += 1
+                                self._pos = pos + length
+                                self.bytes_read += length
+                                self.lost_before = 0
+                                yield (number, ts, linktype, buf[pos + 28 : pos + 28 + caplen],
+                                       origlen, iface, big)
+                                continue
             head = pending + read(8 - len(pending))
             pending = b""
             if not head:
@@ -322,6 +352,8 @@ class CaptureReader:
                 first = False
                 section += 1
                 interfaces = []  # interface ids restart in every section
+                block_header, epb_header = BLOCK_HEADER[order], EPB_HEADER[order]
+                big = order == ">"
                 continue
             block_type, length = struct.unpack(order + "II", head)
             if length < 12 or length % 4 or length > MAX_RECORD:

@@ -122,6 +122,8 @@ def _events(reader: CaptureReader, stats: CaptureStats,
     decoder = Decoder(stats)
     usbmon_types = (usbmon.LINKTYPE_USB_LINUX, usbmon.LINKTYPE_USB_LINUX_MMAPPED)
     decode_usbmon = usbmon.decode_record
+    usbpcap_type = usbpcap.LINKTYPE_USBPCAP
+    decode_usbpcap = decoder.usbpcap.decode
     malformed = (usbmon.MalformedRecord, usbpcap.MalformedRecord, darwin.MalformedRecord,
                  CaptureFormatError)
     origin: float | None = None
@@ -147,13 +149,12 @@ def _events(reader: CaptureReader, stats: CaptureStats,
                 if linktype in usbmon_types:  # the common case: no Packet, no list
                     event = decode_usbmon(number, ts - origin, linktype, data, big)
                     yield event
-                else:
-                    for event in decoder.decode(Packet(*record)):
-                        event.ts -= origin
-                        yield event
+                else:  # times are made relative before decoding: held events have them too
+                    yield from (decode_usbpcap if linktype == usbpcap_type else decoder.decode)(
+                        Packet(number, ts - origin, linktype, data, record[4], record[5], big))
             except malformed as e:
                 stats.malformed.append((number, str(e)))
-            if progress is not None and where() - last >= 1 << 20:
+            if progress is not None and not count & 255 and where() - last >= 1 << 20:
                 progress(where() - last)
                 last = where()
     except SourceError as e:  # keep what came before, then say why it stopped
@@ -161,9 +162,7 @@ def _events(reader: CaptureReader, stats: CaptureStats,
     stats.records = count
     if origin is None and stats.other_linktypes and failure is None:
         decoder.decode(Packet(0, 0.0, min(stats.other_linktypes), b"", 0))  # names it
-    for event in decoder.usbpcap.flush():
-        event.ts -= origin or 0.0
-        yield event
+    yield from decoder.usbpcap.flush()  # their times are relative already
     stats.folded = decoder.usbpcap.folded
     stats.malformed.extend(reader.malformed)
     if progress is not None:

@@ -108,10 +108,12 @@ class UsbpcapDecoder:
             held.data_length = len(payload)
             self.folded += 1
             return [held]
-        out = self.flush()  # SETUP stages with no DATA stage: plain submissions
+        # SETUP stages with no DATA stage: plain submissions (nothing held: no list built)
+        out = self.flush() if self._setup else []
         if held is not None:
             out.append(held)
-            out.sort(key=lambda e: e.record_number or 0)
+            if len(out) > 1:
+                out.sort(key=lambda e: e.record_number or 0)
         if transfer == TRANSFER_CONTROL and stage == STAGE_STATUS:
             if not completion or self._answered.pop(irp_id, None) is not None:
                 self.folded += 1
@@ -129,36 +131,44 @@ class UsbpcapDecoder:
                 if len(self._pipe_requests) >= PENDING_PIPE_REQUESTS:
                     del self._pipe_requests[next(iter(self._pipe_requests))]
                 self._pipe_requests[irp_id] = endpoint
-        kind = COMPLETE if completion else SUBMIT
-        event = Event(kind, packet.ts, irp_id, "capture", bus=bus, device=device,
-                      endpoint=endpoint, transfer_type=TO_RECORD.get(transfer, CONTROL),
-                      urb_function=function, record_number=packet.number, raw_status=status)
+        transfer_type = TO_RECORD.get(transfer, CONTROL)
+        # the fields are worked out first and the event built positionally, once
+        urb_status: int | None
+        length: int | None
+        body: bytes
+        body_length: int | None
         if completion:
-            event.urb_status = status
+            urb_status = status
             # an OUT completion carries no data, and USBPcap has no "actual length"
             # field: how much went out is unknown, not zero
-            event.length = data_length if endpoint & 0x80 or (
+            length = data_length if endpoint & 0x80 or (
                 transfer == TRANSFER_CONTROL and stage != STAGE_STATUS) else None
-            event.data = bytes(payload)
-            event.data_length = len(payload)
+            body = bytes(payload)
+            body_length = len(payload)
         else:
-            event.urb_status = None
+            urb_status = None
             if transfer == TRANSFER_CONTROL and stage == STAGE_SETUP:
-                event.setup = bytes(payload[:8])
-                event.length = struct.unpack_from("<H", payload, 6)[0]
-                if len(payload) > 8:  # some versions put OUT data right after the setup
-                    event.data = bytes(payload[8:])
-                    event.data_length = len(event.data)
+                body = bytes(payload[8:])
+                # some versions put OUT data right after the setup
+                event = Event(SUBMIT, packet.ts, irp_id, "capture", None, None, None, None,
+                              None, None, None, function, bus, device, endpoint,
+                              transfer_type, None, struct.unpack_from("<H", payload, 6)[0],
+                              bytes(payload[:8]), body, len(body) if body else None, None,
+                              None, packet.number, status)
                 self._setup[irp_id] = event
                 return out
-            direction_in = bool(endpoint & 0x80)
-            if not direction_in:
-                event.data = bytes(payload)
-                event.data_length = len(payload)
-                event.length = data_length
+            if not endpoint & 0x80:
+                body = bytes(payload)
+                body_length = len(payload)
+                length = data_length
+            else:
+                body, body_length, length = b"", None, None
         if len(payload) < data_length:
-            event.data_length = data_length  # the capture was cut by the snapshot length
-        out.append(event)
+            body_length = data_length  # the capture was cut by the snapshot length
+        out.append(Event(COMPLETE if completion else SUBMIT, packet.ts, irp_id, "capture", None,
+                         None, None, None, None, None, None, function, bus, device, endpoint,
+                         transfer_type, urb_status, length, None, body, body_length, None, None,
+                         packet.number, status))
         return out
 
     def flush(self) -> list[Event]:

@@ -21,6 +21,12 @@ from usbtrace.records import CONTROL
 from usbtrace.usb import descriptors as d
 from usbtrace.usb.urb import USBD_STATUS_SUCCESS
 
+# a configuration descriptor's summary: malformed descriptors (type name, bLength), the
+# mass-storage interface numbers and protocols, and each UAS setting's pipe usage
+_Configuration = tuple[tuple[tuple[str, int], ...], tuple[int, ...], frozenset[int],
+                       tuple[tuple[tuple[int, int], dict[int, int]], ...]]
+MAX_CONFIGURATIONS = 64  # distinct configuration descriptors remembered
+
 
 @dataclass
 class DeviceIdentity:
@@ -51,6 +57,8 @@ class IdentityTracker:
         self.devices: dict[tuple[int, int], DeviceIdentity] = {}
         # (record number, what was wrong) for descriptors that are not what they claim
         self.malformed: list[tuple[int | None, str]] = []
+        self._configurations: dict[bytes, _Configuration] = {}  # descriptor -> its summary
+        self.uas_selected = False  # some device has its UAS setting selected (else: BOT)
 
     def uas_pipes(self, bus: int | None, device: int | None) -> UasPipes | None:
         """The UAS pipes of a device whose selected setting is UAS; else None."""
@@ -88,25 +96,44 @@ class IdentityTracker:
             ident.string_indexes = {"manufacturer": desc.iManufacturer,
                                     "product": desc.iProduct, "serial": desc.iSerialNumber}
         elif kind == d.CONFIGURATION and len(data) > 9:
-            tree = d.configuration_tree(data)
-            for bad in tree.get("malformed", []):
+            bad, numbers, protocols, usages = self._configuration(data)
+            for type_name, length in bad:
                 self.malformed.append((first.record_number, f"device {first.bus}.{first.device}:"
-                                       f" {bad.type_name} descriptor with bLength "
-                                       f"{bad.bLength}"))
-            storage = [e["interface"] for e in tree["interfaces"]
-                       if e["interface"].bInterfaceClass == 0x08]
-            if storage:
-                ident.mass_storage_interfaces = sorted({i.bInterfaceNumber for i in storage})
-                ident.storage_protocols = {i.bInterfaceProtocol for i in storage}
-                ident.uas_settings = {
-                    setting: UasPipes.from_usage(usage)
-                    for setting, (protocol, usage) in pipe_usage(data).items()
-                    if protocol == UAS_PROTOCOL}
-                ident.update_uas()
+                                       f" {type_name} descriptor with bLength {length}"))
+            if numbers:
+                ident.mass_storage_interfaces = list(numbers)
+                ident.storage_protocols = set(protocols)
+                ident.uas_settings = {setting: UasPipes.from_usage(usage)
+                                      for setting, usage in usages}
+                self._update_uas(ident)
         elif kind == d.STRING and index:
             text = d.decode_string(data)
             if text is not None:
                 ident.strings[index] = text
+
+    def _configuration(self, data: bytes) -> _Configuration:
+        """What a configuration descriptor says, parsed once per distinct descriptor: a
+        host asks for it again at every enumeration (and construct parsing is slow)."""
+        known = self._configurations.get(data)
+        if known is not None:
+            return known
+        tree = d.configuration_tree(data)
+        bad = tuple((b.type_name, b.bLength) for b in tree.get("malformed", []))
+        storage = [e["interface"] for e in tree["interfaces"]
+                   if e["interface"].bInterfaceClass == 0x08]
+        numbers = tuple(sorted({i.bInterfaceNumber for i in storage}))
+        protocols = frozenset(i.bInterfaceProtocol for i in storage)
+        usages = tuple((setting, dict(usage)) for setting, (protocol, usage)
+                       in pipe_usage(data).items() if protocol == UAS_PROTOCOL) \
+            if storage else ()
+        if len(self._configurations) >= MAX_CONFIGURATIONS:
+            self._configurations.clear()
+        known = self._configurations[data] = (bad, numbers, protocols, usages)
+        return known
+
+    def _update_uas(self, ident: DeviceIdentity) -> None:
+        ident.update_uas()
+        self.uas_selected = any(i.uas is not None for i in self.devices.values())
 
     def _selection(self, x: Exchange, setup: bytes) -> None:
         """SET_INTERFACE (interface <- alternate setting) and SET_CONFIGURATION (all <- 0),
@@ -127,4 +154,4 @@ class IdentityTracker:
             ident.selected.clear()
         else:
             return
-        ident.update_uas()
+        self._update_uas(ident)

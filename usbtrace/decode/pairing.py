@@ -102,8 +102,11 @@ class Pairer:
         self.evicted = 0  # submissions sealed uncompleted because too many waited
 
     def feed(self, event: Event) -> list[Step]:
+        kind = event.kind
+        if kind == COMPLETE:
+            return [(self.complete(event), True)]
         key = (event.position, event.irp_id, event.endpoint)
-        if event.kind == SUBMIT:
+        if kind == SUBMIT:
             self._seq += 1
             out: list[Step] = []
             stale = self._take(key)
@@ -123,15 +126,19 @@ class Pairer:
                 self.evicted += 1
                 out.append((oldest.seal(), True))
             return out
-        if event.kind == COMPLETE:
-            pending = self._take(key)
-            if pending is None:
-                self._seq += 1
-                return [(Exchange(self._seq, event.irp_id, event.position, None, event).seal(),
-                         True)]
-            pending.complete = event
-            return [(pending.seal(), True)]
         return []
+
+    def complete(self, event: Event) -> Exchange:
+        """``feed`` for a completion, which always makes exactly one sealed exchange:
+        that exchange, with no list around it (half the records of a capture)."""
+        pending = self._pending.pop((event.position, event.irp_id, event.endpoint), None)
+        if pending is None:
+            self._seq += 1
+            return Exchange(self._seq, event.irp_id, event.position, None, event).seal()
+        if pending.submit is not None:
+            self._pending_bytes -= len(pending.submit.data)
+        pending.complete = event
+        return pending.seal()
 
     def _take(self, key: tuple[str, int, int | None]) -> Exchange | None:
         exchange = self._pending.pop(key, None)

@@ -192,10 +192,14 @@ class DiskLayout:
         trusted on a disk that says it has a GPT, any sector that is a header of
         its own LBA (how a backup is found when the primary fails)."""
         end = lba + count
-        wanted = {1} | {h.alternate for h in self.headers.values() if h.problem is None}
-        found = [at for at in wanted if lba <= at < end]
-        suspected = self.sector0 == "protective" or any(
-            h.problem is not None for h in self.headers.values())
+        if not self.headers:  # the common case, asked at every command: no set to build
+            found = [1] if lba <= 1 < end else []
+            suspected = self.sector0 == "protective"
+        else:
+            wanted = {1} | {h.alternate for h in self.headers.values() if h.problem is None}
+            found = [at for at in wanted if lba <= at < end]
+            suspected = self.sector0 == "protective" or any(
+                h.problem is not None for h in self.headers.values())
         if suspected and not self.tables:
             offset = data.find(gpt.SIGNATURE)
             while offset != -1:
@@ -268,6 +272,8 @@ class DiskLayout:
             bases.append((0, None))
         out: list[tuple[int, int | None, str]] = []
         for start, end in bases:
+            if start + 64 < lba or start >= lba + count:  # none of its signature sectors
+                continue
             for rel in (0, 2, 64):
                 at = start + rel
                 if not lba <= at < lba + count:

@@ -733,7 +733,9 @@ class Attributor:
         self._volume_by_id: dict[int, Volume] = {}
         # sectors of unowned clusters, by (volume, cluster) -> sector in the cluster
         self._kept: dict[tuple[int, int], dict[int, bytes]] = {}
-        self._kept_order: deque[tuple[tuple[int, int], int]] = deque()
+        # the same sectors in the order they were (last) written: the oldest go first; a
+        # dict, so a sector written again moves to the end instead of piling up
+        self._kept_order: dict[tuple[tuple[int, int], int], None] = {}
         self._kept_bytes = 0
         # no boot sector seen: the geometry inferred from other metadata (infer.py)
         self._inference = Inference(window)
@@ -900,6 +902,7 @@ class Attributor:
         key = (id(volume), cluster)
         self._volume_by_id[key[0]] = volume
         sectors = self._kept.setdefault(key, {})
+        order = self._kept_order
         for i in range(count):
             at = offset + i * SECTOR
             if at + SECTOR > len(data):
@@ -907,17 +910,20 @@ class Attributor:
             if within + i not in sectors:
                 self._kept_bytes += SECTOR
             sectors[within + i] = bytes(data[at : at + SECTOR])
-            self._kept_order.append((key, within + i))
-        while self._kept_bytes > MAX_KEPT_BYTES and self._kept_order:
-            old, index = self._kept_order.popleft()
+            order.pop((key, within + i), None)
+            order[(key, within + i)] = None
+        while self._kept_bytes > MAX_KEPT_BYTES and order:
+            old, index = next(iter(order))
+            del order[(old, index)]
             held = self._kept.get(old)
             if held is not None and held.pop(index, None) is not None:
                 self._kept_bytes -= SECTOR
                 if not held:
                     del self._kept[old]
-        if len(self._kept_order) > 4 * (self._kept_bytes // SECTOR) + 4096:
-            self._kept_order = deque((k, i) for k, i in self._kept_order
-                                     if i in self._kept.get(k, {}))
+        # sectors a directory adopted leave their places behind: drop them, amortised O(1)
+        # (after this the order holds exactly the kept sectors)
+        if len(order) > 4 * (self._kept_bytes // SECTOR) + 4096:
+            self._kept_order = {(k, i): None for k, i in order if i in self._kept.get(k, {})}
 
     def _adopt_kept(self, volume: Volume, keys: list[tuple[int, int]], seq: int) -> bool:
         """Kept sectors of clusters a directory now owns become its entries; True when a

@@ -33,7 +33,7 @@ from usbtrace.decode.pairing import Exchange, Pairer
 from usbtrace.decode.uas import UasDecoder
 from usbtrace.errors import DatabaseError
 from usbtrace.fs.shadow import Activity, Attributor
-from usbtrace.records import GAP, TRANSFER_TYPE_NAMES, Event
+from usbtrace.records import COMPLETE, CONTROL, GAP, TRANSFER_TYPE_NAMES, Event
 from usbtrace.storage.ioctl import IOCTL_NAMES
 from usbtrace.store.database import Database
 from usbtrace.store.schema import (
@@ -110,20 +110,25 @@ def storable_lba(lba: int | None) -> int | None:
     return None if lba is None or lba > INT64_MAX else lba
 
 
-def command_row(session_id: int, cmd: ScsiCommand) -> dict[str, Any]:
+COMMAND_COLUMNS = tuple(c.name for c in ScsiCommandRow.__table__.columns)
+
+
+def command_row(session_id: int, cmd: ScsiCommand) -> tuple[Any, ...]:
+    """A ``scsi_commands`` row as a tuple in ``COMMAND_COLUMNS`` order (no dict to build
+    and pick apart again for every command)."""
     sense = cmd.sense
-    return {
-        "session_id": session_id, "seq": cmd.seq, "bus": cmd.bus, "device": cmd.device,
-        "lun": cmd.lun, "tag": cmd.tag, "opcode": cmd.info.opcode, "name": cmd.info.name,
-        "cdb": cmd.cdb, "lba": storable_lba(cmd.info.lba), "blocks": cmd.info.blocks,
-        "data_direction": cmd.data_direction, "expected_length": cmd.expected_length,
-        "data_length": cmd.data_length, "data_truncated": cmd.data_truncated,
-        "residue": cmd.residue, "status": cmd.status,
-        "sense_key": sense.key_name if sense else None,
-        "asc": sense.asc if sense else None, "ascq": sense.ascq if sense else None,
-        "irp_id": hex_id(cmd.irp_id), "cbw_seq": cmd.cbw_seq, "csw_seq": cmd.csw_seq,
-        "submitted_at": cmd.submitted_at, "completed_at": cmd.completed_at,
-    }
+    info = cmd.info
+    lba = info.lba
+    return (
+        session_id, cmd.seq, cmd.bus, cmd.device, cmd.lun, cmd.tag, info.opcode, info.name,
+        cmd.cdb, None if lba is None or lba > INT64_MAX else lba, info.blocks,
+        cmd.data_direction, cmd.expected_length, cmd.data_length, cmd.data_truncated,
+        cmd.residue, cmd.status,
+        sense.key_name if sense else None, sense.asc if sense else None,
+        sense.ascq if sense else None,
+        f"0x{cmd.irp_id & 0xFFFFFFFFFFFFFFFF:016x}" if cmd.irp_id is not None else None,
+        cmd.cbw_seq, cmd.csw_seq, cmd.submitted_at, cmd.completed_at,
+    )
 
 
 class BulkInsert:
@@ -270,7 +275,7 @@ class SessionWriter:
         self.last_ts = 0.0
         self._irps: list[dict[str, Any]] = []
         self._urbs: list[tuple[Any, ...]] = []
-        self._cmds: list[dict[str, Any]] = []
+        self._cmds: list[tuple[Any, ...]] = []
         self.attribute_files = attribute_files
         # one shadow volume per logical unit: two sticks in one capture never mix
         self.attributors: dict[tuple[int | None, int | None, int], Attributor] = {}
@@ -291,6 +296,9 @@ class SessionWriter:
         self.records += 1
         if event.ts > self.last_ts:
             self.last_ts = event.ts
+        if event.kind == COMPLETE:  # one sealed exchange, always
+            self._exchange(self.pairer.complete(event))
+            return
         for x, sealed in self.pairer.feed(event):
             self._exchange(x, sealed)
 
@@ -301,19 +309,24 @@ class SessionWriter:
         if sealed and x.position != "capture":
             self._irps.append(irp_row(sid, x))
         if x.is_urb:
+            first = x.first
             if sealed:
                 self._urbs.append(urb_row(sid, x))
                 self._batch_bytes += len(x.data)
-                self.identity.feed(x)
+                if first.transfer_type == CONTROL:  # descriptors ride on control transfers
+                    self.identity.feed(x)
                 if x.early and x.complete is None:
                     self.unanswered_out += 1
             # a device whose selected setting is UAS goes to the UAS stage, any other to BOT;
             # UAS reads whole exchanges, so it takes each once, sealed
-            pipes = self.identity.uas_pipes(x.first.bus, x.first.device)
+            pipes = self.identity.uas_pipes(first.bus, first.device) \
+                if self.identity.uas_selected else None
             if pipes is not None:
                 commands = self.uas.feed(x, pipes) if sealed else []
+            elif sealed and x.early:
+                commands = self.bot.completed(x)
             else:
-                commands = self.bot.take(x, sealed)
+                commands = self.bot.feed(x)
             for cmd in commands:
                 self._command(cmd)
         if len(self._urbs) + len(self._irps) >= self.batch or \
@@ -375,7 +388,7 @@ class SessionWriter:
         if not (self._irps or self._urbs or self._cmds or self._files or self._gaps):
             return
         batch: list[tuple[str, Any]] = [
-            (name, self._bulk[name].params(rows) if name in ("irps", "scsi_commands") else rows)
+            (name, self._bulk[name].params(rows) if name == "irps" else rows)
             for name, rows in (("irps", self._irps), ("urbs", self._urbs),
                                ("scsi_commands", self._cmds), ("file_activity", self._files),
                                ("gaps", self._gaps))
