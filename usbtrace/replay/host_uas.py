@@ -102,6 +102,9 @@ def replay_host_uas(recording: Recording, target: DeviceBackend, report: Report,
         report.replayed += 1
 
 
+MAX_CDB = 16 + 63 * 4  # the CDB field and ADDITIONAL CDB BYTES (a 6-bit count of dwords)
+
+
 def _replay_one(target: DeviceBackend, pipes: dict[int, int], streams: bool, cmd: ScsiCommand,
                 index: int, report: Report) -> None:
     def diverge(field: str, expected: object, actual: object, note: str = "",
@@ -113,6 +116,12 @@ def _replay_one(target: DeviceBackend, pipes: dict[int, int], streams: bool, cmd
                 "the capture cut this command's data short: it cannot be sent again")
         return
     tmf = cmd.info.opcode == TMF_OPCODE
+    if not tmf and not (0 <= cmd.tag <= 0xFFFF and len(cmd.cdb) <= MAX_CDB):
+        diverge("recording", f"a Command IU's tag (16 bits) and CDB (at most {MAX_CDB} bytes)",
+                f"tag 0x{cmd.tag:x}, a CDB of {len(cmd.cdb)} bytes",
+                "not a UAS command (a Bulk-Only CBW's tag has 32 bits): it cannot be sent "
+                "as a Command IU")
+        return
     iu = bytes(cmd.cdb) if tmf else build_command_iu(cmd.tag, bytes(cmd.cdb), cmd.lun)
     result = target.stream_out(pipes[PIPE_COMMAND], 0, bytearray(iu))
     report.urbs += 1
