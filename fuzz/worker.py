@@ -257,6 +257,17 @@ class Watch:
         return None
 
 
+FORK_RSS = 100 << 20  # resident bytes of the parent above which a worker is spawned
+
+
+def start_method() -> str:
+    """``fork`` from a small parent (the campaign's: the worker shares its parsed seeds
+    copy-on-write and starts at once); ``spawn`` from a large one, such as a test run
+    that has loaded everything, whose memory a forked worker would start with, inside
+    its own 500 MB (the seeds then cross the pipe, about 20 MB)."""
+    return "fork" if _memory()[1] < FORK_RSS else "spawn"
+
+
 class Worker:
     """A worker process and the pipe to it; restarted after it dies or hangs."""
 
@@ -269,7 +280,8 @@ class Worker:
         self._start()
 
     def _start(self) -> None:
-        context = multiprocessing.get_context("fork")
+        context = multiprocessing.get_context("fork") if start_method() == "fork" \
+            else multiprocessing.get_context("spawn")
         self.channel, child = context.Pipe()
         self.process = context.Process(target=_worker_main,
                                        args=(child, self.memory_limit, self.time_limit,

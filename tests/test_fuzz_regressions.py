@@ -190,3 +190,16 @@ def test_a_silent_worker_is_hung_only_when_it_spins_or_blocks(
         for p in (spinning, blocked, stopped):
             p.kill()
             p.wait()
+
+
+def test_a_worker_started_from_a_large_process_starts_small() -> None:
+    """A worker forked from a test run that holds hundreds of MB would start with them,
+    inside its own 500 MB; from a large process it is spawned instead."""
+    ballast = b"\x01" * (300 << 20)  # resident: every page written
+    w = Worker(seeds=load_seeds())
+    try:
+        outcome = w.run((1, 0), ("decode",))
+    finally:
+        w.stop()
+    assert len(ballast) and not outcome.findings
+    assert outcome.peak_rss < 250 << 20, outcome.peak_rss
