@@ -240,6 +240,24 @@ def pipe_usage(blob: bytes) -> dict[tuple[int, int], tuple[int, dict[int, int]]]
     return out
 
 
+def max_streams(blob: bytes, number: int, alternate: int, endpoint: int) -> int:
+    """The MaxStreams exponent (0: no streams) the SuperSpeed Endpoint Companion of
+    ``endpoint`` in interface ``number``, setting ``alternate``, gives (USB 3.2
+    §9.6.7: bmAttributes bits 4..0 of a bulk endpoint's companion)."""
+    current, last = False, None
+    for desc in d.parse_descriptors(blob):
+        if desc.malformed:
+            continue
+        kind = desc.bDescriptorType
+        if kind == d.INTERFACE:
+            current = (desc.bInterfaceNumber, desc.bAlternateSetting) == (number, alternate)
+        elif kind == d.ENDPOINT and current:
+            last = desc.bEndpointAddress
+        elif kind == d.SS_ENDPOINT_COMPANION and current and last == endpoint:
+            return int(desc.bmAttributes & 0x1F)
+    return 0
+
+
 def build_command_iu(tag: int, cdb: bytes, lun: int = 0, priority: int = 0,
                      task_attribute: int = 0) -> bytes:
     """A Command IU; a CDB longer than 16 bytes goes on as ADDITIONAL CDB BYTES."""

@@ -74,6 +74,7 @@ from usbtrace.decode.uas import (
     UAS_PROTOCOL,
     build_command_iu,
     build_task_management_iu,
+    max_streams,
     pipe_usage,
 )
 from usbtrace.drivers import usbstor
@@ -337,25 +338,9 @@ def _configure(ext: UaspFdoExtension, irp: Irp) -> int:
     except KeyError:
         return NTSTATUS.STATUS_NOT_SUPPORTED  # a pipe without its Pipe Usage descriptor
     ext.pipe_in, ext.pipe_out = ext.pipe_data_in, ext.pipe_data_out
-    ext.use_streams = _offers_streams(configuration, number, alternate)
+    ext.use_streams = max_streams(configuration, number, alternate,
+                                  by_id[PIPE_STATUS]) > 0
     return STATUS_SUCCESS
-
-
-def _offers_streams(configuration: bytes, number: int, alternate: int) -> bool:
-    """Whether the status pipe's SuperSpeed companion offers streams (MaxStreams)."""
-    current, role = False, None
-    for desc in d.parse_descriptors(configuration):
-        if desc.malformed:
-            continue
-        kind = desc.bDescriptorType
-        if kind == d.INTERFACE:
-            current = (desc.bInterfaceNumber, desc.bAlternateSetting) == (number, alternate)
-        elif kind == d.ENDPOINT and current:
-            role = desc.bEndpointAddress
-        elif kind == d.SS_ENDPOINT_COMPANION and current and role is not None \
-                and role & 0x80 and desc.bmAttributes & 0x1F:
-            return True
-    return False
 
 
 def _open_streams(ext: UaspFdoExtension) -> int:

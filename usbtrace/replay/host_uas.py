@@ -32,6 +32,7 @@ from usbtrace.decode.uas import (
     TMF_OPCODE,
     UAS_PROTOCOL,
     build_command_iu,
+    max_streams,
     pipe_usage,
 )
 from usbtrace.devices.base import DeviceBackend, read_configuration
@@ -71,18 +72,8 @@ def _configure(target: DeviceBackend) -> tuple[dict[int, int], bool]:
                             bytearray())
     if result.status != USBD_STATUS_SUCCESS:
         raise DeviceError("the target refused its UAS alternate setting")
-    streams = False
-    current, endpoint = False, None
-    for desc in d.parse_descriptors(config):
-        if desc.malformed:
-            continue
-        kind = desc.bDescriptorType
-        if kind == d.INTERFACE:
-            current = (desc.bInterfaceNumber, desc.bAlternateSetting) == (number, alternate)
-        elif kind == d.ENDPOINT and current:
-            endpoint = desc.bEndpointAddress
-        elif kind == d.SS_ENDPOINT_COMPANION and current and endpoint == pipes[PIPE_STATUS]:
-            streams = bool(desc.bmAttributes & 0x1F) and target.speed.name == "super"
+    streams = max_streams(config, number, alternate, pipes[PIPE_STATUS]) > 0 \
+        and target.speed.name == "super"
     return pipes, streams
 
 
