@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 SECTOR = 512
+ZERO_SECTOR = bytes(SECTOR)
 MAX_SECTORS = 4096  # FAT and directory sectors kept as evidence (2 MiB each at most)
 MAX_WRITES = 4096  # write extents kept to match against entries' sizes
 MAX_REPLAY_SECTORS = 16384  # metadata sectors kept to replay the window (8 MiB)
@@ -273,9 +274,10 @@ class Inference:
         self._now = seq
         count = min(blocks, len(data) // SECTOR)
         for i in range(count):
-            sector = bytes(data[i * SECTOR : (i + 1) * SECTOR])
-            if not any(sector[:64]) and not any(sector):
+            piece = data[i * SECTOR : (i + 1) * SECTOR]
+            if piece == ZERO_SECTOR:  # nothing to learn; one memcmp, not 512 steps of any()
                 continue
+            sector = bytes(piece)
             at = lba + i
             if self._classify(at, sector):
                 kept[i] = sector
