@@ -183,7 +183,12 @@ Job = bytes | tuple[int, int]  # a file's bytes, or a campaign's (seed, index)
 
 def _worker_main(channel: Connection, memory_limit: int, time_limit: float,
                  seeds: list[Capture]) -> None:
-    """The worker's loop: set the limits, then run inputs until told to stop."""
+    """The worker's loop: set the limits, then run inputs until told to stop.  Ctrl-C and
+    SIGTERM are the campaign's to take (it saves its state, then stops the workers): a
+    terminal's Ctrl-C or a ``pkill`` reaches the workers too, and must not print their
+    tracebacks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     from fuzz.targets import Workspace

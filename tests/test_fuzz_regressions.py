@@ -203,3 +203,20 @@ def test_a_worker_started_from_a_large_process_starts_small() -> None:
         w.stop()
     assert len(ballast) and not outcome.findings
     assert outcome.peak_rss < 250 << 20, outcome.peak_rss
+
+
+def test_sigterm_to_the_whole_campaign_saves_its_state_quietly(tmp_path: Path) -> None:
+    """``pkill -f 'fuzz run'`` reaches the workers as well as the campaign: the campaign
+    saves its state and exits 130, and no worker prints a traceback."""
+    state = tmp_path / "state.json"
+    root = Path(__file__).resolve().parent.parent
+    campaign = subprocess.Popen(
+        [sys.executable, "-m", "fuzz", "run", "--inputs", "100000", "--seed", "3", "--jobs",
+         "2", "--state", str(state), "--corpus", str(tmp_path / "new")],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    time.sleep(8)  # the seeds parsed, the workers at their inputs
+    os.killpg(campaign.pid, signal.SIGTERM)  # the campaign and its workers alike
+    out, err = campaign.communicate(timeout=60)
+    assert campaign.returncode == 130, err.decode()
+    assert b"Traceback" not in err + out, (err + out).decode()
+    assert json.loads(state.read_text())["inputs"] == 100000  # saved as it stopped
