@@ -83,7 +83,6 @@ from usbtrace.storage import scsi
 from usbtrace.storage.ntstatus import sense_to_ntstatus
 from usbtrace.storage.srb import (
     SCSISTAT_CHECK_CONDITION,
-    SRB_FLAGS_DATA_IN,
     SRB_FUNCTION_EXECUTE_SCSI,
     SRB_FUNCTION_RESET_DEVICE,
     SRB_STATUS_ABORTED,
@@ -102,7 +101,6 @@ from usbtrace.wdm.device import (
     DO_DEVICE_INITIALIZING,
     DO_DIRECT_IO,
     DO_POWER_PAGABLE,
-    FILE_DEVICE_DISK,
     FILE_DEVICE_MASS_STORAGE,
     DeviceObject,
     DriverObject,
@@ -115,7 +113,6 @@ from usbtrace.wdm.iomgr import (
     IoForwardIrpSynchronously,
     IoMarkIrpPending,
     IoSetCompletionRoutine,
-    IoSetNextIrpStackLocation,
     complete_irp,
 )
 from usbtrace.wdm.irp import (
@@ -136,14 +133,14 @@ from usbtrace.wdm.irp import (
     IoFreeIrp,
     Irp,
 )
-from usbtrace.wdm.mdl import IoAllocateMdl, IoBuildPartialMdl, IoFreeMdl, MmBuildMdlForNonPagedPool
+from usbtrace.wdm.mdl import IoAllocateMdl, IoBuildPartialMdl, IoFreeMdl
 from usbtrace.wdm.power import PoSetPowerState, PowerDeviceD0
 from usbtrace.wdm.removelock import (
     IoAcquireRemoveLock,
     IoInitializeRemoveLock,
     IoReleaseRemoveLock,
 )
-from usbtrace.wdm.sched import KDpc, KEvent, KTimer
+from usbtrace.wdm.sched import KDpc, KTimer
 from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 from usbtrace.wdm.workitem import IoAllocateWorkItem
 
@@ -357,52 +354,12 @@ def _open_streams(ext: UaspFdoExtension) -> int:
 def UASP_CreatePDO(ext: UaspFdoExtension, lun: int) -> int:  # noqa: N802
     """The LUN's PDO, with the queries usbstor sends as it creates one (INQUIRY, READ
     FORMAT CAPACITIES, the Unit Serial Number page): the disk stack above is the same."""
-    data = bytearray(36)
-    status = _execute_srb_sync(ext, usbstor._inquiry_srb(lun, data))
-    if status != STATUS_SUCCESS:
-        return status
-    vendor = data[8:16].decode("ascii", "replace").strip()
-    product = data[16:32].decode("ascii", "replace").strip()
-    revision = data[32:36].decode("ascii", "replace").strip()
-    if data[0] & 0x1F == 0:
-        capacities = bytearray(0xFC)
-        _execute_srb_sync(ext, Srb(bytes([scsi.READ_FORMAT_CAPACITIES, 0, 0, 0, 0, 0, 0, 0,
-                                          0xFC, 0]), 0xFC, SRB_FLAGS_DATA_IN,
-                                   memoryview(capacities), lun=lun))
-    serial_page = bytearray(0xFF)
-    _execute_srb_sync(ext, usbstor._inquiry_srb(lun, serial_page, scsi.VPD_UNIT_SERIAL_NUMBER))
-    pdo = IoCreateDevice(ext.fdo.driver_object, None, None, FILE_DEVICE_DISK)
-    pdo_ext = PdoExtension(ext, lun, vendor, product, revision)
-    IoInitializeRemoveLock(pdo_ext.remove_lock, ext.fdo.driver_object.kernel.scheduler,
-                           f"uaspstor LUN {lun}")
-    pdo.device_extension = pdo_ext
-    pdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
-    pdo.stack_size = ext.fdo.stack_size
-    pdo.flags &= ~DO_DEVICE_INITIALIZING
-    ext.luns.append(pdo)
-    return STATUS_SUCCESS
+    return usbstor.create_lun_pdo(ext, lun, _start_or_wait, "uaspstor")
 
 
 def _execute_srb_sync(ext: UaspFdoExtension, srb: Srb) -> int:
     """Run one SRB on an IRP of the driver's own and wait (start-up commands)."""
-    irp = IoAllocateIrp(ext.lower.stack_size + 1)
-    IoSetNextIrpStackLocation(irp, ext.fdo)
-    if srb.data_buffer is not None and srb.data_transfer_length:
-        irp.mdl_address = IoAllocateMdl(srb.data_buffer, srb.data_transfer_length)
-        MmBuildMdlForNonPagedPool(irp.mdl_address)
-    event = KEvent()
-    result: list[int] = []
-
-    def finished(request: UaspRequest) -> None:
-        result.append(request.status)
-        event.KeSetEvent()
-
-    _start_or_wait(ext, irp, srb, finished)
-    ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(event, "SRB")
-    if irp.mdl_address is not None:
-        IoFreeMdl(irp.mdl_address)
-    IoFreeIrp(irp)
-    return result[0]
+    return usbstor._execute_srb_sync(ext, srb, _start_or_wait)
 
 
 # ---------------------------------------------------------------------------------

@@ -645,8 +645,17 @@ def USBSTOR_CreatePDO(ext: FdoExtension, lun: int) -> int:  # noqa: N802
     is not critical.  Windows 10 then asks the Unit Serial Number VPD page
     (INQUIRY EVPD page 0x80, 255 bytes): the shared capture has it next.
     """
+    return create_lun_pdo(ext, lun, _start_or_queue, "usbstor")
+
+
+StartSrb = Callable[[Any, Irp, Srb, Callable[[Any], None]], None]
+
+
+def create_lun_pdo(ext: FdoExtension, lun: int, start: StartSrb, driver: str) -> int:
+    """The LUN's PDO after its queries, each SRB started by ``start`` (the driver's own
+    way: IoStartPacket here, a free tag in UASPStor, whose LUN PDOs are these)."""
     data = bytearray(36)
-    status = _execute_srb_sync(ext, _inquiry_srb(lun, data))
+    status = _execute_srb_sync(ext, _inquiry_srb(lun, data), start)
     if status != STATUS_SUCCESS:
         return status
     vendor = data[8:16].decode("ascii", "replace").strip()
@@ -656,13 +665,13 @@ def USBSTOR_CreatePDO(ext: FdoExtension, lun: int) -> int:  # noqa: N802
         capacities = bytearray(0xFC)
         _execute_srb_sync(ext, Srb(bytes([scsi.READ_FORMAT_CAPACITIES, 0, 0, 0, 0, 0, 0, 0,
                                           0xFC, 0]), 0xFC, SRB_FLAGS_DATA_IN,
-                                   memoryview(capacities), lun=lun))
+                                   memoryview(capacities), lun=lun), start)
     serial_page = bytearray(0xFF)
-    _execute_srb_sync(ext, _inquiry_srb(lun, serial_page, scsi.VPD_UNIT_SERIAL_NUMBER))
+    _execute_srb_sync(ext, _inquiry_srb(lun, serial_page, scsi.VPD_UNIT_SERIAL_NUMBER), start)
     pdo = IoCreateDevice(ext.fdo.driver_object, None, None, FILE_DEVICE_DISK)
     pdo_ext = PdoExtension(ext, lun, vendor, product, revision)
     IoInitializeRemoveLock(pdo_ext.remove_lock, ext.fdo.driver_object.kernel.scheduler,
-                           f"usbstor LUN {lun}")
+                           f"{driver} LUN {lun}")
     pdo.device_extension = pdo_ext
     pdo.flags |= DO_DIRECT_IO | DO_POWER_PAGABLE
     pdo.stack_size = ext.fdo.stack_size  # room to send SRB IRPs down the USB stack
@@ -671,7 +680,7 @@ def USBSTOR_CreatePDO(ext: FdoExtension, lun: int) -> int:  # noqa: N802
     return STATUS_SUCCESS
 
 
-def _execute_srb_sync(ext: FdoExtension, srb: Srb) -> int:
+def _execute_srb_sync(ext: FdoExtension, srb: Srb, start: StartSrb | None = None) -> int:
     """Run one SRB on an IRP of the driver's own and wait (start-up commands).
 
     As ReactOS's USBSTOR_AllocateIrp (``pdo.c``): the data buffer is described by an
@@ -688,7 +697,7 @@ def _execute_srb_sync(ext: FdoExtension, srb: Srb) -> int:
         result.append(request.status)
         event.KeSetEvent()
 
-    _start_or_queue(ext, irp, srb, finished)
+    (start or _start_or_queue)(ext, irp, srb, finished)
     ext.fdo.driver_object.kernel.scheduler.KeWaitForSingleObject(event, "SRB")
     if irp.mdl_address is not None:
         IoFreeMdl(irp.mdl_address)
