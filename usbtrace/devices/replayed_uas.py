@@ -19,6 +19,7 @@ from usbtrace.decode.uas import (
     PIPE_DATA_OUT,
     PIPE_STATUS,
     UAS_PROTOCOL,
+    max_streams,
     pipe_usage,
 )
 from usbtrace.devices.base import TransferResult
@@ -46,17 +47,7 @@ def _uas_setting(config: bytes | None) -> tuple[int, int, bool] | None:
         return None
     (number, alternate), pipes = settings[0]
     status = pipes.get(PIPE_STATUS)
-    current, endpoint, streams = False, None, False
-    for desc in d.parse_descriptors(config):
-        if desc.malformed:
-            continue
-        kind = desc.bDescriptorType
-        if kind == d.INTERFACE:
-            current = (desc.bInterfaceNumber, desc.bAlternateSetting) == (number, alternate)
-        elif kind == d.ENDPOINT and current:
-            endpoint = desc.bEndpointAddress
-        elif kind == d.SS_ENDPOINT_COMPANION and current and endpoint == status:
-            streams = bool(desc.bmAttributes & 0x1F)
+    streams = status is not None and max_streams(config, number, alternate, status) > 0
     return number, alternate, streams
 
 

@@ -252,8 +252,12 @@ def _learn_selection(ext: TracerExtension, params: Any) -> None:
     if getattr(params, "io_control_code", None) != SUBMIT_URB:
         return
     urb = params.type3_input_buffer
-    if not isinstance(urb, U.Urb) or not U.USBD_SUCCESS(urb.status):
-        return
+    if isinstance(urb, U.Urb) and U.USBD_SUCCESS(urb.status):
+        _learn_from(ext, urb)
+
+
+def _learn_from(ext: TracerExtension, urb: U.Urb) -> None:
+    """The pipe handles a successful selection or OPEN_STATIC_STREAMS returned."""
     if isinstance(urb, U.UrbSelectConfiguration):
         _learn_pipes(ext, urb.interfaces)
     elif isinstance(urb, U.UrbSelectInterface):
@@ -367,13 +371,7 @@ def _describe_urb(ext: TracerExtension, event: Event, urb: U.Urb, done: bool) ->
         event.endpoint = urb.endpoint
         event.transfer_type = urb.transfer_type
     if done and U.USBD_SUCCESS(urb.status):
-        if isinstance(urb, U.UrbSelectConfiguration):
-            _learn_pipes(ext, urb.interfaces)
-        elif isinstance(urb, U.UrbSelectInterface):
-            _learn_pipes(ext, [urb.interface])
-        elif isinstance(urb, U.UrbOpenStaticStreams):  # each stream has a handle of its own
-            for stream in urb.streams:
-                ext.pipes[stream] = (stream.endpoint_address, stream.pipe_type)
+        _learn_from(ext, urb)
     event.setup = urb.setup_packet()
     length = urb.transfer_buffer_length
     event.length = length
