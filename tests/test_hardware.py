@@ -228,7 +228,7 @@ def test_named_medium_changing_commands_never_reach_the_device(name: str) -> Non
     before = list(stick.bot.history)
     result = hardware.bulk_out(0x02, _cbw(NAMED_REFUSED[name]))
     assert result.status != 0 and hardware.refused == [bytes(_cbw(NAMED_REFUSED[name]))]
-    assert stick.bot.history == before  # the stick never saw the CBW
+    assert list(stick.bot.history) == before  # the stick never saw the CBW
     hardware.close()
 
 

@@ -17,6 +17,7 @@ The stick's VID:PID is 1209:0001, the pid.codes identifier reserved for tests.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -64,6 +65,8 @@ BOT_TRANSITIONS: dict[tuple[str, str], str] = {
     ("reset_needed", "reset"): "command",
 }
 
+HISTORY = 1024  # events a device remembers
+
 
 class BulkOnlyDevice:
     """The device side of Bulk-Only Transport for one interface."""
@@ -73,7 +76,8 @@ class BulkOnlyDevice:
         self.max_packet = max_packet
         self.state = "command"
         self.halted: set[int] = set()
-        self.history: list[str] = []  # cases seen, for tests and logs
+        # the latest cases seen, for tests and logs: a stick may serve millions of commands
+        self.history: deque[str] = deque(maxlen=HISTORY)
         self.commands = 0  # CBWs received, counted from 1
         self.on_command: Callable[[int, int], None] | None = None  # (number, LUN), per CBW
         self.csw_fault: str | None = None  # "invalid-csw" / "phase-error": this command's CSW

@@ -105,7 +105,8 @@ class UasDevice:
         self.streams = streams
         self.tasks: dict[int, Task] = {}
         self.halted: set[int] = set()
-        self.history: list[str] = []  # what the device did, for tests and logs
+        # what the device did lately, for tests and logs (bounded: a long session)
+        self.history: deque[str] = deque(maxlen=1024)
         self.commands = 0  # Command IUs taken, counted from 1
         self.on_command: Callable[[int, int], None] | None = None  # (number, LUN)
         # IUs waiting for a status transfer: one FIFO, or one per stream (tag)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from construct import ConstructError
 
+from usbtrace.decode.bot import ScsiCommand
 from usbtrace.devices.base import DeviceBackend, read_configuration
 from usbtrace.errors import DeviceError
 from usbtrace.replay.device import MAX_UNRECORDED
@@ -73,66 +74,76 @@ def replay_host(recording: Recording, target: DeviceBackend, report: Report,
             schedule.wait(cmd.submitted_at, index)
             while schedule.notes:  # a malformed timestamp (or NaN): not a hang
                 report.note(schedule.notes.pop(0))
+        _replay_command(target, interface, in_ep, out_ep, index, cmd, report)
 
-        def diverge(field: str, expected: object, actual: object, note: str = "",
-                    offset: int | None = None, index: int = index, cmd: object = cmd) -> None:
-            report.add(Divergence(index, describe(cmd), field, expected, actual, note, offset))
 
-        if cmd.data_direction == "out" and cmd.data_truncated:
-            diverge("recording", "the OUT data", f"{len(cmd.data)} of {cmd.data_length} bytes",
-                    "the capture cut this command's data short: it cannot be sent again")
-            report.replayed += 1
-            continue
-        cbw = bot.build_cbw(cmd.tag, cmd.expected_length, cmd.data_direction == "in",
-                            cmd.lun, bytes(cmd.cdb))
-        result = target.bulk_out(out_ep, bytearray(cbw))
-        report.urbs += 1
-        if result.status != USBD_STATUS_SUCCESS:
-            diverge("cbw", "accepted", f"USBD status 0x{result.status:08x}")
-            _recover(target, interface, in_ep, out_ep)
-            report.replayed += 1
-            continue
-        if cmd.data_direction == "out" and cmd.expected_length:
-            payload = cmd.data[: cmd.expected_length]
-            result = target.bulk_out(out_ep, bytearray(payload))
-            report.urbs += 1
-            if result.status == USBD_STATUS_STALL_PID:
-                target.clear_halt(out_ep)
-        elif cmd.data_direction == "in" and cmd.expected_length:
-            recorded = cmd.data
-            buffer = bytearray(min(cmd.expected_length, len(recorded) + MAX_UNRECORDED))
-            result = target.bulk_in(in_ep, buffer)
-            report.urbs += 1
-            if result.status == USBD_STATUS_STALL_PID:
-                target.clear_halt(in_ep)
-            got = bytes(buffer[: result.actual])
-            if cmd.data_truncated:
-                got = got[: len(recorded)]
-            report.compared_bytes += len(recorded)
-            if got != recorded:
-                diverge("data_in", recorded, got, offset=first_difference(recorded, got),
-                        note="compared the captured part only" if cmd.data_truncated else "")
-        csw_buffer = bytearray(bot.CSW_LENGTH)
-        result = target.bulk_in(in_ep, csw_buffer)
-        report.urbs += 1
+def _replay_command(target: DeviceBackend, interface: int, in_ep: int, out_ep: int,
+                    index: int, cmd: ScsiCommand, report: Report) -> None:
+    """One command's CBW, data and CSW, each answer compared with the recording."""
+
+    def diverge(field: str, expected: object, actual: object, note: str = "",
+                offset: int | None = None) -> None:
+        report.add(Divergence(index, describe(cmd), field, expected, actual, note, offset))
+
+    direction = cmd.data_direction
+    length = cmd.expected_length
+    if direction == "out" and cmd.data_truncated:
+        diverge("recording", "the OUT data", f"{len(cmd.data)} of {cmd.data_length} bytes",
+                "the capture cut this command's data short: it cannot be sent again")
+        report.replayed += 1
+        return
+    cbw = bot.build_cbw(cmd.tag, length, direction == "in", cmd.lun, bytes(cmd.cdb))
+    result = target.bulk_out(out_ep, bytearray(cbw))
+    urbs = 1
+    if result.status != USBD_STATUS_SUCCESS:
+        report.urbs += urbs
+        diverge("cbw", "accepted", f"USBD status 0x{result.status:08x}")
+        _recover(target, interface, in_ep, out_ep)
+        report.replayed += 1
+        return
+    if length and direction == "out":
+        result = target.bulk_out(out_ep, bytearray(cmd.data[:length]))
+        urbs += 1
+        if result.status == USBD_STATUS_STALL_PID:
+            target.clear_halt(out_ep)
+    elif length and direction == "in":
+        recorded = cmd.data
+        buffer = bytearray(min(length, len(recorded) + MAX_UNRECORDED))
+        result = target.bulk_in(in_ep, buffer)
+        urbs += 1
         if result.status == USBD_STATUS_STALL_PID:
             target.clear_halt(in_ep)
-            result = target.bulk_in(in_ep, csw_buffer)
-            report.urbs += 1
-        csw = bot.parse_csw(csw_buffer) if result.actual == bot.CSW_LENGTH else None
-        report.replayed += 1
-        if cmd.status == "missing":
-            continue  # nothing recorded to compare with
-        if csw is None:
-            diverge("csw", "a CSW", bytes(csw_buffer[: result.actual]))
-            _recover(target, interface, in_ep, out_ep)
-            continue
-        if csw.tag != cmd.tag:
-            diverge("csw tag", cmd.tag, csw.tag)
-        if csw.status != STATUS_CODES.get(cmd.status, -1):
-            diverge("csw status", cmd.status, bot.CSW_STATUS_NAMES.get(csw.status, csw.status))
-        if cmd.residue is not None and csw.residue != cmd.residue:
-            diverge("residue", cmd.residue, csw.residue)
+        got = buffer[: result.actual]
+        if cmd.data_truncated:
+            del got[len(recorded):]
+        report.compared_bytes += len(recorded)
+        if got != recorded:
+            seen = bytes(got)
+            diverge("data_in", recorded, seen, offset=first_difference(recorded, seen),
+                    note="compared the captured part only" if cmd.data_truncated else "")
+    csw_buffer = bytearray(bot.CSW_LENGTH)
+    result = target.bulk_in(in_ep, csw_buffer)
+    urbs += 1
+    if result.status == USBD_STATUS_STALL_PID:
+        target.clear_halt(in_ep)
+        result = target.bulk_in(in_ep, csw_buffer)
+        urbs += 1
+    report.urbs += urbs
+    csw = bot.parse_csw(csw_buffer) if result.actual == bot.CSW_LENGTH else None
+    report.replayed += 1
+    status = cmd.status
+    if status == "missing":
+        return  # nothing recorded to compare with
+    if csw is None:
+        diverge("csw", "a CSW", bytes(csw_buffer[: result.actual]))
+        _recover(target, interface, in_ep, out_ep)
+        return
+    if csw.tag != cmd.tag:
+        diverge("csw tag", cmd.tag, csw.tag)
+    if csw.status != STATUS_CODES.get(status, -1):
+        diverge("csw status", status, bot.CSW_STATUS_NAMES.get(csw.status, csw.status))
+    if cmd.residue is not None and csw.residue != cmd.residue:
+        diverge("residue", cmd.residue, csw.residue)
 
 
 def _recover(target: DeviceBackend, interface: int, in_ep: int, out_ep: int) -> None:

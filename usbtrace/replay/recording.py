@@ -4,8 +4,10 @@ A capture file or a stored session goes through the same decoding stages as
 an import (pairing, Bulk-Only -> SCSI).  Nothing holds the whole recording:
 replay needs some facts before the first command (the descriptors, the
 storage device, its capacity, how many commands there are), so a first pass
-over the source collects them in bounded memory, and :meth:`Recording.commands`
-then decodes the source again, yielding one command at a time.  A session is
+over the source collects them in bounded memory, keeping the commands it
+decodes on disk (``usbtrace.replay.spill``), and :meth:`Recording.commands`
+yields them again one at a time (decoding afresh whatever the disk could not
+hold).  A session is
 read from its ``urbs`` rows in ``seq`` order, the order the tracer or the
 import paired them in, one row at a time.
 
@@ -34,6 +36,7 @@ from usbtrace.decode.pairing import Exchange, Pairer
 from usbtrace.decode.uas import UasDecoder, UasPipes
 from usbtrace.errors import DatabaseError, InputError, UsbtraceError
 from usbtrace.records import BULK, COMPLETE, CONTROL, SUBMIT, TRANSFER_TYPE_NAMES, Event
+from usbtrace.replay.spill import Spill
 from usbtrace.storage import scsi
 from usbtrace.usb import setup as std
 from usbtrace.usb import urb as U
@@ -100,6 +103,7 @@ class Recording:
     endpoints: dict[str, int] = field(default_factory=dict)  # "in"/"out" bulk endpoints
     notes: list[str] = field(default_factory=list)  # what the survey found malformed
     uas: UasPipes | None = None  # the UAS pipes, when the host selected a UAS setting
+    spill: Spill = field(default_factory=Spill)  # the survey's commands, for later passes
 
     @property
     def count(self) -> int:
@@ -110,16 +114,27 @@ class Recording:
         return self.survey.capacity
 
     def commands(self) -> Iterator[ScsiCommand]:
-        """The storage device's commands in order, decoded afresh from the source; an
-        :class:`InputError` if they are not the ones surveyed (the source changed)."""
+        """The storage device's commands in order: those the survey kept (see
+        ``usbtrace.replay.spill``), then any it could not keep, decoded afresh from the
+        source; an :class:`InputError` if they are not the ones surveyed (the source
+        changed)."""
         device = self.device
         count = 0
-        for cmd in _decode(self.source(), None):
+        for cmd in self.spill:
             if (cmd.bus, cmd.device) == device:
                 count += 1
-                if count > self.count:
-                    break
                 yield cmd
+        if not self.spill.complete:
+            kept = self.spill.count  # decoded again, and passed over
+            for cmd in _decode(self.source(), None):
+                if kept:
+                    kept -= 1
+                    continue
+                if (cmd.bus, cmd.device) == device:
+                    count += 1
+                    if count > self.count:
+                        break
+                    yield cmd
         if count != self.count:
             raise InputError(f"{self.name}: the recording changed while it was replayed "
                              f"({self.count} commands surveyed, then {count}"
@@ -199,7 +214,9 @@ def survey(name: str, source: Callable[[], Iterator[Event]]) -> Recording:
     """The first pass: what a replay needs before it starts, in bounded memory."""
     recording = Recording(name, source)
     devices: dict[Device, DeviceSurvey] = {}
+    spill = recording.spill
     for cmd in _decode(source(), recording._exchange):
+        spill.add(cmd)
         key = (cmd.bus, cmd.device)
         found = devices.get(key)
         if found is None:
@@ -207,6 +224,7 @@ def survey(name: str, source: Callable[[], Iterator[Event]]) -> Recording:
                 continue  # a garbled capture naming ever new devices: not a stick's
             found = devices[key] = DeviceSurvey()
         found.take(cmd)
+    spill.seal()
     if devices:
         # the storage device is the one whose command came first
         recording.device = min(devices, key=lambda k: devices[k].first_seq or 0)
