@@ -144,11 +144,14 @@ def test_a_pipe_as_source_is_refused_not_read_twice(tmp_path: Path) -> None:
     one_error_line(cli("replay", str(fifo)), "not a regular file")
 
 
-def test_a_capture_that_changes_under_the_replay_is_an_error(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where the survey could keep none of its commands (no room on disk), the replay
-    decodes the capture again, and a capture cut in between is found out."""
-    monkeypatch.setattr(usbtrace.replay.spill, "SPILL_LIMIT", 0)
+@pytest.mark.parametrize("kept", [True, False], ids=["commands kept", "no room to keep"])
+def test_a_capture_cut_after_the_survey(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        kept: bool) -> None:
+    """The survey keeps its commands for the replay, so cutting the capture after it
+    changes nothing.  Where it could keep none (no room on disk), the replay decodes the
+    capture again, and the cut is found out."""
+    if not kept:
+        monkeypatch.setattr(usbtrace.replay.spill, "SPILL_LIMIT", 0)
     capture = tmp_path / "c.pcapng"
     shutil.copy(CAPTURE, capture)
     surveyed = usbtrace.replay.run.load
@@ -159,21 +162,7 @@ def test_a_capture_that_changes_under_the_replay_is_an_error(
         return recording
 
     monkeypatch.setattr(usbtrace.replay.run, "load", load_then_cut)
-    one_error_line(cli("replay", str(capture)), "changed while it was replayed")
-
-
-def test_the_commands_surveyed_are_the_ones_replayed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The survey keeps its commands for the replay: cutting the capture after it
-    changes nothing."""
-    capture = tmp_path / "c.pcapng"
-    shutil.copy(CAPTURE, capture)
-    surveyed = usbtrace.replay.run.load
-
-    def load_then_cut(source: str, db: str | None = None) -> object:
-        recording = surveyed(source, db)
-        capture.write_bytes(CAPTURE.read_bytes()[: CAPTURE.stat().st_size // 2])
-        return recording
-
-    monkeypatch.setattr(usbtrace.replay.run, "load", load_then_cut)
-    assert cli("replay", str(capture))[0] == 0
+    if kept:
+        assert cli("replay", str(capture))[0] == 0
+    else:
+        one_error_line(cli("replay", str(capture)), "changed while it was replayed")
