@@ -10,6 +10,9 @@ the median is shown with the min-max.  Peak RSS of the export at each size
 shows whether memory stays flat as the session grows.
 
 Run:  PYTHONPATH=. python benchmarks/bench_export.py [--records 100000,400000] [--pairs 3]
+
+``--keep DIR`` keeps the imported databases in DIR and reuses them on the next run
+(tiling and importing a million records costs more than the whole comparison).
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ def main() -> None:
     parser.add_argument("--records", default="100000,400000")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--capture", type=Path, default=DEFAULT)
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep the imported databases here and reuse them")
     args = parser.parse_args()
     if args.pairs < 3:
         parser.error("--pairs: at least 3")
@@ -80,14 +85,20 @@ def main() -> None:
     rss_by_size: dict[int, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
         for size in sizes:
-            capture = folder / f"tiled-{size}.pcap"
-            tile(args.capture, capture, size)
-            db = folder / f"s{size}.db"
-            subprocess.run(usbtrace("import", str(capture), "--db", str(db), "--quiet",
-                                    "--no-files"), env=ENV, check=True,
-                           stdout=subprocess.DEVNULL, cwd=folder)
-            capture.unlink()
+            db = (args.keep or folder) / f"{args.capture.stem}-{size}.db"
+            if not db.exists():
+                capture = folder / f"tiled-{size}.pcap"
+                tile(args.capture, capture, size)
+                partial = db.with_suffix(".part")
+                partial.unlink(missing_ok=True)
+                subprocess.run(usbtrace("import", str(capture), "--db", str(partial),
+                                        "--quiet", "--no-files"), env=ENV, check=True,
+                               stdout=subprocess.DEVNULL, cwd=folder)
+                partial.rename(db)
+                capture.unlink()
             out = folder / f"e{size}.pcapng"
             export = usbtrace("export", "1", "--db", str(db), "-o", str(out), "--force")
             _, _, rss = measure(*export)
