@@ -12,15 +12,20 @@ by structure: its comments, then an Interface Description Block of the linktype.
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import sqlite3
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from usbtrace.capture.export import DIRECT, _framed, _usbmon_pcapng
 from usbtrace.cli import main
 
 from .conftest import shared_capture
@@ -167,3 +172,122 @@ def test_tshark_reads_every_record(sessions: dict[str, Path], tmp_path: Path, se
                    "--linktype", linktype)
         assert int(said.split(": ", 1)[1].split()[0]) == frames
         assert _malformed(out) == (frames, malformed)
+
+
+# ---- the fast path writes what the general one writes ------------------------------------
+
+_TIMES = st.one_of(st.none(), st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0]),  # equal times
+                   st.floats(0, 3, allow_nan=False).map(lambda t: round(t, 3)))
+_ROWS = st.lists(st.tuples(
+    st.integers(0, (1 << 64) - 1).map(lambda i: f"{i:x}"),   # irp_id
+    _TIMES, _TIMES,                                           # submitted, completed
+    st.one_of(st.none(), st.integers(0, 4)),                  # bus
+    st.one_of(st.none(), st.integers(0, 127)),                # device
+    st.sampled_from([0, 0x01, 0x81, 0x02, 0x83]),             # endpoint
+    st.sampled_from(["control", "bulk", "interrupt", "isochronous", "other"]),
+    st.sampled_from(["in", "out"]),
+    st.one_of(st.none(), st.just(b""), st.binary(min_size=8, max_size=8)),  # setup
+    st.one_of(st.none(), st.integers(0, 1 << 20)),            # requested
+    st.one_of(st.none(), st.integers(0, 1 << 20)),            # actual
+    st.sampled_from([None, "success", "stall_pid", "canceled", "0xc0000011", "odd"]),
+    st.one_of(st.none(), st.binary(max_size=40),
+              st.integers(0, 3).map(lambda k: bytes([k]) * (DIRECT + k))),  # data
+), max_size=40)
+
+
+@settings(max_examples=300)
+@given(rows=_ROWS, origin=st.sampled_from([0.0, 1.5, 1_700_000_000.0078125]))
+def test_usbmon_pcapng_is_what_the_heap_writes(rows: list[tuple[Any, ...]],
+                                               origin: float) -> None:
+    """Rows that overlap, share times, lack times or carry more data than the buffer
+    takes directly: the fast usbmon writer's bytes are those of the general one,
+    which orders every record through the heap (``_framed``)."""
+    fast, general = io.BytesIO(), io.BytesIO()
+    as_fields = [(seq, irp, sub, done, bus, dev, ep, ttype, None, *rest)
+                 for seq, (irp, sub, done, bus, dev, ep, ttype, *rest) in enumerate(rows, 1)]
+    assert _usbmon_pcapng(rows, fast, origin) == _framed(as_fields, general, "usbmon",
+                                                         origin, True)
+    assert fast.getvalue() == general.getvalue()
+
+
+# ---- bad input: one line, exit 2, as from the commands that open the database otherwise ---
+
+
+def _bad_databases(folder: Path, good: Path) -> dict[str, str]:
+    """Files that are no usbtrace database a reader can use, by what is wrong."""
+    (folder / "a-folder").mkdir()
+    (folder / "text.db").write_text("not a database\n")
+    (folder / "empty.db").touch()
+    corrupt = good.read_bytes()
+    (folder / "corrupt.db").write_bytes(corrupt[:100] + b"\xff" * 4000)
+    conn = sqlite3.connect(folder / "foreign.db")
+    conn.execute("CREATE TABLE things (x)")
+    conn.close()
+    conn = sqlite3.connect(folder / "no-tables.db")
+    conn.execute("PRAGMA user_version = 7")
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("DROP TABLE t")
+    conn.close()
+    for name, version in (("old.db", "2"), ("new.db", "99")):
+        shutil.copy(good, folder / name)
+        conn = sqlite3.connect(folder / name)
+        with conn:
+            conn.execute("UPDATE usbtrace_meta SET value = ? WHERE key = 'schema_version'",
+                         (version,))
+        conn.close()
+    return {name: str(folder / name) for name in (
+        "a-folder", "missing.db", "text.db", "empty.db", "corrupt.db", "foreign.db",
+        "no-tables.db", "old.db", "new.db")}
+
+
+def test_a_bad_database_is_one_line_as_for_sessions(sessions: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    """export reads SQLite without SQLAlchemy; what it says of a bad file is word for
+    word what ``usbtrace sessions`` (through ``Database``) says, exit code 2."""
+    for what, db in _bad_databases(tmp_path, sessions["live"]).items():
+        ours = CliRunner().invoke(main, ["export", "1", "--db", db, "-o",
+                                         str(tmp_path / "o.pcapng")])
+        theirs = CliRunner().invoke(main, ["sessions", "--db", db])
+        assert ours.exit_code == theirs.exit_code == 2, (what, ours.stderr, theirs.stderr)
+        assert ours.stderr == theirs.stderr and ours.stderr.count("\n") == 1, what
+        assert ours.stderr.startswith("usbtrace: error: "), what
+        assert not (tmp_path / "o.pcapng").exists()
+
+
+def test_a_bad_filter_is_one_line(sessions: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "o.pcapng"
+    for where, says in (("no_such_column > 1", "query failed: no such column"),
+                        ("(SELECT count(*) FROM pragma_writable_schema(1)) > 0",
+                         "query failed: ")):
+        result = CliRunner().invoke(main, ["export", "1", "--db", str(sessions["usbmon"]),
+                                           "-o", str(out), "--where", where])
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert says in result.stderr and not out.exists()
+
+
+def test_ctrl_c_stops_an_export_and_leaves_no_file(tmp_path: Path) -> None:
+    """SIGINT in the middle of a large export: exit 130, one line, no output, no part."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from .tiling import tile
+
+    capture = tmp_path / "big.pcap"
+    tile(shared_capture("ajbanjara__usb_memory_stick.pcap"), capture, 200_000)
+    db = tmp_path / "big.db"
+    run("import", str(capture), "--db", str(db), "--quiet", "--no-files")
+    out = tmp_path / "o.pcapng"
+    child = subprocess.Popen([sys.executable, "-m", "usbtrace", "export", "1", "--db",
+                              str(db), "-o", str(out)], cwd=tmp_path,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".part") for p in tmp_path.iterdir()):
+        assert child.poll() is None and time.monotonic() < deadline, "export ended first"
+        time.sleep(0.005)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130 and err == "usbtrace: interrupted\n", err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if ".part" in p.name]
