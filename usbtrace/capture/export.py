@@ -376,7 +376,6 @@ def _framed(rows: Iterable[Sequence[Any]], stream: BinaryIO, linktype: str, orig
 # record without data with its block's trailer too
 EPB_MON = struct.Struct("<II4xIIII" + USBMON_HEADER.format[1:-4] + "16x")
 EPB_MON_EMPTY = struct.Struct(EPB_MON.format + "I")
-TRAILERS = tuple(struct.Struct(f"<{pad}xI") for pad in range(4))  # zero pad, block length
 XFER_BY_NAME = {name: USBMON_XFER.get(code, 3) for code, name in TRANSFER_TYPE_NAMES.items()}
 ZERO8 = bytes(8)
 DIRECT = 1 << 16  # a row whose data is larger goes through the heap, as bytes
