@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from click.testing import CliRunner
@@ -80,10 +81,11 @@ def test_export_that_fails_leaves_no_half_file(recorded: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from usbtrace.capture import export as export_module
 
-    def broken(row: tuple[object, ...], origin: float, framed: bool = False) -> bytes:
+    def broken(rows: object, stream: BinaryIO, origin: float) -> tuple[int, int]:
+        stream.write(b"\0" * 4096)  # some records written, then the disk is full
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export_module, "_usbmon_pair", broken)  # encodes each row
+    monkeypatch.setattr(export_module, "_usbmon_pcapng", broken)  # writes the records
     out = tmp_path / "x.pcapng"
     code, _, err = invoke("export", "1", "-o", str(out), "--db", str(recorded),
                           "--linktype", "usbmon")

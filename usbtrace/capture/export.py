@@ -44,6 +44,11 @@ def _status_code(name: str | None) -> int | None:
     return int(name, 16) if name.startswith("0x") else None
 
 
+# the errno usbmon reports for each USBD status name (more are added as met)
+_ERRNO_BY_STATUS: dict[str | None, int] = {
+    name: USBD_TO_ERRNO.get(_status_code(name) or 0, -71) for name in (*USBD_CODES, None)}
+
+
 def events_of(rows: Iterable[dict[str, Any]]) -> Iterator[Event]:
     """Submission and completion events of ``urbs`` rows (in ``seq`` order), in time
     order, streaming: only completions still ahead of the current submission wait,
@@ -154,7 +159,7 @@ U32 = struct.Struct("<I")
 FLUSH = 1 << 20  # bytes gathered before one write to the file
 
 
-def _usbmon_pair(row: tuple[Any, ...], origin: float, framed: bool = False
+def _usbmon_pair(row: Sequence[Any], origin: float, framed: bool = False
                  ) -> tuple[bytes | None, bytes | None]:
     """A row's submission and completion as usbmon records, straight from its columns
     (what ``encode_usbmon`` makes of ``events_of``'s events, without the events);
@@ -218,7 +223,7 @@ USBPCAP_HEADER = usbpcap.HEADER
 USBPCAP_TRANSFER = usbpcap.FROM_RECORD
 
 
-def _usbpcap_pair(row: tuple[Any, ...]) -> tuple[list[bytes] | None, list[bytes] | None]:
+def _usbpcap_pair(row: Sequence[Any]) -> tuple[list[bytes] | None, list[bytes] | None]:
     """A row's submission and completion as USBPcap records; a control transfer's
     stages go through ``encode_usbpcap``."""
     (_, irp_text, submitted_at, completed_at, bus, device, endpoint, ttype, function_name,
@@ -255,7 +260,7 @@ def _usbpcap_pair(row: tuple[Any, ...]) -> tuple[list[bytes] | None, list[bytes]
     return first, last
 
 
-def _row_events(row: tuple[Any, ...]) -> Iterator[Event]:
+def _row_events(row: Sequence[Any]) -> Iterator[Event]:
     """The events of one row given as a tuple in ``FIELDS`` order."""
     return events_of([dict(zip(FIELDS, row))])
 
@@ -270,16 +275,37 @@ def export(rows: Iterable[Any], stream: BinaryIO, linktype: str,
     (straight from a cursor: no dict a row).  Each row is encoded once, to bytes, and
     its two records wait in a heap only while a completion is still ahead of the next
     submission, as in ``events_of``; so memory follows the transfers in flight."""
-    keys: Sequence[Any] = FIELDS
-    if columns is not None:
-        index = {name: i for i, name in enumerate(columns)}
-        keys = [index[name] for name in FIELDS]
-    pick = operator.itemgetter(*keys)
+    return write_capture(rows, stream, linktype, origin, container, comments, columns)[0]
+
+
+def write_capture(rows: Iterable[Any], stream: BinaryIO, linktype: str,
+                  origin: float, container: str = "pcapng", comments: Sequence[str] = (),
+                  columns: Sequence[str] | None = None) -> tuple[int, int]:
+    """``export``, returning the records written and the rows read: the command line
+    says both, and counting the rows here spares it a generator around the cursor."""
+    wanted = fields_for(linktype, container)
+    if columns is not None and tuple(columns) == wanted:
+        picked: Iterable[Sequence[Any]] = rows  # already in order: no copy a row
+    else:
+        keys: Sequence[Any] = wanted
+        if columns is not None:
+            index = {name: i for i, name in enumerate(columns)}
+            keys = [index[name] for name in wanted]
+        picked = map(operator.itemgetter(*keys), rows)
     pcapng = container != "pcap"
     if pcapng:  # the header blocks; the records are framed here, a batch a write
         PcapngWriter(stream, LINKTYPES[linktype], comments=comments)
     else:
         PcapWriter(stream, LINKTYPES[linktype])
+    if pcapng and linktype == "usbmon":
+        return _usbmon_pcapng(picked, stream, origin)
+    return _framed(picked, stream, linktype, origin, pcapng)
+
+
+def _framed(rows: Iterable[Sequence[Any]], stream: BinaryIO, linktype: str, origin: float,
+            pcapng: bool) -> tuple[int, int]:
+    """Any record format in either container: each event's records framed as bytes and
+    ordered through a heap (``_usbmon_pcapng`` is the common case, faster)."""
     classic_buffer = io.BytesIO()  # classic pcap's records, framed by its own writer
     classic = PcapWriter(classic_buffer, LINKTYPES[linktype])
     usbmon = linktype == "usbmon"
@@ -306,9 +332,10 @@ def export(rows: Iterable[Any], stream: BinaryIO, linktype: str,
     pending: list[bytes] = []
     gathered = 0
     count = 0
+    seen = 0
     push, pop = heapq.heappush, heapq.heappop
-    for row in rows:
-        fields = pick(row)
+    for fields in rows:
+        seen += 1
         seq, submitted_at, completed_at = fields[0], fields[2], fields[3]
         now = submitted_at if submitted_at is not None else completed_at
         if now is not None:
@@ -321,13 +348,6 @@ def export(rows: Iterable[Any], stream: BinaryIO, linktype: str,
                 stream.write(b"".join(pending))
                 pending.clear()
                 gathered = 0
-        if usbmon and pcapng:  # the common case, framed as it is encoded
-            one, two = _usbmon_pair(fields, origin, True)
-            if one is not None:
-                push(ahead, (submitted_at, seq, 0, 1, one))
-            if two is not None:
-                push(ahead, (completed_at, seq, 1, 1, two))
-            continue
         submit: Sequence[bytes] | None
         complete: Sequence[bytes] | None
         if usbmon:
@@ -338,13 +358,205 @@ def export(rows: Iterable[Any], stream: BinaryIO, linktype: str,
             submit, complete = _usbpcap_pair(fields)
         if submit is not None:
             push(ahead, (submitted_at, seq, 0, len(submit),
-                         frame(int(round((origin + submitted_at) * 1e9)), submit)))
+                         frame(round((origin + submitted_at) * 1e9), submit)))
         if complete is not None:
             push(ahead, (completed_at, seq, 1, len(complete),
-                         frame(int(round((origin + completed_at) * 1e9)), complete)))
+                         frame(round((origin + completed_at) * 1e9), complete)))
     while ahead:
         item = pop(ahead)
         count += item[3]
         pending.append(item[4])
     stream.write(b"".join(pending))
-    return count
+    return count, seen
+
+
+# usbmon in pcapng, encoded straight into one preallocated buffer: the Enhanced Packet
+# Block's head and the usbmon header in one pack_into (the interface id and the header's
+# four trailing fields are always 0: pad bytes, which struct writes as zeros), and a
+# record without data with its block's trailer too
+EPB_MON = struct.Struct("<II4xIIII" + USBMON_HEADER.format[1:-4] + "16x")
+EPB_MON_EMPTY = struct.Struct(EPB_MON.format + "I")
+XFER_BY_NAME = {name: USBMON_XFER.get(code, 3) for code, name in TRANSFER_TYPE_NAMES.items()}
+ZERO8 = bytes(8)
+DIRECT = 1 << 16  # a row whose data is larger goes through the heap, as bytes
+# the columns usbmon needs, in the order _usbmon_pcapng takes them: no seq (rows come in
+# seq order, so their count orders the heap as well), no URB function
+USBMON_FIELDS = ("irp_id", "submitted_at", "completed_at", "bus", "device", "endpoint",
+                 "transfer_type", "direction", "setup", "requested_length", "actual_length",
+                 "status", "data")
+
+
+def fields_for(linktype: str, container: str) -> tuple[str, ...]:
+    """The ``urbs`` columns ``write_capture`` reads for this output, in its order: a
+    caller that selects just these spares the database and the cursor the others."""
+    return USBMON_FIELDS if linktype == "usbmon" and container != "pcap" else FIELDS
+
+
+def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
+                   ) -> tuple[int, int]:
+    """What ``_framed`` writes for usbmon in pcapng, byte for byte, at a fraction of
+    the cost; ``rows`` in ``USBMON_FIELDS`` order.
+
+    Transfers rarely overlap: a row's records are nearly always both due before the
+    next row's submission, ahead of anything still waiting (a pending interrupt
+    transfer).  So the last row is held, as its tuple, until the next row's time is
+    known; if its records come first then, they are encoded straight into the output
+    buffer, in the order the heap would give them.  Otherwise they become bytes in
+    the heap, and leave it as in ``_framed``.  A record with data is packed whole,
+    data and trailer too, by a ``struct`` kept for its length."""
+    buf = bytearray(FLUSH)
+    view = memoryview(buf)
+    pos = count = seen = 0
+    room = FLUSH - DIRECT - 256  # past this, the buffer is written out before a row
+    write = stream.write
+    pack_empty = EPB_MON_EMPTY.pack_into
+    sized: dict[int, tuple[Any, int, int]] = {}  # data length -> pack_into, size, total
+    xfers, errnos = XFER_BY_NAME, _ERRNO_BY_STATUS.copy()
+    origin = float(origin)  # so a time is a float, and float's own methods round it
+    trunc, fround, _bytes = float.__trunc__, float.__round__, bytes
+    ahead: list[tuple[Any, int, int, bytes]] = []  # a heap, as in _framed
+    ahead_min: Any = INF  # the time of its first record
+    pop = heapq.heappop
+    held: Sequence[Any] = ()
+    held_no = 0
+    held_sub: Any = None  # the held row's times
+    held_done: Any = None
+    last: Any
+    for row in rows:
+        seen += 1
+        sub = row[1]
+        done = row[2]
+        now = sub if sub is not None else done
+        if now is None:
+            continue  # no records, and nothing is due
+        if held_no:
+            last = held_done if held_done is not None else held_sub
+            if last <= now and last < ahead_min and (
+                    held_sub is None or held_done is None or held_sub <= held_done) and \
+                    len(data := held[12] or b"") <= DIRECT:
+                # due by now, and before whatever waits (an earlier row's, so at an
+                # equal time that comes first): written now, in the heap's order
+                (irp_text, _, _, bus, device, endpoint, ttype, direction, setup, requested,
+                 actual, status, _) = held
+                if data.__class__ is not bytes:
+                    data = _bytes(data)
+                xfer = xfers.get(ttype)
+                if xfer is None:
+                    xfer = USBMON_XFER.get(TYPE_CODES.get(ttype, CONTROL), 3)
+                endpoint = endpoint or 0
+                device = device or 0
+                bus = bus or 0
+                irp_id = int(irp_text, 16) & MASK64
+                if pos > room:
+                    write(view[:pos])
+                    pos = 0
+                if held_sub is not None:
+                    ts = origin + held_sub
+                    sec = trunc(ts)
+                    usec = fround((ts - sec) * 1e6)
+                    if usec >= 1_000_000:
+                        sec, usec = sec + 1, usec - 1_000_000
+                    ts_ns = fround(ts * 1e9)
+                    if setup:
+                        if setup.__class__ is not bytes:
+                            setup = _bytes(setup)
+                        flag_setup = 0
+                    else:
+                        setup = None
+                        flag_setup = 45
+                    if not data or direction == "in":
+                        pack_empty(buf, pos, BT_EPB, 96, ts_ns >> 32, ts_ns & 0xFFFFFFFF,
+                                   64, 64, irp_id, 83, xfer, endpoint, device, bus, flag_setup,
+                                   60 if (setup[0] if setup else endpoint) & 0x80 else 62,
+                                   sec, usec, -115, requested or 0, 0, setup or ZERO8, 96)
+                        pos += 96
+                    else:
+                        n = len(data)
+                        pack, size, total = sized.get(n) or _sized(sized, n)
+                        pack(buf, pos, BT_EPB, total, ts_ns >> 32, ts_ns & 0xFFFFFFFF, size,
+                             size, irp_id, 83, xfer, endpoint, device, bus, flag_setup, 0, sec,
+                             usec, -115, requested or 0, n, setup or ZERO8, data, total)
+                        pos += total
+                    count += 1
+                if held_done is not None:
+                    ts = origin + held_done
+                    sec = trunc(ts)
+                    usec = fround((ts - sec) * 1e6)
+                    if usec >= 1_000_000:
+                        sec, usec = sec + 1, usec - 1_000_000
+                    ts_ns = fround(ts * 1e9)
+                    errno = errnos.get(status)
+                    if errno is None:
+                        errno = errnos[status] = USBD_TO_ERRNO.get(
+                            _status_code(status) or 0, -71)
+                    if data and direction == "in":
+                        n = len(data)
+                        pack, size, total = sized.get(n) or _sized(sized, n)
+                        pack(buf, pos, BT_EPB, total, ts_ns >> 32, ts_ns & 0xFFFFFFFF, size,
+                             size, irp_id, 67, xfer, endpoint, device, bus, 45, 0, sec, usec,
+                             errno, actual or 0, n, ZERO8, data, total)
+                        pos += total
+                    else:
+                        pack_empty(buf, pos, BT_EPB, 96, ts_ns >> 32, ts_ns & 0xFFFFFFFF,
+                                   64, 64, irp_id, 67, xfer, endpoint, device, bus, 45,
+                                   60 if endpoint & 0x80 else 62, sec, usec, errno,
+                                   actual or 0, 0, ZERO8, 96)
+                        pos += 96
+                    count += 1
+            else:
+                _hold(ahead, held, held_no, origin)
+                ahead_min = ahead[0][0]
+            if ahead_min <= now:
+                while ahead and ahead[0][0] <= now:
+                    blob = pop(ahead)[3]
+                    count += 1
+                    n = len(blob)
+                    if pos + n > FLUSH:
+                        write(view[:pos])
+                        pos = 0
+                        if n > FLUSH:
+                            write(blob)
+                            continue
+                    buf[pos:pos + n] = blob
+                    pos += n
+                ahead_min = ahead[0][0] if ahead else INF
+        held = row
+        held_no = seen
+        held_sub = sub
+        held_done = done
+    if held_no:
+        _hold(ahead, held, held_no, origin)
+    write(view[:pos])
+    while ahead:  # the rest, in order (a few, unless the data is larger than the buffer)
+        write(pop(ahead)[3])
+        count += 1
+    view.release()
+    return count, seen
+
+
+INF = float("inf")
+
+
+def _sized(cache: dict[int, tuple[Any, int, int]], n: int) -> tuple[Any, int, int]:
+    """The ``struct`` that packs a usbmon record with ``n`` bytes of data in its block,
+    whole (kept for the next record of that length, up to a few thousand lengths)."""
+    pad = -n % 4
+    entry = (struct.Struct(f"{EPB_MON.format}{n}s{pad}xI").pack_into, 64 + n, 96 + n + pad)
+    if len(cache) < 4096:
+        cache[n] = entry
+    return entry
+
+
+def _hold(ahead: list[tuple[Any, int, int, bytes]], row: Sequence[Any], number: int,
+          origin: float) -> None:
+    """A row (in ``USBMON_FIELDS`` order, the ``number``-th) into the heap of records
+    waiting for their time, as ``_framed`` puts them there."""
+    (irp_text, submitted_at, completed_at, bus, device, endpoint, ttype, direction, setup,
+     requested, actual, status, payload) = row
+    one, two = _usbmon_pair((number, irp_text, submitted_at, completed_at, bus, device,
+                             endpoint, ttype, None, direction, setup, requested, actual,
+                             status, payload), origin, True)
+    if one is not None:
+        heapq.heappush(ahead, (submitted_at, number, 0, one))
+    if two is not None:
+        heapq.heappush(ahead, (completed_at, number, 1, two))

@@ -19,7 +19,6 @@ import functools
 import importlib.metadata
 import logging
 import os
-import re
 import shlex
 import signal
 import socket
@@ -28,7 +27,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError
 
 from usbtrace.errors import DatabaseError
+from usbtrace.store import COMMAND_ARGS
 from usbtrace.store.schema import (
     PUBLIC_TABLES,
     SCHEMA_VERSION,
@@ -51,8 +50,11 @@ from usbtrace.store.schema import (
     SessionRow,
     create_view_sql,
 )
+from usbtrace.store.sqlite_read import _URL, is_url, query_error  # noqa: F401 (is_url: API)
+from usbtrace.store.sqlite_read import connect_read_only as _connect_read_only
+from usbtrace.store.sqlite_read import looks_like_sqlite as _looks_like_sqlite
+from usbtrace.store.sqlite_read import read_only_authorizer as _read_only_authorizer
 
-_URL = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
 HOST = socket.gethostname()[:255]
 logger = logging.getLogger(__name__)
 PAGE_SIZE = 65536  # SQLite's largest page: see _sqlite_pragmas
@@ -80,31 +82,6 @@ def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
     cursor.close()
 
 
-# What users' SQL may do: read tables and call functions.  Every write, ATTACH,
-# VACUUM (INTO), transaction control and PRAGMA that sets anything is denied.
-_READ_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
-                 getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
-_READ_PRAGMAS = {"table_info", "table_xinfo", "table_list", "index_list", "index_info",
-                 "index_xinfo", "foreign_key_list", "database_list", "collation_list",
-                 "function_list", "pragma_list", "page_size", "page_count", "user_version",
-                 "schema_version", "encoding", "journal_mode", "compile_options"}
-
-
-def _read_only_authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None,
-                          trigger: str | None) -> int:
-    if action in _READ_ACTIONS:
-        return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and arg1 and arg1.lower() in _READ_PRAGMAS \
-            and arg2 is None:
-        return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
-
-
-# The arguments of the usbtrace command being run, set by the command line for the
-# length of one command: a library caller (a notebook, the pytest plugin) has none.
-COMMAND_ARGS: ContextVar[tuple[str, ...] | None] = ContextVar("usbtrace_command_args",
-                                                              default=None)
-
 
 @functools.cache
 def usbtrace_version() -> str | None:
@@ -123,11 +100,6 @@ def current_command_line() -> str:
     if args is not None:
         return shlex.join(["usbtrace", *args])
     return shlex.join(sys.argv)
-
-
-def is_url(target: str) -> bool:
-    """A SQLAlchemy URL rather than a file name."""
-    return bool(_URL.match(target))
 
 
 def pid_alive(pid: int) -> bool:
@@ -482,59 +454,6 @@ def _driver(url: str) -> str:
     return url
 
 
-SQLITE_READONLY_ROLLBACK = 776  # a hot journal a read-only connection cannot roll back
-
-
-def _connect_read_only(path: Path) -> sqlite3.Connection:
-    """Open without the right to change a byte.  A WAL file in a read-only folder
-    whose writer left no ``-wal`` (it was closed cleanly) is opened immutable.
-
-    A writer killed in the middle of a commit leaves a hot ``-journal``: until it is
-    rolled back nobody can read the file.  The reader then does what any SQLite client
-    does on opening it, rolls it back (the file holds its last commit again, the
-    journal goes), and reads; where it cannot write, it says so."""
-    uri = path.resolve().as_uri()
-    try:
-        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False)
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        return conn
-    except sqlite3.OperationalError as e:
-        if getattr(e, "sqlite_errorcode", None) == SQLITE_READONLY_ROLLBACK:
-            _roll_back_hot_journal(path)
-            return _connect_read_only(path)
-        if Path(f"{path}-wal").exists() or os.access(path.parent, os.W_OK):
-            raise
-    return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
-
-
-def _roll_back_hot_journal(path: Path) -> None:
-    if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
-        raise DatabaseError(f"{path}: a writer was stopped in the middle of a commit and "
-                            f"its journal ({path}-journal) must be rolled back first, which "
-                            "needs write access to the file and its folder")
-    conn = sqlite3.connect(str(path), timeout=10)
-    try:
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # rolls it back
-    finally:
-        conn.close()
-
-
 def _query_error(e: BaseException, stop: dict[str, bool], timeout: float | None
                  ) -> BaseException:
-    if stop["interrupted"]:
-        return KeyboardInterrupt()
-    if stop["timed_out"]:
-        return DatabaseError(f"query stopped after {timeout:g} s (--timeout)")
-    message = str(e)
-    missing = re.match(r"no such table: (\w+)", message)
-    if missing and missing.group(1) in VIEWS:
-        message += " (a view newer than this database: 'usbtrace upgrade' adds it)"
-    if "not authorized" in message or "authorization denied" in message:
-        message += ": usbtrace query is read-only (no writes, ATTACH, VACUUM or PRAGMA "
-        message += "assignments)"
-    return DatabaseError(f"query failed: {message}")
-
-
-def _looks_like_sqlite(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(16) == b"SQLite format 3\0"
+    return query_error(e, stop, timeout, VIEWS)

@@ -44,7 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 3
+from usbtrace.store.sqlite_read import SCHEMA_VERSION  # noqa: F401 (kept where it was)
 
 # A session's life: ``running`` while a process writes it; then ``complete``,
 # ``interrupted`` (Ctrl-C, or its writer died: counts are true as of the last
