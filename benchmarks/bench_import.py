@@ -17,11 +17,10 @@ The peer is ``tshark -T fields`` decoding the SCSI fields the cross-check tests 
 
 Whether the import forks its inserter is decided per run from a tenth of a second of
 /proc/stat, and a forked inserter costs the tree more CPU (pickling the rows, about 2 s
-per million records):
-two runs that decided differently would put that fifth into "attribution adds".  So the
-first usbtrace run of a pair decides as an import does, and the second is made to store
-the same way (the wrapper sets ``importing.spare_core``): attribution's cost compares
-like with like.
+per million records): two runs that decided differently would count that as attribution.
+So the first usbtrace run of a pair decides as an import does, and the second is made to
+store the same way (the wrapper sets ``importing.spare_core``): attribution's cost
+compares like with like.
 
 CPU is the whole process tree's user+sys: ``os.wait4`` on the command, whose figures
 include every descendant it waited for (usbtrace's forked inserter).  Per pair the ratio
