@@ -15,6 +15,13 @@ Each pair runs ``usbtrace import`` (file attribution on) and the peer, alternati
 goes first; usbtrace is run a third time with ``--no-files`` for attribution's cost.
 The peer is ``tshark -T fields`` decoding the SCSI fields the cross-check tests use.
 
+Whether the import forks its inserter is decided per run from a tenth of a second of
+/proc/stat, and a forked inserter costs the tree more CPU (pickling the rows, about 2 s
+per million records): two runs that decided differently would count that as attribution.
+So the first usbtrace run of a pair decides as an import does, and the second is made to
+store the same way (the wrapper sets ``importing.spare_core``): attribution's cost
+compares like with like.
+
 CPU is the whole process tree's user+sys: ``os.wait4`` on the command, whose figures
 include every descendant it waited for (usbtrace's forked inserter).  Per pair the ratio
 usbtrace/tshark; reported: the median ratio with its min-max over the pairs.  Wall time
@@ -31,8 +38,9 @@ parent's pages, the benchmark also samples the tree's proportional set size (PSS
 pages counted once in all) from /proc every quarter second, and reports its peak.
 
 Run:  python benchmarks/bench_import.py [--records 1000000] [--big] [--pairs 3]
-          [--formats 189,249,220]
-``--big`` adds a 3M-record size (memory must stay flat).
+          [--formats 189,249,220] [--keep DIR]
+``--big`` adds a 3M-record size (memory must stay flat).  ``--keep DIR`` tiles the
+captures into DIR and keeps them, and uses those already there (tiling costs minutes).
 """
 
 from __future__ import annotations
@@ -65,8 +73,12 @@ TSHARK_FIELDS = ("usbms.dCBWTag", "scsi_sbc.opcode", "scsi.spc.opcode", "scsi_sb
                  "scsi_sbc.rdwr10.xferlen", "usbms.dCSWStatus")
 PSS_EVERY = 0.25  # seconds between samples of the tree's PSS
 # the import in a wrapper that reports the peak RSS of itself and of its inserter
-WRAPPER = ("import resource, sys\n"
+WRAPPER = ("import os, resource, sys\n"
+           "import usbtrace.importing\n"
            "from usbtrace.cli import main\n"
+           "store = os.environ.get('BENCH_STORING')  # 'fork' or 'here': as another run did\n"
+           "if store:\n"
+           "    usbtrace.importing.spare_core = lambda: store == 'fork'\n"
            "sys.argv = ['usbtrace', 'import', '-q', *sys.argv[1:]]\n"
            "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
            "me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
@@ -143,10 +155,14 @@ def measured(args: list[str], env: dict[str, str] | None = None) -> tuple[Run, s
     return Run(usage.ru_utime + usage.ru_stime, wall, (usage.ru_maxrss,), sampler.peak), err
 
 
-def run_usbtrace(path: Path, db: Path, *extra: str) -> Run:
+def run_usbtrace(path: Path, db: Path, *extra: str, storing: str | None = None) -> Run:
+    """One import; ``storing`` ('fork' or 'here') overrides its own decision."""
     for suffix in ("", "-wal", "-shm"):
         Path(str(db) + suffix).unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("BENCH_STORING", None)
+    if storing is not None:
+        env["BENCH_STORING"] = storing
     run, err = measured([sys.executable, "-c", WRAPPER, str(path), "--db", str(db), *extra],
                         env)
     line = next(x for x in reversed(err.splitlines()) if x.startswith("rss "))
@@ -163,12 +179,16 @@ def run_tshark(path: Path) -> Run:
 
 
 def make_capture(key: str, tmp: Path, records: int) -> Path:
-    """The format's capture tiled to ``records`` (see the module docstring)."""
+    """The format's capture tiled to ``records`` (see the module docstring); one tiled
+    before into ``tmp`` is used as it is."""
     _, name, container = FORMATS[key]
     source = CAPTURES / name
     if not source.exists():
         sys.exit(f"{source}: not found")
     tiled = tmp / f"{key}-{records}.pcap"
+    made = tmp / f"{key}-{records}.{container}"
+    if made.exists():
+        return made
     if container == "pcap":
         tile(source, tiled, records)
         return tiled
@@ -202,13 +222,15 @@ def bench(key: str, path: Path, pairs: int, tmp: Path) -> None:
     for i in range(pairs):
         # alternate the order: whoever runs first meets a colder page cache
         order = ["ours", "plain", "peer"] if i % 2 == 0 else ["peer", "plain", "ours"]
+        storing: str | None = None  # the pair's first import decides; the second follows
         for who in order:
-            if who == "ours":
-                runs.ours.append(run_usbtrace(path, db))
-            elif who == "plain":
-                runs.plain.append(run_usbtrace(path, db, "--no-files"))
-            else:
+            if who == "peer":
                 runs.peer.append(run_tshark(path))
+                continue
+            run = run_usbtrace(path, db, *(["--no-files"] if who == "plain" else []),
+                               storing=storing)
+            (runs.ours if who == "ours" else runs.plain).append(run)
+            storing = "fork" if len(run.rss_kib) > 1 else "here"
     for suffix in ("", "-wal", "-shm"):
         Path(str(db) + suffix).unlink(missing_ok=True)
     cpu_ratio = [o.cpu / p.cpu for o, p in zip(runs.ours, runs.peer)]
@@ -244,6 +266,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--formats", default=",".join(FORMATS),
                         help="comma-separated linktypes among 189, 249, 220")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="tile the captures into DIR and keep them (reused when there)")
     args = parser.parse_args()
     keys = [k.strip() for k in args.formats.split(",") if k.strip()]
     unknown = [k for k in keys if k not in FORMATS]
@@ -260,13 +284,17 @@ def main() -> None:
     sizes = [args.records] + ([3 * args.records] if args.big else [])
     print(f"{os.cpu_count()} CPUs; CPU = user+sys of the whole process tree; ratios are "
           "usbtrace/tshark per pair, median (min-max)\n")
+    if args.keep is not None and not args.keep.is_dir():
+        print(f"--keep: {args.keep} is not a directory", file=sys.stderr)
+        sys.exit(2)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for key in keys:
             for n in sizes:
-                path = make_capture(key, tmp, n)
+                path = make_capture(key, args.keep or tmp, n)
                 bench(key, path, args.pairs, tmp)
-                path.unlink()
+                if args.keep is None:
+                    path.unlink()
                 print()
 
 

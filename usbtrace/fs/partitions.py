@@ -27,6 +27,8 @@ SECTOR = gpt.SECTOR
 GPT_PARTITION = gpt.PROTECTIVE_TYPE  # the type the shadow volume is given for GPT ones
 MAX_PARTITIONS = 256  # partitions taken from one table; more are reported, not used
 MAX_HEADERS = 16  # GPT headers remembered (LBA 1, the backups they name, found ones)
+SIGNATURE_SPAN = 65  # a file system's signature sectors are 0, 2 and 64 into it
+ANYWHERE = 1 << 64  # past every LBA: a GPT's headers and arrays may be anywhere
 
 MBR_TYPE_NAMES = {0x01: "FAT12", 0x04: "FAT16", 0x06: "FAT16", 0x0E: "FAT16",
                   0x0B: "FAT32", 0x0C: "FAT32", 0x07: "NTFS or exFAT", 0x82: "Linux swap",
@@ -129,6 +131,9 @@ class DiskLayout:
         self.tables: dict[int, _Table] = {}  # entry arrays of trusted headers, by header LBA
         self.partitions: list[Partition] = []
         self.named: dict[int, str] = {}  # partition start -> file system named there
+        # from this LBA on, a command teaches ``observe`` nothing and ``detect`` finds
+        # nothing: both are asked at every command, and most are past it
+        self.quiet_from = self._quiet_from()
 
     # ---- learning ----------------------------------------------------------------------
 
@@ -138,6 +143,25 @@ class DiskLayout:
         ``table`` says the shadow volume took sector 0 (in ``data`` when ``lba`` is
         0) for a partition table rather than a boot sector.
         """
+        new = self._observe(lba, data, table)
+        self.quiet_from = self._quiet_from()  # what it learnt is all that moves it
+        return new
+
+    def _quiet_from(self) -> int:
+        """The first LBA from which a command can change nothing here and name no file
+        system (see ``quiet_from``): past LBA 1 (a GPT's header) and past the signature
+        sectors of every partition and of the disk's start; nowhere while a GPT is named
+        or suspected, as its backup header and entry arrays may be anywhere."""
+        if self.headers or self.tables or self.sector0 == "protective":
+            return ANYWHERE
+        reach = 2
+        for p in self.partitions:
+            reach = max(reach, p.start + SIGNATURE_SPAN)
+        if self.sector0 != "mbr":  # no partition table: sector 0 may start a file system
+            reach = max(reach, SIGNATURE_SPAN)
+        return reach
+
+    def _observe(self, lba: int, data: bytes, table: bool) -> list[int]:
         count = len(data) // SECTOR  # what was captured, whatever the command claimed
         if count == 0:
             return []

@@ -62,6 +62,9 @@ MAX_KEPT_BYTES = 8 << 20
 SECTOR = 512
 READS = {0x08, 0x28, 0xA8, 0x88}
 WRITES = {0x0A, 0x2A, 0xAA, 0x8A}
+READS_WRITES = frozenset(READS | WRITES)
+# the kinds of row that ``Attributor._final`` may change; the others are final as made
+LATE_KINDS = frozenset({"event", "unallocated", "data"})
 
 # FAT entry values at or above EOC end a chain; BAD marks a bad cluster (FAT spec §4,
 # exFAT spec §4.1: 0xFFFFFFF7 bad, 0xFFFFFFFF end of chain)
@@ -182,6 +185,7 @@ class Volume:
         self.fsinfo = fsinfo
         self.backup_boot = backup_boot
         self.end = start + data_start + cluster_count * spc
+        self.fat_end = fat_start + num_fats * fat_size  # past the last FAT copy (relative)
         # the FAT is sparse: only the 512-byte sectors seen, by index in the FAT; never
         # sized from the boot sector, which may claim anything
         self.fat: dict[int, bytes] = {}
@@ -760,7 +764,7 @@ class Attributor:
     def feed(self, seq: int, opcode: int, lba: int | None, blocks: int | None,
              data: bytes, status: str) -> list[Activity]:
         self._seq = seq
-        if lba is None or not blocks or (opcode not in READS and opcode not in WRITES):
+        if lba is None or not blocks or opcode not in READS_WRITES:
             return self._release()
         if status != "good":
             return self._release()
@@ -821,10 +825,16 @@ class Attributor:
         queue = self._queue
         limit = self._seq - self.window
         if queue and queue[0][0] <= limit:
-            self._infer()  # the last moment: rows become final
-            queue = self._queue
-        while queue and queue[0][0] <= limit:
-            self._finish(out, queue.popleft())
+            if not self.volumes:
+                self._infer()  # the last moment: rows become final
+                queue = self._queue
+            finish, append = self._finish, self._append
+            while queue and queue[0][0] <= limit:
+                entry = queue.popleft()
+                if entry[1].kind in LATE_KINDS:
+                    finish(out, entry)
+                else:  # final as made (a FAT, a directory, ...)
+                    append(out, entry[1])
         while self._parked_count > MAX_PARKED:
             key, row = self._parked_order.popleft()
             if row.kind != "unallocated":
@@ -836,7 +846,8 @@ class Attributor:
                                             f"{MAX_PARKED} further rows waited; not resolved"))
         if not self.volumes or self._inferred is not None:
             self._inference.forget(limit)
-        self._mark_inferred(out)
+        if out and (self._inferred is not None or self._stale is not None):
+            self._mark_inferred(out)
         return out
 
     def _finish(self, out: list[Activity], entry: list[Any]) -> None:
@@ -857,7 +868,7 @@ class Attributor:
         if row.kind == "data" and row.operation == "write" and isinstance(pending, Node) \
                 and pending.deleted and pending.successor is None and row.detail is None:
             row.detail = self._taken_since(row, pending)
-        self._append(out, self._final(*entry))
+        self._append(out, self._final(*entry) if row.kind in LATE_KINDS else row)
 
     def _taken_since(self, row: Activity, node: Node) -> str | None:
         """Whether a file took the clusters of this write to a file since deleted.  The
@@ -1116,10 +1127,11 @@ class Attributor:
     def _emit(self, row: Activity, pending: Node | tuple[Volume, int] | int | None = None
               ) -> None:
         entry = [row.scsi_seq, row, pending]
-        if row.kind == "event":
+        kind = row.kind
+        if kind == "event":
             self._match_events(entry)
         self._queue.append(entry)
-        if row.kind == "unallocated" and isinstance(pending, tuple):
+        if kind == "unallocated" and isinstance(pending, tuple):
             self._unowned.setdefault((id(pending[0]), pending[1]), []).append(entry)
 
     # ---- routing an access to volumes and regions ----------------------------------
@@ -1134,7 +1146,11 @@ class Attributor:
             position = 1  # reported as the partition table
         self._probe(lba, blocks, data)
         while position < end:
-            volume = self._volume_at(position)
+            for volume in self.volumes:  # _volume_at, inline: asked for every command
+                if volume.start <= position < volume.end:
+                    break
+            else:
+                volume = None
             if volume is not None:
                 stop = min(end, volume.end)
                 self._volume_access(volume, seq, position, stop, lba, data, op, write)
@@ -1171,7 +1187,8 @@ class Attributor:
                     self._emit(Activity(seq, None, op, label, None, (stop - first) * SECTOR,
                                         first, (first - lba) * SECTOR, detail))
             position = nxt
-        position = max(position, end)
+        if position < end:
+            position = end
         if position < claimed_end:
             self._emit(Activity(seq, None, op, "unknown", None, (claimed_end - position) * SECTOR,
                                 position, (position - lba) * SECTOR,
@@ -1237,12 +1254,16 @@ class Attributor:
     def _probe(self, lba: int, blocks: int, data: bytes) -> None:
         """Boot sectors of expected partitions and ext2/3/4 superblocks, where they pass;
         the partitions of a GPT and other file systems' signatures (``partitions.py``)."""
-        table = lba == 0 and self.partition_table_seen and self._volume_at(0) is None and \
-            self._unsupported_at(0) is None  # sector 0 was just taken for a partition table
-        for start in self.layout.observe(lba, data, table):
-            self.expected.setdefault(start, GPT_PARTITION)
-        for start in list(self.expected):
-            if lba <= start < lba + blocks and len(data) >= (start - lba + 1) * SECTOR:
+        layout = self.layout
+        if lba < layout.quiet_from:  # else nothing there to learn or to name
+            table = lba == 0 and self.partition_table_seen and self._volume_at(0) is None \
+                and self._unsupported_at(0) is None  # sector 0 was taken for a partition table
+            for start in layout.observe(lba, data, table):
+                self.expected.setdefault(start, GPT_PARTITION)
+        end = lba + blocks
+        expected = self.expected
+        for start in list(expected) if expected else ():
+            if lba <= start < end and len(data) >= (start - lba + 1) * SECTOR:
                 sector = data[(start - lba) * SECTOR : (start - lba + 1) * SECTOR]
                 found = _fat_volume(start, sector)
                 if isinstance(found, Volume):
@@ -1254,14 +1275,16 @@ class Attributor:
                 elif isinstance(found, Malformed):
                     self._add_malformed(start, self._extent.get(start), found.reason)
                     del self.expected[start]
-        for base in [0, *self.expected]:
+        for base in (0, *expected) if expected else (0,):
             sb = base + 2  # the ext superblock sits 1024 bytes into the volume
-            if lba <= sb < lba + blocks and len(data) >= (sb - lba) * SECTOR + 58:
+            if lba <= sb < end and len(data) >= (sb - lba) * SECTOR + 58:
                 offset = (sb - lba) * SECTOR
                 if data[offset + 56 : offset + 58] == b"\x53\xef" and \
                         self._volume_at(base) is None:
                     self._add_unsupported(base, None, "ext2/3/4")
-        for start, stop, name in self.layout.detect(lba, data):  # named, with its extent
+        if lba >= layout.quiet_from:
+            return
+        for start, stop, name in layout.detect(lba, data):  # named, with its extent
             if self._volume_at(start) is None:
                 self.unsupported = [u for u in self.unsupported if u[0] != start]
                 self._add_unsupported(start, stop, name)
@@ -1312,7 +1335,7 @@ class Attributor:
                 self._reserved_region(volume, seq, rel, nxt, cmd_offset, op)
                 rel = nxt
                 continue
-            fat_end = volume.fat_start + volume.num_fats * volume.fat_size
+            fat_end = volume.fat_end
             if volume.fat_start <= rel < fat_end:
                 nxt = min(rel_end, fat_end)
                 self._fat_region(volume, rel, nxt, data, cmd_offset)
@@ -1360,9 +1383,9 @@ class Attributor:
     def _fat_region(self, volume: Volume, rel: int, nxt: int, data: bytes,
                     cmd_offset: int) -> None:
         fat = volume.fat
+        fat_start, fat_size = volume.fat_start, volume.fat_size
         for i in range(rel, nxt):  # nxt is within the payload: bounded by the bytes seen
-            within = (i - volume.fat_start) % volume.fat_size
-            copy = (i - volume.fat_start) // volume.fat_size
+            copy, within = divmod(i - fat_start, fat_size)
             if copy > 0 and within in fat:
                 continue  # the first FAT is the one kept; others only fill gaps
             off = cmd_offset + (i - rel) * SECTOR

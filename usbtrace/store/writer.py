@@ -111,6 +111,9 @@ def storable_lba(lba: int | None) -> int | None:
 
 
 COMMAND_COLUMNS = tuple(c.name for c in ScsiCommandRow.__table__.columns)
+# an Activity's fields in file_activity's order after (session_id, id), as a tuple, in C
+ACTIVITY_FIELDS = operator.attrgetter("scsi_seq", "path", "operation", "kind", "file_offset",
+                                      "length", "lba", "command_offset", "detail")
 
 
 def command_row(session_id: int, cmd: ScsiCommand) -> tuple[Any, ...]:
@@ -370,17 +373,20 @@ class SessionWriter:
                 attributor = self.attributors[key] = self._warmed or Attributor()
                 self._warmed = None
             info = cmd.info
-            self._activity(attributor.feed(cmd.seq, info.opcode, storable_lba(info.lba),
-                                           info.blocks,
-                                           cmd.data, cmd.status))
+            rows = attributor.feed(cmd.seq, info.opcode, storable_lba(info.lba), info.blocks,
+                                   cmd.data, cmd.status)
+            if rows:  # none finished by this command: no call
+                self._activity(rows)
 
-    def _activity(self, rows: list[Activity]) -> None:
+    def _activity(self, rows: list[Activity], _fields: Callable[[Activity], tuple[Any, ...]]
+                  = ACTIVITY_FIELDS) -> None:
         sid = self.session_id
+        at = self._activity_id
+        append = self._files.append
         for row in rows:
-            self._activity_id += 1
-            self._files.append((sid, self._activity_id, row.scsi_seq, row.path, row.operation,
-                                row.kind, row.file_offset, row.length, row.lba,
-                                row.command_offset, row.detail))
+            at += 1
+            append((sid, at) + _fields(row))
+        self._activity_id = at
 
     def flush(self) -> None:
         if self.flush_every is not None:
