@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -214,7 +215,12 @@ def test_sigterm_to_the_whole_campaign_saves_its_state_quietly(tmp_path: Path) -
         [sys.executable, "-m", "fuzz", "run", "--inputs", "100000", "--seed", "3", "--jobs",
          "2", "--state", str(state), "--corpus", str(tmp_path / "new")],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    time.sleep(8)  # the seeds parsed, the workers at their inputs
+    # its first progress line: the seeds parsed, the workers at their inputs (a fixed wait
+    # was too short on a loaded machine)
+    assert campaign.stdout is not None
+    ready, _, _ = select.select([campaign.stdout], [], [], 300)
+    assert ready, "the campaign printed nothing in 300 s"
+    campaign.stdout.readline()
     os.killpg(campaign.pid, signal.SIGTERM)  # the campaign and its workers alike
     out, err = campaign.communicate(timeout=60)
     assert campaign.returncode == 130, err.decode()

@@ -183,9 +183,26 @@ def test_query_timeout_stops_a_runaway_query(recorded: Path) -> None:
     assert time.monotonic() - start < 30
 
 
+def opened(pid: int, path: Path, seconds: float = 120) -> None:
+    """Wait until process ``pid`` has ``path`` open (Linux: its /proc fd links)."""
+    fds = Path(f"/proc/{pid}/fd")
+    if not fds.is_dir():
+        pytest.skip("no /proc to see when the query has started")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if any(link.resolve() == path.resolve() for link in fds.iterdir()):
+                return
+        except OSError:  # an fd closed as it was read
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"the process did not open {path} in {seconds} s")
+
+
 def test_ctrl_c_stops_a_runaway_query(recorded: Path, tmp_path: Path) -> None:
     process = usbtrace("query", RUNAWAY, "--db", str(recorded), cwd=tmp_path)
-    time.sleep(1.5)
+    opened(process.pid, recorded)  # started up: the query runs (a fixed wait was too short
+    time.sleep(0.5)                # on a loaded machine, and Ctrl-C hit the imports)
     assert process.poll() is None
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
