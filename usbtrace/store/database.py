@@ -50,7 +50,12 @@ from usbtrace.store.schema import (
     SessionRow,
     create_view_sql,
 )
-from usbtrace.store.sqlite_read import _URL, is_url, query_error  # noqa: F401 (is_url: API)
+from usbtrace.store.sqlite_read import (  # noqa: F401 (is_url: API)
+    _URL,
+    is_url,
+    query_error,
+    version_error,
+)
 from usbtrace.store.sqlite_read import connect_read_only as _connect_read_only
 from usbtrace.store.sqlite_read import looks_like_sqlite as _looks_like_sqlite
 from usbtrace.store.sqlite_read import read_only_authorizer as _read_only_authorizer
@@ -178,13 +183,8 @@ class Database:
                 if version == 1:
                     self._upgrade_from_1()
                 self._upgrade_from_2()
-            elif version in (1, 2):
-                raise DatabaseError(f"{self.display}: written by an older usbtrace (schema "
-                                    f"version {version}); 'usbtrace upgrade --db "
-                                    f"{self.display}' brings it to version {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
-                raise DatabaseError(f"{self.display}: schema version {version}, this usbtrace "
-                                    f"reads version {SCHEMA_VERSION}")
+                raise version_error(self.display, version)
             elif not self.readonly:
                 self._create_missing_views()
             return

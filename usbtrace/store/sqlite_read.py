@@ -22,6 +22,17 @@ from typing import Any
 from usbtrace.errors import DatabaseError
 
 SCHEMA_VERSION = 3  # the schema this usbtrace reads and writes (see store/schema.py)
+
+
+def version_error(display: str, version: int) -> DatabaseError:
+    """What a reader says of a database of another schema version (one message for every
+    command, whether it reads through SQLAlchemy or ``sqlite3`` alone)."""
+    if version in (1, 2):
+        return DatabaseError(f"{display}: written by an older usbtrace (schema version "
+                             f"{version}); 'usbtrace upgrade --db {display}' brings it to "
+                             f"version {SCHEMA_VERSION}")
+    return DatabaseError(f"{display}: schema version {version}, this usbtrace reads version "
+                         f"{SCHEMA_VERSION}")
 _URL = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
 SQLITE_READONLY_ROLLBACK = 776  # a hot journal a read-only connection cannot roll back
 
@@ -139,13 +150,8 @@ class SqliteReader:
             raise DatabaseError(f"{self.display}: cannot read database: {first}") from None
         if "usbtrace_meta" in names:
             version = int(row[0]) if row and str(row[0]).isdigit() else 0
-            if version in (1, 2):
-                raise DatabaseError(f"{self.display}: written by an older usbtrace (schema "
-                                    f"version {version}); 'usbtrace upgrade --db "
-                                    f"{self.display}' brings it to version {SCHEMA_VERSION}")
             if version != SCHEMA_VERSION:
-                raise DatabaseError(f"{self.display}: schema version {version}, this usbtrace "
-                                    f"reads version {SCHEMA_VERSION}")
+                raise version_error(self.display, version)
         elif names:
             raise DatabaseError(f"{self.display}: not a usbtrace database "
                                 f"(has tables {', '.join(sorted(names)[:5])})")
