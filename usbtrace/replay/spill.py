@@ -64,7 +64,8 @@ class Spill:
         if not self.complete:
             return
         self._batch.append(cmd)
-        self._batch_bytes += cmd.data_length if cmd.data_parts else 0
+        for part in cmd.data_parts:  # the bytes held, not the length a CBW or URB claimed
+            self._batch_bytes += len(part)
         if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_COMMANDS:
             self._write()
 
