@@ -244,17 +244,9 @@ def max_streams(blob: bytes, number: int, alternate: int, endpoint: int) -> int:
     """The MaxStreams exponent (0: no streams) the SuperSpeed Endpoint Companion of
     ``endpoint`` in interface ``number``, setting ``alternate``, gives (USB 3.2
     §9.6.7: bmAttributes bits 4..0 of a bulk endpoint's companion)."""
-    current, last = False, None
-    for desc in d.parse_descriptors(blob):
-        if desc.malformed:
-            continue
-        kind = desc.bDescriptorType
-        if kind == d.INTERFACE:
-            current = (desc.bInterfaceNumber, desc.bAlternateSetting) == (number, alternate)
-        elif kind == d.ENDPOINT and current:
-            last = desc.bEndpointAddress
-        elif kind == d.SS_ENDPOINT_COMPANION and current and last == endpoint:
-            return int(desc.bmAttributes & 0x1F)
+    for found, exponent in d.endpoint_companions(blob, number, alternate):
+        if found == endpoint and exponent is not None:
+            return exponent
     return 0
 
 

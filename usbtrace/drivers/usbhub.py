@@ -808,21 +808,8 @@ def _max_streams(configuration: bytes, number: int, alternate: int) -> dict[int,
     """Endpoint -> streams its SuperSpeed companion offers (2**MaxStreams; 0: none), for
     the endpoints of one alternate setting (USB 3.2 §9.6.7)."""
     out: dict[int, int] = {}
-    current = False
-    endpoint = None
-    for desc in d.parse_descriptors(configuration):
-        if desc.malformed:
-            continue
-        kind = desc.bDescriptorType
-        if kind == d.INTERFACE:
-            current = (desc.bInterfaceNumber, desc.bAlternateSetting) == (number, alternate)
-            endpoint = None
-        elif kind == d.ENDPOINT and current:
-            endpoint = desc.bEndpointAddress
-            out[endpoint] = 0
-        elif kind == d.SS_ENDPOINT_COMPANION and current and endpoint is not None:
-            exponent = desc.bmAttributes & 0x1F
-            out[endpoint] = 1 << exponent if exponent else 0
+    for endpoint, exponent in d.endpoint_companions(configuration, number, alternate):
+        out[endpoint] = 1 << exponent if exponent else 0
     return out
 
 

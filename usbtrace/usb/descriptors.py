@@ -7,6 +7,7 @@ vendor descriptors in the order the device returned them).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from construct import (
@@ -205,6 +206,28 @@ def parse_descriptors(blob: bytes) -> list[Container]:
         out.append(parsed)
         pos += length
     return out
+
+
+def endpoint_companions(blob: bytes, number: int,
+                        alternate: int) -> Iterator[tuple[int, int | None]]:
+    """The endpoints of interface ``number``, setting ``alternate``, and their SuperSpeed
+    Endpoint Companions, in descriptor order: (endpoint, None) for an endpoint
+    descriptor, then (endpoint, MaxStreams exponent) for each companion after it
+    (bmAttributes bits 4..0 of a bulk endpoint's companion, USB 3.2 §9.6.7)."""
+    current = False
+    endpoint: int | None = None
+    for desc in parse_descriptors(blob):
+        if desc.malformed:
+            continue
+        kind = desc.bDescriptorType
+        if kind == INTERFACE:
+            current = (desc.bInterfaceNumber, desc.bAlternateSetting) == (number, alternate)
+            endpoint = None
+        elif kind == ENDPOINT and current:
+            endpoint = desc.bEndpointAddress
+            yield endpoint, None
+        elif kind == SS_ENDPOINT_COMPANION and current and endpoint is not None:
+            yield endpoint, int(desc.bmAttributes & 0x1F)
 
 
 def decode_string(descriptor: bytes) -> str | None:
