@@ -40,11 +40,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from usbtrace.devices.image import DiskImage
 from usbtrace.devices.simulated import SimulatedStick
 from usbtrace.machine import DISK_PATH, Machine
+from usbtrace.records import Record, RecordSink
 from usbtrace.store.database import PAGE_SIZE, Database
 from usbtrace.store.writer import Recorder, SessionWriter
 
@@ -82,18 +82,21 @@ def measured(body: Callable[[], int]) -> Sample:
     return Sample(wall, cpu, child, 0, written)
 
 
-def drop(event: Any) -> None:
+class Drop(RecordSink):
     """The tracer stage's sink: the record is made, and goes."""
+
+    def take(self, record: Record) -> None:
+        pass
 
 
 def stack(mib: int, stage: str, folder: Path, protocol: str = "bot") -> Sample:
     transport, streams = PROTOCOLS[protocol]
     stick = SimulatedStick(DiskImage.in_memory(64 << 20), protocol=transport, streams=streams)
     recorder: Recorder | None = None
-    sink: Callable[[Any], None] | None = None
+    sink: RecordSink | None = None
     path = folder / f"{stage}.db"
     if stage == "tracer":
-        sink = drop
+        sink = Drop()
     elif stage != "bare":
         database = Database(path)
         sid = database.new_session("simulated", "bench", "now", "virtual")

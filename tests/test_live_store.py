@@ -197,7 +197,7 @@ def test_the_tracer_makes_no_records_without_a_sink() -> None:
     driver = machine.kernel.drivers["\\Driver\\usbtrace"]
     lower = next(d.device_extension for d in driver.device_objects
                  if d.device_extension.position == "lower")
-    assert lower.sink is None and sorted(ep for ep, _ in lower.pipes.values()) == [0x02, 0x81]
+    assert lower.sink is None and sorted(ep for ep, _, _ in lower.pipes.values()) == [0x02, 0x81]
     machine.stop()
 
 
@@ -218,18 +218,20 @@ def test_export_from_tuples_writes_what_it_writes_from_dicts(tmp_path: Path, lin
 
 
 def test_events_pass_to_the_storing_process_whole() -> None:
-    """Every field of an Event survives the trip: the fields pickled, the payloads
-    apart, through a real pipe, more than the pipe holds at once."""
+    """Every field of an Event survives the trip as the tracer's flat record: the fields
+    pickled, the payloads apart, through a real pipe, more than the pipe holds at once."""
     import threading
 
-    from usbtrace.store.writer import BATCH_FRAME, _receive, _ship_events
+    from usbtrace.records import record_from_event
+    from usbtrace.store.writer import BATCH_FRAME, _receive, _ship_records
 
     events = [Event("C", 1.5 + i, 7, "lower", 15, 1, 0x220003, 3, 0xC0000001, 512, "x", 9, 1,
                     2, 0x81, 2, 4, 512, b"\x80\x06\0\1\0\0\x12\0",
                     bytes([i]) * (65536 if i % 3 else 0), 600, 4096, 11, 5, -32)
               for i in range(40)]
     read_fd, write_fd = os.pipe()
-    sender = threading.Thread(target=_ship_events, args=(write_fd, events))
+    records = [record_from_event(e) for e in events]
+    sender = threading.Thread(target=_ship_records, args=(write_fd, records))
     sender.start()
     kind, received = _receive(read_fd)
     sender.join()

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from tests.conftest import shared_capture
 from tests.tiling import tile
 from usbtrace.cli import main
-from usbtrace.records import BULK, COMPLETE, SUBMIT, Event
+from usbtrace.records import BULK, COMPLETE, SUBMIT, Event, record_from_event
 from usbtrace.store.database import Database
 from usbtrace.store.writer import Recorder, SessionWriter
 
@@ -305,7 +305,7 @@ def test_a_lossy_session_says_where_its_gaps_are(tmp_path: Path) -> None:
     room = 40 * (Recorder.RECORD_COST + 36)
     recorder = Recorder(writer, capacity=room, lossy=True, consume=slow)
     for event in events[:300]:  # the writer is stuck: the queue fills, the rest is dropped
-        recorder(event)
+        recorder(record_from_event(event))
     assert recorder.dropped > 0
     gate.set()
     while recorder.queued_bytes:
@@ -313,7 +313,7 @@ def test_a_lossy_session_says_where_its_gaps_are(tmp_path: Path) -> None:
     for event in events[300:]:  # the writer keeps up again: nothing more is lost
         while recorder.queued_bytes > room // 2:
             time.sleep(0.001)
-        recorder(event)
+        recorder(record_from_event(event))
     recorder.close()
     conn = sqlite3.connect(tmp_path / "g.db")
     gaps = conn.execute("SELECT seq, dropped FROM gaps WHERE session_id = ?", (sid,)).fetchall()

@@ -19,15 +19,15 @@ def _lower_tracer(stack: Stack) -> TracerExtension:
 
 def test_pipes_are_learnt_at_start_up(stack: Stack) -> None:
     ext = _lower_tracer(stack)
-    assert sorted(ext.pipes.values()) == [(0x02, U.UsbdPipeTypeBulk),
-                                          (0x81, U.UsbdPipeTypeBulk)]
+    assert sorted(ext.pipes.values()) == [(0x02, U.UsbdPipeTypeBulk, None),
+                                          (0x81, U.UsbdPipeTypeBulk, None)]
     assert ext.unknown_pipes == 0
 
 
 def test_the_recorded_endpoint_comes_from_the_learnt_table(stack: Stack) -> None:
     ext = _lower_tracer(stack)
-    bulk_in = next(p for p, (ep, _) in ext.pipes.items() if ep == 0x81)
-    ext.pipes[bulk_in] = (0x85, U.UsbdPipeTypeBulk)  # what the table says is what is logged
+    bulk_in = next(p for p, (ep, _, _) in ext.pipes.items() if ep == 0x81)
+    ext.pipes[bulk_in] = (0x85, U.UsbdPipeTypeBulk, None)  # what the table says is logged
     before = len(stack.events)
     h = stack.open()
     stack.win32.ReadFile(h, bytearray(512), 0)

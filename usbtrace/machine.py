@@ -22,7 +22,7 @@ from types import TracebackType
 from usbtrace.devices.base import DeviceBackend
 from usbtrace.drivers import disk, tracer, uaspstor, usbhub, usbstor
 from usbtrace.drivers.partmgr import PartMgrDiskArrival
-from usbtrace.records import Event
+from usbtrace.records import Event, EventSink, RecordSink
 from usbtrace.wdm.kernel import Kernel
 from usbtrace.wdm.pnp import DeviceNode, DriverDatabase, PnpManager, Service
 from usbtrace.wdm.root import create_root_pdo
@@ -37,7 +37,7 @@ class Machine:
     def __init__(
         self,
         backend: DeviceBackend,
-        sink: Callable[[Event], None] | None = None,
+        sink: Callable[[Event], None] | RecordSink | None = None,
         positions: Iterable[str] = POSITIONS,
         clock: str = "virtual",
         upper_payload: bool = False,
@@ -52,8 +52,11 @@ class Machine:
         self.kernel.registry["usbhub"] = {"ports": [backend]}
         # usbstor suspends an idle stick (D2) after this many ms; None: never
         self.kernel.registry["usbstor"] = {"idle_timeout_ms": selective_suspend_ms}
+        if sink is not None and not isinstance(sink, RecordSink):
+            sink = EventSink(sink)  # the tracer writes flat records: Events are made here
         self.kernel.registry["usbtrace"] = {
-            "sink": sink, "positions": self.positions, "upper_payload": upper_payload,
+            "sink": sink.take if sink is not None else None, "positions": self.positions,
+            "upper_payload": upper_payload,
         }
         database = DriverDatabase()
         database.add_service(Service("usbhub", usbhub.DriverEntry), [HOST_CONTROLLER_ID])

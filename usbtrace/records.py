@@ -5,11 +5,19 @@ as usbmon and USBPcap record them, plus the stack context only a filter
 driver can see (IRP major/minor/IOCTL, parent IRP, filter position, NTSTATUS).
 Capture readers fill the URB part and leave the stack part empty; the tracer
 fills both.  This module imports nothing else of the package.
+
+The tracer itself makes no objects: it writes flat records, ``(fields,
+payload)``, as USBPcap's filter writes flat pcap records into its buffer, and
+the consumer turns them into Events (:func:`event_from_record`).  A sink that
+takes them as they are derives from :class:`RecordSink`; any other sink is
+given Events (:class:`EventSink`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
 SUBMIT = "S"
 COMPLETE = "C"
@@ -51,3 +59,43 @@ class Event:
     @property
     def is_urb(self) -> bool:
         return self.endpoint is not None
+
+
+# A record as the tracer writes it: every Event field but the payload, in Event's order,
+# then the payload apart (it travels apart too: see the live storing process)
+Record = tuple[tuple[Any, ...], bytes]
+EVENT_FIELDS = tuple(f.name for f in fields(Event))
+DATA_INDEX = EVENT_FIELDS.index("data")
+RECORD_FIELDS = EVENT_FIELDS[:DATA_INDEX] + EVENT_FIELDS[DATA_INDEX + 1:]
+
+
+def event_from_record(record: Record) -> Event:
+    meta, data = record
+    return Event(*meta[:DATA_INDEX], data, *meta[DATA_INDEX:])  # type: ignore[arg-type]
+
+
+def record_from_event(event: Event) -> Record:
+    return tuple(getattr(event, name) for name in RECORD_FIELDS), event.data
+
+
+class RecordSink:
+    """A sink that takes the tracer's flat records as they are, in ``take``, so that no
+    Event is made on the I/O path: the live recorder, which ships them to the storing
+    process, and benchmarks.  The tracer calls the bound method, the cheapest call."""
+
+    def take(self, record: Record) -> None:
+        raise NotImplementedError
+
+    def __call__(self, record: Record) -> None:
+        self.take(record)
+
+
+class EventSink(RecordSink):
+    """A sink of Events behind the tracer: each record becomes an Event first."""
+
+    def __init__(self, consume: Callable[[Event], None]) -> None:
+        self.consume = consume
+
+    def take(self, record: Record) -> None:
+        meta, data = record
+        self.consume(Event(*meta[:DATA_INDEX], data, *meta[DATA_INDEX:]))

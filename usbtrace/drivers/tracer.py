@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from usbtrace.records import COMPLETE, SUBMIT, Event
+from usbtrace.records import COMPLETE, SUBMIT, Record
 from usbtrace.usb import urb as U
 from usbtrace.wdm.device import (
     DO_BUFFERED_IO,
@@ -83,23 +83,23 @@ SUBMIT_URB = U.IOCTL_INTERNAL_USB_SUBMIT_URB
 
 BUS_INFO_INTERFACE = U.BUS_INFO_INTERFACE
 
-Sink = Callable[[Event], None]
 
 
 @dataclass
 class TracerExtension:
     lower: DeviceObject
     position: str  # "lower" (on the PDO: URB level) or "upper" (above the disk driver)
-    sink: Sink | None  # None: no one takes the records, so none are made
+    sink: Callable[[Record], None] | None  # None: no one takes the records, so none are made
     clock: Callable[[], float]
     bus: int | None = None
     address: int | None = None
     upper_payload: bool = False
     remove_lock: IoRemoveLock = field(default_factory=IoRemoveLock)
-    # PipeHandle -> (endpoint address, transfer type), learnt from the pipe information
-    # SELECT_CONFIGURATION and SELECT_INTERFACE return, as USBPcap learns it
-    # (USBPcapURB.c, USBPcapParseInterfaceInformation): a bulk URB names only its pipe
-    pipes: dict[U.PipeInformation, tuple[int, int]] = field(default_factory=dict)
+    # PipeHandle -> (endpoint address, transfer type, stream or None), learnt from the
+    # pipe information SELECT_CONFIGURATION and SELECT_INTERFACE return, as USBPcap
+    # learns it (USBPcapURB.c, USBPcapParseInterfaceInformation): a bulk URB names only
+    # its pipe; and from the stream handles OPEN_STATIC_STREAMS returns
+    pipes: dict[U.PipeInformation, tuple[int, int, int | None]] = field(default_factory=dict)
     unknown_pipes: int = 0
 
 
@@ -199,12 +199,14 @@ def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     loc = irp.stack[irp.current_location]
     major = loc.major_function
     sink = ext.sink
-    event: Event | None = None  # no one takes the records (device replay): make none
-    if sink is not None:
-        event = _describe(ext, irp, loc, major, SUBMIT)
-        sink(event)
+    parent: int | None = None  # the submission's parent IRP, which its completion repeats
+    if sink is not None:  # else no one takes the records (device replay): make none
+        master = irp.master_irp
+        if master is not None:
+            parent = master.id
+        sink(_describe(ext, irp, loc, major, SUBMIT, parent))
     IoCopyCurrentIrpStackLocationToNext(irp)
-    IoSetCompletionRoutine(irp, TracerCompletion, event, True, True, True)
+    IoSetCompletionRoutine(irp, TracerCompletion, parent, True, True, True)
     if major == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE:
         lower = ext.lower
         status = IoCallDriver(lower, irp)
@@ -216,7 +218,7 @@ def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
 
 
 def TracerCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
-                     submitted: Event | None) -> int:
+                     parent: int | None) -> int:
     if irp.pending_returned:
         IoMarkIrpPending(irp)
     assert device is not None
@@ -225,10 +227,7 @@ def TracerCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
     major = loc.major_function
     sink = ext.sink
     if sink is not None:
-        event = _describe(ext, irp, loc, major, COMPLETE)
-        if submitted is not None:
-            event.parent_irp_id = submitted.parent_irp_id
-        sink(event)
+        sink(_describe(ext, irp, loc, major, COMPLETE, parent))
     elif major == IRP_MJ_INTERNAL_DEVICE_CONTROL:
         _learn_selection(ext, loc.parameters)
     if major == IRP_MJ_READ or major == IRP_MJ_WRITE or \
@@ -264,53 +263,97 @@ def _learn_from(ext: TracerExtension, urb: U.Urb) -> None:
         _learn_pipes(ext, [urb.interface])
     elif isinstance(urb, U.UrbOpenStaticStreams):  # each stream has a handle of its own
         for stream in urb.streams:
-            ext.pipes[stream] = (stream.endpoint_address, stream.pipe_type)
+            ext.pipes[stream] = _pipe_entry(stream)
 
 
-def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str) -> Event:
-    """Build the record for one pass of ``irp`` through the filter."""
+# The records below are flat tuples in Event's field order, the payload apart
+# (usbtrace.records.Record): one tuple a pass, as a kernel filter writes one record
+# into its buffer, and no object.  Fields, in order: kind, ts, irp_id, position, major,
+# minor, ioctl, parent_irp_id, status, information, detail, urb_function, bus, device,
+# endpoint, transfer_type, urb_status, length, setup, data_length, offset, file_object,
+# record_number, raw_status, stream_id.
+
+
+def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str,
+              parent: int | None) -> Record:
+    """The record of one pass of ``irp`` through the filter."""
     params = loc.parameters
-    master = irp.master_irp
-    done = kind == COMPLETE
     if major == IRP_MJ_INTERNAL_DEVICE_CONTROL:
         ioctl = getattr(params, "io_control_code", None)
         if ioctl == SUBMIT_URB:
             urb = params.type3_input_buffer
             if type(urb) is U.UrbBulkOrInterruptTransfer:
-                return _describe_bulk(ext, irp, urb, kind, done)
-        event = Event(kind, ext.clock(), irp.id, ext.position, major, None, ioctl)
-        if ioctl == SUBMIT_URB:
-            _describe_urb(ext, event, params.type3_input_buffer, done)
-        elif params is not None and hasattr(params, "srb"):
-            event.detail = "srb"
-    elif major == IRP_MJ_READ or major == IRP_MJ_WRITE:
-        file_object = loc.file_object
-        event = Event(kind, ext.clock(), irp.id, ext.position, major, None, length=params.length,
-                      offset=params.byte_offset,
-                      file_object=file_object.id if file_object is not None else None)
+                # the data path's record (a CBW, data phase or CSW), inline: first and
+                # in one call
+                pipe = urb.pipe_handle
+                known = ext.pipes.get(pipe)
+                if known is None:  # a pipe selected before the filter was there
+                    ext.unknown_pipes += 1
+                    known = _pipe_entry(pipe)
+                endpoint, transfer_type, stream = known
+                length = urb.length
+                data = b""
+                if kind == COMPLETE:
+                    if length and endpoint & 0x80:  # IN: there once the transfer is done
+                        buffer = urb.buffer
+                        if buffer is None:
+                            buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
+                        if buffer is not None:
+                            data = bytes(buffer[:length])
+                    io_status = irp.io_status
+                    information = io_status.information
+                    return ((kind, ext.clock(), irp.id, ext.position, major, None, SUBMIT_URB,
+                             parent, io_status.status,
+                             information if isinstance(information, int) else None, None,
+                             urb.function, ext.bus, ext.address, endpoint, transfer_type,
+                             urb.status, length, None, len(data), None, None, None, None,
+                             stream), data)
+                if length and not endpoint & 0x80:  # OUT: there when it is sent
+                    buffer = urb.buffer
+                    if buffer is None:
+                        buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
+                    if buffer is not None:
+                        data = bytes(buffer[:length])
+                return ((kind, ext.clock(), irp.id, ext.position, major, None, SUBMIT_URB,
+                         parent, None, None, None, urb.function, ext.bus, ext.address,
+                         endpoint, transfer_type, U.USBD_STATUS_PENDING, length, None,
+                         len(data), None, None, None, None, stream), data)
     else:
-        event = Event(kind, ext.clock(), irp.id, ext.position, major, loc.minor_function)
-        if major != IRP_MJ_PNP and major != IRP_MJ_POWER:  # only PnP and power have minors
-            event.minor = None
-            if params is not None and hasattr(params, "io_control_code"):
-                event.ioctl = params.io_control_code
-    if master is not None:
-        event.parent_irp_id = master.id
+        ioctl = None
+    done = kind == COMPLETE
+    status = information = None
     if done:
-        event.status = irp.io_status.status
-        info = irp.io_status.information
-        if isinstance(info, int):
-            event.information = info
-    if major == IRP_MJ_READ or major == IRP_MJ_WRITE:
+        io_status = irp.io_status
+        status = io_status.status
+        if isinstance(io_status.information, int):
+            information = io_status.information
+    minor = detail = length = offset = file_object = None
+    data = b""
+    if major == IRP_MJ_INTERNAL_DEVICE_CONTROL:
+        if ioctl == SUBMIT_URB:
+            return _describe_urb(ext, irp, params.type3_input_buffer, kind, done, parent,
+                                 status, information)
+        if params is not None and hasattr(params, "srb"):
+            detail = "srb"
+    elif major == IRP_MJ_READ or major == IRP_MJ_WRITE:
+        length = params.length
+        offset = params.byte_offset
+        if loc.file_object is not None:
+            file_object = loc.file_object.id
         if ext.upper_payload and irp.mdl_address is not None:
             view = MmGetSystemAddressForMdlSafe(irp.mdl_address)
             if major == IRP_MJ_WRITE and not done:
-                event.data = bytes(view[: params.length])
-            elif major == IRP_MJ_READ and done and isinstance(event.information, int):
-                event.data = bytes(view[: event.information])
-    elif major == IRP_MJ_PNP or major == IRP_MJ_POWER:
-        event.detail = _pnp_detail(irp, major, loc, params, done)
-    return event
+                data = bytes(view[:length])
+            elif major == IRP_MJ_READ and done and information is not None:
+                data = bytes(view[:information])
+    elif major == IRP_MJ_PNP or major == IRP_MJ_POWER:  # only PnP and power have minors
+        minor = loc.minor_function
+        detail = _pnp_detail(irp, major, loc, params, done)
+    elif params is not None and hasattr(params, "io_control_code"):
+        ioctl = params.io_control_code
+    return ((kind, ext.clock(), irp.id, ext.position, major, minor, ioctl, parent, status,
+             information, detail, None, None, None, None, None, None, length, None, None,
+             offset, file_object, None, None, None), data)
 
 
 def _pnp_detail(irp: Irp, major: int, loc: Any, params: Any, done: bool) -> str | None:
@@ -325,69 +368,32 @@ def _pnp_detail(irp: Irp, major: int, loc: Any, params: Any, done: bool) -> str 
     return detail
 
 
-def _describe_bulk(ext: TracerExtension, irp: Irp, urb: U.UrbBulkOrInterruptTransfer,
-                   kind: str, done: bool) -> Event:
-    """The data path's record (a bulk or interrupt URB), built in one call: this runs
-    for every CBW, data phase and CSW."""
-    known = ext.pipes.get(urb.pipe_handle)
-    if known is None:  # a pipe selected before the filter was there
-        ext.unknown_pipes += 1
-        pipe = urb.pipe_handle
-        known = (pipe.endpoint_address, pipe.pipe_type)
-    endpoint, transfer_type = known
-    length = urb.length
-    data = b""
-    if length and (done if urb.pipe_handle.endpoint_address & 0x80 else not done):
-        buffer = urb.buffer
-        if buffer is None:
-            buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
-        if buffer is not None:
-            data = bytes(buffer[:length])
-    io_status = irp.io_status
-    information = io_status.information if done else None
-    master = irp.master_irp
-    return Event(kind, ext.clock(), irp.id, ext.position, IRP_MJ_INTERNAL_DEVICE_CONTROL,
-                 None, SUBMIT_URB, master.id if master is not None else None,
-                 io_status.status if done else None,
-                 information if isinstance(information, int) else None,
-                 None, urb.function, ext.bus, ext.address, endpoint, transfer_type,
-                 urb.status if done else U.USBD_STATUS_PENDING, length, None, data, len(data),
-                 stream_id=urb.stream_id or None)
-
-
-def _describe_urb(ext: TracerExtension, event: Event, urb: U.Urb, done: bool) -> None:
-    event.urb_function = urb.function
-    event.bus = ext.bus
-    event.device = ext.address
+def _describe_urb(ext: TracerExtension, irp: Irp, urb: U.Urb, kind: str, done: bool,
+                  parent: int | None, status: int | None, information: int | None) -> Record:
+    """Any other URB: control transfers, selections, pipe requests, streams."""
+    stream_id = None
     if isinstance(urb, U.UrbBulkOrInterruptTransfer):
         known = ext.pipes.get(urb.pipe_handle)
         if known is None:  # a pipe selected before the filter was there
             ext.unknown_pipes += 1
-            known = (urb.endpoint, urb.transfer_type)
-        event.endpoint, event.transfer_type = known
-        if urb.stream_id:
-            event.stream_id = urb.stream_id
+            known = _pipe_entry(urb.pipe_handle)
+        endpoint, transfer_type, _ = known
+        stream_id = urb.stream_id or None
     else:
-        event.endpoint = urb.endpoint
-        event.transfer_type = urb.transfer_type
+        endpoint, transfer_type = urb.endpoint, urb.transfer_type
     if done and U.USBD_SUCCESS(urb.status):
         _learn_from(ext, urb)
-    event.setup = urb.setup_packet()
     length = urb.transfer_buffer_length
-    event.length = length
-    if done:
-        event.urb_status = urb.status
-        if urb.direction_in and length:
-            buffer = urb.transfer_buffer
-            if buffer is not None:
-                event.data = bytes(buffer[:length])
-    else:
-        event.urb_status = U.USBD_STATUS_PENDING
-        if not urb.direction_in and length:
-            buffer = urb.transfer_buffer
-            if buffer is not None:
-                event.data = bytes(buffer[:length])
-    event.data_length = len(event.data)
+    data = b""
+    if length and (urb.direction_in if done else not urb.direction_in):
+        buffer = urb.transfer_buffer
+        if buffer is not None:
+            data = bytes(buffer[:length])
+    return ((kind, ext.clock(), irp.id, ext.position, IRP_MJ_INTERNAL_DEVICE_CONTROL, None,
+             SUBMIT_URB, parent, status, information, None, urb.function, ext.bus,
+             ext.address, endpoint, transfer_type,
+             urb.status if done else U.USBD_STATUS_PENDING, length, urb.setup_packet(),
+             len(data), None, None, None, None, stream_id), data)
 
 
 _D_STATES = {0: "-", 1: "D0", 2: "D1", 3: "D2", 4: "D3"}
@@ -411,10 +417,15 @@ def _learn_pipes(ext: TracerExtension, interfaces: list[U.InterfaceInformation])
     address is unique in the active configuration)."""
     for interface in interfaces:
         addresses = {pipe.endpoint_address for pipe in interface.pipes}
-        for old in [p for p, (ep, _) in ext.pipes.items() if ep in addresses]:
+        for old in [p for p, (ep, _, _) in ext.pipes.items() if ep in addresses]:
             del ext.pipes[old]
         for pipe in interface.pipes:
-            ext.pipes[pipe] = (pipe.endpoint_address, pipe.pipe_type)
+            ext.pipes[pipe] = _pipe_entry(pipe)
+
+
+def _pipe_entry(pipe: U.PipeInformation) -> tuple[int, int, int | None]:
+    stream = pipe.stream_id if isinstance(pipe, U.StreamInformation) else 0
+    return pipe.endpoint_address, pipe.pipe_type, stream or None
 
 
 def _short(value: Any) -> str:

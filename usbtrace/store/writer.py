@@ -11,7 +11,6 @@ counts it in ``sessions.dropped_count`` — never silently.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import multiprocessing
 import operator
@@ -33,7 +32,17 @@ from usbtrace.decode.pairing import Exchange, Pairer
 from usbtrace.decode.uas import UasDecoder
 from usbtrace.errors import DatabaseError
 from usbtrace.fs.shadow import Activity, Attributor
-from usbtrace.records import COMPLETE, CONTROL, GAP, TRANSFER_TYPE_NAMES, Event
+from usbtrace.records import (
+    COMPLETE,
+    CONTROL,
+    DATA_INDEX,
+    GAP,
+    TRANSFER_TYPE_NAMES,
+    Event,
+    Record,
+    RecordSink,
+    record_from_event,
+)
 from usbtrace.storage.ioctl import IOCTL_NAMES
 from usbtrace.store.database import Database
 from usbtrace.store.schema import (
@@ -484,11 +493,6 @@ class SessionWriter:
                 notes=notes, time_origin=time_origin))
 
 
-EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(Event))
-_event_tuple = operator.attrgetter(*EVENT_FIELDS)  # an Event as a tuple, in C
-DATA_INDEX = EVENT_FIELDS.index("data")
-# an Event's fields but its payload, as a tuple: the payloads travel apart, unpickled
-_event_meta = operator.attrgetter(*(f for f in EVENT_FIELDS if f != "data"))
 SHIP_BYTES = 1 << 20  # payload bytes per message to the storing process, at most
 PROCESS_QUEUE = 4 << 20  # a lossless queue's bound, in bytes, with a storing process
 FRAME = struct.Struct("<BII")  # kind, bytes of pickled fields, bytes of payloads
@@ -524,10 +528,10 @@ def _read_exact(fd: int, size: int) -> memoryview:
     return view
 
 
-def _ship_events(fd: int, events: list[Event]) -> None:
-    """One message: the events' other fields pickled, then their payloads as they are."""
-    payloads = [e.data for e in events]
-    meta = pickle.dumps(([_event_meta(e) for e in events], [len(p) for p in payloads]),
+def _ship_records(fd: int, records: list[Record]) -> None:
+    """One message: the records' fields pickled, then their payloads as they are."""
+    payloads = [r[1] for r in records]
+    meta = pickle.dumps(([r[0] for r in records], [len(p) for p in payloads]),
                         protocol=pickle.HIGHEST_PROTOCOL)
     total = sum(len(p) for p in payloads)
     _write_all(fd, [FRAME.pack(BATCH_FRAME, len(meta), total), meta,
@@ -597,8 +601,9 @@ def _storing_main(writer: SessionWriter, data_fd: int, parent_fd: int, reply: An
     os._exit(0)  # skip finalizers: never touch the parent's inherited objects
 
 
-class Recorder:
-    """The tracer's sink: append to a bounded deque; a thread decodes and stores.
+class Recorder(RecordSink):
+    """The tracer's sink: append its flat records to a bounded deque; a thread decodes
+    and stores them.
 
     The bound is memory, not a count: payloads are up to 64 KiB each, so
     ``capacity`` is bytes of queued payload (plus a fixed cost per record).
@@ -628,7 +633,7 @@ class Recorder:
         self._gap_ts = 0.0  # the time of the last one dropped
         self.waits = 0  # times a lossless producer had to wait
         self._consume = consume or writer.feed
-        self._queue: deque[Event] = deque()
+        self._queue: deque[Record] = deque()
         self._produced = 0  # bytes queued, written by the producer only
         self._consumed = 0  # bytes taken, written by the writer thread only
         self._wake = threading.Event()
@@ -667,13 +672,13 @@ class Recorder:
     def queued_bytes(self) -> int:
         return self._produced - self._consumed
 
-    def __call__(self, event: Event) -> None:
-        cost = len(event.data) + self.RECORD_COST
+    def take(self, record: Record) -> None:
+        cost = len(record[1]) + self.RECORD_COST
         if self._produced - self._consumed + cost > self.capacity:
             if self.lossy:
                 self.dropped += 1
                 self._gap += 1
-                self._gap_ts = event.ts
+                self._gap_ts = record[0][1]
                 return
             self.waits += 1
             while self._produced - self._consumed + cost > self.capacity and self._queue:
@@ -683,11 +688,12 @@ class Recorder:
                     raise RuntimeError("the writer thread failed") from self._error
                 self._room.wait(0.05)
         if self._gap:  # the writer must know where records are missing
-            self._queue.append(Event(GAP, event.ts, 0, information=self._gap))
+            self._queue.append(record_from_event(Event(GAP, record[0][1], 0,
+                                                       information=self._gap)))
             self._produced += self.RECORD_COST
             self._gap = 0
         self._produced += cost
-        self._queue.append(event)
+        self._queue.append(record)
         # one wake-up a drain: Event.set takes a lock and notifies
         if len(self._queue) >= 64 and not self._wake.is_set():
             self._wake.set()
@@ -696,14 +702,15 @@ class Recorder:
         queue = self._queue
         consume = self._consume
         cost = self.RECORD_COST
+        make: Any = Event  # positional, the payload put back in its place
         try:
             while True:
                 while queue:
                     taken = 0
                     for _ in range(min(len(queue), 1024)):
-                        event = queue.popleft()
-                        taken += len(event.data) + cost
-                        consume(event)
+                        meta, data = queue.popleft()
+                        taken += len(data) + cost
+                        consume(make(*meta[:DATA_INDEX], data, *meta[DATA_INDEX:]))
                     self._consumed += taken
                     self._room.set()
                 if self._stop and not queue:
@@ -725,12 +732,12 @@ class Recorder:
                     taken = 0
                     batch = []
                     for _ in range(min(len(queue), 4096)):
-                        event = queue.popleft()
-                        taken += len(event.data) + cost
-                        batch.append(event)
+                        record = queue.popleft()
+                        taken += len(record[1]) + cost
+                        batch.append(record)
                         if taken >= SHIP_BYTES:
                             break
-                    _ship_events(fd, batch)
+                    _ship_records(fd, batch)
                     self._consumed += taken
                     self._room.set()
                 if self._stop and not queue:
@@ -744,7 +751,7 @@ class Recorder:
     def close(self, notes: str | None = None, state: str = "complete") -> None:
         if self._gap:  # at the last record dropped (a storing process has the writer's ts)
             ts = self._gap_ts if self._process is not None else self.writer.last_ts
-            self._queue.append(Event(GAP, ts, 0, information=self._gap))
+            self._queue.append(record_from_event(Event(GAP, ts, 0, information=self._gap)))
             self._produced += self.RECORD_COST
             self._gap = 0
         self._stop = True
