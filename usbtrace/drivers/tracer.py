@@ -291,32 +291,32 @@ def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str,
                     ext.unknown_pipes += 1
                     known = _pipe_entry(pipe)
                 endpoint, transfer_type, stream = known
-                length = urb.length
+                size = urb.length
                 data = b""
                 if kind == COMPLETE:
-                    if length and endpoint & 0x80:  # IN: there once the transfer is done
+                    if size and endpoint & 0x80:  # IN: there once the transfer is done
                         buffer = urb.buffer
                         if buffer is None:
                             buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
                         if buffer is not None:
-                            data = bytes(buffer[:length])
+                            data = bytes(buffer[:size])
                     io_status = irp.io_status
                     information = io_status.information
                     return ((kind, ext.clock(), irp.id, ext.position, major, None, SUBMIT_URB,
                              parent, io_status.status,
                              information if isinstance(information, int) else None, None,
                              urb.function, ext.bus, ext.address, endpoint, transfer_type,
-                             urb.status, length, None, len(data), None, None, None, None,
+                             urb.status, size, None, len(data), None, None, None, None,
                              stream), data)
-                if length and not endpoint & 0x80:  # OUT: there when it is sent
+                if size and not endpoint & 0x80:  # OUT: there when it is sent
                     buffer = urb.buffer
                     if buffer is None:
                         buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
                     if buffer is not None:
-                        data = bytes(buffer[:length])
+                        data = bytes(buffer[:size])
                 return ((kind, ext.clock(), irp.id, ext.position, major, None, SUBMIT_URB,
                          parent, None, None, None, urb.function, ext.bus, ext.address,
-                         endpoint, transfer_type, U.USBD_STATUS_PENDING, length, None,
+                         endpoint, transfer_type, U.USBD_STATUS_PENDING, size, None,
                          len(data), None, None, None, None, stream), data)
     else:
         ioctl = None
