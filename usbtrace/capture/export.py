@@ -283,6 +283,11 @@ def write_capture(rows: Iterable[Any], stream: BinaryIO, linktype: str,
                   columns: Sequence[str] | None = None) -> tuple[int, int]:
     """``export``, returning the records written and the rows read: the command line
     says both, and counting the rows here spares it a generator around the cursor."""
+    pcapng = container != "pcap"
+    if pcapng and linktype == "usbmon" and columns is not None and \
+            tuple(columns) == PREPARED:  # ready to pack, from SQLite (see select_for)
+        PcapngWriter(stream, LINKTYPES[linktype], comments=comments)
+        return _usbmon_pcapng(rows, stream, origin)
     wanted = fields_for(linktype, container)
     if columns is not None and tuple(columns) == wanted:
         picked: Iterable[Sequence[Any]] = rows  # already in order: no copy a row
@@ -292,13 +297,12 @@ def write_capture(rows: Iterable[Any], stream: BinaryIO, linktype: str,
             index = {name: i for i, name in enumerate(columns)}
             keys = [index[name] for name in wanted]
         picked = map(operator.itemgetter(*keys), rows)
-    pcapng = container != "pcap"
     if pcapng:  # the header blocks; the records are framed here, a batch a write
         PcapngWriter(stream, LINKTYPES[linktype], comments=comments)
     else:
         PcapWriter(stream, LINKTYPES[linktype])
     if pcapng and linktype == "usbmon":
-        return _usbmon_pcapng(picked, stream, origin)
+        return _usbmon_pcapng(map(_prepare, picked), stream, origin)
     return _framed(picked, stream, linktype, origin, pcapng)
 
 
@@ -370,20 +374,44 @@ def _framed(rows: Iterable[Sequence[Any]], stream: BinaryIO, linktype: str, orig
     return count, seen
 
 
-# usbmon in pcapng, encoded straight into one preallocated buffer: the Enhanced Packet
-# Block's head and the usbmon header in one pack_into (the interface id and the header's
-# four trailing fields are always 0: pad bytes, which struct writes as zeros), and a
-# record without data with its block's trailer too
-EPB_MON = struct.Struct("<II4xIIII" + USBMON_HEADER.format[1:-4] + "16x")
-EPB_MON_EMPTY = struct.Struct(EPB_MON.format + "I")
-XFER_BY_NAME = {name: USBMON_XFER.get(code, 3) for code, name in TRANSFER_TYPE_NAMES.items()}
-ZERO8 = bytes(8)
-DIRECT = 1 << 16  # a row whose data is larger goes through the heap, as bytes
-# the columns usbmon needs, in the order _usbmon_pcapng takes them: no seq (rows come in
-# seq order, so their count orders the heap as well), no URB function
+# usbmon in pcapng, packed straight into one preallocated buffer from rows "ready to
+# pack".  Each column costs the sqlite3 module a release of the interpreter lock and
+# SQLite its mutex, about 0.1 us a row, and each field decided in Python costs more.  So
+# SQLite folds what a row's two headers need besides times, IRP id, setup and data into
+# two integers:
+#   a flags key: transfer type, endpoint, device, bus, and whether the row has setup
+#     bytes (with bmRequestType's direction bit), data, direction in, and which status:
+#     a session has a few dozen distinct keys, each decoded once into both records'
+#     flag words and errno (``_flags``);
+#   the lengths: requested, and the actual length above it.
+# Two columns in place of eight (bus, device, endpoint, transfer type, direction,
+# lengths, status), and no branch on them in the loop.
+PREPARED = ("irp_id", "submitted_at", "completed_at", "flags_key", "lengths", "setup",
+            "data")
+# the columns usbmon needs when rows are not prepared in SQL (a dict a row, PostgreSQL),
+# in the order _prepare takes them: no seq (rows come in seq order, so their count
+# orders the heap as well), no URB function
 USBMON_FIELDS = ("irp_id", "submitted_at", "completed_at", "bus", "device", "endpoint",
                  "transfer_type", "direction", "setup", "requested_length", "actual_length",
                  "status", "data")
+XFER_BY_NAME = {name: USBMON_XFER.get(code, 3) for code, name in TRANSFER_TYPE_NAMES.items()}
+XFER_OTHER = USBMON_XFER[CONTROL]  # a name export does not know is taken for control
+# the statuses a key names by number: None, the names (success first, the common case),
+# then any other name (which is no USBD status: errno 0)
+STATUSES: tuple[str | None, ...] = (
+    "success", *sorted(name for name in _ERRNO_BY_STATUS if name not in (None, "success")),
+    None)
+STATUS_OTHER = len(STATUSES)
+# the flags key's bits above the header's own bytes 1 to 5 (transfer type to bus)
+KEY_SETUP, KEY_SETUP_IN, KEY_DATA, KEY_IN, KEY_STATUS = 48, 49, 50, 51, 52
+ZERO8 = bytes(8)
+DIRECT = 1 << 16  # a row whose data is larger goes through the heap, as bytes
+# one record in its Enhanced Packet Block: block type, block length, interface 0, time
+# high and low, captured and original length; the usbmon header (id in two halves, flag
+# bytes in two halves, seconds, microseconds, status, length, captured length, setup
+# bytes, 16 bytes of zeros), then data, pad and trailer.  Every integer packed fits 32
+# bits but the seconds: struct converts a larger int several times slower
+RECORD_HEAD = "II4xIIIIIIIIqiiII8s16x"
 
 
 def fields_for(linktype: str, container: str) -> tuple[str, ...]:
@@ -392,28 +420,129 @@ def fields_for(linktype: str, container: str) -> tuple[str, ...]:
     return USBMON_FIELDS if linktype == "usbmon" and container != "pcap" else FIELDS
 
 
+def select_for(linktype: str, container: str, alias: str, sqlite: bool
+               ) -> tuple[str, tuple[str, ...]]:
+    """The select list for ``write_capture``'s rows from ``urbs`` as ``alias``, and the
+    column names to pass it: from SQLite, a usbmon pcapng export's rows come prepared
+    (``PREPARED``, see ``prepared_sql``); otherwise the plain columns ``fields_for``
+    names."""
+    if sqlite and linktype == "usbmon" and container != "pcap":
+        return prepared_sql(alias), PREPARED
+    names = fields_for(linktype, container)
+    return ", ".join(f"{alias}.{name}" for name in names), names
+
+
+def prepared_sql(u: str) -> str:
+    """SQLite's select list of ``PREPARED`` from ``urbs`` as ``u``: what ``_prepare``
+    computes, term for term (``test_export_bytes`` checks that the two agree).
+
+    A bus, device or endpoint out of its range in the header makes the key NULL,
+    which ``_flags`` refuses, as struct refused the field itself.  A hexadecimal status
+    (a USBD code without a name) makes it text, "STATUS KEY": SQLite cannot read
+    hexadecimal, ``_flags`` does."""
+    ep, dev, bus = f"ifnull({u}.endpoint, 0)", f"ifnull({u}.device, 0)", f"ifnull({u}.bus, 0)"
+    xfer = " ".join(f"WHEN '{name}' THEN {code}" for name, code in XFER_BY_NAME.items())
+    # SQLite's "|", "&", "<<" and ">>" bind equally, left to right: each term in brackets
+    key = (f"((CASE {u}.transfer_type {xfer} ELSE {XFER_OTHER} END) << 8) | ({ep} << 16) "
+           f"| ({dev} << 24) | ({bus} << 32) | ((length({u}.setup) > 0 IS 1) << {KEY_SETUP}) "
+           f"| ((CASE WHEN {u}.setup IS NULL THEN 0 ELSE substr(hex({u}.setup), 1, 1) >= '8' "
+           f"END) << {KEY_SETUP_IN}) | ((length({u}.data) > 0 IS 1) << {KEY_DATA}) | "
+           f"(({u}.direction IS 'in') << {KEY_IN})")
+    named = " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(STATUSES)
+                     if name is not None)
+    status = (f"(CASE {u}.status {named} ELSE (CASE WHEN {u}.status IS NULL THEN "
+              f"{STATUSES.index(None)} ELSE {STATUS_OTHER} END) END)")
+    in_range = f"({bus} >> 16) = 0 AND (({dev} | {ep}) >> 8) = 0"
+    flags = (f"CASE WHEN NOT ({in_range}) THEN NULL WHEN {u}.status GLOB '0x*' THEN "
+             f"{u}.status || ' ' || ({key}) ELSE {key} | ({status} << {KEY_STATUS}) END")
+    lengths = (f"CASE WHEN ((ifnull({u}.requested_length, 0) | ifnull({u}.actual_length, 0))"
+               f" >> 32) = 0 THEN ifnull({u}.requested_length, 0) | "
+               f"(ifnull({u}.actual_length, 0) << 32) END")
+    return (f"{u}.irp_id, {u}.submitted_at, {u}.completed_at, {flags}, {lengths}, "
+            f"{u}.setup, {u}.data")
+
+
+def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
+    """A row in ``USBMON_FIELDS`` order as ``PREPARED``: what ``prepared_sql`` makes
+    SQLite compute, in Python, for rows that come from elsewhere."""
+    (irp_text, submitted_at, completed_at, bus, device, endpoint, ttype, direction, setup,
+     requested, actual, status, payload) = row
+    endpoint, device, bus = endpoint or 0, device or 0, bus or 0
+    setup = bytes(setup) if setup is not None else None
+    data = bytes(payload) if payload is not None else None
+    flags: Any = None
+    if 0 <= endpoint <= 255 and 0 <= device <= 255 and 0 <= bus <= 65535:
+        key = (XFER_BY_NAME.get(ttype, XFER_OTHER) << 8 | endpoint << 16 | device << 24
+               | bus << 32 | bool(setup) << KEY_SETUP
+               | (setup is not None and setup[:1] >= b"\x80") << KEY_SETUP_IN
+               | bool(data) << KEY_DATA | (direction == "in") << KEY_IN)
+        if isinstance(status, str) and status.startswith("0x"):
+            flags = f"{status} {key}"
+        else:
+            number = STATUSES.index(status) if status in STATUSES else STATUS_OTHER
+            flags = key | number << KEY_STATUS
+    requested, actual = requested or 0, actual or 0
+    lengths = requested | actual << 32 if 0 <= requested <= 0xFFFFFFFF and \
+        0 <= actual <= 0xFFFFFFFF else None
+    return irp_text, submitted_at, completed_at, flags, lengths, setup, data
+
+
+def _flags(table: dict[Any, tuple[int, int, int, int, int]], key: Any
+           ) -> tuple[int, int, int, int, int]:
+    """A flags key decoded: the submission's flag word (bytes 8 to 15 of its usbmon
+    header) in two 32-bit halves, the completion's, and the completion's errno; kept
+    for the next row with that key (up to a few thousand)."""
+    if key is None:
+        raise struct.error("a URB's bus, device or endpoint does not fit a usbmon header")
+    if key.__class__ is str:
+        status, number = key.rsplit(" ", 1)
+        common = int(number)
+        errno = USBD_TO_ERRNO.get(_status_code(status) or 0, -71)
+    else:
+        common = key & ((1 << KEY_STATUS) - 1)
+        number = key >> KEY_STATUS
+        errno = _ERRNO_BY_STATUS[STATUSES[number]] if number < STATUS_OTHER else \
+            USBD_TO_ERRNO.get(0, -71)  # a name that is no USBD status
+    endpoint = common >> 16 & 0xFF
+    has_setup, data = common >> KEY_SETUP & 1, common >> KEY_DATA & 1
+    direction_in = common >> KEY_IN & 1
+    header = common & 0xFFFFFFFF00  # transfer type, endpoint, device, bus
+    data_out = 0 if data and not direction_in else (
+        60 if (common >> KEY_SETUP_IN & 1 if has_setup else endpoint & 0x80) else 62)
+    submit = 83 | header | (0 if has_setup else 45) << 48 | data_out << 56
+    data_in = 0 if data and direction_in else (60 if endpoint & 0x80 else 62)
+    complete = 67 | header | 45 << 48 | data_in << 56
+    entry = (submit & 0xFFFFFFFF, submit >> 32, complete & 0xFFFFFFFF, complete >> 32,
+             errno)
+    if len(table) < 4096:
+        table[key] = entry
+    return entry
+
+
 def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
                    ) -> tuple[int, int]:
     """What ``_framed`` writes for usbmon in pcapng, byte for byte, at a fraction of
-    the cost; ``rows`` in ``USBMON_FIELDS`` order.
+    the cost; ``rows`` in ``PREPARED`` order.
 
     Transfers rarely overlap: a row's records are nearly always both due before the
     next row's submission, ahead of anything still waiting (a pending interrupt
     transfer).  So the last row is held, as its tuple, until the next row's time is
-    known; if its records come first then, they are encoded straight into the output
-    buffer, in the order the heap would give them.  Otherwise they become bytes in
-    the heap, and leave it as in ``_framed``.  A record with data is packed whole,
-    data and trailer too, by a ``struct`` kept for its length."""
+    known; if its records come first then, both are packed straight into the output
+    buffer, in the order the heap would give them, by one ``struct`` kept for the
+    row's data length and direction.  Otherwise they become bytes in the heap, and
+    leave it as in ``_framed``."""
     buf = bytearray(FLUSH)
     view = memoryview(buf)
     pos = count = seen = 0
-    room = FLUSH - DIRECT - 256  # past this, the buffer is written out before a row
+    room = FLUSH - DIRECT - 512  # past this, the buffer is written out before a row
     write = stream.write
-    pack_empty = EPB_MON_EMPTY.pack_into
-    sized: dict[int, tuple[Any, int, int]] = {}  # data length -> pack_into, size, total
-    xfers, errnos = XFER_BY_NAME, _ERRNO_BY_STATUS.copy()
+    pairs_in: dict[int, tuple[Any, ...]] = {}  # data length -> a pair's struct and sizes
+    pairs_out: dict[int, tuple[Any, ...]] = {}
+    empty = _pair(0, 0)
+    table: dict[Any, tuple[int, int, int, int, int]] = {}  # flags key -> _flags
+    ids: dict[str, tuple[int, int]] = {}  # IRP id text -> its halves (IRPs are reused)
     origin = float(origin)  # so a time is a float, and float's own methods round it
-    trunc, fround, _bytes = float.__trunc__, float.__round__, bytes
+    trunc, fround = float.__trunc__, float.__round__
     ahead: list[tuple[Any, int, int, bytes]] = []  # a heap, as in _framed
     ahead_min: Any = INF  # the time of its first record
     pop = heapq.heappop
@@ -421,7 +550,6 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
     held_no = 0
     held_sub: Any = None  # the held row's times
     held_done: Any = None
-    last: Any
     for row in rows:
         seen += 1
         sub = row[1]
@@ -430,81 +558,67 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
         if now is None:
             continue  # no records, and nothing is due
         if held_no:
-            last = held_done if held_done is not None else held_sub
-            if last <= now and last < ahead_min and (
-                    held_sub is None or held_done is None or held_sub <= held_done) and \
-                    len(data := held[12] or b"") <= DIRECT:
-                # due by now, and before whatever waits (an earlier row's, so at an
+            data = held[6]
+            if held_sub is not None and held_done is not None and \
+                    held_sub <= held_done <= now and held_done < ahead_min and \
+                    (not data or len(data) <= DIRECT):
+                # both due by now, before whatever waits (an earlier row's, so at an
                 # equal time that comes first): written now, in the heap's order
-                (irp_text, _, _, bus, device, endpoint, ttype, direction, setup, requested,
-                 actual, status, _) = held
-                if data.__class__ is not bytes:
-                    data = _bytes(data)
-                xfer = xfers.get(ttype)
-                if xfer is None:
-                    xfer = USBMON_XFER.get(TYPE_CODES.get(ttype, CONTROL), 3)
-                endpoint = endpoint or 0
-                device = device or 0
-                bus = bus or 0
-                irp_id = int(irp_text, 16) & MASK64
+                irp_text, _, _, key, lengths, setup, _ = held
+                irp = ids.get(irp_text)
+                if irp is None:
+                    irp = _irp_id(ids, irp_text)
+                flags = table.get(key)
+                if flags is None:
+                    flags = _flags(table, key)
+                submit_lo, submit_hi, complete_lo, complete_hi, errno = flags
+                irp_lo, irp_hi = irp
                 if pos > room:
                     write(view[:pos])
                     pos = 0
-                if held_sub is not None:
-                    ts = origin + held_sub
-                    sec = trunc(ts)
-                    usec = fround((ts - sec) * 1e6)
-                    if usec >= 1_000_000:
-                        sec, usec = sec + 1, usec - 1_000_000
-                    ts_ns = fround(ts * 1e9)
-                    if setup:
-                        if setup.__class__ is not bytes:
-                            setup = _bytes(setup)
-                        flag_setup = 0
+                ts = origin + held_sub
+                sec_s = trunc(ts)
+                usec_s = fround((ts - sec_s) * 1e6)
+                if usec_s >= 1_000_000:
+                    sec_s, usec_s = sec_s + 1, usec_s - 1_000_000
+                ns_s = fround(ts * 1e9)
+                ts = origin + held_done
+                sec_c = trunc(ts)
+                usec_c = fround((ts - sec_c) * 1e6)
+                if usec_c >= 1_000_000:
+                    sec_c, usec_c = sec_c + 1, usec_c - 1_000_000
+                ns_c = fround(ts * 1e9)
+                if data:
+                    n = len(data)
+                    if complete_hi < 1 << 24:  # flag_data 0 in the completion: data in
+                        pack, total, total_s, size_s, kept_s, total_c, size_c, kept_c = \
+                            pairs_in.get(n) or _pair_kept(pairs_in, 0, n)
+                        pack(buf, pos, BT_EPB, total_s, ns_s >> 32, ns_s & 0xFFFFFFFF, size_s,
+                             size_s, irp_lo, irp_hi, submit_lo, submit_hi, sec_s, usec_s,
+                             -115, lengths & 0xFFFFFFFF, kept_s, setup or ZERO8, total_s,
+                             BT_EPB, total_c, ns_c >> 32, ns_c & 0xFFFFFFFF, size_c, size_c,
+                             irp_lo, irp_hi, complete_lo, complete_hi, sec_c, usec_c, errno,
+                             lengths >> 32, kept_c, data, total_c)
                     else:
-                        setup = None
-                        flag_setup = 45
-                    if not data or direction == "in":
-                        pack_empty(buf, pos, BT_EPB, 96, ts_ns >> 32, ts_ns & 0xFFFFFFFF,
-                                   64, 64, irp_id, 83, xfer, endpoint, device, bus, flag_setup,
-                                   60 if (setup[0] if setup else endpoint) & 0x80 else 62,
-                                   sec, usec, -115, requested or 0, 0, setup or ZERO8, 96)
-                        pos += 96
-                    else:
-                        n = len(data)
-                        pack, size, total = sized.get(n) or _sized(sized, n)
-                        pack(buf, pos, BT_EPB, total, ts_ns >> 32, ts_ns & 0xFFFFFFFF, size,
-                             size, irp_id, 83, xfer, endpoint, device, bus, flag_setup, 0, sec,
-                             usec, -115, requested or 0, n, setup or ZERO8, data, total)
-                        pos += total
-                    count += 1
-                if held_done is not None:
-                    ts = origin + held_done
-                    sec = trunc(ts)
-                    usec = fround((ts - sec) * 1e6)
-                    if usec >= 1_000_000:
-                        sec, usec = sec + 1, usec - 1_000_000
-                    ts_ns = fround(ts * 1e9)
-                    errno = errnos.get(status)
-                    if errno is None:
-                        errno = errnos[status] = USBD_TO_ERRNO.get(
-                            _status_code(status) or 0, -71)
-                    if data and direction == "in":
-                        n = len(data)
-                        pack, size, total = sized.get(n) or _sized(sized, n)
-                        pack(buf, pos, BT_EPB, total, ts_ns >> 32, ts_ns & 0xFFFFFFFF, size,
-                             size, irp_id, 67, xfer, endpoint, device, bus, 45, 0, sec, usec,
-                             errno, actual or 0, n, ZERO8, data, total)
-                        pos += total
-                    else:
-                        pack_empty(buf, pos, BT_EPB, 96, ts_ns >> 32, ts_ns & 0xFFFFFFFF,
-                                   64, 64, irp_id, 67, xfer, endpoint, device, bus, 45,
-                                   60 if endpoint & 0x80 else 62, sec, usec, errno,
-                                   actual or 0, 0, ZERO8, 96)
-                        pos += 96
-                    count += 1
+                        pack, total, total_s, size_s, kept_s, total_c, size_c, kept_c = \
+                            pairs_out.get(n) or _pair_kept(pairs_out, n, 0)
+                        pack(buf, pos, BT_EPB, total_s, ns_s >> 32, ns_s & 0xFFFFFFFF, size_s,
+                             size_s, irp_lo, irp_hi, submit_lo, submit_hi, sec_s, usec_s,
+                             -115, lengths & 0xFFFFFFFF, kept_s, setup or ZERO8, data,
+                             total_s, BT_EPB, total_c, ns_c >> 32, ns_c & 0xFFFFFFFF, size_c,
+                             size_c, irp_lo, irp_hi, complete_lo, complete_hi, sec_c, usec_c,
+                             errno, lengths >> 32, kept_c, total_c)
+                else:
+                    pack, total, total_s, size_s, kept_s, total_c, size_c, kept_c = empty
+                    pack(buf, pos, BT_EPB, 96, ns_s >> 32, ns_s & 0xFFFFFFFF, 64, 64,
+                         irp_lo, irp_hi, submit_lo, submit_hi, sec_s, usec_s, -115,
+                         lengths & 0xFFFFFFFF, 0, setup or ZERO8, 96, BT_EPB, 96, ns_c >> 32,
+                         ns_c & 0xFFFFFFFF, 64, 64, irp_lo, irp_hi, complete_lo, complete_hi,
+                         sec_c, usec_c, errno, lengths >> 32, 0, 96)
+                pos += total
+                count += 2
             else:
-                _hold(ahead, held, held_no, origin)
+                _hold(ahead, held, held_no, origin, ids, table)
                 ahead_min = ahead[0][0]
             if ahead_min <= now:
                 while ahead and ahead[0][0] <= now:
@@ -525,7 +639,7 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
         held_sub = sub
         held_done = done
     if held_no:
-        _hold(ahead, held, held_no, origin)
+        _hold(ahead, held, held_no, origin, ids, table)
     write(view[:pos])
     while ahead:  # the rest, in order (a few, unless the data is larger than the buffer)
         write(pop(ahead)[3])
@@ -537,26 +651,75 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
 INF = float("inf")
 
 
-def _sized(cache: dict[int, tuple[Any, int, int]], n: int) -> tuple[Any, int, int]:
-    """The ``struct`` that packs a usbmon record with ``n`` bytes of data in its block,
-    whole (kept for the next record of that length, up to a few thousand lengths)."""
-    pad = -n % 4
-    entry = (struct.Struct(f"{EPB_MON.format}{n}s{pad}xI").pack_into, 64 + n, 96 + n + pad)
+def _irp_id(ids: dict[str, tuple[int, int]], text: str) -> tuple[int, int]:
+    """An IRP id's two 32-bit halves, kept for the next row of that IRP (up to a few
+    thousand)."""
+    number = int(text, 16) & MASK64
+    halves = (number & 0xFFFFFFFF, number >> 32)
+    if len(ids) < 4096:
+        ids[text] = halves
+    return halves
+
+
+def _record(data_length: int) -> tuple[str, int]:
+    """The ``struct`` format (no byte order, no trailer) of one usbmon record with
+    ``data_length`` bytes of data in its block, and the block's length."""
+    pad = -data_length % 4
+    return f"{RECORD_HEAD}{data_length}s{pad}x" if data_length else RECORD_HEAD, \
+        96 + data_length + pad
+
+
+def _pair(data_out: int, data_in: int) -> tuple[Any, ...]:
+    """The ``struct`` that packs a row's submission (with ``data_out`` bytes of data) and
+    completion (``data_in``) in their blocks, in one go, with the sizes it takes:
+    (pack_into, both blocks' length, then for each record its block's length, its
+    captured length, its usbmon captured length)."""
+    first, total_s = _record(data_out)
+    second, total_c = _record(data_in)
+    # the completion's setup bytes, always zeros, are pad
+    fmt = f"<{first}I{second.replace('II8s16x', 'II24x', 1)}I"
+    return (struct.Struct(fmt).pack_into, total_s + total_c, total_s, 64 + data_out,
+            data_out, total_c, 64 + data_in, data_in)
+
+
+def _pair_kept(cache: dict[int, tuple[Any, ...]], data_out: int, data_in: int
+               ) -> tuple[Any, ...]:
+    """``_pair``, kept for the next row of that data length (up to a few thousand)."""
+    entry = _pair(data_out, data_in)
     if len(cache) < 4096:
-        cache[n] = entry
+        cache[data_out or data_in] = entry
     return entry
 
 
 def _hold(ahead: list[tuple[Any, int, int, bytes]], row: Sequence[Any], number: int,
-          origin: float) -> None:
-    """A row (in ``USBMON_FIELDS`` order, the ``number``-th) into the heap of records
-    waiting for their time, as ``_framed`` puts them there."""
-    (irp_text, submitted_at, completed_at, bus, device, endpoint, ttype, direction, setup,
-     requested, actual, status, payload) = row
-    one, two = _usbmon_pair((number, irp_text, submitted_at, completed_at, bus, device,
-                             endpoint, ttype, None, direction, setup, requested, actual,
-                             status, payload), origin, True)
-    if one is not None:
-        heapq.heappush(ahead, (submitted_at, number, 0, one))
-    if two is not None:
-        heapq.heappush(ahead, (completed_at, number, 1, two))
+          origin: float, ids: dict[str, tuple[int, int]],
+          table: dict[Any, tuple[int, int, int, int, int]]) -> None:
+    """A row (in ``PREPARED`` order, the ``number``-th) into the heap of records
+    waiting for their time, each as its block's bytes, as ``_framed`` puts them there."""
+    irp_text, submitted_at, completed_at, key, lengths, setup, data = row
+    irp_lo, irp_hi = ids.get(irp_text) or _irp_id(ids, irp_text)
+    submit_lo, submit_hi, complete_lo, complete_hi, errno = \
+        table.get(key) or _flags(table, key)
+    n = len(data) if data else 0
+    data_in = complete_hi < 1 << 24  # flag_data 0 in the completion
+    for kind, at in ((0, submitted_at), (1, completed_at)):
+        if at is None:
+            continue
+        ts = origin + at
+        sec = int(ts)
+        usec = int(round((ts - sec) * 1e6))
+        if usec >= 1_000_000:
+            sec, usec = sec + 1, usec - 1_000_000
+        ns = int(round(ts * 1e9))
+        own = n if (kind == 1) == data_in else 0
+        fmt, total = _record(own)
+        fields: list[Any] = [BT_EPB, total, ns >> 32, ns & 0xFFFFFFFF, 64 + own, 64 + own,
+                             irp_lo, irp_hi]
+        if kind == 0:
+            fields += [submit_lo, submit_hi, sec, usec, -115, lengths & 0xFFFFFFFF, own,
+                       setup or ZERO8]
+        else:
+            fields += [complete_lo, complete_hi, sec, usec, errno, lengths >> 32, own, ZERO8]
+        if own:
+            fields.append(data)
+        heapq.heappush(ahead, (at, number, kind, struct.pack(f"<{fmt}I", *fields, total)))
