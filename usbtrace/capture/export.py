@@ -14,7 +14,7 @@ import io
 import operator
 import struct
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from usbtrace.capture import usbpcap
 from usbtrace.capture.pcap import BT_EPB, PcapngWriter, PcapWriter
@@ -377,17 +377,17 @@ def _framed(rows: Iterable[Sequence[Any]], stream: BinaryIO, linktype: str, orig
 # usbmon in pcapng, packed straight into one preallocated buffer from rows "ready to
 # pack".  Each column costs the sqlite3 module a release of the interpreter lock and
 # SQLite its mutex, about 0.1 us a row, and each field decided in Python costs more.  So
-# SQLite folds what a row's two headers need besides times, IRP id, setup and data into
-# two integers:
+# SQLite names, in one short text, all that a row's two records hold besides their
+# times, IRP id and data: its "shape", made of
 #   a flags key: transfer type, endpoint, device, bus, and whether the row has setup
-#     bytes (with bmRequestType's direction bit), data, direction in, and which status:
-#     a session has a few dozen distinct keys, each decoded once into both records'
-#     flag words and errno (``_flags``);
-#   the lengths: requested, and the actual length above it.
-# Two columns in place of eight (bus, device, endpoint, transfer type, direction,
-# lengths, status), and no branch on them in the loop.
-PREPARED = ("irp_id", "submitted_at", "completed_at", "flags_key", "lengths", "setup",
-            "data")
+#     bytes (with bmRequestType's direction bit), data, direction in, and which status;
+#   the lengths: requested, and the actual length above it;
+#   the setup bytes, in hexadecimal; the data's length.
+# A session has few shapes (a mass storage session: a few dozen), each decoded once
+# (``_shape``) into the bytes of both records that do not change from row to row, and a
+# struct that packs a row's two records around them in one call.  Five columns in place
+# of thirteen, and no branch on them in the loop.
+PREPARED = ("irp_id", "submitted_at", "completed_at", "shape", "data")
 # the columns usbmon needs when rows are not prepared in SQL (a dict a row, PostgreSQL),
 # in the order _prepare takes them: no seq (rows come in seq order, so their count
 # orders the heap as well), no URB function
@@ -396,7 +396,7 @@ USBMON_FIELDS = ("irp_id", "submitted_at", "completed_at", "bus", "device", "end
                  "status", "data")
 XFER_BY_NAME = {name: USBMON_XFER.get(code, 3) for code, name in TRANSFER_TYPE_NAMES.items()}
 XFER_OTHER = USBMON_XFER[CONTROL]  # a name export does not know is taken for control
-# the statuses a key names by number: None, the names (success first, the common case),
+# the statuses a key names by number: the names (success first, the common case), None,
 # then any other name (which is no USBD status: errno 0)
 STATUSES: tuple[str | None, ...] = (
     "success", *sorted(name for name in _ERRNO_BY_STATUS if name not in (None, "success")),
@@ -406,12 +406,12 @@ STATUS_OTHER = len(STATUSES)
 KEY_SETUP, KEY_SETUP_IN, KEY_DATA, KEY_IN, KEY_STATUS = 48, 49, 50, 51, 52
 ZERO8 = bytes(8)
 DIRECT = 1 << 16  # a row whose data is larger goes through the heap, as bytes
-# one record in its Enhanced Packet Block: block type, block length, interface 0, time
-# high and low, captured and original length; the usbmon header (id in two halves, flag
-# bytes in two halves, seconds, microseconds, status, length, captured length, setup
-# bytes, 16 bytes of zeros), then data, pad and trailer.  Every integer packed fits 32
-# bits but the seconds: struct converts a larger int several times slower
-RECORD_HEAD = "II4xIIIIIIIIqiiII8s16x"
+# one record in its Enhanced Packet Block, as the pieces a shape keeps and those a row
+# gives: block type, block length and interface 0 (kept); time high and low; captured
+# and original length (kept); the usbmon header's id; its flag bytes (kept); seconds and
+# microseconds; status, length, captured length, setup bytes and 16 zero bytes (kept);
+# then data, pad and trailer
+RECORD = "12sII8sII8sqi36s"
 
 
 def fields_for(linktype: str, container: str) -> tuple[str, ...]:
@@ -436,10 +436,10 @@ def prepared_sql(u: str) -> str:
     """SQLite's select list of ``PREPARED`` from ``urbs`` as ``u``: what ``_prepare``
     computes, term for term (``test_export_bytes`` checks that the two agree).
 
-    A bus, device or endpoint out of its range in the header makes the key NULL,
-    which ``_flags`` refuses, as struct refused the field itself.  A hexadecimal status
-    (a USBD code without a name) makes it text, "STATUS KEY": SQLite cannot read
-    hexadecimal, ``_flags`` does."""
+    A bus, device or endpoint, or a length, out of its range in the header makes the
+    shape NULL, which ``_shape`` refuses, as struct refused the field itself.  A
+    hexadecimal status (a USBD code without a name) starts the shape, before the key:
+    SQLite cannot read hexadecimal, ``_shape`` does."""
     ep, dev, bus = f"ifnull({u}.endpoint, 0)", f"ifnull({u}.device, 0)", f"ifnull({u}.bus, 0)"
     xfer = " ".join(f"WHEN '{name}' THEN {code}" for name, code in XFER_BY_NAME.items())
     # SQLite's "|", "&", "<<" and ">>" bind equally, left to right: each term in brackets
@@ -452,14 +452,14 @@ def prepared_sql(u: str) -> str:
                      if name is not None)
     status = (f"(CASE {u}.status {named} ELSE (CASE WHEN {u}.status IS NULL THEN "
               f"{STATUSES.index(None)} ELSE {STATUS_OTHER} END) END)")
-    in_range = f"({bus} >> 16) = 0 AND (({dev} | {ep}) >> 8) = 0"
-    flags = (f"CASE WHEN NOT ({in_range}) THEN NULL WHEN {u}.status GLOB '0x*' THEN "
-             f"{u}.status || ' ' || ({key}) ELSE {key} | ({status} << {KEY_STATUS}) END")
-    lengths = (f"CASE WHEN ((ifnull({u}.requested_length, 0) | ifnull({u}.actual_length, 0))"
-               f" >> 32) = 0 THEN ifnull({u}.requested_length, 0) | "
-               f"(ifnull({u}.actual_length, 0) << 32) END")
-    return (f"{u}.irp_id, {u}.submitted_at, {u}.completed_at, {flags}, {lengths}, "
-            f"{u}.setup, {u}.data")
+    requested, actual = f"ifnull({u}.requested_length, 0)", f"ifnull({u}.actual_length, 0)"
+    in_range = (f"({bus} >> 16) = 0 AND (({dev} | {ep}) >> 8) = 0 AND (({requested} | "
+                f"{actual}) >> 32) = 0")
+    flags = (f"CASE WHEN {u}.status GLOB '0x*' THEN {u}.status || ' ' || ({key}) "
+             f"ELSE {key} | ({status} << {KEY_STATUS}) END")
+    shape = (f"CASE WHEN {in_range} THEN {flags} || ' ' || ({requested} | ({actual} << 32))"
+             f" || ' ' || hex({u}.setup) || ' ' || ifnull(length({u}.data), 0) END")
+    return f"{u}.irp_id, {u}.submitted_at, {u}.completed_at, {shape}, {u}.data"
 
 
 def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -468,10 +468,12 @@ def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
     (irp_text, submitted_at, completed_at, bus, device, endpoint, ttype, direction, setup,
      requested, actual, status, payload) = row
     endpoint, device, bus = endpoint or 0, device or 0, bus or 0
+    requested, actual = requested or 0, actual or 0
     setup = bytes(setup) if setup is not None else None
     data = bytes(payload) if payload is not None else None
-    flags: Any = None
-    if 0 <= endpoint <= 255 and 0 <= device <= 255 and 0 <= bus <= 65535:
+    shape = None
+    if 0 <= endpoint <= 255 and 0 <= device <= 255 and 0 <= bus <= 65535 and \
+            0 <= requested <= 0xFFFFFFFF and 0 <= actual <= 0xFFFFFFFF:
         key = (XFER_BY_NAME.get(ttype, XFER_OTHER) << 8 | endpoint << 16 | device << 24
                | bus << 32 | bool(setup) << KEY_SETUP
                | (setup is not None and setup[:1] >= b"\x80") << KEY_SETUP_IN
@@ -480,42 +482,75 @@ def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
             flags = f"{status} {key}"
         else:
             number = STATUSES.index(status) if status in STATUSES else STATUS_OTHER
-            flags = key | number << KEY_STATUS
-    requested, actual = requested or 0, actual or 0
-    lengths = requested | actual << 32 if 0 <= requested <= 0xFFFFFFFF and \
-        0 <= actual <= 0xFFFFFFFF else None
-    return irp_text, submitted_at, completed_at, flags, lengths, setup, data
+            flags = str(key | number << KEY_STATUS)
+        lengths = requested | actual << 32
+        if lengths >= 1 << 63:  # as SQLite's 64-bit integers wrap
+            lengths -= 1 << 64
+        shape = f"{flags} {lengths} {setup.hex().upper() if setup else ''} " \
+            f"{len(data) if data else 0}"
+    return irp_text, submitted_at, completed_at, shape, data
 
 
-def _flags(table: dict[Any, tuple[int, int, int, int, int]], key: Any
-           ) -> tuple[int, int, int, int, int]:
-    """A flags key decoded: the submission's flag word (bytes 8 to 15 of its usbmon
-    header) in two 32-bit halves, the completion's, and the completion's errno; kept
-    for the next row with that key (up to a few thousand)."""
-    if key is None:
-        raise struct.error("a URB's bus, device or endpoint does not fit a usbmon header")
-    if key.__class__ is str:
-        status, number = key.rsplit(" ", 1)
-        common = int(number)
+class Shape(NamedTuple):
+    """What ``_shape`` makes of a shape: the struct's ``pack_into`` for a row's two
+    records, their length, and the pieces of them that a row does not change."""
+
+    pack: Any
+    total: int
+    head_s: bytes    # the submission's first 12 bytes
+    sizes_s: bytes   # its captured and original length
+    flags_s: bytes   # its usbmon flag bytes (record type to flag_data)
+    tail_s: bytes    # its status, length, captured length, setup and 16 zero bytes
+    middle: bytes    # its pad and trailer, then the completion's first 12 bytes
+    sizes_c: bytes
+    flags_c: bytes
+    tail_c: bytes
+    end: bytes       # the completion's pad and trailer
+    where: int       # which record carries the data: 0 none, 1 the submission, 2 the other
+
+
+def _shape(table: dict[Any, Shape], shape: Any) -> Shape:
+    """A row's shape decoded (see ``prepared_sql``); kept for the next row of that
+    shape (up to a few thousand)."""
+    if shape is None:
+        raise struct.error("a URB's bus, device, endpoint or length does not fit a usbmon "
+                           "header")
+    flags, lengths, setup_hex, length = shape.rsplit(" ", 3)
+    if flags.startswith("0x"):
+        status, flags = flags.rsplit(" ", 1)
+        key = int(flags)
         errno = USBD_TO_ERRNO.get(_status_code(status) or 0, -71)
     else:
-        common = key & ((1 << KEY_STATUS) - 1)
+        key = int(flags)
         number = key >> KEY_STATUS
         errno = _ERRNO_BY_STATUS[STATUSES[number]] if number < STATUS_OTHER else \
             USBD_TO_ERRNO.get(0, -71)  # a name that is no USBD status
-    endpoint = common >> 16 & 0xFF
-    has_setup, data = common >> KEY_SETUP & 1, common >> KEY_DATA & 1
-    direction_in = common >> KEY_IN & 1
-    header = common & 0xFFFFFFFF00  # transfer type, endpoint, device, bus
+    endpoint = key >> 16 & 0xFF
+    has_setup, data, direction_in = key >> KEY_SETUP & 1, key >> KEY_DATA & 1, \
+        key >> KEY_IN & 1
+    header = key & 0xFFFFFFFF00  # transfer type, endpoint, device, bus
     data_out = 0 if data and not direction_in else (
-        60 if (common >> KEY_SETUP_IN & 1 if has_setup else endpoint & 0x80) else 62)
-    submit = 83 | header | (0 if has_setup else 45) << 48 | data_out << 56
+        60 if (key >> KEY_SETUP_IN & 1 if has_setup else endpoint & 0x80) else 62)
     data_in = 0 if data and direction_in else (60 if endpoint & 0x80 else 62)
-    complete = 67 | header | 45 << 48 | data_in << 56
-    entry = (submit & 0xFFFFFFFF, submit >> 32, complete & 0xFFFFFFFF, complete >> 32,
-             errno)
+    n = int(length)
+    out = n if data and not direction_in else 0
+    into = n if data and direction_in else 0
+    total_s, total_c = 96 + out + -out % 4, 96 + into + -into % 4
+    setup = bytes.fromhex(setup_hex) if has_setup else ZERO8
+    fmt = "<" + RECORD + (f"{out}s" if out else "") + f"{-out % 4 + 16}s" + RECORD[3:] + \
+        (f"{into}s" if into else "") + f"{-into % 4 + 4}s"
+    entry = Shape(
+        struct.Struct(fmt).pack_into, total_s + total_c, struct.pack("<II4x", BT_EPB, total_s),
+        struct.pack("<II", 64 + out, 64 + out),
+        struct.pack("<Q", 83 | header | (0 if has_setup else 45) << 48 | data_out << 56),
+        struct.pack("<iII8s16x", -115, int(lengths) & 0xFFFFFFFF, out, setup),
+        bytes(-out % 4) + struct.pack("<III4x", total_s, BT_EPB, total_c),
+        struct.pack("<II", 64 + into, 64 + into),
+        struct.pack("<Q", 67 | header | 45 << 48 | data_in << 56),
+        struct.pack("<iII24x", errno, int(lengths) >> 32 & 0xFFFFFFFF, into),
+        bytes(-into % 4) + struct.pack("<I", total_c), 1 if out else 2 if into else 0)
     if len(table) < 4096:
-        table[key] = entry
+        table[shape] = entry
     return entry
 
 
@@ -528,18 +563,14 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
     next row's submission, ahead of anything still waiting (a pending interrupt
     transfer).  So the last row is held, as its tuple, until the next row's time is
     known; if its records come first then, both are packed straight into the output
-    buffer, in the order the heap would give them, by one ``struct`` kept for the
-    row's data length and direction.  Otherwise they become bytes in the heap, and
-    leave it as in ``_framed``."""
+    buffer, in the order the heap would give them, by its shape's struct.  Otherwise
+    they become bytes in the heap, and leave it as in ``_framed``."""
     buf = bytearray(FLUSH)
     view = memoryview(buf)
     pos = count = seen = 0
     room = FLUSH - DIRECT - 512  # past this, the buffer is written out before a row
     write = stream.write
-    pairs_in: dict[int, tuple[Any, ...]] = {}  # data length -> a pair's struct and sizes
-    pairs_out: dict[int, tuple[Any, ...]] = {}
-    empty = _pair(0, 0)
-    table: dict[Any, tuple[int, int, int, int, int]] = {}  # flags key -> _flags
+    shapes: dict[Any, Shape] = {}
     ids: dict[str, tuple[int, int]] = {}  # IRP id text -> its halves (IRPs are reused)
     origin = float(origin)  # so a time is a float, and float's own methods round it
     trunc, fround = float.__trunc__, float.__round__
@@ -558,21 +589,18 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
         if now is None:
             continue  # no records, and nothing is due
         if held_no:
-            data = held[6]
+            data = held[4]
             if held_sub is not None and held_done is not None and \
                     held_sub <= held_done <= now and held_done < ahead_min and \
                     (not data or len(data) <= DIRECT):
                 # both due by now, before whatever waits (an earlier row's, so at an
                 # equal time that comes first): written now, in the heap's order
-                irp_text, _, _, key, lengths, setup, _ = held
-                irp = ids.get(irp_text)
+                irp = ids.get(held[0])
                 if irp is None:
-                    irp = _irp_id(ids, irp_text)
-                flags = table.get(key)
-                if flags is None:
-                    flags = _flags(table, key)
-                submit_lo, submit_hi, complete_lo, complete_hi, errno = flags
+                    irp = _irp_id(ids, held[0])
                 irp_lo, irp_hi = irp
+                (pack, total, head_s, sizes_s, flags_s, tail_s, middle, sizes_c, flags_c,
+                 tail_c, end, where) = shapes.get(held[3]) or _shape(shapes, held[3])
                 if pos > room:
                     write(view[:pos])
                     pos = 0
@@ -588,37 +616,25 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
                 if usec_c >= 1_000_000:
                     sec_c, usec_c = sec_c + 1, usec_c - 1_000_000
                 ns_c = fround(ts * 1e9)
-                if data:
-                    n = len(data)
-                    if complete_hi < 1 << 24:  # flag_data 0 in the completion: data in
-                        pack, total, total_s, size_s, kept_s, total_c, size_c, kept_c = \
-                            pairs_in.get(n) or _pair_kept(pairs_in, 0, n)
-                        pack(buf, pos, BT_EPB, total_s, ns_s >> 32, ns_s & 0xFFFFFFFF, size_s,
-                             size_s, irp_lo, irp_hi, submit_lo, submit_hi, sec_s, usec_s,
-                             -115, lengths & 0xFFFFFFFF, kept_s, setup or ZERO8, total_s,
-                             BT_EPB, total_c, ns_c >> 32, ns_c & 0xFFFFFFFF, size_c, size_c,
-                             irp_lo, irp_hi, complete_lo, complete_hi, sec_c, usec_c, errno,
-                             lengths >> 32, kept_c, data, total_c)
-                    else:
-                        pack, total, total_s, size_s, kept_s, total_c, size_c, kept_c = \
-                            pairs_out.get(n) or _pair_kept(pairs_out, n, 0)
-                        pack(buf, pos, BT_EPB, total_s, ns_s >> 32, ns_s & 0xFFFFFFFF, size_s,
-                             size_s, irp_lo, irp_hi, submit_lo, submit_hi, sec_s, usec_s,
-                             -115, lengths & 0xFFFFFFFF, kept_s, setup or ZERO8, data,
-                             total_s, BT_EPB, total_c, ns_c >> 32, ns_c & 0xFFFFFFFF, size_c,
-                             size_c, irp_lo, irp_hi, complete_lo, complete_hi, sec_c, usec_c,
-                             errno, lengths >> 32, kept_c, total_c)
+                if where == 2:  # data in: the completion carries it
+                    pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_lo,
+                         irp_hi, flags_s, sec_s, usec_s, tail_s, middle, ns_c >> 32,
+                         ns_c & 0xFFFFFFFF, sizes_c, irp_lo, irp_hi, flags_c, sec_c, usec_c,
+                         tail_c, data, end)
+                elif where:
+                    pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_lo,
+                         irp_hi, flags_s, sec_s, usec_s, tail_s, data, middle, ns_c >> 32,
+                         ns_c & 0xFFFFFFFF, sizes_c, irp_lo, irp_hi, flags_c, sec_c, usec_c,
+                         tail_c, end)
                 else:
-                    pack, total, total_s, size_s, kept_s, total_c, size_c, kept_c = empty
-                    pack(buf, pos, BT_EPB, 96, ns_s >> 32, ns_s & 0xFFFFFFFF, 64, 64,
-                         irp_lo, irp_hi, submit_lo, submit_hi, sec_s, usec_s, -115,
-                         lengths & 0xFFFFFFFF, 0, setup or ZERO8, 96, BT_EPB, 96, ns_c >> 32,
-                         ns_c & 0xFFFFFFFF, 64, 64, irp_lo, irp_hi, complete_lo, complete_hi,
-                         sec_c, usec_c, errno, lengths >> 32, 0, 96)
+                    pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_lo,
+                         irp_hi, flags_s, sec_s, usec_s, tail_s, middle, ns_c >> 32,
+                         ns_c & 0xFFFFFFFF, sizes_c, irp_lo, irp_hi, flags_c, sec_c, usec_c,
+                         tail_c, end)
                 pos += total
                 count += 2
             else:
-                _hold(ahead, held, held_no, origin, ids, table)
+                _hold(ahead, held, held_no, origin, ids, shapes)
                 ahead_min = ahead[0][0]
             if ahead_min <= now:
                 while ahead and ahead[0][0] <= now:
@@ -639,7 +655,7 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
         held_sub = sub
         held_done = done
     if held_no:
-        _hold(ahead, held, held_no, origin, ids, table)
+        _hold(ahead, held, held_no, origin, ids, shapes)
     write(view[:pos])
     while ahead:  # the rest, in order (a few, unless the data is larger than the buffer)
         write(pop(ahead)[3])
@@ -661,47 +677,17 @@ def _irp_id(ids: dict[str, tuple[int, int]], text: str) -> tuple[int, int]:
     return halves
 
 
-def _record(data_length: int) -> tuple[str, int]:
-    """The ``struct`` format (no byte order, no trailer) of one usbmon record with
-    ``data_length`` bytes of data in its block, and the block's length."""
-    pad = -data_length % 4
-    return f"{RECORD_HEAD}{data_length}s{pad}x" if data_length else RECORD_HEAD, \
-        96 + data_length + pad
-
-
-def _pair(data_out: int, data_in: int) -> tuple[Any, ...]:
-    """The ``struct`` that packs a row's submission (with ``data_out`` bytes of data) and
-    completion (``data_in``) in their blocks, in one go, with the sizes it takes:
-    (pack_into, both blocks' length, then for each record its block's length, its
-    captured length, its usbmon captured length)."""
-    first, total_s = _record(data_out)
-    second, total_c = _record(data_in)
-    # the completion's setup bytes, always zeros, are pad
-    fmt = f"<{first}I{second.replace('II8s16x', 'II24x', 1)}I"
-    return (struct.Struct(fmt).pack_into, total_s + total_c, total_s, 64 + data_out,
-            data_out, total_c, 64 + data_in, data_in)
-
-
-def _pair_kept(cache: dict[int, tuple[Any, ...]], data_out: int, data_in: int
-               ) -> tuple[Any, ...]:
-    """``_pair``, kept for the next row of that data length (up to a few thousand)."""
-    entry = _pair(data_out, data_in)
-    if len(cache) < 4096:
-        cache[data_out or data_in] = entry
-    return entry
+HALVES = struct.Struct("<II")
+TIMES = struct.Struct("<qi")
 
 
 def _hold(ahead: list[tuple[Any, int, int, bytes]], row: Sequence[Any], number: int,
-          origin: float, ids: dict[str, tuple[int, int]],
-          table: dict[Any, tuple[int, int, int, int, int]]) -> None:
+          origin: float, ids: dict[str, tuple[int, int]], shapes: dict[Any, Shape]) -> None:
     """A row (in ``PREPARED`` order, the ``number``-th) into the heap of records
     waiting for their time, each as its block's bytes, as ``_framed`` puts them there."""
-    irp_text, submitted_at, completed_at, key, lengths, setup, data = row
-    irp_lo, irp_hi = ids.get(irp_text) or _irp_id(ids, irp_text)
-    submit_lo, submit_hi, complete_lo, complete_hi, errno = \
-        table.get(key) or _flags(table, key)
-    n = len(data) if data else 0
-    data_in = complete_hi < 1 << 24  # flag_data 0 in the completion
+    irp_text, submitted_at, completed_at, shape, data = row
+    irp = HALVES.pack(*(ids.get(irp_text) or _irp_id(ids, irp_text)))
+    kept = shapes.get(shape) or _shape(shapes, shape)
     for kind, at in ((0, submitted_at), (1, completed_at)):
         if at is None:
             continue
@@ -711,15 +697,13 @@ def _hold(ahead: list[tuple[Any, int, int, bytes]], row: Sequence[Any], number: 
         if usec >= 1_000_000:
             sec, usec = sec + 1, usec - 1_000_000
         ns = int(round(ts * 1e9))
-        own = n if (kind == 1) == data_in else 0
-        fmt, total = _record(own)
-        fields: list[Any] = [BT_EPB, total, ns >> 32, ns & 0xFFFFFFFF, 64 + own, 64 + own,
-                             irp_lo, irp_hi]
+        times, at_ns = TIMES.pack(sec, usec), HALVES.pack(ns >> 32, ns & 0xFFFFFFFF)
         if kind == 0:
-            fields += [submit_lo, submit_hi, sec, usec, -115, lengths & 0xFFFFFFFF, own,
-                       setup or ZERO8]
+            record = b"".join((kept.head_s, at_ns, kept.sizes_s, irp, kept.flags_s, times,
+                               kept.tail_s, data if kept.where == 1 else b"",
+                               kept.middle[:-12]))
         else:
-            fields += [complete_lo, complete_hi, sec, usec, errno, lengths >> 32, own, ZERO8]
-        if own:
-            fields.append(data)
-        heapq.heappush(ahead, (at, number, kind, struct.pack(f"<{fmt}I", *fields, total)))
+            record = b"".join((kept.middle[-12:], at_ns, kept.sizes_c, irp, kept.flags_c,
+                               times, kept.tail_c, data if kept.where == 2 else b"",
+                               kept.end))
+        heapq.heappush(ahead, (at, number, kind, record))
