@@ -377,17 +377,16 @@ def _framed(rows: Iterable[Sequence[Any]], stream: BinaryIO, linktype: str, orig
 # usbmon in pcapng, packed straight into one preallocated buffer from rows "ready to
 # pack".  Each column costs the sqlite3 module a release of the interpreter lock and
 # SQLite its mutex, about 0.1 us a row, and each field decided in Python costs more.  So
-# SQLite names, in one short text, all that a row's two records hold besides their
-# times, IRP id and data: its "shape", made of
-#   a flags key: transfer type, endpoint, device, bus, and whether the row has setup
-#     bytes (with bmRequestType's direction bit), data, direction in, and which status;
-#   the lengths: requested, and the actual length above it;
-#   the setup bytes, in hexadecimal; the data's length.
-# A session has few shapes (a mass storage session: a few dozen), each decoded once
-# (``_shape``) into the bytes of both records that do not change from row to row, and a
-# struct that packs a row's two records around them in one call.  Five columns in place
-# of thirteen, and no branch on them in the loop.
-PREPARED = ("irp_id", "submitted_at", "completed_at", "shape", "data")
+# SQLite folds what a row's two records hold besides times, IRP id, lengths, setup and
+# data into one integer, the row's "shape": transfer type, endpoint, device, bus,
+# whether the row has setup bytes (and bmRequestType's direction bit), data, direction
+# in, which status, and the data's length.  A session has few shapes (a mass storage
+# session: a few dozen), each decoded once (``_shape``) into the bytes of both records
+# that only the shape decides, and a struct that packs a row's two records around them
+# in one call.  The setup bytes, of control transfers only, follow the IRP id, in
+# hexadecimal after a space: a session has few distinct pairs of them too, each decoded
+# once (``_irp``).  Six columns in place of thirteen, and no branch on them in the loop.
+PREPARED = ("irp", "submitted_at", "completed_at", "shape", "lengths", "data")
 # the columns usbmon needs when rows are not prepared in SQL (a dict a row, PostgreSQL),
 # in the order _prepare takes them: no seq (rows come in seq order, so their count
 # orders the heap as well), no URB function
@@ -396,22 +395,31 @@ USBMON_FIELDS = ("irp_id", "submitted_at", "completed_at", "bus", "device", "end
                  "status", "data")
 XFER_BY_NAME = {name: USBMON_XFER.get(code, 3) for code, name in TRANSFER_TYPE_NAMES.items()}
 XFER_OTHER = USBMON_XFER[CONTROL]  # a name export does not know is taken for control
-# the statuses a key names by number: the names (success first, the common case), None,
-# then any other name (which is no USBD status: errno 0)
+# the statuses a shape names by number: the names (success first, the common case),
+# None, then any other name (which is no USBD status: errno 0)
 STATUSES: tuple[str | None, ...] = (
     "success", *sorted(name for name in _ERRNO_BY_STATUS if name not in (None, "success")),
     None)
 STATUS_OTHER = len(STATUSES)
-# the flags key's bits above the header's own bytes 1 to 5 (transfer type to bus)
-KEY_SETUP, KEY_SETUP_IN, KEY_DATA, KEY_IN, KEY_STATUS = 48, 49, 50, 51, 52
+# a shape's bits, from the lowest: the data's length (up to LENGTH_MAX, which stands for
+# any longer: such a row goes through the heap), transfer type (usbmon's number),
+# endpoint, device, bus, then one bit each for setup bytes, bmRequestType's direction
+# (with setup bytes) and direction in, then the status's number
+LENGTH_BITS = 17
+LENGTH_MAX = (1 << LENGTH_BITS) - 1
+XFER_AT, EP_AT, DEV_AT, BUS_AT = 17, 19, 27, 35
+SETUP_AT, SETUP_IN_AT, IN_AT, STATUS_AT = 51, 52, 53, 54
+XFER_ORDER = ("bulk", "control", "interrupt", "isochronous")  # by how common
 ZERO8 = bytes(8)
 DIRECT = 1 << 16  # a row whose data is larger goes through the heap, as bytes
 # one record in its Enhanced Packet Block, as the pieces a shape keeps and those a row
 # gives: block type, block length and interface 0 (kept); time high and low; captured
 # and original length (kept); the usbmon header's id; its flag bytes (kept); seconds and
-# microseconds; status, length, captured length, setup bytes and 16 zero bytes (kept);
+# microseconds; status and length; captured length (kept); setup bytes; 16 zero bytes;
 # then data, pad and trailer
-RECORD = "12sII8sII8sqi36s"
+SUBMIT = "12sII8sII8sqiiII8s16x"
+COMPLETE = "12sII8sII8sqiiII24x"  # the setup bytes are zeros
+assert DIRECT <= LENGTH_MAX
 
 
 def fields_for(linktype: str, container: str) -> tuple[str, ...]:
@@ -436,30 +444,32 @@ def prepared_sql(u: str) -> str:
     """SQLite's select list of ``PREPARED`` from ``urbs`` as ``u``: what ``_prepare``
     computes, term for term (``test_export_bytes`` checks that the two agree).
 
-    A bus, device or endpoint, or a length, out of its range in the header makes the
-    shape NULL, which ``_shape`` refuses, as struct refused the field itself.  A
-    hexadecimal status (a USBD code without a name) starts the shape, before the key:
-    SQLite cannot read hexadecimal, ``_shape`` does."""
+    A bus, device, endpoint or length out of its range in the header makes the shape
+    NULL, which ``_shape`` refuses, as struct refused the field itself.  A hexadecimal
+    status (a USBD code without a name) makes it text, "STATUS SHAPE": SQLite cannot
+    read hexadecimal, ``_shape`` does."""
     ep, dev, bus = f"ifnull({u}.endpoint, 0)", f"ifnull({u}.device, 0)", f"ifnull({u}.bus, 0)"
-    xfer = " ".join(f"WHEN '{name}' THEN {code}" for name, code in XFER_BY_NAME.items())
-    # SQLite's "|", "&", "<<" and ">>" bind equally, left to right: each term in brackets
-    key = (f"((CASE {u}.transfer_type {xfer} ELSE {XFER_OTHER} END) << 8) | ({ep} << 16) "
-           f"| ({dev} << 24) | ({bus} << 32) | ((length({u}.setup) > 0 IS 1) << {KEY_SETUP}) "
-           f"| ((CASE WHEN {u}.setup IS NULL THEN 0 ELSE substr(hex({u}.setup), 1, 1) >= '8' "
-           f"END) << {KEY_SETUP_IN}) | ((length({u}.data) > 0 IS 1) << {KEY_DATA}) | "
-           f"(({u}.direction IS 'in') << {KEY_IN})")
-    named = " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(STATUSES)
-                     if name is not None)
-    status = (f"(CASE {u}.status {named} ELSE (CASE WHEN {u}.status IS NULL THEN "
-              f"{STATUSES.index(None)} ELSE {STATUS_OTHER} END) END)")
     requested, actual = f"ifnull({u}.requested_length, 0)", f"ifnull({u}.actual_length, 0)"
+    xfer = " ".join(f"WHEN '{name}' THEN {XFER_BY_NAME[name]}"  # the common first
+                    for name in sorted(XFER_BY_NAME, key=XFER_ORDER.index))
+    # SQLite's "|", "&", "<<" and ">>" bind equally, left to right: each term in brackets
+    bits = (f"min(ifnull(length({u}.data), 0), {LENGTH_MAX}) | ((CASE {u}.transfer_type "
+            f"{xfer} ELSE {XFER_OTHER} END) << {XFER_AT}) | ({ep} << {EP_AT}) | ({dev} << "
+            f"{DEV_AT}) | ({bus} << {BUS_AT}) | ((CASE WHEN length({u}.setup) > 0 THEN 1 | "
+            f"((substr(hex({u}.setup), 1, 1) >= '8') << 1) ELSE 0 END) << {SETUP_AT}) | "
+            f"(({u}.direction IS 'in') << {IN_AT})")
+    named = " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(STATUSES)
+                     if name not in ("success", None))
     in_range = (f"({bus} >> 16) = 0 AND (({dev} | {ep}) >> 8) = 0 AND (({requested} | "
                 f"{actual}) >> 32) = 0")
-    flags = (f"CASE WHEN {u}.status GLOB '0x*' THEN {u}.status || ' ' || ({key}) "
-             f"ELSE {key} | ({status} << {KEY_STATUS}) END")
-    shape = (f"CASE WHEN {in_range} THEN {flags} || ' ' || ({requested} | ({actual} << 32))"
-             f" || ' ' || hex({u}.setup) || ' ' || ifnull(length({u}.data), 0) END")
-    return f"{u}.irp_id, {u}.submitted_at, {u}.completed_at, {shape}, {u}.data"
+    shape = (f"CASE WHEN NOT ({in_range}) THEN NULL WHEN {u}.status = 'success' THEN {bits} "
+             f"WHEN {u}.status GLOB '0x*' THEN {u}.status || ' ' || ({bits}) ELSE {bits} | "
+             f"((CASE {u}.status {named} ELSE (CASE WHEN {u}.status IS NULL THEN "
+             f"{STATUSES.index(None)} ELSE {STATUS_OTHER} END) END) << {STATUS_AT}) END")
+    irp = f"CASE WHEN length({u}.setup) > 0 THEN {u}.irp_id || ' ' || hex({u}.setup) " \
+        f"ELSE {u}.irp_id END"
+    return (f"{irp}, {u}.submitted_at, {u}.completed_at, {shape}, {requested} | "
+            f"({actual} << 32), {u}.data")
 
 
 def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -471,40 +481,41 @@ def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
     requested, actual = requested or 0, actual or 0
     setup = bytes(setup) if setup is not None else None
     data = bytes(payload) if payload is not None else None
-    shape = None
+    shape: Any = None
     if 0 <= endpoint <= 255 and 0 <= device <= 255 and 0 <= bus <= 65535 and \
             0 <= requested <= 0xFFFFFFFF and 0 <= actual <= 0xFFFFFFFF:
-        key = (XFER_BY_NAME.get(ttype, XFER_OTHER) << 8 | endpoint << 16 | device << 24
-               | bus << 32 | bool(setup) << KEY_SETUP
-               | (setup is not None and setup[:1] >= b"\x80") << KEY_SETUP_IN
-               | bool(data) << KEY_DATA | (direction == "in") << KEY_IN)
+        shape = (min(len(data) if data else 0, LENGTH_MAX)
+                 | XFER_BY_NAME.get(ttype, XFER_OTHER) << XFER_AT | endpoint << EP_AT
+                 | device << DEV_AT | bus << BUS_AT | bool(setup) << SETUP_AT
+                 | (bool(setup) and setup[:1] >= b"\x80") << SETUP_IN_AT
+                 | (direction == "in") << IN_AT)
         if isinstance(status, str) and status.startswith("0x"):
-            flags = f"{status} {key}"
+            shape = f"{status} {shape}"
         else:
-            number = STATUSES.index(status) if status in STATUSES else STATUS_OTHER
-            flags = str(key | number << KEY_STATUS)
-        lengths = requested | actual << 32
-        if lengths >= 1 << 63:  # as SQLite's 64-bit integers wrap
-            lengths -= 1 << 64
-        shape = f"{flags} {lengths} {setup.hex().upper() if setup else ''} " \
-            f"{len(data) if data else 0}"
-    return irp_text, submitted_at, completed_at, shape, data
+            shape |= (STATUSES.index(status) if status in STATUSES else STATUS_OTHER) \
+                << STATUS_AT
+    lengths = requested | actual << 32
+    if lengths >= 1 << 63:  # as SQLite's 64-bit integers wrap
+        lengths -= 1 << 64
+    irp = f"{irp_text} {setup.hex().upper()}" if setup else irp_text
+    return irp, submitted_at, completed_at, shape, lengths, data
 
 
 class Shape(NamedTuple):
     """What ``_shape`` makes of a shape: the struct's ``pack_into`` for a row's two
-    records, their length, and the pieces of them that a row does not change."""
+    records, their length, and the pieces of them that only the shape decides."""
 
     pack: Any
     total: int
     head_s: bytes    # the submission's first 12 bytes
     sizes_s: bytes   # its captured and original length
     flags_s: bytes   # its usbmon flag bytes (record type to flag_data)
-    tail_s: bytes    # its status, length, captured length, setup and 16 zero bytes
+    kept_s: int      # its usbmon captured length
     middle: bytes    # its pad and trailer, then the completion's first 12 bytes
     sizes_c: bytes
     flags_c: bytes
-    tail_c: bytes
+    errno: int       # the completion's status
+    kept_c: int
     end: bytes       # the completion's pad and trailer
     where: int       # which record carries the data: 0 none, 1 the submission, 2 the other
 
@@ -515,39 +526,35 @@ def _shape(table: dict[Any, Shape], shape: Any) -> Shape:
     if shape is None:
         raise struct.error("a URB's bus, device, endpoint or length does not fit a usbmon "
                            "header")
-    flags, lengths, setup_hex, length = shape.rsplit(" ", 3)
-    if flags.startswith("0x"):
-        status, flags = flags.rsplit(" ", 1)
-        key = int(flags)
+    if shape.__class__ is str:
+        status, bits = shape.rsplit(" ", 1)
+        key = int(bits)
         errno = USBD_TO_ERRNO.get(_status_code(status) or 0, -71)
     else:
-        key = int(flags)
-        number = key >> KEY_STATUS
+        key = shape
+        number = key >> STATUS_AT
         errno = _ERRNO_BY_STATUS[STATUSES[number]] if number < STATUS_OTHER else \
             USBD_TO_ERRNO.get(0, -71)  # a name that is no USBD status
-    endpoint = key >> 16 & 0xFF
-    has_setup, data, direction_in = key >> KEY_SETUP & 1, key >> KEY_DATA & 1, \
-        key >> KEY_IN & 1
-    header = key & 0xFFFFFFFF00  # transfer type, endpoint, device, bus
-    data_out = 0 if data and not direction_in else (
-        60 if (key >> KEY_SETUP_IN & 1 if has_setup else endpoint & 0x80) else 62)
-    data_in = 0 if data and direction_in else (60 if endpoint & 0x80 else 62)
-    n = int(length)
-    out = n if data and not direction_in else 0
-    into = n if data and direction_in else 0
+    endpoint = key >> EP_AT & 0xFF
+    n = key & LENGTH_MAX  # 0: no data
+    has_setup, direction_in = key >> SETUP_AT & 1, key >> IN_AT & 1
+    header = (key >> XFER_AT & 3) << 8 | endpoint << 16 | (key >> DEV_AT & 0xFF) << 24 | \
+        (key >> BUS_AT & 0xFFFF) << 32
+    data_out = 0 if n and not direction_in else (
+        60 if (key >> SETUP_IN_AT & 1 if has_setup else endpoint & 0x80) else 62)
+    data_in = 0 if n and direction_in else (60 if endpoint & 0x80 else 62)
+    out = 0 if direction_in else n
+    into = n if direction_in else 0
     total_s, total_c = 96 + out + -out % 4, 96 + into + -into % 4
-    setup = bytes.fromhex(setup_hex) if has_setup else ZERO8
-    fmt = "<" + RECORD + (f"{out}s" if out else "") + f"{-out % 4 + 16}s" + RECORD[3:] + \
+    fmt = "<" + SUBMIT + (f"{out}s" if out else "") + f"{-out % 4 + 16}s" + COMPLETE[3:] + \
         (f"{into}s" if into else "") + f"{-into % 4 + 4}s"
     entry = Shape(
         struct.Struct(fmt).pack_into, total_s + total_c, struct.pack("<II4x", BT_EPB, total_s),
         struct.pack("<II", 64 + out, 64 + out),
-        struct.pack("<Q", 83 | header | (0 if has_setup else 45) << 48 | data_out << 56),
-        struct.pack("<iII8s16x", -115, int(lengths) & 0xFFFFFFFF, out, setup),
+        struct.pack("<Q", 83 | header | (0 if has_setup else 45) << 48 | data_out << 56), out,
         bytes(-out % 4) + struct.pack("<III4x", total_s, BT_EPB, total_c),
         struct.pack("<II", 64 + into, 64 + into),
-        struct.pack("<Q", 67 | header | 45 << 48 | data_in << 56),
-        struct.pack("<iII24x", errno, int(lengths) >> 32 & 0xFFFFFFFF, into),
+        struct.pack("<Q", 67 | header | 45 << 48 | data_in << 56), errno, into,
         bytes(-into % 4) + struct.pack("<I", total_c), 1 if out else 2 if into else 0)
     if len(table) < 4096:
         table[shape] = entry
@@ -571,7 +578,7 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
     room = FLUSH - DIRECT - 512  # past this, the buffer is written out before a row
     write = stream.write
     shapes: dict[Any, Shape] = {}
-    ids: dict[str, tuple[int, int]] = {}  # IRP id text -> its halves (IRPs are reused)
+    ids: dict[str, tuple[int, int, bytes]] = {}  # IRP id text -> its halves (IRPs are reused)
     origin = float(origin)  # so a time is a float, and float's own methods round it
     trunc, fround = float.__trunc__, float.__round__
     ahead: list[tuple[Any, int, int, bytes]] = []  # a heap, as in _framed
@@ -589,7 +596,7 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
         if now is None:
             continue  # no records, and nothing is due
         if held_no:
-            data = held[4]
+            data = held[5]
             if held_sub is not None and held_done is not None and \
                     held_sub <= held_done <= now and held_done < ahead_min and \
                     (not data or len(data) <= DIRECT):
@@ -597,10 +604,11 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
                 # equal time that comes first): written now, in the heap's order
                 irp = ids.get(held[0])
                 if irp is None:
-                    irp = _irp_id(ids, held[0])
-                irp_lo, irp_hi = irp
-                (pack, total, head_s, sizes_s, flags_s, tail_s, middle, sizes_c, flags_c,
-                 tail_c, end, where) = shapes.get(held[3]) or _shape(shapes, held[3])
+                    irp = _irp(ids, held[0])
+                irp_lo, irp_hi, setup = irp
+                (pack, total, head_s, sizes_s, flags_s, kept_s, middle, sizes_c, flags_c,
+                 errno, kept_c, end, where) = shapes.get(held[3]) or _shape(shapes, held[3])
+                lengths = held[4]
                 if pos > room:
                     write(view[:pos])
                     pos = 0
@@ -618,19 +626,22 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
                 ns_c = fround(ts * 1e9)
                 if where == 2:  # data in: the completion carries it
                     pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_lo,
-                         irp_hi, flags_s, sec_s, usec_s, tail_s, middle, ns_c >> 32,
-                         ns_c & 0xFFFFFFFF, sizes_c, irp_lo, irp_hi, flags_c, sec_c, usec_c,
-                         tail_c, data, end)
+                         irp_hi, flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
+                         setup, middle, ns_c >> 32, ns_c & 0xFFFFFFFF, sizes_c, irp_lo,
+                         irp_hi, flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
+                         kept_c, data, end)
                 elif where:
                     pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_lo,
-                         irp_hi, flags_s, sec_s, usec_s, tail_s, data, middle, ns_c >> 32,
-                         ns_c & 0xFFFFFFFF, sizes_c, irp_lo, irp_hi, flags_c, sec_c, usec_c,
-                         tail_c, end)
+                         irp_hi, flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
+                         setup, data, middle, ns_c >> 32, ns_c & 0xFFFFFFFF, sizes_c, irp_lo,
+                         irp_hi, flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
+                         kept_c, end)
                 else:
                     pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_lo,
-                         irp_hi, flags_s, sec_s, usec_s, tail_s, middle, ns_c >> 32,
-                         ns_c & 0xFFFFFFFF, sizes_c, irp_lo, irp_hi, flags_c, sec_c, usec_c,
-                         tail_c, end)
+                         irp_hi, flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
+                         setup, middle, ns_c >> 32, ns_c & 0xFFFFFFFF, sizes_c, irp_lo,
+                         irp_hi, flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
+                         kept_c, end)
                 pos += total
                 count += 2
             else:
@@ -667,26 +678,28 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
 INF = float("inf")
 
 
-def _irp_id(ids: dict[str, tuple[int, int]], text: str) -> tuple[int, int]:
-    """An IRP id's two 32-bit halves, kept for the next row of that IRP (up to a few
-    thousand)."""
-    number = int(text, 16) & MASK64
-    halves = (number & 0xFFFFFFFF, number >> 32)
+def _irp(ids: dict[str, tuple[int, int, bytes]], text: str) -> tuple[int, int, bytes]:
+    """An IRP id's two 32-bit halves and the setup bytes after it (see
+    ``prepared_sql``), kept for the next row of that text (up to a few thousand)."""
+    irp_text, _, setup_hex = text.partition(" ")
+    number = int(irp_text, 16) & MASK64
+    entry = (number & 0xFFFFFFFF, number >> 32, bytes.fromhex(setup_hex) or ZERO8)
     if len(ids) < 4096:
-        ids[text] = halves
-    return halves
+        ids[text] = entry
+    return entry
 
 
 HALVES = struct.Struct("<II")
-TIMES = struct.Struct("<qi")
 
 
 def _hold(ahead: list[tuple[Any, int, int, bytes]], row: Sequence[Any], number: int,
-          origin: float, ids: dict[str, tuple[int, int]], shapes: dict[Any, Shape]) -> None:
+          origin: float, ids: dict[str, tuple[int, int, bytes]], shapes: dict[Any, Shape]) -> None:
     """A row (in ``PREPARED`` order, the ``number``-th) into the heap of records
-    waiting for their time, each as its block's bytes, as ``_framed`` puts them there."""
-    irp_text, submitted_at, completed_at, shape, data = row
-    irp = HALVES.pack(*(ids.get(irp_text) or _irp_id(ids, irp_text)))
+    waiting for their time, each as its block's bytes, as ``_framed`` puts them there
+    (its data may be longer than a shape says)."""
+    irp_text, submitted_at, completed_at, shape, lengths, data = row
+    irp_lo, irp_hi, setup = ids.get(irp_text) or _irp(ids, irp_text)
+    irp = HALVES.pack(irp_lo, irp_hi)
     kept = shapes.get(shape) or _shape(shapes, shape)
     for kind, at in ((0, submitted_at), (1, completed_at)):
         if at is None:
@@ -697,13 +710,16 @@ def _hold(ahead: list[tuple[Any, int, int, bytes]], row: Sequence[Any], number: 
         if usec >= 1_000_000:
             sec, usec = sec + 1, usec - 1_000_000
         ns = int(round(ts * 1e9))
-        times, at_ns = TIMES.pack(sec, usec), HALVES.pack(ns >> 32, ns & 0xFFFFFFFF)
+        own = data if kept.where == kind + 1 else b""
+        size = 64 + len(own)
+        pad = -size % 4
+        total = 32 + size + pad
+        head = struct.pack("<II4xIIII", BT_EPB, total, ns >> 32, ns & 0xFFFFFFFF, size, size)
         if kind == 0:
-            record = b"".join((kept.head_s, at_ns, kept.sizes_s, irp, kept.flags_s, times,
-                               kept.tail_s, data if kept.where == 1 else b"",
-                               kept.middle[:-12]))
+            rest = struct.pack("<8sqiiII8s16x", kept.flags_s, sec, usec, -115,
+                               lengths & 0xFFFFFFFF, len(own), setup)
         else:
-            record = b"".join((kept.middle[-12:], at_ns, kept.sizes_c, irp, kept.flags_c,
-                               times, kept.tail_c, data if kept.where == 2 else b"",
-                               kept.end))
+            rest = struct.pack("<8sqiiII24x", kept.flags_c, sec, usec, kept.errno,
+                               lengths >> 32 & 0xFFFFFFFF, len(own))
+        record = b"".join((head, irp, rest, own, bytes(pad), struct.pack("<I", total)))
         heapq.heappush(ahead, (at, number, kind, record))
