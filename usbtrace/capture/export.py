@@ -417,8 +417,8 @@ DIRECT = 1 << 16  # a row whose data is larger goes through the heap, as bytes
 # and original length (kept); the usbmon header's id; its flag bytes (kept); seconds and
 # microseconds; status and length; captured length (kept); setup bytes; 16 zero bytes;
 # then data, pad and trailer
-SUBMIT = "12sII8sII8sqiiII8s16x"
-COMPLETE = "12sII8sII8sqiiII24x"  # the setup bytes are zeros
+SUBMIT_RECORD = "12sII8s8s8sqiiII8s16x"
+COMPLETE_RECORD = "12sII8s8s8sqiiII24x"  # the setup bytes are zeros
 assert DIRECT <= LENGTH_MAX
 
 
@@ -487,7 +487,7 @@ def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
         shape = (min(len(data) if data else 0, LENGTH_MAX)
                  | XFER_BY_NAME.get(ttype, XFER_OTHER) << XFER_AT | endpoint << EP_AT
                  | device << DEV_AT | bus << BUS_AT | bool(setup) << SETUP_AT
-                 | (bool(setup) and setup[:1] >= b"\x80") << SETUP_IN_AT
+                 | (setup is not None and setup[:1] >= b"\x80") << SETUP_IN_AT
                  | (direction == "in") << IN_AT)
         if isinstance(status, str) and status.startswith("0x"):
             shape = f"{status} {shape}"
@@ -546,8 +546,8 @@ def _shape(table: dict[Any, Shape], shape: Any) -> Shape:
     out = 0 if direction_in else n
     into = n if direction_in else 0
     total_s, total_c = 96 + out + -out % 4, 96 + into + -into % 4
-    fmt = "<" + SUBMIT + (f"{out}s" if out else "") + f"{-out % 4 + 16}s" + COMPLETE[3:] + \
-        (f"{into}s" if into else "") + f"{-into % 4 + 4}s"
+    fmt = "<" + SUBMIT_RECORD + (f"{out}s" if out else "") + f"{-out % 4 + 16}s" + \
+        COMPLETE_RECORD[3:] + (f"{into}s" if into else "") + f"{-into % 4 + 4}s"
     entry = Shape(
         struct.Struct(fmt).pack_into, total_s + total_c, struct.pack("<II4x", BT_EPB, total_s),
         struct.pack("<II", 64 + out, 64 + out),
@@ -578,14 +578,13 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
     room = FLUSH - DIRECT - 512  # past this, the buffer is written out before a row
     write = stream.write
     shapes: dict[Any, Shape] = {}
-    ids: dict[str, tuple[int, int, bytes]] = {}  # IRP id text -> its halves (IRPs are reused)
+    ids: dict[str, tuple[bytes, bytes]] = {}  # IRP id text -> its halves (IRPs are reused)
     origin = float(origin)  # so a time is a float, and float's own methods round it
     trunc, fround = float.__trunc__, float.__round__
     ahead: list[tuple[Any, int, int, bytes]] = []  # a heap, as in _framed
     ahead_min: Any = INF  # the time of its first record
     pop = heapq.heappop
-    held: Sequence[Any] = ()
-    held_no = 0
+    held: Sequence[Any] | None = None
     held_sub: Any = None  # the held row's times
     held_done: Any = None
     for row in rows:
@@ -595,7 +594,7 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
         now = sub if sub is not None else done
         if now is None:
             continue  # no records, and nothing is due
-        if held_no:
+        if held is not None:
             data = held[5]
             if held_sub is not None and held_done is not None and \
                     held_sub <= held_done <= now and held_done < ahead_min and \
@@ -605,7 +604,7 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
                 irp = ids.get(held[0])
                 if irp is None:
                     irp = _irp(ids, held[0])
-                irp_lo, irp_hi, setup = irp
+                irp_id, setup = irp
                 (pack, total, head_s, sizes_s, flags_s, kept_s, middle, sizes_c, flags_c,
                  errno, kept_c, end, where) = shapes.get(held[3]) or _shape(shapes, held[3])
                 lengths = held[4]
@@ -625,27 +624,29 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
                     sec_c, usec_c = sec_c + 1, usec_c - 1_000_000
                 ns_c = fround(ts * 1e9)
                 if where == 2:  # data in: the completion carries it
-                    pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_lo,
-                         irp_hi, flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
-                         setup, middle, ns_c >> 32, ns_c & 0xFFFFFFFF, sizes_c, irp_lo,
-                         irp_hi, flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
+                    pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_id,
+                         flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
+                         setup, middle, ns_c >> 32, ns_c & 0xFFFFFFFF, sizes_c, irp_id,
+                         flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
                          kept_c, data, end)
                 elif where:
-                    pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_lo,
-                         irp_hi, flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
-                         setup, data, middle, ns_c >> 32, ns_c & 0xFFFFFFFF, sizes_c, irp_lo,
-                         irp_hi, flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
+                    pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_id,
+                         flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
+                         setup, data, middle, ns_c >> 32, ns_c & 0xFFFFFFFF, sizes_c, irp_id,
+                         flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
                          kept_c, end)
                 else:
-                    pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_lo,
-                         irp_hi, flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
-                         setup, middle, ns_c >> 32, ns_c & 0xFFFFFFFF, sizes_c, irp_lo,
-                         irp_hi, flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
+                    pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_id,
+                         flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
+                         setup, middle, ns_c >> 32, ns_c & 0xFFFFFFFF, sizes_c, irp_id,
+                         flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
                          kept_c, end)
                 pos += total
                 count += 2
             else:
-                _hold(ahead, held, held_no, origin, ids, shapes)
+                # its number in the heap's order: the rows' count so far (less than
+                # any later row's, more than any earlier row's)
+                _hold(ahead, held, seen - 1, origin, ids, shapes)
                 ahead_min = ahead[0][0]
             if ahead_min <= now:
                 while ahead and ahead[0][0] <= now:
@@ -662,11 +663,10 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
                     pos += n
                 ahead_min = ahead[0][0] if ahead else INF
         held = row
-        held_no = seen
         held_sub = sub
         held_done = done
-    if held_no:
-        _hold(ahead, held, held_no, origin, ids, shapes)
+    if held is not None:
+        _hold(ahead, held, seen, origin, ids, shapes)
     write(view[:pos])
     while ahead:  # the rest, in order (a few, unless the data is larger than the buffer)
         write(pop(ahead)[3])
@@ -678,28 +678,24 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
 INF = float("inf")
 
 
-def _irp(ids: dict[str, tuple[int, int, bytes]], text: str) -> tuple[int, int, bytes]:
-    """An IRP id's two 32-bit halves and the setup bytes after it (see
+def _irp(ids: dict[str, tuple[bytes, bytes]], text: str) -> tuple[bytes, bytes]:
+    """An IRP id as the usbmon header has it and the setup bytes after it (see
     ``prepared_sql``), kept for the next row of that text (up to a few thousand)."""
     irp_text, _, setup_hex = text.partition(" ")
     number = int(irp_text, 16) & MASK64
-    entry = (number & 0xFFFFFFFF, number >> 32, bytes.fromhex(setup_hex) or ZERO8)
+    entry = (struct.pack("<Q", number), bytes.fromhex(setup_hex) or ZERO8)
     if len(ids) < 4096:
         ids[text] = entry
     return entry
 
 
-HALVES = struct.Struct("<II")
-
-
 def _hold(ahead: list[tuple[Any, int, int, bytes]], row: Sequence[Any], number: int,
-          origin: float, ids: dict[str, tuple[int, int, bytes]], shapes: dict[Any, Shape]) -> None:
+          origin: float, ids: dict[str, tuple[bytes, bytes]], shapes: dict[Any, Shape]) -> None:
     """A row (in ``PREPARED`` order, the ``number``-th) into the heap of records
     waiting for their time, each as its block's bytes, as ``_framed`` puts them there
     (its data may be longer than a shape says)."""
     irp_text, submitted_at, completed_at, shape, lengths, data = row
-    irp_lo, irp_hi, setup = ids.get(irp_text) or _irp(ids, irp_text)
-    irp = HALVES.pack(irp_lo, irp_hi)
+    irp, setup = ids.get(irp_text) or _irp(ids, irp_text)
     kept = shapes.get(shape) or _shape(shapes, shape)
     for kind, at in ((0, submitted_at), (1, completed_at)):
         if at is None:
