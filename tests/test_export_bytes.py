@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 
 from usbtrace.capture.export import (
     DIRECT,
-    NO_SHAPE,
     USBMON_FIELDS,
     _framed,
     _prepare,
@@ -235,9 +234,9 @@ def test_sqlite_prepares_rows_as_python_does(rows: list[tuple[Any, ...]]) -> Non
 
 
 def test_a_field_usbmon_cannot_hold_fails_in_sqlite_as_in_python() -> None:
-    """A bus past 16 bits, a device or endpoint past 8, a length past 32: the shape
-    that is none (``NO_SHAPE``), from SQLite as from ``_prepare``, and the writer refuses the row
-    (as struct refused the field before rows were prepared)."""
+    """A bus past 16 bits, a device or endpoint past 8, a length past 32: no shape,
+    from SQLite as from ``_prepare``, and the writer refuses the row (as struct
+    refused the field before rows were prepared)."""
     row = ["0x1", 0.5, 1.0, 1, 2, 0x81, "bulk", "in", None, 512, 512, "success", b"x"]
     for index, value in ((3, 1 << 16), (4, 256), (5, -1), (9, 1 << 32), (10, -5)):
         bad = list(row)
@@ -247,10 +246,10 @@ def test_a_field_usbmon_cannot_hold_fails_in_sqlite_as_in_python() -> None:
         conn.execute(f"INSERT INTO urbs VALUES ({', '.join('?' * len(bad))})", bad)
         prepared = conn.execute(f"SELECT {prepared_sql('u')} FROM urbs u").fetchone()
         conn.close()
-        assert prepared[3] == _prepare(bad)[3] == NO_SHAPE
+        assert prepared[3] is None and _prepare(bad)[3] is None
         with pytest.raises(struct.error, match="does not fit a usbmon header"):
             _usbmon_pcapng([prepared], io.BytesIO(), 0.0)
-    assert _prepare(row)[3] >= 0
+    assert _prepare(row)[3] is not None
 
 
 # ---- bad input: one line, exit 2, as from the commands that open the database otherwise ---

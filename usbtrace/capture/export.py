@@ -401,10 +401,8 @@ STATUSES: tuple[str | None, ...] = (
     "success", *sorted(name for name in _ERRNO_BY_STATUS if name not in (None, "success")),
     None)
 STATUS_OTHER = len(STATUSES)
-STATUS_HEX = STATUS_OTHER + 1  # the IRP id column names it (see prepared_sql)
-NO_SHAPE = -1 << 62  # a row usbmon's header cannot hold (negative with any length added)
-# a shape's bits, from the lowest: the data's length (added in Python, up to LENGTH_MAX,
-# which stands for any longer: such a row goes through the heap), transfer type,
+# a shape's bits, from the lowest: the data's length (up to LENGTH_MAX, which stands for
+# any longer: such a row goes through the heap), transfer type (usbmon's number),
 # endpoint, device, bus, then one bit each for setup bytes, bmRequestType's direction
 # (with setup bytes) and direction in, then the status's number
 LENGTH_BITS = 17
@@ -447,31 +445,29 @@ def prepared_sql(u: str) -> str:
     computes, term for term (``test_export_bytes`` checks that the two agree).
 
     A bus, device, endpoint or length out of its range in the header makes the shape
-    NO_SHAPE, which ``_shape`` refuses, as struct refused the field itself.  The IRP id
-    column carries what few rows have: setup bytes, in hexadecimal, and a hexadecimal
-    status (a USBD code without a name: SQLite cannot read hexadecimal, ``_irp`` does).
-    """
-    dev, bus = f"ifnull({u}.device, 0)", f"ifnull({u}.bus, 0)"
-    ep = f"{u}.endpoint"  # NOT NULL in the schema
+    NULL, which ``_shape`` refuses, as struct refused the field itself.  A hexadecimal
+    status (a USBD code without a name) makes it text, "STATUS SHAPE": SQLite cannot
+    read hexadecimal, ``_shape`` does."""
+    ep, dev, bus = f"ifnull({u}.endpoint, 0)", f"ifnull({u}.device, 0)", f"ifnull({u}.bus, 0)"
     requested, actual = f"ifnull({u}.requested_length, 0)", f"ifnull({u}.actual_length, 0)"
     xfer = " ".join(f"WHEN '{name}' THEN {XFER_BY_NAME[name]}"  # the common first
                     for name in sorted(XFER_BY_NAME, key=XFER_ORDER.index))
     # SQLite's "|", "&", "<<" and ">>" bind equally, left to right: each term in brackets
-    bits = (f"((CASE {u}.transfer_type {xfer} ELSE {XFER_OTHER} END) << {XFER_AT}) | ({ep} "
-            f"<< {EP_AT}) | ({dev} << {DEV_AT}) | ({bus} << {BUS_AT}) | ((CASE WHEN {u}.setup"
-            f" IS NULL OR {u}.setup = x'' THEN 0 ELSE 1 | ((substr(hex({u}.setup), 1, 1) >= "
-            f"'8') << 1) END) << {SETUP_AT}) | (({u}.direction IS 'in') << {IN_AT})")
+    bits = (f"min(ifnull(length({u}.data), 0), {LENGTH_MAX}) | ((CASE {u}.transfer_type "
+            f"{xfer} ELSE {XFER_OTHER} END) << {XFER_AT}) | ({ep} << {EP_AT}) | ({dev} << "
+            f"{DEV_AT}) | ({bus} << {BUS_AT}) | ((CASE WHEN length({u}.setup) > 0 THEN 1 | "
+            f"((substr(hex({u}.setup), 1, 1) >= '8') << 1) ELSE 0 END) << {SETUP_AT}) | "
+            f"(({u}.direction IS 'in') << {IN_AT})")
     named = " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(STATUSES)
                      if name not in ("success", None))
-    out_of_range = (f"(({bus} >> 16) | (({dev} | {ep}) >> 8) | (({requested} | {actual}) "
-                    ">> 32)) <> 0")
-    shape = (f"CASE WHEN {out_of_range} THEN {NO_SHAPE} WHEN {u}.status = 'success' THEN {bits} "
-             f"ELSE {bits} | ((CASE {u}.status {named} ELSE (CASE WHEN "
-             f"{u}.status IS NULL THEN {STATUSES.index(None)} WHEN {u}.status GLOB '0x*' "
-             f"THEN {STATUS_HEX} ELSE {STATUS_OTHER} END) END) << {STATUS_AT}) END")
-    irp = (f"CASE WHEN {u}.setup IS NULL AND {u}.status = 'success' THEN {u}.irp_id ELSE "
-           f"{u}.irp_id || ' ' || hex({u}.setup) || (CASE WHEN {u}.status GLOB '0x*' THEN "
-           f"' ' || {u}.status ELSE '' END) END")
+    in_range = (f"({bus} >> 16) = 0 AND (({dev} | {ep}) >> 8) = 0 AND (({requested} | "
+                f"{actual}) >> 32) = 0")
+    shape = (f"CASE WHEN NOT ({in_range}) THEN NULL WHEN {u}.status = 'success' THEN {bits} "
+             f"WHEN {u}.status GLOB '0x*' THEN {u}.status || ' ' || ({bits}) ELSE {bits} | "
+             f"((CASE {u}.status {named} ELSE (CASE WHEN {u}.status IS NULL THEN "
+             f"{STATUSES.index(None)} ELSE {STATUS_OTHER} END) END) << {STATUS_AT}) END")
+    irp = f"CASE WHEN length({u}.setup) > 0 THEN {u}.irp_id || ' ' || hex({u}.setup) " \
+        f"ELSE {u}.irp_id END"
     return (f"{irp}, {u}.submitted_at, {u}.completed_at, {shape}, {requested} | "
             f"({actual} << 32), {u}.data")
 
@@ -481,31 +477,28 @@ def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
     SQLite compute, in Python, for rows that come from elsewhere."""
     (irp_text, submitted_at, completed_at, bus, device, endpoint, ttype, direction, setup,
      requested, actual, status, payload) = row
-    device, bus = device or 0, bus or 0
+    endpoint, device, bus = endpoint or 0, device or 0, bus or 0
     requested, actual = requested or 0, actual or 0
     setup = bytes(setup) if setup is not None else None
     data = bytes(payload) if payload is not None else None
-    hex_status = isinstance(status, str) and status.startswith("0x")
-    shape = NO_SHAPE
+    shape: Any = None
     if 0 <= endpoint <= 255 and 0 <= device <= 255 and 0 <= bus <= 65535 and \
             0 <= requested <= 0xFFFFFFFF and 0 <= actual <= 0xFFFFFFFF:
-        shape = (XFER_BY_NAME.get(ttype, XFER_OTHER) << XFER_AT | endpoint << EP_AT
+        shape = (min(len(data) if data else 0, LENGTH_MAX)
+                 | XFER_BY_NAME.get(ttype, XFER_OTHER) << XFER_AT | endpoint << EP_AT
                  | device << DEV_AT | bus << BUS_AT | bool(setup) << SETUP_AT
                  | (setup is not None and setup[:1] >= b"\x80") << SETUP_IN_AT
-                 | (direction == "in") << IN_AT
-                 | (STATUS_HEX if hex_status else STATUSES.index(status)
-                    if status in STATUSES else STATUS_OTHER) << STATUS_AT)
+                 | (direction == "in") << IN_AT)
+        if isinstance(status, str) and status.startswith("0x"):
+            shape = f"{status} {shape}"
+        else:
+            shape |= (STATUSES.index(status) if status in STATUSES else STATUS_OTHER) \
+                << STATUS_AT
     lengths = requested | actual << 32
     if lengths >= 1 << 63:  # as SQLite's 64-bit integers wrap
         lengths -= 1 << 64
-    irp = irp_text if setup is None and status == "success" else \
-        f"{irp_text} {setup.hex().upper() if setup is not None else ''}" + \
-        (f" {status}" if hex_status else "")
+    irp = f"{irp_text} {setup.hex().upper()}" if setup else irp_text
     return irp, submitted_at, completed_at, shape, lengths, data
-
-
-# an IRP id as the usbmon header has it, setup bytes, a hexadecimal status's errno
-IrpEntry = tuple[bytes, bytes, "int | None"]
 
 
 class Shape(NamedTuple):
@@ -527,18 +520,21 @@ class Shape(NamedTuple):
     where: int       # which record carries the data: 0 none, 1 the submission, 2 the other
 
 
-def _shape(table: dict[int, Shape], key: int) -> Shape:
-    """A row's shape, with its data's length added, decoded (see ``prepared_sql``);
-    kept for the next row of that shape (up to a few thousand)."""
-    if key < 0:
+def _shape(table: dict[Any, Shape], shape: Any) -> Shape:
+    """A row's shape decoded (see ``prepared_sql``); kept for the next row of that
+    shape (up to a few thousand)."""
+    if shape is None:
         raise struct.error("a URB's bus, device, endpoint or length does not fit a usbmon "
                            "header")
-    number = key >> STATUS_AT
-    errno: Any = None  # STATUS_HEX: the IRP id column says
-    if number < STATUS_OTHER:
-        errno = _ERRNO_BY_STATUS[STATUSES[number]]
-    elif number == STATUS_OTHER:
-        errno = USBD_TO_ERRNO.get(0, -71)  # a name that is no USBD status
+    if shape.__class__ is str:
+        status, bits = shape.rsplit(" ", 1)
+        key = int(bits)
+        errno = USBD_TO_ERRNO.get(_status_code(status) or 0, -71)
+    else:
+        key = shape
+        number = key >> STATUS_AT
+        errno = _ERRNO_BY_STATUS[STATUSES[number]] if number < STATUS_OTHER else \
+            USBD_TO_ERRNO.get(0, -71)  # a name that is no USBD status
     endpoint = key >> EP_AT & 0xFF
     n = key & LENGTH_MAX  # 0: no data
     has_setup, direction_in = key >> SETUP_AT & 1, key >> IN_AT & 1
@@ -561,7 +557,7 @@ def _shape(table: dict[int, Shape], key: int) -> Shape:
         struct.pack("<Q", 67 | header | 45 << 48 | data_in << 56), errno, into,
         bytes(-into % 4) + struct.pack("<I", total_c), 1 if out else 2 if into else 0)
     if len(table) < 4096:
-        table[key] = entry
+        table[shape] = entry
     return entry
 
 
@@ -581,8 +577,8 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
     pos = count = seen = 0
     room = FLUSH - DIRECT - 512  # past this, the buffer is written out before a row
     write = stream.write
-    shapes: dict[int, Shape] = {}
-    ids: dict[str, IrpEntry] = {}  # see _irp (a session reuses a few IRPs)
+    shapes: dict[Any, Shape] = {}
+    ids: dict[str, tuple[bytes, bytes]] = {}  # IRP id text -> its halves (IRPs are reused)
     origin = float(origin)  # so a time is a float, and float's own methods round it
     trunc, fround = float.__trunc__, float.__round__
     ahead: list[tuple[Any, int, int, bytes]] = []  # a heap, as in _framed
@@ -608,12 +604,9 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
                 irp = ids.get(held[0])
                 if irp is None:
                     irp = _irp(ids, held[0])
-                irp_id, setup, irp_errno = irp
-                key = held[3] + len(data) if data else held[3]
+                irp_id, setup = irp
                 (pack, total, head_s, sizes_s, flags_s, kept_s, middle, sizes_c, flags_c,
-                 errno, kept_c, end, where) = shapes.get(key) or _shape(shapes, key)
-                if irp_errno is not None:
-                    errno = irp_errno
+                 errno, kept_c, end, where) = shapes.get(held[3]) or _shape(shapes, held[3])
                 lengths = held[4]
                 if pos > room:
                     write(view[:pos])
@@ -685,32 +678,25 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
 INF = float("inf")
 
 
-def _irp(ids: dict[str, IrpEntry], text: str
-         ) -> IrpEntry:
-    """An IRP id as the usbmon header has it, the setup bytes after it and the errno
-    of a hexadecimal status after them (see ``prepared_sql``), kept for the next row
-    of that text (up to a few thousand)."""
-    irp_text, _, rest = text.partition(" ")
-    setup_hex, _, status = rest.partition(" ")
+def _irp(ids: dict[str, tuple[bytes, bytes]], text: str) -> tuple[bytes, bytes]:
+    """An IRP id as the usbmon header has it and the setup bytes after it (see
+    ``prepared_sql``), kept for the next row of that text (up to a few thousand)."""
+    irp_text, _, setup_hex = text.partition(" ")
     number = int(irp_text, 16) & MASK64
-    errno = USBD_TO_ERRNO.get(_status_code(status) or 0, -71) if status else None
-    entry = (struct.pack("<Q", number), bytes.fromhex(setup_hex) or ZERO8, errno)
+    entry = (struct.pack("<Q", number), bytes.fromhex(setup_hex) or ZERO8)
     if len(ids) < 4096:
         ids[text] = entry
     return entry
 
 
 def _hold(ahead: list[tuple[Any, int, int, bytes]], row: Sequence[Any], number: int,
-          origin: float, ids: dict[str, IrpEntry], shapes: dict[int, Shape]
-          ) -> None:
+          origin: float, ids: dict[str, tuple[bytes, bytes]], shapes: dict[Any, Shape]) -> None:
     """A row (in ``PREPARED`` order, the ``number``-th) into the heap of records
     waiting for their time, each as its block's bytes, as ``_framed`` puts them there
     (its data may be longer than a shape says)."""
     irp_text, submitted_at, completed_at, shape, lengths, data = row
-    irp, setup, irp_errno = ids.get(irp_text) or _irp(ids, irp_text)
-    key = shape + min(len(data), LENGTH_MAX) if data else shape
-    kept = shapes.get(key) or _shape(shapes, key)
-    errno = kept.errno if irp_errno is None else irp_errno
+    irp, setup = ids.get(irp_text) or _irp(ids, irp_text)
+    kept = shapes.get(shape) or _shape(shapes, shape)
     for kind, at in ((0, submitted_at), (1, completed_at)):
         if at is None:
             continue
@@ -729,7 +715,7 @@ def _hold(ahead: list[tuple[Any, int, int, bytes]], row: Sequence[Any], number: 
             rest = struct.pack("<8sqiiII8s16x", kept.flags_s, sec, usec, -115,
                                lengths & 0xFFFFFFFF, len(own), setup)
         else:
-            rest = struct.pack("<8sqiiII24x", kept.flags_c, sec, usec, errno,
+            rest = struct.pack("<8sqiiII24x", kept.flags_c, sec, usec, kept.errno,
                                lengths >> 32 & 0xFFFFFFFF, len(own))
         record = b"".join((head, irp, rest, own, bytes(pad), struct.pack("<I", total)))
         heapq.heappush(ahead, (at, number, kind, record))
