@@ -455,19 +455,19 @@ def prepared_sql(u: str) -> str:
     # SQLite's "|", "&", "<<" and ">>" bind equally, left to right: each term in brackets
     bits = (f"min(ifnull(length({u}.data), 0), {LENGTH_MAX}) | ((CASE {u}.transfer_type "
             f"{xfer} ELSE {XFER_OTHER} END) << {XFER_AT}) | ({ep} << {EP_AT}) | ({dev} << "
-            f"{DEV_AT}) | ({bus} << {BUS_AT}) | ((CASE WHEN length({u}.setup) > 0 THEN 1 | "
-            f"((substr(hex({u}.setup), 1, 1) >= '8') << 1) ELSE 0 END) << {SETUP_AT}) | "
+            f"{DEV_AT}) | ({bus} << {BUS_AT}) | ((CASE WHEN {u}.setup IS NULL OR {u}.setup = x'' "
+            f"THEN 0 ELSE 1 | ((substr(hex({u}.setup), 1, 1) >= '8') << 1) END) << {SETUP_AT}) | "
             f"(({u}.direction IS 'in') << {IN_AT})")
     named = " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(STATUSES)
                      if name not in ("success", None))
-    in_range = (f"({bus} >> 16) = 0 AND (({dev} | {ep}) >> 8) = 0 AND (({requested} | "
-                f"{actual}) >> 32) = 0")
+    in_range = (f"(({bus} >> 16) | (({dev} | {ep}) >> 8) | (({requested} | {actual}) >> 32)) "
+                "= 0")
     shape = (f"CASE WHEN NOT ({in_range}) THEN NULL WHEN {u}.status = 'success' THEN {bits} "
              f"WHEN {u}.status GLOB '0x*' THEN {u}.status || ' ' || ({bits}) ELSE {bits} | "
              f"((CASE {u}.status {named} ELSE (CASE WHEN {u}.status IS NULL THEN "
              f"{STATUSES.index(None)} ELSE {STATUS_OTHER} END) END) << {STATUS_AT}) END")
-    irp = f"CASE WHEN length({u}.setup) > 0 THEN {u}.irp_id || ' ' || hex({u}.setup) " \
-        f"ELSE {u}.irp_id END"
+    irp = f"CASE WHEN {u}.setup IS NULL THEN {u}.irp_id ELSE {u}.irp_id || ' ' || " \
+        f"hex({u}.setup) END"
     return (f"{irp}, {u}.submitted_at, {u}.completed_at, {shape}, {requested} | "
             f"({actual} << 32), {u}.data")
 
@@ -497,7 +497,7 @@ def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
     lengths = requested | actual << 32
     if lengths >= 1 << 63:  # as SQLite's 64-bit integers wrap
         lengths -= 1 << 64
-    irp = f"{irp_text} {setup.hex().upper()}" if setup else irp_text
+    irp = irp_text if setup is None else f"{irp_text} {setup.hex().upper()}"
     return irp, submitted_at, completed_at, shape, lengths, data
 
 
