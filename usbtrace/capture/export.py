@@ -159,11 +159,9 @@ U32 = struct.Struct("<I")
 FLUSH = 1 << 20  # bytes gathered before one write to the file
 
 
-def _usbmon_pair(row: Sequence[Any], origin: float, framed: bool = False
-                 ) -> tuple[bytes | None, bytes | None]:
+def _usbmon_pair(row: Sequence[Any], origin: float) -> tuple[bytes | None, bytes | None]:
     """A row's submission and completion as usbmon records, straight from its columns
-    (what ``encode_usbmon`` makes of ``events_of``'s events, without the events);
-    ``framed``: each already in its pcapng Enhanced Packet Block, packed in one go."""
+    (what ``encode_usbmon`` makes of ``events_of``'s events, without the events)."""
     (_, irp_text, submitted_at, completed_at, bus, device, endpoint, ttype, _, direction,
      setup, requested, actual, status, payload) = row
     irp_id = int(irp_text, 16) & MASK64
@@ -186,8 +184,7 @@ def _usbmon_pair(row: Sequence[Any], origin: float, framed: bool = False
             60 if (setup[0] if setup else endpoint) & 0x80 else 62)  # '<' or '>'
         fields = (irp_id, 83, xfer, endpoint, device, bus, 0 if setup else 45, flag_data,
                   sec, usec, -115, requested or 0, len(out), setup or bytes(8), 0, 0, 0, 0)
-        submit = _epb_usbmon(origin + submitted_at, fields, out) if framed else \
-            USBMON_HEADER.pack(*fields) + out
+        submit = USBMON_HEADER.pack(*fields) + out
     if completed_at is not None:
         ts = origin + completed_at
         sec = int(ts)
@@ -200,23 +197,8 @@ def _usbmon_pair(row: Sequence[Any], origin: float, framed: bool = False
         fields = (irp_id, 67, xfer, endpoint, device, bus, 45, flag_data, sec, usec,
                   USBD_TO_ERRNO.get(code or 0, -71), actual or 0, len(into), bytes(8),
                   0, 0, 0, 0)
-        complete = _epb_usbmon(origin + completed_at, fields, into) if framed else \
-            USBMON_HEADER.pack(*fields) + into
+        complete = USBMON_HEADER.pack(*fields) + into
     return submit, complete
-
-
-EPB_USBMON = struct.Struct("<IIIIIII" + USBMON_HEADER.format.lstrip("<"))
-
-
-def _epb_usbmon(ts: float, fields: tuple[Any, ...], data: bytes) -> bytes:
-    """One usbmon record in its pcapng Enhanced Packet Block (as ``PcapngWriter.write``
-    frames it), header and block header in one ``pack``."""
-    ts_ns = int(round(ts * 1e9))
-    size = USBMON_HEADER.size + len(data)
-    pad = -size % 4
-    total = size + pad + 32
-    return EPB_USBMON.pack(BT_EPB, total, 0, ts_ns >> 32, ts_ns & 0xFFFFFFFF, size, size,
-                           *fields) + data + b"\0" * pad + U32.pack(total)
 
 
 USBPCAP_HEADER = usbpcap.HEADER
@@ -379,8 +361,8 @@ def _framed(rows: Iterable[Sequence[Any]], stream: BinaryIO, linktype: str, orig
 # SQLite its mutex, about 0.1 us a row, and each field decided in Python costs more.  So
 # SQLite folds what a row's two records hold besides times, IRP id, lengths, setup and
 # data into one integer, the row's "shape": transfer type, endpoint, device, bus,
-# whether the row has setup bytes (and bmRequestType's direction bit), data, direction
-# in, which status, and the data's length.  A session has few shapes (a mass storage
+# whether the row has setup bytes (and bmRequestType's direction bit), direction in,
+# which status, and the data's length.  A session has few shapes (a mass storage
 # session: a few dozen), each decoded once (``_shape``) into the bytes of both records
 # that only the shape decides, and a struct that packs a row's two records around them
 # in one call.  The setup bytes, of control transfers only, follow the IRP id, in
