@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from tests.tiling import tile  # noqa: E402
-from usbtrace.capture.export import fields_for  # noqa: E402
+from usbtrace.capture.export import select_for  # noqa: E402
 
 DEFAULT = HERE.parent.parent / "shared" / "captures" / "ajbanjara__usb_memory_stick.pcap"
 ENV = dict(os.environ, PYTHONPATH=str(HERE.parent))
@@ -49,8 +49,8 @@ print(os.waitstatus_to_exitcode(status), use.ru_utime + use.ru_stime, wall, use.
 """
 
 
-# the floor: export's own query (the columns a usbmon pcapng export reads), its rows
-# fetched and dropped
+# the floor: export's own query (what a usbmon pcapng export reads from SQLite, prepared
+# for packing), its rows fetched and dropped
 FLOOR = """
 import sqlite3, sys
 conn = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
@@ -131,7 +131,7 @@ def main() -> None:
                 print(f"  pair {n + 1}: usbtrace export cpu {ours[0]:6.2f} s wall {ours[1]:6.2f}"
                       f" s | editcap cpu {theirs[0]:6.2f} s wall {theirs[1]:6.2f} s | "
                       f"cpu ratio {ours[0] / theirs[0]:5.2f}", flush=True)
-            columns = ", ".join("u." + name for name in fields_for("usbmon", "pcapng"))
+            columns, _ = select_for("usbmon", "pcapng", "u", True)
             floor = measure(sys.executable, "-c", FLOOR, str(db), columns)
             print(f"  floor: the same rows fetched from SQLite and nothing else, in Python: "
                   f"cpu {floor[0]:6.2f} s wall {floor[1]:6.2f} s")

@@ -25,7 +25,14 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usbtrace.capture.export import DIRECT, _framed, _usbmon_pcapng
+from usbtrace.capture.export import (
+    DIRECT,
+    USBMON_FIELDS,
+    _framed,
+    _prepare,
+    _usbmon_pcapng,
+    prepared_sql,
+)
 from usbtrace.cli import main
 
 from .conftest import shared_capture
@@ -205,9 +212,44 @@ def test_usbmon_pcapng_is_what_the_heap_writes(rows: list[tuple[Any, ...]],
     fast, general = io.BytesIO(), io.BytesIO()
     as_fields = [(seq, irp, sub, done, bus, dev, ep, ttype, None, *rest)
                  for seq, (irp, sub, done, bus, dev, ep, ttype, *rest) in enumerate(rows, 1)]
-    assert _usbmon_pcapng(rows, fast, origin) == _framed(as_fields, general, "usbmon",
-                                                         origin, True)
+    assert _usbmon_pcapng(map(_prepare, rows), fast, origin) == \
+        _framed(as_fields, general, "usbmon", origin, True)
     assert fast.getvalue() == general.getvalue()
+
+
+@settings(max_examples=300)
+@given(rows=_ROWS)
+def test_sqlite_prepares_rows_as_python_does(rows: list[tuple[Any, ...]]) -> None:
+    """What SQLite computes for the fast writer (``prepared_sql``: a row's shape, its
+    lengths, its IRP id with the setup bytes) is what ``_prepare`` computes from the
+    row's columns, for rows of every kind; which the test above takes to the bytes."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute(f"CREATE TABLE urbs (seq INTEGER PRIMARY KEY, {', '.join(USBMON_FIELDS)})")
+    conn.executemany(f"INSERT INTO urbs ({', '.join(USBMON_FIELDS)}) VALUES "
+                     f"({', '.join('?' * len(USBMON_FIELDS))})", rows)
+    prepared = conn.execute(f"SELECT {prepared_sql('u')} FROM urbs u ORDER BY seq").fetchall()
+    raw = conn.execute(f"SELECT {', '.join(USBMON_FIELDS)} FROM urbs ORDER BY seq").fetchall()
+    conn.close()
+    assert prepared == [_prepare(row) for row in raw]
+
+
+def test_a_field_usbmon_cannot_hold_fails_in_sqlite_as_in_python() -> None:
+    """A bus past 16 bits, a device or endpoint past 8, a length past 32: no shape,
+    from SQLite as from ``_prepare``, and the writer refuses the row (as struct
+    refused the field before rows were prepared)."""
+    row = ["0x1", 0.5, 1.0, 1, 2, 0x81, "bulk", "in", None, 512, 512, "success", b"x"]
+    for index, value in ((3, 1 << 16), (4, 256), (5, -1), (9, 1 << 32), (10, -5)):
+        bad = list(row)
+        bad[index] = value
+        conn = sqlite3.connect(":memory:")
+        conn.execute(f"CREATE TABLE urbs ({', '.join(USBMON_FIELDS)})")
+        conn.execute(f"INSERT INTO urbs VALUES ({', '.join('?' * len(bad))})", bad)
+        prepared = conn.execute(f"SELECT {prepared_sql('u')} FROM urbs u").fetchone()
+        conn.close()
+        assert prepared[3] is None and _prepare(bad)[3] is None
+        with pytest.raises(struct.error, match="does not fit a usbmon header"):
+            _usbmon_pcapng([prepared], io.BytesIO(), 0.0)
+    assert _prepare(row)[3] is not None
 
 
 # ---- bad input: one line, exit 2, as from the commands that open the database otherwise ---

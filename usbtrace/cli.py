@@ -346,7 +346,7 @@ def export(session: int, output: Path, container: str | None, linktype: str | No
     import calendar
     import time as _time
 
-    from usbtrace.capture.export import container_for, fields_for, provenance, write_capture
+    from usbtrace.capture.export import container_for, provenance, select_for, write_capture
     from usbtrace.outputs import atomic_output, refuse_database
     from usbtrace.store.sqlite_read import SqliteReader, is_url
 
@@ -371,11 +371,12 @@ def export(session: int, output: Path, container: str | None, linktype: str | No
             origin = float(calendar.timegm(_time.strptime(started_at, "%Y-%m-%dT%H:%M:%SZ")))
         kind = linktype or ("usbmon" if source == "usbmon" else "usbpcap")
         chosen = container_for(str(output), container)
-        fields = fields_for(kind, chosen)  # only the columns this output needs
+        # only the columns this output needs; from SQLite, usbmon's come ready to pack
+        selected, fields = select_for(kind, chosen, "u", database.is_sqlite)
         cond, params = flt.urbs_sql("u", session)
         refuse_database(output, database.path, "-o")
         with atomic_output(output, force, None, "-o") as stream, \
-                database.stream(f"SELECT {', '.join('u.' + f for f in fields)} FROM urbs u "
+                database.stream(f"SELECT {selected} FROM urbs u "
                                 f"WHERE u.session_id = :id AND {cond} ORDER BY u.seq",
                                 {**params, "id": session}) as (columns, urb_rows):
             count, urbs = write_capture(urb_rows, cast(BinaryIO, stream), kind, origin,

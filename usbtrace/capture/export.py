@@ -14,7 +14,7 @@ import io
 import operator
 import struct
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from usbtrace.capture import usbpcap
 from usbtrace.capture.pcap import BT_EPB, PcapngWriter, PcapWriter
@@ -159,11 +159,9 @@ U32 = struct.Struct("<I")
 FLUSH = 1 << 20  # bytes gathered before one write to the file
 
 
-def _usbmon_pair(row: Sequence[Any], origin: float, framed: bool = False
-                 ) -> tuple[bytes | None, bytes | None]:
+def _usbmon_pair(row: Sequence[Any], origin: float) -> tuple[bytes | None, bytes | None]:
     """A row's submission and completion as usbmon records, straight from its columns
-    (what ``encode_usbmon`` makes of ``events_of``'s events, without the events);
-    ``framed``: each already in its pcapng Enhanced Packet Block, packed in one go."""
+    (what ``encode_usbmon`` makes of ``events_of``'s events, without the events)."""
     (_, irp_text, submitted_at, completed_at, bus, device, endpoint, ttype, _, direction,
      setup, requested, actual, status, payload) = row
     irp_id = int(irp_text, 16) & MASK64
@@ -186,8 +184,7 @@ def _usbmon_pair(row: Sequence[Any], origin: float, framed: bool = False
             60 if (setup[0] if setup else endpoint) & 0x80 else 62)  # '<' or '>'
         fields = (irp_id, 83, xfer, endpoint, device, bus, 0 if setup else 45, flag_data,
                   sec, usec, -115, requested or 0, len(out), setup or bytes(8), 0, 0, 0, 0)
-        submit = _epb_usbmon(origin + submitted_at, fields, out) if framed else \
-            USBMON_HEADER.pack(*fields) + out
+        submit = USBMON_HEADER.pack(*fields) + out
     if completed_at is not None:
         ts = origin + completed_at
         sec = int(ts)
@@ -200,23 +197,8 @@ def _usbmon_pair(row: Sequence[Any], origin: float, framed: bool = False
         fields = (irp_id, 67, xfer, endpoint, device, bus, 45, flag_data, sec, usec,
                   USBD_TO_ERRNO.get(code or 0, -71), actual or 0, len(into), bytes(8),
                   0, 0, 0, 0)
-        complete = _epb_usbmon(origin + completed_at, fields, into) if framed else \
-            USBMON_HEADER.pack(*fields) + into
+        complete = USBMON_HEADER.pack(*fields) + into
     return submit, complete
-
-
-EPB_USBMON = struct.Struct("<IIIIIII" + USBMON_HEADER.format.lstrip("<"))
-
-
-def _epb_usbmon(ts: float, fields: tuple[Any, ...], data: bytes) -> bytes:
-    """One usbmon record in its pcapng Enhanced Packet Block (as ``PcapngWriter.write``
-    frames it), header and block header in one ``pack``."""
-    ts_ns = int(round(ts * 1e9))
-    size = USBMON_HEADER.size + len(data)
-    pad = -size % 4
-    total = size + pad + 32
-    return EPB_USBMON.pack(BT_EPB, total, 0, ts_ns >> 32, ts_ns & 0xFFFFFFFF, size, size,
-                           *fields) + data + b"\0" * pad + U32.pack(total)
 
 
 USBPCAP_HEADER = usbpcap.HEADER
@@ -283,6 +265,11 @@ def write_capture(rows: Iterable[Any], stream: BinaryIO, linktype: str,
                   columns: Sequence[str] | None = None) -> tuple[int, int]:
     """``export``, returning the records written and the rows read: the command line
     says both, and counting the rows here spares it a generator around the cursor."""
+    pcapng = container != "pcap"
+    if pcapng and linktype == "usbmon" and columns is not None and \
+            tuple(columns) == PREPARED:  # ready to pack, from SQLite (see select_for)
+        PcapngWriter(stream, LINKTYPES[linktype], comments=comments)
+        return _usbmon_pcapng(rows, stream, origin)
     wanted = fields_for(linktype, container)
     if columns is not None and tuple(columns) == wanted:
         picked: Iterable[Sequence[Any]] = rows  # already in order: no copy a row
@@ -292,13 +279,12 @@ def write_capture(rows: Iterable[Any], stream: BinaryIO, linktype: str,
             index = {name: i for i, name in enumerate(columns)}
             keys = [index[name] for name in wanted]
         picked = map(operator.itemgetter(*keys), rows)
-    pcapng = container != "pcap"
     if pcapng:  # the header blocks; the records are framed here, a batch a write
         PcapngWriter(stream, LINKTYPES[linktype], comments=comments)
     else:
         PcapWriter(stream, LINKTYPES[linktype])
     if pcapng and linktype == "usbmon":
-        return _usbmon_pcapng(picked, stream, origin)
+        return _usbmon_pcapng(map(_prepare, picked), stream, origin)
     return _framed(picked, stream, linktype, origin, pcapng)
 
 
@@ -370,20 +356,52 @@ def _framed(rows: Iterable[Sequence[Any]], stream: BinaryIO, linktype: str, orig
     return count, seen
 
 
-# usbmon in pcapng, encoded straight into one preallocated buffer: the Enhanced Packet
-# Block's head and the usbmon header in one pack_into (the interface id and the header's
-# four trailing fields are always 0: pad bytes, which struct writes as zeros), and a
-# record without data with its block's trailer too
-EPB_MON = struct.Struct("<II4xIIII" + USBMON_HEADER.format[1:-4] + "16x")
-EPB_MON_EMPTY = struct.Struct(EPB_MON.format + "I")
-XFER_BY_NAME = {name: USBMON_XFER.get(code, 3) for code, name in TRANSFER_TYPE_NAMES.items()}
-ZERO8 = bytes(8)
-DIRECT = 1 << 16  # a row whose data is larger goes through the heap, as bytes
-# the columns usbmon needs, in the order _usbmon_pcapng takes them: no seq (rows come in
-# seq order, so their count orders the heap as well), no URB function
+# usbmon in pcapng, packed straight into one preallocated buffer from rows "ready to
+# pack".  Each column costs the sqlite3 module a release of the interpreter lock and
+# SQLite its mutex, about 0.1 us a row, and each field decided in Python costs more.  So
+# SQLite folds what a row's two records hold besides times, IRP id, lengths, setup and
+# data into one integer, the row's "shape": transfer type, endpoint, device, bus,
+# whether the row has setup bytes (and bmRequestType's direction bit), direction in,
+# which status, and the data's length.  A session has few shapes (a mass storage
+# session: a few dozen), each decoded once (``_shape``) into the bytes of both records
+# that only the shape decides, and a struct that packs a row's two records around them
+# in one call.  The setup bytes, of control transfers only, follow the IRP id, in
+# hexadecimal after a space: a session has few distinct pairs of them too, each decoded
+# once (``_irp``).  Six columns in place of thirteen, and no branch on them in the loop.
+PREPARED = ("irp", "submitted_at", "completed_at", "shape", "lengths", "data")
+# the columns usbmon needs when rows are not prepared in SQL (a dict a row, PostgreSQL),
+# in the order _prepare takes them: no seq (rows come in seq order, so their count
+# orders the heap as well), no URB function
 USBMON_FIELDS = ("irp_id", "submitted_at", "completed_at", "bus", "device", "endpoint",
                  "transfer_type", "direction", "setup", "requested_length", "actual_length",
                  "status", "data")
+XFER_BY_NAME = {name: USBMON_XFER.get(code, 3) for code, name in TRANSFER_TYPE_NAMES.items()}
+XFER_OTHER = USBMON_XFER[CONTROL]  # a name export does not know is taken for control
+# the statuses a shape names by number: the names (success first, the common case),
+# None, then any other name (which is no USBD status: errno 0)
+STATUSES: tuple[str | None, ...] = (
+    "success", *sorted(name for name in _ERRNO_BY_STATUS if name not in (None, "success")),
+    None)
+STATUS_OTHER = len(STATUSES)
+# a shape's bits, from the lowest: the data's length (up to LENGTH_MAX, which stands for
+# any longer: such a row goes through the heap), transfer type (usbmon's number),
+# endpoint, device, bus, then one bit each for setup bytes, bmRequestType's direction
+# (with setup bytes) and direction in, then the status's number
+LENGTH_BITS = 17
+LENGTH_MAX = (1 << LENGTH_BITS) - 1
+XFER_AT, EP_AT, DEV_AT, BUS_AT = 17, 19, 27, 35
+SETUP_AT, SETUP_IN_AT, IN_AT, STATUS_AT = 51, 52, 53, 54
+XFER_ORDER = ("bulk", "control", "interrupt", "isochronous")  # by how common
+ZERO8 = bytes(8)
+DIRECT = 1 << 16  # a row whose data is larger goes through the heap, as bytes
+# one record in its Enhanced Packet Block, as the pieces a shape keeps and those a row
+# gives: block type, block length and interface 0 (kept); time high and low; captured
+# and original length (kept); the usbmon header's id; its flag bytes (kept); seconds and
+# microseconds; status and length; captured length (kept); setup bytes; 16 zero bytes;
+# then data, pad and trailer
+SUBMIT_RECORD = "12sII8s8s8sqiiII8s16x"
+COMPLETE_RECORD = "12sII8s8s8sqiiII24x"  # the setup bytes are zeros
+assert DIRECT <= LENGTH_MAX
 
 
 def fields_for(linktype: str, container: str) -> tuple[str, ...]:
@@ -392,36 +410,165 @@ def fields_for(linktype: str, container: str) -> tuple[str, ...]:
     return USBMON_FIELDS if linktype == "usbmon" and container != "pcap" else FIELDS
 
 
+def select_for(linktype: str, container: str, alias: str, sqlite: bool
+               ) -> tuple[str, tuple[str, ...]]:
+    """The select list for ``write_capture``'s rows from ``urbs`` as ``alias``, and the
+    column names to pass it: from SQLite, a usbmon pcapng export's rows come prepared
+    (``PREPARED``, see ``prepared_sql``); otherwise the plain columns ``fields_for``
+    names."""
+    if sqlite and linktype == "usbmon" and container != "pcap":
+        return prepared_sql(alias), PREPARED
+    names = fields_for(linktype, container)
+    return ", ".join(f"{alias}.{name}" for name in names), names
+
+
+def prepared_sql(u: str) -> str:
+    """SQLite's select list of ``PREPARED`` from ``urbs`` as ``u``: what ``_prepare``
+    computes, term for term (``test_export_bytes`` checks that the two agree).
+
+    A bus, device, endpoint or length out of its range in the header makes the shape
+    NULL, which ``_shape`` refuses, as struct refused the field itself.  A hexadecimal
+    status (a USBD code without a name) makes it text, "STATUS SHAPE": SQLite cannot
+    read hexadecimal, ``_shape`` does."""
+    ep, dev, bus = f"ifnull({u}.endpoint, 0)", f"ifnull({u}.device, 0)", f"ifnull({u}.bus, 0)"
+    requested, actual = f"ifnull({u}.requested_length, 0)", f"ifnull({u}.actual_length, 0)"
+    xfer = " ".join(f"WHEN '{name}' THEN {XFER_BY_NAME[name]}"  # the common first
+                    for name in sorted(XFER_BY_NAME, key=XFER_ORDER.index))
+    # SQLite's "|", "&", "<<" and ">>" bind equally, left to right: each term in brackets
+    bits = (f"min(ifnull(length({u}.data), 0), {LENGTH_MAX}) | ((CASE {u}.transfer_type "
+            f"{xfer} ELSE {XFER_OTHER} END) << {XFER_AT}) | ({ep} << {EP_AT}) | ({dev} << "
+            f"{DEV_AT}) | ({bus} << {BUS_AT}) | ((CASE WHEN {u}.setup IS NULL OR {u}.setup = x'' "
+            f"THEN 0 ELSE 1 | ((substr(hex({u}.setup), 1, 1) >= '8') << 1) END) << {SETUP_AT}) | "
+            f"(({u}.direction IS 'in') << {IN_AT})")
+    named = " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(STATUSES)
+                     if name not in ("success", None))
+    in_range = (f"(({bus} >> 16) | (({dev} | {ep}) >> 8) | (({requested} | {actual}) >> 32)) "
+                "= 0")
+    shape = (f"CASE WHEN NOT ({in_range}) THEN NULL WHEN {u}.status = 'success' THEN {bits} "
+             f"WHEN {u}.status GLOB '0x*' THEN {u}.status || ' ' || ({bits}) ELSE {bits} | "
+             f"((CASE {u}.status {named} ELSE (CASE WHEN {u}.status IS NULL THEN "
+             f"{STATUSES.index(None)} ELSE {STATUS_OTHER} END) END) << {STATUS_AT}) END")
+    irp = f"CASE WHEN {u}.setup IS NULL THEN {u}.irp_id ELSE {u}.irp_id || ' ' || " \
+        f"hex({u}.setup) END"
+    return (f"{irp}, {u}.submitted_at, {u}.completed_at, {shape}, {requested} | "
+            f"({actual} << 32), {u}.data")
+
+
+def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
+    """A row in ``USBMON_FIELDS`` order as ``PREPARED``: what ``prepared_sql`` makes
+    SQLite compute, in Python, for rows that come from elsewhere."""
+    (irp_text, submitted_at, completed_at, bus, device, endpoint, ttype, direction, setup,
+     requested, actual, status, payload) = row
+    endpoint, device, bus = endpoint or 0, device or 0, bus or 0
+    requested, actual = requested or 0, actual or 0
+    setup = bytes(setup) if setup is not None else None
+    data = bytes(payload) if payload is not None else None
+    shape: Any = None
+    if 0 <= endpoint <= 255 and 0 <= device <= 255 and 0 <= bus <= 65535 and \
+            0 <= requested <= 0xFFFFFFFF and 0 <= actual <= 0xFFFFFFFF:
+        shape = (min(len(data) if data else 0, LENGTH_MAX)
+                 | XFER_BY_NAME.get(ttype, XFER_OTHER) << XFER_AT | endpoint << EP_AT
+                 | device << DEV_AT | bus << BUS_AT | bool(setup) << SETUP_AT
+                 | (setup is not None and setup[:1] >= b"\x80") << SETUP_IN_AT
+                 | (direction == "in") << IN_AT)
+        if isinstance(status, str) and status.startswith("0x"):
+            shape = f"{status} {shape}"
+        else:
+            shape |= (STATUSES.index(status) if status in STATUSES else STATUS_OTHER) \
+                << STATUS_AT
+    lengths = requested | actual << 32
+    if lengths >= 1 << 63:  # as SQLite's 64-bit integers wrap
+        lengths -= 1 << 64
+    irp = irp_text if setup is None else f"{irp_text} {setup.hex().upper()}"
+    return irp, submitted_at, completed_at, shape, lengths, data
+
+
+class Shape(NamedTuple):
+    """What ``_shape`` makes of a shape: the struct's ``pack_into`` for a row's two
+    records, their length, and the pieces of them that only the shape decides."""
+
+    pack: Any
+    total: int
+    head_s: bytes    # the submission's first 12 bytes
+    sizes_s: bytes   # its captured and original length
+    flags_s: bytes   # its usbmon flag bytes (record type to flag_data)
+    kept_s: int      # its usbmon captured length
+    middle: bytes    # its pad and trailer, then the completion's first 12 bytes
+    sizes_c: bytes
+    flags_c: bytes
+    errno: int       # the completion's status
+    kept_c: int
+    end: bytes       # the completion's pad and trailer
+    where: int       # which record carries the data: 0 none, 1 the submission, 2 the other
+
+
+def _shape(table: dict[Any, Shape], shape: Any) -> Shape:
+    """A row's shape decoded (see ``prepared_sql``); kept for the next row of that
+    shape (up to a few thousand)."""
+    if shape is None:
+        raise struct.error("a URB's bus, device, endpoint or length does not fit a usbmon "
+                           "header")
+    if shape.__class__ is str:
+        status, bits = shape.rsplit(" ", 1)
+        key = int(bits)
+        errno = USBD_TO_ERRNO.get(_status_code(status) or 0, -71)
+    else:
+        key = shape
+        number = key >> STATUS_AT
+        errno = _ERRNO_BY_STATUS[STATUSES[number]] if number < STATUS_OTHER else \
+            USBD_TO_ERRNO.get(0, -71)  # a name that is no USBD status
+    endpoint = key >> EP_AT & 0xFF
+    n = key & LENGTH_MAX  # 0: no data
+    has_setup, direction_in = key >> SETUP_AT & 1, key >> IN_AT & 1
+    header = (key >> XFER_AT & 3) << 8 | endpoint << 16 | (key >> DEV_AT & 0xFF) << 24 | \
+        (key >> BUS_AT & 0xFFFF) << 32
+    data_out = 0 if n and not direction_in else (
+        60 if (key >> SETUP_IN_AT & 1 if has_setup else endpoint & 0x80) else 62)
+    data_in = 0 if n and direction_in else (60 if endpoint & 0x80 else 62)
+    out = 0 if direction_in else n
+    into = n if direction_in else 0
+    total_s, total_c = 96 + out + -out % 4, 96 + into + -into % 4
+    fmt = "<" + SUBMIT_RECORD + (f"{out}s" if out else "") + f"{-out % 4 + 16}s" + \
+        COMPLETE_RECORD[3:] + (f"{into}s" if into else "") + f"{-into % 4 + 4}s"
+    entry = Shape(
+        struct.Struct(fmt).pack_into, total_s + total_c, struct.pack("<II4x", BT_EPB, total_s),
+        struct.pack("<II", 64 + out, 64 + out),
+        struct.pack("<Q", 83 | header | (0 if has_setup else 45) << 48 | data_out << 56), out,
+        bytes(-out % 4) + struct.pack("<III4x", total_s, BT_EPB, total_c),
+        struct.pack("<II", 64 + into, 64 + into),
+        struct.pack("<Q", 67 | header | 45 << 48 | data_in << 56), errno, into,
+        bytes(-into % 4) + struct.pack("<I", total_c), 1 if out else 2 if into else 0)
+    if len(table) < 4096:
+        table[shape] = entry
+    return entry
+
+
 def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
                    ) -> tuple[int, int]:
     """What ``_framed`` writes for usbmon in pcapng, byte for byte, at a fraction of
-    the cost; ``rows`` in ``USBMON_FIELDS`` order.
+    the cost; ``rows`` in ``PREPARED`` order.
 
     Transfers rarely overlap: a row's records are nearly always both due before the
     next row's submission, ahead of anything still waiting (a pending interrupt
     transfer).  So the last row is held, as its tuple, until the next row's time is
-    known; if its records come first then, they are encoded straight into the output
-    buffer, in the order the heap would give them.  Otherwise they become bytes in
-    the heap, and leave it as in ``_framed``.  A record with data is packed whole,
-    data and trailer too, by a ``struct`` kept for its length."""
+    known; if its records come first then, both are packed straight into the output
+    buffer, in the order the heap would give them, by its shape's struct.  Otherwise
+    they become bytes in the heap, and leave it as in ``_framed``."""
     buf = bytearray(FLUSH)
     view = memoryview(buf)
     pos = count = seen = 0
-    room = FLUSH - DIRECT - 256  # past this, the buffer is written out before a row
+    room = FLUSH - DIRECT - 512  # past this, the buffer is written out before a row
     write = stream.write
-    pack_empty = EPB_MON_EMPTY.pack_into
-    sized: dict[int, tuple[Any, int, int]] = {}  # data length -> pack_into, size, total
-    xfers, errnos = XFER_BY_NAME, _ERRNO_BY_STATUS.copy()
+    shapes: dict[Any, Shape] = {}
+    ids: dict[str, tuple[bytes, bytes]] = {}  # IRP id text -> its halves (IRPs are reused)
     origin = float(origin)  # so a time is a float, and float's own methods round it
-    trunc, fround, _bytes = float.__trunc__, float.__round__, bytes
+    trunc, fround = float.__trunc__, float.__round__
     ahead: list[tuple[Any, int, int, bytes]] = []  # a heap, as in _framed
     ahead_min: Any = INF  # the time of its first record
     pop = heapq.heappop
-    held: Sequence[Any] = ()
-    held_no = 0
+    held: Sequence[Any] | None = None
     held_sub: Any = None  # the held row's times
     held_done: Any = None
-    last: Any
     for row in rows:
         seen += 1
         sub = row[1]
@@ -429,82 +576,59 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
         now = sub if sub is not None else done
         if now is None:
             continue  # no records, and nothing is due
-        if held_no:
-            last = held_done if held_done is not None else held_sub
-            if last <= now and last < ahead_min and (
-                    held_sub is None or held_done is None or held_sub <= held_done) and \
-                    len(data := held[12] or b"") <= DIRECT:
-                # due by now, and before whatever waits (an earlier row's, so at an
+        if held is not None:
+            data = held[5]
+            if held_sub is not None and held_done is not None and \
+                    held_sub <= held_done <= now and held_done < ahead_min and \
+                    (not data or len(data) <= DIRECT):
+                # both due by now, before whatever waits (an earlier row's, so at an
                 # equal time that comes first): written now, in the heap's order
-                (irp_text, _, _, bus, device, endpoint, ttype, direction, setup, requested,
-                 actual, status, _) = held
-                if data.__class__ is not bytes:
-                    data = _bytes(data)
-                xfer = xfers.get(ttype)
-                if xfer is None:
-                    xfer = USBMON_XFER.get(TYPE_CODES.get(ttype, CONTROL), 3)
-                endpoint = endpoint or 0
-                device = device or 0
-                bus = bus or 0
-                irp_id = int(irp_text, 16) & MASK64
+                irp = ids.get(held[0])
+                if irp is None:
+                    irp = _irp(ids, held[0])
+                irp_id, setup = irp
+                (pack, total, head_s, sizes_s, flags_s, kept_s, middle, sizes_c, flags_c,
+                 errno, kept_c, end, where) = shapes.get(held[3]) or _shape(shapes, held[3])
+                lengths = held[4]
                 if pos > room:
                     write(view[:pos])
                     pos = 0
-                if held_sub is not None:
-                    ts = origin + held_sub
-                    sec = trunc(ts)
-                    usec = fround((ts - sec) * 1e6)
-                    if usec >= 1_000_000:
-                        sec, usec = sec + 1, usec - 1_000_000
-                    ts_ns = fround(ts * 1e9)
-                    if setup:
-                        if setup.__class__ is not bytes:
-                            setup = _bytes(setup)
-                        flag_setup = 0
-                    else:
-                        setup = None
-                        flag_setup = 45
-                    if not data or direction == "in":
-                        pack_empty(buf, pos, BT_EPB, 96, ts_ns >> 32, ts_ns & 0xFFFFFFFF,
-                                   64, 64, irp_id, 83, xfer, endpoint, device, bus, flag_setup,
-                                   60 if (setup[0] if setup else endpoint) & 0x80 else 62,
-                                   sec, usec, -115, requested or 0, 0, setup or ZERO8, 96)
-                        pos += 96
-                    else:
-                        n = len(data)
-                        pack, size, total = sized.get(n) or _sized(sized, n)
-                        pack(buf, pos, BT_EPB, total, ts_ns >> 32, ts_ns & 0xFFFFFFFF, size,
-                             size, irp_id, 83, xfer, endpoint, device, bus, flag_setup, 0, sec,
-                             usec, -115, requested or 0, n, setup or ZERO8, data, total)
-                        pos += total
-                    count += 1
-                if held_done is not None:
-                    ts = origin + held_done
-                    sec = trunc(ts)
-                    usec = fround((ts - sec) * 1e6)
-                    if usec >= 1_000_000:
-                        sec, usec = sec + 1, usec - 1_000_000
-                    ts_ns = fround(ts * 1e9)
-                    errno = errnos.get(status)
-                    if errno is None:
-                        errno = errnos[status] = USBD_TO_ERRNO.get(
-                            _status_code(status) or 0, -71)
-                    if data and direction == "in":
-                        n = len(data)
-                        pack, size, total = sized.get(n) or _sized(sized, n)
-                        pack(buf, pos, BT_EPB, total, ts_ns >> 32, ts_ns & 0xFFFFFFFF, size,
-                             size, irp_id, 67, xfer, endpoint, device, bus, 45, 0, sec, usec,
-                             errno, actual or 0, n, ZERO8, data, total)
-                        pos += total
-                    else:
-                        pack_empty(buf, pos, BT_EPB, 96, ts_ns >> 32, ts_ns & 0xFFFFFFFF,
-                                   64, 64, irp_id, 67, xfer, endpoint, device, bus, 45,
-                                   60 if endpoint & 0x80 else 62, sec, usec, errno,
-                                   actual or 0, 0, ZERO8, 96)
-                        pos += 96
-                    count += 1
+                ts = origin + held_sub
+                sec_s = trunc(ts)
+                usec_s = fround((ts - sec_s) * 1e6)
+                if usec_s >= 1_000_000:
+                    sec_s, usec_s = sec_s + 1, usec_s - 1_000_000
+                ns_s = fround(ts * 1e9)
+                ts = origin + held_done
+                sec_c = trunc(ts)
+                usec_c = fround((ts - sec_c) * 1e6)
+                if usec_c >= 1_000_000:
+                    sec_c, usec_c = sec_c + 1, usec_c - 1_000_000
+                ns_c = fround(ts * 1e9)
+                if where == 2:  # data in: the completion carries it
+                    pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_id,
+                         flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
+                         setup, middle, ns_c >> 32, ns_c & 0xFFFFFFFF, sizes_c, irp_id,
+                         flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
+                         kept_c, data, end)
+                elif where:
+                    pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_id,
+                         flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
+                         setup, data, middle, ns_c >> 32, ns_c & 0xFFFFFFFF, sizes_c, irp_id,
+                         flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
+                         kept_c, end)
+                else:
+                    pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_id,
+                         flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
+                         setup, middle, ns_c >> 32, ns_c & 0xFFFFFFFF, sizes_c, irp_id,
+                         flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
+                         kept_c, end)
+                pos += total
+                count += 2
             else:
-                _hold(ahead, held, held_no, origin)
+                # its number in the heap's order: the rows' count so far (less than
+                # any later row's, more than any earlier row's)
+                _hold(ahead, held, seen - 1, origin, ids, shapes)
                 ahead_min = ahead[0][0]
             if ahead_min <= now:
                 while ahead and ahead[0][0] <= now:
@@ -521,11 +645,10 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
                     pos += n
                 ahead_min = ahead[0][0] if ahead else INF
         held = row
-        held_no = seen
         held_sub = sub
         held_done = done
-    if held_no:
-        _hold(ahead, held, held_no, origin)
+    if held is not None:
+        _hold(ahead, held, seen, origin, ids, shapes)
     write(view[:pos])
     while ahead:  # the rest, in order (a few, unless the data is larger than the buffer)
         write(pop(ahead)[3])
@@ -537,26 +660,44 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
 INF = float("inf")
 
 
-def _sized(cache: dict[int, tuple[Any, int, int]], n: int) -> tuple[Any, int, int]:
-    """The ``struct`` that packs a usbmon record with ``n`` bytes of data in its block,
-    whole (kept for the next record of that length, up to a few thousand lengths)."""
-    pad = -n % 4
-    entry = (struct.Struct(f"{EPB_MON.format}{n}s{pad}xI").pack_into, 64 + n, 96 + n + pad)
-    if len(cache) < 4096:
-        cache[n] = entry
+def _irp(ids: dict[str, tuple[bytes, bytes]], text: str) -> tuple[bytes, bytes]:
+    """An IRP id as the usbmon header has it and the setup bytes after it (see
+    ``prepared_sql``), kept for the next row of that text (up to a few thousand)."""
+    irp_text, _, setup_hex = text.partition(" ")
+    number = int(irp_text, 16) & MASK64
+    entry = (struct.pack("<Q", number), bytes.fromhex(setup_hex) or ZERO8)
+    if len(ids) < 4096:
+        ids[text] = entry
     return entry
 
 
 def _hold(ahead: list[tuple[Any, int, int, bytes]], row: Sequence[Any], number: int,
-          origin: float) -> None:
-    """A row (in ``USBMON_FIELDS`` order, the ``number``-th) into the heap of records
-    waiting for their time, as ``_framed`` puts them there."""
-    (irp_text, submitted_at, completed_at, bus, device, endpoint, ttype, direction, setup,
-     requested, actual, status, payload) = row
-    one, two = _usbmon_pair((number, irp_text, submitted_at, completed_at, bus, device,
-                             endpoint, ttype, None, direction, setup, requested, actual,
-                             status, payload), origin, True)
-    if one is not None:
-        heapq.heappush(ahead, (submitted_at, number, 0, one))
-    if two is not None:
-        heapq.heappush(ahead, (completed_at, number, 1, two))
+          origin: float, ids: dict[str, tuple[bytes, bytes]], shapes: dict[Any, Shape]) -> None:
+    """A row (in ``PREPARED`` order, the ``number``-th) into the heap of records
+    waiting for their time, each as its block's bytes, as ``_framed`` puts them there
+    (its data may be longer than a shape says)."""
+    irp_text, submitted_at, completed_at, shape, lengths, data = row
+    irp, setup = ids.get(irp_text) or _irp(ids, irp_text)
+    kept = shapes.get(shape) or _shape(shapes, shape)
+    for kind, at in ((0, submitted_at), (1, completed_at)):
+        if at is None:
+            continue
+        ts = origin + at
+        sec = int(ts)
+        usec = int(round((ts - sec) * 1e6))
+        if usec >= 1_000_000:
+            sec, usec = sec + 1, usec - 1_000_000
+        ns = int(round(ts * 1e9))
+        own = data if kept.where == kind + 1 else b""
+        size = 64 + len(own)
+        pad = -size % 4
+        total = 32 + size + pad
+        head = struct.pack("<II4xIIII", BT_EPB, total, ns >> 32, ns & 0xFFFFFFFF, size, size)
+        if kind == 0:
+            rest = struct.pack("<8sqiiII8s16x", kept.flags_s, sec, usec, -115,
+                               lengths & 0xFFFFFFFF, len(own), setup)
+        else:
+            rest = struct.pack("<8sqiiII24x", kept.flags_c, sec, usec, kept.errno,
+                               lengths >> 32 & 0xFFFFFFFF, len(own))
+        record = b"".join((head, irp, rest, own, bytes(pad), struct.pack("<I", total)))
+        heapq.heappush(ahead, (at, number, kind, record))
