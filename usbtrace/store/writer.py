@@ -34,6 +34,7 @@ from usbtrace.decode.pairing import Exchange, Pairer
 from usbtrace.decode.uas import UasDecoder
 from usbtrace.errors import DatabaseError
 from usbtrace.fs.shadow import Activity, Attributor
+from usbtrace.interrupt import Interrupt
 from usbtrace.records import COMPLETE, CONTROL, GAP, TRANSFER_TYPE_NAMES, Event
 from usbtrace.storage.ioctl import IOCTL_NAMES
 from usbtrace.store.database import Database
@@ -325,6 +326,30 @@ class SessionWriter:
             return
         for x, sealed in self.pairer.feed(event):
             self._exchange(x, sealed)
+
+    def feed_all(self, events: Iterable[Event], stop: Interrupt | None = None) -> None:
+        """``feed`` each event until ``stop.requested`` (checked after each): an import's
+        loop, with the lookups ``feed`` makes for every record made once."""
+        complete = self.pairer.complete
+        pair = self.pairer.feed
+        exchange = self._exchange
+        for event in events:
+            kind = event.kind
+            if kind == COMPLETE:  # as in feed
+                self.records += 1
+                if event.ts > self.last_ts:
+                    self.last_ts = event.ts
+                exchange(complete(event))
+            elif kind == GAP:
+                self.gap(event)
+            else:
+                self.records += 1
+                if event.ts > self.last_ts:
+                    self.last_ts = event.ts
+                for x, sealed in pair(event):
+                    exchange(x, sealed)
+            if stop is not None and stop.requested:
+                return
 
     def _exchange(self, x: Exchange, sealed: bool = True) -> None:
         """One step of pairing: a row once the exchange is sealed, and its meaning to the
