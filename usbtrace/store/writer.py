@@ -80,19 +80,33 @@ def irp_row(session_id: int, x: Exchange) -> dict[str, Any]:
 
 
 URB_COLUMNS = tuple(c.name for c in UrbRow.__table__.columns)
+# irp id -> its text.  A capture reuses a few dozen ids (usbmon's URB addresses, USBPcap's
+# IRP addresses: 18 to 49 in the benchmark's captures), so the text is made once per id,
+# not once per row; the cache is emptied when it reaches HEX_IDS.
+_hex_ids: dict[int, str] = {}
+HEX_IDS = 4096
+
+
+def _new_hex_id(value: int) -> str:
+    if len(_hex_ids) >= HEX_IDS:
+        _hex_ids.clear()
+    text = _hex_ids[value] = f"0x{value & 0xFFFFFFFFFFFFFFFF:016x}"
+    return text
 
 
 def urb_row(session_id: int, x: Exchange, _types: dict[int, str] = TRANSFER_TYPE_NAMES,
             _functions: dict[int, str] = URB_FUNCTION_NAMES,
-            _statuses: dict[int, str] = USBD_STATUS_NAMES) -> tuple[Any, ...]:
+            _statuses: dict[int, str] = USBD_STATUS_NAMES,
+            _ids: dict[int, str] = _hex_ids) -> tuple[Any, ...]:
     """A ``urbs`` row as a tuple in ``URB_COLUMNS`` order (the hot path of imports)."""
     first = x.first
     c = x.complete
     data = x.data
     function = first.urb_function
     status = c.urb_status if c is not None else None
+    irp_id = x.irp_id
     return (
-        session_id, x.seq, f"0x{x.irp_id & 0xFFFFFFFFFFFFFFFF:016x}", first.record_number,
+        session_id, x.seq, _ids.get(irp_id) or _new_hex_id(irp_id), first.record_number,
         x.submitted_at, x.completed_at, first.bus, first.device, first.endpoint,
         _types.get(first.transfer_type or 0, "unknown"),
         "in" if x.direction_in else "out",
