@@ -390,3 +390,20 @@ def test_pcapng_blocks_framed_in_place_read_as_the_general_path_reads_them(
     general = framed()
     assert in_place == general
     assert len(in_place[0]) > 400 and in_place[2] == path.stat().st_size
+
+
+def test_plain_binding_stores_what_sqlite3_stores_without_adapters(tmp_path: Path) -> None:
+    """writer's adapters for None, bytes and bool (a speed-up) must store exactly what
+    the sqlite3 module stores by its own search: NULL, a BLOB, an INTEGER 0 or 1."""
+    import usbtrace.store.writer  # noqa: F401  (registers them)
+
+    registered = {kind for kind, _ in sqlite3.adapters}
+    assert {type(None), bytes, bool} <= registered
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (a, b, c, d)")
+    conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?)",
+                     [(None, b"\x00\xffdata", True, False), (None, b"", False, True)])
+    rows = conn.execute("SELECT typeof(a), typeof(b), b, typeof(c), c, typeof(d), d "
+                        "FROM t ORDER BY rowid").fetchall()
+    assert rows == [("null", "blob", b"\x00\xffdata", "integer", 1, "integer", 0),
+                    ("null", "blob", b"", "integer", 0, "integer", 1)]

@@ -205,10 +205,7 @@ def _import(database: Database, path: Path, tap: Tap, digest: str | None,
                 writer.continue_volume(database.stored_commands(after))
             if first is not None:
                 writer.feed(first)
-                for event in stream_events:
-                    writer.feed(event)
-                    if interrupt.requested:
-                        break
+                writer.feed_all(stream_events, interrupt)
             if not interrupt.requested:
                 if isinstance(stream, Gunzip):
                     stream.verify()  # damage after the framing stopped still fails

@@ -123,7 +123,7 @@ def _events(reader: CaptureReader, stats: CaptureStats,
     usbmon_types = (usbmon.LINKTYPE_USB_LINUX, usbmon.LINKTYPE_USB_LINUX_MMAPPED)
     decode_usbmon = usbmon.decode_record
     usbpcap_type = usbpcap.LINKTYPE_USBPCAP
-    decode_usbpcap = decoder.usbpcap.decode
+    decode_usbpcap = decoder.usbpcap.decode_record
     malformed = (usbmon.MalformedRecord, usbpcap.MalformedRecord, darwin.MalformedRecord,
                  CaptureFormatError)
     origin: float | None = None
@@ -149,8 +149,10 @@ def _events(reader: CaptureReader, stats: CaptureStats,
                 if linktype in usbmon_types:  # the common case: no Packet, no list
                     event = decode_usbmon(number, ts - origin, linktype, data, big)
                     yield event
-                else:  # times are made relative before decoding: held events have them too
-                    yield from (decode_usbpcap if linktype == usbpcap_type else decoder.decode)(
+                elif linktype == usbpcap_type:  # times are made relative before decoding:
+                    yield from decode_usbpcap(number, ts - origin, data)  # held events too
+                else:
+                    yield from decoder.decode(
                         Packet(number, ts - origin, linktype, data, record[4], record[5], big))
             except malformed as e:
                 stats.malformed.append((number, str(e)))

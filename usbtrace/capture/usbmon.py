@@ -36,6 +36,7 @@ HEADER_LE = struct.Struct("<QBBBBHBBqiiII8s")
 HEADER_BE = struct.Struct(">QBBBBHBBqiiII8s")
 MMAPPED_LE = struct.Struct("<iiII")
 MMAPPED_BE = struct.Struct(">iiII")
+UNPACK_HEADER = {False: HEADER_LE.unpack_from, True: HEADER_BE.unpack_from}  # by big_endian
 
 XFER_TYPES = {0: ISOCHRONOUS, 1: INTERRUPT, 2: CONTROL, 3: BULK}
 
@@ -82,8 +83,7 @@ def decode_record(number: int, ts: float, linktype: int, data: bytes,
     if len(data) < size:
         raise MalformedRecord(f"usbmon header needs {size} bytes, record has {len(data)}")
     (urb_id, kind, xfer, epnum, devnum, busnum, flag_setup, flag_data, _sec, _usec,
-     status, length, len_cap, setup) = (HEADER_BE if big_endian else HEADER_LE
-                                        ).unpack_from(data)
+     status, length, len_cap, setup) = UNPACK_HEADER[big_endian](data)
     transfer_type = XFER_TYPES.get(xfer)
     if transfer_type is None:
         raise MalformedRecord(f"unknown usbmon transfer type {xfer}")

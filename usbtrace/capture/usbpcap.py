@@ -84,7 +84,10 @@ class UsbpcapDecoder:
         self._answered: dict[int, bool] = {}
 
     def decode(self, packet: Packet) -> list[Event]:
-        data = packet.data
+        return self.decode_record(packet.number, packet.ts, packet.data)
+
+    def decode_record(self, number: int, ts: float, data: bytes) -> list[Event]:
+        """:meth:`decode` from a record's fields, for the import loop (no ``Packet``)."""
         if len(data) < HEADER.size:
             raise MalformedRecord(f"USBPcap header needs 27 bytes, record has {len(data)}")
         (header_len, irp_id, status, function, info, bus, device, endpoint, transfer,
@@ -150,11 +153,11 @@ class UsbpcapDecoder:
             if transfer == TRANSFER_CONTROL and stage == STAGE_SETUP:
                 body = bytes(payload[8:])
                 # some versions put OUT data right after the setup
-                event = Event(SUBMIT, packet.ts, irp_id, "capture", None, None, None, None,
+                event = Event(SUBMIT, ts, irp_id, "capture", None, None, None, None,
                               None, None, None, function, bus, device, endpoint,
                               transfer_type, None, struct.unpack_from("<H", payload, 6)[0],
                               bytes(payload[:8]), body, len(body) if body else None, None,
-                              None, packet.number, status)
+                              None, number, status)
                 self._setup[irp_id] = event
                 return out
             if not endpoint & 0x80:
@@ -165,10 +168,10 @@ class UsbpcapDecoder:
                 body, body_length, length = b"", None, None
         if len(payload) < data_length:
             body_length = data_length  # the capture was cut by the snapshot length
-        out.append(Event(COMPLETE if completion else SUBMIT, packet.ts, irp_id, "capture", None,
+        out.append(Event(COMPLETE if completion else SUBMIT, ts, irp_id, "capture", None,
                          None, None, None, None, None, None, function, bus, device, endpoint,
                          transfer_type, urb_status, length, None, body, body_length, None, None,
-                         packet.number, status))
+                         number, status))
         return out
 
     def flush(self) -> list[Event]:

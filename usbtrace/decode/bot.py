@@ -173,7 +173,8 @@ class BotDecoder:
                 state.strays += 1
             return out
         # IN
-        csw = bot.parse_csw(data)  # None unless 13 bytes with the "USBS" signature
+        # None unless 13 bytes with the "USBS" signature (most IN transfers are data: no call)
+        csw = bot.parse_csw(data) if len(data) == bot.CSW_LENGTH else None
         if state.in_pipe is not None and endpoint != state.in_pipe and not (
                 cmd is not None and csw is not None and csw.tag == cmd.tag):
             return out  # another interface's pipe

@@ -105,23 +105,29 @@ class Pairer:
         kind = event.kind
         if kind == COMPLETE:
             return [(self.complete(event), True)]
-        key = (event.position, event.irp_id, event.endpoint)
         if kind == SUBMIT:
+            # half the records of a capture: the lookups are made once
+            irp_id, position, endpoint, data = \
+                event.irp_id, event.position, event.endpoint, event.data
+            key = (position, irp_id, endpoint)
+            pending = self._pending
             self._seq += 1
             out: list[Step] = []
-            stale = self._take(key)
+            stale = pending.pop(key, None)
             if stale is not None:  # a reused id whose completion never came
+                if stale.submit is not None:
+                    self._pending_bytes -= len(stale.submit.data)
                 out.append((stale.seal(), True))
-            exchange = Exchange(self._seq, event.irp_id, event.position, event, None)
-            self._pending[key] = exchange
-            self._pending_bytes += len(event.data)
-            if event.data and event.transfer_type == BULK and event.endpoint is not None \
-                    and not event.endpoint & 0x80:
+            exchange = Exchange(self._seq, irp_id, position, event, None)
+            pending[key] = exchange
+            self._pending_bytes += len(data)
+            if data and event.transfer_type == BULK and endpoint is not None \
+                    and not endpoint & 0x80:
                 exchange.early = True
                 out.append((exchange.seal(), False))
-            while len(self._pending) > self._limit or \
-                    (self._pending_bytes > self._limit_bytes and len(self._pending) > 1):
-                oldest = self._take(next(iter(self._pending)))
+            while len(pending) > self._limit or \
+                    (self._pending_bytes > self._limit_bytes and len(pending) > 1):
+                oldest = self._take(next(iter(pending)))
                 assert oldest is not None
                 self.evicted += 1
                 out.append((oldest.seal(), True))

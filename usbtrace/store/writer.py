@@ -17,6 +17,7 @@ import operator
 import os
 import pickle
 import signal
+import sqlite3
 import struct
 import threading
 import time
@@ -32,6 +33,7 @@ from usbtrace.decode.pairing import Exchange, Pairer
 from usbtrace.decode.uas import UasDecoder
 from usbtrace.errors import DatabaseError
 from usbtrace.fs.shadow import Activity, Attributor
+from usbtrace.interrupt import Interrupt
 from usbtrace.records import (
     COMPLETE,
     CONTROL,
@@ -87,19 +89,33 @@ def irp_row(session_id: int, x: Exchange) -> dict[str, Any]:
 
 
 URB_COLUMNS = tuple(c.name for c in UrbRow.__table__.columns)
+# irp id -> its text.  A capture reuses a few dozen ids (usbmon's URB addresses, USBPcap's
+# IRP addresses: 18 to 49 in the benchmark's captures), so the text is made once per id,
+# not once per row; the cache is emptied when it reaches HEX_IDS.
+_hex_ids: dict[int, str] = {}
+HEX_IDS = 4096
+
+
+def _new_hex_id(value: int) -> str:
+    if len(_hex_ids) >= HEX_IDS:
+        _hex_ids.clear()
+    text = _hex_ids[value] = f"0x{value & 0xFFFFFFFFFFFFFFFF:016x}"
+    return text
 
 
 def urb_row(session_id: int, x: Exchange, _types: dict[int, str] = TRANSFER_TYPE_NAMES,
             _functions: dict[int, str] = URB_FUNCTION_NAMES,
-            _statuses: dict[int, str] = USBD_STATUS_NAMES) -> tuple[Any, ...]:
+            _statuses: dict[int, str] = USBD_STATUS_NAMES,
+            _ids: dict[int, str] = _hex_ids) -> tuple[Any, ...]:
     """A ``urbs`` row as a tuple in ``URB_COLUMNS`` order (the hot path of imports)."""
     first = x.first
     c = x.complete
     data = x.data
     function = first.urb_function
     status = c.urb_status if c is not None else None
+    irp_id = x.irp_id
     return (
-        session_id, x.seq, f"0x{x.irp_id & 0xFFFFFFFFFFFFFFFF:016x}", first.record_number,
+        session_id, x.seq, _ids.get(irp_id) or _new_hex_id(irp_id), first.record_number,
         x.submitted_at, x.completed_at, first.bus, first.device, first.endpoint,
         _types.get(first.transfer_type or 0, "unknown"),
         "in" if x.direction_in else "out",
@@ -141,6 +157,26 @@ def command_row(session_id: int, cmd: ScsiCommand) -> tuple[Any, ...]:
         f"0x{cmd.irp_id & 0xFFFFFFFFFFFFFFFF:016x}" if cmd.irp_id is not None else None,
         cmd.cbw_seq, cmd.csw_seq, cmd.submitted_at, cmd.completed_at,
     )
+
+
+def _bind_plainly() -> None:
+    """Bind ``None``, ``bytes`` and ``bool`` without the sqlite3 module's search for an
+    adapter.  Only ``int``, ``float``, ``str`` and ``bytearray`` skip that search; for
+    any other value, CPython 3.11 looks ``__adapt__`` up on the protocol type, and the
+    miss formats an ``AttributeError`` message it then drops: about 3,000 instructions a
+    value, a sixth of an import's inserts (a ``urbs`` row has four or five such values).
+    A registered adapter is found first.  Each returns what was bound before: ``None``
+    (``{}.get`` of anything: NULL), the same ``bytes``, and ``int`` of a ``bool`` (which
+    the module bound as an integer anyway).  None of these types is one whose adapter
+    switches the module's fast path off (``int``, ``float``, ``str``, ``bytearray``)."""
+    plain: list[tuple[type[Any], Callable[[Any], Any]]] = [
+        (type(None), {}.get), (bytes, bytes), (bool, int)]
+    for kind, adapter in plain:
+        if (kind, sqlite3.PrepareProtocol) not in sqlite3.adapters:  # a caller's own stays
+            sqlite3.register_adapter(kind, adapter)
+
+
+_bind_plainly()
 
 
 class BulkInsert:
@@ -313,6 +349,30 @@ class SessionWriter:
             return
         for x, sealed in self.pairer.feed(event):
             self._exchange(x, sealed)
+
+    def feed_all(self, events: Iterable[Event], stop: Interrupt | None = None) -> None:
+        """``feed`` each event until ``stop.requested`` (checked after each): an import's
+        loop, with the lookups ``feed`` makes for every record made once."""
+        complete = self.pairer.complete
+        pair = self.pairer.feed
+        exchange = self._exchange
+        for event in events:
+            kind = event.kind
+            if kind == COMPLETE:  # as in feed
+                self.records += 1
+                if event.ts > self.last_ts:
+                    self.last_ts = event.ts
+                exchange(complete(event))
+            elif kind == GAP:
+                self.gap(event)
+            else:
+                self.records += 1
+                if event.ts > self.last_ts:
+                    self.last_ts = event.ts
+                for x, sealed in pair(event):
+                    exchange(x, sealed)
+            if stop is not None and stop.requested:
+                return
 
     def _exchange(self, x: Exchange, sealed: bool = True) -> None:
         """One step of pairing: a row once the exchange is sealed, and its meaning to the
