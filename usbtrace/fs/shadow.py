@@ -69,10 +69,11 @@ LATE_KINDS = frozenset({"event", "unallocated", "data"})
 # commands, holding at most this many payload bytes (compared when asked again)
 MAX_RECENT = 4096
 MAX_RECENT_BYTES = 8 << 20
-# the kinds of row a read inside a volume makes without learning anything or waiting on
-# anything: a read made of only these gives the same rows while nothing changed
+# the kinds of row a read inside a volume makes without learning anything: a read made of
+# only these gives the same rows while nothing changed (an unallocated one waits, filed
+# by its cluster, for metadata to name the owner, as when it was made)
 RECENT_KINDS = frozenset({"data", "directory", "fat", "boot_sector", "fsinfo", "reserved",
-                          "allocation_bitmap", "upcase_table", "unknown"})
+                          "allocation_bitmap", "upcase_table", "unknown", "unallocated"})
 
 # FAT entry values at or above EOC end a chain; BAD marks a bad cluster (FAT spec §4,
 # exFAT spec §4.1: 0xFFFFFFF7 bad, 0xFFFFFFFF end of chain)
@@ -755,12 +756,13 @@ class Attributor:
         self._stale: tuple[int, int, int] | None = None  # an inferred volume's rows after it
         # reads inside a volume that changed nothing, by (LBA, blocks): (its payload's
         # length, its payload or None when only the length counts, the rows' fields after
-        # scsi_seq and what each waits on).  The same read again, while nothing it looked at has
-        # changed, makes the same rows: any change of metadata, any write, any volume or
-        # partition learnt or lost empties it (``_moved``).  Hosts re-read the same FAT
-        # and directory sectors and files again and again.
+        # scsi_seq and what each waits on, whether one waits for an owner).  The same
+        # read again, while nothing it looked at has changed, makes the same rows: a
+        # command that changes a FAT or directory sector, and a volume or file system
+        # learnt or withdrawn, empty it (``_moved``).  Hosts re-read the same FAT and
+        # directory sectors and files again and again.
         self._recent: dict[tuple[int, int], tuple[int, bytes | None,
-                                                  list[tuple[tuple[Any, ...], Any]]]] = {}
+                                                  list[tuple[tuple[Any, ...], Any]], bool]] = {}
         self._recent_bytes = 0
         self._moves = 0  # times ``_recent`` was emptied
 
@@ -800,12 +802,18 @@ class Attributor:
             if hit is not None and hit[0] == len(data) and (hit[1] is None or hit[1] == data):
                 # partitions and signatures are probed as always (they may learn); the
                 # rows inside the volume are those of last time unless that changed it
-                if self.expected or not self.layout.quiet(lba, len(data) // SECTOR):
+                layout = self.layout
+                if self.expected or lba < layout.quiet_from and \
+                        not layout.quiet(lba, len(data) // SECTOR):
                     self._probe(lba, blocks, data)
                 if moves == self._moves:
                     queue = self._queue
-                    for fields, pending in hit[2]:
-                        queue.append([seq, Activity(seq, *fields), pending])
+                    if hit[3]:  # some wait for an owner: filed as ``_emit`` files them
+                        for fields, pending in hit[2]:
+                            self._emit(Activity(seq, *fields), pending)
+                    else:
+                        for fields, pending in hit[2]:
+                            queue.append([seq, Activity(seq, *fields), pending])
                     return self._release()
                 self._changed = set()
                 self._access(seq, lba, blocks, data, write, probe=False)
@@ -850,13 +858,16 @@ class Attributor:
             return  # outside volumes: the partition layout labels it
         rows: list[tuple[tuple[Any, ...], Any]] = []
         only_data = True  # then the payload is not read: only its length counts
+        waits = False
         queue = self._queue
         last: Activity | None = None  # the last row kept, if final as made
         for k in range(first, len(queue)):
             _, row, pending = queue[k]
             kind = row.kind
-            if kind not in RECENT_KINDS or not (pending is None or type(pending) is int):
+            if kind not in RECENT_KINDS or not (pending is None or type(pending) is int or
+                                                kind == "unallocated"):
                 return
+            waits = waits or kind == "unallocated"
             only_data = only_data and kind not in ("fat", "directory")
             if kind in LATE_KINDS:
                 last = None
@@ -877,7 +888,7 @@ class Attributor:
         if len(self._recent) >= MAX_RECENT or self._recent_bytes + size > MAX_RECENT_BYTES:
             self._recent = {}
             self._recent_bytes = 0
-        self._recent[(lba, blocks)] = (len(data), kept, rows)
+        self._recent[(lba, blocks)] = (len(data), kept, rows, waits)
         self._recent_bytes += size
 
     def warm(self, commands: Iterable[tuple[int, int, int | None, int | None, bytes, str]]
@@ -925,10 +936,25 @@ class Attributor:
             finish, append = self._finish, self._append
             while queue and queue[0][0] <= limit:
                 entry = queue.popleft()
-                if entry[1].kind in LATE_KINDS:
+                row = entry[1]
+                kind = row.kind
+                if kind not in LATE_KINDS:  # final as made (a FAT, a directory, ...)
+                    append(out, row)
+                elif kind == "data" and type(pending := entry[2]) is int:
+                    # a read of file data, clipped at the size the file had (``_final``,
+                    # inline: most rows are these)
+                    offset, length = row.file_offset, row.length
+                    if offset is not None and length is not None:
+                        inside = max(0, min(length, pending - offset))
+                        if inside < length:
+                            row.detail = f"{length - inside} bytes past the end of the file"
+                            if inside == 0:
+                                row.kind = "slack"
+                            else:
+                                row.length = inside
+                    append(out, row)
+                else:
                     finish(out, entry)
-                else:  # final as made (a FAT, a directory, ...)
-                    append(out, entry[1])
         while self._parked_count > MAX_PARKED:
             key, row = self._parked_order.popleft()
             if row.kind != "unallocated":
