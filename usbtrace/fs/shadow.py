@@ -936,25 +936,10 @@ class Attributor:
             finish, append = self._finish, self._append
             while queue and queue[0][0] <= limit:
                 entry = queue.popleft()
-                row = entry[1]
-                kind = row.kind
-                if kind not in LATE_KINDS:  # final as made (a FAT, a directory, ...)
-                    append(out, row)
-                elif kind == "data" and type(pending := entry[2]) is int:
-                    # a read of file data, clipped at the size the file had (``_final``,
-                    # inline: most rows are these)
-                    offset, length = row.file_offset, row.length
-                    if offset is not None and length is not None:
-                        inside = max(0, min(length, pending - offset))
-                        if inside < length:
-                            row.detail = f"{length - inside} bytes past the end of the file"
-                            if inside == 0:
-                                row.kind = "slack"
-                            else:
-                                row.length = inside
-                    append(out, row)
-                else:
+                if entry[1].kind in LATE_KINDS:
                     finish(out, entry)
+                else:  # final as made (a FAT, a directory, ...)
+                    append(out, entry[1])
         while self._parked_count > MAX_PARKED:
             key, row = self._parked_order.popleft()
             if row.kind != "unallocated":
