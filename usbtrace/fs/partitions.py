@@ -18,6 +18,7 @@ header claims before the bytes behind it have been seen.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -134,6 +135,7 @@ class DiskLayout:
         # from this LBA on, a command teaches ``observe`` nothing and ``detect`` finds
         # nothing: both are asked at every command, and most are past it
         self.quiet_from = self._quiet_from()
+        self._signatures = self._signature_lbas()
 
     # ---- learning ----------------------------------------------------------------------
 
@@ -144,8 +146,29 @@ class DiskLayout:
         0) for a partition table rather than a boot sector.
         """
         new = self._observe(lba, data, table)
-        self.quiet_from = self._quiet_from()  # what it learnt is all that moves it
+        self.quiet_from = self._quiet_from()  # what it learnt is all that moves them
+        self._signatures = self._signature_lbas()
         return new
+
+    def quiet(self, lba: int, count: int) -> bool:
+        """Whether ``count`` sectors at ``lba`` can teach ``observe`` nothing and make
+        ``detect`` name nothing: past ``quiet_from``, or, below it with no GPT named or
+        suspected, holding neither LBA 0 or 1 nor a signature sector of a partition (or
+        of the disk's start).  Most commands below ``quiet_from`` read a FAT."""
+        if lba >= self.quiet_from:
+            return True
+        if self.quiet_from == ANYWHERE or lba <= 1:
+            return False
+        signatures = self._signatures
+        i = bisect_left(signatures, lba)
+        return i == len(signatures) or signatures[i] >= lba + count
+
+    def _signature_lbas(self) -> list[int]:
+        """The sectors ``detect`` reads: 0, 2 and 64 into each base it looks at."""
+        bases = [p.start for p in self.partitions]
+        if self.sector0 not in ("protective", "mbr") and not self.tables:
+            bases.append(0)
+        return sorted({base + rel for base in bases for rel in (0, 2, 64)})
 
     def _quiet_from(self) -> int:
         """The first LBA from which a command can change nothing here and name no file

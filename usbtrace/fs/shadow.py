@@ -65,6 +65,15 @@ WRITES = {0x0A, 0x2A, 0xAA, 0x8A}
 READS_WRITES = frozenset(READS | WRITES)
 # the kinds of row that ``Attributor._final`` may change; the others are final as made
 LATE_KINDS = frozenset({"event", "unallocated", "data"})
+# reads whose rows are kept to be given again (``Attributor._recent``): at most this many
+# commands, holding at most this many payload bytes (compared when asked again)
+MAX_RECENT = 4096
+MAX_RECENT_BYTES = 8 << 20
+# the kinds of row a read inside a volume makes without learning anything: a read made of
+# only these gives the same rows while nothing changed (an unallocated one waits, filed
+# by its cluster, for metadata to name the owner, as when it was made)
+RECENT_KINDS = frozenset({"data", "directory", "fat", "boot_sector", "fsinfo", "reserved",
+                          "allocation_bitmap", "upcase_table", "unknown", "unallocated"})
 
 # FAT entry values at or above EOC end a chain; BAD marks a bad cluster (FAT spec §4,
 # exFAT spec §4.1: 0xFFFFFFF7 bad, 0xFFFFFFFF end of chain)
@@ -745,6 +754,24 @@ class Attributor:
         self._inference = Inference(window)
         self._inferred: Volume | None = None
         self._stale: tuple[int, int, int] | None = None  # an inferred volume's rows after it
+        # reads inside a volume that changed nothing, by (LBA, blocks): (its payload's
+        # length, its payload or None when only the length counts, the rows' fields after
+        # scsi_seq and what each waits on, whether one waits for an owner).  The same
+        # read again, while nothing it looked at has changed, makes the same rows: a
+        # command that changes a FAT or directory sector, and a volume or file system
+        # learnt or withdrawn, empty it (``_moved``).  Hosts re-read the same FAT and
+        # directory sectors and files again and again.
+        self._recent: dict[tuple[int, int], tuple[int, bytes | None,
+                                                  list[tuple[tuple[Any, ...], Any]], bool]] = {}
+        self._recent_bytes = 0
+        self._moves = 0  # times ``_recent`` was emptied
+
+    def _moved(self) -> None:
+        """Something a read's rows depend on changed: forget the reads kept."""
+        self._moves += 1
+        if self._recent:
+            self._recent = {}
+            self._recent_bytes = 0
 
     def notes(self) -> list[str]:
         """What the shadow volumes could not read as their spec says, for the session."""
@@ -764,18 +791,51 @@ class Attributor:
     def feed(self, seq: int, opcode: int, lba: int | None, blocks: int | None,
              data: bytes, status: str) -> list[Activity]:
         self._seq = seq
-        if lba is None or not blocks or opcode not in READS_WRITES:
-            return self._release()
-        if status != "good":
+        if lba is None or not blocks or opcode not in READS_WRITES or status != "good":
             return self._release()
         write = opcode in WRITES
         blind, inferred = not self.volumes, self._inferred
+        recent = not write and not blind and inferred is None and lba > 0
+        if recent:
+            moves = self._moves
+            hit = self._recent.get((lba, blocks))
+            if hit is not None and hit[0] == len(data) and (hit[1] is None or hit[1] == data):
+                # partitions and signatures are probed as always (they may learn); the
+                # rows inside the volume are those of last time unless that changed it
+                layout = self.layout
+                if self.expected or lba < layout.quiet_from and \
+                        not layout.quiet(lba, len(data) // SECTOR):
+                    self._probe(lba, blocks, data)
+                if moves == self._moves:
+                    queue = self._queue
+                    if hit[3]:  # some wait for an owner: filed as ``_emit`` files them
+                        for fields, pending in hit[2]:
+                            self._emit(Activity(seq, *fields), pending)
+                    else:
+                        for fields, pending in hit[2]:
+                            queue.append([seq, Activity(seq, *fields), pending])
+                    return self._release()
+                self._changed = set()
+                self._access(seq, lba, blocks, data, write, probe=False)
+                self._moved()
+                return self._settle(seq, (opcode, lba, blocks, data, status), blind, inferred)
+            first = len(self._queue)
         if blind or inferred is not None:  # an inferred volume stays under watch
             self._inference.observe(seq, opcode, lba, blocks, data, status, write)
         self._changed = set()
         self._access(seq, lba, blocks, data, write)
+        if self._changed:
+            self._moved()
+        elif recent and moves == self._moves:
+            self._remember(lba, blocks, data, first)
+        return self._settle(seq, (opcode, lba, blocks, data, status), blind, inferred)
+
+    def _settle(self, seq: int, command: tuple[int, int, int, bytes, str], blind: bool,
+                inferred: Volume | None) -> list[Activity]:
+        """After a command's access: a boot sector that came late, an inferred volume
+        under watch, and what the metadata it changed resolves; then the rows due."""
         if (blind and self.volumes) or (inferred is not None and self._inferred is None):
-            self._late_boot_sector(seq, (opcode, lba, blocks, data, status), inferred)
+            self._late_boot_sector(seq, command, inferred)
         elif self._inferred is not None:
             self._watch(seq, False)
         for volume in self._changed:
@@ -787,6 +847,50 @@ class Attributor:
                 self._forget_freed(volume)
         return self._release()
 
+    def _remember(self, lba: int, blocks: int, data: bytes, first: int) -> None:
+        """Keep a read's rows (those from ``first`` in the window) to give them again,
+        if it lies inside one volume and its rows wait on nothing but a file's size.
+        Its payload is kept to be compared unless only file data was read.  Rows final
+        as made are kept merged as ``_append`` would merge them (a FAT read sector by
+        sector is one row): giving them again makes fewer rows to pass along."""
+        end = lba + blocks
+        if not any(v.start <= lba and end <= v.end for v in self.volumes):
+            return  # outside volumes: the partition layout labels it
+        rows: list[tuple[tuple[Any, ...], Any]] = []
+        only_data = True  # then the payload is not read: only its length counts
+        waits = False
+        queue = self._queue
+        last: Activity | None = None  # the last row kept, if final as made
+        for k in range(first, len(queue)):
+            _, row, pending = queue[k]
+            kind = row.kind
+            if kind not in RECENT_KINDS or not (pending is None or type(pending) is int or
+                                                kind == "unallocated"):
+                return
+            waits = waits or kind == "unallocated"
+            only_data = only_data and kind not in ("fat", "directory")
+            if kind in LATE_KINDS:
+                last = None
+            elif last is not None and _continues(last, row):
+                last = Activity(last.scsi_seq, last.path, last.operation, kind,
+                                last.file_offset, last.length + row.length, last.lba,
+                                last.command_offset, row.detail)
+                rows[-1] = (_fields(last), None)
+                continue
+            else:
+                last = row
+            rows.append((_fields(row), pending))
+        kept = None if only_data else data
+        size = len(kept) if kept is not None else 0
+        old = self._recent.get((lba, blocks))
+        if old is not None and old[1] is not None:
+            self._recent_bytes -= len(old[1])
+        if len(self._recent) >= MAX_RECENT or self._recent_bytes + size > MAX_RECENT_BYTES:
+            self._recent = {}
+            self._recent_bytes = 0
+        self._recent[(lba, blocks)] = (len(data), kept, rows, waits)
+        self._recent_bytes += size
+
     def warm(self, commands: Iterable[tuple[int, int, int | None, int | None, bytes, str]]
              ) -> None:
         """Learn the volume from an earlier session of the same medium; keep no rows."""
@@ -797,6 +901,7 @@ class Attributor:
         self._inference.rebase()  # its evidence counts; its commands are not this session's
 
     def flush(self) -> list[Activity]:
+        self._moved()
         out: list[Activity] = []
         if self._inferred is not None:
             self._watch(self._seq, True)
@@ -1021,6 +1126,7 @@ class Attributor:
         if self._inferred is not None and self._inference.contradicted(seq, force):
             withdrawn, self._inferred = self._inferred, None
             self.volumes.remove(withdrawn)
+            self._moved()
             self._redo(None, [(withdrawn.start, withdrawn.end)])
 
     def _late_boot_sector(self, seq: int, command: tuple[int, int, int, bytes, str],
@@ -1051,6 +1157,7 @@ class Attributor:
         """Attribute again the buffered commands whose rows are still in the window and
         that touch the volumes (or ``ranges``); then ``current`` with its whole payload.
         Commands elsewhere keep their rows: only metadata was kept of their payload."""
+        self._moved()  # volumes were replaced, added or withdrawn
         spans = ranges if ranges is not None else [(v.start, v.end) for v in self.volumes]
         buffered = [c for c in self._inference.take()
                     if (current is None or c.seq < current[0]) and
@@ -1110,15 +1217,8 @@ class Attributor:
             return
         if out:
             last = out[-1]
-            if (last.scsi_seq == row.scsi_seq and last.kind == row.kind and
-                    last.path == row.path and last.operation == row.operation and
-                    row.kind not in ("event",) and last.detail is None and
-                    last.length is not None and row.length is not None and
-                    last.lba is not None and row.lba is not None and
-                    last.lba + last.length // SECTOR == row.lba and
-                    (last.file_offset is None) == (row.file_offset is None) and
-                    (last.file_offset is None or last.file_offset + last.length ==
-                     row.file_offset)):
+            if last.scsi_seq == row.scsi_seq and _continues(last, row):
+                assert last.length is not None and row.length is not None
                 last.length += row.length
                 last.detail = row.detail
                 return
@@ -1136,7 +1236,8 @@ class Attributor:
 
     # ---- routing an access to volumes and regions ----------------------------------
 
-    def _access(self, seq: int, lba: int, blocks: int, data: bytes, write: bool) -> None:
+    def _access(self, seq: int, lba: int, blocks: int, data: bytes, write: bool,
+                probe: bool = True) -> None:
         op = "write" if write else "read"
         claimed_end = lba + blocks
         # the work follows the payload, never the block count a CDB claims
@@ -1144,7 +1245,8 @@ class Attributor:
         position = lba
         if lba == 0 and self._sector_zero(seq, data[:SECTOR], op):
             position = 1  # reported as the partition table
-        self._probe(lba, blocks, data)
+        if probe:
+            self._probe(lba, blocks, data)
         while position < end:
             for volume in self.volumes:  # _volume_at, inline: asked for every command
                 if volume.start <= position < volume.end:
@@ -1255,7 +1357,8 @@ class Attributor:
         """Boot sectors of expected partitions and ext2/3/4 superblocks, where they pass;
         the partitions of a GPT and other file systems' signatures (``partitions.py``)."""
         layout = self.layout
-        if lba < layout.quiet_from:  # else nothing there to learn or to name
+        quiet = layout.quiet(lba, len(data) // SECTOR)  # else something to learn or name
+        if not quiet:
             table = lba == 0 and self.partition_table_seen and self._volume_at(0) is None \
                 and self._unsupported_at(0) is None  # sector 0 was taken for a partition table
             for start in layout.observe(lba, data, table):
@@ -1282,11 +1385,12 @@ class Attributor:
                 if data[offset + 56 : offset + 58] == b"\x53\xef" and \
                         self._volume_at(base) is None:
                     self._add_unsupported(base, None, "ext2/3/4")
-        if lba >= layout.quiet_from:
+        if quiet:
             return
         for start, stop, name in layout.detect(lba, data):  # named, with its extent
             if self._volume_at(start) is None:
                 self.unsupported = [u for u in self.unsupported if u[0] != start]
+                self._moved()
                 self._add_unsupported(start, stop, name)
 
     def _room(self, start: int) -> bool:
@@ -1301,6 +1405,7 @@ class Attributor:
         if self._inferred is not None and volume is not self._inferred:
             self.volumes.remove(self._inferred)  # a boot sector: the volume it describes
             self._inferred = None
+            self._moved()
         if any(v.start == volume.start for v in self.volumes):
             return
         # a good boot sector written over a malformed one (a format) is the volume now
@@ -1309,16 +1414,19 @@ class Attributor:
             return
         self.volumes.append(volume)
         self.volumes.sort(key=lambda v: v.start)
+        self._moved()
 
     def _add_unsupported(self, start: int, end: int | None, name: str) -> None:
         if not any(s == start for s, _, _ in self.unsupported) and self._room(start):
             self.unsupported.append((start, end, name))
+            self._moved()
 
     def _add_malformed(self, start: int, end: int | None, reason: str) -> None:
         if any(v.start == start for v in self.volumes) or \
                 any(s == start for s, _, _ in self.malformed) or not self._room(start):
             return
         self.malformed.append((start, end, reason))
+        self._moved()
         self._note(f"the boot sector at LBA {start} is malformed ({reason}); its file "
                    "system is not read")
 
@@ -1709,6 +1817,24 @@ class Attributor:
                 row.kind = "unallocated" if fat == 0 else "unknown"
                 row.file_offset = None
         return row
+
+
+def _continues(last: Activity, row: Activity) -> bool:
+    """Whether ``row`` continues ``last`` (of the same command) as one run: the same kind
+    of the same path, the next blocks (and the next bytes of the file)."""
+    return (last.kind == row.kind and last.path == row.path and
+            last.operation == row.operation and row.kind != "event" and
+            last.detail is None and last.length is not None and row.length is not None and
+            last.lba is not None and row.lba is not None and
+            last.lba + last.length // SECTOR == row.lba and
+            (last.file_offset is None) == (row.file_offset is None) and
+            (last.file_offset is None or last.file_offset + last.length == row.file_offset))
+
+
+def _fields(row: Activity) -> tuple[Any, ...]:
+    """A row's fields after ``scsi_seq``, as ``Activity`` takes them."""
+    return (row.path, row.operation, row.kind, row.file_offset, row.length, row.lba,
+            row.command_offset, row.detail)
 
 
 def _take(index: dict[int, list[list[Any]]], cluster: int, operation: str,
