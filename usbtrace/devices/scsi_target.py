@@ -44,6 +44,9 @@ LBA_OUT_OF_RANGE = 0x21
 INVALID_FIELD_IN_CDB = 0x24
 
 
+NO_SENSE = Sense(0, 0, 0)  # frozen: one for every good command (a frozen init is slow)
+
+
 @dataclass(slots=True)
 class Plan:
     direction: int
@@ -114,7 +117,7 @@ class ScsiTarget:
         else:
             plan = handler(self, cdb)
         if opcode != scsi.REQUEST_SENSE or not plan.good:  # a bad REQUEST SENSE too
-            self.sense = plan.sense or Sense(0, 0, 0)
+            self.sense = plan.sense or NO_SENSE
         return plan
 
     # ---- helpers -----------------------------------------------------------------

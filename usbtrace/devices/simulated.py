@@ -66,6 +66,7 @@ BOT_TRANSITIONS: dict[tuple[str, str], str] = {
 }
 
 HISTORY = 1024  # events a device remembers
+CASE_NAMES = tuple(f"case{n}" for n in range(14))  # BOT §6.7's cases 1..13, by number
 
 
 class BulkOnlyDevice:
@@ -188,7 +189,7 @@ class BulkOnlyDevice:
                 self._case(case, max(host_len - dev_len, 0), status, "cbw_data_out")
 
     def _case(self, case: int, residue: int, status: int, event: str) -> None:
-        self.history.append(f"case{case}")
+        self.history.append(CASE_NAMES[case])
         self._residue, self._status = residue, status
         self._move(event)
         if event == "cbw_no_data":
@@ -564,30 +565,42 @@ class SimulatedStick(DeviceBackend):
                 return fault
         return TransferResult(status, n, self.speed.transfer_ns(n))
 
+    # The two bulk entry points run for every URB of a recording or a replay: the checks
+    # of _uas_active and _bulk_fault are made inline, and the fault path is entered only
+    # when a fault is armed (every transfer's bytes are still counted).
+
     def bulk_out(self, endpoint: int, data: bytearray | memoryview) -> TransferResult:
-        if self._uas_active():
+        if self.uas is not None and self.alternate_setting == 1:  # _uas_active
             return self.stream_out(endpoint, 0, data)
         if not self.connected:
             return self._gone()
         if endpoint != BULK_OUT:
             return TransferResult(USBD_STATUS_STALL_PID, 0, self.speed.latency_ns)
-        fault = self._bulk_fault(endpoint, len(data))
-        if fault is not None:
-            return fault
+        faults = self.faults
+        if faults.stall_next or faults.disconnect_after_bytes is not None:
+            fault = self._bulk_fault(endpoint, len(data))
+            if fault is not None:
+                return fault
+        else:
+            faults.bulk_bytes += len(data)
         status = self.bot.bulk_out(data)
         n = len(data) if status == USBD_STATUS_SUCCESS else 0
         return TransferResult(status, n, self.speed.transfer_ns(n))
 
     def bulk_in(self, endpoint: int, buffer: bytearray | memoryview) -> TransferResult:
-        if self._uas_active():
+        if self.uas is not None and self.alternate_setting == 1:  # _uas_active
             return self.stream_in(endpoint, 0, buffer)
         if not self.connected:
             return self._gone()
         if endpoint != BULK_IN:
             return TransferResult(USBD_STATUS_STALL_PID, 0, self.speed.latency_ns)
-        fault = self._bulk_fault(endpoint, len(buffer))
-        if fault is not None:
-            return fault
+        faults = self.faults
+        if faults.stall_next or faults.disconnect_after_bytes is not None:
+            fault = self._bulk_fault(endpoint, len(buffer))
+            if fault is not None:
+                return fault
+        else:
+            faults.bulk_bytes += len(buffer)
         status, n = self.bot.bulk_in(buffer)
         return TransferResult(status, n, self.speed.transfer_ns(n))
 
