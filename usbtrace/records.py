@@ -72,7 +72,8 @@ RECORD_FIELDS = EVENT_FIELDS[:DATA_INDEX] + EVENT_FIELDS[DATA_INDEX + 1:]
 def event_from_record(record: Record) -> Event:
     meta, data = record
     make: Any = Event  # positional, the payload put back in its place
-    return make(*meta[:DATA_INDEX], data, *meta[DATA_INDEX:])  # type: ignore[no-any-return]
+    event: Event = make(*meta[:DATA_INDEX], data, *meta[DATA_INDEX:])
+    return event
 
 
 def record_from_event(event: Event) -> Record:
@@ -98,6 +99,4 @@ class EventSink(RecordSink):
         self.consume = consume
 
     def take(self, record: Record) -> None:
-        meta, data = record
-        make: Any = Event  # positional, the payload put back in its place
-        self.consume(make(*meta[:DATA_INDEX], data, *meta[DATA_INDEX:]))
+        self.consume(event_from_record(record))

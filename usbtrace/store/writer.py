@@ -37,12 +37,12 @@ from usbtrace.interrupt import Interrupt
 from usbtrace.records import (
     COMPLETE,
     CONTROL,
-    DATA_INDEX,
     GAP,
     TRANSFER_TYPE_NAMES,
     Event,
     Record,
     RecordSink,
+    event_from_record,
     record_from_event,
 )
 from usbtrace.storage.ioctl import IOCTL_NAMES
@@ -606,13 +606,12 @@ def _receive(fd: int) -> tuple[int, Any]:
         return kind, meta
     fields, lengths = meta
     payloads = _read_exact(fd, total) if total else memoryview(b"")
-    make: Any = Event  # positional, the payload put back in its place
     events = []
     offset = 0
     for other, length in zip(fields, lengths):
         data = bytes(payloads[offset:offset + length]) if length else b""
         offset += length
-        events.append(make(*other[:DATA_INDEX], data, *other[DATA_INDEX:]))
+        events.append(event_from_record((other, data)))
     return kind, events
 
 
@@ -762,15 +761,14 @@ class Recorder(RecordSink):
         queue = self._queue
         consume = self._consume
         cost = self.RECORD_COST
-        make: Any = Event  # positional, the payload put back in its place
         try:
             while True:
                 while queue:
                     taken = 0
                     for _ in range(min(len(queue), 1024)):
-                        meta, data = queue.popleft()
-                        taken += len(data) + cost
-                        consume(make(*meta[:DATA_INDEX], data, *meta[DATA_INDEX:]))
+                        record = queue.popleft()
+                        taken += len(record[1]) + cost
+                        consume(event_from_record(record))
                     self._consumed += taken
                     self._room.set()
                 if self._stop and not queue:
