@@ -293,13 +293,15 @@ def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str,
                 endpoint, transfer_type, stream = known
                 size = urb.length
                 data = b""
-                if kind == COMPLETE:
-                    if size and endpoint & 0x80:  # IN: there once the transfer is done
-                        buffer = urb.buffer
-                        if buffer is None:
-                            buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
-                        if buffer is not None:
-                            data = bytes(buffer[:size])
+                done = kind == COMPLETE
+                # IN data is there once the transfer is done, OUT data when it is sent
+                if size and (endpoint & 0x80 if done else not endpoint & 0x80):
+                    buffer = urb.buffer
+                    if buffer is None:
+                        buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
+                    if buffer is not None:
+                        data = bytes(buffer[:size])
+                if done:
                     io_status = irp.io_status
                     information = io_status.information
                     return ((kind, ext.clock(), irp.id, ext.position, major, None, SUBMIT_URB,
@@ -308,12 +310,6 @@ def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str,
                              urb.function, ext.bus, ext.address, endpoint, transfer_type,
                              urb.status, size, None, len(data), None, None, None, None,
                              stream), data)
-                if size and not endpoint & 0x80:  # OUT: there when it is sent
-                    buffer = urb.buffer
-                    if buffer is None:
-                        buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
-                    if buffer is not None:
-                        data = bytes(buffer[:size])
                 return ((kind, ext.clock(), irp.id, ext.position, major, None, SUBMIT_URB,
                          parent, None, None, None, urb.function, ext.bus, ext.address,
                          endpoint, transfer_type, U.USBD_STATUS_PENDING, size, None,
