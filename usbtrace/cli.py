@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import struct
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
@@ -379,9 +380,14 @@ def export(session: int, output: Path, container: str | None, linktype: str | No
                 database.stream(f"SELECT {selected} FROM urbs u "
                                 f"WHERE u.session_id = :id AND {cond} ORDER BY u.seq",
                                 {**params, "id": session}) as (columns, urb_rows):
-            count, urbs = write_capture(urb_rows, cast(BinaryIO, stream), kind, origin,
-                                        chosen, provenance(version, command_line),
-                                        columns=fields)
+            try:
+                count, urbs = write_capture(urb_rows, cast(BinaryIO, stream), kind, origin,
+                                            chosen, provenance(version, command_line),
+                                            columns=fields)
+            except (struct.error, OverflowError) as e:  # no import or recording writes one
+                raise UsbtraceError(f"session {session} holds a value that {kind} records "
+                                    f"in {chosen} cannot carry ({e}): is {db} damaged? "
+                                    f"Nothing was written to {output}") from e
     finally:
         database.close()
     click.echo(f"{output}: {count} {kind} records ({chosen}) from {urbs} URBs of session "
