@@ -67,3 +67,17 @@ def stack() -> Iterator[Stack]:
     assert pending == 0, f"{pending} kernel events still pending at the end of the test"
     loaded = [n for n in s.machine.kernel.drivers if n != "\\Driver\\PnpManager"]
     assert not loaded, f"drivers left loaded: {loaded}"
+
+
+@pytest.fixture(scope="module")
+def recorded_4m(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database with one session recorded on a 4 MiB simulated stick, for a test module
+    that only reads it (or copies it before changing it)."""
+    from click.testing import CliRunner
+
+    from usbtrace.cli import main
+
+    db = tmp_path_factory.mktemp("recorded") / "r.db"
+    result = CliRunner().invoke(main, ["record", "--db", str(db), "--size", "4M"])
+    assert result.exit_code == 0, result.output
+    return db

@@ -14,23 +14,15 @@ from click.testing import CliRunner
 from usbtrace.cli import main
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("damaged") / "r.db"
-    result = CliRunner().invoke(main, ["record", "--db", str(db), "--size", "4M"])
-    assert result.exit_code == 0, result.output
-    return db
-
-
 @pytest.mark.parametrize("linktype,output", [("usbpcap", "o.pcapng"), ("usbmon", "o.pcapng"),
                                              ("usbmon", "o.pcap")])
 @pytest.mark.parametrize("damage", ["bus = 70000", "endpoint = 999",
                                     "submitted_at = 1e300"])
-def test_a_value_no_format_carries_is_one_line_and_no_file(recorded: Path, tmp_path: Path,
+def test_a_value_no_format_carries_is_one_line_and_no_file(recorded_4m: Path, tmp_path: Path,
                                                            linktype: str, output: str,
                                                            damage: str) -> None:
     db = tmp_path / "d.db"
-    shutil.copy(recorded, db)
+    shutil.copy(recorded_4m, db)
     with sqlite3.connect(db) as conn:
         conn.execute(f"UPDATE urbs SET {damage} WHERE seq = (SELECT min(seq) + 5 FROM urbs)")
     out = tmp_path / output
@@ -43,7 +35,7 @@ def test_a_value_no_format_carries_is_one_line_and_no_file(recorded: Path, tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["d.db"]  # no temporary file left
 
 
-def test_the_undamaged_session_still_exports(recorded: Path, tmp_path: Path) -> None:
+def test_the_undamaged_session_still_exports(recorded_4m: Path, tmp_path: Path) -> None:
     out = tmp_path / "o.pcapng"
-    result = CliRunner().invoke(main, ["export", "1", "--db", str(recorded), "-o", str(out)])
+    result = CliRunner().invoke(main, ["export", "1", "--db", str(recorded_4m), "-o", str(out)])
     assert result.exit_code == 0 and out.stat().st_size > 0

@@ -72,21 +72,13 @@ def test_a_huge_gap_is_cut_and_said() -> None:
     assert sent == [0.0, 3600.0] and "cut to 3600 s" in schedule.notes[0]
 
 
-@pytest.fixture(scope="module")
-def session_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("timing") / "t.db"
-    result = CliRunner().invoke(main, ["record", "--db", str(db), "--size", "4M"])
-    assert result.exit_code == 0, result.stderr
-    return db
-
-
-def test_a_host_replay_keeps_the_recorded_timing(session_db: Path) -> None:
+def test_a_host_replay_keeps_the_recorded_timing(recorded_4m: Path) -> None:
     import sqlite3
 
     clock = FakeClock()
-    report = replay("session:1", "host", speed=0.5, db=str(session_db), clock=clock)
+    report = replay("session:1", "host", speed=0.5, db=str(recorded_4m), clock=clock)
     assert report.identical and report.timing is not None
-    first, last, count = sqlite3.connect(session_db).execute(
+    first, last, count = sqlite3.connect(recorded_4m).execute(
         "SELECT min(submitted_at), max(submitted_at), count(*) FROM scsi_commands").fetchone()
     t = report.timing
     assert t.commands == count == report.replayed
@@ -101,9 +93,9 @@ def test_a_host_replay_keeps_the_recorded_timing(session_db: Path) -> None:
     assert set(body) >= {"lateness_max", "lateness_mean", "planned_seconds", "elapsed_seconds"}
 
 
-def test_the_cli_reports_the_achieved_timing(session_db: Path) -> None:
+def test_the_cli_reports_the_achieved_timing(recorded_4m: Path) -> None:
     result = CliRunner().invoke(main, ["replay", "session:1", "--mode", "host", "--speed",
-                                       "1000", "--db", str(session_db), "--json", "-"])
+                                       "1000", "--db", str(recorded_4m), "--json", "-"])
     assert result.exit_code == 0, result.stderr
     assert "timing at speed 1000:" in result.stdout and "ms at most" in result.stdout
     text = result.stdout
@@ -112,7 +104,7 @@ def test_the_cli_reports_the_achieved_timing(session_db: Path) -> None:
     assert body["timing"]["lateness_max"] >= body["timing"]["lateness_mean"] >= 0
     # without --speed there is no schedule to keep
     result = CliRunner().invoke(main, ["replay", "session:1", "--mode", "host", "--db",
-                                       str(session_db), "--json", "-"])
+                                       str(recorded_4m), "--json", "-"])
     assert json.loads(result.stdout[result.stdout.index("{"):])["timing"] is None
 
 
