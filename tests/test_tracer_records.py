@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from usbtrace.devices.image import DiskImage
 from usbtrace.devices.simulated import SimulatedStick
 from usbtrace.machine import DISK_PATH, Machine
@@ -57,3 +60,25 @@ def test_an_event_survives_the_round_trip_through_a_record() -> None:
     fields, payload = record_from_event(event)
     assert payload == event.data and "data" not in RECORD_FIELDS
     assert event_from_record((fields, payload)) == event
+
+
+def test_a_record_carries_the_clock_counter_and_its_event_the_seconds() -> None:
+    """The filter stamps the scheduler's counter (ns), as a kernel filter stamps
+    KeQueryPerformanceCounter; the Event made from the record has seconds, exactly
+    what the clock's own ``now()`` gives for the same counter."""
+    keep = Keep()
+    _workload(keep)
+    stamps = [fields[1] for fields, _ in keep.records]
+    assert all(type(t) is int for t in stamps) and stamps == sorted(stamps)
+    assert stamps[-1] > 0  # the virtual clock moved while the commands ran
+    for record in keep.records:
+        assert event_from_record(record).ts == record[0][1] / 1e9
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=10**15))  # up to 11 days, in ns
+def test_a_time_in_seconds_goes_to_the_counter_and_back_unchanged(ns: int) -> None:
+    event = Event("S", ns / 1e9, 1)
+    fields, _ = record_from_event(event)
+    assert fields[1] == ns
+    assert event_from_record((fields, b"")).ts == event.ts

@@ -62,22 +62,32 @@ class Event:
 
 
 # A record as the tracer writes it: every Event field but the payload, in Event's order,
-# then the payload apart (it travels apart too: see the live storing process)
+# then the payload apart (it travels apart too: see the live storing process).  Its
+# time is the session clock's counter in integer nanoseconds, not seconds: the filter
+# stamps a counter, as a kernel filter calls KeQueryPerformanceCounter, and whoever
+# reads the record converts (``event_from_record``), off the I/O path.
 Record = tuple[tuple[Any, ...], bytes]
 EVENT_FIELDS = tuple(f.name for f in fields(Event))
 DATA_INDEX = EVENT_FIELDS.index("data")
 RECORD_FIELDS = EVENT_FIELDS[:DATA_INDEX] + EVENT_FIELDS[DATA_INDEX + 1:]
+NS = 1e9  # counter ticks a second
 
 
 def event_from_record(record: Record) -> Event:
     meta, data = record
-    make: Any = Event  # positional, the payload put back in its place
-    event: Event = make(*meta[:DATA_INDEX], data, *meta[DATA_INDEX:])
+    make: Any = Event  # positional: the time in seconds, the payload back in its place
+    event: Event = make(meta[0], meta[1] / NS, *meta[2:DATA_INDEX], data, *meta[DATA_INDEX:])
     return event
 
 
 def record_from_event(event: Event) -> Record:
-    return tuple(getattr(event, name) for name in RECORD_FIELDS), event.data
+    meta = tuple(getattr(event, name) for name in RECORD_FIELDS)
+    return (meta[0], round(event.ts * NS)) + meta[2:], event.data
+
+
+def gap_record(ts_ns: int, dropped: int) -> Record:
+    """The record a lossy queue puts where it dropped ``dropped`` records."""
+    return record_from_event(Event(GAP, ts_ns / NS, 0, information=dropped))
 
 
 class RecordSink:

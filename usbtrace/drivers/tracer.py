@@ -90,7 +90,7 @@ class TracerExtension:
     lower: DeviceObject
     position: str  # "lower" (on the PDO: URB level) or "upper" (above the disk driver)
     sink: Callable[[Record], None] | None  # None: no one takes the records, so none are made
-    clock: Callable[[], float]
+    clock: Callable[[], int]  # the scheduler's counter in ns: records carry it as it is
     bus: int | None = None
     address: int | None = None
     upper_payload: bool = False
@@ -127,7 +127,8 @@ def TracerAddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N8
         return STATUS_SUCCESS  # switched off here: stay out of the stack
     filter_do = IoCreateDevice(driver, None, None, pdo.device_type)
     lower = IoAttachDeviceToDeviceStack(filter_do, pdo)
-    ext = TracerExtension(lower, position, config["sink"], driver.kernel.scheduler.now,
+    ext = TracerExtension(lower, position, config["sink"],
+                          driver.kernel.scheduler.performance_counter(),
                           upper_payload=config["upper_payload"])
     filter_do.device_extension = ext
     IoInitializeRemoveLock(ext.remove_lock, driver.kernel.scheduler, f"usbtrace {position}")
@@ -268,10 +269,10 @@ def _learn_from(ext: TracerExtension, urb: U.Urb) -> None:
 
 # The records below are flat tuples in Event's field order, the payload apart
 # (usbtrace.records.Record): one tuple a pass, as a kernel filter writes one record
-# into its buffer, and no object.  Fields, in order: kind, ts, irp_id, position, major,
-# minor, ioctl, parent_irp_id, status, information, detail, urb_function, bus, device,
-# endpoint, transfer_type, urb_status, length, setup, data_length, offset, file_object,
-# record_number, raw_status, stream_id.
+# into its buffer, and no object.  Fields, in order: kind, ts (the clock's counter, in
+# ns), irp_id, position, major, minor, ioctl, parent_irp_id, status, information,
+# detail, urb_function, bus, device, endpoint, transfer_type, urb_status, length, setup,
+# data_length, offset, file_object, record_number, raw_status, stream_id.
 
 
 def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str,

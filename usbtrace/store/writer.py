@@ -38,12 +38,13 @@ from usbtrace.records import (
     COMPLETE,
     CONTROL,
     GAP,
+    NS,
     TRANSFER_TYPE_NAMES,
     Event,
     Record,
     RecordSink,
     event_from_record,
-    record_from_event,
+    gap_record,
 )
 from usbtrace.storage.ioctl import IOCTL_NAMES
 from usbtrace.store.database import Database
@@ -689,7 +690,7 @@ class Recorder(RecordSink):
         self.lossy = lossy
         self.dropped = 0
         self._gap = 0  # records dropped since the last one queued
-        self._gap_ts = 0.0  # the time of the last one dropped
+        self._gap_ts = 0  # the counter (ns) of the last one dropped
         self.waits = 0  # times a lossless producer had to wait
         self._consume = consume or writer.feed
         self._queue: deque[Record] = deque()
@@ -747,8 +748,7 @@ class Recorder(RecordSink):
                     raise RuntimeError("the writer thread failed") from self._error
                 self._room.wait(0.05)
         if self._gap:  # the writer must know where records are missing
-            self._queue.append(record_from_event(Event(GAP, record[0][1], 0,
-                                                       information=self._gap)))
+            self._queue.append(gap_record(record[0][1], self._gap))
             self._produced += self.RECORD_COST
             self._gap = 0
         self._produced += cost
@@ -807,9 +807,10 @@ class Recorder(RecordSink):
             self._room.set()
 
     def close(self, notes: str | None = None, state: str = "complete") -> None:
-        if self._gap:  # at the last record dropped (a storing process has the writer's ts)
-            ts = self._gap_ts if self._process is not None else self.writer.last_ts
-            self._queue.append(record_from_event(Event(GAP, ts, 0, information=self._gap)))
+        if self._gap:  # at the last record dropped (the writer's last time if it is here)
+            ts_ns = self._gap_ts if self._process is not None else \
+                round(self.writer.last_ts * NS)
+            self._queue.append(gap_record(ts_ns, self._gap))
             self._produced += self.RECORD_COST
             self._gap = 0
         self._stop = True
