@@ -69,24 +69,35 @@ def hex_id(value: int | None) -> str | None:
     return None if value is None else f"0x{value & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
-def irp_row(session_id: int, x: Exchange) -> dict[str, Any]:
+IRP_COLUMNS = tuple(c.name for c in IrpRow.__table__.columns)
+# NTSTATUS -> its name: a session uses a handful, and the enum's lookup by value is slow
+_status_names: dict[int, str | None] = {}
+
+
+def irp_row(session_id: int, x: Exchange, _majors: dict[int, str] = MAJOR_NAMES,
+            _ioctls: dict[int, str] = IOCTL_NAMES,
+            _statuses: dict[int, str | None] = _status_names) -> tuple[Any, ...]:
+    """An ``irps`` row as a tuple in ``IRP_COLUMNS`` order (four a read, live)."""
     s, c = x.submit, x.complete
     first = x.first
     major = first.major if first.major is not None else -1
-    return {
-        "session_id": session_id, "seq": x.seq, "irp_id": hex_id(x.irp_id),
-        "parent_irp_id": hex_id(first.parent_irp_id), "position": x.position,
-        "major": MAJOR_NAMES.get(major, f"0x{major:02x}"),
-        "minor": minor_name(major, first.minor),
-        "ioctl": IOCTL_NAMES.get(first.ioctl, f"0x{first.ioctl:08x}")
-        if first.ioctl is not None else None,
-        "status": status_name(c.status) if c else None,
-        "information": c.information if c else None,
-        "detail": (c.detail if c and c.detail else first.detail),
-        "offset": first.offset, "length": first.length if first.offset is not None else None,
-        "file_object": first.file_object,
-        "submitted_at": s.ts if s else None, "completed_at": c.ts if c else None,
-    }
+    ioctl = first.ioctl
+    status = None
+    if c is not None and c.status is not None:
+        status = _statuses.get(c.status)
+        if status is None:
+            if len(_statuses) >= HEX_IDS:
+                _statuses.clear()
+            status = _statuses[c.status] = status_name(c.status)
+    return (
+        session_id, x.seq, hex_id(x.irp_id), hex_id(first.parent_irp_id), x.position,
+        _majors.get(major) or f"0x{major:02x}", minor_name(major, first.minor),
+        None if ioctl is None else (_ioctls.get(ioctl) or f"0x{ioctl:08x}"),
+        status, c.information if c else None,
+        (c.detail if c and c.detail else first.detail),
+        first.offset, first.length if first.offset is not None else None,
+        first.file_object, s.ts if s else None, c.ts if c else None,
+    )
 
 
 URB_COLUMNS = tuple(c.name for c in UrbRow.__table__.columns)
@@ -200,13 +211,6 @@ class BulkInsert:
         self.columns = columns
         names = ", ".join(quote(c) for c in columns)  # "offset" is reserved in PostgreSQL
         self.sql = f"INSERT INTO {quote(table.name)} ({names}) VALUES ({marks})"
-        self.pick = operator.itemgetter(*columns)
-
-    def params(self, rows: list[Any]) -> list[Any]:
-        if self.named:
-            return rows
-        pick = self.pick
-        return [pick(r) for r in rows]
 
     def execute(self, conn: Connection, params: list[Any]) -> None:
         if self.named and params and isinstance(params[0], tuple):
@@ -322,7 +326,7 @@ class SessionWriter:
         self._gap_dropped = 0  # of those, the ones whose place is known (the gaps table)
         self.unanswered_out = 0  # bulk OUT submissions with data whose completion never came
         self.last_ts = 0.0
-        self._irps: list[dict[str, Any]] = []
+        self._irps: list[tuple[Any, ...]] = []
         self._urbs: list[tuple[Any, ...]] = []
         self._cmds: list[tuple[Any, ...]] = []
         self.attribute_files = attribute_files
@@ -464,7 +468,7 @@ class SessionWriter:
         if not (self._irps or self._urbs or self._cmds or self._files or self._gaps):
             return
         batch: list[tuple[str, Any]] = [
-            (name, self._bulk[name].params(rows) if name == "irps" else rows)
+            (name, rows)
             for name, rows in (("irps", self._irps), ("urbs", self._urbs),
                                ("scsi_commands", self._cmds), ("file_activity", self._files),
                                ("gaps", self._gaps))
