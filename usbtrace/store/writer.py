@@ -593,14 +593,17 @@ def _read_exact(fd: int, size: int) -> memoryview:
     return view
 
 
+_FIELDS_OF, _PAYLOAD_OF = operator.itemgetter(0), operator.itemgetter(1)
+
+
 def _ship_records(fd: int, records: list[Record]) -> None:
     """One message: the records' fields pickled, then their payloads as they are."""
-    payloads = [r[1] for r in records]
-    meta = pickle.dumps(([r[0] for r in records], [len(p) for p in payloads]),
+    payloads = list(map(_PAYLOAD_OF, records))
+    lengths = list(map(len, payloads))
+    meta = pickle.dumps((list(map(_FIELDS_OF, records)), lengths),
                         protocol=pickle.HIGHEST_PROTOCOL)
-    total = sum(len(p) for p in payloads)
-    _write_all(fd, [FRAME.pack(BATCH_FRAME, len(meta), total), meta,
-                    *(p for p in payloads if p)])
+    _write_all(fd, [FRAME.pack(BATCH_FRAME, len(meta), sum(lengths)), meta,
+                    *filter(None, payloads)])
 
 
 def _receive(fd: int) -> tuple[int, Any]:
@@ -756,9 +759,11 @@ class Recorder(RecordSink):
             self._produced += self.RECORD_COST
             self._gap = 0
         self._produced += cost
-        self._queue.append(record)
-        # one wake-up a drain: Event.set takes a lock and notifies
-        if len(self._queue) >= 64 and not self._wake.is_set():
+        queue = self._queue
+        queue.append(record)
+        # one wake-up as the queue reaches 64 records (Event.set takes a lock and
+        # notifies); a drain that finds it empty waits at most 10 ms for the next
+        if len(queue) == 64:
             self._wake.set()
 
     def _run(self) -> None:
@@ -786,21 +791,23 @@ class Recorder(RecordSink):
     def _ship(self) -> None:
         """Hand the queued records to the storing process, about a MiB a message."""
         queue = self._queue
+        popleft = queue.popleft
         cost = self.RECORD_COST
         fd = self._fd
         try:
             while True:
                 while queue:
                     taken = 0
-                    batch = []
+                    batch: list[Record] = []
+                    append = batch.append
                     for _ in range(min(len(queue), 4096)):
-                        record = queue.popleft()
-                        taken += len(record[1]) + cost
-                        batch.append(record)
+                        record = popleft()
+                        append(record)
+                        taken += len(record[1])
                         if taken >= SHIP_BYTES:
                             break
                     _ship_records(fd, batch)
-                    self._consumed += taken
+                    self._consumed += taken + cost * len(batch)
                     self._room.set()
                 if self._stop and not queue:
                     return
