@@ -75,8 +75,9 @@ NS = 1e9  # counter ticks a second
 
 def event_from_record(record: Record) -> Event:
     meta, data = record
-    make: Any = Event  # positional: the time in seconds, the payload back in its place
-    event: Event = make(meta[0], meta[1] / NS, *meta[2:DATA_INDEX], data, *meta[DATA_INDEX:])
+    make: Any = Event  # positional, the payload put back in its place
+    event: Event = make(*meta[:DATA_INDEX], data, *meta[DATA_INDEX:])
+    event.ts /= NS  # the counter, in seconds
     return event
 
 

@@ -635,15 +635,13 @@ def _storing_main(writer: SessionWriter, data_fd: int, parent_fd: int, reply: An
     # the parent's pooled connections are the parent's: open our own
     writer.database.engine.dispose(close=False)
     error: str | None = None
-    feed = writer.feed
     try:
         while True:
             kind, message = _receive(data_fd)
             if kind == BATCH_FRAME:
                 if error is None:
                     try:
-                        for event in message:
-                            feed(event)
+                        writer.feed_all(message)
                     except Exception as e:
                         error = f"{type(e).__name__}: {e}"
                 continue
