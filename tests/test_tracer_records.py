@@ -3,6 +3,7 @@ makes the Events.  Whatever a sink takes, the log is the same."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from hypothesis import given, settings
@@ -82,3 +83,19 @@ def test_a_time_in_seconds_goes_to_the_counter_and_back_unchanged(ns: int) -> No
     fields, _ = record_from_event(event)
     assert fields[1] == ns
     assert event_from_record((fields, b"")).ts == event.ts
+
+
+def test_on_the_wall_clock_records_carry_nanoseconds_since_the_start() -> None:
+    """Real hardware runs on the wall clock: the counter is monotonic ns from the
+    scheduler's start, and the Events' seconds lie within the time the run took."""
+    keep = Keep()
+    started = time.monotonic()
+    machine = Machine(SimulatedStick(DiskImage.in_memory(4 << 20)), sink=keep,
+                      clock="wall").start()
+    win32 = machine.win32
+    win32.ReadFile(win32.CreateFile(DISK_PATH), bytearray(4096), 0)
+    machine.stop()
+    took = time.monotonic() - started
+    stamps = [fields[1] for fields, _ in keep.records]
+    assert stamps and all(type(t) is int for t in stamps) and stamps == sorted(stamps)
+    assert 0 < event_from_record(keep.records[-1]).ts <= took
