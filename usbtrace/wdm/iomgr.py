@@ -40,6 +40,7 @@ from usbtrace.wdm.irp import (
     CancelRoutine,
     CompletionRoutine,
     Irp,
+    release_irp,
 )
 from usbtrace.wdm.sched import APC_LEVEL, DISPATCH_LEVEL, BugCheck, KSpinLock
 from usbtrace.wdm.status import NTSTATUS
@@ -343,9 +344,7 @@ def _completion_on_deleted(device: DeviceObject, irp: Irp) -> None:
 
 
 def _free(irp: Irp) -> None:
-    irp.freed = True
-    if irp.registry is not None:
-        irp.registry.pop(irp.id, None)
+    release_irp(irp)
 
 
 def _finish(irp: Irp) -> None:
