@@ -136,7 +136,7 @@ def IoSetCancelRoutine(irp: Irp, routine: CancelRoutine | None) -> CancelRoutine
 def _cancel_lock(device: DeviceObject) -> KSpinLock:
     """The machine's one cancel spin lock (IopCancelSpinLock)."""
     kernel = device.driver_object.kernel
-    lock: KSpinLock | None = getattr(kernel, "cancel_spin_lock", None)
+    lock: KSpinLock | None = kernel.cancel_spin_lock
     if lock is None:
         lock = KSpinLock("the cancel spin lock")
         kernel.cancel_spin_lock = lock
@@ -216,8 +216,10 @@ def IoStartPacket(device: DeviceObject, irp: Irp, key: int | None,  # noqa: N802
     lock = _cancel_lock(device)
     irql = sched.KeAcquireSpinLock(lock)
     if cancel_function is not None:
-        IoSetCancelRoutine(irp, cancel_function)
-    queue = _device_queue(device)
+        irp.cancel_routine = cancel_function  # IoSetCancelRoutine
+    queue = device.device_queue
+    if queue is None:
+        queue = device.device_queue = KDeviceQueue()
     if queue.busy:
         if key is None:
             queue.entries.append(irp)
@@ -255,7 +257,9 @@ def IoStartNextPacket(device: DeviceObject, cancelable: bool) -> None:  # noqa: 
     if cancelable:
         sched.KeAcquireSpinLockAtDpcLevel(lock)
     device.current_irp = None
-    queue = _device_queue(device)
+    queue = device.device_queue
+    if queue is None:
+        queue = device.device_queue = KDeviceQueue()
     irp = queue.entries.pop(0) if queue.entries else None
     if irp is None:
         queue.busy = False
