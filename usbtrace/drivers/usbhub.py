@@ -125,7 +125,7 @@ USBD_TO_NTSTATUS = {
 }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Transfer:
     """One URB in the host controller: queued, then run, then done."""
 
