@@ -325,10 +325,12 @@ class ReplayedDevice(DeviceBackend):
     def _finish_out(self) -> None:
         if self._compare_out is not None:
             recorded, replayed = self._compare_out
-            got = bytes(self._out[: len(recorded)])
             if replayed:
+                out = self._out
                 self.report.compared_bytes += len(recorded)
-                if got != recorded:
+                # compared in place; copied only to say how they differ
+                if (out if len(out) == len(recorded) else out[: len(recorded)]) != recorded:
+                    got = bytes(out[: len(recorded)])
                     self._diverge("data_out", recorded, got,
                                   offset=first_difference(recorded, got))
         self.state = "status"

@@ -191,7 +191,7 @@ class BulkOnlyDevice:
     def _case(self, case: int, residue: int, status: int, event: str) -> None:
         self.history.append(CASE_NAMES[case])
         self._residue, self._status = residue, status
-        self._move(event)
+        self.state = BOT_TRANSITIONS[(self.state, event)]  # _move, inline
         if event == "cbw_no_data":
             self._finish(residue, status)
 
@@ -226,13 +226,13 @@ class BulkOnlyDevice:
             if self._in_pos >= len(data):
                 self._in_data = b""
                 self._finish(self._residue, self._status)
-                self._move("data_done")
+                self.state = BOT_TRANSITIONS[("data_in", "data_done")]  # _move, inline
             return USBD_STATUS_SUCCESS, n
         if state == "status":
             csw = self._csw
             n = min(len(buffer), len(csw))
             buffer[:n] = csw[:n]
-            self._move("csw_sent")
+            self.state = BOT_TRANSITIONS[("status", "csw_sent")]  # _move, inline
             return USBD_STATUS_SUCCESS, n
         # Nothing to send: the device NAKs until the host gives up.
         return USBD_STATUS_TIMEOUT, 0

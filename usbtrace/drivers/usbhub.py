@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from usbtrace.devices.base import DeviceBackend, TransferResult, read_configuration
@@ -124,7 +125,7 @@ USBD_TO_NTSTATUS = {
 }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Transfer:
     """One URB in the host controller: queued, then run, then done."""
 
@@ -684,22 +685,22 @@ def UsbhubDispatchDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa:
 
 
 def UsbhubDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
-    loc = irp.IoGetCurrentIrpStackLocation()
-    if not _is_fdo(device) and \
-            loc.parameters.io_control_code == U.IOCTL_INTERNAL_USB_SUBMIT_IDLE_NOTIFICATION:
-        return UsbhubSubmitIdleNotification(device, irp)
-    if not _is_fdo(device) and \
-            loc.parameters.io_control_code == U.IOCTL_INTERNAL_USB_GET_PARENT_HUB_INFO:
-        pdo_ext: UsbDevicePdoExtension = device.device_extension
-        parent = loc.parameters.type3_input_buffer
-        parent.parent_hub_pdo = pdo_ext.hub.lower  # the hub FDO sits on it
-        parent.port_number = pdo_ext.port + 1  # USB port numbers count from 1
-        parent.root_hub_pdo = pdo_ext.hub.lower  # the model's one hub is the root hub
-        return complete_irp(irp, STATUS_SUCCESS)
-    if _is_fdo(device) or loc.parameters.io_control_code != U.IOCTL_INTERNAL_USB_SUBMIT_URB:
+    parameters = irp.stack[irp.current_location].parameters  # IoGetCurrentIrpStackLocation
+    ext = device.device_extension
+    code = parameters.io_control_code
+    if code != U.IOCTL_INTERNAL_USB_SUBMIT_URB or isinstance(ext, HubFdoExtension):
+        if isinstance(ext, HubFdoExtension):
+            return complete_irp(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
+        if code == U.IOCTL_INTERNAL_USB_SUBMIT_IDLE_NOTIFICATION:
+            return UsbhubSubmitIdleNotification(device, irp)
+        if code == U.IOCTL_INTERNAL_USB_GET_PARENT_HUB_INFO:
+            parent = parameters.type3_input_buffer
+            parent.parent_hub_pdo = ext.hub.lower  # the hub FDO sits on it
+            parent.port_number = ext.port + 1  # USB port numbers count from 1
+            parent.root_hub_pdo = ext.hub.lower  # the model's one hub is the root hub
+            return complete_irp(irp, STATUS_SUCCESS)
         return complete_irp(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
-    ext: UsbDevicePdoExtension = device.device_extension
-    urb: U.Urb = loc.parameters.type3_input_buffer
+    urb: U.Urb = parameters.type3_input_buffer
     if ext.removed or not ext.present or not ext.backend.connected:
         urb.status = U.USBD_STATUS_DEVICE_GONE
         return complete_irp(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
@@ -736,9 +737,10 @@ def _urb_bulk(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], TransferResu
         if pipe.endpoint_address & 0x80:
             return lambda: backend.stream_in(pipe.endpoint_address, stream, view)
         return lambda: backend.stream_out(pipe.endpoint_address, stream, view)
+    # partial, not a lambda: the controller calls it without a Python frame of its own
     if pipe.endpoint_address & 0x80:
-        return lambda: backend.bulk_in(pipe.endpoint_address, view)
-    return lambda: backend.bulk_out(pipe.endpoint_address, view)
+        return partial(backend.bulk_in, pipe.endpoint_address, view)
+    return partial(backend.bulk_out, pipe.endpoint_address, view)
 
 
 def _urb_control(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], TransferResult]:
@@ -881,14 +883,14 @@ def _host_controller_queue(hub: HubFdoExtension, transfer: Transfer) -> None:
     start = hub.busy_until_ns if hub.busy_until_ns > now else now
     hub.busy_until_ns = start
     hub.scheduled += 1
-    hub.idle.KeClearEvent()
+    hub.idle.signaled = False  # KeClearEvent
     sched.schedule(start - now, _host_controller_run, hub, transfer)
 
 
 def _host_controller_event_done(hub: HubFdoExtension) -> None:
     hub.scheduled -= 1
     if hub.scheduled == 0:
-        hub.idle.KeSetEvent()
+        hub.idle.signaled = True  # KeSetEvent
 
 
 def _host_controller_run(hub: HubFdoExtension, transfer: Transfer) -> None:
@@ -906,8 +908,9 @@ def _host_controller_run(hub: HubFdoExtension, transfer: Transfer) -> None:
     transfer.result = result
     sched = hub.fdo.driver_object.kernel.scheduler
     now = sched.now_ns()
-    hub.busy_until_ns = max(hub.busy_until_ns, now) + result.duration_ns
-    sched.schedule(hub.busy_until_ns - now, _host_controller_done, hub, transfer)
+    busy = hub.busy_until_ns
+    hub.busy_until_ns = busy = (busy if busy > now else now) + result.duration_ns
+    sched.schedule(busy - now, _host_controller_done, hub, transfer)
     if hub.parked:  # the device took or gave something: the NAKed transfers try again
         retry, hub.parked = hub.parked, []
         for waiting in retry:
@@ -916,7 +919,9 @@ def _host_controller_run(hub: HubFdoExtension, transfer: Transfer) -> None:
 
 
 def _host_controller_done(hub: HubFdoExtension, transfer: Transfer) -> None:
-    _host_controller_event_done(hub)
+    hub.scheduled -= 1  # _host_controller_event_done, inline
+    if hub.scheduled == 0:
+        hub.idle.signaled = True
     if transfer.cancelled:
         return
     hub.done.append(transfer)

@@ -1082,7 +1082,7 @@ def _send_phase(request: Request, phase: str) -> None:
         raise AssertionError(phase)
     request.urb = urb
     irp = request.irp
-    loc = irp.IoGetNextIrpStackLocation()
+    loc = irp.stack[irp.current_location - 1]  # IoGetNextIrpStackLocation
     loc.major_function = IRP_MJ_INTERNAL_DEVICE_CONTROL
     loc.minor_function = 0
     loc.parameters = DeviceIoControlParameters(U.IOCTL_INTERNAL_USB_SUBMIT_URB, 0, 0, urb)

@@ -119,24 +119,34 @@ def _issue(win32: Win32, handle: int, disk_size: int, cmd: ScsiCommand, number: 
                   info.blocks and length == info.blocks * 512 and length <= MAX_SRB and
                   info.lba is not None and (info.lba * 512 + length) <= disk_size and
                   cmd.data_direction == ("in" if info.opcode == scsi.READ_10 else "out"))
-    buffer = bytearray(length)  # bounded: see _bounded
-    if cmd.data_direction == "out":
-        recorded_out = cmd.data[:length]
-        buffer[: len(recorded_out)] = recorded_out
+    # the data sent (OUT) or the buffer filled (IN): bounded, see _bounded; a write
+    # of a payload recorded whole sends the recorded bytes as they are, without copies
+    out = b""
+    buffer: bytearray | None = None
+    if cmd.data_direction != "out":
+        buffer = bytearray(length)
+    else:
+        out = bytes(cmd.data[:length])  # no copy when it is bytes already
+        if len(out) < length:
+            out += bytes(length - len(out))
+        if not as_file_io:
+            buffer = bytearray(out)
     ok = True
     if as_file_io:
         assert info.lba is not None
         try:
             if info.opcode == scsi.READ_10:
+                assert buffer is not None
                 win32.ReadFile(handle, buffer, info.lba * 512)
             else:
-                win32.WriteFile(handle, bytes(buffer), info.lba * 512)
+                win32.WriteFile(handle, out, info.lba * 512)
         except NtStatusError as e:
             ok = False
             report.add(Divergence(number, describe(cmd), "status", "success", str(e)))
     else:
         direction = {"in": io.SCSI_IOCTL_DATA_IN, "out": io.SCSI_IOCTL_DATA_OUT}.get(
             cmd.data_direction, io.SCSI_IOCTL_DATA_UNSPECIFIED)
+        assert buffer is not None
         sptd = io.ScsiPassThroughDirect(bytes(cmd.cdb), direction, length, buffer, Lun=cmd.lun)
         try:
             win32.DeviceIoControl(handle, io.IOCTL_SCSI_PASS_THROUGH_DIRECT, sptd)
@@ -151,9 +161,12 @@ def _issue(win32: Win32, handle: int, disk_size: int, cmd: ScsiCommand, number: 
                                       "good" if sptd.ScsiStatus == 0 else "check_condition"))
                 ok = False
     if ok and cmd.data_direction == "in" and recorded_ok:
+        assert buffer is not None
         recorded = cmd.data
-        got = bytes(buffer[: len(recorded)])
         report.compared_bytes += len(recorded)
-        if got != recorded:
+        same = buffer == recorded if len(buffer) == len(recorded) else \
+            buffer[: len(recorded)] == recorded
+        if not same:
+            got = bytes(buffer[: len(recorded)])
             report.add(Divergence(number, describe(cmd), "data_in at the top", recorded, got,
                                   offset=first_difference(recorded, got)))

@@ -80,16 +80,12 @@ def replay_host(recording: Recording, target: DeviceBackend, report: Report,
 def _replay_command(target: DeviceBackend, interface: int, in_ep: int, out_ep: int,
                     index: int, cmd: ScsiCommand, report: Report) -> None:
     """One command's CBW, data and CSW, each answer compared with the recording."""
-
-    def diverge(field: str, expected: object, actual: object, note: str = "",
-                offset: int | None = None) -> None:
-        report.add(Divergence(index, describe(cmd), field, expected, actual, note, offset))
-
     direction = cmd.data_direction
     length = cmd.expected_length
     if direction == "out" and cmd.data_truncated:
-        diverge("recording", "the OUT data", f"{len(cmd.data)} of {cmd.data_length} bytes",
-                "the capture cut this command's data short: it cannot be sent again")
+        _diverge(report, index, cmd, "recording", "the OUT data",
+                 f"{len(cmd.data)} of {cmd.data_length} bytes",
+                 "the capture cut this command's data short: it cannot be sent again")
         report.replayed += 1
         return
     cbw = bot.build_cbw(cmd.tag, length, direction == "in", cmd.lun, bytes(cmd.cdb))
@@ -97,12 +93,15 @@ def _replay_command(target: DeviceBackend, interface: int, in_ep: int, out_ep: i
     urbs = 1
     if result.status != USBD_STATUS_SUCCESS:
         report.urbs += urbs
-        diverge("cbw", "accepted", f"USBD status 0x{result.status:08x}")
+        _diverge(report, index, cmd, "cbw", "accepted", f"USBD status 0x{result.status:08x}")
         _recover(target, interface, in_ep, out_ep)
         report.replayed += 1
         return
     if length and direction == "out":
-        result = target.bulk_out(out_ep, bytearray(cmd.data[:length]))
+        data = cmd.data
+        # the recorded bytes as they are: the target copies what it keeps
+        result = target.bulk_out(out_ep, memoryview(data)[:length] if len(data) > length
+                                 else memoryview(data))
         urbs += 1
         if result.status == USBD_STATUS_STALL_PID:
             target.clear_halt(out_ep)
@@ -113,14 +112,23 @@ def _replay_command(target: DeviceBackend, interface: int, in_ep: int, out_ep: i
         urbs += 1
         if result.status == USBD_STATUS_STALL_PID:
             target.clear_halt(in_ep)
-        got = buffer[: result.actual]
-        if cmd.data_truncated:
-            del got[len(recorded):]
         report.compared_bytes += len(recorded)
-        if got != recorded:
+        actual = result.actual
+        if actual == len(buffer) == len(recorded):  # the usual: compared in place
+            same = buffer == recorded
+        else:
+            got = buffer[:actual]
+            if cmd.data_truncated:
+                del got[len(recorded):]
+            same = got == recorded
+        if not same:
+            got = buffer[:actual]
+            if cmd.data_truncated:
+                del got[len(recorded):]
             seen = bytes(got)
-            diverge("data_in", recorded, seen, offset=first_difference(recorded, seen),
-                    note="compared the captured part only" if cmd.data_truncated else "")
+            _diverge(report, index, cmd, "data_in", recorded, seen,
+                     offset=first_difference(recorded, seen),
+                     note="compared the captured part only" if cmd.data_truncated else "")
     csw_buffer = bytearray(bot.CSW_LENGTH)
     result = target.bulk_in(in_ep, csw_buffer)
     urbs += 1
@@ -135,15 +143,22 @@ def _replay_command(target: DeviceBackend, interface: int, in_ep: int, out_ep: i
     if status == "missing":
         return  # nothing recorded to compare with
     if csw is None:
-        diverge("csw", "a CSW", bytes(csw_buffer[: result.actual]))
+        _diverge(report, index, cmd, "csw", "a CSW", bytes(csw_buffer[: result.actual]))
         _recover(target, interface, in_ep, out_ep)
         return
     if csw.tag != cmd.tag:
-        diverge("csw tag", cmd.tag, csw.tag)
+        _diverge(report, index, cmd, "csw tag", cmd.tag, csw.tag)
     if csw.status != STATUS_CODES.get(status, -1):
-        diverge("csw status", status, bot.CSW_STATUS_NAMES.get(csw.status, csw.status))
+        _diverge(report, index, cmd, "csw status", status,
+                 bot.CSW_STATUS_NAMES.get(csw.status, csw.status))
     if cmd.residue is not None and csw.residue != cmd.residue:
-        diverge("residue", cmd.residue, csw.residue)
+        _diverge(report, index, cmd, "residue", cmd.residue, csw.residue)
+
+
+def _diverge(report: Report, index: int, cmd: ScsiCommand, field: str, expected: object,
+             actual: object, note: str = "", offset: int | None = None) -> None:
+    """A divergence of command ``index`` (a function, not a closure made per command)."""
+    report.add(Divergence(index, describe(cmd), field, expected, actual, note, offset))
 
 
 def _recover(target: DeviceBackend, interface: int, in_ep: int, out_ep: int) -> None:

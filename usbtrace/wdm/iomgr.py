@@ -40,6 +40,7 @@ from usbtrace.wdm.irp import (
     CancelRoutine,
     CompletionRoutine,
     Irp,
+    release_irp,
 )
 from usbtrace.wdm.sched import APC_LEVEL, DISPATCH_LEVEL, BugCheck, KSpinLock
 from usbtrace.wdm.status import NTSTATUS
@@ -135,7 +136,7 @@ def IoSetCancelRoutine(irp: Irp, routine: CancelRoutine | None) -> CancelRoutine
 def _cancel_lock(device: DeviceObject) -> KSpinLock:
     """The machine's one cancel spin lock (IopCancelSpinLock)."""
     kernel = device.driver_object.kernel
-    lock: KSpinLock | None = getattr(kernel, "cancel_spin_lock", None)
+    lock: KSpinLock | None = kernel.cancel_spin_lock
     if lock is None:
         lock = KSpinLock("the cancel spin lock")
         kernel.cancel_spin_lock = lock
@@ -215,8 +216,10 @@ def IoStartPacket(device: DeviceObject, irp: Irp, key: int | None,  # noqa: N802
     lock = _cancel_lock(device)
     irql = sched.KeAcquireSpinLock(lock)
     if cancel_function is not None:
-        IoSetCancelRoutine(irp, cancel_function)
-    queue = _device_queue(device)
+        irp.cancel_routine = cancel_function  # IoSetCancelRoutine
+    queue = device.device_queue
+    if queue is None:
+        queue = device.device_queue = KDeviceQueue()
     if queue.busy:
         if key is None:
             queue.entries.append(irp)
@@ -254,7 +257,9 @@ def IoStartNextPacket(device: DeviceObject, cancelable: bool) -> None:  # noqa: 
     if cancelable:
         sched.KeAcquireSpinLockAtDpcLevel(lock)
     device.current_irp = None
-    queue = _device_queue(device)
+    queue = device.device_queue
+    if queue is None:
+        queue = device.device_queue = KDeviceQueue()
     irp = queue.entries.pop(0) if queue.entries else None
     if irp is None:
         queue.busy = False
@@ -343,9 +348,7 @@ def _completion_on_deleted(device: DeviceObject, irp: Irp) -> None:
 
 
 def _free(irp: Irp) -> None:
-    irp.freed = True
-    if irp.registry is not None:
-        irp.registry.pop(irp.id, None)
+    release_irp(irp)
 
 
 def _finish(irp: Irp) -> None:

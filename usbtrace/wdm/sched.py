@@ -195,14 +195,19 @@ class Scheduler:
 
     def KeAcquireSpinLock(self, lock: KSpinLock) -> int:  # noqa: N802
         """Raise to DISPATCH_LEVEL and take ``lock``; the old IRQL, for the release."""
-        if self.irql > DISPATCH_LEVEL:
+        old = self.irql
+        if old > DISPATCH_LEVEL:
             raise BugCheck("IRQL_NOT_LESS_OR_EQUAL", f"{lock.name} acquired above DISPATCH_LEVEL")
-        old = self.KeRaiseIrql(DISPATCH_LEVEL)
-        self._take(lock)
+        self.irql = DISPATCH_LEVEL  # KeRaiseIrql, inline: from at most DISPATCH_LEVEL
+        if lock.held:  # _take, inline
+            raise BugCheck("SPIN_LOCK_ALREADY_OWNED", f"{lock.name} acquired twice")
+        lock.held = True
         return old
 
     def KeReleaseSpinLock(self, lock: KSpinLock, old_irql: int) -> None:  # noqa: N802
-        self._give(lock)
+        if not lock.held:  # _give, inline
+            raise BugCheck("SPIN_LOCK_NOT_OWNED", f"{lock.name} released but not held")
+        lock.held = False
         self.KeLowerIrql(old_irql)
 
     def KeAcquireSpinLockAtDpcLevel(self, lock: KSpinLock) -> None:  # noqa: N802
@@ -292,7 +297,12 @@ class Scheduler:
         self.irql = interrupt.irql
         interrupt.count += 1
         interrupt.service_routine(interrupt, interrupt.context)
-        self.KeLowerIrql(old)
+        # KeLowerIrql(old), inline: the ISR's DPC runs here, once the ISR returned
+        if old > self.irql:
+            raise BugCheck("IRQL_NOT_LESS_OR_EQUAL", f"lower from {self.irql} to {old}")
+        self.irql = old
+        if old < DISPATCH_LEVEL and self._dpcs:
+            self._drain_dpcs()
 
     def KeInsertQueueDpc(self, dpc: KDpc) -> bool:  # noqa: N802
         if dpc.queued:
@@ -304,7 +314,8 @@ class Scheduler:
         return True
 
     def _drain_dpcs(self) -> None:
-        old = self.KeRaiseIrql(DISPATCH_LEVEL)
+        old = self.irql  # below DISPATCH_LEVEL: callers check
+        self.irql = DISPATCH_LEVEL
         dpcs = self._dpcs
         try:
             while dpcs:
@@ -343,13 +354,7 @@ class Scheduler:
             return False
         when, _, callback, args = heapq.heappop(self._events)
         if callback is _timer_entry:
-            timer = args[0]
-            if not self._timer_entry_due(when, timer):
-                return True  # cancelled, or due later: no time passes
-            if self.clock == "virtual" and when > self._now_ns:
-                self._now_ns = when
-            if timer.dpc is not None:
-                self.KeInsertQueueDpc(timer.dpc)
+            self._timer_entry_run(when, args[0])
             return True
         if self.clock == "virtual" and when > self._now_ns:
             self._now_ns = when
@@ -375,11 +380,34 @@ class Scheduler:
             return
         self.check_running(what)
         self.require_irql(APC_LEVEL, "KeWaitForSingleObject")
-        run_one = self.run_one
+        # run_one, inline: a replayed command waits through five events or so
+        events = self._events
+        pop = heapq.heappop
+        virtual = self.clock == "virtual"
         while not event.signaled:
-            if not run_one():
+            if not events:
                 self.check_running(what)
                 raise Deadlock(f"{what}: nothing left to run and the event was never signalled")
+            when, _, callback, args = pop(events)
+            if callback is _timer_entry:
+                self._timer_entry_run(when, args[0])
+                continue
+            if virtual and when > self._now_ns:
+                self._now_ns = when
+            try:
+                callback(*args)
+            except BaseException as e:
+                self.interrupted(e)
+                raise
+
+    def _timer_entry_run(self, when: int, timer: KTimer) -> None:
+        """A timer's entry came up: its DPC is queued if it expires now."""
+        if not self._timer_entry_due(when, timer):
+            return  # cancelled, or due later: no time passes
+        if self.clock == "virtual" and when > self._now_ns:
+            self._now_ns = when
+        if timer.dpc is not None:
+            self.KeInsertQueueDpc(timer.dpc)
 
     def run_until_idle(self) -> None:
         """Run every pending event; nothing on a halted machine."""

@@ -111,18 +111,21 @@ class Win32:
         except BaseException as e:  # an interrupt inside a dispatch routine halts the machine
             scheduler.interrupted(e)
             raise
-        pending = Overlapped(irp, event, iosb, call)
         if overlapped:
-            return pending
+            return Overlapped(irp, event, iosb, call)
         if status == NTSTATUS.STATUS_PENDING:
             scheduler.KeWaitForSingleObject(event, call)
-        return self._result(pending)
+        return self._finished(irp, iosb, call)
 
     def _result(self, pending: Overlapped) -> int:
-        status = pending.iosb.status if pending.irp.completed else pending.irp.io_status.status
+        return self._finished(pending.irp, pending.iosb, pending.call)
+
+    @staticmethod
+    def _finished(irp: Irp, iosb: IoStatusBlock, call: str) -> int:
+        status = iosb.status if irp.completed else irp.io_status.status
         if not NT_SUCCESS(status):
-            raise NtStatusError(status, pending.call)
-        info = pending.irp.io_status.information
+            raise NtStatusError(status, call)
+        info = irp.io_status.information
         return info if isinstance(info, int) else 0
 
     def _irp(self, file_object: FileObject) -> Irp:
