@@ -742,12 +742,13 @@ def _hold(ahead: list[tuple[Any, int, int, int, bytes]], row: Sequence[Any], num
 
 # ---- the other formats: USBPcap in either container, usbmon in classic pcap ----------------
 #
-# The same idea as usbmon in pcapng, for USBPcap: SQLite folds a row into six columns
-# (``PREPARED_USBPCAP``), the shape holding what USBPcap's pseudo-header takes from the
-# row besides IRP id, URB function, bus and device (those are "extra": one integer, a
-# few in a session, each decoded once).  A control transfer's stages (SETUP with the 8
+# The same idea as usbmon in pcapng, for USBPcap: SQLite folds a row into five columns
+# (``PREPARED_USBPCAP``), the shape holding all USBPcap's pseudo-header takes from the
+# row besides IRP id and data: URB function, bus and device included, so the
+# header's middle (status, function, info, bus, device, endpoint, transfer, length,
+# stage) is one constant of the shape.  A control transfer's stages (SETUP with the 8
 # setup bytes, DATA for data going out, COMPLETE) are one shape's records too.
-PREPARED_USBPCAP = ("irp", "submitted_at", "completed_at", "shape", "extra", "data")
+PREPARED_USBPCAP = ("irp", "submitted_at", "completed_at", "shape", "data")
 # the columns USBPcap needs when rows are not prepared in SQL, in ``_prepare_usbpcap``'s
 # order: no seq, no lengths (USBPcap says how long the data is, nothing more)
 USBPCAP_FIELDS = ("irp_id", "submitted_at", "completed_at", "bus", "device", "endpoint",
@@ -758,12 +759,15 @@ PCAP_XFER_OTHER = usbpcap.FROM_RECORD[CONTROL]
 PCAP_XFER_ORDER = ("bulk", "control", "interrupt", "isochronous")
 # a USBPcap shape's bits, from the lowest: the data's length (as in a usbmon shape),
 # transfer type (USBPcap's number), endpoint, direction in, the setup bytes (0 none or
-# empty, 1 eight, 2 any other length: such a row goes through the heap), the status
+# empty, 1 eight, 2 any other length: such a row goes through the heap), the status's
+# number (6 bits), the URB function's code (6), bus and device (8 each).  A bus or
+# device past 8 bits (USBPcap has 16), or a hexadecimal status, makes the shape text:
+# "STATUS BUS DEVICE SHAPE", the shape without those.
 PCAP_XFER_AT, PCAP_EP_AT, PCAP_IN_AT, PCAP_SETUP_AT, PCAP_STATUS_AT = 17, 19, 27, 28, 30
-# "extra": the URB function's code, then bus and device (16 bits each)
-PCAP_BUS_AT, PCAP_DEV_AT = 16, 32
+PCAP_FUNCTION_AT, PCAP_BUS_AT, PCAP_DEV_AT = 36, 42, 50
 FUNCTION_ORDER = ("bulk_or_interrupt_transfer", "control_transfer")  # the common first
 FUNCTION_NAMES = {code: name for name, code in FUNCTION_CODES.items()}
+assert max(FUNCTION_CODES.values()) < 64 and STATUS_OTHER < 64
 # the reverse of the shapes' numbers, to rebuild a row that goes through the heap
 NAME_BY_USBMON_XFER = {XFER_BY_NAME[name]: name for name in reversed(XFER_ORDER)}
 NAME_BY_PCAP_XFER = {PCAP_XFER_BY_NAME[name]: name for name in reversed(PCAP_XFER_ORDER)}
@@ -773,30 +777,30 @@ def usbpcap_sql(u: str) -> str:
     """SQLite's select list of ``PREPARED_USBPCAP`` from ``urbs`` as ``u``: what
     ``_prepare_usbpcap`` computes, term for term.  A bus or device past 16 bits, an
     endpoint past 8 make the shape NULL, which ``_pcap_shape`` refuses, as struct
-    refuses the field; a hexadecimal status makes it text, as in ``prepared_sql``."""
+    refuses the field."""
     ep, dev, bus = f"ifnull({u}.endpoint, 0)", f"ifnull({u}.device, 0)", f"ifnull({u}.bus, 0)"
     xfer = " ".join(f"WHEN '{name}' THEN {PCAP_XFER_BY_NAME[name]}" for name in PCAP_XFER_ORDER)
+    functions = sorted(FUNCTION_CODES, key=lambda name: (
+        FUNCTION_ORDER.index(name) if name in FUNCTION_ORDER else len(FUNCTION_ORDER), name))
+    function = " ".join(f"WHEN '{name}' THEN {FUNCTION_CODES[name]}" for name in functions)
     bits = (f"min(ifnull(length({u}.data), 0), {LENGTH_MAX}) | ((CASE {u}.transfer_type "
             f"{xfer} ELSE {PCAP_XFER_OTHER} END) << {PCAP_XFER_AT}) | ({ep} << {PCAP_EP_AT}) | "
             f"(({u}.direction IS 'in') << {PCAP_IN_AT}) | ((CASE WHEN {u}.setup IS NULL OR "
             f"length({u}.setup) = 0 THEN 0 WHEN length({u}.setup) = 8 THEN 1 ELSE 2 END) << "
-            f"{PCAP_SETUP_AT})")
+            f"{PCAP_SETUP_AT}) | ((CASE WHEN {u}.urb_function IS NULL THEN 0 ELSE (CASE "
+            f"{u}.urb_function {function} ELSE 0 END) END) << {PCAP_FUNCTION_AT})")
     named = " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(STATUSES)
                      if name not in ("success", None))
+    where = f"({bus} << {PCAP_BUS_AT}) | ({dev} << {PCAP_DEV_AT})"
     shape = (f"CASE WHEN (({bus} | {dev}) >> 16) | ({ep} >> 8) THEN NULL "
-             f"WHEN {u}.status = 'success' THEN {bits} "
-             f"WHEN {u}.status GLOB '0x*' THEN {u}.status || ' ' || ({bits}) ELSE {bits} | "
+             f"WHEN ({bus} | {dev}) >> 8 OR {u}.status GLOB '0x*' THEN ifnull({u}.status, '') "
+             f"|| ' ' || {bus} || ' ' || {dev} || ' ' || ({bits}) "
+             f"WHEN {u}.status = 'success' THEN {bits} | {where} ELSE {bits} | {where} | "
              f"((CASE {u}.status {named} ELSE (CASE WHEN {u}.status IS NULL THEN "
              f"{STATUSES.index(None)} ELSE {STATUS_OTHER} END) END) << {PCAP_STATUS_AT}) END")
-    functions = sorted(FUNCTION_CODES, key=lambda name: (
-        FUNCTION_ORDER.index(name) if name in FUNCTION_ORDER else len(FUNCTION_ORDER), name))
-    function = " ".join(f"WHEN '{name}' THEN {FUNCTION_CODES[name]}" for name in functions)
-    extra = (f"(CASE WHEN {u}.urb_function IS NULL THEN 0 ELSE (CASE {u}.urb_function "
-             f"{function} ELSE 0 END) END) | ({bus} << {PCAP_BUS_AT}) | "
-             f"({dev} << {PCAP_DEV_AT})")
     irp = f"CASE WHEN {u}.setup IS NULL THEN {u}.irp_id ELSE {u}.irp_id || ' ' || " \
         f"hex({u}.setup) END"
-    return f"{irp}, {u}.submitted_at, {u}.completed_at, {shape}, {extra}, {u}.data"
+    return f"{irp}, {u}.submitted_at, {u}.completed_at, {shape}, {u}.data"
 
 
 def _prepare_usbpcap(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -812,18 +816,42 @@ def _prepare_usbpcap(row: Sequence[Any]) -> tuple[Any, ...]:
         shape = (min(len(data) if data else 0, LENGTH_MAX)
                  | PCAP_XFER_BY_NAME.get(ttype, PCAP_XFER_OTHER) << PCAP_XFER_AT
                  | endpoint << PCAP_EP_AT | (direction == "in") << PCAP_IN_AT
-                 | (0 if not setup else 1 if len(setup) == 8 else 2) << PCAP_SETUP_AT)
-        if isinstance(status, str) and status.startswith("0x"):
-            shape = f"{status} {shape}"
+                 | (0 if not setup else 1 if len(setup) == 8 else 2) << PCAP_SETUP_AT
+                 | FUNCTION_CODES.get(function, 0) << PCAP_FUNCTION_AT)
+        if bus > 255 or device > 255 or isinstance(status, str) and status.startswith("0x"):
+            shape = f"{'' if status is None else status} {bus} {device} {shape}"
         else:
             shape |= (STATUSES.index(status) if status in STATUSES else STATUS_OTHER) \
-                << PCAP_STATUS_AT
-    extra = (FUNCTION_CODES.get(function, 0) | bus << PCAP_BUS_AT | device << PCAP_DEV_AT) \
-        & MASK64
-    if extra >= 1 << 63:  # as SQLite's 64-bit integers wrap
-        extra -= 1 << 64
+                << PCAP_STATUS_AT | bus << PCAP_BUS_AT | device << PCAP_DEV_AT
     irp = irp_text if setup is None else f"{irp_text} {setup.hex().upper()}"
-    return irp, submitted_at, completed_at, shape, extra, data
+    return irp, submitted_at, completed_at, shape, data
+
+
+def _pcap_key(shape: Any) -> tuple[int, str | None, int, int]:
+    """A USBPcap shape's bits (without status, bus and device), the status name it
+    stands for ("other" for a name that is no USBD status and no number), bus, device."""
+    if shape is None:
+        raise struct.error("a URB's bus, device or endpoint does not fit a USBPcap header")
+    if shape.__class__ is str:
+        status, bus, device, bits = shape.rsplit(" ", 3)
+        return int(bits), status, int(bus), int(device)
+    number = shape >> PCAP_STATUS_AT & 0x3F
+    return (shape, STATUSES[number] if number < STATUS_OTHER else "other",
+            shape >> PCAP_BUS_AT & 0xFF, shape >> PCAP_DEV_AT & 0xFF)
+
+
+def _unprepare_usbpcap(row: Sequence[Any], number: int) -> tuple[Any, ...]:
+    """A ``PREPARED_USBPCAP`` row back in ``FIELDS`` order, the ``number``-th: what the
+    heap path encodes, for the rows the fast writer leaves to it (one-sided, odd setup
+    bytes, more data than the buffer takes)."""
+    text, submitted_at, completed_at, shape, data = row
+    irp_text, sep, setup_hex = text.partition(" ")
+    key, status, bus, device = _pcap_key(shape)
+    return (number, irp_text, submitted_at, completed_at, bus, device,
+            key >> PCAP_EP_AT & 0xFF, NAME_BY_PCAP_XFER[key >> PCAP_XFER_AT & 3],
+            FUNCTION_NAMES.get(key >> PCAP_FUNCTION_AT & 0x3F),
+            "in" if key >> PCAP_IN_AT & 1 else "out",
+            bytes.fromhex(setup_hex) if sep else None, None, None, status, data)
 
 
 def _shape_status(shape: Any, at: int) -> tuple[int, str | None]:
@@ -836,28 +864,20 @@ def _shape_status(shape: Any, at: int) -> tuple[int, str | None]:
     return shape, STATUSES[number] if number < STATUS_OTHER else "other"
 
 
-def _unprepare(row: Sequence[Any], number: int, usbpcap_row: bool) -> tuple[Any, ...]:
-    """A prepared row (``PREPARED`` or ``PREPARED_USBPCAP``) back in ``FIELDS`` order,
-    the ``number``-th: what the heap path encodes, for the rows the fast writers leave
-    to it (overlapping, one-sided, odd setup bytes, more data than the buffer takes)."""
-    text, submitted_at, completed_at, shape, extra, data = row
+def _unprepare(row: Sequence[Any], number: int) -> tuple[Any, ...]:
+    """A ``PREPARED`` (usbmon) row back in ``FIELDS`` order, the ``number``-th: what the
+    heap path encodes, for the rows the fast writer leaves to it."""
+    text, submitted_at, completed_at, shape, lengths, data = row
     irp_text, sep, setup_hex = text.partition(" ")
     setup = bytes.fromhex(setup_hex) if sep else None
     if shape is None:
-        raise struct.error("a URB's bus, device or endpoint does not fit a "
-                           f"{'USBPcap' if usbpcap_row else 'usbmon'} header")
-    if usbpcap_row:
-        key, status = _shape_status(shape, PCAP_STATUS_AT)
-        return (number, irp_text, submitted_at, completed_at,
-                extra >> PCAP_BUS_AT & 0xFFFF, extra >> PCAP_DEV_AT & 0xFFFF,
-                key >> PCAP_EP_AT & 0xFF, NAME_BY_PCAP_XFER[key >> PCAP_XFER_AT & 3],
-                FUNCTION_NAMES.get(extra & 0xFFFF), "in" if key >> PCAP_IN_AT & 1 else "out",
-                setup, None, None, status, data)
+        raise struct.error("a URB's bus, device, endpoint or length does not fit a usbmon "
+                           "header")
     key, status = _shape_status(shape, STATUS_AT)
     return (number, irp_text, submitted_at, completed_at, key >> BUS_AT & 0xFFFF,
             key >> DEV_AT & 0xFF, key >> EP_AT & 0xFF, NAME_BY_USBMON_XFER[key >> XFER_AT & 3],
-            None, "in" if key >> IN_AT & 1 else "out", setup, extra & 0xFFFFFFFF,
-            extra >> 32 & 0xFFFFFFFF, status, data)
+            None, "in" if key >> IN_AT & 1 else "out", setup, lengths & 0xFFFFFFFF,
+            lengths >> 32 & 0xFFFFFFFF, status, data)
 
 
 def _frame(ts_ns: int, records: Sequence[bytes], pcapng: bool) -> bytes:
@@ -924,7 +944,7 @@ def _push_raw(ahead: list[tuple[Any, int, int, int, bytes]], raw: Sequence[Any],
 def _hold_usbmon_pcap(ahead: list[tuple[Any, int, int, int, bytes]], row: Sequence[Any],
                       number: int, origin: float, ids: Any, shapes: Any) -> None:
     """``_hold`` for usbmon in classic pcap (rare rows: through the general encoder)."""
-    _push_raw(ahead, _unprepare(row, number, False), origin, True, False)
+    _push_raw(ahead, _unprepare(row, number), origin, True, False)
 
 
 class PcapShape(NamedTuple):
@@ -936,171 +956,168 @@ class PcapShape(NamedTuple):
     records: int
     head_s: bytes    # the first record's block head (pcapng) or nothing
     sizes_s: bytes   # its captured and original length, then USBPcap's header length
-    rest_s: bytes    # its endpoint, transfer, data length (and the stage)
-    middle: bytes    # its pad and trailer, then the next record's block head
-    sizes_d: bytes   # a control transfer's DATA stage, as above (or nothing)
-    rest_d: bytes
-    middle_d: bytes
+    middle_s: bytes  # its header after the IRP id: status to data length (and stage)
+    tail_s: bytes    # its pad and trailer, then the next record's block head
     sizes_c: bytes   # the completion, as above
-    status_c: bytes  # its USBD status
-    rest_c: bytes
+    middle_c: bytes
     end: bytes       # its pad and trailer
     where: int       # the data: 0 none, 1 the submission, 2 the completion, 3 a DATA stage;
     #                  -1: the row goes through the heap
+    split: int       # the length of the submission's records (the completion's follow)
+    data_stage: tuple[bytes, bytes, bytes]  # a DATA stage's sizes, middle and tail
 
 
 def _pcap_shape(table: dict[Any, PcapShape], shape: Any, pcapng: bool) -> PcapShape:
     """A USBPcap shape decoded (see ``usbpcap_sql``); kept for the next row of that
     shape (up to a few thousand)."""
-    if shape is None:
-        raise struct.error("a URB's bus, device or endpoint does not fit a USBPcap header")
-    key, status = _shape_status(shape, PCAP_STATUS_AT)
+    key, status, bus, device = _pcap_key(shape)
     code = (_status_code(status) or 0) & 0xFFFFFFFF
     n = key & LENGTH_MAX
     transfer, endpoint = key >> PCAP_XFER_AT & 3, key >> PCAP_EP_AT & 0xFF
     direction_in, setup_kind = key >> PCAP_IN_AT & 1, key >> PCAP_SETUP_AT & 3
+    function = key >> PCAP_FUNCTION_AT & 0x3F
     control = transfer == usbpcap.TRANSFER_CONTROL
     out = 0 if direction_in else n
     into = n if direction_in else 0
     size = USBPCAP_HEADER.size + control  # a control transfer's records add the stage
-    stage = struct.pack("<B", usbpcap.STAGE_SETUP) if control else b""
-
-    def block(length: int) -> tuple[bytes, bytes, bytes]:
-        """A record's block head, its sizes (and header length), its pad and trailer."""
-        total = 32 + length + -length % 4
-        if not pcapng:
-            return b"", struct.pack("<IIH", length, length, size), b""
-        return struct.pack("<II4x", BT_EPB, total), struct.pack("<IIH", length, length, size), \
-            bytes(-length % 4) + struct.pack("<I", total)
-
-    # the records: (payload length, endpoint-transfer-length-stage bytes)
-    records = [(8 if setup_kind == 1 else 0, struct.pack("<BBI", endpoint, transfer, 8 if
-                                                         setup_kind == 1 else 0) + stage)
-               if control else (out, struct.pack("<BBI", endpoint, transfer, out))]
-    if control and out:
-        records.append((out, struct.pack("<BBIB", endpoint, transfer, out,
-                                          usbpcap.STAGE_DATA)))
-    records.append((into, struct.pack("<BBI", endpoint, transfer, into) + (
-        struct.pack("<B", usbpcap.STAGE_COMPLETE) if control else b"")))
-    blocks = [block(size + length) for length, _ in records]
-    heads = [head for head, _, _ in blocks] + [b""]
-    tails = [tail + heads[i + 1] for i, (_, _, tail) in enumerate(blocks)]
-    if control and out:
-        (_, rest_s), (_, rest_d), (_, rest_c) = records
-        sizes_d, middle_d = blocks[1][1], tails[1]
+    # the records: payload length, and the header from the status on (USBD status,
+    # function, info, bus, device, endpoint, transfer, data length, the stage)
+    records = []
+    if control:
+        setup_length = 8 if setup_kind == 1 else 0
+        records.append((setup_length, struct.pack("<IHBHHBBIB", 0, function, 0, bus, device,
+                                                  endpoint, transfer, setup_length,
+                                                  usbpcap.STAGE_SETUP)))
+        if out:
+            records.append((out, struct.pack("<IHBHHBBIB", 0, function, 0, bus, device,
+                                             endpoint, transfer, out, usbpcap.STAGE_DATA)))
     else:
-        (_, rest_s), (_, rest_c) = records
-        sizes_d = middle_d = rest_d = b""
-    where = -1 if control and setup_kind == 2 else 3 if control and out else \
+        records.append((out, struct.pack("<IHBHHBBI", 0, function, 0, bus, device, endpoint,
+                                         transfer, out)))
+    records.append((into, struct.pack("<IHBHHBBI", code, function,
+                                      usbpcap.USBPCAP_INFO_PDO_TO_FDO, bus, device, endpoint,
+                                      transfer, into)
+                    + (struct.pack("<B", usbpcap.STAGE_COMPLETE) if control else b"")))
+    heads, sizes, tails = [], [], []
+    for length, _ in records:
+        length += size
+        total = 32 + length + -length % 4
+        sizes.append(struct.pack("<IIH", length, length, size))
+        heads.append(struct.pack("<II4x", BT_EPB, total) if pcapng else b"")
+        tails.append(bytes(-length % 4) + struct.pack("<I", total) if pcapng else b"")
+    split = sum(32 + length + size + -(length + size) % 4 if pcapng else 16 + length + size
+                for length, _ in records[:-1])
+    tails = [tail + head for tail, head in zip(tails, heads[1:] + [b""])]
+    where = -1 if control and setup_kind == 2 or n > DIRECT else 3 if control and out else \
         1 if out else 2 if into else 0
-    # head, time, sizes, IRP id, status and extra, rest, setup, data, middle; [DATA
-    # stage: time, sizes, IRP id, status and extra, rest, data, middle]; completion: time,
-    # sizes, IRP id, status, extra, rest, data, end
-    setup = "8s" if control and setup_kind == 1 else "0s"
-    fmt = f"<{len(heads[0])}sII10s8s11s{len(rest_s)}s{setup}" + \
+    # head, time, sizes, IRP id, middle, setup, data, tail; [a DATA stage: time, sizes,
+    # IRP id, middle, data, tail]; the completion: time, sizes, IRP id, middle, data, end
+    setup = 8 if control and setup_kind == 1 else 0
+    fmt = f"<{len(heads[0])}sII10s8s{len(records[0][1])}s{setup}s" + \
         (f"{out}s" if out and not control else "") + f"{len(tails[0])}s"
+    stage: tuple[bytes, bytes, bytes] = (b"", b"", b"")
     if control and out:
-        fmt += f"II10s8s11s{len(rest_d)}s{out}s{len(middle_d)}s"
-    fmt += f"II10s8s4s7s{len(rest_c)}s" + (f"{into}s" if into else "") + f"{len(tails[-1])}s"
+        fmt += f"II10s8s{len(records[1][1])}s{out}s{len(tails[1])}s"
+        stage = (sizes[1], records[1][1], tails[1])
+    fmt += f"II10s8s{len(records[-1][1])}s" + (f"{into}s" if into else "") + \
+        f"{len(tails[-1])}s"
     packer = struct.Struct(fmt)
-    entry = PcapShape(packer.pack_into, packer.size, len(records), heads[0], blocks[0][1],
-                      rest_s, tails[0], sizes_d, rest_d, middle_d, blocks[-1][1],
-                      struct.pack("<I", code), rest_c, tails[-1], where)
+    entry = PcapShape(packer.pack_into, packer.size, len(records), heads[0], sizes[0],
+                      records[0][1], tails[0], sizes[-1], records[-1][1], tails[-1], where,
+                      split, stage)
     if len(table) < 4096:
         table[shape] = entry
-    return entry
-
-
-def _extra(table: dict[int, tuple[bytes, bytes]], extra: int) -> tuple[bytes, bytes]:
-    """A row's URB function, bus and device as a submission's status (0), function,
-    info (0), bus and device, and as a completion's function, info (PDO to FDO), bus
-    and device; kept for the next row (up to a few thousand)."""
-    function, bus, device = extra & 0xFFFF, extra >> PCAP_BUS_AT & 0xFFFF, \
-        extra >> PCAP_DEV_AT & 0xFFFF
-    entry = (struct.pack("<IHBHH", 0, function, 0, bus, device),
-             struct.pack("<HBHH", function, usbpcap.USBPCAP_INFO_PDO_TO_FDO, bus, device))
-    if len(table) < 4096:
-        table[extra] = entry
     return entry
 
 
 def _usbpcap_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
                   pcapng: bool) -> tuple[int, int]:
     """What ``_framed`` writes for USBPcap, byte for byte, in either container, as
-    ``_usbmon_fast`` writes usbmon; ``rows`` in ``PREPARED_USBPCAP`` order."""
+    ``_usbmon_fast`` writes usbmon; ``rows`` in ``PREPARED_USBPCAP`` order.  A shape
+    says whether its rows can be packed at all (``where``): a row with odd setup bytes
+    or more data than the buffer takes directly goes through the heap."""
     buf = bytearray(FLUSH)
     view = memoryview(buf)
     pos = count = seen = 0
     room = FLUSH - DIRECT - 512  # past this, the buffer is written out before a row
     write = stream.write
     shapes: dict[Any, PcapShape] = {}
-    extras: dict[int, tuple[bytes, bytes]] = {}
     ids: dict[str, tuple[bytes, bytes]] = {}
     origin = float(origin)
     fround = float.__round__
     ahead: list[tuple[Any, int, int, int, bytes]] = []  # a heap, as in _framed
     ahead_min: Any = INF
-    pop = heapq.heappop
+    pop, push = heapq.heappop, heapq.heappush
     held: Sequence[Any] | None = None
-    held_sub: Any = None
-    held_done: Any = None
     hi_s = hi_c = 0
     try:
-        for row in rows:
-            seen += 1
-            sub = row[1]
-            done = row[2]
-            now = sub if sub is not None else done
+        for seen, row in enumerate(rows, 1):
+            now = row[1]
             if now is None:
-                continue
+                now = row[2]
+                if now is None:
+                    continue  # no records, and nothing is due
             if held is not None:
-                data = held[5]
-                kept = shapes.get(held[3]) or _pcap_shape(shapes, held[3], pcapng)
-                if held_sub is not None and held_done is not None and \
-                        held_sub <= held_done <= now and held_done < ahead_min and \
-                        kept.where >= 0 and (not data or len(data) <= DIRECT):
-                    irp = ids.get(held[0])
+                text, sub, done, shape, data = held
+                (pack, total, records, head_s, sizes_s, middle_s, tail_s, sizes_c, middle_c,
+                 end, where, split, stage) = \
+                    shapes.get(shape) or _pcap_shape(shapes, shape, pcapng)
+                if where >= 0 and sub is not None and done is not None:
+                    # packed in place; written there if both records are due by now,
+                    # before whatever waits (as the heap would order them), else the
+                    # submission alone if it is, and what is not due goes to the heap
+                    irp = ids.get(text)
                     if irp is None:
-                        irp = _irp(ids, held[0])
+                        irp = _irp(ids, text)
                     irp_id, setup = irp
-                    extra_s, extra_c = extras.get(held[4]) or _extra(extras, held[4])
-                    (pack, total, records, head_s, sizes_s, rest_s, middle, sizes_d, rest_d,
-                     middle_d, sizes_c, status_c, rest_c, end, where) = kept
                     if pos > room:
                         write(view[:pos])
                         pos = 0
-                    ns = fround((origin + held_sub) * 1e9)
-                    ns_c = fround((origin + held_done) * 1e9)
+                    ns_s = fround((origin + sub) * 1e9)
+                    ns_c = fround((origin + done) * 1e9)
                     if pcapng:
-                        hi_s = ns >> 32
-                        lo_s = ns & 0xFFFFFFFF
+                        hi_s = ns_s >> 32
+                        lo_s = ns_s & 0xFFFFFFFF
                         hi_c = ns_c >> 32
                         lo_c = ns_c & 0xFFFFFFFF
                     else:
-                        hi_s, lo_s = divmod(ns, 1_000_000_000)
+                        hi_s, lo_s = divmod(ns_s, 1_000_000_000)
                         hi_c, lo_c = divmod(ns_c, 1_000_000_000)
                     if where == 2:
-                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, extra_s, rest_s,
-                             setup, middle, hi_c, lo_c, sizes_c, irp_id, status_c, extra_c,
-                             rest_c, data, end)
+                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, middle_s, setup,
+                             tail_s, hi_c, lo_c, sizes_c, irp_id, middle_c, data, end)
                     elif where == 1:
-                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, extra_s, rest_s,
-                             setup, data, middle, hi_c, lo_c, sizes_c, irp_id, status_c,
-                             extra_c, rest_c, end)
+                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, middle_s, setup,
+                             data, tail_s, hi_c, lo_c, sizes_c, irp_id, middle_c, end)
                     elif where == 0:
-                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, extra_s, rest_s,
-                             setup, middle, hi_c, lo_c, sizes_c, irp_id, status_c, extra_c,
-                             rest_c, end)
+                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, middle_s, setup,
+                             tail_s, hi_c, lo_c, sizes_c, irp_id, middle_c, end)
                     else:
-                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, extra_s, rest_s,
-                             setup, middle, hi_s, lo_s, sizes_d, irp_id, extra_s, rest_d, data,
-                             middle_d, hi_c, lo_c, sizes_c, irp_id, status_c, extra_c, rest_c,
-                             end)
-                    pos += total
-                    count += records
+                        sizes_d, middle_d, tail_d = stage
+                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, middle_s, setup,
+                             tail_s, hi_s, lo_s, sizes_d, irp_id, middle_d, data, tail_d,
+                             hi_c, lo_c, sizes_c, irp_id, middle_c, end)
+                    if sub <= done <= now and done < ahead_min:
+                        pos += total
+                        count += records
+                    else:
+                        # its number in the heap's order: less than any later row's,
+                        # more than any earlier row's
+                        if sub <= now and sub < ahead_min and sub <= done:
+                            pos += split
+                            count += records - 1
+                            push(ahead, (done, seen - 1, 1, 1,
+                                         bytes(view[pos:pos + total - split])))
+                        else:
+                            push(ahead, (sub, seen - 1, 0, records - 1,
+                                         bytes(view[pos:pos + split])))
+                            push(ahead, (done, seen - 1, 1, 1,
+                                         bytes(view[pos + split:pos + total])))
+                        ahead_min = ahead[0][0]
                 else:
-                    _push_raw(ahead, _unprepare(held, seen - 1, True), origin, False, pcapng)
-                    ahead_min = ahead[0][0] if ahead else INF
+                    _push_raw(ahead, _unprepare_usbpcap(held, seen - 1), origin, False,
+                              pcapng)
+                    ahead_min = ahead[0][0]
                 if ahead_min <= now:
                     while ahead and ahead[0][0] <= now:
                         item = pop(ahead)
@@ -1117,13 +1134,11 @@ def _usbpcap_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
                         pos += n
                     ahead_min = ahead[0][0] if ahead else INF
             held = row
-            held_sub = sub
-            held_done = done
     except struct.error:
         _classic_time(pcapng, hi_s, hi_c)
         raise
     if held is not None:
-        _push_raw(ahead, _unprepare(held, seen, True), origin, False, pcapng)
+        _push_raw(ahead, _unprepare_usbpcap(held, seen), origin, False, pcapng)
     write(view[:pos])
     while ahead:
         item = pop(ahead)
