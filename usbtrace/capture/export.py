@@ -505,7 +505,9 @@ class Shape(NamedTuple):
     errno: int       # the completion's status
     kept_c: int
     end: bytes       # the completion's pad and trailer
-    where: int       # which record carries the data: 0 none, 1 the submission, 2 the other
+    where: int       # which record carries the data: 0 none, 1 the submission, 2 the other;
+    #                  -1: more than the buffer takes directly (the row goes through the heap)
+    split: int       # the submission's length (the completion follows)
 
 
 def _shape(table: dict[Any, Shape], shape: Any, pcapng: bool = True) -> Shape:
@@ -551,7 +553,7 @@ def _shape(table: dict[Any, Shape], shape: Any, pcapng: bool = True) -> Shape:
         struct.pack("<Q", 83 | header | (0 if has_setup else 45) << 48 | data_out << 56), out,
         middle, struct.pack("<II", 64 + into, 64 + into),
         struct.pack("<Q", 67 | header | 45 << 48 | data_in << 56), errno, into,
-        end, 1 if out else 2 if into else 0)
+        end, -1 if n > DIRECT else 1 if out else 2 if into else 0, total_s)
     if len(table) < 4096:
         table[shape] = entry
     return entry
@@ -584,38 +586,34 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
     trunc, fround = float.__trunc__, float.__round__
     ahead: list[tuple[Any, int, int, int, bytes]] = []  # a heap, as in _framed
     ahead_min: Any = INF  # the time of its first record
-    pop = heapq.heappop
+    pop, push = heapq.heappop, heapq.heappush
     held: Sequence[Any] | None = None
-    held_sub: Any = None  # the held row's times
-    held_done: Any = None
     hi_s = hi_c = 0
     try:
-        for row in rows:
-            seen += 1
-            sub = row[1]
-            done = row[2]
-            now = sub if sub is not None else done
+        for seen, row in enumerate(rows, 1):
+            now = row[1]
             if now is None:
-                continue  # no records, and nothing is due
+                now = row[2]
+                if now is None:
+                    continue  # no records, and nothing is due
             if held is not None:
-                data = held[5]
-                if held_sub is not None and held_done is not None and \
-                        held_sub <= held_done <= now and held_done < ahead_min and \
-                        (not data or len(data) <= DIRECT):
-                    # both due by now, before whatever waits (an earlier row's, so at an
-                    # equal time that comes first): written now, in the heap's order
-                    irp = ids.get(held[0])
+                text, sub, done, shape, lengths, data = held
+                (pack, total, head_s, sizes_s, flags_s, kept_s, middle, sizes_c, flags_c,
+                 errno, kept_c, end, where, split) = \
+                    shapes.get(shape) or _shape(shapes, shape, pcapng)
+                if where >= 0 and sub is not None and done is not None:
+                    # packed in place; written there if both records are due by now,
+                    # before whatever waits (an earlier row's, so at an equal time
+                    # that comes first), else the submission alone if it is, and what
+                    # is not due goes to the heap
+                    irp = ids.get(text)
                     if irp is None:
-                        irp = _irp(ids, held[0])
+                        irp = _irp(ids, text)
                     irp_id, setup = irp
-                    (pack, total, head_s, sizes_s, flags_s, kept_s, middle, sizes_c, flags_c,
-                     errno, kept_c, end, where) = shapes.get(held[3]) or \
-                        _shape(shapes, held[3], pcapng)
-                    lengths = held[4]
                     if pos > room:
                         write(view[:pos])
                         pos = 0
-                    ts = origin + held_sub
+                    ts = origin + sub
                     sec_s = trunc(ts)
                     usec_s = fround((ts - sec_s) * 1e6)
                     if usec_s >= 1_000_000:
@@ -626,7 +624,7 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
                         lo_s = ns & 0xFFFFFFFF
                     else:
                         hi_s, lo_s = divmod(ns, 1_000_000_000)
-                    ts = origin + held_done
+                    ts = origin + done
                     sec_c = trunc(ts)
                     usec_c = fround((ts - sec_c) * 1e6)
                     if usec_c >= 1_000_000:
@@ -638,30 +636,39 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
                     else:
                         hi_c, lo_c = divmod(ns, 1_000_000_000)
                     if where == 2:  # data in: the completion carries it
-                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id,
-                             flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
-                             setup, middle, hi_c, lo_c, sizes_c, irp_id,
-                             flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
-                             kept_c, data, end)
+                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
+                             usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, middle, hi_c,
+                             lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
+                             lengths >> 32 & 0xFFFFFFFF, kept_c, data, end)
                     elif where:
-                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id,
-                             flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
-                             setup, data, middle, hi_c, lo_c, sizes_c, irp_id,
-                             flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
-                             kept_c, end)
+                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
+                             usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, data, middle,
+                             hi_c, lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
+                             lengths >> 32 & 0xFFFFFFFF, kept_c, end)
                     else:
-                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id,
-                             flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
-                             setup, middle, hi_c, lo_c, sizes_c, irp_id,
-                             flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
-                             kept_c, end)
-                    pos += total
-                    count += 2
+                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
+                             usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, middle, hi_c,
+                             lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
+                             lengths >> 32 & 0xFFFFFFFF, kept_c, end)
+                    if sub <= done <= now and done < ahead_min:
+                        pos += total
+                        count += 2
+                    else:
+                        # its number in the heap's order: less than any later row's,
+                        # more than any earlier row's
+                        if sub <= now and sub < ahead_min and sub <= done:
+                            pos += split
+                            count += 1
+                            push(ahead, (done, seen - 1, 1, 1,
+                                         bytes(view[pos:pos + total - split])))
+                        else:
+                            push(ahead, (sub, seen - 1, 0, 1, bytes(view[pos:pos + split])))
+                            push(ahead, (done, seen - 1, 1, 1,
+                                         bytes(view[pos + split:pos + total])))
+                        ahead_min = ahead[0][0]
                 else:
-                    # its number in the heap's order: the rows' count so far (less than
-                    # any later row's, more than any earlier row's)
                     hold(ahead, held, seen - 1, origin, ids, shapes)
-                    ahead_min = ahead[0][0] if ahead else INF
+                    ahead_min = ahead[0][0]
                 if ahead_min <= now:
                     while ahead and ahead[0][0] <= now:
                         item = pop(ahead)
@@ -678,8 +685,6 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
                         pos += n
                     ahead_min = ahead[0][0] if ahead else INF
             held = row
-            held_sub = sub
-            held_done = done
     except struct.error:
         _classic_time(pcapng, hi_s, hi_c)
         raise
@@ -725,7 +730,7 @@ def _hold(ahead: list[tuple[Any, int, int, int, bytes]], row: Sequence[Any], num
         if usec >= 1_000_000:
             sec, usec = sec + 1, usec - 1_000_000
         ns = int(round(ts * 1e9))
-        own = data if kept.where == kind + 1 else b""
+        own = data if (kept.kept_c if kind else kept.kept_s) else b""  # as a shape says
         size = 64 + len(own)
         pad = -size % 4
         total = 32 + size + pad
@@ -792,10 +797,14 @@ def usbpcap_sql(u: str) -> str:
     named = " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(STATUSES)
                      if name not in ("success", None))
     where = f"({bus} << {PCAP_BUS_AT}) | ({dev} << {PCAP_DEV_AT})"
-    shape = (f"CASE WHEN (({bus} | {dev}) >> 16) | ({ep} >> 8) THEN NULL "
+    # the common case first: success, bus and device in 8 bits (so in range), and an
+    # endpoint in range
+    shape = (f"CASE WHEN {u}.status = 'success' AND ({bus} | {dev}) BETWEEN 0 AND 255 "
+             f"AND {ep} BETWEEN 0 AND 255 THEN {bits} | {where} "
+             f"WHEN (({bus} | {dev}) >> 16) | ({ep} >> 8) THEN NULL "
              f"WHEN ({bus} | {dev}) >> 8 OR {u}.status GLOB '0x*' THEN ifnull({u}.status, '') "
              f"|| ' ' || {bus} || ' ' || {dev} || ' ' || ({bits}) "
-             f"WHEN {u}.status = 'success' THEN {bits} | {where} ELSE {bits} | {where} | "
+             f"ELSE {bits} | {where} | "
              f"((CASE {u}.status {named} ELSE (CASE WHEN {u}.status IS NULL THEN "
              f"{STATUSES.index(None)} ELSE {STATUS_OTHER} END) END) << {PCAP_STATUS_AT}) END")
     irp = f"CASE WHEN {u}.setup IS NULL THEN {u}.irp_id ELSE {u}.irp_id || ' ' || " \
