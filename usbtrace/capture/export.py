@@ -275,7 +275,9 @@ def write_capture(rows: Iterable[Any], stream: BinaryIO, linktype: str,
     if columns is not None and tuple(columns) == (PREPARED if usbmon else PREPARED_USBPCAP):
         # ready to pack, from SQLite (see select_for)
         if usbmon:
-            return _usbmon_fast(rows, stream, origin, pcapng)
+            if pcapng:
+                return _usbmon_pcapng(rows, stream, origin)
+            return _usbmon_fast(rows, stream, origin, False)
         return _usbpcap_fast(rows, stream, origin, pcapng)
     wanted = fields_for(linktype, container)
     if columns is not None and tuple(columns) == wanted:
@@ -697,6 +699,13 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
         count += item[3]
     view.release()
     return count, seen
+
+
+def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
+                   ) -> tuple[int, int]:
+    """``_usbmon_fast`` for pcapng, the default export of a usbmon session, under the
+    name it had before classic pcap went through it too."""
+    return _usbmon_fast(rows, stream, origin, True)
 
 
 INF = float("inf")
