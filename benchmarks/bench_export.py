@@ -1,15 +1,18 @@
 """``usbtrace export`` against editcap, on the same records, in paired runs.
 
 A real capture is tiled to each size (default 100,000 and 400,000 records) and
-imported.  At the largest size, ``usbtrace export`` writes the session as
-pcapng; editcap then copies that same file, pcapng to pcapng, so both read and
-write the same records.  The two run in turn (``--pairs``, at least 3), each
-in a child process whose CPU seconds (user + system), wall time and peak RSS
-the kernel reports.  The CPU ratio usbtrace/editcap is taken within each pair;
-the median is shown with the min-max.  Peak RSS of the export at each size
-shows whether memory stays flat as the session grows.
+imported.  At the largest size, ``usbtrace export`` writes the session with
+``--linktype`` records (default usbmon, the session's own) in ``--format``'s
+container (default pcapng); editcap then copies that same file into the same
+container, so both read and write the same records.  The two run in turn
+(``--pairs``, at least 3), each in a child process whose CPU seconds (user +
+system), wall time and peak RSS the kernel reports.  The CPU ratio
+usbtrace/editcap is taken within each pair; the median is shown with the
+min-max.  Peak RSS of the export at each size shows whether memory stays flat
+as the session grows.
 
 Run:  PYTHONPATH=. python benchmarks/bench_export.py [--records 100000,400000] [--pairs 3]
+      [--linktype usbmon|usbpcap] [--format pcapng|pcap]
 
 ``--keep DIR`` keeps the imported databases in DIR and reuses them on the next run
 (tiling and importing a million records costs more than the whole comparison).
@@ -49,8 +52,8 @@ print(os.waitstatus_to_exitcode(status), use.ru_utime + use.ru_stime, wall, use.
 """
 
 
-# the floor: export's own query (what a usbmon pcapng export reads from SQLite, prepared
-# for packing), its rows fetched and dropped
+# the floor: export's own query (what this export reads from SQLite, prepared for
+# packing), its rows fetched and dropped
 FLOOR = """
 import sqlite3, sys
 conn = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
@@ -81,6 +84,10 @@ def main() -> None:
     parser.add_argument("--capture", type=Path, default=DEFAULT)
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep the imported databases here and reuse them")
+    parser.add_argument("--linktype", choices=("usbmon", "usbpcap"), default="usbmon",
+                        help="the records export writes (default: usbmon)")
+    parser.add_argument("--format", dest="container", choices=("pcapng", "pcap"),
+                        default="pcapng", help="the container (default: pcapng)")
     args = parser.parse_args()
     if args.pairs < 3:
         parser.error("--pairs: at least 3")
@@ -107,8 +114,9 @@ def main() -> None:
                                stdout=subprocess.DEVNULL, cwd=folder)
                 partial.rename(db)
                 capture.unlink()
-            out = folder / f"e{size}.pcapng"
-            export = usbtrace("export", "1", "--db", str(db), "-o", str(out), "--force")
+            out = folder / f"e{size}.{args.container}"
+            export = usbtrace("export", "1", "--db", str(db), "-o", str(out), "--force",
+                              "--linktype", args.linktype, "--format", args.container)
             if size == sizes[0]:
                 measure(*export)  # compiles the bytecode, unmeasured
             _, _, rss = measure(*export)
@@ -121,17 +129,18 @@ def main() -> None:
                   + (f" ({records:,} records written)" if records else ""), flush=True)
             if size != sizes[-1]:
                 continue
-            copy = folder / "copy.pcapng"
-            print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+            copy = folder / f"copy.{args.container}"
+            print(f"  {args.linktype} records in {args.container}; load average "
+                  f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
             pairs = []
             for n in range(args.pairs):
                 ours = measure(*export)
-                theirs = measure(editcap, "-F", "pcapng", str(out), str(copy))
+                theirs = measure(editcap, "-F", args.container, str(out), str(copy))
                 pairs.append((ours, theirs))
                 print(f"  pair {n + 1}: usbtrace export cpu {ours[0]:6.2f} s wall {ours[1]:6.2f}"
                       f" s | editcap cpu {theirs[0]:6.2f} s wall {theirs[1]:6.2f} s | "
                       f"cpu ratio {ours[0] / theirs[0]:5.2f}", flush=True)
-            columns, _ = select_for("usbmon", "pcapng", "u", True)
+            columns, _ = select_for(args.linktype, args.container, "u", True)
             floor = measure(sys.executable, "-c", FLOOR, str(db), columns)
             print(f"  floor: the same rows fetched from SQLite and nothing else, in Python: "
                   f"cpu {floor[0]:6.2f} s wall {floor[1]:6.2f} s")

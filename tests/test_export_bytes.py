@@ -27,13 +27,19 @@ from hypothesis import strategies as st
 
 from usbtrace.capture.export import (
     DIRECT,
+    FUNCTION_CODES,
     USBMON_FIELDS,
+    USBPCAP_FIELDS,
     _framed,
     _prepare,
-    _usbmon_pcapng,
+    _prepare_usbpcap,
+    _usbmon_fast,
+    _usbpcap_fast,
     prepared_sql,
+    usbpcap_sql,
 )
 from usbtrace.cli import main
+from usbtrace.errors import InputError
 
 from .conftest import shared_capture
 
@@ -203,18 +209,120 @@ _ROWS = st.lists(st.tuples(
 
 
 @settings(max_examples=300)
-@given(rows=_ROWS, origin=st.sampled_from([0.0, 1.5, 1_700_000_000.0078125]))
-def test_usbmon_pcapng_is_what_the_heap_writes(rows: list[tuple[Any, ...]],
-                                               origin: float) -> None:
+@given(rows=_ROWS, origin=st.sampled_from([0.0, 1.5, 1_700_000_000.0078125]),
+       pcapng=st.booleans())
+def test_usbmon_fast_is_what_the_heap_writes(rows: list[tuple[Any, ...]], origin: float,
+                                             pcapng: bool) -> None:
     """Rows that overlap, share times, lack times or carry more data than the buffer
     takes directly: the fast usbmon writer's bytes are those of the general one,
-    which orders every record through the heap (``_framed``)."""
+    which orders every record through the heap (``_framed``), in pcapng and in
+    classic pcap."""
     fast, general = io.BytesIO(), io.BytesIO()
     as_fields = [(seq, irp, sub, done, bus, dev, ep, ttype, None, *rest)
                  for seq, (irp, sub, done, bus, dev, ep, ttype, *rest) in enumerate(rows, 1)]
-    assert _usbmon_pcapng(map(_prepare, rows), fast, origin) == \
-        _framed(as_fields, general, "usbmon", origin, True)
+    assert _usbmon_fast(map(_prepare, rows), fast, origin, pcapng) == \
+        _framed(as_fields, general, "usbmon", origin, pcapng)
     assert fast.getvalue() == general.getvalue()
+
+
+# USBPcap's rows (``USBPCAP_FIELDS``): a URB function, a device past 8 bits (USBPcap
+# has 16), setup bytes of an odd length (a hand-made row: through the heap)
+_USBPCAP_ROWS = st.lists(st.tuples(
+    st.integers(0, (1 << 64) - 1).map(lambda i: f"{i:x}"),   # irp_id
+    _TIMES, _TIMES,                                           # submitted, completed
+    st.one_of(st.none(), st.integers(0, 4), st.just(65535)),  # bus
+    st.one_of(st.none(), st.integers(0, 127), st.just(300)),  # device
+    st.sampled_from([None, 0, 0x01, 0x81, 0x02, 0x83]),       # endpoint
+    st.sampled_from(["control", "bulk", "interrupt", "isochronous", "other"]),
+    st.one_of(st.none(), st.just(""), st.just("odd"),         # URB function
+              st.sampled_from(sorted(FUNCTION_CODES))),
+    st.sampled_from(["in", "out"]),
+    st.one_of(st.none(), st.just(b""), st.binary(min_size=8, max_size=8),
+              st.binary(min_size=1, max_size=12)),            # setup
+    st.sampled_from([None, "success", "stall_pid", "canceled", "0xc0000011", "odd"]),
+    st.one_of(st.none(), st.binary(max_size=40),
+              st.integers(0, 3).map(lambda k: bytes([k]) * (DIRECT + k))),  # data
+), max_size=40)
+
+
+@settings(max_examples=300)
+@given(rows=_USBPCAP_ROWS, origin=st.sampled_from([0.0, 1.5, 1_700_000_000.0078125]),
+       pcapng=st.booleans())
+def test_usbpcap_fast_is_what_the_heap_writes(rows: list[tuple[Any, ...]], origin: float,
+                                              pcapng: bool) -> None:
+    """The fast USBPcap writer's bytes, in either container, are those of the general
+    one, for rows of every kind: control transfers' stages (SETUP, DATA going out,
+    COMPLETE), overlapping rows, rows with one time or none, long data."""
+    fast, general = io.BytesIO(), io.BytesIO()
+    as_fields = [(seq, irp, sub, done, bus, dev, ep, ttype, function, direction, setup,
+                  None, None, status, data)
+                 for seq, (irp, sub, done, bus, dev, ep, ttype, function, direction, setup,
+                           status, data) in enumerate(rows, 1)]
+    assert _usbpcap_fast(map(_prepare_usbpcap, rows), fast, origin, pcapng) == \
+        _framed(as_fields, general, "usbpcap", origin, pcapng)
+    assert fast.getvalue() == general.getvalue()
+
+
+@settings(max_examples=300)
+@given(rows=_USBPCAP_ROWS)
+def test_sqlite_prepares_usbpcap_rows_as_python_does(rows: list[tuple[Any, ...]]) -> None:
+    """``usbpcap_sql`` computes what ``_prepare_usbpcap`` computes, for rows of every
+    kind; which the test above takes to the bytes."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute(f"CREATE TABLE urbs (seq INTEGER PRIMARY KEY, {', '.join(USBPCAP_FIELDS)})")
+    conn.executemany(f"INSERT INTO urbs ({', '.join(USBPCAP_FIELDS)}) VALUES "
+                     f"({', '.join('?' * len(USBPCAP_FIELDS))})", rows)
+    prepared = conn.execute(f"SELECT {usbpcap_sql('u')} FROM urbs u ORDER BY seq").fetchall()
+    raw = conn.execute(f"SELECT {', '.join(USBPCAP_FIELDS)} FROM urbs ORDER BY seq").fetchall()
+    conn.close()
+    assert prepared == [_prepare_usbpcap(row) for row in raw]
+
+
+def test_a_field_usbpcap_cannot_hold_fails_in_sqlite_as_in_python() -> None:
+    """A bus or device past 16 bits, an endpoint past 8 or below 0: no shape, from
+    SQLite as from ``_prepare_usbpcap``, and the writer refuses the row as the general
+    one does (struct refuses the field)."""
+    row = ["0x1", 0.5, 1.0, 1, 2, 0x81, "bulk", "bulk_or_interrupt_transfer", "in", None,
+           "success", b"x"]
+    for index, value in ((3, 1 << 16), (4, 1 << 16), (5, 256), (5, -1), (4, -3)):
+        bad = list(row)
+        bad[index] = value
+        conn = sqlite3.connect(":memory:")
+        conn.execute(f"CREATE TABLE urbs ({', '.join(USBPCAP_FIELDS)})")
+        conn.execute(f"INSERT INTO urbs VALUES ({', '.join('?' * len(bad))})", bad)
+        prepared = conn.execute(f"SELECT {usbpcap_sql('u')} FROM urbs u").fetchone()
+        conn.close()
+        assert prepared[3] is None and _prepare_usbpcap(bad)[3] is None
+        for pcapng in (True, False):
+            with pytest.raises(struct.error, match="does not fit a USBPcap header"):
+                _usbpcap_fast([prepared], io.BytesIO(), 0.0, pcapng)
+            with pytest.raises(struct.error):
+                _framed([(1, *bad[:8], *bad[8:10], None, None, *bad[10:])], io.BytesIO(),
+                        "usbpcap", 0.0, pcapng)
+    assert _prepare_usbpcap(row)[3] is not None
+
+
+@pytest.mark.parametrize("linktype", ["usbpcap", "usbmon"])
+@pytest.mark.parametrize("at", [5e9, -2.0])
+def test_a_time_classic_pcap_cannot_hold_is_refused_as_the_heap_refuses_it(
+        linktype: str, at: float) -> None:
+    """Classic pcap's seconds are 32 bits from 1970: a row past them (or before) is
+    refused by the fast writers with what ``PcapWriter`` says, as by the general path."""
+    raw = [(1, "0x1", 0.5, 1.0, 1, 2, 0x81, "bulk", None, "in", None, 512, 512, "success",
+            b"x"), (2, "0x2", at, at + 0.5, 1, 2, 0x81, "bulk", None, "in", None, 512, 512,
+                    "success", b"x"), (3, "0x3", at + 1, at + 2, 1, 2, 0x81, "bulk", None,
+                                       "in", None, 512, 512, "success", b"x")]
+    with pytest.raises(InputError, match="32-bit seconds") as general:
+        _framed(raw, io.BytesIO(), linktype, 0.0, False)
+    if linktype == "usbmon":
+        prepared = [_prepare([*row[1:8], *row[9:]]) for row in raw]
+        with pytest.raises(InputError, match="32-bit seconds") as fast:
+            _usbmon_fast(prepared, io.BytesIO(), 0.0, False)
+    else:
+        prepared = [_prepare_usbpcap([*row[1:11], *row[13:]]) for row in raw]
+        with pytest.raises(InputError, match="32-bit seconds") as fast:
+            _usbpcap_fast(prepared, io.BytesIO(), 0.0, False)
+    assert str(fast.value) == str(general.value)
 
 
 @settings(max_examples=300)
@@ -248,7 +356,9 @@ def test_a_field_usbmon_cannot_hold_fails_in_sqlite_as_in_python() -> None:
         conn.close()
         assert prepared[3] is None and _prepare(bad)[3] is None
         with pytest.raises(struct.error, match="does not fit a usbmon header"):
-            _usbmon_pcapng([prepared], io.BytesIO(), 0.0)
+            _usbmon_fast([prepared], io.BytesIO(), 0.0)
+        with pytest.raises(struct.error, match="does not fit a usbmon header"):
+            _usbmon_fast([prepared], io.BytesIO(), 0.0, False)
     assert _prepare(row)[3] is not None
 
 

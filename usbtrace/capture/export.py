@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, NamedTuple
 from usbtrace.capture import usbpcap
 from usbtrace.capture.pcap import BT_EPB, PcapngWriter, PcapWriter
 from usbtrace.capture.usbmon import LINKTYPE_USB_LINUX_MMAPPED
+from usbtrace.errors import InputError
 from usbtrace.records import COMPLETE, CONTROL, SUBMIT, TRANSFER_TYPE_NAMES, Event
 from usbtrace.usb import urb as U
 
@@ -266,10 +267,18 @@ def write_capture(rows: Iterable[Any], stream: BinaryIO, linktype: str,
     """``export``, returning the records written and the rows read: the command line
     says both, and counting the rows here spares it a generator around the cursor."""
     pcapng = container != "pcap"
-    if pcapng and linktype == "usbmon" and columns is not None and \
-            tuple(columns) == PREPARED:  # ready to pack, from SQLite (see select_for)
+    usbmon = linktype == "usbmon"
+    if pcapng:  # the header blocks; the records are framed here, a batch a write
         PcapngWriter(stream, LINKTYPES[linktype], comments=comments)
-        return _usbmon_pcapng(rows, stream, origin)
+    else:
+        PcapWriter(stream, LINKTYPES[linktype])
+    if columns is not None and tuple(columns) == (PREPARED if usbmon else PREPARED_USBPCAP):
+        # ready to pack, from SQLite (see select_for)
+        if usbmon:
+            if pcapng:
+                return _usbmon_pcapng(rows, stream, origin)
+            return _usbmon_fast(rows, stream, origin, False)
+        return _usbpcap_fast(rows, stream, origin, pcapng)
     wanted = fields_for(linktype, container)
     if columns is not None and tuple(columns) == wanted:
         picked: Iterable[Sequence[Any]] = rows  # already in order: no copy a row
@@ -279,19 +288,16 @@ def write_capture(rows: Iterable[Any], stream: BinaryIO, linktype: str,
             index = {name: i for i, name in enumerate(columns)}
             keys = [index[name] for name in wanted]
         picked = map(operator.itemgetter(*keys), rows)
-    if pcapng:  # the header blocks; the records are framed here, a batch a write
-        PcapngWriter(stream, LINKTYPES[linktype], comments=comments)
-    else:
-        PcapWriter(stream, LINKTYPES[linktype])
-    if pcapng and linktype == "usbmon":
-        return _usbmon_pcapng(map(_prepare, picked), stream, origin)
-    return _framed(picked, stream, linktype, origin, pcapng)
+    if usbmon:
+        return _usbmon_fast(map(_prepare, picked), stream, origin, pcapng)
+    return _usbpcap_fast(map(_prepare_usbpcap, picked), stream, origin, pcapng)
 
 
 def _framed(rows: Iterable[Sequence[Any]], stream: BinaryIO, linktype: str, origin: float,
             pcapng: bool) -> tuple[int, int]:
     """Any record format in either container: each event's records framed as bytes and
-    ordered through a heap (``_usbmon_pcapng`` is the common case, faster)."""
+    ordered through a heap: what ``_usbmon_fast`` and ``_usbpcap_fast`` write, faster,
+    pinned against it by the tests."""
     classic_buffer = io.BytesIO()  # classic pcap's records, framed by its own writer
     classic = PcapWriter(classic_buffer, LINKTYPES[linktype])
     usbmon = linktype == "usbmon"
@@ -407,17 +413,19 @@ assert DIRECT <= LENGTH_MAX
 def fields_for(linktype: str, container: str) -> tuple[str, ...]:
     """The ``urbs`` columns ``write_capture`` reads for this output, in its order: a
     caller that selects just these spares the database and the cursor the others."""
-    return USBMON_FIELDS if linktype == "usbmon" and container != "pcap" else FIELDS
+    return USBMON_FIELDS if linktype == "usbmon" else USBPCAP_FIELDS
 
 
 def select_for(linktype: str, container: str, alias: str, sqlite: bool
                ) -> tuple[str, tuple[str, ...]]:
     """The select list for ``write_capture``'s rows from ``urbs`` as ``alias``, and the
-    column names to pass it: from SQLite, a usbmon pcapng export's rows come prepared
-    (``PREPARED``, see ``prepared_sql``); otherwise the plain columns ``fields_for``
-    names."""
-    if sqlite and linktype == "usbmon" and container != "pcap":
-        return prepared_sql(alias), PREPARED
+    column names to pass it: from SQLite, rows come prepared for the fast writers
+    (``PREPARED``, see ``prepared_sql``; ``PREPARED_USBPCAP``, see ``usbpcap_sql``);
+    otherwise the plain columns ``fields_for`` names, prepared in Python."""
+    if sqlite:
+        if linktype == "usbmon":
+            return prepared_sql(alias), PREPARED
+        return usbpcap_sql(alias), PREPARED_USBPCAP
     names = fields_for(linktype, container)
     return ", ".join(f"{alias}.{name}" for name in names), names
 
@@ -499,12 +507,16 @@ class Shape(NamedTuple):
     errno: int       # the completion's status
     kept_c: int
     end: bytes       # the completion's pad and trailer
-    where: int       # which record carries the data: 0 none, 1 the submission, 2 the other
+    where: int       # which record carries the data: 0 none, 1 the submission, 2 the other;
+    #                  -1: more than the buffer takes directly (the row goes through the heap)
+    split: int       # the submission's length (the completion follows)
 
 
-def _shape(table: dict[Any, Shape], shape: Any) -> Shape:
+def _shape(table: dict[Any, Shape], shape: Any, pcapng: bool = True) -> Shape:
     """A row's shape decoded (see ``prepared_sql``); kept for the next row of that
-    shape (up to a few thousand)."""
+    shape (up to a few thousand).  In classic pcap (``pcapng`` false) the pieces of
+    the blocks around the records are empty: the times and sizes before each record
+    are its 16-byte record header."""
     if shape is None:
         raise struct.error("a URB's bus, device, endpoint or length does not fit a usbmon "
                            "header")
@@ -528,32 +540,43 @@ def _shape(table: dict[Any, Shape], shape: Any) -> Shape:
     out = 0 if direction_in else n
     into = n if direction_in else 0
     total_s, total_c = 96 + out + -out % 4, 96 + into + -into % 4
-    fmt = "<" + SUBMIT_RECORD + (f"{out}s" if out else "") + f"{-out % 4 + 16}s" + \
-        COMPLETE_RECORD[3:] + (f"{into}s" if into else "") + f"{-into % 4 + 4}s"
+    if pcapng:
+        head_s = struct.pack("<II4x", BT_EPB, total_s)
+        middle = bytes(-out % 4) + struct.pack("<III4x", total_s, BT_EPB, total_c)
+        end = bytes(-into % 4) + struct.pack("<I", total_c)
+    else:
+        head_s = middle = end = b""
+        total_s, total_c = 80 + out, 80 + into
+    fmt = f"<{len(head_s)}s" + SUBMIT_RECORD[3:] + (f"{out}s" if out else "") + \
+        f"{len(middle)}s" + COMPLETE_RECORD[3:] + (f"{into}s" if into else "") + f"{len(end)}s"
     entry = Shape(
-        struct.Struct(fmt).pack_into, total_s + total_c, struct.pack("<II4x", BT_EPB, total_s),
+        struct.Struct(fmt).pack_into, total_s + total_c, head_s,
         struct.pack("<II", 64 + out, 64 + out),
         struct.pack("<Q", 83 | header | (0 if has_setup else 45) << 48 | data_out << 56), out,
-        bytes(-out % 4) + struct.pack("<III4x", total_s, BT_EPB, total_c),
-        struct.pack("<II", 64 + into, 64 + into),
+        middle, struct.pack("<II", 64 + into, 64 + into),
         struct.pack("<Q", 67 | header | 45 << 48 | data_in << 56), errno, into,
-        bytes(-into % 4) + struct.pack("<I", total_c), 1 if out else 2 if into else 0)
+        end, -1 if n > DIRECT else 1 if out else 2 if into else 0, total_s)
     if len(table) < 4096:
         table[shape] = entry
     return entry
 
 
-def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
-                   ) -> tuple[int, int]:
-    """What ``_framed`` writes for usbmon in pcapng, byte for byte, at a fraction of
-    the cost; ``rows`` in ``PREPARED`` order.
+def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
+                 pcapng: bool = True) -> tuple[int, int]:
+    """What ``_framed`` writes for usbmon in pcapng (or classic pcap), byte for byte,
+    at a fraction of the cost; ``rows`` in ``PREPARED`` order.
 
     Transfers rarely overlap: a row's records are nearly always both due before the
     next row's submission, ahead of anything still waiting (a pending interrupt
     transfer).  So the last row is held, as its tuple, until the next row's time is
     known; if its records come first then, both are packed straight into the output
     buffer, in the order the heap would give them, by its shape's struct.  Otherwise
-    they become bytes in the heap, and leave it as in ``_framed``."""
+    they become bytes in the heap, and leave it as in ``_framed``.
+
+    A record's time goes before it as two 32-bit halves: of nanoseconds in pcapng,
+    seconds and nanoseconds in classic pcap (``divmod`` by a billion: a one-digit
+    divisor for Python's integers, cheaper than by 1 << 32, so not for pcapng)."""
+    hold = _hold if pcapng else _hold_usbmon_pcap
     buf = bytearray(FLUSH)
     view = memoryview(buf)
     pos = count = seen = 0
@@ -563,98 +586,126 @@ def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: floa
     ids: dict[str, tuple[bytes, bytes]] = {}  # IRP id text -> its halves (IRPs are reused)
     origin = float(origin)  # so a time is a float, and float's own methods round it
     trunc, fround = float.__trunc__, float.__round__
-    ahead: list[tuple[Any, int, int, bytes]] = []  # a heap, as in _framed
+    ahead: list[tuple[Any, int, int, int, bytes]] = []  # a heap, as in _framed
     ahead_min: Any = INF  # the time of its first record
-    pop = heapq.heappop
+    pop, push = heapq.heappop, heapq.heappush
     held: Sequence[Any] | None = None
-    held_sub: Any = None  # the held row's times
-    held_done: Any = None
-    for row in rows:
-        seen += 1
-        sub = row[1]
-        done = row[2]
-        now = sub if sub is not None else done
-        if now is None:
-            continue  # no records, and nothing is due
-        if held is not None:
-            data = held[5]
-            if held_sub is not None and held_done is not None and \
-                    held_sub <= held_done <= now and held_done < ahead_min and \
-                    (not data or len(data) <= DIRECT):
-                # both due by now, before whatever waits (an earlier row's, so at an
-                # equal time that comes first): written now, in the heap's order
-                irp = ids.get(held[0])
-                if irp is None:
-                    irp = _irp(ids, held[0])
-                irp_id, setup = irp
+    hi_s = hi_c = 0
+    try:
+        for seen, row in enumerate(rows, 1):
+            now = row[1]
+            if now is None:
+                now = row[2]
+                if now is None:
+                    continue  # no records, and nothing is due
+            if held is not None:
+                text, sub, done, shape, lengths, data = held
                 (pack, total, head_s, sizes_s, flags_s, kept_s, middle, sizes_c, flags_c,
-                 errno, kept_c, end, where) = shapes.get(held[3]) or _shape(shapes, held[3])
-                lengths = held[4]
-                if pos > room:
-                    write(view[:pos])
-                    pos = 0
-                ts = origin + held_sub
-                sec_s = trunc(ts)
-                usec_s = fround((ts - sec_s) * 1e6)
-                if usec_s >= 1_000_000:
-                    sec_s, usec_s = sec_s + 1, usec_s - 1_000_000
-                ns_s = fround(ts * 1e9)
-                ts = origin + held_done
-                sec_c = trunc(ts)
-                usec_c = fround((ts - sec_c) * 1e6)
-                if usec_c >= 1_000_000:
-                    sec_c, usec_c = sec_c + 1, usec_c - 1_000_000
-                ns_c = fround(ts * 1e9)
-                if where == 2:  # data in: the completion carries it
-                    pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_id,
-                         flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
-                         setup, middle, ns_c >> 32, ns_c & 0xFFFFFFFF, sizes_c, irp_id,
-                         flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
-                         kept_c, data, end)
-                elif where:
-                    pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_id,
-                         flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
-                         setup, data, middle, ns_c >> 32, ns_c & 0xFFFFFFFF, sizes_c, irp_id,
-                         flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
-                         kept_c, end)
-                else:
-                    pack(buf, pos, head_s, ns_s >> 32, ns_s & 0xFFFFFFFF, sizes_s, irp_id,
-                         flags_s, sec_s, usec_s, -115, lengths & 0xFFFFFFFF, kept_s,
-                         setup, middle, ns_c >> 32, ns_c & 0xFFFFFFFF, sizes_c, irp_id,
-                         flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
-                         kept_c, end)
-                pos += total
-                count += 2
-            else:
-                # its number in the heap's order: the rows' count so far (less than
-                # any later row's, more than any earlier row's)
-                _hold(ahead, held, seen - 1, origin, ids, shapes)
-                ahead_min = ahead[0][0]
-            if ahead_min <= now:
-                while ahead and ahead[0][0] <= now:
-                    blob = pop(ahead)[3]
-                    count += 1
-                    n = len(blob)
-                    if pos + n > FLUSH:
+                 errno, kept_c, end, where, split) = \
+                    shapes.get(shape) or _shape(shapes, shape, pcapng)
+                if where >= 0 and sub is not None and done is not None:
+                    # packed in place; written there if both records are due by now,
+                    # before whatever waits (an earlier row's, so at an equal time
+                    # that comes first), else the submission alone if it is, and what
+                    # is not due goes to the heap
+                    irp = ids.get(text)
+                    if irp is None:
+                        irp = _irp(ids, text)
+                    irp_id, setup = irp
+                    if pos > room:
                         write(view[:pos])
                         pos = 0
-                        if n > FLUSH:
-                            write(blob)
-                            continue
-                    buf[pos:pos + n] = blob
-                    pos += n
-                ahead_min = ahead[0][0] if ahead else INF
-        held = row
-        held_sub = sub
-        held_done = done
+                    ts = origin + sub
+                    sec_s = trunc(ts)
+                    usec_s = fround((ts - sec_s) * 1e6)
+                    if usec_s >= 1_000_000:
+                        sec_s, usec_s = sec_s + 1, usec_s - 1_000_000
+                    ns = fround(ts * 1e9)
+                    if pcapng:
+                        hi_s = ns >> 32
+                        lo_s = ns & 0xFFFFFFFF
+                    else:
+                        hi_s, lo_s = divmod(ns, 1_000_000_000)
+                    ts = origin + done
+                    sec_c = trunc(ts)
+                    usec_c = fround((ts - sec_c) * 1e6)
+                    if usec_c >= 1_000_000:
+                        sec_c, usec_c = sec_c + 1, usec_c - 1_000_000
+                    ns = fround(ts * 1e9)
+                    if pcapng:
+                        hi_c = ns >> 32
+                        lo_c = ns & 0xFFFFFFFF
+                    else:
+                        hi_c, lo_c = divmod(ns, 1_000_000_000)
+                    if where == 2:  # data in: the completion carries it
+                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
+                             usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, middle, hi_c,
+                             lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
+                             lengths >> 32 & 0xFFFFFFFF, kept_c, data, end)
+                    elif where:
+                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
+                             usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, data, middle,
+                             hi_c, lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
+                             lengths >> 32 & 0xFFFFFFFF, kept_c, end)
+                    else:
+                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
+                             usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, middle, hi_c,
+                             lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
+                             lengths >> 32 & 0xFFFFFFFF, kept_c, end)
+                    if sub <= done <= now and done < ahead_min:
+                        pos += total
+                        count += 2
+                    else:
+                        # its number in the heap's order: less than any later row's,
+                        # more than any earlier row's
+                        if sub <= now and sub < ahead_min and sub <= done:
+                            pos += split
+                            count += 1
+                            push(ahead, (done, seen - 1, 1, 1,
+                                         bytes(view[pos:pos + total - split])))
+                        else:
+                            push(ahead, (sub, seen - 1, 0, 1, bytes(view[pos:pos + split])))
+                            push(ahead, (done, seen - 1, 1, 1,
+                                         bytes(view[pos + split:pos + total])))
+                        ahead_min = ahead[0][0]
+                else:
+                    hold(ahead, held, seen - 1, origin, ids, shapes)
+                    ahead_min = ahead[0][0]
+                if ahead_min <= now:
+                    while ahead and ahead[0][0] <= now:
+                        item = pop(ahead)
+                        count += item[3]
+                        blob = item[4]
+                        n = len(blob)
+                        if pos + n > FLUSH:
+                            write(view[:pos])
+                            pos = 0
+                            if n > FLUSH:
+                                write(blob)
+                                continue
+                        buf[pos:pos + n] = blob
+                        pos += n
+                    ahead_min = ahead[0][0] if ahead else INF
+            held = row
+    except struct.error:
+        _classic_time(pcapng, hi_s, hi_c)
+        raise
     if held is not None:
-        _hold(ahead, held, seen, origin, ids, shapes)
+        hold(ahead, held, seen, origin, ids, shapes)
     write(view[:pos])
     while ahead:  # the rest, in order (a few, unless the data is larger than the buffer)
-        write(pop(ahead)[3])
-        count += 1
+        item = pop(ahead)
+        write(item[4])
+        count += item[3]
     view.release()
     return count, seen
+
+
+def _usbmon_pcapng(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
+                   ) -> tuple[int, int]:
+    """``_usbmon_fast`` for pcapng, the default export of a usbmon session, under the
+    name it had before classic pcap went through it too."""
+    return _usbmon_fast(rows, stream, origin, True)
 
 
 INF = float("inf")
@@ -671,7 +722,7 @@ def _irp(ids: dict[str, tuple[bytes, bytes]], text: str) -> tuple[bytes, bytes]:
     return entry
 
 
-def _hold(ahead: list[tuple[Any, int, int, bytes]], row: Sequence[Any], number: int,
+def _hold(ahead: list[tuple[Any, int, int, int, bytes]], row: Sequence[Any], number: int,
           origin: float, ids: dict[str, tuple[bytes, bytes]], shapes: dict[Any, Shape]) -> None:
     """A row (in ``PREPARED`` order, the ``number``-th) into the heap of records
     waiting for their time, each as its block's bytes, as ``_framed`` puts them there
@@ -688,7 +739,7 @@ def _hold(ahead: list[tuple[Any, int, int, bytes]], row: Sequence[Any], number: 
         if usec >= 1_000_000:
             sec, usec = sec + 1, usec - 1_000_000
         ns = int(round(ts * 1e9))
-        own = data if kept.where == kind + 1 else b""
+        own = data if (kept.kept_c if kind else kept.kept_s) else b""  # as a shape says
         size = 64 + len(own)
         pad = -size % 4
         total = 32 + size + pad
@@ -700,4 +751,416 @@ def _hold(ahead: list[tuple[Any, int, int, bytes]], row: Sequence[Any], number: 
             rest = struct.pack("<8sqiiII24x", kept.flags_c, sec, usec, kept.errno,
                                lengths >> 32 & 0xFFFFFFFF, len(own))
         record = b"".join((head, irp, rest, own, bytes(pad), struct.pack("<I", total)))
-        heapq.heappush(ahead, (at, number, kind, record))
+        heapq.heappush(ahead, (at, number, kind, 1, record))
+
+
+# ---- the other formats: USBPcap in either container, usbmon in classic pcap ----------------
+#
+# The same idea as usbmon in pcapng, for USBPcap: SQLite folds a row into five columns
+# (``PREPARED_USBPCAP``), the shape holding all USBPcap's pseudo-header takes from the
+# row besides IRP id and data: URB function, bus and device included, so the
+# header's middle (status, function, info, bus, device, endpoint, transfer, length,
+# stage) is one constant of the shape.  A control transfer's stages (SETUP with the 8
+# setup bytes, DATA for data going out, COMPLETE) are one shape's records too.
+PREPARED_USBPCAP = ("irp", "submitted_at", "completed_at", "shape", "data")
+# the columns USBPcap needs when rows are not prepared in SQL, in ``_prepare_usbpcap``'s
+# order: no seq, no lengths (USBPcap says how long the data is, nothing more)
+USBPCAP_FIELDS = ("irp_id", "submitted_at", "completed_at", "bus", "device", "endpoint",
+                  "transfer_type", "urb_function", "direction", "setup", "status", "data")
+# USBPcap's transfer number of each name; a name export does not know is control
+PCAP_XFER_BY_NAME = {name: usbpcap.FROM_RECORD[code] for code, name in TRANSFER_TYPE_NAMES.items()}
+PCAP_XFER_OTHER = usbpcap.FROM_RECORD[CONTROL]
+PCAP_XFER_ORDER = ("bulk", "control", "interrupt", "isochronous")
+# a USBPcap shape's bits, from the lowest: the data's length (as in a usbmon shape),
+# transfer type (USBPcap's number), endpoint, direction in, the setup bytes (0 none or
+# empty, 1 eight, 2 any other length: such a row goes through the heap), the status's
+# number (6 bits), the URB function's code (6), bus and device (8 each).  A bus or
+# device past 8 bits (USBPcap has 16), or a hexadecimal status, makes the shape text:
+# "STATUS BUS DEVICE SHAPE", the shape without those.
+PCAP_XFER_AT, PCAP_EP_AT, PCAP_IN_AT, PCAP_SETUP_AT, PCAP_STATUS_AT = 17, 19, 27, 28, 30
+PCAP_FUNCTION_AT, PCAP_BUS_AT, PCAP_DEV_AT = 36, 42, 50
+FUNCTION_ORDER = ("bulk_or_interrupt_transfer", "control_transfer")  # the common first
+FUNCTION_NAMES = {code: name for name, code in FUNCTION_CODES.items()}
+assert max(FUNCTION_CODES.values()) < 64 and STATUS_OTHER < 64
+# the reverse of the shapes' numbers, to rebuild a row that goes through the heap
+NAME_BY_USBMON_XFER = {XFER_BY_NAME[name]: name for name in reversed(XFER_ORDER)}
+NAME_BY_PCAP_XFER = {PCAP_XFER_BY_NAME[name]: name for name in reversed(PCAP_XFER_ORDER)}
+
+
+def usbpcap_sql(u: str) -> str:
+    """SQLite's select list of ``PREPARED_USBPCAP`` from ``urbs`` as ``u``: what
+    ``_prepare_usbpcap`` computes, term for term.  A bus or device past 16 bits, an
+    endpoint past 8 make the shape NULL, which ``_pcap_shape`` refuses, as struct
+    refuses the field."""
+    ep, dev, bus = f"ifnull({u}.endpoint, 0)", f"ifnull({u}.device, 0)", f"ifnull({u}.bus, 0)"
+    xfer = " ".join(f"WHEN '{name}' THEN {PCAP_XFER_BY_NAME[name]}" for name in PCAP_XFER_ORDER)
+    functions = sorted(FUNCTION_CODES, key=lambda name: (
+        FUNCTION_ORDER.index(name) if name in FUNCTION_ORDER else len(FUNCTION_ORDER), name))
+    function = " ".join(f"WHEN '{name}' THEN {FUNCTION_CODES[name]}" for name in functions)
+    bits = (f"min(ifnull(length({u}.data), 0), {LENGTH_MAX}) | ((CASE {u}.transfer_type "
+            f"{xfer} ELSE {PCAP_XFER_OTHER} END) << {PCAP_XFER_AT}) | ({ep} << {PCAP_EP_AT}) | "
+            f"(({u}.direction IS 'in') << {PCAP_IN_AT}) | ((CASE WHEN {u}.setup IS NULL OR "
+            f"length({u}.setup) = 0 THEN 0 WHEN length({u}.setup) = 8 THEN 1 ELSE 2 END) << "
+            f"{PCAP_SETUP_AT}) | ((CASE WHEN {u}.urb_function IS NULL THEN 0 ELSE (CASE "
+            f"{u}.urb_function {function} ELSE 0 END) END) << {PCAP_FUNCTION_AT})")
+    named = " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(STATUSES)
+                     if name not in ("success", None))
+    where = f"({bus} << {PCAP_BUS_AT}) | ({dev} << {PCAP_DEV_AT})"
+    # the common case first: success, bus and device in 8 bits (so in range), and an
+    # endpoint in range
+    shape = (f"CASE WHEN {u}.status = 'success' AND ({bus} | {dev}) BETWEEN 0 AND 255 "
+             f"AND {ep} BETWEEN 0 AND 255 THEN {bits} | {where} "
+             f"WHEN (({bus} | {dev}) >> 16) | ({ep} >> 8) THEN NULL "
+             f"WHEN ({bus} | {dev}) >> 8 OR {u}.status GLOB '0x*' THEN ifnull({u}.status, '') "
+             f"|| ' ' || {bus} || ' ' || {dev} || ' ' || ({bits}) "
+             f"ELSE {bits} | {where} | "
+             f"((CASE {u}.status {named} ELSE (CASE WHEN {u}.status IS NULL THEN "
+             f"{STATUSES.index(None)} ELSE {STATUS_OTHER} END) END) << {PCAP_STATUS_AT}) END")
+    irp = f"CASE WHEN {u}.setup IS NULL THEN {u}.irp_id ELSE {u}.irp_id || ' ' || " \
+        f"hex({u}.setup) END"
+    return f"{irp}, {u}.submitted_at, {u}.completed_at, {shape}, {u}.data"
+
+
+def _prepare_usbpcap(row: Sequence[Any]) -> tuple[Any, ...]:
+    """A row in ``USBPCAP_FIELDS`` order as ``PREPARED_USBPCAP``: what ``usbpcap_sql``
+    makes SQLite compute, in Python, for rows that come from elsewhere."""
+    (irp_text, submitted_at, completed_at, bus, device, endpoint, ttype, function, direction,
+     setup, status, payload) = row
+    endpoint, device, bus = endpoint or 0, device or 0, bus or 0
+    setup = bytes(setup) if setup is not None else None
+    data = bytes(payload) if payload is not None else None
+    shape: Any = None
+    if 0 <= endpoint <= 255 and 0 <= device <= 65535 and 0 <= bus <= 65535:
+        shape = (min(len(data) if data else 0, LENGTH_MAX)
+                 | PCAP_XFER_BY_NAME.get(ttype, PCAP_XFER_OTHER) << PCAP_XFER_AT
+                 | endpoint << PCAP_EP_AT | (direction == "in") << PCAP_IN_AT
+                 | (0 if not setup else 1 if len(setup) == 8 else 2) << PCAP_SETUP_AT
+                 | FUNCTION_CODES.get(function, 0) << PCAP_FUNCTION_AT)
+        if bus > 255 or device > 255 or isinstance(status, str) and status.startswith("0x"):
+            shape = f"{'' if status is None else status} {bus} {device} {shape}"
+        else:
+            shape |= (STATUSES.index(status) if status in STATUSES else STATUS_OTHER) \
+                << PCAP_STATUS_AT | bus << PCAP_BUS_AT | device << PCAP_DEV_AT
+    irp = irp_text if setup is None else f"{irp_text} {setup.hex().upper()}"
+    return irp, submitted_at, completed_at, shape, data
+
+
+def _pcap_key(shape: Any) -> tuple[int, str | None, int, int]:
+    """A USBPcap shape's bits (without status, bus and device), the status name it
+    stands for ("other" for a name that is no USBD status and no number), bus, device."""
+    if shape is None:
+        raise struct.error("a URB's bus, device or endpoint does not fit a USBPcap header")
+    if shape.__class__ is str:
+        status, bus, device, bits = shape.rsplit(" ", 3)
+        return int(bits), status, int(bus), int(device)
+    number = shape >> PCAP_STATUS_AT & 0x3F
+    return (shape, STATUSES[number] if number < STATUS_OTHER else "other",
+            shape >> PCAP_BUS_AT & 0xFF, shape >> PCAP_DEV_AT & 0xFF)
+
+
+def _unprepare_usbpcap(row: Sequence[Any], number: int) -> tuple[Any, ...]:
+    """A ``PREPARED_USBPCAP`` row back in ``FIELDS`` order, the ``number``-th: what the
+    heap path encodes, for the rows the fast writer leaves to it (one-sided, odd setup
+    bytes, more data than the buffer takes)."""
+    text, submitted_at, completed_at, shape, data = row
+    irp_text, sep, setup_hex = text.partition(" ")
+    key, status, bus, device = _pcap_key(shape)
+    return (number, irp_text, submitted_at, completed_at, bus, device,
+            key >> PCAP_EP_AT & 0xFF, NAME_BY_PCAP_XFER[key >> PCAP_XFER_AT & 3],
+            FUNCTION_NAMES.get(key >> PCAP_FUNCTION_AT & 0x3F),
+            "in" if key >> PCAP_IN_AT & 1 else "out",
+            bytes.fromhex(setup_hex) if sep else None, None, None, status, data)
+
+
+def _shape_status(shape: Any, at: int) -> tuple[int, str | None]:
+    """A shape's bits and the status name it stands for ("other" for a name that is
+    no USBD status and no number)."""
+    if shape.__class__ is str:
+        status, bits = shape.rsplit(" ", 1)
+        return int(bits), status
+    number = shape >> at
+    return shape, STATUSES[number] if number < STATUS_OTHER else "other"
+
+
+def _unprepare(row: Sequence[Any], number: int) -> tuple[Any, ...]:
+    """A ``PREPARED`` (usbmon) row back in ``FIELDS`` order, the ``number``-th: what the
+    heap path encodes, for the rows the fast writer leaves to it."""
+    text, submitted_at, completed_at, shape, lengths, data = row
+    irp_text, sep, setup_hex = text.partition(" ")
+    setup = bytes.fromhex(setup_hex) if sep else None
+    if shape is None:
+        raise struct.error("a URB's bus, device, endpoint or length does not fit a usbmon "
+                           "header")
+    key, status = _shape_status(shape, STATUS_AT)
+    return (number, irp_text, submitted_at, completed_at, key >> BUS_AT & 0xFFFF,
+            key >> DEV_AT & 0xFF, key >> EP_AT & 0xFF, NAME_BY_USBMON_XFER[key >> XFER_AT & 3],
+            None, "in" if key >> IN_AT & 1 else "out", setup, lengths & 0xFFFFFFFF,
+            lengths >> 32 & 0xFFFFFFFF, status, data)
+
+
+def _frame(ts_ns: int, records: Sequence[bytes], pcapng: bool) -> bytes:
+    """The records of one event, framed as the container's blocks (as ``_framed``
+    frames them)."""
+    out = []
+    if pcapng:
+        for record in records:
+            size = len(record)
+            pad = -size % 4
+            total = size + pad + 32
+            out.append(EPB_HEAD.pack(BT_EPB, total, 0, ts_ns >> 32, ts_ns & 0xFFFFFFFF, size,
+                                     size))
+            out.append(record + bytes(pad) + U32.pack(total))
+        return b"".join(out)
+    sec, nsec = divmod(ts_ns, 1_000_000_000)
+    if not 0 <= sec < 1 << 32:
+        raise _too_late(sec)
+    for record in records:
+        out.append(PCAP_RECORD.pack(sec, nsec, len(record), len(record)))
+        out.append(record)
+    return b"".join(out)
+
+
+PCAP_RECORD = struct.Struct("<IIII")
+
+
+def _classic_time(pcapng: bool, *seconds: int) -> None:
+    """Raise what classic pcap's writer raises for a time it cannot hold, when a row
+    failed to pack for that reason (a fast writer packs its times with its fields)."""
+    if not pcapng:
+        for sec in seconds:
+            if not 0 <= sec < 1 << 32:
+                raise _too_late(sec) from None
+
+
+def _too_late(sec: int) -> InputError:
+    """What ``PcapWriter.write`` says of a time classic pcap cannot hold."""
+    return InputError(f"a record at {sec} s since 1970 does not fit classic pcap's 32-bit "
+                      "seconds; write pcapng (--format pcapng)")
+
+
+def _push_raw(ahead: list[tuple[Any, int, int, int, bytes]], raw: Sequence[Any],
+              origin: float, usbmon: bool, pcapng: bool) -> None:
+    """A row in ``FIELDS`` order into the heap, its records framed as ``_framed``
+    frames them, under the same key."""
+    number, submitted_at, completed_at = raw[0], raw[2], raw[3]
+    submit: Sequence[bytes] | None
+    complete: Sequence[bytes] | None
+    if usbmon:
+        one, two = _usbmon_pair(raw, origin)
+        submit = None if one is None else (one,)
+        complete = None if two is None else (two,)
+    else:
+        submit, complete = _usbpcap_pair(raw)
+    if submit is not None:
+        heapq.heappush(ahead, (submitted_at, number, 0, len(submit),
+                               _frame(round((origin + submitted_at) * 1e9), submit, pcapng)))
+    if complete is not None:
+        heapq.heappush(ahead, (completed_at, number, 1, len(complete),
+                               _frame(round((origin + completed_at) * 1e9), complete, pcapng)))
+
+
+def _hold_usbmon_pcap(ahead: list[tuple[Any, int, int, int, bytes]], row: Sequence[Any],
+                      number: int, origin: float, ids: Any, shapes: Any) -> None:
+    """``_hold`` for usbmon in classic pcap (rare rows: through the general encoder)."""
+    _push_raw(ahead, _unprepare(row, number), origin, True, False)
+
+
+class PcapShape(NamedTuple):
+    """What ``_pcap_shape`` makes of a USBPcap shape: the struct's ``pack_into`` for a
+    row's records, their length and count, and the pieces only the shape decides."""
+
+    pack: Any
+    total: int
+    records: int
+    head_s: bytes    # the first record's block head (pcapng) or nothing
+    sizes_s: bytes   # its captured and original length, then USBPcap's header length
+    middle_s: bytes  # its header after the IRP id: status to data length (and stage)
+    tail_s: bytes    # its pad and trailer, then the next record's block head
+    sizes_c: bytes   # the completion, as above
+    middle_c: bytes
+    end: bytes       # its pad and trailer
+    where: int       # the data: 0 none, 1 the submission, 2 the completion, 3 a DATA stage;
+    #                  -1: the row goes through the heap
+    split: int       # the length of the submission's records (the completion's follow)
+    data_stage: tuple[bytes, bytes, bytes]  # a DATA stage's sizes, middle and tail
+
+
+def _pcap_shape(table: dict[Any, PcapShape], shape: Any, pcapng: bool) -> PcapShape:
+    """A USBPcap shape decoded (see ``usbpcap_sql``); kept for the next row of that
+    shape (up to a few thousand)."""
+    key, status, bus, device = _pcap_key(shape)
+    code = (_status_code(status) or 0) & 0xFFFFFFFF
+    n = key & LENGTH_MAX
+    transfer, endpoint = key >> PCAP_XFER_AT & 3, key >> PCAP_EP_AT & 0xFF
+    direction_in, setup_kind = key >> PCAP_IN_AT & 1, key >> PCAP_SETUP_AT & 3
+    function = key >> PCAP_FUNCTION_AT & 0x3F
+    control = transfer == usbpcap.TRANSFER_CONTROL
+    out = 0 if direction_in else n
+    into = n if direction_in else 0
+    size = USBPCAP_HEADER.size + control  # a control transfer's records add the stage
+    # the records: payload length, and the header from the status on (USBD status,
+    # function, info, bus, device, endpoint, transfer, data length, the stage)
+    records = []
+    if control:
+        setup_length = 8 if setup_kind == 1 else 0
+        records.append((setup_length, struct.pack("<IHBHHBBIB", 0, function, 0, bus, device,
+                                                  endpoint, transfer, setup_length,
+                                                  usbpcap.STAGE_SETUP)))
+        if out:
+            records.append((out, struct.pack("<IHBHHBBIB", 0, function, 0, bus, device,
+                                             endpoint, transfer, out, usbpcap.STAGE_DATA)))
+    else:
+        records.append((out, struct.pack("<IHBHHBBI", 0, function, 0, bus, device, endpoint,
+                                         transfer, out)))
+    records.append((into, struct.pack("<IHBHHBBI", code, function,
+                                      usbpcap.USBPCAP_INFO_PDO_TO_FDO, bus, device, endpoint,
+                                      transfer, into)
+                    + (struct.pack("<B", usbpcap.STAGE_COMPLETE) if control else b"")))
+    heads, sizes, tails = [], [], []
+    for length, _ in records:
+        length += size
+        total = 32 + length + -length % 4
+        sizes.append(struct.pack("<IIH", length, length, size))
+        heads.append(struct.pack("<II4x", BT_EPB, total) if pcapng else b"")
+        tails.append(bytes(-length % 4) + struct.pack("<I", total) if pcapng else b"")
+    split = sum(32 + length + size + -(length + size) % 4 if pcapng else 16 + length + size
+                for length, _ in records[:-1])
+    tails = [tail + head for tail, head in zip(tails, heads[1:] + [b""])]
+    where = -1 if control and setup_kind == 2 or n > DIRECT else 3 if control and out else \
+        1 if out else 2 if into else 0
+    # head, time, sizes, IRP id, middle, setup, data, tail; [a DATA stage: time, sizes,
+    # IRP id, middle, data, tail]; the completion: time, sizes, IRP id, middle, data, end
+    setup = 8 if control and setup_kind == 1 else 0
+    fmt = f"<{len(heads[0])}sII10s8s{len(records[0][1])}s{setup}s" + \
+        (f"{out}s" if out and not control else "") + f"{len(tails[0])}s"
+    stage: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+    if control and out:
+        fmt += f"II10s8s{len(records[1][1])}s{out}s{len(tails[1])}s"
+        stage = (sizes[1], records[1][1], tails[1])
+    fmt += f"II10s8s{len(records[-1][1])}s" + (f"{into}s" if into else "") + \
+        f"{len(tails[-1])}s"
+    packer = struct.Struct(fmt)
+    entry = PcapShape(packer.pack_into, packer.size, len(records), heads[0], sizes[0],
+                      records[0][1], tails[0], sizes[-1], records[-1][1], tails[-1], where,
+                      split, stage)
+    if len(table) < 4096:
+        table[shape] = entry
+    return entry
+
+
+def _usbpcap_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
+                  pcapng: bool) -> tuple[int, int]:
+    """What ``_framed`` writes for USBPcap, byte for byte, in either container, as
+    ``_usbmon_fast`` writes usbmon; ``rows`` in ``PREPARED_USBPCAP`` order.  A shape
+    says whether its rows can be packed at all (``where``): a row with odd setup bytes
+    or more data than the buffer takes directly goes through the heap."""
+    buf = bytearray(FLUSH)
+    view = memoryview(buf)
+    pos = count = seen = 0
+    room = FLUSH - DIRECT - 512  # past this, the buffer is written out before a row
+    write = stream.write
+    shapes: dict[Any, PcapShape] = {}
+    ids: dict[str, tuple[bytes, bytes]] = {}
+    origin = float(origin)
+    fround = float.__round__
+    ahead: list[tuple[Any, int, int, int, bytes]] = []  # a heap, as in _framed
+    ahead_min: Any = INF
+    pop, push = heapq.heappop, heapq.heappush
+    held: Sequence[Any] | None = None
+    hi_s = hi_c = 0
+    try:
+        for seen, row in enumerate(rows, 1):
+            now = row[1]
+            if now is None:
+                now = row[2]
+                if now is None:
+                    continue  # no records, and nothing is due
+            if held is not None:
+                text, sub, done, shape, data = held
+                (pack, total, records, head_s, sizes_s, middle_s, tail_s, sizes_c, middle_c,
+                 end, where, split, stage) = \
+                    shapes.get(shape) or _pcap_shape(shapes, shape, pcapng)
+                if where >= 0 and sub is not None and done is not None:
+                    # packed in place; written there if both records are due by now,
+                    # before whatever waits (as the heap would order them), else the
+                    # submission alone if it is, and what is not due goes to the heap
+                    irp = ids.get(text)
+                    if irp is None:
+                        irp = _irp(ids, text)
+                    irp_id, setup = irp
+                    if pos > room:
+                        write(view[:pos])
+                        pos = 0
+                    ns_s = fround((origin + sub) * 1e9)
+                    ns_c = fround((origin + done) * 1e9)
+                    if pcapng:
+                        hi_s = ns_s >> 32
+                        lo_s = ns_s & 0xFFFFFFFF
+                        hi_c = ns_c >> 32
+                        lo_c = ns_c & 0xFFFFFFFF
+                    else:
+                        hi_s, lo_s = divmod(ns_s, 1_000_000_000)
+                        hi_c, lo_c = divmod(ns_c, 1_000_000_000)
+                    if where == 2:
+                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, middle_s, setup,
+                             tail_s, hi_c, lo_c, sizes_c, irp_id, middle_c, data, end)
+                    elif where == 1:
+                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, middle_s, setup,
+                             data, tail_s, hi_c, lo_c, sizes_c, irp_id, middle_c, end)
+                    elif where == 0:
+                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, middle_s, setup,
+                             tail_s, hi_c, lo_c, sizes_c, irp_id, middle_c, end)
+                    else:
+                        sizes_d, middle_d, tail_d = stage
+                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, middle_s, setup,
+                             tail_s, hi_s, lo_s, sizes_d, irp_id, middle_d, data, tail_d,
+                             hi_c, lo_c, sizes_c, irp_id, middle_c, end)
+                    if sub <= done <= now and done < ahead_min:
+                        pos += total
+                        count += records
+                    else:
+                        # its number in the heap's order: less than any later row's,
+                        # more than any earlier row's
+                        if sub <= now and sub < ahead_min and sub <= done:
+                            pos += split
+                            count += records - 1
+                            push(ahead, (done, seen - 1, 1, 1,
+                                         bytes(view[pos:pos + total - split])))
+                        else:
+                            push(ahead, (sub, seen - 1, 0, records - 1,
+                                         bytes(view[pos:pos + split])))
+                            push(ahead, (done, seen - 1, 1, 1,
+                                         bytes(view[pos + split:pos + total])))
+                        ahead_min = ahead[0][0]
+                else:
+                    _push_raw(ahead, _unprepare_usbpcap(held, seen - 1), origin, False,
+                              pcapng)
+                    ahead_min = ahead[0][0]
+                if ahead_min <= now:
+                    while ahead and ahead[0][0] <= now:
+                        item = pop(ahead)
+                        count += item[3]
+                        blob = item[4]
+                        n = len(blob)
+                        if pos + n > FLUSH:
+                            write(view[:pos])
+                            pos = 0
+                            if n > FLUSH:
+                                write(blob)
+                                continue
+                        buf[pos:pos + n] = blob
+                        pos += n
+                    ahead_min = ahead[0][0] if ahead else INF
+            held = row
+    except struct.error:
+        _classic_time(pcapng, hi_s, hi_c)
+        raise
+    if held is not None:
+        _push_raw(ahead, _unprepare_usbpcap(held, seen), origin, False, pcapng)
+    write(view[:pos])
+    while ahead:
+        item = pop(ahead)
+        write(item[4])
+        count += item[3]
+    view.release()
+    return count, seen
