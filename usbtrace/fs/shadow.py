@@ -827,7 +827,11 @@ class Attributor:
                     else:
                         for fields, pending in hit[2]:
                             queue.append([seq, Activity(seq, *fields), pending])
-                    return self._release()
+                    if queue and queue[0][0] <= seq - self.window or \
+                            self._parked_count > MAX_PARKED \
+                            or not self.volumes or self._inferred is not None:
+                        return self._release()
+                    return []  # nothing due (``_release``'s tests, inline)
                 self._changed = set()
                 self._access(seq, lba, blocks, data, write, probe=False)
                 self._moved()
@@ -946,13 +950,17 @@ class Attributor:
             if not self.volumes:
                 self._infer()  # the last moment: rows become final
                 queue = self._queue
-            finish, append = self._finish, self._append
+            finish, append, add = self._finish, self._append, out.append
             while queue and queue[0][0] <= limit:
                 entry = queue.popleft()
-                if entry[1].kind in LATE_KINDS:
+                row = entry[1]
+                kind = row.kind
+                if kind in LATE_KINDS:
                     finish(out, entry)
-                else:  # final as made (a FAT, a directory, ...)
-                    append(out, entry[1])
+                elif kind == "merged" or out and out[-1].scsi_seq == row.scsi_seq:
+                    append(out, row)  # final as made (a FAT, a directory, ...): merged?
+                else:
+                    add(row)  # the first of its command: ``_append`` would add it
         while self._parked_count > MAX_PARKED:
             key, row = self._parked_order.popleft()
             if row.kind != "unallocated":
