@@ -86,6 +86,7 @@ MAX_UPCASE_BYTES = 2 * 65536  # exFAT spec §7.2: one 16-bit mapping per UCS-2 c
 MAX_DEPTH = 128  # directory nesting followed; deeper ones are noted, not read
 MAX_FILESYSTEMS = 64  # volumes, unsupported and malformed regions tracked per medium
 MAX_NOTES = 64  # notes kept per volume (and per attributor)
+_VOLUME = object()  # ``Attributor._boot``: the sector made a volume
 
 
 @dataclass(slots=True)
@@ -765,6 +766,12 @@ class Attributor:
                                                   list[tuple[tuple[Any, ...], Any]], bool]] = {}
         self._recent_bytes = 0
         self._moves = 0  # times ``_recent`` was emptied
+        # boot sectors and partition tables parsed, by LBA: (the sector, what
+        # ``_fat_volume`` made of it, ``_VOLUME`` for a volume; and the partition entries,
+        # for sector 0).  Hosts read them again at every mount: the same bytes parse the
+        # same (both functions are pure), so they are not parsed again (``_boot``)
+        self._boots: dict[int, tuple[bytes, Malformed | str | object | None,
+                                     list[tuple[int, int, int]] | None]] = {}
 
     def _moved(self) -> None:
         """Something a read's rows depend on changed: forget the reads kept."""
@@ -792,7 +799,13 @@ class Attributor:
              data: bytes, status: str) -> list[Activity]:
         self._seq = seq
         if lba is None or not blocks or opcode not in READS_WRITES or status != "good":
-            return self._release()
+            # most such commands release nothing: ``_release``'s tests, inline
+            queue = self._queue
+            if queue and queue[0][0] <= seq - self.window or \
+                    self._parked_count > MAX_PARKED or not self.volumes or \
+                    self._inferred is not None:
+                return self._release()
+            return []
         write = opcode in WRITES
         blind, inferred = not self.volumes, self._inferred
         recent = not write and not blind and inferred is None and lba > 0
@@ -814,7 +827,11 @@ class Attributor:
                     else:
                         for fields, pending in hit[2]:
                             queue.append([seq, Activity(seq, *fields), pending])
-                    return self._release()
+                    if queue and queue[0][0] <= seq - self.window or \
+                            self._parked_count > MAX_PARKED \
+                            or not self.volumes or self._inferred is not None:
+                        return self._release()
+                    return []  # nothing due (``_release``'s tests, inline)
                 self._changed = set()
                 self._access(seq, lba, blocks, data, write, probe=False)
                 self._moved()
@@ -933,13 +950,17 @@ class Attributor:
             if not self.volumes:
                 self._infer()  # the last moment: rows become final
                 queue = self._queue
-            finish, append = self._finish, self._append
+            finish, append, add = self._finish, self._append, out.append
             while queue and queue[0][0] <= limit:
                 entry = queue.popleft()
-                if entry[1].kind in LATE_KINDS:
+                row = entry[1]
+                kind = row.kind
+                if kind in LATE_KINDS:
                     finish(out, entry)
-                else:  # final as made (a FAT, a directory, ...)
-                    append(out, entry[1])
+                elif kind == "merged" or out and out[-1].scsi_seq == row.scsi_seq:
+                    append(out, row)  # final as made (a FAT, a directory, ...): merged?
+                else:
+                    add(row)  # the first of its command: ``_append`` would add it
         while self._parked_count > MAX_PARKED:
             key, row = self._parked_order.popleft()
             if row.kind != "unallocated":
@@ -1319,14 +1340,13 @@ class Attributor:
         """Learn from sector 0; True when it was a partition table (and reported)."""
         if len(sector) < SECTOR:
             return False
-        found = _fat_volume(0, sector)
+        found, entries = self._boot(0, sector)
         if isinstance(found, Volume):
             self._add_volume(found)
             return False
         if isinstance(found, str):
             self._add_unsupported(0, None, found)
             return False
-        entries = _partition_entries(sector) if sector[510:512] == b"\x55\xaa" else None
         if isinstance(found, Malformed) and not entries:
             # a boot sector, not a partition table (some MBR code starts with a jump too)
             self._add_malformed(0, None, found.reason)
@@ -1368,7 +1388,7 @@ class Attributor:
         for start in list(expected) if expected else ():
             if lba <= start < end and len(data) >= (start - lba + 1) * SECTOR:
                 sector = data[(start - lba) * SECTOR : (start - lba + 1) * SECTOR]
-                found = _fat_volume(start, sector)
+                found = self._boot(start, sector)[0]
                 if isinstance(found, Volume):
                     self._add_volume(found)
                     del self.expected[start]
@@ -1392,6 +1412,31 @@ class Attributor:
                 self.unsupported = [u for u in self.unsupported if u[0] != start]
                 self._moved()
                 self._add_unsupported(start, stop, name)
+
+    def _boot(self, start: int, sector: bytes
+              ) -> tuple[Volume | Malformed | str | None, list[tuple[int, int, int]] | None]:
+        """``_fat_volume(start, sector)``, and the partition entries of sector 0 (None
+        unless it ends in 55 AA and they can be a table).  A sector parsed at ``start``
+        before is not parsed again: what it made then, it makes again.  A volume is made
+        again only if adding it could change anything; else the volume already there at
+        ``start`` is given (``_add_volume`` then returns at once, as with a new one)."""
+        seen = self._boots.get(start)
+        if seen is not None and seen[0] == sector:
+            found = seen[1]
+            if found is not _VOLUME:
+                return found, seen[2]  # type: ignore[return-value]
+            if self._inferred is None:
+                for volume in self.volumes:
+                    if volume.start == start:
+                        return volume, seen[2]
+        made = _fat_volume(start, sector)
+        entries = _partition_entries(sector) if start == 0 and \
+            sector[510:512] == b"\x55\xaa" else None
+        if len(self._boots) >= MAX_FILESYSTEMS:
+            self._boots = {}
+        self._boots[start] = (bytes(sector), _VOLUME if isinstance(made, Volume) else made,
+                              entries)
+        return made, entries
 
     def _room(self, start: int) -> bool:
         """Whether one more file system can be tracked (a bounded number of them)."""
