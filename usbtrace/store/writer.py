@@ -35,6 +35,7 @@ from usbtrace.errors import DatabaseError
 from usbtrace.fs.shadow import Activity, Attributor
 from usbtrace.interrupt import Interrupt
 from usbtrace.records import (
+    BULK,
     COMPLETE,
     CONTROL,
     GAP,
@@ -358,6 +359,7 @@ class SessionWriter:
         self._gap_count = 0
         self._activity_id = 0
         self._batch_bytes = 0
+        self._rows = 0  # urbs and irps rows held for the next batch
         self.unstorable_lbas: list[int] = []  # seqs of commands whose LBA is past INT64_MAX
         self._bulk = bulk_inserts(database)
         self._inserter = ProcessInserter(database) if background else None
@@ -383,37 +385,38 @@ class SessionWriter:
         exchange = self._exchange
         for event in events:
             kind = event.kind
-            if kind == COMPLETE:  # as in feed
-                self.records += 1
-                if event.ts > self.last_ts:
-                    self.last_ts = event.ts
-                exchange(complete(event))
-            elif kind == GAP:
+            if kind == GAP:
                 self.gap(event)
-            else:
+            else:  # as in feed
                 self.records += 1
-                if event.ts > self.last_ts:
-                    self.last_ts = event.ts
-                for x, sealed in pair(event):
-                    exchange(x, sealed)
+                ts = event.ts
+                if ts > self.last_ts:
+                    self.last_ts = ts
+                if kind == COMPLETE:
+                    exchange(complete(event))
+                else:
+                    for x, sealed in pair(event):
+                        exchange(x, sealed)
             if stop is not None and stop.requested:
                 return
 
     def _exchange(self, x: Exchange, sealed: bool = True) -> None:
         """One step of pairing: a row once the exchange is sealed, and its meaning to the
         Bulk-Only stage at the record that carries its bytes (see ``decode.pairing``)."""
-        sid = self.session_id
-        if sealed and x.position != "capture":
-            self._irps.append(irp_row(sid, x))
-        if x.is_urb:
-            first = x.first
-            if sealed:
-                self._urbs.append(urb_row(sid, x))
+        if sealed:
+            if x.position != "capture":
+                self._irps.append(irp_row(self.session_id, x))
+                self._rows += 1
+            if x.is_urb:
+                self._urbs.append(urb_row(self.session_id, x))
+                self._rows += 1
                 self._batch_bytes += len(x.data)
-                if first.transfer_type == CONTROL:  # descriptors ride on control transfers
+                if x.first.transfer_type == CONTROL:  # descriptors ride on control transfers
                     self.identity.feed(x)
                 if x.early and x.complete is None:
                     self.unanswered_out += 1
+        if x.is_urb:
+            first = x.first
             # a device whose selected setting is UAS goes to the UAS stage, any other to BOT;
             # UAS reads whole exchanges, so it takes each once, sealed
             pipes = self.identity.uas_pipes(first.bus, first.device) \
@@ -422,12 +425,13 @@ class SessionWriter:
                 commands = self.uas.feed(x, pipes) if sealed else []
             elif sealed and x.early:
                 commands = self.bot.completed(x)
+            elif first.transfer_type == BULK:  # most exchanges: no dispatch in between
+                commands = self.bot.bulk(x)
             else:
                 commands = self.bot.feed(x)
             for cmd in commands:
                 self._command(cmd)
-        if len(self._urbs) + len(self._irps) >= self.batch or \
-                self._batch_bytes >= BATCH_BYTES:
+        if self._rows >= self.batch or self._batch_bytes >= BATCH_BYTES:
             self.flush()
         elif self.flush_every is not None and time.monotonic() >= self._flush_due:
             self.flush()
@@ -497,7 +501,7 @@ class SessionWriter:
             "record_count": self.records, "command_count": self.commands,
             "duration": self.last_ts, "dropped_count": self.dropped})))
         self._irps, self._urbs, self._cmds, self._files, self._gaps = [], [], [], [], []
-        self._batch_bytes = 0
+        self._batch_bytes = self._rows = 0
         if self._inserter is not None:
             self._inserter.put(batch)
         else:
