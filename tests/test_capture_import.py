@@ -254,6 +254,26 @@ def test_large_file_path_stores_from_a_second_process(tmp_path: Path,
         conn.execute(counts, (forked.session_id,)).fetchone()
 
 
+def test_an_insert_error_in_the_storing_process_is_one_database_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forked inserter keeps reading after an insert fails (the decoder never waits on
+    a full pipe) and names the first error when the import closes."""
+    import usbtrace.importing as importing
+    import usbtrace.store.writer as writer
+    from usbtrace.errors import DatabaseError
+
+    def failing(*args: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(importing, "BACKGROUND_FROM", 0)
+    monkeypatch.setattr(importing, "spare_core", lambda: True)
+    monkeypatch.setattr(writer, "insert_batch", failing)  # the child inherits it
+    with pytest.raises(DatabaseError, match="storing rows failed: OperationalError: disk I/O "
+                                            "error$"):
+        import_capture(Database(tmp_path / "t.db"),
+                       shared_capture("linux-qemu-fat16-xhci.usbmon.pcap"))
+
+
 def test_after_works_in_the_storing_process(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import usbtrace.importing as importing

@@ -106,14 +106,17 @@ class SourceError(CaptureFormatError):
 def events(stream: BinaryIO, stats: CaptureStats,
            progress: Callable[[int], None] | None = None,
            position: Callable[[], int] | None = None) -> Iterator[Event]:
-    """Events of a capture, with times relative to its first record.
+    """Events of a capture, with times relative to its first record.  The container's
+    header is read here (a file that is no capture fails at once), the records as the
+    events are taken.
 
     ``position`` counts the bytes taken from the source for ``progress`` (the bytes of a
     compressed file, not of the capture inside); a ``SourceError`` ends the events
     after everything before it has been given, then goes on up."""
     reader = CaptureReader(stream)
     stats.interface_drops = reader.drops
-    yield from _events(reader, stats, progress, position or (lambda: reader.bytes_read))
+    # the loop itself, not a generator around it: one resumption a record, not two
+    return _events(reader, stats, progress, position or (lambda: reader.bytes_read))
 
 
 def _events(reader: CaptureReader, stats: CaptureStats,

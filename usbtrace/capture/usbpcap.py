@@ -98,6 +98,9 @@ class UsbpcapDecoder:
             raise MalformedRecord(f"USBPcap device address {device} is not a USB address "
                                   "(0-127)")
         payload = data[header_len : header_len + data_length]
+        if transfer == TRANSFER_BULK and not self._setup and function not in PIPE_REQUESTS:
+            return [self._bulk(number, ts, irp_id, status, function, info, bus, device,
+                               endpoint, data_length, payload)]
         completion = bool(info & USBPCAP_INFO_PDO_TO_FDO)
         stage = data[27] if transfer == TRANSFER_CONTROL and header_len >= 28 else None
         if stage == STAGE_SETUP and not completion and len(payload) < 8:
@@ -173,6 +176,30 @@ class UsbpcapDecoder:
                          transfer_type, urb_status, length, None, body, body_length, None, None,
                          number, status))
         return out
+
+    @staticmethod
+    def _bulk(number: int, ts: float, irp_id: int, status: int, function: int, info: int,
+              bus: int, device: int, endpoint: int, data_length: int, payload: bytes) -> Event:
+        """``decode_record`` for most records: a bulk transfer while no control SETUP stage
+        is held (nothing to fold, no stage, no pipe request), the same event by the same
+        rules, without the checks that only control transfers and pipe requests need."""
+        captured = len(payload)
+        if info & USBPCAP_INFO_PDO_TO_FDO:
+            # an OUT completion carries no data, and its length is unknown (see below)
+            return Event(COMPLETE, ts, irp_id, "capture", None, None, None, None, None, None,
+                         None, function, bus, device, endpoint, BULK, status,
+                         data_length if endpoint & 0x80 else None, None, bytes(payload),
+                         data_length if captured < data_length else captured, None, None,
+                         number, status)
+        if endpoint & 0x80:
+            body, body_length, length = b"", None, None
+        else:
+            body, body_length, length = bytes(payload), captured, data_length
+        if captured < data_length:
+            body_length = data_length  # the capture was cut by the snapshot length
+        return Event(SUBMIT, ts, irp_id, "capture", None, None, None, None, None, None,
+                     None, function, bus, device, endpoint, BULK, None, length, None, body,
+                     body_length, None, None, number, status)
 
     def flush(self) -> list[Event]:
         held = list(self._setup.values())

@@ -124,7 +124,7 @@ class BotDecoder:
         first = x.first
         kind = first.transfer_type
         if kind == BULK:
-            return self._bulk(x)
+            return self.bulk(x)
         if kind == CONTROL and first.setup and len(first.setup) >= 2:
             setup = first.setup
             if setup[0] == 0x00 and setup[1] == 0x09:  # SET_CONFIGURATION: pipes anew
@@ -140,7 +140,8 @@ class BotDecoder:
                     return out
         return []
 
-    def _bulk(self, x: Exchange) -> list[ScsiCommand]:
+    def bulk(self, x: Exchange) -> list[ScsiCommand]:
+        """``feed`` for a bulk transfer (most of them: the writer calls it at once)."""
         first = x.first
         key = (first.bus, first.device)
         state = self._devices.get(key)

@@ -35,6 +35,7 @@ from usbtrace.errors import DatabaseError
 from usbtrace.fs.shadow import Activity, Attributor
 from usbtrace.interrupt import Interrupt
 from usbtrace.records import (
+    BULK,
     COMPLETE,
     CONTROL,
     GAP,
@@ -240,33 +241,37 @@ def insert_batch(database: Database, bulk: dict[str, BulkInsert],
                 bulk[name].execute(conn, params)
 
 
-def _inserter_main(target: str, channel: Any, parent_end: Any) -> None:
+INSERTER_PIPE = 1 << 20  # bytes the pipe to the inserter holds (Linux; the default is 64 KiB)
+
+
+def _inserter_main(target: str, data_fd: int, parent_fd: int, reply: Any) -> None:
     """The insert process: its own connection, batches in order, the first error back.
 
     It holds no copy of the parent's end of the pipe and ignores Ctrl-C, so it ends
     exactly when the parent closes the pipe or dies: it never outlives the command.
     A batch cut short by the parent's death is never committed.
     """
-    parent_end.close()
+    os.close(parent_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     error = None
     try:
         database = Database(target, create=False)
         bulk = bulk_inserts(database)
-        while (batch := channel.recv()) is not None:
-            if error is None:
-                try:
-                    insert_batch(database, bulk, batch)
-                except Exception as e:
-                    error = f"{type(e).__name__}: {e}"
+        with os.fdopen(data_fd, "rb", buffering=INSERTER_PIPE) as stream:
+            while (batch := pickle.load(stream)) is not None:
+                if error is None:
+                    try:
+                        insert_batch(database, bulk, batch)
+                    except Exception as e:
+                        error = f"{type(e).__name__}: {e}"
         database.engine.dispose()
-        channel.send(error)
-        channel.close()
-    except (EOFError, OSError):
-        pass  # the parent is gone: nothing to report to
+        reply.send(error)
+        reply.close()
+    except (EOFError, OSError, pickle.UnpicklingError):
+        pass  # the parent is gone (a batch cut short): nothing to report to
     except Exception as e:
         try:
-            channel.send(error or f"{type(e).__name__}: {e}")
+            reply.send(error or f"{type(e).__name__}: {e}")
         except OSError:
             pass
     os._exit(0)  # skip finalizers: never touch the parent's inherited connections
@@ -276,28 +281,49 @@ class ProcessInserter:
     """Insert batches in a forked process, so storage runs beside decoding.
 
     A thread would not help: the sqlite3 module binds every parameter under the
-    interpreter lock.  Batches are pickled through a pipe; a full pipe makes the
+    interpreter lock.  Batches are pickled straight into a pipe, and unpickled straight
+    out of it: no whole batch is held as one pickle on either side (a batch's 16 MiB
+    buffer, made anew for each, cost each process a page fault per 4 KiB), and a
+    large pipe lets the two processes take turns less often.  A full pipe makes the
     decoder wait, which bounds memory.
     """
 
     def __init__(self, database: Database) -> None:
         context = multiprocessing.get_context("fork")
-        self._channel, child = context.Pipe()
+        read_fd, write_fd = os.pipe()
+        try:
+            fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), INSERTER_PIPE)
+        except OSError:
+            pass
+        self._reply, reply_end = context.Pipe(duplex=False)
         self._process = context.Process(target=_inserter_main,
-                                        args=(database.target, child, self._channel),
+                                        args=(database.target, read_fd, write_fd, reply_end),
                                         daemon=True)
         self._process.start()
-        child.close()
+        os.close(read_fd)
+        reply_end.close()
+        self._stream = os.fdopen(write_fd, "wb", buffering=INSERTER_PIPE)
 
     def put(self, batch: Any) -> None:
-        self._channel.send(batch)
+        pickle.dump(batch, self._stream, protocol=pickle.HIGHEST_PROTOCOL)
+        self._stream.flush()
 
     def close(self) -> None:
+        error: str | None
         try:
-            self._channel.send(None)
-            error = self._channel.recv()
+            pickle.dump(None, self._stream)
+            self._stream.flush()
+        except OSError:
+            pass  # it is gone: its reply, if it left one, says why
+        try:
+            error = self._reply.recv()
         except (EOFError, OSError):
             error = "the storing process ended early"
+        try:
+            self._stream.close()
+        except OSError:
+            pass
+        self._reply.close()
         self._process.join()
         if error is not None:
             raise DatabaseError(f"storing rows failed: {error}")
@@ -338,6 +364,7 @@ class SessionWriter:
         self._gap_count = 0
         self._activity_id = 0
         self._batch_bytes = 0
+        self._rows = 0  # urbs and irps rows held for the next batch
         self.unstorable_lbas: list[int] = []  # seqs of commands whose LBA is past INT64_MAX
         self._bulk = bulk_inserts(database)
         self._inserter = ProcessInserter(database) if background else None
@@ -363,37 +390,38 @@ class SessionWriter:
         exchange = self._exchange
         for event in events:
             kind = event.kind
-            if kind == COMPLETE:  # as in feed
-                self.records += 1
-                if event.ts > self.last_ts:
-                    self.last_ts = event.ts
-                exchange(complete(event))
-            elif kind == GAP:
+            if kind == GAP:
                 self.gap(event)
-            else:
+            else:  # as in feed
                 self.records += 1
-                if event.ts > self.last_ts:
-                    self.last_ts = event.ts
-                for x, sealed in pair(event):
-                    exchange(x, sealed)
+                ts = event.ts
+                if ts > self.last_ts:
+                    self.last_ts = ts
+                if kind == COMPLETE:
+                    exchange(complete(event))
+                else:
+                    for x, sealed in pair(event):
+                        exchange(x, sealed)
             if stop is not None and stop.requested:
                 return
 
     def _exchange(self, x: Exchange, sealed: bool = True) -> None:
         """One step of pairing: a row once the exchange is sealed, and its meaning to the
         Bulk-Only stage at the record that carries its bytes (see ``decode.pairing``)."""
-        sid = self.session_id
-        if sealed and x.position != "capture":
-            self._irps.append(irp_row(sid, x))
-        if x.is_urb:
-            first = x.first
-            if sealed:
-                self._urbs.append(urb_row(sid, x))
+        if sealed:
+            if x.position != "capture":
+                self._irps.append(irp_row(self.session_id, x))
+                self._rows += 1
+            if x.is_urb:
+                self._urbs.append(urb_row(self.session_id, x))
+                self._rows += 1
                 self._batch_bytes += len(x.data)
-                if first.transfer_type == CONTROL:  # descriptors ride on control transfers
+                if x.first.transfer_type == CONTROL:  # descriptors ride on control transfers
                     self.identity.feed(x)
                 if x.early and x.complete is None:
                     self.unanswered_out += 1
+        if x.is_urb:
+            first = x.first
             # a device whose selected setting is UAS goes to the UAS stage, any other to BOT;
             # UAS reads whole exchanges, so it takes each once, sealed
             pipes = self.identity.uas_pipes(first.bus, first.device) \
@@ -402,12 +430,13 @@ class SessionWriter:
                 commands = self.uas.feed(x, pipes) if sealed else []
             elif sealed and x.early:
                 commands = self.bot.completed(x)
+            elif first.transfer_type == BULK:  # most exchanges: no dispatch in between
+                commands = self.bot.bulk(x)
             else:
                 commands = self.bot.feed(x)
             for cmd in commands:
                 self._command(cmd)
-        if len(self._urbs) + len(self._irps) >= self.batch or \
-                self._batch_bytes >= BATCH_BYTES:
+        if self._rows >= self.batch or self._batch_bytes >= BATCH_BYTES:
             self.flush()
         elif self.flush_every is not None and time.monotonic() >= self._flush_due:
             self.flush()
@@ -477,7 +506,7 @@ class SessionWriter:
             "record_count": self.records, "command_count": self.commands,
             "duration": self.last_ts, "dropped_count": self.dropped})))
         self._irps, self._urbs, self._cmds, self._files, self._gaps = [], [], [], [], []
-        self._batch_bytes = 0
+        self._batch_bytes = self._rows = 0
         if self._inserter is not None:
             self._inserter.put(batch)
         else:
