@@ -102,7 +102,9 @@ def stack(mib: int, stage: str, folder: Path, protocol: str = "bot") -> Sample:
         sid = database.new_session("simulated", "bench", "now", "virtual")
         writer = SessionWriter(database, sid, attribute_files=stage == "files")
         if stage == "capture":  # the storing process takes the records and drops them
+            # (the storing process hands each message to feed_all; feed for the thread)
             writer.feed = lambda event: None  # type: ignore[method-assign]
+            writer.feed_all = lambda events, stop=None: None  # type: ignore[method-assign]
         elif stage == "decode":  # decode, then throw the rows away
             def discard(w: SessionWriter = writer) -> None:
                 w._irps, w._urbs, w._cmds = [], [], []
