@@ -71,30 +71,20 @@ def hex_id(value: int | None) -> str | None:
 
 
 IRP_COLUMNS = tuple(c.name for c in IrpRow.__table__.columns)
-# NTSTATUS -> its name: a session uses a handful, and the enum's lookup by value is slow
-_status_names: dict[int, str | None] = {}
 
 
 def irp_row(session_id: int, x: Exchange, _majors: dict[int, str] = MAJOR_NAMES,
-            _ioctls: dict[int, str] = IOCTL_NAMES,
-            _statuses: dict[int, str | None] = _status_names) -> tuple[Any, ...]:
+            _ioctls: dict[int, str] = IOCTL_NAMES) -> tuple[Any, ...]:
     """An ``irps`` row as a tuple in ``IRP_COLUMNS`` order (four a read, live)."""
     s, c = x.submit, x.complete
     first = x.first
     major = first.major if first.major is not None else -1
     ioctl = first.ioctl
-    status = None
-    if c is not None and c.status is not None:
-        status = _statuses.get(c.status)
-        if status is None:
-            if len(_statuses) >= HEX_IDS:
-                _statuses.clear()
-            status = _statuses[c.status] = status_name(c.status)
     return (
         session_id, x.seq, hex_id(x.irp_id), hex_id(first.parent_irp_id), x.position,
         _majors.get(major) or f"0x{major:02x}", minor_name(major, first.minor),
         None if ioctl is None else (_ioctls.get(ioctl) or f"0x{ioctl:08x}"),
-        status, c.information if c else None,
+        status_name(c.status) if c else None, c.information if c else None,
         (c.detail if c and c.detail else first.detail),
         first.offset, first.length if first.offset is not None else None,
         first.file_object, s.ts if s else None, c.ts if c else None,

@@ -7,6 +7,7 @@ Windows trace would carry.
 from __future__ import annotations
 
 from enum import IntEnum
+from functools import lru_cache
 
 
 class NTSTATUS(IntEnum):
@@ -53,8 +54,11 @@ def NT_SUCCESS(status: int) -> bool:  # noqa: N802 - the WDK macro's name
 
 def status_name(status: int | None) -> str | None:
     """Lower-case name of a status code for the database, or hex if unknown."""
-    if status is None:
-        return None
+    return None if status is None else _name(status)
+
+
+@lru_cache(maxsize=4096)  # a log names a handful; the enum's lookup by value is slow
+def _name(status: int) -> str:
     try:
         return NTSTATUS(status).name.lower()
     except ValueError:
