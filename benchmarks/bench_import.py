@@ -16,9 +16,9 @@ goes first; usbtrace is run a third time with ``--no-files`` for attribution's c
 The peer is ``tshark -T fields`` decoding the SCSI fields the cross-check tests use.
 
 Whether the import forks its inserter is decided per run from a tenth of a second of
-/proc/stat, and a forked inserter costs the tree more CPU (pickling the rows, 4 to 5 s
-per million records in paired runs): two runs that decided differently would count that
-as attribution.
+/proc/stat, and a forked inserter costs the tree more CPU (pickling the rows and the
+pipe: 1 to 2 s per million records with a core each, 4 to 5 s on a shared machine): two
+runs that decided differently would count that as attribution.
 So the first usbtrace run of a pair decides as an import does, and the second is made to
 store the same way (the wrapper sets ``importing.spare_core``): attribution's cost
 compares like with like.

@@ -61,9 +61,11 @@ def spare_core() -> bool:
     it: at least two CPUs for this process, and, over a short look, at least
     ``SPARE_CPUS`` of them idle or running only niced work (which yields to ours).  On a
     busy machine the two processes share a core, so the rows pickled from one to the
-    other are pure overhead (the tree takes about half as much CPU again as storing them
-    here: 15.2 against 10.3 s for a million usbmon records, paired).  Where the kernel
-    does not say, the load average decides."""
+    other are pure overhead: the tree took about half as much CPU again as storing them
+    here (15.2 against 10.3 s for a million usbmon records, paired, on a shared machine).
+    With a core each it costs less, 8 to 18% more CPU than one process, for 23 to 29%
+    less wall time (the three formats of ``bench_import``, tiled to a million records,
+    idle machine).  Where the kernel does not say, the load average decides."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
