@@ -459,7 +459,7 @@ def prepared_sql(u: str) -> str:
     irp = f"CASE WHEN {u}.setup IS NULL THEN {u}.irp_id ELSE {u}.irp_id || ' ' || " \
         f"hex({u}.setup) END"
     return (f"{irp}, {u}.submitted_at, {u}.completed_at, {shape}, {requested} | "
-            f"({actual} << 32), {u}.data")
+            f"({actual} << 32), ifnull({u}.data, x'')")
 
 
 def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -470,7 +470,7 @@ def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
     endpoint, device, bus = endpoint or 0, device or 0, bus or 0
     requested, actual = requested or 0, actual or 0
     setup = bytes(setup) if setup is not None else None
-    data = bytes(payload) if payload is not None else None
+    data = bytes(payload) if payload is not None else b""  # as SQLite's ifnull(data, x'')
     shape: Any = None
     if 0 <= endpoint <= 255 and 0 <= device <= 255 and 0 <= bus <= 65535 and \
             0 <= requested <= 0xFFFFFFFF and 0 <= actual <= 0xFFFFFFFF:
@@ -573,10 +573,10 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
     buffer, in the order the heap would give them, by its shape's struct.  Otherwise
     they become bytes in the heap, and leave it as in ``_framed``.
 
-    A record's time goes before it as two 32-bit halves: of nanoseconds in pcapng,
-    seconds and nanoseconds in classic pcap (``divmod`` by a billion: a one-digit
-    divisor for Python's integers, cheaper than by 1 << 32, so not for pcapng)."""
-    hold = _hold if pcapng else _hold_usbmon_pcap
+    A record's time goes before it as the two 32-bit halves of its nanoseconds.
+    Classic pcap (``pcapng`` false) has its own writer, ``_usbmon_pcap``."""
+    if not pcapng:
+        return _usbmon_pcap(rows, stream, origin)
     buf = bytearray(FLUSH)
     view = memoryview(buf)
     pos = count = seen = 0
@@ -590,6 +590,185 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
     ahead_min: Any = INF  # the time of its first record
     pop, push = heapq.heappop, heapq.heappush
     held: Sequence[Any] | None = None
+    for seen, row in enumerate(rows, 1):
+        now = row[1]
+        if now is None:
+            now = row[2]
+            if now is None:
+                continue  # no records, and nothing is due
+        if held is not None:
+            text, sub, done, shape, lengths, data = held
+            (pack, total, head_s, sizes_s, flags_s, kept_s, middle, sizes_c, flags_c,
+             errno, kept_c, end, where, split) = \
+                shapes.get(shape) or _shape(shapes, shape)
+            if where >= 0 and sub is not None and done is not None:
+                # packed in place; written there if both records are due by now,
+                # before whatever waits (an earlier row's, so at an equal time
+                # that comes first), else the submission alone if it is, and what
+                # is not due goes to the heap
+                irp = ids.get(text)
+                if irp is None:
+                    irp = _irp(ids, text)
+                irp_id, setup = irp
+                if pos > room:
+                    write(view[:pos])
+                    pos = 0
+                ts = origin + sub
+                sec_s = trunc(ts)
+                usec_s = fround((ts - sec_s) * 1e6)
+                if usec_s >= 1_000_000:
+                    sec_s, usec_s = sec_s + 1, usec_s - 1_000_000
+                ns = fround(ts * 1e9)
+                hi_s = ns >> 32
+                lo_s = ns & 0xFFFFFFFF
+                ts = origin + done
+                sec_c = trunc(ts)
+                usec_c = fround((ts - sec_c) * 1e6)
+                if usec_c >= 1_000_000:
+                    sec_c, usec_c = sec_c + 1, usec_c - 1_000_000
+                ns = fround(ts * 1e9)
+                hi_c = ns >> 32
+                lo_c = ns & 0xFFFFFFFF
+                if where == 2:  # data in: the completion carries it
+                    pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
+                         usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, middle, hi_c,
+                         lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
+                         lengths >> 32 & 0xFFFFFFFF, kept_c, data, end)
+                elif where:
+                    pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
+                         usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, data, middle,
+                         hi_c, lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
+                         lengths >> 32 & 0xFFFFFFFF, kept_c, end)
+                else:
+                    pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
+                         usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, middle, hi_c,
+                         lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
+                         lengths >> 32 & 0xFFFFFFFF, kept_c, end)
+                if sub <= done <= now and done < ahead_min:
+                    pos += total
+                    count += 2
+                else:
+                    # its number in the heap's order: less than any later row's,
+                    # more than any earlier row's
+                    if sub <= now and sub < ahead_min and sub <= done:
+                        pos += split
+                        count += 1
+                        push(ahead, (done, seen - 1, 1, 1,
+                                     bytes(view[pos:pos + total - split])))
+                    else:
+                        push(ahead, (sub, seen - 1, 0, 1, bytes(view[pos:pos + split])))
+                        push(ahead, (done, seen - 1, 1, 1,
+                                     bytes(view[pos + split:pos + total])))
+                    ahead_min = ahead[0][0]
+            else:
+                _hold(ahead, held, seen - 1, origin, ids, shapes)
+                ahead_min = ahead[0][0]
+            if ahead_min <= now:
+                while ahead and ahead[0][0] <= now:
+                    item = pop(ahead)
+                    count += item[3]
+                    blob = item[4]
+                    n = len(blob)
+                    if pos + n > FLUSH:
+                        write(view[:pos])
+                        pos = 0
+                        if n > FLUSH:
+                            write(blob)
+                            continue
+                    buf[pos:pos + n] = blob
+                    pos += n
+                ahead_min = ahead[0][0] if ahead else INF
+        held = row
+    if held is not None:
+        _hold(ahead, held, seen, origin, ids, shapes)
+    write(view[:pos])
+    while ahead:  # the rest, in order (a few, unless the data is larger than the buffer)
+        item = pop(ahead)
+        write(item[4])
+        count += item[3]
+    view.release()
+    return count, seen
+
+
+class ClassicShape(NamedTuple):
+    """What ``_classic_shape`` makes of a shape for classic pcap: the struct's
+    ``pack_into`` for a row's two records with their 16-byte record headers, their
+    length, and the pieces that only the shape decides (as in ``Shape``)."""
+
+    pack: Any
+    total: int
+    sizes_s: bytes   # the submission's captured and original length
+    flags_s: bytes   # its usbmon flag bytes (record type to flag_data)
+    kept_s: int      # its usbmon captured length
+    sizes_c: bytes   # the completion's, as above
+    flags_c: bytes
+    errno: int       # the completion's status
+    kept_c: int
+    where: int       # 0 or more: packed in place; -1: the row goes through the heap
+    split: int       # the submission's length (the completion follows)
+
+
+# a row's two records in classic pcap: each record header's seconds and nanoseconds and
+# its two lengths, then the usbmon header (IRP id, flag bytes, seconds, microseconds,
+# status, length, captured length, setup bytes), then the data; the data of the record
+# that carries none is a field of length 0, so every shape's struct takes the same
+# arguments and the loop one call
+CLASSIC_PAIR = "<II8s8s8sqiiII8s16x{}sII8s8s8sqiiII24x{}s"
+
+
+def _classic_shape(table: dict[Any, ClassicShape], shape: Any) -> ClassicShape:
+    """A row's shape decoded for classic pcap (``_shape``'s pieces, without pcapng's
+    blocks around them), kept for the next row of that shape (up to a few thousand)."""
+    kept = _shape({}, shape, False)
+    packer = struct.Struct(CLASSIC_PAIR.format(kept.kept_s, kept.kept_c))
+    entry = ClassicShape(packer.pack_into, packer.size, kept.sizes_s, kept.flags_s,
+                         kept.kept_s, kept.sizes_c, kept.flags_c, kept.errno, kept.kept_c,
+                         kept.where, kept.split)
+    assert entry.total == kept.total
+    if len(table) < 4096:
+        table[shape] = entry
+    return entry
+
+
+NS = 1_000_000_000
+
+
+def _second(ts: float) -> tuple[int, float, float, int]:
+    """The whole second of time ``ts`` as ``trunc`` gives it, the times from it to the
+    next (for which ``trunc`` gives it too: none below 0, nor past 2**52 where a float
+    has no fraction), and the second in nanoseconds."""
+    sec = float.__trunc__(ts)
+    if 0 <= sec < 1 << 52:
+        low = float(sec)
+        return sec, low, low + 1.0, sec * NS
+    return sec, INF, -INF, sec * NS
+
+
+def _usbmon_pcap(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
+                 ) -> tuple[int, int]:
+    """``_usbmon_fast`` for classic pcap: the same rows, order and bytes, each row's
+    two records packed by one call with one argument list whatever its shape.
+
+    Each time becomes four numbers: the record header's seconds and nanoseconds, the
+    usbmon header's seconds and microseconds.  Most times fall in the second of the
+    time before them; for those, the second is known, and its nanoseconds (the
+    record header's, as ``divmod`` by a billion gives them) are the difference from
+    it when that lies within the second, without ``trunc`` or ``divmod``."""
+    buf = bytearray(FLUSH)
+    view = memoryview(buf)
+    pos = count = seen = 0
+    room = FLUSH - DIRECT - 512  # past this, the buffer is written out before a row
+    write = stream.write
+    shapes: dict[Any, ClassicShape] = {}
+    ids: dict[str, tuple[bytes, bytes]] = {}
+    origin = float(origin)
+    fround = float.__round__
+    ahead: list[tuple[Any, int, int, int, bytes]] = []  # a heap, as in _framed
+    ahead_min: Any = INF
+    pop, push = heapq.heappop, heapq.heappush
+    held: Sequence[Any] | None = None
+    # the second of the last time converted: as trunc gives it, the times in it, in ns
+    base, low, high, base_ns = 0, INF, -INF, 0
     hi_s = hi_c = 0
     try:
         for seen, row in enumerate(rows, 1):
@@ -600,14 +779,9 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
                     continue  # no records, and nothing is due
             if held is not None:
                 text, sub, done, shape, lengths, data = held
-                (pack, total, head_s, sizes_s, flags_s, kept_s, middle, sizes_c, flags_c,
-                 errno, kept_c, end, where, split) = \
-                    shapes.get(shape) or _shape(shapes, shape, pcapng)
+                (pack, total, sizes_s, flags_s, kept_s, sizes_c, flags_c, errno, kept_c,
+                 where, split) = shapes.get(shape) or _classic_shape(shapes, shape)
                 if where >= 0 and sub is not None and done is not None:
-                    # packed in place; written there if both records are due by now,
-                    # before whatever waits (an earlier row's, so at an equal time
-                    # that comes first), else the submission alone if it is, and what
-                    # is not due goes to the heap
                     irp = ids.get(text)
                     if irp is None:
                         irp = _irp(ids, text)
@@ -616,48 +790,42 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
                         write(view[:pos])
                         pos = 0
                     ts = origin + sub
-                    sec_s = trunc(ts)
-                    usec_s = fround((ts - sec_s) * 1e6)
+                    if low <= ts < high:
+                        usec_s = fround((ts - low) * 1e6)
+                    else:
+                        base, low, high, base_ns = _second(ts)
+                        usec_s = fround((ts - base) * 1e6)
+                    sec_s = base
                     if usec_s >= 1_000_000:
                         sec_s, usec_s = sec_s + 1, usec_s - 1_000_000
                     ns = fround(ts * 1e9)
-                    if pcapng:
-                        hi_s = ns >> 32
-                        lo_s = ns & 0xFFFFFFFF
-                    else:
-                        hi_s, lo_s = divmod(ns, 1_000_000_000)
+                    hi_s = base
+                    lo_s = ns - base_ns
+                    if not 0 <= lo_s < NS:
+                        hi_s, lo_s = divmod(ns, NS)
                     ts = origin + done
-                    sec_c = trunc(ts)
-                    usec_c = fround((ts - sec_c) * 1e6)
+                    if low <= ts < high:
+                        usec_c = fround((ts - low) * 1e6)
+                    else:
+                        base, low, high, base_ns = _second(ts)
+                        usec_c = fround((ts - base) * 1e6)
+                    sec_c = base
                     if usec_c >= 1_000_000:
                         sec_c, usec_c = sec_c + 1, usec_c - 1_000_000
                     ns = fround(ts * 1e9)
-                    if pcapng:
-                        hi_c = ns >> 32
-                        lo_c = ns & 0xFFFFFFFF
-                    else:
-                        hi_c, lo_c = divmod(ns, 1_000_000_000)
-                    if where == 2:  # data in: the completion carries it
-                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
-                             usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, middle, hi_c,
-                             lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
-                             lengths >> 32 & 0xFFFFFFFF, kept_c, data, end)
-                    elif where:
-                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
-                             usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, data, middle,
-                             hi_c, lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
-                             lengths >> 32 & 0xFFFFFFFF, kept_c, end)
-                    else:
-                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
-                             usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, middle, hi_c,
-                             lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
-                             lengths >> 32 & 0xFFFFFFFF, kept_c, end)
+                    hi_c = base
+                    lo_c = ns - base_ns
+                    if not 0 <= lo_c < NS:
+                        hi_c, lo_c = divmod(ns, NS)
+                    pack(buf, pos, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s, usec_s, -115,
+                         lengths & 0xFFFFFFFF, kept_s, setup, data, hi_c, lo_c, sizes_c,
+                         irp_id, flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
+                         kept_c, data)
                     if sub <= done <= now and done < ahead_min:
                         pos += total
                         count += 2
                     else:
-                        # its number in the heap's order: less than any later row's,
-                        # more than any earlier row's
+                        # as in _usbmon_fast
                         if sub <= now and sub < ahead_min and sub <= done:
                             pos += split
                             count += 1
@@ -669,7 +837,7 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
                                          bytes(view[pos + split:pos + total])))
                         ahead_min = ahead[0][0]
                 else:
-                    hold(ahead, held, seen - 1, origin, ids, shapes)
+                    _hold_usbmon_pcap(ahead, held, seen - 1, origin, ids, shapes)
                     ahead_min = ahead[0][0]
                 if ahead_min <= now:
                     while ahead and ahead[0][0] <= now:
@@ -688,12 +856,12 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
                     ahead_min = ahead[0][0] if ahead else INF
             held = row
     except struct.error:
-        _classic_time(pcapng, hi_s, hi_c)
+        _classic_time(False, hi_s, hi_c)
         raise
     if held is not None:
-        hold(ahead, held, seen, origin, ids, shapes)
+        _hold_usbmon_pcap(ahead, held, seen, origin, ids, shapes)
     write(view[:pos])
-    while ahead:  # the rest, in order (a few, unless the data is larger than the buffer)
+    while ahead:
         item = pop(ahead)
         write(item[4])
         count += item[3]
