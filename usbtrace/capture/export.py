@@ -1236,6 +1236,7 @@ def _usbpcap_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
     pop, push = heapq.heappop, heapq.heappush
     held: Sequence[Any] | None = None
     hi_s = hi_c = 0
+    base = base_ns = 0  # classic pcap: the second of the last time, and in nanoseconds
     try:
         for seen, row in enumerate(rows, 1):
             now = row[1]
@@ -1266,9 +1267,19 @@ def _usbpcap_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
                         lo_s = ns_s & 0xFFFFFFFF
                         hi_c = ns_c >> 32
                         lo_c = ns_c & 0xFFFFFFFF
-                    else:
-                        hi_s, lo_s = divmod(ns_s, 1_000_000_000)
-                        hi_c, lo_c = divmod(ns_c, 1_000_000_000)
+                    else:  # most times fall in the second of the time before them
+                        hi_s = base
+                        lo_s = ns_s - base_ns
+                        if not 0 <= lo_s < NS:
+                            base, lo_s = divmod(ns_s, NS)
+                            hi_s = base
+                            base_ns = ns_s - lo_s
+                        hi_c = base
+                        lo_c = ns_c - base_ns
+                        if not 0 <= lo_c < NS:
+                            base, lo_c = divmod(ns_c, NS)
+                            hi_c = base
+                            base_ns = ns_c - lo_c
                     if where == 2:
                         pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, middle_s, setup,
                              tail_s, hi_c, lo_c, sizes_c, irp_id, middle_c, data, end)
