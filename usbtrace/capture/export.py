@@ -272,6 +272,8 @@ def write_capture(rows: Iterable[Any], stream: BinaryIO, linktype: str,
         PcapngWriter(stream, LINKTYPES[linktype], comments=comments)
     else:
         PcapWriter(stream, LINKTYPES[linktype])
+    if columns is not None and usbmon and not pcapng and tuple(columns) == PREPARED_PCAP:
+        return _usbmon_pcap(rows, stream, origin)  # from SQLite (see classic_sql)
     if columns is not None and tuple(columns) == (PREPARED if usbmon else PREPARED_USBPCAP):
         # ready to pack, from SQLite (see select_for)
         if usbmon:
@@ -420,10 +422,13 @@ def select_for(linktype: str, container: str, alias: str, sqlite: bool
                ) -> tuple[str, tuple[str, ...]]:
     """The select list for ``write_capture``'s rows from ``urbs`` as ``alias``, and the
     column names to pass it: from SQLite, rows come prepared for the fast writers
-    (``PREPARED``, see ``prepared_sql``; ``PREPARED_USBPCAP``, see ``usbpcap_sql``);
+    (``PREPARED``, see ``prepared_sql``; for classic pcap ``PREPARED_PCAP``, see
+    ``classic_sql``; ``PREPARED_USBPCAP``, see ``usbpcap_sql``);
     otherwise the plain columns ``fields_for`` names, prepared in Python."""
     if sqlite:
         if linktype == "usbmon":
+            if container == "pcap":
+                return classic_sql(alias), PREPARED_PCAP
             return prepared_sql(alias), PREPARED
         return usbpcap_sql(alias), PREPARED_USBPCAP
     names = fields_for(linktype, container)
@@ -438,6 +443,11 @@ def prepared_sql(u: str) -> str:
     NULL, which ``_shape`` refuses, as struct refused the field itself.  A hexadecimal
     status (a USBD code without a name) makes it text, "STATUS SHAPE": SQLite cannot
     read hexadecimal, ``_shape`` does."""
+    return ", ".join(_usbmon_terms(u))
+
+
+def _usbmon_terms(u: str) -> tuple[str, str, str, str, str, str]:
+    """``prepared_sql``'s six terms, in ``PREPARED`` order."""
     ep, dev, bus = f"ifnull({u}.endpoint, 0)", f"ifnull({u}.device, 0)", f"ifnull({u}.bus, 0)"
     requested, actual = f"ifnull({u}.requested_length, 0)", f"ifnull({u}.actual_length, 0)"
     xfer = " ".join(f"WHEN '{name}' THEN {XFER_BY_NAME[name]}"  # the common first
@@ -458,8 +468,8 @@ def prepared_sql(u: str) -> str:
              f"{STATUSES.index(None)} ELSE {STATUS_OTHER} END) END) << {STATUS_AT}) END")
     irp = f"CASE WHEN {u}.setup IS NULL THEN {u}.irp_id ELSE {u}.irp_id || ' ' || " \
         f"hex({u}.setup) END"
-    return (f"{irp}, {u}.submitted_at, {u}.completed_at, {shape}, {requested} | "
-            f"({actual} << 32), ifnull({u}.data, x'')")
+    return (irp, f"{u}.submitted_at", f"{u}.completed_at", shape,
+            f"{requested} | ({actual} << 32)", f"ifnull({u}.data, x'')")
 
 
 def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -489,6 +499,45 @@ def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
         lengths -= 1 << 64
     irp = irp_text if setup is None else f"{irp_text} {setup.hex().upper()}"
     return irp, submitted_at, completed_at, shape, lengths, data
+
+
+# usbmon in classic pcap reads one column fewer: a row's lengths come in its shape
+PREPARED_PCAP = ("irp", "submitted_at", "completed_at", "shape_and_lengths", "data")
+
+
+def classic_sql(u: str) -> str:
+    """SQLite's select list of ``PREPARED_PCAP`` from ``urbs`` as ``u``: ``prepared_sql``
+    without its lengths.  A successful row whose requested and actual lengths are
+    both its data's length (most rows of a mass storage session: CBW, data, CSW)
+    keeps its shape, an integer, which says them; any other row's shape is text,
+    "REQUESTED ACTUAL SHAPE" (what ``_fold`` makes of ``_prepare``'s row).  A column
+    costs the sqlite3 module about as much as the comparisons that spare it."""
+    irp, submitted, completed, shape, _, data = _usbmon_terms(u)
+    requested, actual = f"ifnull({u}.requested_length, 0)", f"ifnull({u}.actual_length, 0)"
+    folded = (f"CASE WHEN {u}.status = 'success' AND {requested} = {actual} AND {actual} = "
+              f"ifnull(length({u}.data), 0) THEN {shape} ELSE ({requested} | 0) || ' ' || "
+              f"({actual} | 0) || ' ' || ({shape}) END")
+    return ", ".join((irp, submitted, completed, folded, data))
+
+
+def _fold(row: Sequence[Any]) -> tuple[Any, ...]:
+    """A ``PREPARED`` row as ``PREPARED_PCAP`` (see ``classic_sql``)."""
+    irp, submitted_at, completed_at, shape, lengths, data = row
+    if shape is not None:
+        requested, actual = lengths & 0xFFFFFFFF, lengths >> 32 & 0xFFFFFFFF
+        if shape.__class__ is not int or shape >> STATUS_AT or \
+                not requested == actual == len(data):
+            shape = f"{requested} {actual} {shape}"
+    return irp, submitted_at, completed_at, shape, data
+
+
+def _unfold(shape: Any, data: bytes) -> tuple[Any, int, int]:
+    """A ``PREPARED_PCAP`` shape as ``PREPARED``'s: the shape, requested and actual
+    length."""
+    if shape.__class__ is str:
+        requested, actual, rest = shape.split(" ", 2)
+        return rest if " " in rest else int(rest), int(requested), int(actual)
+    return shape, len(data), len(data)
 
 
 class Shape(NamedTuple):
@@ -576,7 +625,7 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
     A record's time goes before it as the two 32-bit halves of its nanoseconds.
     Classic pcap (``pcapng`` false) has its own writer, ``_usbmon_pcap``."""
     if not pcapng:
-        return _usbmon_pcap(rows, stream, origin)
+        return _usbmon_pcap(map(_fold, rows), stream, origin)
     buf = bytearray(FLUSH)
     view = memoryview(buf)
     pos = count = seen = 0
@@ -699,11 +748,10 @@ class ClassicShape(NamedTuple):
     total: int
     sizes_s: bytes   # the submission's captured and original length
     flags_s: bytes   # its usbmon flag bytes (record type to flag_data)
-    kept_s: int      # its usbmon captured length
+    status_s: bytes  # its usbmon status, length and captured length
     sizes_c: bytes   # the completion's, as above
     flags_c: bytes
-    errno: int       # the completion's status
-    kept_c: int
+    status_c: bytes
     where: int       # 0 or more: packed in place; -1: the row goes through the heap
     split: int       # the submission's length (the completion follows)
 
@@ -713,16 +761,26 @@ class ClassicShape(NamedTuple):
 # status, length, captured length, setup bytes), then the data; the data of the record
 # that carries none is a field of length 0, so every shape's struct takes the same
 # arguments and the loop one call
-CLASSIC_PAIR = "<II8s8s8sqiiII8s16x{}sII8s8s8sqiiII24x{}s"
+CLASSIC_PAIR = "<II8s8s8sqi12s8s16x{}sII8s8s8sqi12s24x{}s"
 
 
 def _classic_shape(table: dict[Any, ClassicShape], shape: Any) -> ClassicShape:
-    """A row's shape decoded for classic pcap (``_shape``'s pieces, without pcapng's
-    blocks around them), kept for the next row of that shape (up to a few thousand)."""
-    kept = _shape({}, shape, False)
+    """A ``PREPARED_PCAP`` shape decoded (``_shape``'s pieces, without pcapng's blocks
+    around them, and the lengths it says), kept for the next row of that shape (up
+    to a few thousand).  An integer shape's lengths are its data's (see
+    ``classic_sql``); for a row whose data is longer than a shape says, the row goes
+    through the heap, which takes them from the data."""
+    if shape is None:
+        raise struct.error("a URB's bus, device, endpoint or length does not fit a usbmon "
+                           "header")
+    inner, requested, actual = _unfold(shape, b"")
+    kept = _shape({}, inner, False)
+    if shape.__class__ is not str:
+        requested = actual = kept.kept_s + kept.kept_c  # the data's length, in one of them
     packer = struct.Struct(CLASSIC_PAIR.format(kept.kept_s, kept.kept_c))
     entry = ClassicShape(packer.pack_into, packer.size, kept.sizes_s, kept.flags_s,
-                         kept.kept_s, kept.sizes_c, kept.flags_c, kept.errno, kept.kept_c,
+                         struct.pack("<iII", -115, requested, kept.kept_s), kept.sizes_c,
+                         kept.flags_c, struct.pack("<iII", kept.errno, actual, kept.kept_c),
                          kept.where, kept.split)
     assert entry.total == kept.total
     if len(table) < 4096:
@@ -778,9 +836,9 @@ def _usbmon_pcap(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
                 if now is None:
                     continue  # no records, and nothing is due
             if held is not None:
-                text, sub, done, shape, lengths, data = held
-                (pack, total, sizes_s, flags_s, kept_s, sizes_c, flags_c, errno, kept_c,
-                 where, split) = shapes.get(shape) or _classic_shape(shapes, shape)
+                text, sub, done, shape, data = held
+                pack, total, sizes_s, flags_s, status_s, sizes_c, flags_c, status_c, where, \
+                    split = shapes.get(shape) or _classic_shape(shapes, shape)
                 if where >= 0 and sub is not None and done is not None:
                     irp = ids.get(text)
                     if irp is None:
@@ -817,10 +875,9 @@ def _usbmon_pcap(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
                     lo_c = ns - base_ns
                     if not 0 <= lo_c < NS:
                         hi_c, lo_c = divmod(ns, NS)
-                    pack(buf, pos, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s, usec_s, -115,
-                         lengths & 0xFFFFFFFF, kept_s, setup, data, hi_c, lo_c, sizes_c,
-                         irp_id, flags_c, sec_c, usec_c, errno, lengths >> 32 & 0xFFFFFFFF,
-                         kept_c, data)
+                    pack(buf, pos, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s, usec_s,
+                         status_s, setup, data, hi_c, lo_c, sizes_c, irp_id, flags_c, sec_c,
+                         usec_c, status_c, data)
                     if sub <= done <= now and done < ahead_min:
                         pos += total
                         count += 2
@@ -1129,8 +1186,16 @@ def _push_raw(ahead: list[tuple[Any, int, int, int, bytes]], raw: Sequence[Any],
 
 def _hold_usbmon_pcap(ahead: list[tuple[Any, int, int, int, bytes]], row: Sequence[Any],
                       number: int, origin: float, ids: Any, shapes: Any) -> None:
-    """``_hold`` for usbmon in classic pcap (rare rows: through the general encoder)."""
-    _push_raw(ahead, _unprepare(row, number), origin, True, False)
+    """``_hold`` for usbmon in classic pcap, of a ``PREPARED_PCAP`` row (rare rows:
+    through the general encoder)."""
+    text, submitted_at, completed_at, shape, data = row
+    if shape is not None:
+        shape, requested, actual = _unfold(shape, data)
+        lengths = requested | actual << 32
+    else:
+        lengths = 0
+    _push_raw(ahead, _unprepare((text, submitted_at, completed_at, shape, lengths, data),
+                                number), origin, True, False)
 
 
 class PcapShape(NamedTuple):
