@@ -446,18 +446,24 @@ def prepared_sql(u: str) -> str:
     return ", ".join(_usbmon_terms(u))
 
 
-def _usbmon_terms(u: str) -> tuple[str, str, str, str, str, str]:
-    """``prepared_sql``'s six terms, in ``PREPARED`` order."""
+def _usbmon_bits(u: str, length: str) -> str:
+    """A usbmon shape's bits but the status's, the data's length given as ``length``."""
     ep, dev, bus = f"ifnull({u}.endpoint, 0)", f"ifnull({u}.device, 0)", f"ifnull({u}.bus, 0)"
-    requested, actual = f"ifnull({u}.requested_length, 0)", f"ifnull({u}.actual_length, 0)"
     xfer = " ".join(f"WHEN '{name}' THEN {XFER_BY_NAME[name]}"  # the common first
                     for name in sorted(XFER_BY_NAME, key=XFER_ORDER.index))
     # SQLite's "|", "&", "<<" and ">>" bind equally, left to right: each term in brackets
-    bits = (f"min(ifnull(length({u}.data), 0), {LENGTH_MAX}) | ((CASE {u}.transfer_type "
+    return (f"{length} | ((CASE {u}.transfer_type "
             f"{xfer} ELSE {XFER_OTHER} END) << {XFER_AT}) | ({ep} << {EP_AT}) | ({dev} << "
             f"{DEV_AT}) | ({bus} << {BUS_AT}) | ((CASE WHEN {u}.setup IS NULL OR {u}.setup = x'' "
             f"THEN 0 ELSE 1 | ((substr(hex({u}.setup), 1, 1) >= '8') << 1) END) << {SETUP_AT}) | "
             f"(({u}.direction IS 'in') << {IN_AT})")
+
+
+def _usbmon_terms(u: str) -> tuple[str, str, str, str, str, str]:
+    """``prepared_sql``'s six terms, in ``PREPARED`` order."""
+    ep, dev, bus = f"ifnull({u}.endpoint, 0)", f"ifnull({u}.device, 0)", f"ifnull({u}.bus, 0)"
+    requested, actual = f"ifnull({u}.requested_length, 0)", f"ifnull({u}.actual_length, 0)"
+    bits = _usbmon_bits(u, f"min(ifnull(length({u}.data), 0), {LENGTH_MAX})")
     named = " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(STATUSES)
                      if name not in ("success", None))
     in_range = (f"(({bus} >> 16) | (({dev} | {ep}) >> 8) | (({requested} | {actual}) >> 32)) "
@@ -514,8 +520,15 @@ def classic_sql(u: str) -> str:
     costs the sqlite3 module about as much as the comparisons that spare it."""
     irp, submitted, completed, shape, _, data = _usbmon_terms(u)
     requested, actual = f"ifnull({u}.requested_length, 0)", f"ifnull({u}.actual_length, 0)"
+    # where the lengths are the data's, they are in range, the status is known, and the
+    # data's length is the actual length: the shape's bits for success, with the data's
+    # length from the column, not a second length() (bus, device and endpoint checked)
+    ep, dev, bus = f"ifnull({u}.endpoint, 0)", f"ifnull({u}.device, 0)", f"ifnull({u}.bus, 0)"
+    bits = _usbmon_bits(u, f"(CASE WHEN {actual} < {LENGTH_MAX} THEN {actual} ELSE "
+                           f"{LENGTH_MAX} END)")
     folded = (f"CASE WHEN {u}.status = 'success' AND {requested} = {actual} AND {actual} = "
-              f"ifnull(length({u}.data), 0) THEN {shape} ELSE ({requested} | 0) || ' ' || "
+              f"ifnull(length({u}.data), 0) THEN (CASE WHEN (({bus} >> 16) | (({dev} | "
+              f"{ep}) >> 8)) = 0 THEN {bits} END) ELSE ({requested} | 0) || ' ' || "
               f"({actual} | 0) || ' ' || ({shape}) END")
     return ", ".join((irp, submitted, completed, folded, data))
 
