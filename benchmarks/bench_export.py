@@ -53,7 +53,8 @@ print(os.waitstatus_to_exitcode(status), use.ru_utime + use.ru_stime, wall, use.
 
 
 # the floor: export's own query (what this export reads from SQLite, prepared for
-# packing), its rows fetched and dropped
+# packing: for usbmon in classic pcap, one column fewer, see classic_sql), its rows
+# fetched and dropped
 FLOOR = """
 import sqlite3, sys
 conn = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
@@ -140,6 +141,7 @@ def main() -> None:
                 print(f"  pair {n + 1}: usbtrace export cpu {ours[0]:6.2f} s wall {ours[1]:6.2f}"
                       f" s | editcap cpu {theirs[0]:6.2f} s wall {theirs[1]:6.2f} s | "
                       f"cpu ratio {ours[0] / theirs[0]:5.2f}", flush=True)
+            print(f"  load average after the pairs {os.getloadavg()[0]:.1f}")
             columns, _ = select_for(args.linktype, args.container, "u", True)
             floor = measure(sys.executable, "-c", FLOOR, str(db), columns)
             print(f"  floor: the same rows fetched from SQLite and nothing else, in Python: "

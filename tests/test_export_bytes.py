@@ -30,11 +30,14 @@ from usbtrace.capture.export import (
     FUNCTION_CODES,
     USBMON_FIELDS,
     USBPCAP_FIELDS,
+    _fold,
     _framed,
     _prepare,
     _prepare_usbpcap,
     _usbmon_fast,
+    _usbmon_pcap,
     _usbpcap_fast,
+    classic_sql,
     prepared_sql,
     usbpcap_sql,
 )
@@ -191,7 +194,15 @@ def test_tshark_reads_every_record(sessions: dict[str, Path], tmp_path: Path, se
 
 _TIMES = st.one_of(st.none(), st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0]),  # equal times
                    st.floats(0, 3, allow_nan=False).map(lambda t: round(t, 3)))
-_ROWS = st.lists(st.tuples(
+
+
+def _lengths_of_data(row: tuple[Any, ...], same: bool) -> tuple[Any, ...]:
+    """The row, with requested and actual length its data's if ``same`` (as most rows of
+    a mass storage session: classic pcap's SQL folds such lengths into the shape)."""
+    return (*row[:9], len(row[12] or b""), len(row[12] or b""), *row[11:]) if same else row
+
+
+_ROWS = st.lists(st.builds(_lengths_of_data, st.tuples(
     st.integers(0, (1 << 64) - 1).map(lambda i: f"{i:x}"),   # irp_id
     _TIMES, _TIMES,                                           # submitted, completed
     st.one_of(st.none(), st.integers(0, 4)),                  # bus
@@ -205,7 +216,7 @@ _ROWS = st.lists(st.tuples(
     st.sampled_from([None, "success", "stall_pid", "canceled", "0xc0000011", "odd"]),
     st.one_of(st.none(), st.binary(max_size=40),
               st.integers(0, 3).map(lambda k: bytes([k]) * (DIRECT + k))),  # data
-), max_size=40)
+), st.booleans()), max_size=40)
 
 
 @settings(max_examples=300)
@@ -341,6 +352,27 @@ def test_sqlite_prepares_rows_as_python_does(rows: list[tuple[Any, ...]]) -> Non
     assert prepared == [_prepare(row) for row in raw]
 
 
+@settings(max_examples=300)
+@given(rows=_ROWS)
+def test_sqlite_prepares_classic_pcap_rows_as_python_does(rows: list[tuple[Any, ...]]) -> None:
+    """For usbmon in classic pcap, SQLite folds a row's lengths into its shape
+    (``classic_sql``): what it computes is ``_prepare``'s row folded by ``_fold``, the
+    rows ``_usbmon_fast`` writes in classic pcap (pinned against the heap above)."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute(f"CREATE TABLE urbs (seq INTEGER PRIMARY KEY, {', '.join(USBMON_FIELDS)})")
+    conn.executemany(f"INSERT INTO urbs ({', '.join(USBMON_FIELDS)}) VALUES "
+                     f"({', '.join('?' * len(USBMON_FIELDS))})", rows)
+    prepared = conn.execute(f"SELECT {classic_sql('u')} FROM urbs u ORDER BY seq").fetchall()
+    raw = conn.execute(f"SELECT {', '.join(USBMON_FIELDS)} FROM urbs ORDER BY seq").fetchall()
+    conn.close()
+    assert prepared == [_fold(_prepare(row)) for row in raw]
+    # a successful row whose lengths are its data's keeps an integer shape
+    assert all((shape.__class__ is int) == (raw[i][11] == "success" and
+                                            (raw[i][9] or 0) == (raw[i][10] or 0)
+                                            == len(raw[i][12] or b""))
+               for i, (_, _, _, shape, _) in enumerate(prepared) if shape is not None)
+
+
 def test_a_field_usbmon_cannot_hold_fails_in_sqlite_as_in_python() -> None:
     """A bus past 16 bits, a device or endpoint past 8, a length past 32: no shape,
     from SQLite as from ``_prepare``, and the writer refuses the row (as struct
@@ -353,12 +385,15 @@ def test_a_field_usbmon_cannot_hold_fails_in_sqlite_as_in_python() -> None:
         conn.execute(f"CREATE TABLE urbs ({', '.join(USBMON_FIELDS)})")
         conn.execute(f"INSERT INTO urbs VALUES ({', '.join('?' * len(bad))})", bad)
         prepared = conn.execute(f"SELECT {prepared_sql('u')} FROM urbs u").fetchone()
+        classic = conn.execute(f"SELECT {classic_sql('u')} FROM urbs u").fetchone()
         conn.close()
-        assert prepared[3] is None and _prepare(bad)[3] is None
+        assert prepared[3] is None and _prepare(bad)[3] is None and classic[3] is None
         with pytest.raises(struct.error, match="does not fit a usbmon header"):
             _usbmon_fast([prepared], io.BytesIO(), 0.0)
         with pytest.raises(struct.error, match="does not fit a usbmon header"):
             _usbmon_fast([prepared], io.BytesIO(), 0.0, False)
+        with pytest.raises(struct.error, match="does not fit a usbmon header"):
+            _usbmon_pcap([classic, classic], io.BytesIO(), 0.0)
     assert _prepare(row)[3] is not None
 
 

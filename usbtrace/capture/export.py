@@ -272,6 +272,8 @@ def write_capture(rows: Iterable[Any], stream: BinaryIO, linktype: str,
         PcapngWriter(stream, LINKTYPES[linktype], comments=comments)
     else:
         PcapWriter(stream, LINKTYPES[linktype])
+    if columns is not None and usbmon and not pcapng and tuple(columns) == PREPARED_PCAP:
+        return _usbmon_pcap(rows, stream, origin)  # from SQLite (see classic_sql)
     if columns is not None and tuple(columns) == (PREPARED if usbmon else PREPARED_USBPCAP):
         # ready to pack, from SQLite (see select_for)
         if usbmon:
@@ -420,10 +422,13 @@ def select_for(linktype: str, container: str, alias: str, sqlite: bool
                ) -> tuple[str, tuple[str, ...]]:
     """The select list for ``write_capture``'s rows from ``urbs`` as ``alias``, and the
     column names to pass it: from SQLite, rows come prepared for the fast writers
-    (``PREPARED``, see ``prepared_sql``; ``PREPARED_USBPCAP``, see ``usbpcap_sql``);
+    (``PREPARED``, see ``prepared_sql``; for classic pcap ``PREPARED_PCAP``, see
+    ``classic_sql``; ``PREPARED_USBPCAP``, see ``usbpcap_sql``);
     otherwise the plain columns ``fields_for`` names, prepared in Python."""
     if sqlite:
         if linktype == "usbmon":
+            if container == "pcap":
+                return classic_sql(alias), PREPARED_PCAP
             return prepared_sql(alias), PREPARED
         return usbpcap_sql(alias), PREPARED_USBPCAP
     names = fields_for(linktype, container)
@@ -438,16 +443,27 @@ def prepared_sql(u: str) -> str:
     NULL, which ``_shape`` refuses, as struct refused the field itself.  A hexadecimal
     status (a USBD code without a name) makes it text, "STATUS SHAPE": SQLite cannot
     read hexadecimal, ``_shape`` does."""
+    return ", ".join(_usbmon_terms(u))
+
+
+def _usbmon_bits(u: str, length: str) -> str:
+    """A usbmon shape's bits but the status's, the data's length given as ``length``."""
     ep, dev, bus = f"ifnull({u}.endpoint, 0)", f"ifnull({u}.device, 0)", f"ifnull({u}.bus, 0)"
-    requested, actual = f"ifnull({u}.requested_length, 0)", f"ifnull({u}.actual_length, 0)"
     xfer = " ".join(f"WHEN '{name}' THEN {XFER_BY_NAME[name]}"  # the common first
                     for name in sorted(XFER_BY_NAME, key=XFER_ORDER.index))
     # SQLite's "|", "&", "<<" and ">>" bind equally, left to right: each term in brackets
-    bits = (f"min(ifnull(length({u}.data), 0), {LENGTH_MAX}) | ((CASE {u}.transfer_type "
+    return (f"{length} | ((CASE {u}.transfer_type "
             f"{xfer} ELSE {XFER_OTHER} END) << {XFER_AT}) | ({ep} << {EP_AT}) | ({dev} << "
             f"{DEV_AT}) | ({bus} << {BUS_AT}) | ((CASE WHEN {u}.setup IS NULL OR {u}.setup = x'' "
             f"THEN 0 ELSE 1 | ((substr(hex({u}.setup), 1, 1) >= '8') << 1) END) << {SETUP_AT}) | "
             f"(({u}.direction IS 'in') << {IN_AT})")
+
+
+def _usbmon_terms(u: str) -> tuple[str, str, str, str, str, str]:
+    """``prepared_sql``'s six terms, in ``PREPARED`` order."""
+    ep, dev, bus = f"ifnull({u}.endpoint, 0)", f"ifnull({u}.device, 0)", f"ifnull({u}.bus, 0)"
+    requested, actual = f"ifnull({u}.requested_length, 0)", f"ifnull({u}.actual_length, 0)"
+    bits = _usbmon_bits(u, f"min(ifnull(length({u}.data), 0), {LENGTH_MAX})")
     named = " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(STATUSES)
                      if name not in ("success", None))
     in_range = (f"(({bus} >> 16) | (({dev} | {ep}) >> 8) | (({requested} | {actual}) >> 32)) "
@@ -458,8 +474,8 @@ def prepared_sql(u: str) -> str:
              f"{STATUSES.index(None)} ELSE {STATUS_OTHER} END) END) << {STATUS_AT}) END")
     irp = f"CASE WHEN {u}.setup IS NULL THEN {u}.irp_id ELSE {u}.irp_id || ' ' || " \
         f"hex({u}.setup) END"
-    return (f"{irp}, {u}.submitted_at, {u}.completed_at, {shape}, {requested} | "
-            f"({actual} << 32), {u}.data")
+    return (irp, f"{u}.submitted_at", f"{u}.completed_at", shape,
+            f"{requested} | ({actual} << 32)", f"ifnull({u}.data, x'')")
 
 
 def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -470,7 +486,7 @@ def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
     endpoint, device, bus = endpoint or 0, device or 0, bus or 0
     requested, actual = requested or 0, actual or 0
     setup = bytes(setup) if setup is not None else None
-    data = bytes(payload) if payload is not None else None
+    data = bytes(payload) if payload is not None else b""  # as SQLite's ifnull(data, x'')
     shape: Any = None
     if 0 <= endpoint <= 255 and 0 <= device <= 255 and 0 <= bus <= 65535 and \
             0 <= requested <= 0xFFFFFFFF and 0 <= actual <= 0xFFFFFFFF:
@@ -489,6 +505,52 @@ def _prepare(row: Sequence[Any]) -> tuple[Any, ...]:
         lengths -= 1 << 64
     irp = irp_text if setup is None else f"{irp_text} {setup.hex().upper()}"
     return irp, submitted_at, completed_at, shape, lengths, data
+
+
+# usbmon in classic pcap reads one column fewer: a row's lengths come in its shape
+PREPARED_PCAP = ("irp", "submitted_at", "completed_at", "shape_and_lengths", "data")
+
+
+def classic_sql(u: str) -> str:
+    """SQLite's select list of ``PREPARED_PCAP`` from ``urbs`` as ``u``: ``prepared_sql``
+    without its lengths.  A successful row whose requested and actual lengths are
+    both its data's length (most rows of a mass storage session: CBW, data, CSW)
+    keeps its shape, an integer, which says them; any other row's shape is text,
+    "REQUESTED ACTUAL SHAPE" (what ``_fold`` makes of ``_prepare``'s row).  A column
+    costs the sqlite3 module about as much as the comparisons that spare it."""
+    irp, submitted, completed, shape, _, data = _usbmon_terms(u)
+    requested, actual = f"ifnull({u}.requested_length, 0)", f"ifnull({u}.actual_length, 0)"
+    # where the lengths are the data's, they are in range, the status is known, and the
+    # data's length is the actual length: the shape's bits for success, with the data's
+    # length from the column, not a second length() (bus, device and endpoint checked)
+    ep, dev, bus = f"ifnull({u}.endpoint, 0)", f"ifnull({u}.device, 0)", f"ifnull({u}.bus, 0)"
+    bits = _usbmon_bits(u, f"(CASE WHEN {actual} < {LENGTH_MAX} THEN {actual} ELSE "
+                           f"{LENGTH_MAX} END)")
+    folded = (f"CASE WHEN {u}.status = 'success' AND {requested} = {actual} AND {actual} = "
+              f"ifnull(length({u}.data), 0) THEN (CASE WHEN (({bus} >> 16) | (({dev} | "
+              f"{ep}) >> 8)) = 0 THEN {bits} END) ELSE ({requested} | 0) || ' ' || "
+              f"({actual} | 0) || ' ' || ({shape}) END")
+    return ", ".join((irp, submitted, completed, folded, data))
+
+
+def _fold(row: Sequence[Any]) -> tuple[Any, ...]:
+    """A ``PREPARED`` row as ``PREPARED_PCAP`` (see ``classic_sql``)."""
+    irp, submitted_at, completed_at, shape, lengths, data = row
+    if shape is not None:
+        requested, actual = lengths & 0xFFFFFFFF, lengths >> 32 & 0xFFFFFFFF
+        if shape.__class__ is not int or shape >> STATUS_AT or \
+                not requested == actual == len(data):
+            shape = f"{requested} {actual} {shape}"
+    return irp, submitted_at, completed_at, shape, data
+
+
+def _unfold(shape: Any, data: bytes) -> tuple[Any, int, int]:
+    """A ``PREPARED_PCAP`` shape as ``PREPARED``'s: the shape, requested and actual
+    length."""
+    if shape.__class__ is str:
+        requested, actual, rest = shape.split(" ", 2)
+        return rest if " " in rest else int(rest), int(requested), int(actual)
+    return shape, len(data), len(data)
 
 
 class Shape(NamedTuple):
@@ -573,10 +635,10 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
     buffer, in the order the heap would give them, by its shape's struct.  Otherwise
     they become bytes in the heap, and leave it as in ``_framed``.
 
-    A record's time goes before it as two 32-bit halves: of nanoseconds in pcapng,
-    seconds and nanoseconds in classic pcap (``divmod`` by a billion: a one-digit
-    divisor for Python's integers, cheaper than by 1 << 32, so not for pcapng)."""
-    hold = _hold if pcapng else _hold_usbmon_pcap
+    A record's time goes before it as the two 32-bit halves of its nanoseconds.
+    Classic pcap (``pcapng`` false) has its own writer, ``_usbmon_pcap``."""
+    if not pcapng:
+        return _usbmon_pcap(map(_fold, rows), stream, origin)
     buf = bytearray(FLUSH)
     view = memoryview(buf)
     pos = count = seen = 0
@@ -590,6 +652,194 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
     ahead_min: Any = INF  # the time of its first record
     pop, push = heapq.heappop, heapq.heappush
     held: Sequence[Any] | None = None
+    for seen, row in enumerate(rows, 1):
+        now = row[1]
+        if now is None:
+            now = row[2]
+            if now is None:
+                continue  # no records, and nothing is due
+        if held is not None:
+            text, sub, done, shape, lengths, data = held
+            (pack, total, head_s, sizes_s, flags_s, kept_s, middle, sizes_c, flags_c,
+             errno, kept_c, end, where, split) = \
+                shapes.get(shape) or _shape(shapes, shape)
+            if where >= 0 and sub is not None and done is not None:
+                # packed in place; written there if both records are due by now,
+                # before whatever waits (an earlier row's, so at an equal time
+                # that comes first), else the submission alone if it is, and what
+                # is not due goes to the heap
+                irp = ids.get(text)
+                if irp is None:
+                    irp = _irp(ids, text)
+                irp_id, setup = irp
+                if pos > room:
+                    write(view[:pos])
+                    pos = 0
+                ts = origin + sub
+                sec_s = trunc(ts)
+                usec_s = fround((ts - sec_s) * 1e6)
+                if usec_s >= 1_000_000:
+                    sec_s, usec_s = sec_s + 1, usec_s - 1_000_000
+                ns = fround(ts * 1e9)
+                hi_s = ns >> 32
+                lo_s = ns & 0xFFFFFFFF
+                ts = origin + done
+                sec_c = trunc(ts)
+                usec_c = fround((ts - sec_c) * 1e6)
+                if usec_c >= 1_000_000:
+                    sec_c, usec_c = sec_c + 1, usec_c - 1_000_000
+                ns = fround(ts * 1e9)
+                hi_c = ns >> 32
+                lo_c = ns & 0xFFFFFFFF
+                if where == 2:  # data in: the completion carries it
+                    pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
+                         usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, middle, hi_c,
+                         lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
+                         lengths >> 32 & 0xFFFFFFFF, kept_c, data, end)
+                elif where:
+                    pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
+                         usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, data, middle,
+                         hi_c, lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
+                         lengths >> 32 & 0xFFFFFFFF, kept_c, end)
+                else:
+                    pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
+                         usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, middle, hi_c,
+                         lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
+                         lengths >> 32 & 0xFFFFFFFF, kept_c, end)
+                if sub <= done <= now and done < ahead_min:
+                    pos += total
+                    count += 2
+                else:
+                    # its number in the heap's order: less than any later row's,
+                    # more than any earlier row's
+                    if sub <= now and sub < ahead_min and sub <= done:
+                        pos += split
+                        count += 1
+                        push(ahead, (done, seen - 1, 1, 1,
+                                     bytes(view[pos:pos + total - split])))
+                    else:
+                        push(ahead, (sub, seen - 1, 0, 1, bytes(view[pos:pos + split])))
+                        push(ahead, (done, seen - 1, 1, 1,
+                                     bytes(view[pos + split:pos + total])))
+                    ahead_min = ahead[0][0]
+            else:
+                _hold(ahead, held, seen - 1, origin, ids, shapes)
+                ahead_min = ahead[0][0]
+            if ahead_min <= now:
+                while ahead and ahead[0][0] <= now:
+                    item = pop(ahead)
+                    count += item[3]
+                    blob = item[4]
+                    n = len(blob)
+                    if pos + n > FLUSH:
+                        write(view[:pos])
+                        pos = 0
+                        if n > FLUSH:
+                            write(blob)
+                            continue
+                    buf[pos:pos + n] = blob
+                    pos += n
+                ahead_min = ahead[0][0] if ahead else INF
+        held = row
+    if held is not None:
+        _hold(ahead, held, seen, origin, ids, shapes)
+    write(view[:pos])
+    while ahead:  # the rest, in order (a few, unless the data is larger than the buffer)
+        item = pop(ahead)
+        write(item[4])
+        count += item[3]
+    view.release()
+    return count, seen
+
+
+class ClassicShape(NamedTuple):
+    """What ``_classic_shape`` makes of a shape for classic pcap: the struct's
+    ``pack_into`` for a row's two records with their 16-byte record headers, their
+    length, and the pieces that only the shape decides (as in ``Shape``)."""
+
+    pack: Any
+    total: int
+    sizes_s: bytes   # the submission's captured and original length
+    flags_s: bytes   # its usbmon flag bytes (record type to flag_data)
+    status_s: bytes  # its usbmon status, length and captured length
+    sizes_c: bytes   # the completion's, as above
+    flags_c: bytes
+    status_c: bytes
+    where: int       # 0 or more: packed in place; -1: the row goes through the heap
+    split: int       # the submission's length (the completion follows)
+
+
+# a row's two records in classic pcap: each record header's seconds and nanoseconds and
+# its two lengths, then the usbmon header (IRP id, flag bytes, seconds, microseconds,
+# status, length, captured length, setup bytes), then the data; the data of the record
+# that carries none is a field of length 0, so every shape's struct takes the same
+# arguments and the loop one call
+CLASSIC_PAIR = "<II8s8s8sqi12s8s16x{}sII8s8s8sqi12s24x{}s"
+
+
+def _classic_shape(table: dict[Any, ClassicShape], shape: Any) -> ClassicShape:
+    """A ``PREPARED_PCAP`` shape decoded (``_shape``'s pieces, without pcapng's blocks
+    around them, and the lengths it says), kept for the next row of that shape (up
+    to a few thousand).  An integer shape's lengths are its data's (see
+    ``classic_sql``); for a row whose data is longer than a shape says, the row goes
+    through the heap, which takes them from the data."""
+    if shape is None:
+        raise struct.error("a URB's bus, device, endpoint or length does not fit a usbmon "
+                           "header")
+    inner, requested, actual = _unfold(shape, b"")
+    kept = _shape({}, inner, False)
+    if shape.__class__ is not str:
+        requested = actual = kept.kept_s + kept.kept_c  # the data's length, in one of them
+    packer = struct.Struct(CLASSIC_PAIR.format(kept.kept_s, kept.kept_c))
+    entry = ClassicShape(packer.pack_into, packer.size, kept.sizes_s, kept.flags_s,
+                         struct.pack("<iII", -115, requested, kept.kept_s), kept.sizes_c,
+                         kept.flags_c, struct.pack("<iII", kept.errno, actual, kept.kept_c),
+                         kept.where, kept.split)
+    assert entry.total == kept.total
+    if len(table) < 4096:
+        table[shape] = entry
+    return entry
+
+
+NS = 1_000_000_000
+
+
+def _second(ts: float) -> tuple[int, float, float, int]:
+    """The whole second of time ``ts`` as ``trunc`` gives it, the times from it to the
+    next (for which ``trunc`` gives it too: none below 0, nor past 2**52 where a float
+    has no fraction), and the second in nanoseconds."""
+    sec = float.__trunc__(ts)
+    if 0 <= sec < 1 << 52:
+        low = float(sec)
+        return sec, low, low + 1.0, sec * NS
+    return sec, INF, -INF, sec * NS
+
+
+def _usbmon_pcap(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
+                 ) -> tuple[int, int]:
+    """``_usbmon_fast`` for classic pcap: the same rows, order and bytes, each row's
+    two records packed by one call with one argument list whatever its shape.
+
+    Each time becomes four numbers: the record header's seconds and nanoseconds, the
+    usbmon header's seconds and microseconds.  Most times fall in the second of the
+    time before them; for those, the second is known, and its nanoseconds (the
+    record header's, as ``divmod`` by a billion gives them) are the difference from
+    it when that lies within the second, without ``trunc`` or ``divmod``."""
+    buf = bytearray(FLUSH)
+    view = memoryview(buf)
+    pos = count = seen = 0
+    room = FLUSH - DIRECT - 512  # past this, the buffer is written out before a row
+    write = stream.write
+    shapes: dict[Any, ClassicShape] = {}
+    ids: dict[str, tuple[bytes, bytes]] = {}
+    origin = float(origin)
+    fround = float.__round__
+    ahead: list[tuple[Any, int, int, int, bytes]] = []  # a heap, as in _framed
+    ahead_min: Any = INF
+    pop, push = heapq.heappop, heapq.heappush
+    held: Sequence[Any] | None = None
+    # the second of the last time converted: as trunc gives it, the times in it, in ns
+    base, low, high, base_ns = 0, INF, -INF, 0
     hi_s = hi_c = 0
     try:
         for seen, row in enumerate(rows, 1):
@@ -599,15 +849,10 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
                 if now is None:
                     continue  # no records, and nothing is due
             if held is not None:
-                text, sub, done, shape, lengths, data = held
-                (pack, total, head_s, sizes_s, flags_s, kept_s, middle, sizes_c, flags_c,
-                 errno, kept_c, end, where, split) = \
-                    shapes.get(shape) or _shape(shapes, shape, pcapng)
+                text, sub, done, shape, data = held
+                pack, total, sizes_s, flags_s, status_s, sizes_c, flags_c, status_c, where, \
+                    split = shapes.get(shape) or _classic_shape(shapes, shape)
                 if where >= 0 and sub is not None and done is not None:
-                    # packed in place; written there if both records are due by now,
-                    # before whatever waits (an earlier row's, so at an equal time
-                    # that comes first), else the submission alone if it is, and what
-                    # is not due goes to the heap
                     irp = ids.get(text)
                     if irp is None:
                         irp = _irp(ids, text)
@@ -616,48 +861,41 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
                         write(view[:pos])
                         pos = 0
                     ts = origin + sub
-                    sec_s = trunc(ts)
-                    usec_s = fround((ts - sec_s) * 1e6)
+                    if low <= ts < high:
+                        usec_s = fround((ts - low) * 1e6)
+                    else:
+                        base, low, high, base_ns = _second(ts)
+                        usec_s = fround((ts - base) * 1e6)
+                    sec_s = base
                     if usec_s >= 1_000_000:
                         sec_s, usec_s = sec_s + 1, usec_s - 1_000_000
                     ns = fround(ts * 1e9)
-                    if pcapng:
-                        hi_s = ns >> 32
-                        lo_s = ns & 0xFFFFFFFF
-                    else:
-                        hi_s, lo_s = divmod(ns, 1_000_000_000)
+                    hi_s = base
+                    lo_s = ns - base_ns
+                    if not 0 <= lo_s < NS:
+                        hi_s, lo_s = divmod(ns, NS)
                     ts = origin + done
-                    sec_c = trunc(ts)
-                    usec_c = fround((ts - sec_c) * 1e6)
+                    if low <= ts < high:
+                        usec_c = fround((ts - low) * 1e6)
+                    else:
+                        base, low, high, base_ns = _second(ts)
+                        usec_c = fround((ts - base) * 1e6)
+                    sec_c = base
                     if usec_c >= 1_000_000:
                         sec_c, usec_c = sec_c + 1, usec_c - 1_000_000
                     ns = fround(ts * 1e9)
-                    if pcapng:
-                        hi_c = ns >> 32
-                        lo_c = ns & 0xFFFFFFFF
-                    else:
-                        hi_c, lo_c = divmod(ns, 1_000_000_000)
-                    if where == 2:  # data in: the completion carries it
-                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
-                             usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, middle, hi_c,
-                             lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
-                             lengths >> 32 & 0xFFFFFFFF, kept_c, data, end)
-                    elif where:
-                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
-                             usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, data, middle,
-                             hi_c, lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
-                             lengths >> 32 & 0xFFFFFFFF, kept_c, end)
-                    else:
-                        pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s,
-                             usec_s, -115, lengths & 0xFFFFFFFF, kept_s, setup, middle, hi_c,
-                             lo_c, sizes_c, irp_id, flags_c, sec_c, usec_c, errno,
-                             lengths >> 32 & 0xFFFFFFFF, kept_c, end)
+                    hi_c = base
+                    lo_c = ns - base_ns
+                    if not 0 <= lo_c < NS:
+                        hi_c, lo_c = divmod(ns, NS)
+                    pack(buf, pos, hi_s, lo_s, sizes_s, irp_id, flags_s, sec_s, usec_s,
+                         status_s, setup, data, hi_c, lo_c, sizes_c, irp_id, flags_c, sec_c,
+                         usec_c, status_c, data)
                     if sub <= done <= now and done < ahead_min:
                         pos += total
                         count += 2
                     else:
-                        # its number in the heap's order: less than any later row's,
-                        # more than any earlier row's
+                        # as in _usbmon_fast
                         if sub <= now and sub < ahead_min and sub <= done:
                             pos += split
                             count += 1
@@ -669,7 +907,7 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
                                          bytes(view[pos + split:pos + total])))
                         ahead_min = ahead[0][0]
                 else:
-                    hold(ahead, held, seen - 1, origin, ids, shapes)
+                    _hold_usbmon_pcap(ahead, held, seen - 1, origin, ids, shapes)
                     ahead_min = ahead[0][0]
                 if ahead_min <= now:
                     while ahead and ahead[0][0] <= now:
@@ -688,12 +926,12 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
                     ahead_min = ahead[0][0] if ahead else INF
             held = row
     except struct.error:
-        _classic_time(pcapng, hi_s, hi_c)
+        _classic_time(False, hi_s, hi_c)
         raise
     if held is not None:
-        hold(ahead, held, seen, origin, ids, shapes)
+        _hold_usbmon_pcap(ahead, held, seen, origin, ids, shapes)
     write(view[:pos])
-    while ahead:  # the rest, in order (a few, unless the data is larger than the buffer)
+    while ahead:
         item = pop(ahead)
         write(item[4])
         count += item[3]
@@ -961,8 +1199,16 @@ def _push_raw(ahead: list[tuple[Any, int, int, int, bytes]], raw: Sequence[Any],
 
 def _hold_usbmon_pcap(ahead: list[tuple[Any, int, int, int, bytes]], row: Sequence[Any],
                       number: int, origin: float, ids: Any, shapes: Any) -> None:
-    """``_hold`` for usbmon in classic pcap (rare rows: through the general encoder)."""
-    _push_raw(ahead, _unprepare(row, number), origin, True, False)
+    """``_hold`` for usbmon in classic pcap, of a ``PREPARED_PCAP`` row (rare rows:
+    through the general encoder)."""
+    text, submitted_at, completed_at, shape, data = row
+    if shape is not None:
+        shape, requested, actual = _unfold(shape, data)
+        lengths = requested | actual << 32
+    else:
+        lengths = 0
+    _push_raw(ahead, _unprepare((text, submitted_at, completed_at, shape, lengths, data),
+                                number), origin, True, False)
 
 
 class PcapShape(NamedTuple):
@@ -1068,6 +1314,7 @@ def _usbpcap_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
     pop, push = heapq.heappop, heapq.heappush
     held: Sequence[Any] | None = None
     hi_s = hi_c = 0
+    base = base_ns = 0  # classic pcap: the second of the last time, and in nanoseconds
     try:
         for seen, row in enumerate(rows, 1):
             now = row[1]
@@ -1098,9 +1345,19 @@ def _usbpcap_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
                         lo_s = ns_s & 0xFFFFFFFF
                         hi_c = ns_c >> 32
                         lo_c = ns_c & 0xFFFFFFFF
-                    else:
-                        hi_s, lo_s = divmod(ns_s, 1_000_000_000)
-                        hi_c, lo_c = divmod(ns_c, 1_000_000_000)
+                    else:  # most times fall in the second of the time before them
+                        hi_s = base
+                        lo_s = ns_s - base_ns
+                        if not 0 <= lo_s < NS:
+                            base, lo_s = divmod(ns_s, NS)
+                            hi_s = base
+                            base_ns = ns_s - lo_s
+                        hi_c = base
+                        lo_c = ns_c - base_ns
+                        if not 0 <= lo_c < NS:
+                            base, lo_c = divmod(ns_c, NS)
+                            hi_c = base
+                            base_ns = ns_c - lo_c
                     if where == 2:
                         pack(buf, pos, head_s, hi_s, lo_s, sizes_s, irp_id, middle_s, setup,
                              tail_s, hi_c, lo_c, sizes_c, irp_id, middle_c, data, end)
