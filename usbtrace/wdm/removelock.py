@@ -9,9 +9,16 @@ the lock has been released, so the driver can detach and delete its device
 without a completion routine ever running on a deleted device object.
 
 As in ntoskrnl (and ReactOS ``ntoskrnl/io/iomgr/remlock.c``), the count
-starts at one, the bias that ``IoReleaseRemoveLockAndWait`` drops.  The
-checked build's tag tracking is kept as a Verifier check: releasing with a
-tag that holds nothing is a bug check.
+starts at one, the bias that ``IoReleaseRemoveLockAndWait`` drops.  Releasing
+more than was acquired takes the count to zero before removal, a bug check.
+
+Only a checked build tracks tags (``IoInitializeRemoveLockEx`` with the debug
+block, ReactOS ``remlock.c``: the ``IO_REMOVE_LOCK_DBG_BLOCK`` path); a free
+build counts and nothing more.  So does this model unless the lock is set up
+with ``checked=True``: then releasing with a tag that holds nothing is a bug
+check even while other holders keep the count up.  Every IRP every driver
+passes acquires and releases a lock, so the free build's count is what the
+stack pays.
 """
 
 from __future__ import annotations
@@ -34,17 +41,19 @@ class IoRemoveLock:
         self.removed = False
         self.io_count = 1
         self.remove_event = KEvent()
-        self.tags: dict[int, int] = {}
+        self.tags: dict[int, int] | None = None  # the checked build's holders by tag
         self.scheduler: Scheduler | None = None
         self.name = ""
 
 
-def IoInitializeRemoveLock(lock: IoRemoveLock, scheduler: Scheduler, name: str = "") -> None:  # noqa: N802
-    """Set the lock up for a new device object (in AddDevice)."""
+def IoInitializeRemoveLock(lock: IoRemoveLock, scheduler: Scheduler, name: str = "",  # noqa: N802
+                           checked: bool = False) -> None:
+    """Set the lock up for a new device object (in AddDevice); ``checked``: track the
+    holders by tag, as a checked build's IoInitializeRemoveLockEx does."""
     lock.removed = False
     lock.io_count = 1
     lock.remove_event = KEvent()
-    lock.tags = {}
+    lock.tags = {} if checked else None
     lock.scheduler = scheduler
     lock.name = name
 
@@ -68,25 +77,27 @@ def IoAcquireRemoveLock(lock: IoRemoveLock, tag: object) -> int:  # noqa: N802
         return _DELETE_PENDING
     lock.io_count += 1
     tags = lock.tags
-    key = id(tag)  # _tag_key, inline: this runs for every IRP every driver passes
-    tags[key] = tags.get(key, 0) + 1
+    if tags is not None:  # a checked build's lock
+        key = id(tag)  # _tag_key, inline
+        tags[key] = tags.get(key, 0) + 1
     return _SUCCESS
 
 
 def IoReleaseRemoveLock(lock: IoRemoveLock, tag: object) -> None:  # noqa: N802
     """Drop one user; the last one out after removal began wakes the waiting REMOVE."""
     tags = lock.tags
-    key = id(tag)
-    held = tags.get(key, 0)
-    if held == 1:
-        del tags[key]
-    elif held == 0:
-        raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
-                       f"{lock.name}: remove lock released with a tag that holds nothing")
-    else:
-        tags[key] = held - 1
-    lock.io_count -= 1
-    if lock.io_count == 0:
+    if tags is not None:  # a checked build's lock
+        key = id(tag)
+        held = tags.get(key, 0)
+        if held == 1:
+            del tags[key]
+        elif held == 0:
+            raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
+                           f"{lock.name}: remove lock released with a tag that holds nothing")
+        else:
+            tags[key] = held - 1
+    count = lock.io_count = lock.io_count - 1
+    if count == 0:
         if not lock.removed:
             raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
                            f"{lock.name}: remove lock count reached zero before removal")
