@@ -45,7 +45,6 @@ from usbtrace.wdm.iomgr import (
     IoCallDriver,
     IoCompleteRequest,
     IoCopyCurrentIrpStackLocationToNext,
-    IoMarkIrpPending,
     IoSetCompletionRoutine,
 )
 from usbtrace.wdm.irp import (
@@ -59,6 +58,7 @@ from usbtrace.wdm.irp import (
     IRP_MN_REMOVE_DEVICE,
     IRP_MN_SET_POWER,
     IRP_MN_START_DEVICE,
+    SL_PENDING_RETURNED,
     DeviceCapabilities,
     DeviceIoControlParameters,
     IoBuildDeviceIoControlRequest,
@@ -255,16 +255,18 @@ def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
 
 def TracerCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
                      parent: int | None) -> int:
+    loc = irp.stack[irp.current_location]
     if irp.pending_returned:
-        IoMarkIrpPending(irp)
+        loc.control |= SL_PENDING_RETURNED  # IoMarkIrpPending (wdm.h inlines it so)
     assert device is not None
     ext: TracerExtension = device.device_extension
-    loc = irp.stack[irp.current_location]
     major = loc.major_function
     sink = ext.sink
     if major == IRP_MJ_INTERNAL_DEVICE_CONTROL:
-        if sink is None:
-            _learn_selection(ext, loc.parameters)
+        if sink is None:  # a bulk URB selects nothing: only the rest may teach pipes
+            if type(params := loc.parameters) is not DeviceIoControlParameters or \
+                    type(params.type3_input_buffer) is not UrbBulkOrInterruptTransfer:
+                _learn_selection(ext, params)
         elif type(params := loc.parameters) is DeviceIoControlParameters and \
                 params.io_control_code == SUBMIT_URB and \
                 type(urb := params.type3_input_buffer) is UrbBulkOrInterruptTransfer:

@@ -38,7 +38,7 @@ class IoRemoveLock:
     __slots__ = ("removed", "io_count", "remove_event", "tags", "scheduler", "name")
 
     def __init__(self) -> None:
-        self.removed = False
+        self.removed = True  # until IoInitializeRemoveLock: a lock never set up refuses
         self.io_count = 1
         self.remove_event = KEvent()
         self.tags: dict[int, int] | None = None  # the checked build's holders by tag
@@ -68,10 +68,10 @@ _DELETE_PENDING = NTSTATUS.STATUS_DELETE_PENDING.value
 
 def IoAcquireRemoveLock(lock: IoRemoveLock, tag: object) -> int:  # noqa: N802
     """Count one more user of the device; STATUS_DELETE_PENDING once removal began."""
-    if lock.scheduler is None:
-        raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
-                       "IoAcquireRemoveLock on a remove lock never initialized")
-    if lock.removed:
+    if lock.removed:  # removal began, or the lock was never set up
+        if lock.scheduler is None:
+            raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
+                           "IoAcquireRemoveLock on a remove lock never initialized")
         if lock.io_count == 0:  # the count went up and back down: the last one out
             lock.remove_event.KeSetEvent()
         return _DELETE_PENDING
