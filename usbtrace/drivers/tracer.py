@@ -88,7 +88,7 @@ BUS_INFO_INTERFACE = U.BUS_INFO_INTERFACE
 
 
 
-@dataclass
+@dataclass(slots=True)  # read at every pass: attributes by slot
 class TracerExtension:
     lower: DeviceObject
     position: str  # "lower" (on the PDO: URB level) or "upper" (above the disk driver)
@@ -190,6 +190,14 @@ def _query_device_address(ext: TracerExtension, device: DeviceObject) -> None:
 # ---------------------------------------------------------------------------------
 # Dispatch and completion: record, pass down, record again on the way up
 # ---------------------------------------------------------------------------------
+
+
+# Records are flat tuples in Event's field order, the payload apart
+# (usbtrace.records.Record): one tuple a pass, as a kernel filter writes one record
+# into its buffer, and no object.  Fields, in order: kind, ts (the clock's counter, in
+# ns), irp_id, position, major, minor, ioctl, parent_irp_id, status, information,
+# detail, urb_function, bus, device, endpoint, transfer_type, urb_status, length, setup,
+# data_length, offset, file_object, record_number, raw_status, stream_id.
 
 
 def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
@@ -350,14 +358,6 @@ def _learn_from(ext: TracerExtension, urb: U.Urb) -> None:
     elif isinstance(urb, U.UrbOpenStaticStreams):  # each stream has a handle of its own
         for stream in urb.streams:
             ext.pipes[stream] = _pipe_entry(stream)
-
-
-# The records below are flat tuples in Event's field order, the payload apart
-# (usbtrace.records.Record): one tuple a pass, as a kernel filter writes one record
-# into its buffer, and no object.  Fields, in order: kind, ts (the clock's counter, in
-# ns), irp_id, position, major, minor, ioctl, parent_irp_id, status, information,
-# detail, urb_function, bus, device, endpoint, transfer_type, urb_status, length, setup,
-# data_length, offset, file_object, record_number, raw_status, stream_id.
 
 
 def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str,
