@@ -92,7 +92,7 @@ def test_only_a_checked_remove_lock_knows_which_tag_holds_it() -> None:
     the count."""
     held, stranger = object(), object()
     free, checked = IoRemoveLock(), IoRemoveLock()
-    IoInitializeRemoveLock(free, Scheduler(), "free")
+    IoInitializeRemoveLock(free, Scheduler(), "free", checked=False)
     IoInitializeRemoveLock(checked, Scheduler(), "checked", checked=True)
     for lock in (free, checked):
         assert IoAcquireRemoveLock(lock, held) == NTSTATUS.STATUS_SUCCESS
@@ -110,6 +110,8 @@ def test_only_a_checked_remove_lock_knows_which_tag_holds_it() -> None:
 def test_a_remove_lock_never_initialized_is_a_bug_check() -> None:
     with pytest.raises(BugCheck, match="never initialized"):
         IoAcquireRemoveLock(IoRemoveLock(), object())
+    with pytest.raises(BugCheck, match="never initialized"):
+        IoReleaseRemoveLock(IoRemoveLock(), object())
 
 
 # ---- outcome 1: unplug with a 192 KiB read in flight and the handle open -----------

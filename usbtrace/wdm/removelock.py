@@ -18,7 +18,7 @@ build counts and nothing more.  So does this model unless the lock is set up
 with ``checked=True``: then releasing with a tag that holds nothing is a bug
 check even while other holders keep the count up.  Every IRP every driver
 passes acquires and releases a lock, so the free build's count is what the
-stack pays.
+stack pays; the test suite runs the checked build (``CHECKED_BUILD``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ from usbtrace.wdm.status import NTSTATUS
 
 if TYPE_CHECKING:
     from usbtrace.wdm.sched import Scheduler
+
+
+# What IoInitializeRemoveLock sets up when its caller does not say: the tests turn it
+# on (tests/conftest.py), so that every driver's locks track their tags there
+CHECKED_BUILD = False
 
 
 class IoRemoveLock:
@@ -47,13 +52,14 @@ class IoRemoveLock:
 
 
 def IoInitializeRemoveLock(lock: IoRemoveLock, scheduler: Scheduler, name: str = "",  # noqa: N802
-                           checked: bool = False) -> None:
+                           checked: bool | None = None) -> None:
     """Set the lock up for a new device object (in AddDevice); ``checked``: track the
-    holders by tag, as a checked build's IoInitializeRemoveLockEx does."""
+    holders by tag, as a checked build's IoInitializeRemoveLockEx does (by default,
+    as ``CHECKED_BUILD`` says)."""
     lock.removed = False
     lock.io_count = 1
     lock.remove_event = KEvent()
-    lock.tags = {} if checked else None
+    lock.tags = {} if (CHECKED_BUILD if checked is None else checked) else None
     lock.scheduler = scheduler
     lock.name = name
 
@@ -98,6 +104,9 @@ def IoReleaseRemoveLock(lock: IoRemoveLock, tag: object) -> None:  # noqa: N802
             tags[key] = held - 1
     count = lock.io_count = lock.io_count - 1
     if count == 0:
+        if lock.scheduler is None:
+            raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
+                           "IoReleaseRemoveLock on a remove lock never initialized")
         if not lock.removed:
             raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
                            f"{lock.name}: remove lock count reached zero before removal")
