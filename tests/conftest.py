@@ -12,11 +12,17 @@ from usbtrace.devices.image import DiskImage
 from usbtrace.devices.simulated import SimulatedStick
 from usbtrace.machine import Machine
 from usbtrace.records import Event
+from usbtrace.wdm import removelock
 
 # Hypothesis checks properties, not speed: a busy machine must not fail a test by
 # its per-example deadline (speed is the benchmarks' business).
 settings.register_profile("usbtrace", deadline=None)
 settings.load_profile("usbtrace")
+
+# the tests run a checked build's remove locks: every driver's lock tracks its tags, so a
+# release under the wrong IRP is a bug check wherever it happens (the benchmarks and the
+# CLI run the free build, which only counts)
+removelock.CHECKED_BUILD = True
 
 CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "captures"
 # the third-party captures with mass-storage traffic (see ../shared/captures/INDEX.md)

@@ -84,6 +84,36 @@ def test_releasing_a_remove_lock_not_held_is_a_bug_check() -> None:
         IoReleaseRemoveLock(lock, object())
 
 
+def test_only_a_checked_remove_lock_knows_which_tag_holds_it() -> None:
+    """A free build counts (ReactOS ntoskrnl/io/iomgr/remlock.c: the tags are kept only
+    with the IO_REMOVE_LOCK_DBG_BLOCK of IoInitializeRemoveLockEx in a checked build):
+    a release under the wrong tag passes while someone else keeps the count up.  A
+    checked lock names the tag that holds nothing; a free one catches a release past
+    the count."""
+    held, stranger = object(), object()
+    free, checked = IoRemoveLock(), IoRemoveLock()
+    IoInitializeRemoveLock(free, Scheduler(), "free", checked=False)
+    IoInitializeRemoveLock(checked, Scheduler(), "checked", checked=True)
+    for lock in (free, checked):
+        assert IoAcquireRemoveLock(lock, held) == NTSTATUS.STATUS_SUCCESS
+    IoReleaseRemoveLock(free, stranger)
+    assert free.io_count == 1
+    with pytest.raises(BugCheck, match="tag that holds nothing"):
+        IoReleaseRemoveLock(checked, stranger)
+    IoReleaseRemoveLock(checked, held)
+    with pytest.raises(BugCheck, match="count reached zero before removal"):
+        IoReleaseRemoveLock(free, held)
+    with pytest.raises(BugCheck, match="tag that holds nothing"):
+        IoReleaseRemoveLock(checked, held)
+
+
+def test_a_remove_lock_never_initialized_is_a_bug_check() -> None:
+    with pytest.raises(BugCheck, match="never initialized"):
+        IoAcquireRemoveLock(IoRemoveLock(), object())
+    with pytest.raises(BugCheck, match="never initialized"):
+        IoReleaseRemoveLock(IoRemoveLock(), object())
+
+
 # ---- outcome 1: unplug with a 192 KiB read in flight and the handle open -----------
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -99,3 +100,41 @@ def test_on_the_wall_clock_records_carry_nanoseconds_since_the_start() -> None:
     stamps = [fields[1] for fields, _ in keep.records]
     assert stamps and all(type(t) is int for t in stamps) and stamps == sorted(stamps)
     assert 0 < event_from_record(keep.records[-1]).ts <= took
+
+
+def test_the_data_paths_records_are_the_ones_the_general_path_makes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dispatch and completion routines build a bulk URB's record themselves; sent
+    through ``_describe`` (which they bypass) every record, payload too, is the same."""
+    from usbtrace.drivers import tracer
+
+    fast = Keep()
+    _workload(fast)
+    monkeypatch.setattr(tracer, "UrbBulkOrInterruptTransfer", type("NotAnUrb", (), {}))
+    general = Keep()
+    _workload(general)
+    assert len(fast.records) == len(general.records) > 20
+    assert sum(1 for fields, _ in fast.records if fields[14] is not None) > 10  # endpoints
+    strip = [(fields[:21] + fields[22:], payload) for fields, payload in fast.records]
+    assert strip == [(fields[:21] + fields[22:], payload)
+                     for fields, payload in general.records]  # file objects apart
+
+
+def test_a_payload_stays_what_the_transfer_moved_when_the_caller_reuses_its_buffer() -> None:
+    """The IN data is copied at completion: the caller's buffer is read into again
+    before anyone consumes the record (a queue may hold it), and the record must not
+    follow it."""
+    keep = Keep()
+    machine = Machine(SimulatedStick(DiskImage.in_memory(4 << 20)), sink=keep).start()
+    win32 = machine.win32
+    handle = win32.CreateFile(DISK_PATH)
+    first, second = bytes(range(256)) * 16, bytes(reversed(range(256))) * 16
+    win32.WriteFile(handle, first + second, 0)
+    buffer = bytearray(4096)
+    win32.ReadFile(handle, buffer, 0)
+    win32.ReadFile(handle, buffer, 4096)
+    machine.stop()
+    assert buffer == second
+    ins = [payload for fields, payload in keep.records
+           if fields[0] == "C" and fields[14] == 0x81 and len(payload) == 4096]
+    assert ins[-2:] == [first, second]

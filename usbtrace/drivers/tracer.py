@@ -45,7 +45,6 @@ from usbtrace.wdm.iomgr import (
     IoCallDriver,
     IoCompleteRequest,
     IoCopyCurrentIrpStackLocationToNext,
-    IoMarkIrpPending,
     IoSetCompletionRoutine,
 )
 from usbtrace.wdm.irp import (
@@ -59,7 +58,9 @@ from usbtrace.wdm.irp import (
     IRP_MN_REMOVE_DEVICE,
     IRP_MN_SET_POWER,
     IRP_MN_START_DEVICE,
+    SL_PENDING_RETURNED,
     DeviceCapabilities,
+    DeviceIoControlParameters,
     IoBuildDeviceIoControlRequest,
     Irp,
     QueryCapabilitiesParameters,
@@ -80,12 +81,14 @@ from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS.value
 SUBMIT_URB = U.IOCTL_INTERNAL_USB_SUBMIT_URB
+USBD_STATUS_PENDING = U.USBD_STATUS_PENDING
+UrbBulkOrInterruptTransfer = U.UrbBulkOrInterruptTransfer
 
 BUS_INFO_INTERFACE = U.BUS_INFO_INTERFACE
 
 
 
-@dataclass
+@dataclass(slots=True)  # read at every pass: attributes by slot
 class TracerExtension:
     lower: DeviceObject
     position: str  # "lower" (on the PDO: URB level) or "upper" (above the disk driver)
@@ -189,6 +192,14 @@ def _query_device_address(ext: TracerExtension, device: DeviceObject) -> None:
 # ---------------------------------------------------------------------------------
 
 
+# Records are flat tuples in Event's field order, the payload apart
+# (usbtrace.records.Record): one tuple a pass, as a kernel filter writes one record
+# into its buffer, and no object.  Fields, in order: kind, ts (the clock's counter, in
+# ns), irp_id, position, major, minor, ioctl, parent_irp_id, status, information,
+# detail, urb_function, bus, device, endpoint, transfer_type, urb_status, length, setup,
+# data_length, offset, file_object, record_number, raw_status, stream_id.
+
+
 def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     ext: TracerExtension = device.device_extension
     status = IoAcquireRemoveLock(ext.remove_lock, irp)
@@ -205,7 +216,39 @@ def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         master = irp.master_irp
         if master is not None:
             parent = master.id
-        sink(_describe(ext, irp, loc, major, SUBMIT, parent))
+        params = loc.parameters
+        # the data path's two records first, built here in one expression each: a bulk
+        # URB at the lower position (a CBW, data phase or CSW), a READ or WRITE at the
+        # upper one; everything else goes through _describe
+        if major == IRP_MJ_INTERNAL_DEVICE_CONTROL and \
+                type(params) is DeviceIoControlParameters and \
+                params.io_control_code == SUBMIT_URB and \
+                type(urb := params.type3_input_buffer) is UrbBulkOrInterruptTransfer:
+            known = ext.pipes.get(urb.pipe_handle)
+            if known is None:
+                known = _unknown_pipe(ext, urb.pipe_handle)
+            endpoint, transfer_type, stream = known
+            size = urb.length
+            data = b""
+            if size and not endpoint & 0x80:  # OUT data is there when it is sent
+                buffer = urb.buffer
+                if buffer is None:
+                    buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
+                # copied, once: the buffer is the caller's, which it reuses (the next
+                # ReadFile into it) while the record may still wait in the queue
+                data = bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
+            sink(((SUBMIT, ext.clock(), irp.id, ext.position, major, None, SUBMIT_URB,
+                   parent, None, None, None, urb.function, ext.bus, ext.address, endpoint,
+                   transfer_type, USBD_STATUS_PENDING, size, None, len(data), None, None,
+                   None, None, stream), data))
+        elif (major == IRP_MJ_READ or major == IRP_MJ_WRITE) and not ext.upper_payload:
+            file_object = loc.file_object
+            sink(((SUBMIT, ext.clock(), irp.id, ext.position, major, None, None, parent,
+                   None, None, None, None, None, None, None, None, None, params.length,
+                   None, None, params.byte_offset,
+                   None if file_object is None else file_object.id, None, None, None), b""))
+        else:
+            sink(_describe(ext, irp, loc, major, SUBMIT, parent))
     IoCopyCurrentIrpStackLocationToNext(irp)
     IoSetCompletionRoutine(irp, TracerCompletion, parent, True, True, True)
     if major == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE:
@@ -220,21 +263,65 @@ def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
 
 def TracerCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
                      parent: int | None) -> int:
+    loc = irp.stack[irp.current_location]
     if irp.pending_returned:
-        IoMarkIrpPending(irp)
+        loc.control |= SL_PENDING_RETURNED  # IoMarkIrpPending (wdm.h inlines it so)
     assert device is not None
     ext: TracerExtension = device.device_extension
-    loc = irp.stack[irp.current_location]
     major = loc.major_function
     sink = ext.sink
-    if sink is not None:
-        sink(_describe(ext, irp, loc, major, COMPLETE, parent))
-    elif major == IRP_MJ_INTERNAL_DEVICE_CONTROL:
-        _learn_selection(ext, loc.parameters)
-    if major == IRP_MJ_READ or major == IRP_MJ_WRITE or \
-            major == IRP_MJ_INTERNAL_DEVICE_CONTROL:
+    if major == IRP_MJ_INTERNAL_DEVICE_CONTROL:
+        if sink is None:  # a bulk URB selects nothing: only the rest may teach pipes
+            if type(params := loc.parameters) is not DeviceIoControlParameters or \
+                    type(params.type3_input_buffer) is not UrbBulkOrInterruptTransfer:
+                _learn_selection(ext, params)
+        elif type(params := loc.parameters) is DeviceIoControlParameters and \
+                params.io_control_code == SUBMIT_URB and \
+                type(urb := params.type3_input_buffer) is UrbBulkOrInterruptTransfer:
+            # the data path's record, as in the dispatch routine
+            known = ext.pipes.get(urb.pipe_handle)
+            if known is None:
+                known = _unknown_pipe(ext, urb.pipe_handle)
+            endpoint, transfer_type, stream = known
+            size = urb.length
+            data = b""
+            if size and endpoint & 0x80:  # IN data is there once the transfer is done
+                buffer = urb.buffer
+                if buffer is None:
+                    buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
+                # copied, once: the buffer is the caller's, which it reuses (the next
+                # ReadFile into it) while the record may still wait in the queue
+                data = bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
+            io_status = irp.io_status
+            information = io_status.information
+            sink(((COMPLETE, ext.clock(), irp.id, ext.position, major, None, SUBMIT_URB,
+                   parent, io_status.status,
+                   information if isinstance(information, int) else None, None, urb.function,
+                   ext.bus, ext.address, endpoint, transfer_type, urb.status, size, None,
+                   len(data), None, None, None, None, stream), data))
+        else:
+            sink(_describe(ext, irp, loc, major, COMPLETE, parent))
         IoReleaseRemoveLock(ext.remove_lock, irp)  # the data path: nothing else to do
         return STATUS_SUCCESS
+    if major == IRP_MJ_READ or major == IRP_MJ_WRITE:
+        if sink is not None:
+            if ext.upper_payload:
+                sink(_describe(ext, irp, loc, major, COMPLETE, parent))
+            else:
+                params = loc.parameters
+                io_status = irp.io_status
+                information = io_status.information
+                file_object = loc.file_object
+                sink(((COMPLETE, ext.clock(), irp.id, ext.position, major, None, None,
+                       parent, io_status.status,
+                       information if isinstance(information, int) else None, None, None, None,
+                       None, None, None, None, params.length, None, None, params.byte_offset,
+                       None if file_object is None else file_object.id, None, None, None),
+                      b""))
+        IoReleaseRemoveLock(ext.remove_lock, irp)  # the data path: nothing else to do
+        return STATUS_SUCCESS
+    if sink is not None:
+        sink(_describe(ext, irp, loc, major, COMPLETE, parent))
     if irp.io_status.status < 0x80000000:  # NT_SUCCESS: every driver reports its state
         if major == IRP_MJ_PNP and loc.minor_function == IRP_MN_START_DEVICE:
             PoSetPowerState(device, "device", PowerDeviceD0)
@@ -244,6 +331,12 @@ def TracerCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
     if not (major == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE):
         IoReleaseRemoveLock(ext.remove_lock, irp)  # REMOVE's is released by the dispatch
     return STATUS_SUCCESS  # STATUS_CONTINUE_COMPLETION
+
+
+def _unknown_pipe(ext: TracerExtension, pipe: U.PipeInformation) -> tuple[int, int, int | None]:
+    """A pipe selected before the filter was there: counted, and described from itself."""
+    ext.unknown_pipes += 1
+    return _pipe_entry(pipe)
 
 
 def _learn_selection(ext: TracerExtension, params: Any) -> None:
@@ -267,54 +360,14 @@ def _learn_from(ext: TracerExtension, urb: U.Urb) -> None:
             ext.pipes[stream] = _pipe_entry(stream)
 
 
-# The records below are flat tuples in Event's field order, the payload apart
-# (usbtrace.records.Record): one tuple a pass, as a kernel filter writes one record
-# into its buffer, and no object.  Fields, in order: kind, ts (the clock's counter, in
-# ns), irp_id, position, major, minor, ioctl, parent_irp_id, status, information,
-# detail, urb_function, bus, device, endpoint, transfer_type, urb_status, length, setup,
-# data_length, offset, file_object, record_number, raw_status, stream_id.
-
-
 def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str,
               parent: int | None) -> Record:
-    """The record of one pass of ``irp`` through the filter."""
+    """The record of one pass of ``irp`` through the filter (the data path's records,
+    a bulk URB's and a READ's or WRITE's, are built in the dispatch and completion
+    routines themselves: this is the rest)."""
     params = loc.parameters
     if major == IRP_MJ_INTERNAL_DEVICE_CONTROL:
         ioctl = getattr(params, "io_control_code", None)
-        if ioctl == SUBMIT_URB:
-            urb = params.type3_input_buffer
-            if type(urb) is U.UrbBulkOrInterruptTransfer:
-                # the data path's record (a CBW, data phase or CSW), inline: first and
-                # in one call
-                pipe = urb.pipe_handle
-                known = ext.pipes.get(pipe)
-                if known is None:  # a pipe selected before the filter was there
-                    ext.unknown_pipes += 1
-                    known = _pipe_entry(pipe)
-                endpoint, transfer_type, stream = known
-                size = urb.length
-                data = b""
-                done = kind == COMPLETE
-                # IN data is there once the transfer is done, OUT data when it is sent
-                if size and (endpoint & 0x80 if done else not endpoint & 0x80):
-                    buffer = urb.buffer
-                    if buffer is None:
-                        buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
-                    if buffer is not None:
-                        data = bytes(buffer[:size])
-                if done:
-                    io_status = irp.io_status
-                    information = io_status.information
-                    return ((kind, ext.clock(), irp.id, ext.position, major, None, SUBMIT_URB,
-                             parent, io_status.status,
-                             information if isinstance(information, int) else None, None,
-                             urb.function, ext.bus, ext.address, endpoint, transfer_type,
-                             urb.status, size, None, len(data), None, None, None, None,
-                             stream), data)
-                return ((kind, ext.clock(), irp.id, ext.position, major, None, SUBMIT_URB,
-                         parent, None, None, None, urb.function, ext.bus, ext.address,
-                         endpoint, transfer_type, U.USBD_STATUS_PENDING, size, None,
-                         len(data), None, None, None, None, stream), data)
     else:
         ioctl = None
     done = kind == COMPLETE

@@ -47,6 +47,7 @@ from usbtrace.wdm.status import NTSTATUS
 
 STATUS_PENDING = NTSTATUS.STATUS_PENDING.value
 STATUS_MORE_PROCESSING_REQUIRED = NTSTATUS.STATUS_MORE_PROCESSING_REQUIRED.value
+_INVOKE_ALWAYS = SL_INVOKE_ON_SUCCESS | SL_INVOKE_ON_ERROR | SL_INVOKE_ON_CANCEL
 
 
 def IoCallDriver(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
@@ -117,9 +118,12 @@ def IoSetCompletionRoutine(  # noqa: N802
     loc = irp.stack[irp.current_location - 1]
     loc.completion_routine = routine
     loc.context = context
-    loc.control = (SL_INVOKE_ON_SUCCESS if invoke_on_success else 0) | \
-        (SL_INVOKE_ON_ERROR if invoke_on_error else 0) | \
-        (SL_INVOKE_ON_CANCEL if invoke_on_cancel else 0)
+    if invoke_on_success and invoke_on_error and invoke_on_cancel:  # what most drivers ask
+        loc.control = _INVOKE_ALWAYS
+    else:
+        loc.control = (SL_INVOKE_ON_SUCCESS if invoke_on_success else 0) | \
+            (SL_INVOKE_ON_ERROR if invoke_on_error else 0) | \
+            (SL_INVOKE_ON_CANCEL if invoke_on_cancel else 0)
 
 
 def IoMarkIrpPending(irp: Irp) -> None:  # noqa: N802
@@ -300,21 +304,20 @@ def IoCompleteRequest(irp: Irp, priority_boost: int = 0) -> None:  # noqa: N802
     checks = irp.pending_checks
     while index < count:
         loc = stack[index]
-        pending = loc.control & SL_PENDING_RETURNED
-        if checks and checks >> index & 1 and not pending:
+        control = loc.control
+        pending = control & SL_PENDING_RETURNED
+        if checks and not pending and checks >> index & 1:
             driver = loc.device_object.driver_object.name if loc.device_object else "?"
             raise BugCheck("DRIVER_VERIFIER_IOMANAGER_VIOLATION",
                            f"{driver} returned STATUS_PENDING for {irp!r} and it completed "
                            "without IoMarkIrpPending")
-        irp.pending_returned = bool(pending)
+        irp.pending_returned = pending != 0
         routine = loc.completion_routine
         index += 1
         irp.current_location = index
         if routine is not None:
-            control = loc.control
             if (
-                (control & SL_INVOKE_ON_SUCCESS and status < 0x80000000)
-                or (control & SL_INVOKE_ON_ERROR and status >= 0x80000000)
+                control & (SL_INVOKE_ON_SUCCESS if status < 0x80000000 else SL_INVOKE_ON_ERROR)
                 or (control & SL_INVOKE_ON_CANCEL and irp.cancel)
             ):
                 device = stack[index].device_object if index < count else None
