@@ -128,3 +128,18 @@ def test_a_cbw_cut_before_its_opcode_opens_no_command(tmp_path: Path) -> None:
     truncated, = sqlite3.connect(tmp_path / "t.db").execute(
         "SELECT count(*) FROM urbs WHERE truncated").fetchone()
     assert truncated == 1  # the cut CBW is stored as cut
+
+
+def test_throughput_of_a_session_spanning_years_stays_bounded() -> None:
+    # mergecap of a 2016 and a 2020 capture: one session of 10^8 seconds; at one row
+    # per empty second, stats --interval 1 took 8 GiB before it wrote a line
+    from itertools import islice
+
+    from usbtrace.analysis.stats import bucket_throughput
+
+    rows = [(0.5, "in", 512), (1.2, "out", 1024), (4.5, "in", 512), (101_668_980.2, "out", 4096)]
+    out = list(islice(bucket_throughput(iter(rows), 1.0, empty_rows=10), 10_000))
+    assert [r[0] for r in out] == [0, 1, 2, 3, 4, 5, 101_668_979, 101_668_980]
+    assert sum(r[1] for r in out) == 4 and sum(r[2] + r[3] for r in out) == 6144
+    filled = list(bucket_throughput(iter(rows[:3]), 1.0, empty_rows=10))
+    assert [r[0] for r in filled] == [0, 1, 2, 3, 4]  # short gaps are filled as before
