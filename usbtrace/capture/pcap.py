@@ -260,6 +260,7 @@ class CaptureReader:
         chunk = self.CHUNK
         buf = self._buffer[self._pos :]  # what the header read left in the buffer
         pos = 0
+        magics = APPENDED_MAGICS
         while True:
             if pos + 16 > len(buf):
                 buf = buf[pos:]
@@ -271,7 +272,9 @@ class CaptureReader:
                     self.malformed.append((number + 1, "record header cut short at end of file"))
                     return
             sec, frac, caplen, origlen = unpack(buf, pos)
-            if sec in APPENDED_MAGICS:  # another capture's file header (cat a.pcap b.pcap)?
+            # another capture's file header (cat a.pcap b.pcap)?  Its thiszone field, 0 by
+            # every writer (draft-ietf-opsawg-pcap: Reserved1), falls on the record length
+            if not caplen and sec in magics:
                 if pos + 24 > len(buf):
                     buf = buf[pos:]
                     buf += _read_enough(some, 24 - len(buf), chunk)
