@@ -143,3 +143,18 @@ def test_throughput_of_a_session_spanning_years_stays_bounded() -> None:
     assert sum(r[1] for r in out) == 4 and sum(r[2] + r[3] for r in out) == 6144
     filled = list(bucket_throughput(iter(rows[:3]), 1.0, empty_rows=10))
     assert [r[0] for r in filled] == [0, 1, 2, 3, 4]  # short gaps are filled as before
+
+
+def test_a_capture_compressed_by_another_tool_is_named(tmp_path: Path) -> None:
+    import lzma
+
+    from usbtrace.errors import CaptureFormatError
+
+    path = tmp_path / "stick.pcap.xz"
+    path.write_bytes(lzma.compress(pcap(command(1, TUR))))
+    try:
+        import_capture(Database(tmp_path / "t.db"), path)
+    except CaptureFormatError as e:
+        assert "xz-compressed: decompress it first (xz -d)" in str(e)
+    else:
+        raise AssertionError("an xz file imported")

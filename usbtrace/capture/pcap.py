@@ -158,6 +158,13 @@ class InterfaceDrops:
         return max(self.statistics_dropped(), self.before_packets)
 
 
+# Compressors other than gzip (which the import reads itself), by the first four bytes
+# of their magic numbers (all that detect sees)
+COMPRESSED = [(b"\xfd7zX", "xz", "xz -d"), (b"BZh", "bzip2", "bunzip2"),
+              (b"\x28\xb5\x2f\xfd", "zstd", "zstd -d"), (b"\x04\x22\x4d\x18", "lz4", "lz4 -d"),
+              (b"PK\x03\x04", "zip", "unzip"), (b"7z\xbc\xaf", "7z", "7z x")]
+
+
 def _pcap_header(head: bytes, first: bool = False) -> tuple[bool, bool, int] | None:
     """(big-endian, nanoseconds, linktype) of a 24-byte pcap file header.  The first one
     is taken on its magic alone; one met where a record header belongs (a second capture
@@ -183,7 +190,9 @@ def detect(head: bytes) -> str:
         return "pcap"
     if le == PCAPNG_SHB:
         return "pcapng"
-    raise CaptureFormatError(f"not a pcap or pcapng file (magic {head[:4].hex()})")
+    packed = next((f"; it is {name}-compressed: decompress it first ({tool})"
+                   for magic, name, tool in COMPRESSED if head.startswith(magic)), "")
+    raise CaptureFormatError(f"not a pcap or pcapng file (magic {head[:4].hex()}){packed}")
 
 
 class CaptureReader:
