@@ -177,8 +177,9 @@ def sense_summary(database: Any, session: int, flt: Filter | None = None
 def throughput(database: Any, session: int, interval: float, flt: Filter | None = None
                ) -> Iterator[tuple[float, int, int, int, float, float]]:
     """Per interval from the session start: (start, commands, bytes in, bytes out,
-    MiB/s in, MiB/s out), empty intervals included, streamed.  A command counts in
-    the interval where it was submitted."""
+    MiB/s in, MiB/s out), empty intervals included (up to ``EMPTY_ROWS``, see
+    ``bucket_throughput``), streamed.  A command counts in the interval where it was
+    submitted."""
     flt = flt or Filter()
     cond, params = flt.commands_sql("c")
     sql = ("SELECT c.submitted_at, c.data_direction, c.data_length FROM scsi_commands c "
@@ -188,11 +189,19 @@ def throughput(database: Any, session: int, interval: float, flt: Filter | None 
         yield from bucket_throughput(rows, interval)
 
 
-def bucket_throughput(rows: Iterable[tuple[Any, ...]], interval: float
+# Empty intervals given in all, at most: a session's span is not bounded by its
+# commands (two captures years apart merged, a corrupt timestamp), and one row per
+# empty second of three years is 10^8 rows.  Past this, a gap gives its first and last
+# empty interval only: the rates still fall to zero and rise from it where they did.
+EMPTY_ROWS = 100_000
+
+
+def bucket_throughput(rows: Iterable[tuple[Any, ...]], interval: float,
+                      empty_rows: int = EMPTY_ROWS
                       ) -> Iterator[tuple[float, int, int, int, float, float]]:
     """(time, direction, length) rows in time order, summed per interval in one pass
     (here rather than in SQL: databases do not agree on how a float becomes an
-    integer)."""
+    integer).  Gaps are filled with empty intervals while ``empty_rows`` lasts."""
     mib = interval * (1 << 20)
     current: int | None = None
     count = nin = nout = 0
@@ -205,8 +214,15 @@ def bucket_throughput(rows: Iterable[tuple[Any, ...]], interval: float
         bucket = math.floor(float(t) / interval)
         if current is not None and bucket != current:
             yield row(current, count, nin, nout)
-            for empty in range(current + 1, bucket):
-                yield row(empty, 0, 0, 0)
+            gap = bucket - current - 1
+            if gap <= empty_rows:
+                empty_rows -= gap
+                for empty in range(current + 1, bucket):
+                    yield row(empty, 0, 0, 0)
+            else:  # too long to fill: its edges
+                yield row(current + 1, 0, 0, 0)
+                if gap > 1:
+                    yield row(bucket - 1, 0, 0, 0)
             count = nin = nout = 0
         current = bucket
         count += 1

@@ -78,6 +78,8 @@ PB_DROPS_UNKNOWN = 0xFFFF  # the obsolete Packet Block's "not available"
 # the hot path reads a block's first 28 bytes in one call
 EPB_HEAD = {o: struct.Struct(o + "IIIIIII").unpack_from for o in "<>"}
 
+# A pcap file header's magic as a record header's seconds reads it, in either byte order
+APPENDED_MAGICS = frozenset({PCAP_MAGIC_US, PCAP_MAGIC_NS, 0xD4C3B2A1, 0x4D3CB2A1})
 MAX_RECORD = 1 << 26  # a record larger than 64 MiB is corruption, not data
 # The latest time a record may carry: 2^64 nanoseconds after 1970, in the year 2554, the
 # last one a pcapng with nanosecond ticks (what export writes) can hold.  A later
@@ -156,6 +158,28 @@ class InterfaceDrops:
         return max(self.statistics_dropped(), self.before_packets)
 
 
+# Compressors other than gzip (which the import reads itself), by the first four bytes
+# of their magic numbers (all that detect sees)
+COMPRESSED = [(b"\xfd7zX", "xz", "xz -d"), (b"BZh", "bzip2", "bunzip2"),
+              (b"\x28\xb5\x2f\xfd", "zstd", "zstd -d"), (b"\x04\x22\x4d\x18", "lz4", "lz4 -d"),
+              (b"PK\x03\x04", "zip", "unzip"), (b"7z\xbc\xaf", "7z", "7z x")]
+
+
+def _pcap_header(head: bytes, first: bool = False) -> tuple[bool, bool, int] | None:
+    """(big-endian, nanoseconds, linktype) of a 24-byte pcap file header.  The first one
+    is taken on its magic alone; one met where a record header belongs (a second capture
+    appended with ``cat``, or the second member of a multi-member gzip) only with a
+    complete header of major version 2, so a record is never taken for one."""
+    if len(head) < 24:
+        return None
+    big = struct.unpack("<I", head[:4])[0] not in (PCAP_MAGIC_US, PCAP_MAGIC_NS)
+    magic, major, _, _, _, _, linktype = struct.unpack((">" if big else "<") + "IHHiIII",
+                                                       head)
+    if not first and (magic not in (PCAP_MAGIC_US, PCAP_MAGIC_NS) or major != 2):
+        return None
+    return big, magic == PCAP_MAGIC_NS, linktype & 0x0FFFFFFF  # top bits: FCS information
+
+
 def detect(head: bytes) -> str:
     """'pcap' or 'pcapng' from a file's first four bytes; raise otherwise."""
     if len(head) < 4:
@@ -166,7 +190,9 @@ def detect(head: bytes) -> str:
         return "pcap"
     if le == PCAPNG_SHB:
         return "pcapng"
-    raise CaptureFormatError(f"not a pcap or pcapng file (magic {head[:4].hex()})")
+    packed = next((f"; it is {name}-compressed: decompress it first ({tool})"
+                   for magic, name, tool in COMPRESSED if head.startswith(magic)), "")
+    raise CaptureFormatError(f"not a pcap or pcapng file (magic {head[:4].hex()}){packed}")
 
 
 class CaptureReader:
@@ -198,6 +224,8 @@ class CaptureReader:
         self.drops: dict[tuple[int, int], InterfaceDrops] = {}
         # packets lost just before the record last yielded (its epb_dropcount), else 0
         self.lost_before = 0
+        # pcap file headers met after the first (captures appended): each starts anew
+        self.appended = 0
 
     def _read(self, n: int) -> bytes:
         """``n`` bytes (fewer at the end of the file), served from a buffer: one
@@ -232,20 +260,16 @@ class CaptureReader:
         self.bytes_read += 4
         if len(head) < 24:
             raise CaptureFormatError("pcap file header is truncated")
-        magic_le = struct.unpack("<I", head[:4])[0]
-        big = magic_le not in (PCAP_MAGIC_US, PCAP_MAGIC_NS)
-        order = ">" if big else "<"
-        magic, _, _, _, _, snaplen, linktype = struct.unpack(order + "IHHiIII", head)
-        nano = magic == PCAP_MAGIC_NS
-        linktype &= 0x0FFFFFFF  # the top bits carry FCS information
+        big, nano, linktype = _pcap_header(head, first=True)  # type: ignore[misc]
         self.linktypes[0] = linktype
-        unpack = struct.Struct(order + "IIII").unpack_from
+        unpack = struct.Struct((">" if big else "<") + "IIII").unpack_from
         scale = 1e-9 if nano else 1e-6
         number = 0
         some = self._some
         chunk = self.CHUNK
         buf = self._buffer[self._pos :]  # what the header read left in the buffer
         pos = 0
+        magics = APPENDED_MAGICS
         while True:
             if pos + 16 > len(buf):
                 buf = buf[pos:]
@@ -257,9 +281,27 @@ class CaptureReader:
                     self.malformed.append((number + 1, "record header cut short at end of file"))
                     return
             sec, frac, caplen, origlen = unpack(buf, pos)
+            # another capture's file header (cat a.pcap b.pcap)?  Its thiszone field, 0 by
+            # every writer (draft-ietf-opsawg-pcap: Reserved1), falls on the record length
+            if not caplen and sec in magics:
+                if pos + 24 > len(buf):
+                    buf = buf[pos:]
+                    buf += _read_enough(some, 24 - len(buf), chunk)
+                    pos = 0
+                header = _pcap_header(buf[pos : pos + 24])
+                if header is not None:
+                    big, nano, linktype = header
+                    unpack = struct.Struct((">" if big else "<") + "IIII").unpack_from
+                    scale = 1e-9 if nano else 1e-6
+                    self.appended += 1
+                    self.bytes_read += 24
+                    pos += 24
+                    continue
             number += 1
             if caplen > MAX_RECORD:
-                self.malformed.append((number, f"record length {caplen} is impossible"))
+                self.malformed.append((number, f"record length {caplen} is impossible: the "
+                                               "records after it cannot be framed and are "
+                                               "not read"))
                 return
             end = pos + 16 + caplen
             if end > len(buf):

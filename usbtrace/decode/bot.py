@@ -31,6 +31,7 @@ Sans-I/O: ``take(exchange, sealed)`` returns the commands it finished.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Container
 from dataclasses import dataclass, field
 
@@ -85,6 +86,28 @@ class _DeviceState:
     out_pipe: int | None = None
     in_pipe: int | None = None
     strays: int = 0  # bulk transfers with bytes that belonged to no command
+
+
+# A CBW's bytes up to and including the CDB's opcode: signature, tag, transfer length,
+# flags, LUN, CB length (BOT 1.0 §5.1), then CBWCB[0]
+CUT_CBW_KNOWN = 16
+
+
+def _cut_cbw(x: Exchange) -> bot.Cbw | None:
+    """The CBW of a 31-byte OUT transfer that the capture cut short (a snapshot length,
+    tcpdump -s or Wireshark's packet limit: only the first bytes of every record are
+    kept), when the bytes kept reach the CDB's opcode: its tag, direction and length
+    keep the decoder in step with the data and the CSW, which fit in any snapshot that
+    holds this much.  The CDB is what was kept of it, so the rest (the LBA, the blocks)
+    is unknown rather than guessed; ``data_truncated`` says so."""
+    data = x.data
+    if x.requested_length != bot.CBW_LENGTH or len(data) < CUT_CBW_KNOWN or \
+            data[:4] != b"USBC":
+        return None
+    tag, length, flags, lun, cb_len = struct.unpack_from("<IIBBB", data, 4)
+    if not 1 <= cb_len & 0x1F <= 16:
+        return None
+    return bot.Cbw(tag, length, flags, lun, cb_len, bytes(data[15 : 15 + (cb_len & 0x1F)]))
 
 
 class BotDecoder:
@@ -157,14 +180,15 @@ class BotDecoder:
             foreign = state.out_pipe is not None and endpoint != state.out_pipe
             wants_out = (not foreign and cmd is not None and cmd.data_direction == "out"
                          and cmd.data_length < cmd.expected_length and cmd.csw_seq is None)
-            if not wants_out and len(data) == bot.CBW_LENGTH:
-                cbw = bot.parse_cbw(data)
+            if not wants_out and (len(data) == bot.CBW_LENGTH or x.truncated):
+                cbw = bot.parse_cbw(data) if len(data) == bot.CBW_LENGTH else _cut_cbw(x)
                 if cbw is not None:
                     if cmd is not None:
                         out += self._end(state, cmd)
                     if endpoint != state.out_pipe:  # a new pipe pair: learn its IN anew
                         state.out_pipe, state.in_pipe = endpoint, None
                     state.command = self._start(x, cbw)
+                    state.command.data_truncated = x.truncated
                     return out
             if foreign:
                 return out
