@@ -87,6 +87,8 @@ def test_two_pcap_files_joined_with_cat_import_as_one(tmp_path: Path) -> None:
     assert commands(path, tmp_path / "t.db") == [
         (1, 0x00, None, None, 0, 0, 0, "good"),
         (2, 0x28, 64, 1, 512, 512, 0, "good")]
+    notes, = sqlite3.connect(tmp_path / "t.db").execute("SELECT notes FROM sessions").fetchone()
+    assert "the file is 2 pcap captures joined end to end" in notes  # and the session says so
 
 
 def test_a_multi_member_gzip_of_two_captures_imports_both(tmp_path: Path) -> None:
@@ -102,6 +104,8 @@ def test_a_record_whose_seconds_read_as_a_magic_stays_a_record(tmp_path: Path) -
     path.write_bytes(pcap(records, first_second=0xA1B2C3D4 - 1))
     result = import_capture(Database(tmp_path / "t.db"), path)
     assert (result.records, result.commands, result.malformed) == (len(records), 1, [])
+    notes, = sqlite3.connect(tmp_path / "t.db").execute("SELECT notes FROM sessions").fetchone()
+    assert "joined" not in (notes or "")  # one capture: nothing appended
 
 
 def test_a_cbw_cut_by_the_snapshot_length_still_opens_its_command(tmp_path: Path) -> None:

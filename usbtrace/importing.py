@@ -262,4 +262,9 @@ def _notes(stats: CaptureStats) -> str | None:
         parts.append(f"{stats.folded} USBPcap control-stage records were folded into their "
                      "transfers (DATA stages into the submission, STATUS stages dropped), so "
                      "the session counts that many records fewer than the file holds")
+    if stats.appended:
+        parts.append(f"the file is {stats.appended + 1} pcap captures joined end to end (cat, "
+                     "or a multi-member gzip), read as one session: their times are each "
+                     "file's own, and a device of one is taken for the same device in the "
+                     "next when its bus and address match")
     return "; ".join(parts) or None

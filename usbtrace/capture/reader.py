@@ -37,6 +37,7 @@ class CaptureStats:
     linktype: int | None = None
     skipped: int = 0  # records of interfaces that are not USB
     folded: int = 0  # USBPcap control-stage records merged into their transfer's events
+    appended: int = 0  # pcap files joined after the first (cat, multi-member gzip)
     other_linktypes: set[int] = field(default_factory=set)
     # what each interface of a pcapng says it lost, as the reader learns it (so a stop
     # midway keeps what was said so far); empty for pcap, which cannot say
@@ -169,6 +170,7 @@ def _events(reader: CaptureReader, stats: CaptureStats,
         decoder.decode(Packet(0, 0.0, min(stats.other_linktypes), b"", 0))  # names it
     yield from decoder.usbpcap.flush()  # their times are relative already
     stats.folded = decoder.usbpcap.folded
+    stats.appended = reader.appended
     stats.malformed.extend(reader.malformed)
     if progress is not None:
         progress(where() - last)
