@@ -10,7 +10,10 @@ import sqlite3
 import struct
 from pathlib import Path
 
+import pytest
+
 from usbtrace.capture import usbmon
+from usbtrace.errors import InputError
 from usbtrace.importing import import_capture
 from usbtrace.store.database import Database
 
@@ -162,3 +165,44 @@ def test_a_capture_compressed_by_another_tool_is_named(tmp_path: Path) -> None:
         assert "xz-compressed: decompress it first (xz -d)" in str(e)
     else:
         raise AssertionError("an xz file imported")
+
+
+def test_an_impossible_record_length_mid_file_fails_the_import_keeping_what_came_before(
+        tmp_path: Path) -> None:
+    # a damaged record header (caplen 0xFFFFFFFF) after one whole command: nothing after
+    # it can be framed, so the import keeps what it read and fails, as tshark says the
+    # file "appears to be damaged or corrupt", instead of calling the session complete
+    good = pcap(command(1, TUR))
+    damaged = struct.pack("<IIII", 1_700_000_100, 0, 0xFFFFFFFF, 64)
+    path = tmp_path / "damaged.pcap"
+    path.write_bytes(good + damaged + pcap(command(2, TUR))[24:])
+    db = tmp_path / "t.db"
+    with pytest.raises(InputError, match=r"record 5: record length 4294967295 is impossible, "
+                                         r"so the records after it cannot be framed.*marked "
+                                         r"failed"):
+        import_capture(Database(db), path)
+    state, count, notes = sqlite3.connect(db).execute(
+        "SELECT state, record_count, notes FROM sessions").fetchone()
+    assert (state, count) == ("failed", 4) and "record length 4294967295" in notes
+    assert sqlite3.connect(db).execute("SELECT tag FROM scsi_commands").fetchall() == [(1,)]
+
+
+def test_an_impossible_block_length_mid_pcapng_fails_the_import(tmp_path: Path) -> None:
+    def block(kind: int, body: bytes) -> bytes:
+        return struct.pack("<II", kind, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+
+    shb = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb = block(1, struct.pack("<HHI", usbmon.LINKTYPE_USB_LINUX, 0, 65535))
+    epbs = b""
+    for i, record in enumerate(command(1, TUR)):
+        padded = record + bytes(-len(record) % 4)
+        epbs += block(6, struct.pack("<IIIII", 0, 0, 1_000_000 + i, len(record), len(record))
+                      + padded)
+    path = tmp_path / "damaged.pcapng"
+    path.write_bytes(shb + idb + epbs + struct.pack("<II", 6, 7) + bytes(64))  # length 7
+    db = tmp_path / "t.db"
+    with pytest.raises(InputError, match="block length 7 is impossible"):
+        import_capture(Database(db), path)
+    state, count = sqlite3.connect(db).execute(
+        "SELECT state, record_count FROM sessions").fetchone()
+    assert (state, count) == ("failed", 4)

@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 from sqlalchemy import update
 
-from usbtrace.capture.reader import CaptureStats, events, source_name
+from usbtrace.capture.reader import CaptureStats, SourceError, events, source_name
 from usbtrace.capture.source import Gunzip, Tap, capture_stream, standard_input
 from usbtrace.errors import CaptureFormatError, InputError, UsbtraceError
 from usbtrace.interrupt import deferred_interrupt
@@ -214,8 +214,9 @@ def _import(database: Database, path: Path, tap: Tap, digest: str | None,
                     stream.verify()  # damage after the framing stopped still fails
                 state = "complete"
         except (UsbtraceError, OSError) as e:
-            state, failure = "failed", f"the import stopped: {_reason(e)}"
-            raise InputError(f"{name}: {_reason(e)} (session {session_id} keeps what was "
+            why = _reason(_root_cause(stream, e))
+            state, failure = "failed", f"the import stopped: {why}"
+            raise InputError(f"{name}: {why} (session {session_id} keeps what was "
                              "read before, marked failed)") from None
         except Exception as e:  # a decoder fault: the session says so, the CLI one line
             state, failure = "failed", f"the import stopped: {type(e).__name__}: {e}"
@@ -239,6 +240,20 @@ def _import(database: Database, path: Path, tap: Tap, digest: str | None,
         raise KeyboardInterrupt  # the session is closed and says so: now stop
     return ImportResult(path, session_id, None, stats.records, writer.commands,
                         stats.malformed, time.perf_counter() - t0)
+
+
+def _root_cause(stream: BinaryIO, e: BaseException) -> BaseException:
+    """A gzip stream damaged inside can inflate to wrong bytes before its checksum, at
+    its end, fails: when the framing stops on those bytes, the stream's own check names
+    the cause."""
+    if isinstance(stream, Gunzip) and isinstance(e, SourceError):
+        try:
+            stream.verify()
+        except SourceError as cause:
+            return cause
+        except OSError:
+            pass
+    return e
 
 
 def _reason(e: BaseException) -> str:

@@ -87,6 +87,12 @@ MAX_RECORD = 1 << 26  # a record larger than 64 MiB is corruption, not data
 MAX_TIMESTAMP = float(((1 << 64) - 1) // 10**9)
 
 
+class SourceError(CaptureFormatError):
+    """The capture cannot be read on (a corrupt or cut gzip stream, a record or block
+    length no capture can have, so nothing after it can be framed): what came before
+    stands, the rest is lost, and the import says so and fails."""
+
+
 @dataclass(slots=True)
 class Packet:
     number: int  # record number in the file, from 1
@@ -299,10 +305,8 @@ class CaptureReader:
                     continue
             number += 1
             if caplen > MAX_RECORD:
-                self.malformed.append((number, f"record length {caplen} is impossible: the "
-                                               "records after it cannot be framed and are "
-                                               "not read"))
-                return
+                raise SourceError(f"record {number}: record length {caplen} is impossible, "
+                                  "so the records after it cannot be framed and are not read")
             end = pos + 16 + caplen
             if end > len(buf):
                 buf = buf[pos:]
@@ -401,8 +405,8 @@ class CaptureReader:
                 continue
             block_type, length = struct.unpack(order + "II", head)
             if length < 12 or length % 4 or length > MAX_RECORD:
-                self.malformed.append((number + 1, f"block length {length} is impossible"))
-                return
+                raise SourceError(f"record {number + 1}: block length {length} is impossible, "
+                                  "so the records after it cannot be framed and are not read")
             body = read(length - 8)
             if len(body) < length - 8:
                 self.malformed.append((number + 1, "block cut short at end of file"))

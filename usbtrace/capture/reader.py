@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from usbtrace.capture import darwin, usbmon, usbpcap
-from usbtrace.capture.pcap import CaptureReader, InterfaceDrops, Packet
+from usbtrace.capture.pcap import CaptureReader, InterfaceDrops, Packet, SourceError
 from usbtrace.errors import CaptureFormatError
 from usbtrace.records import GAP, Event
 
@@ -97,11 +97,6 @@ class Decoder:
         raise CaptureFormatError(
             f"linktype {linktype} ({name}) is not USB traffic that usbtrace reads; "
             "it reads 189 and 220 (Linux usbmon), 249 (USBPcap) and 266 (macOS)")
-
-
-class SourceError(CaptureFormatError):
-    """The bytes under the capture could not be read on (a corrupt or cut gzip stream):
-    what came before stands, the rest is lost."""
 
 
 def events(stream: BinaryIO, stats: CaptureStats,
