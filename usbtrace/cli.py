@@ -314,6 +314,8 @@ def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool,
             click.echo(f"{shown}: session {result.session_id}: {result.records} records, "
                        f"{result.commands} SCSI commands, {len(result.malformed)} malformed "
                        f"({result.seconds:.2f} s)")
+            for note in result.caveats:  # the decode may be wrong: say so now
+                click.echo(f"  note: {note}", err=True)
             for number, why in result.malformed[:5]:
                 click.echo(f"  record {number}: {why}", err=True)
             if len(result.malformed) > 5:
