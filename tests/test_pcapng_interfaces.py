@@ -113,3 +113,19 @@ def test_two_devices_whose_urbs_have_the_same_ids_pair_apart(tmp_path: Path) -> 
     assert sqlite3.connect(db).execute(
         "SELECT device, tag, status FROM scsi_commands ORDER BY device"
     ).fetchall() == [(1, 1, "good"), (2, 2, "good")]
+
+
+def test_a_shared_address_is_named_with_its_section_when_sections_follow(
+        tmp_path: Path) -> None:
+    # the interfaces' names and the section hold when another section comes after
+    records = command(1, TUR)
+    blocks = [shb(), idb("usbmon0"), idb("usbmon1")]
+    blocks += [epb(i % 2, T0 * 10**6 + i, records[i // 2]) for i in range(2 * len(records))]
+    blocks += [shb(), idb("usbmon1")] + [epb(0, T0 * 10**6 + 100 + i, r)
+                                         for i, r in enumerate(command(2, TUR))]
+    path = tmp_path / "then-a-section.pcapng"
+    path.write_bytes(b"".join(blocks))
+    result = import_capture(Database(tmp_path / "t.db"), path)
+    shared, = [c for c in result.caveats if c.startswith("devices seen")]
+    assert "bus 1 address 5 through interfaces 0 (usbmon0) and 1 (usbmon1) of section 0. " \
+        in shared

@@ -305,7 +305,7 @@ def _notes(stats: CaptureStats, name: str = "capture.pcapng") -> str | None:
                      "file's own, and a device of one is taken for the same device in the "
                      "next when its bus and address match")
     if stats.shared:
-        parts.append(_shared_note(stats.shared, name))
+        parts.append(_shared_note(stats.shared, name, stats.sections > 1))
     if stats.backwards:
         parts.append(f"the time goes back at {stats.backwards} records (the first is record "
                      f"{stats.backwards_first}, the largest step back "
@@ -321,11 +321,10 @@ def _notes(stats: CaptureStats, name: str = "capture.pcapng") -> str | None:
     return "; ".join(parts) or None
 
 
-def _shared_note(shared: list[SharedAddresses], name: str) -> str:
+def _shared_note(shared: list[SharedAddresses], name: str, sections: bool) -> str:
     """Which devices came through several interfaces of one section, that they are
     decoded as one, and how to split the file so that each decodes apart (tshark's
     ``frame.interface_id`` is the id within the section, as here)."""
-    sections = any(s.section for s in shared)
     listed = []
     for s in shared[:MAX_LISTED]:
         devices = ", ".join(f"bus {b} address {d}" for b, d in s.devices[:MAX_LISTED])

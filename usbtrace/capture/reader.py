@@ -40,6 +40,7 @@ class CaptureStats:
     folded: int = 0  # USBPcap control-stage records merged into their transfer's events
     appended: int = 0  # pcap files joined after the first (cat, multi-member gzip)
     untimed: int = 0  # Simple Packet Blocks: no time of their own
+    sections: int = 1  # pcapng sections read
     # records whose time is earlier than the record before them: how many, the first
     # one's number, and the largest step back (seconds)
     backwards: int = 0
@@ -115,14 +116,15 @@ class AddressSharing:
 
     LIMIT = 4096
 
-    def __init__(self) -> None:
+    def __init__(self, names: dict[tuple[int, int], str]) -> None:
+        self.names = names  # if_name by (section, interface), as the reader learns them
         self.section = 0
         self._seen: dict[tuple[int, int], set[int]] = {}
         self.found: list[SharedAddresses] = []
 
     def see(self, section: int, interface: int, events: list[Event]) -> None:
         if section != self.section:
-            self.close({})
+            self.close()
             self.section = section
         seen = self._seen
         for event in events:
@@ -133,7 +135,7 @@ class AddressSharing:
             elif len(seen) < self.LIMIT:
                 seen[key] = {interface}
 
-    def close(self, names: dict[tuple[int, int], str]) -> list[SharedAddresses]:
+    def close(self) -> list[SharedAddresses]:
         """The section's pairs that came through several interfaces, grouped by the
         interfaces they came through; the section's record is then cleared."""
         groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}
@@ -143,7 +145,7 @@ class AddressSharing:
         for through, devices in groups.items():
             self.found.append(SharedAddresses(
                 self.section, tuple(sorted(devices)), through,
-                tuple(names.get((self.section, i)) for i in through)))
+                tuple(self.names.get((self.section, i)) for i in through)))
         self._seen = {}
         return self.found
 
@@ -200,7 +202,7 @@ def _events(reader: CaptureReader, stats: CaptureStats,
                  CaptureFormatError)
     origin: float | None = None
     previous = -math.inf  # the last USB record's time
-    sharing = AddressSharing()
+    sharing = AddressSharing(reader.interface_names)
     last = 0
     count = 0
     failure: SourceError | None = None
@@ -253,7 +255,8 @@ def _events(reader: CaptureReader, stats: CaptureStats,
     stats.folded = decoder.usbpcap.folded
     stats.appended = reader.appended
     stats.untimed = reader.untimed
-    stats.shared = sharing.close(reader.interface_names)
+    stats.shared = sharing.close()
+    stats.sections = reader.section + 1
     stats.malformed.extend(reader.malformed)
     if progress is not None:
         progress(where() - last)
