@@ -129,3 +129,27 @@ def test_a_shared_address_is_named_with_its_section_when_sections_follow(
     shared, = [c for c in result.caveats if c.startswith("devices seen")]
     assert "bus 1 address 5 through interfaces 0 (usbmon0) and 1 (usbmon1) of section 0. " \
         in shared
+
+
+def test_a_file_of_many_sections_keeps_what_it_says_bounded(tmp_path: Path) -> None:
+    # every section describes an interface with a name and reports its statistics: what
+    # the reader keeps of them stopped growing nowhere (630 bytes a section: 190 MB
+    # for a 34 MB file), though the notes name a few
+    import io
+
+    from usbtrace.capture.pcap import KEPT, CaptureReader
+
+    from .blocks import block, option
+
+    isb = block(5, struct.pack("<III", 0, 0, 0) + option(5, struct.pack("<Q", 1)) +
+                option(0, b""))
+    sections = KEPT + 100
+    data = b"".join([shb(), idb("usbmon1")] + [epb(0, T0 * 10**6 + i, r)
+                                               for i, r in enumerate(command(1, TUR))])
+    data += (shb() + idb("usbmon1") + isb) * sections
+    reader = CaptureReader(io.BytesIO(data))
+    assert len(list(reader.records())) == 4
+    assert len(reader.drops) == len(reader.interface_names) == len(reader.linktypes) == KEPT
+    assert reader.malformed == [(5, f"drop counts of more than {KEPT} interfaces: the rest "
+                                    "are not counted")]
+    assert sum(d.dropped() for d in reader.drops.values()) == KEPT  # the kept are counted

@@ -305,7 +305,8 @@ def _notes(stats: CaptureStats, name: str = "capture.pcapng") -> str | None:
                      "file's own, and a device of one is taken for the same device in the "
                      "next when its bus and address match")
     if stats.shared:
-        parts.append(_shared_note(stats.shared, name, stats.sections > 1))
+        parts.append(_shared_note(stats.shared, name, stats.sections > 1,
+                                  stats.shared_unlisted))
     if stats.backwards:
         parts.append(f"the time goes back at {stats.backwards} records (the first is record "
                      f"{stats.backwards_first}, the largest step back "
@@ -321,19 +322,23 @@ def _notes(stats: CaptureStats, name: str = "capture.pcapng") -> str | None:
     return "; ".join(parts) or None
 
 
-def _shared_note(shared: list[SharedAddresses], name: str, sections: bool) -> str:
+def _shared_note(shared: list[SharedAddresses], name: str, sections: bool,
+                 unlisted: int = 0) -> str:
     """Which devices came through several interfaces of one section, that they are
     decoded as one, and how to split the file so that each decodes apart (tshark's
     ``frame.interface_id`` is the id within the section, as here)."""
     listed = []
     for s in shared[:MAX_LISTED]:
         devices = ", ".join(f"bus {b} address {d}" for b, d in s.devices[:MAX_LISTED])
-        more = f" and {len(s.devices) - MAX_LISTED} more" if len(s.devices) > MAX_LISTED \
+        extra = f" and {len(s.devices) - MAX_LISTED} more" if len(s.devices) > MAX_LISTED \
             else ""
         through = " and ".join(f"{i} ({n})" if n else str(i)
                                for i, n in zip(s.interfaces, s.names))
-        listed.append(f"{devices}{more} through interfaces {through}" +
+        listed.append(f"{devices}{extra} through interfaces {through}" +
                       (f" of section {s.section}" if sections else ""))
+    unsaid = len(shared) - len(listed) + unlisted
+    if unsaid:
+        listed.append(f"and {unsaid} more")
     first = shared[0].interfaces[0]
     source = shlex.quote(name) if name != "stdin" else "CAPTURE"
     return ("devices seen through more than one interface of one section are decoded as "

@@ -82,6 +82,10 @@ EPB_HEAD = {o: struct.Struct(o + "IIIIIII").unpack_from for o in "<>"}
 # A pcap file header's magic as a record header's seconds reads it, in either byte order
 APPENDED_MAGICS = frozenset({PCAP_MAGIC_US, PCAP_MAGIC_NS, 0xD4C3B2A1, 0x4D3CB2A1})
 MAX_RECORD = 1 << 26  # a record larger than 64 MiB is corruption, not data
+# What is kept per interface description or drop count, at most: a file of a million
+# tiny sections (or of packets that each carry a drop count) must not take memory in
+# proportion, since a few are all that the notes name
+KEPT = 4096
 # The latest time a record may carry: 2^64 nanoseconds after 1970, in the year 2554, the
 # last one a pcapng with nanosecond ticks (what export writes) can hold.  A later
 # timestamp (a 64-bit count of seconds, say) is corruption, not a time.
@@ -149,7 +153,9 @@ class InterfaceDrops:
     usrdeliv: int | None = None
     statistics: bool = False  # an Interface Statistics Block was seen
     before_packets: int = 0  # the sum of the packets' own drop counts
-    located: list[tuple[int, int]] = field(default_factory=list)  # (record number, count)
+    # (record number, count), the first ``LOCATED`` of them: every packet may carry a
+    # count, and the notes list only a few
+    located: list[tuple[int, int]] = field(default_factory=list)
 
     def statistics_dropped(self) -> int:
         """Drops by the interface plus by the OS; where the OS count is missing,
@@ -229,6 +235,7 @@ class CaptureReader:
         self.linktypes: dict[int, int] = {}
         # (section, interface) -> what the capture says it lost; pcap files say nothing
         self.drops: dict[tuple[int, int], InterfaceDrops] = {}
+        self._unkept = False  # drop counts past KEPT interfaces were met (and listed)
         # packets lost just before the record last yielded (its epb_dropcount), else 0
         self.lost_before = 0
         # pcap file headers met after the first (captures appended): each starts anew
@@ -448,13 +455,13 @@ class CaptureReader:
                     resolution = 1e-6
                 if not interfaces:
                     snaplen = ifsnaplen
-                if name is not None:
+                if name is not None and len(self.interface_names) < KEPT:
                     self.interface_names[(section, len(interfaces))] = name
                 interfaces.append((linktype, resolution, float(offset)))  # float + float
                 fast.append(interfaces[-1] if offset >= 0 else None)
                 self.several = len(interfaces) > 1
-                self.linktypes[len(self.linktypes)] = linktype
-                self.drops[(section, len(interfaces) - 1)] = InterfaceDrops(linktype)
+                if len(self.linktypes) < KEPT:
+                    self.linktypes[len(self.linktypes)] = linktype
             elif block_type == BT_ISB:
                 self._statistics(body, order, section, interfaces, number + 1)
             elif block_type == BT_EPB or block_type == BT_PB:
@@ -504,9 +511,11 @@ class CaptureReader:
                                                        "past its block; its options ignored"))
                     lost = counted or 0
                 if lost:
-                    drops = self.drops[(section, iface)]
-                    drops.before_packets += lost
-                    drops.located.append((number, lost))
+                    drops = self._drops_of(section, iface, linktype, number)
+                    if drops is not None:
+                        drops.before_packets += lost
+                        if len(drops.located) < KEPT:
+                            drops.located.append((number, lost))
                 self.lost_before = lost
                 yield (number, ts, linktype, data, origlen, iface, order == ">")
             elif block_type == BT_SPB:
@@ -532,6 +541,21 @@ class CaptureReader:
                 yield number, ts, linktype, body[4 : 4 + caplen], origlen, 0, order == ">"
             # other blocks (name resolution, custom) are skipped
 
+    def _drops_of(self, section: int, iface: int, linktype: int,
+                  number: int) -> InterfaceDrops | None:
+        """The drop counts of an interface, made when it first reports any; None (and
+        listed once) past ``KEPT`` interfaces: memory stays bounded whatever the file."""
+        drops = self.drops.get((section, iface))
+        if drops is None:
+            if len(self.drops) >= KEPT:
+                if not self._unkept:
+                    self.malformed.append((number, f"drop counts of more than {KEPT} "
+                                                   "interfaces: the rest are not counted"))
+                self._unkept = True
+                return None
+            drops = self.drops[(section, iface)] = InterfaceDrops(linktype)
+        return drops
+
     def _statistics(self, body: bytes, order: str, section: int,
                     interfaces: list[tuple[int, float, float] | None], number: int) -> None:
         """Take an Interface Statistics Block's drop counters for its interface.  The
@@ -541,8 +565,8 @@ class CaptureReader:
                                            "its 12 fixed bytes; ignored"))
             return
         iface = struct.unpack_from(order + "I", body)[0]
-        drops = self.drops.get((section, iface))
-        if iface >= len(interfaces) or drops is None:
+        described = interfaces[iface] if iface < len(interfaces) else None
+        if described is None:
             self.malformed.append((number, f"interface statistics for interface {iface}, "
                                            "which the section does not describe; ignored"))
             return
@@ -560,6 +584,9 @@ class CaptureReader:
                                                    "8; ignored"))
                     continue
                 counters[code] = struct.unpack(order + "Q", value)[0]
+        drops = self._drops_of(section, iface, described[0], number)
+        if drops is None:
+            return
         drops.statistics = True  # a later block says it all again: none of the old stays
         drops.ifdrop = counters.get(ISB_IFDROP)
         drops.osdrop = counters.get(ISB_OSDROP)

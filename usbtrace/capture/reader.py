@@ -48,6 +48,7 @@ class CaptureStats:
     backwards_most: float = 0.0
     # bus/address pairs whose records came through several interfaces of one section
     shared: list[SharedAddresses] = field(default_factory=list)
+    shared_unlisted: int = 0  # more of them, past what is kept
     other_linktypes: set[int] = field(default_factory=set)
     # what each interface of a pcapng says it lost, as the reader learns it (so a stop
     # midway keeps what was said so far); empty for pcap, which cannot say
@@ -121,6 +122,7 @@ class AddressSharing:
         self.section = 0
         self._seen: dict[tuple[int, int], set[int]] = {}
         self.found: list[SharedAddresses] = []
+        self.unlisted = 0  # groups past LIMIT: counted, not kept
 
     def see(self, section: int, interface: int, events: list[Event]) -> None:
         if section != self.section:
@@ -143,6 +145,9 @@ class AddressSharing:
             if len(interfaces) > 1:
                 groups.setdefault(tuple(sorted(interfaces)), []).append(key)
         for through, devices in groups.items():
+            if len(self.found) >= self.LIMIT:  # a file of many such sections
+                self.unlisted += 1
+                continue
             self.found.append(SharedAddresses(
                 self.section, tuple(sorted(devices)), through,
                 tuple(self.names.get((self.section, i)) for i in through)))
@@ -256,6 +261,7 @@ def _events(reader: CaptureReader, stats: CaptureStats,
     stats.appended = reader.appended
     stats.untimed = reader.untimed
     stats.shared = sharing.close()
+    stats.shared_unlisted = sharing.unlisted
     stats.sections = reader.section + 1
     stats.malformed.extend(reader.malformed)
     if progress is not None:
