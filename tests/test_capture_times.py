@@ -4,8 +4,10 @@ own), and times that go backwards.  Built with ``tests/blocks.py``."""
 from __future__ import annotations
 
 import sqlite3
+import struct
 from pathlib import Path
 
+from usbtrace.capture.pcap import Listed
 from usbtrace.importing import import_capture
 from usbtrace.store.database import Database
 
@@ -117,3 +119,20 @@ def test_a_negative_if_tsoffset_counts_and_one_before_1970_is_listed(tmp_path: P
     assert result.commands == 0 and [n for n, _ in result.malformed] == [1, 2, 3, 4]
     assert result.malformed[0][1] == (f"timestamp {T0 * 10**6} at 1e-06 s a tick with "
                                       f"if_tsoffset {-(1 << 62)} s is before 1970")
+
+
+def test_a_file_of_malformed_records_counts_them_all_and_keeps_a_few(tmp_path: Path) -> None:
+    # each malformed record was kept with its reason, 200 bytes apiece: a file of
+    # nothing else took seven times its size in memory; the notes name 20 anyway
+    n = Listed.KEPT + 4000
+    short = struct.pack("<IIII", T0, 0, 20, 20) + bytes(20)  # no 48-byte usbmon header
+    path = tmp_path / "damaged.pcap"
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 189) + short * n)
+    db = tmp_path / "t.db"
+    result = import_capture(Database(db), path)
+    assert (result.records, result.malformed_count, len(result.malformed)) == \
+        (n, n, Listed.KEPT)
+    assert result.malformed[-1] == (Listed.KEPT, "usbmon header needs 48 bytes, record has 20")
+    count, notes = sqlite3.connect(db).execute(
+        "SELECT malformed_count, notes FROM sessions").fetchone()
+    assert count == n and notes.endswith(f"; and {n - 20} more")

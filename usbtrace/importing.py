@@ -63,6 +63,7 @@ class ImportResult:
     seconds: float
     # the notes that say the decode may be wrong, and why (see ``caveats``)
     caveats: list[str] = field(default_factory=list)
+    malformed_count: int = 0  # all of them: ``malformed`` keeps the first 1000
 
 
 # How the notes that warn about the decode itself begin: the import shows them, and so
@@ -250,7 +251,7 @@ def _import(database: Database, path: Path, tap: Tap, digest: str | None,
                 same = database.find_import(digest) if digest else None
                 if same is not None and state == "complete":
                     notes.append(f"the same bytes as session {same}")
-            writer.close(dropped=stats.dropped, malformed=len(stats.malformed),
+            writer.close(dropped=stats.dropped, malformed=stats.malformed.total,
                          notes="; ".join(n for n in notes if n) or None,
                          time_origin=stats.first_ts, state=state)
             if live:
@@ -261,7 +262,7 @@ def _import(database: Database, path: Path, tap: Tap, digest: str | None,
         raise KeyboardInterrupt  # the session is closed and says so: now stop
     return ImportResult(path, session_id, None, stats.records, writer.commands,
                         stats.malformed, time.perf_counter() - t0,
-                        caveats(_notes(stats, name)))
+                        caveats(_notes(stats, name)), stats.malformed.total)
 
 
 def _root_cause(stream: BinaryIO, e: BaseException) -> BaseException:
@@ -288,7 +289,7 @@ def _notes(stats: CaptureStats, name: str = "capture.pcapng") -> str | None:
     parts = []
     if stats.malformed:
         listed = "; ".join(f"record {n}: {why}" for n, why in stats.malformed[:MAX_LISTED])
-        more = len(stats.malformed) - MAX_LISTED
+        more = stats.malformed.total - MAX_LISTED
         parts.append(f"malformed records: {listed}" + (f"; and {more} more" if more > 0
                                                          else ""))
     if stats.skipped:

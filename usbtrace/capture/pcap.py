@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -90,6 +90,30 @@ KEPT = 4096
 # last one a pcapng with nanosecond ticks (what export writes) can hold.  A later
 # timestamp (a 64-bit count of seconds, say) is corruption, not a time.
 MAX_TIMESTAMP = float(((1 << 64) - 1) // 10**9)
+
+
+class Listed(list[tuple[int, str]]):
+    """(record number, reason) of malformed records: every one is counted (``total``),
+    the first ``KEPT`` are kept, so a file of nothing but damage costs no memory per
+    record (200 bytes each, seven times the file, before); the notes name 20."""
+
+    KEPT = 1000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def append(self, item: tuple[int, str]) -> None:
+        self.total += 1
+        if len(self) < self.KEPT:
+            super().append(item)
+
+    def extend(self, items: Iterable[tuple[int, str]]) -> None:
+        items = list(items) if not isinstance(items, Listed) else items
+        for item in items:
+            self.append(item)
+        if isinstance(items, Listed):
+            self.total += items.total - len(items)  # the ones it counted and did not keep
 
 
 class SourceError(CaptureFormatError):
@@ -225,7 +249,7 @@ class CaptureReader:
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
         self._some = read_available(stream)
-        self.malformed: list[tuple[int, str]] = []
+        self.malformed = Listed()
         self.bytes_read = 0
         self._buffer = b""
         self._pos = 0

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from usbtrace.capture import darwin, usbmon, usbpcap
-from usbtrace.capture.pcap import CaptureReader, InterfaceDrops, Packet, SourceError
+from usbtrace.capture.pcap import CaptureReader, InterfaceDrops, Listed, Packet, SourceError
 from usbtrace.errors import CaptureFormatError
 from usbtrace.records import GAP, Event
 
@@ -33,7 +33,7 @@ OTHER_LINKTYPES = {1: "Ethernet", 101: "raw IP", 113: "Linux cooked", 127: "802.
 class CaptureStats:
     records: int = 0
     events: int = 0
-    malformed: list[tuple[int, str]] = field(default_factory=list)
+    malformed: Listed = field(default_factory=Listed)  # its ``total`` counts all of them
     first_ts: float | None = None
     linktype: int | None = None
     skipped: int = 0  # records of interfaces that are not USB
