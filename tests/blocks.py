@@ -53,9 +53,13 @@ def shb() -> bytes:
     return block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
 
 
-def idb(name: str | None = None, tsoffset: int | None = None, linktype: int = 189) -> bytes:
+def idb(name: str | None = None, tsoffset: int | None = None, linktype: int = 189,
+        tsresol: int | None = None) -> bytes:
+    """An Interface Description Block: if_name, if_tsoffset and if_tsresol if given
+    (its timestamps are then in the units ``tsresol`` names, not microseconds)."""
     options = (option(2, name.encode()) if name else b"") + \
-        (option(14, struct.pack("<q", tsoffset)) if tsoffset is not None else b"")
+        (option(14, struct.pack("<q", tsoffset)) if tsoffset is not None else b"") + \
+        (option(9, bytes([tsresol])) if tsresol is not None else b"")
     return block(1, struct.pack("<HHI", linktype, 0, 0) +
                  (options + option(0, b"") if options else b""))
 

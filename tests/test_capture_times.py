@@ -7,6 +7,8 @@ import sqlite3
 import struct
 from pathlib import Path
 
+import pytest
+
 from usbtrace.capture.pcap import Listed
 from usbtrace.importing import import_capture
 from usbtrace.store.database import Database
@@ -136,3 +138,50 @@ def test_a_file_of_malformed_records_counts_them_all_and_keeps_a_few(tmp_path: P
     count, notes = sqlite3.connect(db).execute(
         "SELECT malformed_count, notes FROM sessions").fetchone()
     assert count == n and notes.endswith(f"; and {n - 20} more")
+
+
+@pytest.mark.parametrize("tsresol, per_second", [(9, 10**9), (0x80 | 20, 1 << 20), (3, 1000)])
+def test_if_tsresol_in_nanoseconds_and_powers_of_two(tmp_path: Path, tsresol: int,
+                                                     per_second: int) -> None:
+    # §4.2 if_tsresol: a power of ten, or of two with the top bit set; the records are
+    # 250 ms apart, which every resolution here holds exactly
+    records = command(1, TUR)
+    path = tmp_path / "resolution.pcapng"
+    path.write_bytes(b"".join([shb(), idb("usbmon1", tsresol=tsresol)] +
+                              [epb(0, (T0 * 4 + i) * per_second // 4, r)
+                               for i, r in enumerate(records)]))
+    db = tmp_path / "t.db"
+    import_capture(Database(db), path)
+    assert session(db)[:2] == ("2023-11-14T22:13:20Z", T0)
+    (submitted, completed), = sqlite3.connect(db).execute(
+        "SELECT submitted_at, completed_at FROM scsi_commands").fetchall()
+    # a float of seconds since 1970 holds 0.24 us at best: the tick count of a
+    # nanosecond clock is rounded to it
+    assert submitted == 0.0 and completed == pytest.approx(0.75, abs=5e-7)
+
+
+def test_big_endian_mmapped_usbmon_with_isochronous_descriptors(tmp_path: Path) -> None:
+    # LINKTYPE_USB_LINUX_MMAPPED in a big-endian section: the 64-byte header in the
+    # capturing host's order, then ndesc 16-byte descriptors, then the data, whose
+    # len_cap counts the descriptors too (mon_bin.c: len_cap = length + lendesc)
+    descriptors = struct.pack(">iIII", 0, 0, 3, 0) + struct.pack(">iIII", 0, 3, 3, 0)
+    data = b"\x01\x02\x03\x04\x05\x06"
+    header = struct.pack(">QBBBBHBBqiiII8s", 0xAB, ord("C"), 0, 0x81, 5, 1, ord("-"), 0, 0, 0,
+                         0, 6, len(descriptors) + len(data), bytes(8))
+    mmapped = struct.pack(">iiII", 1, 0, 0, 2)  # interval, start frame, flags, ndesc
+    body = header + mmapped + descriptors + data
+    section = struct.pack(">IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + \
+        struct.pack(">I", 28)
+    interface = struct.pack(">IIHHI", 1, 20, 220, 0, 0) + struct.pack(">I", 20)
+    packet_body = struct.pack(">IIIII", 0, 0, 1_000_000, len(body), len(body)) + body
+    packet_body += b"\0" * (-len(packet_body) % 4)
+    packet = struct.pack(">II", 6, len(packet_body) + 12) + packet_body + \
+        struct.pack(">I", len(packet_body) + 12)
+    path = tmp_path / "iso-be.pcapng"
+    path.write_bytes(section + interface + packet)
+    db = tmp_path / "t.db"
+    result = import_capture(Database(db), path)
+    assert result.malformed == []
+    assert sqlite3.connect(db).execute(
+        "SELECT bus, device, endpoint, transfer_type, actual_length, data FROM urbs"
+    ).fetchall() == [(1, 5, 0x81, "isochronous", 6, data)]
