@@ -312,12 +312,15 @@ def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool,
                 continue
             shown = "stdin" if str(path) == STDIN else path
             click.echo(f"{shown}: session {result.session_id}: {result.records} records, "
-                       f"{result.commands} SCSI commands, {len(result.malformed)} malformed "
+                       f"{result.commands} SCSI commands, {result.malformed_count} malformed "
                        f"({result.seconds:.2f} s)")
+            for note in result.caveats:  # the decode may be wrong: say so now
+                click.echo(f"  note: {note}", err=True)
             for number, why in result.malformed[:5]:
                 click.echo(f"  record {number}: {why}", err=True)
-            if len(result.malformed) > 5:
-                click.echo(f"  ... {len(result.malformed) - 5} more in the session's notes",
+            if result.malformed_count > 5:
+                click.echo(f"  ... {result.malformed_count - 5} more (the session's notes list "
+                           "the first 20)",
                            err=True)
     finally:
         database.close()

@@ -19,15 +19,22 @@ import gc
 import hashlib
 import multiprocessing
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from sqlalchemy import update
 
-from usbtrace.capture.reader import CaptureStats, SourceError, events, source_name
+from usbtrace.capture.reader import (
+    CaptureStats,
+    SharedAddresses,
+    SourceError,
+    events,
+    source_name,
+)
 from usbtrace.capture.source import Gunzip, Tap, capture_stream, standard_input
 from usbtrace.errors import CaptureFormatError, InputError, UsbtraceError
 from usbtrace.interrupt import deferred_interrupt
@@ -54,6 +61,21 @@ class ImportResult:
     commands: int
     malformed: list[tuple[int, str]]
     seconds: float
+    # the notes that say the decode may be wrong, and why (see ``caveats``)
+    caveats: list[str] = field(default_factory=list)
+    malformed_count: int = 0  # all of them: ``malformed`` keeps the first 1000
+
+
+# How the notes that warn about the decode itself begin: the import shows them, and so
+# does ``stats`` (the rest of the notes stay in the session).  Notes are joined with
+# "; ", so none of these contains one.
+CAVEATS = ("the file is ", "devices seen through more than one interface", "no time for ",
+           "the time goes back")
+
+
+def caveats(notes: str | None) -> list[str]:
+    """The notes of a session that warn that its decode may be wrong."""
+    return [n for n in (notes or "").split("; ") if n.startswith(CAVEATS)]
 
 
 def spare_core() -> bool:
@@ -223,13 +245,13 @@ def _import(database: Database, path: Path, tap: Tap, digest: str | None,
             raise
         finally:  # Ctrl-C leaves it "interrupted", with what was read until then
             tap.idle = None
-            notes = [_notes(stats), stats.drop_note(), failure]
+            notes = [_notes(stats, name), stats.drop_note(), failure]
             if live:
                 digest = tap.hexdigest()
                 same = database.find_import(digest) if digest else None
                 if same is not None and state == "complete":
                     notes.append(f"the same bytes as session {same}")
-            writer.close(dropped=stats.dropped, malformed=len(stats.malformed),
+            writer.close(dropped=stats.dropped, malformed=stats.malformed.total,
                          notes="; ".join(n for n in notes if n) or None,
                          time_origin=stats.first_ts, state=state)
             if live:
@@ -239,7 +261,8 @@ def _import(database: Database, path: Path, tap: Tap, digest: str | None,
     if state == "interrupted":
         raise KeyboardInterrupt  # the session is closed and says so: now stop
     return ImportResult(path, session_id, None, stats.records, writer.commands,
-                        stats.malformed, time.perf_counter() - t0)
+                        stats.malformed, time.perf_counter() - t0,
+                        caveats(_notes(stats, name)), stats.malformed.total)
 
 
 def _root_cause(stream: BinaryIO, e: BaseException) -> BaseException:
@@ -262,11 +285,11 @@ def _reason(e: BaseException) -> str:
     return str(e)
 
 
-def _notes(stats: CaptureStats) -> str | None:
+def _notes(stats: CaptureStats, name: str = "capture.pcapng") -> str | None:
     parts = []
     if stats.malformed:
         listed = "; ".join(f"record {n}: {why}" for n, why in stats.malformed[:MAX_LISTED])
-        more = len(stats.malformed) - MAX_LISTED
+        more = stats.malformed.total - MAX_LISTED
         parts.append(f"malformed records: {listed}" + (f"; and {more} more" if more > 0
                                                          else ""))
     if stats.skipped:
@@ -282,4 +305,46 @@ def _notes(stats: CaptureStats) -> str | None:
                      "or a multi-member gzip), read as one session: their times are each "
                      "file's own, and a device of one is taken for the same device in the "
                      "next when its bus and address match")
+    if stats.shared:
+        parts.append(_shared_note(stats.shared, name, stats.sections > 1,
+                                  stats.shared_unlisted))
+    if stats.backwards:
+        parts.append(f"the time goes back at {stats.backwards} records (the first is record "
+                     f"{stats.backwards_first}, the largest step back "
+                     f"{stats.backwards_most:.6f} s): "
+                     "a command whose records straddle such a step has a wrong, even "
+                     "negative, service time, and the rates per interval count each command "
+                     "where its own time puts it")
+    if stats.untimed:
+        parts.append(f"no time for {stats.untimed} packets: they are Simple Packet Blocks, "
+                     "which carry none, so each was given the time of the packet before it "
+                     "(1970-01-01 where none came before), and service times and rates "
+                     "around them are not measured")
     return "; ".join(parts) or None
+
+
+def _shared_note(shared: list[SharedAddresses], name: str, sections: bool,
+                 unlisted: int = 0) -> str:
+    """Which devices came through several interfaces of one section, that they are
+    decoded as one, and how to split the file so that each decodes apart (tshark's
+    ``frame.interface_id`` is the id within the section, as here)."""
+    listed = []
+    for s in shared[:MAX_LISTED]:
+        devices = ", ".join(f"bus {b} address {d}" for b, d in s.devices[:MAX_LISTED])
+        extra = f" and {len(s.devices) - MAX_LISTED} more" if len(s.devices) > MAX_LISTED \
+            else ""
+        through = " and ".join(f"{i} ({n})" if n else str(i)
+                               for i, n in zip(s.interfaces, s.names))
+        listed.append(f"{devices}{extra} through interfaces {through}" +
+                      (f" of section {s.section}" if sections else ""))
+    unsaid = len(shared) - len(listed) + unlisted
+    if unsaid:
+        listed.append(f"and {unsaid} more")
+    first = shared[0].interfaces[0]
+    source = shlex.quote(name) if name != "stdin" else "CAPTURE"
+    return ("devices seen through more than one interface of one section are decoded as "
+            "one device each, so their commands are mixed or doubled (captures of two "
+            "hosts merged with mergecap -I none, or usbmon0 captured beside usbmon1): " +
+            " / ".join(listed) + ". To decode each interface apart, split the file: "
+            f"tshark -r {source} -Y 'frame.interface_id == {first}' -w part{first}.pcapng, "
+            "and so for each interface, then import the parts")

@@ -174,19 +174,20 @@ def sense_summary(database: Any, session: int, flt: Filter | None = None
     return [(str(k), int(n)) for k, n in rows]
 
 
-def throughput(database: Any, session: int, interval: float, flt: Filter | None = None
+def throughput(database: Any, session: int, interval: float, flt: Filter | None = None,
+               skipped: list[Skipped] | None = None
                ) -> Iterator[tuple[float, int, int, int, float, float]]:
     """Per interval from the session start: (start, commands, bytes in, bytes out,
     MiB/s in, MiB/s out), empty intervals included (up to ``EMPTY_ROWS``, see
-    ``bucket_throughput``), streamed.  A command counts in the interval where it was
-    submitted."""
+    ``bucket_throughput``, which lists in ``skipped`` those it leaves out), streamed.
+    A command counts in the interval where it was submitted."""
     flt = flt or Filter()
     cond, params = flt.commands_sql("c")
     sql = ("SELECT c.submitted_at, c.data_direction, c.data_length FROM scsi_commands c "
            "WHERE c.session_id = :sid AND c.submitted_at IS NOT NULL "
            f"AND {cond} ORDER BY c.submitted_at")
     with database.stream(sql, {**params, "sid": session}) as (_, rows):
-        yield from bucket_throughput(rows, interval)
+        yield from bucket_throughput(rows, interval, skipped=skipped)
 
 
 # Empty intervals given in all, at most: a session's span is not bounded by its
@@ -196,12 +197,31 @@ def throughput(database: Any, session: int, interval: float, flt: Filter | None 
 EMPTY_ROWS = 100_000
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """Empty intervals a gap too long to fill leaves out: ``count`` of them, from the
+    one starting at ``first`` to the one starting at ``last`` (session seconds)."""
+
+    first: float
+    last: float
+    count: int
+
+    def describe(self, shown: Any = None, last_shown: Any = None) -> str:
+        """In words; ``shown`` and ``last_shown``: the times as the rows show them."""
+        first = self.first if shown is None else shown
+        last = self.last if last_shown is None else last_shown
+        return (f"{self.count} empty intervals from {first} to {last} are not listed: "
+                f"past {EMPTY_ROWS} empty rows, a gap shows its first and last interval "
+                "only")
+
+
 def bucket_throughput(rows: Iterable[tuple[Any, ...]], interval: float,
-                      empty_rows: int = EMPTY_ROWS
+                      empty_rows: int = EMPTY_ROWS, skipped: list[Skipped] | None = None
                       ) -> Iterator[tuple[float, int, int, int, float, float]]:
     """(time, direction, length) rows in time order, summed per interval in one pass
     (here rather than in SQL: databases do not agree on how a float becomes an
-    integer).  Gaps are filled with empty intervals while ``empty_rows`` lasts."""
+    integer).  Gaps are filled with empty intervals while ``empty_rows`` lasts; past
+    that, each stretch left out is appended to ``skipped``, so the output can say so."""
     mib = interval * (1 << 20)
     current: int | None = None
     count = nin = nout = 0
@@ -221,6 +241,9 @@ def bucket_throughput(rows: Iterable[tuple[Any, ...]], interval: float,
                     yield row(empty, 0, 0, 0)
             else:  # too long to fill: its edges
                 yield row(current + 1, 0, 0, 0)
+                if gap > 2 and skipped is not None:
+                    skipped.append(Skipped(round((current + 2) * interval, 9),
+                                           round((bucket - 2) * interval, 9), gap - 2))
                 if gap > 1:
                     yield row(bucket - 1, 0, 0, 0)
             count = nin = nout = 0

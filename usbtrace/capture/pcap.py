@@ -4,9 +4,10 @@ The container is told by its magic number, never by the file name:
 ``a1b2c3d4`` / ``a1b23c4d`` (pcap, micro- or nanoseconds, either byte order) or
 ``0a0d0d0a`` (a pcapng Section Header Block, whose byte-order magic
 ``1a2b3c4d`` sets the order for the section).  pcapng sections may hold
-several interfaces, each with its own linktype and ``if_tsresol``; Enhanced,
-Simple and the obsolete Packet Blocks carry packets; other blocks are
-skipped.
+several interfaces, each with its own linktype, ``if_tsresol`` and ``if_tsoffset``;
+Enhanced, Simple and the obsolete Packet Blocks carry packets; other blocks are
+skipped.  A Simple Packet Block has no timestamp: it is given the time of the packet
+before it (``untimed`` counts them, so the session can say so).
 
 Framing uses precompiled ``struct`` formats (the hot path); the construct
 layouts below document the same headers after the specification
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -67,7 +68,7 @@ PcapngEnhancedPacket = Struct(
 )
 
 BT_IDB, BT_PB, BT_SPB, BT_ISB, BT_EPB = 1, 2, 3, 5, 6
-OPT_ENDOFOPT, OPT_IF_TSRESOL = 0, 9
+OPT_ENDOFOPT, OPT_IF_NAME, OPT_IF_TSRESOL, OPT_IF_TSOFFSET = 0, 2, 9, 14
 # pcapng §4.6 Interface Statistics Block options (64-bit counters)
 ISB_IFRECV, ISB_IFDROP, ISB_FILTERACCEPT, ISB_OSDROP, ISB_USRDELIV = 4, 5, 6, 7, 8
 # pcapng §4.3 Enhanced Packet Block options
@@ -81,10 +82,38 @@ EPB_HEAD = {o: struct.Struct(o + "IIIIIII").unpack_from for o in "<>"}
 # A pcap file header's magic as a record header's seconds reads it, in either byte order
 APPENDED_MAGICS = frozenset({PCAP_MAGIC_US, PCAP_MAGIC_NS, 0xD4C3B2A1, 0x4D3CB2A1})
 MAX_RECORD = 1 << 26  # a record larger than 64 MiB is corruption, not data
+# What is kept per interface description or drop count, at most: a file of a million
+# tiny sections (or of packets that each carry a drop count) must not take memory in
+# proportion, since a few are all that the notes name
+KEPT = 4096
 # The latest time a record may carry: 2^64 nanoseconds after 1970, in the year 2554, the
 # last one a pcapng with nanosecond ticks (what export writes) can hold.  A later
 # timestamp (a 64-bit count of seconds, say) is corruption, not a time.
 MAX_TIMESTAMP = float(((1 << 64) - 1) // 10**9)
+
+
+class Listed(list[tuple[int, str]]):
+    """(record number, reason) of malformed records: every one is counted (``total``),
+    the first ``KEPT`` are kept, so a file of nothing but damage costs no memory per
+    record (200 bytes each, seven times the file, before); the notes name 20."""
+
+    KEPT = 1000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def append(self, item: tuple[int, str]) -> None:
+        self.total += 1
+        if len(self) < self.KEPT:
+            super().append(item)
+
+    def extend(self, items: Iterable[tuple[int, str]]) -> None:
+        items = list(items) if not isinstance(items, Listed) else items
+        for item in items:
+            self.append(item)
+        if isinstance(items, Listed):
+            self.total += items.total - len(items)  # the ones it counted and did not keep
 
 
 class SourceError(CaptureFormatError):
@@ -148,7 +177,9 @@ class InterfaceDrops:
     usrdeliv: int | None = None
     statistics: bool = False  # an Interface Statistics Block was seen
     before_packets: int = 0  # the sum of the packets' own drop counts
-    located: list[tuple[int, int]] = field(default_factory=list)  # (record number, count)
+    # (record number, count), the first ``LOCATED`` of them: every packet may carry a
+    # count, and the notes list only a few
+    located: list[tuple[int, int]] = field(default_factory=list)
 
     def statistics_dropped(self) -> int:
         """Drops by the interface plus by the OS; where the OS count is missing,
@@ -218,7 +249,7 @@ class CaptureReader:
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
         self._some = read_available(stream)
-        self.malformed: list[tuple[int, str]] = []
+        self.malformed = Listed()
         self.bytes_read = 0
         self._buffer = b""
         self._pos = 0
@@ -228,10 +259,19 @@ class CaptureReader:
         self.linktypes: dict[int, int] = {}
         # (section, interface) -> what the capture says it lost; pcap files say nothing
         self.drops: dict[tuple[int, int], InterfaceDrops] = {}
+        self._unkept = False  # drop counts past KEPT interfaces were met (and listed)
         # packets lost just before the record last yielded (its epb_dropcount), else 0
         self.lost_before = 0
         # pcap file headers met after the first (captures appended): each starts anew
         self.appended = 0
+        # the pcapng section being read (from 0), whether it describes more than one
+        # interface (then a device's records may come through several), and each
+        # interface's if_name by (section, interface id)
+        self.section = 0
+        self.several = False
+        self.interface_names: dict[tuple[int, int], str] = {}
+        # Simple Packet Blocks read: they carry no time (given the one before them)
+        self.untimed = 0
 
     def _read(self, n: int) -> bytes:
         """``n`` bytes (fewer at the end of the file), served from a buffer: one
@@ -325,9 +365,15 @@ class CaptureReader:
 
     def _pcapng(self) -> Iterator[tuple[int, float, int, bytes, int, int, bool]]:
         order = "<"
-        # per interface: (linktype, seconds per tick), or None for a description that
-        # could not be read (its packets are malformed; the numbering of the rest holds)
-        interfaces: list[tuple[int, float] | None] = []
+        # per interface: (linktype, seconds per tick, if_tsoffset), or None for a
+        # description that could not be read (its packets are malformed; the numbering
+        # of the rest holds)
+        interfaces: list[tuple[int, float, float] | None] = []
+        # the same for the hot path, but None where a negative if_tsoffset may put a
+        # packet before 1970: those take the general path, which checks
+        fast: list[tuple[int, float, float] | None] = []
+        snaplen = 0  # interface 0's, which sizes a Simple Packet Block's data
+        ts = 0.0  # the last packet's time: a Simple Packet Block has none of its own
         number = 0
         pending = self._head
         self.bytes_read += 4
@@ -353,12 +399,13 @@ class CaptureReader:
                 block_type, length, iface, hi, lo, caplen, origlen = epb_head(buf, pos)
                 if block_type == BT_EPB and pos + length <= len(buf) and length >= 32 and \
                         not length % 4 and length <= MAX_RECORD:
-                    if iface < len(interfaces) and length - 12 == 20 + caplen + (-caplen % 4):
-                        described = interfaces[iface]
+                    if iface < len(fast) and length - 12 == 20 + caplen + (-caplen % 4):
+                        described = fast[iface]
                         if described is not None:
-                            linktype, tick = described
-                            ts = ((hi << 32) | lo) * tick
-                            if ts <= MAX_TIMESTAMP:
+                            linktype, tick, offset = described
+                            stamp = ((hi << 32) | lo) * tick + offset
+                            if stamp <= MAX_TIMESTAMP:
+                                ts = stamp
                                 number += 1
                                 self._pos = pos + length
                                 self.bytes_read += length
@@ -400,6 +447,9 @@ class CaptureReader:
                 first = False
                 section += 1
                 interfaces = []  # interface ids restart in every section
+                fast = []
+                self.section = section
+                self.several = False
                 epb_head = EPB_HEAD[order]
                 big = order == ">"
                 continue
@@ -417,18 +467,25 @@ class CaptureReader:
                     self.malformed.append((number + 1, f"interface description {len(interfaces)} "
                                                        f"has {len(body)} of its 8 fixed bytes"))
                     interfaces.append(None)
+                    fast.append(None)
                     continue
-                linktype = struct.unpack_from(order + "H", body, 0)[0]
-                resolution = _tsresol(body[8:], order)
+                linktype, _, ifsnaplen = struct.unpack_from(order + "HHI", body, 0)
+                resolution, offset, name = _interface_options(body[8:], order)
                 if resolution is None:
                     self.malformed.append((number + 1, f"interface description "
                                                        f"{len(interfaces)}: an option runs past "
                                                        "its block; timestamps read as "
                                                        "microseconds"))
                     resolution = 1e-6
-                interfaces.append((linktype, resolution))
-                self.linktypes[len(self.linktypes)] = linktype
-                self.drops[(section, len(interfaces) - 1)] = InterfaceDrops(linktype)
+                if not interfaces:
+                    snaplen = ifsnaplen
+                if name is not None and len(self.interface_names) < KEPT:
+                    self.interface_names[(section, len(interfaces))] = name
+                interfaces.append((linktype, resolution, float(offset)))  # float + float
+                fast.append(interfaces[-1] if offset >= 0 else None)
+                self.several = len(interfaces) > 1
+                if len(self.linktypes) < KEPT:
+                    self.linktypes[len(self.linktypes)] = linktype
             elif block_type == BT_ISB:
                 self._statistics(body, order, section, interfaces, number + 1)
             elif block_type == BT_EPB or block_type == BT_PB:
@@ -457,12 +514,18 @@ class CaptureReader:
                 if 20 + caplen > len(body):
                     self.malformed.append((number, "packet data longer than its block"))
                     continue
-                linktype, tick = described
-                ts = ((hi << 32) | lo) * tick
-                if ts > MAX_TIMESTAMP:
+                linktype, tick, offset = described
+                stamp = ((hi << 32) | lo) * tick + offset
+                if stamp > MAX_TIMESTAMP:
                     self.malformed.append((number, f"timestamp {(hi << 32) | lo} at "
                                                    f"{tick:g} s a tick is beyond the year 2554"))
                     continue
+                if stamp < 0:  # a negative if_tsoffset larger than the time
+                    self.malformed.append((number, f"timestamp {(hi << 32) | lo} at "
+                                                   f"{tick:g} s a tick with if_tsoffset "
+                                                   f"{offset:.0f} s is before 1970"))
+                    continue
+                ts = stamp
                 data = body[20 : 20 + caplen]
                 options_at = 20 + caplen + (-caplen % 4)
                 if block_type == BT_EPB and len(body) > options_at:  # rare: no cost otherwise
@@ -472,9 +535,11 @@ class CaptureReader:
                                                        "past its block; its options ignored"))
                     lost = counted or 0
                 if lost:
-                    drops = self.drops[(section, iface)]
-                    drops.before_packets += lost
-                    drops.located.append((number, lost))
+                    drops = self._drops_of(section, iface, linktype, number)
+                    if drops is not None:
+                        drops.before_packets += lost
+                        if len(drops.located) < KEPT:
+                            drops.located.append((number, lost))
                 self.lost_before = lost
                 yield (number, ts, linktype, data, origlen, iface, order == ">")
             elif block_type == BT_SPB:
@@ -487,13 +552,36 @@ class CaptureReader:
                                                    "interface"))
                     continue
                 origlen = struct.unpack_from(order + "I", body)[0]
-                linktype, _ = interfaces[0]
+                # pcapng §4.4: the data is the packet cut to the interface's snaplen
+                caplen = min(origlen, snaplen) if snaplen else origlen
+                if 4 + caplen > len(body):
+                    self.malformed.append((number, f"simple packet block holds "
+                                                   f"{len(body) - 4} bytes of the {caplen} its "
+                                                   "packet length says"))
+                    continue
+                linktype = interfaces[0][0]
                 self.lost_before = 0
-                yield number, 0.0, linktype, body[4 : 4 + origlen], origlen, 0, order == ">"
+                self.untimed += 1
+                yield number, ts, linktype, body[4 : 4 + caplen], origlen, 0, order == ">"
             # other blocks (name resolution, custom) are skipped
 
+    def _drops_of(self, section: int, iface: int, linktype: int,
+                  number: int) -> InterfaceDrops | None:
+        """The drop counts of an interface, made when it first reports any; None (and
+        listed once) past ``KEPT`` interfaces: memory stays bounded whatever the file."""
+        drops = self.drops.get((section, iface))
+        if drops is None:
+            if len(self.drops) >= KEPT:
+                if not self._unkept:
+                    self.malformed.append((number, f"drop counts of more than {KEPT} "
+                                                   "interfaces: the rest are not counted"))
+                self._unkept = True
+                return None
+            drops = self.drops[(section, iface)] = InterfaceDrops(linktype)
+        return drops
+
     def _statistics(self, body: bytes, order: str, section: int,
-                    interfaces: list[tuple[int, float] | None], number: int) -> None:
+                    interfaces: list[tuple[int, float, float] | None], number: int) -> None:
         """Take an Interface Statistics Block's drop counters for its interface.  The
         counters run from the start of the capture, so the latest block wins."""
         if len(body) < 12:
@@ -501,8 +589,8 @@ class CaptureReader:
                                            "its 12 fixed bytes; ignored"))
             return
         iface = struct.unpack_from(order + "I", body)[0]
-        drops = self.drops.get((section, iface))
-        if iface >= len(interfaces) or drops is None:
+        described = interfaces[iface] if iface < len(interfaces) else None
+        if described is None:
             self.malformed.append((number, f"interface statistics for interface {iface}, "
                                            "which the section does not describe; ignored"))
             return
@@ -520,6 +608,9 @@ class CaptureReader:
                                                    "8; ignored"))
                     continue
                 counters[code] = struct.unpack(order + "Q", value)[0]
+        drops = self._drops_of(section, iface, described[0], number)
+        if drops is None:
+            return
         drops.statistics = True  # a later block says it all again: none of the old stays
         drops.ifdrop = counters.get(ISB_IFDROP)
         drops.osdrop = counters.get(ISB_OSDROP)
@@ -556,24 +647,34 @@ def _dropcount(options: bytes, order: str) -> int | None:
     return 0
 
 
-def _tsresol(options: bytes, order: str) -> float | None:
-    """Seconds per timestamp tick from an IDB's if_tsresol option (default 10^-6).
+def _interface_options(options: bytes, order: str) -> tuple[float | None, int, str | None]:
+    """From an IDB's options: seconds per timestamp tick (if_tsresol, default 10^-6),
+    the seconds to add to every timestamp (if_tsoffset, default 0; tshark adds it too)
+    and the interface's name (if_name), which the notes use to say which interface
+    is which.
 
-    None when an option's value runs past the block or if_tsresol has no value byte:
-    the caller lists that, since the resolution it would have given is unknown.
+    The resolution is None when an option's value runs past the block or if_tsresol
+    has no value byte: the caller lists that, since the resolution is then unknown.
     """
+    resolution: float | None = 1e-6
+    offset = 0
+    name = None
     pos = 0
     while pos + 4 <= len(options):
         code, length = struct.unpack_from(order + "HH", options, pos)
         if code == OPT_ENDOFOPT:
             break
         if pos + 4 + length > len(options) or (code == OPT_IF_TSRESOL and length < 1):
-            return None
+            return None, offset, name
+        value = options[pos + 4 : pos + 4 + length]
         if code == OPT_IF_TSRESOL:
-            value = options[pos + 4]
-            return 2.0 ** -(value & 0x7F) if value & 0x80 else 10.0 ** -value
+            resolution = 2.0 ** -(value[0] & 0x7F) if value[0] & 0x80 else 10.0 ** -value[0]
+        elif code == OPT_IF_TSOFFSET and length == 8:
+            offset = struct.unpack(order + "q", value)[0]
+        elif code == OPT_IF_NAME:
+            name = value.decode("utf-8", "replace").rstrip("\0")
         pos += 4 + length + (-length % 4)
-    return 1e-6
+    return resolution, offset, name
 
 
 # ---- writing pcapng ---------------------------------------------------------------

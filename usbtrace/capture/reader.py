@@ -7,13 +7,14 @@ stops the rest of the file.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from usbtrace.capture import darwin, usbmon, usbpcap
-from usbtrace.capture.pcap import CaptureReader, InterfaceDrops, Packet, SourceError
+from usbtrace.capture.pcap import CaptureReader, InterfaceDrops, Listed, Packet, SourceError
 from usbtrace.errors import CaptureFormatError
 from usbtrace.records import GAP, Event
 
@@ -32,16 +33,33 @@ OTHER_LINKTYPES = {1: "Ethernet", 101: "raw IP", 113: "Linux cooked", 127: "802.
 class CaptureStats:
     records: int = 0
     events: int = 0
-    malformed: list[tuple[int, str]] = field(default_factory=list)
+    malformed: Listed = field(default_factory=Listed)  # its ``total`` counts all of them
     first_ts: float | None = None
     linktype: int | None = None
     skipped: int = 0  # records of interfaces that are not USB
     folded: int = 0  # USBPcap control-stage records merged into their transfer's events
     appended: int = 0  # pcap files joined after the first (cat, multi-member gzip)
+    untimed: int = 0  # Simple Packet Blocks: no time of their own
+    sections: int = 1  # pcapng sections read
+    # records whose time is earlier than the record before them: how many, the first
+    # one's number, and the largest step back (seconds)
+    backwards: int = 0
+    backwards_first: int = 0
+    backwards_most: float = 0.0
+    # bus/address pairs whose records came through several interfaces of one section
+    shared: list[SharedAddresses] = field(default_factory=list)
+    shared_unlisted: int = 0  # more of them, past what is kept
     other_linktypes: set[int] = field(default_factory=set)
     # what each interface of a pcapng says it lost, as the reader learns it (so a stop
     # midway keeps what was said so far); empty for pcap, which cannot say
     interface_drops: dict[tuple[int, int], InterfaceDrops] = field(default_factory=dict)
+
+    def went_back(self, number: int, step: float) -> None:
+        """Record ``number`` is ``step`` seconds earlier than the record before it."""
+        if not self.backwards:
+            self.backwards_first = number
+        self.backwards += 1
+        self.backwards_most = max(self.backwards_most, step)
 
     @property
     def drops(self) -> list[InterfaceDrops]:
@@ -73,6 +91,68 @@ class CaptureStats:
             parts.append(f"the capture's packet blocks say {located} packets were lost before "
                          f"records {listed} (gaps there)")
         return "; ".join(parts) or None
+
+
+@dataclass(frozen=True)
+class SharedAddresses:
+    """Devices (bus, address) whose records came through more than one interface of
+    one pcapng section: ``interfaces`` (ids in the section) and their if_names."""
+
+    section: int
+    devices: tuple[tuple[int, int], ...]
+    interfaces: tuple[int, ...]
+    names: tuple[str | None, ...]
+
+
+class AddressSharing:
+    """Which interfaces of a pcapng section each bus/address pair comes through.
+
+    Events carry no interface (``records.Event``), so every later stage keys a device
+    on its bus and address alone: two hosts' captures merged with ``mergecap -I none``,
+    or usbmon0 captured beside usbmon1 (the same traffic twice), decode as one device.
+    This finds where that happened, so the session can say so.  Sections alone never
+    count: ring-buffer files joined with ``cat`` continue the same devices in each.
+    Only sections that describe several interfaces are followed, and at most
+    ``LIMIT`` pairs of one: memory stays bounded whatever the file."""
+
+    LIMIT = 4096
+
+    def __init__(self, names: dict[tuple[int, int], str]) -> None:
+        self.names = names  # if_name by (section, interface), as the reader learns them
+        self.section = 0
+        self._seen: dict[tuple[int, int], set[int]] = {}
+        self.found: list[SharedAddresses] = []
+        self.unlisted = 0  # groups past LIMIT: counted, not kept
+
+    def see(self, section: int, interface: int, events: list[Event]) -> None:
+        if section != self.section:
+            self.close()
+            self.section = section
+        seen = self._seen
+        for event in events:
+            key = (event.bus or 0, event.device or 0)
+            interfaces = seen.get(key)
+            if interfaces is not None:
+                interfaces.add(interface)
+            elif len(seen) < self.LIMIT:
+                seen[key] = {interface}
+
+    def close(self) -> list[SharedAddresses]:
+        """The section's pairs that came through several interfaces, grouped by the
+        interfaces they came through; the section's record is then cleared."""
+        groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        for key, interfaces in self._seen.items():
+            if len(interfaces) > 1:
+                groups.setdefault(tuple(sorted(interfaces)), []).append(key)
+        for through, devices in groups.items():
+            if len(self.found) >= self.LIMIT:  # a file of many such sections
+                self.unlisted += 1
+                continue
+            self.found.append(SharedAddresses(
+                self.section, tuple(sorted(devices)), through,
+                tuple(self.names.get((self.section, i)) for i in through)))
+        self._seen = {}
+        return self.found
 
 
 class Decoder:
@@ -126,13 +206,15 @@ def _events(reader: CaptureReader, stats: CaptureStats,
     malformed = (usbmon.MalformedRecord, usbpcap.MalformedRecord, darwin.MalformedRecord,
                  CaptureFormatError)
     origin: float | None = None
+    previous = -math.inf  # the last USB record's time
+    sharing = AddressSharing(reader.interface_names)
     last = 0
     count = 0
     failure: SourceError | None = None
     try:
         for record in reader.records():
             count += 1
-            number, ts, linktype, data, _, _, big = record
+            number, ts, linktype, data, _, iface, big = record
             if linktype not in LINKTYPE_NAMES:
                 # another interface of a pcapng (Ethernet beside usbmon, say): not ours
                 stats.skipped += 1
@@ -142,17 +224,28 @@ def _events(reader: CaptureReader, stats: CaptureStats,
                 origin = ts
                 stats.first_ts = origin
                 stats.linktype = linktype
+            if ts < previous:  # the time goes back: service times across it are wrong
+                stats.went_back(number, previous - ts)
+            previous = ts
             if reader.lost_before:  # the capture says packets were lost right here
                 yield Event(GAP, ts - origin, 0, information=reader.lost_before)
             try:
                 if linktype in usbmon_types:  # the common case: no Packet, no list
                     event = decode_usbmon(number, ts - origin, linktype, data, big)
+                    if reader.several:  # a section of several interfaces (rare)
+                        sharing.see(reader.section, iface, [event])
                     yield event
                 elif linktype == usbpcap_type:  # times are made relative before decoding:
-                    yield from decode_usbpcap(number, ts - origin, data)  # held events too
+                    produced = decode_usbpcap(number, ts - origin, data)  # held events too
+                    if reader.several:
+                        sharing.see(reader.section, iface, produced)
+                    yield from produced
                 else:
-                    yield from decoder.decode(
-                        Packet(number, ts - origin, linktype, data, record[4], record[5], big))
+                    produced = decoder.decode(
+                        Packet(number, ts - origin, linktype, data, record[4], iface, big))
+                    if reader.several:
+                        sharing.see(reader.section, iface, produced)
+                    yield from produced
             except malformed as e:
                 stats.malformed.append((number, str(e)))
             if progress is not None and not count & 255 and where() - last >= 1 << 20:
@@ -166,6 +259,10 @@ def _events(reader: CaptureReader, stats: CaptureStats,
     yield from decoder.usbpcap.flush()  # their times are relative already
     stats.folded = decoder.usbpcap.folded
     stats.appended = reader.appended
+    stats.untimed = reader.untimed
+    stats.shared = sharing.close()
+    stats.shared_unlisted = sharing.unlisted
+    stats.sections = reader.section + 1
     stats.malformed.extend(reader.malformed)
     if progress is not None:
         progress(where() - last)

@@ -67,9 +67,13 @@ def stats(session: int, db: str, per_device: bool, interval: float | None, secti
     completion: min, mean, p50, p90, p99, max, in seconds, as tshark -z scsi,srt,0);
     errors by sense key; throughput over time with --interval."""
     from usbtrace.analysis import stats as st
+    from usbtrace.importing import caveats
 
     database = open_session(db, session)
     flt = flt.for_database(database)
+    _, noted = database.query("SELECT notes FROM sessions WHERE id = :sid", {"sid": session})
+    notes = caveats(noted[0][0])  # what says these figures may be wrong
+    skipped: list[st.Skipped] = []  # empty intervals the throughput leaves out
     if section == "throughput" and interval is None:
         raise InputError("--section throughput needs --interval SECONDS")
     if section == "all" and fmt in ("csv", "tsv", "jsonl"):
@@ -83,16 +87,24 @@ def stats(session: int, db: str, per_device: bool, interval: float | None, secti
         tables["errors"] = st.errors(database, session, flt)
     if section in ("all", "throughput") and interval is not None:
         if section == "throughput" and fmt != "json":  # one table alone: stream it
-            rows = times.rows(st.throughput(database, session, interval, flt), 0)
+            rows = times.rows(st.throughput(database, session, interval, flt, skipped), 0)
             if fmt == "table":
                 click.echo(f"Throughput per {interval:g} s:")
             emit(st.THROUGHPUT_COLUMNS, _for_table(rows) if fmt == "table" else rows, fmt)
+            _footer(_skipped_lines(skipped, times) + notes, fmt)
             return
         tables["throughput"] = (st.THROUGHPUT_COLUMNS, list(
-            times.rows(st.throughput(database, session, interval, flt), 0)))
+            times.rows(st.throughput(database, session, interval, flt, skipped), 0)))
     if fmt == "json":  # one object, a list per table
-        json.dump({name: [dict(zip(cols, row)) for row in rows]
-                   for name, (cols, rows) in tables.items()}, sys.stdout, indent=1)
+        out: dict[str, Any] = {name: [dict(zip(cols, row)) for row in rows]
+                               for name, (cols, rows) in tables.items()}
+        if skipped:
+            out["throughput_skipped"] = [
+                {"first": s.first, "last": s.last, "intervals": s.count, "note": line}
+                for s, line in zip(skipped, _skipped_lines(skipped, times))]
+        if notes:
+            out["notes"] = notes
+        json.dump(out, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return
     titles = {"srt": "Service response time (s) per opcode",
@@ -107,6 +119,25 @@ def stats(session: int, db: str, per_device: bool, interval: float | None, secti
             emit(columns, _for_table(table), fmt)
         else:
             emit(columns, table, fmt)
+    _footer(_skipped_lines(skipped, times) + notes, fmt)
+
+
+def _skipped_lines(skipped: list[Any], times: TimeFormat) -> list[str]:
+    """One line per stretch of empty intervals the throughput left out, its times as the
+    rows give them (absolute with ``-t a``, else session seconds)."""
+    def shown(t: float) -> Any:
+        return times.value(t, None) if times.kind == "a" else f"{t:.6f}"
+    return [s.describe(shown(s.first), shown(s.last)) for s in skipped]
+
+
+def _footer(lines: list[str], fmt: str) -> None:
+    """What the rows cannot say: under the table, or on stderr for csv, tsv and jsonl,
+    whose readers take every line of stdout for a row (json has keys for it)."""
+    for line in lines:
+        if fmt == "table":
+            click.echo(f"note: {line}")
+        else:
+            click.echo(f"usbtrace: note: {line}", err=True)
 
 
 # ---- extract -----------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Stage 1: pair each submission with its completion into one exchange.
 
 The key is the filter position, the IRP id (USBPcap: the IRP address;
-usbmon: the URB id) and the endpoint: QEMU's usbmon-format recordings give
-every URB the id 0, and the endpoint still tells their transfers apart.  An
+usbmon: the URB id), the endpoint and the device (bus and address): QEMU's
+usbmon-format recordings give every control URB the id 0, and the endpoint still
+tells their transfers apart; two devices' URBs never pair with each other, even
+with the same id (QEMU recordings of two devices merged, two hosts' captures).  An
 IRP that passes a filter several times in a row — the SRB IRP that usbstor
 re-sends for CBW, data and CSW — pairs once per pass, since a pass completes
 before the next begins.  A completion without a
@@ -35,6 +37,7 @@ PENDING_LIMIT = 4096  # exchanges waiting for a completion, at most ...
 PENDING_BYTES = 32 << 20  # ... and at most this much of their payload
 
 Step = tuple["Exchange", bool]  # an exchange, and whether both halves are in (sealed)
+Key = tuple[str, int, "int | None", "int | None", "int | None"]  # see the module's doc
 
 
 class Exchange:
@@ -94,7 +97,7 @@ class Exchange:
 
 class Pairer:
     def __init__(self, limit: int = PENDING_LIMIT, limit_bytes: int = PENDING_BYTES) -> None:
-        self._pending: dict[tuple[str, int, int | None], Exchange] = {}
+        self._pending: dict[Key, Exchange] = {}
         self._pending_bytes = 0
         self._limit = max(1, limit)
         self._limit_bytes = limit_bytes
@@ -109,7 +112,7 @@ class Pairer:
             # half the records of a capture: the lookups are made once
             irp_id, position, endpoint, data = \
                 event.irp_id, event.position, event.endpoint, event.data
-            key = (position, irp_id, endpoint)
+            key = (position, irp_id, endpoint, event.bus, event.device)
             pending = self._pending
             self._seq += 1
             out: list[Step] = []
@@ -137,7 +140,8 @@ class Pairer:
     def complete(self, event: Event) -> Exchange:
         """``feed`` for a completion, which always makes exactly one sealed exchange:
         that exchange, with no list around it (half the records of a capture)."""
-        pending = self._pending.pop((event.position, event.irp_id, event.endpoint), None)
+        pending = self._pending.pop((event.position, event.irp_id, event.endpoint, event.bus,
+                                     event.device), None)
         if pending is None:
             self._seq += 1
             return Exchange(self._seq, event.irp_id, event.position, None, event).seal()
@@ -146,7 +150,7 @@ class Pairer:
         pending.complete = event
         return pending.seal()
 
-    def _take(self, key: tuple[str, int, int | None]) -> Exchange | None:
+    def _take(self, key: Key) -> Exchange | None:
         exchange = self._pending.pop(key, None)
         if exchange is not None and exchange.submit is not None:
             self._pending_bytes -= len(exchange.submit.data)
