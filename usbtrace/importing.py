@@ -70,7 +70,7 @@ class ImportResult:
 # does ``stats`` (the rest of the notes stay in the session).  Notes are joined with
 # "; ", so none of these contains one.
 CAVEATS = ("the file is ", "devices seen through more than one interface", "no time for ",
-           "the time goes back")
+           "the time goes back", "bulk transfers not decoded")
 
 
 def caveats(notes: str | None) -> list[str]:
@@ -262,7 +262,7 @@ def _import(database: Database, path: Path, tap: Tap, digest: str | None,
         raise KeyboardInterrupt  # the session is closed and says so: now stop
     return ImportResult(path, session_id, None, stats.records, writer.commands,
                         stats.malformed, time.perf_counter() - t0,
-                        caveats(_notes(stats, name)), stats.malformed.total)
+                        caveats(writer.notes), stats.malformed.total)
 
 
 def _root_cause(stream: BinaryIO, e: BaseException) -> BaseException:

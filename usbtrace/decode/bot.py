@@ -123,6 +123,15 @@ class BotDecoder:
         network adapter's or a camera's bulk traffic is none of Bulk-Only's business."""
         return sum(s.strays for key, s in self._devices.items() if s.commands or key in storage)
 
+    def undecoded(self, described: Container[tuple[int | None, int | None]] = ()
+                  ) -> dict[tuple[int | None, int | None], int]:
+        """Bulk transfers with bytes, by device, on devices that sent no CBW and whose
+        descriptors ``described`` does not hold: nothing in the capture says what they
+        carry (a capture that began after enumeration, of a UAS device or another
+        class), so nothing was decoded from them, and the session must say so."""
+        return {key: s.strays for key, s in self._devices.items()
+                if s.strays and not s.commands and key not in described}
+
     def take(self, x: Exchange, sealed: bool) -> list[ScsiCommand]:
         """One step from ``Pairer.feed``: an exchange at the record that carries its
         bytes, or the later completion of one already taken."""

@@ -42,6 +42,7 @@ class DeviceIdentity:
     uas_settings: dict[tuple[int, int], UasPipes | None] = field(default_factory=dict)
     selected: dict[int, int] = field(default_factory=dict)  # interface -> alternate setting
     uas: UasPipes | None = None  # the pipes of the selected UAS setting, if one is
+    interfaces_known: bool = False  # a configuration descriptor was captured
 
     def update_uas(self) -> None:
         self.uas = next((pipes for (number, alt), pipes in self.uas_settings.items()
@@ -97,6 +98,7 @@ class IdentityTracker:
                                     "product": desc.iProduct, "serial": desc.iSerialNumber}
         elif kind == d.CONFIGURATION and len(data) > 9:
             bad, numbers, protocols, usages = self._configuration(data)
+            ident.interfaces_known = True
             for type_name, length in bad:
                 self.malformed.append((first.record_number, f"device {first.bus}.{first.device}:"
                                        f" {type_name} descriptor with bLength {length}"))

@@ -342,6 +342,7 @@ class SessionWriter:
         self._gap_dropped = 0  # of those, the ones whose place is known (the gaps table)
         self.unanswered_out = 0  # bulk OUT submissions with data whose completion never came
         self.last_ts = 0.0
+        self.notes: str | None = None  # the session's notes, once closed
         self._irps: list[tuple[Any, ...]] = []
         self._urbs: list[tuple[Any, ...]] = []
         self._cmds: list[tuple[Any, ...]] = []
@@ -530,6 +531,16 @@ class SessionWriter:
         if orphans:
             notes.append(f"{orphans} bulk transfers belonged to no command (the "
                          "capture started or ended mid-command)")
+        unknown = self.bot.undecoded({(i.bus, i.device) for i in self.identity.devices.values()
+                                      if i.interfaces_known})
+        if unknown:
+            where = ", ".join(f"{n} on bus {bus} device {dev}"
+                              for (bus, dev), n in sorted(unknown.items(), key=str)[:20])
+            notes.append(f"bulk transfers not decoded: {where} ({sum(unknown.values())} in all): "
+                         "the capture holds neither their device's descriptors nor a "
+                         "Bulk-Only CBW, so what they carry is unknown (a UAS device's "
+                         "commands need the interface descriptors and the SET_INTERFACE that "
+                         "selects UAS, sent before the capture began)")
         if self.unstorable_lbas:
             seqs = ", ".join(map(str, self.unstorable_lbas[:20]))
             notes.append(f"{len(self.unstorable_lbas)} commands name an LBA above 2^63-1, "
@@ -559,6 +570,7 @@ class SessionWriter:
         if self._inserter is not None:
             self._inserter.close()
         notes = "; ".join([n for n in [notes, *self.decoding_notes()] if n]) or None
+        self.notes = notes  # what the session's notes say, for the command to show
         devices = [
             {"session_id": self.session_id, "bus": i.bus, "device": i.device, "vid": i.vid,
              "pid": i.pid, "device_class": i.device_class,
