@@ -59,7 +59,6 @@ from usbtrace.wdm.irp import (
     IRP_MN_SET_POWER,
     IRP_MN_START_DEVICE,
     SL_PENDING_RETURNED,
-    CompletionRoutine,
     DeviceCapabilities,
     DeviceIoControlParameters,
     IoBuildDeviceIoControlRequest,
@@ -117,15 +116,23 @@ class TracerExtension:
 
 
 def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
+    parameters = driver.kernel.registry.get("usbtrace", {})
+    sink = parameters.get("sink")
+    upper_payload = bool(parameters.get("upper_payload", False))
     for major in range(IRP_MJ_MAXIMUM_FUNCTION + 1):
         driver.major_function[major] = TracerDispatchAny
+    if sink is not None:  # the data path's requests, each with a routine of its own
+        driver.major_function[IRP_MJ_INTERNAL_DEVICE_CONTROL] = \
+            TracerDispatchInternalDeviceControl
+        if not upper_payload:
+            driver.major_function[IRP_MJ_READ] = TracerDispatchReadWrite
+            driver.major_function[IRP_MJ_WRITE] = TracerDispatchReadWrite
     driver.driver_extension.add_device = TracerAddDevice
     driver.driver_unload = TracerUnload
-    parameters = driver.kernel.registry.get("usbtrace", {})
     driver.driver_context = {
-        "sink": parameters.get("sink"),
+        "sink": sink,
         "positions": set(parameters.get("positions", ("lower", "upper"))),
-        "upper_payload": bool(parameters.get("upper_payload", False)),
+        "upper_payload": upper_payload,
     }
     return STATUS_SUCCESS
 
@@ -208,67 +215,88 @@ def _query_device_address(ext: TracerExtension, device: DeviceObject) -> None:
 # data_length, offset, file_object, record_number, raw_status, stream_id.
 
 
+def TracerDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """IRP_MJ_INTERNAL_DEVICE_CONTROL, when there is a sink: a bulk URB at the lower
+    position (a CBW, data phase or CSW) is the data path, recorded here in one
+    expression; any other request goes through TracerDispatchAny."""
+    ext: TracerExtension = device.device_extension
+    sink = ext.sink
+    params = irp.stack[irp.current_location].parameters
+    if sink is None or type(params) is not DeviceIoControlParameters or \
+            params.io_control_code != SUBMIT_URB or \
+            type(urb := params.type3_input_buffer) is not UrbBulkOrInterruptTransfer:
+        return TracerDispatchAny(device, irp)
+    status = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
+        return _refuse(irp, status)
+    master = irp.master_irp
+    parent = None if master is None else master.id
+    known = ext.pipes.get(urb.pipe_handle)
+    if known is None:
+        known = _unknown_pipe(ext, urb.pipe_handle)
+    endpoint, transfer_type, stream = known
+    size = urb.length
+    data = b""
+    if size and not endpoint & 0x80:  # OUT data is there when it is sent
+        buffer = urb.buffer
+        if buffer is None:
+            buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
+        # copied, once: the buffer is the caller's, which it reuses (the next
+        # ReadFile into it) while the record may still wait in the queue
+        data = bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
+    sink(((SUBMIT, ext.scheduler.virtual_ns if ext.wall_clock is None else ext.wall_clock(),
+           irp.id, ext.position, IRP_MJ_INTERNAL_DEVICE_CONTROL, None, SUBMIT_URB, parent, None,
+           None, None, urb.function, ext.bus, ext.address, endpoint, transfer_type,
+           USBD_STATUS_PENDING, size, None, len(data), None, None, None, None, stream), data))
+    IoCopyCurrentIrpStackLocationToNext(irp)
+    # what the completion needs, resolved once, as a filter keeps it in the context
+    # it allocates for its completion routine (USBPcap's does)
+    IoSetCompletionRoutine(irp, TracerUrbCompletion,
+                           (parent, urb, endpoint, transfer_type, stream))
+    return IoCallDriver(ext.lower, irp)
+
+
+def TracerDispatchReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """IRP_MJ_READ and IRP_MJ_WRITE, when there is a sink and no payload is logged at
+    the upper position: the data path's record, in one expression."""
+    ext: TracerExtension = device.device_extension
+    sink = ext.sink
+    if sink is None or ext.upper_payload:
+        return TracerDispatchAny(device, irp)
+    status = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
+        return _refuse(irp, status)
+    loc = irp.stack[irp.current_location]
+    params = loc.parameters
+    master = irp.master_irp
+    parent = None if master is None else master.id
+    file_object = loc.file_object
+    sink(((SUBMIT, ext.scheduler.virtual_ns if ext.wall_clock is None else ext.wall_clock(),
+           irp.id, ext.position, loc.major_function, None, None, parent, None, None, None,
+           None, None, None, None, None, None, params.length, None, None, params.byte_offset,
+           None if file_object is None else file_object.id, None, None, None), b""))
+    IoCopyCurrentIrpStackLocationToNext(irp)
+    IoSetCompletionRoutine(irp, TracerReadWriteCompletion, parent)
+    return IoCallDriver(ext.lower, irp)
+
+
 def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """Every other IRP (and every IRP when no one takes records): pass it down."""
     ext: TracerExtension = device.device_extension
     status = IoAcquireRemoveLock(ext.remove_lock, irp)
     if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
-        irp.io_status.status = status
-        irp.io_status.information = 0
-        IoCompleteRequest(irp)
-        return status
+        return _refuse(irp, status)
     loc = irp.stack[irp.current_location]
     major = loc.major_function
     sink = ext.sink
-    routine: CompletionRoutine = TracerCompletion
-    context: Any = None  # the submission's parent IRP, which its completion repeats
+    parent: int | None = None  # the submission's parent IRP, which its completion repeats
     if sink is not None:  # else no one takes the records (device replay): make none
         master = irp.master_irp
-        parent = None if master is None else master.id
-        context = parent
-        params = loc.parameters
-        # the data path's two records first, built here in one expression each: a bulk
-        # URB at the lower position (a CBW, data phase or CSW), a READ or WRITE at the
-        # upper one, each with a completion routine of its own (as a filter sets the
-        # one that fits the request); everything else goes through _describe
-        if major == IRP_MJ_INTERNAL_DEVICE_CONTROL and \
-                type(params) is DeviceIoControlParameters and \
-                params.io_control_code == SUBMIT_URB and \
-                type(urb := params.type3_input_buffer) is UrbBulkOrInterruptTransfer:
-            known = ext.pipes.get(urb.pipe_handle)
-            if known is None:
-                known = _unknown_pipe(ext, urb.pipe_handle)
-            endpoint, transfer_type, stream = known
-            size = urb.length
-            data = b""
-            if size and not endpoint & 0x80:  # OUT data is there when it is sent
-                buffer = urb.buffer
-                if buffer is None:
-                    buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
-                # copied, once: the buffer is the caller's, which it reuses (the next
-                # ReadFile into it) while the record may still wait in the queue
-                data = bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
-            sink(((SUBMIT,
-                   ext.scheduler.virtual_ns if ext.wall_clock is None else ext.wall_clock(),
-                   irp.id, ext.position, major, None, SUBMIT_URB, parent, None, None, None,
-                   urb.function, ext.bus, ext.address, endpoint, transfer_type,
-                   USBD_STATUS_PENDING, size, None, len(data), None, None, None, None,
-                   stream), data))
-            # what the completion needs, resolved once, as a filter keeps it in the
-            # context it allocates for its completion routine (USBPcap's does)
-            routine = TracerUrbCompletion
-            context = (parent, urb, endpoint, transfer_type, stream)
-        elif (major == IRP_MJ_READ or major == IRP_MJ_WRITE) and not ext.upper_payload:
-            file_object = loc.file_object
-            sink(((SUBMIT,
-                   ext.scheduler.virtual_ns if ext.wall_clock is None else ext.wall_clock(),
-                   irp.id, ext.position, major, None, None, parent, None, None, None, None,
-                   None, None, None, None, None, params.length, None, None, params.byte_offset,
-                   None if file_object is None else file_object.id, None, None, None), b""))
-            routine = TracerReadWriteCompletion
-        else:
-            sink(_describe(ext, irp, loc, major, SUBMIT, parent))
+        if master is not None:
+            parent = master.id
+        sink(_describe(ext, irp, loc, major, SUBMIT, parent))
     IoCopyCurrentIrpStackLocationToNext(irp)
-    IoSetCompletionRoutine(irp, routine, context, True, True, True)
+    IoSetCompletionRoutine(irp, TracerCompletion, parent)  # on success, error and cancel
     if major == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE:
         lower = ext.lower
         status = IoCallDriver(lower, irp)
@@ -277,6 +305,14 @@ def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         IoDeleteDevice(device)
         return status
     return IoCallDriver(ext.lower, irp)
+
+
+def _refuse(irp: Irp, status: int) -> int:
+    """Complete an IRP the remove lock turned away (REMOVE_DEVICE went through)."""
+    irp.io_status.status = status
+    irp.io_status.information = 0
+    IoCompleteRequest(irp)
+    return status
 
 
 def TracerUrbCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
