@@ -1,8 +1,11 @@
 """usbtrace, the logging filter driver.
 
 Built like the WDK's toaster filter: every MajorFunction slot points at one
-pass-through dispatch routine; AddDevice creates a filter device object and
-attaches it to the stack.  PnP installs the same driver as a LowerFilter of
+pass-through dispatch routine, and the few that need more have their own (the
+toaster's are PnP and power; here, when there is a sink, the data path's:
+INTERNAL_DEVICE_CONTROL for bulk URBs, READ and WRITE, each with its own
+completion routine); AddDevice creates a filter device object and attaches it
+to the stack.  PnP installs the same driver as a LowerFilter of
 the mass-storage client driver (where it sees URBs, PnP and power IRPs) and as
 an UpperFilter of the disk class driver (where it sees READ/WRITE with byte
 offsets and the requesting handle).  Which one a device object is follows
