@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -134,25 +136,34 @@ def test_file_system_errors_are_one_line(tmp_path: Path) -> None:
                                  "PyFATException: no free clusters\n")
 
 
+def _interrupting_completions(when: int, interrupt: BaseException) -> Any:
+    """Patch the tracer's completion routines (the data path's and the rest) so that
+    the ``when``-th of their calls, counted together, raises ``interrupt``."""
+    from usbtrace.drivers import tracer
+
+    calls = {"n": 0}
+
+    def interrupting(original: Callable[..., int]) -> Callable[..., int]:
+        def completion(*args: Any) -> int:
+            calls["n"] += 1
+            if calls["n"] == when:
+                raise interrupt
+            return original(*args)
+        return completion
+
+    names = ("TracerCompletion", "TracerUrbCompletion", "TracerReadWriteCompletion")
+    return mock.patch.multiple(tracer, **{n: interrupting(getattr(tracer, n)) for n in names})
+
+
 @pytest.mark.parametrize("when", [40, 400, 900])
 def test_ctrl_c_inside_a_driver_reaches_the_program_as_itself(
         tmp_path: Path, when: int, capfd: pytest.CaptureFixture[str]) -> None:
     """A KeyboardInterrupt that strikes inside a completion routine leaves IRPs half
     done; the teardown after it must not turn it into a Deadlock or a bug check."""
-    from usbtrace.drivers import tracer
     from usbtrace.recording import RecordOptions, record
 
-    original = tracer.TracerCompletion
-    calls = {"n": 0}
     interrupt = KeyboardInterrupt()
-
-    def completion(*args: object) -> object:
-        calls["n"] += 1
-        if calls["n"] == when:
-            raise interrupt
-        return original(*args)  # type: ignore[arg-type]
-
-    with mock.patch.object(tracer, "TracerCompletion", completion):
+    with _interrupting_completions(when, interrupt):
         with pytest.raises(KeyboardInterrupt) as caught:
             record(RecordOptions(db=str(tmp_path / "t.db"), size="8M", workload="files"))
     assert caught.value is interrupt
@@ -163,18 +174,7 @@ def test_ctrl_c_inside_a_driver_reaches_the_program_as_itself(
 
 
 def test_ctrl_c_in_the_cli_is_interrupted_not_a_traceback(tmp_path: Path) -> None:
-    from usbtrace.drivers import tracer
-
-    original = tracer.TracerCompletion
-    calls = {"n": 0}
-
-    def completion(*args: object) -> object:
-        calls["n"] += 1
-        if calls["n"] == 500:
-            raise KeyboardInterrupt
-        return original(*args)  # type: ignore[arg-type]
-
-    with mock.patch.object(tracer, "TracerCompletion", completion):
+    with _interrupting_completions(500, KeyboardInterrupt()):
         code, _, err = cli("record", "--db", str(tmp_path / "t.db"), "--workload", "files",
                            "--size", "8M")
     assert code == 130 and "Deadlock" not in err and "Traceback" not in err

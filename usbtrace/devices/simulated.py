@@ -40,6 +40,10 @@ from usbtrace.usb.urb import (
     USBD_STATUS_TIMEOUT,
 )
 
+# TransferResult(status, actual, duration_ns) without the Python frame of a named
+# tuple's __new__: the bulk entry points make one for every URB
+_result = partial(tuple.__new__, TransferResult)
+
 VID, PID = 0x1209, 0x0001
 BULK_IN, BULK_OUT = 0x81, 0x02
 PROTOCOLS = ("bot", "uas")
@@ -337,6 +341,8 @@ class SimulatedStick(DeviceBackend):
 
     def _on_command(self, number: int, lun: int) -> None:
         """A CBW arrived: end the last command's one-off faults, arm this one's."""
+        if not self.injected and not self._undo:  # no fault armed (every CBW asks)
+            return
         for undo in self._undo:
             undo()
         self._undo.clear()
@@ -567,7 +573,9 @@ class SimulatedStick(DeviceBackend):
 
     # The two bulk entry points run for every URB of a recording or a replay: the checks
     # of _uas_active and _bulk_fault are made inline, and the fault path is entered only
-    # when a fault is armed (every transfer's bytes are still counted).
+    # when a fault is armed (every transfer's bytes are still counted); the result is
+    # made without TransferResult's Python-level __new__ and the duration without a
+    # call (the same expression as Speed.transfer_ns, so the same nanoseconds).
 
     def bulk_out(self, endpoint: int, data: bytearray | memoryview) -> TransferResult:
         if self.uas is not None and self.alternate_setting == 1:  # _uas_active
@@ -585,7 +593,8 @@ class SimulatedStick(DeviceBackend):
             faults.bulk_bytes += len(data)
         status = self.bot.bulk_out(data)
         n = len(data) if status == USBD_STATUS_SUCCESS else 0
-        return TransferResult(status, n, self.speed.transfer_ns(n))
+        speed = self.speed  # Speed.transfer_ns, inline
+        return _result((status, n, speed.latency_ns + int(n * 1e9 / speed.bytes_per_second)))
 
     def bulk_in(self, endpoint: int, buffer: bytearray | memoryview) -> TransferResult:
         if self.uas is not None and self.alternate_setting == 1:  # _uas_active
@@ -602,7 +611,8 @@ class SimulatedStick(DeviceBackend):
         else:
             faults.bulk_bytes += len(buffer)
         status, n = self.bot.bulk_in(buffer)
-        return TransferResult(status, n, self.speed.transfer_ns(n))
+        speed = self.speed  # Speed.transfer_ns, inline
+        return _result((status, n, speed.latency_ns + int(n * 1e9 / speed.bytes_per_second)))
 
     def clear_halt(self, endpoint: int) -> TransferResult:
         setup = std.build_setup(0x02, std.CLEAR_FEATURE, std.ENDPOINT_HALT, endpoint, 0)

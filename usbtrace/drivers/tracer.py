@@ -1,8 +1,11 @@
 """usbtrace, the logging filter driver.
 
 Built like the WDK's toaster filter: every MajorFunction slot points at one
-pass-through dispatch routine; AddDevice creates a filter device object and
-attaches it to the stack.  PnP installs the same driver as a LowerFilter of
+pass-through dispatch routine, and the few that need more have their own (the
+toaster's are PnP and power; here, when there is a sink, the data path's:
+INTERNAL_DEVICE_CONTROL for bulk URBs, READ and WRITE, each with its own
+completion routine); AddDevice creates a filter device object and attaches it
+to the stack.  PnP installs the same driver as a LowerFilter of
 the mass-storage client driver (where it sees URBs, PnP and power IRPs) and as
 an UpperFilter of the disk class driver (where it sees READ/WRITE with byte
 offsets and the requesting handle).  Which one a device object is follows
@@ -77,6 +80,7 @@ from usbtrace.wdm.removelock import (
     IoReleaseRemoveLockAndWait,
     IoRemoveLock,
 )
+from usbtrace.wdm.sched import Scheduler
 from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS.value
@@ -93,7 +97,12 @@ class TracerExtension:
     lower: DeviceObject
     position: str  # "lower" (on the PDO: URB level) or "upper" (above the disk driver)
     sink: Callable[[Record], None] | None  # None: no one takes the records, so none are made
-    clock: Callable[[], int]  # the scheduler's counter in ns: records carry it as it is
+    # the counter records carry, in ns (KeQueryPerformanceCounter, converted by the
+    # reader): on the virtual clock the scheduler's own count, read as an attribute
+    # (a call per record cost 450 instructions, a tenth of making the record); on
+    # the wall clock, ``wall_clock()``
+    scheduler: Scheduler
+    wall_clock: Callable[[], int] | None
     bus: int | None = None
     address: int | None = None
     upper_payload: bool = False
@@ -110,15 +119,23 @@ class TracerExtension:
 
 
 def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
+    parameters = driver.kernel.registry.get("usbtrace", {})
+    sink = parameters.get("sink")
+    upper_payload = bool(parameters.get("upper_payload", False))
     for major in range(IRP_MJ_MAXIMUM_FUNCTION + 1):
         driver.major_function[major] = TracerDispatchAny
+    if sink is not None:  # the data path's requests, each with a routine of its own
+        driver.major_function[IRP_MJ_INTERNAL_DEVICE_CONTROL] = \
+            TracerDispatchInternalDeviceControl
+        if not upper_payload:
+            driver.major_function[IRP_MJ_READ] = TracerDispatchReadWrite
+            driver.major_function[IRP_MJ_WRITE] = TracerDispatchReadWrite
     driver.driver_extension.add_device = TracerAddDevice
     driver.driver_unload = TracerUnload
-    parameters = driver.kernel.registry.get("usbtrace", {})
     driver.driver_context = {
-        "sink": parameters.get("sink"),
+        "sink": sink,
         "positions": set(parameters.get("positions", ("lower", "upper"))),
-        "upper_payload": bool(parameters.get("upper_payload", False)),
+        "upper_payload": upper_payload,
     }
     return STATUS_SUCCESS
 
@@ -130,8 +147,9 @@ def TracerAddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N8
         return STATUS_SUCCESS  # switched off here: stay out of the stack
     filter_do = IoCreateDevice(driver, None, None, pdo.device_type)
     lower = IoAttachDeviceToDeviceStack(filter_do, pdo)
-    ext = TracerExtension(lower, position, config["sink"],
-                          driver.kernel.scheduler.performance_counter(),
+    scheduler = driver.kernel.scheduler
+    ext = TracerExtension(lower, position, config["sink"], scheduler,
+                          None if scheduler.clock == "virtual" else scheduler.now_ns,
                           upper_payload=config["upper_payload"])
     filter_do.device_extension = ext
     IoInitializeRemoveLock(ext.remove_lock, driver.kernel.scheduler, f"usbtrace {position}")
@@ -200,14 +218,77 @@ def _query_device_address(ext: TracerExtension, device: DeviceObject) -> None:
 # data_length, offset, file_object, record_number, raw_status, stream_id.
 
 
+def TracerDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """IRP_MJ_INTERNAL_DEVICE_CONTROL, when there is a sink: a bulk URB at the lower
+    position (a CBW, data phase or CSW) is the data path, recorded here in one
+    expression; any other request goes through TracerDispatchAny."""
+    ext: TracerExtension = device.device_extension
+    sink = ext.sink
+    params = irp.stack[irp.current_location].parameters
+    if sink is None or type(params) is not DeviceIoControlParameters or \
+            params.io_control_code != SUBMIT_URB or \
+            type(urb := params.type3_input_buffer) is not UrbBulkOrInterruptTransfer:
+        return TracerDispatchAny(device, irp)
+    status = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
+        return _refuse(irp, status)
+    master = irp.master_irp
+    parent = None if master is None else master.id
+    known = ext.pipes.get(urb.pipe_handle)
+    if known is None:
+        known = _unknown_pipe(ext, urb.pipe_handle)
+    endpoint, transfer_type, stream = known
+    size = urb.length
+    data = b""
+    if size and not endpoint & 0x80:  # OUT data is there when it is sent
+        buffer = urb.buffer
+        if buffer is None:
+            buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
+        # copied, once: the buffer is the caller's, which it reuses (the next
+        # ReadFile into it) while the record may still wait in the queue
+        data = bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
+    sink(((SUBMIT, ext.scheduler.virtual_ns if ext.wall_clock is None else ext.wall_clock(),
+           irp.id, ext.position, IRP_MJ_INTERNAL_DEVICE_CONTROL, None, SUBMIT_URB, parent, None,
+           None, None, urb.function, ext.bus, ext.address, endpoint, transfer_type,
+           USBD_STATUS_PENDING, size, None, len(data), None, None, None, None, stream), data))
+    IoCopyCurrentIrpStackLocationToNext(irp)
+    # what the completion needs, resolved once, as a filter keeps it in the context
+    # it allocates for its completion routine (USBPcap's does)
+    IoSetCompletionRoutine(irp, TracerUrbCompletion,
+                           (parent, urb, endpoint, transfer_type, stream))
+    return IoCallDriver(ext.lower, irp)
+
+
+def TracerDispatchReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """IRP_MJ_READ and IRP_MJ_WRITE, when there is a sink and no payload is logged at
+    the upper position: the data path's record, in one expression."""
+    ext: TracerExtension = device.device_extension
+    sink = ext.sink
+    if sink is None or ext.upper_payload:
+        return TracerDispatchAny(device, irp)
+    status = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
+        return _refuse(irp, status)
+    loc = irp.stack[irp.current_location]
+    params = loc.parameters
+    master = irp.master_irp
+    parent = None if master is None else master.id
+    file_object = loc.file_object
+    sink(((SUBMIT, ext.scheduler.virtual_ns if ext.wall_clock is None else ext.wall_clock(),
+           irp.id, ext.position, loc.major_function, None, None, parent, None, None, None,
+           None, None, None, None, None, None, params.length, None, None, params.byte_offset,
+           None if file_object is None else file_object.id, None, None, None), b""))
+    IoCopyCurrentIrpStackLocationToNext(irp)
+    IoSetCompletionRoutine(irp, TracerReadWriteCompletion, parent)
+    return IoCallDriver(ext.lower, irp)
+
+
 def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """Every other IRP (and every IRP when no one takes records): pass it down."""
     ext: TracerExtension = device.device_extension
     status = IoAcquireRemoveLock(ext.remove_lock, irp)
     if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
-        irp.io_status.status = status
-        irp.io_status.information = 0
-        IoCompleteRequest(irp)
-        return status
+        return _refuse(irp, status)
     loc = irp.stack[irp.current_location]
     major = loc.major_function
     sink = ext.sink
@@ -216,41 +297,9 @@ def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         master = irp.master_irp
         if master is not None:
             parent = master.id
-        params = loc.parameters
-        # the data path's two records first, built here in one expression each: a bulk
-        # URB at the lower position (a CBW, data phase or CSW), a READ or WRITE at the
-        # upper one; everything else goes through _describe
-        if major == IRP_MJ_INTERNAL_DEVICE_CONTROL and \
-                type(params) is DeviceIoControlParameters and \
-                params.io_control_code == SUBMIT_URB and \
-                type(urb := params.type3_input_buffer) is UrbBulkOrInterruptTransfer:
-            known = ext.pipes.get(urb.pipe_handle)
-            if known is None:
-                known = _unknown_pipe(ext, urb.pipe_handle)
-            endpoint, transfer_type, stream = known
-            size = urb.length
-            data = b""
-            if size and not endpoint & 0x80:  # OUT data is there when it is sent
-                buffer = urb.buffer
-                if buffer is None:
-                    buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
-                # copied, once: the buffer is the caller's, which it reuses (the next
-                # ReadFile into it) while the record may still wait in the queue
-                data = bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
-            sink(((SUBMIT, ext.clock(), irp.id, ext.position, major, None, SUBMIT_URB,
-                   parent, None, None, None, urb.function, ext.bus, ext.address, endpoint,
-                   transfer_type, USBD_STATUS_PENDING, size, None, len(data), None, None,
-                   None, None, stream), data))
-        elif (major == IRP_MJ_READ or major == IRP_MJ_WRITE) and not ext.upper_payload:
-            file_object = loc.file_object
-            sink(((SUBMIT, ext.clock(), irp.id, ext.position, major, None, None, parent,
-                   None, None, None, None, None, None, None, None, None, params.length,
-                   None, None, params.byte_offset,
-                   None if file_object is None else file_object.id, None, None, None), b""))
-        else:
-            sink(_describe(ext, irp, loc, major, SUBMIT, parent))
+        sink(_describe(ext, irp, loc, major, SUBMIT, parent))
     IoCopyCurrentIrpStackLocationToNext(irp)
-    IoSetCompletionRoutine(irp, TracerCompletion, parent, True, True, True)
+    IoSetCompletionRoutine(irp, TracerCompletion, parent)  # on success, error and cancel
     if major == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE:
         lower = ext.lower
         status = IoCallDriver(lower, irp)
@@ -261,8 +310,76 @@ def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     return IoCallDriver(ext.lower, irp)
 
 
+def _refuse(irp: Irp, status: int) -> int:
+    """Complete an IRP the remove lock turned away (REMOVE_DEVICE went through)."""
+    irp.io_status.status = status
+    irp.io_status.information = 0
+    IoCompleteRequest(irp)
+    return status
+
+
+def TracerUrbCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
+                        context: tuple[int | None, U.UrbBulkOrInterruptTransfer, int, int,
+                                       int | None]) -> int:
+    """A bulk URB's completion, when there is a sink: the record from what the dispatch
+    routine resolved (``context``: the parent IRP, the URB, its endpoint, transfer type
+    and stream) and from the URB's outcome."""
+    if irp.pending_returned:  # IoMarkIrpPending (wdm.h inlines it so)
+        irp.stack[irp.current_location].control |= SL_PENDING_RETURNED
+    assert device is not None
+    ext: TracerExtension = device.device_extension
+    parent, urb, endpoint, transfer_type, stream = context
+    size = urb.length
+    data = b""
+    if size and endpoint & 0x80:  # IN data is there once the transfer is done
+        buffer = urb.buffer
+        if buffer is None:
+            buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
+        # copied, once: the buffer is the caller's, which it reuses (the next
+        # ReadFile into it) while the record may still wait in the queue
+        data = bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
+    io_status = irp.io_status
+    information = io_status.information
+    sink = ext.sink
+    if sink is not None:
+        sink(((COMPLETE,
+               ext.scheduler.virtual_ns if ext.wall_clock is None else ext.wall_clock(),
+               irp.id, ext.position, IRP_MJ_INTERNAL_DEVICE_CONTROL, None, SUBMIT_URB, parent,
+               io_status.status, information if isinstance(information, int) else None, None,
+               urb.function, ext.bus, ext.address, endpoint, transfer_type, urb.status, size,
+               None, len(data), None, None, None, None, stream), data))
+    IoReleaseRemoveLock(ext.remove_lock, irp)  # the data path: nothing else to do
+    return STATUS_SUCCESS
+
+
+def TracerReadWriteCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
+                              parent: int | None) -> int:
+    """A READ's or WRITE's completion at the upper position, when there is a sink and
+    the payload is not logged there."""
+    loc = irp.stack[irp.current_location]
+    if irp.pending_returned:
+        loc.control |= SL_PENDING_RETURNED  # IoMarkIrpPending (wdm.h inlines it so)
+    assert device is not None
+    ext: TracerExtension = device.device_extension
+    sink = ext.sink
+    if sink is not None:
+        params = loc.parameters
+        io_status = irp.io_status
+        information = io_status.information
+        file_object = loc.file_object
+        sink(((COMPLETE,
+               ext.scheduler.virtual_ns if ext.wall_clock is None else ext.wall_clock(),
+               irp.id, ext.position, loc.major_function, None, None, parent, io_status.status,
+               information if isinstance(information, int) else None, None, None, None, None,
+               None, None, None, params.length, None, None, params.byte_offset,
+               None if file_object is None else file_object.id, None, None, None), b""))
+    IoReleaseRemoveLock(ext.remove_lock, irp)  # the data path: nothing else to do
+    return STATUS_SUCCESS
+
+
 def TracerCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
                      parent: int | None) -> int:
+    """Every other IRP's completion (and every IRP's when no one takes records)."""
     loc = irp.stack[irp.current_location]
     if irp.pending_returned:
         loc.control |= SL_PENDING_RETURNED  # IoMarkIrpPending (wdm.h inlines it so)
@@ -271,53 +388,17 @@ def TracerCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
     major = loc.major_function
     sink = ext.sink
     if major == IRP_MJ_INTERNAL_DEVICE_CONTROL:
-        if sink is None:  # a bulk URB selects nothing: only the rest may teach pipes
-            if type(params := loc.parameters) is not DeviceIoControlParameters or \
-                    type(params.type3_input_buffer) is not UrbBulkOrInterruptTransfer:
-                _learn_selection(ext, params)
-        elif type(params := loc.parameters) is DeviceIoControlParameters and \
-                params.io_control_code == SUBMIT_URB and \
-                type(urb := params.type3_input_buffer) is UrbBulkOrInterruptTransfer:
-            # the data path's record, as in the dispatch routine
-            known = ext.pipes.get(urb.pipe_handle)
-            if known is None:
-                known = _unknown_pipe(ext, urb.pipe_handle)
-            endpoint, transfer_type, stream = known
-            size = urb.length
-            data = b""
-            if size and endpoint & 0x80:  # IN data is there once the transfer is done
-                buffer = urb.buffer
-                if buffer is None:
-                    buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
-                # copied, once: the buffer is the caller's, which it reuses (the next
-                # ReadFile into it) while the record may still wait in the queue
-                data = bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
-            io_status = irp.io_status
-            information = io_status.information
-            sink(((COMPLETE, ext.clock(), irp.id, ext.position, major, None, SUBMIT_URB,
-                   parent, io_status.status,
-                   information if isinstance(information, int) else None, None, urb.function,
-                   ext.bus, ext.address, endpoint, transfer_type, urb.status, size, None,
-                   len(data), None, None, None, None, stream), data))
-        else:
+        if sink is not None:
             sink(_describe(ext, irp, loc, major, COMPLETE, parent))
+        # a bulk URB selects nothing: only the rest may teach pipes
+        elif type(params := loc.parameters) is not DeviceIoControlParameters or \
+                type(params.type3_input_buffer) is not UrbBulkOrInterruptTransfer:
+            _learn_selection(ext, params)
         IoReleaseRemoveLock(ext.remove_lock, irp)  # the data path: nothing else to do
         return STATUS_SUCCESS
     if major == IRP_MJ_READ or major == IRP_MJ_WRITE:
         if sink is not None:
-            if ext.upper_payload:
-                sink(_describe(ext, irp, loc, major, COMPLETE, parent))
-            else:
-                params = loc.parameters
-                io_status = irp.io_status
-                information = io_status.information
-                file_object = loc.file_object
-                sink(((COMPLETE, ext.clock(), irp.id, ext.position, major, None, None,
-                       parent, io_status.status,
-                       information if isinstance(information, int) else None, None, None, None,
-                       None, None, None, None, params.length, None, None, params.byte_offset,
-                       None if file_object is None else file_object.id, None, None, None),
-                      b""))
+            sink(_describe(ext, irp, loc, major, COMPLETE, parent))
         IoReleaseRemoveLock(ext.remove_lock, irp)  # the data path: nothing else to do
         return STATUS_SUCCESS
     if sink is not None:
@@ -358,6 +439,12 @@ def _learn_from(ext: TracerExtension, urb: U.Urb) -> None:
     elif isinstance(urb, U.UrbOpenStaticStreams):  # each stream has a handle of its own
         for stream in urb.streams:
             ext.pipes[stream] = _pipe_entry(stream)
+
+
+def _stamp(ext: TracerExtension) -> int:
+    """The record's time stamp, for the records built away from the data path (which
+    reads it inline)."""
+    return ext.scheduler.virtual_ns if ext.wall_clock is None else ext.wall_clock()
 
 
 def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str,
@@ -401,7 +488,7 @@ def _describe(ext: TracerExtension, irp: Irp, loc: Any, major: int, kind: str,
         detail = _pnp_detail(irp, major, loc, params, done)
     elif params is not None and hasattr(params, "io_control_code"):
         ioctl = params.io_control_code
-    return ((kind, ext.clock(), irp.id, ext.position, major, minor, ioctl, parent, status,
+    return ((kind, _stamp(ext), irp.id, ext.position, major, minor, ioctl, parent, status,
              information, detail, None, None, None, None, None, None, length, None, None,
              offset, file_object, None, None, None), data)
 
@@ -439,7 +526,7 @@ def _describe_urb(ext: TracerExtension, irp: Irp, urb: U.Urb, kind: str, done: b
         buffer = urb.transfer_buffer
         if buffer is not None:
             data = bytes(buffer[:length])
-    return ((kind, ext.clock(), irp.id, ext.position, IRP_MJ_INTERNAL_DEVICE_CONTROL, None,
+    return ((kind, _stamp(ext), irp.id, ext.position, IRP_MJ_INTERNAL_DEVICE_CONTROL, None,
              SUBMIT_URB, parent, status, information, None, urb.function, ext.bus,
              ext.address, endpoint, transfer_type,
              urb.status if done else U.USBD_STATUS_PENDING, length, urb.setup_packet(),

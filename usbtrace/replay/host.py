@@ -98,7 +98,8 @@ def _replay_command(target: DeviceBackend, interface: int, in_ep: int, out_ep: i
         report.replayed += 1
         return
     if length and direction == "out":
-        data = cmd.data
+        parts = cmd.data_parts  # cmd.data, inline: one part is the bytes themselves
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         # the recorded bytes as they are: the target copies what it keeps
         result = target.bulk_out(out_ep, memoryview(data)[:length] if len(data) > length
                                  else memoryview(data))
@@ -106,7 +107,8 @@ def _replay_command(target: DeviceBackend, interface: int, in_ep: int, out_ep: i
         if result.status == USBD_STATUS_STALL_PID:
             target.clear_halt(out_ep)
     elif length and direction == "in":
-        recorded = cmd.data
+        parts = cmd.data_parts  # cmd.data, inline
+        recorded = parts[0] if len(parts) == 1 else b"".join(parts)
         buffer = bytearray(min(length, len(recorded) + MAX_UNRECORDED))
         result = target.bulk_in(in_ep, buffer)
         urbs += 1

@@ -45,7 +45,11 @@ def _flat(cmd: ScsiCommand) -> tuple[Any, ...]:
 
 
 def _command(values: tuple[Any, ...]) -> ScsiCommand:
-    return ScsiCommand(*values[:_INFO], CdbInfo(*values[_INFO]), *values[_INFO + 1:])  # type: ignore[call-arg]
+    # made with the CdbInfo's tuple in its place, then given the CdbInfo: no slices of
+    # ``values`` to join around it
+    cmd = ScsiCommand(*values)  # type: ignore[call-arg]
+    cmd.info = CdbInfo(*values[_INFO])
+    return cmd
 
 
 class Spill:

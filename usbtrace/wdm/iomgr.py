@@ -56,8 +56,7 @@ def IoCallDriver(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     if location < 0:
         raise BugCheck("NO_MORE_IRP_STACK_LOCATIONS", f"{irp!r} sent to {device!r}")
     driver = device.driver_object
-    kernel = driver.kernel
-    if kernel.scheduler.irql > DISPATCH_LEVEL:
+    if driver.kernel.scheduler.irql > DISPATCH_LEVEL:
         raise BugCheck("IRQL_NOT_LESS_OR_EQUAL", "IoCallDriver above DISPATCH_LEVEL")
     if device.freed:
         raise BugCheck("DRIVER_VERIFIER_IOMANAGER_VIOLATION",
@@ -66,8 +65,8 @@ def IoCallDriver(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         raise BugCheck("DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS",
                        f"{irp!r} dispatched into unloaded {driver.name}")
     if irp.registry is None:
-        irp.registry = kernel.irps
-        kernel.irps[irp.id] = irp
+        irps = irp.registry = driver.kernel.irps
+        irps[irp.id] = irp
     irp.current_location = location
     stack = irp.stack[location]
     stack.device_object = device
@@ -305,13 +304,15 @@ def IoCompleteRequest(irp: Irp, priority_boost: int = 0) -> None:  # noqa: N802
     while index < count:
         loc = stack[index]
         control = loc.control
-        pending = control & SL_PENDING_RETURNED
-        if checks and not pending and checks >> index & 1:
-            driver = loc.device_object.driver_object.name if loc.device_object else "?"
-            raise BugCheck("DRIVER_VERIFIER_IOMANAGER_VIOLATION",
-                           f"{driver} returned STATUS_PENDING for {irp!r} and it completed "
-                           "without IoMarkIrpPending")
-        irp.pending_returned = pending != 0
+        if control & SL_PENDING_RETURNED:
+            irp.pending_returned = True
+        else:
+            if checks and checks >> index & 1:
+                driver = loc.device_object.driver_object.name if loc.device_object else "?"
+                raise BugCheck("DRIVER_VERIFIER_IOMANAGER_VIOLATION",
+                               f"{driver} returned STATUS_PENDING for {irp!r} and it "
+                               "completed without IoMarkIrpPending")
+            irp.pending_returned = False
         routine = loc.completion_routine
         index += 1
         irp.current_location = index
@@ -327,7 +328,7 @@ def IoCompleteRequest(irp: Irp, priority_boost: int = 0) -> None:  # noqa: N802
                     return
                 status = irp.io_status.status
                 continue
-        if pending and index < count:
+        if control & SL_PENDING_RETURNED and index < count:
             stack[index].control |= SL_PENDING_RETURNED
     _finish(irp)
 

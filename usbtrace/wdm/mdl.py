@@ -28,7 +28,8 @@ MDL_MAPPED_TO_SYSTEM_VA = 0x0001
 class Mdl:
     """MDL: ``view`` is the described buffer's memory from its start address."""
 
-    __slots__ = ("view", "byte_offset", "byte_count", "mdl_flags", "next", "freed")
+    __slots__ = ("view", "byte_offset", "byte_count", "mdl_flags", "next", "freed",
+                 "mapped_system_va")
 
     def __init__(self, view: memoryview, byte_offset: int, byte_count: int) -> None:
         self.view = view
@@ -37,6 +38,8 @@ class Mdl:
         self.mdl_flags = 0
         self.next: Mdl | None = None
         self.freed = False
+        # MappedSystemVa: the system-space mapping, once made (MDL_MAPPED_TO_SYSTEM_VA)
+        self.mapped_system_va: memoryview | None = None
 
     def __repr__(self) -> str:
         return f"<Mdl +{self.byte_offset} {self.byte_count} B flags={self.mdl_flags:#x}>"
@@ -77,13 +80,22 @@ def IoBuildPartialMdl(source: Mdl, target: Mdl, byte_offset: int,  # noqa: N802
 
 
 def MmGetSystemAddressForMdlSafe(mdl: Mdl) -> memoryview:  # noqa: N802
-    """The bytes the MDL describes (its system-space mapping)."""
+    """The bytes the MDL describes (its system-space mapping).
+
+    As the wdm.h macro: an MDL already mapped (MDL_MAPPED_TO_SYSTEM_VA) gives its
+    MappedSystemVa again; only the first call maps.  Every driver that touches a
+    transfer's data asks (the bus driver, then a filter that copies it)."""
     if mdl.freed or not mdl.mdl_flags & (MDL_PAGES_LOCKED | MDL_SOURCE_IS_NONPAGED_POOL):
         raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
                        f"mapping {mdl!r}, whose pages are not locked")
-    mdl.mdl_flags |= MDL_MAPPED_TO_SYSTEM_VA
+    if mdl.mdl_flags & MDL_MAPPED_TO_SYSTEM_VA:
+        mapped = mdl.mapped_system_va
+        if mapped is not None:
+            return mapped
     start = mdl.byte_offset
-    return mdl.view[start : start + mdl.byte_count]
+    mapped = mdl.mapped_system_va = mdl.view[start : start + mdl.byte_count]
+    mdl.mdl_flags |= MDL_MAPPED_TO_SYSTEM_VA
+    return mapped
 
 
 def MmGetMdlByteCount(mdl: Mdl) -> int:  # noqa: N802

@@ -82,8 +82,8 @@ def IoAcquireRemoveLock(lock: IoRemoveLock, tag: object) -> int:  # noqa: N802
             lock.remove_event.KeSetEvent()
         return _DELETE_PENDING
     lock.io_count += 1
-    tags = lock.tags
-    if tags is not None:  # a checked build's lock
+    if lock.tags is not None:  # a checked build's lock
+        tags = lock.tags
         key = id(tag)  # _tag_key, inline
         tags[key] = tags.get(key, 0) + 1
     return _SUCCESS
@@ -91,8 +91,8 @@ def IoAcquireRemoveLock(lock: IoRemoveLock, tag: object) -> int:  # noqa: N802
 
 def IoReleaseRemoveLock(lock: IoRemoveLock, tag: object) -> None:  # noqa: N802
     """Drop one user; the last one out after removal began wakes the waiting REMOVE."""
-    tags = lock.tags
-    if tags is not None:  # a checked build's lock
+    if lock.tags is not None:  # a checked build's lock
+        tags = lock.tags
         key = id(tag)
         held = tags.get(key, 0)
         if held == 1:
@@ -102,8 +102,8 @@ def IoReleaseRemoveLock(lock: IoRemoveLock, tag: object) -> None:  # noqa: N802
                            f"{lock.name}: remove lock released with a tag that holds nothing")
         else:
             tags[key] = held - 1
-    count = lock.io_count = lock.io_count - 1
-    if count == 0:
+    lock.io_count -= 1
+    if not lock.io_count:
         if lock.scheduler is None:
             raise BugCheck("DRIVER_VERIFIER_DETECTED_VIOLATION",
                            "IoReleaseRemoveLock on a remove lock never initialized")

@@ -23,7 +23,6 @@ import heapq
 import time
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 PASSIVE_LEVEL = 0
@@ -134,7 +133,10 @@ class Scheduler:
         if clock not in ("virtual", "wall"):
             raise ValueError(f"clock must be 'virtual' or 'wall', not {clock!r}")
         self.clock = clock
-        self._now_ns = 0
+        # the virtual clock's count, in ns: whoever stamps every record (the tracer, as a
+        # filter calls KeQueryPerformanceCounter) reads it as an attribute, not through
+        # now_ns(), on the virtual clock
+        self.virtual_ns = 0
         self._t0 = time.monotonic_ns()
         self.irql = PASSIVE_LEVEL
         self._events: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
@@ -147,21 +149,13 @@ class Scheduler:
     def now_ns(self) -> int:
         if self.clock == "wall":
             return time.monotonic_ns() - self._t0
-        return self._now_ns
+        return self.virtual_ns
 
     def now(self) -> float:
         """Seconds since the scheduler started (``now_ns``, inline: every record asks)."""
         if self.clock == "wall":
             return (time.monotonic_ns() - self._t0) / 1e9
-        return self._now_ns / 1e9
-
-    def performance_counter(self) -> Callable[[], int]:
-        """``now_ns`` as a callable that runs no Python frame on the virtual clock, for
-        whoever stamps every record (the tracer, as a filter calls
-        KeQueryPerformanceCounter and leaves the conversion to seconds to the reader)."""
-        if self.clock == "wall":
-            return self.now_ns
-        return partial(getattr, self, "_now_ns")
+        return self.virtual_ns / 1e9
 
     # ---- IRQL ---------------------------------------------------------------------
 
@@ -286,7 +280,7 @@ class Scheduler:
     def schedule(self, delay_ns: int, callback: Callable[..., None], *args: Any) -> None:
         """Run ``callback(*args)`` when the clock has advanced by ``delay_ns``."""
         self._seq += 1
-        now = time.monotonic_ns() - self._t0 if self.clock == "wall" else self._now_ns
+        now = time.monotonic_ns() - self._t0 if self.clock == "wall" else self.virtual_ns
         heapq.heappush(self._events, (now + delay_ns, self._seq, callback, args))
 
     def interrupt(self, interrupt: KInterrupt) -> None:
@@ -356,8 +350,8 @@ class Scheduler:
         if callback is _timer_entry:
             self._timer_entry_run(when, args[0])
             return True
-        if self.clock == "virtual" and when > self._now_ns:
-            self._now_ns = when
+        if self.clock == "virtual" and when > self.virtual_ns:
+            self.virtual_ns = when
         try:
             callback(*args)
         except BaseException as e:
@@ -392,8 +386,8 @@ class Scheduler:
             if callback is _timer_entry:
                 self._timer_entry_run(when, args[0])
                 continue
-            if virtual and when > self._now_ns:
-                self._now_ns = when
+            if virtual and when > self.virtual_ns:
+                self.virtual_ns = when
             try:
                 callback(*args)
             except BaseException as e:
@@ -404,8 +398,8 @@ class Scheduler:
         """A timer's entry came up: its DPC is queued if it expires now."""
         if not self._timer_entry_due(when, timer):
             return  # cancelled, or due later: no time passes
-        if self.clock == "virtual" and when > self._now_ns:
-            self._now_ns = when
+        if self.clock == "virtual" and when > self.virtual_ns:
+            self.virtual_ns = when
         if timer.dpc is not None:
             self.KeInsertQueueDpc(timer.dpc)
 
