@@ -956,7 +956,19 @@ class Attributor:
                 row = entry[1]
                 kind = row.kind
                 if kind in LATE_KINDS:
-                    finish(out, entry)
+                    if kind != "data" or entry[2].__class__ is not int:
+                        finish(out, entry)
+                        continue
+                    # a read's data, waiting on the size the file had then (``_finish``
+                    # and ``_final``, inline, when that size does not clip it)
+                    offset, length = row.file_offset, row.length
+                    if offset is not None and length is not None and \
+                            offset + length > entry[2]:
+                        finish(out, entry)
+                    elif out and out[-1].scsi_seq == row.scsi_seq:
+                        append(out, row)
+                    else:
+                        add(row)
                 elif kind == "merged" or out and out[-1].scsi_seq == row.scsi_seq:
                     append(out, row)  # final as made (a FAT, a directory, ...): merged?
                 else:
