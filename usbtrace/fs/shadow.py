@@ -956,16 +956,15 @@ class Attributor:
                 row = entry[1]
                 kind = row.kind
                 if kind in LATE_KINDS:
-                    if kind != "data" or entry[2].__class__ is not int:
+                    size = entry[2]
+                    if kind != "data" or size.__class__ is not int:
                         finish(out, entry)
                         continue
-                    # a read's data, waiting on the size the file had then (``_finish``
-                    # and ``_final``, inline, when that size does not clip it)
-                    offset, length = row.file_offset, row.length
-                    if offset is not None and length is not None and \
-                            offset + length > entry[2]:
-                        finish(out, entry)
-                    elif out and out[-1].scsi_seq == row.scsi_seq:
+                    # a read's data, clipped at the size the file had when it was read
+                    # (``_finish`` and ``_final``, inline)
+                    if row.file_offset is not None and row.length is not None:
+                        _clip(row, size, row.file_offset, row.length)
+                    if out and out[-1].scsi_seq == row.scsi_seq:
                         append(out, row)
                     else:
                         add(row)
@@ -1844,13 +1843,7 @@ class Attributor:
         if row.kind == "data" and isinstance(pending, (Node, int)):
             size = pending.latest().size if isinstance(pending, Node) else pending
             if row.file_offset is not None and row.length is not None:
-                inside = max(0, min(row.length, size - row.file_offset))
-                if inside < row.length:
-                    row.detail = f"{row.length - inside} bytes past the end of the file"
-                    if inside == 0:
-                        row.kind = "slack"
-                    else:
-                        row.length = inside
+                _clip(row, size, row.file_offset, row.length)
         elif row.kind == "unallocated" and isinstance(pending, tuple):
             volume, cluster = pending
             owner = volume.owner(cluster)
@@ -1874,6 +1867,18 @@ class Attributor:
                 row.kind = "unallocated" if fat == 0 else "unknown"
                 row.file_offset = None
         return row
+
+
+def _clip(row: Activity, size: int, offset: int, length: int) -> None:
+    """Clip a data row at the file's ``size``: the part past it is slack, said in the
+    detail (a cluster holds more than the file's last bytes)."""
+    inside = max(0, min(length, size - offset))
+    if inside < length:
+        row.detail = f"{length - inside} bytes past the end of the file"
+        if inside == 0:
+            row.kind = "slack"
+        else:
+            row.length = inside
 
 
 def _continues(last: Activity, row: Activity) -> bool:
