@@ -808,7 +808,9 @@ class Attributor:
             return []
         write = opcode in WRITES
         blind, inferred = not self.volumes, self._inferred
-        recent = not write and not blind and inferred is None and lba > 0
+        # sector 0 too: a read of it is given again only with the same bytes (its rows
+        # are kept only when it was a volume's boot sector, which then taught nothing)
+        recent = not write and not blind and inferred is None
         if recent:
             moves = self._moves
             hit = self._recent.get((lba, blocks))
@@ -897,7 +899,8 @@ class Attributor:
             else:
                 last = row
             rows.append((_fields(row), pending))
-        kept = None if only_data else data
+        # sector 0's bytes decide what it is (a boot sector, a partition table): compared
+        kept = None if only_data and lba > 0 else data
         size = len(kept) if kept is not None else 0
         old = self._recent.get((lba, blocks))
         if old is not None and old[1] is not None:
