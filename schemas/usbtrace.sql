@@ -63,7 +63,7 @@ CREATE TABLE file_activity (
 	FOREIGN KEY(session_id) REFERENCES sessions (id)
 );
 CREATE INDEX ix_file_activity_command ON file_activity (session_id, scsi_seq);
-CREATE INDEX ix_file_activity_path ON file_activity (session_id, path);
+CREATE INDEX ix_file_activity_path ON file_activity (session_id, path) WHERE path IS NOT NULL;
 
 CREATE TABLE gaps (
 	session_id INTEGER NOT NULL, 

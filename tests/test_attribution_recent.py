@@ -23,6 +23,7 @@ from .test_shadow_robustness import (
     fat16_root,
     fat16_sector,
     fat_boot,
+    mbr,
     short_entry,
 )
 
@@ -77,13 +78,14 @@ def sessions(draw: st.DrawFn) -> list[tuple[int, int, bytes]]:
     commands: list[tuple[int, int, bytes]] = [(READ, 0, fat_boot()), (READ, FAT_LBA, fat()),
                                               (READ, ROOT_LBA, root())]
     history.append((fat(), root()))
+    sector0 = fat_boot()  # what LBA 0 holds now: a host may write another sector there
     for _ in range(draw(st.integers(1, 40))):
         step = draw(st.sampled_from(["read", "read", "read", "stale", "create", "resize",
-                                     "rename", "delete"]))
+                                     "rename", "delete", "sector0"]))
         if step == "read":
-            what = draw(st.sampled_from(["boot", "fat", "root", "data", "data"]))
-            if what == "boot":
-                commands.append((READ, 0, fat_boot()))
+            what = draw(st.sampled_from(["boot", "boot", "fat", "root", "data", "data"]))
+            if what == "boot":  # the boot sector alone, or with the reserved sectors after
+                commands.append((READ, 0, sector0 + bytes(512 * draw(st.sampled_from([0, 3])))))
             elif what == "fat":
                 commands.append((READ, FAT_LBA, fat()))
             elif what == "root":
@@ -92,6 +94,9 @@ def sessions(draw: st.DrawFn) -> list[tuple[int, int, bytes]]:
                 cluster = draw(st.sampled_from(CLUSTERS))
                 blocks = draw(st.sampled_from([1, 2, SPC, 2 * SPC]))
                 commands.append((READ, fat16_lba(cluster), bytes(blocks * 512)))
+        elif step == "sector0":  # a blank sector, a partition table, the boot sector again
+            sector0 = draw(st.sampled_from([bytes(512), mbr((0x06, 64, 4096)), fat_boot()]))
+            commands.append((WRITE, 0, sector0))
         elif step == "stale":
             old_fat, old_root = draw(st.sampled_from(history))
             commands.append((READ, FAT_LBA, old_fat) if draw(st.booleans())

@@ -21,6 +21,7 @@ import struct
 from bisect import bisect_left
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 from usbtrace.fs import gpt
 
@@ -136,6 +137,18 @@ class DiskLayout:
         # nothing: both are asked at every command, and most are past it
         self.quiet_from = self._quiet_from()
         self._signatures = self._signature_lbas()
+        # what ``quiet_from`` and ``_signatures`` were computed from: the partition list
+        # (``_replace`` makes a new one for every change), its length, sector 0's kind,
+        # and whether headers and tables exist.  Hosts read sector 0 and the partitions'
+        # first sectors again at every mount; most such reads change none of it
+        self._derived_from = self._derivation()
+        # the last sector 0 parsed (its bytes, ``table``) and the partition list it left:
+        # the same sector again, with that list untouched since, changes nothing
+        self._zero: tuple[bytes, bool, list[Partition]] | None = None
+
+    def _derivation(self) -> tuple[Any, ...]:
+        return (self.partitions, len(self.partitions), self.sector0, bool(self.headers),
+                bool(self.tables))
 
     # ---- learning ----------------------------------------------------------------------
 
@@ -146,8 +159,12 @@ class DiskLayout:
         0) for a partition table rather than a boot sector.
         """
         new = self._observe(lba, data, table)
-        self.quiet_from = self._quiet_from()  # what it learnt is all that moves them
-        self._signatures = self._signature_lbas()
+        derived = self._derivation()
+        old = self._derived_from
+        if derived[0] is not old[0] or derived[1:] != old[1:]:
+            self._derived_from = derived
+            self.quiet_from = self._quiet_from()  # what it learnt is all that moves them
+            self._signatures = self._signature_lbas()
         return new
 
     def quiet(self, lba: int, count: int) -> bool:
@@ -200,6 +217,18 @@ class DiskLayout:
         return new
 
     def _sector_zero(self, sector: bytes, table: bool) -> list[int]:
+        """Learn from sector 0: what it is, and the MBR's partitions.  The same sector
+        read again, with no table having changed the partitions since, sets the same
+        kind and gives the same partitions, all known: nothing to do (``_zero``)."""
+        zero = self._zero
+        if zero is not None and zero[2] is self.partitions and zero[1] == table and \
+                zero[0] == sector:
+            return []
+        new = self._read_sector_zero(sector, table)
+        self._zero = (bytes(sector), table, self.partitions)
+        return new
+
+    def _read_sector_zero(self, sector: bytes, table: bool) -> list[int]:
         if not table:  # a boot sector (a volume without a partition table), or blank
             self.sector0 = "other" if sector[510:512] == b"\x55\xaa" else None
             return self._replace(0, [])  # an MBR seen before is gone

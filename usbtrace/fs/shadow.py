@@ -808,7 +808,9 @@ class Attributor:
             return []
         write = opcode in WRITES
         blind, inferred = not self.volumes, self._inferred
-        recent = not write and not blind and inferred is None and lba > 0
+        # sector 0 too: a read of it is given again only with the same bytes (its rows
+        # are kept only when it was a volume's boot sector, which then taught nothing)
+        recent = not write and not blind and inferred is None
         if recent:
             moves = self._moves
             hit = self._recent.get((lba, blocks))
@@ -897,7 +899,8 @@ class Attributor:
             else:
                 last = row
             rows.append((_fields(row), pending))
-        kept = None if only_data else data
+        # sector 0's bytes decide what it is (a boot sector, a partition table): compared
+        kept = None if only_data and lba > 0 else data
         size = len(kept) if kept is not None else 0
         old = self._recent.get((lba, blocks))
         if old is not None and old[1] is not None:
@@ -956,7 +959,18 @@ class Attributor:
                 row = entry[1]
                 kind = row.kind
                 if kind in LATE_KINDS:
-                    finish(out, entry)
+                    size = entry[2]
+                    if kind != "data" or size.__class__ is not int:
+                        finish(out, entry)
+                        continue
+                    # a read's data, clipped at the size the file had when it was read
+                    # (``_finish`` and ``_final``, inline)
+                    if row.file_offset is not None and row.length is not None:
+                        _clip(row, size, row.file_offset, row.length)
+                    if out and out[-1].scsi_seq == row.scsi_seq:
+                        append(out, row)
+                    else:
+                        add(row)
                 elif kind == "merged" or out and out[-1].scsi_seq == row.scsi_seq:
                     append(out, row)  # final as made (a FAT, a directory, ...): merged?
                 else:
@@ -1832,13 +1846,7 @@ class Attributor:
         if row.kind == "data" and isinstance(pending, (Node, int)):
             size = pending.latest().size if isinstance(pending, Node) else pending
             if row.file_offset is not None and row.length is not None:
-                inside = max(0, min(row.length, size - row.file_offset))
-                if inside < row.length:
-                    row.detail = f"{row.length - inside} bytes past the end of the file"
-                    if inside == 0:
-                        row.kind = "slack"
-                    else:
-                        row.length = inside
+                _clip(row, size, row.file_offset, row.length)
         elif row.kind == "unallocated" and isinstance(pending, tuple):
             volume, cluster = pending
             owner = volume.owner(cluster)
@@ -1862,6 +1870,18 @@ class Attributor:
                 row.kind = "unallocated" if fat == 0 else "unknown"
                 row.file_offset = None
         return row
+
+
+def _clip(row: Activity, size: int, offset: int, length: int) -> None:
+    """Clip a data row at the file's ``size``: the part past it is slack, said in the
+    detail (a cluster holds more than the file's last bytes)."""
+    inside = max(0, min(length, size - offset))
+    if inside < length:
+        row.detail = f"{length - inside} bytes past the end of the file"
+        if inside == 0:
+            row.kind = "slack"
+        else:
+            row.length = inside
 
 
 def _continues(last: Activity, row: Activity) -> bool:

@@ -455,22 +455,31 @@ class SessionWriter:
         self.bot._seq += 1
         return self.bot._seq
 
-    def _command(self, cmd: ScsiCommand) -> None:
+    def _command(self, cmd: ScsiCommand, _fields: Callable[[Activity], tuple[Any, ...]]
+                 = ACTIVITY_FIELDS) -> None:
         self.commands += 1
         self._cmds.append(command_row(self.session_id, cmd))
-        if cmd.info.lba is not None and storable_lba(cmd.info.lba) is None:
+        info = cmd.info
+        lba = info.lba
+        if lba is not None and lba > INT64_MAX:  # ``storable_lba``, inline
             self.unstorable_lbas.append(cmd.seq)
+            lba = None
         if self.attribute_files:
             key = (cmd.bus, cmd.device, cmd.lun)
             attributor = self.attributors.get(key)
             if attributor is None:
                 attributor = self.attributors[key] = self._warmed or Attributor()
                 self._warmed = None
-            info = cmd.info
-            rows = attributor.feed(cmd.seq, info.opcode, storable_lba(info.lba), info.blocks,
-                                   cmd.data, cmd.status)
-            if rows:  # none finished by this command: no call
-                self._activity(rows)
+            rows = attributor.feed(cmd.seq, info.opcode, lba, info.blocks, cmd.data,
+                                   cmd.status)
+            if rows:  # none finished by this command: nothing to add (``_activity``, inline)
+                sid = self.session_id
+                at = self._activity_id
+                append = self._files.append
+                for row in rows:
+                    at += 1
+                    append((sid, at) + _fields(row))
+                self._activity_id = at
 
     def _activity(self, rows: list[Activity], _fields: Callable[[Activity], tuple[Any, ...]]
                   = ACTIVITY_FIELDS) -> None:
