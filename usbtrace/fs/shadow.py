@@ -1857,14 +1857,7 @@ class Attributor:
                     row.path, row.kind, row.file_offset = node.path, "directory", None
                 else:
                     row.path, row.kind, row.file_offset = node.path, "data", offset
-                    length = row.length or 0
-                    inside = max(0, min(length, node.size - offset))
-                    if inside < length:
-                        row.detail = f"{length - inside} bytes past the end of the file"
-                        if inside == 0:
-                            row.kind = "slack"
-                        else:
-                            row.length = inside
+                    _clip(row, node.size, offset, row.length or 0)
             else:
                 fat = volume.fat_entry(cluster)
                 row.kind = "unallocated" if fat == 0 else "unknown"
