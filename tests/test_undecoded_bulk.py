@@ -84,3 +84,10 @@ def test_a_bulk_only_device_gets_no_such_note(tmp_path: Path) -> None:
              record(0x720, "C", 0x81, 512, bytes(512), device=7)]
     notes = notes_of(tmp_path, command(1, TUR, device=7) + stray)
     assert NOTE not in notes and "belonged to no command" in notes
+
+
+def test_devices_past_twenty_are_counted_not_dropped(tmp_path: Path) -> None:
+    records = [r for device in range(1, 23) for r in unexplained_bulk(device)]
+    notes = notes_of(tmp_path, records)
+    assert f"{NOTE}: " in notes and "(44 in all)" in notes
+    assert "and on 2 more devices" in notes

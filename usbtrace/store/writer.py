@@ -545,6 +545,8 @@ class SessionWriter:
         if unknown:
             where = ", ".join(f"{n} on bus {bus} device {dev}"
                               for (bus, dev), n in sorted(unknown.items(), key=str)[:20])
+            if len(unknown) > 20:
+                where += f" and on {len(unknown) - 20} more devices"
             notes.append(f"bulk transfers not decoded: {where} ({sum(unknown.values())} in all): "
                          "the capture holds neither their device's descriptors nor a "
                          "Bulk-Only CBW, so what they carry is unknown (a UAS device's "
