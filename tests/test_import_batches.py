@@ -1,6 +1,6 @@
-"""How an import's batches reach SQLite: through the forked inserter's pipe (marshal
-pieces, pickle for what marshal refuses) and with the columns a whole batch leaves NULL
-left out of its INSERT.  Either way the rows stored are the rows given."""
+"""How an import's batches reach SQLite: through the forked inserter's pipe (pickled
+pieces of a few hundred rows, then a commit mark) and with the columns a whole batch
+leaves NULL left out of its INSERT.  Either way the rows stored are the rows given."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from usbtrace.store.database import Database
 
 
 class Count(int):
-    """An int subclass: marshal refuses it, pickle takes it."""
+    """An int subclass, as a row could hold."""
 
 
 def frames(batches: list[list[tuple[str, Any]]], end: bool = True) -> io.BytesIO:
@@ -55,12 +55,6 @@ def test_a_batch_cut_short_is_never_handed_on() -> None:
     for cut in (len(whole) - 1, len(whole) // 2, 5):
         with pytest.raises(EOFError):
             writer._read_batch(io.BytesIO(whole[:cut]))
-
-
-def test_a_pickled_piece_is_used_only_for_what_marshal_refuses() -> None:
-    assert writer.encode_piece(("urbs", [(1, 2, "a", None, b"x", 1.5)]))[0] == \
-        writer.PIECE_MARSHAL
-    assert writer.encode_piece(("urbs", [(1, Count(2))]))[0] == writer.PIECE_PICKLE
 
 
 def stored(db_path: Path, table: str) -> list[tuple[Any, ...]]:
@@ -119,7 +113,7 @@ def test_a_forked_import_stores_what_one_process_stores(
                                 lambda self, batch, puts=puts, put=put:
                                 (puts.append(1), put(self, batch)))
         monkeypatch.setattr(writer, "BATCH_BYTES", 64 << 10)  # several batches ...
-        monkeypatch.setattr(writer, "PIECE_ROWS", 50)  # ... each in several pieces
+        monkeypatch.setattr(writer, "PIECE_SIZE", 50)  # ... each in several pieces
         path = tmp_path / f"{fork}.db"
         result = import_capture(Database(path), capture)
         assert result.commands > 0

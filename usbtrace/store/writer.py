@@ -12,7 +12,6 @@ counts it in ``sessions.dropped_count`` — never silently.
 from __future__ import annotations
 
 import fcntl
-import marshal
 import multiprocessing
 import operator
 import os
@@ -281,24 +280,21 @@ def insert_batch(database: Database, bulk: dict[str, BulkInsert],
 
 INSERTER_PIPE = 1 << 20  # bytes the pipe to the inserter holds (Linux; the default is 64 KiB)
 # A batch goes to the inserter as pieces of at most PIECE_ROWS rows of one table, then
-# a commit.  Each piece: its header (how it is encoded: marshal, or pickle for a value
-# marshal refuses; its size in bytes), then the encoded ``(table, rows)``.
+# a commit mark.  Each piece: its header (its kind, its size in bytes), then the pickled
+# ``(table, rows)``.  Pieces this small are made and freed in buffers each process
+# reuses: a whole batch pickled or unpickled at once (8,000 rows, several MiB) faulted
+# its memory in anew every time (a million USBPcap records forked: 112,000 minor page
+# faults before, 42,000 in pieces).
 PIECE_HEADER = struct.Struct("<BQ")
-PIECE_MARSHAL, PIECE_PICKLE, PIECE_COMMIT, PIECE_END = 0, 1, 2, 3
-PIECE_ROWS = 512  # a few hundred KiB: buffers that small are reused, not faulted in anew
-MARSHAL_VERSION = 4  # shares repeated objects (an URB id's text, "bulk", "in") by reference
+PIECE_ROWS, PIECE_COMMIT, PIECE_END = 0, 1, 2  # the kinds of piece
+PIECE_SIZE = 512  # rows a piece, at most
 
 
-def encode_piece(piece: tuple[str, Any]) -> tuple[int, bytes]:
-    """Rows of one table as bytes for the inserter.  ``marshal`` writes and reads lists
-    of tuples of plain values in about half the CPU of ``pickle`` (about 13 against 23
-    ms for a batch of 8,000 usbmon ``urbs`` rows with their commands and file rows,
-    both sides together): it has no opcodes to interpret and no memo dictionary.  It
-    takes only the exact built-in types; rows holding anything else go by pickle."""
-    try:
-        return PIECE_MARSHAL, marshal.dumps(piece, MARSHAL_VERSION)
-    except ValueError:  # a subclass of int or str, say: pickle takes it
-        return PIECE_PICKLE, pickle.dumps(piece, protocol=pickle.HIGHEST_PROTOCOL)
+def encode_piece(piece: tuple[str, Any]) -> bytes:
+    """Rows of one table, or the session's counts, as bytes for the inserter.  (marshal
+    was tried: as many instructions as pickle for these rows, within 1% either way,
+    since pickle's memo already shares an URB id's text, "bulk", "in".)"""
+    return pickle.dumps(piece, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _read_batch(stream: Any) -> list[tuple[str, Any]] | None:
@@ -317,7 +313,7 @@ def _read_batch(stream: Any) -> list[tuple[str, Any]] | None:
         data = stream.read(size)
         if len(data) < size:
             raise EOFError("the importing process is gone")
-        name, rows = marshal.loads(data) if kind == PIECE_MARSHAL else pickle.loads(data)
+        name, rows = pickle.loads(data)
         if batch and batch[-1][0] == name and name != "sessions":
             batch[-1][1].extend(rows)  # the next piece of the same table's rows
         else:
@@ -362,8 +358,8 @@ class ProcessInserter:
 
     A thread would not help: the sqlite3 module binds every parameter under the
     interpreter lock.  Each batch goes through a pipe in pieces of a few hundred rows,
-    each a ``marshal`` string after a small header (``encode_piece``), then a commit
-    mark; a large pipe lets the two processes take turns less often.  A full pipe makes
+    each pickled after a small header (``encode_piece``), then a commit mark; a large
+    pipe lets the two processes take turns less often.  A full pipe makes
     the decoder wait, which bounds memory.
     """
 
@@ -387,10 +383,10 @@ class ProcessInserter:
         write = self._stream.write
         for name, rows in batch:
             pieces = [rows] if name == "sessions" else \
-                [rows[at:at + PIECE_ROWS] for at in range(0, len(rows), PIECE_ROWS)]
+                [rows[at:at + PIECE_SIZE] for at in range(0, len(rows), PIECE_SIZE)]
             for piece in pieces:
-                kind, data = encode_piece((name, piece))
-                write(PIECE_HEADER.pack(kind, len(data)))
+                data = encode_piece((name, piece))
+                write(PIECE_HEADER.pack(PIECE_ROWS, len(data)))
                 write(data)
         write(PIECE_HEADER.pack(PIECE_COMMIT, 0))
         self._stream.flush()
