@@ -481,9 +481,9 @@ format_option = click.option(
 def log_(session: int, db: str, limit: int | None, fmt: str, time_format: str,
          flt: Filter) -> None:
     """A session's SCSI commands, one a line, with the files their blocks belong to."""
-    from usbtrace.store.database import Database
+    from usbtrace.store.sqlite_read import open_read_only
 
-    database = Database(db, create=False, readonly=True)
+    database = open_read_only(db)
     _require_session(database, session, db)
     flt = flt.for_database(database)
     what = database.aggregate(
@@ -530,9 +530,9 @@ def _require_session(database: Any, session: int, db: str) -> None:
 @friendly
 def files_(session: int, db: str, fmt: str, flt: Filter) -> None:
     """Per-file activity of a session: bytes read and written, and file events."""
-    from usbtrace.store.database import Database
+    from usbtrace.store.sqlite_read import open_read_only
 
-    database = Database(db, create=False, readonly=True)
+    database = open_read_only(db)
     _require_session(database, session, db)
     events = database.aggregate("CASE WHEN f.kind='event' THEN f.operation END", "f.id")
     cond, params = flt.for_database(database).files_sql("f")
@@ -576,9 +576,10 @@ def files_(session: int, db: str, fmt: str, flt: Filter) -> None:
 def sessions(db: str, fmt: str) -> None:
     """List the sessions in a database, with their state: running, complete,
     interrupted (Ctrl-C, or its writer was killed) or failed."""
-    from usbtrace.store.database import Database, effective_state
+    from usbtrace.store.liveness import effective_state
+    from usbtrace.store.sqlite_read import open_read_only
 
-    database = Database(db, create=False, readonly=True)
+    database = open_read_only(db)
     columns, rows = database.query(
         "SELECT id, source, source_name, started_at, record_count, command_count, "
         "dropped_count, malformed_count, state, usbtrace_version AS version, "
@@ -647,10 +648,10 @@ def query(sql: str, db: str, fmt: str, timeout: float | None,
     Ctrl-C or --timeout stop it).
 
     Example: usbtrace query "SELECT * FROM command_data WHERE session_id = :s" -p s=1"""
-    from usbtrace.store.database import Database
+    from usbtrace.store.sqlite_read import open_read_only
 
     bound = parse_params(params)
-    database = Database(db, create=False, readonly=True)
+    database = open_read_only(db)
     with database.stream(sql, bound, timeout=timeout) as (columns, rows):
         emit(columns, rows, fmt)
 

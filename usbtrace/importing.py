@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import multiprocessing
 import os
 import shlex
@@ -35,10 +34,11 @@ from usbtrace.capture.reader import (
     events,
     source_name,
 )
-from usbtrace.capture.source import Gunzip, Tap, capture_stream, standard_input
+from usbtrace.capture.source import Gunzip, Tap, capture_stream, sha256_of, standard_input
 from usbtrace.errors import CaptureFormatError, InputError, UsbtraceError
 from usbtrace.interrupt import deferred_interrupt
 from usbtrace.store.database import Database
+from usbtrace.store.notes import CAVEATS, caveats  # noqa: F401 (API)
 from usbtrace.store.schema import SessionRow
 from usbtrace.store.writer import SessionWriter
 
@@ -64,18 +64,6 @@ class ImportResult:
     # the notes that say the decode may be wrong, and why (see ``caveats``)
     caveats: list[str] = field(default_factory=list)
     malformed_count: int = 0  # all of them: ``malformed`` keeps the first 1000
-
-
-# How the notes that warn about the decode itself begin: the import shows them, and so
-# does ``stats`` (the rest of the notes stay in the session).  Notes are joined with
-# "; ", so none of these contains one.
-CAVEATS = ("the file is ", "devices seen through more than one interface", "no time for ",
-           "the time goes back", "bulk transfers not decoded")
-
-
-def caveats(notes: str | None) -> list[str]:
-    """The notes of a session that warn that its decode may be wrong."""
-    return [n for n in (notes or "").split("; ") if n.startswith(CAVEATS)]
 
 
 def spare_core() -> bool:
@@ -133,14 +121,6 @@ def free_cpus(sample: float = CPU_SAMPLE) -> float | None:
         return None
     _, nice, _, idle, iowait = delta[:5]
     return (nice + idle + iowait) / total * (os.cpu_count() or 1)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def import_capture(database: Database, path: Path,

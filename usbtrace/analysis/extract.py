@@ -26,8 +26,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from usbtrace.analysis.filters import Filter, Range
+from usbtrace.capture.source import sha256_of
 from usbtrace.errors import InputError
-from usbtrace.importing import sha256_of
 
 RW_NAMES = ("read_6", "read_10", "read_12", "read_16", "write_6", "write_10", "write_12",
             "write_16")

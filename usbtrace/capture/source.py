@@ -19,12 +19,22 @@ import select
 import sys
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO
 
 from usbtrace.capture.reader import SourceError
 
 GZIP_MAGIC = b"\x1f\x8b"
 POLL = 0.2  # seconds between looks at ``stop`` while the input is quiet
+
+
+def sha256_of(path: Path) -> str:
+    """A file's SHA-256, as stored (compressed or not), read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class Tap:

@@ -28,12 +28,12 @@ from usbtrace.errors import InputError
 
 def open_session(db: str, session: int) -> Any:
     """The database, read-only, once the session is known to be in it."""
-    from usbtrace.store.database import Database
+    from usbtrace.store.sqlite_read import open_read_only
 
     if not 0 < session < 1 << 63:
         raise InputError(f"no session {session} (session numbers are from 1, see "
                          "'usbtrace sessions')")
-    database = Database(db, create=False, readonly=True)
+    database = open_read_only(db)
     if not database.session_exists(session):
         raise InputError(f"no session {session} in {db} (see 'usbtrace sessions')")
     return database
@@ -67,7 +67,7 @@ def stats(session: int, db: str, per_device: bool, interval: float | None, secti
     completion: min, mean, p50, p90, p99, max, in seconds, as tshark -z scsi,srt,0);
     errors by sense key; throughput over time with --interval."""
     from usbtrace.analysis import stats as st
-    from usbtrace.importing import caveats
+    from usbtrace.store.notes import caveats
 
     database = open_session(db, session)
     flt = flt.for_database(database)

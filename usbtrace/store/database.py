@@ -21,7 +21,6 @@ import logging
 import os
 import shlex
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -38,6 +37,7 @@ from sqlalchemy.exc import OperationalError
 
 from usbtrace.errors import DatabaseError
 from usbtrace.store import COMMAND_ARGS
+from usbtrace.store.liveness import HOST, effective_state, pid_alive  # noqa: F401 (API)
 from usbtrace.store.schema import (
     PUBLIC_TABLES,
     SCHEMA_VERSION,
@@ -60,7 +60,6 @@ from usbtrace.store.sqlite_read import connect_read_only as _connect_read_only
 from usbtrace.store.sqlite_read import looks_like_sqlite as _looks_like_sqlite
 from usbtrace.store.sqlite_read import read_only_authorizer as _read_only_authorizer
 
-HOST = socket.gethostname()[:255]
 logger = logging.getLogger(__name__)
 PAGE_SIZE = 65536  # SQLite's largest page: see _sqlite_pragmas
 
@@ -105,24 +104,6 @@ def current_command_line() -> str:
     if args is not None:
         return shlex.join(["usbtrace", *args])
     return shlex.join(sys.argv)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def effective_state(state: str, host: str | None, pid: int | None) -> str:
-    """``running`` only while its writer lives: a session whose writer on this host
-    is gone was interrupted (kill -9, a crash), whatever the row still says."""
-    if state == "running" and host == HOST and pid is not None and not pid_alive(pid):
-        return "interrupted"
-    return state
 
 
 class Database:

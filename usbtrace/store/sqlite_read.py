@@ -1,11 +1,13 @@
 """Reading a usbtrace SQLite file with the ``sqlite3`` module alone, no SQLAlchemy.
 
-Importing SQLAlchemy (and the schema's mapped classes) costs about a quarter of a
-second of CPU, as much as exporting 50,000 URBs.  ``usbtrace export`` of a SQLite
-file reads it through ``SqliteReader`` instead: the same checks of the file as
-``Database`` makes, with the same messages, the same read-only connection, and
-queries under the same authorizer, Ctrl-C and error handling.  ``Database`` takes
-its SQLite-only pieces from here.
+Importing SQLAlchemy (and the schema's mapped classes) costs about half a second of
+CPU on the project's machine, as much as exporting 100,000 URBs and most of what
+``usbtrace log`` or ``stats`` takes on a small session.  The commands that only read a
+SQLite file (``export``, ``log``, ``files``, ``sessions``, ``query`` and the analysis
+commands) read it through ``SqliteReader`` instead (``open_read_only``): the same
+checks of the file as ``Database`` makes, with the same messages, the same read-only
+connection, and queries under the same authorizer, Ctrl-C, timeout and error
+handling.  ``Database`` takes its SQLite-only pieces from here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import re
 import signal
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +25,9 @@ from typing import Any
 from usbtrace.errors import DatabaseError
 
 SCHEMA_VERSION = 3  # the schema this usbtrace reads and writes (see store/schema.py)
+# the documented views (store/schema.py's VIEWS): a query naming one a database lacks is
+# told that 'usbtrace upgrade' adds it
+VIEW_NAMES = ("command_data", "file_activity_commands", "io_chain")
 
 
 def version_error(display: str, version: int) -> DatabaseError:
@@ -118,11 +124,22 @@ def query_error(e: BaseException, stop: dict[str, bool], timeout: float | None,
     return DatabaseError(f"query failed: {message}")
 
 
+def open_read_only(target: str | Path) -> Any:
+    """A database to read: a SQLite file through ``SqliteReader``, a URL (PostgreSQL,
+    or ``sqlite:///``) through ``Database``, which imports SQLAlchemy."""
+    if is_url(str(target)):
+        from usbtrace.store.database import Database
+
+        return Database(target, create=False, readonly=True)
+    return SqliteReader(target)
+
+
 class SqliteReader:
     """A usbtrace SQLite file opened read-only, checked as ``Database(target,
     create=False, readonly=True)`` checks it."""
 
     is_sqlite = True
+    readonly = True
 
     def __init__(self, target: str | Path) -> None:
         path = Path(target)
@@ -165,16 +182,24 @@ class SqliteReader:
             return columns, list(rows)
 
     @contextmanager
-    def stream(self, sql: str, params: dict[str, Any] | None = None
+    def stream(self, sql: str, params: dict[str, Any] | None = None,
+               timeout: float | None = None
                ) -> Iterator[tuple[list[str], Iterable[tuple[Any, ...]]]]:
         """One read-only statement and its cursor, to iterate in the block: rows come
         as SQLite makes them, memory does not grow with the result.  Writes are refused
-        by the authorizer; Ctrl-C stops the statement (``KeyboardInterrupt``), and an
-        error is one line (``DatabaseError``), as from ``Database.stream``."""
+        by the authorizer; ``timeout`` seconds or Ctrl-C stop the statement
+        (``DatabaseError`` / ``KeyboardInterrupt``), and an error is one line, as from
+        ``Database.stream``."""
+        deadline = None if not timeout else time.monotonic() + timeout
         stop = {"interrupted": False, "timed_out": False}
 
         def progress() -> int:
-            return 1 if stop["interrupted"] else 0
+            if stop["interrupted"]:
+                return 1
+            if deadline is not None and time.monotonic() > deadline:
+                stop["timed_out"] = True
+                return 1
+            return 0
 
         def on_sigint(signum: int, frame: Any) -> None:
             stop["interrupted"] = True
@@ -190,7 +215,7 @@ class SqliteReader:
                 cursor = self.conn.execute(sql, params or {})
                 yield [c[0] for c in cursor.description or []], cursor
             except (sqlite3.Error, sqlite3.Warning) as e:
-                raise query_error(e, stop, None) from None
+                raise query_error(e, stop, timeout, VIEW_NAMES) from None
             if stop["interrupted"]:
                 raise KeyboardInterrupt
         finally:
@@ -198,6 +223,16 @@ class SqliteReader:
             self.conn.set_progress_handler(None, 0)
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+    def session_exists(self, session_id: int) -> bool:
+        if not -(1 << 63) <= session_id < 1 << 63:
+            return False
+        return self.conn.execute("SELECT 1 FROM sessions WHERE id = ?",
+                                 (session_id,)).fetchone() is not None
+
+    def aggregate(self, expression: str, order: str = "id") -> str:
+        """A comma-joined aggregate, as ``Database.aggregate`` makes it for SQLite."""
+        return f"group_concat({expression}, ', ')"  # follows the scan, i.e. id order
 
     def close(self) -> None:
         self.conn.close()
