@@ -219,3 +219,27 @@ def test_associated_irps_complete_their_master_when_the_last_one_does() -> None:
         assert not event.signaled
     IoCompleteRequest(children[2])
     assert event.signaled and master.completed
+
+
+def test_copy_to_next_leaves_routine_and_context_and_clears_control() -> None:
+    """As wdm.h's IoCopyCurrentIrpStackLocationToNext (MS docs, wdm.h; ReactOS
+    sdk/include/xdk/iofuncs.h): the fields before CompletionRoutine are copied and
+    Control is cleared, so a routine left from an earlier pass stays but never runs."""
+    ran: list[Any] = []
+    irp = Irp(2)
+    irp.current_location = 1  # the upper driver's dispatch
+    mine = irp.stack[1]
+    mine.major_function = IRP_MJ_READ
+    mine.parameters = ReadWriteParameters(512, 0)
+    below = irp.stack[0]
+    below.completion_routine = lambda dev, i, ctx: ran.append(ctx) or SUCCESS
+    below.context = "earlier pass"
+    below.control = 0xE0  # invoke on success, error and cancel
+    IoCopyCurrentIrpStackLocationToNext(irp)
+    assert below.major_function == IRP_MJ_READ and below.parameters is mine.parameters
+    assert below.control == 0 and below.context == "earlier pass"
+    assert below.completion_routine is not None
+    irp.current_location = 0  # the lower driver completes it
+    irp.io_status.status = SUCCESS
+    IoCompleteRequest(irp)
+    assert ran == [] and irp.completed

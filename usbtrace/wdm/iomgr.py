@@ -48,6 +48,12 @@ from usbtrace.wdm.status import NTSTATUS
 STATUS_PENDING = NTSTATUS.STATUS_PENDING.value
 STATUS_MORE_PROCESSING_REQUIRED = NTSTATUS.STATUS_MORE_PROCESSING_REQUIRED.value
 _INVOKE_ALWAYS = SL_INVOKE_ON_SUCCESS | SL_INVOKE_ON_ERROR | SL_INVOKE_ON_CANCEL
+# Irp.pending_checks' bit for stack location n, and the mask that clears it: looked
+# up, not shifted, on every IoCallDriver of an IRP that pended (a filter that marks
+# the IRP pending from its completion routine sets and clears one each pass); an IRP
+# has at most 127 locations (StackSize is a CCHAR)
+_BIT = [1 << n for n in range(128)]
+_CLEAR_BIT = [~(1 << n) for n in range(128)]
 
 
 def IoCallDriver(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
@@ -71,18 +77,19 @@ def IoCallDriver(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     stack = irp.stack[location]
     stack.device_object = device
     if irp.pending_checks:
-        irp.pending_checks &= ~(1 << location)
+        irp.pending_checks &= _CLEAR_BIT[location]
     status = driver.major_function[stack.major_function](device, irp)
     if status == STATUS_PENDING and not stack.control & SL_PENDING_RETURNED:
         # Driver Verifier: STATUS_PENDING without IoMarkIrpPending.  A pass-through
         # driver may still mark it from its completion routine (if PendingReturned,
         # IoMarkIrpPending), so an IRP not yet completed is checked when completion
-        # reaches this location.
-        if irp.completed or irp.current_location > location:
+        # reaches this location.  (Completion past this location covers an IRP
+        # completed altogether: its walk ends at the top, above every location.)
+        if irp.current_location > location:
             raise BugCheck("DRIVER_VERIFIER_IOMANAGER_VIOLATION",
                            f"{driver.name} returned STATUS_PENDING for {irp!r} without "
                            "IoMarkIrpPending")
-        irp.pending_checks |= 1 << location
+        irp.pending_checks |= _BIT[location]
     return status
 
 
@@ -92,7 +99,12 @@ def IoSkipCurrentIrpStackLocation(irp: Irp) -> None:  # noqa: N802
 
 
 def IoCopyCurrentIrpStackLocationToNext(irp: Irp) -> None:  # noqa: N802
-    """Copy this location to the next one, without completion routine or control bits."""
+    """Copy this location to the next one, without completion routine or control bits.
+
+    As wdm.h's inline does: the fields before CompletionRoutine are copied and Control
+    is cleared; CompletionRoutine and Context are left as they were.  With Control
+    clear no invoke flag is set, so a routine left there from an earlier pass is
+    never called (the caller's IoSetCompletionRoutine, if any, replaces both)."""
     src = irp.stack[irp.current_location]
     dst = irp.stack[irp.current_location - 1]
     dst.major_function = src.major_function
@@ -101,8 +113,6 @@ def IoCopyCurrentIrpStackLocationToNext(irp: Irp) -> None:  # noqa: N802
     dst.parameters = src.parameters
     dst.file_object = src.file_object
     dst.control = 0
-    dst.completion_routine = None
-    dst.context = None
 
 
 def IoSetCompletionRoutine(  # noqa: N802
@@ -307,7 +317,7 @@ def IoCompleteRequest(irp: Irp, priority_boost: int = 0) -> None:  # noqa: N802
         if control & SL_PENDING_RETURNED:
             irp.pending_returned = True
         else:
-            if checks and checks >> index & 1:
+            if checks and checks & _BIT[index]:
                 driver = loc.device_object.driver_object.name if loc.device_object else "?"
                 raise BugCheck("DRIVER_VERIFIER_IOMANAGER_VIOLATION",
                                f"{driver} returned STATUS_PENDING for {irp!r} and it "

@@ -74,6 +74,9 @@ from usbtrace.wdm.irp import (
     IRP_MN_REMOVE_DEVICE,
     IRP_MN_START_DEVICE,
     IRP_MN_SURPRISE_REMOVAL,
+    SL_INVOKE_ON_CANCEL,
+    SL_INVOKE_ON_ERROR,
+    SL_INVOKE_ON_SUCCESS,
     BusQueryCompatibleIDs,
     BusQueryDeviceID,
     BusQueryHardwareIDs,
@@ -94,6 +97,8 @@ from usbtrace.wdm.kernel import Kernel
 from usbtrace.wdm.power import PowerManager
 from usbtrace.wdm.sched import PASSIVE_LEVEL, BugCheck, KEvent
 from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
+
+_INVOKE_ANY = SL_INVOKE_ON_SUCCESS | SL_INVOKE_ON_ERROR | SL_INVOKE_ON_CANCEL
 
 DriverEntryRoutine = Callable[[DriverObject, str], int]
 
@@ -565,7 +570,11 @@ class PnpManager:
             if getattr(irp.cancel_routine, "__module__", None) == module:
                 return f"the cancel routine of {irp!r} set"
             for loc in irp.stack[irp.current_location:]:
-                if getattr(loc.completion_routine, "__module__", None) == module:
+                # a routine counts where an invoke flag says it will run (a location
+                # copied with IoCopyCurrentIrpStackLocationToNext keeps an earlier
+                # pass's routine, with Control clear)
+                if loc.control & _INVOKE_ANY and \
+                        getattr(loc.completion_routine, "__module__", None) == module:
                     return f"a completion routine pending on {irp!r}"
         for routine in self.kernel.scheduler.pending_routines():
             if getattr(routine, "__module__", None) == module:
