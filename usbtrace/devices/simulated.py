@@ -70,6 +70,7 @@ BOT_TRANSITIONS: dict[tuple[str, str], str] = {
 }
 
 HISTORY = 1024  # events a device remembers
+_CBW_UNPACK = bot.CBW.unpack
 CASE_NAMES = tuple(f"case{n}" for n in range(14))  # BOT §6.7's cases 1..13, by number
 
 
@@ -120,41 +121,50 @@ class BulkOnlyDevice:
             self._command(data)
             return USBD_STATUS_SUCCESS
         if self.state == "data_out":
-            self._out_buffer += data
-            if len(self._out_buffer) >= self._out_expected:
-                self._complete_out()
+            received = self._out_buffer
+            if not received and len(data) >= self._out_expected:
+                self._complete_out(data)  # the whole phase in one transfer: not copied
+            else:
+                received += data
+                if len(received) >= self._out_expected:
+                    self._complete_out(received)
             return USBD_STATUS_SUCCESS
         # OUT data while the device wants to send: a phase error; stall the pipe.
         self.halted.add(BULK_OUT)
         return USBD_STATUS_STALL_PID
 
     def _command(self, data: bytes | bytearray | memoryview) -> None:
-        cbw = bot.parse_cbw(data)
-        if cbw is None:
+        # bot.parse_cbw and bot.cbw_meaningful on the unpacked fields: no Cbw made
+        if len(data) == bot.CBW_LENGTH:
+            sig, tag, host_len, flags, lun, cb_length, cb = _CBW_UNPACK(data)
+        else:
+            sig = None
+        if sig != bot.CBW_SIGNATURE:
             # §6.6.1: not valid -> stall both pipes until Reset Recovery
             self.history.append("invalid_cbw")
             self.halted.update((BULK_IN, BULK_OUT))
             self._move("cbw_invalid")
             return
-        self._tag = cbw.tag
-        self._lun = cbw.lun if cbw.lun < len(self.luns) else 0
+        luns = self.luns
+        self._tag = tag
+        self._lun = lun if lun < len(luns) else 0
         self.commands += 1
         self.csw_fault = None
         if self.on_command is not None:
             self.on_command(self.commands, self._lun)
-        host_len = self._host_len = cbw.data_transfer_length
-        host_dir = NONE if host_len == 0 else (IN if cbw.data_in else OUT)
-        if not bot.cbw_meaningful(cbw, len(self.luns) - 1):
+        self._host_len = host_len
+        host_dir = NONE if host_len == 0 else (IN if flags & bot.CBW_FLAGS_DATA_IN else OUT)
+        if not bot.fields_meaningful(flags, lun, cb_length, len(luns) - 1):
             self.history.append("not_meaningful")
             plan = Plan(NONE, sense=Sense(scsi.ILLEGAL_REQUEST,
-                                          0x25 if cbw.lun >= len(self.luns) else 0x24, 0))
-            if cbw.lun < len(self.luns):
-                self.luns[cbw.lun].sense = plan.sense  # type: ignore[assignment]
+                                          0x25 if lun >= len(luns) else 0x24, 0))
+            if lun < len(luns):
+                luns[lun].sense = plan.sense  # type: ignore[assignment]
         else:
-            plan = self.luns[cbw.lun].plan(cbw.cdb)
+            plan = luns[lun].plan(cb[: cb_length & 0x1F])  # the CDB: 1..16 bytes
         dev_dir = plan.direction if plan.length else NONE
         dev_len = plan.length
-        status = bot.CSW_STATUS_PASSED if plan.good else bot.CSW_STATUS_FAILED
+        status = bot.CSW_STATUS_PASSED if plan.sense is None else bot.CSW_STATUS_FAILED
 
         if host_dir == NONE:
             if dev_dir == NONE:  # case 1
@@ -186,7 +196,8 @@ class BulkOnlyDevice:
                 self._case(10, 0, bot.CSW_STATUS_PHASE_ERROR, "cbw_no_data")
             else:  # cases 11, 12, 13: receive the host's bytes
                 self._out_expected = host_len
-                self._out_buffer = bytearray()
+                if self._out_buffer:  # a phase a reset cut short left bytes behind
+                    self._out_buffer = bytearray()
                 self._out_plan = plan
                 self._out_len = dev_len
                 case = 12 if dev_len == host_len else (11 if dev_len < host_len else 13)
@@ -199,19 +210,21 @@ class BulkOnlyDevice:
         if event == "cbw_no_data":
             self._finish(residue, status)
 
-    def _complete_out(self) -> None:
+    def _complete_out(self, received: bytes | bytearray | memoryview) -> None:
+        """The data-out phase is complete: ``received`` holds it (and maybe more)."""
         plan = self._out_plan
         assert plan is not None and plan.sink is not None
         status = self._status
         if self._out_len <= self._out_expected:
-            sense = plan.sink(memoryview(self._out_buffer)[: self._out_len])
+            sense = plan.sink(memoryview(received).cast("B")[: self._out_len])
             if sense is not None:
                 status = bot.CSW_STATUS_FAILED
                 self.luns[self._lun].sense = sense
         else:
             status = bot.CSW_STATUS_PHASE_ERROR
         self._out_plan = None
-        self._out_buffer = bytearray()
+        if self._out_buffer:
+            self._out_buffer = bytearray()
         self._finish(self._residue, status)
         self._move("data_done")
 
