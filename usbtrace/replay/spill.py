@@ -25,7 +25,7 @@ from operator import attrgetter
 from typing import IO, Any
 
 from usbtrace.decode.bot import ScsiCommand
-from usbtrace.storage.scsi import CdbInfo
+from usbtrace.storage.scsi import CDB_INFO_FIELDS, cdb_info
 
 SPILL_LIMIT = 1 << 30  # bytes of pickled commands kept on disk, at most
 BATCH_BYTES = 1 << 20  # a batch is written once it holds this much data ...
@@ -36,7 +36,7 @@ _FRAME = struct.Struct("<Q")  # each batch: its pickle's length, then the pickle
 _FIELDS = [f.name for f in dataclasses.fields(ScsiCommand)]
 _INFO = _FIELDS.index("info")
 _values = attrgetter(*_FIELDS)
-_info_values = attrgetter(*(f.name for f in dataclasses.fields(CdbInfo)))
+_info_values = attrgetter(*CDB_INFO_FIELDS)
 
 
 def _flat(cmd: ScsiCommand) -> tuple[Any, ...]:
@@ -48,7 +48,7 @@ def _command(values: tuple[Any, ...]) -> ScsiCommand:
     # made with the CdbInfo's tuple in its place, then given the CdbInfo: no slices of
     # ``values`` to join around it
     cmd = ScsiCommand(*values)  # type: ignore[call-arg]
-    cmd.info = CdbInfo(*values[_INFO])
+    cmd.info = cdb_info(values[_INFO])
     return cmd
 
 
