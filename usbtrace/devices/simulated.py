@@ -70,7 +70,9 @@ BOT_TRANSITIONS: dict[tuple[str, str], str] = {
 }
 
 HISTORY = 1024  # events a device remembers
+RESULTS_KEPT = 256  # bulk transfer results kept, one a length (see SimulatedStick._done)
 _CBW_UNPACK = bot.CBW.unpack
+_CSW_PACK = bot.CSW.pack
 CASE_NAMES = tuple(f"case{n}" for n in range(14))  # BOT §6.7's cases 1..13, by number
 
 
@@ -107,7 +109,7 @@ class BulkOnlyDevice:
         fault, self.csw_fault = self.csw_fault, None
         if fault == "phase-error":
             status = bot.CSW_STATUS_PHASE_ERROR
-        self._csw = bot.build_csw(self._tag, residue, status)
+        self._csw = _CSW_PACK(bot.CSW_SIGNATURE, self._tag, residue, status)  # build_csw
         if fault == "invalid-csw":
             self._csw = b"USBX" + self._csw[4:]  # not "USBS": not valid (§6.3.1)
 
@@ -328,9 +330,7 @@ class SimulatedStick(DeviceBackend):
         self.faults = UsbFaults()
         self.injected: list[Fault] = []  # what ``inject`` armed, by command number
         self._undo: list[Callable[[], None]] = []  # ends the one-off faults of a command
-        self.bot.on_command = self._on_command
-        if self.uas is not None:
-            self.uas.on_command = self._on_command
+        self._results: dict[int, TransferResult] = {}  # successful bulk results, by length
         self.address = 0
         self.configuration = 0
         self.connected = True
@@ -351,6 +351,10 @@ class SimulatedStick(DeviceBackend):
                 target.faults.bad_lbas.update(range(fault.first, last + 1))
             return
         self.injected.append(fault)
+        # each CBW calls _on_command from now on: until a fault is armed, none needs to
+        self.bot.on_command = self._on_command
+        if self.uas is not None:
+            self.uas.on_command = self._on_command
 
     def _on_command(self, number: int, lun: int) -> None:
         """A CBW arrived: end the last command's one-off faults, arm this one's."""
@@ -588,7 +592,20 @@ class SimulatedStick(DeviceBackend):
     # of _uas_active and _bulk_fault are made inline, and the fault path is entered only
     # when a fault is armed (every transfer's bytes are still counted); the result is
     # made without TransferResult's Python-level __new__ and the duration without a
-    # call (the same expression as Speed.transfer_ns, so the same nanoseconds).
+    # call (the same expression as Speed.transfer_ns, so the same nanoseconds), and a
+    # successful transfer's is made once for each length (``_done``): a result is an
+    # immutable tuple, and a stick moves the same few lengths again and again.
+
+    def _done(self, n: int) -> TransferResult:
+        """The result of a successful bulk transfer of ``n`` bytes, made once a length."""
+        speed = self.speed  # Speed.transfer_ns, inline
+        result = _result((USBD_STATUS_SUCCESS, n,
+                          speed.latency_ns + int(n * 1e9 / speed.bytes_per_second)))
+        done = self._results
+        if len(done) >= RESULTS_KEPT:
+            done.clear()  # a stream of ever new lengths: start again rather than grow
+        done[n] = result
+        return result
 
     def bulk_out(self, endpoint: int, data: bytearray | memoryview) -> TransferResult:
         if self.uas is not None and self.alternate_setting == 1:  # _uas_active
@@ -605,9 +622,11 @@ class SimulatedStick(DeviceBackend):
         else:
             faults.bulk_bytes += len(data)
         status = self.bot.bulk_out(data)
-        n = len(data) if status == USBD_STATUS_SUCCESS else 0
+        if status == USBD_STATUS_SUCCESS:
+            n = len(data)
+            return self._results.get(n) or self._done(n)
         speed = self.speed  # Speed.transfer_ns, inline
-        return _result((status, n, speed.latency_ns + int(n * 1e9 / speed.bytes_per_second)))
+        return _result((status, 0, speed.latency_ns))
 
     def bulk_in(self, endpoint: int, buffer: bytearray | memoryview) -> TransferResult:
         if self.uas is not None and self.alternate_setting == 1:  # _uas_active
@@ -624,6 +643,8 @@ class SimulatedStick(DeviceBackend):
         else:
             faults.bulk_bytes += len(buffer)
         status, n = self.bot.bulk_in(buffer)
+        if status == USBD_STATUS_SUCCESS:
+            return self._results.get(n) or self._done(n)
         speed = self.speed  # Speed.transfer_ns, inline
         return _result((status, n, speed.latency_ns + int(n * 1e9 / speed.bytes_per_second)))
 
