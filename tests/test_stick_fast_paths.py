@@ -69,8 +69,9 @@ def test_cbw_built_three_ways_alike(tag: int, length: int, data_in: bool, lun: i
     assert built == bot.CommandBlockWrapper.build(dict(
         dCBWTag=tag, dCBWDataTransferLength=length, bmCBWFlags=0x80 if data_in else 0,
         bCBWLUN=lun, bCBWCBLength=len(cdb), CBWCB=cdb.ljust(16, b"\0")))
-    buffer = bytearray(b"\xff" * bot.CBW_LENGTH)
-    bot.pack_cbw_into(buffer, tag, length, data_in, lun, cdb)
+    buffer = bytearray(b"\xff" * bot.CBW_LENGTH)  # as host replay packs it
+    bot.CBW.pack_into(buffer, 0, bot.CBW_SIGNATURE, tag, length, 0x80 if data_in else 0, lun,
+                      len(cdb), cdb)
     assert buffer == built
     cbw = bot.parse_cbw(buffer)
     assert type(cbw) is bot.Cbw

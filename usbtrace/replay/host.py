@@ -30,6 +30,7 @@ from usbtrace.usb import setup as std
 from usbtrace.usb.urb import USBD_STATUS_STALL_PID, USBD_STATUS_SUCCESS
 
 STATUS_CODES = {"good": 0, "check_condition": 1, "phase_error": 2}
+_CBW_PACK_INTO = bot.CBW.pack_into
 _CSW_UNPACK = bot.CSW.unpack
 
 
@@ -104,7 +105,9 @@ def _replay_command(target: DeviceBackend, interface: int, in_ep: int, out_ep: i
         report.replayed += 1
         return
     cbw = buffers.cbw
-    bot.pack_cbw_into(cbw, cmd.tag, length, direction == "in", cmd.lun, cmd.cdb)
+    cdb = cmd.cdb  # bot.build_cbw, into the replay's buffer ("16s" pads the CDB)
+    _CBW_PACK_INTO(cbw, 0, bot.CBW_SIGNATURE, cmd.tag, length,
+                   bot.CBW_FLAGS_DATA_IN if direction == "in" else 0, cmd.lun, len(cdb), cdb)
     result = target.bulk_out(out_ep, cbw)
     urbs = 1
     if result.status != USBD_STATUS_SUCCESS:

@@ -78,14 +78,6 @@ def build_cbw(tag: int, length: int, data_in: bool, lun: int, cdb: bytes) -> byt
     return CBW.pack(CBW_SIGNATURE, tag, length, flags, lun, len(cdb), cdb)  # "16s" pads
 
 
-def pack_cbw_into(buffer: bytearray, tag: int, length: int, data_in: bool, lun: int,
-                  cdb: bytes) -> None:
-    """``build_cbw`` written into ``buffer`` (31 bytes or more): a host sending many
-    commands reuses one buffer instead of making two objects a command."""
-    CBW.pack_into(buffer, 0, CBW_SIGNATURE, tag, length, CBW_FLAGS_DATA_IN if data_in else 0,
-                  lun, len(cdb), cdb)
-
-
 def build_csw(tag: int, residue: int, status: int) -> bytes:
     return CSW.pack(CSW_SIGNATURE, tag, residue, status)
 
