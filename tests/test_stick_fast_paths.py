@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from usbtrace.devices.base import TransferResult
 from usbtrace.devices.image import DiskImage
 from usbtrace.devices.scsi_target import GROUP_CDB_LENGTH, TRANSFER_FIELDS
-from usbtrace.devices.simulated import BULK_IN, BULK_OUT, SimulatedStick
+from usbtrace.devices.simulated import BULK_IN, BULK_OUT, RESULTS_KEPT, SimulatedStick
 from usbtrace.records import BULK, COMPLETE, SUBMIT, Event
 from usbtrace.replay.host import replay_host
 from usbtrace.replay.recording import from_events
@@ -164,3 +164,19 @@ def test_host_replay_of_the_same_reads_answered_in_full_is_identical() -> None:
 def test_read_6_of_zero_blocks_means_256() -> None:
     cdb = bytes([scsi.READ_6, 0x01, 0x02, 0x03, 0, 0])
     assert TRANSFER_FIELDS[scsi.READ_6](cdb) == (0x010203, 256)
+
+
+def test_bulk_results_are_the_computed_ones_and_kept_bounded() -> None:
+    stick = _stick()
+    stick.image.write(0, PATTERN)
+    cdb = bytes([scsi.READ_10, 0, 0, 0, 0, 0, 0, 0, 1, 0])
+    for _ in range(2):  # the second time from what the first kept
+        results = [stick.bulk_out(BULK_OUT, bytearray(bot.build_cbw(3, 512, True, 0, cdb))),
+                   stick.bulk_in(BULK_IN, bytearray(512)),
+                   stick.bulk_in(BULK_IN, bytearray(bot.CSW_LENGTH))]
+        assert results == [TransferResult(USBD_STATUS_SUCCESS, n, stick.speed.transfer_ns(n))
+                           for n in (bot.CBW_LENGTH, 512, bot.CSW_LENGTH)]
+    for n in range(1, 3 * RESULTS_KEPT):
+        got = stick._results.get(n) or stick._done(n)
+        assert got == TransferResult(USBD_STATUS_SUCCESS, n, stick.speed.transfer_ns(n))
+        assert len(stick._results) <= RESULTS_KEPT
