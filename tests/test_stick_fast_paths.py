@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from usbtrace.devices.base import TransferResult
+from usbtrace.devices.base import RESULTS_KEPT, TransferResult
 from usbtrace.devices.image import DiskImage
 from usbtrace.devices.scsi_target import GROUP_CDB_LENGTH, TRANSFER_FIELDS
-from usbtrace.devices.simulated import BULK_IN, BULK_OUT, RESULTS_KEPT, SimulatedStick
+from usbtrace.devices.simulated import BULK_IN, BULK_OUT, SimulatedStick
 from usbtrace.records import BULK, COMPLETE, SUBMIT, Event
 from usbtrace.replay.host import replay_host
 from usbtrace.replay.recording import from_events
@@ -177,6 +177,6 @@ def test_bulk_results_are_the_computed_ones_and_kept_bounded() -> None:
         assert results == [TransferResult(USBD_STATUS_SUCCESS, n, stick.speed.transfer_ns(n))
                            for n in (bot.CBW_LENGTH, 512, bot.CSW_LENGTH)]
     for n in range(1, 3 * RESULTS_KEPT):
-        got = stick._results.get(n) or stick._done(n)
+        got = stick._results[n]
         assert got == TransferResult(USBD_STATUS_SUCCESS, n, stick.speed.transfer_ns(n))
         assert len(stick._results) <= RESULTS_KEPT

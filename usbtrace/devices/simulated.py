@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from usbtrace.devices.base import DeviceBackend, TransferResult
+from usbtrace.devices.base import DeviceBackend, SuccessResults, TransferResult, make_result
 from usbtrace.devices.faults import Fault
 from usbtrace.devices.image import DiskImage
 from usbtrace.devices.scsi_target import IN, NONE, OUT, Identity, Plan, ScsiTarget
@@ -39,10 +39,6 @@ from usbtrace.usb.urb import (
     USBD_STATUS_SUCCESS,
     USBD_STATUS_TIMEOUT,
 )
-
-# TransferResult(status, actual, duration_ns) without the Python frame of a named
-# tuple's __new__: the bulk entry points make one for every URB
-_result = partial(tuple.__new__, TransferResult)
 
 VID, PID = 0x1209, 0x0001
 BULK_IN, BULK_OUT = 0x81, 0x02
@@ -70,7 +66,6 @@ BOT_TRANSITIONS: dict[tuple[str, str], str] = {
 }
 
 HISTORY = 1024  # events a device remembers
-RESULTS_KEPT = 256  # bulk transfer results kept, one a length (see SimulatedStick._done)
 _CBW_UNPACK = bot.CBW.unpack
 _CSW_PACK = bot.CSW.pack
 CASE_NAMES = tuple(f"case{n}" for n in range(14))  # BOT §6.7's cases 1..13, by number
@@ -330,7 +325,7 @@ class SimulatedStick(DeviceBackend):
         self.faults = UsbFaults()
         self.injected: list[Fault] = []  # what ``inject`` armed, by command number
         self._undo: list[Callable[[], None]] = []  # ends the one-off faults of a command
-        self._results: dict[int, TransferResult] = {}  # successful bulk results, by length
+        self._results = SuccessResults(self.speed)  # successful bulk results, by length
         self.address = 0
         self.configuration = 0
         self.connected = True
@@ -593,19 +588,7 @@ class SimulatedStick(DeviceBackend):
     # when a fault is armed (every transfer's bytes are still counted); the result is
     # made without TransferResult's Python-level __new__ and the duration without a
     # call (the same expression as Speed.transfer_ns, so the same nanoseconds), and a
-    # successful transfer's is made once for each length (``_done``): a result is an
-    # immutable tuple, and a stick moves the same few lengths again and again.
-
-    def _done(self, n: int) -> TransferResult:
-        """The result of a successful bulk transfer of ``n`` bytes, made once a length."""
-        speed = self.speed  # Speed.transfer_ns, inline
-        result = _result((USBD_STATUS_SUCCESS, n,
-                          speed.latency_ns + int(n * 1e9 / speed.bytes_per_second)))
-        done = self._results
-        if len(done) >= RESULTS_KEPT:
-            done.clear()  # a stream of ever new lengths: start again rather than grow
-        done[n] = result
-        return result
+    # successful transfer's is made once for each length (``SuccessResults``).
 
     def bulk_out(self, endpoint: int, data: bytearray | memoryview) -> TransferResult:
         if self.uas is not None and self.alternate_setting == 1:  # _uas_active
@@ -623,10 +606,9 @@ class SimulatedStick(DeviceBackend):
             faults.bulk_bytes += len(data)
         status = self.bot.bulk_out(data)
         if status == USBD_STATUS_SUCCESS:
-            n = len(data)
-            return self._results.get(n) or self._done(n)
+            return self._results[len(data)]
         speed = self.speed  # Speed.transfer_ns, inline
-        return _result((status, 0, speed.latency_ns))
+        return make_result((status, 0, speed.latency_ns))
 
     def bulk_in(self, endpoint: int, buffer: bytearray | memoryview) -> TransferResult:
         if self.uas is not None and self.alternate_setting == 1:  # _uas_active
@@ -644,9 +626,9 @@ class SimulatedStick(DeviceBackend):
             faults.bulk_bytes += len(buffer)
         status, n = self.bot.bulk_in(buffer)
         if status == USBD_STATUS_SUCCESS:
-            return self._results.get(n) or self._done(n)
+            return self._results[n]
         speed = self.speed  # Speed.transfer_ns, inline
-        return _result((status, n, speed.latency_ns + int(n * 1e9 / speed.bytes_per_second)))
+        return make_result((status, n, speed.latency_ns + int(n * 1e9 / speed.bytes_per_second)))
 
     def clear_halt(self, endpoint: int) -> TransferResult:
         setup = std.build_setup(0x02, std.CLEAR_FEATURE, std.ENDPOINT_HALT, endpoint, 0)
