@@ -106,17 +106,17 @@ def test_a_data_out_phase_whole_or_in_pieces_writes_the_same() -> None:
     assert whole.bot.history[-1] == split.bot.history[-1] == "case12"
 
 
-def _read_lba_0_twice() -> list[Event]:
+def _read_lba_0_twice(device: int = 2, start: float = 0.0) -> list[Event]:
     """Two READ(10)s of LBA 0, both answered with PATTERN, as a capture holds them."""
     events: list[Event] = []
     cdb = bytes([scsi.READ_10, 0, 0, 0, 0, 0, 0, 0, 1, 0])
-    ts, irp = 0.0, 0x1000
+    ts, irp = start, 0x1000 + device * 0x100
     for tag in (1, 2):
         for endpoint, data in ((0x02, bot.build_cbw(tag, 512, True, 0, cdb)),
                                (0x81, PATTERN), (0x81, bot.build_csw(tag, 0, 0))):
             ts, irp = ts + 0.001, irp + 8
             out = endpoint == 0x02
-            common = dict(bus=1, device=2, endpoint=endpoint, transfer_type=BULK)
+            common = dict(bus=1, device=device, endpoint=endpoint, transfer_type=BULK)
             events.append(Event(SUBMIT, ts, irp, length=len(data), data=data if out else b"",
                                 **common))  # type: ignore[arg-type]
             events.append(Event(COMPLETE, ts + 0.0005, irp, length=len(data),
@@ -180,3 +180,13 @@ def test_bulk_results_are_the_computed_ones_and_kept_bounded() -> None:
         got = stick._results[n]
         assert got == TransferResult(USBD_STATUS_SUCCESS, n, stick.speed.transfer_ns(n))
         assert len(stick._results) <= RESULTS_KEPT
+
+
+def test_the_spill_streams_one_device_whole_and_filters_two() -> None:
+    alone = from_events("alone", _read_lba_0_twice())
+    assert alone.spill.devices == {(1, 2): 2}
+    assert [c.tag for c in alone.commands()] == [1, 2]
+    # a second device's commands after the first's: kept too, and passed over
+    mixed = from_events("mixed", _read_lba_0_twice() + _read_lba_0_twice(device=3, start=1.0))
+    assert mixed.device == (1, 2) and mixed.spill.devices == {(1, 2): 2, (1, 3): 2}
+    assert [(c.device, c.tag) for c in mixed.commands()] == [(2, 1), (2, 2)]
