@@ -10,15 +10,42 @@ payload is copied on the way up.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import partial
 from typing import NamedTuple
 
 from usbtrace.usb.speed import Speed
+from usbtrace.usb.urb import USBD_STATUS_SUCCESS
 
 
 class TransferResult(NamedTuple):
     status: int  # USBD status
     actual: int  # bytes moved
     duration_ns: int
+
+
+# TransferResult(status, actual, duration_ns) without the Python frame of a named
+# tuple's __new__: a simulated device makes one for every URB
+make_result = partial(tuple.__new__, TransferResult)
+RESULTS_KEPT = 256  # lengths whose results a SuccessResults keeps
+
+
+class SuccessResults(dict[int, TransferResult]):
+    """``results[n]``: the result of a successful transfer of ``n`` bytes at ``speed``
+    (``Speed.transfer_ns``'s duration), made once a length.  A result is an immutable
+    tuple, and a device moves the same few lengths again and again; a stream of ever
+    new lengths empties it rather than grows it."""
+
+    def __init__(self, speed: Speed) -> None:
+        super().__init__()
+        self.speed = speed
+
+    def __missing__(self, n: int) -> TransferResult:
+        if len(self) >= RESULTS_KEPT:
+            self.clear()
+        speed = self.speed  # Speed.transfer_ns, inline: the same nanoseconds
+        result = self[n] = make_result((USBD_STATUS_SUCCESS, n, speed.latency_ns +
+                                        int(n * 1e9 / speed.bytes_per_second)))
+        return result
 
 
 class DeviceBackend(ABC):

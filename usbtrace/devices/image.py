@@ -189,7 +189,8 @@ class SparseImage(DiskImage):
         return data + bytes(CHUNK - len(data)) if len(data) < CHUNK else data
 
     def read(self, offset: int, length: int) -> bytes | memoryview:
-        self._bounds(offset, length)
+        if offset < 0 or length < 0 or offset + length > self.size:  # _bounds, inline
+            self._bounds(offset, length)
         index, start = divmod(offset, CHUNK)
         if start + length <= CHUNK:  # the common case: one chunk
             chunk = self.chunks.get(index)
@@ -213,7 +214,14 @@ class SparseImage(DiskImage):
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         source = memoryview(data).cast("B")
         length = len(source)
-        self._bounds(offset, length)
+        if offset < 0 or length < 0 or offset + length > self.size:  # _bounds, inline
+            self._bounds(offset, length)
+        index, start = divmod(offset, CHUNK)
+        if start + length <= CHUNK:  # the common case: into one chunk already stored
+            chunk = self.chunks.get(index)
+            if chunk is not None:
+                chunk[start : start + length] = source
+                return
         pos = 0
         while pos < length:
             index, start = divmod(offset + pos, CHUNK)

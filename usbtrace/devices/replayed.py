@@ -28,7 +28,7 @@ from collections import deque
 from construct import ConstructError
 
 from usbtrace.decode.bot import ScsiCommand
-from usbtrace.devices.base import DeviceBackend, TransferResult
+from usbtrace.devices.base import DeviceBackend, SuccessResults, TransferResult
 from usbtrace.errors import UsbtraceError
 from usbtrace.replay.recording import Recording
 from usbtrace.replay.report import Divergence, Report, describe, first_difference
@@ -72,6 +72,7 @@ class ReplayedDevice(DeviceBackend):
         self.recording = recording
         self.report = report
         self.speed = SPEEDS[speed]
+        self._results = SuccessResults(self.speed)  # a successful bulk transfer's, by length
         self.connected = True
         self.expected: int | None = None  # the replayed command's index, from 0
         self.current: ScsiCommand | None = None  # and the command
@@ -194,7 +195,7 @@ class ReplayedDevice(DeviceBackend):
 
     def bulk_out(self, endpoint: int, data: bytearray | memoryview) -> TransferResult:
         self.report.urbs += 1
-        ok = TransferResult(USBD_STATUS_SUCCESS, len(data), self.speed.transfer_ns(len(data)))
+        ok = self._results[len(data)]
         if endpoint in self.halted:
             return TransferResult(USBD_STATUS_STALL_PID, 0, self.speed.latency_ns)
         if self.state == "data_out":
@@ -353,12 +354,12 @@ class ReplayedDevice(DeviceBackend):
                 if self._stall_in_after_data and n < len(buffer):
                     self.halted.add(endpoint)
                     return TransferResult(USBD_STATUS_STALL_PID, n, self.speed.transfer_ns(n))
-            return TransferResult(USBD_STATUS_SUCCESS, n, self.speed.transfer_ns(n))
+            return self._results[n]
         if self.state == "status":
             n = min(len(buffer), len(self._csw))
             buffer[:n] = self._csw[:n]
             self.state = "command"
-            return TransferResult(USBD_STATUS_SUCCESS, n, self.speed.transfer_ns(n))
+            return self._results[n]
         self._diverge("sequence", "a CBW first", "an IN transfer",
                       "the stack read with no command outstanding")
         return TransferResult(USBD_STATUS_TIMEOUT, 0, self.speed.latency_ns)

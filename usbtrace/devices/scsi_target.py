@@ -31,6 +31,27 @@ NONE, IN, OUT = 0, 1, 2
 RC10 = struct.Struct(">II")
 RC16 = struct.Struct(">QIBB2x16x")
 
+
+def _rw6(cdb: bytes) -> tuple[int, int]:
+    """SBC-3 §5.12 READ(6)/WRITE(6): a 21-bit LBA; a length of 0 means 256 blocks."""
+    return ((cdb[1] & 0x1F) << 16) | (cdb[2] << 8) | cdb[3], cdb[4] or 256
+
+
+# (LBA, blocks) of a READ, WRITE or VERIFY CDB, as ``scsi.decode_cdb`` reads them but
+# without making a CdbInfo: plan() has checked the CDB's length for its group, so
+# each unpacks whole (``test_scsi_target`` holds them to ``decode_cdb``)
+TRANSFER_FIELDS: dict[int, Callable[[bytes], tuple[int, int]]] = {
+    scsi.READ_6: _rw6,
+    scsi.WRITE_6: _rw6,
+    scsi.READ_10: struct.Struct(">xxIxH").unpack_from,
+    scsi.WRITE_10: struct.Struct(">xxIxH").unpack_from,
+    scsi.VERIFY_10: struct.Struct(">xxIxH").unpack_from,
+    scsi.READ_12: struct.Struct(">xxII").unpack_from,
+    scsi.WRITE_12: struct.Struct(">xxII").unpack_from,
+    scsi.READ_16: struct.Struct(">xxQI").unpack_from,
+    scsi.WRITE_16: struct.Struct(">xxQI").unpack_from,
+}
+
 # SPC-4 §4.2.5.1: the operation code's group fixes the CDB's length
 GROUP_CDB_LENGTH = {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}
 # The most blocks one READ/WRITE/VERIFY may move (READ(10)'s own limit): a command asking
@@ -42,6 +63,10 @@ MAX_TRANSFER_BLOCKS = 0xFFFF
 INVALID_COMMAND_OPERATION_CODE = 0x20
 LBA_OUT_OF_RANGE = 0x21
 INVALID_FIELD_IN_CDB = 0x24
+# answered even when not ready (SPC-4 §5.9); and what runs with no medium present
+ALWAYS_ANSWERED = frozenset({scsi.INQUIRY, scsi.REQUEST_SENSE})
+WITHOUT_MEDIUM = frozenset({scsi.START_STOP_UNIT, scsi.PREVENT_ALLOW_MEDIUM_REMOVAL,
+                            scsi.READ_FORMAT_CAPACITIES})
 
 
 NO_SENSE = Sense(0, 0, 0)  # frozen: one for every good command (a frozen init is slow)
@@ -101,33 +126,37 @@ class ScsiTarget:
         self.commands += 1
         opcode = cdb[0] if cdb else None
         handler = self.HANDLERS.get(opcode) if opcode is not None else None
+        faults = self.faults
         if opcode is None or handler is None:
             plan = _check(scsi.ILLEGAL_REQUEST, INVALID_COMMAND_OPERATION_CODE)
         elif len(cdb) < GROUP_CDB_LENGTH.get(opcode >> 5, 16):
             plan = _check(scsi.ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB)  # cut short
-        elif opcode in (scsi.INQUIRY, scsi.REQUEST_SENSE):
+        elif opcode in ALWAYS_ANSWERED:
             plan = handler(self, cdb)  # answer even when not ready (SPC-4 §5.9)
-        elif self.faults.unit_attention:
-            self.faults.unit_attention = False
+        elif faults.unit_attention:
+            faults.unit_attention = False
             plan = _check(scsi.UNIT_ATTENTION, 0x28)
-        elif (self.faults.not_ready or self.ejected) and opcode not in (
-            scsi.START_STOP_UNIT, scsi.PREVENT_ALLOW_MEDIUM_REMOVAL, scsi.READ_FORMAT_CAPACITIES
-        ):
+        elif (faults.not_ready or self.ejected) and opcode not in WITHOUT_MEDIUM:
             plan = _check(scsi.NOT_READY, 0x3A)  # medium not present
         else:
             plan = handler(self, cdb)
-        if opcode != scsi.REQUEST_SENSE or not plan.good:  # a bad REQUEST SENSE too
-            self.sense = plan.sense or NO_SENSE
+        sense = plan.sense
+        if opcode != scsi.REQUEST_SENSE or sense is not None:  # a bad REQUEST SENSE too
+            self.sense = sense or NO_SENSE
         return plan
 
     # ---- helpers -----------------------------------------------------------------
 
     def _range(self, lba: int, blocks: int) -> Plan | None:
+        if lba + blocks > self.image.block_count or blocks > MAX_TRANSFER_BLOCKS:
+            return self._out_of_range(lba, blocks)
+        return None
+
+    def _out_of_range(self, lba: int, blocks: int) -> Plan:
+        """What ``_range`` answers for blocks past the end or more than one command moves."""
         if lba + blocks > self.image.block_count:
             return _check(scsi.ILLEGAL_REQUEST, LBA_OUT_OF_RANGE)
-        if blocks > MAX_TRANSFER_BLOCKS:
-            return _check(scsi.ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB)
-        return None
+        return _check(scsi.ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB)
 
     def _bad(self, lba: int, blocks: int) -> int | None:
         bad = self.faults.bad_lbas
@@ -191,33 +220,32 @@ class ScsiTarget:
         data = RC16.pack(self.image.block_count - 1, self.image.block_size, 0, 0)
         return self._in(int.from_bytes(cdb[10:14], "big"), data)
 
+    # _read and _write run for nearly every command: the checks of _range and _bad are
+    # made inline, and a function called only for an answer other than "fine"
+
     def _read(self, cdb: bytes) -> Plan:
-        info = scsi.decode_cdb(cdb)
-        lba, blocks = info.lba or 0, info.blocks or 0
-        err = self._range(lba, blocks)
-        if err:
-            return err
-        bad = self._bad(lba, blocks)
-        if bad is not None:
+        lba, blocks = TRANSFER_FIELDS[cdb[0]](cdb)
+        image = self.image
+        if lba + blocks > image.block_count or blocks > MAX_TRANSFER_BLOCKS:
+            return self._out_of_range(lba, blocks)
+        if self.faults.bad_lbas and self._bad(lba, blocks) is not None:
             return _check(scsi.MEDIUM_ERROR, 0x11)  # unrecovered read error
-        bs = self.image.block_size
         if not blocks:
             return Plan(NONE)  # SBC-3: a transfer length of 0 is no error
-        return Plan(IN, blocks * bs, self.image.read(lba * bs, blocks * bs))
+        bs = image.block_size
+        return Plan(IN, blocks * bs, image.read(lba * bs, blocks * bs))
 
     def _write(self, cdb: bytes) -> Plan:
-        info = scsi.decode_cdb(cdb)
-        lba, blocks = info.lba or 0, info.blocks or 0
-        err = self._range(lba, blocks)
-        if err:
-            return err
+        lba, blocks = TRANSFER_FIELDS[cdb[0]](cdb)
+        image = self.image
+        if lba + blocks > image.block_count or blocks > MAX_TRANSFER_BLOCKS:
+            return self._out_of_range(lba, blocks)
         if self.faults.write_protected:
             return _check(scsi.DATA_PROTECT, 0x27)
         if not blocks:
             return Plan(NONE)
-        bs = self.image.block_size
-        image = self.image
-        bad = self._bad(lba, blocks)
+        bs = image.block_size
+        bad = self._bad(lba, blocks) if self.faults.bad_lbas else None
 
         def sink(data: memoryview) -> Sense | None:
             image.write(lba * bs, data[: blocks * bs])
@@ -226,8 +254,7 @@ class ScsiTarget:
         return Plan(OUT, blocks * bs, sink=sink)
 
     def _verify_10(self, cdb: bytes) -> Plan:
-        info = scsi.decode_cdb(cdb)
-        lba, blocks = info.lba or 0, info.blocks or 0
+        lba, blocks = TRANSFER_FIELDS[cdb[0]](cdb)
         err = self._range(lba, blocks)
         if err:
             return err

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from usbtrace.devices.base import DeviceBackend, TransferResult
+from usbtrace.devices.base import DeviceBackend, SuccessResults, TransferResult, make_result
 from usbtrace.devices.faults import Fault
 from usbtrace.devices.image import DiskImage
 from usbtrace.devices.scsi_target import IN, NONE, OUT, Identity, Plan, ScsiTarget
@@ -39,10 +39,6 @@ from usbtrace.usb.urb import (
     USBD_STATUS_SUCCESS,
     USBD_STATUS_TIMEOUT,
 )
-
-# TransferResult(status, actual, duration_ns) without the Python frame of a named
-# tuple's __new__: the bulk entry points make one for every URB
-_result = partial(tuple.__new__, TransferResult)
 
 VID, PID = 0x1209, 0x0001
 BULK_IN, BULK_OUT = 0x81, 0x02
@@ -70,6 +66,8 @@ BOT_TRANSITIONS: dict[tuple[str, str], str] = {
 }
 
 HISTORY = 1024  # events a device remembers
+_CBW_UNPACK = bot.CBW.unpack
+_CSW_PACK = bot.CSW.pack
 CASE_NAMES = tuple(f"case{n}" for n in range(14))  # BOT §6.7's cases 1..13, by number
 
 
@@ -106,7 +104,7 @@ class BulkOnlyDevice:
         fault, self.csw_fault = self.csw_fault, None
         if fault == "phase-error":
             status = bot.CSW_STATUS_PHASE_ERROR
-        self._csw = bot.build_csw(self._tag, residue, status)
+        self._csw = _CSW_PACK(bot.CSW_SIGNATURE, self._tag, residue, status)  # build_csw
         if fault == "invalid-csw":
             self._csw = b"USBX" + self._csw[4:]  # not "USBS": not valid (§6.3.1)
 
@@ -120,41 +118,50 @@ class BulkOnlyDevice:
             self._command(data)
             return USBD_STATUS_SUCCESS
         if self.state == "data_out":
-            self._out_buffer += data
-            if len(self._out_buffer) >= self._out_expected:
-                self._complete_out()
+            received = self._out_buffer
+            if not received and len(data) >= self._out_expected:
+                self._complete_out(data)  # the whole phase in one transfer: not copied
+            else:
+                received += data
+                if len(received) >= self._out_expected:
+                    self._complete_out(received)
             return USBD_STATUS_SUCCESS
         # OUT data while the device wants to send: a phase error; stall the pipe.
         self.halted.add(BULK_OUT)
         return USBD_STATUS_STALL_PID
 
     def _command(self, data: bytes | bytearray | memoryview) -> None:
-        cbw = bot.parse_cbw(data)
-        if cbw is None:
+        # bot.parse_cbw and bot.cbw_meaningful on the unpacked fields: no Cbw made
+        if len(data) == bot.CBW_LENGTH:
+            sig, tag, host_len, flags, lun, cb_length, cb = _CBW_UNPACK(data)
+        else:
+            sig = None
+        if sig != bot.CBW_SIGNATURE:
             # §6.6.1: not valid -> stall both pipes until Reset Recovery
             self.history.append("invalid_cbw")
             self.halted.update((BULK_IN, BULK_OUT))
             self._move("cbw_invalid")
             return
-        self._tag = cbw.tag
-        self._lun = cbw.lun if cbw.lun < len(self.luns) else 0
+        luns = self.luns
+        self._tag = tag
+        self._lun = lun if lun < len(luns) else 0
         self.commands += 1
         self.csw_fault = None
         if self.on_command is not None:
             self.on_command(self.commands, self._lun)
-        host_len = self._host_len = cbw.data_transfer_length
-        host_dir = NONE if host_len == 0 else (IN if cbw.data_in else OUT)
-        if not bot.cbw_meaningful(cbw, len(self.luns) - 1):
+        self._host_len = host_len
+        host_dir = NONE if host_len == 0 else (IN if flags & bot.CBW_FLAGS_DATA_IN else OUT)
+        if not bot.fields_meaningful(flags, lun, cb_length, len(luns) - 1):
             self.history.append("not_meaningful")
             plan = Plan(NONE, sense=Sense(scsi.ILLEGAL_REQUEST,
-                                          0x25 if cbw.lun >= len(self.luns) else 0x24, 0))
-            if cbw.lun < len(self.luns):
-                self.luns[cbw.lun].sense = plan.sense  # type: ignore[assignment]
+                                          0x25 if lun >= len(luns) else 0x24, 0))
+            if lun < len(luns):
+                luns[lun].sense = plan.sense  # type: ignore[assignment]
         else:
-            plan = self.luns[cbw.lun].plan(cbw.cdb)
+            plan = luns[lun].plan(cb[: cb_length & 0x1F])  # the CDB: 1..16 bytes
         dev_dir = plan.direction if plan.length else NONE
         dev_len = plan.length
-        status = bot.CSW_STATUS_PASSED if plan.good else bot.CSW_STATUS_FAILED
+        status = bot.CSW_STATUS_PASSED if plan.sense is None else bot.CSW_STATUS_FAILED
 
         if host_dir == NONE:
             if dev_dir == NONE:  # case 1
@@ -186,7 +193,8 @@ class BulkOnlyDevice:
                 self._case(10, 0, bot.CSW_STATUS_PHASE_ERROR, "cbw_no_data")
             else:  # cases 11, 12, 13: receive the host's bytes
                 self._out_expected = host_len
-                self._out_buffer = bytearray()
+                if self._out_buffer:  # a phase a reset cut short left bytes behind
+                    self._out_buffer = bytearray()
                 self._out_plan = plan
                 self._out_len = dev_len
                 case = 12 if dev_len == host_len else (11 if dev_len < host_len else 13)
@@ -199,19 +207,21 @@ class BulkOnlyDevice:
         if event == "cbw_no_data":
             self._finish(residue, status)
 
-    def _complete_out(self) -> None:
+    def _complete_out(self, received: bytes | bytearray | memoryview) -> None:
+        """The data-out phase is complete: ``received`` holds it (and maybe more)."""
         plan = self._out_plan
         assert plan is not None and plan.sink is not None
         status = self._status
         if self._out_len <= self._out_expected:
-            sense = plan.sink(memoryview(self._out_buffer)[: self._out_len])
+            sense = plan.sink(memoryview(received).cast("B")[: self._out_len])
             if sense is not None:
                 status = bot.CSW_STATUS_FAILED
                 self.luns[self._lun].sense = sense
         else:
             status = bot.CSW_STATUS_PHASE_ERROR
         self._out_plan = None
-        self._out_buffer = bytearray()
+        if self._out_buffer:
+            self._out_buffer = bytearray()
         self._finish(self._residue, status)
         self._move("data_done")
 
@@ -315,9 +325,7 @@ class SimulatedStick(DeviceBackend):
         self.faults = UsbFaults()
         self.injected: list[Fault] = []  # what ``inject`` armed, by command number
         self._undo: list[Callable[[], None]] = []  # ends the one-off faults of a command
-        self.bot.on_command = self._on_command
-        if self.uas is not None:
-            self.uas.on_command = self._on_command
+        self._results = SuccessResults(self.speed)  # successful bulk results, by length
         self.address = 0
         self.configuration = 0
         self.connected = True
@@ -338,6 +346,10 @@ class SimulatedStick(DeviceBackend):
                 target.faults.bad_lbas.update(range(fault.first, last + 1))
             return
         self.injected.append(fault)
+        # each CBW calls _on_command from now on: until a fault is armed, none needs to
+        self.bot.on_command = self._on_command
+        if self.uas is not None:
+            self.uas.on_command = self._on_command
 
     def _on_command(self, number: int, lun: int) -> None:
         """A CBW arrived: end the last command's one-off faults, arm this one's."""
@@ -575,7 +587,8 @@ class SimulatedStick(DeviceBackend):
     # of _uas_active and _bulk_fault are made inline, and the fault path is entered only
     # when a fault is armed (every transfer's bytes are still counted); the result is
     # made without TransferResult's Python-level __new__ and the duration without a
-    # call (the same expression as Speed.transfer_ns, so the same nanoseconds).
+    # call (the same expression as Speed.transfer_ns, so the same nanoseconds), and a
+    # successful transfer's is made once for each length (``SuccessResults``).
 
     def bulk_out(self, endpoint: int, data: bytearray | memoryview) -> TransferResult:
         if self.uas is not None and self.alternate_setting == 1:  # _uas_active
@@ -592,9 +605,10 @@ class SimulatedStick(DeviceBackend):
         else:
             faults.bulk_bytes += len(data)
         status = self.bot.bulk_out(data)
-        n = len(data) if status == USBD_STATUS_SUCCESS else 0
+        if status == USBD_STATUS_SUCCESS:
+            return self._results[len(data)]
         speed = self.speed  # Speed.transfer_ns, inline
-        return _result((status, n, speed.latency_ns + int(n * 1e9 / speed.bytes_per_second)))
+        return make_result((status, 0, speed.latency_ns))
 
     def bulk_in(self, endpoint: int, buffer: bytearray | memoryview) -> TransferResult:
         if self.uas is not None and self.alternate_setting == 1:  # _uas_active
@@ -611,8 +625,10 @@ class SimulatedStick(DeviceBackend):
         else:
             faults.bulk_bytes += len(buffer)
         status, n = self.bot.bulk_in(buffer)
+        if status == USBD_STATUS_SUCCESS:
+            return self._results[n]
         speed = self.speed  # Speed.transfer_ns, inline
-        return _result((status, n, speed.latency_ns + int(n * 1e9 / speed.bytes_per_second)))
+        return make_result((status, n, speed.latency_ns + int(n * 1e9 / speed.bytes_per_second)))
 
     def clear_halt(self, endpoint: int) -> TransferResult:
         setup = std.build_setup(0x02, std.CLEAR_FEATURE, std.ENDPOINT_HALT, endpoint, 0)

@@ -30,6 +30,8 @@ from usbtrace.usb import setup as std
 from usbtrace.usb.urb import USBD_STATUS_STALL_PID, USBD_STATUS_SUCCESS
 
 STATUS_CODES = {"good": 0, "check_condition": 1, "phase_error": 2}
+_CBW_PACK_INTO = bot.CBW.pack_into
+_CSW_UNPACK = bot.CSW.unpack
 
 
 def _endpoints(target: DeviceBackend) -> tuple[int, int, int]:
@@ -69,16 +71,30 @@ def replay_host(recording: Recording, target: DeviceBackend, report: Report,
     schedule = Schedule(speed, max_gap, clock) if speed else None
     if schedule is not None:
         report.timing = schedule.timing
+    buffers = _Buffers()
     for index, cmd in enumerate(recording.commands(), 1):
         if schedule is not None:
             schedule.wait(cmd.submitted_at, index)
             while schedule.notes:  # a malformed timestamp (or NaN): not a hang
                 report.note(schedule.notes.pop(0))
-        _replay_command(target, interface, in_ep, out_ep, index, cmd, report)
+        _replay_command(target, interface, in_ep, out_ep, index, cmd, report, buffers)
+
+
+class _Buffers:
+    """The buffers a replay's transfers go through, made once for all its commands (a
+    transfer is over when its call returns, and a target copies what it keeps): the
+    CBW's, the CSW's, and the latest IN data buffer, kept for a command of its size."""
+
+    __slots__ = ("cbw", "csw", "data_in")
+
+    def __init__(self) -> None:
+        self.cbw = bytearray(bot.CBW_LENGTH)
+        self.csw = bytearray(bot.CSW_LENGTH)
+        self.data_in = bytearray()
 
 
 def _replay_command(target: DeviceBackend, interface: int, in_ep: int, out_ep: int,
-                    index: int, cmd: ScsiCommand, report: Report) -> None:
+                    index: int, cmd: ScsiCommand, report: Report, buffers: _Buffers) -> None:
     """One command's CBW, data and CSW, each answer compared with the recording."""
     direction = cmd.data_direction
     length = cmd.expected_length
@@ -88,8 +104,11 @@ def _replay_command(target: DeviceBackend, interface: int, in_ep: int, out_ep: i
                  "the capture cut this command's data short: it cannot be sent again")
         report.replayed += 1
         return
-    cbw = bot.build_cbw(cmd.tag, length, direction == "in", cmd.lun, bytes(cmd.cdb))
-    result = target.bulk_out(out_ep, bytearray(cbw))
+    cbw = buffers.cbw
+    cdb = cmd.cdb  # bot.build_cbw, into the replay's buffer ("16s" pads the CDB)
+    _CBW_PACK_INTO(cbw, 0, bot.CBW_SIGNATURE, cmd.tag, length,
+                   bot.CBW_FLAGS_DATA_IN if direction == "in" else 0, cmd.lun, len(cdb), cdb)
+    result = target.bulk_out(out_ep, cbw)
     urbs = 1
     if result.status != USBD_STATUS_SUCCESS:
         report.urbs += urbs
@@ -109,16 +128,19 @@ def _replay_command(target: DeviceBackend, interface: int, in_ep: int, out_ep: i
     elif length and direction == "in":
         parts = cmd.data_parts  # cmd.data, inline
         recorded = parts[0] if len(parts) == 1 else b"".join(parts)
-        buffer = bytearray(min(length, len(recorded) + MAX_UNRECORDED))
+        size = min(length, len(recorded) + MAX_UNRECORDED)
+        buffer = buffers.data_in
+        if len(buffer) != size:
+            buffer = buffers.data_in = bytearray(size)
         result = target.bulk_in(in_ep, buffer)
         urbs += 1
         if result.status == USBD_STATUS_STALL_PID:
             target.clear_halt(in_ep)
         report.compared_bytes += len(recorded)
         actual = result.actual
-        if actual == len(buffer) == len(recorded):  # the usual: compared in place
+        if actual == size == len(recorded):  # the usual: compared in place
             same = buffer == recorded
-        else:
+        else:  # only what this transfer filled: the buffer may hold an earlier command's
             got = buffer[:actual]
             if cmd.data_truncated:
                 del got[len(recorded):]
@@ -131,7 +153,7 @@ def _replay_command(target: DeviceBackend, interface: int, in_ep: int, out_ep: i
             _diverge(report, index, cmd, "data_in", recorded, seen,
                      offset=first_difference(recorded, seen),
                      note="compared the captured part only" if cmd.data_truncated else "")
-    csw_buffer = bytearray(bot.CSW_LENGTH)
+    csw_buffer = buffers.csw
     result = target.bulk_in(in_ep, csw_buffer)
     urbs += 1
     if result.status == USBD_STATUS_STALL_PID:
@@ -139,22 +161,25 @@ def _replay_command(target: DeviceBackend, interface: int, in_ep: int, out_ep: i
         result = target.bulk_in(in_ep, csw_buffer)
         urbs += 1
     report.urbs += urbs
-    csw = bot.parse_csw(csw_buffer) if result.actual == bot.CSW_LENGTH else None
     report.replayed += 1
     status = cmd.status
     if status == "missing":
         return  # nothing recorded to compare with
-    if csw is None:
-        _diverge(report, index, cmd, "csw", "a CSW", bytes(csw_buffer[: result.actual]))
+    # bot.parse_csw, inline: a CSW is 13 bytes with the "USBS" signature
+    actual = result.actual
+    if actual == bot.CSW_LENGTH:
+        signature, tag, residue, csw_status = _CSW_UNPACK(csw_buffer)
+    if actual != bot.CSW_LENGTH or signature != bot.CSW_SIGNATURE:
+        _diverge(report, index, cmd, "csw", "a CSW", bytes(csw_buffer[:actual]))
         _recover(target, interface, in_ep, out_ep)
         return
-    if csw.tag != cmd.tag:
-        _diverge(report, index, cmd, "csw tag", cmd.tag, csw.tag)
-    if csw.status != STATUS_CODES.get(status, -1):
+    if tag != cmd.tag:
+        _diverge(report, index, cmd, "csw tag", cmd.tag, tag)
+    if csw_status != STATUS_CODES.get(status, -1):
         _diverge(report, index, cmd, "csw status", status,
-                 bot.CSW_STATUS_NAMES.get(csw.status, csw.status))
-    if cmd.residue is not None and csw.residue != cmd.residue:
-        _diverge(report, index, cmd, "residue", cmd.residue, csw.residue)
+                 bot.CSW_STATUS_NAMES.get(csw_status, csw_status))
+    if cmd.residue is not None and residue != cmd.residue:
+        _diverge(report, index, cmd, "residue", cmd.residue, residue)
 
 
 def _diverge(report: Report, index: int, cmd: ScsiCommand, field: str, expected: object,

@@ -119,11 +119,16 @@ class Recording:
         source; an :class:`InputError` if they are not the ones surveyed (the source
         changed)."""
         device = self.device
-        count = 0
-        for cmd in self.spill:
-            if (cmd.bus, cmd.device) == device:
-                count += 1
-                yield cmd
+        spill = self.spill
+        if device is not None and spill.devices.keys() == {device}:  # its commands alone kept
+            count = spill.devices[device]
+            yield from spill
+        else:
+            count = 0
+            for cmd in spill:
+                if (cmd.bus, cmd.device) == device:
+                    count += 1
+                    yield cmd
         if not self.spill.complete:
             kept = self.spill.count  # decoded again, and passed over
             for cmd in _decode(self.source(), None):

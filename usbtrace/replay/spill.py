@@ -25,7 +25,7 @@ from operator import attrgetter
 from typing import IO, Any
 
 from usbtrace.decode.bot import ScsiCommand
-from usbtrace.storage.scsi import CdbInfo
+from usbtrace.storage.scsi import CDB_INFO_FIELDS, cdb_info
 
 SPILL_LIMIT = 1 << 30  # bytes of pickled commands kept on disk, at most
 BATCH_BYTES = 1 << 20  # a batch is written once it holds this much data ...
@@ -36,20 +36,12 @@ _FRAME = struct.Struct("<Q")  # each batch: its pickle's length, then the pickle
 _FIELDS = [f.name for f in dataclasses.fields(ScsiCommand)]
 _INFO = _FIELDS.index("info")
 _values = attrgetter(*_FIELDS)
-_info_values = attrgetter(*(f.name for f in dataclasses.fields(CdbInfo)))
+_info_values = attrgetter(*CDB_INFO_FIELDS)
 
 
 def _flat(cmd: ScsiCommand) -> tuple[Any, ...]:
     values = _values(cmd)
     return values[:_INFO] + (_info_values(values[_INFO]),) + values[_INFO + 1:]
-
-
-def _command(values: tuple[Any, ...]) -> ScsiCommand:
-    # made with the CdbInfo's tuple in its place, then given the CdbInfo: no slices of
-    # ``values`` to join around it
-    cmd = ScsiCommand(*values)  # type: ignore[call-arg]
-    cmd.info = CdbInfo(*values[_INFO])
-    return cmd
 
 
 class Spill:
@@ -62,6 +54,7 @@ class Spill:
         self._batch: list[ScsiCommand] = []
         self._batch_bytes = 0
         self.count = 0  # commands kept, the first ones decoded
+        self.devices: dict[tuple[int | None, int | None], int] = {}  # of them, by (bus, device)
         self.complete = True  # False once a command was not kept: the rest is decoded anew
 
     def add(self, cmd: ScsiCommand) -> None:
@@ -96,6 +89,10 @@ class Spill:
             return
         self._size += _FRAME.size + len(blob)
         self.count += len(batch)
+        devices = self.devices
+        for cmd in batch:
+            key = (cmd.bus, cmd.device)
+            devices[key] = devices.get(key, 0) + 1
 
     def __iter__(self) -> Iterator[ScsiCommand]:
         """The kept commands, from the first.  Each read seeks first: two passes may
@@ -108,7 +105,11 @@ class Spill:
             blob = file.read(length)
             offset += _FRAME.size + length
             for values in pickle.loads(blob):
-                yield _command(values)
+                # made with the CdbInfo's tuple in its place, then given the CdbInfo: no
+                # slices of ``values`` to join around it
+                cmd = ScsiCommand(*values)
+                cmd.info = cdb_info(values[_INFO])
+                yield cmd
 
     def close(self) -> None:
         """Remove the file; passes after this decode the recording anew."""
@@ -116,4 +117,5 @@ class Spill:
             self._file.close()
             self._file = None
         self._size = self.count = 0
+        self.devices = {}
         self.complete = False

@@ -9,6 +9,7 @@ construct layouts document the fields and serve decoding and round-trip tests.
 from __future__ import annotations
 
 import struct
+from functools import partial
 from typing import NamedTuple
 
 from construct import Bytes, Const, Int8ul, Int32ul, Struct
@@ -66,9 +67,15 @@ class Csw(NamedTuple):
     status: int
 
 
+# The named tuples made without the Python frame of a named tuple's __new__: a stick, a
+# replay and a decoder parse one CBW and one CSW for every command
+_cbw = partial(tuple.__new__, Cbw)
+_csw = partial(tuple.__new__, Csw)
+
+
 def build_cbw(tag: int, length: int, data_in: bool, lun: int, cdb: bytes) -> bytes:
     flags = CBW_FLAGS_DATA_IN if data_in else 0
-    return CBW.pack(CBW_SIGNATURE, tag, length, flags, lun, len(cdb), cdb.ljust(16, b"\0"))
+    return CBW.pack(CBW_SIGNATURE, tag, length, flags, lun, len(cdb), cdb)  # "16s" pads
 
 
 def build_csw(tag: int, residue: int, status: int) -> bytes:
@@ -82,17 +89,22 @@ def parse_cbw(data: bytes | bytearray | memoryview) -> Cbw | None:
     sig, tag, length, flags, lun, cb_len, cb = CBW.unpack(data)
     if sig != CBW_SIGNATURE:
         return None
-    return Cbw(tag, length, flags, lun, cb_len, bytes(cb[: (cb_len & 0x1F) or 16]))
+    return _cbw((tag, length, flags, lun, cb_len, cb[: (cb_len & 0x1F) or 16]))
 
 
 def cbw_meaningful(cbw: Cbw, max_lun: int) -> bool:
     """§6.2.2: no reserved bits set, LUN supported, CB length 1..16."""
+    return fields_meaningful(cbw.flags, cbw.lun, cbw.cb_length, max_lun)
+
+
+def fields_meaningful(flags: int, lun: int, cb_length: int, max_lun: int) -> bool:
+    """``cbw_meaningful`` on the CBW's fields, for a device that unpacks them itself."""
     return (
-        cbw.flags & 0x7F == 0
-        and cbw.lun & 0xF0 == 0
-        and cbw.lun <= max_lun
-        and cbw.cb_length & 0xE0 == 0
-        and 1 <= cbw.cb_length <= 16
+        flags & 0x7F == 0
+        and lun & 0xF0 == 0
+        and lun <= max_lun
+        and cb_length & 0xE0 == 0
+        and 1 <= cb_length <= 16
     )
 
 
@@ -103,4 +115,4 @@ def parse_csw(data: bytes | bytearray | memoryview) -> Csw | None:
     sig, tag, residue, status = CSW.unpack(data)
     if sig != CSW_SIGNATURE:
         return None
-    return Csw(tag, residue, status)
+    return _csw((tag, residue, status))
