@@ -826,17 +826,18 @@ def _classic_shape(table: dict[Any, ClassicShape], shape: Any) -> ClassicShape:
     return entry
 
 
-def _classic_pair(pairs: dict[Any, ClassicPair], text: str, shape: Any,
+def _classic_pair(pairs: dict[Any, tuple[Any, ...]], text: str, shape: Any,
                   ids: dict[str, tuple[bytes, bytes]], shapes: dict[Any, ClassicShape]
-                  ) -> ClassicPair:
-    """A row's IRP id text (see ``_irp``) and shape decoded for ``_usbmon_pcap``, kept in
-    ``pairs`` (the table of that text) for the next row of both, up to a few dozen
-    shapes an IRP id: a session reuses few of each."""
+                  ) -> tuple[Any, ...]:
+    """A row's IRP id text (see ``_irp``) and shape decoded for ``_usbmon_pcap`` (a
+    ``ClassicPair``'s fields), kept in ``pairs`` (the table of that text) for the next
+    row of both, up to a few dozen shapes an IRP id: a session reuses few of each."""
     irp_id, setup = ids.get(text) or _irp(ids, text)
     kept = shapes.get(shape) or _classic_shape(shapes, shape)
-    entry = ClassicPair(kept.pack, kept.total, kept.sizes_s + irp_id + kept.flags_s,
-                        kept.status_s + setup, kept.sizes_c + irp_id + kept.flags_c,
-                        kept.status_c, kept.where, kept.split)
+    # a plain tuple: the loop's unpacking of a tuple subclass goes through an iterator
+    entry = tuple(ClassicPair(kept.pack, kept.total, kept.sizes_s + irp_id + kept.flags_s,
+                              kept.status_s + setup, kept.sizes_c + irp_id + kept.flags_c,
+                              kept.status_c, kept.where, kept.split))
     if len(pairs) < 64:
         pairs[shape] = entry
     return entry
@@ -893,7 +894,7 @@ def _usbmon_pcap(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
     write = stream.write
     shapes: dict[Any, ClassicShape] = {}
     ids: dict[str, tuple[bytes, bytes]] = {}
-    by_text: dict[str, dict[Any, ClassicPair]] = {}  # IRP id text -> shape -> pieces
+    by_text: dict[str, dict[Any, tuple[Any, ...]]] = {}  # IRP id text -> shape -> pieces
     origin = float(origin)
     fround = float.__round__
     ahead: list[tuple[Any, int, int, int, bytes]] = []  # a heap, as in _framed
@@ -1391,14 +1392,14 @@ class PcapPair(NamedTuple):
     b_d: bytes       # its pad and trailer, and the next block's head (pcapng)
 
 
-def _pcap_pair(pairs: dict[Any, PcapPair], text: str, shape: Any,
+def _pcap_pair(pairs: dict[Any, tuple[Any, ...]], text: str, shape: Any,
                ids: dict[str, tuple[bytes, bytes]], shapes: dict[Any, PcapShape],
-               pcapng: bool) -> PcapPair:
-    """A row's IRP id text (see ``_irp``) and shape decoded for ``_usbpcap_fast``,
-    kept in ``pairs`` (the table of that text) for the next row of both, up to a few
-    dozen shapes an IRP id.  The submission's data (a bulk or interrupt transfer
-    out) or the completion's is one field, the other's a field of length 0: one
-    argument list for every shape but a control transfer's DATA stage."""
+               pcapng: bool) -> tuple[Any, ...]:
+    """A row's IRP id text (see ``_irp``) and shape decoded for ``_usbpcap_fast`` (a
+    ``PcapPair``'s fields), kept in ``pairs`` (the table of that text) for the next
+    row of both, up to a few dozen shapes an IRP id.  The submission's data (a bulk
+    or interrupt transfer out) or the completion's is one field, the other's a field
+    of length 0: one argument list for every shape but a control transfer's DATA stage."""
     irp_id, setup = ids.get(text) or _irp(ids, text)
     kept = shapes.get(shape) or _pcap_shape(shapes, shape, pcapng)
     key = _pcap_key(shape)[0]
@@ -1420,9 +1421,10 @@ def _pcap_pair(pairs: dict[Any, PcapPair], text: str, shape: Any,
             fmt = f"<{len(kept.head_s)}sII{len(a)}s{out}s{len(kept.tail_s)}sII{len(c)}s" \
                 f"{into}s{len(kept.end)}s"
     packer = struct.Struct(fmt)
-    entry = PcapPair(packer.pack_into, packer.size, kept.records, kept.head_s, a, kept.tail_s,
-                     c, kept.end, kept.where, kept.split, a_d, tail_d)
-    assert kept.where < 0 or entry.total == kept.total
+    fields = PcapPair(packer.pack_into, packer.size, kept.records, kept.head_s, a,
+                      kept.tail_s, c, kept.end, kept.where, kept.split, a_d, tail_d)
+    assert kept.where < 0 or fields.total == kept.total
+    entry = tuple(fields)  # (see _classic_pair)
     if len(pairs) < 64:
         pairs[shape] = entry
     return entry
@@ -1441,7 +1443,7 @@ def _usbpcap_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
     write = stream.write
     shapes: dict[Any, PcapShape] = {}
     ids: dict[str, tuple[bytes, bytes]] = {}
-    by_text: dict[str, dict[Any, PcapPair]] = {}  # IRP id text -> shape -> pieces
+    by_text: dict[str, dict[Any, tuple[Any, ...]]] = {}  # IRP id text -> shape -> pieces
     origin = float(origin)
     fround = float.__round__
     ahead: list[tuple[Any, int, int, int, bytes]] = []  # a heap, as in _framed
