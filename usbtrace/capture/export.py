@@ -655,6 +655,8 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
     room = FLUSH - DIRECT - 512  # past this, the buffer is written out before a row
     write = stream.write
     shapes: dict[Any, Shape] = {}
+    # the same as plain tuples, which the loop unpacks without an iterator
+    plain: dict[Any, tuple[Any, ...]] = {}
     ids: dict[str, tuple[bytes, bytes]] = {}  # IRP id text -> its halves (IRPs are reused)
     origin = float(origin)  # so a time is a float, and float's own methods round it
     trunc, fround = float.__trunc__, float.__round__
@@ -670,9 +672,13 @@ def _usbmon_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float,
                 continue  # no records, and nothing is due
         if held is not None:
             text, sub, done, shape, lengths, data = held
+            entry = plain.get(shape)
+            if entry is None:
+                entry = tuple(shapes.get(shape) or _shape(shapes, shape))
+                if len(plain) < 4096:
+                    plain[shape] = entry
             (pack, total, head_s, sizes_s, flags_s, kept_s, middle, sizes_c, flags_c,
-             errno, kept_c, end, where, split) = \
-                shapes.get(shape) or _shape(shapes, shape)
+             errno, kept_c, end, where, split) = entry
             if where >= 0 and sub is not None and done is not None:
                 # packed in place; written there if both records are due by now,
                 # before whatever waits (an earlier row's, so at an equal time
