@@ -9,6 +9,7 @@ USBD status is translated back to the errno Linux would report.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import io
 import operator
@@ -837,14 +838,15 @@ def _classic_pair(pairs: dict[Any, tuple[Any, ...]], text: str, shape: Any,
                   ) -> tuple[Any, ...]:
     """A row's IRP id text (see ``_irp``) and shape decoded for ``_usbmon_pcap`` (a
     ``ClassicPair``'s fields), kept in ``pairs`` (the table of that text) for the next
-    row of both, up to a few dozen shapes an IRP id: a session reuses few of each."""
+    row of both, up to 32 shapes an IRP id (and 256 IRP ids): a session reuses few of
+    each, and memory stays within a few MiB whatever it holds."""
     irp_id, setup = ids.get(text) or _irp(ids, text)
     kept = shapes.get(shape) or _classic_shape(shapes, shape)
     # a plain tuple: the loop's unpacking of a tuple subclass goes through an iterator
     entry = tuple(ClassicPair(kept.pack, kept.total, kept.sizes_s + irp_id + kept.flags_s,
                               kept.status_s + setup, kept.sizes_c + irp_id + kept.flags_c,
                               kept.status_c, kept.where, kept.split))
-    if len(pairs) < 64:
+    if len(pairs) < 32:
         pairs[shape] = entry
     return entry
 
@@ -922,7 +924,7 @@ def _usbmon_pcap(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
                 pairs = by_text.get(text)
                 if pairs is None:
                     pairs = {}
-                    if len(by_text) < 1024:
+                    if len(by_text) < 256:
                         by_text[text] = pairs
                 entry = pairs.get(shape)
                 if entry is None:
@@ -1398,40 +1400,65 @@ class PcapPair(NamedTuple):
     b_d: bytes       # its pad and trailer, and the next block's head (pcapng)
 
 
-def _pcap_pair(pairs: dict[Any, tuple[Any, ...]], text: str, shape: Any,
-               ids: dict[str, tuple[bytes, bytes]], shapes: dict[Any, PcapShape],
-               pcapng: bool) -> tuple[Any, ...]:
-    """A row's IRP id text (see ``_irp``) and shape decoded for ``_usbpcap_fast`` (a
-    ``PcapPair``'s fields), kept in ``pairs`` (the table of that text) for the next
-    row of both, up to a few dozen shapes an IRP id.  The submission's data (a bulk
-    or interrupt transfer out) or the completion's is one field, the other's a field
-    of length 0: one argument list for every shape but a control transfer's DATA stage."""
-    irp_id, setup = ids.get(text) or _irp(ids, text)
+@functools.lru_cache(maxsize=1024)
+def _struct(fmt: str) -> struct.Struct:
+    """One struct a format: a shape's, shared by the rows of every IRP id."""
+    return struct.Struct(fmt)
+
+
+def _pcap_template(templates: dict[Any, tuple[Any, ...]], shape: Any,
+                   shapes: dict[Any, PcapShape], pcapng: bool) -> tuple[Any, ...]:
+    """What ``_pcap_pair`` takes from a row's shape alone: its struct and the pieces
+    around the IRP id and setup bytes (kept for the next row of that shape, up to a few
+    thousand), so that a row of an IRP id not kept costs a few joins."""
     kept = shapes.get(shape) or _pcap_shape(shapes, shape, pcapng)
     key = _pcap_key(shape)[0]
     n = key & LENGTH_MAX
     control = key >> PCAP_XFER_AT & 3 == usbpcap.TRANSFER_CONTROL
-    setup = setup[:8] if control and key >> PCAP_SETUP_AT & 3 == 1 else b""
-    a = kept.sizes_s + irp_id + kept.middle_s + setup
-    c = kept.sizes_c + irp_id + kept.middle_c
+    setup = 8 if control and key >> PCAP_SETUP_AT & 3 == 1 else 0
     sizes_d, middle_d, tail_d = kept.data_stage
-    a_d = sizes_d + irp_id + middle_d if kept.where == 3 else b""
+    # the pieces' lengths: lengths, IRP id (8 bytes), the header's middle (and setup)
+    a = len(kept.sizes_s) + 8 + len(kept.middle_s) + setup
+    c = len(kept.sizes_c) + 8 + len(kept.middle_c)
+    d = len(sizes_d) + 8 + len(middle_d)
     if kept.where == 3:  # SETUP, DATA (the data going out), COMPLETE
-        fmt = f"<{len(kept.head_s)}sII{len(a)}s{len(kept.tail_s)}sII{len(a_d)}s{n}s" \
-            f"{len(tail_d)}sII{len(c)}s{len(kept.end)}s"
+        fmt = f"<{len(kept.head_s)}sII{a}s{len(kept.tail_s)}sII{d}s{n}s" \
+            f"{len(tail_d)}sII{c}s{len(kept.end)}s"
     else:
         out = n if kept.where == 1 else 0
         into = n if kept.where == 2 else 0
-        fmt = f"<II{len(a)}s{out}sII{len(c)}s{into}s"
+        fmt = f"<II{a}s{out}sII{c}s{into}s"
         if pcapng:
-            fmt = f"<{len(kept.head_s)}sII{len(a)}s{out}s{len(kept.tail_s)}sII{len(c)}s" \
+            fmt = f"<{len(kept.head_s)}sII{a}s{out}s{len(kept.tail_s)}sII{c}s" \
                 f"{into}s{len(kept.end)}s"
-    packer = struct.Struct(fmt)
-    fields = PcapPair(packer.pack_into, packer.size, kept.records, kept.head_s, a,
-                      kept.tail_s, c, kept.end, kept.where, kept.split, a_d, tail_d)
-    assert kept.where < 0 or fields.total == kept.total
+    packer = _struct(fmt)
+    assert kept.where < 0 or packer.size == kept.total
+    entry = (packer.pack_into, packer.size, kept.records, kept.head_s, kept.sizes_s,
+             kept.middle_s, setup, kept.tail_s, kept.sizes_c, kept.middle_c, kept.end,
+             kept.where, kept.split, sizes_d, middle_d, tail_d)
+    if len(templates) < 4096:
+        templates[shape] = entry
+    return entry
+
+
+def _pcap_pair(pairs: dict[Any, tuple[Any, ...]], text: str, shape: Any,
+               ids: dict[str, tuple[bytes, bytes]], templates: dict[Any, tuple[Any, ...]],
+               shapes: dict[Any, PcapShape], pcapng: bool) -> tuple[Any, ...]:
+    """A row's IRP id text (see ``_irp``) and shape decoded for ``_usbpcap_fast`` (a
+    ``PcapPair``'s fields), kept in ``pairs`` (the table of that text) for the next
+    row of both, up to 32 shapes an IRP id (and 256 IRP ids, as ``_classic_pair``).
+    The submission's data (a bulk or interrupt transfer out) or the completion's is
+    one field, the other's a field of length 0: one argument list for every shape but
+    a control transfer's DATA stage."""
+    irp_id, setup = ids.get(text) or _irp(ids, text)
+    (pack, total, records, head, sizes_s, middle_s, setup_length, tail_s, sizes_c, middle_c,
+     end, where, split, sizes_d, middle_d, tail_d) = \
+        templates.get(shape) or _pcap_template(templates, shape, shapes, pcapng)
+    fields = PcapPair(pack, total, records, head, sizes_s + irp_id + middle_s +
+                      setup[:setup_length], tail_s, sizes_c + irp_id + middle_c, end, where,
+                      split, sizes_d + irp_id + middle_d if where == 3 else b"", tail_d)
     entry = tuple(fields)  # (see _classic_pair)
-    if len(pairs) < 64:
+    if len(pairs) < 32:
         pairs[shape] = entry
     return entry
 
@@ -1450,6 +1477,7 @@ def _usbpcap_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
     shapes: dict[Any, PcapShape] = {}
     ids: dict[str, tuple[bytes, bytes]] = {}
     by_text: dict[str, dict[Any, tuple[Any, ...]]] = {}  # IRP id text -> shape -> pieces
+    templates: dict[Any, tuple[Any, ...]] = {}  # shape -> what _pcap_pair takes from it
     origin = float(origin)
     fround = float.__round__
     ahead: list[tuple[Any, int, int, int, bytes]] = []  # a heap, as in _framed
@@ -1471,11 +1499,12 @@ def _usbpcap_fast(rows: Iterable[Sequence[Any]], stream: BinaryIO, origin: float
                 pairs = by_text.get(text)
                 if pairs is None:
                     pairs = {}
-                    if len(by_text) < 1024:
+                    if len(by_text) < 256:
                         by_text[text] = pairs
                 entry = pairs.get(shape)
                 if entry is None:
-                    entry = _pcap_pair(pairs, text, shape, ids, shapes, pcapng)
+                    entry = _pcap_pair(pairs, text, shape, ids, templates, shapes,
+                                       pcapng)
                 pack, total, records, head, a, b, c, d, where, split, a_d, b_d = entry
                 if where >= 0 and sub is not None and done is not None:
                     # packed in place; written there if both records are due by now,
