@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from usbtrace.capture.export import (
@@ -272,6 +272,76 @@ def test_usbpcap_fast_is_what_the_heap_writes(rows: list[tuple[Any, ...]], origi
     assert _usbpcap_fast(map(_prepare_usbpcap, rows), fast, origin, pcapng) == \
         _framed(as_fields, general, "usbpcap", origin, pcapng)
     assert fast.getvalue() == general.getvalue()
+
+
+# times where classic pcap's writers leave their fast path: a fraction that rounds up to
+# the next microsecond or second (in either header), a second of its own, the last
+# seconds classic pcap holds (a usbmon header's seconds rounded up to 2**32, the record
+# header's still 2**32 - 1) and the first it does not
+_EDGE_TIMES = st.builds(lambda second, fraction: second + fraction, st.integers(0, 2),
+                        st.sampled_from([0.0, 0.25, 0.4999995, 0.9999995, 0.99999949,
+                                         0.9999999995, 0.9999999996, 0.99999999949,
+                                         1.0 - 2.0 ** -21, 1.0 - 2.0 ** -30,
+                                         1.0 - 2.0 ** -40, 1.0 - 2.0 ** -45]))
+_EDGE_ORIGINS = st.sampled_from([0.0, 0.0, 1_700_000_000.0, 1_700_000_000.9999995,
+                                 4_294_967_293.0, 4_294_967_294.0])
+_LAST = 1.0 - 2.0 ** -40  # 2 + _LAST: 3e9 ns, rounded, but not 3 s
+
+
+def _bulk_in(sub: float, done: float) -> tuple[Any, ...]:
+    """A row (``USBMON_FIELDS``) of 13 bytes read in, at these times."""
+    return ("f740d0c0", sub, done, 1, 2, 0x81, "bulk", "in", None, 13, 13, "success",
+            bytes(13))
+# rows of a bulk transfer in, or out, or a control transfer, whose times are edge times
+_EDGE_ROWS = st.lists(st.builds(
+    lambda kind, sub, done, n: (
+        "f740d0c0", sub, done, 1, 2, *kind, n, n, "success", bytes(n) or None),
+    st.sampled_from([(0x81, "bulk", "in", None), (0x02, "bulk", "out", None),
+                     (0x00, "control", "in", bytes.fromhex("8006000100001200"))]),
+    _EDGE_TIMES, _EDGE_TIMES, st.sampled_from([0, 13, 512])), min_size=1, max_size=12)
+
+
+def _same_or_same_error(fast: Any, general: Any) -> None:
+    """Both writers write the same bytes, or both refuse the rows with the same words."""
+    outcomes = []
+    for write in (fast, general):
+        stream = io.BytesIO()
+        try:
+            outcomes.append((write(stream), stream.getvalue()))
+        except InputError as e:
+            outcomes.append(("refused", str(e)))
+    assert outcomes[0] == outcomes[1]
+
+
+@settings(max_examples=300)
+@given(rows=_EDGE_ROWS, origin=_EDGE_ORIGINS, linktype=st.sampled_from(["usbmon", "usbpcap"]))
+@example(rows=[_bulk_in(2.25, 2.5), _bulk_in(2 + _LAST, 2 + _LAST), _bulk_in(3.5, 3.75)],
+         origin=0.0, linktype="usbpcap")
+@example(rows=[_bulk_in(0.5, 0.75), _bulk_in(0.75, 1.0 - 2.0 ** -21), _bulk_in(1.5, 1.75)],
+         origin=4_294_967_295.0, linktype="usbmon")  # usbmon's seconds rounded up to 2**32
+def test_classic_pcap_times_at_the_edges_are_what_the_heap_writes(
+        rows: list[tuple[Any, ...]], origin: float, linktype: str) -> None:
+    """Classic pcap's fast writers take a time's seconds from the time before it and
+    its nanoseconds from a difference of floats; near a second's end (rounded up to
+    the next one), at the last seconds classic pcap holds and past them, their bytes
+    (or their refusal) are the general path's."""
+    if linktype == "usbmon":
+        as_fields = [(seq, irp, sub, done, bus, dev, ep, ttype, None, *rest)
+                     for seq, (irp, sub, done, bus, dev, ep, ttype, *rest)
+                     in enumerate(rows, 1)]
+        _same_or_same_error(lambda out: _usbmon_fast(map(_prepare, rows), out, origin, False),
+                            lambda out: _framed(as_fields, out, "usbmon", origin, False))
+    else:
+        usbpcap_rows = [(irp, sub, done, bus, dev, ep, ttype, None, direction, setup, status,
+                         data) for (irp, sub, done, bus, dev, ep, ttype, direction, setup, _,
+                                    _, status, data) in rows]
+        as_fields = [(seq, irp, sub, done, bus, dev, ep, ttype, None, direction, setup,
+                      None, None, status, data)
+                     for seq, (irp, sub, done, bus, dev, ep, ttype, _, direction, setup,
+                               status, data) in enumerate(usbpcap_rows, 1)]
+        _same_or_same_error(
+            lambda out: _usbpcap_fast(map(_prepare_usbpcap, usbpcap_rows), out, origin, False),
+            lambda out: _framed(as_fields, out, "usbpcap", origin, False))
 
 
 @settings(max_examples=300)
