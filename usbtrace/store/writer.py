@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert, update
+from sqlalchemy import Boolean, Connection, Table, insert, update
 
 from usbtrace.decode.bot import BotDecoder, ScsiCommand
 from usbtrace.decode.identity import IdentityTracker
@@ -221,8 +221,14 @@ class BulkInsert:
             if paramstyle == "qmark" and c.name in SPARSE_COLUMNS.get(table.name, ())
             and c.nullable and c.server_default is None)
         self._narrow: dict[tuple[int, ...], tuple[str, Callable[[Any], Any]]] = {}
+        # rows bind their flags as 0/1, which SQLite stores as a bool anyway; a server
+        # with a real boolean type (PostgreSQL) refuses an integer for one
+        self.booleans = () if paramstyle == "qmark" else tuple(
+            i for i, c in enumerate(table.columns) if isinstance(c.type, Boolean))
 
     def execute(self, conn: Connection, params: list[Any]) -> None:
+        if self.booleans and params and isinstance(params[0], tuple):
+            params = [self._with_booleans(p) for p in params]
         if self.named and params and isinstance(params[0], tuple):
             params = [dict(zip(self.columns, p)) for p in params]
         elif self.sparse and len(params) > 1 and isinstance(params[0], tuple):
@@ -232,6 +238,13 @@ class BulkInsert:
                 conn.exec_driver_sql(sql, list(map(pick, params)))  # type: ignore[arg-type]
                 return
         conn.exec_driver_sql(self.sql, params)  # type: ignore[arg-type]
+
+    def _with_booleans(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        values = list(row)
+        for i in self.booleans:
+            if values[i] is not None:
+                values[i] = bool(values[i])
+        return tuple(values)
 
     def _absent(self, params: list[tuple[Any, ...]]) -> tuple[int, ...]:
         """The sparse columns that are None in every row.  The sqlite3 module binds
