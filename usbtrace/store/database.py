@@ -20,10 +20,8 @@ import importlib.metadata
 import logging
 import os
 import shlex
-import signal
 import sqlite3
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,13 +50,13 @@ from usbtrace.store.schema import (
 )
 from usbtrace.store.sqlite_read import (  # noqa: F401 (is_url: API)
     _URL,
+    guarded,
     is_url,
     query_error,
     version_error,
 )
 from usbtrace.store.sqlite_read import connect_read_only as _connect_read_only
 from usbtrace.store.sqlite_read import looks_like_sqlite as _looks_like_sqlite
-from usbtrace.store.sqlite_read import read_only_authorizer as _read_only_authorizer
 
 logger = logging.getLogger(__name__)
 PAGE_SIZE = 65536  # SQLite's largest page: see _sqlite_pragmas
@@ -300,50 +298,26 @@ class Database:
         raw = self.engine.raw_connection()
         dbapi = raw.driver_connection
         assert isinstance(dbapi, sqlite3.Connection)
-        deadline = None if not timeout else time.monotonic() + timeout
-        stop = {"interrupted": False, "timed_out": False}
-
-        def progress() -> int:
-            if stop["interrupted"]:
-                return 1
-            if deadline is not None and time.monotonic() > deadline:
-                stop["timed_out"] = True
-                return 1
-            return 0
-
-        def on_sigint(signum: int, frame: Any) -> None:
-            stop["interrupted"] = True
-
-        previous = None
         try:
-            previous = signal.signal(signal.SIGINT, on_sigint)
-        except ValueError:  # not the main thread: Ctrl-C is not ours to catch
-            previous = None
-        dbapi.set_progress_handler(progress, 10_000)
-        dbapi.set_authorizer(_read_only_authorizer)
-        try:
-            try:
-                cursor = dbapi.execute(sql, params or {})
-            except (sqlite3.Error, sqlite3.Warning) as e:
-                raise _query_error(e, stop, timeout) from None
-            columns = [c[0] for c in cursor.description or []]
-
-            def rows() -> Iterator[tuple[Any, ...]]:
+            with guarded(dbapi, timeout) as stop:
                 try:
-                    while chunk := cursor.fetchmany(1000):
-                        yield from chunk
-                        if stop["interrupted"]:
-                            raise KeyboardInterrupt
+                    cursor = dbapi.execute(sql, params or {})
                 except (sqlite3.Error, sqlite3.Warning) as e:
                     raise _query_error(e, stop, timeout) from None
-            yield columns, rows()
-            if stop["interrupted"]:
-                raise KeyboardInterrupt
+                columns = [c[0] for c in cursor.description or []]
+
+                def rows() -> Iterator[tuple[Any, ...]]:
+                    try:
+                        while chunk := cursor.fetchmany(1000):
+                            yield from chunk
+                            if stop["interrupted"]:
+                                raise KeyboardInterrupt
+                    except (sqlite3.Error, sqlite3.Warning) as e:
+                        raise _query_error(e, stop, timeout) from None
+                yield columns, rows()
+                if stop["interrupted"]:
+                    raise KeyboardInterrupt
         finally:
-            dbapi.set_authorizer(None)
-            dbapi.set_progress_handler(None, 0)
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
             raw.close()
 
     @contextmanager

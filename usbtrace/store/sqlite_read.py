@@ -124,6 +124,40 @@ def query_error(e: BaseException, stop: dict[str, bool], timeout: float | None,
     return DatabaseError(f"query failed: {message}")
 
 
+@contextmanager
+def guarded(conn: sqlite3.Connection, timeout: float | None) -> Iterator[dict[str, bool]]:
+    """A read-only query's guards on ``conn``: the authorizer refuses writes, and a
+    progress handler stops the statement after ``timeout`` seconds or at Ctrl-C (SIGINT
+    is caught while the block runs, in the main thread).  Yields what stopped it."""
+    deadline = None if not timeout else time.monotonic() + timeout
+    stop = {"interrupted": False, "timed_out": False}
+
+    def progress() -> int:
+        if stop["interrupted"]:
+            return 1
+        if deadline is not None and time.monotonic() > deadline:
+            stop["timed_out"] = True
+            return 1
+        return 0
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        stop["interrupted"] = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: Ctrl-C is not ours to catch
+        previous = None
+    conn.set_progress_handler(progress, 10_000)
+    conn.set_authorizer(read_only_authorizer)
+    try:
+        yield stop
+    finally:
+        conn.set_authorizer(None)
+        conn.set_progress_handler(None, 0)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def open_read_only(target: str | Path) -> Any:
     """A database to read: a SQLite file through ``SqliteReader``, a URL (PostgreSQL,
     or ``sqlite:///``) through ``Database``, which imports SQLAlchemy."""
@@ -190,27 +224,7 @@ class SqliteReader:
         by the authorizer; ``timeout`` seconds or Ctrl-C stop the statement
         (``DatabaseError`` / ``KeyboardInterrupt``), and an error is one line, as from
         ``Database.stream``."""
-        deadline = None if not timeout else time.monotonic() + timeout
-        stop = {"interrupted": False, "timed_out": False}
-
-        def progress() -> int:
-            if stop["interrupted"]:
-                return 1
-            if deadline is not None and time.monotonic() > deadline:
-                stop["timed_out"] = True
-                return 1
-            return 0
-
-        def on_sigint(signum: int, frame: Any) -> None:
-            stop["interrupted"] = True
-
-        try:
-            previous = signal.signal(signal.SIGINT, on_sigint)
-        except ValueError:  # not the main thread: Ctrl-C is not ours to catch
-            previous = None
-        self.conn.set_progress_handler(progress, 10_000)
-        self.conn.set_authorizer(read_only_authorizer)
-        try:
+        with guarded(self.conn, timeout) as stop:
             try:
                 cursor = self.conn.execute(sql, params or {})
                 yield [c[0] for c in cursor.description or []], cursor
@@ -218,11 +232,6 @@ class SqliteReader:
                 raise query_error(e, stop, timeout, VIEW_NAMES) from None
             if stop["interrupted"]:
                 raise KeyboardInterrupt
-        finally:
-            self.conn.set_authorizer(None)
-            self.conn.set_progress_handler(None, 0)
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
 
     def session_exists(self, session_id: int) -> bool:
         if not -(1 << 63) <= session_id < 1 << 63:
