@@ -352,18 +352,12 @@ def export(session: int, output: Path, container: str | None, linktype: str | No
 
     from usbtrace.capture.export import container_for, provenance, select_for, write_capture
     from usbtrace.outputs import atomic_output, refuse_database
-    from usbtrace.store.sqlite_read import SqliteReader, is_url
+    from usbtrace.store.sqlite_read import open_read_only
 
-    # a SQLite file is read with sqlite3 alone: SQLAlchemy costs a quarter of a second to
-    # import, a good part of an export's time; other databases go through it
-    database: Any
-    if is_url(db):
-        from usbtrace.store.database import Database
-
-        database = Database(db, create=False, readonly=True)
-        flt = flt.for_database(database)
-    else:
-        database = SqliteReader(db)
+    # a SQLite file is read with sqlite3 alone (SQLAlchemy's import is a good part of an
+    # export's time); other databases go through it
+    database = open_read_only(db)
+    flt = flt.for_database(database)
     try:
         _, rows = database.query(
             "SELECT source, started_at, time_origin, usbtrace_version, command_line FROM "
