@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import struct
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -67,7 +68,7 @@ def friendly(func: F) -> F:
             while cause.__cause__ is not None:
                 cause = cause.__cause__  # type: ignore[assignment]
             first = (str(getattr(cause, "orig", cause)).strip().splitlines() or [""])[0]
-            if isinstance(e, SQLAlchemyError):
+            if isinstance(e, (SQLAlchemyError, sqlite3.Error)):  # sqlite3: a file's writer
                 fail(f"database: {first}")
             fail(f"internal error: {type(cause).__name__}: {first} (please report it, with "
                  "the command line and its input)")

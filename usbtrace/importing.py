@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import update
-
 from usbtrace.capture.reader import (
     CaptureStats,
     SharedAddresses,
@@ -39,7 +37,6 @@ from usbtrace.errors import CaptureFormatError, InputError, UsbtraceError
 from usbtrace.interrupt import deferred_interrupt
 from usbtrace.store.database import Database
 from usbtrace.store.notes import CAVEATS, caveats  # noqa: F401 (API)
-from usbtrace.store.schema import SessionRow
 from usbtrace.store.writer import SessionWriter
 
 MAX_LISTED = 20
@@ -235,9 +232,7 @@ def _import(database: Database, path: Path, tap: Tap, digest: str | None,
                          notes="; ".join(n for n in notes if n) or None,
                          time_origin=stats.first_ts, state=state)
             if live:
-                with database.engine.begin() as conn:
-                    conn.execute(update(SessionRow).where(SessionRow.id == session_id)
-                                 .values(file_sha256=digest))
+                database.update_session(session_id, file_sha256=digest)
     if state == "interrupted":
         raise KeyboardInterrupt  # the session is closed and says so: now stop
     return ImportResult(path, session_id, None, stats.records, writer.commands,

@@ -11,6 +11,13 @@ commit, without ever holding up the writer; the last writer to close turns the
 file back into rollback-journal mode, one self-contained file again.
 ``query`` runs users' SQL under an authorizer that allows reading only, with a
 deadline and Ctrl-C checked from SQLite's progress handler.
+
+A SQLite file is created, checked and written with the ``sqlite3`` module alone
+(``store/sqlite_schema.py``, generated from the models): importing SQLAlchemy and the
+mapped classes costs about 0.4 s of CPU, most of a small import's and a good part of
+tshark's whole run.  A URL goes through SQLAlchemy, and so does what only the rarer
+commands need (an upgrade, ``delete``, ``stream``): ``Database.engine`` makes
+SQLAlchemy's engine for a file when first asked for it.
 """
 
 from __future__ import annotations
@@ -27,29 +34,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Index, create_engine, event, insert, inspect, make_url, select, text
-from sqlalchemy import update as sql_update
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError as SADatabaseError
-from sqlalchemy.exc import OperationalError
-
 from usbtrace.errors import DatabaseError
 from usbtrace.store import COMMAND_ARGS
 from usbtrace.store.liveness import HOST, effective_state, pid_alive  # noqa: F401 (API)
-from usbtrace.store.schema import (
-    PUBLIC_TABLES,
-    SCHEMA_VERSION,
-    VIEWS,
-    Base,
-    FileActivityRow,
-    GapRow,
-    Meta,
-    ScsiCommandRow,
-    SessionRow,
-    create_view_sql,
-)
 from usbtrace.store.sqlite_read import (  # noqa: F401 (is_url: API)
     _URL,
+    SCHEMA_VERSION,
+    VIEW_NAMES,
     guarded,
     is_url,
     query_error,
@@ -57,6 +48,7 @@ from usbtrace.store.sqlite_read import (  # noqa: F401 (is_url: API)
 )
 from usbtrace.store.sqlite_read import connect_read_only as _connect_read_only
 from usbtrace.store.sqlite_read import looks_like_sqlite as _looks_like_sqlite
+from usbtrace.store.sqlite_schema import CREATE_STATEMENTS
 
 logger = logging.getLogger(__name__)
 PAGE_SIZE = 65536  # SQLite's largest page: see _sqlite_pragmas
@@ -104,6 +96,42 @@ def current_command_line() -> str:
     return shlex.join(sys.argv)
 
 
+# the views a writer adds to a database made before them: name -> CREATE VIEW
+_VIEW_SQL = {statement.split(None, 3)[2]: statement for statement in CREATE_STATEMENTS
+             if statement.startswith("CREATE VIEW ")}
+# the session columns ``new_session`` fills, in the order SQLAlchemy's INSERT named them
+_NEW_SESSION = ("source", "source_name", "started_at", "record_count", "dropped_count",
+                "malformed_count", "command_count", "clock", "linktype", "file_sha256",
+                "state", "writer_host", "writer_pid", "usbtrace_version", "command_line")
+_DEVICE_COLUMNS = ("session_id", "bus", "device", "vid", "pid", "device_class",
+                   "manufacturer", "product", "serial", "mass_storage_interfaces")
+
+
+class _FileEngine:
+    """``Database.engine`` for a SQLite file: SQLAlchemy's engine, made (and SQLAlchemy
+    imported) only when something asks for more than ``dispose``.  ``dispose`` also lets
+    go of the database's own ``sqlite3`` connection: a forked process calls
+    ``dispose(close=False)`` to leave its parent's connection alone and open its own."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def dispose(self, close: bool = True) -> None:
+        self._database._drop_connection(close)
+        engine = self._database._sa
+        if engine is not None:
+            engine.dispose(close=close)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._database._sa_engine(), name)
+
+
+# connections a forked process let go of without closing (closing one there would
+# touch the parent's file locks and WAL index); referenced so that they are never
+# finalized in the child
+_LEFT_OPEN: list[sqlite3.Connection] = []
+
+
 class Database:
     def __init__(self, target: str | Path, create: bool = True, readonly: bool = False) -> None:
         target = str(target)
@@ -111,10 +139,11 @@ class Database:
         self.display = target  # what messages show: no password
         self.path: Path | None = None
         self.readonly = readonly
-        creator = None
+        self._conn: sqlite3.Connection | None = None  # a file's own connection
+        self._sa: Any = None  # SQLAlchemy's engine: a URL's, or a file's once asked for
         if _URL.match(target):
-            url = _driver(target)
             self.is_sqlite = target.startswith("sqlite")
+            self._sa = self._url_engine(target)
         else:
             path = Path(target)
             if path.is_dir():
@@ -130,33 +159,141 @@ class Database:
             elif not path.stat().st_size and readonly:
                 raise DatabaseError(f"{path}: empty database, nothing recorded yet")
             self.path = path
-            url = "sqlite://"
             self.is_sqlite = True
-            creator = (lambda: _connect_read_only(path)) if readonly else \
-                (lambda: sqlite3.connect(str(path), check_same_thread=False))
-        try:
-            self.display = make_url(target).render_as_string(hide_password=True) \
-                if _URL.match(target) else target
-            self.engine: Engine = create_engine(url, creator=creator) if creator else \
-                create_engine(url, connect_args={"check_same_thread": False}
-                              if self.is_sqlite else {})
-        except Exception as e:  # bad URL, missing driver
-            raise DatabaseError(f"cannot open {target}: {e}") from None
-        if self.is_sqlite and not readonly:
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._file_engine = _FileEngine(self) if self.path is not None else None
         self._check_or_create(create and not readonly)
         if not readonly:
             self._close_dead_sessions()
 
+    # ---- connections -------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Any:
+        """SQLAlchemy's engine (for a file, made on first use: see ``_FileEngine``)."""
+        return self._file_engine if self._file_engine is not None else self._sa
+
+    def _url_engine(self, target: str) -> Any:
+        from sqlalchemy import create_engine, event, make_url
+
+        try:
+            self.display = make_url(target).render_as_string(hide_password=True)
+            engine = create_engine(_driver(target), connect_args={"check_same_thread": False}
+                                   if self.is_sqlite else {})
+        except Exception as e:  # bad URL, missing driver
+            raise DatabaseError(f"cannot open {target}: {e}") from None
+        if self.is_sqlite and not self.readonly:
+            event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+
+    def _sa_engine(self) -> Any:
+        """A file's SQLAlchemy engine, on the same file with the same pragmas."""
+        if self._sa is None:
+            from sqlalchemy import create_engine, event
+
+            path = self.path
+            assert path is not None
+            creator = (lambda: _connect_read_only(path)) if self.readonly else \
+                (lambda: sqlite3.connect(str(path), check_same_thread=False))
+            self._sa = create_engine("sqlite://", creator=creator)
+            if not self.readonly:
+                event.listen(self._sa, "connect", _sqlite_pragmas)
+        return self._sa
+
+    def _connection(self) -> sqlite3.Connection:
+        """A file's own connection, in autocommit mode (transactions are ``_begin``'s),
+        with a writer's pragmas."""
+        if self._conn is None:
+            assert self.path is not None
+            if self.readonly:
+                conn = _connect_read_only(self.path)
+            else:
+                conn = sqlite3.connect(str(self.path), check_same_thread=False,
+                                       isolation_level=None)
+                try:
+                    _sqlite_pragmas(conn, None)
+                except BaseException:
+                    conn.close()
+                    raise
+            self._conn = conn
+        return self._conn
+
+    def _drop_connection(self, close: bool = True) -> None:
+        if self._conn is not None:
+            if close:
+                self._conn.close()
+            else:
+                _LEFT_OPEN.append(self._conn)
+            self._conn = None
+
+    @contextmanager
+    def _begin(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on a file's connection.  IMMEDIATE: the write lock is
+        taken (or waited for, up to the busy timeout) before the first read, so a
+        read-then-write never fails on a snapshot another writer made stale."""
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # ---- the schema --------------------------------------------------------------------
+
     def _check_or_create(self, create: bool) -> None:
+        if self.path is None:
+            self._check_or_create_url(create)
+            return
+        try:
+            conn = self._connection()
+            names = _table_names(conn)
+            if not names and create:
+                with self._begin():  # made here unless another writer just made it
+                    names = _table_names(conn)
+                    if not names:
+                        for statement in CREATE_STATEMENTS:
+                            conn.execute(statement)
+                        conn.execute('INSERT INTO usbtrace_meta ("key", value) VALUES (?, ?)',
+                                     ("schema_version", str(SCHEMA_VERSION)))
+                        return
+            row = conn.execute("SELECT value FROM usbtrace_meta WHERE \"key\" = "
+                               "'schema_version'").fetchone() \
+                if "usbtrace_meta" in names else None
+        except sqlite3.DatabaseError as e:
+            first = (str(e).strip().splitlines() or ["?"])[0]
+            raise DatabaseError(f"{self.display}: cannot read database: {first}") from None
+        self._check_version(names, row, create)
+
+    def _check_or_create_url(self, create: bool) -> None:
+        from sqlalchemy import insert, inspect, select
+        from sqlalchemy.exc import DatabaseError as SADatabaseError
+        from sqlalchemy.exc import OperationalError
+
+        from usbtrace.store.schema import Base, Meta
+
         try:
             names = set(inspect(self.engine).get_table_names())
         except (OperationalError, SADatabaseError, sqlite3.DatabaseError) as e:
             first = (str(getattr(e, "orig", e)).strip().splitlines() or ["?"])[0]
             raise DatabaseError(f"{self.display}: cannot read database: {first}") from None
+        row = None
         if "usbtrace_meta" in names:
             with self.engine.connect() as conn:
                 row = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).first()
+        elif not names and create:
+            Base.metadata.create_all(self.engine)
+            with self.engine.begin() as conn:
+                conn.execute(insert(Meta), [{"key": "schema_version",
+                                             "value": str(SCHEMA_VERSION)}])
+            return
+        self._check_version(names, row, create)
+
+    def _check_version(self, names: set[str], row: Any, create: bool) -> None:
+        """A database with tables: ours at this version, ours but older (a writer upgrades
+        it), or refused."""
+        if "usbtrace_meta" in names:
             version = int(row[0]) if row and str(row[0]).isdigit() else 0
             if version in (1, 2) and not self.readonly:
                 if version == 1:
@@ -170,16 +307,18 @@ class Database:
         if names:
             raise DatabaseError(f"{self.display}: not a usbtrace database "
                                 f"(has tables {', '.join(sorted(names)[:5])})")
-        if not create:
-            raise DatabaseError(f"{self.display}: empty database, nothing recorded yet")
-        Base.metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
-            conn.execute(insert(Meta), [{"key": "schema_version", "value": str(SCHEMA_VERSION)}])
+        raise DatabaseError(f"{self.display}: empty database, nothing recorded yet")
 
     def _upgrade_from_1(self) -> None:
         """Schema 1 -> 2: a session state instead of a ``complete`` flag, the writer's
         identity, the release and command line (NULL for old sessions), the ``gaps``
-        table and the index ``log`` needs, in one transaction; then the views."""
+        table and the index ``log`` needs, in one transaction; then the views.  (Once in
+        a database's life: through SQLAlchemy, whose models make the new table.)"""
+        from sqlalchemy import Index, text
+        from sqlalchemy import update as sql_update
+
+        from usbtrace.store.schema import FileActivityRow, GapRow, Meta, ScsiCommandRow
+
         with self.engine.begin() as conn:
             conn.execute(text("ALTER TABLE sessions ADD COLUMN state VARCHAR(12) NOT NULL "
                               "DEFAULT 'running'"))
@@ -202,6 +341,17 @@ class Database:
     def _upgrade_from_2(self) -> None:
         """Schema 2 -> 3: ``urbs.stream_id``, the USB 3 bulk stream of a live record
         (NULL for every row before: no capture format records it)."""
+        if self.path is not None:
+            with self._begin() as conn:
+                conn.execute("ALTER TABLE urbs ADD COLUMN stream_id INTEGER")
+                conn.execute("UPDATE usbtrace_meta SET value = ? WHERE \"key\" = "
+                             "'schema_version'", (str(SCHEMA_VERSION),))
+            return
+        from sqlalchemy import text
+        from sqlalchemy import update as sql_update
+
+        from usbtrace.store.schema import Meta
+
         with self.engine.begin() as conn:
             conn.execute(text("ALTER TABLE urbs ADD COLUMN stream_id INTEGER"))
             conn.execute(sql_update(Meta).where(Meta.key == "schema_version")
@@ -210,24 +360,57 @@ class Database:
     def _create_missing_views(self) -> None:
         """The documented views, in a database made before they existed (a writer adds
         them; a reader cannot, and the tables are all there)."""
+        if self.path is not None:
+            conn = self._connection()
+            present = {name for name, in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'view'")}
+            missing = [name for name in _VIEW_SQL if name not in present]
+            if missing:
+                with self._begin():
+                    for name in missing:
+                        conn.execute(_VIEW_SQL[name])
+            return
+        from sqlalchemy import inspect, text
+
         with self.engine.begin() as conn:
             present = set(inspect(conn).get_view_names())
-            for name in VIEWS:
+            for name, sql in _VIEW_SQL.items():
                 if name not in present:
-                    conn.execute(text(create_view_sql(name)))
+                    conn.execute(text(sql))
+
+    # ---- sessions ----------------------------------------------------------------------
 
     def _close_dead_sessions(self) -> None:
         """Sessions left ``running`` by a writer on this host that no longer lives
         were interrupted: say so, with the counts their last stored batch left."""
+        def closed(rows: list[Any]) -> list[tuple[str, int]]:
+            why = "its writer (pid {}) ended without closing the session"
+            return [("; ".join(n for n in (notes, why.format(pid)) if n), sid)
+                    for sid, host, pid, notes in rows
+                    if effective_state("running", host, pid) == "interrupted"]
+
+        running = "SELECT id, writer_host, writer_pid, notes FROM sessions " \
+            "WHERE state = 'running'"
+        if self.path is not None:
+            conn = self._connection()
+            if not conn.execute(running).fetchone():  # most often: no transaction at all
+                return
+            with self._begin():
+                conn.executemany("UPDATE sessions SET state = 'interrupted', notes = ? "
+                                 "WHERE id = ?", closed(conn.execute(running).fetchall()))
+            return
+        from sqlalchemy import select
+        from sqlalchemy import update as sql_update
+
+        from usbtrace.store.schema import SessionRow
+
         with self.engine.begin() as conn:
             rows = conn.execute(select(SessionRow.id, SessionRow.writer_host,
                                        SessionRow.writer_pid, SessionRow.notes)
                                 .where(SessionRow.state == "running")).all()
-            for sid, host, pid, notes in rows:
-                if effective_state("running", host, pid) == "interrupted":
-                    why = f"its writer (pid {pid}) ended without closing the session"
-                    conn.execute(sql_update(SessionRow).where(SessionRow.id == sid).values(
-                        state="interrupted", notes="; ".join(n for n in (notes, why) if n)))
+            for notes, sid in closed(list(rows)):
+                conn.execute(sql_update(SessionRow).where(SessionRow.id == sid).values(
+                    state="interrupted", notes=notes))
 
     def new_session(self, source: str, source_name: str, started_at: str, clock: str,
                     linktype: int | None = None, file_sha256: str | None = None,
@@ -235,20 +418,43 @@ class Database:
         """A ``running`` session owned by this process.  It records this usbtrace's
         version and the command line that made it (``command_line``, else the
         current one) so that a session can be traced to, and remade by, its command."""
-        with self.engine.begin() as conn:
-            result = conn.execute(insert(SessionRow).values(
-                source=source, source_name=source_name, started_at=started_at, clock=clock,
-                linktype=linktype, file_sha256=file_sha256, record_count=0, dropped_count=0,
-                malformed_count=0, command_count=0, state="running", writer_host=HOST,
-                writer_pid=os.getpid(), usbtrace_version=usbtrace_version(),
-                command_line=command_line if command_line is not None
-                else current_command_line()))
-            session_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+        values = (source, source_name, started_at, 0, 0, 0, 0, clock, linktype, file_sha256,
+                  "running", HOST, os.getpid(), usbtrace_version(),
+                  command_line if command_line is not None else current_command_line())
+        if self.path is not None:
+            with self._begin() as conn:
+                cursor = conn.execute(
+                    f"INSERT INTO sessions ({', '.join(_NEW_SESSION)}) "
+                    f"VALUES ({', '.join('?' for _ in _NEW_SESSION)})", values)
+                session_id = cursor.lastrowid
+                assert session_id is not None
+        else:
+            from sqlalchemy import insert
+
+            from usbtrace.store.schema import SessionRow
+
+            with self.engine.begin() as conn:
+                result = conn.execute(insert(SessionRow).values(
+                    **dict(zip(_NEW_SESSION, values))))
+                session_id = int(result.inserted_primary_key[0])
         logger.info("session %d: %s %s", session_id, source, source_name)
         return session_id
 
     def end_session(self, session_id: int, state: str, note: str | None = None) -> None:
         """Give a session its final state, keeping what it already holds."""
+        if self.path is not None:
+            with self._begin() as conn:
+                row = conn.execute("SELECT notes FROM sessions WHERE id = ?",
+                                   (session_id,)).fetchone()
+                notes = "; ".join(n for n in ((row[0] if row else None), note) if n) or None
+                conn.execute("UPDATE sessions SET state = ?, notes = ? WHERE id = ?",
+                             (state, notes, session_id))
+            return
+        from sqlalchemy import select
+        from sqlalchemy import update as sql_update
+
+        from usbtrace.store.schema import SessionRow
+
         with self.engine.begin() as conn:
             row = conn.execute(select(SessionRow.notes).where(SessionRow.id == session_id)
                                ).first()
@@ -256,9 +462,65 @@ class Database:
             conn.execute(sql_update(SessionRow).where(SessionRow.id == session_id)
                          .values(state=state, notes=notes))
 
+    def finish_session(self, session_id: int, devices: list[dict[str, Any]],
+                       **values: Any) -> None:
+        """A session's devices and its final columns (counts, state, notes), in one
+        transaction: the last thing a writer stores."""
+        if self.path is not None:
+            with self._begin() as conn:
+                if devices:
+                    conn.executemany(
+                        f"INSERT INTO devices ({', '.join(_DEVICE_COLUMNS)}) "
+                        f"VALUES ({', '.join('?' for _ in _DEVICE_COLUMNS)})",
+                        [tuple(d[c] for c in _DEVICE_COLUMNS) for d in devices])
+                self._update_session(conn, session_id, values)
+            return
+        from sqlalchemy import insert
+        from sqlalchemy import update as sql_update
+
+        from usbtrace.store.schema import DeviceRow, SessionRow
+
+        with self.engine.begin() as conn:
+            if devices:
+                conn.execute(insert(DeviceRow), devices)
+            conn.execute(sql_update(SessionRow).where(SessionRow.id == session_id)
+                         .values(**values))
+
+    def update_session(self, session_id: int, **values: Any) -> None:
+        """Set some of a session's columns (``insert_batch`` sets its counts in the
+        batch's own transaction instead)."""
+        if self.path is not None:
+            with self._begin() as conn:
+                self._update_session(conn, session_id, values)
+            return
+        from sqlalchemy import update as sql_update
+
+        from usbtrace.store.schema import SessionRow
+
+        with self.engine.begin() as conn:
+            conn.execute(sql_update(SessionRow).where(SessionRow.id == session_id)
+                         .values(**values))
+
+    @staticmethod
+    def _update_session(conn: sqlite3.Connection, session_id: int,
+                        values: dict[str, Any]) -> None:
+        if values:
+            assert all(name.isidentifier() for name in values)  # column names, not input
+            conn.execute(f"UPDATE sessions SET {', '.join(f'{n} = ?' for n in values)} "
+                         "WHERE id = ?", (*values.values(), session_id))
+
     def find_import(self, sha256: str) -> int | None:
         """An earlier complete import of the same bytes; interrupted or failed ones
         do not count."""
+        if self.path is not None:
+            row = self._connection().execute(
+                "SELECT id FROM sessions WHERE file_sha256 = ? AND state = 'complete'",
+                (sha256,)).fetchone()
+            return int(row[0]) if row else None
+        from sqlalchemy import select
+
+        from usbtrace.store.schema import SessionRow
+
         with self.engine.connect() as conn:
             row = conn.execute(select(SessionRow.id).where(
                 SessionRow.file_sha256 == sha256, SessionRow.state == "complete")).first()
@@ -266,6 +528,10 @@ class Database:
 
     def delete_sessions(self, session_ids: list[int]) -> int:
         """Remove sessions and every row that belongs to them, in one transaction."""
+        from sqlalchemy import text
+
+        from usbtrace.store.schema import PUBLIC_TABLES
+
         tables = [t for t in PUBLIC_TABLES if t != "sessions"]
         with self.engine.begin() as conn:
             for sid in session_ids:
@@ -323,6 +589,9 @@ class Database:
     @contextmanager
     def _stream_other(self, sql: str, params: dict[str, Any] | None, timeout: float | None
                       ) -> Iterator[tuple[list[str], Iterator[tuple[Any, ...]]]]:
+        from sqlalchemy import text
+        from sqlalchemy.exc import DatabaseError as SADatabaseError
+
         with self.engine.connect() as conn:
             conn.execute(text("SET TRANSACTION READ ONLY"))
             if timeout and self.engine.dialect.name == "postgresql":
@@ -344,15 +613,20 @@ class Database:
     def session_exists(self, session_id: int) -> bool:
         if not -(1 << 63) <= session_id < 1 << 63:
             return False
+        if self.path is not None:
+            return self._connection().execute("SELECT 1 FROM sessions WHERE id = ?",
+                                              (session_id,)).fetchone() is not None
+        from sqlalchemy import text
+
         with self.engine.connect() as conn:
-            return conn.execute(select(SessionRow.id).where(SessionRow.id == session_id)
-                                ).first() is not None
+            return conn.execute(text("SELECT 1 FROM sessions WHERE id = :sid"),
+                                {"sid": session_id}).first() is not None
 
     def stored_commands(self, session_id: int) -> Iterator[tuple[int, int, int | None,
                                                                  int | None, bytes, str]]:
         """A session's SCSI commands with their data phase, in order, as the
         attributor takes them: (seq, opcode, lba, blocks, data, status)."""
-        sql = text(
+        sql = (
             "SELECT c.seq, c.opcode, c.lba, c.blocks, c.status, u.data FROM scsi_commands c "
             "LEFT JOIN urbs u ON u.session_id = c.session_id AND u.seq > c.cbw_seq "
             "AND u.seq < coalesce(c.csw_seq, c.cbw_seq + 1000000) "
@@ -361,18 +635,13 @@ class Database:
             "AND u.direction = (CASE c.data_direction WHEN 'in' THEN 'in' ELSE 'out' END) "
             "WHERE c.session_id = :sid AND c.name IN ('read_6', 'read_10', 'read_12', "
             "'read_16', 'write_6', 'write_10', 'write_12', 'write_16') ORDER BY c.seq, u.seq")
+        if self.path is not None:
+            yield from _joined(self._connection().execute(sql, {"sid": session_id}))
+            return
+        from sqlalchemy import text
+
         with self.engine.connect() as conn:
-            current: list[Any] | None = None
-            for seq, opcode, lba, blocks, status, data in conn.execute(sql, {"sid": session_id}):
-                if current is not None and current[0] != seq:
-                    yield tuple(current)  # type: ignore[misc]
-                    current = None
-                if current is None:
-                    current = [seq, opcode, lba, blocks, b"", status]
-                if data:
-                    current[4] += bytes(data)
-            if current is not None:
-                yield tuple(current)  # type: ignore[misc]
+            yield from _joined(conn.execute(text(sql), {"sid": session_id}))
 
     def aggregate(self, expression: str, order: str = "id") -> str:
         """A comma-joined aggregate in this database's SQL dialect (in ``order``)."""
@@ -384,8 +653,10 @@ class Database:
         """Let go of the file.  The last writer to close turns WAL back into a
         rollback journal, so readers need no ``-shm`` file and a read-only folder
         works; while others still have it open, it stays in WAL."""
+        self._drop_connection()
+        if self._sa is not None:
+            self._sa.dispose()
         if self.is_sqlite and not self.readonly and self.path is not None:
-            self.engine.dispose()
             try:
                 conn = sqlite3.connect(str(self.path), timeout=0.1)
                 try:
@@ -394,7 +665,27 @@ class Database:
                     conn.close()
             except sqlite3.Error:
                 pass  # another process still writes: it will do this when it closes
-        self.engine.dispose()
+
+
+def _table_names(conn: sqlite3.Connection) -> set[str]:
+    return {name for name, in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE "
+        "'sqlite~_%' ESCAPE '~'")}
+
+
+def _joined(rows: Any) -> Iterator[tuple[int, int, int | None, int | None, bytes, str]]:
+    """``stored_commands``' rows, one per command with its data URBs' bytes joined."""
+    current: list[Any] | None = None
+    for seq, opcode, lba, blocks, status, data in rows:
+        if current is not None and current[0] != seq:
+            yield tuple(current)  # type: ignore[misc]
+            current = None
+        if current is None:
+            current = [seq, opcode, lba, blocks, b"", status]
+        if data:
+            current[4] += bytes(data)
+    if current is not None:
+        yield tuple(current)  # type: ignore[misc]
 
 
 def _driver(url: str) -> str:
@@ -411,4 +702,4 @@ def _driver(url: str) -> str:
 
 def _query_error(e: BaseException, stop: dict[str, bool], timeout: float | None
                  ) -> BaseException:
-    return query_error(e, stop, timeout, VIEWS)
+    return query_error(e, stop, timeout, VIEW_NAMES)

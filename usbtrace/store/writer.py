@@ -25,8 +25,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import Boolean, Connection, Table, insert, update
-
 from usbtrace.decode.bot import BotDecoder, ScsiCommand
 from usbtrace.decode.identity import IdentityTracker
 from usbtrace.decode.pairing import Exchange, Pairer
@@ -49,15 +47,7 @@ from usbtrace.records import (
 )
 from usbtrace.storage.ioctl import IOCTL_NAMES
 from usbtrace.store.database import Database
-from usbtrace.store.schema import (
-    DeviceRow,
-    FileActivityRow,
-    GapRow,
-    IrpRow,
-    ScsiCommandRow,
-    SessionRow,
-    UrbRow,
-)
+from usbtrace.store.sqlite_schema import COLUMNS
 from usbtrace.usb.urb import URB_FUNCTION_NAMES, USBD_STATUS_NAMES
 from usbtrace.wdm.irp import MAJOR_NAMES, minor_name
 from usbtrace.wdm.status import status_name
@@ -70,7 +60,7 @@ def hex_id(value: int | None) -> str | None:
     return None if value is None else f"0x{value & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
-IRP_COLUMNS = tuple(c.name for c in IrpRow.__table__.columns)
+IRP_COLUMNS = tuple(c[0] for c in COLUMNS["irps"])
 
 
 def irp_row(session_id: int, x: Exchange, _majors: dict[int, str] = MAJOR_NAMES,
@@ -91,7 +81,7 @@ def irp_row(session_id: int, x: Exchange, _majors: dict[int, str] = MAJOR_NAMES,
     )
 
 
-URB_COLUMNS = tuple(c.name for c in UrbRow.__table__.columns)
+URB_COLUMNS = tuple(c[0] for c in COLUMNS["urbs"])
 # irp id -> its text.  A capture reuses a few dozen ids (usbmon's URB addresses, USBPcap's
 # IRP addresses: 18 to 49 in the benchmark's captures), so the text is made once per id,
 # not once per row; the cache is emptied when it reaches HEX_IDS.
@@ -139,7 +129,7 @@ def storable_lba(lba: int | None) -> int | None:
     return None if lba is None or lba > INT64_MAX else lba
 
 
-COMMAND_COLUMNS = tuple(c.name for c in ScsiCommandRow.__table__.columns)
+COMMAND_COLUMNS = tuple(c[0] for c in COLUMNS["scsi_commands"])
 # an Activity's fields in file_activity's order after (session_id, id), as a tuple, in C
 ACTIVITY_FIELDS = operator.attrgetter("scsi_seq", "path", "operation", "kind", "file_offset",
                                       "length", "lba", "command_offset", "detail")
@@ -194,39 +184,42 @@ SPARSE_COLUMNS = {"urbs": ("urb_function", "stream_id"),
 
 class BulkInsert:
     """``executemany`` of plain tuples through the driver: the ORM's per-row work
-    costs more than SQLite's own insert for rows this size."""
+    costs more than SQLite's own insert for rows this size.  ``columns`` are the
+    table's (name, nullable without a server default, boolean), as in
+    ``sqlite_schema.COLUMNS``; ``execute`` takes a ``sqlite3`` connection (a SQLite
+    file) or a SQLAlchemy one (a URL)."""
 
-    def __init__(self, table: Table, paramstyle: str, quote: Callable[[str], str]) -> None:
-        columns = [c.name for c in table.columns]
+    def __init__(self, name: str, columns: tuple[tuple[str, bool, bool], ...],
+                 paramstyle: str, quote: Callable[[str], str]) -> None:
+        names_ = [c[0] for c in columns]
         if paramstyle == "qmark":
-            marks = ", ".join("?" for _ in columns)
+            marks = ", ".join("?" for _ in names_)
         elif paramstyle == "numeric":
-            marks = ", ".join(f":{i + 1}" for i in range(len(columns)))
+            marks = ", ".join(f":{i + 1}" for i in range(len(names_)))
         elif paramstyle == "named":
-            marks = ", ".join(f":{c}" for c in columns)
+            marks = ", ".join(f":{c}" for c in names_)
         elif paramstyle == "pyformat":
-            marks = ", ".join(f"%({c})s" for c in columns)
+            marks = ", ".join(f"%({c})s" for c in names_)
         else:  # format
-            marks = ", ".join("%s" for _ in columns)
+            marks = ", ".join("%s" for _ in names_)
         self.named = paramstyle in ("named", "pyformat")
-        self.columns = columns
+        self.columns = names_
         self._quote = quote
-        self.table = quote(table.name)
-        names = ", ".join(quote(c) for c in columns)  # "offset" is reserved in PostgreSQL
+        self.table = quote(name)
+        names = ", ".join(quote(c) for c in names_)  # "offset" is reserved in PostgreSQL
         self.sql = f"INSERT INTO {self.table} ({names}) VALUES ({marks})"
         # where a batch may leave out its all-NULL columns: SQLite's ``?`` marks, and
         # only nullable columns without a default (left out, they are NULL)
         self.sparse = tuple(
-            columns.index(c.name) for c in table.columns
-            if paramstyle == "qmark" and c.name in SPARSE_COLUMNS.get(table.name, ())
-            and c.nullable and c.server_default is None)
+            i for i, (column, nullable, _) in enumerate(columns)
+            if paramstyle == "qmark" and column in SPARSE_COLUMNS.get(name, ()) and nullable)
         self._narrow: dict[tuple[int, ...], tuple[str, Callable[[Any], Any]]] = {}
         # rows bind their flags as 0/1, which SQLite stores as a bool anyway; a server
         # with a real boolean type (PostgreSQL) refuses an integer for one
         self.booleans = () if paramstyle == "qmark" else tuple(
-            i for i, c in enumerate(table.columns) if isinstance(c.type, Boolean))
+            i for i, (_, _, boolean) in enumerate(columns) if boolean)
 
-    def execute(self, conn: Connection, params: list[Any]) -> None:
+    def execute(self, conn: Any, params: list[Any]) -> None:
         if self.booleans and params and isinstance(params[0], tuple):
             params = [self._with_booleans(p) for p in params]
         if self.named and params and isinstance(params[0], tuple):
@@ -235,9 +228,9 @@ class BulkInsert:
             absent = self._absent(params)
             if absent:
                 sql, pick = self._narrowed(absent)
-                conn.exec_driver_sql(sql, list(map(pick, params)))  # type: ignore[arg-type]
+                _executemany(conn, sql, list(map(pick, params)))
                 return
-        conn.exec_driver_sql(self.sql, params)  # type: ignore[arg-type]
+        _executemany(conn, self.sql, params)
 
     def _with_booleans(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
         values = list(row)
@@ -269,18 +262,49 @@ class BulkInsert:
         return narrow
 
 
+def _executemany(conn: Any, sql: str, params: list[Any]) -> None:
+    if isinstance(conn, sqlite3.Connection):
+        conn.executemany(sql, params)
+    else:
+        conn.exec_driver_sql(sql, params)
+
+
+def _quote_sqlite(name: str) -> str:
+    return f'"{name}"'
+
+
+INSERTED_TABLES = ("irps", "urbs", "scsi_commands", "file_activity", "gaps")
+
+
 def bulk_inserts(database: Database) -> dict[str, BulkInsert]:
-    dialect = database.engine.dialect
-    quote = dialect.identifier_preparer.quote
-    return {row.__tablename__: BulkInsert(row.__table__, dialect.paramstyle,  # type: ignore[arg-type]
-                                          quote)
-            for row in (IrpRow, UrbRow, ScsiCommandRow, FileActivityRow, GapRow)}
+    """The INSERTs of an import's tables: for a SQLite file without SQLAlchemy, whose
+    dialect otherwise gives the marks and the quoting."""
+    if database.path is not None:
+        paramstyle, quote = "qmark", _quote_sqlite
+    else:
+        dialect = database.engine.dialect
+        paramstyle, quote = dialect.paramstyle, dialect.identifier_preparer.quote
+    return {name: BulkInsert(name, COLUMNS[name], paramstyle, quote)
+            for name in INSERTED_TABLES}
 
 
 def insert_batch(database: Database, bulk: dict[str, BulkInsert],
                  batch: list[tuple[str, Any]]) -> None:
     """One transaction for one batch of rows of several tables, and the session's
     counts as of that batch: whenever the writer stops, the two agree."""
+    if database.path is not None:
+        with database._begin() as conn:
+            for name, params in batch:
+                if name == "sessions":
+                    session_id, counts = params
+                    database._update_session(conn, session_id, counts)
+                else:
+                    bulk[name].execute(conn, params)
+        return
+    from sqlalchemy import update
+
+    from usbtrace.store.schema import SessionRow
+
     with database.engine.begin() as conn:
         for name, params in batch:
             if name == "sessions":
@@ -696,14 +720,10 @@ class SessionWriter:
              "mass_storage_interfaces": ",".join(map(str, i.mass_storage_interfaces)) or None}
             for i in self.identity.devices.values()
         ]
-        with self.database.engine.begin() as conn:
-            if devices:
-                conn.execute(insert(DeviceRow), devices)
-            conn.execute(update(SessionRow).where(SessionRow.id == self.session_id).values(
-                record_count=self.records, dropped_count=self.dropped,
-                malformed_count=malformed,
-                command_count=self.commands, duration=self.last_ts, state=state,
-                notes=notes, time_origin=time_origin))
+        self.database.finish_session(
+            self.session_id, devices, record_count=self.records, dropped_count=self.dropped,
+            malformed_count=malformed, command_count=self.commands, duration=self.last_ts,
+            state=state, notes=notes, time_origin=time_origin)
 
 
 SHIP_BYTES = 1 << 20  # payload bytes per message to the storing process, at most
