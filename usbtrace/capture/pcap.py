@@ -301,20 +301,36 @@ class CaptureReader:
 
     # ---- pcap --------------------------------------------------------------------
 
-    def _pcap(self) -> Iterator[tuple[int, float, int, bytes, int, int, bool]]:
+    def pcap_start(self) -> tuple[bool, bool, int, bytes]:
+        """A pcap file's header: (big-endian, nanoseconds, linktype), and the bytes read
+        past it, where the first record begins."""
         head = self._head + self._read(20)
         self.bytes_read += 4
         if len(head) < 24:
             raise CaptureFormatError("pcap file header is truncated")
         big, nano, linktype = _pcap_header(head, first=True)  # type: ignore[misc]
         self.linktypes[0] = linktype
+        return big, nano, linktype, self._buffer[self._pos :]
+
+    def more(self, buf: bytes, pos: int, need: int) -> bytes:
+        """``buf[pos:]`` and at least enough read after it to hold ``need`` bytes (fewer
+        only at the end of the file)."""
+        rest = buf[pos:]
+        return rest + _read_enough(self._some, need - len(rest), self.CHUNK)
+
+    def _pcap(self) -> Iterator[tuple[int, float, int, bytes, int, int, bool]]:
+        big, nano, linktype, buf = self.pcap_start()
+        yield from self.pcap_records(buf, 0, 0, big, nano, linktype)
+
+    def pcap_records(self, buf: bytes, pos: int, number: int, big: bool, nano: bool,
+                     linktype: int) -> Iterator[tuple[int, float, int, bytes, int, int, bool]]:
+        """The records of a pcap file from ``buf[pos:]`` on (then from the stream), the
+        next being record ``number + 1``: the framing, from the start or from where a
+        faster loop (``reader._usbmon_pcap``) handed a record it does not take over."""
         unpack = struct.Struct((">" if big else "<") + "IIII").unpack_from
         scale = 1e-9 if nano else 1e-6
-        number = 0
         some = self._some
         chunk = self.CHUNK
-        buf = self._buffer[self._pos :]  # what the header read left in the buffer
-        pos = 0
         magics = APPENDED_MAGICS
         while True:
             if pos + 16 > len(buf):

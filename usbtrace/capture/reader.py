@@ -8,15 +8,24 @@ stops the rest of the file.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from usbtrace.capture import darwin, usbmon, usbpcap
-from usbtrace.capture.pcap import CaptureReader, InterfaceDrops, Listed, Packet, SourceError
+from usbtrace.capture.pcap import (
+    MAX_RECORD,
+    CaptureReader,
+    InterfaceDrops,
+    Listed,
+    Packet,
+    SourceError,
+)
 from usbtrace.errors import CaptureFormatError
-from usbtrace.records import GAP, Event
+from usbtrace.records import COMPLETE, CONTROL, GAP, ISOCHRONOUS, SUBMIT, Event
+from usbtrace.usb import urb as U
 
 LINKTYPE_NAMES = {
     usbmon.LINKTYPE_USB_LINUX: "usbmon",
@@ -24,6 +33,9 @@ LINKTYPE_NAMES = {
     usbpcap.LINKTYPE_USBPCAP: "usbpcap",
     darwin.LINKTYPE_USB_DARWIN: "macos",
 }
+# whether classic pcap files of usbmon records take their own loop (``_events``); off,
+# every record takes the general one (tests compare the two)
+USBMON_PCAP_LOOP = True
 OTHER_LINKTYPES = {1: "Ethernet", 101: "raw IP", 113: "Linux cooked", 127: "802.11 radiotap",
                    186: "USB (FreeBSD)", 188: "USB full/low speed (Ellisys)",
                    288: "USB 2.0 packets", 293: "USB 2.0 low speed"}
@@ -198,6 +210,10 @@ def events(stream: BinaryIO, stats: CaptureStats,
 def _events(reader: CaptureReader, stats: CaptureStats,
             progress: Callable[[int], None] | None, where: Callable[[], int]
             ) -> Iterator[Event]:
+    """The record loop: any container, any linktype, every check.  A classic pcap file
+    of usbmon records first goes through a loop of its own (below), which hands the
+    general one whatever it does not take; both are inline here, so that a record costs
+    one generator resumption, not two."""
     decoder = Decoder(stats)
     usbmon_types = (usbmon.LINKTYPE_USB_LINUX, usbmon.LINKTYPE_USB_LINUX_MMAPPED)
     decode_usbmon = usbmon.decode_record
@@ -212,7 +228,108 @@ def _events(reader: CaptureReader, stats: CaptureStats,
     count = 0
     failure: SourceError | None = None
     try:
-        for record in reader.records():
+        records: Iterator[tuple[int, float, int, bytes, int, int, bool]]
+        if reader.kind != "pcap":
+            records = reader.records()
+        else:
+            # Classic pcap: usbmon's records framed and decoded in one step, with one
+            # ``unpack_from`` for the record header and the usbmon header together, one
+            # slice (the payload) and no tuple or call in between.  For such a record it
+            # does what ``pcap_records``, the general loop and ``usbmon.decode_record`` do
+            # (tests/test_usbmon_pcap_loop.py compares the two).  The first record it
+            # would have to judge otherwise (another linktype, an appended file header, a
+            # record too short, too long or cut short at the end, a type usbmon does not
+            # have) goes, with all the rest, to the general loop.
+            big, nano, linktype, buf = reader.pcap_start()
+            number = pos = 0
+            if linktype in usbmon_types and USBMON_PCAP_LOOP:
+                order = ">" if big else "<"
+                unpack = struct.Struct(order + "IIII" + usbmon.HEADER_LE.format[1:]).unpack_from
+                descriptors = struct.Struct(order + "I").unpack_from  # mmapped: ndesc
+                mmapped = linktype == usbmon.LINKTYPE_USB_LINUX_MMAPPED
+                size = 16 + (64 if mmapped else 48)  # record header and usbmon header
+                scale = 1e-9 if nano else 1e-6
+                xfer_types = usbmon.XFER_TYPES
+                statuses = usbmon.ERRNO_TO_USBD
+                data_present = usbmon.DATA_PRESENT
+                pending, failed = U.USBD_STATUS_PENDING, U.USBD_STATUS_REQUEST_FAILED
+                taken = 0  # bytes framed and not yet added to reader.bytes_read
+                try:
+                    while True:
+                        if pos + size > len(buf):
+                            reader.bytes_read += taken
+                            taken = 0
+                            buf = reader.more(buf, pos, size)
+                            pos = 0
+                            if len(buf) < size:
+                                break
+                        (sec, frac, caplen, _, urb_id, kind, xfer, epnum, devnum, busnum,
+                         flag_setup, flag_data, _, _, status, length, len_cap,
+                         setup) = unpack(buf, pos)
+                        end = pos + 16 + caplen
+                        if caplen < size - 16 or caplen > MAX_RECORD or \
+                                xfer not in xfer_types or \
+                                (kind != 0x53 and kind != 0x43 and kind != 0x45):
+                            break
+                        if end > len(buf):
+                            reader.bytes_read += taken
+                            taken = 0
+                            buf = reader.more(buf, pos, 16 + caplen)
+                            pos, end = 0, 16 + caplen
+                            if end > len(buf):
+                                break
+                        number += 1
+                        count += 1
+                        ts = sec + frac * scale
+                        if origin is None:
+                            origin = ts
+                            stats.first_ts = origin
+                            stats.linktype = linktype
+                        if ts < previous:
+                            stats.went_back(number, previous - ts)
+                        previous = ts
+                        transfer_type = xfer_types[xfer]
+                        if flag_data in data_present and len_cap:
+                            start = pos + size
+                            if mmapped and transfer_type == ISOCHRONOUS:
+                                start += 16 * descriptors(buf, pos + 76)[0]
+                            stop = start + len_cap
+                            payload = buf[start : stop if stop < end else end]
+                        else:
+                            payload = b""
+                        taken += end - pos
+                        pos = end
+                        direction_in = epnum & 0x80
+                        if kind == 0x53:  # 'S'
+                            if transfer_type == CONTROL and flag_setup == 0:
+                                direction_in = setup[0] & 0x80
+                            else:
+                                setup = None
+                            yield Event(SUBMIT, ts - origin, urb_id, "capture", None, None,
+                                        None, None, None, None, None, None, busnum, devnum,
+                                        epnum, transfer_type, pending, length, setup, payload,
+                                        length if not direction_in and
+                                        transfer_type != ISOCHRONOUS else len(payload),
+                                        None, None, number, status)
+                        else:  # 'C', 'E'
+                            yield Event(COMPLETE, ts - origin, urb_id, "capture", None, None,
+                                        None, None, None, None,
+                                        "submission error" if kind == 0x45 else None, None,
+                                        busnum, devnum, epnum, transfer_type,
+                                        statuses.get(status, failed), length, None, payload,
+                                        length if direction_in and
+                                        transfer_type != ISOCHRONOUS else len(payload),
+                                        None, None, number, status)
+                        if progress is not None and not count & 255:
+                            reader.bytes_read += taken
+                            taken = 0
+                            if where() - last >= 1 << 20:
+                                progress(where() - last)
+                                last = where()
+                finally:
+                    reader.bytes_read += taken
+            records = reader.pcap_records(buf, pos, number, big, nano, linktype)
+        for record in records:
             count += 1
             number, ts, linktype, data, _, iface, big = record
             if linktype not in LINKTYPE_NAMES:
