@@ -1,7 +1,8 @@
-"""Classic pcap files of usbmon records are framed and decoded in one loop
-(in ``reader._events``); anything it does not take over goes to the general loop.
-The two must give the same events and the same statistics, record for record,
-whatever the file: real captures, captures appended, cut, corrupted."""
+"""usbmon records are framed and decoded in one loop (in ``reader._events``): a
+classic pcap file's, and a pcapng file's Enhanced Packet Blocks; anything that loop
+does not take goes to the general one.  The two must give the same events and the
+same statistics, record for record, whatever the file: real captures (usbmon,
+USBPcap, macOS, several sections and interfaces), captures appended, cut, corrupted."""
 
 from __future__ import annotations
 
@@ -44,26 +45,31 @@ def same_either_way(data: bytes, monkeypatch: pytest.MonkeyPatch) -> list[Event]
 
 
 def pcap_captures() -> list[Path]:
+    """Every capture of the shared folder, classic pcap and pcapng."""
     found = sorted(p for p in CAPTURES.glob("*") if p.is_file()
                    and p.read_bytes()[:4] in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4",
-                                              b"\x4d\x3c\xb2\xa1"))
-    if not found:
-        pytest.skip(f"no classic pcap captures in {CAPTURES}")
+                                              b"\x4d\x3c\xb2\xa1", b"\x0a\x0d\x0d\x0a"))
+    if len(found) < 2:
+        pytest.skip(f"no captures in {CAPTURES}")
     return found
 
 
 def test_real_captures_decode_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
     taken = 0
+    kinds = set()
     for path in pcap_captures():
         taken += len(same_either_way(path.read_bytes(), monkeypatch))
-    assert taken > 2000
+        kinds.add(path.read_bytes()[:4])
+    assert taken > 20000 and len(kinds) >= 2
 
 
 def test_appended_cut_and_corrupted_captures_decode_the_same(
         monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(12)
     captures = [p.read_bytes() for p in pcap_captures()]
-    variants = [captures[0] + captures[-1], captures[-1] + captures[0]]
+    ng = [data for data in captures if data[:4] == b"\x0a\x0d\x0d\x0a"]
+    variants = [captures[0] + captures[-1], captures[-1] + captures[0], ng[0] + ng[-1],
+                ng[-1] + ng[0]]
     for data in captures:
         variants += [data[:cut] for cut in rng.sample(range(24, len(data)), 8)]
         for _ in range(12):

@@ -272,6 +272,15 @@ class CaptureReader:
         self.interface_names: dict[tuple[int, int], str] = {}
         # Simple Packet Blocks read: they carry no time (given the one before them)
         self.untimed = 0
+        # pcapng: the packets numbered so far, the last one's time, the section's
+        # interfaces as the hot path reads them (below) and its byte order.  Kept here,
+        # not only in the generator, so that a loop that takes Enhanced Packet Blocks
+        # itself (``reader._events``, for usbmon) goes on where the generator is, and
+        # the generator where that loop stopped.
+        self.number = 0
+        self.ts = 0.0
+        self.epb_fast: list[tuple[int, float, float] | None] = []
+        self.big = False
 
     def _read(self, n: int) -> bytes:
         """``n`` bytes (fewer at the end of the file), served from a buffer: one
@@ -387,7 +396,7 @@ class CaptureReader:
         interfaces: list[tuple[int, float, float] | None] = []
         # the same for the hot path, but None where a negative if_tsoffset may put a
         # packet before 1970: those take the general path, which checks
-        fast: list[tuple[int, float, float] | None] = []
+        fast: list[tuple[int, float, float] | None] = self.epb_fast
         snaplen = 0  # interface 0's, which sizes a Simple Packet Block's data
         ts = 0.0  # the last packet's time: a Simple Packet Block has none of its own
         number = 0
@@ -411,6 +420,7 @@ class CaptureReader:
             # it (options, a bad length or interface), takes the general path below.
             buf = self._buffer
             pos = self._pos
+            number, ts = self.number, self.ts  # another loop may have taken packets
             if not pending and pos + 28 <= len(buf):
                 block_type, length, iface, hi, lo, caplen, origlen = epb_head(buf, pos)
                 if block_type == BT_EPB and pos + length <= len(buf) and length >= 32 and \
@@ -421,8 +431,8 @@ class CaptureReader:
                             linktype, tick, offset = described
                             stamp = ((hi << 32) | lo) * tick + offset
                             if stamp <= MAX_TIMESTAMP:
-                                ts = stamp
-                                number += 1
+                                self.ts = ts = stamp
+                                self.number = number = number + 1
                                 self._pos = pos + length
                                 self.bytes_read += length
                                 self.lost_before = 0
@@ -463,11 +473,11 @@ class CaptureReader:
                 first = False
                 section += 1
                 interfaces = []  # interface ids restart in every section
-                fast = []
+                fast = self.epb_fast = []
                 self.section = section
                 self.several = False
                 epb_head = EPB_HEAD[order]
-                big = order == ">"
+                self.big = big = order == ">"
                 continue
             block_type, length = struct.unpack(order + "II", head)
             if length < 12 or length % 4 or length > MAX_RECORD:
@@ -505,7 +515,7 @@ class CaptureReader:
             elif block_type == BT_ISB:
                 self._statistics(body, order, section, interfaces, number + 1)
             elif block_type == BT_EPB or block_type == BT_PB:
-                number += 1
+                self.number = number = number + 1
                 if len(body) < 20:
                     self.malformed.append((number, f"packet block has {len(body)} of its 20 "
                                                    "fixed bytes"))
@@ -541,7 +551,7 @@ class CaptureReader:
                                                    f"{tick:g} s a tick with if_tsoffset "
                                                    f"{offset:.0f} s is before 1970"))
                     continue
-                ts = stamp
+                self.ts = ts = stamp
                 data = body[20 : 20 + caplen]
                 options_at = 20 + caplen + (-caplen % 4)
                 if block_type == BT_EPB and len(body) > options_at:  # rare: no cost otherwise
@@ -559,7 +569,7 @@ class CaptureReader:
                 self.lost_before = lost
                 yield (number, ts, linktype, data, origlen, iface, order == ">")
             elif block_type == BT_SPB:
-                number += 1
+                self.number = number = number + 1
                 if len(body) < 4:
                     self.malformed.append((number, "simple packet block has no length field"))
                     continue

@@ -16,7 +16,9 @@ from typing import BinaryIO
 
 from usbtrace.capture import darwin, usbmon, usbpcap
 from usbtrace.capture.pcap import (
+    BT_EPB,
     MAX_RECORD,
+    MAX_TIMESTAMP,
     CaptureReader,
     InterfaceDrops,
     Listed,
@@ -36,6 +38,11 @@ LINKTYPE_NAMES = {
 # whether classic pcap files of usbmon records take their own loop (``_events``); off,
 # every record takes the general one (tests compare the two)
 USBMON_PCAP_LOOP = True
+# an Enhanced Packet Block's head and the usbmon header after it, by big-endian; and
+# usbmon's count of isochronous descriptors (mmapped header)
+EPB_USBMON = {big: struct.Struct(("<", ">")[big] + "IIIIIII" + usbmon.HEADER_LE.format[1:])
+              .unpack_from for big in (False, True)}
+NDESC = {big: struct.Struct(("<", ">")[big] + "I").unpack_from for big in (False, True)}
 OTHER_LINKTYPES = {1: "Ethernet", 101: "raw IP", 113: "Linux cooked", 127: "802.11 radiotap",
                    186: "USB (FreeBSD)", 188: "USB full/low speed (Ellisys)",
                    288: "USB 2.0 packets", 293: "USB 2.0 low speed"}
@@ -329,45 +336,146 @@ def _events(reader: CaptureReader, stats: CaptureStats,
                 finally:
                     reader.bytes_read += taken
             records = reader.pcap_records(buf, pos, number, big, nano, linktype)
-        for record in records:
-            count += 1
-            number, ts, linktype, data, _, iface, big = record
-            if linktype not in LINKTYPE_NAMES:
-                # another interface of a pcapng (Ethernet beside usbmon, say): not ours
-                stats.skipped += 1
-                stats.other_linktypes.add(linktype)
-                continue
-            if origin is None:
-                origin = ts
-                stats.first_ts = origin
-                stats.linktype = linktype
-            if ts < previous:  # the time goes back: service times across it are wrong
-                stats.went_back(number, previous - ts)
-            previous = ts
-            if reader.lost_before:  # the capture says packets were lost right here
-                yield Event(GAP, ts - origin, 0, information=reader.lost_before)
+        # pcapng: usbmon's Enhanced Packet Blocks taken in their own loop, after the
+        # general one has met the first (which read the section and its interfaces)
+        fuse = reader.kind == "pcapng" and USBMON_PCAP_LOOP
+        while True:
+            for record in records:
+                count += 1
+                number, ts, linktype, data, _, iface, big = record
+                if linktype not in LINKTYPE_NAMES:
+                    # another interface of a pcapng (Ethernet beside usbmon, say): not ours
+                    stats.skipped += 1
+                    stats.other_linktypes.add(linktype)
+                    continue
+                if origin is None:
+                    origin = ts
+                    stats.first_ts = origin
+                    stats.linktype = linktype
+                if ts < previous:  # the time goes back: service times across it are wrong
+                    stats.went_back(number, previous - ts)
+                previous = ts
+                if reader.lost_before:  # the capture says packets were lost right here
+                    yield Event(GAP, ts - origin, 0, information=reader.lost_before)
+                try:
+                    if linktype in usbmon_types:  # the common case: no Packet, no list
+                        event = decode_usbmon(number, ts - origin, linktype, data, big)
+                        if reader.several:  # a section of several interfaces (rare)
+                            sharing.see(reader.section, iface, [event])
+                        yield event
+                    elif linktype == usbpcap_type:  # times are made relative before decoding:
+                        produced = decode_usbpcap(number, ts - origin, data)  # held events too
+                        if reader.several:
+                            sharing.see(reader.section, iface, produced)
+                        yield from produced
+                    else:
+                        produced = decoder.decode(
+                            Packet(number, ts - origin, linktype, data, record[4], iface, big))
+                        if reader.several:
+                            sharing.see(reader.section, iface, produced)
+                        yield from produced
+                except malformed as e:
+                    stats.malformed.append((number, str(e)))
+                if progress is not None and not count & 255 and where() - last >= 1 << 20:
+                    progress(where() - last)
+                    last = where()
+                if fuse and linktype in usbmon_types and not reader.several:
+                    break
+            else:
+                break  # no more records
+            # Enhanced Packet Blocks of usbmon records, framed and decoded in one step as in
+            # classic pcap (above), while each is what the reader's own hot path takes (the
+            # block whole in its buffer, no options, its interface readable) and a usbmon
+            # record the general loop would decode without complaint; the first that is
+            # not goes back to the reader's generator, which goes on from there.
+            buf = reader._buffer
+            pos = reader._pos
+            fast = reader.epb_fast
+            number = reader.number
+            ts = reader.ts
+            unpack = EPB_USBMON[reader.big]
+            descriptors = NDESC[reader.big]
+            xfer_types = usbmon.XFER_TYPES
+            statuses = usbmon.ERRNO_TO_USBD
+            data_present = usbmon.DATA_PRESENT
+            pending, failed = U.USBD_STATUS_PENDING, U.USBD_STATUS_REQUEST_FAILED
+            reader.lost_before = 0
+            taken = 0
             try:
-                if linktype in usbmon_types:  # the common case: no Packet, no list
-                    event = decode_usbmon(number, ts - origin, linktype, data, big)
-                    if reader.several:  # a section of several interfaces (rare)
-                        sharing.see(reader.section, iface, [event])
-                    yield event
-                elif linktype == usbpcap_type:  # times are made relative before decoding:
-                    produced = decode_usbpcap(number, ts - origin, data)  # held events too
-                    if reader.several:
-                        sharing.see(reader.section, iface, produced)
-                    yield from produced
-                else:
-                    produced = decoder.decode(
-                        Packet(number, ts - origin, linktype, data, record[4], iface, big))
-                    if reader.several:
-                        sharing.see(reader.section, iface, produced)
-                    yield from produced
-            except malformed as e:
-                stats.malformed.append((number, str(e)))
-            if progress is not None and not count & 255 and where() - last >= 1 << 20:
-                progress(where() - last)
-                last = where()
+                while pos + 76 <= len(buf):
+                    (block_type, length, iface, hi, lo, caplen, _, urb_id, kind, xfer, epnum,
+                     devnum, busnum, flag_setup, flag_data, _, _, status, urb_length, len_cap,
+                     setup) = unpack(buf, pos)
+                    end = pos + length
+                    if block_type != BT_EPB or end > len(buf) or length % 4 or \
+                            length > MAX_RECORD or iface >= len(fast) or \
+                            length - 12 != 20 + caplen + (-caplen % 4):
+                        break
+                    described = fast[iface]
+                    if described is None:
+                        break
+                    linktype, tick, offset = described
+                    size = 48 if linktype == usbmon.LINKTYPE_USB_LINUX else \
+                        64 if linktype == usbmon.LINKTYPE_USB_LINUX_MMAPPED else 0
+                    stamp = ((hi << 32) | lo) * tick + offset
+                    if not size or caplen < size or stamp > MAX_TIMESTAMP or \
+                            xfer not in xfer_types or \
+                            (kind != 0x53 and kind != 0x43 and kind != 0x45):
+                        break
+                    ts = stamp
+                    number += 1
+                    count += 1
+                    if origin is None:
+                        origin = ts
+                        stats.first_ts = origin
+                        stats.linktype = linktype
+                    if ts < previous:
+                        stats.went_back(number, previous - ts)
+                    previous = ts
+                    transfer_type = xfer_types[xfer]
+                    if flag_data in data_present and len_cap:
+                        start = pos + 28 + size
+                        if size == 64 and transfer_type == ISOCHRONOUS:
+                            start += 16 * descriptors(buf, pos + 88)[0]
+                        stop = start + len_cap
+                        limit = pos + 28 + caplen
+                        payload = buf[start : stop if stop < limit else limit]
+                    else:
+                        payload = b""
+                    taken += length
+                    pos = end
+                    direction_in = epnum & 0x80
+                    if kind == 0x53:  # 'S'
+                        if transfer_type == CONTROL and flag_setup == 0:
+                            direction_in = setup[0] & 0x80
+                        else:
+                            setup = None
+                        yield Event(SUBMIT, ts - origin, urb_id, "capture", None, None, None,
+                                    None, None, None, None, None, busnum, devnum, epnum,
+                                    transfer_type, pending, urb_length, setup, payload,
+                                    urb_length if not direction_in and
+                                    transfer_type != ISOCHRONOUS else len(payload),
+                                    None, None, number, status)
+                    else:  # 'C', 'E'
+                        yield Event(COMPLETE, ts - origin, urb_id, "capture", None, None, None,
+                                    None, None, None,
+                                    "submission error" if kind == 0x45 else None, None,
+                                    busnum, devnum, epnum, transfer_type,
+                                    statuses.get(status, failed), urb_length, None, payload,
+                                    urb_length if direction_in and
+                                    transfer_type != ISOCHRONOUS else len(payload),
+                                    None, None, number, status)
+                    if progress is not None and not count & 255:
+                        reader.bytes_read += taken
+                        taken = 0
+                        if where() - last >= 1 << 20:
+                            progress(where() - last)
+                            last = where()
+            finally:
+                reader._pos = pos
+                reader.number = number
+                reader.ts = ts
+                reader.bytes_read += taken
     except SourceError as e:  # keep what came before, then say why it stopped
         failure = e
     stats.records = count
