@@ -26,7 +26,7 @@ from usbtrace.capture.pcap import (
     SourceError,
 )
 from usbtrace.errors import CaptureFormatError
-from usbtrace.records import COMPLETE, CONTROL, GAP, ISOCHRONOUS, SUBMIT, Event
+from usbtrace.records import BULK, COMPLETE, CONTROL, GAP, ISOCHRONOUS, SUBMIT, Event
 from usbtrace.usb import urb as U
 
 LINKTYPE_NAMES = {
@@ -42,6 +42,8 @@ USBMON_PCAP_LOOP = True
 # usbmon's count of isochronous descriptors (mmapped header)
 EPB_USBMON = {big: struct.Struct(("<", ">")[big] + "IIIIIII" + usbmon.HEADER_LE.format[1:])
               .unpack_from for big in (False, True)}
+# the same with USBPcap's header (always little-endian: USBPcap is Windows')
+EPB_USBPCAP = struct.Struct("<IIIIIII" + usbpcap.HEADER.format[1:]).unpack_from
 NDESC = {big: struct.Struct(("<", ">")[big] + "I").unpack_from for big in (False, True)}
 OTHER_LINKTYPES = {1: "Ethernet", 101: "raw IP", 113: "Linux cooked", 127: "802.11 radiotap",
                    186: "USB (FreeBSD)", 188: "USB full/low speed (Ellisys)",
@@ -379,7 +381,8 @@ def _events(reader: CaptureReader, stats: CaptureStats,
                 if progress is not None and not count & 255 and where() - last >= 1 << 20:
                     progress(where() - last)
                     last = where()
-                if fuse and linktype in usbmon_types and not reader.several:
+                if fuse and not reader.several and (linktype in usbmon_types or (
+                        linktype == usbpcap_type and not reader.big)):
                     break
             else:
                 break  # no more records
@@ -387,13 +390,19 @@ def _events(reader: CaptureReader, stats: CaptureStats,
             # classic pcap (above), while each is what the reader's own hot path takes (the
             # block whole in its buffer, no options, its interface readable) and a usbmon
             # record the general loop would decode without complaint; the first that is
-            # not goes back to the reader's generator, which goes on from there.
+            # not goes back to the reader's generator, which goes on from there.  USBPcap's
+            # likewise, for what ``UsbpcapDecoder._bulk`` takes: a bulk transfer (not a
+            # pipe request) while no control SETUP stage is held.
             buf = reader._buffer
             pos = reader._pos
             fast = reader.epb_fast
             number = reader.number
             ts = reader.ts
             unpack = EPB_USBMON[reader.big]
+            epb_usbpcap = EPB_USBPCAP
+            held = decoder.usbpcap._setup  # fast only while it holds no SETUP stage
+            bulk, pipe_requests = usbpcap.TRANSFER_BULK, usbpcap.PIPE_REQUESTS
+            to_fdo = usbpcap.USBPCAP_INFO_PDO_TO_FDO
             descriptors = NDESC[reader.big]
             xfer_types = usbmon.XFER_TYPES
             statuses = usbmon.ERRNO_TO_USBD
@@ -402,7 +411,62 @@ def _events(reader: CaptureReader, stats: CaptureStats,
             reader.lost_before = 0
             taken = 0
             try:
-                while pos + 76 <= len(buf):
+                while linktype == usbpcap_type and pos + 55 <= len(buf):
+                    (block_type, length, iface, hi, lo, caplen, _, header_len, irp_id, status,
+                     function, info, busnum, devnum, epnum, transfer,
+                     data_length) = epb_usbpcap(buf, pos)
+                    end = pos + length
+                    if block_type != BT_EPB or end > len(buf) or length % 4 or \
+                            length > MAX_RECORD or iface >= len(fast) or \
+                            length - 12 != 20 + caplen + (-caplen % 4):
+                        break
+                    described = fast[iface]
+                    if described is None or described[0] != usbpcap_type:
+                        break
+                    _, tick, offset = described
+                    stamp = ((hi << 32) | lo) * tick + offset
+                    if stamp > MAX_TIMESTAMP or caplen < 27 or header_len < 27 or \
+                            header_len > caplen or devnum > 127 or transfer != bulk or \
+                            held or function in pipe_requests:
+                        break
+                    ts = stamp
+                    number += 1
+                    count += 1
+                    if ts < previous:
+                        stats.went_back(number, previous - ts)
+                    previous = ts
+                    start = pos + 28 + header_len
+                    stop = start + data_length
+                    limit = pos + 28 + caplen
+                    payload = buf[start : stop if stop < limit else limit]
+                    captured = len(payload)
+                    taken += length
+                    pos = end
+                    if info & to_fdo:  # a completion: see UsbpcapDecoder._bulk
+                        yield Event(COMPLETE, ts - origin, irp_id, "capture", None, None, None,
+                                    None, None, None, None, function, busnum, devnum, epnum,
+                                    BULK, status, data_length if epnum & 0x80 else None, None,
+                                    payload, data_length if captured < data_length else captured,
+                                    None, None, number, status)
+                    elif epnum & 0x80:
+                        yield Event(SUBMIT, ts - origin, irp_id, "capture", None, None, None,
+                                    None, None, None, None, function, busnum, devnum, epnum,
+                                    BULK, None, None, None, b"",
+                                    data_length if captured < data_length else None, None,
+                                    None, number, status)
+                    else:
+                        yield Event(SUBMIT, ts - origin, irp_id, "capture", None, None, None,
+                                    None, None, None, None, function, busnum, devnum, epnum,
+                                    BULK, None, data_length, None, payload,
+                                    data_length if captured < data_length else captured, None,
+                                    None, number, status)
+                    if progress is not None and not count & 255:
+                        reader.bytes_read += taken
+                        taken = 0
+                        if where() - last >= 1 << 20:
+                            progress(where() - last)
+                            last = where()
+                while linktype != usbpcap_type and pos + 76 <= len(buf):
                     (block_type, length, iface, hi, lo, caplen, _, urb_id, kind, xfer, epnum,
                      devnum, busnum, flag_setup, flag_data, _, _, status, urb_length, len_cap,
                      setup) = unpack(buf, pos)
