@@ -113,12 +113,16 @@ def test_a_second_import_finds_the_first_and_a_dead_writer_is_closed(tmp_path: P
     assert notes.startswith("kept; its writer (pid 4194305) ended")
 
 
-def test_a_writing_import_does_not_load_sqlalchemy(tmp_path: Path) -> None:
-    capture = shared_capture("ajbanjara__usb_memory_stick_create_file.pcap")
+@pytest.mark.parametrize("command", ["import", "record"])
+def test_writing_commands_do_not_load_sqlalchemy(tmp_path: Path, command: str) -> None:
+    """``import`` and ``record`` (with its forked storing process) on a SQLite file."""
+    db = str(tmp_path / "i.db")
+    args = ["import", "-q", "--db", db,
+            str(shared_capture("ajbanjara__usb_memory_stick_create_file.pcap"))] \
+        if command == "import" else ["record", "--db", db, "--size", "4M"]
     code = ("import sys\n"
             "from usbtrace.cli import main\n"
-            f"sys.argv = ['usbtrace', 'import', '-q', '--db', {str(tmp_path / 'i.db')!r}, "
-            f"{str(capture)!r}]\n"
+            f"sys.argv = ['usbtrace', *{args!r}]\n"
             "try:\n"
             "    main()\n"
             "except SystemExit as e:\n"
@@ -127,9 +131,11 @@ def test_a_writing_import_does_not_load_sqlalchemy(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
-    con = sqlite3.connect(tmp_path / "i.db")
-    assert con.execute("SELECT state FROM sessions").fetchall() == [("complete",)]
+    con = sqlite3.connect(db)
+    state, commands = con.execute("SELECT state, command_count FROM sessions").fetchone()
+    stored = con.execute("SELECT count(*) FROM scsi_commands").fetchone()[0]
     con.close()
+    assert state == "complete" and commands == stored > 0
 
 
 def test_a_file_that_is_not_a_database_is_one_line(tmp_path: Path) -> None:
