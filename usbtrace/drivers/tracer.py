@@ -47,8 +47,6 @@ from usbtrace.wdm.device import (
 from usbtrace.wdm.iomgr import (
     IoCallDriver,
     IoCompleteRequest,
-    IoCopyCurrentIrpStackLocationToNext,
-    IoSetCompletionRoutine,
 )
 from usbtrace.wdm.irp import (
     IRP_MJ_INTERNAL_DEVICE_CONTROL,
@@ -61,6 +59,9 @@ from usbtrace.wdm.irp import (
     IRP_MN_REMOVE_DEVICE,
     IRP_MN_SET_POWER,
     IRP_MN_START_DEVICE,
+    SL_INVOKE_ON_CANCEL,
+    SL_INVOKE_ON_ERROR,
+    SL_INVOKE_ON_SUCCESS,
     SL_PENDING_RETURNED,
     DeviceCapabilities,
     DeviceIoControlParameters,
@@ -89,6 +90,7 @@ USBD_STATUS_PENDING = U.USBD_STATUS_PENDING
 UrbBulkOrInterruptTransfer = U.UrbBulkOrInterruptTransfer
 
 BUS_INFO_INTERFACE = U.BUS_INFO_INTERFACE
+INVOKE_ALWAYS = SL_INVOKE_ON_SUCCESS | SL_INVOKE_ON_ERROR | SL_INVOKE_ON_CANCEL
 
 
 
@@ -244,11 +246,21 @@ def TracerDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int: 
            irp.id, ext.position, IRP_MJ_INTERNAL_DEVICE_CONTROL, None, SUBMIT_URB, parent, None,
            None, None, urb.function, ext.bus, ext.address, endpoint, transfer_type,
            USBD_STATUS_PENDING, size, None, len(data), None, None, None, None, stream), data))
-    IoCopyCurrentIrpStackLocationToNext(irp)
-    # what the completion needs, resolved once, as a filter keeps it in the context
-    # it allocates for its completion routine (USBPcap's does)
-    IoSetCompletionRoutine(irp, TracerUrbCompletion,
-                           (parent, urb, endpoint, transfer_type, stream))
+    # IoCopyCurrentIrpStackLocationToNext, then IoSetCompletionRoutine: the two wdm.h
+    # inlines, inline and at once (the copy clears Control, the routine sets it); what
+    # the completion needs, resolved once, as a filter keeps it in the context it
+    # allocates for its completion routine (USBPcap's does)
+    location = irp.current_location
+    src = irp.stack[location]
+    dst = irp.stack[location - 1]
+    dst.major_function = src.major_function
+    dst.minor_function = src.minor_function
+    dst.flags = src.flags
+    dst.parameters = params
+    dst.file_object = src.file_object
+    dst.completion_routine = TracerUrbCompletion
+    dst.context = (parent, urb, endpoint, transfer_type, stream)
+    dst.control = INVOKE_ALWAYS
     return IoCallDriver(ext.lower, irp)
 
 
@@ -271,8 +283,16 @@ def TracerDispatchReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N80
            irp.id, ext.position, loc.major_function, None, None, parent, None, None, None,
            None, None, None, None, None, None, params.length, None, None, params.byte_offset,
            None if file_object is None else file_object.id, None, None, None), b""))
-    IoCopyCurrentIrpStackLocationToNext(irp)
-    IoSetCompletionRoutine(irp, TracerReadWriteCompletion, parent)
+    # IoCopyCurrentIrpStackLocationToNext, then IoSetCompletionRoutine (wdm.h inlines)
+    dst = irp.stack[irp.current_location - 1]
+    dst.major_function = loc.major_function
+    dst.minor_function = loc.minor_function
+    dst.flags = loc.flags
+    dst.parameters = params
+    dst.file_object = file_object
+    dst.completion_routine = TracerReadWriteCompletion
+    dst.context = parent
+    dst.control = INVOKE_ALWAYS
     return IoCallDriver(ext.lower, irp)
 
 
@@ -291,8 +311,17 @@ def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         if master is not None:
             parent = master.id
         sink(_describe(ext, irp, loc, major, SUBMIT, parent))
-    IoCopyCurrentIrpStackLocationToNext(irp)
-    IoSetCompletionRoutine(irp, TracerCompletion, parent)  # on success, error and cancel
+    # IoCopyCurrentIrpStackLocationToNext, then IoSetCompletionRoutine on success, error
+    # and cancel (wdm.h inlines)
+    dst = irp.stack[irp.current_location - 1]
+    dst.major_function = major
+    dst.minor_function = loc.minor_function
+    dst.flags = loc.flags
+    dst.parameters = loc.parameters
+    dst.file_object = loc.file_object
+    dst.completion_routine = TracerCompletion
+    dst.context = parent
+    dst.control = INVOKE_ALWAYS
     if major == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE:
         lower = ext.lower
         status = IoCallDriver(lower, irp)
