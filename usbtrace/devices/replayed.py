@@ -265,7 +265,9 @@ class ReplayedDevice(DeviceBackend):
     def _command(self, cbw: bot.Cbw) -> None:
         self._tag = cbw.tag
         cmd, replayed = self._pick(cbw)
-        host_in = cbw.data_in and cbw.data_transfer_length > 0
+        length = cbw.data_transfer_length
+        data_in = cbw.flags & bot.CBW_FLAGS_DATA_IN != 0  # cbw.data_in
+        host_in = data_in and length > 0
         if cmd is None:
             made_up = self._made_up(cbw.cdb)
             if made_up is not None:
@@ -278,11 +280,12 @@ class ReplayedDevice(DeviceBackend):
             return
         if replayed:
             self.served = True
-            expected = (cmd.data_direction, cmd.expected_length, cmd.lun)
-            actual = ("none" if not cbw.data_transfer_length else
-                      ("in" if cbw.data_in else "out"), cbw.data_transfer_length, cbw.lun)
-            if expected != actual:
-                self._diverge("cbw (direction, length, lun)", expected, actual)
+            direction = "none" if not length else "in" if data_in else "out"
+            if cmd.expected_length != length or cmd.data_direction != direction or \
+                    cmd.lun != cbw.lun:
+                self._diverge("cbw (direction, length, lun)",
+                              (cmd.data_direction, cmd.expected_length, cmd.lun),
+                              (direction, length, cbw.lun))
         status = STATUS_CODES.get(cmd.status, 2)
         # a CSW field holds 32 bits: a recording that says more is clamped, not fatal
         residue = min(max(cmd.residue or 0, 0), 0xFFFFFFFF)

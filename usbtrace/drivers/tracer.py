@@ -241,7 +241,14 @@ def TracerDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int: 
         known = _unknown_pipe(ext, urb.pipe_handle)
     endpoint, transfer_type, stream = known
     size = urb.length
-    data = _payload(urb, size) if size and not endpoint & 0x80 else b""  # OUT: there when sent
+    data = b""
+    # a bulk URB's ``size`` bytes, copied once: the buffer is the caller's, which it
+    # reuses (the next ReadFile into it) while the record may still wait in the queue
+    if size and not endpoint & 0x80:  # OUT: there when sent
+        buffer = urb.buffer
+        if buffer is None:
+            buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
+        data = bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
     sink(((SUBMIT, ext.scheduler.virtual_ns if ext.wall_clock is None else ext.wall_clock(),
            irp.id, ext.position, IRP_MJ_INTERNAL_DEVICE_CONTROL, None, SUBMIT_URB, parent, None,
            None, None, urb.function, ext.bus, ext.address, endpoint, transfer_type,
@@ -352,7 +359,12 @@ def TracerUrbCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
     ext: TracerExtension = device.device_extension
     parent, urb, endpoint, transfer_type, stream = context
     size = urb.length
-    data = _payload(urb, size) if size and endpoint & 0x80 else b""  # IN: there once done
+    data = b""
+    if size and endpoint & 0x80:  # IN: there once done, copied once (see the dispatch)
+        buffer = urb.buffer
+        if buffer is None:
+            buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
+        data = bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
     io_status = irp.io_status
     information = io_status.information
     sink = ext.sink
@@ -427,16 +439,6 @@ def TracerCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
     if not (major == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE):
         IoReleaseRemoveLock(ext.remove_lock, irp)  # REMOVE's is released by the dispatch
     return STATUS_SUCCESS  # STATUS_CONTINUE_COMPLETION
-
-
-def _payload(urb: U.UrbBulkOrInterruptTransfer, size: int) -> bytes:
-    """A bulk URB's ``size`` bytes of data, copied once: the buffer is the caller's,
-    which it reuses (the next ReadFile into it) while the record may still wait in the
-    queue."""
-    buffer = urb.buffer
-    if buffer is None:
-        buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
-    return bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
 
 
 def _unknown_pipe(ext: TracerExtension, pipe: U.PipeInformation) -> tuple[int, int, int | None]:

@@ -368,10 +368,6 @@ def _completion_on_deleted(device: DeviceObject, irp: Irp) -> None:
                    f"completion routine for {irp!r} runs on deleted {device!r}")
 
 
-def _free(irp: Irp) -> None:
-    release_irp(irp)
-
-
 def _finish(irp: Irp) -> None:
     """The I/O manager's part once every driver is done with the IRP.
 
@@ -389,7 +385,7 @@ def _finish(irp: Irp) -> None:
     master = irp.master_irp
     if master is not None:
         master.irp_count -= 1
-        release_irp(irp)  # _free
+        release_irp(irp)  # IoFreeIrp: the I/O manager made it
         if master.irp_count == 0:
             IoCompleteRequest(master)
         return
@@ -409,6 +405,9 @@ def _finish(irp: Irp) -> None:
 
 
 def _scheduler_of(irp: Irp) -> Any:
+    top = irp.stack[-1].device_object  # the first driver's location, as a rule
+    if top is not None:
+        return top.driver_object.kernel.scheduler
     for loc in irp.stack:
         if loc.device_object is not None:
             return loc.device_object.driver_object.kernel.scheduler
@@ -443,7 +442,7 @@ def IopCompleteRequest(irp: Irp) -> None:  # noqa: N802
         irp.user_event.KeSetEvent()
     if irp.user_callback is not None:
         irp.user_callback(irp)
-    _free(irp)  # IoFreeIrp: the I/O manager built it
+    release_irp(irp)  # IoFreeIrp: the I/O manager built it
 
 
 def IoSetNextIrpStackLocation(irp: Irp, device: DeviceObject | None = None) -> None:  # noqa: N802

@@ -386,12 +386,14 @@ class Scheduler:
         """Block (by running the machine) until ``event`` is signalled."""
         if event.signaled:
             return
-        self.check_running(what)
-        self.require_irql(APC_LEVEL, "KeWaitForSingleObject")
+        if self.halted is not None:
+            self.check_running(what)
+        if self.irql > APC_LEVEL:
+            self.require_irql(APC_LEVEL, "KeWaitForSingleObject")
         # run_one, inline: a replayed command waits through five events or so
         events = self._events
         pop = heapq.heappop
-        virtual = self.clock == "virtual"
+        virtual = self.virtual
         while not event.signaled:
             if not events:
                 self.check_running(what)

@@ -97,8 +97,10 @@ class Win32:
     def _send(self, file_object: FileObject, irp: Irp, call: str,
               overlapped: bool = False) -> Overlapped | int:
         scheduler = self.kernel.scheduler
-        scheduler.check_running(call)
-        scheduler.require_irql(PASSIVE_LEVEL, call)
+        if scheduler.halted is not None:
+            scheduler.check_running(call)
+        if scheduler.irql > PASSIVE_LEVEL:
+            scheduler.require_irql(PASSIVE_LEVEL, call)
         top = IoGetAttachedDevice(file_object.device_object)
         event = KEvent()
         iosb = IoStatusBlock()
