@@ -4,12 +4,14 @@ Built like the WDK's toaster filter: every MajorFunction slot points at one
 pass-through dispatch routine, and the few that need more have their own (the
 toaster's are PnP and power; here, when there is a sink, the data path's:
 INTERNAL_DEVICE_CONTROL for bulk URBs, READ and WRITE, each with its own
-completion routine); AddDevice creates a filter device object and attaches it
-to the stack.  PnP installs the same driver as a LowerFilter of
-the mass-storage client driver (where it sees URBs, PnP and power IRPs) and as
-an UpperFilter of the disk class driver (where it sees READ/WRITE with byte
-offsets and the requesting handle).  Which one a device object is follows
-from where it attached: directly on a PDO is the lower position.
+completion routine; without a sink the data path passes as the toaster's
+FilterPass passes everything, with no completion routine); AddDevice creates a
+filter device object and attaches it to the stack.  PnP installs the same
+driver as a LowerFilter of the mass-storage client driver (where it sees URBs,
+PnP and power IRPs) and as an UpperFilter of the disk class driver (where it
+sees READ/WRITE with byte offsets and the requesting handle).  Which one a
+device object is follows from where it attached: directly on a PDO is the
+lower position.
 
 For each IRP the filter records a submission when it passes down and a
 completion when its completion routine runs on the way back up; OUT payload
@@ -132,6 +134,10 @@ def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
         if not upper_payload:
             driver.major_function[IRP_MJ_READ] = TracerDispatchReadWrite
             driver.major_function[IRP_MJ_WRITE] = TracerDispatchReadWrite
+    else:  # nothing to record: the data path passes as the toaster filter's FilterPass
+        driver.major_function[IRP_MJ_INTERNAL_DEVICE_CONTROL] = TracerDispatchUrbPass
+        driver.major_function[IRP_MJ_READ] = TracerDispatchPass
+        driver.major_function[IRP_MJ_WRITE] = TracerDispatchPass
     driver.driver_extension.add_device = TracerAddDevice
     driver.driver_unload = TracerUnload
     driver.driver_context = {
@@ -301,6 +307,42 @@ def TracerDispatchReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N80
     dst.context = parent
     dst.control = INVOKE_ALWAYS
     return IoCallDriver(ext.lower, irp)
+
+
+def TracerDispatchPass(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """IRP_MJ_READ and IRP_MJ_WRITE when there is no sink, and a bulk URB (through
+    TracerDispatchUrbPass): nothing to record on the way down or up, so the filter
+    passes the IRP as the WDK toaster filter's FilterPass does (filter.c):
+    IoSkipCurrentIrpStackLocation, IoCallDriver, and the remove lock released once
+    IoCallDriver returns, the filter being done with the IRP.  No completion routine of the filter's runs for it, and the lower
+    driver takes the filter's stack location.  (Device replay's machine has no sink.)"""
+    ext: TracerExtension = device.device_extension
+    status = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
+        return _refuse(irp, status)
+    irp.current_location += 1  # IoSkipCurrentIrpStackLocation, the wdm.h inline
+    status = IoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
+
+
+def TracerDispatchUrbPass(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """IRP_MJ_INTERNAL_DEVICE_CONTROL when there is no sink: a bulk URB (a CBW, data
+    phase or CSW) passes as TracerDispatchPass does; any other request goes through
+    TracerDispatchAny, whose completion learns the pipes a selection returns."""
+    params = irp.stack[irp.current_location].parameters
+    if type(params) is not DeviceIoControlParameters or \
+            params.io_control_code != SUBMIT_URB or \
+            type(params.type3_input_buffer) is not UrbBulkOrInterruptTransfer:
+        return TracerDispatchAny(device, irp)
+    ext: TracerExtension = device.device_extension
+    status = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
+        return _refuse(irp, status)
+    irp.current_location += 1  # IoSkipCurrentIrpStackLocation, the wdm.h inline
+    status = IoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
 
 
 def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
