@@ -74,7 +74,7 @@ from usbtrace.wdm.irp import (
     describe_parameters,
     minor_name,
 )
-from usbtrace.wdm.mdl import MmGetSystemAddressForMdlSafe
+from usbtrace.wdm.mdl import MDL_MAPPED_TO_SYSTEM_VA, MmGetSystemAddressForMdlSafe
 from usbtrace.wdm.power import PoSetPowerState, PowerDeviceD0
 from usbtrace.wdm.removelock import (
     IoAcquireRemoveLock,
@@ -232,7 +232,9 @@ def TracerDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int: 
     expression; any other request goes through TracerDispatchAny."""
     ext: TracerExtension = device.device_extension
     sink = ext.sink
-    params = irp.stack[irp.current_location].parameters
+    location = irp.current_location
+    src = irp.stack[location]
+    params = src.parameters
     if sink is None or type(params) is not DeviceIoControlParameters or \
             params.io_control_code != SUBMIT_URB or \
             type(urb := params.type3_input_buffer) is not UrbBulkOrInterruptTransfer:
@@ -263,8 +265,6 @@ def TracerDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int: 
     # inlines, inline and at once (the copy clears Control, the routine sets it); what
     # the completion needs, resolved once, as a filter keeps it in the context it
     # allocates for its completion routine (USBPcap's does)
-    location = irp.current_location
-    src = irp.stack[location]
     dst = irp.stack[location - 1]
     dst.major_function = src.major_function
     dst.minor_function = src.minor_function
@@ -287,7 +287,8 @@ def TracerDispatchReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N80
     status = IoAcquireRemoveLock(ext.remove_lock, irp)
     if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
         return _refuse(irp, status)
-    loc = irp.stack[irp.current_location]
+    location = irp.current_location
+    loc = irp.stack[location]
     params = loc.parameters
     master = irp.master_irp
     parent = None if master is None else master.id
@@ -297,7 +298,7 @@ def TracerDispatchReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N80
            None, None, None, None, None, None, params.length, None, None, params.byte_offset,
            None if file_object is None else file_object.id, None, None, None), b""))
     # IoCopyCurrentIrpStackLocationToNext, then IoSetCompletionRoutine (wdm.h inlines)
-    dst = irp.stack[irp.current_location - 1]
+    dst = irp.stack[location - 1]
     dst.major_function = loc.major_function
     dst.minor_function = loc.minor_function
     dst.flags = loc.flags
@@ -314,8 +315,9 @@ def TracerDispatchPass(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     TracerDispatchUrbPass): nothing to record on the way down or up, so the filter
     passes the IRP as the WDK toaster filter's FilterPass does (filter.c):
     IoSkipCurrentIrpStackLocation, IoCallDriver, and the remove lock released once
-    IoCallDriver returns, the filter being done with the IRP.  No completion routine of the filter's runs for it, and the lower
-    driver takes the filter's stack location.  (Device replay's machine has no sink.)"""
+    IoCallDriver returns, the filter being done with the IRP.  No completion routine
+    of the filter's runs for it, and the lower driver takes the filter's stack
+    location.  (Device replay's machine has no sink.)"""
     ext: TracerExtension = device.device_extension
     status = IoAcquireRemoveLock(ext.remove_lock, irp)
     if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
@@ -405,7 +407,12 @@ def TracerUrbCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
     if size and endpoint & 0x80:  # IN: there once done, copied once (see the dispatch)
         buffer = urb.buffer
         if buffer is None:
-            buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
+            # MmGetSystemAddressForMdlSafe, the wdm.h macro: the bus driver mapped the
+            # data URB's MDL, and an MDL already mapped gives its MappedSystemVa again
+            mdl = urb.transfer_buffer_mdl
+            buffer = mdl.mapped_system_va
+            if buffer is None or mdl.freed or not mdl.mdl_flags & MDL_MAPPED_TO_SYSTEM_VA:
+                buffer = MmGetSystemAddressForMdlSafe(mdl)
         data = bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
     io_status = irp.io_status
     information = io_status.information

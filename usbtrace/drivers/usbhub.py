@@ -971,14 +971,14 @@ def UsbhubDpcForIsr(dpc: KDpc, ext: HubFdoExtension) -> None:  # noqa: N802
         result = transfer.result
         assert result is not None
         status = result.status
-        kind = type(urb)
-        if kind is U.UrbBulkOrInterruptTransfer or isinstance(urb, U.UrbControl):
+        if isinstance(urb, U.UrbBulkOrInterruptTransfer):
             requested, urb.length = urb.length, result.actual
             if (status == U.USBD_STATUS_SUCCESS and result.actual < requested
-                    and kind is U.UrbBulkOrInterruptTransfer
                     and urb.pipe_handle.endpoint_address & 0x80  # urb.direction_in
                     and not urb.transfer_flags & U.USBD_SHORT_TRANSFER_OK):
                 status = U.USBD_STATUS_ERROR_SHORT_TRANSFER
+        elif isinstance(urb, U.UrbControl):
+            urb.length = result.actual
         urb.status = status
         io_status = irp.io_status
         io_status.status = USBD_TO_NTSTATUS.get(status, STATUS_UNSUCCESSFUL)
