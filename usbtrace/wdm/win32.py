@@ -54,6 +54,7 @@ from usbtrace.wdm.sched import PASSIVE_LEVEL, KEvent
 from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
 METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT, METHOD_NEITHER = 0, 1, 2, 3
+STATUS_PENDING = NTSTATUS.STATUS_PENDING  # read once: an Enum class's attributes are slow
 GENERIC_READ = 0x80000000
 GENERIC_WRITE = 0x40000000
 FILE_SHARE_READ, FILE_SHARE_WRITE = 1, 2
@@ -115,7 +116,7 @@ class Win32:
             raise
         if overlapped:
             return Overlapped(irp, event, iosb, call)
-        if status == NTSTATUS.STATUS_PENDING:
+        if status == STATUS_PENDING:
             scheduler.KeWaitForSingleObject(event, call)
         return self._finished(irp, iosb, call)
 
