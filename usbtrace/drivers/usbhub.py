@@ -727,8 +727,8 @@ def UsbhubDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int: 
         return complete_irp(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
     transfer = Transfer(irp, urb, device, run)  # holds the PDO's remove lock until completed
     # IoMarkIrpPending and IoSetCancelRoutine, wdm.h inlines: the location's
-    # SL_PENDING_RETURNED, and the cancel routine exchanged (none was set: a URB
-    # arrives without one)
+    # SL_PENDING_RETURNED, and the cancel routine set (the one it replaces, which
+    # IoSetCancelRoutine returns, was not used here either)
     irp.stack[irp.current_location].control |= SL_PENDING_RETURNED
     irp.cancel_routine = UsbhubCancelUrb
     irp.tail[0] = transfer
