@@ -265,7 +265,9 @@ class ReplayedDevice(DeviceBackend):
     def _command(self, cbw: bot.Cbw) -> None:
         self._tag = cbw.tag
         cmd, replayed = self._pick(cbw)
-        host_in = cbw.data_in and cbw.data_transfer_length > 0
+        length = cbw.data_transfer_length
+        data_in = cbw.flags & bot.CBW_FLAGS_DATA_IN != 0  # cbw.data_in
+        host_in = data_in and length > 0
         if cmd is None:
             made_up = self._made_up(cbw.cdb)
             if made_up is not None:
@@ -278,29 +280,33 @@ class ReplayedDevice(DeviceBackend):
             return
         if replayed:
             self.served = True
-            expected = (cmd.data_direction, cmd.expected_length, cmd.lun)
-            actual = ("none" if not cbw.data_transfer_length else
-                      ("in" if cbw.data_in else "out"), cbw.data_transfer_length, cbw.lun)
-            if expected != actual:
-                self._diverge("cbw (direction, length, lun)", expected, actual)
+            direction = "none" if not length else "in" if data_in else "out"
+            if cmd.expected_length != length or cmd.data_direction != direction or \
+                    cmd.lun != cbw.lun:
+                self._diverge("cbw (direction, length, lun)",
+                              (cmd.data_direction, cmd.expected_length, cmd.lun),
+                              (direction, length, cbw.lun))
         status = STATUS_CODES.get(cmd.status, 2)
         # a CSW field holds 32 bits: a recording that says more is clamped, not fatal
-        residue = min(max(cmd.residue or 0, 0), 0xFFFFFFFF)
+        residue = cmd.residue or 0
+        if residue < 0:
+            residue = 0
+        elif residue > 0xFFFFFFFF:
+            residue = 0xFFFFFFFF
         if cmd.data_truncated and replayed:
             self.truncated_count += 1
             if len(self.truncated) < 12:
                 self.truncated.append((self.expected or 0) + 1)
-        if host_in or cbw.data_transfer_length == 0:
-            data = cmd.data if cmd.data_direction == "in" else b""
-            data = data[: cbw.data_transfer_length]
+        if host_in or length == 0:
+            recorded_in = cmd.data_direction == "in"
+            data = cmd.data[:length] if recorded_in else b""
             zeros = 0
-            if cmd.data_direction == "in" and len(data) < cmd.data_length:
+            if recorded_in and len(data) < cmd.data_length:
                 # the capture cut the data: zeros stand in, counted, up to what the host
                 # asked for (a recorded length field may claim anything)
-                zeros = min(cmd.data_length, cbw.data_transfer_length) - len(data)
-            zeros = max(zeros, 0)
+                zeros = max(min(cmd.data_length, length) - len(data), 0)
             if not replayed:  # the stack's own CBW: the residue is of its length
-                residue = cbw.data_transfer_length - len(data) - zeros if host_in else 0
+                residue = length - len(data) - zeros if host_in else 0
             self._stall_in_after_data = cmd.data_stalled
             self._respond(cbw, data, residue, status, host_in, zeros)
             return
@@ -316,7 +322,11 @@ class ReplayedDevice(DeviceBackend):
 
     def _respond(self, cbw: bot.Cbw, data: bytes, residue: int, status: int,
                  host_in: bool, zeros: int = 0) -> None:
-        self._csw = bot.build_csw(cbw.tag, min(max(residue, 0), 0xFFFFFFFF), status)
+        if residue < 0:  # a CSW field holds 32 bits
+            residue = 0
+        elif residue > 0xFFFFFFFF:
+            residue = 0xFFFFFFFF
+        self._csw = bot.build_csw(cbw.tag, residue, status)
         if host_in:
             self._in, self._in_zeros = data, zeros
             self.state = "data_in"
@@ -340,10 +350,18 @@ class ReplayedDevice(DeviceBackend):
         self.report.urbs += 1
         if endpoint in self.halted:
             return TransferResult(USBD_STATUS_STALL_PID, 0, self.speed.latency_ns)
-        if self.state == "data_in":
-            n = min(len(buffer), len(self._in))
-            buffer[:n] = self._in[:n]
-            self._in = self._in[n:]
+        state = self.state
+        if state == "data_in":
+            pending = self._in
+            size = len(buffer)
+            if len(pending) <= size:  # the rest of the recorded data, whole
+                n = len(pending)
+                buffer[:n] = pending
+                self._in = b""
+            else:
+                n = size
+                buffer[:] = pending[:n]
+                self._in = pending[n:]
             if not self._in and self._in_zeros and n < len(buffer):
                 z = min(len(buffer) - n, self._in_zeros)
                 buffer[n : n + z] = bytes(z)
@@ -355,7 +373,7 @@ class ReplayedDevice(DeviceBackend):
                     self.halted.add(endpoint)
                     return TransferResult(USBD_STATUS_STALL_PID, n, self.speed.transfer_ns(n))
             return self._results[n]
-        if self.state == "status":
+        if state == "status":
             n = min(len(buffer), len(self._csw))
             buffer[:n] = self._csw[:n]
             self.state = "command"

@@ -90,6 +90,9 @@ from usbtrace.wdm.irp import (
     IRP_MN_SET_POWER,
     IRP_MN_START_DEVICE,
     IRP_MN_SURPRISE_REMOVAL,
+    SL_INVOKE_ON_CANCEL,
+    SL_INVOKE_ON_ERROR,
+    SL_INVOKE_ON_SUCCESS,
     DeviceIoControlParameters,
     DeviceUsageTypePaging,
     IoAllocateIrp,
@@ -593,7 +596,11 @@ def _send_transfer(lower: DeviceObject, assoc: Irp, srb: Srb, retries: int, leng
     nxt = assoc.stack[assoc.current_location - 1]
     nxt.major_function = IRP_MJ_SCSI
     nxt.parameters = ScsiParameters(srb)
-    IoSetCompletionRoutine(assoc, DiskTransferCompletion, (srb, retries, length))
+    # IoSetCompletionRoutine(assoc, DiskTransferCompletion, ..., TRUE, TRUE, TRUE), the
+    # wdm.h inline, on the location just filled
+    nxt.completion_routine = DiskTransferCompletion
+    nxt.context = (srb, retries, length)
+    nxt.control = SL_INVOKE_ON_SUCCESS | SL_INVOKE_ON_ERROR | SL_INVOKE_ON_CANCEL
     IoCallDriver(lower, assoc)
 
 

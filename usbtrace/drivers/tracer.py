@@ -4,12 +4,14 @@ Built like the WDK's toaster filter: every MajorFunction slot points at one
 pass-through dispatch routine, and the few that need more have their own (the
 toaster's are PnP and power; here, when there is a sink, the data path's:
 INTERNAL_DEVICE_CONTROL for bulk URBs, READ and WRITE, each with its own
-completion routine); AddDevice creates a filter device object and attaches it
-to the stack.  PnP installs the same driver as a LowerFilter of
-the mass-storage client driver (where it sees URBs, PnP and power IRPs) and as
-an UpperFilter of the disk class driver (where it sees READ/WRITE with byte
-offsets and the requesting handle).  Which one a device object is follows
-from where it attached: directly on a PDO is the lower position.
+completion routine; without a sink the data path passes as the toaster's
+FilterPass passes everything, with no completion routine); AddDevice creates a
+filter device object and attaches it to the stack.  PnP installs the same
+driver as a LowerFilter of the mass-storage client driver (where it sees URBs,
+PnP and power IRPs) and as an UpperFilter of the disk class driver (where it
+sees READ/WRITE with byte offsets and the requesting handle).  Which one a
+device object is follows from where it attached: directly on a PDO is the
+lower position.
 
 For each IRP the filter records a submission when it passes down and a
 completion when its completion routine runs on the way back up; OUT payload
@@ -47,8 +49,6 @@ from usbtrace.wdm.device import (
 from usbtrace.wdm.iomgr import (
     IoCallDriver,
     IoCompleteRequest,
-    IoCopyCurrentIrpStackLocationToNext,
-    IoSetCompletionRoutine,
 )
 from usbtrace.wdm.irp import (
     IRP_MJ_INTERNAL_DEVICE_CONTROL,
@@ -61,6 +61,9 @@ from usbtrace.wdm.irp import (
     IRP_MN_REMOVE_DEVICE,
     IRP_MN_SET_POWER,
     IRP_MN_START_DEVICE,
+    SL_INVOKE_ON_CANCEL,
+    SL_INVOKE_ON_ERROR,
+    SL_INVOKE_ON_SUCCESS,
     SL_PENDING_RETURNED,
     DeviceCapabilities,
     DeviceIoControlParameters,
@@ -71,7 +74,7 @@ from usbtrace.wdm.irp import (
     describe_parameters,
     minor_name,
 )
-from usbtrace.wdm.mdl import MmGetSystemAddressForMdlSafe
+from usbtrace.wdm.mdl import MDL_MAPPED_TO_SYSTEM_VA, MmGetSystemAddressForMdlSafe
 from usbtrace.wdm.power import PoSetPowerState, PowerDeviceD0
 from usbtrace.wdm.removelock import (
     IoAcquireRemoveLock,
@@ -89,6 +92,7 @@ USBD_STATUS_PENDING = U.USBD_STATUS_PENDING
 UrbBulkOrInterruptTransfer = U.UrbBulkOrInterruptTransfer
 
 BUS_INFO_INTERFACE = U.BUS_INFO_INTERFACE
+INVOKE_ALWAYS = SL_INVOKE_ON_SUCCESS | SL_INVOKE_ON_ERROR | SL_INVOKE_ON_CANCEL
 
 
 
@@ -130,6 +134,10 @@ def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
         if not upper_payload:
             driver.major_function[IRP_MJ_READ] = TracerDispatchReadWrite
             driver.major_function[IRP_MJ_WRITE] = TracerDispatchReadWrite
+    else:  # nothing to record: the data path passes as the toaster filter's FilterPass
+        driver.major_function[IRP_MJ_INTERNAL_DEVICE_CONTROL] = TracerDispatchUrbPass
+        driver.major_function[IRP_MJ_READ] = TracerDispatchPass
+        driver.major_function[IRP_MJ_WRITE] = TracerDispatchPass
     driver.driver_extension.add_device = TracerAddDevice
     driver.driver_unload = TracerUnload
     driver.driver_context = {
@@ -224,7 +232,9 @@ def TracerDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int: 
     expression; any other request goes through TracerDispatchAny."""
     ext: TracerExtension = device.device_extension
     sink = ext.sink
-    params = irp.stack[irp.current_location].parameters
+    location = irp.current_location
+    src = irp.stack[location]
+    params = src.parameters
     if sink is None or type(params) is not DeviceIoControlParameters or \
             params.io_control_code != SUBMIT_URB or \
             type(urb := params.type3_input_buffer) is not UrbBulkOrInterruptTransfer:
@@ -239,16 +249,31 @@ def TracerDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int: 
         known = _unknown_pipe(ext, urb.pipe_handle)
     endpoint, transfer_type, stream = known
     size = urb.length
-    data = _payload(urb, size) if size and not endpoint & 0x80 else b""  # OUT: there when sent
+    data = b""
+    # a bulk URB's ``size`` bytes, copied once: the buffer is the caller's, which it
+    # reuses (the next ReadFile into it) while the record may still wait in the queue
+    if size and not endpoint & 0x80:  # OUT: there when sent
+        buffer = urb.buffer
+        if buffer is None:
+            buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
+        data = bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
     sink(((SUBMIT, ext.scheduler.virtual_ns if ext.wall_clock is None else ext.wall_clock(),
            irp.id, ext.position, IRP_MJ_INTERNAL_DEVICE_CONTROL, None, SUBMIT_URB, parent, None,
            None, None, urb.function, ext.bus, ext.address, endpoint, transfer_type,
            USBD_STATUS_PENDING, size, None, len(data), None, None, None, None, stream), data))
-    IoCopyCurrentIrpStackLocationToNext(irp)
-    # what the completion needs, resolved once, as a filter keeps it in the context
-    # it allocates for its completion routine (USBPcap's does)
-    IoSetCompletionRoutine(irp, TracerUrbCompletion,
-                           (parent, urb, endpoint, transfer_type, stream))
+    # IoCopyCurrentIrpStackLocationToNext, then IoSetCompletionRoutine: the two wdm.h
+    # inlines, inline and at once (the copy clears Control, the routine sets it); what
+    # the completion needs, resolved once, as a filter keeps it in the context it
+    # allocates for its completion routine (USBPcap's does)
+    dst = irp.stack[location - 1]
+    dst.major_function = src.major_function
+    dst.minor_function = src.minor_function
+    dst.flags = src.flags
+    dst.parameters = params
+    dst.file_object = src.file_object
+    dst.completion_routine = TracerUrbCompletion
+    dst.context = (parent, urb, endpoint, transfer_type, stream)
+    dst.control = INVOKE_ALWAYS
     return IoCallDriver(ext.lower, irp)
 
 
@@ -262,7 +287,8 @@ def TracerDispatchReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N80
     status = IoAcquireRemoveLock(ext.remove_lock, irp)
     if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
         return _refuse(irp, status)
-    loc = irp.stack[irp.current_location]
+    location = irp.current_location
+    loc = irp.stack[location]
     params = loc.parameters
     master = irp.master_irp
     parent = None if master is None else master.id
@@ -271,9 +297,54 @@ def TracerDispatchReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N80
            irp.id, ext.position, loc.major_function, None, None, parent, None, None, None,
            None, None, None, None, None, None, params.length, None, None, params.byte_offset,
            None if file_object is None else file_object.id, None, None, None), b""))
-    IoCopyCurrentIrpStackLocationToNext(irp)
-    IoSetCompletionRoutine(irp, TracerReadWriteCompletion, parent)
+    # IoCopyCurrentIrpStackLocationToNext, then IoSetCompletionRoutine (wdm.h inlines)
+    dst = irp.stack[location - 1]
+    dst.major_function = loc.major_function
+    dst.minor_function = loc.minor_function
+    dst.flags = loc.flags
+    dst.parameters = params
+    dst.file_object = file_object
+    dst.completion_routine = TracerReadWriteCompletion
+    dst.context = parent
+    dst.control = INVOKE_ALWAYS
     return IoCallDriver(ext.lower, irp)
+
+
+def TracerDispatchPass(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """IRP_MJ_READ and IRP_MJ_WRITE when there is no sink, and a bulk URB (through
+    TracerDispatchUrbPass): nothing to record on the way down or up, so the filter
+    passes the IRP as the WDK toaster filter's FilterPass does (filter.c):
+    IoSkipCurrentIrpStackLocation, IoCallDriver, and the remove lock released once
+    IoCallDriver returns, the filter being done with the IRP.  No completion routine
+    of the filter's runs for it, and the lower driver takes the filter's stack
+    location.  (Device replay's machine has no sink.)"""
+    ext: TracerExtension = device.device_extension
+    status = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
+        return _refuse(irp, status)
+    irp.current_location += 1  # IoSkipCurrentIrpStackLocation, the wdm.h inline
+    status = IoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
+
+
+def TracerDispatchUrbPass(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
+    """IRP_MJ_INTERNAL_DEVICE_CONTROL when there is no sink: a bulk URB (a CBW, data
+    phase or CSW) passes as TracerDispatchPass does; any other request goes through
+    TracerDispatchAny, whose completion learns the pipes a selection returns."""
+    params = irp.stack[irp.current_location].parameters
+    if type(params) is not DeviceIoControlParameters or \
+            params.io_control_code != SUBMIT_URB or \
+            type(params.type3_input_buffer) is not UrbBulkOrInterruptTransfer:
+        return TracerDispatchAny(device, irp)
+    ext: TracerExtension = device.device_extension
+    status = IoAcquireRemoveLock(ext.remove_lock, irp)
+    if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
+        return _refuse(irp, status)
+    irp.current_location += 1  # IoSkipCurrentIrpStackLocation, the wdm.h inline
+    status = IoCallDriver(ext.lower, irp)
+    IoReleaseRemoveLock(ext.remove_lock, irp)
+    return status
 
 
 def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
@@ -291,8 +362,17 @@ def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         if master is not None:
             parent = master.id
         sink(_describe(ext, irp, loc, major, SUBMIT, parent))
-    IoCopyCurrentIrpStackLocationToNext(irp)
-    IoSetCompletionRoutine(irp, TracerCompletion, parent)  # on success, error and cancel
+    # IoCopyCurrentIrpStackLocationToNext, then IoSetCompletionRoutine on success, error
+    # and cancel (wdm.h inlines)
+    dst = irp.stack[irp.current_location - 1]
+    dst.major_function = major
+    dst.minor_function = loc.minor_function
+    dst.flags = loc.flags
+    dst.parameters = loc.parameters
+    dst.file_object = loc.file_object
+    dst.completion_routine = TracerCompletion
+    dst.context = parent
+    dst.control = INVOKE_ALWAYS
     if major == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE:
         lower = ext.lower
         status = IoCallDriver(lower, irp)
@@ -323,7 +403,17 @@ def TracerUrbCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
     ext: TracerExtension = device.device_extension
     parent, urb, endpoint, transfer_type, stream = context
     size = urb.length
-    data = _payload(urb, size) if size and endpoint & 0x80 else b""  # IN: there once done
+    data = b""
+    if size and endpoint & 0x80:  # IN: there once done, copied once (see the dispatch)
+        buffer = urb.buffer
+        if buffer is None:
+            # MmGetSystemAddressForMdlSafe, the wdm.h macro: the bus driver mapped the
+            # data URB's MDL, and an MDL already mapped gives its MappedSystemVa again
+            mdl = urb.transfer_buffer_mdl
+            buffer = mdl.mapped_system_va
+            if buffer is None or mdl.freed or not mdl.mdl_flags & MDL_MAPPED_TO_SYSTEM_VA:
+                buffer = MmGetSystemAddressForMdlSafe(mdl)
+        data = bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
     io_status = irp.io_status
     information = io_status.information
     sink = ext.sink
@@ -398,16 +488,6 @@ def TracerCompletion(device: DeviceObject | None, irp: Irp,  # noqa: N802
     if not (major == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE):
         IoReleaseRemoveLock(ext.remove_lock, irp)  # REMOVE's is released by the dispatch
     return STATUS_SUCCESS  # STATUS_CONTINUE_COMPLETION
-
-
-def _payload(urb: U.UrbBulkOrInterruptTransfer, size: int) -> bytes:
-    """A bulk URB's ``size`` bytes of data, copied once: the buffer is the caller's,
-    which it reuses (the next ReadFile into it) while the record may still wait in the
-    queue."""
-    buffer = urb.buffer
-    if buffer is None:
-        buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
-    return bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
 
 
 def _unknown_pipe(ext: TracerExtension, pipe: U.PipeInformation) -> tuple[int, int, int | None]:

@@ -76,6 +76,7 @@ from usbtrace.wdm.irp import (
     IRP_MN_START_DEVICE,
     IRP_MN_SURPRISE_REMOVAL,
     IRP_MN_WAIT_WAKE,
+    SL_PENDING_RETURNED,
     BusQueryCompatibleIDs,
     BusQueryDeviceID,
     BusQueryHardwareIDs,
@@ -87,6 +88,7 @@ from usbtrace.wdm.irp import (
     Irp,
     PnpBusInformation,
 )
+from usbtrace.wdm.mdl import MmGetSystemAddressForMdlSafe
 from usbtrace.wdm.pnp import DeviceNode
 from usbtrace.wdm.power import (
     PoCallDriver,
@@ -106,11 +108,12 @@ from usbtrace.wdm.removelock import (
     IoReleaseRemoveLockAndWait,
     IoRemoveLock,
 )
-from usbtrace.wdm.sched import KDpc, KEvent, KInterrupt
+from usbtrace.wdm.sched import KDpc, KEvent, KInterrupt, Scheduler
 from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
 STATUS_PENDING = NTSTATUS.STATUS_PENDING
+STATUS_UNSUCCESSFUL = NTSTATUS.STATUS_UNSUCCESSFUL
 PNPBus = 15  # INTERFACE_TYPE
 STATUS_MORE_PROCESSING_REQUIRED = NTSTATUS.STATUS_MORE_PROCESSING_REQUIRED.value
 
@@ -156,6 +159,9 @@ class HubFdoExtension:
     scheduled: int = 0  # controller events still to fire; REMOVE waits for none
     device_state: list[int] = field(default_factory=list)  # DEVICE_CAPABILITIES.DeviceState
     idle: KEvent = field(default_factory=lambda: KEvent(True))
+    # the machine's scheduler, bound at AddDevice: the controller's three events a URB
+    # (run, done, interrupt) reach it without the fdo -> driver -> kernel chain
+    scheduler: Scheduler | None = None
 
 
 @dataclass
@@ -200,7 +206,8 @@ def DriverEntry(driver: DriverObject, registry_path: str) -> int:  # noqa: N802
 def UsbhubAddDevice(driver: DriverObject, pdo: DeviceObject) -> int:  # noqa: N802
     fdo = IoCreateDevice(driver, None, None, FILE_DEVICE_USB)
     lower = IoAttachDeviceToDeviceStack(fdo, pdo)
-    ext = HubFdoExtension(lower=lower, fdo=fdo, ports=driver.driver_context["ports"])
+    ext = HubFdoExtension(lower=lower, fdo=fdo, ports=driver.driver_context["ports"],
+                          scheduler=driver.kernel.scheduler)
     fdo.device_extension = ext
     IoInitializeRemoveLock(ext.remove_lock, driver.kernel.scheduler, "usbhub FDO")
     fdo.flags |= DO_POWER_PAGABLE
@@ -719,8 +726,11 @@ def UsbhubDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int: 
         urb.status = U.USBD_STATUS_DEVICE_GONE
         return complete_irp(irp, NTSTATUS.STATUS_DEVICE_NOT_CONNECTED)
     transfer = Transfer(irp, urb, device, run)  # holds the PDO's remove lock until completed
-    IoMarkIrpPending(irp)
-    IoSetCancelRoutine(irp, UsbhubCancelUrb)
+    # IoMarkIrpPending and IoSetCancelRoutine, wdm.h inlines: the location's
+    # SL_PENDING_RETURNED, and the cancel routine set (the one it replaces, which
+    # IoSetCancelRoutine returns, was not used here either)
+    irp.stack[irp.current_location].control |= SL_PENDING_RETURNED
+    irp.cancel_routine = UsbhubCancelUrb
     irp.tail[0] = transfer
     ext.in_flight.append(transfer)
     _host_controller_queue(ext.hub, transfer)
@@ -730,17 +740,22 @@ def UsbhubDispatchInternalDeviceControl(device: DeviceObject, irp: Irp) -> int: 
 def _urb_bulk(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], TransferResult]:
     backend = ext.backend
     pipe = urb.pipe_handle
-    buffer = urb.transfer_buffer  # TransferBuffer, or TransferBufferMDL mapped
-    view = memoryview(buffer)[: urb.length] if urb.length != len(buffer) else buffer
-    stream = urb.stream_id
-    if stream:  # a stream's pipe handle: the transfer runs on that stream
-        if pipe.endpoint_address & 0x80:
-            return lambda: backend.stream_in(pipe.endpoint_address, stream, view)
-        return lambda: backend.stream_out(pipe.endpoint_address, stream, view)
+    buffer = urb.buffer  # TransferBuffer, or TransferBufferMDL mapped (urb.transfer_buffer)
+    if buffer is None:
+        buffer = MmGetSystemAddressForMdlSafe(urb.transfer_buffer_mdl)
+    length = urb.length
+    view = buffer if length == len(buffer) else memoryview(buffer)[:length]
+    endpoint = pipe.endpoint_address
+    if type(pipe) is not U.PipeInformation:  # urb.stream_id: a stream's pipe handle
+        stream = urb.stream_id
+        if stream:  # the transfer runs on that stream
+            if endpoint & 0x80:
+                return lambda: backend.stream_in(endpoint, stream, view)
+            return lambda: backend.stream_out(endpoint, stream, view)
     # partial, not a lambda: the controller calls it without a Python frame of its own
-    if pipe.endpoint_address & 0x80:
-        return partial(backend.bulk_in, pipe.endpoint_address, view)
-    return partial(backend.bulk_out, pipe.endpoint_address, view)
+    if endpoint & 0x80:
+        return partial(backend.bulk_in, endpoint, view)
+    return partial(backend.bulk_out, endpoint, view)
 
 
 def _urb_control(ext: UsbDevicePdoExtension, urb: Any) -> Callable[[], TransferResult]:
@@ -878,13 +893,12 @@ URB_HANDLERS: dict[int, Callable[[UsbDevicePdoExtension, Any], Any]] = {
 
 
 def _host_controller_queue(hub: HubFdoExtension, transfer: Transfer) -> None:
-    sched = hub.fdo.driver_object.kernel.scheduler
-    now = sched.now_ns()
-    start = hub.busy_until_ns if hub.busy_until_ns > now else now
-    hub.busy_until_ns = start
+    """The transfer starts once the bus is free (``busy_until_ns``), or now."""
     hub.scheduled += 1
     hub.idle.signaled = False  # KeClearEvent
-    sched.schedule(start - now, _host_controller_run, hub, transfer)
+    assert hub.scheduler is not None  # bound at AddDevice
+    hub.busy_until_ns = hub.scheduler.schedule_after(hub.busy_until_ns, 0,
+                                                     _host_controller_run, hub, transfer)
 
 
 def _host_controller_event_done(hub: HubFdoExtension) -> None:
@@ -906,11 +920,10 @@ def _host_controller_run(hub: HubFdoExtension, transfer: Transfer) -> None:
         _host_controller_event_done(hub)
         return
     transfer.result = result
-    sched = hub.fdo.driver_object.kernel.scheduler
-    now = sched.now_ns()
-    busy = hub.busy_until_ns
-    hub.busy_until_ns = busy = (busy if busy > now else now) + result.duration_ns
-    sched.schedule(busy - now, _host_controller_done, hub, transfer)
+    assert hub.scheduler is not None  # bound at AddDevice
+    # done once the bus has carried it: its duration after the bus is free, or now
+    hub.busy_until_ns = hub.scheduler.schedule_after(
+        hub.busy_until_ns, result.duration_ns, _host_controller_done, hub, transfer)
     if hub.parked:  # the device took or gave something: the NAKed transfers try again
         retry, hub.parked = hub.parked, []
         for waiting in retry:
@@ -925,8 +938,8 @@ def _host_controller_done(hub: HubFdoExtension, transfer: Transfer) -> None:
     if transfer.cancelled:
         return
     hub.done.append(transfer)
-    assert hub.interrupt is not None
-    hub.fdo.driver_object.kernel.scheduler.interrupt(hub.interrupt)
+    assert hub.interrupt is not None and hub.scheduler is not None
+    hub.scheduler.interrupt(hub.interrupt)
 
 
 def UsbhubInterruptService(interrupt: KInterrupt, ext: HubFdoExtension) -> bool:  # noqa: N802
@@ -935,8 +948,8 @@ def UsbhubInterruptService(interrupt: KInterrupt, ext: HubFdoExtension) -> bool:
         return False
     ext.dpc_list.extend(ext.done)
     ext.done.clear()
-    assert ext.dpc is not None
-    ext.fdo.driver_object.kernel.scheduler.KeInsertQueueDpc(ext.dpc)
+    assert ext.dpc is not None and ext.scheduler is not None
+    ext.scheduler.KeInsertQueueDpc(ext.dpc)
     return True
 
 
@@ -946,23 +959,30 @@ def UsbhubDpcForIsr(dpc: KDpc, ext: HubFdoExtension) -> None:  # noqa: N802
     while work:
         transfer = work.popleft()
         irp, urb = transfer.irp, transfer.urb
-        if IoSetCancelRoutine(irp, None) is None and irp.cancel:
+        # IoSetCancelRoutine(irp, None), the wdm.h inline: exchange the routine
+        cancel_routine, irp.cancel_routine = irp.cancel_routine, None
+        if cancel_routine is None and irp.cancel:
             continue  # the cancel routine owns it
         pdo_ext: UsbDevicePdoExtension = transfer.pdo.device_extension
-        if transfer in pdo_ext.in_flight:
+        try:
             pdo_ext.in_flight.remove(transfer)
+        except ValueError:
+            pass  # no longer in flight
         result = transfer.result
         assert result is not None
         status = result.status
-        if isinstance(urb, (U.UrbBulkOrInterruptTransfer, U.UrbControl)):
+        if isinstance(urb, U.UrbBulkOrInterruptTransfer):
             requested, urb.length = urb.length, result.actual
             if (status == U.USBD_STATUS_SUCCESS and result.actual < requested
-                    and isinstance(urb, U.UrbBulkOrInterruptTransfer) and urb.direction_in
+                    and urb.pipe_handle.endpoint_address & 0x80  # urb.direction_in
                     and not urb.transfer_flags & U.USBD_SHORT_TRANSFER_OK):
                 status = U.USBD_STATUS_ERROR_SHORT_TRANSFER
+        elif isinstance(urb, U.UrbControl):
+            urb.length = result.actual
         urb.status = status
-        irp.io_status.status = USBD_TO_NTSTATUS.get(status, NTSTATUS.STATUS_UNSUCCESSFUL)
-        irp.io_status.information = 0
+        io_status = irp.io_status
+        io_status.status = USBD_TO_NTSTATUS.get(status, STATUS_UNSUCCESSFUL)
+        io_status.information = 0
         IoReleaseRemoveLock(pdo_ext.remove_lock, irp)
         IoCompleteRequest(irp)
 

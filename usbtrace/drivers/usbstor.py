@@ -111,6 +111,9 @@ from usbtrace.wdm.irp import (
     IRP_MN_START_DEVICE,
     IRP_MN_SURPRISE_REMOVAL,
     IRP_MN_WAIT_WAKE,
+    SL_INVOKE_ON_CANCEL,
+    SL_INVOKE_ON_ERROR,
+    SL_INVOKE_ON_SUCCESS,
     BusQueryCompatibleIDs,
     BusQueryDeviceID,
     BusQueryHardwareIDs,
@@ -159,6 +162,8 @@ from usbtrace.wdm.workitem import (
 
 STATUS_SUCCESS = NTSTATUS.STATUS_SUCCESS
 STATUS_PENDING = NTSTATUS.STATUS_PENDING
+STATUS_DEVICE_NOT_CONNECTED = NTSTATUS.STATUS_DEVICE_NOT_CONNECTED
+USBD_STATUS_SUCCESS = U.USBD_STATUS_SUCCESS
 STATUS_MORE_PROCESSING_REQUIRED = NTSTATUS.STATUS_MORE_PROCESSING_REQUIRED.value
 MAXIMUM_TRANSFER_LENGTH = 0x10000  # what usbstor reports in its adapter descriptor
 
@@ -1050,13 +1055,15 @@ def _send_phase(request: Request, phase: str) -> None:
     pipe_in, pipe_out = ext.pipe_in, ext.pipe_out
     assert pipe_in is not None and pipe_out is not None  # set at start-up
     if phase == "cbw":
-        request.tag = request.irp.id & 0xFFFFFFFF  # the IRP's address, as Windows tags
-        cbw = bot.build_cbw(request.tag, srb.data_transfer_length, srb.data_in, srb.lun, srb.cdb)
-        urb: U.Urb = U.UrbBulkOrInterruptTransfer(pipe_out, bytearray(cbw), len(cbw),
+        request.tag = tag = request.irp.id & 0xFFFFFFFF  # the IRP's address, as Windows tags
+        cbw = bot.build_cbw(tag, srb.data_transfer_length, srb.srb_flags & SRB_FLAGS_DATA_IN != 0,
+                            srb.lun, srb.cdb)
+        urb: U.Urb = U.UrbBulkOrInterruptTransfer(pipe_out, bytearray(cbw), bot.CBW_LENGTH,
                                                   U.USBD_TRANSFER_DIRECTION_OUT)
     elif phase == "data":
-        pipe = pipe_in if srb.data_in else pipe_out
-        flags = (U.USBD_TRANSFER_DIRECTION_IN | U.USBD_SHORT_TRANSFER_OK) if srb.data_in else 0
+        data_in = srb.srb_flags & SRB_FLAGS_DATA_IN  # srb.data_in
+        pipe = pipe_in if data_in else pipe_out
+        flags = (U.USBD_TRANSFER_DIRECTION_IN | U.USBD_SHORT_TRANSFER_OK) if data_in else 0
         irp_mdl = request.irp.mdl_address
         if irp_mdl is not None and request.sensing is None:
             # ReactOS scsi.c, USBSTOR_SendRequest: a partial MDL of the IRP's MDL for the
@@ -1086,7 +1093,11 @@ def _send_phase(request: Request, phase: str) -> None:
     loc.major_function = IRP_MJ_INTERNAL_DEVICE_CONTROL
     loc.minor_function = 0
     loc.parameters = DeviceIoControlParameters(U.IOCTL_INTERNAL_USB_SUBMIT_URB, 0, 0, urb)
-    IoSetCompletionRoutine(irp, USBSTOR_UrbCompletion, request, True, True, True)
+    # IoSetCompletionRoutine(irp, USBSTOR_UrbCompletion, request, TRUE, TRUE, TRUE), the
+    # wdm.h inline, on the location just filled
+    loc.completion_routine = USBSTOR_UrbCompletion
+    loc.context = request
+    loc.control = SL_INVOKE_ON_SUCCESS | SL_INVOKE_ON_ERROR | SL_INVOKE_ON_CANCEL
     IoCallDriver(ext.lower, irp)
 
 
@@ -1094,8 +1105,22 @@ def _outcome(request: Request, irp: Irp) -> str:
     urb = request.urb
     assert urb is not None
     status = urb.status
+    if status == USBD_STATUS_SUCCESS and not irp.cancel and \
+            irp.io_status.status != STATUS_DEVICE_NOT_CONNECTED and \
+            type(urb) is U.UrbBulkOrInterruptTransfer:
+        # the common case first: a bulk phase that went through (the checks below, in
+        # the same order, would come to the same)
+        phase = request.phase
+        if phase == "data":
+            request.data_actual = urb.length  # urb.transfer_buffer_length
+            return "ok"
+        if phase == "cbw":
+            srb = request.sensing or request.srb
+            return "ok_data" if srb.data_transfer_length else "ok_no_data"
+        if phase == "csw" or phase == "csw_retry":
+            return _check_csw(request, urb.length)
     if status == U.USBD_STATUS_DEVICE_GONE or irp.io_status.status == \
-            NTSTATUS.STATUS_DEVICE_NOT_CONNECTED:
+            STATUS_DEVICE_NOT_CONNECTED:
         return "gone"
     if irp.cancel or status == U.USBD_STATUS_CANCELED:
         return "cancelled"

@@ -158,11 +158,13 @@ def _cancel_lock(device: DeviceObject) -> KSpinLock:
 
 def IoAcquireCancelSpinLock(device: DeviceObject) -> int:  # noqa: N802
     """Take the cancel spin lock; the IRQL to give IoReleaseCancelSpinLock back."""
-    return device.driver_object.kernel.scheduler.KeAcquireSpinLock(_cancel_lock(device))
+    kernel = device.driver_object.kernel
+    return kernel.scheduler.KeAcquireSpinLock(kernel.cancel_spin_lock or _cancel_lock(device))
 
 
 def IoReleaseCancelSpinLock(device: DeviceObject, irql: int) -> None:  # noqa: N802
-    device.driver_object.kernel.scheduler.KeReleaseSpinLock(_cancel_lock(device), irql)
+    kernel = device.driver_object.kernel
+    kernel.scheduler.KeReleaseSpinLock(kernel.cancel_spin_lock or _cancel_lock(device), irql)
 
 
 def IoCancelIrp(irp: Irp) -> bool:  # noqa: N802
@@ -224,9 +226,10 @@ def IoStartPacket(device: DeviceObject, irp: Irp, key: int | None,  # noqa: N802
     DISPATCH_LEVEL).  An IRP cancelled before it is queued is handed to its cancel
     routine.
     """
-    sched = device.driver_object.kernel.scheduler
+    kernel = device.driver_object.kernel
+    sched = kernel.scheduler
     old = sched.KeRaiseIrql(DISPATCH_LEVEL)
-    lock = _cancel_lock(device)
+    lock = kernel.cancel_spin_lock or _cancel_lock(device)  # made at the first use
     irql = sched.KeAcquireSpinLock(lock)
     if cancel_function is not None:
         irp.cancel_routine = cancel_function  # IoSetCancelRoutine
@@ -263,10 +266,11 @@ def IoStartNextPacket(device: DeviceObject, cancelable: bool) -> None:  # noqa: 
     Callers are at DISPATCH_LEVEL, as the WDK requires.  With ``cancelable`` the
     dequeue happens under the cancel spin lock.
     """
-    sched = device.driver_object.kernel.scheduler
+    kernel = device.driver_object.kernel
+    sched = kernel.scheduler
     if sched.irql != DISPATCH_LEVEL:
         raise BugCheck("IRQL_NOT_LESS_OR_EQUAL", "IoStartNextPacket below DISPATCH_LEVEL")
-    lock = _cancel_lock(device)
+    lock = kernel.cancel_spin_lock or _cancel_lock(device)  # made at the first use
     if cancelable:
         sched.KeAcquireSpinLockAtDpcLevel(lock)
     device.current_irp = None
@@ -311,6 +315,9 @@ def IoCompleteRequest(irp: Irp, priority_boost: int = 0) -> None:  # noqa: N802
     count = irp.stack_count
     index = irp.current_location
     checks = irp.pending_checks
+    # the invoke flag this status calls for, taken again after each routine (a routine
+    # may change the status for the ones above it)
+    invoke = SL_INVOKE_ON_SUCCESS if status < 0x80000000 else SL_INVOKE_ON_ERROR
     while index < count:
         loc = stack[index]
         control = loc.control
@@ -326,19 +333,19 @@ def IoCompleteRequest(irp: Irp, priority_boost: int = 0) -> None:  # noqa: N802
         routine = loc.completion_routine
         index += 1
         irp.current_location = index
-        if routine is not None:
-            if (
-                control & (SL_INVOKE_ON_SUCCESS if status < 0x80000000 else SL_INVOKE_ON_ERROR)
-                or (control & SL_INVOKE_ON_CANCEL and irp.cancel)
-            ):
-                device = stack[index].device_object if index < count else None
+        if routine is not None and (control & invoke or
+                                    control & SL_INVOKE_ON_CANCEL and irp.cancel):
+            if index < count:  # the routine runs in the context of the driver above
+                device = stack[index].device_object
                 if device is not None and device.deleted:
                     _completion_on_deleted(device, irp)
-                if routine(device, irp, loc.context) == STATUS_MORE_PROCESSING_REQUIRED:
-                    return
-                status = irp.io_status.status
-                continue
-        if control & SL_PENDING_RETURNED and index < count:
+            else:
+                device = None
+            if routine(device, irp, loc.context) == STATUS_MORE_PROCESSING_REQUIRED:
+                return
+            invoke = SL_INVOKE_ON_SUCCESS if irp.io_status.status < 0x80000000 \
+                else SL_INVOKE_ON_ERROR
+        elif control & SL_PENDING_RETURNED and index < count:
             stack[index].control |= SL_PENDING_RETURNED
     _finish(irp)
 
@@ -361,10 +368,6 @@ def _completion_on_deleted(device: DeviceObject, irp: Irp) -> None:
                    f"completion routine for {irp!r} runs on deleted {device!r}")
 
 
-def _free(irp: Irp) -> None:
-    release_irp(irp)
-
-
 def _finish(irp: Irp) -> None:
     """The I/O manager's part once every driver is done with the IRP.
 
@@ -382,7 +385,7 @@ def _finish(irp: Irp) -> None:
     master = irp.master_irp
     if master is not None:
         master.irp_count -= 1
-        _free(irp)
+        release_irp(irp)  # IoFreeIrp: the I/O manager made it
         if master.irp_count == 0:
             IoCompleteRequest(master)
         return
@@ -402,6 +405,9 @@ def _finish(irp: Irp) -> None:
 
 
 def _scheduler_of(irp: Irp) -> Any:
+    top = irp.stack[-1].device_object  # the first driver's location, as a rule
+    if top is not None:
+        return top.driver_object.kernel.scheduler
     for loc in irp.stack:
         if loc.device_object is not None:
             return loc.device_object.driver_object.kernel.scheduler
@@ -436,7 +442,7 @@ def IopCompleteRequest(irp: Irp) -> None:  # noqa: N802
         irp.user_event.KeSetEvent()
     if irp.user_callback is not None:
         irp.user_callback(irp)
-    _free(irp)  # IoFreeIrp: the I/O manager built it
+    release_irp(irp)  # IoFreeIrp: the I/O manager built it
 
 
 def IoSetNextIrpStackLocation(irp: Irp, device: DeviceObject | None = None) -> None:  # noqa: N802

@@ -133,6 +133,7 @@ class Scheduler:
         if clock not in ("virtual", "wall"):
             raise ValueError(f"clock must be 'virtual' or 'wall', not {clock!r}")
         self.clock = clock
+        self.virtual = clock == "virtual"  # tested on every event: a bool, not a string
         # the virtual clock's count, in ns: whoever stamps every record (the tracer, as a
         # filter calls KeQueryPerformanceCounter) reads it as an attribute, not through
         # now_ns(), on the virtual clock
@@ -280,8 +281,21 @@ class Scheduler:
     def schedule(self, delay_ns: int, callback: Callable[..., None], *args: Any) -> None:
         """Run ``callback(*args)`` when the clock has advanced by ``delay_ns``."""
         self._seq += 1
-        now = time.monotonic_ns() - self._t0 if self.clock == "wall" else self.virtual_ns
+        now = self.virtual_ns if self.virtual else time.monotonic_ns() - self._t0
         heapq.heappush(self._events, (now + delay_ns, self._seq, callback, args))
+
+    def schedule_after(self, earliest_ns: int, delay_ns: int, callback: Callable[..., None],
+                       *args: Any) -> int:
+        """Run ``callback(*args)`` ``delay_ns`` after ``earliest_ns`` or after now,
+        whichever is later; returns that moment.
+
+        A busy resource's next event (the host controller's bus, free again at
+        ``earliest_ns``) in one call: the caller needs no ``now_ns()`` of its own."""
+        now = self.virtual_ns if self.virtual else time.monotonic_ns() - self._t0
+        when = (earliest_ns if earliest_ns > now else now) + delay_ns
+        self._seq += 1
+        heapq.heappush(self._events, (when, self._seq, callback, args))
+        return when
 
     def interrupt(self, interrupt: KInterrupt) -> None:
         """Deliver an interrupt: ISR at DIRQL, then any DPC it queued at DISPATCH_LEVEL."""
@@ -372,12 +386,14 @@ class Scheduler:
         """Block (by running the machine) until ``event`` is signalled."""
         if event.signaled:
             return
-        self.check_running(what)
-        self.require_irql(APC_LEVEL, "KeWaitForSingleObject")
+        if self.halted is not None:
+            self.check_running(what)
+        if self.irql > APC_LEVEL:
+            self.require_irql(APC_LEVEL, "KeWaitForSingleObject")
         # run_one, inline: a replayed command waits through five events or so
         events = self._events
         pop = heapq.heappop
-        virtual = self.clock == "virtual"
+        virtual = self.virtual
         while not event.signaled:
             if not events:
                 self.check_running(what)

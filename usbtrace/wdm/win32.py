@@ -54,6 +54,7 @@ from usbtrace.wdm.sched import PASSIVE_LEVEL, KEvent
 from usbtrace.wdm.status import NT_SUCCESS, NTSTATUS
 
 METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT, METHOD_NEITHER = 0, 1, 2, 3
+STATUS_PENDING = NTSTATUS.STATUS_PENDING  # read once: an Enum class's attributes are slow
 GENERIC_READ = 0x80000000
 GENERIC_WRITE = 0x40000000
 FILE_SHARE_READ, FILE_SHARE_WRITE = 1, 2
@@ -97,8 +98,10 @@ class Win32:
     def _send(self, file_object: FileObject, irp: Irp, call: str,
               overlapped: bool = False) -> Overlapped | int:
         scheduler = self.kernel.scheduler
-        scheduler.check_running(call)
-        scheduler.require_irql(PASSIVE_LEVEL, call)
+        if scheduler.halted is not None:
+            scheduler.check_running(call)
+        if scheduler.irql > PASSIVE_LEVEL:
+            scheduler.require_irql(PASSIVE_LEVEL, call)
         top = IoGetAttachedDevice(file_object.device_object)
         event = KEvent()
         iosb = IoStatusBlock()
@@ -113,7 +116,7 @@ class Win32:
             raise
         if overlapped:
             return Overlapped(irp, event, iosb, call)
-        if status == NTSTATUS.STATUS_PENDING:
+        if status == STATUS_PENDING:
             scheduler.KeWaitForSingleObject(event, call)
         return self._finished(irp, iosb, call)
 
