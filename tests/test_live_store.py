@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -35,10 +36,12 @@ def invoke(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def _record(db: Path, reads: int, process: bool | None = None) -> tuple[Recorder, int]:
+def _record(db: Path, reads: int, process: bool | None = None,
+            **writer_options: Any) -> tuple[Recorder, int]:
     database = Database(db)
     sid = database.new_session("simulated", "test", "now", "virtual")
-    recorder = Recorder(SessionWriter(database, sid, attribute_files=False), process=process)
+    recorder = Recorder(SessionWriter(database, sid, attribute_files=False, **writer_options),
+                        process=process)
     stick = SimulatedStick(DiskImage.in_memory(8 << 20))
     stick.image.write(0, random.Random(1).randbytes(8 << 20))
     machine = Machine(stick, sink=recorder).start()
@@ -129,6 +132,36 @@ def test_a_thread_and_a_process_store_the_same_rows(tmp_path: Path) -> None:
                      for table in ("urbs", "scsi_commands")] +
                     [conn.execute(f"SELECT {irps} FROM irps ORDER BY 1, 2").fetchall()])
     assert rows[0] == rows[1] and len(rows[0][0]) > 20
+
+
+def test_live_batches_leave_out_their_all_null_columns_and_store_the_same_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A URB's record_number and setup, and an IRP's minor and detail, are NULL in every
+    row of a live batch of reads (not in the start-up's, with its control transfers):
+    the INSERT leaves them out instead of binding None in each row, and the table holds
+    what the full INSERT stores."""
+    import usbtrace.store.writer as writer
+
+    columns = {"urbs": writer.URB_COLUMNS, "irps": writer.IRP_COLUMNS}
+    rows, left_out = [], []
+    for sparse in (True, False):
+        if not sparse:
+            monkeypatch.setattr(writer, "SPARSE_COLUMNS", {})
+        db = tmp_path / f"{sparse}.db"
+        recorder, sid = _record(db, 40, process=False, batch=48)  # batches of reads
+        left_out.append({name: {columns[name][i] for absent in bulk._narrow for i in absent}
+                         for name, bulk in recorder.writer._bulk.items() if name in columns})
+        conn = sqlite3.connect(db)
+        irps = ", ".join('"' + c[1] + '"' for c in conn.execute("PRAGMA table_info(irps)")
+                         if c[1] != "file_object")  # counts up across machines: left out
+        rows.append([conn.execute("SELECT * FROM urbs ORDER BY rowid").fetchall(),
+                     conn.execute(f"SELECT {irps} FROM irps ORDER BY rowid").fetchall()])
+        conn.close()
+    assert left_out[0]["urbs"] >= {"record_number", "setup", "stream_id"}
+    assert left_out[0]["irps"] == {"minor", "detail"}
+    assert left_out[1] == {"urbs": set(), "irps": set()}
+    assert rows[0] == rows[1] and len(rows[0][0]) > 120
+    assert {r[columns["urbs"].index("record_number")] for r in rows[0][0]} == {None}
 
 
 def test_a_lossy_recorder_with_a_storing_process_says_what_it_dropped(tmp_path: Path) -> None:

@@ -73,28 +73,9 @@ def hex_id(value: int | None) -> str | None:
 IRP_COLUMNS = tuple(c.name for c in IrpRow.__table__.columns)
 
 
-def irp_row(session_id: int, x: Exchange, _majors: dict[int, str] = MAJOR_NAMES,
-            _ioctls: dict[int, str] = IOCTL_NAMES) -> tuple[Any, ...]:
-    """An ``irps`` row as a tuple in ``IRP_COLUMNS`` order (four a read, live)."""
-    s, c = x.submit, x.complete
-    first = x.first
-    major = first.major if first.major is not None else -1
-    ioctl = first.ioctl
-    return (
-        session_id, x.seq, hex_id(x.irp_id), hex_id(first.parent_irp_id), x.position,
-        _majors.get(major) or f"0x{major:02x}", minor_name(major, first.minor),
-        None if ioctl is None else (_ioctls.get(ioctl) or f"0x{ioctl:08x}"),
-        status_name(c.status) if c else None, c.information if c else None,
-        (c.detail if c and c.detail else first.detail),
-        first.offset, first.length if first.offset is not None else None,
-        first.file_object, s.ts if s else None, c.ts if c else None,
-    )
-
-
-URB_COLUMNS = tuple(c.name for c in UrbRow.__table__.columns)
 # irp id -> its text.  A capture reuses a few dozen ids (usbmon's URB addresses, USBPcap's
-# IRP addresses: 18 to 49 in the benchmark's captures), so the text is made once per id,
-# not once per row; the cache is emptied when it reaches HEX_IDS.
+# IRP addresses: 18 to 49 in the benchmark's captures), and a live stack its IRPs, so the
+# text is made once per id, not once per row; the cache is emptied when it reaches HEX_IDS.
 _hex_ids: dict[int, str] = {}
 HEX_IDS = 4096
 
@@ -104,6 +85,48 @@ def _new_hex_id(value: int) -> str:
         _hex_ids.clear()
     text = _hex_ids[value] = f"0x{value & 0xFFFFFFFFFFFFFFFF:016x}"
     return text
+
+
+# (major, minor, ioctl) -> an ``irps`` row's three names.  A live session sends a handful
+# of kinds of request (READ, SCSI, SUBMIT_URB for the data path), so each kind is named
+# once: no ``minor_name`` call and two dictionary look-ups a row (four rows a read).
+_irp_names: dict[tuple[int | None, int | None, int | None],
+                 tuple[str, str | None, str | None]] = {}
+
+
+def _new_irp_names(key: tuple[int | None, int | None, int | None]
+                   ) -> tuple[str, str | None, str | None]:
+    code, minor, ioctl = key
+    major = code if code is not None else -1
+    names = (MAJOR_NAMES.get(major) or f"0x{major:02x}", minor_name(major, minor),
+             None if ioctl is None else (IOCTL_NAMES.get(ioctl) or f"0x{ioctl:08x}"))
+    if len(_irp_names) >= HEX_IDS:
+        _irp_names.clear()
+    _irp_names[key] = names
+    return names
+
+
+def irp_row(session_id: int, x: Exchange, _ids: dict[int, str] = _hex_ids,
+            _names: dict[tuple[int | None, int | None, int | None],
+                         tuple[str, str | None, str | None]] = _irp_names) -> tuple[Any, ...]:
+    """An ``irps`` row as a tuple in ``IRP_COLUMNS`` order (four a read, live)."""
+    s, c = x.submit, x.complete
+    first = x.first
+    key = (first.major, first.minor, first.ioctl)
+    major, minor, ioctl = _names.get(key) or _new_irp_names(key)
+    irp_id, parent = x.irp_id, first.parent_irp_id
+    return (
+        session_id, x.seq, None if irp_id is None else (_ids.get(irp_id) or _new_hex_id(irp_id)),
+        None if parent is None else (_ids.get(parent) or _new_hex_id(parent)), x.position,
+        major, minor, ioctl,
+        status_name(c.status) if c else None, c.information if c else None,
+        (c.detail if c and c.detail else first.detail),
+        first.offset, first.length if first.offset is not None else None,
+        first.file_object, s.ts if s else None, c.ts if c else None,
+    )
+
+
+URB_COLUMNS = tuple(c.name for c in UrbRow.__table__.columns)
 
 
 def urb_row(session_id: int, x: Exchange, _types: dict[int, str] = TRANSFER_TYPE_NAMES,
@@ -186,8 +209,13 @@ _bind_plainly()
 # Columns NULL in every row of many imported batches: ``stream_id`` (no capture format
 # has it), ``urb_function`` (usbmon has none), a command's sense (none without a CHECK
 # CONDITION), a file row's offset and detail.  A batch whose rows all leave one NULL is
-# inserted without it (``BulkInsert.execute``): the column gets NULL all the same.
-SPARSE_COLUMNS = {"urbs": ("urb_function", "stream_id"),
+# inserted without it (``BulkInsert.execute``): the column gets NULL all the same.  Live
+# batches of the data path leave four more NULL in every row: a URB's ``record_number``
+# (a live record has no place in a file) and ``setup`` (bulk transfers have none), an
+# IRP's ``minor`` and ``detail`` (READ, SCSI and SUBMIT_URB have neither): two of the
+# three ``urbs`` rows and four ``irps`` rows a 64 KiB read.
+SPARSE_COLUMNS = {"urbs": ("record_number", "urb_function", "setup", "stream_id"),
+                  "irps": ("minor", "detail"),
                   "scsi_commands": ("sense_key", "asc", "ascq"),
                   "file_activity": ("file_offset", "detail")}
 
