@@ -34,12 +34,14 @@ min-max across rounds, and ratios are taken within a round.  ``stored`` against
 the database file's size per payload byte (each payload is written once).
 
 Run:  PYTHONPATH=. python benchmarks/bench_stack.py [--mib 256] [--rounds 3]
-          [--protocol bot|uas|uas-streams] [--journal wal|rollback]
+          [--protocol bot|uas|uas-streams] [--journal wal|rollback] [--samples FILE]
+      python benchmarks/pair_samples.py BEFORE.jsonl AFTER.jsonl   # ratios, run by run
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sqlite3
@@ -245,6 +247,9 @@ def main() -> None:
     parser.add_argument("--journal", choices=("wal", "rollback"), default="wal",
                         help="SQLite's journal: WAL, as the application (default), or the "
                         "rollback journal, for comparison")
+    parser.add_argument("--samples", metavar="FILE", type=Path,
+                        help="also write every run's figures, round by round, as JSON "
+                        "lines (for ratios paired with another tree's runs)")
     args = parser.parse_args()
     if args.journal == "rollback":
         use_rollback_journal()
@@ -258,6 +263,12 @@ def main() -> None:
         for _ in range(args.rounds):
             for stage in stages:
                 results[stage].append(run_stage(stage, args.mib, Path(tmp), args.protocol))
+    if args.samples is not None:
+        with args.samples.open("a") as out:
+            for stage, samples in results.items():
+                for number, sample in enumerate(samples):
+                    out.write(json.dumps({"stage": stage, "round": number,
+                                          "load": os.getloadavg()[0], **vars(sample)}) + "\n")
     print(f"64 KiB reads through the stack ({args.protocol}, {args.journal}), "
           f"{args.mib} MiB a run, "
           f"{args.rounds} rounds: "
