@@ -45,6 +45,7 @@ from usbtrace.records import (
     Record,
     RecordSink,
     event_from_record,
+    events_from_flat,
     gap_record,
 )
 from usbtrace.storage.ioctl import IOCTL_NAMES
@@ -790,13 +791,7 @@ def _receive(fd: int) -> tuple[int, Any]:
         return kind, meta
     fields, lengths = meta
     payloads = _read_exact(fd, total) if total else memoryview(b"")
-    events = []
-    offset = 0
-    for other, length in zip(fields, lengths):
-        data = bytes(payloads[offset:offset + length]) if length else b""
-        offset += length
-        events.append(event_from_record((other, data)))
-    return kind, events
+    return kind, events_from_flat(fields, lengths, payloads)
 
 
 def _storing_main(writer: SessionWriter, data_fd: int, parent_fd: int, reply: Any) -> None:
