@@ -271,3 +271,22 @@ def test_events_pass_to_the_storing_process_whole() -> None:
     os.close(read_fd)
     os.close(write_fd)
     assert kind == BATCH_FRAME and received == events
+
+
+def test_events_from_flat_records_keep_their_payloads_when_the_buffer_is_reused() -> None:
+    """The storing process turns a message's fields and its payloads, back to back in
+    one buffer, into Events: each the Event the record stood for, its payload its own
+    bytes (the buffer may be read into again), its time in seconds."""
+    from usbtrace.records import event_from_record, events_from_flat, record_from_event
+
+    events = [Event("S" if i % 2 else "C", 0.25 * i, 100 + i, "lower", 15, None, 0x220003,
+                    None, 0, 0, None, 9, 1, 2, 0x81, 2, 0, 16, None,
+                    bytes([i]) * (i % 3) * 8, None, None, None, None, None, None)
+              for i in range(9)]
+    records = [record_from_event(e) for e in events]
+    buffer = bytearray(b"".join(payload for _, payload in records))
+    made = events_from_flat([fields for fields, _ in records],
+                            [len(payload) for _, payload in records], memoryview(buffer))
+    buffer[:] = b"\xff" * len(buffer)
+    assert made == events == [event_from_record(r) for r in records]
+    assert all(type(e.data) is bytes for e in made) and made[4].ts == 1.0
