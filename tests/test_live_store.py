@@ -290,3 +290,93 @@ def test_events_from_flat_records_keep_their_payloads_when_the_buffer_is_reused(
     buffer[:] = b"\xff" * len(buffer)
     assert made == events == [event_from_record(r) for r in records]
     assert all(type(e.data) is bytes for e in made) and made[4].ts == 1.0
+
+
+def test_checkpoints_in_a_thread_keep_the_wal_bounded_and_lose_nothing(tmp_path: Path) -> None:
+    """The storing process's writer leaves checkpoints to a thread of its own: its
+    connection never checkpoints inside a commit, the thread copies the WAL while the
+    writer goes on, the WAL restarts (its file stays near ``limit``, not the session's
+    size), and every payload is in the database."""
+    from sqlalchemy import text
+
+    db = tmp_path / "u.db"
+    database = Database(db)
+    sid = database.new_session("simulated", "test", "now", "virtual")
+    writer = SessionWriter(database, sid, attribute_files=False, batch=120)
+    database.engine.dispose(close=False)
+    checkpointer = database.checkpoint_apart(every=1 << 20, limit=3 << 20)
+    assert checkpointer is not None
+    writer.checkpointer = checkpointer
+    with database.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA wal_autocheckpoint")).scalar() == 0
+    recorder = Recorder(writer, process=False)
+    stick = SimulatedStick(DiskImage.in_memory(8 << 20))
+    stick.image.write(0, random.Random(2).randbytes(8 << 20))
+    machine = Machine(stick, sink=recorder).start()
+    handle = machine.win32.CreateFile(DISK_PATH)
+    wal = Path(f"{db}-wal")
+    largest = 0
+    for i in range(400):  # 25 MiB of payload
+        machine.win32.ReadFile(handle, bytearray(65536), i % 120 * 65536)
+        if wal.exists():
+            largest = max(largest, wal.stat().st_size)
+    machine.stop()
+    recorder.close()
+    checkpointer.close()
+    assert checkpointer.error is None and checkpointer.passes >= 3
+    assert 0 < largest < 12 << 20
+    database.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM urbs WHERE session_id = ? AND "
+                        "captured_length = 65536", (sid,)).fetchone()[0] == 400
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_rollback_journal_gets_no_checkpoint_thread(tmp_path: Path) -> None:
+    database = Database(tmp_path / "u.db")
+    database.engine.dispose()
+    sqlite3.connect(tmp_path / "u.db").execute("PRAGMA journal_mode=DELETE").close()
+    assert database.checkpoint_apart() is None
+    assert Database(f"sqlite:///{tmp_path / 'v.db'}").checkpoint_apart() is None
+
+
+def test_the_writer_waits_for_a_checkpoint_before_the_wal_outgrows_its_limit(
+        tmp_path: Path) -> None:
+    """A PASSIVE checkpoint still running when the next transaction begins does not let
+    the WAL restart, so a writer that never waited would grow it to the session's size.
+    With passes slower than the commits (as on a busy disk), the writer waits for one
+    once ``limit`` bytes went in without a restart, and the WAL stays near the limit."""
+    from usbtrace.store.database import Checkpointer
+
+    db = tmp_path / "w.db"
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (b BLOB)")
+    checkpointer = Checkpointer(db, every=1 << 20, limit=4 << 20)
+
+    class Slow:  # each pass takes 50 ms more: the writer's commits overtake it
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def execute(self, sql: str) -> sqlite3.Cursor:
+            time.sleep(0.05)
+            return self.conn.execute(sql)
+
+        def close(self) -> None:
+            self.conn.close()
+
+    checkpointer._conn = Slow(checkpointer._conn)  # type: ignore[assignment]
+    blob = random.Random(3).randbytes(65536)
+    largest = 0
+    for _ in range(48):  # 48 MiB, 1 MiB a commit
+        checkpointer.begin()
+        writer.execute("BEGIN")
+        writer.executemany("INSERT INTO t VALUES (?)", [(blob,)] * 16)
+        writer.execute("COMMIT")
+        checkpointer.committed(16 * 65536)
+        largest = max(largest, Path(f"{db}-wal").stat().st_size)
+    checkpointer.close()
+    writer.close()
+    assert largest < 10 << 20  # the limit, a pass's worth and a commit, not 48 MiB
+    assert checkpointer.error is None and checkpointer.waits >= 4

@@ -49,7 +49,7 @@ from usbtrace.records import (
     gap_record,
 )
 from usbtrace.storage.ioctl import IOCTL_NAMES
-from usbtrace.store.database import Database
+from usbtrace.store.database import Checkpointer, Database
 from usbtrace.store.schema import (
     DeviceRow,
     FileActivityRow,
@@ -494,6 +494,8 @@ class SessionWriter:
         self.unstorable_lbas: list[int] = []  # seqs of commands whose LBA is past INT64_MAX
         self._bulk = bulk_inserts(database)
         self._inserter = ProcessInserter(database) if background else None
+        # the live storing process's checkpoints, off its path (``Database.checkpoint_apart``)
+        self.checkpointer: Checkpointer | None = None
 
     def feed(self, event: Event) -> None:
         if event.kind == GAP:
@@ -641,9 +643,14 @@ class SessionWriter:
             "record_count": self.records, "command_count": self.commands,
             "duration": self.last_ts, "dropped_count": self.dropped})))
         self._irps, self._urbs, self._cmds, self._files, self._gaps = [], [], [], [], []
+        payload = self._batch_bytes
         self._batch_bytes = self._rows = 0
         if self._inserter is not None:
             self._inserter.put(batch)
+        elif self.checkpointer is not None:
+            self.checkpointer.begin()
+            insert_batch(self.database, self._bulk, batch)
+            self.checkpointer.committed(payload)
         else:
             insert_batch(self.database, self._bulk, batch)
 
@@ -803,8 +810,13 @@ def _storing_main(writer: SessionWriter, data_fd: int, parent_fd: int, reply: An
     blocks on a full pipe, and reports the error when asked to close."""
     os.close(parent_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # the parent's pooled connections are the parent's: open our own
+    # the parent's pooled connections are the parent's: open our own, which leave the
+    # WAL's checkpoints to a thread
     writer.database.engine.dispose(close=False)
+    try:
+        writer.checkpointer = writer.database.checkpoint_apart()
+    except sqlite3.Error:  # no thread: SQLite's own checkpoints, inside the commits
+        writer.checkpointer = None
     error: str | None = None
     try:
         while True:
@@ -822,6 +834,10 @@ def _storing_main(writer: SessionWriter, data_fd: int, parent_fd: int, reply: An
                     writer.close(dropped=dropped, notes=notes, state=state)
                 except Exception as e:
                     error = f"{type(e).__name__}: {e}"
+            if writer.checkpointer is not None:
+                writer.checkpointer.close()
+                if writer.checkpointer.error is not None and error is None:
+                    error = f"checkpointing failed: {writer.checkpointer.error}"
             writer.database.engine.dispose()
             reply.send((error, writer.records, writer.commands, writer.dropped,
                         writer.last_ts))
