@@ -8,10 +8,11 @@ whole run's time, the longest single ReadFile, how many took over 0.1 s, and whe
 every read's payload is in the database afterwards.
 
 With the application's WAL the reader keeps its snapshot and the writer goes on: no
-ReadFile waits for it (the longest, about 0.2 s on the build machine, wait for the
-writer's own checkpoints, as they do with ``--hold 0``).  ``--journal rollback`` runs
-the writer with SQLite's rollback journal (which writes each payload page once) and a
-busy timeout long enough never to fail: the writer's commit then waits for the reader,
+ReadFile waits for it (the longest, 0.04 to 0.07 s on the build machine, wait as long
+with ``--hold 0``; 0.17 to 0.34 s while the writer checkpointed inside its commits).
+``--journal rollback`` runs the writer with SQLite's rollback journal (which writes
+each payload page once) and a busy timeout long enough never to fail: the writer's
+commit then waits for the reader,
 the lossless tracer's queue fills, and the I/O path stops for as long as the reader
 reads.  (With the application's busy timeout of 10 s, a reader longer than that makes
 the commit fail, and the session with it.)  Windows' loggers never stop the I/O path:
