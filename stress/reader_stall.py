@@ -12,13 +12,13 @@ ReadFile waits for it (the longest, 0.04 to 0.07 s on the build machine, wait as
 with ``--hold 0``; 0.17 to 0.34 s while the writer checkpointed inside its commits).
 ``--journal rollback`` runs the writer with SQLite's rollback journal (which writes
 each payload page once) and a busy timeout long enough never to fail: the writer's
-commit then waits for the reader,
-the lossless tracer's queue fills, and the I/O path stops for as long as the reader
-reads.  (With the application's busy timeout of 10 s, a reader longer than that makes
-the commit fail, and the session with it.)  Windows' loggers never stop the I/O path:
-ETW drops events when its buffers are full and counts them (EventsLost; MS docs,
-"Windows Performance Recorder: Sessions"), and USBPcap drops packets when its capture
-buffer is full (desowin/usbpcap, todo.md, "Notify user about packet drops").
+commit then waits for the reader, the lossless tracer's queue fills, and the I/O path
+stops for as long as the reader reads.  (With the application's busy timeout of 10 s,
+a reader longer than that makes the commit fail, and the session with it.)  Windows'
+loggers never stop the I/O path: ETW drops events when its buffers are full and counts
+them (EventsLost; MS docs, "Windows Performance Recorder: Sessions"), and USBPcap drops
+packets when its capture buffer is full (desowin/usbpcap, todo.md, "Notify user about
+packet drops").
 
 Run:  python stress/reader_stall.py [--reads 4096] [--after 512] [--hold 3]
           [--journal wal|rollback]
