@@ -16,22 +16,32 @@ stick.  Stages, to show what limits the traced rate:
             the pragmas the application uses (64 KiB pages, WAL)
   disk      no SQLite: the same bytes written to a file 64 KiB at a time, then fsync
 
+The stages that open a database close it in the timed run, as ``usbtrace record``
+does: the WAL's last checkpoint is part of the cost.  ``--journal rollback`` runs the
+stages with SQLite's rollback journal instead of WAL, to show what a layout that
+writes each payload page once would reach; it is not what the application does (with
+a rollback journal, a reader holds up the writer: see README, "Architecture").
+
 Each stage reports wall-clock MB/s, the CPU seconds of this process (the stack and
 the tracer) and of its children (the storing process), and the rate the two would
 reach with a core each (payload over the busier one's CPU seconds): on a shared
-machine wall rates follow the load, CPU ones much less.  The stages run in rounds
+machine wall rates follow the load, CPU ones much less.  ``written/payload`` is what
+the two processes sent towards the disk (``write_bytes`` of ``/proc/self/io``, which
+counts reaped children) per payload byte: 1.0 is each byte written once.  The stages run in rounds
 (``--rounds``, each stage once a round, in turn); the median is shown with the
 min-max across rounds, and ratios are taken within a round.  ``stored`` against
 ``disk`` is what the design costs over the disk's own speed; ``file/payload`` is
 the database file's size per payload byte (each payload is written once).
 
 Run:  PYTHONPATH=. python benchmarks/bench_stack.py [--mib 256] [--rounds 3]
-          [--protocol bot|uas|uas-streams]
+          [--protocol bot|uas|uas-streams] [--journal wal|rollback] [--samples FILE]
+      python benchmarks/pair_samples.py BEFORE.jsonl AFTER.jsonl   # ratios, run by run
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sqlite3
@@ -40,7 +50,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import usbtrace.store.database as database_module
 from usbtrace.devices.image import DiskImage
 from usbtrace.devices.simulated import SimulatedStick
 from usbtrace.machine import DISK_PATH, Machine
@@ -53,23 +65,52 @@ STAGES = ("bare", "tracer", "capture", "decode", "stored", "files", "sqlite", "d
 # the stick's transport: Bulk-Only (usbstor), UAS without or with streams (UASPStor)
 PROTOCOLS: dict[str, tuple[str, bool]] = {"bot": ("bot", False), "uas": ("uas", False),
                                           "uas-streams": ("uas", True)}
+JOURNAL = "WAL"  # the journal mode of every stage's database (--journal)
+
+
+def use_rollback_journal() -> None:
+    """``--journal rollback``: the writers' connections keep SQLite's rollback journal
+    (TRUNCATE, so that a commit does not delete and create the file)."""
+    global JOURNAL
+    JOURNAL = "TRUNCATE"
+    pragmas = database_module._sqlite_pragmas
+
+    def rollback(dbapi_connection: Any, record: Any) -> None:
+        pragmas(dbapi_connection, record)
+        dbapi_connection.execute("PRAGMA journal_mode=TRUNCATE")
+
+    database_module._sqlite_pragmas = rollback  # type: ignore[assignment]
 
 
 class Sample:
     """One run of one stage: wall seconds, CPU seconds here and in children, bytes."""
 
     def __init__(self, wall: float, cpu: float, child_cpu: float, payload: int,
-                 written: int = 0) -> None:
+                 written: int = 0, io: int = 0) -> None:
         self.wall, self.cpu, self.child_cpu = wall, cpu, child_cpu
-        self.payload, self.written = payload, written
+        self.payload, self.written, self.io = payload, written, io
 
     @property
     def rate(self) -> float:
         return self.payload / self.wall / 1e6
 
 
+def write_bytes() -> int:
+    """Bytes this process and its reaped children sent towards the disk (0 where there is
+    no ``/proc/self/io``)."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def measured(body: Callable[[], int]) -> Sample:
     """Run ``body`` (it returns the bytes it put in files) and time it."""
+    io0 = write_bytes()
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -79,7 +120,7 @@ def measured(body: Callable[[], int]) -> Sample:
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = self1.ru_utime - self0.ru_utime + self1.ru_stime - self0.ru_stime
     child = kids1.ru_utime - kids0.ru_utime + kids1.ru_stime - kids0.ru_stime
-    return Sample(wall, cpu, child, 0, written)
+    return Sample(wall, cpu, child, 0, written, write_bytes() - io0)
 
 
 class Drop(RecordSink):
@@ -124,6 +165,7 @@ def stack(mib: int, stage: str, folder: Path, protocol: str = "bot") -> Sample:
         machine.stop()
         if recorder is not None:
             recorder.close()
+            database.close()  # as ``record`` does: the WAL's last checkpoint
         return path.stat().st_size if path.exists() else 0
 
     sample = measured(body)
@@ -137,7 +179,7 @@ def sqlite_floor(mib: int, folder: Path) -> Sample:
     path = folder / "floor.db"
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
-    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA journal_mode={JOURNAL}")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("CREATE TABLE t (seq INTEGER, data BLOB)")
     blob = os.urandom(CHUNK)
@@ -202,7 +244,15 @@ def main() -> None:
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="bot",
                         help="the stick's transport (default: Bulk-Only)")
+    parser.add_argument("--journal", choices=("wal", "rollback"), default="wal",
+                        help="SQLite's journal: WAL, as the application (default), or the "
+                        "rollback journal, for comparison")
+    parser.add_argument("--samples", metavar="FILE", type=Path,
+                        help="also write every run's figures, round by round, as JSON "
+                        "lines (for ratios paired with another tree's runs)")
     args = parser.parse_args()
+    if args.journal == "rollback":
+        use_rollback_journal()
     stages = [s for s in args.stages.split(",") if s]
     for stage in stages:
         if stage not in STAGES:
@@ -213,12 +263,19 @@ def main() -> None:
         for _ in range(args.rounds):
             for stage in stages:
                 results[stage].append(run_stage(stage, args.mib, Path(tmp), args.protocol))
-    print(f"64 KiB reads through the stack ({args.protocol}), {args.mib} MiB a run, "
+    if args.samples is not None:
+        with args.samples.open("a") as out:
+            for stage, samples in results.items():
+                for number, sample in enumerate(samples):
+                    out.write(json.dumps({"stage": stage, "round": number,
+                                          "load": os.getloadavg()[0], **vars(sample)}) + "\n")
+    print(f"64 KiB reads through the stack ({args.protocol}, {args.journal}), "
+          f"{args.mib} MiB a run, "
           f"{args.rounds} rounds: "
           f"median (min-max); load average {load:.1f} before, {os.getloadavg()[0]:.1f} after, "
           f"on {os.cpu_count()} CPUs")
     print(f"  {'stage':8} {'wall MB/s':>20} {'CPU s: this + storing':>23} "
-          f"{'MB/s, a core each':>18} {'file/payload':>12}")
+          f"{'MB/s, a core each':>18} {'file/payload':>12} {'written/payload':>15}")
     for stage, samples in results.items():
         rates = [s.rate for s in samples]
         cpu_self = statistics.median([s.cpu for s in samples])
@@ -226,8 +283,9 @@ def main() -> None:
         # what the two processes reach with a core each: the busier one sets the pace
         paced = [s.payload / max(s.cpu, s.child_cpu) / 1e6 for s in samples]
         written = statistics.median([s.written / s.payload for s in samples])
+        io = statistics.median([s.io / s.payload for s in samples])
         print(f"  {stage:8} {spread(rates, '5.0f'):>20} {cpu_self:10.2f} + {cpu_child:5.2f}  "
-              f"{spread(paced, '5.0f'):>22} {written:8.3f}")
+              f"{spread(paced, '5.0f'):>22} {written:8.3f} {io:12.2f}")
     ratios = []
 
     def per_round(a: str, b: str, key: Callable[[Sample], float]) -> str:

@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -35,10 +36,12 @@ def invoke(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def _record(db: Path, reads: int, process: bool | None = None) -> tuple[Recorder, int]:
+def _record(db: Path, reads: int, process: bool | None = None,
+            **writer_options: Any) -> tuple[Recorder, int]:
     database = Database(db)
     sid = database.new_session("simulated", "test", "now", "virtual")
-    recorder = Recorder(SessionWriter(database, sid, attribute_files=False), process=process)
+    recorder = Recorder(SessionWriter(database, sid, attribute_files=False, **writer_options),
+                        process=process)
     stick = SimulatedStick(DiskImage.in_memory(8 << 20))
     stick.image.write(0, random.Random(1).randbytes(8 << 20))
     machine = Machine(stick, sink=recorder).start()
@@ -129,6 +132,36 @@ def test_a_thread_and_a_process_store_the_same_rows(tmp_path: Path) -> None:
                      for table in ("urbs", "scsi_commands")] +
                     [conn.execute(f"SELECT {irps} FROM irps ORDER BY 1, 2").fetchall()])
     assert rows[0] == rows[1] and len(rows[0][0]) > 20
+
+
+def test_live_batches_leave_out_their_all_null_columns_and_store_the_same_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A URB's record_number and setup, and an IRP's minor and detail, are NULL in every
+    row of a live batch of reads (not in the start-up's, with its control transfers):
+    the INSERT leaves them out instead of binding None in each row, and the table holds
+    what the full INSERT stores."""
+    import usbtrace.store.writer as writer
+
+    columns = {"urbs": writer.URB_COLUMNS, "irps": writer.IRP_COLUMNS}
+    rows, left_out = [], []
+    for sparse in (True, False):
+        if not sparse:
+            monkeypatch.setattr(writer, "SPARSE_COLUMNS", {})
+        db = tmp_path / f"{sparse}.db"
+        recorder, sid = _record(db, 40, process=False, batch=48)  # batches of reads
+        left_out.append({name: {columns[name][i] for absent in bulk._narrow for i in absent}
+                         for name, bulk in recorder.writer._bulk.items() if name in columns})
+        conn = sqlite3.connect(db)
+        irps = ", ".join('"' + c[1] + '"' for c in conn.execute("PRAGMA table_info(irps)")
+                         if c[1] != "file_object")  # counts up across machines: left out
+        rows.append([conn.execute("SELECT * FROM urbs ORDER BY rowid").fetchall(),
+                     conn.execute(f"SELECT {irps} FROM irps ORDER BY rowid").fetchall()])
+        conn.close()
+    assert left_out[0]["urbs"] >= {"record_number", "setup", "stream_id"}
+    assert left_out[0]["irps"] == {"minor", "detail"}
+    assert left_out[1] == {"urbs": set(), "irps": set()}
+    assert rows[0] == rows[1] and len(rows[0][0]) > 120
+    assert {r[columns["urbs"].index("record_number")] for r in rows[0][0]} == {None}
 
 
 def test_a_lossy_recorder_with_a_storing_process_says_what_it_dropped(tmp_path: Path) -> None:
@@ -238,3 +271,110 @@ def test_events_pass_to_the_storing_process_whole() -> None:
     os.close(read_fd)
     os.close(write_fd)
     assert kind == BATCH_FRAME and received == events
+
+
+def test_events_from_flat_records_keep_their_payloads_when_the_buffer_is_reused() -> None:
+    """The storing process turns a message's fields and its payloads, back to back in
+    one buffer, into Events: each the Event the record stood for, its payload its own
+    bytes (the buffer may be read into again), its time in seconds."""
+    from usbtrace.records import event_from_record, events_from_flat, record_from_event
+
+    events = [Event("S" if i % 2 else "C", 0.25 * i, 100 + i, "lower", 15, None, 0x220003,
+                    None, 0, 0, None, 9, 1, 2, 0x81, 2, 0, 16, None,
+                    bytes([i]) * (i % 3) * 8, None, None, None, None, None, None)
+              for i in range(9)]
+    records = [record_from_event(e) for e in events]
+    buffer = bytearray(b"".join(payload for _, payload in records))
+    made = events_from_flat([fields for fields, _ in records],
+                            [len(payload) for _, payload in records], memoryview(buffer))
+    buffer[:] = b"\xff" * len(buffer)
+    assert made == events == [event_from_record(r) for r in records]
+    assert all(type(e.data) is bytes for e in made) and made[4].ts == 1.0
+
+
+def test_checkpoints_in_a_thread_keep_the_wal_bounded_and_lose_nothing(tmp_path: Path) -> None:
+    """The storing process's writer leaves checkpoints to a thread of its own: its
+    connection never checkpoints inside a commit, the thread copies the WAL while the
+    writer goes on, the WAL restarts (its file stays near ``limit``, not the session's
+    size), and every payload is in the database."""
+    db = tmp_path / "u.db"
+    database = Database(db)
+    sid = database.new_session("simulated", "test", "now", "virtual")
+    writer = SessionWriter(database, sid, attribute_files=False, batch=120)
+    database.engine.dispose(close=False)
+    checkpointer = database.checkpoint_apart(every=1 << 20, limit=3 << 20)
+    assert checkpointer is not None
+    writer.checkpointer = checkpointer
+    # the connection the writer inserts with (sqlite3's own, for a file)
+    assert database._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    recorder = Recorder(writer, process=False)
+    stick = SimulatedStick(DiskImage.in_memory(8 << 20))
+    stick.image.write(0, random.Random(2).randbytes(8 << 20))
+    machine = Machine(stick, sink=recorder).start()
+    handle = machine.win32.CreateFile(DISK_PATH)
+    wal = Path(f"{db}-wal")
+    largest = 0
+    for i in range(400):  # 25 MiB of payload
+        machine.win32.ReadFile(handle, bytearray(65536), i % 120 * 65536)
+        if wal.exists():
+            largest = max(largest, wal.stat().st_size)
+    machine.stop()
+    recorder.close()
+    checkpointer.close()
+    assert checkpointer.error is None and checkpointer.passes >= 3
+    assert 0 < largest < 12 << 20
+    database.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM urbs WHERE session_id = ? AND "
+                        "captured_length = 65536", (sid,)).fetchone()[0] == 400
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_rollback_journal_gets_no_checkpoint_thread(tmp_path: Path) -> None:
+    database = Database(tmp_path / "u.db")
+    database.engine.dispose()
+    sqlite3.connect(tmp_path / "u.db").execute("PRAGMA journal_mode=DELETE").close()
+    assert database.checkpoint_apart() is None
+    assert Database(f"sqlite:///{tmp_path / 'v.db'}").checkpoint_apart() is None
+
+
+def test_the_writer_waits_for_a_checkpoint_before_the_wal_outgrows_its_limit(
+        tmp_path: Path) -> None:
+    """A PASSIVE checkpoint still running when the next transaction begins does not let
+    the WAL restart, so a writer that never waited would grow it to the session's size.
+    With passes slower than the commits (as on a busy disk), the writer waits for one
+    once ``limit`` bytes went in without a restart, and the WAL stays near the limit."""
+    from usbtrace.store.database import Checkpointer
+
+    db = tmp_path / "w.db"
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (b BLOB)")
+    checkpointer = Checkpointer(db, every=1 << 20, limit=4 << 20)
+
+    class Slow:  # each pass takes 50 ms more: the writer's commits overtake it
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def execute(self, sql: str) -> sqlite3.Cursor:
+            time.sleep(0.05)
+            return self.conn.execute(sql)
+
+        def close(self) -> None:
+            self.conn.close()
+
+    checkpointer._conn = Slow(checkpointer._conn)  # type: ignore[assignment]
+    blob = random.Random(3).randbytes(65536)
+    largest = 0
+    for _ in range(48):  # 48 MiB, 1 MiB a commit
+        checkpointer.begin()
+        writer.execute("BEGIN")
+        writer.executemany("INSERT INTO t VALUES (?)", [(blob,)] * 16)
+        writer.execute("COMMIT")
+        checkpointer.committed(16 * 65536)
+        largest = max(largest, Path(f"{db}-wal").stat().st_size)
+    checkpointer.close()
+    writer.close()
+    assert largest < 10 << 20  # the limit, a pass's worth and a commit, not 48 MiB
+    assert checkpointer.error is None and checkpointer.waits >= 4

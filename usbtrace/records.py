@@ -15,7 +15,7 @@ given Events (:class:`EventSink`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -79,6 +79,30 @@ def event_from_record(record: Record) -> Event:
     event: Event = make(*meta[:DATA_INDEX], data, *meta[DATA_INDEX:])
     event.ts /= NS  # the counter, in seconds
     return event
+
+
+def events_from_flat(fields: Iterable[tuple[Any, ...]], lengths: Iterable[int],
+                     payloads: memoryview) -> list[Event]:
+    """``event_from_record`` for records shipped flat: each one's fields, and their
+    payloads back to back in ``payloads`` (``lengths`` of them), as the live storing
+    process receives a message.  Each payload becomes a ``bytes`` of its own, so the
+    buffer may be reused.  One loop with its look-ups made once: a function call and a
+    tuple per record cost a fifth of the conversion, which runs for every record."""
+    make: Any = Event
+    split, ns, empty = DATA_INDEX, NS, b""
+    events: list[Event] = []
+    append = events.append
+    offset = 0
+    for meta, length in zip(fields, lengths):
+        if length:
+            end = offset + length
+            event = make(*meta[:split], bytes(payloads[offset:end]), *meta[split:])
+            offset = end
+        else:
+            event = make(*meta[:split], empty, *meta[split:])
+        event.ts /= ns
+        append(event)
+    return events
 
 
 def record_from_event(event: Event) -> Record:

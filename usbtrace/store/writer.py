@@ -43,10 +43,11 @@ from usbtrace.records import (
     Record,
     RecordSink,
     event_from_record,
+    events_from_flat,
     gap_record,
 )
 from usbtrace.storage.ioctl import IOCTL_NAMES
-from usbtrace.store.database import Database
+from usbtrace.store.database import Checkpointer, Database
 from usbtrace.store.sqlite_schema import COLUMNS
 from usbtrace.usb.urb import URB_FUNCTION_NAMES, USBD_STATUS_NAMES
 from usbtrace.wdm.irp import MAJOR_NAMES, minor_name
@@ -63,28 +64,9 @@ def hex_id(value: int | None) -> str | None:
 IRP_COLUMNS = tuple(c[0] for c in COLUMNS["irps"])
 
 
-def irp_row(session_id: int, x: Exchange, _majors: dict[int, str] = MAJOR_NAMES,
-            _ioctls: dict[int, str] = IOCTL_NAMES) -> tuple[Any, ...]:
-    """An ``irps`` row as a tuple in ``IRP_COLUMNS`` order (four a read, live)."""
-    s, c = x.submit, x.complete
-    first = x.first
-    major = first.major if first.major is not None else -1
-    ioctl = first.ioctl
-    return (
-        session_id, x.seq, hex_id(x.irp_id), hex_id(first.parent_irp_id), x.position,
-        _majors.get(major) or f"0x{major:02x}", minor_name(major, first.minor),
-        None if ioctl is None else (_ioctls.get(ioctl) or f"0x{ioctl:08x}"),
-        status_name(c.status) if c else None, c.information if c else None,
-        (c.detail if c and c.detail else first.detail),
-        first.offset, first.length if first.offset is not None else None,
-        first.file_object, s.ts if s else None, c.ts if c else None,
-    )
-
-
-URB_COLUMNS = tuple(c[0] for c in COLUMNS["urbs"])
 # irp id -> its text.  A capture reuses a few dozen ids (usbmon's URB addresses, USBPcap's
-# IRP addresses: 18 to 49 in the benchmark's captures), so the text is made once per id,
-# not once per row; the cache is emptied when it reaches HEX_IDS.
+# IRP addresses: 18 to 49 in the benchmark's captures), and a live stack its IRPs, so the
+# text is made once per id, not once per row; the cache is emptied when it reaches HEX_IDS.
 _hex_ids: dict[int, str] = {}
 HEX_IDS = 4096
 
@@ -94,6 +76,48 @@ def _new_hex_id(value: int) -> str:
         _hex_ids.clear()
     text = _hex_ids[value] = f"0x{value & 0xFFFFFFFFFFFFFFFF:016x}"
     return text
+
+
+# (major, minor, ioctl) -> an ``irps`` row's three names.  A live session sends a handful
+# of kinds of request (READ, SCSI, SUBMIT_URB for the data path), so each kind is named
+# once: no ``minor_name`` call and two dictionary look-ups a row (four rows a read).
+_irp_names: dict[tuple[int | None, int | None, int | None],
+                 tuple[str, str | None, str | None]] = {}
+
+
+def _new_irp_names(key: tuple[int | None, int | None, int | None]
+                   ) -> tuple[str, str | None, str | None]:
+    code, minor, ioctl = key
+    major = code if code is not None else -1
+    names = (MAJOR_NAMES.get(major) or f"0x{major:02x}", minor_name(major, minor),
+             None if ioctl is None else (IOCTL_NAMES.get(ioctl) or f"0x{ioctl:08x}"))
+    if len(_irp_names) >= HEX_IDS:
+        _irp_names.clear()
+    _irp_names[key] = names
+    return names
+
+
+def irp_row(session_id: int, x: Exchange, _ids: dict[int, str] = _hex_ids,
+            _names: dict[tuple[int | None, int | None, int | None],
+                         tuple[str, str | None, str | None]] = _irp_names) -> tuple[Any, ...]:
+    """An ``irps`` row as a tuple in ``IRP_COLUMNS`` order (four a read, live)."""
+    s, c = x.submit, x.complete
+    first = x.first
+    key = (first.major, first.minor, first.ioctl)
+    major, minor, ioctl = _names.get(key) or _new_irp_names(key)
+    irp_id, parent = x.irp_id, first.parent_irp_id
+    return (
+        session_id, x.seq, None if irp_id is None else (_ids.get(irp_id) or _new_hex_id(irp_id)),
+        None if parent is None else (_ids.get(parent) or _new_hex_id(parent)), x.position,
+        major, minor, ioctl,
+        status_name(c.status) if c else None, c.information if c else None,
+        (c.detail if c and c.detail else first.detail),
+        first.offset, first.length if first.offset is not None else None,
+        first.file_object, s.ts if s else None, c.ts if c else None,
+    )
+
+
+URB_COLUMNS = tuple(c[0] for c in COLUMNS["urbs"])
 
 
 def urb_row(session_id: int, x: Exchange, _types: dict[int, str] = TRANSFER_TYPE_NAMES,
@@ -176,8 +200,13 @@ _bind_plainly()
 # Columns NULL in every row of many imported batches: ``stream_id`` (no capture format
 # has it), ``urb_function`` (usbmon has none), a command's sense (none without a CHECK
 # CONDITION), a file row's offset and detail.  A batch whose rows all leave one NULL is
-# inserted without it (``BulkInsert.execute``): the column gets NULL all the same.
-SPARSE_COLUMNS = {"urbs": ("urb_function", "stream_id"),
+# inserted without it (``BulkInsert.execute``): the column gets NULL all the same.  Live
+# batches of the data path leave four more NULL in every row: a URB's ``record_number``
+# (a live record has no place in a file) and ``setup`` (bulk transfers have none), an
+# IRP's ``minor`` and ``detail`` (READ, SCSI and SUBMIT_URB have neither): two of the
+# three ``urbs`` rows and four ``irps`` rows a 64 KiB read.
+SPARSE_COLUMNS = {"urbs": ("record_number", "urb_function", "setup", "stream_id"),
+                  "irps": ("minor", "detail"),
                   "scsi_commands": ("sense_key", "asc", "ascq"),
                   "file_activity": ("file_offset", "detail")}
 
@@ -489,6 +518,8 @@ class SessionWriter:
         self.unstorable_lbas: list[int] = []  # seqs of commands whose LBA is past INT64_MAX
         self._bulk = bulk_inserts(database)
         self._inserter = ProcessInserter(database) if background else None
+        # the live storing process's checkpoints, off its path (``Database.checkpoint_apart``)
+        self.checkpointer: Checkpointer | None = None
 
     def feed(self, event: Event) -> None:
         if event.kind == GAP:
@@ -636,9 +667,14 @@ class SessionWriter:
             "record_count": self.records, "command_count": self.commands,
             "duration": self.last_ts, "dropped_count": self.dropped})))
         self._irps, self._urbs, self._cmds, self._files, self._gaps = [], [], [], [], []
+        payload = self._batch_bytes
         self._batch_bytes = self._rows = 0
         if self._inserter is not None:
             self._inserter.put(batch)
+        elif self.checkpointer is not None:
+            self.checkpointer.begin()
+            insert_batch(self.database, self._bulk, batch)
+            self.checkpointer.committed(payload)
         else:
             insert_batch(self.database, self._bulk, batch)
 
@@ -782,13 +818,7 @@ def _receive(fd: int) -> tuple[int, Any]:
         return kind, meta
     fields, lengths = meta
     payloads = _read_exact(fd, total) if total else memoryview(b"")
-    events = []
-    offset = 0
-    for other, length in zip(fields, lengths):
-        data = bytes(payloads[offset:offset + length]) if length else b""
-        offset += length
-        events.append(event_from_record((other, data)))
-    return kind, events
+    return kind, events_from_flat(fields, lengths, payloads)
 
 
 def _storing_main(writer: SessionWriter, data_fd: int, parent_fd: int, reply: Any) -> None:
@@ -800,8 +830,13 @@ def _storing_main(writer: SessionWriter, data_fd: int, parent_fd: int, reply: An
     blocks on a full pipe, and reports the error when asked to close."""
     os.close(parent_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # the parent's pooled connections are the parent's: open our own
+    # the parent's pooled connections are the parent's: open our own, which leave the
+    # WAL's checkpoints to a thread
     writer.database.engine.dispose(close=False)
+    try:
+        writer.checkpointer = writer.database.checkpoint_apart()
+    except sqlite3.Error:  # no thread: SQLite's own checkpoints, inside the commits
+        writer.checkpointer = None
     error: str | None = None
     try:
         while True:
@@ -819,6 +854,10 @@ def _storing_main(writer: SessionWriter, data_fd: int, parent_fd: int, reply: An
                     writer.close(dropped=dropped, notes=notes, state=state)
                 except Exception as e:
                     error = f"{type(e).__name__}: {e}"
+            if writer.checkpointer is not None:
+                writer.checkpointer.close()
+                if writer.checkpointer.error is not None and error is None:
+                    error = f"checkpointing failed: {writer.checkpointer.error}"
             writer.database.engine.dispose()
             reply.send((error, writer.records, writer.commands, writer.dropped,
                         writer.last_ts))
