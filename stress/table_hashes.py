@@ -9,7 +9,8 @@ Run the same command with the code before and after, and compare the lines:
 Each capture is imported into a fresh database in a temporary directory, in one
 process (the inserter is not forked, so the run is the same whatever the load;
 ``--fork`` forks it for every capture of 8 MiB or more), with file attribution on;
-``--no-files`` turns it off.  Per capture one line per table: its
+``--no-files`` turns it off; ``--url`` stores through SQLAlchemy, as a URL does.
+Per capture one line per table: its
 name, its row count and the SHA-256 of its rows in primary-key order.  The
 ``sessions`` table is hashed without the columns that differ from run to run (the
 file's path, the writing process, its command line).
@@ -56,6 +57,8 @@ def main() -> None:
     parser.add_argument("captures", nargs="+", type=Path)
     parser.add_argument("--no-files", action="store_true")
     parser.add_argument("--fork", action="store_true", help="store in a forked inserter")
+    parser.add_argument("--url", action="store_true",
+                        help="open the database by a sqlite:/// URL, through SQLAlchemy")
     args = parser.parse_args()
     import usbtrace.importing
     from usbtrace.importing import import_capture
@@ -69,7 +72,9 @@ def main() -> None:
             sys.exit(2)
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "h.db"
-            database = Database(f"sqlite:///{db}")
+            # a plain path: the sqlite3 writer import and record use (``--url`` for
+            # the SQLAlchemy one a URL takes)
+            database = Database(f"sqlite:///{db}" if args.url else db)
             import_capture(database, capture, attribute_files=not args.no_files)
             database.engine.dispose()
             print(f"== {capture.name}")
