@@ -49,6 +49,7 @@ from usbtrace.wdm.device import (
 from usbtrace.wdm.iomgr import (
     IoCallDriver,
     IoCompleteRequest,
+    IoSkipCurrentIrpStackLocation,
 )
 from usbtrace.wdm.irp import (
     IRP_MJ_INTERNAL_DEVICE_CONTROL,
@@ -322,7 +323,7 @@ def TracerDispatchPass(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
     status = IoAcquireRemoveLock(ext.remove_lock, irp)
     if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
         return _refuse(irp, status)
-    irp.current_location += 1  # IoSkipCurrentIrpStackLocation, the wdm.h inline
+    IoSkipCurrentIrpStackLocation(irp)
     status = IoCallDriver(ext.lower, irp)
     IoReleaseRemoveLock(ext.remove_lock, irp)
     return status
@@ -337,14 +338,7 @@ def TracerDispatchUrbPass(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
             params.io_control_code != SUBMIT_URB or \
             type(params.type3_input_buffer) is not UrbBulkOrInterruptTransfer:
         return TracerDispatchAny(device, irp)
-    ext: TracerExtension = device.device_extension
-    status = IoAcquireRemoveLock(ext.remove_lock, irp)
-    if status:  # not STATUS_SUCCESS: REMOVE_DEVICE went through, nothing may pass any more
-        return _refuse(irp, status)
-    irp.current_location += 1  # IoSkipCurrentIrpStackLocation, the wdm.h inline
-    status = IoCallDriver(ext.lower, irp)
-    IoReleaseRemoveLock(ext.remove_lock, irp)
-    return status
+    return TracerDispatchPass(device, irp)
 
 
 def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
