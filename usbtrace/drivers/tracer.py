@@ -49,6 +49,8 @@ from usbtrace.wdm.device import (
 from usbtrace.wdm.iomgr import (
     IoCallDriver,
     IoCompleteRequest,
+    IoCopyCurrentIrpStackLocationToNext,
+    IoSetCompletionRoutine,
     IoSkipCurrentIrpStackLocation,
 )
 from usbtrace.wdm.irp import (
@@ -298,7 +300,8 @@ def TracerDispatchReadWrite(device: DeviceObject, irp: Irp) -> int:  # noqa: N80
            irp.id, ext.position, loc.major_function, None, None, parent, None, None, None,
            None, None, None, None, None, None, params.length, None, None, params.byte_offset,
            None if file_object is None else file_object.id, None, None, None), b""))
-    # IoCopyCurrentIrpStackLocationToNext, then IoSetCompletionRoutine (wdm.h inlines)
+    # IoCopyCurrentIrpStackLocationToNext, then IoSetCompletionRoutine: the two wdm.h
+    # inlines, inline on the data path as in TracerDispatchInternalDeviceControl
     dst = irp.stack[location - 1]
     dst.major_function = loc.major_function
     dst.minor_function = loc.minor_function
@@ -356,17 +359,8 @@ def TracerDispatchAny(device: DeviceObject, irp: Irp) -> int:  # noqa: N802
         if master is not None:
             parent = master.id
         sink(_describe(ext, irp, loc, major, SUBMIT, parent))
-    # IoCopyCurrentIrpStackLocationToNext, then IoSetCompletionRoutine on success, error
-    # and cancel (wdm.h inlines)
-    dst = irp.stack[irp.current_location - 1]
-    dst.major_function = major
-    dst.minor_function = loc.minor_function
-    dst.flags = loc.flags
-    dst.parameters = loc.parameters
-    dst.file_object = loc.file_object
-    dst.completion_routine = TracerCompletion
-    dst.context = parent
-    dst.control = INVOKE_ALWAYS
+    IoCopyCurrentIrpStackLocationToNext(irp)
+    IoSetCompletionRoutine(irp, TracerCompletion, parent)  # on success, error and cancel
     if major == IRP_MJ_PNP and loc.minor_function == IRP_MN_REMOVE_DEVICE:
         lower = ext.lower
         status = IoCallDriver(lower, irp)
