@@ -22,6 +22,9 @@ runs that decided differently would count that as attribution.
 So the first usbtrace run of a pair decides as an import does, and the second is made to
 store the same way (the wrapper sets ``importing.spare_core``): attribution's cost
 compares like with like.
+``--storing here`` makes every import store in its own process, which is what an import
+does when no core is free: its CPU against tshark's is the one-core comparison.
+``--storing fork`` makes every import fork its inserter.
 
 CPU is the whole process tree's user+sys: ``os.wait4`` on the command, whose figures
 include every descendant it waited for (usbtrace's forked inserter).  Per pair the ratio
@@ -218,25 +221,28 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def bench(key: str, path: Path, pairs: int, tmp: Path) -> None:
+def bench(key: str, path: Path, pairs: int, tmp: Path, storing: str = "auto") -> None:
     label = FORMATS[key][0]
     records = path.stem.split("-")[-1]
+    how = {"auto": "", "here": ", inserter in the same process",
+           "fork": ", inserter forked"}[storing]
     print(f"{label}, {int(records):,} records ({path.stat().st_size / 1e6:.0f} MB), "
-          f"{pairs} pairs; load average before {load()}", flush=True)
+          f"{pairs} pairs{how}; load average before {load()}", flush=True)
     runs = Runs()
     db = tmp / "bench.db"
     for i in range(pairs):
         # alternate the order: whoever runs first meets a colder page cache
         order = ["ours", "plain", "peer"] if i % 2 == 0 else ["peer", "plain", "ours"]
-        storing: str | None = None  # the pair's first import decides; the second follows
+        # the pair's first import decides (or --storing); the second follows
+        decided: str | None = None if storing == "auto" else storing
         for who in order:
             if who == "peer":
                 runs.peer.append(run_tshark(path))
                 continue
             run = run_usbtrace(path, db, *(["--no-files"] if who == "plain" else []),
-                               storing=storing)
+                               storing=decided)
             (runs.ours if who == "ours" else runs.plain).append(run)
-            storing = "fork" if len(run.rss_kib) > 1 else "here"
+            decided = "fork" if len(run.rss_kib) > 1 else "here"
     for suffix in ("", "-wal", "-shm"):
         Path(str(db) + suffix).unlink(missing_ok=True)
     cpu_ratio = [o.cpu / p.cpu for o, p in zip(runs.ours, runs.peer)]
@@ -272,6 +278,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--formats", default=",".join(FORMATS),
                         help="comma-separated linktypes among 189, 249, 220")
+    parser.add_argument("--storing", choices=("auto", "here", "fork"), default="auto",
+                        help="where every import stores its rows: decided per pair as an "
+                             "import decides (auto), in the decoding process (here: what "
+                             "runs on one core), or in a forked inserter (fork)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="tile the captures into DIR and keep them (reused when there)")
     args = parser.parse_args()
@@ -301,7 +311,7 @@ def main() -> None:
         for key in keys:
             for n in sizes:
                 path = make_capture(key, args.keep or tmp, n)
-                bench(key, path, args.pairs, tmp)
+                bench(key, path, args.pairs, tmp, args.storing)
                 if args.keep is None:
                     path.unlink()
                 print()
