@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import usbtrace
 from tests.conftest import shared_capture
 from usbtrace.importing import import_capture
 from usbtrace.store import ddl, sqlite_schema
@@ -136,6 +137,28 @@ def test_writing_commands_do_not_load_sqlalchemy(tmp_path: Path, command: str) -
     stored = con.execute("SELECT count(*) FROM scsi_commands").fetchone()[0]
     con.close()
     assert state == "complete" and commands == stored > 0
+
+
+def test_a_small_import_loads_only_what_it_uses(tmp_path: Path) -> None:
+    """Start-up is most of a small capture's import: the installed metadata (the release
+    is ``usbtrace.__version__``), ``multiprocessing`` (only for a forked inserter) and
+    click's terminal code (only for a progress bar) stay unloaded."""
+    db = str(tmp_path / "s.db")
+    capture = str(shared_capture("ajbanjara__usb_memory_stick_create_file.pcap"))
+    unwanted = ["importlib.metadata", "multiprocessing", "click._termui_impl", "sqlalchemy"]
+    code = ("import sys\n"
+            "from usbtrace.cli import main\n"
+            f"sys.argv = ['usbtrace', 'import', '-q', '--db', {db!r}, {capture!r}]\n"
+            "try:\n"
+            "    main()\n"
+            "except SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            f"print(sorted(m for m in {unwanted!r} if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    version, = sqlite3.connect(db).execute("SELECT usbtrace_version FROM sessions").fetchone()
+    assert version == usbtrace.__version__
 
 
 def test_a_file_that_is_not_a_database_is_one_line(tmp_path: Path) -> None:

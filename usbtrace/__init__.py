@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+__version__ = "0.1.0"  # the release; pyproject.toml reads it from here
+
 if TYPE_CHECKING:
     from pathlib import Path
 

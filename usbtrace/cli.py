@@ -294,11 +294,15 @@ def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool,
         for path in files:
             try:
                 size = path.stat().st_size if path.exists() and path.is_file() else 0
-                show = not quiet and size >= 4 << 20 and sys.stderr.isatty()
-                with click.progressbar(length=size, label=f"importing {path.name}",
-                                       file=sys.stderr, hidden=not show) as bar:
-                    result = import_capture(database, path, progress=bar.update, force=force,
-                                            after=after, attribute_files=not no_files)
+                if not quiet and size >= 4 << 20 and sys.stderr.isatty():
+                    with click.progressbar(length=size, label=f"importing {path.name}",
+                                           file=sys.stderr) as bar:
+                        result = import_capture(database, path, progress=bar.update,
+                                                force=force, after=after,
+                                                attribute_files=not no_files)
+                else:  # no bar: click's terminal code is not even imported
+                    result = import_capture(database, path, force=force, after=after,
+                                            attribute_files=not no_files)
             except UsbtraceError as e:
                 click.echo(f"usbtrace: error: {e}", err=True)
                 failed += 1

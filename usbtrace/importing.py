@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import multiprocessing
 import os
 import shlex
 import time
@@ -192,7 +191,7 @@ def _import(database: Database, path: Path, tap: Tap, digest: str | None,
     # capture needs each commit as soon as it can be made, not another hop through a
     # pipe to another process.
     background = not live and path.stat().st_size >= BACKGROUND_FROM and \
-        database.is_sqlite and "fork" in multiprocessing.get_all_start_methods() and \
+        database.is_sqlite and hasattr(os, "fork") and \
         spare_core()
     writer = SessionWriter(database, session_id, background=background,
                            attribute_files=attribute_files,

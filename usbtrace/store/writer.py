@@ -12,7 +12,6 @@ counts it in ``sessions.dropped_count`` — never silently.
 from __future__ import annotations
 
 import fcntl
-import multiprocessing
 import operator
 import os
 import pickle
@@ -430,6 +429,8 @@ class ProcessInserter:
     """
 
     def __init__(self, database: Database) -> None:
+        import multiprocessing  # only where a process is forked: not on start-up's path
+
         context = multiprocessing.get_context("fork")
         read_fd, write_fd = os.pipe()
         try:
@@ -923,6 +924,8 @@ class Recorder(RecordSink):
         self._reply: Any = None
         self._process: Any = None
         if process:
+            import multiprocessing  # as in ProcessInserter
+
             context = multiprocessing.get_context("fork")
             read_fd, self._fd = os.pipe()
             try:  # fewer, larger hops through the pipe (Linux; the default is 64 KiB)
