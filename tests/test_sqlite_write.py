@@ -181,27 +181,3 @@ def test_the_engine_of_a_file_is_made_when_asked_for(tmp_path: Path) -> None:
     assert database._sa is not None
     assert not database.session_exists(sid)
     database.close()
-
-
-@pytest.mark.parametrize("width", [3, 11, 40])
-@pytest.mark.parametrize("count", [0, 1, 2, 23, 24, 25, 63, 64, 65, 130, 1000])
-def test_rows_inserted_many_at_a_time_are_the_rows_given(width: int, count: int) -> None:
-    """A batch goes in as INSERTs of several row values each, the rest one by one: every
-    row, in order, whatever the count against the statement's rows (64, or fewer for a
-    wide table: at most 999 values a statement)."""
-    from usbtrace.store import writer
-
-    con = sqlite3.connect(":memory:", isolation_level=None)
-    names = [f"c{i}" for i in range(width)]
-    con.execute(f"CREATE TABLE t (n INTEGER PRIMARY KEY, {', '.join(names)})")
-    sql = f"INSERT INTO t ({', '.join(names)}) VALUES ({', '.join('?' * width)})"
-    values: list[Any] = [None, b"\x00\xff", "text", 2**62, -1, 0.5]
-    rows = [tuple(values[(r + c) % len(values)] if c else r for c in range(width))
-            for r in range(count)]
-    writer._executemany(con, sql, rows)
-    assert con.execute(f"SELECT {', '.join(names)} FROM t ORDER BY n").fetchall() == rows
-    statements = {key[1] for key in writer._many_sql if key[0] == sql}
-    assert all(n * width <= writer.MAX_VALUES for n in statements)
-    assert statements == ({min(writer.MANY_ROWS, writer.MAX_VALUES // width)}
-                          if count >= min(writer.MANY_ROWS, writer.MAX_VALUES // width)
-                          else set())

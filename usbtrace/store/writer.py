@@ -22,7 +22,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from itertools import chain
 from typing import Any
 
 from usbtrace.decode.bot import BotDecoder, ScsiCommand
@@ -291,40 +290,11 @@ class BulkInsert:
         return narrow
 
 
-# A SQLite file takes a batch's rows MANY_ROWS at a time in one INSERT of as many row
-# values, not one ``executemany`` step per row: the sqlite3 module steps, resets and
-# releases the interpreter lock once per statement, and SQLite enters its connection
-# mutex for each of those calls, about 10,000 instructions a row before the row itself
-# (callgrind: a file_activity row 33,000 instructions by executemany, 22,700 in
-# statements of 64 rows; a urbs row 46,900 and 40,800).  A statement binds at most 999
-# values, the limit of SQLite before 3.32.
-MANY_ROWS = 64
-MAX_VALUES = 999
-_many_sql: dict[tuple[str, int], str] = {}
-
-
 def _executemany(conn: Any, sql: str, params: list[Any]) -> None:
-    if not isinstance(conn, sqlite3.Connection):
-        conn.exec_driver_sql(sql, params)
-        return
-    count = len(params)
-    if count < 2 or not isinstance(params[0], tuple):
+    if isinstance(conn, sqlite3.Connection):
         conn.executemany(sql, params)
-        return
-    width = len(params[0])
-    rows = max(1, min(MANY_ROWS, MAX_VALUES // width))
-    whole = count - count % rows
-    if whole:
-        many = _many_sql.get((sql, rows))
-        if many is None:  # "INSERT ... VALUES (?, ...)" with the row values repeated
-            head, marks = sql.rsplit(" VALUES ", 1)
-            many = _many_sql[(sql, rows)] = f"{head} VALUES {', '.join([marks] * rows)}"
-        execute = conn.execute
-        flat = chain.from_iterable
-        for at in range(0, whole, rows):
-            execute(many, list(flat(params[at:at + rows])))
-    if whole < count:
-        conn.executemany(sql, params[whole:])
+    else:
+        conn.exec_driver_sql(sql, params)
 
 
 def _quote_sqlite(name: str) -> str:
