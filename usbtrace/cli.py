@@ -7,6 +7,7 @@ for the user.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import itertools
@@ -294,14 +295,14 @@ def import_(files: tuple[Path, ...], db: str, force: bool, quiet: bool,
         for path in files:
             try:
                 size = path.stat().st_size if path.exists() and path.is_file() else 0
-                if not quiet and size >= 4 << 20 and sys.stderr.isatty():
-                    with click.progressbar(length=size, label=f"importing {path.name}",
-                                           file=sys.stderr) as bar:
-                        result = import_capture(database, path, progress=bar.update,
-                                                force=force, after=after,
-                                                attribute_files=not no_files)
-                else:  # no bar: click's terminal code is not even imported
-                    result = import_capture(database, path, force=force, after=after,
+                # no bar shown, none made: click's terminal code is not even imported
+                bar = click.progressbar(length=size, label=f"importing {path.name}",
+                                        file=sys.stderr) \
+                    if not quiet and size >= 4 << 20 and sys.stderr.isatty() else None
+                with bar if bar is not None else contextlib.nullcontext():
+                    result = import_capture(database, path,
+                                            progress=None if bar is None else bar.update,
+                                            force=force, after=after,
                                             attribute_files=not no_files)
             except UsbtraceError as e:
                 click.echo(f"usbtrace: error: {e}", err=True)

@@ -196,14 +196,6 @@ class Checkpointer:
         self._conn.close()
 
 
-def usbtrace_version() -> str:
-    """The release that writes the session: ``usbtrace.__version__``, which
-    pyproject.toml also reads, so it is what ``pip`` knows.  Not looked up in the
-    installed metadata: importing ``importlib.metadata`` and reading it cost about
-    20 ms of CPU, a tenth of importing a small capture."""
-    return usbtrace.__version__
-
-
 def current_command_line() -> str:
     """``usbtrace ARGS...`` when a usbtrace command runs, else the process's own
     command line; shell-quoted, so ``shlex.split`` gives the arguments back."""
@@ -540,9 +532,12 @@ class Database:
                     command_line: str | None = None) -> int:
         """A ``running`` session owned by this process.  It records this usbtrace's
         version and the command line that made it (``command_line``, else the
-        current one) so that a session can be traced to, and remade by, its command."""
+        current one) so that a session can be traced to, and remade by, its command.
+        The version is ``usbtrace.__version__``, which pyproject.toml reads, so it is
+        what ``pip`` knows; not the installed metadata, whose import and lookup cost
+        about 20 ms of CPU, nearly a tenth of importing a small capture."""
         values = (source, source_name, started_at, 0, 0, 0, 0, clock, linktype, file_sha256,
-                  "running", HOST, os.getpid(), usbtrace_version(),
+                  "running", HOST, os.getpid(), usbtrace.__version__,
                   command_line if command_line is not None else current_command_line())
         if self.path is not None:
             with self._begin() as conn:

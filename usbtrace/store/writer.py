@@ -56,10 +56,6 @@ BATCH = 8000  # rows a transaction, at most ...
 BATCH_BYTES = 16 << 20  # ... and at most this much payload, so 64 KiB URBs stay bounded
 
 
-def hex_id(value: int | None) -> str | None:
-    return None if value is None else f"0x{value & 0xFFFFFFFFFFFFFFFF:016x}"
-
-
 IRP_COLUMNS = tuple(c[0] for c in COLUMNS["irps"])
 
 
@@ -164,6 +160,7 @@ def command_row(session_id: int, cmd: ScsiCommand) -> tuple[Any, ...]:
     sense = cmd.sense
     info = cmd.info
     lba = info.lba
+    irp_id = cmd.irp_id
     return (
         session_id, cmd.seq, cmd.bus, cmd.device, cmd.lun, cmd.tag, info.opcode, info.name,
         cmd.cdb, None if lba is None or lba > INT64_MAX else lba, info.blocks,
@@ -171,7 +168,7 @@ def command_row(session_id: int, cmd: ScsiCommand) -> tuple[Any, ...]:
         cmd.residue, cmd.status,
         sense.key_name if sense else None, sense.asc if sense else None,
         sense.ascq if sense else None,
-        f"0x{cmd.irp_id & 0xFFFFFFFFFFFFFFFF:016x}" if cmd.irp_id is not None else None,
+        None if irp_id is None else (_hex_ids.get(irp_id) or _new_hex_id(irp_id)),
         cmd.cbw_seq, cmd.csw_seq, cmd.submitted_at, cmd.completed_at,
     )
 
