@@ -46,8 +46,19 @@ bytecode is never written (``PYTHONDONTWRITEBYTECODE``, a read-only tree) every 
 would compile some fifty modules again, about 0.1 s of CPU that an installed usbtrace
 never spends.
 
+``--instructions`` measures attribution's cost in instructions instead: each format's
+import runs once with file attribution and once without, in one process, under
+valgrind's callgrind, which counts the instructions the process executes.  The count is
+the same from run to run, whatever else the machine does, where CPU seconds on the
+2-core build machine move by a fifth between two runs of the same command (a tenth of
+a second of difference per 200,000 records cannot be told from noise there).  What it
+leaves out: the kernel's work (the writes, page faults), and how many of those
+instructions run a cycle, which differs between the interpreter's loop and SQLite's C.
+Callgrind runs about fifty times slower: 200,000 records take some two minutes a run.
+
 Run:  python benchmarks/bench_import.py [--records 1000000] [--big] [--pairs 3]
           [--formats 189,249,220] [--keep DIR]
+      python benchmarks/bench_import.py --instructions --records 200000
 ``--big`` adds a 3M-record size (memory must stay flat).  ``--keep DIR`` tiles the
 captures into DIR and keeps them, and uses those already there (tiling costs minutes).
 """
@@ -270,6 +281,43 @@ def bench(key: str, path: Path, pairs: int, tmp: Path, storing: str = "auto") ->
           f"tshark {max(r.pss_kib for r in runs.peer) / 1024:.0f} MiB", flush=True)
 
 
+def instructions(args: list[str], env: dict[str, str]) -> int:
+    """The instructions ``args`` executes (callgrind's ``Collected``; its own process
+    only, so the import must store in it: ``BENCH_STORING=here``)."""
+    proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                           *args], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"valgrind {args[0]} failed ({proc.returncode}): {proc.stderr[-500:]}")
+    counts = [line.split("Collected :")[1] for line in proc.stderr.splitlines()
+              if "Collected :" in line]
+    if not counts:
+        sys.exit(f"valgrind printed no instruction count: {proc.stderr[-500:]}")
+    return int(counts[-1])
+
+
+def bench_instructions(key: str, path: Path, tmp: Path) -> None:
+    """Attribution's share of an import, in instructions (see the module docstring)."""
+    label = FORMATS[key][0]
+    records = int(path.stem.split("-")[-1])
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BENCH_STORING="here")
+    db = tmp / "bench.db"
+    counts = {}
+    for mode, extra in (("with", []), ("without", ["--no-files"])):
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(db) + suffix).unlink(missing_ok=True)
+        counts[mode] = instructions([sys.executable, "-c", WRAPPER, str(path), "--db", str(db),
+                                     *extra], env)
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    added = counts["with"] - counts["without"]
+    print(f"{label}, {records:,} records, one process: {counts['with'] / 1e6:,.0f}M "
+          f"instructions with file attribution, {counts['without'] / 1e6:,.0f}M without "
+          f"({counts['with'] / records:,.0f} and {counts['without'] / records:,.0f} a "
+          f"record); attribution adds {added / 1e6:,.0f}M, "
+          f"{added / counts['without'] * 100:.1f}%", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -284,6 +332,8 @@ def main() -> None:
                              "runs on one core), or in a forked inserter (fork)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="tile the captures into DIR and keep them (reused when there)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="attribution's cost in instructions (callgrind), not seconds")
     args = parser.parse_args()
     keys = [k.strip() for k in args.formats.split(",") if k.strip()]
     unknown = [k for k in keys if k not in FORMATS]
@@ -297,9 +347,14 @@ def main() -> None:
         if shutil.which(tool) is None:
             print(f"{tool} is not installed: it is the peer (and tiles pcapng)", file=sys.stderr)
             sys.exit(2)
+    if args.instructions and shutil.which("valgrind") is None:
+        print("valgrind is not installed: --instructions counts with its callgrind tool",
+              file=sys.stderr)
+        sys.exit(2)
     sizes = [args.records] + ([3 * args.records] if args.big else [])
-    print(f"{os.cpu_count()} CPUs; CPU = user+sys of the whole process tree; ratios are "
-          "usbtrace/tshark per pair, median (min-max)\n")
+    if not args.instructions:
+        print(f"{os.cpu_count()} CPUs; CPU = user+sys of the whole process tree; ratios are "
+              "usbtrace/tshark per pair, median (min-max)\n")
     if args.keep is not None and not args.keep.is_dir():
         print(f"--keep: {args.keep} is not a directory", file=sys.stderr)
         sys.exit(2)
@@ -311,7 +366,10 @@ def main() -> None:
         for key in keys:
             for n in sizes:
                 path = make_capture(key, args.keep or tmp, n)
-                bench(key, path, args.pairs, tmp, args.storing)
+                if args.instructions:
+                    bench_instructions(key, path, tmp)
+                else:
+                    bench(key, path, args.pairs, tmp, args.storing)
                 if args.keep is None:
                     path.unlink()
                 print()
