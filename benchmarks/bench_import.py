@@ -48,12 +48,16 @@ never spends.
 
 ``--instructions`` measures attribution's cost in instructions instead: each format's
 import runs once with file attribution and once without, in one process, under
-valgrind's callgrind, which counts the instructions the process executes.  The count is
+valgrind's callgrind, which counts the instructions the process executes, and so does
+tshark on the same file.  The count is
 the same from run to run, whatever else the machine does, where CPU seconds on the
 2-core build machine move by a fifth between two runs of the same command (a tenth of
 a second of difference per 200,000 records cannot be told from noise there).  What it
 leaves out: the kernel's work (the writes, page faults), and how many of those
-instructions run a cycle, which differs between the interpreter's loop and SQLite's C.
+instructions run a cycle, which differs between the interpreter's loop and SQLite's C,
+and between usbtrace and tshark.  Under valgrind, OpenSSL cannot use the CPU's SHA
+extensions and hashes in portable code, some 28 instructions a byte: the duplicate
+check's SHA-256 of the file is counted apart, and the ratio is also given without it.
 Callgrind runs about fifty times slower: 200,000 records take some two minutes a run.
 
 Run:  python benchmarks/bench_import.py [--records 1000000] [--big] [--pairs 3]
@@ -296,8 +300,13 @@ def instructions(args: list[str], env: dict[str, str]) -> int:
     return int(counts[-1])
 
 
+HASH_ONLY = ("import sys\nfrom pathlib import Path\nfrom usbtrace.capture.source import "
+             "sha256_of\nif sys.argv[1] != '-':\n    sha256_of(Path(sys.argv[1]))\n")
+
+
 def bench_instructions(key: str, path: Path, tmp: Path) -> None:
-    """Attribution's share of an import, in instructions (see the module docstring)."""
+    """Attribution's share of an import, and the import against tshark, in instructions
+    (see the module docstring)."""
     label = FORMATS[key][0]
     records = int(path.stem.split("-")[-1])
     env = dict(os.environ, PYTHONPATH=str(ROOT), BENCH_STORING="here")
@@ -310,12 +319,24 @@ def bench_instructions(key: str, path: Path, tmp: Path) -> None:
                                      *extra], env)
     for suffix in ("", "-wal", "-shm"):
         Path(str(db) + suffix).unlink(missing_ok=True)
-    added = counts["with"] - counts["without"]
-    print(f"{label}, {records:,} records, one process: {counts['with'] / 1e6:,.0f}M "
-          f"instructions with file attribution, {counts['without'] / 1e6:,.0f}M without "
-          f"({counts['with'] / records:,.0f} and {counts['without'] / records:,.0f} a "
-          f"record); attribution adds {added / 1e6:,.0f}M, "
-          f"{added / counts['without'] * 100:.1f}%", flush=True)
+    peer = ["tshark", "-r", str(path), "-T", "fields"]
+    for name in TSHARK_FIELDS:
+        peer += ["-e", name]
+    counts["tshark"] = instructions(peer, env)
+    # the duplicate check's SHA-256 of the file: the hash alone, less the same start-up
+    hashing = instructions([sys.executable, "-c", HASH_ONLY, str(path)], env) - \
+        instructions([sys.executable, "-c", HASH_ONLY, "-"], env)
+    with_, without, tshark = counts["with"], counts["without"], counts["tshark"]
+    added = with_ - without
+    m = 1e6
+    print(f"{label}, {records:,} records, one process (millions of instructions):\n"
+          f"  usbtrace {with_ / m:,.0f} with file attribution, {without / m:,.0f} without; "
+          f"attribution adds {added / m:,.0f}, {added / without * 100:.1f}%\n"
+          f"  tshark {tshark / m:,.0f}; usbtrace/tshark {with_ / tshark:.3f} "
+          f"({without / tshark:.3f} without attribution)\n"
+          f"  of usbtrace's, the SHA-256 of the file {hashing / m:,.0f}, counted in OpenSSL's "
+          f"portable code (valgrind's CPU has no SHA extensions); without it "
+          f"usbtrace/tshark {(with_ - hashing) / tshark:.3f}", flush=True)
 
 
 def main() -> None:
