@@ -33,8 +33,17 @@ min-max across rounds, and ratios are taken within a round.  ``stored`` against
 ``disk`` is what the design costs over the disk's own speed; ``file/payload`` is
 the database file's size per payload byte (each payload is written once).
 
+``--instructions`` compares the tracer alone with the bare stack in instructions
+(valgrind's callgrind), which repeat from run to run where CPU seconds on the 2-core
+build machine move by a tenth: each stage runs once in a child process, and once more
+with no read, whose count (building and starting the machine) is taken off.  It leaves
+out how many instructions run a cycle, and the kernel's work; and it counts glibc's
+``rep movsb`` copies once a byte, so the ratio is also given with memcpy set apart.
+Callgrind runs some fifty times slower: ``--mib 64`` takes about two minutes.
+
 Run:  PYTHONPATH=. python benchmarks/bench_stack.py [--mib 256] [--rounds 3]
           [--protocol bot|uas|uas-streams] [--journal wal|rollback] [--samples FILE]
+      PYTHONPATH=. python benchmarks/bench_stack.py --instructions --mib 64
       python benchmarks/pair_samples.py BEFORE.jsonl AFTER.jsonl   # ratios, run by run
 """
 
@@ -44,8 +53,11 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -60,6 +72,7 @@ from usbtrace.records import Record, RecordSink
 from usbtrace.store.database import PAGE_SIZE, Database
 from usbtrace.store.writer import Recorder, SessionWriter
 
+ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 64 * 1024
 STAGES = ("bare", "tracer", "capture", "decode", "stored", "files", "sqlite", "disk")
 # the stick's transport: Bulk-Only (usbstor), UAS without or with streams (UASPStor)
@@ -232,6 +245,62 @@ def run_stage(stage: str, mib: int, folder: Path, protocol: str) -> Sample:
     return stack(mib, stage, folder, protocol)
 
 
+def instructions(stage: str, mib: int, protocol: str) -> tuple[int, int]:
+    """The instructions a child process executes to run ``stage`` over ``mib`` MiB
+    (callgrind's ``Collected``), set-up included, which ``--instructions`` takes off by
+    counting a run of no reads too; and of those, the ones glibc's memcpy and memmove
+    ran (see ``tracer_instructions``)."""
+    child = [sys.executable, str(Path(__file__).resolve()), "--count-stage", stage,
+             "--mib", str(mib), "--protocol", protocol]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                               *child], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        counts = [line.split("Collected :")[1] for line in proc.stderr.splitlines()
+                  if "Collected :" in line]
+        if proc.returncode != 0 or not counts:
+            sys.exit(f"valgrind on the {stage} stage failed ({proc.returncode}): "
+                     f"{proc.stderr[-500:]}")
+        table = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100",
+                                str(out)], capture_output=True, text=True, check=True).stdout
+    copies = 0
+    for line in table.splitlines():
+        cost, _, where = line.strip().partition(" ")
+        function = where.split(" [")[0].rpartition(":")[2]
+        if cost[:1].isdigit() and ("memcpy" in function or "memmove" in function):
+            copies += int(cost.replace(",", ""))
+    return int(counts[-1]), copies
+
+
+def tracer_instructions(mib: int, protocol: str) -> None:
+    """The tracer alone against the bare stack in instructions, which repeat from run to
+    run where this machine's CPU seconds move by a tenth or more: each stage's count
+    over ``mib`` MiB less its count with no read (building and starting the machine).
+
+    Copies are also set apart: glibc copies 64 KiB with ``rep movsb``, one instruction to
+    the CPU, which callgrind counts once a byte.  So the payload's copy into the
+    caller's buffer (the bare stack) and the tracer's copy of it into its record weigh
+    65,536 instructions each, for what the CPU does in a few thousand cycles."""
+    reads, copies = {}, {}
+    for stage in ("bare", "tracer"):
+        total, copied = instructions(stage, mib, protocol)
+        total0, copied0 = instructions(stage, 0, protocol)
+        reads[stage], copies[stage] = total - total0, copied - copied0
+    count = (mib << 20) // CHUNK
+    bare, tracer = reads["bare"], reads["tracer"]
+    rest = {stage: reads[stage] - copies[stage] for stage in reads}
+    print(f"64 KiB reads through the stack ({protocol}), {mib} MiB ({count} reads), "
+          f"instructions (callgrind) of the reads alone, and of those memcpy's:\n"
+          f"  bare   {bare / 1e6:,.1f}M, {bare / count:,.0f} a read, memcpy "
+          f"{copies['bare'] / count:,.0f}\n"
+          f"  tracer {tracer / 1e6:,.1f}M, {tracer / count:,.0f} a read, memcpy "
+          f"{copies['tracer'] / count:,.0f}\n"
+          f"  the tracer alone (tracer/bare): {tracer / bare:.3f}x counted, "
+          f"{rest['tracer'] / rest['bare']:.3f}x with memcpy set apart "
+          "(target: at most 1.3x)")
+
+
 def spread(values: list[float], fmt: str) -> str:
     return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
@@ -250,7 +319,21 @@ def main() -> None:
     parser.add_argument("--samples", metavar="FILE", type=Path,
                         help="also write every run's figures, round by round, as JSON "
                         "lines (for ratios paired with another tree's runs)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="the tracer alone against the bare stack, in instructions "
+                        "(valgrind's callgrind) instead of seconds; try --mib 64")
+    parser.add_argument("--count-stage", choices=("bare", "tracer"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.count_stage:  # a child of --instructions, under callgrind: the stage, once
+        with tempfile.TemporaryDirectory() as tmp:
+            stack(args.mib, args.count_stage, Path(tmp), args.protocol)
+        return
+    if args.instructions:
+        if shutil.which("valgrind") is None:
+            parser.error("valgrind is not installed: --instructions counts with its "
+                         "callgrind tool")
+        tracer_instructions(args.mib, args.protocol)
+        return
     if args.journal == "rollback":
         use_rollback_journal()
     stages = [s for s in args.stages.split(",") if s]
