@@ -44,6 +44,7 @@ Sans-I/O: ``feed(exchange, pipes)`` returns the commands it finished.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -250,9 +251,24 @@ def max_streams(blob: bytes, number: int, alternate: int, endpoint: int) -> int:
     return 0
 
 
+# The three IUs every command of the data path builds (the host's Command IU, the
+# device's Read/Write Ready and Sense IUs), packed in one call each: ``construct``'s
+# build of them cost about 50 microseconds apiece, a third of a UAS read through the
+# modelled stack.  The layouts above say what the bytes are; the tests hold each packing
+# equal to their build, which still makes what these do not take (a CDB over 16 bytes,
+# a field out of its range).
+_COMMAND_IU = struct.Struct(">BBHBBBB8s16s")
+_SENSE_IU_HEADER = struct.Struct(">BBHHB7xH")
+_READY_IU = struct.Struct(">BBH")
+
+
 def build_command_iu(tag: int, cdb: bytes, lun: int = 0, priority: int = 0,
                      task_attribute: int = 0) -> bytes:
     """A Command IU; a CDB longer than 16 bytes goes on as ADDITIONAL CDB BYTES."""
+    if len(cdb) <= 16 and 0 <= tag <= 0xFFFF and 0 <= priority <= 15 and \
+            0 <= task_attribute <= 7 and 0 <= lun <= 0x3FFF:
+        return _COMMAND_IU.pack(IU_COMMAND, 0, tag, priority << 3 | task_attribute, 0, 0, 0,
+                                build_lun(lun), cdb)  # ``s`` pads the CDB with zeros
     extra = cdb[16:]
     extra += bytes(-len(extra) % 4)
     return CommandIU.build({
@@ -265,6 +281,9 @@ def build_command_iu(tag: int, cdb: bytes, lun: int = 0, priority: int = 0,
 
 
 def build_sense_iu(tag: int, status: int, sense: bytes = b"", qualifier: int = 0) -> bytes:
+    if 0 <= tag <= 0xFFFF and 0 <= qualifier <= 0xFFFF and 0 <= status <= 0xFF and \
+            len(sense) <= 0xFFFF:
+        return _SENSE_IU_HEADER.pack(IU_SENSE, 0, tag, qualifier, status, len(sense)) + sense
     return SenseIU.build({"Reserved1": 0, "TAG": tag, "STATUS_QUALIFIER": qualifier,
                           "STATUS": status, "Reserved7": bytes(7), "LENGTH": len(sense),
                           "SENSE_DATA": sense})
@@ -285,6 +304,9 @@ def build_task_management_iu(tag: int, function: int, managed_tag: int = 0,
 
 def build_ready_iu(iu_id: int, tag: int) -> bytes:
     """A Read Ready (``IU_READ_READY``) or Write Ready (``IU_WRITE_READY``) IU."""
+    if 0 <= tag <= 0xFFFF:
+        return _READY_IU.pack(IU_READ_READY if iu_id == IU_READ_READY else IU_WRITE_READY,
+                              0, tag)
     layout = ReadReadyIU if iu_id == IU_READ_READY else WriteReadyIU
     return layout.build({"Reserved1": 0, "TAG": tag})
 
