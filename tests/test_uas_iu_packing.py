@@ -75,3 +75,33 @@ def test_a_field_out_of_range_is_refused_as_the_layout_refuses_it(
     did before there was a packing: no value is cut to fit in silence."""
     with pytest.raises(ConstructError, match="building"):
         build()
+
+
+@given(TAGS, st.binary(min_size=8, max_size=8), st.binary(min_size=16, max_size=16),
+       st.integers(0, 255), st.integers(0, 63), st.binary(max_size=64))
+def test_the_decoder_reads_a_command_iu_as_its_layout_parses_it(
+        tag: int, lun: bytes, cdb: bytes, prio: int, dwords: int, tail: bytes) -> None:
+    """What ``UasDecoder`` unpacks of a Command IU (tag, LUN, CDB; then its additional
+    CDB bytes, sliced as ADDITIONAL CDB LENGTH says) is what ``CommandIU.parse`` reads,
+    whatever the reserved bits hold."""
+    head = bytes([uas.IU_COMMAND, 0xA5]) + tag.to_bytes(2, "big") + \
+        bytes([prio, 0x5A, dwords << 2 | 3, 0xFF]) + lun + cdb
+    data = head + bytes(dwords * 4) + tail
+    parsed = uas.CommandIU.parse(data)
+    assert uas._command_iu_fields(data) == (parsed.TAG, parsed.LOGICAL_UNIT_NUMBER,
+                                            parsed.CDB)
+    extra = (data[6] >> 2) * 4
+    assert data[uas.COMMAND_IU_LENGTH:uas.COMMAND_IU_LENGTH + extra] == \
+        parsed.ADDITIONAL_CDB_BYTES
+
+
+@given(TAGS, st.integers(0, 0xFFFF), st.integers(0, 255), st.binary(min_size=7, max_size=7),
+       st.integers(0, 0xFFFF), st.binary(max_size=32))
+def test_the_decoder_reads_a_sense_iu_as_its_layout_parses_it(
+        tag: int, qualifier: int, status: int, reserved: bytes, length: int,
+        sense: bytes) -> None:
+    data = bytes([uas.IU_SENSE, 0]) + tag.to_bytes(2, "big") + \
+        qualifier.to_bytes(2, "big") + bytes([status]) + reserved + \
+        length.to_bytes(2, "big") + sense
+    head = uas.SenseIUHeader.parse(data[:uas.SENSE_IU_HEADER])
+    assert uas._sense_iu_fields(data) == (head.STATUS, head.LENGTH)

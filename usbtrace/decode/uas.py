@@ -260,6 +260,10 @@ def max_streams(blob: bytes, number: int, alternate: int, endpoint: int) -> int:
 _COMMAND_IU = struct.Struct(">BBHBBBB8s16s")
 _SENSE_IU_HEADER = struct.Struct(">BBHHB7xH")
 _READY_IU = struct.Struct(">BBH")
+# ... and read back so, from what the decoder has checked is long enough: a Command IU's
+# TAG, LOGICAL UNIT NUMBER and CDB; a Sense IU's STATUS and LENGTH
+_command_iu_fields = struct.Struct(">2xH4x8s16s").unpack_from
+_sense_iu_fields = struct.Struct(">6xB7xH").unpack_from
 
 
 def build_command_iu(tag: int, cdb: bytes, lun: int = 0, priority: int = 0,
@@ -415,9 +419,10 @@ class UasDecoder:
         extra = (data[6] >> 2) * 4
         if len(data) < COMMAND_IU_LENGTH + extra:
             return None
-        iu = CommandIU.parse(data)
-        cdb = _cdb(iu.CDB, iu.ADDITIONAL_CDB_BYTES)
-        return self._new(x, iu.TAG, _lun(iu.LOGICAL_UNIT_NUMBER), cdb, scsi.decode_cdb(cdb))
+        # ``CommandIU.parse``, unpacked in one call (its IU ID is checked by the caller)
+        tag, lun, cdb16 = _command_iu_fields(data)
+        cdb = _cdb(cdb16, data[COMMAND_IU_LENGTH:COMMAND_IU_LENGTH + extra])
+        return self._new(x, tag, _lun(lun), cdb, scsi.decode_cdb(cdb))
 
     def _parse_tmf(self, state: _Device, x: Exchange, data: bytes) -> ScsiCommand | None:
         if len(data) < TASK_MANAGEMENT_IU_LENGTH:
@@ -457,10 +462,11 @@ class UasDecoder:
             if cmd is None or cmd.info.opcode == TMF_OPCODE:
                 self.orphans += 1
                 return []
-            head = SenseIUHeader.parse(data[:SENSE_IU_HEADER])
+            # ``SenseIUHeader.parse``, unpacked in one call (the IU ID is checked above)
+            status, length = _sense_iu_fields(data)
             # the sense data is what was captured of LENGTH, never more
-            sense = data[SENSE_IU_HEADER : SENSE_IU_HEADER + head.LENGTH]
-            cmd.status = STATUS_NAMES.get(head.STATUS, f"status_0x{head.STATUS:02x}")
+            sense = data[SENSE_IU_HEADER : SENSE_IU_HEADER + length]
+            cmd.status = STATUS_NAMES.get(status, f"status_0x{status:02x}")
             if sense:
                 cmd.sense = scsi.parse_sense(sense)
             return self._complete(state, cmd, x)
