@@ -49,8 +49,8 @@ never spends.
 ``--instructions`` measures attribution's cost in instructions instead: each format's
 import runs once with file attribution and once without, in one process, under
 valgrind's callgrind, which counts the instructions the process executes, and so does
-tshark on the same file.  The count is
-the same from run to run, whatever else the machine does, where CPU seconds on the
+tshark on the same file.  The count is the same from run to run, whatever else the
+machine does, where CPU seconds on the
 2-core build machine move by a fifth between two runs of the same command (a tenth of
 a second of difference per 200,000 records cannot be told from noise there).  What it
 leaves out: the kernel's work (the writes, page faults), and how many of those
@@ -84,6 +84,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.callgrind import instructions  # noqa: E402
 from tests.tiling import tile  # noqa: E402
 
 CAPTURES = ROOT.parent / "shared" / "captures"
@@ -285,21 +286,6 @@ def bench(key: str, path: Path, pairs: int, tmp: Path, storing: str = "auto") ->
           f"tshark {max(r.pss_kib for r in runs.peer) / 1024:.0f} MiB", flush=True)
 
 
-def instructions(args: list[str], env: dict[str, str]) -> int:
-    """The instructions ``args`` executes (callgrind's ``Collected``; its own process
-    only, so the import must store in it: ``BENCH_STORING=here``)."""
-    proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                           *args], env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"valgrind {args[0]} failed ({proc.returncode}): {proc.stderr[-500:]}")
-    counts = [line.split("Collected :")[1] for line in proc.stderr.splitlines()
-              if "Collected :" in line]
-    if not counts:
-        sys.exit(f"valgrind printed no instruction count: {proc.stderr[-500:]}")
-    return int(counts[-1])
-
-
 HASH_ONLY = ("import sys\nfrom pathlib import Path\nfrom usbtrace.capture.source import "
              "sha256_of\nif sys.argv[1] != '-':\n    sha256_of(Path(sys.argv[1]))\n")
 
@@ -316,16 +302,16 @@ def bench_instructions(key: str, path: Path, tmp: Path) -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(str(db) + suffix).unlink(missing_ok=True)
         counts[mode] = instructions([sys.executable, "-c", WRAPPER, str(path), "--db", str(db),
-                                     *extra], env)
+                                     *extra], env)[0]
     for suffix in ("", "-wal", "-shm"):
         Path(str(db) + suffix).unlink(missing_ok=True)
     peer = ["tshark", "-r", str(path), "-T", "fields"]
     for name in TSHARK_FIELDS:
         peer += ["-e", name]
-    counts["tshark"] = instructions(peer, env)
+    counts["tshark"] = instructions(peer, env)[0]
     # the duplicate check's SHA-256 of the file: the hash alone, less the same start-up
-    hashing = instructions([sys.executable, "-c", HASH_ONLY, str(path)], env) - \
-        instructions([sys.executable, "-c", HASH_ONLY, "-"], env)
+    hashing = instructions([sys.executable, "-c", HASH_ONLY, str(path)], env)[0] - \
+        instructions([sys.executable, "-c", HASH_ONLY, "-"], env)[0]
     with_, without, tshark = counts["with"], counts["without"], counts["tshark"]
     added = with_ - without
     m = 1e6

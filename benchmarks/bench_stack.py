@@ -56,7 +56,6 @@ import resource
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import usbtrace.store.database as database_module
+from benchmarks.callgrind import instructions
 from usbtrace.devices.image import DiskImage
 from usbtrace.devices.simulated import SimulatedStick
 from usbtrace.machine import DISK_PATH, Machine
@@ -245,32 +245,13 @@ def run_stage(stage: str, mib: int, folder: Path, protocol: str) -> Sample:
     return stack(mib, stage, folder, protocol)
 
 
-def instructions(stage: str, mib: int, protocol: str) -> tuple[int, int]:
-    """The instructions a child process executes to run ``stage`` over ``mib`` MiB
-    (callgrind's ``Collected``), set-up included, which ``--instructions`` takes off by
-    counting a run of no reads too; and of those, the ones glibc's memcpy and memmove
-    ran (see ``tracer_instructions``)."""
+def stage_instructions(stage: str, mib: int, protocol: str) -> tuple[int, int]:
+    """The instructions a child process executes to run ``stage`` over ``mib`` MiB, set-up
+    included (``--instructions`` takes it off by counting a run of no reads too), and of
+    those glibc's copies (see ``tracer_instructions``)."""
     child = [sys.executable, str(Path(__file__).resolve()), "--count-stage", stage,
              "--mib", str(mib), "--protocol", protocol]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                               *child], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        counts = [line.split("Collected :")[1] for line in proc.stderr.splitlines()
-                  if "Collected :" in line]
-        if proc.returncode != 0 or not counts:
-            sys.exit(f"valgrind on the {stage} stage failed ({proc.returncode}): "
-                     f"{proc.stderr[-500:]}")
-        table = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100",
-                                str(out)], capture_output=True, text=True, check=True).stdout
-    copies = 0
-    for line in table.splitlines():
-        cost, _, where = line.strip().partition(" ")
-        function = where.split(" [")[0].rpartition(":")[2]
-        if cost[:1].isdigit() and ("memcpy" in function or "memmove" in function):
-            copies += int(cost.replace(",", ""))
-    return int(counts[-1]), copies
+    return instructions(child, dict(os.environ, PYTHONPATH=str(ROOT)), copies=True)
 
 
 def tracer_instructions(mib: int, protocol: str) -> None:
@@ -284,8 +265,8 @@ def tracer_instructions(mib: int, protocol: str) -> None:
     65,536 instructions each, for what the CPU does in a few thousand cycles."""
     reads, copies = {}, {}
     for stage in ("bare", "tracer"):
-        total, copied = instructions(stage, mib, protocol)
-        total0, copied0 = instructions(stage, 0, protocol)
+        total, copied = stage_instructions(stage, mib, protocol)
+        total0, copied0 = stage_instructions(stage, 0, protocol)
         reads[stage], copies[stage] = total - total0, copied - copied0
     count = (mib << 20) // CHUNK
     bare, tracer = reads["bare"], reads["tracer"]
