@@ -272,7 +272,8 @@ def bench(key: str, path: Path, pairs: int, tmp: Path, storing: str = "auto") ->
     print(f"           usbtrace/tshark wall {spread(wall_ratio)}   (load average after "
           f"{load()})")
     print(f"  attribution: CPU without it {spread([r.cpu for r in runs.plain])} s; it adds "
-          f"{spread(attribution, '{:.0f}')} %")
+          f"{spread(attribution, '{:.0f}')} % (a few pairs of CPU seconds cannot resolve a "
+          "tenth: --instructions counts it the same every run)")
     ours_rss = max(sum(r.rss_kib) for r in runs.ours + runs.plain) / 1024
     parts = max(runs.ours + runs.plain, key=lambda r: sum(r.rss_kib)).rss_kib
     forked = sum(len(r.rss_kib) > 1 for r in runs.ours + runs.plain)
