@@ -63,16 +63,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import usbtrace.store.database as database_module
-from benchmarks.callgrind import instructions
-from usbtrace.devices.image import DiskImage
-from usbtrace.devices.simulated import SimulatedStick
-from usbtrace.machine import DISK_PATH, Machine
-from usbtrace.records import Record, RecordSink
-from usbtrace.store.database import PAGE_SIZE, Database
-from usbtrace.store.writer import Recorder, SessionWriter
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's usbtrace, and benchmarks.callgrind
+import usbtrace.store.database as database_module  # noqa: E402
+from benchmarks.callgrind import instructions  # noqa: E402
+from usbtrace.devices.image import DiskImage  # noqa: E402
+from usbtrace.devices.simulated import SimulatedStick  # noqa: E402
+from usbtrace.machine import DISK_PATH, Machine  # noqa: E402
+from usbtrace.records import Record, RecordSink  # noqa: E402
+from usbtrace.store.database import PAGE_SIZE, Database  # noqa: E402
+from usbtrace.store.writer import Recorder, SessionWriter  # noqa: E402
+
 CHUNK = 64 * 1024
 STAGES = ("bare", "tracer", "capture", "decode", "stored", "files", "sqlite", "disk")
 # the stick's transport: Bulk-Only (usbstor), UAS without or with streams (UASPStor)
