@@ -50,9 +50,9 @@ never spends.
 import runs once with file attribution and once without, in one process, under
 valgrind's callgrind, which counts the instructions the process executes, and so does
 tshark on the same file.  The count is the same from run to run, whatever else the
-machine does, where CPU seconds on the
-2-core build machine move by a fifth between two runs of the same command (a tenth of
-a second of difference per 200,000 records cannot be told from noise there).  What it
+machine does, where CPU seconds on the 2-core build machine move by a fifth between two
+runs of the same command (a tenth of a second of difference per 200,000 records cannot
+be told from noise there).  What it
 leaves out: the kernel's work (the writes, page faults), and how many of those
 instructions run a cycle, which differs between the interpreter's loop and SQLite's C,
 and between usbtrace and tshark.  Under valgrind, OpenSSL cannot use the CPU's SHA
@@ -180,10 +180,15 @@ def measured(args: list[str], env: dict[str, str] | None = None) -> tuple[Run, s
     return Run(usage.ru_utime + usage.ru_stime, wall, (usage.ru_maxrss,), sampler.peak), err
 
 
-def run_usbtrace(path: Path, db: Path, *extra: str, storing: str | None = None) -> Run:
-    """One import; ``storing`` ('fork' or 'here') overrides its own decision."""
+def remove_database(db: Path) -> None:
+    """The database file a run left, with its WAL and shared-memory files."""
     for suffix in ("", "-wal", "-shm"):
         Path(str(db) + suffix).unlink(missing_ok=True)
+
+
+def run_usbtrace(path: Path, db: Path, *extra: str, storing: str | None = None) -> Run:
+    """One import; ``storing`` ('fork' or 'here') overrides its own decision."""
+    remove_database(db)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("BENCH_STORING", None)
     if storing is not None:
@@ -259,8 +264,7 @@ def bench(key: str, path: Path, pairs: int, tmp: Path, storing: str = "auto") ->
                                storing=decided)
             (runs.ours if who == "ours" else runs.plain).append(run)
             decided = "fork" if len(run.rss_kib) > 1 else "here"
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
+    remove_database(db)
     cpu_ratio = [o.cpu / p.cpu for o, p in zip(runs.ours, runs.peer)]
     wall_ratio = [o.wall / p.wall for o, p in zip(runs.ours, runs.peer)]
     attribution = [(o.cpu / n.cpu - 1) * 100 for o, n in zip(runs.ours, runs.plain)]
@@ -300,12 +304,10 @@ def bench_instructions(key: str, path: Path, tmp: Path) -> None:
     db = tmp / "bench.db"
     counts = {}
     for mode, extra in (("with", []), ("without", ["--no-files"])):
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(db) + suffix).unlink(missing_ok=True)
+        remove_database(db)
         counts[mode] = instructions([sys.executable, "-c", WRAPPER, str(path), "--db", str(db),
                                      *extra], env)[0]
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
+    remove_database(db)
     peer = ["tshark", "-r", str(path), "-T", "fields"]
     for name in TSHARK_FIELDS:
         peer += ["-e", name]
