@@ -20,6 +20,7 @@ survey in bounded indexes: the first command of each CDB (up to
 from __future__ import annotations
 
 import heapq
+import itertools
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -181,7 +182,8 @@ def _decode(stream: Iterable[Event],
             on_exchange: Callable[[Exchange], None] | None) -> Iterator[ScsiCommand]:
     """Pairing, then Bulk-Only or UAS -> SCSI (as the import decides: a device whose UAS
     setting is selected goes to the UAS stage), one event in, commands out as they
-    finish."""
+    finish.  The dispatch is the writer's (``SessionWriter._exchange``), in one loop
+    with its look-ups made once: a survey runs it for every record of the recording."""
     pairer = Pairer()
     bot = BotDecoder()
     identity = IdentityTracker()
@@ -191,27 +193,38 @@ def _decode(stream: Iterable[Event],
         return bot._seq
 
     uas = UasDecoder(next_seq)
-
-    def take(x: Exchange, sealed: bool) -> list[ScsiCommand]:
-        if sealed and on_exchange is not None:
-            on_exchange(x)
-        if not x.is_urb:
-            return bot.take(x, sealed)
-        if sealed:
-            try:
-                identity.feed(x)
-            except (UsbtraceError, ConstructError):
-                pass  # the survey notes it
-        pipes = identity.uas_pipes(x.first.bus, x.first.device)
-        if pipes is not None:
-            return uas.feed(x, pipes) if sealed else []
-        return bot.take(x, sealed)
-
-    for event in stream:
-        for x, sealed in pairer.feed(event):
-            yield from take(x, sealed)
-    for x in pairer.flush():
-        yield from take(x, True)
+    complete, pair = pairer.complete, pairer.feed
+    completed, bulk, feed = bot.completed, bot.bulk, bot.feed
+    uas_pipes = identity.uas_pipes
+    steps: Iterable[tuple[Exchange, bool]]
+    for event in itertools.chain(stream, (None,)):
+        if event is None:  # the end: submissions never completed, then open commands
+            steps = [(x, True) for x in pairer.flush()]
+        elif event.kind == COMPLETE:  # one sealed exchange, always
+            steps = ((complete(event), True),)
+        else:
+            steps = pair(event)
+        for x, sealed in steps:
+            if sealed and on_exchange is not None:
+                on_exchange(x)
+            if not x.is_urb:  # an IRP's pass: nothing for Bulk-Only or UAS
+                continue
+            first = x.first
+            if sealed and first.transfer_type == CONTROL:  # descriptors ride on these
+                try:
+                    identity.feed(x)
+                except (UsbtraceError, ConstructError):
+                    pass  # the survey notes it
+            pipes = uas_pipes(first.bus, first.device) if identity.uas_selected else None
+            if pipes is not None:
+                if sealed:
+                    yield from uas.feed(x, pipes)
+            elif sealed and x.early:
+                yield from completed(x)
+            elif first.transfer_type == BULK:
+                yield from bulk(x)
+            else:
+                yield from feed(x)
     yield from sorted(bot.flush() + uas.flush(), key=lambda c: c.seq)
 
 
@@ -294,29 +307,13 @@ def _status_code(name: str | None) -> int | None:
         return None
 
 
-def _row_events(row: tuple[Any, ...]) -> Iterator[Event]:
-    """An ``urbs`` row (one paired transfer) back into its submission and completion."""
-    (seq, irp_text, submitted_at, completed_at, bus, device, endpoint, transfer_type,
-     function_name, direction, setup, requested, actual, status, payload, stream) = row
+def _irp_number(text: str | None, seq: int) -> int:
+    """An ``urbs.irp_id`` text back as the number it was; a row whose id is not hex
+    gets one of its own (still one exchange per row)."""
     try:
-        irp_id = int(irp_text, 16)
+        return int(text, 16)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        irp_id = -int(seq)  # still one exchange per row
-    direction_in = direction == "in"
-    data = bytes(payload) if payload else b""
-    kind = TYPE_CODES.get(transfer_type, CONTROL)
-    function = FUNCTION_CODES.get(function_name) if function_name else None
-    # positional, in Event's field order: this runs twice for every URB replayed; a live
-    # UAS session's stream goes with both, so its data goes by tag, not by order
-    if submitted_at is not None:
-        yield Event(SUBMIT, submitted_at, irp_id, "capture", None, None, None, None, None,
-                    None, None, function, bus, device, endpoint, kind, U.USBD_STATUS_PENDING,
-                    requested, bytes(setup) if setup else None,
-                    b"" if direction_in else data, stream_id=stream)
-    if completed_at is not None:
-        yield Event(COMPLETE, completed_at, irp_id, "capture", None, None, None, None, None,
-                    None, None, function, bus, device, endpoint, kind, _status_code(status),
-                    actual, None, data if direction_in else b"", stream_id=stream)
+        return -int(seq)
 
 
 def session_state(database: Any, session_id: int) -> str:
@@ -337,24 +334,49 @@ def _session_events(database: Any, session_id: int) -> Iterator[Event]:
 
 
 def _time_ordered(rows: Iterable[tuple[Any, ...]]) -> Iterator[Event]:
-    """Submissions in row (seq) order, each completion where its time puts it, as the
+    """Each ``urbs`` row (one paired transfer) back into its submission and completion:
+    submissions in row (seq) order, each completion where its time puts it, as the
     export's ``events_of`` does.  Rows are in submission order, and a decoder must see a
     completion where it happened: a UAS host keeps several URBs pending, and without
     streams the IU a status URB brought (a Write Ready for the next tag) decides where
-    data submitted after it goes.  Only completions still ahead wait."""
+    data submitted after it goes.  Only completions still ahead wait.
+
+    One loop, the row's two events built in it (positional, in Event's field order):
+    a survey runs it for every URB of the session."""
     ahead: list[tuple[float, int, Event]] = []  # a heap
+    push, pop = heapq.heappush, heapq.heappop
+    make: Any = Event
+    types, functions, pending = TYPE_CODES, FUNCTION_CODES, U.USBD_STATUS_PENDING
+    irp_numbers: dict[Any, int] = {}  # a session's URBs share a few ids
     count = 0
     for row in rows:
-        for event in _row_events(row):
-            if event.kind == SUBMIT:
-                while ahead and ahead[0][0] <= event.ts:
-                    yield heapq.heappop(ahead)[2]
-                yield event
-            else:
-                count += 1
-                heapq.heappush(ahead, (event.ts, count, event))
+        (seq, irp_text, submitted_at, completed_at, bus, device, endpoint, transfer_type,
+         function_name, direction, setup, requested, actual, status, payload, stream) = row
+        irp_id = irp_numbers.get(irp_text)
+        if irp_id is None:
+            irp_id = _irp_number(irp_text, seq)
+            if irp_id >= 0 and len(irp_numbers) < 4096:
+                irp_numbers[irp_text] = irp_id
+        direction_in = direction == "in"
+        data = bytes(payload) if payload else b""
+        kind = types.get(transfer_type, CONTROL)
+        function = functions.get(function_name) if function_name else None
+        if submitted_at is not None:
+            while ahead and ahead[0][0] <= submitted_at:
+                yield pop(ahead)[2]
+            yield make(SUBMIT, submitted_at, irp_id, "capture", None, None, None, None, None,
+                       None, None, function, bus, device, endpoint, kind, pending, requested,
+                       bytes(setup) if setup else None, b"" if direction_in else data, None,
+                       None, None, None, None, stream)
+        if completed_at is not None:
+            count += 1
+            push(ahead, (completed_at, count, make(
+                COMPLETE, completed_at, irp_id, "capture", None, None, None, None, None,
+                None, None, function, bus, device, endpoint, kind, _status_code(status),
+                actual, None, data if direction_in else b"", None, None, None, None, None,
+                stream)))
     while ahead:
-        yield heapq.heappop(ahead)[2]
+        yield pop(ahead)[2]
 
 
 def _session_rows(database: Any, session_id: int) -> Iterator[tuple[Any, ...]]:
