@@ -20,8 +20,17 @@ the kernel reports (``wait4``).  Replay streams, so the ratio should stay near
 1 (acceptance: at most 1.25 for 250,000 vs 1,000,000 records).  The child runs
 the same ``usbtrace`` as this script: set PYTHONPATH to measure a checkout.
 
+Instructions (``--instructions``): the same session's survey, device replay and host
+replay counted by valgrind's callgrind, which repeat from run to run where this
+machine's CPU seconds move by a tenth or more.  Each stage runs once in a child
+process: the survey alone, then the survey and one replay; a child that only opens
+the database is taken off the first, the survey off the others.  It leaves out the
+kernel's work and how many instructions run a cycle.  Callgrind runs some fifty
+times slower: ``--commands 2000`` takes about a minute.
+
 Run:  PYTHONPATH=. python benchmarks/bench_replay.py [--commands 20000] [--rounds 3]
       PYTHONPATH=. python benchmarks/bench_replay.py --memory [--small N --large N]
+      PYTHONPATH=. python benchmarks/bench_replay.py --instructions [--commands 2000]
 """
 
 from __future__ import annotations
@@ -37,15 +46,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from usbtrace.devices.image import DiskImage
-from usbtrace.devices.simulated import SimulatedStick
-from usbtrace.machine import DISK_PATH, Machine
-from usbtrace.replay.device import replay_device
-from usbtrace.replay.host import replay_host
-from usbtrace.replay.report import Report
-from usbtrace.replay.run import load, target_image
-from usbtrace.store.database import Database
-from usbtrace.store.writer import Recorder, SessionWriter
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's usbtrace, and benchmarks.callgrind
+from benchmarks.callgrind import instructions  # noqa: E402
+from usbtrace.devices.image import DiskImage  # noqa: E402
+from usbtrace.devices.simulated import SimulatedStick  # noqa: E402
+from usbtrace.machine import DISK_PATH, Machine  # noqa: E402
+from usbtrace.replay.device import replay_device  # noqa: E402
+from usbtrace.replay.host import replay_host  # noqa: E402
+from usbtrace.replay.report import Report  # noqa: E402
+from usbtrace.replay.run import load, target_image  # noqa: E402
+from usbtrace.store.database import Database  # noqa: E402
+from usbtrace.store.writer import Recorder, SessionWriter  # noqa: E402
 
 
 def make_session(db: Path, commands: int, size: int = 4096) -> None:
@@ -169,6 +181,48 @@ def throughput(commands: int, rounds: int) -> None:
         print("  targets: device 100,000 URBs/s, host 200,000 URBs/s")
 
 
+STAGES = ("open", "survey", "device", "host")  # what a child of --instructions runs
+
+
+def run_stage(stage: str, db: Path) -> int:
+    """``stage`` on session 1 of ``db``, once; the URBs it replayed."""
+    if stage == "open":
+        Database(db, create=False, readonly=True).close()
+        return 0
+    recording = load("session:1", str(db))
+    if stage == "survey":
+        return 0
+    report = Report("bench", stage, commands=recording.count)
+    if stage == "device":
+        replay_device(recording, report)
+    else:
+        replay_host(recording, SimulatedStick(target_image(recording, None)), report)
+    assert report.identical, report.text()
+    return report.urbs
+
+
+def replay_instructions(commands: int) -> None:
+    """Each stage's instructions in a child of its own, less the stage under it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "bench.db"
+        make_session(db, commands)
+        with sqlite3.connect(db) as conn:
+            urbs = conn.execute("SELECT count(*) FROM urbs WHERE session_id = 1").fetchone()[0]
+        counted = {}
+        for stage in STAGES:
+            child = [sys.executable, str(Path(__file__).resolve()), "--count-stage", stage,
+                     "--db", str(db)]
+            counted[stage] = instructions(child, dict(os.environ, PYTHONPATH=str(ROOT)))[0]
+    survey = counted["survey"] - counted["open"]
+    print(f"replay of {commands} 4 KiB commands ({urbs} URBs), instructions (callgrind), "
+          "each stage once:")
+    print(f"  survey  {survey / 1e6:9,.1f}M, {survey / urbs:9,.0f} a URB")
+    for mode in ("device", "host"):
+        spent = counted[mode] - counted["survey"]
+        print(f"  {mode:7} {spent / 1e6:9,.1f}M, {spent / urbs:9,.0f} a URB; with the "
+              f"survey {(spent + survey) / urbs:,.0f} a URB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,8 +234,16 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=1_000_000, help="records")
     parser.add_argument("--mode", choices=["device", "host"], default="device",
                         help="with --memory: the replay mode measured")
+    parser.add_argument("--instructions", action="store_true",
+                        help="survey, device and host replay in instructions (callgrind)")
+    parser.add_argument("--count-stage", choices=STAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory:
+    if args.count_stage:  # a child of --instructions, under callgrind: the stage, once
+        run_stage(args.count_stage, args.db)
+    elif args.instructions:
+        replay_instructions(args.commands)
+    elif args.memory:
         print(f"peak memory of 'usbtrace replay' ({args.mode} mode) against session size")
         memory(args.small, args.large, args.mode)
     else:
