@@ -180,9 +180,11 @@ _load = replay_run.load
 
 def _replay(mode: str) -> Callable[[Workspace, Path], None]:
     def run(ws: Workspace, path: Path) -> None:
-        def load(source: str, db: str | None = None) -> Recording:
+        def load(source: str, db: str | None = None,
+                 device: tuple[int, int] | None = None) -> Recording:
             # only read (the replays copy what they change); built by the real loader
-            return ws.shared(f"recording {source} {db}", lambda: _load(source, db))
+            return ws.shared(f"recording {source} {db} {device}",
+                             lambda: _load(source, db, device))
 
         replay_run.load = load  # type: ignore[assignment]  # replay() looks it up by name
         try:

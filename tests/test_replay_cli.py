@@ -156,8 +156,9 @@ def test_a_capture_cut_after_the_survey(tmp_path: Path, monkeypatch: pytest.Monk
     shutil.copy(CAPTURE, capture)
     surveyed = usbtrace.replay.run.load
 
-    def load_then_cut(source: str, db: str | None = None) -> object:
-        recording = surveyed(source, db)
+    def load_then_cut(source: str, db: str | None = None,
+                      device: tuple[int, int] | None = None) -> object:
+        recording = surveyed(source, db, device)
         capture.write_bytes(CAPTURE.read_bytes()[: CAPTURE.stat().st_size // 2])
         return recording
 

@@ -427,14 +427,18 @@ def _session_id(value: int) -> int:
               "writes do so to the device (refused otherwise, as for record).")
 @click.option("--usb-backend", default="libusb", show_default=True,
               help="With --device: libusb, simulated, or one added through entry points.")
+@click.option("--recorded-device", "recorded", metavar="BUS.ADDR",
+              help="The recorded storage device to replay, when the recording has several "
+              "(default: the one whose command came first).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
-              help="Write the full report as JSON here ('-' for standard output).")
+              help="Write the full report as JSON here ('-' for standard output, the "
+              "text report then going to standard error).")
 @click.option("--force", is_flag=True, help="Replace the --json file if it exists.")
 @db_option
 @friendly
 def replay(source: str, mode: str, against: str | None, speed: float | None,
            max_gap: float | None, device: str | None, allow_write: bool, usb_backend: str,
-           json_path: Path | None, force: bool, db: str) -> None:
+           recorded: str | None, json_path: Path | None, force: bool, db: str) -> None:
     """Replay a capture file or a session (N or session:N); exit 0 if identical,
     1 on divergence, 2 on error, 130 if interrupted."""
     from usbtrace.outputs import atomic_output, check_output
@@ -451,8 +455,10 @@ def replay(source: str, mode: str, against: str | None, speed: float | None,
         assert json_path is not None
         check_output(json_path, force, None, "--json", protected)
     report = run(source, mode, against, speed, max_gap, db, device=device,
-                 usb_backend=usb_backend, allow_write=allow_write)
-    click.echo(report.text())
+                 usb_backend=usb_backend, allow_write=allow_write, recorded=recorded)
+    # with ``--json -`` standard output is the JSON alone, for a pipe to jq or a parser;
+    # the report people read goes to standard error
+    click.echo(report.text(), err=json_path is not None and not to_file)
     if json_path is not None and not to_file:
         click.echo(report.to_json())
     elif json_path is not None:

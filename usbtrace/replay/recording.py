@@ -228,8 +228,10 @@ def _decode(stream: Iterable[Event],
     yield from sorted(bot.flush() + uas.flush(), key=lambda c: c.seq)
 
 
-def survey(name: str, source: Callable[[], Iterator[Event]]) -> Recording:
-    """The first pass: what a replay needs before it starts, in bounded memory."""
+def survey(name: str, source: Callable[[], Iterator[Event]],
+           device: Device | None = None) -> Recording:
+    """The first pass: what a replay needs before it starts, in bounded memory.  The
+    device replayed is ``device`` (bus, address), or the one whose command came first."""
     recording = Recording(name, source)
     devices: dict[Device, DeviceSurvey] = {}
     spill = recording.spill
@@ -243,11 +245,32 @@ def survey(name: str, source: Callable[[], Iterator[Event]]) -> Recording:
             found = devices[key] = DeviceSurvey()
         found.take(cmd)
     spill.seal()
+    if device is not None and devices and device not in devices:
+        known = ", ".join(_device_name(key) for key in sorted(devices, key=str)[:8])
+        raise InputError(f"{name}: no SCSI commands of device {_device_name(device)}; the "
+                         f"recording has commands of {known}")
     if devices:
-        # the storage device is the one whose command came first
-        recording.device = min(devices, key=lambda k: devices[k].first_seq or 0)
+        # the storage device is the one asked for, or the one whose command came first
+        recording.device = device if device is not None else \
+            min(devices, key=lambda k: devices[k].first_seq or 0)
         recording.survey = devices[recording.device]
+        others = {key: found.count for key, found in devices.items()
+                  if key != recording.device}
+        if others:  # never a silent "all replayed" over part of the recording
+            named = ", ".join(f"{_device_name(key)}: {count}"
+                              for key, count in sorted(others.items(), key=str)[:8])
+            more = ", ..." if len(others) > 8 else ""
+            recording._note(
+                f"the recording holds {sum(others.values())} more command(s) on "
+                f"{len(others)} other device(s) ({named}{more}), which this replay leaves "
+                f"out: it replays one storage device, {_device_name(recording.device)}"
+                + (" (--recorded-device picks another)" if device is None else ""))
     return recording
+
+
+def _device_name(key: Device) -> str:
+    bus, address = key
+    return f"{'?' if bus is None else bus}.{'?' if address is None else address}"
 
 
 def from_events(name: str, stream: Iterable[Event]) -> Recording:
@@ -256,7 +279,7 @@ def from_events(name: str, stream: Iterable[Event]) -> Recording:
     return survey(name, lambda: iter(held))
 
 
-def load_capture(path: Path) -> Recording:
+def load_capture(path: Path, device: Device | None = None) -> Recording:
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not a capture file")
     if not path.exists():
@@ -280,7 +303,7 @@ def load_capture(path: Path) -> Recording:
             except OSError as e:  # a read error midway: a bad medium, a vanished file
                 raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
 
-    recording = survey(path.name, source)
+    recording = survey(path.name, source, device)
     if not recording.count:
         raise InputError(f"{path}: no mass-storage commands to replay")
     return recording
@@ -405,7 +428,7 @@ def _session_rows(database: Any, session_id: int) -> Iterator[tuple[Any, ...]]:
             yield tuple(row)
 
 
-def load_session(database: Any, session_id: int) -> Recording:
+def load_session(database: Any, session_id: int, device: Device | None = None) -> Recording:
     """A stored session, read back from its URB rows, a batch at a time."""
     state = session_state(database, session_id)
     if state != "complete":
@@ -419,7 +442,7 @@ def load_session(database: Any, session_id: int) -> Recording:
             first = (str(getattr(e, "orig", None) or e).strip().splitlines() or ["?"])[0]
             raise DatabaseError(f"session {session_id}: cannot read its URBs: {first}") from None
 
-    recording = survey(f"session {session_id}", source)
+    recording = survey(f"session {session_id}", source, device)
     if not recording.count:
         raise InputError(f"session {session_id} has no mass-storage commands to replay")
     return recording

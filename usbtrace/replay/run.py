@@ -41,17 +41,29 @@ def session_number(source: str) -> int | None:
     return number
 
 
-def load(source: str, db: str | None = None) -> Recording:
-    """A capture file path, or ``session:N`` / ``N`` for a session in ``db``."""
+def recorded_device(text: str) -> tuple[int, int]:
+    """``BUS.ADDRESS`` (``1.8``): a device of the recording, as ``log`` shows it."""
+    bus, dot, address = text.partition(".")
+    if dot and bus.isascii() and bus.isdigit() and address.isascii() and address.isdigit() \
+            and int(bus) <= 0xFFFF and int(address) <= 127:
+        return int(bus), int(address)
+    raise InputError(f"--recorded-device {text}: give BUS.ADDRESS, as usbtrace log shows "
+                     "it (1.8)")
+
+
+def load(source: str, db: str | None = None,
+         device: tuple[int, int] | None = None) -> Recording:
+    """A capture file path, or ``session:N`` / ``N`` for a session in ``db``; its
+    storage device ``device`` (bus, address), or the one whose command came first."""
     number = session_number(source)
     if number is not None:
         from usbtrace.store.database import Database
 
         database = Database(db or "usbtrace.db", create=False, readonly=True)
-        return load_session(database, number)
+        return load_session(database, number, device)
     if "\0" in source:
         raise InputError("the source's name has a NUL byte in it")
-    return load_capture(Path(source))
+    return load_capture(Path(source), device)
 
 
 def target_image(recording: Recording, against: str | None) -> DiskImage:
@@ -116,7 +128,8 @@ def hardware_target(recording: Recording, device: str, usb_backend: str,
 def replay(source: str, mode: str = "device", against: str | None = None,
            speed: float | None = None, max_gap: float | None = None,
            db: str | None = None, clock: Clock | None = None, device: str | None = None,
-           usb_backend: str = "libusb", allow_write: bool = False) -> Report:
+           usb_backend: str = "libusb", allow_write: bool = False,
+           recorded: str | None = None) -> Report:
     check_options(mode, speed, max_gap)
     if device is not None and mode != "host":
         raise InputError("--device replays the recorded host to a real device: it needs "
@@ -124,7 +137,7 @@ def replay(source: str, mode: str = "device", against: str | None = None,
     if device is not None and against is not None:
         raise InputError("--against is the simulated target's image; a --device has its own "
                          "medium: give one of them")
-    recording = load(source, db)
+    recording = load(source, db, recorded_device(recorded) if recorded is not None else None)
     logger.info("replaying %s in %s mode: %d commands", source, mode, recording.count)
     report = Report(source, mode, commands=recording.count)
     for note in recording.notes:
